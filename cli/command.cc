@@ -1,0 +1,47 @@
+#include "cli/command.h"
+
+#include "common/logging.h"
+#include "common/shutdown.h"
+#include "spdlog/spdlog.h"
+
+namespace rwr::cli {
+
+// Thrown out of a CLI11 callback to carry a command's failure to main without CLI11 formatting it.
+struct CommandFailed : CLI::Error {
+  explicit CommandFailed(const std::string& message) : CLI::Error("CommandFailed", message, 1) {}
+};
+
+void AddCommonOptions(CLI::App* command, CommonOptions* options) {
+  command->add_option("--config", options->config_path, "YAML config file (see docs/configuration.md)")
+      ->check(CLI::ExistingFile);
+  command->add_option("--set", options->overrides,
+                      "Override a config key, e.g. --set train.lr=3e-4 (repeatable)")
+      ->take_all()
+      ->allow_extra_args(false);
+  command->add_option("--log-level", options->log_level, "trace, debug, info, warn or error")
+      ->capture_default_str();
+}
+
+absl::StatusOr<Config> ResolveConfig(const CommonOptions& options, const Config& defaults,
+                                     std::string_view command_name) {
+  if (absl::Status s = InitLogging({.level = options.log_level}); !s.ok()) return s;
+  Config config = defaults;
+  if (!options.config_path.empty()) {
+    absl::StatusOr<Config> file = Config::LoadFile(options.config_path);
+    if (!file.ok()) return file.status();
+    config.Merge(*file);
+  }
+  if (absl::Status s = config.SetAll(options.overrides); !s.ok()) return s;
+  spdlog::info("rwr {}: resolved config:\n{}", command_name, config.ToYaml());
+  return config;
+}
+
+void SetAction(CLI::App* command, std::function<absl::Status()> action) {
+  command->callback([action = std::move(action)] {
+    InstallShutdownHandlers();
+    absl::Status status = action();
+    if (!status.ok()) throw CommandFailed(std::string(status.message()));
+  });
+}
+
+}  // namespace rwr::cli

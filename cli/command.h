@@ -1,0 +1,36 @@
+// What every `rwr <group> <verb>` shares: --config FILE, repeated --set key=value, --log-level;
+// config resolution (defaults ← file ← overrides, logged at start); and the one way a command
+// reports failure (a Status, printed by main as one line, exit code 1).
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/config.h"
+
+namespace rwr::cli {
+
+struct CommonOptions {
+  std::string config_path;
+  std::vector<std::string> overrides;
+  std::string log_level = "info";
+};
+
+// Adds --config, --set and --log-level to `command`.
+void AddCommonOptions(CLI::App* command, CommonOptions* options);
+
+// defaults, then the --config file, then each --set in order; logs the resolved YAML.
+absl::StatusOr<Config> ResolveConfig(const CommonOptions& options, const Config& defaults,
+                                     std::string_view command_name);
+
+// Sets the subcommand's callback; a non-OK status becomes "rwr <cmd>: <message>" and exit 1.
+void SetAction(CLI::App* command, std::function<absl::Status()> action);
+
+// Every group registers itself here (one function per cli/*.cc file).
+void RegisterConfigCommands(CLI::App& app);
+
+}  // namespace rwr::cli

@@ -1,0 +1,24 @@
+// `rwr config show`: resolve --config and --set exactly as every command does and print the
+// result, so a user can check what a run will see before submitting it.
+#include <iostream>
+
+#include "cli/command.h"
+
+namespace rwr::cli {
+
+void RegisterConfigCommands(CLI::App& app) {
+  CLI::App* group = app.add_subcommand("config", "Inspect run configuration");
+  group->require_subcommand(1);
+  auto* options = new CommonOptions();  // lives as long as the app (the process)
+  CLI::App* show = group->add_subcommand("show", "Print the resolved config (file + --set overrides) as YAML");
+  AddCommonOptions(show, options);
+  options->log_level = "warn";
+  SetAction(show, [options]() -> absl::Status {
+    absl::StatusOr<Config> config = ResolveConfig(*options, Config(), "config show");
+    if (!config.ok()) return config.status();
+    std::cout << config->ToYaml() << "\n";
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace rwr::cli

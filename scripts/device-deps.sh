@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Run HERE (the dev machine) before a device call: the GPU machines lack abseil, so download the
+# Debian packages and unpack them into .deb/root (git-ignored), which the device call carries
+# (carry: [".deb"]). scripts/device-build.sh points CMake and the loader at it.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$root/.deb/pkgs" "$root/.deb/root"
+cd "$root/.deb/pkgs"
+if [[ ! -f "$root/.deb/root/.done" ]]; then
+  apt-get download -q libabsl-dev libabsl20220623 >/dev/null
+  for f in *.deb; do dpkg -x "$f" "$root/.deb/root"; done
+  rm -f ./*.deb
+  touch "$root/.deb/root/.done"
+fi
