@@ -46,9 +46,10 @@ class ShardWriter {
 
   uint64_t num_rows() const;
   uint64_t num_documents() const { return doc_starts_.size(); }
-  uint64_t num_tokens() const { return tokens_.size(); }
+  uint64_t num_tokens() const { return num_tokens_; }
   uint64_t num_loss_tokens() const { return num_loss_tokens_; }
   const std::string& path() const { return path_; }
+  const std::string& payload_sha256_hex() const { return payload_sha256_hex_; }  // after Finish
 
   // Writes the file atomically. Empty rows are dropped; a shard with no rows is an error.
   absl::Status Finish();
@@ -60,7 +61,9 @@ class ShardWriter {
   std::vector<uint64_t> doc_starts_;
   std::vector<uint32_t> tokens_;
   std::vector<uint8_t> loss_mask_;
+  uint64_t num_tokens_ = 0;
   uint64_t num_loss_tokens_ = 0;
+  std::string payload_sha256_hex_;
   bool finished_ = false;
 };
 
