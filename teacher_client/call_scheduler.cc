@@ -1,0 +1,197 @@
+// CallScheduler: in-flight window, deadlines, retries with backoff + jitter, rate limit.
+#include "teacher_client/call_scheduler.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "fmt/format.h"
+
+namespace rwr::teacher {
+
+CallScheduler::CallScheduler(const TeacherClientOptions& options)
+    : options_(options), next_start_(Clock::now()), rng_(std::random_device{}()) {
+  dispatcher_ = std::thread([this] { DispatchLoop(); });
+}
+
+CallScheduler::~CallScheduler() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    for (grpc::ClientContext* context : in_flight_) context->TryCancel();
+  }
+  wake_.notify_all();
+  dispatcher_.join();
+}
+
+bool CallScheduler::Retryable(grpc::StatusCode code) {
+  return code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::DEADLINE_EXCEEDED ||
+         code == grpc::StatusCode::RESOURCE_EXHAUSTED;
+}
+
+void CallScheduler::Submit(StartFn start, FinishFn finish) {
+  auto call = std::make_shared<Call>();
+  call->start = std::move(start);
+  call->finish = std::move(finish);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!stopping_) {
+      ready_.push_back(std::move(call));
+      call = nullptr;
+    }
+  }
+  if (call) {
+    Finish(call, grpc::Status(grpc::StatusCode::CANCELLED, "teacher client is shutting down"));
+    return;
+  }
+  wake_.notify_all();
+}
+
+TeacherClientStats CallScheduler::Stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+CallScheduler::Clock::duration CallScheduler::Backoff(int attempts) {
+  double base = options_.initial_backoff_s * std::pow(2.0, std::max(0, attempts - 1));
+  base = std::min(base, options_.max_backoff_s);
+  std::uniform_real_distribution<double> jitter(0.5, 1.5);
+  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(base * jitter(rng_)));
+}
+
+void CallScheduler::DispatchLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  const auto start_interval =
+      options_.requests_per_second > 0
+          ? std::chrono::duration_cast<Clock::duration>(
+                std::chrono::duration<double>(1.0 / options_.requests_per_second))
+          : Clock::duration::zero();
+  for (;;) {
+    Clock::time_point now = Clock::now();
+    while (!delayed_.empty() && delayed_.front()->not_before <= now) {
+      std::pop_heap(delayed_.begin(), delayed_.end(), LaterFirst());
+      ready_.push_back(std::move(delayed_.back()));
+      delayed_.pop_back();
+    }
+    if (stopping_) {
+      std::vector<std::shared_ptr<Call>> cancelled(ready_.begin(), ready_.end());
+      cancelled.insert(cancelled.end(), delayed_.begin(), delayed_.end());
+      ready_.clear();
+      delayed_.clear();
+      if (!cancelled.empty()) {
+        lock.unlock();
+        for (auto& call : cancelled)
+          Finish(call, grpc::Status(grpc::StatusCode::CANCELLED, "teacher client is shutting down"));
+        lock.lock();
+        continue;
+      }
+      if (in_flight_.empty() && finishing_ == 0) return;
+      wake_.wait(lock);
+      continue;
+    }
+    const bool window_open = static_cast<int>(in_flight_.size()) < std::max(1, options_.concurrency);
+    if (!ready_.empty() && window_open) {
+      if (start_interval > Clock::duration::zero()) {
+        if (next_start_ > now) {
+          wake_.wait_until(lock, next_start_);
+          continue;
+        }
+        // A burst of at most ~1 s worth after an idle period, then steady pacing.
+        next_start_ = std::max(next_start_ + start_interval, now - std::chrono::seconds(1) + start_interval);
+      }
+      std::shared_ptr<Call> call = std::move(ready_.front());
+      ready_.pop_front();
+      call->context = std::make_unique<grpc::ClientContext>();
+      call->context->set_deadline(std::chrono::system_clock::now() +
+                                  std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                                      std::chrono::duration<double>(options_.deadline_s)));
+      if (!options_.bearer_token.empty())
+        call->context->AddMetadata("authorization", "Bearer " + options_.bearer_token);
+      in_flight_.insert(call->context.get());
+      ++call->attempts;
+      ++stats_.attempts;
+      lock.unlock();
+      StartAttempt(std::move(call));
+      lock.lock();
+      continue;
+    }
+    if (!delayed_.empty()) {
+      wake_.wait_until(lock, delayed_.front()->not_before);
+    } else {
+      wake_.wait(lock);
+    }
+  }
+}
+
+void CallScheduler::StartAttempt(std::shared_ptr<Call> call) {
+  grpc::ClientContext* context = call->context.get();
+  call->start(context, [this, call](grpc::Status status) { AttemptDone(call, std::move(status)); });
+}
+
+void CallScheduler::AttemptDone(std::shared_ptr<Call> call, grpc::Status status) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    in_flight_.erase(call->context.get());
+    if (!status.ok() && Retryable(status.error_code()) && call->attempts < options_.max_attempts &&
+        !stopping_) {
+      ++stats_.retries;
+      call->not_before = Clock::now() + Backoff(call->attempts);
+      delayed_.push_back(call);
+      std::push_heap(delayed_.begin(), delayed_.end(), LaterFirst());
+      wake_.notify_all();
+      return;
+    }
+    // Counted before the lock drops, so the dispatcher cannot exit while this FinishFn runs.
+    ++finishing_;
+  }
+  wake_.notify_all();
+  RunFinish(call, status);
+}
+
+void CallScheduler::Finish(const std::shared_ptr<Call>& call, const grpc::Status& status) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++finishing_;
+  }
+  RunFinish(call, status);
+}
+
+void CallScheduler::RunFinish(const std::shared_ptr<Call>& call, const grpc::Status& status) {
+  call->finish(status, call->attempts);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    --finishing_;
+    ++stats_.calls;
+    if (!status.ok()) ++stats_.failures;
+  }
+  wake_.notify_all();
+}
+
+const char* GrpcCodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::OK: return "OK";
+    case grpc::StatusCode::CANCELLED: return "CANCELLED";
+    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
+    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL: return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
+    default: return "ERROR";
+  }
+}
+
+
+absl::Status FinalCallStatus(std::string_view target, std::string_view method, const grpc::Status& status,
+                             int attempts) {
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      fmt::format("teacher {} {}: {} after {} attempt{}: {}", target, method,
+                                  GrpcCodeName(status.error_code()), attempts, attempts == 1 ? "" : "s",
+                                  status.error_message()));
+}
+
+}  // namespace rwr::teacher

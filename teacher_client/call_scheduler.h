@@ -1,0 +1,131 @@
+// CallScheduler: the request scheduler under every remote teacher client. It keeps at most
+// `concurrency` RPCs in flight, queues the rest in order, gives every attempt a deadline and the
+// bearer token, retries UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED with exponential
+// backoff and ±50% jitter up to `max_attempts`, and paces starts to `requests_per_second`.
+//
+// One dispatcher thread starts attempts (gRPC callback API, so nothing blocks on the network); the
+// attempt's completion runs on a gRPC thread and either re-queues the call (retry) or calls its
+// FinishFn exactly once. Destruction cancels queued and in-flight calls (their FinishFn sees
+// CANCELLED) and waits for every FinishFn to return.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/client_context.h>
+#include <grpcpp/support/status.h>
+
+#include "absl/status/statusor.h"
+#include "fmt/format.h"
+#include "teacher_client/client.h"
+
+namespace rwr::teacher {
+
+class CallScheduler {
+ public:
+  // Starts one attempt on `context` (already carrying deadline and token) and arranges for
+  // `attempt_done` to be called once with the attempt's status.
+  using StartFn = std::function<void(grpc::ClientContext* context,
+                                     std::function<void(grpc::Status)> attempt_done)>;
+  // The call's final status (OK, a non-retryable error, retries exhausted, or CANCELLED at
+  // shutdown) and how many attempts were made.
+  using FinishFn = std::function<void(const grpc::Status& status, int attempts)>;
+
+  explicit CallScheduler(const TeacherClientOptions& options);
+  ~CallScheduler();
+  CallScheduler(const CallScheduler&) = delete;
+  CallScheduler& operator=(const CallScheduler&) = delete;
+
+  void Submit(StartFn start, FinishFn finish);
+  TeacherClientStats Stats() const;
+
+  static bool Retryable(grpc::StatusCode code);
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  struct Call {
+    StartFn start;
+    FinishFn finish;
+    int attempts = 0;
+    Clock::time_point not_before;
+    std::unique_ptr<grpc::ClientContext> context;
+  };
+  struct LaterFirst {
+    bool operator()(const std::shared_ptr<Call>& a, const std::shared_ptr<Call>& b) const {
+      return a->not_before > b->not_before;
+    }
+  };
+
+  void DispatchLoop();
+  void StartAttempt(std::shared_ptr<Call> call);
+  void AttemptDone(std::shared_ptr<Call> call, grpc::Status status);
+  void Finish(const std::shared_ptr<Call>& call, const grpc::Status& status);  // counts, then runs
+  void RunFinish(const std::shared_ptr<Call>& call, const grpc::Status& status);  // already counted
+  Clock::duration Backoff(int attempts);  // mu_ held
+
+  const TeacherClientOptions options_;
+  mutable std::mutex mu_;
+  std::condition_variable wake_;
+  std::deque<std::shared_ptr<Call>> ready_;
+  std::vector<std::shared_ptr<Call>> delayed_;  // min-heap on not_before
+  std::set<grpc::ClientContext*> in_flight_;
+  int finishing_ = 0;  // FinishFns running now
+  bool stopping_ = false;
+  Clock::time_point next_start_;  // rate limit
+  std::mt19937_64 rng_;
+  TeacherClientStats stats_;
+  std::thread dispatcher_;
+};
+
+const char* GrpcCodeName(grpc::StatusCode code);
+
+// "teacher rwr://h:p ExtractNote: UNAVAILABLE after 5 attempts: <server message>", same code.
+absl::Status FinalCallStatus(std::string_view target, std::string_view method, const grpc::Status& status,
+                             int attempts);
+
+// Submits one unary RPC through the scheduler; `convert` checks and translates the response.
+template <typename Request, typename Response, typename Result, typename Invoke, typename Convert>
+void SubmitUnary(CallScheduler* scheduler, const std::string& target, const char* method,
+                 uint64_t max_bytes, Request request, Invoke invoke, Convert convert,
+                 TeacherCallback<Result> done) {
+  if (request.ByteSizeLong() > max_bytes) {
+    done(absl::InvalidArgumentError(fmt::format("teacher {} {}: request is {} bytes, over the {} byte limit",
+                                                target, method, request.ByteSizeLong(), max_bytes)));
+    return;
+  }
+  struct State {
+    Request request;
+    Response response;
+  };
+  auto state = std::make_shared<State>();
+  state->request = std::move(request);
+  scheduler->Submit(
+      [state, invoke](grpc::ClientContext* context, std::function<void(grpc::Status)> attempt_done) {
+        state->response.Clear();
+        invoke(context, &state->request, &state->response, std::move(attempt_done));
+      },
+      [state, target, method, convert, done = std::move(done)](const grpc::Status& status, int attempts) {
+        if (!status.ok()) {
+          done(FinalCallStatus(target, method, status, attempts));
+          return;
+        }
+        absl::StatusOr<Result> result = convert(state->response);
+        if (!result.ok()) {
+          done(absl::InternalError(fmt::format("teacher {} {}: malformed answer: {}", target, method,
+                                               std::string(result.status().message()))));
+          return;
+        }
+        done(std::move(result));
+      });
+}
+
+}  // namespace rwr::teacher

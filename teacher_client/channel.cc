@@ -1,0 +1,53 @@
+// Channel construction shared by RwrTeacherClient and KServeTeacherClient.
+#include "teacher_client/channel.h"
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/support/channel_arguments.h>
+
+#include "fmt/format.h"
+
+namespace rwr::teacher {
+
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path, std::string_view what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(fmt::format("{}: cannot read {}: {}", what, path, std::strerror(errno)));
+  }
+  std::ostringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeTeacherChannel(const std::string& host_port, bool tls,
+                                                                  const TeacherClientOptions& options) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // gRPC's own retries would hide attempts from our scheduler's count and backoff.
+  args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  if (tls || !options.tls_root_cert_file.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    if (!options.tls_root_cert_file.empty()) {
+      auto pem = ReadWholeFile(options.tls_root_cert_file, "TLS root certificate");
+      if (!pem.ok()) return pem.status();
+      ssl.pem_root_certs = *pem;
+    }
+    if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
+    credentials = grpc::SslCredentials(ssl);
+  } else {
+    credentials = grpc::InsecureChannelCredentials();
+  }
+  return grpc::CreateCustomChannel(host_port, credentials, args);
+}
+
+}  // namespace rwr::teacher

@@ -1,0 +1,21 @@
+// gRPC channels for the teacher clients: TLS or plaintext, message limits, and reconnect backoff
+// short enough that a restarted server is found again within about a second.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <grpcpp/channel.h>
+
+#include "absl/status/statusor.h"
+#include "teacher_client/client.h"
+
+namespace rwr::teacher {
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeTeacherChannel(const std::string& host_port, bool tls,
+                                                                  const TeacherClientOptions& options);
+
+// Reads a whole file ("--tls-cert: cannot read F: No such file or directory").
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path, std::string_view what);
+
+}  // namespace rwr::teacher
