@@ -32,5 +32,6 @@ void SetAction(CLI::App* command, std::function<absl::Status()> action);
 
 // Every group registers itself here (one function per cli/*.cc file).
 void RegisterConfigCommands(CLI::App& app);
+void RegisterDataCommands(CLI::App& app);  // cli/data_commands.cc
 
 }  // namespace rwr::cli

@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   app.fallthrough(false);
 
   rwr::cli::RegisterConfigCommands(app);
+  rwr::cli::RegisterDataCommands(app);
 
   try {
     app.parse(argc, argv);
