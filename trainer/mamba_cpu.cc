@@ -18,12 +18,16 @@
 namespace rwr::trainer {
 namespace {
 
+// Below this many multiply-adds a loop runs on one thread: a parallel region costs more than it
+// saves (and spin-waiting threads hurt on a busy machine).
+constexpr int64_t kParallelWork = 1 << 18;
+
 // ---- dense kernels (row-major; "linear" layout: W is (N, K), as in PyTorch) -------------------
 
 // Y(M, N) = X(M, K) · W(N, K)ᵀ, rows of X and Y with leading dimensions ldx, ldy.
 void LinearForward(const float* X, int64_t ldx, const float* W, float* Y, int64_t ldy, int64_t M,
                    int64_t N, int64_t K) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * N * K > kParallelWork)
   for (int64_t m = 0; m < M; ++m) {
     const float* x = X + m * ldx;
     float* y = Y + m * ldy;
@@ -40,7 +44,7 @@ void LinearForward(const float* X, int64_t ldx, const float* W, float* Y, int64_
 // dX(M, K) (=|+=) dY(M, N) · W(N, K).
 void LinearBackwardInput(const float* dY, int64_t lddy, const float* W, float* dX, int64_t lddx,
                          int64_t M, int64_t N, int64_t K, bool accumulate) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * N * K > kParallelWork)
   for (int64_t m = 0; m < M; ++m) {
     const float* dy = dY + m * lddy;
     float* dx = dX + m * lddx;
@@ -58,7 +62,7 @@ void LinearBackwardInput(const float* dY, int64_t lddy, const float* W, float* d
 // dW(N, K) += dY(M, N)ᵀ · X(M, K).
 void LinearBackwardWeight(const float* dY, int64_t lddy, const float* X, int64_t ldx, float* dW,
                           int64_t M, int64_t N, int64_t K) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * N * K > kParallelWork)
   for (int64_t n = 0; n < N; ++n) {
     float* dw = dW + n * K;
     for (int64_t m = 0; m < M; ++m) {
@@ -74,7 +78,7 @@ void LinearBackwardWeight(const float* dY, int64_t lddy, const float* X, int64_t
 // y = x·rstd·w, rstd = 1/sqrt(mean(x²) + eps), per row of D.
 void RmsNormForward(const float* x, const float* w, float* y, float* rstd, int64_t M, int64_t D,
                     double eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * D > kParallelWork)
   for (int64_t m = 0; m < M; ++m) {
     const float* xr = x + m * D;
     float ss = 0.f;
@@ -90,7 +94,7 @@ void RmsNormForward(const float* x, const float* w, float* y, float* rstd, int64
 // dx += RMSNorm backward of dy; dw += Σ_rows dy·x·rstd.
 void RmsNormBackward(const float* x, const float* w, const float* rstd, const float* dy, float* dx,
                      float* dw, int64_t M, int64_t D) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * D > kParallelWork)
   for (int64_t m = 0; m < M; ++m) {
     const float* xr = x + m * D;
     const float* dyr = dy + m * D;
@@ -103,7 +107,7 @@ void RmsNormBackward(const float* x, const float* w, const float* rstd, const fl
     for (int64_t d = 0; d < D; ++d) dxr[d] += r * (dyr[d] * w[d] - xr[d] * r * mean);
   }
   // Weight gradient: columns in parallel, rows in order (deterministic).
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * D > kParallelWork)
   for (int64_t d = 0; d < D; ++d) {
     float acc = 0.f;
     for (int64_t m = 0; m < M; ++m) acc += dy[m * D + d] * x[m * D + d] * rstd[m];
