@@ -274,7 +274,7 @@ absl::StatusOr<std::optional<DistilledItem>> ItemFromRecord(const storage::KvSto
     RWR_ASSIGN_OR_RETURN(v1::CacheRecord negative,
                          ReadReferenced(store, storage::Family::kNegatives, item.negative_key(),
                                         item.id(), "negative"));
-    if (!negative.negative().answer_still_present()) {
+    if (!negative.negative().answer_still_present() && !negative.negative().context().empty()) {
       out.negative_context = negative.negative().context();
     }
   }

@@ -1,0 +1,446 @@
+// RunDistill: items through note → verify → (negative), every answer via the cache (distill_run.h).
+#include "teacher_client/distill_run.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+
+#include "common/progress.h"
+#include "common/sha256.h"
+#include "common/shutdown.h"
+#include "common/status.h"
+#include "fmt/format.h"
+#include "spdlog/spdlog.h"
+
+namespace rwr::teacher {
+namespace {
+
+int64_t NowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string OneLine(std::string_view text) {
+  std::string line(text);
+  for (char& c : line) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  return line;
+}
+
+// One item on its way through the steps. Owned by the callbacks that carry it.
+struct ItemState {
+  DatasetItem item;
+  std::string source;
+  v1::ItemRecord record;
+  storage::WriteBatch pending;  // the latest teacher answer, written before the next wait
+  std::string note;
+};
+using ItemPtr = std::shared_ptr<ItemState>;
+
+class Distiller : public std::enable_shared_from_this<Distiller> {
+ public:
+  Distiller(const DistillRunOptions& options, Teacher& teacher, NoteCache& cache)
+      : options_(options), teacher_(teacher), cache_(cache), info_(teacher.Info()) {}
+
+  void Start(DatasetItem dataset_item, const std::string& path) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++in_flight_;
+    }
+    auto item = std::make_shared<ItemState>();
+    item->source = fmt::format("{}:{}", path, dataset_item.line);
+    item->item = std::move(dataset_item);
+    v1::ItemRecord& record = item->record;
+    record.set_schema_version(kCacheSchemaVersion);
+    record.set_id(item->item.id);
+    record.set_source(item->source);
+    record.set_extra_json(item->item.extra_json);
+    record.set_attempts(1);
+    absl::StatusOr<std::optional<std::string>> previous =
+        cache_.store().Get(storage::Family::kJobs, ItemKey(*item));
+    if (!previous.ok()) {
+      Fail(item, "cache", std::string(previous.status().message()));
+      return;
+    }
+    v1::ItemRecord old;
+    if (previous->has_value() && old.ParseFromString(**previous)) {
+      record.set_attempts(old.attempts() + 1);
+    }
+
+    v1::CanonicalRequest request = NoteRequestFor(info_, item->item.context, item->item.question);
+    record.set_note_key(CacheKey(request));
+    NoteTask task{.context = item->item.context, .question = item->item.question};
+    auto self = shared_from_this();
+    Step<Note>(
+        item, "note", std::move(request),
+        [self, task](TeacherCallback<Note> done) { self->teacher_.ExtractNote(task, std::move(done)); },
+        &NoteFromRecord, &CheckNote,
+        [](const Note& note, v1::CacheRecord* r) {
+          r->mutable_note()->set_note(note.text);
+          r->mutable_note()->set_empty(note.empty);
+          r->mutable_note()->set_score(note.score);
+        },
+        [self](ItemPtr it, Note note) { self->AfterNote(std::move(it), std::move(note)); });
+  }
+
+  // Blocks until fewer than `limit` items are in flight (limit 1: none), reporting progress.
+  void WaitBelow(int64_t limit, Progress* progress) {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (in_flight_ >= limit) {
+      changed_.wait_for(lock, std::chrono::duration<double>(options_.progress_interval_s));
+      if (in_flight_ >= limit) {
+        lock.unlock();
+        Report(progress);
+        lock.lock();
+      }
+    }
+  }
+
+  void Report(Progress* progress) {
+    DistillCounts now = Counts();
+    if (progress != nullptr) progress->Set(now.items_done);
+    if (options_.on_progress) options_.on_progress(now);
+  }
+
+  DistillCounts Counts() {
+    std::lock_guard<std::mutex> lock(mu_);
+    DistillCounts out = counts_;
+    out.teacher_calls = teacher_calls_.load();
+    out.cache_hits = cache_hits_.load();
+    out.cache_rejected = cache_rejected_.load();
+    return out;
+  }
+
+  std::vector<FailedItem> Failed() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return failed_;
+  }
+
+ private:
+  static std::string ItemKey(const ItemState& item) { return kItemKeyPrefix + item.item.id; }
+
+  static absl::Status CheckNote(const Note& note) {
+    if (!note.empty && note.text.find_first_not_of(" \t\r\n") == std::string::npos) {
+      return absl::DataLossError("the teacher returned a blank note (not marked empty)");
+    }
+    return absl::OkStatus();
+  }
+  static absl::Status CheckVerdict(const Verdict& verdict) {
+    if (!std::isfinite(verdict.score) || verdict.score < 0 || verdict.score > 1) {
+      return absl::DataLossError(
+          fmt::format("the teacher returned a verdict score of {}, outside [0, 1]", verdict.score));
+    }
+    return absl::OkStatus();
+  }
+  static absl::Status CheckNegative(const Negative&) { return absl::OkStatus(); }
+
+  // Cache first; on a miss (or an unusable record) ask the teacher, queue the answer for writing,
+  // and go on with `next`.
+  template <typename Answer>
+  void Step(ItemPtr item, const char* stage, v1::CanonicalRequest request,
+            std::function<void(TeacherCallback<Answer>)> ask,
+            Answer (*from_record)(const v1::CacheRecord&), absl::Status (*check)(const Answer&),
+            void (*fill)(const Answer&, v1::CacheRecord*),
+            std::function<void(ItemPtr, Answer)> next) {
+    absl::StatusOr<CacheLookup> lookup = cache_.Lookup(request);
+    if (!lookup.ok()) {
+      Fail(item, "cache", std::string(lookup.status().message()));
+      return;
+    }
+    if (lookup->outcome == CacheLookup::Outcome::kHit) {
+      ++cache_hits_;
+      next(std::move(item), from_record(lookup->record));
+      return;
+    }
+    if (lookup->outcome != CacheLookup::Outcome::kMiss) {
+      ++cache_rejected_;
+      spdlog::warn("item '{}' ({}): {}; asking the teacher again", item->item.id, item->source,
+                   lookup->detail);
+    }
+    // Whatever the previous step got from the teacher is written before waiting on this one.
+    if (!FlushPending(item)) return;
+    ++teacher_calls_;
+    auto self = shared_from_this();
+    ask([self, item, stage, request = std::move(request), check, fill,
+         next = std::move(next)](absl::StatusOr<Answer> answer) mutable {
+      if (!answer.ok()) {
+        self->Fail(item, stage, std::string(answer.status().message()));
+        return;
+      }
+      if (absl::Status valid = check(*answer); !valid.ok()) {
+        self->Fail(item, stage, std::string(valid.message()));
+        return;
+      }
+      v1::CacheRecord record = NoteCache::MakeRecord(request);
+      fill(*answer, &record);
+      item->pending.Put(FamilyFor(request.task()), CacheKey(request), record.SerializeAsString());
+      next(std::move(item), *std::move(answer));
+    });
+  }
+
+  void AfterNote(ItemPtr item, Note note) {
+    item->note = note.text;
+    v1::CanonicalRequest request =
+        VerifyRequestFor(info_, item->item.question, item->note, item->item.answer);
+    item->record.set_verdict_key(CacheKey(request));
+    VerifyTask task{.question = item->item.question, .note = item->note, .answer = item->item.answer};
+    auto self = shared_from_this();
+    Step<Verdict>(
+        item, "verify", std::move(request),
+        [self, task](TeacherCallback<Verdict> done) { self->teacher_.VerifyNote(task, std::move(done)); },
+        &VerdictFromRecord, &CheckVerdict,
+        [](const Verdict& verdict, v1::CacheRecord* r) {
+          r->mutable_verdict()->set_consistent(verdict.consistent);
+          r->mutable_verdict()->set_score(verdict.score);
+        },
+        [self](ItemPtr it, Verdict verdict) { self->AfterVerify(std::move(it), verdict); });
+  }
+
+  void AfterVerify(ItemPtr item, Verdict verdict) {
+    if (!verdict.consistent) {
+      Finish(std::move(item), v1::ItemRecord::DROPPED, false);
+      return;
+    }
+    if (!SelectedForNegative(item->item.id, options_.negative_fraction)) {
+      Finish(std::move(item), v1::ItemRecord::KEPT, false);
+      return;
+    }
+    v1::CanonicalRequest request = RemoveEvidenceRequestFor(info_, item->item.context,
+                                                            item->item.question, item->item.answer);
+    item->record.set_negative_key(CacheKey(request));
+    RemoveEvidenceTask task{
+        .context = item->item.context, .question = item->item.question, .answer = item->item.answer};
+    auto self = shared_from_this();
+    Step<Negative>(
+        item, "remove_evidence", std::move(request),
+        [self, task](TeacherCallback<Negative> done) {
+          self->teacher_.RemoveEvidence(task, std::move(done));
+        },
+        &NegativeFromRecord, &CheckNegative,
+        [](const Negative& negative, v1::CacheRecord* r) {
+          r->mutable_negative()->set_context(negative.context);
+          r->mutable_negative()->set_removed_paragraphs(negative.removed_paragraphs);
+          r->mutable_negative()->set_answer_still_present(negative.answer_still_present);
+        },
+        [self](ItemPtr it, Negative negative) {
+          const bool usable = !negative.answer_still_present && !negative.context.empty();
+          self->Finish(std::move(it), v1::ItemRecord::KEPT, usable);
+        });
+  }
+
+  bool FlushPending(const ItemPtr& item) {
+    if (item->pending.empty()) return true;
+    absl::Status written = cache_.store().Write(item->pending);
+    item->pending.Clear();
+    if (!written.ok()) {
+      Fail(item, "cache", std::string(written.message()));
+      return false;
+    }
+    return true;
+  }
+
+  // The item's outcome, in one batch with its last teacher answer.
+  void Finish(ItemPtr item, v1::ItemRecord::State state, bool usable_negative) {
+    item->record.set_state(state);
+    item->record.set_updated_unix_ms(NowUnixMs());
+    item->pending.Put(storage::Family::kJobs, ItemKey(*item), item->record.SerializeAsString());
+    absl::Status written = cache_.store().Write(item->pending);
+    item->pending.Clear();
+    if (!written.ok()) {
+      Record(item, "cache", std::string(written.message()));
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++counts_.items_done;
+      if (state == v1::ItemRecord::KEPT) ++counts_.notes_kept;
+      if (state == v1::ItemRecord::DROPPED) ++counts_.dropped_by_verification;
+      if (usable_negative) ++counts_.negatives;
+    }
+    Done();
+  }
+
+  // A failed item: write what was answered so far and the reason; the next run retries it.
+  void Fail(ItemPtr item, const std::string& stage, const std::string& reason) {
+    item->record.set_state(v1::ItemRecord::FAILED);
+    item->record.set_failed_stage(stage);
+    item->record.set_failure(OneLine(reason));
+    item->record.set_updated_unix_ms(NowUnixMs());
+    item->pending.Put(storage::Family::kJobs, ItemKey(*item), item->record.SerializeAsString());
+    absl::Status written = cache_.store().Write(item->pending);
+    item->pending.Clear();
+    Record(item, stage,
+           written.ok() ? reason
+                        : fmt::format("{} (and the failure could not be recorded: {})", reason,
+                                      std::string(written.message())));
+  }
+
+  void Record(const ItemPtr& item, const std::string& stage, const std::string& reason) {
+    spdlog::warn("item '{}' ({}) failed at {}: {}", item->item.id, item->source, stage,
+                 OneLine(reason));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++counts_.items_done;
+      ++counts_.failures;
+      failed_.push_back({item->item.id, item->source, stage, OneLine(reason)});
+    }
+    Done();
+  }
+
+  void Done() {
+    std::lock_guard<std::mutex> lock(mu_);
+    --in_flight_;
+    changed_.notify_all();
+  }
+
+  const DistillRunOptions& options_;
+  Teacher& teacher_;
+  NoteCache& cache_;
+  const TeacherInfo info_;
+  std::atomic<int64_t> teacher_calls_{0};
+  std::atomic<int64_t> cache_hits_{0};
+  std::atomic<int64_t> cache_rejected_{0};
+  std::mutex mu_;
+  std::condition_variable changed_;
+  int64_t in_flight_ = 0;
+  DistillCounts counts_;
+  std::vector<FailedItem> failed_;
+};
+
+bool StopRequested(const DistillRunOptions& options) {
+  return ShutdownRequested() || (options.stop_requested && options.stop_requested());
+}
+
+}  // namespace
+
+bool SelectedForNegative(std::string_view id, double fraction) {
+  if (fraction <= 0) return false;
+  if (fraction >= 1) return true;
+  const Sha256Digest digest = Sha256Of(fmt::format("rwr-negative:{}", id));
+  uint64_t value = 0;
+  for (int i = 0; i < 8; ++i) value = (value << 8) | digest[i];
+  return static_cast<double>(value) / 18446744073709551616.0 < fraction;
+}
+
+absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teacher& teacher,
+                                          NoteCache& cache) {
+  if (options.negative_fraction < 0 || options.negative_fraction > 1) {
+    return absl::InvalidArgumentError(fmt::format(
+        "distill.negative_fraction is {}; it must be in [0, 1]", options.negative_fraction));
+  }
+  const auto start = std::chrono::steady_clock::now();
+  DistillSummary summary;
+  summary.teacher = teacher.Info();
+
+  // Pass 1: check every line before the first teacher call (fail mode stops here), count items.
+  int64_t total = 0;
+  int64_t rejected = 0;
+  {
+    DatasetReader check(options.input_path, options.dataset);
+    while (true) {
+      RWR_ASSIGN_OR_RETURN(std::optional<DatasetItem> item, check.Next());
+      if (!item.has_value()) break;
+      ++total;
+    }
+    rejected = check.lines_rejected();
+    if (rejected > 0) {
+      spdlog::warn("{}: {} bad lines skipped{}", options.input_path, rejected,
+                   options.dataset.quarantine_path.empty()
+                       ? ""
+                       : fmt::format(", written with their reasons to {}",
+                                     options.dataset.quarantine_path));
+    }
+  }
+  spdlog::info("distill: {} items from {}, teacher {} (revision {}, prompts {})", total,
+               options.input_path, summary.teacher.teacher_id, summary.teacher.revision,
+               summary.teacher.prompt_template_version);
+
+  // Pass 2: the good items (bad ones skipped silently; pass 1 reported them).
+  DatasetOptions quiet = options.dataset;
+  quiet.on_bad_input = OnBadInput::kSkip;
+  quiet.quarantine_path.clear();
+  DatasetReader reader(options.input_path, quiet);
+  auto distiller = std::make_shared<Distiller>(options, teacher, cache);
+  std::unique_ptr<Progress> progress;
+  if (options.show_progress) {
+    progress = std::make_unique<Progress>(
+        ProgressOptions{.label = "distill", .total = total, .unit = "items"});
+  }
+  const int64_t window = std::max(1, options.items_in_flight);
+  while (true) {
+    distiller->WaitBelow(window, progress.get());
+    if (StopRequested(options)) {
+      summary.interrupted = true;
+      break;
+    }
+    RWR_ASSIGN_OR_RETURN(std::optional<DatasetItem> item, reader.Next());
+    if (!item.has_value()) break;
+    distiller->Start(*std::move(item), options.input_path);
+  }
+  distiller->WaitBelow(1, progress.get());
+  distiller->Report(progress.get());
+  if (progress) progress->Finish();
+
+  summary.counts = distiller->Counts();
+  summary.counts.items = total;
+  summary.counts.bad_input_lines = rejected;
+  summary.failed = distiller->Failed();
+  std::sort(summary.failed.begin(), summary.failed.end(),
+            [](const FailedItem& a, const FailedItem& b) { return a.id < b.id; });
+  summary.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // Power-loss durability for everything this run wrote (see docs/cache.md).
+  RWR_RETURN_IF_ERROR(cache.store().Sync());
+  return summary;
+}
+
+std::string SummaryLine(const DistillSummary& summary) {
+  const DistillCounts& c = summary.counts;
+  std::string line = fmt::format(
+      "distill: {} items, {} notes kept, {} dropped by verification, {} negatives, {} failures, "
+      "{} teacher calls, {} cache hits in {:.1f}s ({:.1f} items/s)",
+      c.items, c.notes_kept, c.dropped_by_verification, c.negatives, c.failures, c.teacher_calls,
+      c.cache_hits, summary.seconds,
+      summary.seconds > 0 ? static_cast<double>(c.items_done) / summary.seconds : 0.0);
+  if (c.bad_input_lines > 0) line += fmt::format(", {} bad input lines skipped", c.bad_input_lines);
+  if (c.cache_rejected > 0) line += fmt::format(", {} cache records rejected", c.cache_rejected);
+  if (summary.interrupted) {
+    line += fmt::format("; interrupted after {} of {} items (rerun to continue)", c.items_done,
+                        c.items);
+  }
+  return line;
+}
+
+nlohmann::json SummaryJson(const DistillSummary& summary) {
+  const DistillCounts& c = summary.counts;
+  nlohmann::json failed = nlohmann::json::array();
+  for (const FailedItem& item : summary.failed) {
+    failed.push_back(
+        {{"id", item.id}, {"source", item.source}, {"stage", item.stage}, {"reason", item.reason}});
+  }
+  return {{"items", c.items},
+          {"items_done", c.items_done},
+          {"notes_kept", c.notes_kept},
+          {"dropped_by_verification", c.dropped_by_verification},
+          {"negatives", c.negatives},
+          {"failures", c.failures},
+          {"teacher_calls", c.teacher_calls},
+          {"cache_hits", c.cache_hits},
+          {"cache_rejected", c.cache_rejected},
+          {"bad_input_lines", c.bad_input_lines},
+          {"failed_items", failed},
+          {"interrupted", summary.interrupted},
+          {"seconds", summary.seconds},
+          {"teacher",
+           {{"id", summary.teacher.teacher_id},
+            {"revision", summary.teacher.revision},
+            {"prompt_template_version", summary.teacher.prompt_template_version}}}};
+}
+
+}  // namespace rwr::teacher

@@ -1,0 +1,87 @@
+// RunDistill: one pass of a JSONL dataset through a teacher into the note cache — the engine of
+// `rwr distill run` and of each `rwr distill serve` job (RWR_METHOD.md steps 1-3).
+//
+// Per item:  note = T(c, q)  →  verdict = verify(q, note, a)  →  kept?  →  for a fixed, seeded
+// fraction of kept items: c_r = remove_evidence(c, q, a), the `empty` negative.
+// Every step first asks the cache; a miss asks the teacher and the answer is written to the cache
+// before the next step starts (the item's final answer together with its ItemRecord, in one atomic
+// batch). So a run killed at any point and started again asks the teacher only for what is not yet
+// cached, and loses nothing that was written (see docs/cache.md for the durability contract).
+//
+// An item whose teacher call finally fails (the client has already retried) or whose answer is
+// malformed is recorded as FAILED with the stage and the reason (jobs family, "item/<id>") and
+// listed in the summary; the next run retries it. Items are independent: one failure never stops
+// the run. Up to `items_in_flight` items are in progress at once, which keeps a remote teacher's
+// window full (each item has one call outstanding at a time).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
+#include "teacher_client/dataset.h"
+#include "teacher_client/note_cache.h"
+#include "teacher_client/teacher.h"
+
+namespace rwr::teacher {
+
+struct DistillCounts {
+  int64_t items = 0;                    // good items in the input (known after the check pass)
+  int64_t items_done = 0;               // finished this run: kept, dropped or failed
+  int64_t notes_kept = 0;
+  int64_t dropped_by_verification = 0;
+  int64_t negatives = 0;                // usable `empty` negatives (answer removed)
+  int64_t failures = 0;
+  int64_t teacher_calls = 0;            // tasks sent to the teacher (client retries not counted)
+  int64_t cache_hits = 0;
+  int64_t cache_rejected = 0;           // stale or mismatching records, re-asked and overwritten
+  int64_t bad_input_lines = 0;          // quarantined lines (--on-bad-input skip)
+};
+
+struct FailedItem {
+  std::string id;
+  std::string source;  // FILE:LINE
+  std::string stage;   // note | verify | remove_evidence | cache
+  std::string reason;
+};
+
+struct DistillSummary {
+  DistillCounts counts;
+  std::vector<FailedItem> failed;
+  bool interrupted = false;  // stopped early (cancel or shutdown signal); rerun to continue
+  double seconds = 0;
+  TeacherInfo teacher;
+};
+
+struct DistillRunOptions {
+  std::string input_path;
+  DatasetOptions dataset;
+  double negative_fraction = 0.3;  // of kept items; chosen by a hash of the item id
+  int items_in_flight = 128;
+  // Polled while running; true stops starting new items (those in flight finish). The process's
+  // shutdown flag (SIGINT/SIGTERM) is always polled too.
+  std::function<bool()> stop_requested;
+  // Called on the driving thread about every `progress_interval_s`, and once at the end.
+  std::function<void(const DistillCounts&)> on_progress;
+  double progress_interval_s = 0.2;
+  bool show_progress = true;  // an rwr::Progress bar/lines on stderr
+};
+
+// Whether `id` is among the `fraction` of items that get an `empty` negative (stable per id).
+bool SelectedForNegative(std::string_view id, double fraction);
+
+// Errors: bad input in fail mode (FILE:LINE: reason, before any teacher call), an unreadable
+// input, a cache that cannot be written at all. Item failures are in the summary, not errors.
+absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teacher& teacher,
+                                          NoteCache& cache);
+
+// "distill: 1000 items, 912 notes kept, 71 dropped by verification, 270 negatives, 17 failures,
+//  2913 teacher calls, 64 cache hits in 12.3s (81.3 items/s)"
+std::string SummaryLine(const DistillSummary& summary);
+// The --summary-json document: the counts' keys plus failed_items, interrupted, seconds, teacher.
+nlohmann::json SummaryJson(const DistillSummary& summary);
+
+}  // namespace rwr::teacher

@@ -1,0 +1,313 @@
+// RunDistill (teacher_client/distill_run.h) against the in-process extractive teacher and against a
+// real TeacherServer on loopback with faults injected (ScriptedTeacher): counts add up, a rerun
+// asks the teacher for nothing cached, failed items are reported with their reasons and a rerun
+// finishes them, tampered records are re-asked.
+#include "teacher_client/distill_run.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "storage/rocksdb_store.h"
+#include "teacher_client/client.h"
+#include "teacher_client/extractive_teacher.h"
+#include "teacher_client/scripted_teacher.h"
+#include "teacher_client/teacher_server.h"
+#include "tests/distill/distill_test_data.h"
+#include "tests/teacher/test_support.h"
+
+namespace rwr::teacher {
+namespace {
+
+namespace fs = std::filesystem;
+using storage::Family;
+
+class DistillRunTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing::MakeTempDir("distill_run");
+    input_ = (dir_ / "data.jsonl").string();
+    testing::WriteDistillTestData(input_, kItems);
+    OpenCache();
+  }
+  void TearDown() override {
+    cache_.reset();
+    store_.reset();
+    fs::remove_all(dir_);
+  }
+  void OpenCache() {
+    cache_.reset();
+    store_.reset();
+    auto store = storage::RocksDbStore::Open((dir_ / "cache").string());
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = *std::move(store);
+    auto cache = NoteCache::Open(store_.get());
+    ASSERT_TRUE(cache.ok()) << cache.status();
+    cache_ = *std::move(cache);
+  }
+  DistillSummary Run(Teacher& teacher, double negative_fraction = 0.5) {
+    DistillRunOptions options;
+    options.input_path = input_;
+    options.negative_fraction = negative_fraction;
+    options.items_in_flight = 16;
+    options.show_progress = false;
+    auto summary = RunDistill(options, teacher, *cache_);
+    EXPECT_TRUE(summary.ok()) << summary.status();
+    return summary.ok() ? *summary : DistillSummary{};
+  }
+  int64_t CachedAnswers() {
+    return *store_->Count(Family::kNotes) + *store_->Count(Family::kVerdicts) +
+           *store_->Count(Family::kNegatives);
+  }
+  int64_t FinishedItems() {
+    int64_t n = 0;
+    EXPECT_TRUE(ForEachItem(*store_, [&](const DistilledItem&) {
+                  ++n;
+                  return absl::OkStatus();
+                }).ok());
+    return n;
+  }
+
+  static constexpr int kItems = 40;
+  fs::path dir_;
+  std::string input_;
+  std::unique_ptr<storage::RocksDbStore> store_;
+  std::unique_ptr<NoteCache> cache_;
+};
+
+TEST_F(DistillRunTest, CountsAddUpAndARerunAsksTheTeacherNothing) {
+  ScriptedTeacher teacher({});  // extractive inside, counts calls
+  DistillSummary first = Run(teacher);
+  const DistillCounts& c = first.counts;
+  EXPECT_EQ(c.items, kItems);
+  EXPECT_EQ(c.items_done, kItems);
+  EXPECT_EQ(c.failures, 0);
+  EXPECT_EQ(c.notes_kept + c.dropped_by_verification, kItems);
+  EXPECT_EQ(c.dropped_by_verification, kItems / 4) << "the unanswerable quarter is dropped";
+  EXPECT_GT(c.negatives, 0);
+  EXPECT_LT(c.negatives, c.notes_kept) << "negatives go to a fraction of kept items";
+  EXPECT_EQ(c.teacher_calls, static_cast<int64_t>(teacher.calls()));
+  EXPECT_EQ(c.cache_hits, 0);
+  EXPECT_EQ(c.teacher_calls, CachedAnswers()) << "every answer cached";
+  EXPECT_EQ(FinishedItems(), kItems);
+
+  ScriptedTeacher again({});
+  DistillSummary second = Run(again);
+  EXPECT_EQ(again.calls(), 0u);
+  EXPECT_EQ(second.counts.teacher_calls, 0);
+  EXPECT_EQ(second.counts.cache_hits, c.teacher_calls);
+  EXPECT_EQ(second.counts.notes_kept, c.notes_kept);
+  EXPECT_EQ(second.counts.negatives, c.negatives);
+
+  // The data stage sees what was distilled, with the input's extra fields.
+  auto item = LookupItem(*store_, "item-1");
+  ASSERT_TRUE(item.ok() && item->has_value());
+  EXPECT_TRUE((*item)->kept);
+  EXPECT_NE((*item)->note.find("Keeper1 Smith"), std::string::npos) << (*item)->note;
+  EXPECT_EQ((*item)->answer, "Keeper1 Smith");
+  EXPECT_NE((*item)->extra_json.find("harbours"), std::string::npos);
+  EXPECT_NE((*item)->source.find("data.jsonl:2"), std::string::npos) << (*item)->source;
+  int with_negative = 0;
+  ASSERT_TRUE(ForEachItem(*store_, [&](const DistilledItem& it) {
+                if (it.negative_context) {
+                  ++with_negative;
+                  EXPECT_EQ(it.negative_context->find(it.answer), std::string::npos)
+                      << "the negative still holds the answer: " << *it.negative_context;
+                }
+                return absl::OkStatus();
+              }).ok());
+  EXPECT_EQ(with_negative, c.negatives);
+}
+
+TEST_F(DistillRunTest, NegativeSelectionIsAStableFractionOfIds) {
+  int selected = 0;
+  for (int i = 0; i < 2000; ++i) selected += SelectedForNegative("id-" + std::to_string(i), 0.3);
+  EXPECT_GT(selected, 520);
+  EXPECT_LT(selected, 680);
+  EXPECT_EQ(SelectedForNegative("x", 0.3), SelectedForNegative("x", 0.3));
+  EXPECT_FALSE(SelectedForNegative("x", 0));
+  EXPECT_TRUE(SelectedForNegative("x", 1));
+}
+
+TEST_F(DistillRunTest, FailingCallsAreReportedPerItemAndARerunFinishesThem) {
+  // Every 5th teacher call fails for good (in process: no client retries).
+  ScriptedTeacher flaky({.fail_every = 5, .fail_code = absl::StatusCode::kUnavailable});
+  DistillSummary first = Run(flaky);
+  EXPECT_GT(first.counts.failures, 0);
+  EXPECT_EQ(first.counts.items_done, kItems);
+  ASSERT_EQ(static_cast<int64_t>(first.failed.size()), first.counts.failures);
+  for (const FailedItem& failed : first.failed) {
+    EXPECT_FALSE(failed.id.empty());
+    EXPECT_NE(failed.source.find("data.jsonl:"), std::string::npos);
+    EXPECT_TRUE(failed.stage == "note" || failed.stage == "verify" ||
+                failed.stage == "remove_evidence")
+        << failed.stage;
+    EXPECT_FALSE(failed.reason.empty());
+    // The reason is recorded in the cache (jobs family) too.
+    auto bytes = store_->Get(Family::kJobs, std::string(kItemKeyPrefix) + failed.id);
+    ASSERT_TRUE(bytes.ok() && bytes->has_value());
+    v1::ItemRecord record;
+    ASSERT_TRUE(record.ParseFromString(**bytes));
+    EXPECT_EQ(record.state(), v1::ItemRecord::FAILED);
+    EXPECT_EQ(record.failed_stage(), failed.stage);
+    EXPECT_EQ(record.failure(), failed.reason);
+  }
+  EXPECT_EQ(FinishedItems(), kItems - first.counts.failures);
+  const int64_t cached_before = CachedAnswers();
+
+  // The rerun asks only for what is missing, and finishes everything.
+  ScriptedTeacher healthy({});
+  DistillSummary second = Run(healthy);
+  EXPECT_EQ(second.counts.failures, 0);
+  EXPECT_EQ(FinishedItems(), kItems);
+  EXPECT_EQ(second.counts.teacher_calls, CachedAnswers() - cached_before);
+  EXPECT_EQ(second.counts.cache_hits, cached_before);
+  auto retried = store_->Get(Family::kJobs, std::string(kItemKeyPrefix) + first.failed[0].id);
+  v1::ItemRecord record;
+  ASSERT_TRUE(record.ParseFromString(**retried));
+  EXPECT_EQ(record.attempts(), 2u);
+  EXPECT_NE(record.state(), v1::ItemRecord::FAILED);
+}
+
+TEST_F(DistillRunTest, MalformedAnswersFailTheirItemsWithTheReason) {
+  ScriptedTeacher blank({.answer = ScriptedOptions::Answer::kBlankNote});
+  DistillSummary summary = Run(blank);
+  EXPECT_EQ(summary.counts.failures, kItems);
+  ASSERT_FALSE(summary.failed.empty());
+  EXPECT_EQ(summary.failed[0].stage, "note");
+  EXPECT_NE(summary.failed[0].reason.find("blank"), std::string::npos) << summary.failed[0].reason;
+  EXPECT_EQ(*store_->Count(Family::kNotes), 0) << "malformed answers are never cached";
+
+  ScriptedTeacher bad_score({.answer = ScriptedOptions::Answer::kBadScore});
+  summary = Run(bad_score);
+  EXPECT_EQ(summary.counts.failures, kItems);
+  EXPECT_EQ(summary.failed[0].stage, "verify");
+  EXPECT_EQ(*store_->Count(Family::kVerdicts), 0);
+  EXPECT_EQ(*store_->Count(Family::kNotes), kItems) << "the good notes were kept";
+}
+
+TEST_F(DistillRunTest, TamperedRecordIsReaskedAndOverwritten) {
+  ScriptedTeacher teacher({});
+  const DistillSummary first = Run(teacher);
+  // Forge one note: same key, a different request inside (what a collision would look like).
+  const auto request = NoteRequestFor(teacher.Info(),
+                                      testing::DistillTestItem(0)["context"].get<std::string>(),
+                                      testing::DistillTestItem(0)["question"].get<std::string>());
+  const std::string key = CacheKey(request);
+  v1::CacheRecord record;
+  ASSERT_TRUE(record.ParseFromString(**store_->Get(Family::kNotes, key)));
+  record.mutable_request()->set_question("something else");
+  ASSERT_TRUE(store_->Put(Family::kNotes, key, record.SerializeAsString()).ok());
+
+  ScriptedTeacher second_teacher({});
+  DistillSummary second = Run(second_teacher);
+  EXPECT_EQ(second.counts.cache_rejected, 1);
+  EXPECT_EQ(second.counts.teacher_calls, 1);
+  EXPECT_EQ(second_teacher.calls(), 1u);
+  EXPECT_EQ(cache_->Lookup(request)->outcome, CacheLookup::Outcome::kHit) << "overwritten";
+  EXPECT_EQ(second.counts.notes_kept, first.counts.notes_kept);
+}
+
+// --- Over gRPC, against a real TeacherServer on loopback ---
+
+std::unique_ptr<TeacherServer> StartServer(int port, std::shared_ptr<Teacher> backend) {
+  TeacherServerOptions options;
+  options.listen = "127.0.0.1:" + std::to_string(port);
+  auto server = TeacherServer::Start(options, std::move(backend));
+  EXPECT_TRUE(server.ok()) << server.status();
+  return server.ok() ? *std::move(server) : nullptr;
+}
+
+TeacherClientOptions ClientOptions() {
+  TeacherClientOptions options;
+  options.concurrency = 16;
+  options.deadline_s = 5;
+  options.max_attempts = 30;
+  options.initial_backoff_s = 0.02;
+  options.max_backoff_s = 0.2;
+  options.connect_timeout_s = 5;
+  return options;
+}
+
+TEST_F(DistillRunTest, TeacherKilledAndRestartedMidRunLosesNothing) {
+  const int port = testing::FreePort();
+  auto backend = std::make_shared<ScriptedTeacher>(ScriptedOptions{.latency_s = 0.01});
+  auto server = StartServer(port, backend);
+  ASSERT_TRUE(server);
+  auto client = MakeTeacher("rwr://127.0.0.1:" + std::to_string(port), ClientOptions());
+  ASSERT_TRUE(client.ok()) << client.status();
+
+  // Kill the server once some answers are cached; bring a new one up on the same port 300 ms later.
+  std::atomic<bool> restarted{false};
+  std::thread chaos([&] {
+    while (CachedAnswers() < 10) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    server->Shutdown(0);
+    server.reset();
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    server = StartServer(port, std::make_shared<ScriptedTeacher>(ScriptedOptions{.latency_s = 0.01}));
+    restarted = true;
+  });
+  DistillSummary first = Run(**client);
+  chaos.join();
+  ASSERT_TRUE(restarted.load());
+  // The client retried through the outage; any item that still failed is listed with its reason.
+  EXPECT_EQ(first.counts.items_done, kItems);
+  EXPECT_EQ(static_cast<int64_t>(first.failed.size()), first.counts.failures);
+  EXPECT_EQ(FinishedItems(), kItems - first.counts.failures);
+  DistillSummary second = Run(**client);
+  EXPECT_EQ(second.counts.failures, 0);
+  EXPECT_EQ(FinishedItems(), kItems);
+  if (first.counts.failures == 0) EXPECT_EQ(second.counts.teacher_calls, 0);
+}
+
+TEST_F(DistillRunTest, AnswersSlowerThanTheDeadlineFailWithTheReasonThenRerunFinishes) {
+  const int port = testing::FreePort();
+  auto server = StartServer(port, std::make_shared<ScriptedTeacher>(ScriptedOptions{.latency_s = 0.5}));
+  ASSERT_TRUE(server);
+  TeacherClientOptions options = ClientOptions();
+  options.deadline_s = 0.05;
+  options.max_attempts = 2;
+  auto slow_client = MakeTeacher("rwr://127.0.0.1:" + std::to_string(port), options);
+  ASSERT_TRUE(slow_client.ok()) << slow_client.status();
+  DistillSummary first = Run(**slow_client);
+  EXPECT_EQ(first.counts.failures, kItems);
+  ASSERT_EQ(first.failed.size(), static_cast<size_t>(kItems));
+  EXPECT_EQ(first.failed[0].stage, "note");
+  EXPECT_NE(first.failed[0].reason.find("eadline"), std::string::npos) << first.failed[0].reason;
+  slow_client->reset();
+  server->Shutdown(0);
+
+  const int fast_port = testing::FreePort();
+  auto fast = StartServer(fast_port, std::make_shared<ExtractiveTeacher>());
+  auto client = MakeTeacher("rwr://127.0.0.1:" + std::to_string(fast_port), ClientOptions());
+  ASSERT_TRUE(client.ok());
+  DistillSummary second = Run(**client);
+  EXPECT_EQ(second.counts.failures, 0);
+  EXPECT_EQ(FinishedItems(), kItems);
+}
+
+TEST_F(DistillRunTest, BadInputInFailModeStopsBeforeAnyTeacherCall) {
+  std::ofstream(input_, std::ios::app) << "{not json\n";
+  ScriptedTeacher teacher({});
+  DistillRunOptions options;
+  options.input_path = input_;
+  options.show_progress = false;
+  auto summary = RunDistill(options, teacher, *cache_);
+  ASSERT_FALSE(summary.ok());
+  EXPECT_NE(std::string(summary.status().message()).find("data.jsonl:41: malformed JSON"),
+            std::string::npos)
+      << summary.status();
+  EXPECT_EQ(teacher.calls(), 0u);
+
+  options.dataset = {.on_bad_input = OnBadInput::kSkip,
+                     .quarantine_path = (dir_ / "quarantine.jsonl").string()};
+  summary = RunDistill(options, teacher, *cache_);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_EQ(summary->counts.bad_input_lines, 1);
+  EXPECT_EQ(summary->counts.items_done, kItems);
+  EXPECT_NE(testing::ReadFile(dir_ / "quarantine.jsonl").find("\"line\":41"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace rwr::teacher
