@@ -1,0 +1,256 @@
+// Sample templates, the RwR mix, sample encoding with loss masks and long-sample policies, and the
+// packer writing shards a loader reads back. A byte tokenizer (id = byte + 1, eos = 0) stands in
+// for BPE so every token decodes to one byte.
+#include <filesystem>
+#include <set>
+
+#include "distill/packer.h"
+#include "distill/sample_builder.h"
+#include "distill/template.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "storage/shard_loader.h"
+
+namespace rwr::distill {
+namespace {
+
+using ::testing::HasSubstr;
+
+void ByteEncode(std::string_view text, std::vector<int32_t>* out) {
+  for (unsigned char c : text) out->push_back(c + 1);
+}
+
+std::string ByteDecode(const std::vector<uint32_t>& ids, const std::vector<uint8_t>& mask,
+                       uint8_t want) {
+  std::string s;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (mask[i] != want) continue;
+    s += ids[i] == 0 ? std::string("<eos>") : std::string(1, static_cast<char>(ids[i] - 1));
+  }
+  return s;
+}
+
+RecipeItem Item(const std::string& id, bool verified, bool negative) {
+  RecipeItem item{.id = id, .context = "ctx of " + id, .question = "Q " + id + "?",
+                  .answer = "A" + id};
+  if (verified) {
+    item.note_verified = true;
+    item.note = "note " + id;
+  }
+  if (negative) item.negative_context = "removed " + id;
+  return item;
+}
+
+TEST(SampleTemplate, DefaultRendersContextQuestionNoteAnswerWithLossOnNoteAndAnswer) {
+  SampleEncoder encoder(ByteEncode, 0, SampleTemplate::Default(), LongSamplePolicy::kDrop, 1000);
+  const RecipeItem item = Item("7", true, true);
+  auto note = encoder.Encode(item, SampleKind::kNote);
+  ASSERT_TRUE(note.has_value());
+  EXPECT_EQ(ByteDecode(note->tokens, note->loss_mask, 0), "ctx of 7\n\nQuestion: Q 7?\nNote:");
+  EXPECT_EQ(ByteDecode(note->tokens, note->loss_mask, 1), " note 7\nAnswer: A7<eos>");
+  auto empty = encoder.Encode(item, SampleKind::kEmpty);
+  EXPECT_EQ(ByteDecode(empty->tokens, empty->loss_mask, 0), "removed 7\n\nQuestion: Q 7?\nNote:");
+  EXPECT_EQ(ByteDecode(empty->tokens, empty->loss_mask, 1), " empty\nAnswer: A7<eos>");
+  auto plain = encoder.Encode(item, SampleKind::kPlain);
+  EXPECT_EQ(ByteDecode(plain->tokens, plain->loss_mask, 0), "ctx of 7\n\nQuestion: Q 7?\nAnswer:");
+  EXPECT_EQ(ByteDecode(plain->tokens, plain->loss_mask, 1), " A7<eos>");
+}
+
+TEST(SampleTemplate, UserTemplateFromYamlAndItsErrors) {
+  auto t = SampleTemplate::FromYaml(R"(
+name: qa-first
+empty_note: NONE
+with_note:
+  - {text: "Q: {question}\n{context}\n", loss: false}
+  - {text: "[{note}] {answer}{eos}", loss: true}
+without_note:
+  - {text: "Q: {question}\n{context}\n", loss: false}
+  - {text: "{answer}{eos}", loss: true}
+)", "user.yaml");
+  ASSERT_TRUE(t.ok()) << t.status();
+  SampleEncoder encoder(ByteEncode, 0, *t, LongSamplePolicy::kDrop, 1000);
+  auto s = encoder.Encode(Item("1", false, true), SampleKind::kEmpty);
+  EXPECT_EQ(ByteDecode(s->tokens, s->loss_mask, 1), "[NONE] A1<eos>");
+  auto round = SampleTemplate::FromYaml(t->ToYaml(), "round trip");
+  ASSERT_TRUE(round.ok()) << round.status();
+  EXPECT_EQ(round->with_note[1].text, t->with_note[1].text);
+
+  auto no_note = SampleTemplate::FromYaml(R"(
+with_note: [{text: "{context}{question}", loss: false}, {text: "{answer}", loss: true}]
+without_note: [{text: "{context}{question}", loss: false}, {text: "{answer}", loss: true}]
+)", "bad.yaml");
+  EXPECT_THAT(std::string(no_note.status().message()), HasSubstr("{note}"));
+  auto context_loss = SampleTemplate::FromYaml(R"(
+with_note: [{text: "{context}{question}{note}{answer}", loss: true}]
+without_note: [{text: "{context}{question}", loss: false}, {text: "{answer}", loss: true}]
+)", "bad.yaml");
+  EXPECT_THAT(std::string(context_loss.status().message()), HasSubstr("{context}"));
+  auto unknown = SampleTemplate::FromYaml(R"(
+with_note: [{text: "{context}{question}{nope}", loss: false}, {text: "{note}{answer}", loss: true}]
+without_note: [{text: "{context}{question}", loss: false}, {text: "{answer}", loss: true}]
+)", "bad.yaml");
+  EXPECT_THAT(std::string(unknown.status().message()), HasSubstr("unknown slot"));
+  EXPECT_FALSE(SampleTemplate::FromYaml("[1, 2]", "list.yaml").ok());
+}
+
+TEST(SampleEncoder, LongSamplePolicies) {
+  RecipeItem item = Item("x", true, false);
+  item.context = std::string(100, 'c');
+  const int64_t full = static_cast<int64_t>(
+      SampleEncoder(ByteEncode, 0, SampleTemplate::Default(), LongSamplePolicy::kKeep, 1 << 20)
+          .Encode(item, SampleKind::kNote)->tokens.size());
+  SampleEncoder keep(ByteEncode, 0, SampleTemplate::Default(), LongSamplePolicy::kKeep, 50);
+  EXPECT_EQ(static_cast<int64_t>(keep.Encode(item, SampleKind::kNote)->tokens.size()), full);
+  SampleEncoder drop(ByteEncode, 0, SampleTemplate::Default(), LongSamplePolicy::kDrop, full - 1);
+  EXPECT_FALSE(drop.Encode(item, SampleKind::kNote).has_value());
+  SampleEncoder truncate(ByteEncode, 0, SampleTemplate::Default(), LongSamplePolicy::kTruncate,
+                         full - 30);
+  auto cut = truncate.Encode(item, SampleKind::kNote);
+  ASSERT_TRUE(cut.has_value());
+  EXPECT_TRUE(cut->truncated);
+  EXPECT_EQ(static_cast<int64_t>(cut->tokens.size()), full - 30);
+  // The start of the context went; question, note and answer are whole.
+  EXPECT_EQ(ByteDecode(cut->tokens, cut->loss_mask, 0), std::string(70, 'c') + "\n\nQuestion: Q x?\nNote:");
+  EXPECT_EQ(ByteDecode(cut->tokens, cut->loss_mask, 1), " note x\nAnswer: Ax<eos>");
+  SampleEncoder impossible(ByteEncode, 0, SampleTemplate::Default(), LongSamplePolicy::kTruncate, 20);
+  EXPECT_FALSE(impossible.Encode(item, SampleKind::kNote).has_value());
+}
+
+TEST(PlanMix, RatiosHoldExactlyAndTheScarcestKindIsUsedInFull) {
+  std::vector<RecipeItem> items;
+  for (int i = 0; i < 100; ++i) items.push_back(Item(std::to_string(i), i < 60, i < 18));
+  MixCounts counts;
+  auto plan = PlanMix(items, {.note = 0.6, .empty = 0.2, .plain = 0.2}, 1, &counts);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(counts.available[0], 60);
+  EXPECT_EQ(counts.available[1], 18);
+  EXPECT_EQ(counts.available[2], 100);
+  // N = min(60/0.6, 18/0.2, 100/0.2) = 90 → 54 note, 18 empty, 18 plain.
+  EXPECT_EQ(counts.chosen[0], 54);
+  EXPECT_EQ(counts.chosen[1], 18);
+  EXPECT_EQ(counts.chosen[2], 18);
+  ASSERT_EQ(plan->size(), 90u);
+  std::set<std::pair<int, size_t>> unique;
+  for (const auto& p : *plan) {
+    unique.insert({static_cast<int>(p.kind), p.item});
+    if (p.kind == SampleKind::kNote) EXPECT_TRUE(items[p.item].note_verified);
+    if (p.kind == SampleKind::kEmpty) EXPECT_TRUE(items[p.item].negative_context.has_value());
+  }
+  EXPECT_EQ(unique.size(), 90u);
+  // Deterministic by seed; another seed picks and orders differently.
+  auto again = PlanMix(items, {.note = 0.6, .empty = 0.2, .plain = 0.2}, 1, nullptr);
+  auto other = PlanMix(items, {.note = 0.6, .empty = 0.2, .plain = 0.2}, 2, nullptr);
+  auto same_items = [](const auto& a, const auto& b) {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (a[i].item != b[i].item || a[i].kind != b[i].kind) return false;
+    }
+    return true;
+  };
+  EXPECT_TRUE(same_items(*plan, *again));
+  EXPECT_FALSE(same_items(*plan, *other));
+  // Plain only (a dataset without a cache).
+  auto plain = PlanMix(items, {.note = 0, .empty = 0, .plain = 1}, 1, &counts);
+  EXPECT_EQ(plain->size(), 100u);
+  EXPECT_FALSE(PlanMix(items, {.note = 0, .empty = 0, .plain = 0}, 1, nullptr).ok());
+  EXPECT_FALSE(PlanMix(items, {.note = -1, .empty = 0, .plain = 1}, 1, nullptr).ok());
+}
+
+TEST(JsonlRecipeSource, ParsesOptionalNoteFieldsAndNamesBadLines) {
+  auto ok = ParseRecipeLine(
+      R"({"id":"a","context":"c","question":"q","answer":"x","note":"n","note_verified":true,"negative_context":"r"})",
+      "f:1");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_TRUE(ok->note_verified);
+  EXPECT_EQ(*ok->negative_context, "r");
+  auto missing = ParseRecipeLine(R"({"id":"a","context":"c","question":"q"})", "f:2");
+  EXPECT_THAT(std::string(missing.status().message()), HasSubstr("f:2: 'answer'"));
+  EXPECT_THAT(std::string(ParseRecipeLine("{oops", "f:3").status().message()), HasSubstr("f:3"));
+}
+
+std::string TempDir(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() /
+             ("rwr_recipe_test_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  return dir.string();
+}
+
+TEST(Packer, PacksSamplesWholeIntoRowsAcrossShardsAndTheLoaderReadsThemBack) {
+  const std::string dir = TempDir("pack");
+  auto packer = Packer::Create({.dir = dir, .vocab_size = 300, .seq_len = 63, .shard_tokens = 500,
+                                .open_rows = 4, .eos_id = 0, .pad_id = 0});
+  ASSERT_TRUE(packer.ok()) << packer.status();
+  std::vector<std::vector<uint32_t>> samples;
+  uint64_t tokens = 0;
+  for (int i = 0; i < 200; ++i) {
+    std::vector<uint32_t> s(5 + (i * 37) % 40, static_cast<uint32_t>(1 + i % 250));
+    std::vector<uint8_t> m(s.size(), 0);
+    m.back() = 1;
+    tokens += s.size();
+    ASSERT_TRUE((*packer)->Add(s, m).ok());
+    samples.push_back(std::move(s));
+  }
+  std::vector<uint32_t> too_long(65, 1);
+  std::vector<uint8_t> too_long_mask(65, 0);
+  EXPECT_FALSE((*packer)->Add(too_long, too_long_mask).ok());
+  ASSERT_TRUE((*packer)->Finish(R"({"note":"test"})").ok());
+  const PackerStats& stats = (*packer)->stats();
+  EXPECT_EQ(stats.tokens, tokens);
+  EXPECT_GT(stats.shards, 2u);
+  EXPECT_LT(stats.padding, stats.rows * 64 / 5);  // rows are mostly full
+
+  auto manifest = storage::ShardManifest::Load(dir);
+  ASSERT_TRUE(manifest.ok()) << manifest.status();
+  EXPECT_EQ(manifest->TotalTokens(), tokens);
+  EXPECT_EQ(manifest->TotalDocuments(), 200u);
+  EXPECT_EQ(manifest->TotalLossTokens(), 200u);
+  // Every sample comes back whole, once, as one document of some row.
+  std::multiset<std::vector<uint32_t>> want(samples.begin(), samples.end());
+  std::multiset<std::vector<uint32_t>> got;
+  for (const auto& entry : manifest->shards) {
+    auto reader = storage::ShardReader::Open(dir + "/" + entry.file);
+    ASSERT_TRUE(reader.ok()) << reader.status();
+    for (uint64_t r = 0; r < (*reader)->num_rows(); ++r) {
+      const uint64_t n = (*reader)->RowLength(r);
+      std::vector<int32_t> t(n);
+      std::vector<uint8_t> m(n);
+      std::vector<uint64_t> starts;
+      ASSERT_TRUE((*reader)->ReadRow(r, t, m, &starts).ok());
+      starts.push_back(n);
+      for (size_t d = 0; d + 1 < starts.size(); ++d) {
+        got.insert(std::vector<uint32_t>(t.begin() + starts[d], t.begin() + starts[d + 1]));
+      }
+    }
+  }
+  EXPECT_EQ(got, want);
+  auto loader = storage::ShardLoader::Open({.dir = dir, .batch_size = 2});
+  ASSERT_TRUE(loader.ok()) << loader.status();
+  storage::Batch batch;
+  ASSERT_TRUE((*loader)->Next(&batch).ok());
+  EXPECT_EQ(batch.seq_len, 63);
+
+  // A second build into the same directory needs overwrite.
+  EXPECT_EQ(Packer::Create({.dir = dir, .vocab_size = 300, .seq_len = 63}).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_TRUE(Packer::Create({.dir = dir, .vocab_size = 300, .seq_len = 63, .overwrite = true}).ok());
+  EXPECT_FALSE(std::filesystem::exists(dir + "/manifest.json"));
+}
+
+TEST(Packer, OnePerRowKeepsLongSamplesWhole) {
+  const std::string dir = TempDir("one");
+  auto packer = Packer::Create({.dir = dir, .vocab_size = 300, .seq_len = 8,
+                                .row_layout = storage::RowLayout::kOnePerRow});
+  ASSERT_TRUE(packer.ok());
+  std::vector<uint32_t> s(100, 3);
+  std::vector<uint8_t> m(100, 1);
+  ASSERT_TRUE((*packer)->Add(s, m).ok());
+  ASSERT_TRUE((*packer)->Add(std::span(s).first(5), std::span(m).first(5)).ok());
+  ASSERT_TRUE((*packer)->Finish("{}").ok());
+  auto manifest = storage::ShardManifest::Load(dir);
+  ASSERT_TRUE(manifest.ok());
+  EXPECT_EQ(manifest->TotalRows(), 2u);
+  EXPECT_EQ(manifest->row_layout, storage::RowLayout::kOnePerRow);
+}
+
+}  // namespace
+}  // namespace rwr::distill
