@@ -23,7 +23,13 @@ CallScheduler::~CallScheduler() {
   dispatcher_.join();
 }
 
-bool CallScheduler::Retryable(grpc::StatusCode code) {
+bool CallScheduler::Retryable(const grpc::Status& status) {
+  const grpc::StatusCode code = status.error_code();
+  // gRPC reports a message over the receiver's size limit as RESOURCE_EXHAUSTED too; sending the
+  // same bytes again cannot help.
+  if (code == grpc::StatusCode::RESOURCE_EXHAUSTED &&
+      status.error_message().find("larger than max") != std::string::npos)
+    return false;
   return code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::DEADLINE_EXCEEDED ||
          code == grpc::StatusCode::RESOURCE_EXHAUSTED;
 }
@@ -131,7 +137,7 @@ void CallScheduler::AttemptDone(std::shared_ptr<Call> call, grpc::Status status)
   {
     std::lock_guard<std::mutex> lock(mu_);
     in_flight_.erase(call->context.get());
-    if (!status.ok() && Retryable(status.error_code()) && call->attempts < options_.max_attempts &&
+    if (!status.ok() && Retryable(status) && call->attempts < options_.max_attempts &&
         !stopping_) {
       ++stats_.retries;
       call->not_before = Clock::now() + Backoff(call->attempts);

@@ -48,7 +48,8 @@ class CallScheduler {
   void Submit(StartFn start, FinishFn finish);
   TeacherClientStats Stats() const;
 
-  static bool Retryable(grpc::StatusCode code);
+  // UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED (except "message larger than max").
+  static bool Retryable(const grpc::Status& status);
 
  private:
   using Clock = std::chrono::steady_clock;

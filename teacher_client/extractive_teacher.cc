@@ -43,6 +43,12 @@ const std::unordered_set<std::string>& Stopwords() {
   return *words;
 }
 
+const std::set<std::string>& Anaphors() {
+  static const auto* words = new std::set<std::string>{"it", "its", "this", "these", "they", "their",
+                                                       "he", "his", "she", "her", "there", "that"};
+  return *words;
+}
+
 const std::set<std::string>& Abbreviations() {
   static const auto* words = new std::set<std::string>{
       "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "inc", "ltd",
@@ -51,15 +57,25 @@ const std::set<std::string>& Abbreviations() {
   return *words;
 }
 
-std::string StripPlural(std::string word) {
+// A light suffix strip (not Porter): plurals, -ing, -est, -ed, -ly. Applied to question and
+// context alike, so "highest" meets "high" and "flows" meets "flow".
+std::string Stem(std::string word) {
   if (word.size() > 4 && word.ends_with("ies")) return word.substr(0, word.size() - 3) + "y";
   if (word.size() > 3 && word.back() == 's' && !word.ends_with("ss") && !word.ends_with("us") &&
       !word.ends_with("is"))
     word.pop_back();
+  for (std::string_view suffix : {"ing", "est", "ed", "ly"}) {
+    if (word.size() >= suffix.size() + 4 && word.ends_with(suffix)) {
+      word.resize(word.size() - suffix.size());
+      break;
+    }
+  }
   return word;
 }
 
 }  // namespace
+
+bool IsAnaphor(const std::string& word) { return Anaphors().count(word) > 0; }
 
 std::vector<Segment> SplitParagraphs(std::string_view text) {
   // Lines first, then group consecutive non-blank lines.
@@ -72,9 +88,19 @@ std::vector<Segment> SplitParagraphs(std::string_view text) {
     if (newline == std::string_view::npos) break;
     start = newline + 1;
   }
+  // A blank line separates paragraphs only between two non-blank lines (not at either end).
   bool has_blank = false;
-  for (const Segment& line : lines)
-    if (IsBlankLine(text.substr(line.begin, line.end - line.begin))) has_blank = true;
+  {
+    bool seen_text = false, pending_blank = false;
+    for (const Segment& line : lines) {
+      if (IsBlankLine(text.substr(line.begin, line.end - line.begin))) {
+        pending_blank = seen_text;
+      } else {
+        if (pending_blank) has_blank = true;
+        seen_text = true;
+      }
+    }
+  }
 
   std::vector<Segment> paragraphs;
   if (!has_blank) {
@@ -156,7 +182,7 @@ std::vector<std::string> Terms(std::string_view text) {
   std::vector<std::string> terms;
   for (std::string& token : Tokenize(text)) {
     if (Stopwords().count(token)) continue;
-    terms.push_back(StripPlural(std::move(token)));
+    terms.push_back(Stem(std::move(token)));
   }
   return terms;
 }
@@ -272,12 +298,32 @@ Note ExtractiveTeacher::MakeNote(const NoteTask& task) const {
     coverage[i] /= idf_total;
   }
 
+  // A sentence opening with a pronoun ("Its summit reaches ...") is about what the sentence before
+  // it named: it inherits half of that sentence's own score (one step, own scores only).
+  std::vector<double> own = score;
+  for (size_t i = 1; i < n; ++i) {
+    if (sentences[i].paragraph != sentences[i - 1].paragraph || own[i - 1] <= 0) continue;
+    std::vector<std::string> first = text::Tokenize(context.substr(sentences[i].begin, 12));
+    if (!first.empty() && text::IsAnaphor(first[0])) score[i] += 0.5 * own[i - 1];
+  }
+
   // Ranked by score, ties to the earlier sentence (deterministic).
   std::vector<size_t> order(n);
   for (size_t i = 0; i < n; ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return score[a] > score[b]; });
   const size_t best = order[0];
-  if (score[best] <= 0 || coverage[best] < options_.min_coverage) {
+  // Relevance is judged on the best sentence's paragraph: "Mount X ... Its summit ..." answers
+  // "how high is X's summit" even though no single sentence names both.
+  double paragraph_coverage = 0;
+  for (size_t q = 0; q < query_terms.size(); ++q) {
+    for (size_t i = 0; i < n; ++i) {
+      if (sentences[i].paragraph == sentences[best].paragraph && tf[i].count(query_terms[q])) {
+        paragraph_coverage += idf[q] / idf_total;
+        break;
+      }
+    }
+  }
+  if (score[best] <= 0 || std::max(coverage[best], paragraph_coverage) < options_.min_coverage) {
     empty.score = score[best];
     return empty;
   }

@@ -3,8 +3,9 @@
 //
 //   note            split the context into paragraphs and sentences, rank sentences against the
 //                   question with BM25 (IDF over the context's sentences), keep the best ones within
-//                   the note budget in document order; `empty` when the best sentence covers less
-//                   than `min_coverage` of the question's IDF weight.
+//                   the note budget in document order; `empty` when neither the best sentence nor
+//                   its paragraph covers `min_coverage` of the question terms' IDF weight. Terms
+//                   are stopword-filtered and lightly stemmed (plurals, -ing, -est, -ed, -ly).
 //   verify          SQuAD-style normalization (lowercase, no punctuation/articles); score = the best
 //                   token F1 between the answer and any window of the note; consistent when
 //                   score >= verify_threshold.
@@ -35,7 +36,7 @@ struct ExtractiveOptions {
 class ExtractiveTeacher final : public Teacher {
  public:
   static constexpr char kTeacherId[] = "extractive-bm25";
-  static constexpr char kRevision[] = "1";
+  static constexpr char kRevision[] = "2";  // bump when answers change
 
   explicit ExtractiveTeacher(ExtractiveOptions options = {});
 
@@ -68,12 +69,14 @@ std::vector<Segment> SplitParagraphs(std::string_view text);
 std::vector<Segment> SplitSentences(std::string_view text);
 // Lowercased word tokens (ASCII letters/digits, UTF-8 multibyte kept inside words).
 std::vector<std::string> Tokenize(std::string_view text);
-// Tokenize minus English stopwords, with a light plural strip ("cities"→"city", "cats"→"cat").
+// Tokenize minus English stopwords, lightly stemmed ("cities"→"city", "highest"→"high").
 std::vector<std::string> Terms(std::string_view text);
 // SQuAD normalization: lowercase, punctuation removed, articles a/an/the dropped.
 std::vector<std::string> NormalizedTokens(std::string_view text);
 // Best F1 between `answer` tokens and any window of `note` tokens (1 when contained).
 double BestWindowF1(const std::vector<std::string>& answer, const std::vector<std::string>& note);
+// A lowercased word that refers back to what the previous sentence named ("it", "its", "they", ...).
+bool IsAnaphor(const std::string& word);
 bool ContainsSequence(const std::vector<std::string>& haystack, const std::vector<std::string>& needle);
 
 }  // namespace text
