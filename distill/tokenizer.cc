@@ -455,14 +455,17 @@ absl::Status Finish(TokenizerModel* m) {
   WordCache scratch;
   for (size_t i = 0; i < m->added.size(); ++i) {
     const AddedToken& t = m->added[i];
-    m->id_to_token[t.id] = t.content;
     m->id_flags[t.id] = TokenizerModel::kHasToken | (t.special ? TokenizerModel::kSpecial : 0);
     if (t.normalized) {
+      // HF matches the normalized content, and its id_to_token and decode give that form too
+      // ("ﬁre" under NFKC is "fire"); token_to_id still takes the content as written.
       std::string_view normalized;
       NormalizeWith(*m, t.content, &scratch, &normalized);
       m->normalized_trie.Add(normalized, static_cast<int32_t>(i));
+      m->id_to_token[t.id] = std::string(normalized);
     } else {
       m->raw_trie.Add(t.content, static_cast<int32_t>(i));
+      m->id_to_token[t.id] = t.content;
     }
   }
   // What HF's decoder makes of each token.
@@ -527,11 +530,11 @@ void SplitOnAddedTokens(const TokenizerModel& m, const TokenTrie& trie, std::str
       if (start > 0) {
         size_t i = start - 1;
         while (i > 0 && (bytes[i] & 0xC0) == 0x80) --i;
-        word_before = unicode::IsAlphanumeric(unicode::DecodeUtf8(bytes + i, bytes_end).code_point);
+        word_before = unicode::IsWordChar(unicode::DecodeUtf8(bytes + i, bytes_end).code_point);
       }
       const bool word_after =
           stop < text.size() &&
-          unicode::IsAlphanumeric(unicode::DecodeUtf8(bytes + stop, bytes_end).code_point);
+          unicode::IsWordChar(unicode::DecodeUtf8(bytes + stop, bytes_end).code_point);
       if (word_before || word_after) continue;
     }
     if (token.lstrip) {  // absorb the whitespace before the token (not before start_offset)

@@ -1,7 +1,9 @@
 // Unicode helpers for the tokenizer; see unicode.h for the definitions each one follows.
 #include "distill/unicode.h"
 
+#include <algorithm>
 #include <array>
+#include <iterator>
 #include <cstdlib>
 #include <map>
 #include <vector>
@@ -153,9 +155,27 @@ CharClass Classify(int32_t cp) {
   return Classes().Get(cp);
 }
 
-bool IsAlphanumeric(int32_t cp) {
+bool IsWordChar(int32_t cp) {
+  if (cp < 0 || cp > 0x10FFFF) return false;
+  if (cp < 0x80) {
+    return (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z') || (cp >= '0' && cp <= '9') ||
+           cp == '_';
+  }
   const CharClass c = Classify(cp);
-  return c == CharClass::kLetter || c == CharClass::kNumber;
+  if (c == CharClass::kLetter) return true;
+  switch (utf8proc_category(cp)) {
+    case UTF8PROC_CATEGORY_NL: case UTF8PROC_CATEGORY_ND: case UTF8PROC_CATEGORY_MN:
+    case UTF8PROC_CATEGORY_MC: case UTF8PROC_CATEGORY_ME: case UTF8PROC_CATEGORY_PC:
+      return true;
+    case UTF8PROC_CATEGORY_CN:  // numbers new in Unicode 16 (utf8proc has 15) are digits
+      return c == CharClass::kNumber;
+    default:
+      break;
+  }
+  // Join_Control and the Other_Alphabetic symbols (circled and squared Latin letters).
+  return cp == 0x200C || cp == 0x200D || (cp >= 0x24B6 && cp <= 0x24E9) ||
+         (cp >= 0x1F130 && cp <= 0x1F149) || (cp >= 0x1F150 && cp <= 0x1F169) ||
+         (cp >= 0x1F170 && cp <= 0x1F189);
 }
 
 namespace {
@@ -187,6 +207,16 @@ void NormalizeValidRun(NormalizationForm form, std::string_view run, std::string
   std::free(mapped);
 }
 
+// Code points HF's normalizers do not know (generated; see scripts/gen_unicode_classes.py).
+constexpr int32_t kNormalizationOpaque[] = {
+#include "distill/unicode_normalization_opaque.inc"
+};
+
+bool IsNormalizationOpaque(int32_t cp) {
+  return cp >= kNormalizationOpaque[0] &&
+         std::binary_search(std::begin(kNormalizationOpaque), std::end(kNormalizationOpaque), cp);
+}
+
 }  // namespace
 
 void Normalize(NormalizationForm form, std::string_view text, std::string* out) {
@@ -196,11 +226,17 @@ void Normalize(NormalizationForm form, std::string_view text, std::string* out) 
   const unsigned char* run = begin;
   const unsigned char* p = begin;
   while (p < end) {
+    if (*p < 0x80) {
+      ++p;
+      continue;
+    }
     const Utf8Char c = DecodeUtf8(p, end);
-    if (c.code_point == kInvalid) {
+    // Invalid bytes and characters HF's normalizer does not know are copied through unchanged;
+    // both act as starters that nothing composes with, so the runs between them normalize apart.
+    if (c.code_point == kInvalid || IsNormalizationOpaque(c.code_point)) {
       NormalizeValidRun(form, std::string_view(reinterpret_cast<const char*>(run), p - run), out);
-      out->push_back(static_cast<char>(*p));
-      run = p + 1;
+      out->append(reinterpret_cast<const char*>(p), c.size);
+      run = p + c.size;
     }
     p += c.size;
   }

@@ -35,17 +35,20 @@ void AppendUtf8(int32_t code_point, std::string* out);
 enum class CharClass : uint8_t { kLetter, kNumber, kSpace, kOther };
 CharClass Classify(int32_t code_point);  // kOther for kInvalid
 
-// Rust's char::is_whitespace (Unicode White_Space) and char::is_alphanumeric (Alphabetic or
-// Numeric), the latter approximated as the L and N classes above: Rust's Alphabetic also holds
-// Other_Alphabetic marks (e.g. Devanagari vowel signs). Only single_word added tokens next to
-// such a mark can differ from HF.
+// What the Rust regex crate's \s and \w match (HF tests an added token's flags with them):
+// \s is Unicode White_Space; \w is Alphabetic, marks, decimal digits, connector punctuation and
+// Join_Control. Alphabetic is taken as the L class above plus Nl and the Other_Alphabetic symbols
+// (circled/squared letters); Other_Alphabetic marks are covered by "marks".
 bool IsWhitespace(int32_t code_point);
-bool IsAlphanumeric(int32_t code_point);
+bool IsWordChar(int32_t code_point);
 
-// Unicode normalization forms (utf8proc, Unicode 15).
+// Unicode normalization forms (utf8proc, Unicode 15, restricted to what HF knows: see below).
 enum class NormalizationForm { kNfc, kNfd, kNfkc, kNfkd };
-// Normalizes `text` into `out` (replacing its contents). Bytes that are not well-formed UTF-8 are
-// copied through unchanged and split the text into runs that are normalized separately.
+// Normalizes `text` into `out` (replacing its contents). Bytes that are not well-formed UTF-8, and
+// the ~250 code points that HF's normalizer tables (older than Unicode 11) do not know but utf8proc
+// would change (unicode_normalization_opaque.inc, generated from `tokenizers`), are copied through
+// unchanged and split the text into runs that are normalized separately — exactly what HF does
+// with a character it does not know.
 void Normalize(NormalizationForm form, std::string_view text, std::string* out);
 
 // Appends `bytes` to `out` with every maximal ill-formed subpart replaced by U+FFFD.

@@ -56,9 +56,12 @@ class TokenizerParityTest : public ::testing::Test {
     dir_ = new fs::path(fs::temp_directory_path() /
                         fmt::format("rwr_tokenizer_parity_{}", ::getpid()));
     fs::create_directories(*dir_);
-    const std::string command =
-        fmt::format("'{}' '{}' --shipped '{}' --text '{}' --out-dir '{}'", RWR_TEST_PYTHON,
-                    RWR_TEST_PEER, RWR_SHIPPED_TOKENIZER, RWR_BUNDLED_TEXT, dir_->string());
+    // RWR_TOKENIZER_PARITY_SEED picks other generated strings (the default is fixed for CI).
+    const char* seed = std::getenv("RWR_TOKENIZER_PARITY_SEED");
+    const std::string command = fmt::format(
+        "'{}' '{}' --shipped '{}' --text '{}' --out-dir '{}' --seed {}", RWR_TEST_PYTHON,
+        RWR_TEST_PEER, RWR_SHIPPED_TOKENIZER, RWR_BUNDLED_TEXT, dir_->string(),
+        seed ? std::atoi(seed) : 4);
     peer_status_ = std::system(command.c_str());
     if (peer_status_ == 0) {
       cases_ = new std::vector<json>(ReadJsonl(*dir_ / "cases.jsonl"));
