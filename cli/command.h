@@ -32,6 +32,7 @@ void SetAction(CLI::App* command, std::function<absl::Status()> action);
 
 // Every group registers itself here (one function per cli/*.cc file).
 void RegisterConfigCommands(CLI::App& app);
+void RegisterTeacherCommands(CLI::App& app);  // cli/teacher_commands.cc (RWR_SERVICES builds)
 void RegisterDataCommands(CLI::App& app);  // cli/data_commands.cc
 
 }  // namespace rwr::cli

@@ -14,6 +14,9 @@ int main(int argc, char** argv) {
   app.fallthrough(false);
 
   rwr::cli::RegisterConfigCommands(app);
+#if RWR_CLI_TEACHER
+  rwr::cli::RegisterTeacherCommands(app);
+#endif
   rwr::cli::RegisterDataCommands(app);
 
   try {
