@@ -14,6 +14,10 @@ int main(int argc, char** argv) {
   app.fallthrough(false);
 
   rwr::cli::RegisterConfigCommands(app);
+  rwr::cli::RegisterModelCommands(app);
+  rwr::cli::RegisterTrainCommands(app);
+  rwr::cli::RegisterCheckpointCommands(app);
+  rwr::cli::RegisterExportCommands(app);
 #if RWR_CLI_TEACHER
   rwr::cli::RegisterTeacherCommands(app);
 #endif

@@ -1,0 +1,45 @@
+// `rwr model init`: write a randomly initialised Mamba model (Mamba's init scheme) in the Hugging
+// Face layout, from a model config (configs/models/*.yaml, or model.config: config.json).
+#include <iostream>
+
+#include "cli/command.h"
+#include "common/status.h"
+#include "spdlog/spdlog.h"
+#include "trainer/model_io.h"
+#include "trainer/train_loop.h"
+
+namespace rwr::cli {
+
+void RegisterModelCommands(CLI::App& app) {
+  CLI::App* group = app.add_subcommand("model", "Create Mamba models");
+  group->require_subcommand(1);
+  struct Options {
+    CommonOptions common;
+    std::string out;
+    uint64_t seed = 0;
+    std::string dtype = "fp32";
+  };
+  auto* options = new Options();  // lives as long as the app (the process)
+  CLI::App* init = group->add_subcommand(
+      "init",
+      "Write a randomly initialised model (config.json + model.safetensors, HF layout).\n"
+      "The model comes from the config's model: section, e.g. --config configs/models/tiny.yaml");
+  AddCommonOptions(init, &options->common);
+  init->add_option("--out", options->out, "Output directory (created)")->required();
+  init->add_option("--seed", options->seed, "Initialisation seed")->capture_default_str();
+  init->add_option("--dtype", options->dtype, "fp32 or bf16")->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "bf16"}));
+  SetAction(init, [options]() -> absl::Status {
+    RWR_ASSIGN_OR_RETURN(Config config, ResolveConfig(options->common, Config(), "model init"));
+    RWR_ASSIGN_OR_RETURN(trainer::MambaConfig model, trainer::ModelConfigFromRunConfig(config));
+    spdlog::info("model init: {}", model.Summary());
+    const std::vector<float> params = trainer::InitParams(model, options->seed);
+    trainer::SaveModelDirOptions save;
+    save.dtype = options->dtype == "bf16" ? storage::DType::kBF16 : storage::DType::kF32;
+    RWR_RETURN_IF_ERROR(trainer::SaveModelDir(options->out, model, params, save));
+    std::cout << "wrote " << options->out << " (" << model.Summary() << ")\n";
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace rwr::cli

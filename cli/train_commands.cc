@@ -1,0 +1,41 @@
+// `rwr train`: train a Mamba model on token shards (trainer/train_loop.h). Checkpoints every
+// train.checkpoint_every steps and on SIGTERM/SIGUSR1 (then exits 0 so Slurm can requeue);
+// resumes from the newest complete checkpoint in train.out_dir.
+#include <iostream>
+
+#include "cli/command.h"
+#include "common/status.h"
+#include "trainer/communicator.h"
+#include "trainer/train_loop.h"
+
+namespace rwr::cli {
+
+void RegisterTrainCommands(CLI::App& app) {
+  auto* options = new CommonOptions();  // lives as long as the app (the process)
+  CLI::App* train = app.add_subcommand(
+      "train",
+      "Train a Mamba model on token shards.\n"
+      "Needs data.dir (from `rwr data build`), train.out_dir and a model: section (inline HF keys\n"
+      "as in configs/models/tiny.yaml, model.config: config.json, or model.init_from: DIR).\n"
+      "Writes metrics.jsonl and checkpoints/step_NNNNNNNN/ under train.out_dir; rerunning the same\n"
+      "command resumes from the newest complete checkpoint. Example:\n"
+      "  rwr train --config configs/train_tiny.yaml --set data.dir=runs/data --set train.steps=200");
+  AddCommonOptions(train, options);
+  SetAction(train, [options]() -> absl::Status {
+    RWR_ASSIGN_OR_RETURN(Config config,
+                         ResolveConfig(*options, trainer::DefaultTrainConfig(), "train"));
+    trainer::SingleRankCommunicator comm;
+    RWR_ASSIGN_OR_RETURN(trainer::TrainResult result, trainer::Train(config, &comm));
+    std::cout << fmt::format("train: steps {} -> {}{}, loss {:.4f} -> {:.4f}{}, checkpoint {}\n",
+                             result.start_step, result.final_step,
+                             result.interrupted ? " (stopped early, resumable)" : "",
+                             result.first_loss, result.last_loss,
+                             result.last_eval_loss >= 0
+                                 ? fmt::format(", eval loss {:.4f}", result.last_eval_loss)
+                                 : "",
+                             result.last_checkpoint);
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace rwr::cli

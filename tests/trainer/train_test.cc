@@ -1,0 +1,273 @@
+// rwr train end to end in-process on a tiny model and a tiny shard dataset: the loss falls;
+// resume after an interruption is bit-exact; incomplete checkpoints are never picked up; a
+// shutdown signal checkpoints and stops; non-finite steps are skipped then abort; export reads
+// back (also with the PyPI safetensors library).
+#include <gtest/gtest.h>
+
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "common/shutdown.h"
+#include "fmt/format.h"
+#include "nlohmann/json.hpp"
+#include "storage/safetensors.h"
+#include "storage/shard.h"
+#include "trainer/checkpoint.h"
+#include "trainer/export.h"
+#include "trainer/rng.h"
+#include "trainer/train_loop.h"
+
+namespace rwr::trainer {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr int kVocab = 61;
+
+std::string TempDir(const std::string& name) {
+  fs::path dir = fs::temp_directory_path() / fmt::format("rwr_train_{}_{}", name, ::getpid());
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir.string();
+}
+
+// Rows of documents with a learnable pattern (each token predicts the next: t → (3t + 1) mod V),
+// a prompt without loss and a target span with loss.
+std::string MakeDataset(const std::string& name, int rows, uint64_t seed) {
+  const std::string dir = TempDir(name);
+  storage::ShardManifest manifest;
+  manifest.vocab_size = kVocab;
+  manifest.seq_len = 24;
+  manifest.pad_id = 0;
+  storage::ShardWriter writer(dir + "/shard_0.rws", {.vocab_size = kVocab, .seq_len = 24});
+  Rng rng(seed);
+  for (int r = 0; r < rows; ++r) {
+    writer.BeginRow();
+    for (int doc = 0; doc < 2; ++doc) {
+      std::vector<uint32_t> tokens;
+      std::vector<uint8_t> mask;
+      uint32_t t = rng.Next() % kVocab;
+      for (int i = 0; i < 12; ++i) {
+        tokens.push_back(t);
+        mask.push_back(i >= 3);
+        t = (3 * t + 1) % kVocab;
+      }
+      EXPECT_TRUE(writer.AddDocument(tokens, mask).ok());
+    }
+  }
+  EXPECT_TRUE(writer.Finish().ok());
+  manifest.shards.push_back({"shard_0.rws", writer.num_rows(), writer.num_documents(),
+                             writer.num_tokens(), writer.num_loss_tokens(),
+                             writer.payload_sha256_hex()});
+  EXPECT_TRUE(manifest.Save(dir).ok());
+  return dir;
+}
+
+Config MakeConfig(const std::string& data, const std::string& out,
+                  const std::vector<std::string>& overrides = {}) {
+  Config config = DefaultTrainConfig();
+  auto model = Config::Parse(fmt::format(R"(
+model: {{hidden_size: 16, num_hidden_layers: 2, vocab_size: {}, state_size: 4, expand: 2,
+        conv_kernel: 4, time_step_rank: 2}}
+data: {{dir: {}, eval_dir: {}, seed: 3}}
+train: {{out_dir: {}, steps: 8, batch_size: 2, grad_accum: 2, lr: 0.01, min_lr: 0.001,
+        warmup_steps: 2, checkpoint_every: 3, eval_every: 4, eval_batches: 2, log_every: 100,
+        chunk_len: 10}}
+)", kVocab, data, data, out), "test");
+  EXPECT_TRUE(model.ok()) << model.status();
+  config.Merge(*model);
+  EXPECT_TRUE(config.SetAll(overrides).ok());
+  return config;
+}
+
+// step → the metrics line's loss, as written (last line per step wins).
+std::map<int64_t, std::string> Losses(const std::string& out) {
+  std::map<int64_t, std::string> losses;
+  std::ifstream in(out + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line);
+    losses[j["step"].get<int64_t>()] = j["loss"].dump();
+  }
+  return losses;
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+TEST(Train, LossFallsOnALearnablePattern) {
+  const std::string data = MakeDataset("learn", 48, 1);
+  const std::string out = TempDir("learn_out");
+  SingleRankCommunicator comm;
+  auto result = Train(MakeConfig(data, out, {"train.steps=40", "train.lr=0.02",
+                                             "train.checkpoint_every=0", "train.eval_every=20"}),
+                      &comm);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->final_step, 40);
+  EXPECT_LT(result->last_loss, 0.6 * result->first_loss)
+      << result->first_loss << " -> " << result->last_loss;
+  EXPECT_GT(result->last_eval_loss, 0);
+  EXPECT_LT(result->last_eval_loss, result->first_loss);
+  EXPECT_TRUE(fs::exists(out + "/checkpoints/step_00000040/DONE"));
+  EXPECT_EQ(Losses(out).size(), 40u);
+}
+
+TEST(Train, ResumeAfterInterruptionIsBitExact) {
+  const std::string data = MakeDataset("resume", 20, 2);
+  const std::string straight = TempDir("straight");
+  const std::string resumed = TempDir("resumed");
+  SingleRankCommunicator comm;
+  auto a = Train(MakeConfig(data, straight), &comm);
+  ASSERT_TRUE(a.ok()) << a.status();
+  // Stop after 5 steps (as a job killed at its time limit would, through max_steps_this_run),
+  // then run the same command again.
+  auto b1 = Train(MakeConfig(data, resumed, {"train.max_steps_this_run=5"}), &comm);
+  ASSERT_TRUE(b1.ok()) << b1.status();
+  EXPECT_TRUE(b1->interrupted);
+  EXPECT_EQ(b1->final_step, 5);
+  auto b2 = Train(MakeConfig(data, resumed), &comm);
+  ASSERT_TRUE(b2.ok()) << b2.status();
+  EXPECT_EQ(b2->start_step, 5);
+  EXPECT_EQ(b2->final_step, 8);
+  const auto la = Losses(straight), lb = Losses(resumed);
+  ASSERT_EQ(la.size(), 8u);
+  ASSERT_EQ(lb.size(), 8u);
+  for (int64_t step = 1; step <= 8; ++step) EXPECT_EQ(la.at(step), lb.at(step)) << "step " << step;
+  EXPECT_EQ(ReadAll(straight + "/checkpoints/step_00000008/model.safetensors"),
+            ReadAll(resumed + "/checkpoints/step_00000008/model.safetensors"));
+  EXPECT_EQ(ReadAll(straight + "/checkpoints/step_00000008/optimizer_rank00000.safetensors"),
+            ReadAll(resumed + "/checkpoints/step_00000008/optimizer_rank00000.safetensors"));
+}
+
+TEST(Train, IncompleteCheckpointsAreNeverPickedUp) {
+  const std::string data = MakeDataset("incomplete", 20, 3);
+  const std::string out = TempDir("incomplete_out");
+  SingleRankCommunicator comm;
+  ASSERT_TRUE(Train(MakeConfig(data, out, {"train.steps=3"}), &comm).ok());
+  const std::string ckpts = out + "/checkpoints";
+  // A save interrupted mid-write (.tmp) and a directory without DONE.
+  fs::create_directories(ckpts + "/step_00000099.tmp");
+  fs::copy(ckpts + "/step_00000003", ckpts + "/step_00000050", fs::copy_options::recursive);
+  fs::remove(ckpts + "/step_00000050/DONE");
+  EXPECT_EQ(LatestCheckpoint(ckpts), ckpts + "/step_00000003");
+  EXPECT_EQ(ResolveCheckpointDir(ckpts + "/step_00000050").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  auto resumed = Train(MakeConfig(data, out, {"train.steps=4"}), &comm);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->start_step, 3);
+  EXPECT_FALSE(fs::exists(ckpts + "/step_00000099.tmp"));  // cleaned by the next save
+}
+
+TEST(Train, ShutdownSignalCheckpointsAndStops) {
+  const std::string data = MakeDataset("signal", 20, 4);
+  const std::string out = TempDir("signal_out");
+  SingleRankCommunicator comm;
+  ResetShutdownForTesting();
+  RequestShutdown(SIGUSR1);
+  auto result = Train(MakeConfig(data, out), &comm);
+  ResetShutdownForTesting();
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_TRUE(result->interrupted);
+  EXPECT_TRUE(fs::exists(out + "/checkpoints/step_00000000/DONE"));
+}
+
+TEST(Train, NonFiniteStepsAreSkippedThenAbort) {
+  const std::string data = MakeDataset("nan", 20, 5);
+  const std::string out = TempDir("nan_out");
+  SingleRankCommunicator comm;
+  auto result = Train(MakeConfig(data, out, {"train.lr=1e30", "train.min_lr=1e30",
+                                             "train.warmup_steps=0", "train.max_nonfinite=2",
+                                             "train.checkpoint_every=0"}),
+                      &comm);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kAborted) << result.status();
+  auto losses = Losses(out);
+  ASSERT_GE(losses.size(), 2u);  // step 1 updated, then non-finite steps were logged as skipped
+}
+
+TEST(Train, BadConfigIsAClearError) {
+  const std::string data = MakeDataset("badcfg", 8, 6);
+  SingleRankCommunicator comm;
+  auto missing = Train(MakeConfig(data, TempDir("bad1"), {"train.steps=0"}), &comm);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
+  auto small_vocab = Train(MakeConfig(data, TempDir("bad2"), {"model.vocab_size=10"}), &comm);
+  EXPECT_EQ(small_vocab.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(small_vocab.status().message()).find("vocab"), std::string::npos);
+}
+
+TEST(Export, Fp32Bf16AndShardedExportsReadBackWithPypiSafetensors) {
+  const std::string data = MakeDataset("export", 8, 7);
+  const std::string out = TempDir("export_run");
+  SingleRankCommunicator comm;
+  ASSERT_TRUE(Train(MakeConfig(data, out, {"train.steps=2"}), &comm).ok());
+  {
+    std::ofstream tok(data + "/tokenizer.json");
+    tok << "{\"model\": {}}\n";
+  }
+  const std::string fp32 = TempDir("export_fp32"), bf16 = TempDir("export_bf16"),
+                    sharded = TempDir("export_sharded");
+  auto r1 = ExportCheckpoint({.checkpoint = out, .out = fp32, .dtype = "fp32", .write_check = true});
+  ASSERT_TRUE(r1.ok()) << r1.status();
+  EXPECT_EQ(r1->tokenizer_source, data + "/tokenizer.json");
+  EXPECT_TRUE(fs::exists(fp32 + "/tokenizer.json"));
+  ASSERT_TRUE(ExportCheckpoint({.checkpoint = out, .out = bf16, .dtype = "bf16"}).ok());
+  ASSERT_TRUE(ExportCheckpoint({.checkpoint = out, .out = sharded, .dtype = "fp32",
+                                .max_shard_bytes = 8000}).ok());
+  EXPECT_TRUE(fs::exists(sharded + "/model.safetensors.index.json"));
+  auto config = nlohmann::json::parse(ReadAll(bf16 + "/config.json"));
+  EXPECT_EQ(config["model_type"], "mamba");
+  EXPECT_EQ(config["torch_dtype"], "bfloat16");
+  for (const char* key : {"hidden_size", "num_hidden_layers", "intermediate_size", "state_size",
+                          "conv_kernel", "time_step_rank", "use_bias", "use_conv_bias",
+                          "hidden_act", "layer_norm_epsilon", "residual_in_fp32", "vocab_size",
+                          "bos_token_id", "eos_token_id", "pad_token_id", "time_step_min",
+                          "time_step_max", "time_step_floor", "time_step_init_scheme"}) {
+    EXPECT_TRUE(config.contains(key)) << key;
+  }
+
+  const std::string python = std::string(RWR_TEST_VENV) + "/bin/python";
+  if (!fs::exists(python)) GTEST_SKIP() << "no test venv at " << RWR_TEST_VENV;
+  const std::string script = fmt::format(R"PY(
+import json, glob, numpy as np
+from safetensors import safe_open
+ckpt = "{}/checkpoints/step_00000002/model.safetensors"
+with safe_open(ckpt, framework="numpy") as f:
+    ref = {{k: f.get_tensor(k) for k in f.keys()}}
+assert len(ref) == 1 + 2 * 10 + 1, sorted(ref)
+with safe_open("{}/model.safetensors", framework="numpy") as f:
+    for k in f.keys():
+        assert np.array_equal(f.get_tensor(k), ref[k]), k
+assert ref["backbone.layers.1.mixer.in_proj.weight"].shape == (64, 16)
+assert ref["backbone.layers.0.mixer.conv1d.weight"].shape == (32, 1, 4)
+# bf16 export: numpy has no bfloat16, so compare raw bits with round-to-nearest-even of fp32.
+raw = open("{}/model.safetensors", "rb").read()
+n = int.from_bytes(raw[:8], "little"); h = json.loads(raw[8:8 + n])
+for k, v in h.items():
+    if k == "__metadata__": continue
+    assert v["dtype"] == "BF16" and tuple(v["shape"]) == ref[k].shape, k
+    b, e = v["data_offsets"]
+    bits = np.frombuffer(raw[8 + n + b:8 + n + e], dtype=np.uint16).astype(np.uint32)
+    u = ref[k].reshape(-1).view(np.uint32)
+    assert np.array_equal(bits, (u + 0x7FFF + ((u >> 16) & 1)) >> 16), k
+idx = json.load(open("{}/model.safetensors.index.json"))
+seen = {{}}
+for file in sorted(set(idx["weight_map"].values())):
+    with safe_open("{}/" + file, framework="numpy") as f:
+        for k in f.keys(): seen[k] = f.get_tensor(k)
+assert set(seen) == set(ref) and all(np.array_equal(seen[k], ref[k]) for k in ref)
+print("ok")
+)PY", out, fp32, bf16, sharded, sharded);
+  const std::string dir = TempDir("export_py");
+  {
+    std::ofstream s(dir + "/check.py");
+    s << script;
+  }
+  const std::string command = fmt::format("{} {}/check.py > {}/log 2>&1", python, dir, dir);
+  EXPECT_EQ(std::system(command.c_str()), 0) << ReadAll(dir + "/log");
+}
+
+}  // namespace
+}  // namespace rwr::trainer

@@ -1,0 +1,195 @@
+// Checkpoint save/list/load; see checkpoint.h.
+#include "trainer/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+
+#include "common/status.h"
+#include "fmt/format.h"
+#include "storage/safetensors.h"
+#include "trainer/model_io.h"
+#include "trainer/param_layout.h"
+
+namespace rwr::trainer {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+absl::Status WriteText(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out) return absl::UnavailableError(fmt::format("cannot write {}", path.string()));
+  return absl::OkStatus();
+}
+
+void SyncPath(const fs::path& path, bool directory) {
+  int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+std::optional<int64_t> StepOf(const std::string& name) {
+  if (name.size() != 13 || name.rfind("step_", 0) != 0) return std::nullopt;
+  for (size_t i = 5; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return std::nullopt;
+  }
+  return std::stoll(name.substr(5));
+}
+
+std::string RankFile(int rank) { return fmt::format("optimizer_rank{:05d}.safetensors", rank); }
+
+}  // namespace
+
+json TrainerState::ToJson() const {
+  json j;
+  j["step"] = step;
+  j["tokens_seen"] = tokens_seen;
+  j["nonfinite_in_a_row"] = nonfinite_in_a_row;
+  j["data_position"] = loader_position_json.empty() ? json(nullptr) : json::parse(loader_position_json);
+  j["rng_state"] = std::to_string(rng_state);
+  j["world_size"] = world_size;
+  j["resolved_config"] = resolved_config_yaml;
+  j["last_metrics"] = last_metrics;
+  return j;
+}
+
+absl::StatusOr<TrainerState> TrainerState::FromJson(const json& j, const std::string& source) {
+  TrainerState s;
+  try {
+    s.step = j.at("step").get<int64_t>();
+    s.tokens_seen = j.value("tokens_seen", int64_t{0});
+    s.nonfinite_in_a_row = j.value("nonfinite_in_a_row", int64_t{0});
+    if (j.contains("data_position") && !j["data_position"].is_null()) {
+      s.loader_position_json = j["data_position"].dump();
+    }
+    s.rng_state = std::stoull(j.value("rng_state", std::string("0")));
+    s.world_size = j.value("world_size", 1);
+    s.resolved_config_yaml = j.value("resolved_config", std::string());
+    s.last_metrics = j.value("last_metrics", json::object());
+  } catch (const std::exception& e) {
+    return absl::DataLossError(fmt::format("{}: bad trainer state ({})", source, e.what()));
+  }
+  return s;
+}
+
+std::string CheckpointName(int64_t step) { return fmt::format("step_{:08d}", step); }
+
+std::vector<std::string> ListCheckpoints(const std::string& checkpoints_dir) {
+  std::vector<std::pair<int64_t, std::string>> found;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(checkpoints_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    auto step = StepOf(name);
+    if (!step || !entry.is_directory() || !fs::exists(entry.path() / "DONE")) continue;
+    found.emplace_back(*step, entry.path().string());
+  }
+  std::sort(found.begin(), found.end());
+  std::vector<std::string> out;
+  for (auto& [_, path] : found) out.push_back(path);
+  return out;
+}
+
+std::optional<std::string> LatestCheckpoint(const std::string& checkpoints_dir) {
+  auto all = ListCheckpoints(checkpoints_dir);
+  if (all.empty()) return std::nullopt;
+  return all.back();
+}
+
+absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
+                                           const CheckpointData& data, int keep) {
+  std::error_code ec;
+  fs::create_directories(checkpoints_dir, ec);
+  if (ec) return absl::UnavailableError(fmt::format("cannot create {}: {}", checkpoints_dir, ec.message()));
+  // Leftovers of interrupted saves.
+  for (const auto& entry : fs::directory_iterator(checkpoints_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() > 4 && name.substr(name.size() - 4) == ".tmp") fs::remove_all(entry.path(), ec);
+  }
+  const std::string name = CheckpointName(data.state.step);
+  const fs::path final_dir = fs::path(checkpoints_dir) / name;
+  const fs::path tmp = fs::path(checkpoints_dir) / (name + ".tmp");
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  if (ec) return absl::UnavailableError(fmt::format("cannot create {}: {}", tmp.string(), ec.message()));
+
+  RWR_RETURN_IF_ERROR(SaveModelDir(tmp.string(), data.config, data.params));
+  storage::SafetensorsWriter opt;
+  opt.SetMetadata("range_begin", std::to_string(data.opt_begin));
+  opt.SetMetadata("range_end", std::to_string(data.opt_end));
+  opt.SetMetadata("step", std::to_string(data.opt_step));
+  const int64_t n = data.opt_end - data.opt_begin;
+  RWR_RETURN_IF_ERROR(opt.AddFloat("exp_avg", {n}, data.exp_avg));
+  RWR_RETURN_IF_ERROR(opt.AddFloat("exp_avg_sq", {n}, data.exp_avg_sq));
+  RWR_RETURN_IF_ERROR(opt.WriteFile((tmp / RankFile(0)).string()));
+  RWR_RETURN_IF_ERROR(WriteText(tmp / "trainer_state.json", data.state.ToJson().dump(2) + "\n"));
+  for (const auto& entry : fs::directory_iterator(tmp)) SyncPath(entry.path(), false);
+  RWR_RETURN_IF_ERROR(WriteText(tmp / "DONE", fmt::format("step {}\n", data.state.step)));
+  SyncPath(tmp / "DONE", false);
+  SyncPath(tmp, true);
+  if (fs::exists(final_dir)) fs::remove_all(final_dir, ec);  // re-save of the same step
+  fs::rename(tmp, final_dir, ec);
+  if (ec) return absl::UnavailableError(fmt::format("cannot rename {}: {}", tmp.string(), ec.message()));
+  SyncPath(checkpoints_dir, true);
+
+  if (keep > 0) {
+    auto all = ListCheckpoints(checkpoints_dir);
+    for (size_t i = 0; i + keep < all.size(); ++i) fs::remove_all(all[i], ec);
+  }
+  return final_dir.string();
+}
+
+absl::StatusOr<CheckpointData> LoadCheckpoint(const std::string& dir, int rank) {
+  if (!fs::exists(fs::path(dir) / "DONE")) {
+    return absl::FailedPreconditionError(fmt::format("{}: incomplete checkpoint (no DONE marker)", dir));
+  }
+  CheckpointData data;
+  RWR_ASSIGN_OR_RETURN(LoadedModel model, LoadModelDir(dir));
+  data.config = model.config;
+  data.params = std::move(model.params);
+  const std::string state_path = (fs::path(dir) / "trainer_state.json").string();
+  std::ifstream in(state_path);
+  json j;
+  try {
+    in >> j;
+  } catch (const std::exception& e) {
+    return absl::DataLossError(fmt::format("{}: not valid JSON ({})", state_path, e.what()));
+  }
+  RWR_ASSIGN_OR_RETURN(data.state, TrainerState::FromJson(j, state_path));
+  RWR_ASSIGN_OR_RETURN(auto opt, storage::SafetensorsFile::Open((fs::path(dir) / RankFile(rank)).string()));
+  try {
+    data.opt_begin = std::stoll(opt->metadata().at("range_begin"));
+    data.opt_end = std::stoll(opt->metadata().at("range_end"));
+    data.opt_step = std::stoll(opt->metadata().at("step"));
+  } catch (const std::exception&) {
+    return absl::DataLossError(fmt::format("{}: optimizer metadata missing", opt->path()));
+  }
+  RWR_ASSIGN_OR_RETURN(data.exp_avg, opt->ReadFloat("exp_avg"));
+  RWR_ASSIGN_OR_RETURN(data.exp_avg_sq, opt->ReadFloat("exp_avg_sq"));
+  if (static_cast<int64_t>(data.exp_avg.size()) != data.opt_end - data.opt_begin) {
+    return absl::DataLossError(fmt::format("{}: moment size disagrees with its range", opt->path()));
+  }
+  return data;
+}
+
+absl::StatusOr<std::string> ResolveCheckpointDir(const std::string& path) {
+  if (!fs::exists(path)) return absl::NotFoundError(fmt::format("{}: no such directory", path));
+  if (fs::exists(fs::path(path) / "DONE")) return path;
+  if (StepOf(fs::path(path).filename().string())) {
+    return absl::FailedPreconditionError(fmt::format("{}: incomplete checkpoint (no DONE marker)", path));
+  }
+  for (const fs::path& dir : {fs::path(path), fs::path(path) / "checkpoints"}) {
+    if (auto latest = LatestCheckpoint(dir.string())) return *latest;
+  }
+  return absl::NotFoundError(fmt::format("{}: no complete checkpoint (step_NNNNNNNN/ with DONE) "
+                                         "found here or under checkpoints/", path));
+}
+
+}  // namespace rwr::trainer

@@ -1,0 +1,64 @@
+// Training checkpoints: `<run>/checkpoints/step_NNNNNNNN/` holding
+//   config.json + model.safetensors   fp32 master weights in the HF layout (loadable as a model)
+//   optimizer_rank00000.safetensors   AdamW moments of the range this rank owns (ZeRO-1 ready)
+//   trainer_state.json                step, tokens seen, data position, RNG, world size, resolved
+//                                     config (YAML), metrics of the step
+//   DONE                              written last
+// A checkpoint is written as step_NNNNNNNN.tmp/ and renamed once DONE is in it and every file is
+// synced, so a crash mid-write leaves only a .tmp directory, which resume never picks up (and the
+// next save removes). Resume takes the highest step with a DONE marker.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
+#include "trainer/model_config.h"
+
+namespace rwr::trainer {
+
+struct TrainerState {
+  int64_t step = 0;           // optimizer updates done
+  int64_t tokens_seen = 0;    // input positions processed (all ranks)
+  int64_t nonfinite_in_a_row = 0;
+  std::string loader_position_json;       // storage::LoaderPosition::ToJson()
+  uint64_t rng_state = 0;
+  int world_size = 1;
+  std::string resolved_config_yaml;
+  nlohmann::json last_metrics = nlohmann::json::object();
+
+  nlohmann::json ToJson() const;
+  static absl::StatusOr<TrainerState> FromJson(const nlohmann::json& j, const std::string& source);
+};
+
+struct CheckpointData {
+  MambaConfig config;
+  std::vector<float> params;      // flat layout
+  int64_t opt_begin = 0, opt_end = 0;  // range the moments cover
+  std::vector<float> exp_avg, exp_avg_sq;
+  int64_t opt_step = 0;
+  TrainerState state;
+};
+
+std::string CheckpointName(int64_t step);  // "step_00000042"
+
+// Writes `data` as checkpoints_dir/step_NNNNNNNN atomically; keeps the newest `keep` complete
+// checkpoints (0: keep all). Returns the final directory.
+absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
+                                           const CheckpointData& data, int keep = 0);
+
+// Complete checkpoints (DONE present) in checkpoints_dir, ascending by step.
+std::vector<std::string> ListCheckpoints(const std::string& checkpoints_dir);
+// The newest complete checkpoint, or nullopt.
+std::optional<std::string> LatestCheckpoint(const std::string& checkpoints_dir);
+
+absl::StatusOr<CheckpointData> LoadCheckpoint(const std::string& dir, int rank = 0);
+
+// Resolves what a user passes to `rwr checkpoint inspect` / `rwr export`: a step directory, a
+// checkpoints directory or a run directory (→ its newest complete checkpoint).
+absl::StatusOr<std::string> ResolveCheckpointDir(const std::string& path);
+
+}  // namespace rwr::trainer

@@ -1,0 +1,405 @@
+// The training loop; see train_loop.h.
+#include "trainer/train_loop.h"
+
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "common/shutdown.h"
+#include "common/status.h"
+#include "fmt/format.h"
+#include "spdlog/spdlog.h"
+#include "storage/shard_loader.h"
+#include "trainer/checkpoint.h"
+#include "trainer/mamba_cpu.h"
+#include "trainer/model_io.h"
+#include "trainer/optimizer.h"
+#include "trainer/rng.h"
+
+namespace rwr::trainer {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+json YamlToJson(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Map: {
+      json j = json::object();
+      for (const auto& kv : node) j[kv.first.as<std::string>()] = YamlToJson(kv.second);
+      return j;
+    }
+    case YAML::NodeType::Sequence: {
+      json j = json::array();
+      for (const auto& v : node) j.push_back(YamlToJson(v));
+      return j;
+    }
+    case YAML::NodeType::Scalar: {
+      const std::string s = node.Scalar();
+      if (s == "true" || s == "false") return s == "true";
+      try {
+        size_t used = 0;
+        const long long i = std::stoll(s, &used);
+        if (used == s.size()) return i;
+      } catch (...) {
+      }
+      try {
+        size_t used = 0;
+        const double d = std::stod(s, &used);
+        if (used == s.size()) return d;
+      } catch (...) {
+      }
+      return s;
+    }
+    default: return nullptr;
+  }
+}
+
+double PeakRssGiB() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss / (1024.0 * 1024.0);  // ru_maxrss is KiB on Linux
+}
+
+struct Settings {
+  std::string data_dir, eval_dir, out_dir;
+  uint64_t data_seed = 0;
+  bool shuffle = true;
+  int64_t steps = 0, batch_size = 1, grad_accum = 1, seq_len = 0, chunk_len = 0;
+  double lr = 3e-4, min_lr = 3e-5, weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8,
+         clip_norm = 1.0;
+  int64_t warmup_steps = 0, log_every = 1, eval_every = 0, eval_batches = 4,
+          checkpoint_every = 0, keep_checkpoints = 3, max_nonfinite = 5, max_steps_this_run = 0;
+  uint64_t seed = 0;
+  int threads = 0;
+  bool resume = true;
+};
+
+absl::StatusOr<Settings> ReadSettings(const Config& c) {
+  Settings s;
+  RWR_ASSIGN_OR_RETURN(s.data_dir, c.Get<std::string>("data.dir"));
+  RWR_ASSIGN_OR_RETURN(s.eval_dir, c.GetOr<std::string>("data.eval_dir", ""));
+  RWR_ASSIGN_OR_RETURN(s.data_seed, c.GetOr<uint64_t>("data.seed", 0));
+  RWR_ASSIGN_OR_RETURN(s.shuffle, c.GetOr<bool>("data.shuffle", true));
+  RWR_ASSIGN_OR_RETURN(s.out_dir, c.Get<std::string>("train.out_dir"));
+  RWR_ASSIGN_OR_RETURN(s.steps, c.Get<int64_t>("train.steps"));
+  RWR_ASSIGN_OR_RETURN(s.batch_size, c.Get<int64_t>("train.batch_size"));
+  RWR_ASSIGN_OR_RETURN(s.grad_accum, c.Get<int64_t>("train.grad_accum"));
+  RWR_ASSIGN_OR_RETURN(s.seq_len, c.Get<int64_t>("train.seq_len"));
+  RWR_ASSIGN_OR_RETURN(s.chunk_len, c.Get<int64_t>("train.chunk_len"));
+  RWR_ASSIGN_OR_RETURN(s.lr, c.Get<double>("train.lr"));
+  RWR_ASSIGN_OR_RETURN(s.min_lr, c.Get<double>("train.min_lr"));
+  RWR_ASSIGN_OR_RETURN(s.warmup_steps, c.Get<int64_t>("train.warmup_steps"));
+  RWR_ASSIGN_OR_RETURN(s.weight_decay, c.Get<double>("train.weight_decay"));
+  RWR_ASSIGN_OR_RETURN(s.beta1, c.Get<double>("train.beta1"));
+  RWR_ASSIGN_OR_RETURN(s.beta2, c.Get<double>("train.beta2"));
+  RWR_ASSIGN_OR_RETURN(s.eps, c.Get<double>("train.eps"));
+  RWR_ASSIGN_OR_RETURN(s.clip_norm, c.Get<double>("train.clip_norm"));
+  RWR_ASSIGN_OR_RETURN(s.log_every, c.Get<int64_t>("train.log_every"));
+  RWR_ASSIGN_OR_RETURN(s.eval_every, c.Get<int64_t>("train.eval_every"));
+  RWR_ASSIGN_OR_RETURN(s.eval_batches, c.Get<int64_t>("train.eval_batches"));
+  RWR_ASSIGN_OR_RETURN(s.checkpoint_every, c.Get<int64_t>("train.checkpoint_every"));
+  RWR_ASSIGN_OR_RETURN(s.keep_checkpoints, c.Get<int64_t>("train.keep_checkpoints"));
+  RWR_ASSIGN_OR_RETURN(s.max_nonfinite, c.Get<int64_t>("train.max_nonfinite"));
+  RWR_ASSIGN_OR_RETURN(s.max_steps_this_run, c.Get<int64_t>("train.max_steps_this_run"));
+  RWR_ASSIGN_OR_RETURN(s.seed, c.Get<uint64_t>("train.seed"));
+  RWR_ASSIGN_OR_RETURN(s.threads, c.Get<int>("train.threads"));
+  RWR_ASSIGN_OR_RETURN(s.resume, c.Get<bool>("train.resume"));
+  auto positive = [](int64_t v, const char* key) -> absl::Status {
+    if (v <= 0) return absl::InvalidArgumentError(fmt::format("config key '{}' must be positive", key));
+    return absl::OkStatus();
+  };
+  RWR_RETURN_IF_ERROR(positive(s.steps, "train.steps"));
+  RWR_RETURN_IF_ERROR(positive(s.batch_size, "train.batch_size"));
+  RWR_RETURN_IF_ERROR(positive(s.grad_accum, "train.grad_accum"));
+  RWR_RETURN_IF_ERROR(positive(s.log_every, "train.log_every"));
+  RWR_RETURN_IF_ERROR(positive(s.max_nonfinite, "train.max_nonfinite"));
+  if (s.lr <= 0 || s.min_lr < 0 || s.min_lr > s.lr) {
+    return absl::InvalidArgumentError("config: need train.lr > 0 and 0 <= train.min_lr <= train.lr");
+  }
+  return s;
+}
+
+TokenBatch View(const storage::Batch& b) {
+  return {b.batch_size, b.seq_len, b.tokens.data(), b.targets.data(), b.loss_mask.data(),
+          b.reset.data()};
+}
+
+}  // namespace
+
+Config DefaultTrainConfig() {
+  auto parsed = Config::Parse(R"(
+train:
+  steps: 100
+  batch_size: 4
+  grad_accum: 1
+  seq_len: 0
+  chunk_len: 0
+  lr: 1.0e-3
+  min_lr: 1.0e-4
+  warmup_steps: 10
+  weight_decay: 0.1
+  beta1: 0.9
+  beta2: 0.95
+  eps: 1.0e-8
+  clip_norm: 1.0
+  log_every: 1
+  eval_every: 0
+  eval_batches: 4
+  checkpoint_every: 0
+  keep_checkpoints: 3
+  max_nonfinite: 5
+  max_steps_this_run: 0
+  seed: 0
+  threads: 0
+  resume: true
+)", "train defaults");
+  return *parsed;
+}
+
+absl::StatusOr<MambaConfig> ModelConfigFromRunConfig(const Config& config) {
+  if (config.Has("model.init_from")) {
+    RWR_ASSIGN_OR_RETURN(std::string dir, config.Get<std::string>("model.init_from"));
+    return MambaConfig::FromJsonFile((fs::path(dir) / "config.json").string());
+  }
+  if (config.Has("model.config")) {
+    RWR_ASSIGN_OR_RETURN(std::string path, config.Get<std::string>("model.config"));
+    return MambaConfig::FromJsonFile(path);
+  }
+  YAML::Node node = config.root()["model"];
+  if (!node.IsDefined() || !node.IsMap()) {
+    return absl::InvalidArgumentError(
+        "config has no model: section (give model.init_from: DIR, model.config: config.json, or "
+        "the HF keys inline as in configs/models/tiny.yaml)");
+  }
+  return MambaConfig::FromJson(YamlToJson(node), "config model:");
+}
+
+absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
+  RWR_ASSIGN_OR_RETURN(Settings s, ReadSettings(config));
+  SetCpuThreads(s.threads);
+  RWR_ASSIGN_OR_RETURN(MambaConfig model_config, ModelConfigFromRunConfig(config));
+  const fs::path out_dir = s.out_dir;
+  const std::string checkpoints_dir = (out_dir / "checkpoints").string();
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) return absl::UnavailableError(fmt::format("cannot create {}: {}", s.out_dir, ec.message()));
+
+  MambaCpu model(model_config);
+  const ParamLayout& layout = model.layout();
+  const ShardRange range = ShardRange::For(layout.total(), comm->rank(), comm->world_size());
+  AdamW adamw(layout, {s.beta1, s.beta2, s.eps, s.weight_decay}, range);
+
+  storage::LoaderOptions loader_options;
+  loader_options.dir = s.data_dir;
+  loader_options.batch_size = s.batch_size;
+  loader_options.seq_len = s.seq_len;
+  loader_options.rank = comm->rank();
+  loader_options.world_size = comm->world_size();
+  loader_options.seed = s.data_seed;
+  loader_options.shuffle = s.shuffle;
+  RWR_ASSIGN_OR_RETURN(auto loader, storage::ShardLoader::Open(loader_options));
+  if (static_cast<int64_t>(loader->manifest().vocab_size) > model_config.vocab_size) {
+    return absl::InvalidArgumentError(fmt::format(
+        "data {} has vocab {} but the model's vocab_size is {}: use a model config matching the "
+        "tokenizer", s.data_dir, loader->manifest().vocab_size, model_config.vocab_size));
+  }
+
+  // Start: newest complete checkpoint, else init_from, else a fresh initialisation.
+  std::vector<float> params;
+  TrainerState state;
+  state.world_size = comm->world_size();
+  Rng rng(s.seed);
+  std::optional<std::string> resume_from;
+  if (s.resume) resume_from = LatestCheckpoint(checkpoints_dir);
+  if (resume_from) {
+    RWR_ASSIGN_OR_RETURN(CheckpointData ckpt, LoadCheckpoint(*resume_from, comm->rank()));
+    if (ckpt.config.NumParameters() != model_config.NumParameters() ||
+        ckpt.config.d_model != model_config.d_model || ckpt.config.n_layer != model_config.n_layer) {
+      return absl::FailedPreconditionError(fmt::format(
+          "checkpoint {} holds a different model ({}) than the config ({}); use another "
+          "train.out_dir or set train.resume=false", *resume_from, ckpt.config.Summary(),
+          model_config.Summary()));
+    }
+    if (ckpt.state.world_size != comm->world_size() || ckpt.opt_begin != range.begin ||
+        ckpt.opt_end != range.end) {
+      return absl::FailedPreconditionError(fmt::format(
+          "checkpoint {} was written by {} ranks, this run has {}: resharding the optimizer is not "
+          "supported yet", *resume_from, ckpt.state.world_size, comm->world_size()));
+    }
+    params = std::move(ckpt.params);
+    adamw.exp_avg() = std::move(ckpt.exp_avg);
+    adamw.exp_avg_sq() = std::move(ckpt.exp_avg_sq);
+    adamw.set_step(ckpt.opt_step);
+    state = ckpt.state;
+    state.resolved_config_yaml = config.ToYaml();
+    rng.set_state(state.rng_state);
+    if (!state.loader_position_json.empty()) {
+      RWR_ASSIGN_OR_RETURN(auto position, storage::LoaderPosition::FromJson(state.loader_position_json));
+      RWR_RETURN_IF_ERROR(loader->Restore(position));
+    }
+    spdlog::info("train: resuming from {} (step {})", *resume_from, state.step);
+  } else if (config.Has("model.init_from")) {
+    RWR_ASSIGN_OR_RETURN(std::string dir, config.Get<std::string>("model.init_from"));
+    RWR_RETURN_IF_ERROR(LoadWeights(dir, model_config, &params));
+    spdlog::info("train: starting from weights in {}", dir);
+  } else {
+    params = InitParams(model_config, s.seed);
+    spdlog::info("train: starting from a fresh initialisation (seed {})", s.seed);
+  }
+  RWR_RETURN_IF_ERROR(comm->Broadcast(params, 0));
+  state.resolved_config_yaml = config.ToYaml();
+  {
+    std::ofstream cfg(out_dir / "config.yaml");
+    cfg << state.resolved_config_yaml << "\n";
+  }
+  spdlog::info("train: model {}; data {} ({} rows); {} steps of {}×{}×{} rows", model_config.Summary(),
+               s.data_dir, loader->dataset_rows(), s.steps, s.batch_size, s.grad_accum,
+               comm->world_size());
+
+  std::ofstream metrics(out_dir / "metrics.jsonl", std::ios::app);
+  const LrSchedule schedule{s.lr, s.min_lr, s.warmup_steps, s.steps};
+  std::vector<float> grads(layout.total());
+  std::vector<storage::Batch> micro(s.grad_accum);
+  TrainResult result;
+  result.start_step = state.step;
+  bool first = true;
+  int64_t steps_this_run = 0;
+  auto window_start = std::chrono::steady_clock::now();
+  int64_t window_tokens = 0;
+
+  auto save = [&]() -> absl::Status {
+    state.loader_position_json = loader->position().ToJson();
+    state.rng_state = rng.state();
+    CheckpointData data{model_config, params, range.begin, range.end, adamw.exp_avg(),
+                        adamw.exp_avg_sq(), adamw.step(), state};
+    RWR_RETURN_IF_ERROR(comm->Barrier());
+    if (comm->rank() == 0) {
+      RWR_ASSIGN_OR_RETURN(result.last_checkpoint,
+                           SaveCheckpoint(checkpoints_dir, data, static_cast<int>(s.keep_checkpoints)));
+      spdlog::info("train: checkpoint {}", result.last_checkpoint);
+    }
+    return comm->Barrier();
+  };
+
+  auto evaluate = [&]() -> absl::StatusOr<double> {
+    storage::LoaderOptions eval_options = loader_options;
+    eval_options.dir = s.eval_dir;
+    eval_options.shuffle = false;
+    RWR_ASSIGN_OR_RETURN(auto eval_loader, storage::ShardLoader::Open(eval_options));
+    std::vector<double> sums = {0, 0};
+    storage::Batch batch;
+    for (int64_t i = 0; i < s.eval_batches; ++i) {
+      RWR_RETURN_IF_ERROR(eval_loader->Next(&batch));
+      RWR_ASSIGN_OR_RETURN(LossSum part, model.Forward(params, View(batch), s.chunk_len));
+      sums[0] += part.loss_sum;
+      sums[1] += static_cast<double>(part.tokens);
+    }
+    RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(sums)));
+    return sums[1] > 0 ? sums[0] / sums[1] : 0.0;
+  };
+
+  while (state.step < s.steps) {
+    if (ShutdownRequested() || (s.max_steps_this_run > 0 && steps_this_run >= s.max_steps_this_run)) {
+      spdlog::warn("train: {} at step {}; checkpointing and exiting",
+                   ShutdownRequested() ? fmt::format("signal {}", ShutdownSignal())
+                                       : std::string("max_steps_this_run reached"),
+                   state.step);
+      RWR_RETURN_IF_ERROR(save());
+      result.interrupted = true;
+      result.final_step = state.step;
+      return result;
+    }
+    // Micro-batches first: the loss is normalised by the loss tokens of the whole global batch.
+    std::vector<double> counts = {0};
+    int64_t positions = 0;
+    for (auto& mb : micro) {
+      RWR_RETURN_IF_ERROR(loader->Next(&mb));
+      counts[0] += static_cast<double>(mb.loss_tokens);
+      positions += mb.batch_size * mb.seq_len;
+    }
+    RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(counts)));
+    std::fill(grads.begin(), grads.end(), 0.f);
+    std::vector<double> loss_sum = {0};
+    const float scale = counts[0] > 0 ? static_cast<float>(1.0 / counts[0]) : 0.f;
+    for (const auto& mb : micro) {
+      RWR_ASSIGN_OR_RETURN(LossSum part, model.ForwardBackward(params, View(mb), s.chunk_len, scale, grads));
+      loss_sum[0] += part.loss_sum;
+    }
+    RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(loss_sum)));
+    RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<float>(grads)));
+    const double loss = counts[0] > 0 ? loss_sum[0] / counts[0] : 0.0;
+    const double lr = schedule.At(state.step);
+    double grad_norm = 0;
+    bool skipped = false;
+    if (!std::isfinite(loss) || !AllFinite(grads)) {
+      ++state.nonfinite_in_a_row;
+      skipped = true;
+      spdlog::warn("train: step {}: non-finite loss or gradient; update skipped ({} in a row, abort at {})",
+                   state.step + 1, state.nonfinite_in_a_row, s.max_nonfinite);
+      if (state.nonfinite_in_a_row >= s.max_nonfinite) {
+        return absl::AbortedError(fmt::format(
+            "{} steps in a row had a non-finite loss or gradient (last at step {}): lower train.lr "
+            "or check the data; the last checkpoint is intact", state.nonfinite_in_a_row, state.step + 1));
+      }
+    } else if (counts[0] == 0) {
+      skipped = true;
+      spdlog::warn("train: step {}: no loss tokens in the batch; update skipped", state.step + 1);
+    } else {
+      state.nonfinite_in_a_row = 0;
+      grad_norm = GlobalNorm(grads);
+      ClipByGlobalNorm(grads, grad_norm, s.clip_norm);
+      adamw.Step(params, grads, lr);
+      RWR_RETURN_IF_ERROR(comm->AllGather(params));
+    }
+    ++state.step;
+    ++steps_this_run;
+    const int64_t step_tokens = positions * comm->world_size();
+    state.tokens_seen += step_tokens;
+    window_tokens += step_tokens;
+    if (first) result.first_loss = loss;
+    first = false;
+    result.last_loss = loss;
+
+    const auto now = std::chrono::steady_clock::now();
+    const double seconds = std::chrono::duration<double>(now - window_start).count();
+    const double tokens_per_s = seconds > 0 ? window_tokens / seconds : 0;
+    json record = {{"step", state.step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
+                   {"tokens", state.tokens_seen}, {"tokens_per_s", tokens_per_s},
+                   // MFU is 6·N·tokens/s over the H100's 790 TFLOP/s bf16 rate (ANCHORS.md): a GPU
+                   // number. The CPU path has no comparable peak, so it records null.
+                   {"mfu", nullptr},
+                   {"peak_mem_gib", PeakRssGiB()}, {"loss_tokens", counts[0]},
+                   {"skipped", skipped}, {"epoch", loader->position().epoch}};
+    if (s.eval_every > 0 && !s.eval_dir.empty() &&
+        (state.step % s.eval_every == 0 || state.step == s.steps)) {
+      RWR_ASSIGN_OR_RETURN(double eval_loss, evaluate());
+      record["eval_loss"] = eval_loss;
+      result.last_eval_loss = eval_loss;
+    }
+    state.last_metrics = record;
+    if (comm->rank() == 0) {
+      metrics << record.dump() << "\n";
+      metrics.flush();
+    }
+    if (state.step % s.log_every == 0 || state.step == s.steps || state.step == 1) {
+      spdlog::info("step {}/{}  loss {:.4f}{}  lr {:.3e}  grad_norm {:.3f}  {:.0f} tok/s  peak {:.2f} GiB",
+                   state.step, s.steps, loss,
+                   record.contains("eval_loss") ? fmt::format("  eval {:.4f}", record["eval_loss"].get<double>()) : "",
+                   lr, grad_norm, tokens_per_s, record["peak_mem_gib"].get<double>());
+      window_start = now;
+      window_tokens = 0;
+    }
+    if (s.checkpoint_every > 0 && state.step % s.checkpoint_every == 0 && state.step < s.steps) {
+      RWR_RETURN_IF_ERROR(save());
+    }
+  }
+  RWR_RETURN_IF_ERROR(save());
+  result.final_step = state.step;
+  return result;
+}
+
+}  // namespace rwr::trainer
