@@ -108,10 +108,23 @@ class TokenTrie {
       node = child;
     }
     if (nodes_[node].token < 0) nodes_[node].token = token_index;  // first pattern wins
-    first_byte_[static_cast<unsigned char>(pattern[0])] = true;
+    const unsigned char first = static_cast<unsigned char>(pattern[0]);
+    if (!first_byte_[first]) ++distinct_first_bytes_;
+    first_byte_[first] = true;
+    only_first_byte_ = distinct_first_bytes_ == 1 ? first : -1;
   }
 
   bool MayStartAt(unsigned char b) const { return first_byte_[b]; }
+
+  // First position >= pos where a pattern may start (text.size() when none).
+  size_t NextCandidate(std::string_view text, size_t pos) const {
+    if (only_first_byte_ >= 0) {  // the usual case: every special token starts with '<'
+      const void* hit = std::memchr(text.data() + pos, only_first_byte_, text.size() - pos);
+      return hit ? static_cast<const char*>(hit) - text.data() : text.size();
+    }
+    while (pos < text.size() && !first_byte_[static_cast<unsigned char>(text[pos])]) ++pos;
+    return pos;
+  }
 
   // Index of the longest pattern starting at text[pos] (and its length), or -1.
   int32_t LongestAt(std::string_view text, size_t pos, size_t* length) const {
@@ -141,6 +154,8 @@ class TokenTrie {
   }
   std::vector<Node> nodes_;
   std::array<bool, 256> first_byte_{};
+  int distinct_first_bytes_ = 0;
+  int only_first_byte_ = -1;
 };
 
 enum class DecoderKind { kByteLevel, kNone };
@@ -182,62 +197,101 @@ struct TokenizerModel {
 };
 
 // Per-object cache word bytes → ids (open addressing; cleared wholesale when full) and the scratch
-// buffers of Encode, so that steady-state encoding allocates nothing.
+// buffers of Encode, so that steady-state encoding allocates nothing. A slot holds its word's ids
+// (up to 4) and, for words of up to 8 bytes, the word itself, so a hit costs one cache line.
 class WordCache {
  public:
   static constexpr size_t kMaxWordBytes = 255;
 
   WordCache() { slots_.resize(kSlots); }
 
-  bool Find(std::string_view word, uint64_t hash, std::vector<int32_t>* out) const {
-    for (size_t i = hash & (kSlots - 1);; i = (i + 1) & (kSlots - 1)) {
-      const Slot& s = slots_[i];
-      if (s.key_size == 0) return false;
-      if (s.hash == hash && s.key_size == word.size() &&
-          std::memcmp(keys_.data() + s.key_offset, word.data(), word.size()) == 0) {
-        out->insert(out->end(), ids_.begin() + s.ids_offset,
-                    ids_.begin() + s.ids_offset + s.ids_size);
-        return true;
+  struct Key {
+    uint64_t bits;
+    size_t slot;
+  };
+  static Key KeyOf(std::string_view word) {
+    uint64_t bits = 0;
+    if (word.size() <= 8) {
+      for (size_t i = 0; i < word.size(); ++i) {
+        bits |= uint64_t{static_cast<unsigned char>(word[i])} << (8 * i);
       }
+    } else {
+      bits = XXH3_64bits(word.data(), word.size());
+    }
+    const uint64_t mixed = (bits ^ (uint64_t{word.size()} << 58)) * 0x9E3779B97F4A7C15ull;
+    return {bits, static_cast<size_t>(mixed >> (64 - kSlotBits))};
+  }
+
+  // Lookups miss the CPU caches for rare words; Encode prefetches the slots of a batch of words.
+  void Prefetch(const Key& key) const { __builtin_prefetch(&slots_[key.slot]); }
+
+  // Appends the cached ids of `word` (2..255 bytes, key KeyOf(word)) to `out`; false when absent.
+  bool Find(std::string_view word, const Key& key, std::vector<int32_t>* out) {
+    for (size_t i = key.slot;; i = (i + 1) & (kSlots - 1)) {
+      const Slot& s = slots_[i];
+      if (s.size == 0) return false;
+      if (s.key != key.bits || s.size != word.size()) continue;
+      if (word.size() > 8 && std::memcmp(arena_.data() + s.offset, word.data(), word.size()) != 0) {
+        continue;
+      }
+      if (s.count <= kInline) {
+        out->insert(out->end(), s.ids, s.ids + s.count);
+      } else {
+        const size_t at = s.offset + (word.size() > 8 ? word.size() : 0);
+        const size_t old = out->size();
+        out->resize(old + s.count);
+        std::memcpy(out->data() + old, arena_.data() + at, s.count * sizeof(int32_t));
+      }
+      return true;
     }
   }
 
-  void Insert(std::string_view word, uint64_t hash, const int32_t* ids, size_t count) {
-    if (word.empty() || word.size() > kMaxWordBytes || count > 0xFFFF) return;
-    if (entries_ >= kSlots / 2) Clear();
-    size_t i = hash & (kSlots - 1);
-    while (slots_[i].key_size != 0) i = (i + 1) & (kSlots - 1);
-    slots_[i] = Slot{hash, static_cast<uint32_t>(keys_.size()), static_cast<uint32_t>(ids_.size()),
-                     static_cast<uint16_t>(word.size()), static_cast<uint16_t>(count)};
-    keys_.append(word);
-    ids_.insert(ids_.end(), ids, ids + count);
+  void Insert(std::string_view word, const Key& key, const int32_t* ids, size_t count) {
+    if (word.size() < 2 || word.size() > kMaxWordBytes || count > 255) return;
+    if (entries_ >= kSlots / 2 || arena_.size() > (size_t{64} << 20)) Clear();
+    size_t i = key.slot;
+    while (slots_[i].size != 0) i = (i + 1) & (kSlots - 1);
+    Slot& s = slots_[i];
+    s.key = key.bits;
+    s.size = static_cast<uint8_t>(word.size());
+    s.count = static_cast<uint8_t>(count);
+    s.offset = static_cast<uint32_t>(arena_.size());
+    if (word.size() > 8) arena_.insert(arena_.end(), word.begin(), word.end());
+    if (count <= kInline) {
+      std::copy(ids, ids + count, s.ids);
+    } else {
+      const char* bytes = reinterpret_cast<const char*>(ids);
+      arena_.insert(arena_.end(), bytes, bytes + count * sizeof(int32_t));
+    }
     ++entries_;
   }
 
   // Scratch for Encode.
   std::string normalized, normalized_step, prefixed;
-  std::vector<int32_t> symbols, prev, next, word_ids;
+  std::vector<int32_t> symbols, prev, next;
   struct QueuedMerge {
     int32_t rank, pos, id;
   };
   std::vector<QueuedMerge> queue;
 
  private:
-  static constexpr size_t kSlots = size_t{1} << 17;
+  static constexpr size_t kSlots = size_t{1} << 16;
+  static constexpr int kSlotBits = 16;
+  static constexpr uint8_t kInline = 4;
   struct Slot {
-    uint64_t hash = 0;
-    uint32_t key_offset = 0, ids_offset = 0;
-    uint16_t key_size = 0, ids_size = 0;
+    uint64_t key = 0;     // words of <= 8 bytes: the bytes themselves; longer: their XXH3 hash
+    uint8_t size = 0;     // word bytes; 0 marks an empty slot
+    uint8_t count = 0;    // ids
+    uint32_t offset = 0;  // arena: the word's bytes (> 8 bytes), then its ids (> kInline ids)
+    int32_t ids[kInline] = {};
   };
   void Clear() {
     std::fill(slots_.begin(), slots_.end(), Slot{});
-    keys_.clear();
-    ids_.clear();
+    arena_.clear();
     entries_ = 0;
   }
   std::vector<Slot> slots_;
-  std::string keys_;
-  std::vector<int32_t> ids_;
+  std::vector<char> arena_;
   size_t entries_ = 0;
 };
 
@@ -510,10 +564,8 @@ void SplitOnAddedTokens(const TokenizerModel& m, const TokenTrie& trie, std::str
   size_t start_offset = 0;
   size_t pos = 0;
   while (pos < text.size()) {
-    if (!trie.MayStartAt(bytes[pos])) {
-      ++pos;
-      continue;
-    }
+    pos = trie.NextCandidate(text, pos);
+    if (pos >= text.size()) break;
     size_t length = 0;
     const int32_t index = trie.LongestAt(text, pos, &length);
     if (index < 0) {
@@ -635,8 +687,8 @@ namespace {
 
 // BPE on the bytes of one word: the lowest-ranked adjacent pair merges first, the leftmost among
 // equals (HF's Word::merge_all, a priority queue with stale entries skipped).
-void EncodeWord(const TokenizerModel& m, std::string_view word, WordCache* cache,
-                std::vector<int32_t>* out) {
+void EncodeWord(const TokenizerModel& m, std::string_view word, const WordCache::Key& key,
+                WordCache* cache, std::vector<int32_t>* out) {
   if (word.size() == 1) {
     const int32_t id = m.byte_ids[static_cast<unsigned char>(word[0])];
     if (id >= 0) {
@@ -647,8 +699,7 @@ void EncodeWord(const TokenizerModel& m, std::string_view word, WordCache* cache
     return;
   }
   const bool cacheable = word.size() <= WordCache::kMaxWordBytes;
-  const uint64_t hash = cacheable ? XXH3_64bits(word.data(), word.size()) : 0;
-  if (cacheable && cache->Find(word, hash, out)) return;
+  if (cacheable && cache->Find(word, key, out)) return;
 
   std::vector<int32_t>& sym = cache->symbols;
   sym.clear();
@@ -719,7 +770,7 @@ void EncodeWord(const TokenizerModel& m, std::string_view word, WordCache* cache
     }
   }
   out->insert(out->end(), sym.begin(), sym.end());
-  if (cacheable) cache->Insert(word, hash, sym.data(), sym.size());
+  if (cacheable) cache->Insert(word, key, sym.data(), sym.size());
 }
 
 // Step 3 and 4 on a piece with no added tokens in it.
@@ -731,11 +782,29 @@ void EncodePlain(const TokenizerModel& m, std::string_view text, WordCache* cach
     cache->prefixed.append(text);
     text = cache->prefixed;
   }
-  if (m.use_regex) {
-    SplitGpt2(text, [&](std::string_view word) { EncodeWord(m, word, cache, out); });
-  } else {
-    EncodeWord(m, text, cache, out);
+  if (!m.use_regex) {
+    EncodeWord(m, text, WordCache::KeyOf(text), cache, out);
+    return;
   }
+  // Words go through in batches: the cache slots of a batch are prefetched together, so their
+  // memory latencies overlap instead of adding up.
+  constexpr int kBatch = 16;
+  std::string_view words[kBatch];
+  WordCache::Key keys[kBatch];
+  int n = 0;
+  auto flush = [&] {
+    for (int i = 0; i < n; ++i) EncodeWord(m, words[i], keys[i], cache, out);
+    n = 0;
+  };
+  SplitGpt2(text, [&](std::string_view word) {
+    words[n] = word;
+    if (word.size() >= 2) {
+      keys[n] = WordCache::KeyOf(word);
+      cache->Prefetch(keys[n]);
+    }
+    if (++n == kBatch) flush();
+  });
+  flush();
 }
 
 }  // namespace
