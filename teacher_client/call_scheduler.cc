@@ -30,8 +30,10 @@ bool CallScheduler::Retryable(const grpc::Status& status) {
   if (code == grpc::StatusCode::RESOURCE_EXHAUSTED &&
       status.error_message().find("larger than max") != std::string::npos)
     return false;
+  // CANCELLED reaches a live client only from the server side (a server shutting down cancels
+  // what it holds); our own cancellations happen while stopping_, when nothing is retried.
   return code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::DEADLINE_EXCEEDED ||
-         code == grpc::StatusCode::RESOURCE_EXHAUSTED;
+         code == grpc::StatusCode::RESOURCE_EXHAUSTED || code == grpc::StatusCode::CANCELLED;
 }
 
 void CallScheduler::Submit(StartFn start, FinishFn finish) {
@@ -163,12 +165,12 @@ void CallScheduler::Finish(const std::shared_ptr<Call>& call, const grpc::Status
 
 void CallScheduler::RunFinish(const std::shared_ptr<Call>& call, const grpc::Status& status) {
   call->finish(status, call->attempts);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    --finishing_;
-    ++stats_.calls;
-    if (!status.ok()) ++stats_.failures;
-  }
+  // Notify before unlocking: once the lock drops with finishing_ at 0 the destructor may complete,
+  // so `this` must not be touched after.
+  std::lock_guard<std::mutex> lock(mu_);
+  --finishing_;
+  ++stats_.calls;
+  if (!status.ok()) ++stats_.failures;
   wake_.notify_all();
 }
 

@@ -1,6 +1,7 @@
 // CallScheduler: the request scheduler under every remote teacher client. It keeps at most
 // `concurrency` RPCs in flight, queues the rest in order, gives every attempt a deadline and the
-// bearer token, retries UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED with exponential
+// bearer token, retries UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED (and CANCELLED by a
+// server going down) with exponential
 // backoff and ±50% jitter up to `max_attempts`, and paces starts to `requests_per_second`.
 //
 // One dispatcher thread starts attempts (gRPC callback API, so nothing blocks on the network); the
@@ -48,7 +49,8 @@ class CallScheduler {
   void Submit(StartFn start, FinishFn finish);
   TeacherClientStats Stats() const;
 
-  // UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED (except "message larger than max").
+  // UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED (except "message larger than max"), and
+  // CANCELLED from a server shutting down.
   static bool Retryable(const grpc::Status& status);
 
  private:

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <sstream>
 
+#include <grpc/grpc.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/channel_arguments.h>
@@ -24,8 +25,17 @@ absl::StatusOr<std::string> ReadWholeFile(const std::string& path, std::string_v
   return buffer.str();
 }
 
+void KeepGrpcInitialized() {
+  static const bool initialized = [] {
+    grpc_init();
+    return true;
+  }();
+  (void)initialized;
+}
+
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeTeacherChannel(const std::string& host_port, bool tls,
                                                                   const TeacherClientOptions& options) {
+  KeepGrpcInitialized();
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));

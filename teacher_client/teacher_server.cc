@@ -303,6 +303,7 @@ class TeacherServer::Impl final : public rwr::v1::TeacherService::CallbackServic
 absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(const TeacherServerOptions& options,
                                                                     std::shared_ptr<Teacher> backend) {
   if (!backend) return absl::InvalidArgumentError("teacher server: no backend");
+  KeepGrpcInitialized();
   if (options.tls_cert_file.empty() != options.tls_key_file.empty())
     return absl::InvalidArgumentError("--tls-cert and --tls-key go together; give both or neither");
   if (options.queue_capacity < 1 || options.workers < 1 || options.max_batch < 1)

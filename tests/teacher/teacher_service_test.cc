@@ -421,7 +421,10 @@ TEST(TeacherService, ClientReconnectsWhenTheServerRestartsMidRun) {
   ASSERT_TRUE(server);
   ASSERT_TRUE(notes.WaitFor(kCalls, 60));
   int ok = 0;
-  for (const auto& r : notes.Take()) ok += r.ok();
+  for (const auto& r : notes.Take()) {
+    ok += r.ok();
+    if (!r.ok()) ADD_FAILURE() << r.status();
+  }
   EXPECT_EQ(ok, kCalls);
   EXPECT_LT(during_outage, static_cast<size_t>(kCalls));  // the restart really was mid-run
   EXPECT_GT(server->stats().served, 0u);                   // the new server did part of the work
