@@ -32,11 +32,13 @@ void SetAction(CLI::App* command, std::function<absl::Status()> action);
 
 // Every group registers itself here (one function per cli/*.cc file).
 void RegisterConfigCommands(CLI::App& app);
+void RegisterTeacherCommands(CLI::App& app);  // cli/teacher_commands.cc (RWR_SERVICES builds)
 void RegisterModelCommands(CLI::App& app);       // cli/model_commands.cc
 void RegisterTrainCommands(CLI::App& app);       // cli/train_commands.cc
 void RegisterCheckpointCommands(CLI::App& app);  // cli/checkpoint_commands.cc
 void RegisterExportCommands(CLI::App& app);      // cli/export_commands.cc
-void RegisterTeacherCommands(CLI::App& app);  // cli/teacher_commands.cc (RWR_SERVICES builds)
 void RegisterDataCommands(CLI::App& app);  // cli/data_commands.cc
+void RegisterDistillCommands(CLI::App& app);  // cli/distill_commands.cc (RWR_SERVICES builds)
+void RegisterCacheCommands(CLI::App& app);    // cli/cache_commands.cc (RWR_SERVICES builds)
 
 }  // namespace rwr::cli

@@ -14,14 +14,18 @@ int main(int argc, char** argv) {
   app.fallthrough(false);
 
   rwr::cli::RegisterConfigCommands(app);
+#if RWR_CLI_TEACHER
+  rwr::cli::RegisterTeacherCommands(app);
+#endif
   rwr::cli::RegisterModelCommands(app);
   rwr::cli::RegisterTrainCommands(app);
   rwr::cli::RegisterCheckpointCommands(app);
   rwr::cli::RegisterExportCommands(app);
-#if RWR_CLI_TEACHER
-  rwr::cli::RegisterTeacherCommands(app);
-#endif
   rwr::cli::RegisterDataCommands(app);
+#if RWR_CLI_DISTILL_AND_CACHE
+  rwr::cli::RegisterDistillCommands(app);
+  rwr::cli::RegisterCacheCommands(app);
+#endif
 
   try {
     app.parse(argc, argv);

@@ -319,6 +319,20 @@ bool StopRequested(const DistillRunOptions& options) {
 
 }  // namespace
 
+absl::StatusOr<std::unique_ptr<Teacher>> MakeDistillTeacher(const std::string& target,
+                                                            const TeacherClientOptions& options) {
+  constexpr std::string_view kBuiltin = "builtin:";
+  if (target.rfind(kBuiltin, 0) == 0) {
+    const std::string name = target.substr(kBuiltin.size());
+    if (name != "extractive") {
+      return absl::InvalidArgumentError(fmt::format(
+          "teacher '{}': the built-in teacher is builtin:extractive", target));
+    }
+    return MakeTeacher(name, options);
+  }
+  return MakeTeacher(target, options);
+}
+
 bool SelectedForNegative(std::string_view id, double fraction) {
   if (fraction <= 0) return false;
   if (fraction >= 1) return true;

@@ -17,11 +17,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
+#include "teacher_client/client.h"
 #include "teacher_client/dataset.h"
 #include "teacher_client/note_cache.h"
 #include "teacher_client/teacher.h"
@@ -69,6 +71,11 @@ struct DistillRunOptions {
   double progress_interval_s = 0.2;
   bool show_progress = true;  // an rwr::Progress bar/lines on stderr
 };
+
+// MakeTeacher (client.h) plus the `builtin:NAME` spelling of the in-process teachers
+// (`builtin:extractive`), as `rwr distill run --teacher` and distill jobs take it.
+absl::StatusOr<std::unique_ptr<Teacher>> MakeDistillTeacher(const std::string& target,
+                                                            const TeacherClientOptions& options);
 
 // Whether `id` is among the `fraction` of items that get an `empty` negative (stable per id).
 bool SelectedForNegative(std::string_view id, double fraction);

@@ -1,0 +1,402 @@
+// DistillServer: rwr.v1.DistillService over the note cache (see distill_service.h).
+#include "teacher_client/distill_service.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "common/status.h"
+#include "fmt/format.h"
+#include "rwr/v1/distill.grpc.pb.h"
+#include "spdlog/spdlog.h"
+#include "teacher_client/distill_run.h"
+#include "teacher_client/note_cache.h"
+
+namespace rwr::teacher {
+namespace {
+
+int64_t NowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+bool Terminal(v1::Job::State state) {
+  return state == v1::Job::SUCCEEDED || state == v1::Job::FAILED || state == v1::Job::CANCELLED;
+}
+
+bool ValidJobId(const std::string& id) {
+  if (id.empty() || id.size() > 64) return false;
+  return std::all_of(id.begin(), id.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+  });
+}
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+}  // namespace
+
+class DistillServer::Impl final : public v1::DistillService::Service {
+ public:
+  Impl(const DistillServerOptions& options, storage::KvStore* store)
+      : options_(options), store_(store) {}
+
+  absl::Status Init() {
+    RWR_ASSIGN_OR_RETURN(cache_, NoteCache::Open(store_));
+    // Jobs from earlier runs of the service: unfinished ones are queued again, in submission order.
+    std::vector<v1::Job> unfinished;
+    absl::Status parse_error;
+    RWR_RETURN_IF_ERROR(store_->ForEach(
+        storage::Family::kJobs, kJobKeyPrefix, [&](std::string_view key, std::string_view value) {
+          v1::Job job;
+          if (!job.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+            parse_error = absl::DataLossError(
+                fmt::format("cache: job record '{}' does not parse", std::string(key)));
+            return false;
+          }
+          if (!Terminal(job.state())) unfinished.push_back(job);
+          jobs_[job.job_id()] = job;
+          return true;
+        }));
+    RWR_RETURN_IF_ERROR(parse_error);
+    std::sort(unfinished.begin(), unfinished.end(), [](const v1::Job& a, const v1::Job& b) {
+      return a.created_unix_ms() != b.created_unix_ms() ? a.created_unix_ms() < b.created_unix_ms()
+                                                        : a.job_id() < b.job_id();
+    });
+    for (const v1::Job& job : unfinished) {
+      spdlog::info("distill serve: resuming job {} ({}, was {})", job.job_id(), job.dataset_path(),
+                   v1::Job::State_Name(job.state()));
+      jobs_[job.job_id()].set_state(v1::Job::QUEUED);
+      queue_.push_back(job.job_id());
+    }
+
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(options_.listen, grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(this);
+    server_ = builder.BuildAndStart();
+    if (server_ == nullptr || port_ == 0) {
+      return absl::UnavailableError(fmt::format(
+          "distill serve: cannot listen on {} (in use, or not a HOST:PORT this machine has)",
+          options_.listen));
+    }
+    worker_ = std::thread([this] { WorkerLoop(); });
+    return absl::OkStatus();
+  }
+
+  int port() const { return port_; }
+
+  void Shutdown() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) return;
+      stopping_ = true;
+      changed_.notify_all();
+    }
+    if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    if (worker_.joinable()) worker_.join();
+    absl::Status synced = store_->Sync();
+    if (!synced.ok()) spdlog::warn("distill serve: cache sync at shutdown failed: {}", std::string(synced.message()));
+  }
+
+  // --- RPCs ---
+
+  grpc::Status SubmitJob(grpc::ServerContext*, const v1::SubmitJobRequest* request,
+                         v1::Job* response) override {
+    std::error_code error;
+    if (request->dataset_path().empty() ||
+        !std::filesystem::is_regular_file(request->dataset_path(), error)) {
+      return {grpc::StatusCode::INVALID_ARGUMENT,
+              fmt::format("dataset '{}' is not a readable file on the service's machine",
+                          request->dataset_path())};
+    }
+    if (request->teacher().empty()) {
+      return {grpc::StatusCode::INVALID_ARGUMENT,
+              "teacher is empty; expected rwr://HOST:PORT, kserve://HOST:PORT/MODEL or "
+              "builtin:extractive"};
+    }
+    v1::Recipe recipe = request->recipe();
+    if (!request->has_recipe()) recipe.set_negative_fraction(options_.default_negative_fraction);
+    if (recipe.negative_fraction() < 0 || recipe.negative_fraction() > 1) {
+      return {grpc::StatusCode::INVALID_ARGUMENT,
+              fmt::format("recipe.negative_fraction {} is outside [0, 1]", recipe.negative_fraction())};
+    }
+    if (!recipe.overrides().empty()) {
+      return {grpc::StatusCode::UNIMPLEMENTED,
+              "recipe.overrides are not supported by this service; set negative_fraction and "
+              "concurrency, or configure the service"};
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return {grpc::StatusCode::UNAVAILABLE, "the service is shutting down"};
+    std::string id = request->job_id();
+    if (id.empty()) {
+      do {
+        id = fmt::format("job-{}-{}", NowUnixMs(), ++job_counter_);
+      } while (jobs_.count(id) > 0);
+    } else if (!ValidJobId(id)) {
+      return {grpc::StatusCode::INVALID_ARGUMENT,
+              fmt::format("job id '{}': use 1-64 letters, digits, '-', '_' or '.'", id)};
+    } else if (jobs_.count(id) > 0) {
+      return {grpc::StatusCode::ALREADY_EXISTS, fmt::format("job '{}' exists already", id)};
+    }
+    v1::Job job;
+    job.set_job_id(id);
+    job.set_state(v1::Job::QUEUED);
+    job.set_dataset_path(std::filesystem::absolute(request->dataset_path()).string());
+    job.set_teacher(request->teacher());
+    *job.mutable_recipe() = recipe;
+    job.set_eta_seconds(-1);
+    job.set_created_unix_ms(NowUnixMs());
+    job.set_updated_unix_ms(job.created_unix_ms());
+    // Durable before acknowledged.
+    if (absl::Status saved = Persist(job); !saved.ok()) return ToGrpc(saved);
+    jobs_[id] = job;
+    queue_.push_back(id);
+    changed_.notify_all();
+    spdlog::info("distill serve: job {} queued ({}, teacher {})", id, job.dataset_path(),
+                 job.teacher());
+    *response = job;
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetJob(grpc::ServerContext*, const v1::GetJobRequest* request,
+                      v1::Job* response) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = jobs_.find(request->job_id());
+    if (it == jobs_.end()) return NotFound(request->job_id());
+    *response = it->second;
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ListJobs(grpc::ServerContext*, const v1::ListJobsRequest*,
+                        v1::ListJobsResponse* response) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<const v1::Job*> sorted;
+    for (const auto& [id, job] : jobs_) sorted.push_back(&job);
+    std::sort(sorted.begin(), sorted.end(), [](const v1::Job* a, const v1::Job* b) {
+      return a->created_unix_ms() < b->created_unix_ms();
+    });
+    for (const v1::Job* job : sorted) *response->add_jobs() = *job;
+    return grpc::Status::OK;
+  }
+
+  grpc::Status WatchJob(grpc::ServerContext* context, const v1::WatchJobRequest* request,
+                        grpc::ServerWriter<v1::Job>* writer) override {
+    const auto interval = std::chrono::milliseconds(request->interval_ms() > 0 ? request->interval_ms() : 1000);
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      auto it = jobs_.find(request->job_id());
+      if (it == jobs_.end()) return NotFound(request->job_id());
+      const v1::Job job = it->second;
+      lock.unlock();
+      if (!writer->Write(job)) return grpc::Status::OK;  // the client went away
+      if (Terminal(job.state())) return grpc::Status::OK;
+      lock.lock();
+      const auto until = std::chrono::steady_clock::now() + interval;
+      const v1::Job::State seen = job.state();
+      changed_.wait_until(lock, until, [&] {
+        auto now = jobs_.find(request->job_id());
+        return stopping_ || context->IsCancelled() ||
+               (now != jobs_.end() && now->second.state() != seen);
+      });
+      if (context->IsCancelled()) return {grpc::StatusCode::CANCELLED, "watch cancelled"};
+      if (stopping_) return {grpc::StatusCode::UNAVAILABLE, "the service is shutting down"};
+    }
+  }
+
+  grpc::Status CancelJob(grpc::ServerContext*, const v1::CancelJobRequest* request,
+                         v1::Job* response) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = jobs_.find(request->job_id());
+    if (it == jobs_.end()) return NotFound(request->job_id());
+    v1::Job& job = it->second;
+    if (job.state() == v1::Job::QUEUED) {
+      queue_.erase(std::remove(queue_.begin(), queue_.end(), job.job_id()), queue_.end());
+      job.set_state(v1::Job::CANCELLED);
+      job.set_updated_unix_ms(NowUnixMs());
+      if (absl::Status saved = Persist(job); !saved.ok()) return ToGrpc(saved);
+    } else if (job.state() == v1::Job::RUNNING) {
+      cancel_requested_.insert(job.job_id());  // the worker stops it and records CANCELLED
+    }
+    changed_.notify_all();
+    *response = job;
+    return grpc::Status::OK;
+  }
+
+ private:
+  static grpc::Status NotFound(const std::string& id) {
+    return {grpc::StatusCode::NOT_FOUND, fmt::format("no job '{}' (rwr distill status lists them)", id)};
+  }
+
+  absl::Status Persist(const v1::Job& job) {
+    return store_->Put(storage::Family::kJobs, kJobKeyPrefix + job.job_id(), job.SerializeAsString());
+  }
+
+  void WorkerLoop() {
+    while (true) {
+      std::string id;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        changed_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+        if (stopping_) return;
+        id = queue_.front();
+        queue_.pop_front();
+      }
+      RunJob(id);
+    }
+  }
+
+  // Updates the job under the lock, persists it, wakes watchers.
+  void Update(const std::string& id, const std::function<void(v1::Job&)>& change) {
+    std::lock_guard<std::mutex> lock(mu_);
+    v1::Job& job = jobs_[id];
+    change(job);
+    job.set_updated_unix_ms(NowUnixMs());
+    if (absl::Status saved = Persist(job); !saved.ok()) {
+      spdlog::warn("distill serve: job {}: cannot persist its state: {}", id, std::string(saved.message()));
+    }
+    changed_.notify_all();
+  }
+
+  void RunJob(const std::string& id) {
+    v1::Job job;
+    Update(id, [&](v1::Job& j) {
+      j.set_state(v1::Job::RUNNING);
+      j.clear_error();
+      j.mutable_counts()->Clear();
+      job = j;
+    });
+    spdlog::info("distill serve: job {} running", id);
+    TeacherClientOptions client = options_.client;
+    if (job.recipe().concurrency() > 0) client.concurrency = static_cast<int>(job.recipe().concurrency());
+    absl::StatusOr<std::unique_ptr<Teacher>> teacher = MakeDistillTeacher(job.teacher(), client);
+    if (!teacher.ok()) {
+      Finish(id, v1::Job::FAILED, fmt::format("teacher {}: {}", job.teacher(), std::string(teacher.status().message())));
+      return;
+    }
+    DistillRunOptions run;
+    run.input_path = job.dataset_path();
+    run.dataset = options_.dataset;
+    run.negative_fraction = job.recipe().negative_fraction();
+    run.items_in_flight = 2 * client.concurrency;
+    run.show_progress = false;
+    run.stop_requested = [this, id] {
+      std::lock_guard<std::mutex> lock(mu_);
+      return stopping_ || cancel_requested_.count(id) > 0;
+    };
+    const auto started = std::chrono::steady_clock::now();
+    auto last_persist = started;
+    run.on_progress = [&](const DistillCounts& counts) {
+      const auto now = std::chrono::steady_clock::now();
+      const double elapsed = std::chrono::duration<double>(now - started).count();
+      std::lock_guard<std::mutex> lock(mu_);
+      v1::Job& j = jobs_[id];
+      FillCounts(counts, j.mutable_counts());
+      const double rate = elapsed > 0 ? counts.items_done / elapsed : 0;
+      j.set_items_per_second(rate);
+      j.set_eta_seconds(rate > 0 && counts.items > 0 ? (counts.items - counts.items_done) / rate : -1);
+      j.set_updated_unix_ms(NowUnixMs());
+      if (std::chrono::duration<double>(now - last_persist).count() >= options_.persist_interval_s) {
+        last_persist = now;
+        if (absl::Status saved = Persist(j); !saved.ok()) {
+          spdlog::warn("distill serve: job {}: cannot persist progress: {}", id, std::string(saved.message()));
+        }
+      }
+    };
+    absl::StatusOr<DistillSummary> summary = RunDistill(run, **teacher, *cache_);
+    teacher->reset();
+    if (!summary.ok()) {
+      Finish(id, v1::Job::FAILED, std::string(summary.status().message()));
+      return;
+    }
+    bool cancelled = false;
+    bool stopping = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancelled = cancel_requested_.erase(id) > 0;
+      stopping = stopping_;
+    }
+    Update(id, [&](v1::Job& j) { FillCounts(summary->counts, j.mutable_counts()); });
+    if (summary->interrupted && !cancelled && stopping) {
+      spdlog::info("distill serve: job {} stopped by shutdown; it resumes on the next start", id);
+      return;  // stays RUNNING in the cache
+    }
+    if (cancelled) {
+      Finish(id, v1::Job::CANCELLED, "");
+    } else if (summary->counts.failures > 0) {
+      std::string error = fmt::format("{} of {} items failed (resubmit to retry them):",
+                                      summary->counts.failures, summary->counts.items);
+      for (size_t i = 0; i < summary->failed.size() && i < 5; ++i) {
+        const FailedItem& f = summary->failed[i];
+        error += fmt::format(" {} at {}: {};", f.id, f.stage, f.reason);
+      }
+      Finish(id, v1::Job::FAILED, error);
+    } else {
+      Finish(id, v1::Job::SUCCEEDED, "");
+    }
+    spdlog::info("distill serve: job {}: {}", id, SummaryLine(*summary));
+  }
+
+  static void FillCounts(const DistillCounts& c, v1::JobCounts* out) {
+    out->set_items(c.items);
+    out->set_items_done(c.items_done);
+    out->set_notes_kept(c.notes_kept);
+    out->set_dropped_by_verification(c.dropped_by_verification);
+    out->set_negatives(c.negatives);
+    out->set_failures(c.failures);
+    out->set_teacher_calls(c.teacher_calls);
+    out->set_cache_hits(c.cache_hits);
+  }
+
+  void Finish(const std::string& id, v1::Job::State state, const std::string& error) {
+    if (!error.empty()) spdlog::warn("distill serve: job {} {}: {}", id, v1::Job::State_Name(state), error);
+    Update(id, [&](v1::Job& j) {
+      j.set_state(state);
+      j.set_error(error);
+      j.set_eta_seconds(Terminal(state) ? 0 : -1);
+    });
+  }
+
+  const DistillServerOptions options_;
+  storage::KvStore* store_;
+  std::unique_ptr<NoteCache> cache_;
+  std::mutex mu_;
+  std::condition_variable changed_;
+  std::map<std::string, v1::Job> jobs_;
+  std::deque<std::string> queue_;
+  std::set<std::string> cancel_requested_;
+  bool stopping_ = false;
+  uint64_t job_counter_ = 0;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  std::thread worker_;
+};
+
+DistillServer::DistillServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+DistillServer::~DistillServer() {
+  if (impl_) impl_->Shutdown();
+}
+
+absl::StatusOr<std::unique_ptr<DistillServer>> DistillServer::Start(
+    const DistillServerOptions& options, storage::KvStore* store) {
+  auto impl = std::make_unique<Impl>(options, store);
+  RWR_RETURN_IF_ERROR(impl->Init());
+  return std::unique_ptr<DistillServer>(new DistillServer(std::move(impl)));
+}
+
+int DistillServer::port() const { return impl_->port(); }
+
+void DistillServer::Shutdown() { impl_->Shutdown(); }
+
+}  // namespace rwr::teacher

@@ -1,0 +1,60 @@
+// DistillServer: `rwr distill serve`, the long-running distillation service (rwr.v1.DistillService,
+// proto/rwr/v1/distill.proto) over one note cache.
+//
+// - SubmitJob checks the request (dataset readable, teacher target given, recipe in range), writes
+//   the job to the cache's `jobs` family as QUEUED, and only then answers: an acknowledged job is
+//   never lost. Jobs run one at a time, in submission order, on a worker thread (the cache has one
+//   writer; a job already fills the teacher's window).
+// - A running job's counts, rate and ETA are kept in memory and written to the cache about once a
+//   second. GetJob / ListJobs answer from memory; WatchJob streams the job every interval until it
+//   ends; CancelJob stops a job (queued: at once; running: it starts no new item, the items in
+//   flight finish and are cached).
+// - On start, every job the cache holds as QUEUED or RUNNING (a service killed or stopped mid-job)
+//   is queued again and resumed: its dataset is walked again and every answer already cached is a
+//   cache hit, so only the unfinished work reaches the teacher.
+// - Shutdown stops the running job the same way as cancel but leaves it RUNNING in the cache, so
+//   the next start resumes it.
+// A job ends SUCCEEDED (every item kept or dropped), FAILED (some items failed — the error names
+// how many and the first few with their reasons; resubmit to retry them — or the dataset or
+// teacher was unusable) or CANCELLED. The gRPC handlers are the synchronous API: they only read
+// and write in-memory state and the cache; the distillation itself runs on the worker thread.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "storage/kv_store.h"
+#include "teacher_client/client.h"
+#include "teacher_client/dataset.h"
+
+namespace rwr::teacher {
+
+struct DistillServerOptions {
+  std::string listen = "127.0.0.1:0";  // HOST:PORT; port 0 picks a free one (see port())
+  TeacherClientOptions client;         // for remote teachers; a job's recipe may set concurrency
+  DatasetOptions dataset;              // bad input handling for every job
+  double default_negative_fraction = 0.3;
+  double persist_interval_s = 1.0;     // how often a running job's counts are written
+};
+
+class DistillServer {
+ public:
+  // `store` must outlive the server. Resumes unfinished jobs found in it.
+  static absl::StatusOr<std::unique_ptr<DistillServer>> Start(const DistillServerOptions& options,
+                                                              storage::KvStore* store);
+  ~DistillServer();  // Shutdown() if still running
+
+  int port() const;
+  // Stop serving; the running job stops starting items, finishes those in flight, stays RUNNING
+  // in the cache (resumed on the next start).
+  void Shutdown();
+
+  class Impl;
+
+ private:
+  explicit DistillServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace rwr::teacher

@@ -1,0 +1,321 @@
+// The distill and cache commands as a user runs them (the real `rwr` binary, a real TeacherServer
+// on loopback, real RocksDB):
+// - `rwr distill run` killed with SIGKILL mid-run, then rerun: the rerun's teacher calls equal
+//   exactly the answers not yet cached, and every cached record reads back intact.
+// - bad input: one line naming FILE:LINE, nothing sent to the teacher; skip mode quarantines.
+// - `rwr cache inspect --json` and `rwr cache publish`.
+// - `rwr distill serve` killed with SIGKILL mid-job and restarted: the job resumes and finishes.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "nlohmann/json.hpp"
+#include "storage/rocksdb_store.h"
+#include "teacher_client/distill_run.h"
+#include "teacher_client/extractive_teacher.h"
+#include "teacher_client/scripted_teacher.h"
+#include "teacher_client/teacher_server.h"
+#include "tests/distill/distill_test_data.h"
+#include "tests/teacher/test_support.h"
+
+namespace rwr::teacher {
+namespace {
+
+namespace fs = std::filesystem;
+using storage::Family;
+using testing::Subprocess;
+
+struct Ran {
+  int exit_code;
+  std::string output;
+};
+
+Ran RunRwr(const std::vector<std::string>& args, const fs::path& log) {
+  std::vector<std::string> argv = {RWR_BINARY};
+  argv.insert(argv.end(), args.begin(), args.end());
+  Subprocess process(argv, log.string());
+  const int code = process.Wait(120);
+  return {code, testing::ReadFile(log)};
+}
+
+bool WaitUntil(const std::function<bool()>& done, double timeout_s) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  while (std::chrono::steady_clock::now() < until) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return done();
+}
+
+class DistillCliTest : public ::testing::Test {
+ protected:
+  void SetUp() override { dir_ = testing::MakeTempDir("distill_cli"); }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::unique_ptr<TeacherServer> StartTeacher(double latency_s, int port = 0) {
+    TeacherServerOptions options;
+    options.listen = "127.0.0.1:" + std::to_string(port);
+    options.workers = 4;
+    auto server = TeacherServer::Start(
+        options, std::make_shared<ScriptedTeacher>(ScriptedOptions{.latency_s = latency_s}));
+    EXPECT_TRUE(server.ok()) << server.status();
+    return server.ok() ? *std::move(server) : nullptr;
+  }
+  static std::string Url(const TeacherServer& server) {
+    return "rwr://127.0.0.1:" + std::to_string(server.port());
+  }
+
+  fs::path dir_;
+};
+
+// Every record parses, sits under the key of its own request, and holds what the extractive
+// teacher answers for that request.
+void ExpectEveryRecordIntact(const storage::KvStore& store) {
+  ExtractiveTeacher reference;
+  int64_t checked = 0;
+  for (Family family : {Family::kNotes, Family::kVerdicts, Family::kNegatives}) {
+    ASSERT_TRUE(store.ForEach(family, "", [&](std::string_view key, std::string_view value) {
+      v1::CacheRecord record;
+      EXPECT_TRUE(record.ParseFromArray(value.data(), static_cast<int>(value.size())));
+      EXPECT_EQ(CacheKey(record.request()), key) << "record under the wrong key";
+      EXPECT_EQ(record.schema_version(), kCacheSchemaVersion);
+      const v1::CanonicalRequest& r = record.request();
+      if (record.has_note()) {
+        EXPECT_EQ(record.note().note(),
+                  reference.MakeNote({.context = r.context(), .question = r.question()}).text);
+      } else if (record.has_verdict()) {
+        EXPECT_EQ(record.verdict().consistent(),
+                  reference.Verify({.question = r.question(), .note = r.note(), .answer = r.answer()})
+                      .consistent);
+      } else if (record.has_negative()) {
+        EXPECT_EQ(record.negative().context(),
+                  reference.Remove({.context = r.context(), .question = r.question(), .answer = r.answer()})
+                      .context);
+      } else {
+        ADD_FAILURE() << "record without an answer";
+      }
+      ++checked;
+      return true;
+    }).ok());
+  }
+  EXPECT_GT(checked, 0);
+}
+
+TEST_F(DistillCliTest, KilledWithSigkillMidRunThenRerunAsksOnlyForWhatIsMissing) {
+  constexpr int kItems = 120;
+  const std::string input = (dir_ / "data.jsonl").string();
+  const std::string cache_dir = (dir_ / "cache").string();
+  testing::WriteDistillTestData(input, kItems);
+
+  // The whole job's teacher calls, counted on a throwaway in-memory cache.
+  int64_t total_calls = 0;
+  {
+    storage::MemoryKvStore memory;
+    auto cache = NoteCache::Open(&memory);
+    ScriptedTeacher counting({});
+    DistillRunOptions options{.input_path = input, .negative_fraction = 0.3, .show_progress = false};
+    auto summary = RunDistill(options, counting, **cache);
+    ASSERT_TRUE(summary.ok()) << summary.status();
+    total_calls = summary->counts.teacher_calls;
+    ASSERT_EQ(total_calls, static_cast<int64_t>(counting.calls()));
+  }
+
+  auto server = StartTeacher(/*latency_s=*/0.01);
+  ASSERT_TRUE(server);
+  const std::vector<std::string> args = {"distill", "run", "--input", input, "--teacher", Url(*server),
+                                         "--cache", cache_dir, "--concurrency", "4",
+                                         "--negative-fraction", "0.3", "--summary-json",
+                                         (dir_ / "summary.json").string()};
+  {
+    std::vector<std::string> argv = {RWR_BINARY};
+    argv.insert(argv.end(), args.begin(), args.end());
+    Subprocess run(argv, (dir_ / "killed.log").string());
+    ASSERT_TRUE(run.started());
+    ASSERT_TRUE(WaitUntil([&] { return server->stats().served >= static_cast<uint64_t>(total_calls / 3); }, 60))
+        << testing::ReadFile(dir_ / "killed.log");
+    run.Signal(SIGKILL);
+    EXPECT_EQ(run.Wait(10), 128 + SIGKILL) << "the run finished before it could be killed";
+  }
+  // Calls the killed client left in flight still finish on the server; count them as before.
+  ASSERT_TRUE(WaitUntil([&] { return server->stats().outstanding == 0; }, 10));
+  const uint64_t served_before_kill = server->stats().served;
+
+  int64_t cached_after_kill = 0;
+  {
+    auto store = storage::RocksDbStore::Open(cache_dir);
+    ASSERT_TRUE(store.ok()) << store.status();
+    ExpectEveryRecordIntact(**store);
+    for (Family family : {Family::kNotes, Family::kVerdicts, Family::kNegatives}) {
+      cached_after_kill += *(*store)->Count(family);
+    }
+  }
+  ASSERT_GT(cached_after_kill, 0);
+  ASSERT_LT(cached_after_kill, total_calls);
+  // Answers served but not yet acknowledged by the killed client may be lost; nothing else.
+  EXPECT_LE(cached_after_kill, static_cast<int64_t>(served_before_kill));
+
+  Ran rerun = RunRwr(args, dir_ / "rerun.log");
+  ASSERT_EQ(rerun.exit_code, 0) << rerun.output;
+  const nlohmann::json summary = nlohmann::json::parse(testing::ReadFile(dir_ / "summary.json"));
+  EXPECT_EQ(summary["teacher_calls"].get<int64_t>(), total_calls - cached_after_kill);
+  EXPECT_EQ(static_cast<int64_t>(server->stats().served - served_before_kill),
+            total_calls - cached_after_kill);
+  EXPECT_EQ(summary["cache_hits"].get<int64_t>(), cached_after_kill);
+  EXPECT_EQ(summary["items"].get<int64_t>(), kItems);
+  EXPECT_EQ(summary["failures"].get<int64_t>(), 0);
+  for (const char* key : {"notes_kept", "dropped_by_verification", "negatives"}) {
+    EXPECT_TRUE(summary.contains(key)) << key;
+  }
+  EXPECT_NE(rerun.output.find("distill: 120 items"), std::string::npos) << rerun.output;
+
+  auto store = storage::RocksDbStore::Open(cache_dir, {.read_only = true});
+  ASSERT_TRUE(store.ok());
+  ExpectEveryRecordIntact(**store);
+  int64_t items = 0;
+  ASSERT_TRUE(ForEachItem(**store, [&](const DistilledItem&) {
+                ++items;
+                return absl::OkStatus();
+              }).ok());
+  EXPECT_EQ(items, kItems);
+}
+
+TEST_F(DistillCliTest, BadInputIsOneLineWithFileAndLineAndSkipQuarantines) {
+  const std::string corpus = std::string(RWR_SOURCE_DIR) + "/tests/fixtures/bad_input/";
+  Ran failed = RunRwr({"distill", "run", "--input", corpus + "missing_field.jsonl", "--teacher",
+                       "builtin:extractive", "--cache", (dir_ / "cache").string(), "--log-level", "error"},
+                      dir_ / "fail.log");
+  EXPECT_EQ(failed.exit_code, 1);
+  EXPECT_NE(failed.output.find("missing_field.jsonl:2: missing field 'answer'"), std::string::npos)
+      << failed.output;
+  EXPECT_EQ(std::count(failed.output.begin(), failed.output.end(), '\n'), 1) << failed.output;
+
+  const std::string quarantine = (dir_ / "rejected.jsonl").string();
+  Ran skipped = RunRwr({"distill", "run", "--input", corpus + "mixed.jsonl", "--teacher",
+                        "builtin:extractive", "--cache", (dir_ / "cache").string(), "--on-bad-input",
+                        "skip", "--quarantine", quarantine, "--summary-json",
+                        (dir_ / "s.json").string()},
+                       dir_ / "skip.log");
+  EXPECT_EQ(skipped.exit_code, 0) << skipped.output;
+  const nlohmann::json summary = nlohmann::json::parse(testing::ReadFile(dir_ / "s.json"));
+  EXPECT_EQ(summary["items"].get<int64_t>(), 4);
+  EXPECT_EQ(summary["bad_input_lines"].get<int64_t>(), 5);
+  std::ifstream in(quarantine);
+  std::string line;
+  int lines = 0;
+  while (std::getline(in, line)) ++lines;
+  EXPECT_EQ(lines, 5);
+}
+
+TEST_F(DistillCliTest, InspectReportsFamiliesAndPublishMakesAReadOnlyCopy) {
+  const std::string input = (dir_ / "data.jsonl").string();
+  const std::string cache_dir = (dir_ / "cache").string();
+  testing::WriteDistillTestData(input, 12);
+  Ran run = RunRwr({"distill", "run", "--input", input, "--teacher", "builtin:extractive", "--cache",
+                    cache_dir, "--summary-json", (dir_ / "s.json").string()},
+                   dir_ / "run.log");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const nlohmann::json summary = nlohmann::json::parse(testing::ReadFile(dir_ / "s.json"));
+
+  Ran inspect = RunRwr({"cache", "inspect", cache_dir, "--json"}, dir_ / "inspect.log");
+  ASSERT_EQ(inspect.exit_code, 0) << inspect.output;
+  const nlohmann::json report = nlohmann::json::parse(inspect.output);
+  EXPECT_EQ(report["schema_version"], 1);
+  EXPECT_EQ(report["families"]["notes"].get<int64_t>(), 12);
+  EXPECT_EQ(report["families"]["verdicts"].get<int64_t>(), 12);
+  EXPECT_EQ(report["families"]["negatives"].get<int64_t>(),
+            summary["teacher_calls"].get<int64_t>() - 24);
+  EXPECT_EQ(report["families"]["jobs"].get<int64_t>(), 12);
+  EXPECT_EQ(report["families"]["meta"].get<int64_t>(), 1);
+  EXPECT_EQ(report["items"]["kept"].get<int64_t>(), summary["notes_kept"].get<int64_t>());
+  ASSERT_FALSE(report["samples"]["notes"].empty());
+  EXPECT_TRUE(report["samples"]["notes"][0]["intact"].get<bool>());
+
+  const std::string published = (dir_ / "published").string();
+  Ran publish = RunRwr({"cache", "publish", cache_dir, "--to", published}, dir_ / "publish.log");
+  ASSERT_EQ(publish.exit_code, 0) << publish.output;
+  Ran again = RunRwr({"cache", "publish", cache_dir, "--to", published}, dir_ / "again.log");
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_NE(again.output.find("already exists"), std::string::npos) << again.output;
+  auto copy = storage::RocksDbStore::Open(published, {.read_only = true});
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  EXPECT_EQ(*(*copy)->Count(Family::kNotes), 12);
+  Ran inspect_copy = RunRwr({"cache", "inspect", published}, dir_ / "inspect2.log");
+  EXPECT_EQ(inspect_copy.exit_code, 0) << inspect_copy.output;
+  EXPECT_NE(inspect_copy.output.find("schema version 1"), std::string::npos) << inspect_copy.output;
+
+  Ran missing = RunRwr({"cache", "inspect", (dir_ / "nope").string()}, dir_ / "missing.log");
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.output.find("no cache here"), std::string::npos) << missing.output;
+}
+
+TEST_F(DistillCliTest, ServeJobSurvivesSigkillOfTheServiceAndResumes) {
+  constexpr int kItems = 80;
+  const std::string input = (dir_ / "data.jsonl").string();
+  const std::string cache_dir = (dir_ / "cache").string();
+  testing::WriteDistillTestData(input, kItems);
+  auto teacher = StartTeacher(/*latency_s=*/0.02);
+  ASSERT_TRUE(teacher);
+  const std::string listen = "127.0.0.1:" + std::to_string(testing::FreePort());
+  const std::vector<std::string> serve = {RWR_BINARY, "distill", "serve", "--listen", listen,
+                                          "--cache", cache_dir};
+  {
+    Subprocess service(serve, (dir_ / "serve1.log").string());
+    ASSERT_TRUE(service.started());
+    Ran submitted;
+    ASSERT_TRUE(WaitUntil([&] {
+      submitted = RunRwr({"distill", "submit", "--server", listen, "--input", input, "--teacher",
+                          Url(*teacher), "--job-id", "harbours", "--concurrency", "4"},
+                         dir_ / "submit.log");
+      return submitted.exit_code == 0;
+    }, 30)) << submitted.output << testing::ReadFile(dir_ / "serve1.log");
+    EXPECT_NE(submitted.output.find("submitted harbours"), std::string::npos);
+    ASSERT_TRUE(WaitUntil([&] { return teacher->stats().served >= 40; }, 60))
+        << testing::ReadFile(dir_ / "serve1.log");
+    Ran status = RunRwr({"distill", "status", "--server", listen, "harbours"}, dir_ / "status.log");
+    EXPECT_EQ(status.exit_code, 0) << status.output;
+    EXPECT_NE(status.output.find("harbours RUNNING"), std::string::npos) << status.output;
+    service.Signal(SIGKILL);
+    ASSERT_EQ(service.Wait(10), 128 + SIGKILL);
+  }
+  ASSERT_TRUE(WaitUntil([&] { return teacher->stats().outstanding == 0; }, 10));
+  const uint64_t served_before = teacher->stats().served;
+
+  Subprocess service(serve, (dir_ / "serve2.log").string());
+  ASSERT_TRUE(service.started());
+  Ran watched;
+  ASSERT_TRUE(WaitUntil([&] {
+    watched = RunRwr({"distill", "status", "--server", listen, "harbours", "--watch"},
+                     dir_ / "watch.log");
+    return watched.exit_code != 1 || watched.output.find("no distill service") == std::string::npos;
+  }, 60));
+  EXPECT_EQ(watched.exit_code, 0) << watched.output << testing::ReadFile(dir_ / "serve2.log");
+  EXPECT_NE(watched.output.find("harbours SUCCEEDED"), std::string::npos) << watched.output;
+
+  Ran json = RunRwr({"distill", "status", "--server", listen, "harbours", "--json"}, dir_ / "json.log");
+  ASSERT_EQ(json.exit_code, 0) << json.output;
+  const nlohmann::json job = nlohmann::json::parse(json.output);
+  EXPECT_EQ(job["state"], "SUCCEEDED");
+  const nlohmann::json& counts = job["counts"];
+  EXPECT_EQ(std::stoll(counts["items"].get<std::string>()), kItems);  // proto3 JSON: uint64 as string
+  EXPECT_GT(std::stoll(counts["cache_hits"].get<std::string>()), 0) << "resumed from the cache";
+  EXPECT_EQ(std::stoll(counts["teacher_calls"].get<std::string>()),
+            static_cast<int64_t>(teacher->stats().served - served_before));
+  service.Signal(SIGTERM);
+  EXPECT_EQ(service.Wait(30), 0) << testing::ReadFile(dir_ / "serve2.log");
+
+  auto store = storage::RocksDbStore::Open(cache_dir, {.read_only = true});
+  ASSERT_TRUE(store.ok());
+  int64_t items = 0;
+  ASSERT_TRUE(ForEachItem(**store, [&](const DistilledItem&) {
+                ++items;
+                return absl::OkStatus();
+              }).ok());
+  EXPECT_EQ(items, kItems);
+  ExpectEveryRecordIntact(**store);
+}
+
+}  // namespace
+}  // namespace rwr::teacher
