@@ -7,16 +7,21 @@ no normalizer, all 256 byte symbols in the initial alphabet (so any byte string 
 and GPT-NeoX's special tokens <|endoftext|> (id 0) and <|padding|> (id 1). Only the vocabulary
 differs: it is small (8192 by default) so the file is small and the quick start's model is cheap.
 
-The corpus is generated here, deterministically from --seed: natural-looking records, sessions and
-reports about many entities with attributes, dates and numbers (the shape of `rwr data synth`'s
-long-context QA), some multilingual text, code, plus the repository's own Markdown docs. Extra
-text files can be added with --corpus. Runs with the test venv (never part of the pipeline):
+The corpus: the output of `rwr data synth` (contexts, questions and answers; the text the quick
+start trains on, from another seed than the quick start's data), text generated here from --seed
+(records, dialogue turns and reports with dates and numbers, multilingual sentences, emoji, code),
+and the repository's own Markdown docs. Extra text files can be added with --corpus. The shipped
+file was made with (the venv is the test venv; Python is never part of the pipeline):
 
-    .venv-test/bin/python scripts/train_tokenizer.py --out configs/tokenizer/tokenizer.json
+    build/<dir>/bin/rwr data synth --out /tmp/tok_corpus.jsonl --count 300 \
+        --context-tokens 4000 --min-context-tokens 500 --seed 1000
+    .venv-test/bin/python scripts/train_tokenizer.py --synth-jsonl /tmp/tok_corpus.jsonl \
+        --out configs/tokenizer/tokenizer.json
 """
 
 import argparse
 import glob
+import json
 import os
 import random
 import sys
@@ -109,7 +114,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.path.join(root, "configs/tokenizer/tokenizer.json"))
     parser.add_argument("--vocab-size", type=int, default=8192)
-    parser.add_argument("--paragraphs", type=int, default=60000, help="generated paragraphs")
+    parser.add_argument("--paragraphs", type=int, default=20000, help="generated paragraphs")
+    parser.add_argument("--synth-jsonl", nargs="*", default=[],
+                        help="`rwr data synth` output; its context, question and answer fields")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--corpus", nargs="*", default=[], help="extra UTF-8 text files")
     args = parser.parse_args()
@@ -117,6 +124,11 @@ def main():
     rng = random.Random(args.seed)
     texts = list(generated_corpus(rng, args.paragraphs))
     docs = sorted(glob.glob(os.path.join(root, "docs", "*.md")) + [os.path.join(root, "README.md")])
+    for path in args.synth_jsonl:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                item = json.loads(line)
+                texts.append(item["context"] + "\n" + item["question"] + "\n" + item["answer"] + "\n")
     for path in docs + args.corpus:
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Test peer for rwr's tokenizer parity test: runs Hugging Face `tokenizers` (PyPI) live.
 
-    hf_peer.py --shipped configs/tokenizer/tokenizer.json --text bundled.txt --out-dir DIR
+    hf_peer.py --shipped configs/tokenizer/tokenizer.json --text bundled.txt \
+        [--synth-jsonl items.jsonl] --out-dir DIR
 
 Writes into DIR:
   <name>.json     each tokenizer under test: the shipped one, and variants derived from it that
@@ -137,6 +138,7 @@ def main():
     parser.add_argument("--shipped", required=True)
     parser.add_argument("--text", required=True, help="bundled UTF-8 text")
     parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--synth-jsonl", help="`rwr data synth` items: their fields are texts too")
     parser.add_argument("--seed", type=int, default=4)
     args = parser.parse_args()
 
@@ -146,6 +148,12 @@ def main():
         bundled = f.read()
     rng = random.Random(args.seed)
     strings = test_strings(rng, bundled)
+    if args.synth_jsonl:  # the pipeline's own data: each field, and the whole item as one text
+        with open(args.synth_jsonl, encoding="utf-8") as f:
+            for line in f:
+                item = json.loads(line)
+                fields = [item["context"], item["question"], item["answer"]]
+                strings.extend(fields + ["\n\n".join(fields) + "<|endoftext|>"])
     os.makedirs(args.out_dir, exist_ok=True)
 
     with open(os.path.join(args.out_dir, "cases.jsonl"), "w") as cases, \

@@ -1,6 +1,7 @@
 // Parity of rwr's tokenizer with Hugging Face `tokenizers`, run live: hf_peer.py (in the test venv)
 // writes the shipped tokenizer and variants of it, and for > 2,000 generated strings plus the
-// bundled text HF's ids, decoded text and pre-tokenizer pieces; every one must match rwr's.
+// bundled text and the quick start's synthetic QA data HF's ids, decoded text and pre-tokenizer
+// pieces; every one must match rwr's.
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -8,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "distill/synth.h"
 #include "distill/tokenizer.h"
 #include "distill/tokenizer_split.h"
 #include "fmt/format.h"
@@ -56,12 +58,26 @@ class TokenizerParityTest : public ::testing::Test {
     dir_ = new fs::path(fs::temp_directory_path() /
                         fmt::format("rwr_tokenizer_parity_{}", ::getpid()));
     fs::create_directories(*dir_);
+    // The pipeline's own data: the quick start's synthetic QA (configs/quickstart.yaml: 64 items
+    // of ~512 tokens, seed 1) and two long contexts.
+    const fs::path synth = *dir_ / "synth.jsonl";
+    {
+      std::ofstream out(synth);
+      SynthOptions quickstart{.count = 64, .context_tokens = 512, .seed = 1};
+      for (int64_t i = 0; i < quickstart.count; ++i) {
+        out << SynthItemToJson(GenerateSynthItem(quickstart, i)) << "\n";
+      }
+      SynthOptions long_context{.count = 2, .context_tokens = 30000, .seed = 2};
+      for (int64_t i = 0; i < long_context.count; ++i) {
+        out << SynthItemToJson(GenerateSynthItem(long_context, i)) << "\n";
+      }
+    }
     // RWR_TOKENIZER_PARITY_SEED picks other generated strings (the default is fixed for CI).
     const char* seed = std::getenv("RWR_TOKENIZER_PARITY_SEED");
     const std::string command = fmt::format(
-        "'{}' '{}' --shipped '{}' --text '{}' --out-dir '{}' --seed {}", RWR_TEST_PYTHON,
-        RWR_TEST_PEER, RWR_SHIPPED_TOKENIZER, RWR_BUNDLED_TEXT, dir_->string(),
-        seed ? std::atoi(seed) : 4);
+        "'{}' '{}' --shipped '{}' --text '{}' --synth-jsonl '{}' --out-dir '{}' --seed {}",
+        RWR_TEST_PYTHON, RWR_TEST_PEER, RWR_SHIPPED_TOKENIZER, RWR_BUNDLED_TEXT, synth.string(),
+        dir_->string(), seed ? std::atoi(seed) : 4);
     peer_status_ = std::system(command.c_str());
     if (peer_status_ == 0) {
       cases_ = new std::vector<json>(ReadJsonl(*dir_ / "cases.jsonl"));
