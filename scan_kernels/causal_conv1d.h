@@ -37,7 +37,8 @@ struct CausalConv1dParams {
   int64_t resets_batch_stride = 0;  // token stride is 1
   const float* initial_state = nullptr;  // (B, Di, W−1) contiguous, oldest first; optional
   float* final_state = nullptr;          // (B, Di, W−1) contiguous, optional output; may alias
-                                         // initial_state (in-place update)
+                                         // initial_state (in-place update; on CUDA only for
+                                         // seqlen <= 64, e.g. the single-token step)
 
   void* out = nullptr;  // (B, T, Di)
   TokenStrides out_strides;

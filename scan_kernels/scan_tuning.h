@@ -1,0 +1,20 @@
+// Internal knobs of the CUDA selective scan, for bench/scan_bench and tests only (not part of the
+// API the trainer uses). The scan splits T into K chunks processed in parallel (a chunk-local
+// pass, then the real pass starting from the carried state); K is picked from the sizes unless
+// overridden here.
+#pragma once
+
+#include <cstdint>
+
+namespace rwr::scan {
+
+// 0 = automatic (default). Any other value forces K (clamped to [1, number of 16-token tiles]).
+void SetScanChunksOverride(int chunks);
+// Kernel variant for measurements: 1 = default, register-capped for occupancy (forward: 4
+// blocks per multiprocessor, backward: 2); 2 = as 1 with 3 forward blocks per multiprocessor;
+// 0 = registers unconstrained (1 block each).
+void SetScanVariant(int variant);
+// The K the CUDA scan would use for these sizes (after the override).
+int ScanChunks(int64_t batch, int64_t seqlen, int64_t dim);
+
+}  // namespace rwr::scan

@@ -1,0 +1,944 @@
+// CUDA selective scan (sm_90), forward and backward, S = 16, fp32 or bf16 tensors, fp32 state.
+//
+// Layout of the work. A lane owns 4 of the 16 states of one channel (4 lanes per channel, 8
+// channels per warp, 64 channels per 256-thread block) and walks tokens in tiles of 16. Per-token
+// channel scalars (softplus Δ, SiLU gate, the output) are computed once per channel by the lane
+// that owns that token within a group of 4 and shared through shared memory; the sums over the
+// states (y, dx, dΔ) are reduce-scatters over the 4 lanes with shuffles. T is split into K chunks
+// that run in parallel: a chunk-local pass (state from zero, plus the chunk's decay) is carried
+// across chunks, then the real pass starts each chunk from its carried state.
+//
+// Forward writes the state at every 16-token tile boundary (the checkpoints, in the workspace);
+// Backward walks each chunk's tiles last to first, recomputes the tile's states from its
+// checkpoint into registers and runs the reverse recurrence. dB and dC (sums over channels) are
+// reduced in a fixed order: within a warp by shuffles, within a block through shared memory, then
+// across blocks by a separate kernel over per-block partials. No atomics anywhere: every output
+// is bitwise reproducible.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <type_traits>
+
+#include "common/call_status_cuda.h"
+#include "fmt/format.h"
+#include "scan_kernels/scan_tuning.h"
+#include "scan_kernels/selective_scan.h"
+
+namespace rwr::scan {
+namespace {
+
+constexpr int kS = 16;            // states per channel (S)
+constexpr int kQ = 4;             // lanes per channel
+constexpr int kSPL = kS / kQ;     // states per lane
+constexpr int kChPerWarp = 32 / kQ;
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kChPerBlock = kWarps * kChPerWarp;  // 64
+constexpr int kTile = 16;                          // tokens per tile (checkpoint spacing)
+constexpr unsigned kFull = 0xffffffffu;
+constexpr float kLog2e = 1.4426950408889634f;
+
+std::atomic<int> g_chunks_override{0};
+std::atomic<int> g_variant{1};
+
+// ---- element access ------------------------------------------------------------------------
+
+template <typename E>
+__device__ __forceinline__ float ToF(E v);
+template <>
+__device__ __forceinline__ float ToF<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ float ToF<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+template <typename E>
+__device__ __forceinline__ E FromF(float v);
+template <>
+__device__ __forceinline__ float FromF<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromF<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+template <typename E>
+__device__ __forceinline__ float Ld(const void* base, int64_t i) {
+  return ToF<E>(static_cast<const E*>(base)[i]);
+}
+template <typename E>
+__device__ __forceinline__ void St(void* base, int64_t i, float v) {
+  static_cast<E*>(base)[i] = FromF<E>(v);
+}
+
+__device__ __forceinline__ float Exp2(float v) { return exp2f(v); }  // ex2.approx under fast math
+__device__ __forceinline__ float Sigmoid(float v) { return __fdividef(1.f, 1.f + __expf(-v)); }
+__device__ __forceinline__ float Softplus(float v) {
+  return v > 20.f ? v : __logf(1.f + __expf(v));
+}
+
+// Four lanes of one channel each hold v[0..3] (one value per token of a group of 4); afterwards
+// lane q holds the sum over the 4 lanes of v[q]. Fixed order: bitwise reproducible.
+__device__ __forceinline__ float ReduceScatter4(float v0, float v1, float v2, float v3, int q) {
+  const bool hi = q & 2;
+  float keep0 = hi ? v2 : v0, keep1 = hi ? v3 : v1;
+  const float send0 = hi ? v0 : v2, send1 = hi ? v1 : v3;
+  keep0 += __shfl_xor_sync(kFull, send0, 2);
+  keep1 += __shfl_xor_sync(kFull, send1, 2);
+  const bool lo = q & 1;
+  const float keep = lo ? keep1 : keep0, send = lo ? keep0 : keep1;
+  return keep + __shfl_xor_sync(kFull, send, 1);
+}
+
+// The 8 channels of a warp each hold v[0..7] for the same 4 states (lanes ch*4+q, same q);
+// afterwards lane (ch, q) holds v[ch] summed over the 8 channels.
+__device__ __forceinline__ float ReduceScatter8Channels(const float (&v)[8], int ch) {
+  const bool b2 = ch & 4, b1 = ch & 2, b0 = ch & 1;
+  float k[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float mine = b2 ? v[4 + i] : v[i], other = b2 ? v[i] : v[4 + i];
+    k[i] = mine + __shfl_xor_sync(kFull, other, 16);
+  }
+  float m[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const float mine = b1 ? k[2 + i] : k[i], other = b1 ? k[i] : k[2 + i];
+    m[i] = mine + __shfl_xor_sync(kFull, other, 8);
+  }
+  const float mine = b0 ? m[1] : m[0], other = b0 ? m[0] : m[1];
+  return mine + __shfl_xor_sync(kFull, other, 4);
+}
+
+// Workspace regions (floats unless noted), each 256-byte aligned.
+struct Work {
+  int K = 1;            // chunks
+  int tiles_per_chunk;  // 16-token tiles per chunk
+  int nJ;               // tiles in T
+  int nblk;             // channel blocks
+  float* ckpt;          // (B, nJ, Di, S) state before each tile
+  float* hloc;          // (B, K, Di, S) chunk-local end state (forward), from zero
+  float* hdecay;        // (B, K, Di, S) the chunk's decay exp(A·ΣΔ), 0 if it holds a reset
+  float* gloc;          // (B, K, Di, S) chunk-local state gradient flowing out of the chunk start
+  float* gdecay;        // (B, K, Di, S)
+  float* dbc_part;      // (B, T, nblk, 2S) per-block dB | dC partials
+  float* dA_part;       // (B, K, Di, S)
+  float* dDb_part;      // (B, K, Di, 2) dD, dbias partials
+};
+
+struct TileIo {
+  int64_t b, d;
+  int q, ch, warp;
+  bool active;  // d < Di
+};
+
+__device__ __forceinline__ TileIo MakeIo(const SelectiveScanParams& p) {
+  TileIo io;
+  io.warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  io.ch = lane >> 2;
+  io.q = lane & 3;
+  io.d = int64_t(blockIdx.x) * kChPerBlock + io.warp * kChPerWarp + io.ch;
+  io.active = io.d < p.dim;
+  io.b = blockIdx.z;
+  return io;
+}
+
+// ---- tile loading, pipelined ------------------------------------------------------------------
+// Every kernel walks 16-token tiles; the global loads of the next tile are issued into registers
+// before the current tile is computed from shared memory (double-buffered), so the memory
+// latency hides behind the arithmetic.
+
+constexpr int kBCPerThread = (kTile * 2 * kS) / kThreads;  // 2
+
+// This thread's share of a tile's B and C (columns 0..15 = B, 16..31 = C).
+template <typename E>
+__device__ __forceinline__ void LoadBC(const SelectiveScanParams& p, int64_t b, int64_t t0,
+                                       bool need_b, bool need_c, float (&v)[kBCPerThread]) {
+  if (t0 + kTile <= p.seqlen) {  // whole tile inside T: plain loads
+#pragma unroll
+    for (int k = 0; k < kBCPerThread; ++k) {
+      const int idx = threadIdx.x + k * kThreads;
+      const int tok = idx >> 5, col = idx & 31;
+      const int64_t t = t0 + tok;
+      if (col < kS) {
+        v[k] = need_b ? Ld<E>(p.B, b * p.B_strides.batch + t * p.B_strides.token + col) : 0.f;
+      } else {
+        v[k] = need_c ? Ld<E>(p.C, b * p.C_strides.batch + t * p.C_strides.token + (col - kS))
+                      : 0.f;
+      }
+    }
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < kBCPerThread; ++k) {
+    const int idx = threadIdx.x + k * kThreads;
+    const int tok = idx >> 5, col = idx & 31;
+    const int64_t t = t0 + tok;
+    float val = 0.f;
+    if (t < p.seqlen) {
+      if (col < kS) {
+        if (need_b) val = Ld<E>(p.B, b * p.B_strides.batch + t * p.B_strides.token + col);
+      } else if (need_c) {
+        val = Ld<E>(p.C, b * p.C_strides.batch + t * p.C_strides.token + (col - kS));
+      }
+    }
+    v[k] = val;
+  }
+}
+__device__ __forceinline__ void StoreBC(float (*bc)[2 * kS], const float (&v)[kBCPerThread]) {
+#pragma unroll
+  for (int k = 0; k < kBCPerThread; ++k) {
+    const int idx = threadIdx.x + k * kThreads;
+    bc[idx >> 5][idx & 31] = v[k];
+  }
+}
+// Lane l < 16 reads the reset flag of token t0 + l; ResetMask turns them into a warp-uniform mask.
+__device__ __forceinline__ bool LoadResetFlag(const SelectiveScanParams& p, int64_t b, int64_t t0) {
+  const int lane = threadIdx.x & 31;
+  if (p.resets != nullptr && lane < kTile && t0 + lane < p.seqlen) {
+    return p.resets[b * p.resets_batch_stride + t0 + lane] != 0;
+  }
+  return false;
+}
+__device__ __forceinline__ unsigned ResetMask(bool flag) {
+  return __ballot_sync(kFull, flag) & 0xffffu;
+}
+
+// Δ from Δraw (+ bias, softplus), and dΔ/dΔraw.
+__device__ __forceinline__ float DeltaOf(const SelectiveScanParams& p, float raw, float bias,
+                                         float* slope) {
+  const float v = raw + bias;
+  if (p.delta_softplus) {
+    *slope = Sigmoid(v);
+    return Softplus(v);
+  }
+  *slope = 1.f;
+  return v;
+}
+
+// One lane's view of a (B, T, Di) tensor: its tokens t0 + 4i + q of a tile, for its channel.
+template <typename E>
+struct TokStream {
+  const E* lane_base = nullptr;  // element (b, q, d)
+  int64_t stride = 0;            // token stride
+  __device__ __forceinline__ void Init(const void* p, const TokenStrides& s, int64_t b, int64_t d,
+                                       int q) {
+    stride = s.token;
+    lane_base = p != nullptr ? static_cast<const E*>(p) + b * s.batch + d + q * s.token : nullptr;
+  }
+  // v[i] = element at token 16j + 4i + q, 0 where that token is past T (or the lane inactive).
+  __device__ __forceinline__ void Load4(int j, int64_t T, int q, bool active, float (&v)[4]) const {
+    const E* ptr = lane_base + int64_t(j) * kTile * stride;
+    const int64_t t0 = int64_t(j) * kTile;
+    if (t0 + kTile <= T) {  // whole tile inside T (block-uniform): no per-element branches;
+#pragma unroll            // an inactive lane reads its clamped channel and drops the value
+      for (int i = 0; i < 4; ++i) v[i] = ToF<E>(ptr[4 * i * stride]);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) v[i] = active ? v[i] : 0.f;
+      return;
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      v[i] = active && t0 + q + 4 * i < T ? ToF<E>(ptr[4 * i * stride]) : 0.f;
+    }
+  }
+};
+
+// ---- forward --------------------------------------------------------------------------------
+
+// kFinal = false: the chunk-local pass (state from zero; stores the end state and the decay).
+// kFinal = true: the real pass from the carried state; writes out, checkpoints, final state.
+template <typename E, bool kFinal, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+    ScanForwardKernel(SelectiveScanParams p, Work w) {
+  __shared__ float4 sdx[2][kWarps][kTile][kChPerWarp];  // {Δ, x, SiLU(z), -}
+  __shared__ __align__(16) float sbc[2][kTile][2 * kS];
+  const TileIo io = MakeIo(p);
+  const int c = blockIdx.y;
+  const int64_t dd = io.active ? io.d : p.dim - 1;
+  const int64_t T = p.seqlen;
+  const bool gated = kFinal && p.z != nullptr;
+
+  float A2[kSPL];  // A·log2(e): exp(Δ·A) = 2^(Δ·A2)
+#pragma unroll
+  for (int s = 0; s < kSPL; ++s) A2[s] = p.A[dd * kS + io.q * kSPL + s] * kLog2e;
+  const float Dd = p.D != nullptr ? p.D[dd] : 0.f;
+  const float dbias = p.delta_bias != nullptr ? p.delta_bias[dd] : 0.f;
+
+  float h[kSPL] = {0.f, 0.f, 0.f, 0.f};
+  if (kFinal) {
+    if (p.initial_state != nullptr) {
+      const float4 v = *reinterpret_cast<const float4*>(p.initial_state +
+                                                        (io.b * p.dim + dd) * kS + io.q * kSPL);
+      h[0] = v.x; h[1] = v.y; h[2] = v.z; h[3] = v.w;
+    }
+    // Carry over the earlier chunks (their local end states and decays).
+    for (int cc = 0; cc < c; ++cc) {
+      const int64_t o = ((io.b * w.K + cc) * p.dim + dd) * kS + io.q * kSPL;
+      const float4 hl = *reinterpret_cast<const float4*>(w.hloc + o);
+      const float4 dc = *reinterpret_cast<const float4*>(w.hdecay + o);
+      h[0] = dc.x * h[0] + hl.x; h[1] = dc.y * h[1] + hl.y;
+      h[2] = dc.z * h[2] + hl.z; h[3] = dc.w * h[3] + hl.w;
+    }
+  }
+  float delta_sum = 0.f;  // ΣΔ since the last reset (chunk-local pass)
+  bool any_reset = false;
+
+  // Prefetch registers: this lane's tokens t0 + 4i + q of the next tile.
+  float pd[4], px[4], pz[4], pbc[kBCPerThread];
+  bool pr;
+  TokStream<E> sd, sx, sz;
+  sd.Init(p.delta, p.delta_strides, io.b, dd, io.q);
+  sx.Init(p.x, p.x_strides, io.b, dd, io.q);
+  sz.Init(p.z, p.z_strides, io.b, dd, io.q);
+  auto load = [&](int j) {
+    const int64_t t0 = int64_t(j) * kTile;
+    sd.Load4(j, T, io.q, io.active, pd);
+    sx.Load4(j, T, io.q, io.active, px);
+    if (gated) sz.Load4(j, T, io.q, io.active, pz);
+    else pz[0] = pz[1] = pz[2] = pz[3] = 0.f;
+    LoadBC<E>(p, io.b, t0, true, kFinal, pbc);
+    pr = LoadResetFlag(p, io.b, t0);
+  };
+  auto commit = [&](int buf, int j) -> unsigned {
+    const int64_t t0 = int64_t(j) * kTile;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t t = t0 + 4 * i + io.q;
+      float delta = 0.f, slope;
+      if (t < T && io.active) delta = DeltaOf(p, pd[i], dbias, &slope);
+      const float gate = gated ? pz[i] * Sigmoid(pz[i]) : 1.f;
+      sdx[buf][io.warp][4 * i + io.q][io.ch] = make_float4(delta, px[i], gate, 0.f);
+    }
+    StoreBC(sbc[buf], pbc);
+    return ResetMask(pr);
+  };
+
+  const int j_begin = c * w.tiles_per_chunk;
+  const int j_end = min(w.nJ, j_begin + w.tiles_per_chunk);
+  load(j_begin);
+  unsigned resets = commit(0, j_begin);
+  __syncthreads();
+  for (int j = j_begin; j < j_end; ++j) {
+    const int buf = (j - j_begin) & 1;
+    const bool more = j + 1 < j_end;
+    if (more) load(j + 1);
+    const int64_t t0 = int64_t(j) * kTile;
+    if (kFinal && w.ckpt != nullptr && io.active) {
+      *reinterpret_cast<float4*>(w.ckpt + ((io.b * w.nJ + j) * p.dim + io.d) * kS + io.q * kSPL) =
+          make_float4(h[0], h[1], h[2], h[3]);
+    }
+    // The tile's arithmetic; kReset = false is the common tile without a document start (no
+    // per-token selects). Shared-memory reads run one token ahead (software pipelining).
+    auto compute = [&](auto reset_tag) {
+      constexpr bool kReset = decltype(reset_tag)::value;
+      float4 n_dx = sdx[buf][io.warp][0][io.ch];
+      float4 n_B = *reinterpret_cast<const float4*>(&sbc[buf][0][io.q * kSPL]);
+      float4 n_C = kFinal ? *reinterpret_cast<const float4*>(&sbc[buf][0][kS + io.q * kSPL])
+                          : make_float4(0.f, 0.f, 0.f, 0.f);
+      E* out_tile = kFinal ? static_cast<E*>(p.out) + io.b * p.out_strides.batch + dd +
+                                 (t0 + io.q) * p.out_strides.token
+                           : nullptr;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        float yp[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const int tok = 4 * i + k;
+          const float4 dx = n_dx, Bq = n_B, Cq = n_C;
+          if (tok + 1 < kTile) {
+            n_dx = sdx[buf][io.warp][tok + 1][io.ch];
+            n_B = *reinterpret_cast<const float4*>(&sbc[buf][tok + 1][io.q * kSPL]);
+            if (kFinal) {
+              n_C = *reinterpret_cast<const float4*>(&sbc[buf][tok + 1][kS + io.q * kSPL]);
+            }
+          }
+          const float delta = dx.x, dbx = dx.x * dx.y;
+          const bool reset = kReset && ((resets >> tok) & 1u);
+          const float Bv[4] = {Bq.x, Bq.y, Bq.z, Bq.w};
+          if (!kFinal) {
+            if (reset) {
+              delta_sum = 0.f;
+              any_reset = true;
+            }
+            delta_sum += delta;
+          }
+          float y = 0.f;
+          const float Cv[4] = {Cq.x, Cq.y, Cq.z, Cq.w};
+#pragma unroll
+          for (int s = 0; s < kSPL; ++s) {
+            const float a = Exp2(delta * A2[s]);
+            h[s] = (reset ? 0.f : h[s]) * a + dbx * Bv[s];
+            if (kFinal) y += Cv[s] * h[s];
+          }
+          yp[k] = y;
+        }
+        if (kFinal) {
+          const float y = ReduceScatter4(yp[0], yp[1], yp[2], yp[3], io.q);
+          if (t0 + 4 * i + io.q < T && io.active) {
+            const float4 own = sdx[buf][io.warp][4 * i + io.q][io.ch];  // {Δ, x, gate}
+            out_tile[4 * i * p.out_strides.token] = FromF<E>((y + Dd * own.y) * own.z);
+          }
+        }
+      }
+    };
+    if (resets == 0) {
+      compute(std::false_type{});
+    } else {
+      compute(std::true_type{});
+    }
+    unsigned next = 0;
+    if (more) next = commit(buf ^ 1, j + 1);
+    __syncthreads();
+    resets = next;
+  }
+  if (!io.active) return;
+  if (kFinal) {
+    if (c == w.K - 1 && p.final_state != nullptr) {
+      *reinterpret_cast<float4*>(p.final_state + (io.b * p.dim + io.d) * kS + io.q * kSPL) =
+          make_float4(h[0], h[1], h[2], h[3]);
+    }
+  } else {
+    const int64_t o = ((io.b * w.K + c) * p.dim + io.d) * kS + io.q * kSPL;
+    *reinterpret_cast<float4*>(w.hloc + o) = make_float4(h[0], h[1], h[2], h[3]);
+    float dc[4];
+#pragma unroll
+    for (int s = 0; s < kSPL; ++s) dc[s] = any_reset ? 0.f : Exp2(delta_sum * A2[s]);
+    *reinterpret_cast<float4*>(w.hdecay + o) = make_float4(dc[0], dc[1], dc[2], dc[3]);
+  }
+}
+
+// ---- backward -------------------------------------------------------------------------------
+
+// Chunk-local reverse pass: the state gradient that flows out of the chunk's start when the
+// gradient entering its end is zero, and the chunk's decay.
+template <typename E>
+__global__ void __launch_bounds__(kThreads)
+    ScanChunkGradKernel(SelectiveScanParams p, SelectiveScanGrads g, Work w) {
+  __shared__ float4 sdx[2][kWarps][kTile][kChPerWarp];  // {Δ, -, dy, -}
+  __shared__ __align__(16) float sbc[2][kTile][2 * kS];
+  const TileIo io = MakeIo(p);
+  const int c = blockIdx.y;
+  const int64_t dd = io.active ? io.d : p.dim - 1;
+  const int64_t T = p.seqlen;
+  const bool gated = p.z != nullptr;
+  float A2[kSPL];
+#pragma unroll
+  for (int s = 0; s < kSPL; ++s) A2[s] = p.A[dd * kS + io.q * kSPL + s] * kLog2e;
+  const float dbias = p.delta_bias != nullptr ? p.delta_bias[dd] : 0.f;
+  float gs[kSPL] = {0.f, 0.f, 0.f, 0.f};
+  float delta_sum = 0.f;
+  bool any_reset = false;
+
+  float pd[4], pdo[4], pz[4], pbc[kBCPerThread];
+  bool pr;
+  TokStream<E> sd, sdo, sz;
+  sd.Init(p.delta, p.delta_strides, io.b, dd, io.q);
+  sdo.Init(g.dout, g.dout_strides, io.b, dd, io.q);
+  sz.Init(p.z, p.z_strides, io.b, dd, io.q);
+  auto load = [&](int j) {
+    const int64_t t0 = int64_t(j) * kTile;
+    sd.Load4(j, T, io.q, io.active, pd);
+    sdo.Load4(j, T, io.q, io.active, pdo);
+    if (gated) sz.Load4(j, T, io.q, io.active, pz);
+    else pz[0] = pz[1] = pz[2] = pz[3] = 0.f;
+    LoadBC<E>(p, io.b, t0, false, true, pbc);
+    pr = LoadResetFlag(p, io.b, t0);
+  };
+  auto commit = [&](int buf, int j) -> unsigned {
+    const int64_t t0 = int64_t(j) * kTile;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t t = t0 + 4 * i + io.q;
+      float delta = 0.f, slope;
+      if (t < T && io.active) delta = DeltaOf(p, pd[i], dbias, &slope);
+      const float dy = gated ? pdo[i] * pz[i] * Sigmoid(pz[i]) : pdo[i];
+      sdx[buf][io.warp][4 * i + io.q][io.ch] = make_float4(delta, 0.f, dy, 0.f);
+    }
+    StoreBC(sbc[buf], pbc);
+    return ResetMask(pr);
+  };
+
+  const int j_begin = c * w.tiles_per_chunk;
+  const int j_end = min(w.nJ, j_begin + w.tiles_per_chunk);
+  load(j_end - 1);
+  unsigned resets = commit(0, j_end - 1);
+  __syncthreads();
+  for (int j = j_end - 1; j >= j_begin; --j) {
+    const int buf = (j_end - 1 - j) & 1;
+    const bool more = j > j_begin;
+    if (more) load(j - 1);
+    float4 n_v = sdx[buf][io.warp][kTile - 1][io.ch];
+    float4 n_C = *reinterpret_cast<const float4*>(&sbc[buf][kTile - 1][kS + io.q * kSPL]);
+#pragma unroll
+    for (int tok = kTile - 1; tok >= 0; --tok) {
+      const float4 v = n_v, Cq = n_C;
+      if (tok > 0) {
+        n_v = sdx[buf][io.warp][tok - 1][io.ch];
+        n_C = *reinterpret_cast<const float4*>(&sbc[buf][tok - 1][kS + io.q * kSPL]);
+      }
+      const float Cv[4] = {Cq.x, Cq.y, Cq.z, Cq.w};
+      const bool reset = (resets >> tok) & 1u;
+#pragma unroll
+      for (int s = 0; s < kSPL; ++s) {
+        gs[s] += Cv[s] * v.z;
+        gs[s] = reset ? 0.f : gs[s] * Exp2(v.x * A2[s]);
+      }
+      if (!any_reset) delta_sum += v.x;
+      if (reset) any_reset = true;
+    }
+    unsigned next = 0;
+    if (more) next = commit(buf ^ 1, j - 1);
+    __syncthreads();
+    resets = next;
+  }
+  if (!io.active) return;
+  const int64_t o = ((io.b * w.K + c) * p.dim + io.d) * kS + io.q * kSPL;
+  *reinterpret_cast<float4*>(w.gloc + o) = make_float4(gs[0], gs[1], gs[2], gs[3]);
+  float dc[4];
+#pragma unroll
+  for (int s = 0; s < kSPL; ++s) dc[s] = any_reset ? 0.f : Exp2(delta_sum * A2[s]);
+  *reinterpret_cast<float4*>(w.gdecay + o) = make_float4(dc[0], dc[1], dc[2], dc[3]);
+}
+
+constexpr int kBackwardSmem = (2 * kWarps * kTile * kChPerWarp * 4 + 2 * kTile * 2 * kS +
+                               kWarps * kTile * 2 * kS) * int(sizeof(float));
+
+template <typename E, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+    ScanBackwardKernel(SelectiveScanParams p, SelectiveScanGrads g, Work w) {
+  // Dynamic shared memory (over the 48 KB static limit), kBackwardSmem bytes:
+  extern __shared__ float4 smem[];
+  auto sdx = reinterpret_cast<float4(*)[kWarps][kTile][kChPerWarp]>(smem);  // [2]: {Δ, x, dy, dΔ/dΔraw}
+  auto sbc = reinterpret_cast<float(*)[kTile][2 * kS]>(smem + 2 * kWarps * kTile * kChPerWarp);  // [2]
+  auto sred = reinterpret_cast<float(*)[kTile][2 * kS]>(  // [kWarps]: per-warp dB | dC sums
+      smem + 2 * kWarps * kTile * kChPerWarp + 2 * kTile * 2 * kS / 4);
+  const TileIo io = MakeIo(p);
+  const int c = blockIdx.y;
+  const int64_t dd = io.active ? io.d : p.dim - 1;
+  const int64_t T = p.seqlen;
+  const bool gated = p.z != nullptr;
+
+  float A[kSPL], A2[kSPL];
+#pragma unroll
+  for (int s = 0; s < kSPL; ++s) {
+    A[s] = p.A[dd * kS + io.q * kSPL + s];
+    A2[s] = A[s] * kLog2e;
+  }
+  const float Dd = p.D != nullptr ? p.D[dd] : 0.f;
+  const float dbias = p.delta_bias != nullptr ? p.delta_bias[dd] : 0.f;
+
+  // Gradient entering the chunk's last token from later chunks.
+  float gs[kSPL] = {0.f, 0.f, 0.f, 0.f};
+  if (g.dfinal_state != nullptr) {
+    const float4 v = *reinterpret_cast<const float4*>(g.dfinal_state +
+                                                      (io.b * p.dim + dd) * kS + io.q * kSPL);
+    gs[0] = v.x; gs[1] = v.y; gs[2] = v.z; gs[3] = v.w;
+  }
+  for (int cc = w.K - 1; cc > c; --cc) {
+    const int64_t o = ((io.b * w.K + cc) * p.dim + dd) * kS + io.q * kSPL;
+    const float4 gl = *reinterpret_cast<const float4*>(w.gloc + o);
+    const float4 dc = *reinterpret_cast<const float4*>(w.gdecay + o);
+    gs[0] = dc.x * gs[0] + gl.x; gs[1] = dc.y * gs[1] + gl.y;
+    gs[2] = dc.z * gs[2] + gl.z; gs[3] = dc.w * gs[3] + gl.w;
+  }
+
+  // Prefetch registers for the next tile (the one before, in token order) and the current
+  // tile's per-lane values.
+  float pd[4], px[4], pdo[4], pz[4], pbc[kBCPerThread];
+  float4 pck;
+  bool pr;
+  float own_dout[4], own_z[4];
+  float4 ck;
+  TokStream<E> sd, sx, sdo, sz;
+  sd.Init(p.delta, p.delta_strides, io.b, dd, io.q);
+  sx.Init(p.x, p.x_strides, io.b, dd, io.q);
+  sdo.Init(g.dout, g.dout_strides, io.b, dd, io.q);
+  sz.Init(p.z, p.z_strides, io.b, dd, io.q);
+  auto load = [&](int j) {
+    const int64_t t0 = int64_t(j) * kTile;
+    sd.Load4(j, T, io.q, io.active, pd);
+    sx.Load4(j, T, io.q, io.active, px);
+    sdo.Load4(j, T, io.q, io.active, pdo);
+    if (gated) sz.Load4(j, T, io.q, io.active, pz);
+    else pz[0] = pz[1] = pz[2] = pz[3] = 0.f;
+    LoadBC<E>(p, io.b, t0, true, true, pbc);
+    pr = LoadResetFlag(p, io.b, t0);
+    pck = *reinterpret_cast<const float4*>(w.ckpt + ((io.b * w.nJ + j) * p.dim + dd) * kS +
+                                           io.q * kSPL);
+  };
+  auto commit = [&](int buf, int j) -> unsigned {
+    const int64_t t0 = int64_t(j) * kTile;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t t = t0 + 4 * i + io.q;
+      float delta = 0.f, slope = 0.f;
+      if (t < T && io.active) delta = DeltaOf(p, pd[i], dbias, &slope);
+      const float dy = gated ? pdo[i] * pz[i] * Sigmoid(pz[i]) : pdo[i];
+      sdx[buf][io.warp][4 * i + io.q][io.ch] = make_float4(delta, px[i], dy, slope);
+      own_dout[i] = pdo[i];
+      own_z[i] = pz[i];
+    }
+    ck = pck;
+    StoreBC(sbc[buf], pbc);
+    return ResetMask(pr);
+  };
+
+  float dA_acc[kSPL] = {0.f, 0.f, 0.f, 0.f};
+  float dD_acc = 0.f, dbias_acc = 0.f;
+  const int j_begin = c * w.tiles_per_chunk;
+  const int j_end = min(w.nJ, j_begin + w.tiles_per_chunk);
+  load(j_end - 1);
+  unsigned resets = commit(0, j_end - 1);
+  __syncthreads();
+  for (int j = j_end - 1; j >= j_begin; --j) {
+    const int buf = (j_end - 1 - j) & 1;
+    const bool more = j > j_begin;
+    if (more) load(j - 1);
+    const int64_t t0 = int64_t(j) * kTile;
+    // The tile's arithmetic; kReset = false is the common tile without a document start.
+    auto compute = [&](auto reset_tag) {
+      constexpr bool kReset = decltype(reset_tag)::value;
+      // Recompute the tile's states from its checkpoint; with a gate, also y (for dz).
+      float hs[kTile][kSPL];
+      float hprev[kSPL] = {ck.x, ck.y, ck.z, ck.w};
+      float4 n_v = sdx[buf][io.warp][0][io.ch];
+      float4 n_B = *reinterpret_cast<const float4*>(&sbc[buf][0][io.q * kSPL]);
+      float4 n_C = *reinterpret_cast<const float4*>(&sbc[buf][0][kS + io.q * kSPL]);
+  #pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        float yp[4];
+  #pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const int tok = 4 * i + k;
+          const float4 v = n_v, Bq = n_B, Cq = n_C;
+          if (tok + 1 < kTile) {
+            n_v = sdx[buf][io.warp][tok + 1][io.ch];
+            n_B = *reinterpret_cast<const float4*>(&sbc[buf][tok + 1][io.q * kSPL]);
+            n_C = *reinterpret_cast<const float4*>(&sbc[buf][tok + 1][kS + io.q * kSPL]);
+          }
+          const float dbx = v.x * v.y;
+          const bool reset = kReset && ((resets >> tok) & 1u);
+          const float Bv[4] = {Bq.x, Bq.y, Bq.z, Bq.w};
+          const float Cv[4] = {Cq.x, Cq.y, Cq.z, Cq.w};
+          float y = 0.f;
+  #pragma unroll
+          for (int s = 0; s < kSPL; ++s) {
+            hprev[s] = (reset ? 0.f : hprev[s]) * Exp2(v.x * A2[s]) + dbx * Bv[s];
+            hs[tok][s] = hprev[s];
+            y += Cv[s] * hprev[s];
+          }
+          yp[k] = y;
+        }
+        if (gated) {
+          const float y = ReduceScatter4(yp[0], yp[1], yp[2], yp[3], io.q) +
+                          Dd * sdx[buf][io.warp][4 * i + io.q][io.ch].y;
+          const int64_t t = t0 + 4 * i + io.q;
+          if (t < T && io.active) {
+            const float sz = Sigmoid(own_z[i]);
+            St<E>(g.dz, io.b * g.dz_strides.batch + t * g.dz_strides.token + io.d,
+                  own_dout[i] * y * sz * (1.f + own_z[i] * (1.f - sz)));
+          }
+        }
+      }
+      // Reverse through the tile. dB | dC: lane (ch, q) ends up with column
+      // ch < 4 ? 4q+ch : 16+4q+ch−4 of each token, summed over the warp's 8 channels.
+      const int col = io.ch < 4 ? io.q * kSPL + io.ch : kS + io.q * kSPL + (io.ch - 4);
+      n_v = sdx[buf][io.warp][kTile - 1][io.ch];
+      n_B = *reinterpret_cast<const float4*>(&sbc[buf][kTile - 1][io.q * kSPL]);
+      n_C = *reinterpret_cast<const float4*>(&sbc[buf][kTile - 1][kS + io.q * kSPL]);
+  #pragma unroll
+      for (int i = 3; i >= 0; --i) {
+        float ddp[4], dxp[4];
+  #pragma unroll
+        for (int k = 3; k >= 0; --k) {
+          const int tok = 4 * i + k;
+          const float4 v = n_v, Bq = n_B, Cq = n_C;
+          if (tok > 0) {
+            n_v = sdx[buf][io.warp][tok - 1][io.ch];
+            n_B = *reinterpret_cast<const float4*>(&sbc[buf][tok - 1][io.q * kSPL]);
+            n_C = *reinterpret_cast<const float4*>(&sbc[buf][tok - 1][kS + io.q * kSPL]);
+          }
+          const float delta = v.x, x = v.y, dy = v.z, dbx = delta * x;
+          const bool reset = kReset && ((resets >> tok) & 1u);
+          const float Bv[4] = {Bq.x, Bq.y, Bq.z, Bq.w};
+          const float Cv[4] = {Cq.x, Cq.y, Cq.z, Cq.w};
+          float vals[8];
+          float dd_part = 0.f, dx_part = 0.f;
+  #pragma unroll
+          for (int s = 0; s < kSPL; ++s) {
+            gs[s] += Cv[s] * dy;  // now dL/dh_t
+            const float hb = hs[tok][s];
+            const float dlog_a = gs[s] * (hb - dbx * Bv[s]);  // g·a·h_{t−1}
+            dA_acc[s] += dlog_a * delta;
+            const float gB = gs[s] * Bv[s];
+            dd_part += dlog_a * A[s] + gB * x;
+            dx_part += gB;
+            vals[s] = gs[s] * dbx;  // dB
+            vals[4 + s] = dy * hb;  // dC
+            gs[s] = reset ? 0.f : gs[s] * Exp2(delta * A2[s]);
+          }
+          ddp[k] = dd_part;
+          dxp[k] = dx_part;
+          sred[io.warp][tok][col] = ReduceScatter8Channels(vals, io.ch);
+        }
+        const float dds = ReduceScatter4(ddp[0], ddp[1], ddp[2], ddp[3], io.q);
+        const float dxs = ReduceScatter4(dxp[0], dxp[1], dxp[2], dxp[3], io.q);
+        const int64_t t = t0 + 4 * i + io.q;
+        if (t < T && io.active) {
+          const float4 own = sdx[buf][io.warp][4 * i + io.q][io.ch];  // {Δ, x, dy, slope}
+          const float ddraw = dds * own.w;
+          St<E>(g.dx, io.b * g.dx_strides.batch + t * g.dx_strides.token + io.d,
+                Dd * own.z + own.x * dxs);
+          St<E>(g.ddelta, io.b * g.ddelta_strides.batch + t * g.ddelta_strides.token + io.d, ddraw);
+          dD_acc += own.z * own.y;
+          dbias_acc += ddraw;
+        }
+      }
+    };
+    if (resets == 0) {
+      compute(std::false_type{});
+    } else {
+      compute(std::true_type{});
+    }
+    __syncthreads();  // sred complete
+#pragma unroll
+    for (int k = 0; k < kBCPerThread; ++k) {
+      const int idx = threadIdx.x + k * kThreads;
+      const int tok = idx >> 5, v = idx & 31;
+      const int64_t t = t0 + tok;
+      float sum = 0.f;
+#pragma unroll
+      for (int wi = 0; wi < kWarps; ++wi) sum += sred[wi][tok][v];
+      if (t < T) w.dbc_part[((io.b * T + t) * w.nblk + blockIdx.x) * (2 * kS) + v] = sum;
+    }
+    unsigned next = 0;
+    if (more) next = commit(buf ^ 1, j - 1);
+    __syncthreads();  // sred consumed; next tile's shared memory visible
+    resets = next;
+  }
+  // Per-chunk partials of the parameter gradients; the initial state's gradient from chunk 0.
+  dD_acc += __shfl_xor_sync(kFull, dD_acc, 1);
+  dD_acc += __shfl_xor_sync(kFull, dD_acc, 2);
+  dbias_acc += __shfl_xor_sync(kFull, dbias_acc, 1);
+  dbias_acc += __shfl_xor_sync(kFull, dbias_acc, 2);
+  if (!io.active) return;
+  const int64_t o = ((io.b * w.K + c) * p.dim + io.d) * kS + io.q * kSPL;
+  *reinterpret_cast<float4*>(w.dA_part + o) = make_float4(dA_acc[0], dA_acc[1], dA_acc[2], dA_acc[3]);
+  if (io.q == 0) {
+    *reinterpret_cast<float2*>(w.dDb_part + ((io.b * w.K + c) * p.dim + io.d) * 2) =
+        make_float2(dD_acc, dbias_acc);
+  }
+  if (c == 0 && g.dinitial_state != nullptr) {
+    *reinterpret_cast<float4*>(g.dinitial_state + (io.b * p.dim + io.d) * kS + io.q * kSPL) =
+        make_float4(gs[0], gs[1], gs[2], gs[3]);
+  }
+}
+
+// dB, dC: sum the per-block partials in block order.
+template <typename E>
+__global__ void ReduceBCKernel(SelectiveScanParams p, SelectiveScanGrads g, Work w) {
+  const int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + (threadIdx.x >> 5);  // b*T + t
+  const int v = threadIdx.x & 31;
+  if (row >= p.batch * p.seqlen) return;
+  const int64_t b = row / p.seqlen, t = row % p.seqlen;
+  const float* part = w.dbc_part + row * w.nblk * (2 * kS) + v;
+  float sum = 0.f;
+  for (int k = 0; k < w.nblk; ++k) sum += part[k * (2 * kS)];
+  if (v < kS) {
+    St<E>(g.dB, b * g.dB_strides.batch + t * g.dB_strides.token + v, sum);
+  } else {
+    St<E>(g.dC, b * g.dC_strides.batch + t * g.dC_strides.token + (v - kS), sum);
+  }
+}
+
+// dA, dD, dbias: sum the per-(batch, chunk) partials in order.
+__global__ void ReduceParamsKernel(SelectiveScanParams p, SelectiveScanGrads g, Work w) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // d*S + s
+  if (i >= p.dim * kS) return;
+  const int64_t n = p.batch * w.K;
+  float sum = 0.f;
+  for (int64_t k = 0; k < n; ++k) sum += w.dA_part[k * p.dim * kS + i];
+  g.dA[i] = sum;
+  if (i < p.dim) {
+    float dD = 0.f, db = 0.f;
+    for (int64_t k = 0; k < n; ++k) {
+      const float2 v = *reinterpret_cast<const float2*>(w.dDb_part + (k * p.dim + i) * 2);
+      dD += v.x;
+      db += v.y;
+    }
+    if (g.dD != nullptr) g.dD[i] = dD;
+    if (g.ddelta_bias != nullptr) g.ddelta_bias[i] = db;
+  }
+}
+
+// ---- host side ------------------------------------------------------------------------------
+
+int64_t Align256(int64_t n) { return (n + 255) / 256 * 256; }
+
+int NumSms() {
+  static const int n = [] {
+    int dev = 0, sms = 132;
+    if (cudaGetDevice(&dev) == cudaSuccess) {
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    }
+    return sms;
+  }();
+  return n;
+}
+
+int ChunksFor(int64_t batch, int64_t seqlen, int64_t dim) {
+  const int64_t nJ = (seqlen + kTile - 1) / kTile;
+  const int64_t nblk = (dim + kChPerBlock - 1) / kChPerBlock;
+  int64_t k = g_chunks_override.load();
+  if (k <= 0) {
+    // Enough blocks for about 16 per multiprocessor (several waves of 4 resident ones: the
+    // chunk-local pass costs a fraction of a pass, idle multiprocessors cost more), chunks of
+    // at least 4 tiles.
+    const int64_t want = (16 * int64_t(NumSms()) + nblk * batch - 1) / (nblk * batch);
+    k = std::min<int64_t>(want, std::max<int64_t>(1, nJ / 4));
+  }
+  return static_cast<int>(std::clamp<int64_t>(k, 1, std::max<int64_t>(1, nJ)));
+}
+
+// Lays out the workspace; with base == nullptr only computes the size.
+int64_t LayoutWork(const SelectiveScanParams& p, bool with_workspace, char* base, Work* w) {
+  w->nJ = static_cast<int>((p.seqlen + kTile - 1) / kTile);
+  // In-place state (final_state == initial_state) needs one chunk: the thread that reads a
+  // channel's initial state is then the one that writes its final state.
+  const bool in_place = p.final_state != nullptr && p.final_state == p.initial_state;
+  w->K = with_workspace && !in_place ? ChunksFor(p.batch, p.seqlen, p.dim) : 1;
+  w->tiles_per_chunk = (w->nJ + w->K - 1) / w->K;
+  w->K = (w->nJ + w->tiles_per_chunk - 1) / w->tiles_per_chunk;  // no empty chunks
+  w->nblk = static_cast<int>((p.dim + kChPerBlock - 1) / kChPerBlock);
+  int64_t off = 0;
+  auto take = [&](int64_t floats) -> float* {
+    float* ptr = base != nullptr ? reinterpret_cast<float*>(base + off) : nullptr;
+    off += Align256(floats * int64_t(sizeof(float)));
+    return ptr;
+  };
+  const int64_t B = p.batch, K = w->K, Di = p.dim;
+  w->ckpt = take(B * w->nJ * Di * kS);
+  w->hloc = take(B * K * Di * kS);
+  w->hdecay = take(B * K * Di * kS);
+  w->gloc = take(B * K * Di * kS);
+  w->gdecay = take(B * K * Di * kS);
+  w->dbc_part = take(B * p.seqlen * w->nblk * 2 * kS);
+  w->dA_part = take(B * K * Di * kS);
+  w->dDb_part = take(B * K * Di * 2);
+  return off;
+}
+
+absl::Status CheckAligned(const SelectiveScanParams& p) {
+  auto misaligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) != 0; };
+  if (misaligned(p.initial_state) || misaligned(p.final_state) || misaligned(p.workspace)) {
+    return absl::InvalidArgumentError(
+        "selective scan CUDA: initial_state, final_state and workspace must be 16-byte aligned");
+  }
+  return absl::OkStatus();
+}
+
+template <typename E>
+absl::Status LaunchForward(const SelectiveScanParams& p, cudaStream_t stream) {
+  Work w;
+  LayoutWork(p, p.workspace != nullptr, static_cast<char*>(p.workspace), &w);
+  if (p.workspace == nullptr) w.ckpt = nullptr;
+  const dim3 grid(w.nblk, w.K, static_cast<unsigned>(p.batch));
+  if (w.K > 1) {
+    ScanForwardKernel<E, false, 4><<<grid, kThreads, 0, stream>>>(p, w);
+    RWR_CUDA_LAUNCH();
+  }
+  if (g_variant.load() == 2) {
+    ScanForwardKernel<E, true, 3><<<grid, kThreads, 0, stream>>>(p, w);
+  } else if (g_variant.load() != 0) {
+    ScanForwardKernel<E, true, 4><<<grid, kThreads, 0, stream>>>(p, w);
+  } else {
+    ScanForwardKernel<E, true, 1><<<grid, kThreads, 0, stream>>>(p, w);
+  }
+  RWR_CUDA_LAUNCH();
+  return absl::OkStatus();
+}
+
+template <typename E>
+absl::Status LaunchBackward(const SelectiveScanParams& p, const SelectiveScanGrads& g,
+                            cudaStream_t stream) {
+  Work w;
+  LayoutWork(p, true, static_cast<char*>(p.workspace), &w);
+  const dim3 grid(w.nblk, w.K, static_cast<unsigned>(p.batch));
+  if (w.K > 1) {
+    ScanChunkGradKernel<E><<<grid, kThreads, 0, stream>>>(p, g, w);
+    RWR_CUDA_LAUNCH();
+  }
+  if (g_variant.load() != 0) {
+    RWR_CUDA(cudaFuncSetAttribute(ScanBackwardKernel<E, 2>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, kBackwardSmem));
+    ScanBackwardKernel<E, 2><<<grid, kThreads, kBackwardSmem, stream>>>(p, g, w);
+  } else {
+    RWR_CUDA(cudaFuncSetAttribute(ScanBackwardKernel<E, 1>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, kBackwardSmem));
+    ScanBackwardKernel<E, 1><<<grid, kThreads, kBackwardSmem, stream>>>(p, g, w);
+  }
+  RWR_CUDA_LAUNCH();
+  const int64_t rows = p.batch * p.seqlen;
+  ReduceBCKernel<E><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(p, g, w);
+  RWR_CUDA_LAUNCH();
+  ReduceParamsKernel<<<static_cast<unsigned>((p.dim * kS + 255) / 256), 256, 0, stream>>>(p, g, w);
+  RWR_CUDA_LAUNCH();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void SetScanChunksOverride(int chunks) { g_chunks_override.store(chunks); }
+void SetScanVariant(int variant) { g_variant.store(variant); }
+int ScanChunks(int64_t batch, int64_t seqlen, int64_t dim) {
+  return ChunksFor(batch, seqlen, dim);
+}
+
+bool HaveCuda() { return true; }
+
+int64_t WorkspaceBytes(const SelectiveScanParams& p) {
+  if (p.batch <= 0 || p.seqlen <= 0 || p.dim <= 0) return 0;
+  Work w;
+  return LayoutWork(p, true, nullptr, &w);
+}
+
+absl::Status Forward(const SelectiveScanParams& p, CUstream_st* stream) {
+  RWR_RETURN_IF_ERROR(CanImplement(p, Backend::kCuda));
+  RWR_RETURN_IF_ERROR(CheckAligned(p));
+  return p.dtype == DType::kBF16 ? LaunchForward<__nv_bfloat16>(p, stream)
+                                 : LaunchForward<float>(p, stream);
+}
+
+absl::Status Backward(const SelectiveScanParams& p, const SelectiveScanGrads& g,
+                      CUstream_st* stream) {
+  RWR_RETURN_IF_ERROR(CanImplement(p, g, Backend::kCuda));
+  RWR_RETURN_IF_ERROR(CheckAligned(p));
+  if (p.workspace == nullptr) {
+    return absl::InvalidArgumentError(
+        "selective scan CUDA backward: needs the workspace its Forward filled (WorkspaceBytes)");
+  }
+  auto misaligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) != 0; };
+  if (misaligned(g.dfinal_state) || misaligned(g.dinitial_state)) {
+    return absl::InvalidArgumentError(
+        "selective scan CUDA backward: dfinal_state and dinitial_state must be 16-byte aligned");
+  }
+  return p.dtype == DType::kBF16 ? LaunchBackward<__nv_bfloat16>(p, g, stream)
+                                 : LaunchBackward<float>(p, g, stream);
+}
+
+absl::Status Step(const SelectiveScanParams& p, CUstream_st* stream) {
+  if (p.seqlen != 1 || p.initial_state == nullptr || p.final_state == nullptr) {
+    return absl::InvalidArgumentError(
+        "selective scan step: needs seqlen 1 and both initial_state and final_state");
+  }
+  SelectiveScanParams one = p;
+  one.workspace = nullptr;  // one token: one chunk, no checkpoints
+  return Forward(one, stream);
+}
+
+}  // namespace rwr::scan
