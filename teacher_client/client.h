@@ -31,7 +31,9 @@ struct KServeOptions {
   std::string model_version;                      // empty = the server's choice
   // Prompt template set (prompt_templates.h); its version goes into every cache key.
   std::string prompt_template_version = "rwr-prompts-v1";
-  std::string revision;  // model revision for the cache key; empty = the model's first version
+  // Model revision for the cache key; empty = the first version ModelMetadata lists, else
+  // model_version, else "unversioned" (with a warning).
+  std::string revision;
 };
 
 struct TeacherClientOptions {

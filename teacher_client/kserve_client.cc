@@ -8,6 +8,7 @@
 #include <grpcpp/client_context.h>
 
 #include "fmt/format.h"
+#include "spdlog/spdlog.h"
 #include "teacher_client/channel.h"
 #include "teacher_client/extractive_teacher.h"
 
@@ -139,6 +140,13 @@ absl::Status KServeTeacherClient::CheckServer() {
   std::string revision = k.revision;
   if (revision.empty() && metadata.versions_size() > 0) revision = metadata.versions(0);
   if (revision.empty()) revision = k.model_version;
+  if (revision.empty()) {
+    // MLServer, for one, lists no versions. The cache key still needs a revision: say so once.
+    revision = "unversioned";
+    spdlog::warn("teacher {}: the model reports no version; cached answers are keyed as 'unversioned' — set "
+                 "the KServe revision option when the model changes, or old answers will be reused",
+                 target_);
+  }
   info_ = TeacherInfo{.teacher_id = fmt::format("kserve:{}", model_),
                       .revision = revision,
                       .prompt_template_version = templates_.version,
