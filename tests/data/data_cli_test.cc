@@ -1,0 +1,256 @@
+// `rwr data synth|build|inspect` end to end through the binary, with the shipped tokenizer:
+// same seed → same bytes; shards built from `rwr distill run --teacher builtin:extractive` carry
+// loss on exactly the note and answer tokens (decoded and compared with the cached notes); a
+// damaged shard is a one-line error naming the file.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "distill/tokenizer.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "storage/shard.h"
+#if RWR_DATA_TEST_HAVE_CACHE
+#include "storage/rocksdb_store.h"
+#include "teacher_client/note_cache.h"
+#endif
+
+namespace rwr {
+namespace {
+
+using ::testing::HasSubstr;
+
+const std::string kTokenizer = std::string(RWR_SOURCE_DIR) + "/configs/tokenizer/tokenizer.json";
+
+struct Result {
+  int code;
+  std::string output;
+};
+
+Result RunRwr(const std::string& args) {
+  const std::string command = std::string(RWR_BINARY) + " " + args + " 2>&1";
+  std::FILE* pipe = ::popen(command.c_str(), "r");
+  std::string output;
+  char buffer[4096];
+  size_t n;
+  while ((n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) output.append(buffer, n);
+  const int status = ::pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string TempDir(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() /
+             ("rwr_data_cli_test_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir.string();
+}
+
+struct Item {
+  std::string id, context, question, answer;
+};
+
+std::vector<Item> ReadJsonl(const std::string& path) {
+  std::vector<Item> items;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line);
+    items.push_back({j["id"], j["context"], j["question"], j["answer"]});
+  }
+  return items;
+}
+
+// Every document of every shard as (prompt text, loss text), after checking that the loss mask is
+// one contiguous run at the end of the document (the default template).
+std::vector<std::pair<std::string, std::string>> DecodeDocuments(const std::string& dir,
+                                                                 distill::Tokenizer& tokenizer) {
+  std::vector<std::pair<std::string, std::string>> docs;
+  auto manifest = storage::ShardManifest::Load(dir);
+  EXPECT_TRUE(manifest.ok()) << manifest.status();
+  if (!manifest.ok()) return docs;
+  for (const auto& entry : manifest->shards) {
+    auto reader = storage::ShardReader::Open(dir + "/" + entry.file);
+    EXPECT_TRUE(reader.ok()) << reader.status();
+    if (!reader.ok()) return docs;
+    for (uint64_t r = 0; r < (*reader)->num_rows(); ++r) {
+      const uint64_t n = (*reader)->RowLength(r);
+      std::vector<int32_t> ids(n);
+      std::vector<uint8_t> mask(n);
+      std::vector<uint64_t> starts;
+      EXPECT_TRUE((*reader)->ReadRow(r, ids, mask, &starts).ok());
+      starts.push_back(n);
+      for (size_t d = 0; d + 1 < starts.size(); ++d) {
+        size_t first_loss = starts[d];
+        while (first_loss < starts[d + 1] && mask[first_loss] == 0) ++first_loss;
+        for (size_t i = first_loss; i < starts[d + 1]; ++i) EXPECT_EQ(mask[i], 1) << "row " << r;
+        std::vector<int32_t> prompt(ids.begin() + starts[d], ids.begin() + first_loss);
+        std::vector<int32_t> loss(ids.begin() + first_loss, ids.begin() + starts[d + 1]);
+        docs.emplace_back(tokenizer.Decode(prompt), tokenizer.Decode(loss));
+      }
+    }
+  }
+  return docs;
+}
+
+TEST(DataCli, SynthIsDeterministicAndBuildIsReproducible) {
+  const std::string dir = TempDir("determinism");
+  const std::string args = "data synth --count 12 --context-tokens 800 --seed 9 --log-level warn --out ";
+  ASSERT_EQ(RunRwr(args + dir + "/a.jsonl").code, 0);
+  ASSERT_EQ(RunRwr(args + dir + "/b.jsonl").code, 0);
+  EXPECT_EQ(ReadFile(dir + "/a.jsonl"), ReadFile(dir + "/b.jsonl"));
+  EXPECT_EQ(ReadJsonl(dir + "/a.jsonl").size(), 12u);
+  ASSERT_EQ(RunRwr("data synth --count 12 --context-tokens 800 --seed 10 --log-level warn --out " + dir +
+                "/c.jsonl")
+                .code,
+            0);
+  EXPECT_NE(ReadFile(dir + "/a.jsonl"), ReadFile(dir + "/c.jsonl"));
+
+  const std::string build = "data build --log-level warn --seq-len 512 --tokenizer " + kTokenizer +
+                            " --input " + dir + "/a.jsonl --out ";
+  ASSERT_EQ(RunRwr(build + dir + "/s1").code, 0);
+  ASSERT_EQ(RunRwr(build + dir + "/s2").code, 0);
+  EXPECT_EQ(ReadFile(dir + "/s1/shard_00000.rws"), ReadFile(dir + "/s2/shard_00000.rws"));
+  // A second build into the same directory is refused without --overwrite.
+  Result again = RunRwr(build + dir + "/s1");
+  EXPECT_EQ(again.code, 1);
+  EXPECT_THAT(again.output, HasSubstr("--overwrite"));
+}
+
+TEST(DataCli, PlainBuildMasksExactlyTheAnswerAndInspectReportsIt) {
+  const std::string dir = TempDir("plain");
+  ASSERT_EQ(RunRwr("data synth --count 20 --context-tokens 300 --tokens-per-word 3.05 --seed 2 "
+                "--log-level warn --out " + dir + "/d.jsonl").code, 0);
+  Result built = RunRwr("data build --log-level warn --seq-len 1024 --tokenizer " + kTokenizer +
+                     " --input " + dir + "/d.jsonl --out " + dir + "/shards");
+  ASSERT_EQ(built.code, 0) << built.output;
+  auto tokenizer = distill::Tokenizer::Load(kTokenizer);
+  ASSERT_TRUE(tokenizer.ok());
+  std::map<std::string, std::string> expected;  // prompt → loss text
+  for (const Item& item : ReadJsonl(dir + "/d.jsonl")) {
+    expected[item.context + "\n\nQuestion: " + item.question + "\nAnswer:"] =
+        " " + item.answer + "<|endoftext|>";
+  }
+  const auto docs = DecodeDocuments(dir + "/shards", *tokenizer);
+  EXPECT_EQ(docs.size(), 20u);
+  for (const auto& [prompt, loss] : docs) {
+    auto it = expected.find(prompt);
+    ASSERT_NE(it, expected.end()) << prompt.substr(0, 200);
+    EXPECT_EQ(loss, it->second);
+  }
+
+  Result inspect = RunRwr("data inspect --json " + dir + "/shards");
+  ASSERT_EQ(inspect.code, 0) << inspect.output;
+  auto j = nlohmann::json::parse(inspect.output);
+  EXPECT_EQ(j["documents"], 20);
+  EXPECT_GT(j["loss_fraction"].get<double>(), 0.0);
+  EXPECT_LT(j["loss_fraction"].get<double>(), 0.2);
+  EXPECT_EQ(j["build"]["recipe"]["samples"]["plain"], 20);
+  EXPECT_THAT(j["sample"]["loss_text"].get<std::string>(), HasSubstr("<|endoftext|>"));
+  Result text = RunRwr("data inspect " + dir + "/shards");
+  EXPECT_EQ(text.code, 0);
+  EXPECT_THAT(text.output, HasSubstr("loss tokens"));
+  EXPECT_THAT(text.output, HasSubstr("⟦"));
+
+  // Damage the shard: inspect fails with one line naming the file.
+  const std::string shard = dir + "/shards/shard_00000.rws";
+  std::filesystem::resize_file(shard, std::filesystem::file_size(shard) - 100);
+  Result damaged = RunRwr("data inspect " + dir + "/shards");
+  EXPECT_EQ(damaged.code, 1);
+  EXPECT_THAT(damaged.output, HasSubstr("shard_00000.rws"));
+  EXPECT_THAT(damaged.output, HasSubstr("truncated"));
+}
+
+TEST(DataCli, BadFlagsAreOneLineErrors) {
+  const std::string dir = TempDir("bad");
+  Result r = RunRwr("data synth --out " + dir + "/x.jsonl --context-tokens 5");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("--context-tokens"));
+  r = RunRwr("data build --tokenizer " + kTokenizer + " --out " + dir + "/o --input " + dir + "/none.jsonl");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("none.jsonl"));
+  r = RunRwr("data build --tokenizer " + kTokenizer + " --out " + dir +
+          "/o --input x --layout packed --long-samples keep");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("one_per_row"));
+  r = RunRwr("data inspect " + dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("manifest.json"));
+}
+
+#if RWR_DATA_TEST_HAVE_CACHE
+TEST(DataCli, BuildFromDistillRunMasksExactlyTheNoteAndAnswerTokens) {
+  const std::string dir = TempDir("distill");
+  ASSERT_EQ(RunRwr("data synth --count 40 --context-tokens 400 --tokens-per-word 3.05 --seed 4 "
+                "--log-level warn --out " + dir + "/d.jsonl").code, 0);
+  Result distilled = RunRwr("distill run --log-level warn --teacher builtin:extractive --input " + dir +
+                         "/d.jsonl --cache " + dir + "/cache");
+  ASSERT_EQ(distilled.code, 0) << distilled.output;
+  Result built = RunRwr("data build --log-level warn --seq-len 2048 --tokenizer " + kTokenizer +
+                     " --input " + dir + "/d.jsonl --cache " + dir + "/cache --out " + dir + "/shards");
+  ASSERT_EQ(built.code, 0) << built.output;
+
+  // Expected (prompt → loss text) for every kind each cached item can give.
+  std::map<std::string, std::string> expected;
+  int notes = 0, negatives = 0;
+  {
+    auto store = storage::RocksDbStore::Open(dir + "/cache", {.read_only = true});
+    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_TRUE(teacher::ForEachItem(**store, [&](const teacher::DistilledItem& d) {
+                  const std::string q = "\n\nQuestion: " + d.question;
+                  if (d.kept && !d.note_empty) {
+                    ++notes;
+                    expected[d.context + q + "\nNote:"] =
+                        " " + d.note + "\nAnswer: " + d.answer + "<|endoftext|>";
+                  }
+                  if (d.negative_context.has_value()) {
+                    ++negatives;
+                    expected[*d.negative_context + q + "\nNote:"] =
+                        " empty\nAnswer: " + d.answer + "<|endoftext|>";
+                  }
+                  expected[d.context + q + "\nAnswer:"] = " " + d.answer + "<|endoftext|>";
+                  return absl::OkStatus();
+                }).ok());
+  }
+  ASSERT_GT(notes, 10);
+  ASSERT_GT(negatives, 2);
+  auto tokenizer = distill::Tokenizer::Load(kTokenizer);
+  ASSERT_TRUE(tokenizer.ok());
+  const auto docs = DecodeDocuments(dir + "/shards", *tokenizer);
+  int note_docs = 0, empty_docs = 0, plain_docs = 0;
+  for (const auto& [prompt, loss] : docs) {
+    auto it = expected.find(prompt);
+    ASSERT_NE(it, expected.end()) << prompt.substr(prompt.size() > 300 ? prompt.size() - 300 : 0);
+    EXPECT_EQ(loss, it->second);
+    if (loss.starts_with(" empty\n")) ++empty_docs;
+    else if (prompt.ends_with("\nNote:")) ++note_docs;
+    else ++plain_docs;
+  }
+  auto manifest = storage::ShardManifest::Load(dir + "/shards");
+  ASSERT_TRUE(manifest.ok());
+  auto build = nlohmann::json::parse(manifest->extra_json);
+  EXPECT_EQ(build["recipe"]["samples"]["note"], note_docs);
+  EXPECT_EQ(build["recipe"]["samples"]["empty"], empty_docs);
+  EXPECT_EQ(build["recipe"]["samples"]["plain"], plain_docs);
+  // The scarcest kind (relative to its ratio) is used in full.
+  EXPECT_TRUE(empty_docs == negatives || note_docs == notes) << empty_docs << " " << note_docs;
+  EXPECT_GT(note_docs, 0);
+  EXPECT_GT(empty_docs, 0);
+  EXPECT_GT(plain_docs, 0);
+}
+#endif
+
+}  // namespace
+}  // namespace rwr
