@@ -14,9 +14,9 @@ void RegisterExportCommands(CLI::App& app) {
     double max_shard_gib = 5;
   };
   auto* options = new Options();
-  CLI::App* cmd = app.add_subcommand(
-      "export",
-      "Export a checkpoint in the Hugging Face layout: config.json, model.safetensors (bf16 or\n"
+  CLI::App* cmd = app.add_subcommand("export", "Export a checkpoint in the Hugging Face layout");
+  cmd->footer(
+      "Writes config.json, model.safetensors (bf16 or\n"
       "fp32; model-0000i-of-0000K.safetensors + index above --max-shard-gib), tokenizer.json.\n"
       "Loads with transformers' MambaForCausalLM.from_pretrained(DIR).");
   AddCommonOptions(cmd, &options->common);

@@ -12,14 +12,14 @@ namespace rwr::cli {
 
 void RegisterTrainCommands(CLI::App& app) {
   auto* options = new CommonOptions();  // lives as long as the app (the process)
-  CLI::App* train = app.add_subcommand(
-      "train",
-      "Train a Mamba model on token shards.\n"
+  CLI::App* train = app.add_subcommand("train", "Train a Mamba model on token shards");
+  train->footer(
       "Needs data.dir (from `rwr data build`), train.out_dir and a model: section (inline HF keys\n"
       "as in configs/models/tiny.yaml, model.config: config.json, or model.init_from: DIR).\n"
       "Writes metrics.jsonl and checkpoints/step_NNNNNNNN/ under train.out_dir; rerunning the same\n"
       "command resumes from the newest complete checkpoint. Example:\n"
-      "  rwr train --config configs/train_tiny.yaml --set data.dir=runs/data --set train.steps=200");
+      "  rwr train --config configs/train_tiny.yaml --set data.dir=runs/data --set train.steps=200\n"
+      "Keys: see trainer/train_loop.h and docs/configuration.md. SIGTERM/SIGUSR1: checkpoint, exit 0.");
   AddCommonOptions(train, options);
   SetAction(train, [options]() -> absl::Status {
     RWR_ASSIGN_OR_RETURN(Config config,

@@ -44,10 +44,14 @@ std::string FindTokenizer(const std::string& checkpoint_dir) {
     nlohmann::json m;
     try {
       manifest >> m;
-      for (const auto* node : {&m, m.contains("extra") ? &m["extra"] : &m}) {
-        if (node->contains("tokenizer") && (*node)["tokenizer"].is_string()) {
-          const std::string path = (*node)["tokenizer"].get<std::string>();
-          if (fs::is_regular_file(path)) return path;
+      // `rwr data build` records the tokenizer as build.tokenizer.path.
+      const nlohmann::json path = m.value("build", nlohmann::json::object())
+                                      .value("tokenizer", nlohmann::json::object())
+                                      .value("path", nlohmann::json());
+      if (path.is_string()) {
+        for (const fs::path& p : {fs::path(path.get<std::string>()),
+                                  fs::path(*data_dir) / path.get<std::string>()}) {
+          if (fs::is_regular_file(p)) return p.string();
         }
       }
     } catch (...) {

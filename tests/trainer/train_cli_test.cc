@@ -1,0 +1,177 @@
+// The trainer's commands as a user runs them (the real `rwr` binary in a subprocess):
+// model init, train (and SIGTERM → checkpoint + exit 0, then resume), checkpoint inspect, export,
+// and one-line errors.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "fmt/format.h"
+#include "storage/shard.h"
+#include "trainer/checkpoint.h"
+#include "trainer/model_io.h"
+#include "trainer/train_loop.h"
+
+namespace rwr::trainer {
+namespace {
+
+namespace fs = std::filesystem;
+const std::string kRwr = RWR_BINARY;
+const std::string kSource = RWR_SOURCE_DIR;
+
+std::string TempDir(const std::string& name) {
+  fs::path dir = fs::temp_directory_path() / fmt::format("rwr_cli_{}_{}", name, ::getpid());
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir.string();
+}
+
+struct CommandResult {
+  int exit_code;
+  std::string output;
+};
+
+CommandResult Sh(const std::string& args) {
+  const std::string log = TempDir("log") + "/out";
+  const int status = std::system(fmt::format("{} {} > {} 2>&1", kRwr, args, log).c_str());
+  std::ifstream in(log);
+  return {WEXITSTATUS(status), {std::istreambuf_iterator<char>(in), {}}};
+}
+
+std::string MakeDataset(int rows) {
+  const std::string dir = TempDir("data");
+  storage::ShardManifest manifest;
+  manifest.vocab_size = 8192;
+  manifest.seq_len = 64;
+  storage::ShardWriter writer(dir + "/shard_0.rws", {.vocab_size = 8192, .seq_len = 64});
+  for (int r = 0; r < rows; ++r) {
+    writer.BeginRow();
+    std::vector<uint32_t> tokens;
+    std::vector<uint8_t> mask;
+    for (int i = 0; i < 65; ++i) {
+      tokens.push_back((r * 31 + i * 7) % 8192);
+      mask.push_back(i > 30);
+    }
+    EXPECT_TRUE(writer.AddDocument(tokens, mask).ok());
+  }
+  EXPECT_TRUE(writer.Finish().ok());
+  manifest.shards.push_back({"shard_0.rws", writer.num_rows(), writer.num_documents(),
+                             writer.num_tokens(), writer.num_loss_tokens(),
+                             writer.payload_sha256_hex()});
+  EXPECT_TRUE(manifest.Save(dir).ok());
+  return dir;
+}
+
+TEST(ModelInit, WritesEveryConfigSizeInHfLayout) {
+  const std::string out = TempDir("init");
+  CommandResult r = Sh(fmt::format("model init --config {}/configs/models/tiny.yaml --out {} --seed 3 "
+                         "--log-level warn", kSource, out));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto model = LoadModelDir(out);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ(model->config.d_model, 64);
+  EXPECT_EQ(model->config.vocab_size, 8192);
+  // Mamba init: A_log = log(1..S), D = 1, softplus(dt bias) within [dt_min, dt_max].
+  const ParamLayout layout = ParamLayout::ForMamba(model->config);
+  const LayerOffsets& o = layout.layer(1);
+  EXPECT_FLOAT_EQ(model->params[o.A_log + 3], std::log(4.f));
+  EXPECT_FLOAT_EQ(model->params[o.D + 5], 1.f);
+  for (int64_t i = 0; i < model->config.d_inner; ++i) {
+    const double dt = std::log1p(std::exp(model->params[o.dt_proj_bias + i]));
+    EXPECT_GE(dt, 0.001 * 0.999);
+    EXPECT_LE(dt, 0.1 * 1.001);
+  }
+}
+
+TEST(ModelInit, Mamba28bConfigHasThePublishedParameterCount) {
+  auto config = Config::LoadFile(kSource + "/configs/models/mamba-2.8b.yaml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto model = ModelConfigFromRunConfig(*config);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ(model->NumParameters(), 2768345600);  // RWR_METHOD.md
+  EXPECT_EQ(model->d_inner, 5120);
+  EXPECT_EQ(model->dt_rank, 160);
+}
+
+TEST(TrainCli, SigtermCheckpointsExitsZeroAndResumes) {
+  const std::string data = MakeDataset(16);
+  const std::string out = TempDir("run");
+  const std::string args = fmt::format(
+      "train --config {}/configs/train_tiny.yaml --set data.dir={} --set train.out_dir={} "
+      "--set train.steps=100000 --set train.batch_size=2 --set train.checkpoint_every=0 "
+      "--set train.log_every=1000",
+      kSource, data, out);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const std::string cmd = fmt::format("exec {} {} > {}/train.log 2>&1", kRwr, args, out);
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Wait for a few steps in the metrics file, then SIGTERM.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  int lines = 0;
+  while (lines < 2 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::ifstream in(out + "/metrics.jsonl");
+    std::string line;
+    lines = 0;
+    while (std::getline(in, line)) ++lines;
+  }
+  ASSERT_GE(lines, 2) << "training did not start";
+  ASSERT_EQ(kill(pid, SIGTERM), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  auto latest = LatestCheckpoint(out + "/checkpoints");
+  ASSERT_TRUE(latest.has_value());
+  auto ckpt = LoadCheckpoint(*latest);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  const int64_t stopped_at = ckpt->state.step;
+  EXPECT_GE(stopped_at, 2);
+
+  // Resume and run two more steps.
+  CommandResult resumed = Sh(fmt::format("{} --set train.steps={} --log-level warn", args, stopped_at + 2));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find(fmt::format("steps {} -> {}", stopped_at, stopped_at + 2)),
+            std::string::npos) << resumed.output;
+
+  CommandResult inspect = Sh(fmt::format("checkpoint inspect {} --tensors", out));
+  ASSERT_EQ(inspect.exit_code, 0) << inspect.output;
+  EXPECT_NE(inspect.output.find(fmt::format("step        {}", stopped_at + 2)), std::string::npos)
+      << inspect.output;
+  EXPECT_NE(inspect.output.find("backbone.layers.1.mixer.A_log"), std::string::npos);
+
+  const std::string exported = TempDir("export");
+  CommandResult exp = Sh(fmt::format("export --checkpoint {} --out {} --dtype bf16 --tokenizer "
+                           "{}/configs/tokenizer/tokenizer.json --log-level warn",
+                           out, exported, kSource));
+  ASSERT_EQ(exp.exit_code, 0) << exp.output;
+  EXPECT_TRUE(fs::exists(exported + "/tokenizer.json"));
+  auto loaded = LoadModelDir(exported);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+}
+
+TEST(TrainCli, ErrorsAreOneLine) {
+  CommandResult no_data = Sh(fmt::format("train --config {}/configs/train_tiny.yaml --set data.dir=/nonexistent "
+                               "--set train.out_dir={} --log-level error",
+                               kSource, TempDir("err")));
+  EXPECT_EQ(no_data.exit_code, 1);
+  EXPECT_NE(no_data.output.find("rwr: error:"), std::string::npos) << no_data.output;
+  CommandResult bad_ckpt = Sh("checkpoint inspect /nonexistent");
+  EXPECT_EQ(bad_ckpt.exit_code, 1);
+  EXPECT_NE(bad_ckpt.output.find("no such directory"), std::string::npos) << bad_ckpt.output;
+  CommandResult bad_export = Sh(fmt::format("export --checkpoint {} --out {}", TempDir("empty"), TempDir("x")));
+  EXPECT_EQ(bad_export.exit_code, 1);
+  EXPECT_NE(bad_export.output.find("no complete checkpoint"), std::string::npos) << bad_export.output;
+}
+
+}  // namespace
+}  // namespace rwr::trainer
