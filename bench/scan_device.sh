@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON the GPU machine (device call carrying .deb, see scripts/device-deps.sh): builds only the
 # scan-kernel targets, runs their GPU tests and the benchmark, and leaves logs in $OUT.
-#   bash bench/scan_device.sh [test|bench|all] [scan_bench args...]
+#   bash bench/scan_device.sh [test|bench|all|profile] [scan_bench args...]
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 what=${1:-all}; shift || true
@@ -45,6 +45,12 @@ rc=0
 if [[ $what == test || $what == all ]]; then
   (cd "$root/build/gpu-scanonly" && ctest -R "Scan|Conv" --output-on-failure -j 4 >"$out/ctest.log" 2>&1) || rc=1
   grep -E "tests passed|Failed|\(Failed\)|Skipped\)" "$out/ctest.log" | head -40
+fi
+if [[ $what == profile ]]; then
+  # Nsight Compute on one forward + backward at T = 8192 (skips the forward-only warm-up runs).
+  ncu --clock-control none --set full -k regex:Scan --launch-skip 8 --launch-count 4 \
+    "$root/build/gpu-scanonly/scan_bench" --t 8192 --reps 1 "$@" >"$out/ncu.txt" 2>&1 || rc=1
+  grep -E "Scan|Reduce|Duration|Issue Slots Busy|Executed Ipc A|Achieved Occupancy|Registers Per|Compute \(SM\) Throughput|Memory Throughput|Stall|Block Limit Reg|One or More|No Eligible" "$out/ncu.txt" | head -150
 fi
 if [[ $what == bench || $what == all ]]; then
   "$root/build/gpu-scanonly/scan_bench" --json "$out/scan_bench.json" "$@" 2>&1 | tee "$out/scan_bench.txt" || rc=1

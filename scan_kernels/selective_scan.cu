@@ -154,6 +154,11 @@ __device__ __forceinline__ TileIo MakeIo(const SelectiveScanParams& p) {
 
 constexpr int kBCPerThread = (kTile * 2 * kS) / kThreads;  // 2
 
+// Per-token channel scalars live in shared memory as sdx[buf][warp][tok / 4][channel][tok % 4],
+// the channel row padded to 5 float4: the commit (lane channel·4 + q writes token 4i + q) stores
+// nearly contiguously, and a read of one token (8 channels, 80 bytes apart) is conflict-free.
+constexpr int kSdxPad = 5;
+
 // This thread's share of a tile's B and C (columns 0..15 = B, 16..31 = C).
 template <typename E>
 __device__ __forceinline__ void LoadBC(const SelectiveScanParams& p, int64_t b, int64_t t0,
@@ -255,7 +260,7 @@ struct TokStream {
 template <typename E, bool kFinal, int kMinBlocks>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     ScanForwardKernel(SelectiveScanParams p, Work w) {
-  __shared__ float4 sdx[2][kWarps][kTile][kChPerWarp];  // {Δ, x, SiLU(z), -}
+  __shared__ float4 sdx[2][kWarps][kTile / 4][kChPerWarp][kSdxPad];  // {Δ, x, SiLU(z), -}
   __shared__ __align__(16) float sbc[2][kTile][2 * kS];
   const TileIo io = MakeIo(p);
   const int c = blockIdx.y;
@@ -312,7 +317,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       float delta = 0.f, slope;
       if (t < T && io.active) delta = DeltaOf(p, pd[i], dbias, &slope);
       const float gate = gated ? pz[i] * Sigmoid(pz[i]) : 1.f;
-      sdx[buf][io.warp][4 * i + io.q][io.ch] = make_float4(delta, px[i], gate, 0.f);
+      sdx[buf][io.warp][i][io.ch][io.q] = make_float4(delta, px[i], gate, 0.f);
     }
     StoreBC(sbc[buf], pbc);
     return ResetMask(pr);
@@ -336,7 +341,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     // per-token selects). Shared-memory reads run one token ahead (software pipelining).
     auto compute = [&](auto reset_tag) {
       constexpr bool kReset = decltype(reset_tag)::value;
-      float4 n_dx = sdx[buf][io.warp][0][io.ch];
+      float4 n_dx = sdx[buf][io.warp][0][io.ch][0];
       float4 n_B = *reinterpret_cast<const float4*>(&sbc[buf][0][io.q * kSPL]);
       float4 n_C = kFinal ? *reinterpret_cast<const float4*>(&sbc[buf][0][kS + io.q * kSPL])
                           : make_float4(0.f, 0.f, 0.f, 0.f);
@@ -351,7 +356,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
           const int tok = 4 * i + k;
           const float4 dx = n_dx, Bq = n_B, Cq = n_C;
           if (tok + 1 < kTile) {
-            n_dx = sdx[buf][io.warp][tok + 1][io.ch];
+            n_dx = sdx[buf][io.warp][(tok + 1) >> 2][io.ch][(tok + 1) & 3];
             n_B = *reinterpret_cast<const float4*>(&sbc[buf][tok + 1][io.q * kSPL]);
             if (kFinal) {
               n_C = *reinterpret_cast<const float4*>(&sbc[buf][tok + 1][kS + io.q * kSPL]);
@@ -380,7 +385,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
         if (kFinal) {
           const float y = ReduceScatter4(yp[0], yp[1], yp[2], yp[3], io.q);
           if (t0 + 4 * i + io.q < T && io.active) {
-            const float4 own = sdx[buf][io.warp][4 * i + io.q][io.ch];  // {Δ, x, gate}
+            const float4 own = sdx[buf][io.warp][i][io.ch][io.q];  // {Δ, x, gate}
             out_tile[4 * i * p.out_strides.token] = FromF<E>((y + Dd * own.y) * own.z);
           }
         }
@@ -419,7 +424,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 template <typename E>
 __global__ void __launch_bounds__(kThreads)
     ScanChunkGradKernel(SelectiveScanParams p, SelectiveScanGrads g, Work w) {
-  __shared__ float4 sdx[2][kWarps][kTile][kChPerWarp];  // {Δ, -, dy, -}
+  __shared__ float4 sdx[2][kWarps][kTile / 4][kChPerWarp][kSdxPad];  // {Δ, -, dy, -}
   __shared__ __align__(16) float sbc[2][kTile][2 * kS];
   const TileIo io = MakeIo(p);
   const int c = blockIdx.y;
@@ -457,7 +462,7 @@ __global__ void __launch_bounds__(kThreads)
       float delta = 0.f, slope;
       if (t < T && io.active) delta = DeltaOf(p, pd[i], dbias, &slope);
       const float dy = gated ? pdo[i] * pz[i] * Sigmoid(pz[i]) : pdo[i];
-      sdx[buf][io.warp][4 * i + io.q][io.ch] = make_float4(delta, 0.f, dy, 0.f);
+      sdx[buf][io.warp][i][io.ch][io.q] = make_float4(delta, 0.f, dy, 0.f);
     }
     StoreBC(sbc[buf], pbc);
     return ResetMask(pr);
@@ -472,13 +477,13 @@ __global__ void __launch_bounds__(kThreads)
     const int buf = (j_end - 1 - j) & 1;
     const bool more = j > j_begin;
     if (more) load(j - 1);
-    float4 n_v = sdx[buf][io.warp][kTile - 1][io.ch];
+    float4 n_v = sdx[buf][io.warp][kTile / 4 - 1][io.ch][3];
     float4 n_C = *reinterpret_cast<const float4*>(&sbc[buf][kTile - 1][kS + io.q * kSPL]);
 #pragma unroll
     for (int tok = kTile - 1; tok >= 0; --tok) {
       const float4 v = n_v, Cq = n_C;
       if (tok > 0) {
-        n_v = sdx[buf][io.warp][tok - 1][io.ch];
+        n_v = sdx[buf][io.warp][(tok - 1) >> 2][io.ch][(tok - 1) & 3];
         n_C = *reinterpret_cast<const float4*>(&sbc[buf][tok - 1][kS + io.q * kSPL]);
       }
       const float Cv[4] = {Cq.x, Cq.y, Cq.z, Cq.w};
@@ -505,18 +510,19 @@ __global__ void __launch_bounds__(kThreads)
   *reinterpret_cast<float4*>(w.gdecay + o) = make_float4(dc[0], dc[1], dc[2], dc[3]);
 }
 
-constexpr int kBackwardSmem = (2 * kWarps * kTile * kChPerWarp * 4 + 2 * kTile * 2 * kS +
-                               kWarps * kTile * 2 * kS) * int(sizeof(float));
+constexpr int kSdxFloats = 2 * kWarps * (kTile / 4) * kChPerWarp * kSdxPad * 4;
+constexpr int kBackwardSmem =
+    (kSdxFloats + 2 * kTile * 2 * kS + kWarps * kTile * 2 * kS) * int(sizeof(float));
 
 template <typename E, int kMinBlocks>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     ScanBackwardKernel(SelectiveScanParams p, SelectiveScanGrads g, Work w) {
   // Dynamic shared memory (over the 48 KB static limit), kBackwardSmem bytes:
   extern __shared__ float4 smem[];
-  auto sdx = reinterpret_cast<float4(*)[kWarps][kTile][kChPerWarp]>(smem);  // [2]: {Δ, x, dy, dΔ/dΔraw}
-  auto sbc = reinterpret_cast<float(*)[kTile][2 * kS]>(smem + 2 * kWarps * kTile * kChPerWarp);  // [2]
+  auto sdx = reinterpret_cast<float4(*)[kWarps][kTile / 4][kChPerWarp][kSdxPad]>(smem);  // [2]: {Δ, x, dy, dΔ/dΔraw}
+  auto sbc = reinterpret_cast<float(*)[kTile][2 * kS]>(smem + kSdxFloats / 4);  // [2]
   auto sred = reinterpret_cast<float(*)[kTile][2 * kS]>(  // [kWarps]: per-warp dB | dC sums
-      smem + 2 * kWarps * kTile * kChPerWarp + 2 * kTile * 2 * kS / 4);
+      smem + kSdxFloats / 4 + 2 * kTile * 2 * kS / 4);
   const TileIo io = MakeIo(p);
   const int c = blockIdx.y;
   const int64_t dd = io.active ? io.d : p.dim - 1;
@@ -579,7 +585,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       float delta = 0.f, slope = 0.f;
       if (t < T && io.active) delta = DeltaOf(p, pd[i], dbias, &slope);
       const float dy = gated ? pdo[i] * pz[i] * Sigmoid(pz[i]) : pdo[i];
-      sdx[buf][io.warp][4 * i + io.q][io.ch] = make_float4(delta, px[i], dy, slope);
+      sdx[buf][io.warp][i][io.ch][io.q] = make_float4(delta, px[i], dy, slope);
       own_dout[i] = pdo[i];
       own_z[i] = pz[i];
     }
@@ -600,103 +606,116 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     const bool more = j > j_begin;
     if (more) load(j - 1);
     const int64_t t0 = int64_t(j) * kTile;
-    // The tile's arithmetic; kReset = false is the common tile without a document start.
+    // The tile's arithmetic; kReset = false is the common tile without a document start. The
+    // tile is done in two halves of 8 tokens, last half first, so that only 8 tokens of states
+    // are held in registers: the second half's starting state costs a re-walk of the first.
     auto compute = [&](auto reset_tag) {
       constexpr bool kReset = decltype(reset_tag)::value;
-      // Recompute the tile's states from its checkpoint; with a gate, also y (for dz).
-      float hs[kTile][kSPL];
-      float hprev[kSPL] = {ck.x, ck.y, ck.z, ck.w};
-      float4 n_v = sdx[buf][io.warp][0][io.ch];
-      float4 n_B = *reinterpret_cast<const float4*>(&sbc[buf][0][io.q * kSPL]);
-      float4 n_C = *reinterpret_cast<const float4*>(&sbc[buf][0][kS + io.q * kSPL]);
-  #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        float yp[4];
-  #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const int tok = 4 * i + k;
-          const float4 v = n_v, Bq = n_B, Cq = n_C;
-          if (tok + 1 < kTile) {
-            n_v = sdx[buf][io.warp][tok + 1][io.ch];
-            n_B = *reinterpret_cast<const float4*>(&sbc[buf][tok + 1][io.q * kSPL]);
-            n_C = *reinterpret_cast<const float4*>(&sbc[buf][tok + 1][kS + io.q * kSPL]);
+      // dB | dC: lane (ch, q) ends up with column ch < 4 ? 4q+ch : 16+4q+ch−4 of each token,
+      // summed over the warp's 8 channels.
+      const int col = io.ch < 4 ? io.q * kSPL + io.ch : kS + io.q * kSPL + (io.ch - 4);
+      constexpr int kHalf = kTile / 2;
+#pragma unroll
+      for (int half = 1; half >= 0; --half) {
+        const int tok0 = half * kHalf;
+        float hprev[kSPL] = {ck.x, ck.y, ck.z, ck.w};
+        if (half == 1) {  // walk the first half to the second half's starting state
+#pragma unroll
+          for (int tok = 0; tok < kHalf; ++tok) {
+            const float4 v = sdx[buf][io.warp][tok >> 2][io.ch][tok & 3];
+            const float4 Bq = *reinterpret_cast<const float4*>(&sbc[buf][tok][io.q * kSPL]);
+            const float Bv[4] = {Bq.x, Bq.y, Bq.z, Bq.w};
+            const float dbx = v.x * v.y;
+            const bool reset = kReset && ((resets >> tok) & 1u);
+#pragma unroll
+            for (int s = 0; s < kSPL; ++s) {
+              hprev[s] = (reset ? 0.f : hprev[s]) * Exp2(v.x * A2[s]) + dbx * Bv[s];
+            }
           }
-          const float dbx = v.x * v.y;
-          const bool reset = kReset && ((resets >> tok) & 1u);
-          const float Bv[4] = {Bq.x, Bq.y, Bq.z, Bq.w};
-          const float Cv[4] = {Cq.x, Cq.y, Cq.z, Cq.w};
-          float y = 0.f;
-  #pragma unroll
-          for (int s = 0; s < kSPL; ++s) {
-            hprev[s] = (reset ? 0.f : hprev[s]) * Exp2(v.x * A2[s]) + dbx * Bv[s];
-            hs[tok][s] = hprev[s];
-            y += Cv[s] * hprev[s];
-          }
-          yp[k] = y;
         }
-        if (gated) {
-          const float y = ReduceScatter4(yp[0], yp[1], yp[2], yp[3], io.q) +
-                          Dd * sdx[buf][io.warp][4 * i + io.q][io.ch].y;
+        // Recompute this half's states; with a gate, also y (for dz).
+        float hs[kHalf][kSPL];
+#pragma unroll
+        for (int ii = 0; ii < kHalf / 4; ++ii) {
+          const int i = tok0 / 4 + ii;
+          float yp[4];
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            const int tok = 4 * i + k;
+            const float4 v = sdx[buf][io.warp][i][io.ch][k];
+            const float4 Bq = *reinterpret_cast<const float4*>(&sbc[buf][tok][io.q * kSPL]);
+            const float4 Cq = *reinterpret_cast<const float4*>(&sbc[buf][tok][kS + io.q * kSPL]);
+            const float dbx = v.x * v.y;
+            const bool reset = kReset && ((resets >> tok) & 1u);
+            const float Bv[4] = {Bq.x, Bq.y, Bq.z, Bq.w};
+            const float Cv[4] = {Cq.x, Cq.y, Cq.z, Cq.w};
+            float y = 0.f;
+#pragma unroll
+            for (int s = 0; s < kSPL; ++s) {
+              hprev[s] = (reset ? 0.f : hprev[s]) * Exp2(v.x * A2[s]) + dbx * Bv[s];
+              hs[tok - tok0][s] = hprev[s];
+              y += Cv[s] * hprev[s];
+            }
+            yp[k] = y;
+          }
+          if (gated) {
+            const float y = ReduceScatter4(yp[0], yp[1], yp[2], yp[3], io.q) +
+                            Dd * sdx[buf][io.warp][i][io.ch][io.q].y;
+            const int64_t t = t0 + 4 * i + io.q;
+            if (t < T && io.active) {
+              const float sz = Sigmoid(own_z[i]);
+              St<E>(g.dz, io.b * g.dz_strides.batch + t * g.dz_strides.token + io.d,
+                    own_dout[i] * y * sz * (1.f + own_z[i] * (1.f - sz)));
+            }
+          }
+        }
+        // Reverse through this half.
+#pragma unroll
+        for (int ii = kHalf / 4 - 1; ii >= 0; --ii) {
+          const int i = tok0 / 4 + ii;
+          float ddp[4], dxp[4];
+#pragma unroll
+          for (int k = 3; k >= 0; --k) {
+            const int tok = 4 * i + k;
+            const float4 v = sdx[buf][io.warp][i][io.ch][k];
+            const float4 Bq = *reinterpret_cast<const float4*>(&sbc[buf][tok][io.q * kSPL]);
+            const float4 Cq = *reinterpret_cast<const float4*>(&sbc[buf][tok][kS + io.q * kSPL]);
+            const float delta = v.x, x = v.y, dy = v.z, dbx = delta * x;
+            const bool reset = kReset && ((resets >> tok) & 1u);
+            const float Bv[4] = {Bq.x, Bq.y, Bq.z, Bq.w};
+            const float Cv[4] = {Cq.x, Cq.y, Cq.z, Cq.w};
+            float vals[8];
+            float dd_part = 0.f, dx_part = 0.f;
+#pragma unroll
+            for (int s = 0; s < kSPL; ++s) {
+              gs[s] += Cv[s] * dy;  // now dL/dh_t
+              const float hb = hs[tok - tok0][s];
+              const float dlog_a = gs[s] * (hb - dbx * Bv[s]);  // g·a·h_{t−1}
+              dA_acc[s] += dlog_a * delta;
+              const float gB = gs[s] * Bv[s];
+              dd_part += dlog_a * A[s] + gB * x;
+              dx_part += gB;
+              vals[s] = gs[s] * dbx;  // dB
+              vals[4 + s] = dy * hb;  // dC
+              gs[s] = reset ? 0.f : gs[s] * Exp2(delta * A2[s]);
+            }
+            ddp[k] = dd_part;
+            dxp[k] = dx_part;
+            sred[io.warp][tok][col] = ReduceScatter8Channels(vals, io.ch);
+          }
+          const float dds = ReduceScatter4(ddp[0], ddp[1], ddp[2], ddp[3], io.q);
+          const float dxs = ReduceScatter4(dxp[0], dxp[1], dxp[2], dxp[3], io.q);
           const int64_t t = t0 + 4 * i + io.q;
           if (t < T && io.active) {
-            const float sz = Sigmoid(own_z[i]);
-            St<E>(g.dz, io.b * g.dz_strides.batch + t * g.dz_strides.token + io.d,
-                  own_dout[i] * y * sz * (1.f + own_z[i] * (1.f - sz)));
+            const float4 own = sdx[buf][io.warp][i][io.ch][io.q];  // {Δ, x, dy, slope}
+            const float ddraw = dds * own.w;
+            St<E>(g.dx, io.b * g.dx_strides.batch + t * g.dx_strides.token + io.d,
+                  Dd * own.z + own.x * dxs);
+            St<E>(g.ddelta, io.b * g.ddelta_strides.batch + t * g.ddelta_strides.token + io.d,
+                  ddraw);
+            dD_acc += own.z * own.y;
+            dbias_acc += ddraw;
           }
-        }
-      }
-      // Reverse through the tile. dB | dC: lane (ch, q) ends up with column
-      // ch < 4 ? 4q+ch : 16+4q+ch−4 of each token, summed over the warp's 8 channels.
-      const int col = io.ch < 4 ? io.q * kSPL + io.ch : kS + io.q * kSPL + (io.ch - 4);
-      n_v = sdx[buf][io.warp][kTile - 1][io.ch];
-      n_B = *reinterpret_cast<const float4*>(&sbc[buf][kTile - 1][io.q * kSPL]);
-      n_C = *reinterpret_cast<const float4*>(&sbc[buf][kTile - 1][kS + io.q * kSPL]);
-  #pragma unroll
-      for (int i = 3; i >= 0; --i) {
-        float ddp[4], dxp[4];
-  #pragma unroll
-        for (int k = 3; k >= 0; --k) {
-          const int tok = 4 * i + k;
-          const float4 v = n_v, Bq = n_B, Cq = n_C;
-          if (tok > 0) {
-            n_v = sdx[buf][io.warp][tok - 1][io.ch];
-            n_B = *reinterpret_cast<const float4*>(&sbc[buf][tok - 1][io.q * kSPL]);
-            n_C = *reinterpret_cast<const float4*>(&sbc[buf][tok - 1][kS + io.q * kSPL]);
-          }
-          const float delta = v.x, x = v.y, dy = v.z, dbx = delta * x;
-          const bool reset = kReset && ((resets >> tok) & 1u);
-          const float Bv[4] = {Bq.x, Bq.y, Bq.z, Bq.w};
-          const float Cv[4] = {Cq.x, Cq.y, Cq.z, Cq.w};
-          float vals[8];
-          float dd_part = 0.f, dx_part = 0.f;
-  #pragma unroll
-          for (int s = 0; s < kSPL; ++s) {
-            gs[s] += Cv[s] * dy;  // now dL/dh_t
-            const float hb = hs[tok][s];
-            const float dlog_a = gs[s] * (hb - dbx * Bv[s]);  // g·a·h_{t−1}
-            dA_acc[s] += dlog_a * delta;
-            const float gB = gs[s] * Bv[s];
-            dd_part += dlog_a * A[s] + gB * x;
-            dx_part += gB;
-            vals[s] = gs[s] * dbx;  // dB
-            vals[4 + s] = dy * hb;  // dC
-            gs[s] = reset ? 0.f : gs[s] * Exp2(delta * A2[s]);
-          }
-          ddp[k] = dd_part;
-          dxp[k] = dx_part;
-          sred[io.warp][tok][col] = ReduceScatter8Channels(vals, io.ch);
-        }
-        const float dds = ReduceScatter4(ddp[0], ddp[1], ddp[2], ddp[3], io.q);
-        const float dxs = ReduceScatter4(dxp[0], dxp[1], dxp[2], dxp[3], io.q);
-        const int64_t t = t0 + 4 * i + io.q;
-        if (t < T && io.active) {
-          const float4 own = sdx[buf][io.warp][4 * i + io.q][io.ch];  // {Δ, x, dy, slope}
-          const float ddraw = dds * own.w;
-          St<E>(g.dx, io.b * g.dx_strides.batch + t * g.dx_strides.token + io.d,
-                Dd * own.z + own.x * dxs);
-          St<E>(g.ddelta, io.b * g.ddelta_strides.batch + t * g.ddelta_strides.token + io.d, ddraw);
-          dD_acc += own.z * own.y;
-          dbias_acc += ddraw;
         }
       }
     };
