@@ -10,9 +10,8 @@ namespace rwr::scan {
 
 // 0 = automatic (default). Any other value forces K (clamped to [1, number of 16-token tiles]).
 void SetScanChunksOverride(int chunks);
-// Kernel variant for measurements: 1 = default, register-capped for occupancy (forward: 4
-// blocks per multiprocessor, backward: 2); 2 = as 1 with 3 forward blocks per multiprocessor;
-// 0 = registers unconstrained (1 block each).
+// Forward kernel variant for measurements: 1 = default (registers capped for 4 blocks per
+// multiprocessor), 2 = capped for 3 blocks.
 void SetScanVariant(int variant);
 // The K the CUDA scan would use for these sizes (after the override).
 int ScanChunks(int64_t batch, int64_t seqlen, int64_t dim);

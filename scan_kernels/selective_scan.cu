@@ -873,10 +873,8 @@ absl::Status LaunchForward(const SelectiveScanParams& p, cudaStream_t stream) {
   }
   if (g_variant.load() == 2) {
     ScanForwardKernel<E, true, 3><<<grid, kThreads, 0, stream>>>(p, w);
-  } else if (g_variant.load() != 0) {
-    ScanForwardKernel<E, true, 4><<<grid, kThreads, 0, stream>>>(p, w);
   } else {
-    ScanForwardKernel<E, true, 1><<<grid, kThreads, 0, stream>>>(p, w);
+    ScanForwardKernel<E, true, 4><<<grid, kThreads, 0, stream>>>(p, w);
   }
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
@@ -892,15 +890,11 @@ absl::Status LaunchBackward(const SelectiveScanParams& p, const SelectiveScanGra
     ScanChunkGradKernel<E><<<grid, kThreads, 0, stream>>>(p, g, w);
     RWR_CUDA_LAUNCH();
   }
-  if (g_variant.load() != 0) {
-    RWR_CUDA(cudaFuncSetAttribute(ScanBackwardKernel<E, 2>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, kBackwardSmem));
-    ScanBackwardKernel<E, 2><<<grid, kThreads, kBackwardSmem, stream>>>(p, g, w);
-  } else {
-    RWR_CUDA(cudaFuncSetAttribute(ScanBackwardKernel<E, 1>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, kBackwardSmem));
-    ScanBackwardKernel<E, 1><<<grid, kThreads, kBackwardSmem, stream>>>(p, g, w);
-  }
+  // Two blocks per multiprocessor (registers capped at 128, a little spilling) measured faster
+  // than one block with 255 registers (docs/scan_kernels_notes.md).
+  RWR_CUDA(cudaFuncSetAttribute(ScanBackwardKernel<E, 2>,
+                                cudaFuncAttributeMaxDynamicSharedMemorySize, kBackwardSmem));
+  ScanBackwardKernel<E, 2><<<grid, kThreads, kBackwardSmem, stream>>>(p, g, w);
   RWR_CUDA_LAUNCH();
   const int64_t rows = p.batch * p.seqlen;
   ReduceBCKernel<E><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(p, g, w);

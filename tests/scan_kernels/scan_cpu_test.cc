@@ -334,5 +334,23 @@ TEST(ScanCpu, CanImplementRejectsWhatItCannotRun) {
   }
 }
 
+TEST(ScanCpu, CudaEntryPointsSayWhatTheyCannotRun) {
+  Problem pr(1, 4, 2, 4, Config{}, 1);
+  SelectiveScanParams p = pr.Params();  // S = 4: the CUDA kernels take S = 16 only
+  EXPECT_EQ(CanImplement(p, Backend::kCuda).code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(Forward(p, nullptr).code(), absl::StatusCode::kUnimplemented);
+  Problem p16(1, 4, 2, 16, Config{}, 2);
+  SelectiveScanParams q = p16.Params();
+  EXPECT_EQ(CanImplement(q, Backend::kCuda).ok(), HaveCuda());
+  Loss loss;
+  loss.wo.assign(p16.out.size(), 1.f);
+  loss.wf.assign(p16.final_state.size(), 1.f);
+  GradBuffers gb;
+  const SelectiveScanGrads g = gb.Make(p16, loss);
+  // Without the workspace its Forward filled, the CUDA backward refuses before touching memory.
+  EXPECT_EQ(Backward(q, g, nullptr).code(), HaveCuda() ? absl::StatusCode::kInvalidArgument
+                                                       : absl::StatusCode::kUnimplemented);
+}
+
 }  // namespace
 }  // namespace rwr::scan
