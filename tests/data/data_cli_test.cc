@@ -249,6 +249,13 @@ TEST(DataCli, BuildFromDistillRunMasksExactlyTheNoteAndAnswerTokens) {
   EXPECT_GT(note_docs, 0);
   EXPECT_GT(empty_docs, 0);
   EXPECT_GT(plain_docs, 0);
+
+  // The cache alone (no --input) holds the same items: the same mix, the same shard bytes.
+  Result cache_only = RunRwr("data build --log-level warn --seq-len 2048 --tokenizer " + kTokenizer +
+                             " --cache " + dir + "/cache --out " + dir + "/shards_cache_only");
+  ASSERT_EQ(cache_only.code, 0) << cache_only.output;
+  EXPECT_EQ(ReadFile(dir + "/shards/shard_00000.rws"),
+            ReadFile(dir + "/shards_cache_only/shard_00000.rws"));
 }
 #endif
 
