@@ -74,11 +74,11 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
     }
 
     v1::CanonicalRequest request = NoteRequestFor(info_, item->item.context, item->item.question);
-    record.set_note_key(CacheKey(request));
     NoteTask task{.context = item->item.context, .question = item->item.question};
     auto self = shared_from_this();
     Step<Note>(
         item, "note", std::move(request),
+        [](v1::ItemRecord* r, const std::string& key) { r->set_note_key(key); },
         [self, task](TeacherCallback<Note> done) { self->teacher_.ExtractNote(task, std::move(done)); },
         &NoteFromRecord, &CheckNote,
         [](const Note& note, v1::CacheRecord* r) {
@@ -144,6 +144,7 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
   // and go on with `next`.
   template <typename Answer>
   void Step(ItemPtr item, const char* stage, v1::CanonicalRequest request,
+            void (*set_key)(v1::ItemRecord*, const std::string&),
             std::function<void(TeacherCallback<Answer>)> ask,
             Answer (*from_record)(const v1::CacheRecord&), absl::Status (*check)(const Answer&),
             void (*fill)(const Answer&, v1::CacheRecord*),
@@ -153,6 +154,7 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
       Fail(item, "cache", std::string(lookup.status().message()));
       return;
     }
+    set_key(&item->record, lookup->key);
     if (lookup->outcome == CacheLookup::Outcome::kHit) {
       ++cache_hits_;
       next(std::move(item), from_record(lookup->record));
@@ -167,8 +169,8 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
     if (!FlushPending(item)) return;
     ++teacher_calls_;
     auto self = shared_from_this();
-    ask([self, item, stage, request = std::move(request), check, fill,
-         next = std::move(next)](absl::StatusOr<Answer> answer) mutable {
+    ask([self, item, stage, request = std::move(request), key = std::move(lookup->key), check,
+         fill, next = std::move(next)](absl::StatusOr<Answer> answer) mutable {
       if (!answer.ok()) {
         self->Fail(item, stage, std::string(answer.status().message()));
         return;
@@ -179,7 +181,7 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
       }
       v1::CacheRecord record = NoteCache::MakeRecord(request);
       fill(*answer, &record);
-      item->pending.Put(FamilyFor(request.task()), CacheKey(request), record.SerializeAsString());
+      item->pending.Put(FamilyFor(request.task()), key, record.SerializeAsString());
       next(std::move(item), *std::move(answer));
     });
   }
@@ -188,11 +190,11 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
     item->note = note.text;
     v1::CanonicalRequest request =
         VerifyRequestFor(info_, item->item.question, item->note, item->item.answer);
-    item->record.set_verdict_key(CacheKey(request));
     VerifyTask task{.question = item->item.question, .note = item->note, .answer = item->item.answer};
     auto self = shared_from_this();
     Step<Verdict>(
         item, "verify", std::move(request),
+        [](v1::ItemRecord* r, const std::string& key) { r->set_verdict_key(key); },
         [self, task](TeacherCallback<Verdict> done) { self->teacher_.VerifyNote(task, std::move(done)); },
         &VerdictFromRecord, &CheckVerdict,
         [](const Verdict& verdict, v1::CacheRecord* r) {
@@ -213,12 +215,12 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
     }
     v1::CanonicalRequest request = RemoveEvidenceRequestFor(info_, item->item.context,
                                                             item->item.question, item->item.answer);
-    item->record.set_negative_key(CacheKey(request));
     RemoveEvidenceTask task{
         .context = item->item.context, .question = item->item.question, .answer = item->item.answer};
     auto self = shared_from_this();
     Step<Negative>(
         item, "remove_evidence", std::move(request),
+        [](v1::ItemRecord* r, const std::string& key) { r->set_negative_key(key); },
         [self, task](TeacherCallback<Negative> done) {
           self->teacher_.RemoveEvidence(task, std::move(done));
         },

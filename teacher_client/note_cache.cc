@@ -17,12 +17,6 @@ void AppendLittleEndian(std::string* out, uint64_t value, int bytes) {
   for (int i = 0; i < bytes; ++i) out->push_back(static_cast<char>((value >> (8 * i)) & 0xff));
 }
 
-void AppendField(std::string* out, uint8_t field, std::string_view bytes) {
-  out->push_back(static_cast<char>(field));
-  AppendLittleEndian(out, bytes.size(), 8);
-  out->append(bytes.data(), bytes.size());
-}
-
 std::string FixedBytes(uint64_t value, int bytes) {
   std::string out;
   AppendLittleEndian(&out, value, bytes);
@@ -47,6 +41,24 @@ int64_t NowUnixMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
+}
+
+uint32_t FloatBits(float value) {
+  uint32_t bits = 0;
+  std::memcpy(&bits, &value, sizeof(bits));
+  return bits;
+}
+
+// Field by field, the fields CanonicalEncoding covers (cheaper than encoding both: no copies).
+bool SameCanonicalRequest(const v1::CanonicalRequest& a, const v1::CanonicalRequest& b) {
+  return a.task() == b.task() && a.sample_index() == b.sample_index() &&
+         a.sampling().max_tokens() == b.sampling().max_tokens() &&
+         a.sampling().seed() == b.sampling().seed() &&
+         FloatBits(a.sampling().temperature()) == FloatBits(b.sampling().temperature()) &&
+         a.teacher_id() == b.teacher_id() && a.teacher_revision() == b.teacher_revision() &&
+         a.prompt_template_version() == b.prompt_template_version() &&
+         a.question() == b.question() && a.answer() == b.answer() && a.note() == b.note() &&
+         a.context() == b.context();
 }
 
 }  // namespace
@@ -79,28 +91,51 @@ v1::CanonicalRequest RemoveEvidenceRequestFor(const TeacherInfo& teacher, std::s
   return request;
 }
 
-std::string CanonicalEncoding(const v1::CanonicalRequest& request) {
-  std::string out(kEncodingTag, sizeof(kEncodingTag));  // tag and its NUL
-  AppendField(&out, 1, FixedBytes(static_cast<uint32_t>(request.task()), 4));
-  AppendField(&out, 2, request.teacher_id());
-  AppendField(&out, 3, request.teacher_revision());
-  AppendField(&out, 4, request.prompt_template_version());
-  AppendField(&out, 5, request.context());
-  AppendField(&out, 6, request.question());
-  AppendField(&out, 7, request.answer());
-  AppendField(&out, 8, request.note());
+namespace {
+
+// The canonical byte stream, handed to `sink` piece by piece (a string for CanonicalEncoding, the
+// hasher for CacheKey, so the key never copies the context).
+template <typename Sink>
+void EncodeCanonical(const v1::CanonicalRequest& request, Sink&& sink) {
+  auto field = [&](uint8_t number, std::string_view bytes) {
+    char header[9];
+    header[0] = static_cast<char>(number);
+    for (int i = 0; i < 8; ++i) header[1 + i] = static_cast<char>((uint64_t{bytes.size()} >> (8 * i)) & 0xff);
+    sink(std::string_view(header, sizeof(header)));
+    sink(bytes);
+  };
+  sink(std::string_view(kEncodingTag, sizeof(kEncodingTag)));  // tag and its NUL
   uint32_t temperature_bits = 0;
   const float temperature = request.sampling().temperature();
   std::memcpy(&temperature_bits, &temperature, sizeof(temperature_bits));
-  AppendField(&out, 9, FixedBytes(request.sampling().max_tokens(), 4));
-  AppendField(&out, 10, FixedBytes(temperature_bits, 4));
-  AppendField(&out, 11, FixedBytes(request.sampling().seed(), 8));
-  AppendField(&out, 12, FixedBytes(request.sample_index(), 4));
+  field(1, FixedBytes(static_cast<uint32_t>(request.task()), 4));
+  field(2, request.teacher_id());
+  field(3, request.teacher_revision());
+  field(4, request.prompt_template_version());
+  field(5, request.context());
+  field(6, request.question());
+  field(7, request.answer());
+  field(8, request.note());
+  field(9, FixedBytes(request.sampling().max_tokens(), 4));
+  field(10, FixedBytes(temperature_bits, 4));
+  field(11, FixedBytes(request.sampling().seed(), 8));
+  field(12, FixedBytes(request.sample_index(), 4));
+}
+
+}  // namespace
+
+std::string CanonicalEncoding(const v1::CanonicalRequest& request) {
+  std::string out;
+  EncodeCanonical(request, [&out](std::string_view bytes) { out.append(bytes.data(), bytes.size()); });
   return out;
 }
 
 std::string CacheKey(const v1::CanonicalRequest& request) {
-  const Sha256Digest digest = Sha256Of(CanonicalEncoding(request));
+  // One hasher per thread: creating an OpenSSL digest context per key costs more than hashing a
+  // few KiB of context.
+  thread_local Sha256 hasher;
+  EncodeCanonical(request, [](std::string_view bytes) { hasher.Update(bytes); });
+  const Sha256Digest digest = hasher.Finish();  // also resets the hasher
   return std::string(reinterpret_cast<const char*>(digest.data()), digest.size());
 }
 
@@ -142,10 +177,11 @@ absl::StatusOr<std::unique_ptr<NoteCache>> NoteCache::Open(storage::KvStore* sto
 }
 
 absl::StatusOr<CacheLookup> NoteCache::Lookup(const v1::CanonicalRequest& request) const {
-  const std::string key = CacheKey(request);
+  CacheLookup lookup;
+  lookup.key = CacheKey(request);
+  const std::string& key = lookup.key;
   RWR_ASSIGN_OR_RETURN(std::optional<std::string> bytes,
                        store_->Get(FamilyFor(request.task()), key));
-  CacheLookup lookup;
   if (!bytes.has_value()) return lookup;  // kMiss
   if (!lookup.record.ParseFromString(*bytes)) {
     lookup.outcome = CacheLookup::Outcome::kMismatch;
@@ -158,13 +194,12 @@ absl::StatusOr<CacheLookup> NoteCache::Lookup(const v1::CanonicalRequest& reques
                                 lookup.record.schema_version(), kCacheSchemaVersion);
     return lookup;
   }
-  // Compare by canonical encoding: exactly the fields the key was hashed over.
+  // Compare exactly the fields the key was hashed over.
   const bool answer_matches_task =
       (request.task() == v1::TASK_NOTE && lookup.record.has_note()) ||
       (request.task() == v1::TASK_VERIFY && lookup.record.has_verdict()) ||
       (request.task() == v1::TASK_REMOVE_EVIDENCE && lookup.record.has_negative());
-  if (CanonicalEncoding(lookup.record.request()) != CanonicalEncoding(request) ||
-      !answer_matches_task) {
+  if (!SameCanonicalRequest(lookup.record.request(), request) || !answer_matches_task) {
     lookup.outcome = CacheLookup::Outcome::kMismatch;
     lookup.detail = fmt::format(
         "record {} answers a different request than the one asked (hash collision or a "

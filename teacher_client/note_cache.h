@@ -63,6 +63,7 @@ struct CacheLookup {
     kMismatch,  // record answers a different request, or does not parse: collision/tampering
   };
   Outcome outcome = Outcome::kMiss;
+  std::string key;         // the request's cache key (32 bytes), whatever the outcome
   v1::CacheRecord record;  // kHit only
   std::string detail;      // kStale / kMismatch: what was wrong, for the log
 };
