@@ -194,13 +194,61 @@ __device__ __forceinline__ void LoadBC(const SelectiveScanParams& p, int64_t b, 
     v[k] = val;
   }
 }
-__device__ __forceinline__ void StoreBC(float (*bc)[2 * kS], const float (&v)[kBCPerThread]) {
+// B and C of one tile in shared memory. fp32: [tok][32] floats (B 0..15, C 16..31). bf16:
+// [tok][q][8] (B 4q..4q+3, then C 4q..4q+3), so that one 16-byte read gives a lane both, half the
+// shared-memory wavefronts of two fp32 reads (the values are bf16 already: no rounding).
+template <typename E>
+struct BCTile;
+template <>
+struct BCTile<float> {
+  float v[kTile][2 * kS];
+  __device__ __forceinline__ void Store(const float (&vals)[kBCPerThread]) {
 #pragma unroll
-  for (int k = 0; k < kBCPerThread; ++k) {
-    const int idx = threadIdx.x + k * kThreads;
-    bc[idx >> 5][idx & 31] = v[k];
+    for (int k = 0; k < kBCPerThread; ++k) {
+      const int idx = threadIdx.x + k * kThreads;
+      v[idx >> 5][idx & 31] = vals[k];
+    }
   }
-}
+  __device__ __forceinline__ float4 ReadB(int tok, int q) const {
+    return *reinterpret_cast<const float4*>(&v[tok][q * kSPL]);
+  }
+  __device__ __forceinline__ float4 ReadC(int tok, int q) const {
+    return *reinterpret_cast<const float4*>(&v[tok][kS + q * kSPL]);
+  }
+  __device__ __forceinline__ void Read(int tok, int q, float4* B, float4* C) const {
+    *B = ReadB(tok, q);
+    *C = ReadC(tok, q);
+  }
+};
+template <>
+struct BCTile<__nv_bfloat16> {
+  __nv_bfloat16 v[kTile][kQ][8];
+  static __device__ __forceinline__ float Lo(uint32_t u) { return __uint_as_float(u << 16); }
+  static __device__ __forceinline__ float Hi(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
+  __device__ __forceinline__ void Store(const float (&vals)[kBCPerThread]) {
+#pragma unroll
+    for (int k = 0; k < kBCPerThread; ++k) {
+      const int idx = threadIdx.x + k * kThreads;
+      const int tok = idx >> 5, col = idx & 31, st = col & (kS - 1);
+      v[tok][st / kSPL][(col >> 4) * kSPL + (st % kSPL)] = __float2bfloat16_rn(vals[k]);
+    }
+  }
+  __device__ __forceinline__ float4 ReadB(int tok, int q) const {
+    const uint2 r = *reinterpret_cast<const uint2*>(&v[tok][q][0]);
+    return make_float4(Lo(r.x), Hi(r.x), Lo(r.y), Hi(r.y));
+  }
+  __device__ __forceinline__ float4 ReadC(int tok, int q) const {
+    const uint2 r = *reinterpret_cast<const uint2*>(&v[tok][q][4]);
+    return make_float4(Lo(r.x), Hi(r.x), Lo(r.y), Hi(r.y));
+  }
+  __device__ __forceinline__ void Read(int tok, int q, float4* B, float4* C) const {
+    const uint4 r = *reinterpret_cast<const uint4*>(&v[tok][q][0]);
+    *B = make_float4(Lo(r.x), Hi(r.x), Lo(r.y), Hi(r.y));
+    *C = make_float4(Lo(r.z), Hi(r.z), Lo(r.w), Hi(r.w));
+  }
+};
+static_assert(sizeof(BCTile<__nv_bfloat16>) <= sizeof(BCTile<float>), "bf16 tile fits the fp32 slot");
+
 // Lane l < 16 reads the reset flag of token t0 + l; ResetMask turns them into a warp-uniform mask.
 __device__ __forceinline__ bool LoadResetFlag(const SelectiveScanParams& p, int64_t b, int64_t t0) {
   const int lane = threadIdx.x & 31;
@@ -261,7 +309,7 @@ template <typename E, bool kFinal, int kMinBlocks>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     ScanForwardKernel(SelectiveScanParams p, Work w) {
   __shared__ float4 sdx[2][kWarps][kTile / 4][kChPerWarp][kSdxPad];  // {Δ, x, SiLU(z), -}
-  __shared__ __align__(16) float sbc[2][kTile][2 * kS];
+  __shared__ __align__(16) BCTile<E> sbc[2];
   const TileIo io = MakeIo(p);
   const int c = blockIdx.y;
   const int64_t dd = io.active ? io.d : p.dim - 1;
@@ -319,7 +367,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       const float gate = gated ? pz[i] * Sigmoid(pz[i]) : 1.f;
       sdx[buf][io.warp][i][io.ch][io.q] = make_float4(delta, px[i], gate, 0.f);
     }
-    StoreBC(sbc[buf], pbc);
+    sbc[buf].Store(pbc);
     return ResetMask(pr);
   };
 
@@ -342,9 +390,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     auto compute = [&](auto reset_tag) {
       constexpr bool kReset = decltype(reset_tag)::value;
       float4 n_dx = sdx[buf][io.warp][0][io.ch][0];
-      float4 n_B = *reinterpret_cast<const float4*>(&sbc[buf][0][io.q * kSPL]);
-      float4 n_C = kFinal ? *reinterpret_cast<const float4*>(&sbc[buf][0][kS + io.q * kSPL])
-                          : make_float4(0.f, 0.f, 0.f, 0.f);
+      float4 n_B, n_C = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (kFinal) {
+        sbc[buf].Read(0, io.q, &n_B, &n_C);
+      } else {
+        n_B = sbc[buf].ReadB(0, io.q);
+      }
       E* out_tile = kFinal ? static_cast<E*>(p.out) + io.b * p.out_strides.batch + dd +
                                  (t0 + io.q) * p.out_strides.token
                            : nullptr;
@@ -357,9 +408,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
           const float4 dx = n_dx, Bq = n_B, Cq = n_C;
           if (tok + 1 < kTile) {
             n_dx = sdx[buf][io.warp][(tok + 1) >> 2][io.ch][(tok + 1) & 3];
-            n_B = *reinterpret_cast<const float4*>(&sbc[buf][tok + 1][io.q * kSPL]);
             if (kFinal) {
-              n_C = *reinterpret_cast<const float4*>(&sbc[buf][tok + 1][kS + io.q * kSPL]);
+              sbc[buf].Read(tok + 1, io.q, &n_B, &n_C);
+            } else {
+              n_B = sbc[buf].ReadB(tok + 1, io.q);
             }
           }
           const float delta = dx.x, dbx = dx.x * dx.y;
@@ -425,7 +477,7 @@ template <typename E>
 __global__ void __launch_bounds__(kThreads)
     ScanChunkGradKernel(SelectiveScanParams p, SelectiveScanGrads g, Work w) {
   __shared__ float4 sdx[2][kWarps][kTile / 4][kChPerWarp][kSdxPad];  // {Δ, -, dy, -}
-  __shared__ __align__(16) float sbc[2][kTile][2 * kS];
+  __shared__ __align__(16) BCTile<E> sbc[2];
   const TileIo io = MakeIo(p);
   const int c = blockIdx.y;
   const int64_t dd = io.active ? io.d : p.dim - 1;
@@ -464,7 +516,7 @@ __global__ void __launch_bounds__(kThreads)
       const float dy = gated ? pdo[i] * pz[i] * Sigmoid(pz[i]) : pdo[i];
       sdx[buf][io.warp][i][io.ch][io.q] = make_float4(delta, 0.f, dy, 0.f);
     }
-    StoreBC(sbc[buf], pbc);
+    sbc[buf].Store(pbc);
     return ResetMask(pr);
   };
 
@@ -478,13 +530,13 @@ __global__ void __launch_bounds__(kThreads)
     const bool more = j > j_begin;
     if (more) load(j - 1);
     float4 n_v = sdx[buf][io.warp][kTile / 4 - 1][io.ch][3];
-    float4 n_C = *reinterpret_cast<const float4*>(&sbc[buf][kTile - 1][kS + io.q * kSPL]);
+    float4 n_C = sbc[buf].ReadC(kTile - 1, io.q);
 #pragma unroll
     for (int tok = kTile - 1; tok >= 0; --tok) {
       const float4 v = n_v, Cq = n_C;
       if (tok > 0) {
         n_v = sdx[buf][io.warp][(tok - 1) >> 2][io.ch][(tok - 1) & 3];
-        n_C = *reinterpret_cast<const float4*>(&sbc[buf][tok - 1][kS + io.q * kSPL]);
+        n_C = sbc[buf].ReadC(tok - 1, io.q);
       }
       const float Cv[4] = {Cq.x, Cq.y, Cq.z, Cq.w};
       const bool reset = (resets >> tok) & 1u;
@@ -520,7 +572,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   // Dynamic shared memory (over the 48 KB static limit), kBackwardSmem bytes:
   extern __shared__ float4 smem[];
   auto sdx = reinterpret_cast<float4(*)[kWarps][kTile / 4][kChPerWarp][kSdxPad]>(smem);  // [2]: {Δ, x, dy, dΔ/dΔraw}
-  auto sbc = reinterpret_cast<float(*)[kTile][2 * kS]>(smem + kSdxFloats / 4);  // [2]
+  auto sbc = reinterpret_cast<BCTile<E>*>(smem + kSdxFloats / 4);  // [2], fp32-sized slots
   auto sred = reinterpret_cast<float(*)[kTile][2 * kS]>(  // [kWarps]: per-warp dB | dC sums
       smem + kSdxFloats / 4 + 2 * kTile * 2 * kS / 4);
   const TileIo io = MakeIo(p);
@@ -590,7 +642,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       own_z[i] = pz[i];
     }
     ck = pck;
-    StoreBC(sbc[buf], pbc);
+    sbc[buf].Store(pbc);
     return ResetMask(pr);
   };
 
@@ -623,7 +675,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 #pragma unroll
           for (int tok = 0; tok < kHalf; ++tok) {
             const float4 v = sdx[buf][io.warp][tok >> 2][io.ch][tok & 3];
-            const float4 Bq = *reinterpret_cast<const float4*>(&sbc[buf][tok][io.q * kSPL]);
+            const float4 Bq = sbc[buf].ReadB(tok, io.q);
             const float Bv[4] = {Bq.x, Bq.y, Bq.z, Bq.w};
             const float dbx = v.x * v.y;
             const bool reset = kReset && ((resets >> tok) & 1u);
@@ -643,8 +695,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
           for (int k = 0; k < 4; ++k) {
             const int tok = 4 * i + k;
             const float4 v = sdx[buf][io.warp][i][io.ch][k];
-            const float4 Bq = *reinterpret_cast<const float4*>(&sbc[buf][tok][io.q * kSPL]);
-            const float4 Cq = *reinterpret_cast<const float4*>(&sbc[buf][tok][kS + io.q * kSPL]);
+            float4 Bq, Cq;
+            sbc[buf].Read(tok, io.q, &Bq, &Cq);
             const float dbx = v.x * v.y;
             const bool reset = kReset && ((resets >> tok) & 1u);
             const float Bv[4] = {Bq.x, Bq.y, Bq.z, Bq.w};
@@ -678,8 +730,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
           for (int k = 3; k >= 0; --k) {
             const int tok = 4 * i + k;
             const float4 v = sdx[buf][io.warp][i][io.ch][k];
-            const float4 Bq = *reinterpret_cast<const float4*>(&sbc[buf][tok][io.q * kSPL]);
-            const float4 Cq = *reinterpret_cast<const float4*>(&sbc[buf][tok][kS + io.q * kSPL]);
+            float4 Bq, Cq;
+            sbc[buf].Read(tok, io.q, &Bq, &Cq);
             const float delta = v.x, x = v.y, dy = v.z, dbx = delta * x;
             const bool reset = kReset && ((resets >> tok) & 1u);
             const float Bv[4] = {Bq.x, Bq.y, Bq.z, Bq.w};
