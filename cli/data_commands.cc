@@ -113,8 +113,8 @@ void AddSynth(CLI::App* group) {
                                     "Depth of the answer: 'uniform' (default) or a fraction in "
                                     "[0, 1] (0 = start of the context)");
   f->tpw_opt = cmd->add_option("--tokens-per-word", f->tokens_per_word,
-                               "Words-to-tokens estimate behind --context-tokens (default 1.45, "
-                               "GPT-NeoX-size vocabularies; 3.05 for the shipped 8k tokenizer)");
+                               "Words-to-tokens estimate behind --context-tokens (default 1.3, "
+                               "what the shipped tokenizer measures on this text)");
   SetAction(cmd, [f] { return RunSynth(*f); });
 }
 

@@ -12,11 +12,10 @@
 // stream (no std:: distributions), so the same options give the same bytes on every machine, and
 // items can be generated in any order.
 //
-// Length: measured in estimated tokens, words × tokens_per_word. The default 1.45 is meant for
-// GPT-NeoX-20B-size vocabularies (about 1.3-1.5 tokens per English word); the shipped 8k-entry
-// tokenizer (configs/tokenizer/tokenizer.json) measures 3.05 tokens per word on this text, so the
-// quick start passes tokens_per_word 3.05. Contexts from a few hundred to 128k+ tokens; a
-// 128k-token context takes a few milliseconds.
+// Length: measured in estimated tokens, words × tokens_per_word (default 1.3: the shipped tokenizer,
+// configs/tokenizer/tokenizer.json, measures 1.29 tokens per word on this generator's text; pass
+// the ratio of another tokenizer to size contexts for it). Contexts from a few hundred to 128k+
+// tokens; a 128k-token context takes a few milliseconds.
 #pragma once
 
 #include <cstdint>
@@ -34,7 +33,7 @@ struct SynthOptions {
   uint64_t seed = 1;
   int distractors = 6;                // hard distractor paragraphs per item (both kinds alternate)
   double answer_position = -1;        // relative depth in [0, 1] of the answer; < 0: uniform
-  double tokens_per_word = 1.45;
+  double tokens_per_word = 1.3;
 };
 
 struct SynthItem {
@@ -61,7 +60,7 @@ SynthItem GenerateSynthItem(const SynthOptions& options, int64_t index);
 std::string SynthItemToJson(const SynthItem& item);
 
 // Estimated tokens of `text`: words × tokens_per_word, rounded up.
-int64_t EstimateTokens(std::string_view text, double tokens_per_word = 1.45);
+int64_t EstimateTokens(std::string_view text, double tokens_per_word = 1.3);
 
 // Writes options.count items to `path` (`path`.tmp then rename), reporting progress.
 absl::Status WriteSynthJsonl(const std::string& path, const SynthOptions& options);

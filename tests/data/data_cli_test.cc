@@ -131,7 +131,7 @@ TEST(DataCli, SynthIsDeterministicAndBuildIsReproducible) {
 
 TEST(DataCli, PlainBuildMasksExactlyTheAnswerAndInspectReportsIt) {
   const std::string dir = TempDir("plain");
-  ASSERT_EQ(RunRwr("data synth --count 20 --context-tokens 300 --tokens-per-word 3.05 --seed 2 "
+  ASSERT_EQ(RunRwr("data synth --count 20 --context-tokens 700 --seed 2 "
                 "--log-level warn --out " + dir + "/d.jsonl").code, 0);
   Result built = RunRwr("data build --log-level warn --seq-len 1024 --tokenizer " + kTokenizer +
                      " --input " + dir + "/d.jsonl --out " + dir + "/shards");
@@ -173,6 +173,31 @@ TEST(DataCli, PlainBuildMasksExactlyTheAnswerAndInspectReportsIt) {
   EXPECT_THAT(damaged.output, HasSubstr("truncated"));
 }
 
+TEST(DataCli, LongSamplesKeptWholeInOnePerRowLayout) {
+  const std::string dir = TempDir("long");
+  ASSERT_EQ(RunRwr("data synth --count 6 --context-tokens 2000 --seed 3 --log-level warn --out " +
+                   dir + "/d.jsonl").code, 0);
+  Result built = RunRwr("data build --log-level warn --seq-len 256 --layout one_per_row "
+                        "--long-samples keep --tokenizer " + kTokenizer + " --input " + dir +
+                        "/d.jsonl --out " + dir + "/shards");
+  ASSERT_EQ(built.code, 0) << built.output;
+  Result inspect = RunRwr("data inspect --json " + dir + "/shards");
+  ASSERT_EQ(inspect.code, 0) << inspect.output;
+  auto j = nlohmann::json::parse(inspect.output);
+  EXPECT_EQ(j["row_layout"], "one_per_row");
+  EXPECT_EQ(j["rows"], 6);
+  EXPECT_GT(j["longest_row"].get<int>(), 1500);  // ~2000 tokens: kept whole
+  EXPECT_EQ(j["build"]["samples_truncated"], 0);
+  // Truncation instead: every row fits seq_len + 1 and the answers stay whole.
+  built = RunRwr("data build --log-level warn --seq-len 256 --tokenizer " + kTokenizer +
+                 " --input " + dir + "/d.jsonl --out " + dir + "/cut");
+  ASSERT_EQ(built.code, 0) << built.output;
+  j = nlohmann::json::parse(RunRwr("data inspect --json " + dir + "/cut").output);
+  EXPECT_EQ(j["build"]["samples_truncated"], 6);
+  EXPECT_LE(j["longest_row"].get<int>(), 257);
+  EXPECT_THAT(j["sample"]["text"].get<std::string>(), HasSubstr("\nQuestion: "));
+}
+
 TEST(DataCli, BadFlagsAreOneLineErrors) {
   const std::string dir = TempDir("bad");
   Result r = RunRwr("data synth --out " + dir + "/x.jsonl --context-tokens 5");
@@ -193,7 +218,7 @@ TEST(DataCli, BadFlagsAreOneLineErrors) {
 #if RWR_DATA_TEST_HAVE_CACHE
 TEST(DataCli, BuildFromDistillRunMasksExactlyTheNoteAndAnswerTokens) {
   const std::string dir = TempDir("distill");
-  ASSERT_EQ(RunRwr("data synth --count 40 --context-tokens 400 --tokens-per-word 3.05 --seed 4 "
+  ASSERT_EQ(RunRwr("data synth --count 40 --context-tokens 900 --seed 4 "
                 "--log-level warn --out " + dir + "/d.jsonl").code, 0);
   Result distilled = RunRwr("distill run --log-level warn --teacher builtin:extractive --input " + dir +
                          "/d.jsonl --cache " + dir + "/cache");
