@@ -89,16 +89,21 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
         [self](ItemPtr it, Note note) { self->AfterNote(std::move(it), std::move(note)); });
   }
 
-  // Blocks until fewer than `limit` items are in flight (limit 1: none), reporting progress.
+  // Blocks until fewer than `limit` items are in flight (limit 1: none), reporting progress every
+  // progress_interval_s meanwhile. Called from the driving thread only.
   void WaitBelow(int64_t limit, Progress* progress) {
+    const auto interval = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+        std::chrono::duration<double>(options_.progress_interval_s));
     std::unique_lock<std::mutex> lock(mu_);
-    while (in_flight_ >= limit) {
-      changed_.wait_for(lock, std::chrono::duration<double>(options_.progress_interval_s));
-      if (in_flight_ >= limit) {
+    while (true) {
+      if (std::chrono::steady_clock::now() - last_report_ >= interval) {
         lock.unlock();
         Report(progress);
         lock.lock();
+        last_report_ = std::chrono::steady_clock::now();
       }
+      if (in_flight_ < limit) return;
+      changed_.wait_until(lock, last_report_ + interval);
     }
   }
 
@@ -311,6 +316,7 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
   std::mutex mu_;
   std::condition_variable changed_;
   int64_t in_flight_ = 0;
+  std::chrono::steady_clock::time_point last_report_ = std::chrono::steady_clock::now();
   DistillCounts counts_;
   std::vector<FailedItem> failed_;
 };

@@ -1,0 +1,248 @@
+// DistillServer (teacher_client/distill_service.h) through its gRPC API on loopback: jobs run to
+// SUCCEEDED and are persisted, bad submissions are refused with the right code, cancel stops a
+// running job, a job whose items fail ends FAILED naming them, WatchJob streams until the end,
+// and a service restarted over the same cache resumes an unfinished job. Also: a teacher whose
+// calls fail with UNAVAILABLE now and then, behind a real server, is retried to completion.
+#include "teacher_client/distill_service.h"
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "rwr/v1/distill.grpc.pb.h"
+#include "storage/rocksdb_store.h"
+#include "teacher_client/distill_run.h"
+#include "teacher_client/scripted_teacher.h"
+#include "teacher_client/teacher_server.h"
+#include "tests/distill/distill_test_data.h"
+#include "tests/teacher/test_support.h"
+
+namespace rwr::teacher {
+namespace {
+
+namespace fs = std::filesystem;
+
+class DistillServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing::MakeTempDir("distill_service");
+    input_ = (dir_ / "data.jsonl").string();
+    testing::WriteDistillTestData(input_, kItems);
+    auto store = storage::RocksDbStore::Open((dir_ / "cache").string());
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = *std::move(store);
+  }
+  void TearDown() override {
+    service_.reset();
+    teacher_.reset();
+    store_.reset();
+    fs::remove_all(dir_);
+  }
+
+  void StartService() {
+    DistillServerOptions options;
+    options.client.concurrency = 4;
+    options.client.deadline_s = 5;
+    options.client.initial_backoff_s = 0.01;
+    options.client.max_backoff_s = 0.1;
+    options.client.max_attempts = 10;
+    options.client.connect_timeout_s = 1;
+    options.persist_interval_s = 0.05;
+    auto service = DistillServer::Start(options, store_.get());
+    ASSERT_TRUE(service.ok()) << service.status();
+    service_ = *std::move(service);
+    stub_ = v1::DistillService::NewStub(grpc::CreateChannel(
+        "127.0.0.1:" + std::to_string(service_->port()), grpc::InsecureChannelCredentials()));
+  }
+  void StartTeacher(ScriptedOptions scripted) {
+    TeacherServerOptions options;
+    options.workers = 4;
+    auto server = TeacherServer::Start(options, std::make_shared<ScriptedTeacher>(scripted));
+    ASSERT_TRUE(server.ok()) << server.status();
+    teacher_ = *std::move(server);
+  }
+  std::string TeacherUrl() const { return "rwr://127.0.0.1:" + std::to_string(teacher_->port()); }
+
+  grpc::Status Submit(const std::string& id, const std::string& teacher, v1::Job* job,
+                      const std::string& dataset = "") {
+    grpc::ClientContext context;
+    v1::SubmitJobRequest request;
+    request.set_job_id(id);
+    request.set_dataset_path(dataset.empty() ? input_ : dataset);
+    request.set_teacher(teacher);
+    request.mutable_recipe()->set_negative_fraction(0.3);
+    return stub_->SubmitJob(&context, request, job);
+  }
+  v1::Job Get(const std::string& id) {
+    grpc::ClientContext context;
+    v1::GetJobRequest request;
+    request.set_job_id(id);
+    v1::Job job;
+    EXPECT_TRUE(stub_->GetJob(&context, request, &job).ok());
+    return job;
+  }
+  // Follows WatchJob to the end; returns the last state seen and how many updates came.
+  v1::Job Watch(const std::string& id, int* updates = nullptr) {
+    grpc::ClientContext context;
+    v1::WatchJobRequest request;
+    request.set_job_id(id);
+    request.set_interval_ms(50);
+    auto reader = stub_->WatchJob(&context, request);
+    v1::Job job;
+    int n = 0;
+    while (reader->Read(&job)) ++n;
+    EXPECT_TRUE(reader->Finish().ok());
+    if (updates != nullptr) *updates = n;
+    return job;
+  }
+  bool WaitFor(const std::function<bool()>& done, double timeout_s = 30) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    while (std::chrono::steady_clock::now() < until) {
+      if (done()) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return done();
+  }
+
+  static constexpr int kItems = 40;
+  fs::path dir_;
+  std::string input_;
+  std::unique_ptr<storage::RocksDbStore> store_;
+  std::unique_ptr<TeacherServer> teacher_;
+  std::unique_ptr<DistillServer> service_;
+  std::unique_ptr<v1::DistillService::Stub> stub_;
+};
+
+TEST_F(DistillServiceTest, JobRunsToSuccessWithCountsAndIsPersisted) {
+  StartService();
+  v1::Job job;
+  ASSERT_TRUE(Submit("first", "builtin:extractive", &job).ok());
+  EXPECT_EQ(job.job_id(), "first");
+  int updates = 0;
+  job = Watch("first", &updates);
+  EXPECT_GE(updates, 1);
+  EXPECT_EQ(job.state(), v1::Job::SUCCEEDED) << job.error();
+  EXPECT_EQ(job.counts().items(), static_cast<uint64_t>(kItems));
+  EXPECT_EQ(job.counts().items_done(), static_cast<uint64_t>(kItems));
+  EXPECT_EQ(job.counts().notes_kept() + job.counts().dropped_by_verification(),
+            static_cast<uint64_t>(kItems));
+  EXPECT_GT(job.counts().teacher_calls(), 0u);
+  service_->Shutdown();
+  auto stored = store_->Get(storage::Family::kJobs, std::string(kJobKeyPrefix) + "first");
+  ASSERT_TRUE(stored.ok() && stored->has_value());
+  v1::Job persisted;
+  ASSERT_TRUE(persisted.ParseFromString(**stored));
+  EXPECT_EQ(persisted.state(), v1::Job::SUCCEEDED);
+  EXPECT_EQ(persisted.counts().items_done(), static_cast<uint64_t>(kItems));
+}
+
+TEST_F(DistillServiceTest, BadSubmissionsAreRefusedWithTheirCode) {
+  StartService();
+  v1::Job job;
+  EXPECT_EQ(Submit("a", "builtin:extractive", &job, "/nonexistent.jsonl").error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(Submit("a", "", &job).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(Submit("bad id!", "builtin:extractive", &job).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  ASSERT_TRUE(Submit("dup", "builtin:extractive", &job).ok());
+  EXPECT_EQ(Submit("dup", "builtin:extractive", &job).error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  grpc::ClientContext context;
+  v1::GetJobRequest request;
+  request.set_job_id("missing");
+  EXPECT_EQ(stub_->GetJob(&context, request, &job).error_code(), grpc::StatusCode::NOT_FOUND);
+  // An unreachable teacher fails the job, with the reason.
+  ASSERT_TRUE(Submit("nowhere", "rwr://127.0.0.1:1", &job).ok());
+  job = Watch("nowhere");
+  EXPECT_EQ(job.state(), v1::Job::FAILED);
+  EXPECT_FALSE(job.error().empty());
+}
+
+TEST_F(DistillServiceTest, CancelStopsARunningJobAndAQueuedOne) {
+  StartTeacher({.latency_s = 0.05});
+  StartService();
+  v1::Job job;
+  ASSERT_TRUE(Submit("slow", TeacherUrl(), &job).ok());
+  ASSERT_TRUE(Submit("queued", TeacherUrl(), &job).ok());
+  ASSERT_TRUE(WaitFor([&] { return Get("slow").state() == v1::Job::RUNNING; }));
+  for (const char* id : {"queued", "slow"}) {
+    grpc::ClientContext context;
+    v1::CancelJobRequest request;
+    request.set_job_id(id);
+    ASSERT_TRUE(stub_->CancelJob(&context, request, &job).ok());
+  }
+  EXPECT_EQ(Get("queued").state(), v1::Job::CANCELLED);
+  job = Watch("slow");
+  EXPECT_EQ(job.state(), v1::Job::CANCELLED);
+  EXPECT_LT(job.counts().items_done(), static_cast<uint64_t>(kItems));
+}
+
+TEST_F(DistillServiceTest, JobWithFailingItemsEndsFailedNamingThem) {
+  StartTeacher({.fail_every = 7, .fail_code = absl::StatusCode::kInvalidArgument});  // not retried
+  StartService();
+  v1::Job job;
+  ASSERT_TRUE(Submit("flaky", TeacherUrl(), &job).ok());
+  job = Watch("flaky");
+  EXPECT_EQ(job.state(), v1::Job::FAILED);
+  EXPECT_GT(job.counts().failures(), 0u);
+  EXPECT_NE(job.error().find("items failed"), std::string::npos) << job.error();
+  EXPECT_NE(job.error().find("item-"), std::string::npos) << job.error();
+}
+
+TEST_F(DistillServiceTest, RestartedServiceResumesTheUnfinishedJob) {
+  StartTeacher({.latency_s = 0.1});  // ~2 s for the whole job at 4 calls in flight
+  StartService();
+  v1::Job job;
+  ASSERT_TRUE(Submit("resume-me", TeacherUrl(), &job).ok());
+  ASSERT_TRUE(WaitFor([&] { return Get("resume-me").counts().items_done() >= 10; }));
+  service_->Shutdown();  // stops mid-job: stays RUNNING in the cache
+  service_.reset();
+  auto stored = store_->Get(storage::Family::kJobs, std::string(kJobKeyPrefix) + "resume-me");
+  v1::Job persisted;
+  ASSERT_TRUE(persisted.ParseFromString(**stored));
+  EXPECT_EQ(persisted.state(), v1::Job::RUNNING);
+
+  StartService();
+  job = Watch("resume-me");
+  EXPECT_EQ(job.state(), v1::Job::SUCCEEDED) << job.error();
+  EXPECT_GT(job.counts().cache_hits(), 0u) << "the resumed run found the earlier answers";
+  int64_t items = 0;
+  ASSERT_TRUE(ForEachItem(*store_, [&](const DistilledItem&) {
+                ++items;
+                return absl::OkStatus();
+              }).ok());
+  EXPECT_EQ(items, kItems);
+}
+
+TEST(DistillOverGrpcTest, CallsFailingWithUnavailableAreRetriedToCompletion) {
+  const fs::path dir = testing::MakeTempDir("distill_unavailable");
+  const std::string input = (dir / "data.jsonl").string();
+  testing::WriteDistillTestData(input, 30);
+  // Every 3rd call the server answers UNAVAILABLE; the client retries with backoff.
+  auto server = TeacherServer::Start(
+      {}, std::make_shared<ScriptedTeacher>(ScriptedOptions{.fail_every = 3}));
+  ASSERT_TRUE(server.ok()) << server.status();
+  TeacherClientOptions client;
+  client.concurrency = 8;
+  client.initial_backoff_s = 0.01;
+  client.max_backoff_s = 0.05;
+  client.max_attempts = 6;
+  auto teacher = MakeTeacher("rwr://127.0.0.1:" + std::to_string((*server)->port()), client);
+  ASSERT_TRUE(teacher.ok()) << teacher.status();
+  storage::MemoryKvStore store;
+  auto cache = NoteCache::Open(&store);
+  DistillRunOptions options{.input_path = input, .show_progress = false};
+  auto summary = RunDistill(options, **teacher, **cache);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_EQ(summary->counts.failures, 0);
+  EXPECT_EQ(summary->counts.items_done, 30);
+  auto* remote = dynamic_cast<RemoteTeacher*>(teacher->get());
+  ASSERT_NE(remote, nullptr);
+  EXPECT_GT(remote->Stats().retries, 0u) << "the failures were injected and retried";
+  teacher->reset();
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace rwr::teacher
