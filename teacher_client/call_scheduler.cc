@@ -40,18 +40,49 @@ void CallScheduler::Submit(StartFn start, FinishFn finish) {
   auto call = std::make_shared<Call>();
   call->start = std::move(start);
   call->finish = std::move(finish);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!stopping_) {
-      ready_.push_back(std::move(call));
-      call = nullptr;
-    }
-  }
-  if (call) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (stopping_) {
+    lock.unlock();
     Finish(call, grpc::Status(grpc::StatusCode::CANCELLED, "teacher client is shutting down"));
     return;
   }
-  wake_.notify_all();
+  ready_.push_back(std::move(call));
+  // Start it here when the window has room: no hand-off to the dispatcher thread.
+  PumpLocked(lock);
+  // Left queued: the window is full (a completion will start it) or pacing holds it (the dispatcher).
+  if (!ready_.empty() && options_.requests_per_second > 0) wake_.notify_all();
+}
+
+std::shared_ptr<CallScheduler::Call> CallScheduler::TakeStartableLocked() {
+  if (stopping_ || ready_.empty() || static_cast<int>(in_flight_.size()) >= std::max(1, options_.concurrency))
+    return nullptr;
+  if (options_.requests_per_second > 0) {
+    const auto interval = std::chrono::duration_cast<Clock::duration>(
+        std::chrono::duration<double>(1.0 / options_.requests_per_second));
+    const Clock::time_point now = Clock::now();
+    if (next_start_ > now) return nullptr;  // the dispatcher waits for the next slot
+    // A burst of at most ~1 s worth after an idle period, then steady pacing.
+    next_start_ = std::max(next_start_ + interval, now - std::chrono::seconds(1) + interval);
+  }
+  std::shared_ptr<Call> call = std::move(ready_.front());
+  ready_.pop_front();
+  call->context = std::make_unique<grpc::ClientContext>();
+  call->context->set_deadline(std::chrono::system_clock::now() +
+                              std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                                  std::chrono::duration<double>(options_.deadline_s)));
+  if (!options_.bearer_token.empty()) call->context->AddMetadata("authorization", "Bearer " + options_.bearer_token);
+  in_flight_.insert(call->context.get());
+  ++call->attempts;
+  ++stats_.attempts;
+  return call;
+}
+
+void CallScheduler::PumpLocked(std::unique_lock<std::mutex>& lock) {
+  while (std::shared_ptr<Call> call = TakeStartableLocked()) {
+    lock.unlock();
+    StartAttempt(std::move(call));
+    lock.lock();
+  }
 }
 
 TeacherClientStats CallScheduler::Stats() const {
@@ -68,11 +99,6 @@ CallScheduler::Clock::duration CallScheduler::Backoff(int attempts) {
 
 void CallScheduler::DispatchLoop() {
   std::unique_lock<std::mutex> lock(mu_);
-  const auto start_interval =
-      options_.requests_per_second > 0
-          ? std::chrono::duration_cast<Clock::duration>(
-                std::chrono::duration<double>(1.0 / options_.requests_per_second))
-          : Clock::duration::zero();
   for (;;) {
     Clock::time_point now = Clock::now();
     while (!delayed_.empty() && delayed_.front()->not_before <= now) {
@@ -96,30 +122,15 @@ void CallScheduler::DispatchLoop() {
       wake_.wait(lock);
       continue;
     }
-    const bool window_open = static_cast<int>(in_flight_.size()) < std::max(1, options_.concurrency);
-    if (!ready_.empty() && window_open) {
-      if (start_interval > Clock::duration::zero()) {
-        if (next_start_ > now) {
-          wake_.wait_until(lock, next_start_);
-          continue;
-        }
-        // A burst of at most ~1 s worth after an idle period, then steady pacing.
-        next_start_ = std::max(next_start_ + start_interval, now - std::chrono::seconds(1) + start_interval);
-      }
-      std::shared_ptr<Call> call = std::move(ready_.front());
-      ready_.pop_front();
-      call->context = std::make_unique<grpc::ClientContext>();
-      call->context->set_deadline(std::chrono::system_clock::now() +
-                                  std::chrono::duration_cast<std::chrono::system_clock::duration>(
-                                      std::chrono::duration<double>(options_.deadline_s)));
-      if (!options_.bearer_token.empty())
-        call->context->AddMetadata("authorization", "Bearer " + options_.bearer_token);
-      in_flight_.insert(call->context.get());
-      ++call->attempts;
-      ++stats_.attempts;
+    if (std::shared_ptr<Call> call = TakeStartableLocked()) {
       lock.unlock();
       StartAttempt(std::move(call));
       lock.lock();
+      continue;
+    }
+    const bool window_open = static_cast<int>(in_flight_.size()) < std::max(1, options_.concurrency);
+    if (!ready_.empty() && window_open && options_.requests_per_second > 0) {
+      wake_.wait_until(lock, std::min(next_start_, delayed_.empty() ? next_start_ : delayed_.front()->not_before));
       continue;
     }
     if (!delayed_.empty()) {
@@ -136,23 +147,31 @@ void CallScheduler::StartAttempt(std::shared_ptr<Call> call) {
 }
 
 void CallScheduler::AttemptDone(std::shared_ptr<Call> call, grpc::Status status) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    in_flight_.erase(call->context.get());
-    if (!status.ok() && Retryable(status) && call->attempts < options_.max_attempts &&
-        !stopping_) {
-      ++stats_.retries;
-      call->not_before = Clock::now() + Backoff(call->attempts);
-      delayed_.push_back(call);
-      std::push_heap(delayed_.begin(), delayed_.end(), LaterFirst());
-      wake_.notify_all();
-      return;
-    }
-    // Counted before the lock drops, so the dispatcher cannot exit while this FinishFn runs.
-    ++finishing_;
+  std::unique_lock<std::mutex> lock(mu_);
+  in_flight_.erase(call->context.get());
+  // Held until the end, so the destructor cannot complete while this runs.
+  ++finishing_;
+  const bool retry = !status.ok() && Retryable(status) && call->attempts < options_.max_attempts && !stopping_;
+  if (retry) {
+    ++stats_.retries;
+    call->not_before = Clock::now() + Backoff(call->attempts);
+    delayed_.push_back(call);
+    std::push_heap(delayed_.begin(), delayed_.end(), LaterFirst());
   }
-  wake_.notify_all();
-  RunFinish(call, status);
+  // A slot is free: start the next queued call from this thread.
+  PumpLocked(lock);
+  if (!retry) {
+    lock.unlock();
+    call->finish(status, call->attempts);
+    lock.lock();
+    ++stats_.calls;
+    if (!status.ok()) ++stats_.failures;
+  }
+  --finishing_;
+  // The dispatcher is needed only for a new backoff timer, pacing, or shutdown; waking it for every
+  // completion would cost a context switch per call. Notify before unlocking: once the lock drops
+  // with finishing_ at 0 the destructor may complete.
+  if (retry || stopping_ || (!ready_.empty() && options_.requests_per_second > 0)) wake_.notify_all();
 }
 
 void CallScheduler::Finish(const std::shared_ptr<Call>& call, const grpc::Status& status) {

@@ -4,9 +4,10 @@
 // server going down) with exponential
 // backoff and ±50% jitter up to `max_attempts`, and paces starts to `requests_per_second`.
 //
-// One dispatcher thread starts attempts (gRPC callback API, so nothing blocks on the network); the
-// attempt's completion runs on a gRPC thread and either re-queues the call (retry) or calls its
-// FinishFn exactly once. Destruction cancels queued and in-flight calls (their FinishFn sees
+// A call starts on the thread that submits it when the window has room, else on the gRPC thread
+// whose completion frees a slot (gRPC callback API, so nothing blocks on the network); a dispatcher
+// thread starts only retries whose backoff ran out and rate-limited calls. A completion either
+// re-queues the call (retry) or calls its FinishFn exactly once. Destruction cancels queued and in-flight calls (their FinishFn sees
 // CANCELLED) and waits for every FinishFn to return.
 #pragma once
 
@@ -69,6 +70,10 @@ class CallScheduler {
   };
 
   void DispatchLoop();
+  // The next call the window and the rate limit allow, made ready to start (mu_ held).
+  std::shared_ptr<Call> TakeStartableLocked();
+  // Starts calls while TakeStartableLocked gives one; drops the lock around each start.
+  void PumpLocked(std::unique_lock<std::mutex>& lock);
   void StartAttempt(std::shared_ptr<Call> call);
   void AttemptDone(std::shared_ptr<Call> call, grpc::Status status);
   void Finish(const std::shared_ptr<Call>& call, const grpc::Status& status);  // counts, then runs
