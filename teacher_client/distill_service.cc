@@ -287,6 +287,12 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     DistillRunOptions run;
     run.input_path = job.dataset_path();
     run.dataset = options_.dataset;
+    if (!run.dataset.quarantine_path.empty()) {  // one quarantine file per job, beside the default
+      const std::filesystem::path base(run.dataset.quarantine_path);
+      run.dataset.quarantine_path =
+          (base.parent_path() / fmt::format("{}-{}{}", base.stem().string(), id, base.extension().string()))
+              .string();
+    }
     run.negative_fraction = job.recipe().negative_fraction();
     run.items_in_flight = 2 * client.concurrency;
     run.show_progress = false;
