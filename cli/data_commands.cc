@@ -13,6 +13,7 @@
 #include "common/sha256.h"
 #include "common/shutdown.h"
 #include "common/status.h"
+#include "absl/container/flat_hash_set.h"
 #include "distill/packer.h"
 #include "distill/sample_builder.h"
 #include "distill/synth.h"
@@ -158,51 +159,92 @@ distill::RecipeItem FromDistilled(const teacher::DistilledItem& d) {
 }
 #endif
 
-// Items from --input joined with --cache, or --cache alone, or --input alone.
-absl::StatusOr<std::vector<distill::RecipeItem>> CollectItems(const std::string& input,
-                                                              const std::string& cache,
-                                                              int64_t* not_in_cache) {
-  std::vector<distill::RecipeItem> items;
-  *not_in_cache = 0;
-  if (!cache.empty()) {
-#if RWR_DATA_HAVE_CACHE
-    if (!std::filesystem::exists(cache)) {
-      return absl::NotFoundError(fmt::format("--cache {}: no such directory", cache));
+// The build's items, from --input joined with --cache, or --cache alone, or --input alone. Only an
+// index stays in memory (id, whether a verified note and a negative exist, where to read the item
+// again); Fetch reads one item's text back while encoding, so memory does not grow with contexts.
+class ItemIndex {
+ public:
+  static absl::StatusOr<std::unique_ptr<ItemIndex>> Open(const std::string& input,
+                                                         const std::string& cache) {
+    std::unique_ptr<ItemIndex> index(new ItemIndex());
+    if (input.empty() && cache.empty()) {
+      return absl::InvalidArgumentError("give --input FILE.jsonl, --cache DIR or both");
     }
-    RWR_ASSIGN_OR_RETURN(auto store,
-                         storage::RocksDbStore::Open(cache, {.read_only = true}));
-    if (input.empty()) {
-      RWR_RETURN_IF_ERROR(teacher::ForEachItem(*store, [&](const teacher::DistilledItem& d) {
-        items.push_back(FromDistilled(d));
-        return absl::OkStatus();
-      }));
-      return items;
-    }
-    distill::JsonlRecipeSource source(input);
-    RWR_RETURN_IF_ERROR(source.ForEach([&](const distill::RecipeItem& item) -> absl::Status {
-      RWR_ASSIGN_OR_RETURN(auto found, teacher::LookupItem(*store, item.id));
-      if (found.has_value()) {
-        items.push_back(FromDistilled(*found));
-      } else {
-        ++*not_in_cache;
-        items.push_back(item);
+    absl::flat_hash_set<std::string> ids;
+    auto add = [&](const distill::RecipeItem& item, int64_t offset, bool in_cache) -> absl::Status {
+      if (!ids.insert(item.id).second) {
+        return absl::InvalidArgumentError(fmt::format(
+            "item id '{}' appears twice in {}; ids must be unique", item.id,
+            input.empty() ? cache : input));
       }
+      distill::RecipeItem light{.id = item.id};
+      light.note_verified = item.note_verified;
+      if (item.negative_context.has_value()) light.negative_context.emplace();
+      index->light_.push_back(std::move(light));
+      index->offsets_.push_back(offset);
+      index->in_cache_.push_back(in_cache);
       return absl::OkStatus();
-    }));
-    return items;
+    };
+    if (!input.empty()) index->jsonl_ = std::make_unique<distill::JsonlRecipeSource>(input);
+    if (!cache.empty()) {
+#if RWR_DATA_HAVE_CACHE
+      if (!std::filesystem::exists(cache)) {
+        return absl::NotFoundError(fmt::format("--cache {}: no such directory", cache));
+      }
+      RWR_ASSIGN_OR_RETURN(index->store_, storage::RocksDbStore::Open(cache, {.read_only = true}));
+      if (input.empty()) {
+        RWR_RETURN_IF_ERROR(teacher::ForEachItem(*index->store_, [&](const teacher::DistilledItem& d) {
+          return add(FromDistilled(d), -1, true);
+        }));
+        return index;
+      }
+      RWR_RETURN_IF_ERROR(index->jsonl_->ForEachWithOffset(
+          [&](const distill::RecipeItem& item, int64_t offset) -> absl::Status {
+            RWR_ASSIGN_OR_RETURN(auto found, teacher::LookupItem(*index->store_, item.id));
+            if (!found.has_value()) ++index->not_in_cache_;
+            return add(found.has_value() ? FromDistilled(*found) : item, offset, found.has_value());
+          }));
+      return index;
 #else
-    return absl::UnimplementedError(
-        "--cache needs an rwr built with RWR_SERVICES=ON (RocksDB); this build has no cache support");
+      return absl::UnimplementedError(
+          "--cache needs an rwr built with RWR_SERVICES=ON (RocksDB); this build has no cache "
+          "support");
 #endif
+    }
+    RWR_RETURN_IF_ERROR(index->jsonl_->ForEachWithOffset(
+        [&](const distill::RecipeItem& item, int64_t offset) { return add(item, offset, false); }));
+    return index;
   }
-  if (input.empty()) return absl::InvalidArgumentError("give --input FILE.jsonl, --cache DIR or both");
-  distill::JsonlRecipeSource source(input);
-  RWR_RETURN_IF_ERROR(source.ForEach([&](const distill::RecipeItem& item) {
-    items.push_back(item);
-    return absl::OkStatus();
-  }));
-  return items;
-}
+
+  // Ids and which kinds each item can give: what PlanMix needs.
+  const std::vector<distill::RecipeItem>& light() const { return light_; }
+  int64_t not_in_cache() const { return not_in_cache_; }
+
+  absl::StatusOr<distill::RecipeItem> Fetch(size_t i) {
+#if RWR_DATA_HAVE_CACHE
+    if (in_cache_[i]) {
+      RWR_ASSIGN_OR_RETURN(auto found, teacher::LookupItem(*store_, light_[i].id));
+      if (!found.has_value()) {
+        return absl::DataLossError(fmt::format(
+            "item '{}' disappeared from the cache during the build", light_[i].id));
+      }
+      return FromDistilled(*found);
+    }
+#endif
+    return jsonl_->ReadAt(offsets_[i]);
+  }
+
+ private:
+  ItemIndex() = default;
+  std::vector<distill::RecipeItem> light_;
+  std::vector<int64_t> offsets_;
+  std::vector<bool> in_cache_;
+  int64_t not_in_cache_ = 0;
+  std::unique_ptr<distill::JsonlRecipeSource> jsonl_;
+#if RWR_DATA_HAVE_CACHE
+  std::unique_ptr<storage::RocksDbStore> store_;
+#endif
+};
 
 absl::StatusOr<std::string> FileSha256(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -265,8 +307,9 @@ absl::Status RunBuild(BuildFlags& f) {
   RWR_ASSIGN_OR_RETURN(std::string tokenizer_sha, FileSha256(tokenizer_path));
 
   const auto start = std::chrono::steady_clock::now();
-  int64_t not_in_cache = 0;
-  RWR_ASSIGN_OR_RETURN(std::vector<distill::RecipeItem> items, CollectItems(input, cache, &not_in_cache));
+  RWR_ASSIGN_OR_RETURN(std::unique_ptr<ItemIndex> index, ItemIndex::Open(input, cache));
+  const std::vector<distill::RecipeItem>& items = index->light();
+  const int64_t not_in_cache = index->not_in_cache();
   if (items.empty()) return absl::InvalidArgumentError("no items in the input");
   spdlog::info("data build: {} items{}", items.size(),
                not_in_cache > 0 ? fmt::format(" ({} not in the cache: plain only)", not_in_cache) : "");
@@ -312,7 +355,7 @@ absl::Status RunBuild(BuildFlags& f) {
     if (ShutdownRequested()) {
       return absl::CancelledError("data build: interrupted; no manifest written (rerun with --overwrite)");
     }
-    const distill::RecipeItem& item = items[planned.item];
+    RWR_ASSIGN_OR_RETURN(const distill::RecipeItem item, index->Fetch(planned.item));
     text_bytes += static_cast<int64_t>(item.context.size() + item.question.size() + item.answer.size());
     std::optional<distill::EncodedSample> sample = encoder.Encode(item, planned.kind);
     if (!sample.has_value()) {

@@ -77,17 +77,42 @@ absl::StatusOr<RecipeItem> ParseRecipeLine(std::string_view line, std::string_vi
 }
 
 absl::Status JsonlRecipeSource::ForEach(const std::function<absl::Status(const RecipeItem&)>& visit) {
-  std::ifstream in(path_);
+  return ForEachWithOffset([&](const RecipeItem& item, int64_t) { return visit(item); });
+}
+
+absl::Status JsonlRecipeSource::ForEachWithOffset(
+    const std::function<absl::Status(const RecipeItem&, int64_t offset)>& visit) {
+  std::ifstream in(path_, std::ios::binary);
   if (!in) return absl::NotFoundError(fmt::format("{}: cannot read the dataset file", path_));
   std::string line;
   int64_t number = 0;
+  int64_t offset = 0;
   while (std::getline(in, line)) {
     ++number;
+    const int64_t line_offset = offset;
+    offset += static_cast<int64_t>(line.size()) + 1;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     RWR_ASSIGN_OR_RETURN(RecipeItem item, ParseRecipeLine(line, fmt::format("{}:{}", path_, number)));
-    RWR_RETURN_IF_ERROR(visit(item));
+    RWR_RETURN_IF_ERROR(visit(item, line_offset));
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<RecipeItem> JsonlRecipeSource::ReadAt(int64_t offset) {
+  if (random_access_ == nullptr) {
+    random_access_ = std::make_unique<std::ifstream>(path_, std::ios::binary);
+    if (!*random_access_) {
+      return absl::NotFoundError(fmt::format("{}: cannot read the dataset file", path_));
+    }
+  }
+  random_access_->clear();
+  random_access_->seekg(offset);
+  std::string line;
+  if (!std::getline(*random_access_, line)) {
+    return absl::DataLossError(fmt::format(
+        "{}: no line at byte {}; the file changed while the build was reading it", path_, offset));
+  }
+  return ParseRecipeLine(line, fmt::format("{}@{}", path_, offset));
 }
 
 absl::StatusOr<std::vector<PlannedSample>> PlanMix(const std::vector<RecipeItem>& items,

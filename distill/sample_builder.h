@@ -26,7 +26,9 @@
 #pragma once
 
 #include <cstdint>
+#include <fstream>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -59,8 +61,14 @@ class JsonlRecipeSource final : public RecipeSource {
  public:
   explicit JsonlRecipeSource(std::string path) : path_(std::move(path)) {}
   absl::Status ForEach(const std::function<absl::Status(const RecipeItem&)>& visit) override;
+  // Same, with each line's byte offset, for reading the item again later with ReadAt (so a
+  // build can keep only an index of the items in memory, not their text).
+  absl::Status ForEachWithOffset(
+      const std::function<absl::Status(const RecipeItem&, int64_t offset)>& visit);
+  absl::StatusOr<RecipeItem> ReadAt(int64_t offset);
 
  private:
+  std::unique_ptr<std::ifstream> random_access_;
   std::string path_;
 };
 

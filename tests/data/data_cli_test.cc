@@ -210,6 +210,15 @@ TEST(DataCli, BadFlagsAreOneLineErrors) {
           "/o --input x --layout packed --long-samples keep");
   EXPECT_EQ(r.code, 1);
   EXPECT_THAT(r.output, HasSubstr("one_per_row"));
+  {
+    std::ofstream dup(dir + "/dup.jsonl");
+    dup << R"({"id":"a","context":"c","question":"q","answer":"x"})" << "\n"
+        << R"({"id":"a","context":"c2","question":"q2","answer":"y"})" << "\n";
+  }
+  r = RunRwr("data build --tokenizer " + kTokenizer + " --out " + dir + "/o --input " + dir +
+             "/dup.jsonl");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("appears twice"));
   r = RunRwr("data inspect " + dir);
   EXPECT_EQ(r.code, 1);
   EXPECT_THAT(r.output, HasSubstr("manifest.json"));

@@ -2,6 +2,7 @@
 // packer writing shards a loader reads back. A byte tokenizer (id = byte + 1, eos = 0) stands in
 // for BPE so every token decodes to one byte.
 #include <filesystem>
+#include <fstream>
 #include <set>
 
 #include "distill/packer.h"
@@ -154,6 +155,32 @@ TEST(PlanMix, RatiosHoldExactlyAndTheScarcestKindIsUsedInFull) {
   EXPECT_EQ(plain->size(), 100u);
   EXPECT_FALSE(PlanMix(items, {.note = 0, .empty = 0, .plain = 0}, 1, nullptr).ok());
   EXPECT_FALSE(PlanMix(items, {.note = -1, .empty = 0, .plain = 1}, 1, nullptr).ok());
+}
+
+TEST(JsonlRecipeSource, ReadsItemsBackByOffset) {
+  const std::string path = std::filesystem::temp_directory_path() /
+                           ("rwr_recipe_offsets_" + std::to_string(::getpid()) + ".jsonl");
+  {
+    std::ofstream out(path);
+    out << R"({"id":"a","context":"ca","question":"qa","answer":"xa"})" << "\n\n";
+    out << R"({"id":"b","context":"cb","question":"qb","answer":"xb","note":"n","note_verified":true})"
+        << "\n";
+  }
+  JsonlRecipeSource source(path);
+  std::vector<std::pair<std::string, int64_t>> seen;
+  ASSERT_TRUE(source.ForEachWithOffset([&](const RecipeItem& item, int64_t offset) {
+                seen.emplace_back(item.id, offset);
+                return absl::OkStatus();
+              }).ok());
+  ASSERT_EQ(seen.size(), 2u);
+  auto b = source.ReadAt(seen[1].second);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->context, "cb");
+  EXPECT_TRUE(b->note_verified);
+  auto a = source.ReadAt(seen[0].second);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->answer, "xa");
+  EXPECT_FALSE(source.ReadAt(1 << 20).ok());
 }
 
 TEST(JsonlRecipeSource, ParsesOptionalNoteFieldsAndNamesBadLines) {
