@@ -61,8 +61,9 @@ std::shared_ptr<CallScheduler::Call> CallScheduler::TakeStartableLocked() {
         std::chrono::duration<double>(1.0 / options_.requests_per_second));
     const Clock::time_point now = Clock::now();
     if (next_start_ > now) return nullptr;  // the dispatcher waits for the next slot
-    // A burst of at most ~1 s worth after an idle period, then steady pacing.
-    next_start_ = std::max(next_start_ + interval, now - std::chrono::seconds(1) + interval);
+    // After an idle period a burst of at most 100 ms worth (at least one call), then steady pacing.
+    const auto burst = std::max(interval, std::chrono::duration_cast<Clock::duration>(std::chrono::milliseconds(100)));
+    next_start_ = std::max(next_start_ + interval, now - burst + interval);
   }
   std::shared_ptr<Call> call = std::move(ready_.front());
   ready_.pop_front();

@@ -6,6 +6,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <mutex>
 #include <thread>
 
 #include "rwr/v1/teacher.grpc.pb.h"
@@ -254,6 +255,50 @@ TEST(TeacherService, ClientKeepsAtMostItsWindowInFlight) {
   for (const auto& r : notes.Take()) ASSERT_TRUE(r.ok());
   EXPECT_LE(probe->peak(), 4);
   EXPECT_GE(probe->peak(), 2);
+}
+
+// Records when each task reached the backend.
+class ArrivalProbe final : public Teacher {
+ public:
+  TeacherInfo Info() const override { return inner_.Info(); }
+  void ExtractNote(NoteTask task, TeacherCallback<Note> done) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      arrivals_.push_back(std::chrono::steady_clock::now());
+    }
+    inner_.ExtractNote(std::move(task), std::move(done));
+  }
+  void VerifyNote(VerifyTask task, TeacherCallback<Verdict> done) override { inner_.VerifyNote(task, done); }
+  void RemoveEvidence(RemoveEvidenceTask task, TeacherCallback<Negative> done) override {
+    inner_.RemoveEvidence(task, done);
+  }
+  std::vector<std::chrono::steady_clock::time_point> arrivals() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return arrivals_;
+  }
+
+ private:
+  ExtractiveTeacher inner_;
+  std::mutex mu_;
+  std::vector<std::chrono::steady_clock::time_point> arrivals_;
+};
+
+TEST(TeacherService, RequestsPerSecondLimitPacesTheCalls) {
+  auto probe = std::make_shared<ArrivalProbe>();
+  auto server = StartServer({}, probe);
+  ASSERT_TRUE(server);
+  TeacherClientOptions options = FastRetries();
+  options.requests_per_second = 20;  // 50 ms apart after a burst of at most 100 ms worth
+  auto teacher = Connect(Url(*server), options);
+  ASSERT_TRUE(teacher);
+  Results<Note> notes;
+  for (int i = 0; i < 10; ++i) teacher->ExtractNote({.context = kContext, .question = kQuestion}, notes.Callback());
+  ASSERT_TRUE(notes.WaitFor(10));
+  auto arrivals = probe->arrivals();
+  ASSERT_EQ(arrivals.size(), 10u);
+  // A lower bound our own pacing guarantees (a loaded machine only spreads calls further): at most
+  // 3 calls in the burst, then 7 gaps of 50 ms.
+  EXPECT_GE(std::chrono::duration<double>(arrivals.back() - arrivals.front()).count(), 0.3);
 }
 
 TEST(TeacherService, FullQueueIsResourceExhaustedAndTheClientRetries) {
