@@ -3,6 +3,7 @@
 #include <csignal>
 
 #include <atomic>
+#include <initializer_list>
 
 namespace rwr {
 namespace {

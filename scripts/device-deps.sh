@@ -6,9 +6,12 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$root/.deb/pkgs" "$root/.deb/root"
 cd "$root/.deb/pkgs"
-if [[ ! -f "$root/.deb/root/.done" ]]; then
-  apt-get download -q libabsl-dev libabsl20220623 >/dev/null
+# The marker names the package set, so adding a package re-runs the download.
+marker="$root/.deb/root/.done-absl-utf8proc-xxhash"
+if [[ ! -f "$marker" ]]; then
+  apt-get download -q libabsl-dev libabsl20220623 libutf8proc-dev libutf8proc2 libxxhash-dev \
+    libxxhash0 >/dev/null
   for f in *.deb; do dpkg -x "$f" "$root/.deb/root"; done
   rm -f ./*.deb
-  touch "$root/.deb/root/.done"
+  touch "$marker"
 fi

@@ -172,13 +172,24 @@ def check_export(directory):
 
     model = MambaForCausalLM.from_pretrained(directory, torch_dtype=torch.float32).eval()
     check = load_file(os.path.join(directory, "rwr_check.safetensors"))
-    with torch.no_grad():
-        logits = model(input_ids=check["input_ids"].long()).logits.float()
+    # Weights as loaded must equal the file's (catches re-initialisation or renaming on load).
+    import glob
+    stored = {}
+    for f in glob.glob(os.path.join(directory, "*.safetensors")):
+        if not f.endswith("rwr_check.safetensors"):
+            stored.update(load_file(f))
+    state = model.state_dict()
+    weight_diff = max((state[k].float() - v.float()).abs().max().item() for k, v in stored.items())
+    ids = check["input_ids"].long()
     ref = check["logits"].float()
-    rel = ((logits - ref).norm() / ref.norm()).item()
-    max_abs = (logits - ref).abs().max().item()
-    print(json.dumps({"export": directory, "logits_rel_err": rel, "logits_max_abs_err": max_abs}))
-    return 0 if rel < 1e-4 else 1
+    result = {"export": directory, "weights_max_abs_diff_after_load": weight_diff}
+    for use_cache in (False, True):
+        with torch.no_grad():
+            logits = model(input_ids=ids, use_cache=use_cache).logits.float()
+        result[f"logits_rel_err_use_cache_{use_cache}"] = ((logits - ref).norm() / ref.norm()).item()
+        result[f"logits_max_abs_err_use_cache_{use_cache}"] = (logits - ref).abs().max().item()
+    print(json.dumps(result))
+    return 0 if result["logits_rel_err_use_cache_False"] < 1e-4 else 1
 
 
 def main():

@@ -168,7 +168,10 @@ nlohmann::ordered_json MambaConfig::ToHfJson() const {
   j["time_step_scale"] = time_step_scale;
   j["time_step_init_scheme"] = time_step_init_scheme;
   j["initializer_range"] = initializer_range;
-  j["rescale_prenorm_residual"] = rescale_prenorm_residual;
+  // Always false in the file: transformers applies rescale_prenorm_residual (out_proj /= sqrt(L))
+  // inside _init_weights even to weights it has just loaded, so `true` would change the model on
+  // load (seen with transformers 5.17). rwr's own init applies the rescaling itself.
+  j["rescale_prenorm_residual"] = false;
   j["use_cache"] = true;
   j["torch_dtype"] = "float32";
   return j;

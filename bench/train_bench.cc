@@ -1,0 +1,142 @@
+// Training-step throughput of the CUDA Mamba LM (trainer/mamba_cuda.h) at given shapes: random
+// init, random tokens, loss on every position, the AdamW step included in every step. Prints a
+// table (tokens/s, MFU = 6·N·tokens/s ÷ 790e12, peak GiB) and writes JSON; then tries growing
+// single-sample lengths to find the longest that trains (chunked, state carried).
+//
+//   train_bench --model configs/models/mamba-2.8b.yaml --cases 2048x1,2048x4,8192x1 \
+//               --long 32768,65536,131072 --json out.json
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include <cuda_runtime_api.h>
+
+#include "CLI/CLI.hpp"
+#include "fmt/format.h"
+#include "nlohmann/json.hpp"
+#include "trainer/mamba_cuda.h"
+#include "trainer/model_io.h"
+#include "trainer/rng.h"
+#include "trainer/train_loop.h"
+
+namespace {
+
+using rwr::trainer::GemmPrecision;
+
+struct Case {
+  int64_t T = 0, B = 0;
+};
+
+std::vector<Case> ParseCases(const std::string& text) {
+  std::vector<Case> cases;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    const size_t x = item.find('x');
+    cases.push_back({std::stoll(item.substr(0, x)), x == std::string::npos ? 1 : std::stoll(item.substr(x + 1))});
+  }
+  return cases;
+}
+
+double UsedGiB() {
+  size_t free_bytes = 0, total = 0;
+  cudaMemGetInfo(&free_bytes, &total);
+  return (total - free_bytes) / double(1ULL << 30);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app("Training-step throughput of the CUDA Mamba LM");
+  std::string model_path = "configs/models/mamba-2.8b.yaml", cases_text = "2048x1,2048x4,8192x1",
+              long_text, json_path, precision = "bf16";
+  int steps = 5;
+  int64_t chunk_tokens = 2048;  // B·chunk_len per chunk (memory grows with it)
+  app.add_option("--model", model_path, "Model config YAML (model: section)");
+  app.add_option("--cases", cases_text, "TxB list, e.g. 2048x1,2048x4");
+  app.add_option("--long", long_text, "Single-sample lengths to try, e.g. 32768,131072");
+  app.add_option("--steps", steps, "Timed steps per case (after one warm-up)");
+  app.add_option("--chunk-tokens", chunk_tokens, "Tokens per chunk (B·chunk_len)");
+  app.add_option("--precision", precision, "bf16 (tensor cores) or fp32 GEMMs");
+  app.add_option("--json", json_path, "Write results as JSON");
+  CLI11_PARSE(app, argc, argv);
+
+  auto config = rwr::Config::LoadFile(model_path);
+  if (!config.ok()) { fmt::print(stderr, "{}\n", std::string(config.status().message())); return 1; }
+  auto mc = rwr::trainer::ModelConfigFromRunConfig(*config);
+  if (!mc.ok()) { fmt::print(stderr, "{}\n", std::string(mc.status().message())); return 1; }
+  const double N = static_cast<double>(mc->NumParameters());
+  fmt::print("model {}\n", mc->Summary());
+  auto model = rwr::trainer::MambaCuda::Create(
+      *mc, precision == "fp32" ? GemmPrecision::kFp32 : GemmPrecision::kBf16);
+  if (!model.ok()) { fmt::print(stderr, "{}\n", std::string(model.status().message())); return 1; }
+  {
+    const auto params = rwr::trainer::InitParams(*mc, 1);
+    if (auto s = (*model)->UploadParams(params); !s.ok()) { fmt::print(stderr, "{}\n", std::string(s.message())); return 1; }
+  }
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  nlohmann::json results = {{"card", prop.name}, {"model", mc->Summary()}, {"parameters", N},
+                            {"precision", precision}, {"cases", nlohmann::json::array()}};
+  const rwr::trainer::AdamWOptions adamw{};
+  rwr::trainer::Rng rng(5);
+
+  auto run_case = [&](Case c, int timed, nlohmann::json* out) -> bool {
+    const int64_t n = c.B * c.T;
+    std::vector<int32_t> tokens(n), targets(n);
+    std::vector<uint8_t> mask(n, 1), reset(n, 0);
+    for (int64_t i = 0; i < n; ++i) {
+      tokens[i] = static_cast<int32_t>(rng.Next() % mc->vocab_size);
+      targets[i] = static_cast<int32_t>(rng.Next() % mc->vocab_size);
+    }
+    for (int64_t b = 0; b < c.B; ++b) reset[b * c.T] = 1;
+    const rwr::trainer::TokenBatch batch{c.B, c.T, tokens.data(), targets.data(), mask.data(), reset.data()};
+    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(c.T, chunk_tokens / c.B));
+    std::vector<double> times;
+    double loss = 0, peak = 0;
+    for (int i = 0; i < timed + 1; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      if (auto s = (*model)->ZeroGrads(); !s.ok()) { fmt::print("  {}\n", std::string(s.message())); return false; }
+      auto r = (*model)->ForwardBackward(batch, chunk, 1.f / n);
+      if (!r.ok()) { fmt::print("  T {} B {}: {}\n", c.T, c.B, std::string(r.status().message())); return false; }
+      auto norm = (*model)->ClipAndStep(1.0, 1e-5, adamw);
+      if (!norm.ok()) { fmt::print("  {}\n", std::string(norm.status().message())); return false; }
+      cudaDeviceSynchronize();
+      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      peak = std::max(peak, UsedGiB());
+      loss = r->loss_sum / r->tokens;
+      if (i > 0) times.push_back(dt);
+    }
+    std::sort(times.begin(), times.end());
+    const double median = times.empty() ? 0 : times[times.size() / 2];
+    const double tps = median > 0 ? n / median : 0;
+    *out = {{"seq_len", c.T}, {"batch", c.B}, {"chunk_len", chunk}, {"step_s", median},
+            {"tokens_per_s", tps}, {"mfu", 6 * N * tps / 790e12}, {"peak_gib", peak},
+            {"loss", loss}};
+    fmt::print("  T {:>6}  B {}  chunk {:>5}  step {:8.3f} s  {:>8.0f} tok/s  MFU {:5.1f}%  peak {:5.1f} GiB  loss {:.3f}\n",
+               c.T, c.B, chunk, median, tps, 100 * 6 * N * tps / 790e12, peak, loss);
+    std::fflush(stdout);
+    return true;
+  };
+
+  fmt::print("{} ({}), precision {}, {} timed steps after 1 warm-up, AdamW included\n", prop.name,
+             mc->Summary(), precision, steps);
+  for (const Case& c : ParseCases(cases_text)) {
+    nlohmann::json r;
+    if (run_case(c, steps, &r)) results["cases"].push_back(r);
+  }
+  int64_t longest = 0;
+  for (const Case& c : ParseCases(long_text)) {
+    nlohmann::json r;
+    if (!run_case(c, 1, &r)) break;
+    r["long"] = true;
+    results["cases"].push_back(r);
+    longest = c.T;
+  }
+  if (!long_text.empty()) fmt::print("longest sample that trained: {} tokens\n", longest);
+  results["longest_trained"] = longest;
+  if (!json_path.empty()) std::ofstream(json_path) << results.dump(2) << "\n";
+  return 0;
+}

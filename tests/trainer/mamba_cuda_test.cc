@@ -1,0 +1,149 @@
+// The CUDA Mamba LM (device machine; skips without a GPU) against the Hugging Face fixtures and
+// the CPU path. Tolerances: fp32 GEMMs — logits rel ≤ 1e-4, each gradient rel ≤ 1e-3 (the scan
+// kernels use fast-math exp); bf16 tensor-core GEMMs — logits rel ≤ 2e-2, gradients ≤ 6e-2.
+// Chunked equals unchunked (rel ≤ 1e-4 fp32); three AdamW steps reproduce torch's losses.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+
+#include "nlohmann/json.hpp"
+#include "storage/safetensors.h"
+#include "trainer/mamba_cuda.h"
+#include "trainer/model_io.h"
+
+namespace rwr::trainer {
+namespace {
+
+const std::string kDir = RWR_FIXTURE_DIR;
+
+double RelErr(std::span<const float> a, std::span<const float> ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double(a[i]) - ref[i]) * (double(a[i]) - ref[i]);
+    den += double(ref[i]) * ref[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+struct Fixture {
+  LoadedModel model;
+  int64_t B = 0, T = 0;
+  std::vector<int32_t> tokens, targets;
+  std::vector<uint8_t> mask, reset;
+  int64_t count = 0;
+  TokenBatch batch() const { return {B, T, tokens.data(), targets.data(), mask.data(), reset.data()}; }
+};
+
+Fixture LoadFixture() {
+  Fixture f;
+  f.model = *LoadModelDir(kDir);
+  auto inputs = *storage::SafetensorsFile::Open(kDir + "/inputs.safetensors");
+  f.B = inputs->Find("input_ids")->shape[0];
+  f.T = inputs->Find("input_ids")->shape[1];
+  auto ids = *inputs->ReadInt("input_ids");
+  auto loss_mask = *inputs->ReadInt("loss_mask");
+  f.tokens.resize(f.B * f.T);
+  f.targets.assign(f.B * f.T, 0);
+  f.mask.assign(f.B * f.T, 0);
+  f.reset.assign(f.B * f.T, 0);
+  for (int64_t b = 0; b < f.B; ++b) {
+    f.reset[b * f.T] = 1;
+    for (int64_t t = 0; t < f.T; ++t) {
+      f.tokens[b * f.T + t] = static_cast<int32_t>(ids[b * f.T + t]);
+      if (t + 1 < f.T) {
+        f.targets[b * f.T + t] = static_cast<int32_t>(ids[b * f.T + t + 1]);
+        f.mask[b * f.T + t] = static_cast<uint8_t>(loss_mask[b * f.T + t + 1]);
+        f.count += f.mask[b * f.T + t];
+      }
+    }
+  }
+  return f;
+}
+
+class MambaCudaTest : public ::testing::TestWithParam<GemmPrecision> {
+ protected:
+  void SetUp() override {
+    if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  }
+  bool fp32() const { return GetParam() == GemmPrecision::kFp32; }
+};
+
+TEST_P(MambaCudaTest, LogitsLossAndGradientsMatchHuggingFace) {
+  Fixture f = LoadFixture();
+  auto model = MambaCuda::Create(f.model.config, GetParam());
+  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_TRUE((*model)->UploadParams(f.model.params).ok());
+  std::vector<float> logits(f.B * f.T * f.model.config.vocab_size);
+  auto loss = (*model)->Forward(f.batch(), 0, logits.data());
+  ASSERT_TRUE(loss.ok()) << loss.status();
+  auto outputs = *storage::SafetensorsFile::Open(kDir + "/outputs.safetensors");
+  const double logits_rel = RelErr(logits, *outputs->ReadFloat("logits"));
+  EXPECT_LT(logits_rel, fp32() ? 1e-4 : 2e-2);
+  std::ifstream in(kDir + "/expected.json");
+  const double expected = nlohmann::json::parse(in)["loss"].get<double>();
+  EXPECT_NEAR(loss->loss_sum / loss->tokens, expected, (fp32() ? 1e-4 : 2e-2) * expected);
+
+  ASSERT_TRUE((*model)->ZeroGrads().ok());
+  auto fb = (*model)->ForwardBackward(f.batch(), 0, 1.f / f.count);
+  ASSERT_TRUE(fb.ok()) << fb.status();
+  std::vector<float> grads(f.model.params.size());
+  ASSERT_TRUE((*model)->DownloadGrads(grads).ok());
+  double worst = 0;
+  for (const ParamSpec& spec : (*model)->layout().specs()) {
+    const double rel = RelErr({grads.data() + spec.offset, size_t(spec.size)},
+                              *outputs->ReadFloat("grad." + spec.name));
+    EXPECT_LT(rel, fp32() ? 1e-3 : 6e-2) << spec.name;
+    worst = std::max(worst, rel);
+  }
+  std::cout << (fp32() ? "fp32" : "bf16") << ": logits rel " << logits_rel
+            << ", worst gradient rel " << worst << "\n";
+}
+
+TEST_P(MambaCudaTest, ChunkedEqualsUnchunked) {
+  Fixture f = LoadFixture();
+  f.reset[1 * f.T + 17] = 1;
+  auto model = *MambaCuda::Create(f.model.config, GetParam());
+  ASSERT_TRUE(model->UploadParams(f.model.params).ok());
+  std::vector<float> full(f.model.params.size()), part(f.model.params.size());
+  ASSERT_TRUE(model->ZeroGrads().ok());
+  auto a = model->ForwardBackward(f.batch(), 0, 0.01f);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(model->DownloadGrads(full).ok());
+  ASSERT_TRUE(model->ZeroGrads().ok());
+  auto b = model->ForwardBackward(f.batch(), 16, 0.01f);
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_TRUE(model->DownloadGrads(part).ok());
+  EXPECT_NEAR(a->loss_sum, b->loss_sum, (fp32() ? 1e-5 : 1e-3) * a->loss_sum);
+  EXPECT_LT(RelErr(part, full), fp32() ? 1e-4 : 2e-2);
+}
+
+TEST_P(MambaCudaTest, ThreeAdamWStepsMatchTorch) {
+  Fixture f = LoadFixture();
+  std::ifstream in(kDir + "/expected.json");
+  const nlohmann::json hp = nlohmann::json::parse(in)["adamw"];
+  auto model = *MambaCuda::Create(f.model.config, GetParam());
+  ASSERT_TRUE(model->UploadParams(f.model.params).ok());
+  const AdamWOptions options{hp["beta1"], hp["beta2"], hp["eps"], hp["weight_decay"]};
+  for (int step = 0; step < 4; ++step) {
+    ASSERT_TRUE(model->ZeroGrads().ok());
+    auto loss = model->ForwardBackward(f.batch(), 0, 1.f / f.count);
+    ASSERT_TRUE(loss.ok()) << loss.status();
+    const double expected = hp["losses"][step].get<double>();
+    EXPECT_NEAR(loss->loss_sum / loss->tokens, expected, (fp32() ? 1e-4 : 3e-2) * expected)
+        << "step " << step;
+    if (step == 3) break;
+    auto norm = model->ClipAndStep(hp["clip_norm"], hp["lr"], options);
+    ASSERT_TRUE(norm.ok()) << norm.status();
+    EXPECT_NEAR(*norm, hp["grad_norms_before_clip"][step].get<double>(), (fp32() ? 1e-4 : 5e-2) * *norm);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Precisions, MambaCudaTest,
+                         ::testing::Values(GemmPrecision::kFp32, GemmPrecision::kBf16),
+                         [](const auto& info) {
+                           return info.param == GemmPrecision::kFp32 ? "fp32" : "bf16";
+                         });
+
+}  // namespace
+}  // namespace rwr::trainer
