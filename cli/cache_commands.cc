@@ -141,8 +141,9 @@ absl::Status InspectCommand(InspectFlags& f) {
   }
   std::cout << fmt::format("cache {}: schema version {}\n", f.dir,
                            version.has_value() ? *version : "(none: not written by rwr distill)");
-  for (auto& [name, count] : families.items()) {
-    std::cout << fmt::format("  {:<10} {:>10}\n", name, count.get<int64_t>());
+  for (storage::Family family : storage::kAllFamilies) {
+    const std::string name(storage::FamilyName(family));
+    std::cout << fmt::format("  {:<10} {:>10}\n", name, families[name].get<int64_t>());
   }
   std::cout << fmt::format("items: {} kept, {} dropped by verification, {} failed\n",
                            items["kept"].get<int64_t>(), items["dropped"].get<int64_t>(),

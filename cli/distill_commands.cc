@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 #include <google/protobuf/util/json_util.h>
 
+#include <cctype>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
