@@ -15,7 +15,8 @@ namespace rwr::teacher {
 // Initializes gRPC once for the life of the process. gRPC 1.51 shuts its library down when the
 // last gRPC object goes away and re-initializes on the next; that cycle races with the callback
 // completion queue's thread and can abort the process ("ref_counted.h: prior > 0"). Clients and
-// servers that come and go (tests, the distill service's jobs) call this first.
+// servers that come and go (tests, the distill service's jobs) call this first. It also turns off
+// absl::Mutex deadlock detection (a per-lock graph update that Debian's abseil leaves on).
 void KeepGrpcInitialized();
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeTeacherChannel(const std::string& host_port, bool tls,
