@@ -147,10 +147,11 @@ __device__ __forceinline__ TileIo MakeIo(const SelectiveScanParams& p) {
   return io;
 }
 
-// ---- tile loading, pipelined ------------------------------------------------------------------
-// Every kernel walks 16-token tiles; the global loads of the next tile are issued into registers
-// before the current tile is computed from shared memory (double-buffered), so the memory
-// latency hides behind the arithmetic.
+// ---- tile loading ------------------------------------------------------------------------------
+// Every kernel walks 16-token tiles through double-buffered shared memory. The scan kernels can
+// issue the next tile's global loads before the current tile's arithmetic (kPrefetch); under the
+// register caps that spills and measured slower, so by default the loads are issued just before
+// the tile is committed, while other warps of the multiprocessor compute.
 
 constexpr int kBCPerThread = (kTile * 2 * kS) / kThreads;  // 2
 
@@ -305,7 +306,8 @@ struct TokStream {
 
 // kFinal = false: the chunk-local pass (state from zero; stores the end state and the decay).
 // kFinal = true: the real pass from the carried state; writes out, checkpoints, final state.
-template <typename E, bool kFinal, int kMinBlocks>
+// kPrefetch: as for the backward below (off by default: measured faster without).
+template <typename E, bool kFinal, int kMinBlocks, bool kPrefetch>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     ScanForwardKernel(SelectiveScanParams p, Work w) {
   __shared__ float4 sdx[2][kWarps][kTile / 4][kChPerWarp][kSdxPad];  // {Δ, x, SiLU(z), -}
@@ -379,7 +381,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   for (int j = j_begin; j < j_end; ++j) {
     const int buf = (j - j_begin) & 1;
     const bool more = j + 1 < j_end;
-    if (more) load(j + 1);
+    if (kPrefetch && more) load(j + 1);
     const int64_t t0 = int64_t(j) * kTile;
     if (kFinal && w.ckpt != nullptr && io.active) {
       *reinterpret_cast<float4*>(w.ckpt + ((io.b * w.nJ + j) * p.dim + io.d) * kS + io.q * kSPL) =
@@ -449,7 +451,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       compute(std::true_type{});
     }
     unsigned next = 0;
-    if (more) next = commit(buf ^ 1, j + 1);
+    if (more) {
+      if (!kPrefetch) load(j + 1);
+      next = commit(buf ^ 1, j + 1);
+    }
     __syncthreads();
     resets = next;
   }
@@ -566,7 +571,10 @@ constexpr int kSdxFloats = 2 * kWarps * (kTile / 4) * kChPerWarp * kSdxPad * 4;
 constexpr int kBackwardSmem =
     (kSdxFloats + 2 * kTile * 2 * kS + kWarps * kTile * 2 * kS) * int(sizeof(float));
 
-template <typename E, int kMinBlocks>
+// kPrefetch: issue the next tile's global loads before this tile's arithmetic (latency hidden,
+// ~30 more live registers, which spill under the register cap) or right before they are
+// committed to shared memory (no spills; measured 7% faster, docs/scan_kernels_notes.md).
+template <typename E, int kMinBlocks, bool kPrefetch>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     ScanBackwardKernel(SelectiveScanParams p, SelectiveScanGrads g, Work w) {
   // Dynamic shared memory (over the 48 KB static limit), kBackwardSmem bytes:
@@ -656,7 +664,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   for (int j = j_end - 1; j >= j_begin; --j) {
     const int buf = (j_end - 1 - j) & 1;
     const bool more = j > j_begin;
-    if (more) load(j - 1);
+    if (kPrefetch && more) load(j - 1);
     const int64_t t0 = int64_t(j) * kTile;
     // The tile's arithmetic; kReset = false is the common tile without a document start. The
     // tile is done in two halves of 8 tokens, last half first, so that only 8 tokens of states
@@ -788,7 +796,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       if (t < T) w.dbc_part[((io.b * T + t) * w.nblk + blockIdx.x) * (2 * kS) + v] = sum;
     }
     unsigned next = 0;
-    if (more) next = commit(buf ^ 1, j - 1);
+    if (more) {
+      if (!kPrefetch) load(j - 1);
+      next = commit(buf ^ 1, j - 1);
+    }
     __syncthreads();  // sred consumed; next tile's shared memory visible
     resets = next;
   }
@@ -919,14 +930,21 @@ absl::Status LaunchForward(const SelectiveScanParams& p, cudaStream_t stream) {
   LayoutWork(p, p.workspace != nullptr, static_cast<char*>(p.workspace), &w);
   if (p.workspace == nullptr) w.ckpt = nullptr;
   const dim3 grid(w.nblk, w.K, static_cast<unsigned>(p.batch));
+  const int variant = g_variant.load();
   if (w.K > 1) {
-    ScanForwardKernel<E, false, 4><<<grid, kThreads, 0, stream>>>(p, w);
+    if (variant == 3) {
+      ScanForwardKernel<E, false, 4, true><<<grid, kThreads, 0, stream>>>(p, w);
+    } else {
+      ScanForwardKernel<E, false, 4, false><<<grid, kThreads, 0, stream>>>(p, w);
+    }
     RWR_CUDA_LAUNCH();
   }
-  if (g_variant.load() == 2) {
-    ScanForwardKernel<E, true, 3><<<grid, kThreads, 0, stream>>>(p, w);
+  if (variant == 2) {
+    ScanForwardKernel<E, true, 3, false><<<grid, kThreads, 0, stream>>>(p, w);
+  } else if (variant == 3) {
+    ScanForwardKernel<E, true, 4, true><<<grid, kThreads, 0, stream>>>(p, w);
   } else {
-    ScanForwardKernel<E, true, 4><<<grid, kThreads, 0, stream>>>(p, w);
+    ScanForwardKernel<E, true, 4, false><<<grid, kThreads, 0, stream>>>(p, w);
   }
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
@@ -944,9 +962,15 @@ absl::Status LaunchBackward(const SelectiveScanParams& p, const SelectiveScanGra
   }
   // Two blocks per multiprocessor (registers capped at 128, a little spilling) measured faster
   // than one block with 255 registers (docs/scan_kernels_notes.md).
-  RWR_CUDA(cudaFuncSetAttribute(ScanBackwardKernel<E, 2>,
-                                cudaFuncAttributeMaxDynamicSharedMemorySize, kBackwardSmem));
-  ScanBackwardKernel<E, 2><<<grid, kThreads, kBackwardSmem, stream>>>(p, g, w);
+  if (g_variant.load() == 3) {
+    RWR_CUDA(cudaFuncSetAttribute(ScanBackwardKernel<E, 2, true>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, kBackwardSmem));
+    ScanBackwardKernel<E, 2, true><<<grid, kThreads, kBackwardSmem, stream>>>(p, g, w);
+  } else {
+    RWR_CUDA(cudaFuncSetAttribute(ScanBackwardKernel<E, 2, false>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, kBackwardSmem));
+    ScanBackwardKernel<E, 2, false><<<grid, kThreads, kBackwardSmem, stream>>>(p, g, w);
+  }
   RWR_CUDA_LAUNCH();
   const int64_t rows = p.batch * p.seqlen;
   ReduceBCKernel<E><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(p, g, w);

@@ -329,6 +329,23 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ScanCudaVsCpu, ::testing::ValuesIn(Cases()),
                            return info.param.Name();
                          });
 
+// The benchmark's kernel variants (scan_tuning.h) compute the same function.
+TEST(ScanCuda, EveryKernelVariantMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  ScanCase c;
+  c.B = 2; c.T = 1000; c.Di = 96; c.dtype = DType::kBF16;
+  HostScan h(c);
+  const ScanResults cpu = RunCpu(h);
+  for (int variant : {1, 2, 3}) {
+    SetScanVariant(variant);
+    ScanResults gpu;
+    RunGpu(h, &gpu);
+    SCOPED_TRACE(::testing::Message() << "variant " << variant);
+    ExpectClose(c, gpu, cpu);
+  }
+  SetScanVariant(1);
+}
+
 TEST(ScanCuda, TwoRunsAreBitwiseEqual) {
   SKIP_WITHOUT_GPU();
   ScanCase c;
