@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <initializer_list>
+#include <initializer_list>
 
 namespace rwr {
 namespace {
