@@ -294,9 +294,12 @@ absl::Status RunBuild(BuildFlags& f) {
   RWR_ASSIGN_OR_RETURN(ratios.plain, config.Get<double>("recipe.ratio.plain"));
   RWR_ASSIGN_OR_RETURN(uint64_t recipe_seed, config.Get<uint64_t>("recipe.seed"));
   // Explicit ratios are a contract; the defaults give way to what the source can provide.
-  const bool ratios_set = std::any_of(f.common.overrides.begin(), f.common.overrides.end(),
-                                      [](const std::string& s) { return s.starts_with("recipe."); }) ||
-                          !f.common.config_path.empty();
+  bool ratios_set = std::any_of(f.common.overrides.begin(), f.common.overrides.end(),
+                                [](const std::string& s) { return s.starts_with("recipe.ratio"); });
+  if (!f.common.config_path.empty()) {
+    RWR_ASSIGN_OR_RETURN(Config file, Config::LoadFile(f.common.config_path));
+    ratios_set |= file.Has("recipe.ratio");
+  }
 
   RWR_ASSIGN_OR_RETURN(distill::Tokenizer tokenizer, distill::Tokenizer::Load(tokenizer_path));
   const std::optional<int32_t> eos = tokenizer.eos_id();

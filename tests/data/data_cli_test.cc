@@ -123,6 +123,19 @@ TEST(DataCli, SynthIsDeterministicAndBuildIsReproducible) {
   ASSERT_EQ(RunRwr(build + dir + "/s1").code, 0);
   ASSERT_EQ(RunRwr(build + dir + "/s2").code, 0);
   EXPECT_EQ(ReadFile(dir + "/s1/shard_00000.rws"), ReadFile(dir + "/s2/shard_00000.rws"));
+  // Ratios: defaults give way to what the input has (no cache: plain only); explicit ones do not.
+  {
+    std::ofstream config(dir + "/build.yaml");
+    config << "data:\n  count: 12\nbuild:\n  seq_len: 512\n";
+  }
+  Result with_config = RunRwr("data build --log-level warn --config " + dir + "/build.yaml --tokenizer " +
+                              kTokenizer + " --input " + dir + "/a.jsonl --out " + dir + "/s3");
+  EXPECT_EQ(with_config.code, 0) << with_config.output;
+  EXPECT_EQ(ReadFile(dir + "/s1/shard_00000.rws"), ReadFile(dir + "/s3/shard_00000.rws"));
+  Result explicit_ratio = RunRwr(build + dir + "/s4 --set recipe.ratio.note=0.5");
+  EXPECT_EQ(explicit_ratio.code, 1);
+  EXPECT_THAT(explicit_ratio.output, HasSubstr("recipe.ratio.note"));
+
   // A second build into the same directory is refused without --overwrite.
   Result again = RunRwr(build + dir + "/s1");
   EXPECT_EQ(again.code, 1);
