@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   rwr::cli::RegisterCheckpointCommands(app);
   rwr::cli::RegisterExportCommands(app);
   rwr::cli::RegisterDataCommands(app);
+  rwr::cli::RegisterTokenizerCommands(app);
 #if RWR_CLI_DISTILL_AND_CACHE
   rwr::cli::RegisterDistillCommands(app);
   rwr::cli::RegisterCacheCommands(app);

@@ -873,6 +873,23 @@ std::optional<std::string> Tokenizer::id_to_token(int32_t id) const {
 
 std::optional<int32_t> Tokenizer::eos_id() const { return model_->eos_id; }
 
+std::string Tokenizer::Describe() const {
+  const TokenizerModel& m = *model_;
+  const auto specials = std::count_if(m.added.begin(), m.added.end(),
+                                      [](const AddedToken& t) { return t.special; });
+  std::string normalizer;
+  for (unicode::NormalizationForm form : m.normalizers) {
+    static constexpr const char* kNames[] = {"NFC", "NFD", "NFKC", "NFKD"};
+    normalizer += (normalizer.empty() ? "" : "+") + std::string(kNames[static_cast<int>(form)]);
+  }
+  return fmt::format(
+      "BPE, {} ids ({} model tokens, {} added of which {} special), {} merges{}; normalizer {}; "
+      "ByteLevel pre-tokenizer (add_prefix_space {}, use_regex {}); decoder {}",
+      m.vocab_size, m.vocab.size(), m.added.size(), specials, m.merges.size(),
+      m.ignore_merges ? " (ignore_merges)" : "", normalizer.empty() ? "none" : normalizer,
+      m.add_prefix_space, m.use_regex, m.decoder == DecoderKind::kByteLevel ? "ByteLevel" : "none");
+}
+
 bool Tokenizer::is_special(int32_t id) const {
   return id >= 0 && id < model_->vocab_size && (model_->id_flags[id] & TokenizerModel::kSpecial);
 }

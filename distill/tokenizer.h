@@ -83,6 +83,10 @@ class Tokenizer {
   // Id of "<|endoftext|>" (GPT-NeoX's end of text); nullopt when the file has no such token.
   std::optional<int32_t> eos_id() const;
   bool is_special(int32_t id) const;
+  // One line about the file: "BPE, 8192 ids (8190 model tokens, 2 added of which 2 special),
+  // 7934 merges; normalizer none; ByteLevel pre-tokenizer (add_prefix_space false, use_regex
+  // true); decoder ByteLevel".
+  std::string Describe() const;
 
  private:
   explicit Tokenizer(std::shared_ptr<const TokenizerModel> model);
