@@ -75,6 +75,13 @@ absl::StatusOr<std::unique_ptr<ShardLoader>> ShardLoader::Open(const LoaderOptio
     return absl::InvalidArgumentError(fmt::format("dataset {}: manifest lists no shards", options.dir));
   }
   if (loader->options_.seq_len == 0) loader->options_.seq_len = static_cast<int64_t>(m.seq_len);
+  if (m.row_layout == RowLayout::kPacked &&
+      loader->options_.seq_len < static_cast<int64_t>(m.seq_len)) {
+    return absl::InvalidArgumentError(fmt::format(
+        "dataset {} was packed for seq_len {}, longer than the requested {}; rebuild it with "
+        "`rwr data build --seq-len {}` or train with seq_len >= {}",
+        options.dir, m.seq_len, loader->options_.seq_len, loader->options_.seq_len, m.seq_len));
+  }
   uint64_t first_row = 0;
   for (const ShardManifestEntry& entry : m.shards) {
     const std::string path = (std::filesystem::path(options.dir) / entry.file).string();

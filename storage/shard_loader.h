@@ -21,7 +21,10 @@
 //                     position), so the scan and conv state must be zeroed before position t
 // A row of n tokens fills n - 1 positions; T is the dataset's seq_len, or longer for a batch
 // holding a row kept whole (RowLayout::kOnePerRow) that is longer than seq_len + 1 — then
-// T = that row's n - 1, for the trainer to process chunk by chunk.
+// T = that row's n - 1, for the trainer to process chunk by chunk. A packed dataset must be read
+// with seq_len >= the seq_len it was built for (Open refuses otherwise).
+//
+// Threads: one loader per rank, used from one thread (Next reuses internal buffers).
 #pragma once
 
 #include <cstdint>

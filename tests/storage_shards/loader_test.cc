@@ -239,6 +239,19 @@ TEST(ShardLoader, DamagedShardFailsOpenNamingTheFile) {
   EXPECT_FALSE(ShardLoader::Open({.dir = dir + "/none"}).ok());
 }
 
+TEST(ShardLoader, PackedDatasetNeedsItsSeqLenOrMore) {
+  const std::string dir = MakeDataset("seqlen", 4, 1, /*seq_len=*/8);
+  auto shorter = ShardLoader::Open({.dir = dir, .seq_len = 4});
+  ASSERT_FALSE(shorter.ok());
+  EXPECT_THAT(std::string(shorter.status().message()), HasSubstr("--seq-len 4"));
+  auto longer = ShardLoader::Open({.dir = dir, .seq_len = 16});
+  ASSERT_TRUE(longer.ok());
+  Batch batch;
+  ASSERT_TRUE((*longer)->Next(&batch).ok());
+  EXPECT_EQ(batch.seq_len, 16);
+  EXPECT_EQ(batch.lengths[0], 5);
+}
+
 TEST(ShardLoader, TooFewRowsForOneStepIsAnError) {
   const std::string dir = MakeDataset("few", 3, 1);
   auto loader = ShardLoader::Open({.dir = dir, .batch_size = 2, .world_size = 2});
