@@ -258,6 +258,10 @@ class TeacherServer::Impl final : public rwr::v1::TeacherService::CallbackServic
   void Release(int tasks) { outstanding_.fetch_sub(tasks); }
 
   void Enqueue(std::function<void()> work) {
+    if (options_.backend_never_blocks) {
+      work();
+      return;
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       queue_.push_back(std::move(work));

@@ -41,6 +41,10 @@ struct TeacherServerOptions {
   std::string tls_cert_file;           // PEM; with tls_key_file turns TLS on
   std::string tls_key_file;
   std::string auth_token;              // non-empty: calls must send `authorization: Bearer <token>`
+  // Only for backends that never block (they answer later from their own threads, like
+  // ScriptedTeacher or a proxy to another server): call them on the gRPC thread and skip the
+  // worker hand-off. Never for ExtractiveTeacher, which computes in the call.
+  bool backend_never_blocks = false;
 };
 
 struct TeacherServerStats {

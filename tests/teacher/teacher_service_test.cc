@@ -321,8 +321,8 @@ TEST(TeacherService, FullQueueIsResourceExhaustedAndTheClientRetries) {
 
 TEST(TeacherService, AFractionOfUnavailableCallsIsRetriedToCompletion) {
   auto backend = std::make_shared<ScriptedTeacher>(
-      ScriptedOptions{.fail_every = 3, .fail_code = absl::StatusCode::kUnavailable});
-  auto server = StartServer({}, backend);
+      ScriptedOptions{.latency_s = 0.001, .fail_every = 3, .fail_code = absl::StatusCode::kUnavailable});
+  auto server = StartServer({.backend_never_blocks = true}, backend);  // and without the worker hop
   ASSERT_TRUE(server);
   auto teacher = Connect(Url(*server), FastRetries());
   ASSERT_TRUE(teacher);
