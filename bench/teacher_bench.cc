@@ -4,6 +4,8 @@
 // with W/L for each W. Prints a table and can write JSON (docs/benchmarks.md has the numbers).
 //
 //   teacher_bench --latency-ms 50 --windows 1,16,64,256,512 --seconds 2 --json out.json
+#include <sys/resource.h>
+
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -38,6 +40,13 @@ class ConstantTeacher final : public Teacher {
   }
 };
 
+// CPU seconds (user + system) this process has used: client and server together.
+double ProcessCpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_utime.tv_sec + usage.ru_stime.tv_sec + 1e-6 * (usage.ru_utime.tv_usec + usage.ru_stime.tv_usec);
+}
+
 struct Row {
   int window;
   int64_t calls;
@@ -46,6 +55,7 @@ struct Row {
   double bound;
   uint64_t retries;
   uint64_t failures;
+  double cpu_us_per_call;  // client + server, all threads
 };
 
 }  // namespace
@@ -101,7 +111,8 @@ int main(int argc, char** argv) {
   std::vector<Row> rows;
   std::printf("teacher_bench: L = %.1f ms, backend %s, loopback gRPC (client and server in one process)\n",
               latency_ms, backend.c_str());
-  std::printf("%6s %8s %8s %10s %10s %8s %8s\n", "W", "calls", "sec", "calls/s", "W/L", "% bound", "retries");
+  std::printf("%6s %8s %8s %10s %10s %8s %8s %10s\n", "W", "calls", "sec", "calls/s", "W/L", "% bound", "retries",
+              "CPU us/call");
   for (int window : windows) {
     TeacherClientOptions options;
     options.concurrency = window;
@@ -138,13 +149,15 @@ int main(int argc, char** argv) {
     failures = 0;
     auto* remote = dynamic_cast<RemoteTeacher*>(teacher->get());
     const uint64_t retries_before = remote->Stats().retries;
+    const double cpu_before = ProcessCpuSeconds();
     const double elapsed = run(calls);
+    const double cpu = ProcessCpuSeconds() - cpu_before;
     Row row{window, calls, elapsed, calls / elapsed, bound, remote->Stats().retries - retries_before,
-            static_cast<uint64_t>(failures)};
+            static_cast<uint64_t>(failures), 1e6 * cpu / static_cast<double>(calls)};
     rows.push_back(row);
-    std::printf("%6d %8lld %8.2f %10.1f %10.1f %7.1f%% %8llu\n", row.window, static_cast<long long>(row.calls),
-                row.seconds, row.rate, row.bound, 100 * row.rate / row.bound,
-                static_cast<unsigned long long>(row.retries));
+    std::printf("%6d %8lld %8.2f %10.1f %10.1f %7.1f%% %8llu %10.1f\n", row.window,
+                static_cast<long long>(row.calls), row.seconds, row.rate, row.bound, 100 * row.rate / row.bound,
+                static_cast<unsigned long long>(row.retries), row.cpu_us_per_call);
     if (row.failures > 0) std::printf("       (%llu calls failed)\n", static_cast<unsigned long long>(row.failures));
   }
   if (!json_path.empty()) {
@@ -152,7 +165,8 @@ int main(int argc, char** argv) {
     for (const Row& r : rows)
       j["rows"].push_back({{"window", r.window}, {"calls", r.calls}, {"seconds", r.seconds}, {"calls_per_s", r.rate},
                            {"bound_calls_per_s", r.bound}, {"fraction_of_bound", r.rate / r.bound},
-                           {"retries", r.retries}, {"failures", r.failures}});
+                           {"retries", r.retries}, {"failures", r.failures},
+                           {"cpu_us_per_call", r.cpu_us_per_call}});
     std::ofstream(json_path) << j.dump(2) << "\n";
   }
   (*server)->Shutdown(1);
