@@ -31,9 +31,20 @@ class FakeKServe final : public inference::GRPCInferenceService::Service {
   bool raw_output = false;
   bool omit_output = false;
   int fail_every = 0;  // calls 1, 1+N, ... answer UNAVAILABLE
+  std::string required_token;  // non-empty: every RPC must carry `authorization: Bearer <token>`
 
-  grpc::Status ServerReady(grpc::ServerContext*, const inference::ServerReadyRequest*,
+  grpc::Status CheckToken(grpc::ServerContext* context) {
+    if (required_token.empty()) return grpc::Status::OK;
+    auto it = context->client_metadata().find("authorization");
+    if (it == context->client_metadata().end() ||
+        std::string(it->second.data(), it->second.size()) != "Bearer " + required_token)
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "bad token");
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ServerReady(grpc::ServerContext* context, const inference::ServerReadyRequest*,
                            inference::ServerReadyResponse* response) override {
+    if (grpc::Status auth = CheckToken(context); !auth.ok()) return auth;
     response->set_ready(server_ready);
     return grpc::Status::OK;
   }
@@ -61,8 +72,9 @@ class FakeKServe final : public inference::GRPCInferenceService::Service {
     }
     return grpc::Status::OK;
   }
-  grpc::Status ModelInfer(grpc::ServerContext*, const inference::ModelInferRequest* request,
+  grpc::Status ModelInfer(grpc::ServerContext* context, const inference::ModelInferRequest* request,
                           inference::ModelInferResponse* response) override {
+    if (grpc::Status auth = CheckToken(context); !auth.ok()) return auth;
     int n = ++calls_;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -105,10 +117,10 @@ class FakeKServe final : public inference::GRPCInferenceService::Service {
 
 class KServeClientTest : public ::testing::Test {
  protected:
-  void Start() {
+  void Start(std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials()) {
     KeepGrpcInitialized();
     grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    builder.AddListeningPort("127.0.0.1:0", credentials, &port_);
     builder.RegisterService(&fake_);
     server_ = builder.BuildAndStart();
     ASSERT_TRUE(server_ && port_ > 0);
@@ -286,6 +298,32 @@ TEST_F(KServeClientTest, UnavailableAnswersAreRetried) {
   const uint64_t retries = dynamic_cast<RemoteTeacher*>(teacher->get())->Stats().retries;
   EXPECT_GE(retries, 7u);
   EXPECT_EQ(static_cast<uint64_t>(fake_.calls()), 20 + retries);
+}
+
+TEST_F(KServeClientTest, TlsAndBearerTokenReachTheServer) {
+  auto dir = testing::MakeTempDir("rwr-kserve-tls");
+  ASSERT_TRUE(testing::MakeSelfSignedCert(dir));
+  grpc::SslServerCredentialsOptions ssl;
+  ssl.pem_key_cert_pairs.push_back({testing::ReadFile(dir / "key.pem"), testing::ReadFile(dir / "cert.pem")});
+  fake_.required_token = "kserve-token";
+  Start(grpc::SslServerCredentials(ssl));
+  const std::string url = "kserves://127.0.0.1:" + std::to_string(port_) + "/teacher-llm";
+  TeacherClientOptions options = Options();
+  options.tls_root_cert_file = dir / "cert.pem";
+  options.tls_server_name = "localhost";
+  auto no_token = MakeTeacher(url, options);
+  ASSERT_FALSE(no_token.ok());
+  EXPECT_EQ(no_token.status().code(), absl::StatusCode::kUnauthenticated) << no_token.status();
+  options.bearer_token = "kserve-token";
+  auto teacher = MakeTeacher(url, options);
+  ASSERT_TRUE(teacher.ok()) << teacher.status();
+  Results<Note> notes;
+  (*teacher)->ExtractNote({.context = "c", .question = "q"}, notes.Callback());
+  ASSERT_TRUE(notes.WaitFor(1));
+  auto note = notes.Take()[0];
+  ASSERT_TRUE(note.ok()) << note.status();
+  EXPECT_EQ(note->text, "a note");
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
