@@ -3,7 +3,7 @@
 # trainer's GPU targets, runs the CUDA parity test (HF fixtures), the training-step benchmark at
 # Mamba-2.8B shapes, and (when given export directories) the HF from_pretrained check of rwr
 # exports. Logs and JSON go to $OUT.
-#   bash scripts/trainer_device.sh [--bench-args "..."] [--exports "dir1 dir2"]
+#   bash scripts/trainer_device.sh [--bench-args "..."|none] [--exports "dir1 dir2"]
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$root/out}
@@ -31,5 +31,6 @@ cmake -S "$root" -B "$root/build/gpu" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRWR_
 cmake --build "$root/build/gpu" -j "$(nproc)" --target mamba_cuda_test train_bench >"$out/build.log" 2>&1 \
   || { grep -E "error" -A5 "$out/build.log" | head -60; exit 1; }
 "$root/build/gpu/tests/trainer/mamba_cuda_test" 2>&1 | tee "$out/mamba_cuda_test.log" | grep -E "OK|FAIL|rel|Failure|Expected|Which|actual|\.cc:"
+[[ "$bench_args" == none ]] && exit 0
 cd "$root" && ./build/gpu/bench/train_bench --model configs/models/mamba-2.8b.yaml $bench_args \
   --json "$out/train_bench.json" 2>&1 | tee "$out/train_bench.log"

@@ -556,9 +556,10 @@ absl::StatusOr<LossSum> MambaCuda::ForwardBackward(const TokenBatch& batch, int6
   return total;
 }
 
-absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const AdamWOptions& o) {
-  Impl& m = *impl_;
-  const int64_t n = layout_.total();
+namespace {
+
+absl::Status EnsureOptimizer(MambaCuda::Impl& m, const ParamLayout& layout) {
+  const int64_t n = layout.total();
   if (m.exp_avg.ptr == nullptr) {
     RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.exp_avg, n));
     RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.exp_avg_sq, n));
@@ -566,11 +567,46 @@ absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const
     RWR_CUDA(cudaMemset(m.exp_avg.ptr, 0, n * 4));
     RWR_CUDA(cudaMemset(m.exp_avg_sq.ptr, 0, n * 4));
     std::vector<uint8_t> decay(n, 0);
-    for (const ParamSpec& spec : layout_.specs()) {
+    for (const ParamSpec& spec : layout.specs()) {
       if (spec.weight_decay) std::fill(decay.begin() + spec.offset, decay.begin() + spec.offset + spec.size, 1);
     }
     RWR_CUDA(cudaMemcpy(m.decay.ptr, decay.data(), n, cudaMemcpyHostToDevice));
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status MambaCuda::DownloadOptimizer(std::vector<float>* exp_avg, std::vector<float>* exp_avg_sq,
+                                          int64_t* step) const {
+  const int64_t n = layout_.total();
+  exp_avg->assign(n, 0.f);
+  exp_avg_sq->assign(n, 0.f);
+  *step = impl_->adam_step;
+  if (impl_->exp_avg.ptr == nullptr) return absl::OkStatus();
+  RWR_CUDA(cudaStreamSynchronize(impl_->stream));
+  RWR_CUDA(cudaMemcpy(exp_avg->data(), impl_->exp_avg.ptr, n * 4, cudaMemcpyDeviceToHost));
+  RWR_CUDA(cudaMemcpy(exp_avg_sq->data(), impl_->exp_avg_sq.ptr, n * 4, cudaMemcpyDeviceToHost));
+  return absl::OkStatus();
+}
+
+absl::Status MambaCuda::UploadOptimizer(std::span<const float> exp_avg,
+                                        std::span<const float> exp_avg_sq, int64_t step) {
+  const int64_t n = layout_.total();
+  if (static_cast<int64_t>(exp_avg.size()) != n || static_cast<int64_t>(exp_avg_sq.size()) != n) {
+    return absl::InvalidArgumentError("UploadOptimizer: moment sizes differ from the layout");
+  }
+  RWR_RETURN_IF_ERROR(EnsureOptimizer(*impl_, layout_));
+  RWR_CUDA(cudaMemcpy(impl_->exp_avg.ptr, exp_avg.data(), n * 4, cudaMemcpyHostToDevice));
+  RWR_CUDA(cudaMemcpy(impl_->exp_avg_sq.ptr, exp_avg_sq.data(), n * 4, cudaMemcpyHostToDevice));
+  impl_->adam_step = step;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const AdamWOptions& o) {
+  Impl& m = *impl_;
+  const int64_t n = layout_.total();
+  RWR_RETURN_IF_ERROR(EnsureOptimizer(m, layout_));
   RWR_CUDA(cudaMemsetAsync(m.norm_acc.ptr, 0, 8, m.stream));
   RWR_RETURN_IF_ERROR(cuda::SumSquares(m.grads.ptr, n, m.norm_acc.ptr, m.stream));
   double sumsq = 0;

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "trainer/mamba_cpu.h"
@@ -44,6 +45,12 @@ class MambaCuda {
   // Global-norm clipping and one AdamW update on the device. Returns the pre-clip norm; a
   // non-finite norm skips the update (the caller counts it).
   absl::StatusOr<double> ClipAndStep(double clip_norm, double lr, const AdamWOptions& options);
+
+  // AdamW state (moments over the whole flat layout and the update count), for checkpoints.
+  absl::Status DownloadOptimizer(std::vector<float>* exp_avg, std::vector<float>* exp_avg_sq,
+                                 int64_t* step) const;
+  absl::Status UploadOptimizer(std::span<const float> exp_avg, std::span<const float> exp_avg_sq,
+                               int64_t step);
 
   // Bytes of device memory this model holds at most so far (its own allocations).
   int64_t peak_bytes() const;

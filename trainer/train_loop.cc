@@ -18,6 +18,9 @@
 #include "trainer/model_io.h"
 #include "trainer/optimizer.h"
 #include "trainer/rng.h"
+#ifdef RWR_TRAINER_HAVE_CUDA
+#include "trainer/mamba_cuda.h"
+#endif
 
 namespace rwr::trainer {
 namespace {
@@ -76,6 +79,8 @@ struct Settings {
   uint64_t seed = 0;
   int threads = 0;
   bool resume = true;
+  std::string device = "auto";     // auto | cpu | cuda
+  std::string gemm = "bf16";       // cuda GEMMs: bf16 (tensor cores) | fp32
 };
 
 absl::StatusOr<Settings> ReadSettings(const Config& c) {
@@ -108,6 +113,14 @@ absl::StatusOr<Settings> ReadSettings(const Config& c) {
   RWR_ASSIGN_OR_RETURN(s.seed, c.Get<uint64_t>("train.seed"));
   RWR_ASSIGN_OR_RETURN(s.threads, c.Get<int>("train.threads"));
   RWR_ASSIGN_OR_RETURN(s.resume, c.Get<bool>("train.resume"));
+  RWR_ASSIGN_OR_RETURN(s.device, c.Get<std::string>("train.device"));
+  RWR_ASSIGN_OR_RETURN(s.gemm, c.Get<std::string>("train.gemm_precision"));
+  if (s.device != "auto" && s.device != "cpu" && s.device != "cuda") {
+    return absl::InvalidArgumentError(fmt::format("train.device '{}': expected auto, cpu or cuda", s.device));
+  }
+  if (s.gemm != "bf16" && s.gemm != "fp32") {
+    return absl::InvalidArgumentError(fmt::format("train.gemm_precision '{}': expected bf16 or fp32", s.gemm));
+  }
   auto positive = [](int64_t v, const char* key) -> absl::Status {
     if (v <= 0) return absl::InvalidArgumentError(fmt::format("config key '{}' must be positive", key));
     return absl::OkStatus();
@@ -156,6 +169,8 @@ train:
   seed: 0
   threads: 0
   resume: true
+  device: auto
+  gemm_precision: bf16
 )", "train defaults");
   return *parsed;
 }
@@ -251,6 +266,32 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
     spdlog::info("train: starting from a fresh initialisation (seed {})", s.seed);
   }
   RWR_RETURN_IF_ERROR(comm->Broadcast(params, 0));
+
+  // Where the steps run: the CUDA model (parameters, gradients and AdamW state on the GPU; one
+  // rank for now) or the CPU reference.
+  bool use_cuda = false;
+#ifdef RWR_TRAINER_HAVE_CUDA
+  std::unique_ptr<MambaCuda> gpu;
+  use_cuda = s.device == "cuda" || (s.device == "auto" && CudaDeviceAvailable() &&
+                                    comm->world_size() == 1 && model_config.d_state == 16);
+  if (use_cuda) {
+    if (comm->world_size() != 1) {
+      return absl::UnimplementedError("train.device=cuda runs on one rank for now (multi-GPU comes "
+                                      "with the NCCL communicator)");
+    }
+    RWR_ASSIGN_OR_RETURN(gpu, MambaCuda::Create(model_config, s.gemm == "fp32" ? GemmPrecision::kFp32
+                                                                               : GemmPrecision::kBf16));
+    RWR_RETURN_IF_ERROR(gpu->UploadParams(params));
+    if (resume_from) {
+      RWR_RETURN_IF_ERROR(gpu->UploadOptimizer(adamw.exp_avg(), adamw.exp_avg_sq(), adamw.step()));
+    }
+  }
+#else
+  if (s.device == "cuda") {
+    return absl::UnimplementedError("train.device=cuda: this build has no CUDA (configure with RWR_CUDA=ON)");
+  }
+#endif
+  spdlog::info("train: running on {}", use_cuda ? fmt::format("CUDA ({} GEMMs)", s.gemm) : "the CPU");
   state.resolved_config_yaml = config.ToYaml();
   {
     std::ofstream cfg(out_dir / "config.yaml");
@@ -272,6 +313,14 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
   int64_t window_tokens = 0;
 
   auto save = [&]() -> absl::Status {
+#ifdef RWR_TRAINER_HAVE_CUDA
+    if (gpu) {
+      RWR_RETURN_IF_ERROR(gpu->DownloadParams(params));
+      int64_t opt_step = 0;
+      RWR_RETURN_IF_ERROR(gpu->DownloadOptimizer(&adamw.exp_avg(), &adamw.exp_avg_sq(), &opt_step));
+      adamw.set_step(opt_step);
+    }
+#endif
     state.loader_position_json = loader->position().ToJson();
     state.rng_state = rng.state();
     CheckpointData data{model_config, params, range.begin, range.end, adamw.exp_avg(),
@@ -294,7 +343,15 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
     storage::Batch batch;
     for (int64_t i = 0; i < s.eval_batches; ++i) {
       RWR_RETURN_IF_ERROR(eval_loader->Next(&batch));
-      RWR_ASSIGN_OR_RETURN(LossSum part, model.Forward(params, View(batch), s.chunk_len));
+      LossSum part;
+#ifdef RWR_TRAINER_HAVE_CUDA
+      if (gpu) {
+        RWR_ASSIGN_OR_RETURN(part, gpu->Forward(View(batch), s.chunk_len));
+      } else
+#endif
+      {
+        RWR_ASSIGN_OR_RETURN(part, model.Forward(params, View(batch), s.chunk_len));
+      }
       sums[0] += part.loss_sum;
       sums[1] += static_cast<double>(part.tokens);
     }
@@ -322,20 +379,39 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
       positions += mb.batch_size * mb.seq_len;
     }
     RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(counts)));
-    std::fill(grads.begin(), grads.end(), 0.f);
     std::vector<double> loss_sum = {0};
     const float scale = counts[0] > 0 ? static_cast<float>(1.0 / counts[0]) : 0.f;
-    for (const auto& mb : micro) {
-      RWR_ASSIGN_OR_RETURN(LossSum part, model.ForwardBackward(params, View(mb), s.chunk_len, scale, grads));
-      loss_sum[0] += part.loss_sum;
-    }
-    RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(loss_sum)));
-    RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<float>(grads)));
-    const double loss = counts[0] > 0 ? loss_sum[0] / counts[0] : 0.0;
     const double lr = schedule.At(state.step);
     double grad_norm = 0;
+    bool gpu_nonfinite = false;
+#ifdef RWR_TRAINER_HAVE_CUDA
+    if (gpu) {
+      RWR_RETURN_IF_ERROR(gpu->ZeroGrads());
+      for (const auto& mb : micro) {
+        RWR_ASSIGN_OR_RETURN(LossSum part, gpu->ForwardBackward(View(mb), s.chunk_len, scale));
+        loss_sum[0] += part.loss_sum;
+      }
+    } else
+#endif
+    {
+      std::fill(grads.begin(), grads.end(), 0.f);
+      for (const auto& mb : micro) {
+        RWR_ASSIGN_OR_RETURN(LossSum part, model.ForwardBackward(params, View(mb), s.chunk_len, scale, grads));
+        loss_sum[0] += part.loss_sum;
+      }
+      RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<float>(grads)));
+    }
+    RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(loss_sum)));
+    const double loss = counts[0] > 0 ? loss_sum[0] / counts[0] : 0.0;
+#ifdef RWR_TRAINER_HAVE_CUDA
+    // The GPU step clips and updates in one go and reports a non-finite gradient norm instead.
+    if (gpu && std::isfinite(loss) && counts[0] > 0) {
+      RWR_ASSIGN_OR_RETURN(grad_norm, gpu->ClipAndStep(s.clip_norm, lr, {s.beta1, s.beta2, s.eps, s.weight_decay}));
+      gpu_nonfinite = !std::isfinite(grad_norm);
+    }
+#endif
     bool skipped = false;
-    if (!std::isfinite(loss) || !AllFinite(grads)) {
+    if (!std::isfinite(loss) || gpu_nonfinite || (!use_cuda && !AllFinite(grads))) {
       ++state.nonfinite_in_a_row;
       skipped = true;
       spdlog::warn("train: step {}: non-finite loss or gradient; update skipped ({} in a row, abort at {})",
@@ -348,6 +424,8 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
     } else if (counts[0] == 0) {
       skipped = true;
       spdlog::warn("train: step {}: no loss tokens in the batch; update skipped", state.step + 1);
+    } else if (use_cuda) {
+      state.nonfinite_in_a_row = 0;  // updated above
     } else {
       state.nonfinite_in_a_row = 0;
       grad_norm = GlobalNorm(grads);
@@ -374,6 +452,13 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
                    {"mfu", nullptr},
                    {"peak_mem_gib", PeakRssGiB()}, {"loss_tokens", counts[0]},
                    {"skipped", skipped}, {"epoch", loader->position().epoch}};
+#ifdef RWR_TRAINER_HAVE_CUDA
+    if (gpu) {
+      record["mfu"] = 6.0 * static_cast<double>(model_config.NumParameters()) * tokens_per_s / 790e12;
+      record["peak_mem_gib"] = static_cast<double>(gpu->peak_bytes()) / (1 << 30);  // device
+      record["peak_host_gib"] = PeakRssGiB();
+    }
+#endif
     if (s.eval_every > 0 && !s.eval_dir.empty() &&
         (state.step % s.eval_every == 0 || state.step == s.steps)) {
       RWR_ASSIGN_OR_RETURN(double eval_loss, evaluate());
@@ -386,10 +471,12 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
       metrics.flush();
     }
     if (state.step % s.log_every == 0 || state.step == s.steps || state.step == 1) {
-      spdlog::info("step {}/{}  loss {:.4f}{}  lr {:.3e}  grad_norm {:.3f}  {:.0f} tok/s  peak {:.2f} GiB",
+      spdlog::info("step {}/{}  loss {:.4f}{}  lr {:.3e}  grad_norm {:.3f}  {:.0f} tok/s{}  peak {:.2f} GiB",
                    state.step, s.steps, loss,
                    record.contains("eval_loss") ? fmt::format("  eval {:.4f}", record["eval_loss"].get<double>()) : "",
-                   lr, grad_norm, tokens_per_s, record["peak_mem_gib"].get<double>());
+                   lr, grad_norm, tokens_per_s,
+                   record["mfu"].is_number() ? fmt::format("  MFU {:.1f}%", 100 * record["mfu"].get<double>()) : "",
+                   record["peak_mem_gib"].get<double>());
       window_start = now;
       window_tokens = 0;
     }

@@ -7,10 +7,17 @@
 #include <cmath>
 #include <fstream>
 
+#include "fmt/format.h"
 #include "nlohmann/json.hpp"
 #include "storage/safetensors.h"
 #include "trainer/mamba_cuda.h"
 #include "trainer/model_io.h"
+#include "storage/shard.h"
+#include "trainer/checkpoint.h"
+#include "trainer/rng.h"
+#include "trainer/train_loop.h"
+#include <filesystem>
+#include <map>
 
 namespace rwr::trainer {
 namespace {
@@ -136,6 +143,88 @@ TEST_P(MambaCudaTest, ThreeAdamWStepsMatchTorch) {
     auto norm = model->ClipAndStep(hp["clip_norm"], hp["lr"], options);
     ASSERT_TRUE(norm.ok()) << norm.status();
     EXPECT_NEAR(*norm, hp["grad_norms_before_clip"][step].get<double>(), (fp32() ? 1e-4 : 5e-2) * *norm);
+  }
+}
+
+// `rwr train` on the GPU follows the CPU run's losses (fp32 GEMMs, rel 1e-3 over 6 steps with
+// warmup), and resumes from a checkpoint it wrote.
+std::string MakeDataset(const std::string& dir) {
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  storage::ShardManifest manifest;
+  manifest.vocab_size = 97;
+  manifest.seq_len = 40;
+  storage::ShardWriter writer(dir + "/shard_0.rws", {.vocab_size = 97, .seq_len = 40});
+  Rng rng(11);
+  for (int r = 0; r < 24; ++r) {
+    writer.BeginRow();
+    for (int doc = 0; doc < 2; ++doc) {
+      std::vector<uint32_t> tokens;
+      std::vector<uint8_t> mask;
+      uint32_t t = rng.Next() % 97;
+      for (int i = 0; i < 20; ++i, t = (5 * t + 2) % 97) {
+        tokens.push_back(t);
+        mask.push_back(i >= 4);
+      }
+      EXPECT_TRUE(writer.AddDocument(tokens, mask).ok());
+    }
+  }
+  EXPECT_TRUE(writer.Finish().ok());
+  manifest.shards.push_back({"shard_0.rws", writer.num_rows(), writer.num_documents(),
+                             writer.num_tokens(), writer.num_loss_tokens(), writer.payload_sha256_hex()});
+  EXPECT_TRUE(manifest.Save(dir).ok());
+  return dir;
+}
+
+std::map<int64_t, double> Losses(const std::string& out) {
+  std::map<int64_t, double> losses;
+  std::ifstream in(out + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line);
+    losses[j["step"].get<int64_t>()] = j["loss"].get<double>();
+  }
+  return losses;
+}
+
+TEST(TrainCuda, GpuRunFollowsCpuRunAndResumes) {
+  if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  const std::string root = ::testing::TempDir() + "/rwr_train_cuda";
+  const std::string data = MakeDataset(root + "/data");
+  auto config_for = [&](const std::string& out, const std::string& device,
+                        std::vector<std::string> extra) {
+    Config config = DefaultTrainConfig();
+    auto body = Config::Parse(fmt::format(R"(
+model: {{hidden_size: 32, num_hidden_layers: 2, vocab_size: 97, state_size: 16, time_step_rank: 2}}
+data: {{dir: {}, seed: 1}}
+train: {{out_dir: {}, steps: 6, batch_size: 2, grad_accum: 2, lr: 0.01, warmup_steps: 2,
+        chunk_len: 16, checkpoint_every: 0, log_every: 100, device: {}, gemm_precision: fp32}}
+)", data, out, device), "test");
+    EXPECT_TRUE(body.ok());
+    config.Merge(*body);
+    EXPECT_TRUE(config.SetAll(extra).ok());
+    return config;
+  };
+  std::filesystem::remove_all(root + "/cpu");
+  std::filesystem::remove_all(root + "/gpu");
+  std::filesystem::remove_all(root + "/gpu_resumed");
+  SingleRankCommunicator comm;
+  ASSERT_TRUE(Train(config_for(root + "/cpu", "cpu", {}), &comm).ok());
+  auto gpu = Train(config_for(root + "/gpu", "cuda", {}), &comm);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  const auto cpu_losses = Losses(root + "/cpu"), gpu_losses = Losses(root + "/gpu");
+  ASSERT_EQ(gpu_losses.size(), 6u);
+  for (const auto& [step, loss] : cpu_losses) {
+    EXPECT_NEAR(gpu_losses.at(step), loss, 1e-3 * loss) << "step " << step;
+  }
+  auto part = Train(config_for(root + "/gpu_resumed", "cuda", {"train.max_steps_this_run=3"}), &comm);
+  ASSERT_TRUE(part.ok()) << part.status();
+  auto rest = Train(config_for(root + "/gpu_resumed", "cuda", {}), &comm);
+  ASSERT_TRUE(rest.ok()) << rest.status();
+  EXPECT_EQ(rest->start_step, 3);
+  const auto resumed = Losses(root + "/gpu_resumed");
+  for (int64_t step = 4; step <= 6; ++step) {
+    EXPECT_NEAR(resumed.at(step), gpu_losses.at(step), 1e-4 * gpu_losses.at(step)) << step;
   }
 }
 

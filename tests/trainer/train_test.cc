@@ -74,7 +74,7 @@ model: {{hidden_size: 16, num_hidden_layers: 2, vocab_size: {}, state_size: 4, e
 data: {{dir: {}, eval_dir: {}, seed: 3}}
 train: {{out_dir: {}, steps: 8, batch_size: 2, grad_accum: 2, lr: 0.01, min_lr: 0.001,
         warmup_steps: 2, checkpoint_every: 3, eval_every: 4, eval_batches: 2, log_every: 100,
-        chunk_len: 10}}
+        chunk_len: 10, device: cpu}}
 )", kVocab, data, data, out), "test");
   EXPECT_TRUE(model.ok()) << model.status();
   config.Merge(*model);
