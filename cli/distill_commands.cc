@@ -221,12 +221,16 @@ struct ServeFlags {
   CommonOptions common;
   std::string listen = kDefaultServer;
   std::string cache;
+  std::string token_file;
 };
 
 absl::Status ServeCommand(ServeFlags& f) {
   RWR_ASSIGN_OR_RETURN(Config config, ResolveConfig(f.common, Config(), "distill serve"));
   teacher::DistillServerOptions options;
   options.listen = f.listen;
+  if (!f.token_file.empty()) {
+    RWR_ASSIGN_OR_RETURN(options.auth_token, ReadTokenFile(f.token_file));
+  }
   RWR_ASSIGN_OR_RETURN(options.client, ClientOptionsFrom(config));
   RWR_ASSIGN_OR_RETURN(options.dataset, DatasetOptionsFrom(config, f.cache, ""));
   RWR_ASSIGN_OR_RETURN(options.default_negative_fraction,
@@ -255,6 +259,10 @@ void AddServe(CLI::App* group) {
   AddCommonOptions(cmd, &f->common);
   cmd->add_option("--listen", f->listen, "HOST:PORT to serve on")->capture_default_str();
   cmd->add_option("--cache", f->cache, "Cache directory (RocksDB; created if missing)")->required();
+  cmd->add_option("--auth-token-file", f->token_file,
+                  "File with a bearer token every client must send (--auth-token-file on "
+                  "submit/status/cancel); the service has no TLS: keep it on a private network")
+      ->check(CLI::ExistingFile);
   SetAction(cmd, [f] { return ServeCommand(*f); });
 }
 
@@ -263,6 +271,14 @@ void AddServe(CLI::App* group) {
 std::unique_ptr<v1::DistillService::Stub> Connect(const std::string& server) {
   return v1::DistillService::NewStub(
       grpc::CreateChannel(server, grpc::InsecureChannelCredentials()));
+}
+
+// `authorization: Bearer <token>` from `token_file`, when one is given.
+absl::Status Authorize(grpc::ClientContext* context, const std::string& token_file) {
+  if (token_file.empty()) return absl::OkStatus();
+  RWR_ASSIGN_OR_RETURN(std::string token, ReadTokenFile(token_file));
+  context->AddMetadata("authorization", "Bearer " + token);
+  return absl::OkStatus();
 }
 
 void SetDeadline(grpc::ClientContext* context, double seconds) {
@@ -311,7 +327,7 @@ std::string JobJson(const v1::Job& job) {
 struct SubmitFlags {
   CommonOptions common;
   std::string server = kDefaultServer;
-  std::string input, teacher, job_id;
+  std::string input, teacher, job_id, token_file;
   double negative_fraction = 0.3;
   uint32_t concurrency = 0;
   bool wait = false;
@@ -319,7 +335,7 @@ struct SubmitFlags {
 };
 
 absl::Status WatchUntilDone(v1::DistillService::Stub& stub, const std::string& server,
-                            const std::string& job_id, bool json);
+                            const std::string& job_id, bool json, const std::string& token_file);
 
 absl::Status SubmitCommand(SubmitFlags& f) {
   RWR_ASSIGN_OR_RETURN(Config config, ResolveConfig(f.common, Config(), "distill submit"));
@@ -335,11 +351,12 @@ absl::Status SubmitCommand(SubmitFlags& f) {
   }
   grpc::ClientContext context;
   SetDeadline(&context, 10);
+  RWR_RETURN_IF_ERROR(Authorize(&context, f.token_file));
   v1::Job job;
   grpc::Status status = stub->SubmitJob(&context, request, &job);
   if (!status.ok()) return RpcFailed(status, f.server, "distill submit");
   std::cout << "submitted " << job.job_id() << std::endl;
-  if (f.wait) return WatchUntilDone(*stub, f.server, job.job_id(), false);
+  if (f.wait) return WatchUntilDone(*stub, f.server, job.job_id(), false, f.token_file);
   return absl::OkStatus();
 }
 
@@ -357,12 +374,15 @@ void AddSubmit(CLI::App* group) {
                                     "Fraction of kept items that get an `empty` negative (default: the service's)");
   cmd->add_option("--concurrency", f->concurrency, "Teacher calls in flight (default: the service's)");
   cmd->add_flag("--wait", f->wait, "Follow the job's progress until it ends; exit 1 unless it succeeded");
+  cmd->add_option("--auth-token-file", f->token_file, "File with the service's bearer token")
+      ->check(CLI::ExistingFile);
   SetAction(cmd, [f] { return SubmitCommand(*f); });
 }
 
 absl::Status WatchUntilDone(v1::DistillService::Stub& stub, const std::string& server,
-                            const std::string& job_id, bool json) {
+                            const std::string& job_id, bool json, const std::string& token_file) {
   grpc::ClientContext context;
+  RWR_RETURN_IF_ERROR(Authorize(&context, token_file));
   v1::WatchJobRequest request;
   request.set_job_id(job_id);
   request.set_interval_ms(1000);
@@ -392,6 +412,7 @@ struct StatusFlags {
   CommonOptions common;
   std::string server = kDefaultServer;
   std::string job_id;
+  std::string token_file;
   bool watch = false;
   bool json = false;
 };
@@ -404,6 +425,7 @@ absl::Status StatusCommand(StatusFlags& f) {
     if (f.watch) return absl::InvalidArgumentError("distill status --watch needs a JOB_ID");
     grpc::ClientContext context;
     SetDeadline(&context, 10);
+    RWR_RETURN_IF_ERROR(Authorize(&context, f.token_file));
     v1::ListJobsResponse response;
     grpc::Status status = stub->ListJobs(&context, v1::ListJobsRequest(), &response);
     if (!status.ok()) return RpcFailed(status, f.server, "distill status");
@@ -418,9 +440,10 @@ absl::Status StatusCommand(StatusFlags& f) {
     }
     return absl::OkStatus();
   }
-  if (f.watch) return WatchUntilDone(*stub, f.server, f.job_id, f.json);
+  if (f.watch) return WatchUntilDone(*stub, f.server, f.job_id, f.json, f.token_file);
   grpc::ClientContext context;
   SetDeadline(&context, 10);
+  RWR_RETURN_IF_ERROR(Authorize(&context, f.token_file));
   v1::GetJobRequest request;
   request.set_job_id(f.job_id);
   v1::Job job;
@@ -440,6 +463,8 @@ void AddStatus(CLI::App* group) {
   cmd->add_flag("--watch", f->watch,
                 "Follow the job (a line a second) until it ends; exit 1 unless it succeeded");
   cmd->add_flag("--json", f->json, "Print the job(s) as JSON (rwr.v1.Job field names)");
+  cmd->add_option("--auth-token-file", f->token_file, "File with the service's bearer token")
+      ->check(CLI::ExistingFile);
   SetAction(cmd, [f] { return StatusCommand(*f); });
 }
 
@@ -447,6 +472,7 @@ struct CancelFlags {
   CommonOptions common;
   std::string server = kDefaultServer;
   std::string job_id;
+  std::string token_file;
 };
 
 absl::Status CancelCommand(CancelFlags& f) {
@@ -454,6 +480,7 @@ absl::Status CancelCommand(CancelFlags& f) {
   auto stub = Connect(f.server);
   grpc::ClientContext context;
   SetDeadline(&context, 10);
+  RWR_RETURN_IF_ERROR(Authorize(&context, f.token_file));
   v1::CancelJobRequest request;
   request.set_job_id(f.job_id);
   v1::Job job;
@@ -470,6 +497,8 @@ void AddCancel(CLI::App* group) {
   AddCommonOptions(cmd, &f->common);
   cmd->add_option("job_id", f->job_id, "Job to cancel")->required();
   cmd->add_option("--server", f->server, "The service's HOST:PORT")->capture_default_str();
+  cmd->add_option("--auth-token-file", f->token_file, "File with the service's bearer token")
+      ->check(CLI::ExistingFile);
   SetAction(cmd, [f] { return CancelCommand(*f); });
 }
 

@@ -111,8 +111,21 @@ class DistillServer::Impl final : public v1::DistillService::Service {
 
   // --- RPCs ---
 
-  grpc::Status SubmitJob(grpc::ServerContext*, const v1::SubmitJobRequest* request,
+  grpc::Status CheckToken(const grpc::ServerContext* context) const {
+    if (options_.auth_token.empty()) return grpc::Status::OK;
+    const auto& metadata = context->client_metadata();
+    auto it = metadata.find("authorization");
+    const std::string expected = "Bearer " + options_.auth_token;
+    if (it == metadata.end() || std::string(it->second.data(), it->second.size()) != expected) {
+      return {grpc::StatusCode::UNAUTHENTICATED,
+              "missing or wrong bearer token (pass the service's token with --auth-token-file)"};
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status SubmitJob(grpc::ServerContext* context, const v1::SubmitJobRequest* request,
                          v1::Job* response) override {
+    if (grpc::Status auth = CheckToken(context); !auth.ok()) return auth;
     std::error_code error;
     if (request->dataset_path().empty() ||
         !std::filesystem::is_regular_file(request->dataset_path(), error)) {
@@ -169,8 +182,9 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status GetJob(grpc::ServerContext*, const v1::GetJobRequest* request,
+  grpc::Status GetJob(grpc::ServerContext* context, const v1::GetJobRequest* request,
                       v1::Job* response) override {
+    if (grpc::Status auth = CheckToken(context); !auth.ok()) return auth;
     std::lock_guard<std::mutex> lock(mu_);
     auto it = jobs_.find(request->job_id());
     if (it == jobs_.end()) return NotFound(request->job_id());
@@ -178,8 +192,9 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status ListJobs(grpc::ServerContext*, const v1::ListJobsRequest*,
+  grpc::Status ListJobs(grpc::ServerContext* context, const v1::ListJobsRequest*,
                         v1::ListJobsResponse* response) override {
+    if (grpc::Status auth = CheckToken(context); !auth.ok()) return auth;
     std::lock_guard<std::mutex> lock(mu_);
     std::vector<const v1::Job*> sorted;
     for (const auto& [id, job] : jobs_) sorted.push_back(&job);
@@ -192,6 +207,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
 
   grpc::Status WatchJob(grpc::ServerContext* context, const v1::WatchJobRequest* request,
                         grpc::ServerWriter<v1::Job>* writer) override {
+    if (grpc::Status auth = CheckToken(context); !auth.ok()) return auth;
     const auto interval = std::chrono::milliseconds(request->interval_ms() > 0 ? request->interval_ms() : 1000);
     std::unique_lock<std::mutex> lock(mu_);
     while (true) {
@@ -214,8 +230,9 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     }
   }
 
-  grpc::Status CancelJob(grpc::ServerContext*, const v1::CancelJobRequest* request,
+  grpc::Status CancelJob(grpc::ServerContext* context, const v1::CancelJobRequest* request,
                          v1::Job* response) override {
+    if (grpc::Status auth = CheckToken(context); !auth.ok()) return auth;
     std::lock_guard<std::mutex> lock(mu_);
     auto it = jobs_.find(request->job_id());
     if (it == jobs_.end()) return NotFound(request->job_id());

@@ -36,6 +36,9 @@ struct DistillServerOptions {
   DatasetOptions dataset;              // bad input handling for every job
   double default_negative_fraction = 0.3;
   double persist_interval_s = 1.0;     // how often a running job's counts are written
+  // Non-empty: every call must carry `authorization: Bearer <token>` metadata (UNAUTHENTICATED
+  // otherwise). The service has no TLS of its own: bind it to loopback or a private network.
+  std::string auth_token;
 };
 
 class DistillServer {

@@ -41,8 +41,9 @@ class DistillServiceTest : public ::testing::Test {
     fs::remove_all(dir_);
   }
 
-  void StartService() {
+  void StartService(const std::string& auth_token = "") {
     DistillServerOptions options;
+    options.auth_token = auth_token;
     options.client.concurrency = 4;
     options.client.deadline_s = 5;
     options.client.initial_backoff_s = 0.01;
@@ -157,6 +158,20 @@ TEST_F(DistillServiceTest, BadSubmissionsAreRefusedWithTheirCode) {
   job = Watch("nowhere");
   EXPECT_EQ(job.state(), v1::Job::FAILED);
   EXPECT_FALSE(job.error().empty());
+}
+
+TEST_F(DistillServiceTest, WithATokenEveryCallMustCarryIt) {
+  StartService("s3cret");
+  v1::Job job;
+  EXPECT_EQ(Submit("t", "builtin:extractive", &job).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  grpc::ClientContext wrong;
+  wrong.AddMetadata("authorization", "Bearer nope");
+  v1::ListJobsResponse jobs;
+  EXPECT_EQ(stub_->ListJobs(&wrong, v1::ListJobsRequest(), &jobs).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  grpc::ClientContext right;
+  right.AddMetadata("authorization", "Bearer s3cret");
+  EXPECT_TRUE(stub_->ListJobs(&right, v1::ListJobsRequest(), &jobs).ok());
 }
 
 TEST_F(DistillServiceTest, CancelStopsARunningJobAndAQueuedOne) {
