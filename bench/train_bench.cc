@@ -5,12 +5,12 @@
 //
 //   train_bench --model configs/models/mamba-2.8b.yaml --cases 2048x1,2048x4,8192x1 \
 //               --long 32768,65536,131072 --json out.json
+#include <cuda_runtime_api.h>
+
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
-
-#include <cuda_runtime_api.h>
 
 #include "CLI/CLI.hpp"
 #include "fmt/format.h"
@@ -35,7 +35,8 @@ std::vector<Case> ParseCases(const std::string& text) {
   while (std::getline(ss, item, ',')) {
     if (item.empty()) continue;
     const size_t x = item.find('x');
-    cases.push_back({std::stoll(item.substr(0, x)), x == std::string::npos ? 1 : std::stoll(item.substr(x + 1))});
+    cases.push_back({std::stoll(item.substr(0, x)),
+                     x == std::string::npos ? 1 : std::stoll(item.substr(x + 1))});
   }
   return cases;
 }
@@ -64,22 +65,37 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   auto config = rwr::Config::LoadFile(model_path);
-  if (!config.ok()) { fmt::print(stderr, "{}\n", std::string(config.status().message())); return 1; }
+  if (!config.ok()) {
+    fmt::print(stderr, "{}\n", std::string(config.status().message()));
+    return 1;
+  }
   auto mc = rwr::trainer::ModelConfigFromRunConfig(*config);
-  if (!mc.ok()) { fmt::print(stderr, "{}\n", std::string(mc.status().message())); return 1; }
+  if (!mc.ok()) {
+    fmt::print(stderr, "{}\n", std::string(mc.status().message()));
+    return 1;
+  }
   const double N = static_cast<double>(mc->NumParameters());
   fmt::print("model {}\n", mc->Summary());
   auto model = rwr::trainer::MambaCuda::Create(
       *mc, precision == "fp32" ? GemmPrecision::kFp32 : GemmPrecision::kBf16);
-  if (!model.ok()) { fmt::print(stderr, "{}\n", std::string(model.status().message())); return 1; }
+  if (!model.ok()) {
+    fmt::print(stderr, "{}\n", std::string(model.status().message()));
+    return 1;
+  }
   {
     const auto params = rwr::trainer::InitParams(*mc, 1);
-    if (auto s = (*model)->UploadParams(params); !s.ok()) { fmt::print(stderr, "{}\n", std::string(s.message())); return 1; }
+    if (auto s = (*model)->UploadParams(params); !s.ok()) {
+      fmt::print(stderr, "{}\n", std::string(s.message()));
+      return 1;
+    }
   }
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
-  nlohmann::json results = {{"card", prop.name}, {"model", mc->Summary()}, {"parameters", N},
-                            {"precision", precision}, {"cases", nlohmann::json::array()}};
+  nlohmann::json results = {{"card", prop.name},
+                            {"model", mc->Summary()},
+                            {"parameters", N},
+                            {"precision", precision},
+                            {"cases", nlohmann::json::array()}};
   const rwr::trainer::AdamWOptions adamw{};
   rwr::trainer::Rng rng(5);
 
@@ -92,19 +108,30 @@ int main(int argc, char** argv) {
       targets[i] = static_cast<int32_t>(rng.Next() % mc->vocab_size);
     }
     for (int64_t b = 0; b < c.B; ++b) reset[b * c.T] = 1;
-    const rwr::trainer::TokenBatch batch{c.B, c.T, tokens.data(), targets.data(), mask.data(), reset.data()};
+    const rwr::trainer::TokenBatch batch{c.B,         c.T,         tokens.data(), targets.data(),
+                                         mask.data(), reset.data()};
     const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(c.T, chunk_tokens / c.B));
     std::vector<double> times;
     double loss = 0, peak = 0;
     for (int i = 0; i < timed + 1; ++i) {
       const auto t0 = std::chrono::steady_clock::now();
-      if (auto s = (*model)->ZeroGrads(); !s.ok()) { fmt::print("  {}\n", std::string(s.message())); return false; }
+      if (auto s = (*model)->ZeroGrads(); !s.ok()) {
+        fmt::print("  {}\n", std::string(s.message()));
+        return false;
+      }
       auto r = (*model)->ForwardBackward(batch, chunk, 1.f / n);
-      if (!r.ok()) { fmt::print("  T {} B {}: {}\n", c.T, c.B, std::string(r.status().message())); return false; }
+      if (!r.ok()) {
+        fmt::print("  T {} B {}: {}\n", c.T, c.B, std::string(r.status().message()));
+        return false;
+      }
       auto norm = (*model)->ClipAndStep(1.0, 1e-5, adamw);
-      if (!norm.ok()) { fmt::print("  {}\n", std::string(norm.status().message())); return false; }
+      if (!norm.ok()) {
+        fmt::print("  {}\n", std::string(norm.status().message()));
+        return false;
+      }
       cudaDeviceSynchronize();
-      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double dt =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       peak = std::max(peak, UsedGiB());
       loss = r->loss_sum / r->tokens;
       if (i > 0) times.push_back(dt);
@@ -112,11 +139,13 @@ int main(int argc, char** argv) {
     std::sort(times.begin(), times.end());
     const double median = times.empty() ? 0 : times[times.size() / 2];
     const double tps = median > 0 ? n / median : 0;
-    *out = {{"seq_len", c.T}, {"batch", c.B}, {"chunk_len", chunk}, {"step_s", median},
-            {"tokens_per_s", tps}, {"mfu", 6 * N * tps / 790e12}, {"peak_gib", peak},
-            {"loss", loss}};
-    fmt::print("  T {:>6}  B {}  chunk {:>5}  step {:8.3f} s  {:>8.0f} tok/s  MFU {:5.1f}%  peak {:5.1f} GiB  loss {:.3f}\n",
-               c.T, c.B, chunk, median, tps, 100 * 6 * N * tps / 790e12, peak, loss);
+    *out = {{"seq_len", c.T},   {"batch", c.B},        {"chunk_len", chunk},
+            {"step_s", median}, {"tokens_per_s", tps}, {"mfu", 6 * N * tps / 790e12},
+            {"peak_gib", peak}, {"loss", loss}};
+    fmt::print(
+        "  T {:>6}  B {}  chunk {:>5}  step {:8.3f} s  {:>8.0f} tok/s  MFU {:5.1f}%  peak {:5.1f} "
+        "GiB  loss {:.3f}\n",
+        c.T, c.B, chunk, median, tps, 100 * 6 * N * tps / 790e12, peak, loss);
     std::fflush(stdout);
     return true;
   };

@@ -32,7 +32,8 @@ void RegisterCheckpointCommands(CLI::App& app) {
   inspect->add_flag("--tensors", options->tensors, "List every tensor with dtype and shape");
   SetAction(inspect, [options]() -> absl::Status {
     namespace fs = std::filesystem;
-    RWR_ASSIGN_OR_RETURN(Config config, ResolveConfig(options->common, Config(), "checkpoint inspect"));
+    RWR_ASSIGN_OR_RETURN(Config config,
+                         ResolveConfig(options->common, Config(), "checkpoint inspect"));
     for (const fs::path& d : {fs::path(options->dir), fs::path(options->dir) / "checkpoints"}) {
       auto all = trainer::ListCheckpoints(d.string());
       if (!all.empty()) {
@@ -41,8 +42,8 @@ void RegisterCheckpointCommands(CLI::App& app) {
       }
     }
     RWR_ASSIGN_OR_RETURN(std::string dir, trainer::ResolveCheckpointDir(options->dir));
-    RWR_ASSIGN_OR_RETURN(trainer::MambaConfig model,
-                         trainer::MambaConfig::FromJsonFile((fs::path(dir) / "config.json").string()));
+    RWR_ASSIGN_OR_RETURN(trainer::MambaConfig model, trainer::MambaConfig::FromJsonFile(
+                                                         (fs::path(dir) / "config.json").string()));
     std::ifstream in(fs::path(dir) / "trainer_state.json");
     nlohmann::json state;
     try {

@@ -24,7 +24,8 @@ void RegisterExportCommands(CLI::App& app) {
                   "step_NNNNNNNN dir, checkpoints/ dir or run dir (newest complete checkpoint)")
       ->required();
   cmd->add_option("--out", options->exp.out, "Output directory (created)")->required();
-  cmd->add_option("--dtype", options->exp.dtype, "bf16 or fp32")->capture_default_str()
+  cmd->add_option("--dtype", options->exp.dtype, "bf16 or fp32")
+      ->capture_default_str()
       ->check(CLI::IsMember({"bf16", "fp32"}));
   cmd->add_option("--max-shard-gib", options->max_shard_gib, "Shard the weights above this size")
       ->capture_default_str();

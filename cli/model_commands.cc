@@ -27,7 +27,8 @@ void RegisterModelCommands(CLI::App& app) {
   AddCommonOptions(init, &options->common);
   init->add_option("--out", options->out, "Output directory (created)")->required();
   init->add_option("--seed", options->seed, "Initialisation seed")->capture_default_str();
-  init->add_option("--dtype", options->dtype, "fp32 or bf16")->capture_default_str()
+  init->add_option("--dtype", options->dtype, "fp32 or bf16")
+      ->capture_default_str()
       ->check(CLI::IsMember({"fp32", "bf16"}));
   SetAction(init, [options]() -> absl::Status {
     RWR_ASSIGN_OR_RETURN(Config config, ResolveConfig(options->common, Config(), "model init"));

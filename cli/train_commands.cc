@@ -16,24 +16,25 @@ void RegisterTrainCommands(CLI::App& app) {
   train->footer(
       "Needs data.dir (from `rwr data build`), train.out_dir and a model: section (inline HF keys\n"
       "as in configs/models/tiny.yaml, model.config: config.json, or model.init_from: DIR).\n"
-      "Writes metrics.jsonl and checkpoints/step_NNNNNNNN/ under train.out_dir; rerunning the same\n"
+      "Writes metrics.jsonl and checkpoints/step_NNNNNNNN/ under train.out_dir; rerunning the "
+      "same\n"
       "command resumes from the newest complete checkpoint. Example:\n"
-      "  rwr train --config configs/train_tiny.yaml --set data.dir=runs/data --set train.steps=200\n"
-      "Keys: see trainer/train_loop.h and docs/configuration.md. SIGTERM/SIGUSR1: checkpoint, exit 0.");
+      "  rwr train --config configs/train_tiny.yaml --set data.dir=runs/data --set "
+      "train.steps=200\n"
+      "Keys: see trainer/train_loop.h and docs/configuration.md. SIGTERM/SIGUSR1: checkpoint, exit "
+      "0.");
   AddCommonOptions(train, options);
   SetAction(train, [options]() -> absl::Status {
     RWR_ASSIGN_OR_RETURN(Config config,
                          ResolveConfig(*options, trainer::DefaultTrainConfig(), "train"));
     trainer::SingleRankCommunicator comm;
     RWR_ASSIGN_OR_RETURN(trainer::TrainResult result, trainer::Train(config, &comm));
-    std::cout << fmt::format("train: steps {} -> {}{}, loss {:.4f} -> {:.4f}{}, checkpoint {}\n",
-                             result.start_step, result.final_step,
-                             result.interrupted ? " (stopped early, resumable)" : "",
-                             result.first_loss, result.last_loss,
-                             result.last_eval_loss >= 0
-                                 ? fmt::format(", eval loss {:.4f}", result.last_eval_loss)
-                                 : "",
-                             result.last_checkpoint);
+    std::cout << fmt::format(
+        "train: steps {} -> {}{}, loss {:.4f} -> {:.4f}{}, checkpoint {}\n", result.start_step,
+        result.final_step, result.interrupted ? " (stopped early, resumable)" : "",
+        result.first_loss, result.last_loss,
+        result.last_eval_loss >= 0 ? fmt::format(", eval loss {:.4f}", result.last_eval_loss) : "",
+        result.last_checkpoint);
     return absl::OkStatus();
   });
 }

@@ -72,16 +72,26 @@ bool IsFloat(DType d) {
 
 std::string_view DTypeName(DType dtype) {
   switch (dtype) {
-    case DType::kF64: return "F64";
-    case DType::kF32: return "F32";
-    case DType::kF16: return "F16";
-    case DType::kBF16: return "BF16";
-    case DType::kI64: return "I64";
-    case DType::kI32: return "I32";
-    case DType::kI16: return "I16";
-    case DType::kI8: return "I8";
-    case DType::kU8: return "U8";
-    case DType::kBool: return "BOOL";
+    case DType::kF64:
+      return "F64";
+    case DType::kF32:
+      return "F32";
+    case DType::kF16:
+      return "F16";
+    case DType::kBF16:
+      return "BF16";
+    case DType::kI64:
+      return "I64";
+    case DType::kI32:
+      return "I32";
+    case DType::kI16:
+      return "I16";
+    case DType::kI8:
+      return "I8";
+    case DType::kU8:
+      return "U8";
+    case DType::kBool:
+      return "BOOL";
   }
   return "?";
 }
@@ -97,10 +107,20 @@ absl::StatusOr<DType> ParseDType(std::string_view name) {
 
 size_t DTypeSize(DType dtype) {
   switch (dtype) {
-    case DType::kF64: case DType::kI64: return 8;
-    case DType::kF32: case DType::kI32: return 4;
-    case DType::kF16: case DType::kBF16: case DType::kI16: return 2;
-    case DType::kI8: case DType::kU8: case DType::kBool: return 1;
+    case DType::kF64:
+    case DType::kI64:
+      return 8;
+    case DType::kF32:
+    case DType::kI32:
+      return 4;
+    case DType::kF16:
+    case DType::kBF16:
+    case DType::kI16:
+      return 2;
+    case DType::kI8:
+    case DType::kU8:
+    case DType::kBool:
+      return 1;
   }
   return 0;
 }
@@ -133,7 +153,7 @@ uint16_t FloatToF16(float value) {
   }
   const int e = static_cast<int>(exponent) - 127 + 15;
   if (e >= 31) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow to inf
-  if (e <= 0) {                                                // subnormal or zero
+  if (e <= 0) {                                               // subnormal or zero
     if (e < -10) return static_cast<uint16_t>(sign);
     mantissa |= 0x800000u;
     const int shift = 14 - e;
@@ -193,7 +213,8 @@ std::string ShapeString(std::span<const int64_t> shape) {
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    if (errno == ENOENT) return absl::NotFoundError(fmt::format("safetensors {}: no such file", path));
+    if (errno == ENOENT)
+      return absl::NotFoundError(fmt::format("safetensors {}: no such file", path));
     return absl::UnavailableError(fmt::format("safetensors {}: {}", path, std::strerror(errno)));
   }
   struct stat st {};
@@ -204,13 +225,14 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size < 8) {
     ::close(fd);
-    return FileError(path, fmt::format("truncated: {} bytes, shorter than the 8-byte header length",
-                                       size));
+    return FileError(
+        path, fmt::format("truncated: {} bytes, shorter than the 8-byte header length", size));
   }
   void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
   ::close(fd);
   if (map == MAP_FAILED) {
-    return absl::UnavailableError(fmt::format("safetensors {}: mmap: {}", path, std::strerror(errno)));
+    return absl::UnavailableError(
+        fmt::format("safetensors {}: mmap: {}", path, std::strerror(errno)));
   }
   std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
   file->path_ = path;
@@ -221,7 +243,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   std::memcpy(&header_len, file->map_, 8);  // little-endian hosts only (x86-64, aarch64)
   if (header_len > kMaxHeaderBytes) {
     return FileError(path, fmt::format("bad header: header length {} is implausible (not a "
-                                       "safetensors file?)", header_len));
+                                       "safetensors file?)",
+                                       header_len));
   }
   if (8 + header_len > size) {
     return FileError(path, fmt::format("truncated: header says {} header bytes, file has {} bytes",
@@ -240,10 +263,12 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
 
   for (auto it = header.begin(); it != header.end(); ++it) {
     if (it.key() == "__metadata__") {
-      if (!it.value().is_object()) return FileError(path, "bad header: __metadata__ is not an object");
+      if (!it.value().is_object())
+        return FileError(path, "bad header: __metadata__ is not an object");
       for (auto m = it.value().begin(); m != it.value().end(); ++m) {
         if (!m.value().is_string()) {
-          return FileError(path, fmt::format("bad header: __metadata__.{} is not a string", m.key()));
+          return FileError(path,
+                           fmt::format("bad header: __metadata__.{} is not a string", m.key()));
         }
         file->metadata_[m.key()] = m.value().get<std::string>();
       }
@@ -254,16 +279,20 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     info.name = it.key();
     try {
       auto dtype = ParseDType(entry.at("dtype").get<std::string>());
-      if (!dtype.ok()) return FileError(path, fmt::format("tensor '{}': {}", info.name, std::string(dtype.status().message())));
+      if (!dtype.ok())
+        return FileError(
+            path, fmt::format("tensor '{}': {}", info.name, std::string(dtype.status().message())));
       info.dtype = *dtype;
       for (const json& d : entry.at("shape")) {
         const int64_t dim = d.get<int64_t>();
-        if (dim < 0) return FileError(path, fmt::format("tensor '{}': negative dimension", info.name));
+        if (dim < 0)
+          return FileError(path, fmt::format("tensor '{}': negative dimension", info.name));
         info.shape.push_back(dim);
       }
       const json& offsets = entry.at("data_offsets");
       if (!offsets.is_array() || offsets.size() != 2) {
-        return FileError(path, fmt::format("tensor '{}': data_offsets must be [begin, end]", info.name));
+        return FileError(path,
+                         fmt::format("tensor '{}': data_offsets must be [begin, end]", info.name));
       }
       info.begin = offsets[0].get<uint64_t>();
       info.end = offsets[1].get<uint64_t>();
@@ -280,8 +309,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
                                          expected, info.end - info.begin));
     }
     if (info.end > data_size) {
-      return FileError(path, fmt::format("truncated: tensor '{}' ends at data byte {}, the file holds "
-                                         "{} data bytes", info.name, info.end, data_size));
+      return FileError(path,
+                       fmt::format("truncated: tensor '{}' ends at data byte {}, the file holds "
+                                   "{} data bytes",
+                                   info.name, info.end, data_size));
     }
     file->tensors_.push_back(std::move(info));
   }
@@ -296,7 +327,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   }
   if (cursor != data_size) {
     return FileError(path, fmt::format("data buffer is {} bytes but the tensors end at byte {} "
-                                       "(trailing bytes: corrupt file?)", data_size, cursor));
+                                       "(trailing bytes: corrupt file?)",
+                                       data_size, cursor));
   }
   for (size_t i = 0; i < file->tensors_.size(); ++i) file->index_[file->tensors_[i].name] = i;
   return file;
@@ -325,18 +357,23 @@ absl::Status SafetensorsFile::ReadFloatInto(std::string_view name, std::span<flo
     return absl::NotFoundError(fmt::format("safetensors {}: no tensor '{}'", path_, name));
   }
   if (!IsFloat(info->dtype)) {
-    return absl::InvalidArgumentError(fmt::format("safetensors {}: tensor '{}' is {}, expected a "
-                                                  "floating-point tensor", path_, name,
-                                                  DTypeName(info->dtype)));
+    return absl::InvalidArgumentError(
+        fmt::format("safetensors {}: tensor '{}' is {}, expected a "
+                    "floating-point tensor",
+                    path_, name, DTypeName(info->dtype)));
   }
   const int64_t n = info->NumElements();
   if (static_cast<int64_t>(out.size()) != n) {
-    return absl::InvalidArgumentError(fmt::format("safetensors {}: tensor '{}' has {} elements, "
-                                                  "expected {}", path_, name, n, out.size()));
+    return absl::InvalidArgumentError(
+        fmt::format("safetensors {}: tensor '{}' has {} elements, "
+                    "expected {}",
+                    path_, name, n, out.size()));
   }
   const uint8_t* src = data_ + info->begin;
   switch (info->dtype) {
-    case DType::kF32: std::memcpy(out.data(), src, n * 4); break;
+    case DType::kF32:
+      std::memcpy(out.data(), src, n * 4);
+      break;
     case DType::kF64:
       for (int64_t i = 0; i < n; ++i) {
         double v;
@@ -358,7 +395,8 @@ absl::Status SafetensorsFile::ReadFloatInto(std::string_view name, std::span<flo
         out[i] = F16ToFloat(v);
       }
       break;
-    default: break;
+    default:
+      break;
   }
   return absl::OkStatus();
 }
@@ -383,15 +421,33 @@ absl::StatusOr<std::vector<int64_t>> SafetensorsFile::ReadInt(std::string_view n
   const uint8_t* src = data_ + info->begin;
   for (int64_t i = 0; i < n; ++i) {
     switch (info->dtype) {
-      case DType::kI64: std::memcpy(&out[i], src + 8 * i, 8); break;
-      case DType::kI32: { int32_t v; std::memcpy(&v, src + 4 * i, 4); out[i] = v; break; }
-      case DType::kI16: { int16_t v; std::memcpy(&v, src + 2 * i, 2); out[i] = v; break; }
-      case DType::kI8: out[i] = static_cast<int8_t>(src[i]); break;
-      case DType::kU8: case DType::kBool: out[i] = src[i]; break;
+      case DType::kI64:
+        std::memcpy(&out[i], src + 8 * i, 8);
+        break;
+      case DType::kI32: {
+        int32_t v;
+        std::memcpy(&v, src + 4 * i, 4);
+        out[i] = v;
+        break;
+      }
+      case DType::kI16: {
+        int16_t v;
+        std::memcpy(&v, src + 2 * i, 2);
+        out[i] = v;
+        break;
+      }
+      case DType::kI8:
+        out[i] = static_cast<int8_t>(src[i]);
+        break;
+      case DType::kU8:
+      case DType::kBool:
+        out[i] = src[i];
+        break;
       default:
-        return absl::InvalidArgumentError(fmt::format("safetensors {}: tensor '{}' is {}, expected "
-                                                      "an integer tensor", path_, name,
-                                                      DTypeName(info->dtype)));
+        return absl::InvalidArgumentError(
+            fmt::format("safetensors {}: tensor '{}' is {}, expected "
+                        "an integer tensor",
+                        path_, name, DTypeName(info->dtype)));
     }
   }
   return out;
@@ -417,9 +473,10 @@ absl::Status SafetensorsWriter::AddBytes(const std::string& name, DType dtype,
   info.shape = std::move(shape);
   const uint64_t expected = static_cast<uint64_t>(info.NumElements()) * DTypeSize(dtype);
   if (bytes.size() != expected) {
-    return absl::InvalidArgumentError(fmt::format("safetensors: tensor '{}' {} {} needs {} bytes, "
-                                                  "got {}", name, DTypeName(dtype),
-                                                  ShapeString(info.shape), expected, bytes.size()));
+    return absl::InvalidArgumentError(
+        fmt::format("safetensors: tensor '{}' {} {} needs {} bytes, "
+                    "got {}",
+                    name, DTypeName(dtype), ShapeString(info.shape), expected, bytes.size()));
   }
   info.begin = data_.size();
   data_.insert(data_.end(), bytes.begin(), bytes.end());
@@ -433,13 +490,16 @@ absl::Status SafetensorsWriter::AddFloat(const std::string& name, std::vector<in
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   if (n != static_cast<int64_t>(values.size())) {
-    return absl::InvalidArgumentError(fmt::format("safetensors: tensor '{}' shape {} holds {} "
-                                                  "values, got {}", name, ShapeString(shape), n,
-                                                  values.size()));
+    return absl::InvalidArgumentError(
+        fmt::format("safetensors: tensor '{}' shape {} holds {} "
+                    "values, got {}",
+                    name, ShapeString(shape), n, values.size()));
   }
   std::vector<uint8_t> bytes(n * DTypeSize(dtype));
   switch (dtype) {
-    case DType::kF32: std::memcpy(bytes.data(), values.data(), n * 4); break;
+    case DType::kF32:
+      std::memcpy(bytes.data(), values.data(), n * 4);
+      break;
     case DType::kF64:
       for (int64_t i = 0; i < n; ++i) {
         const double v = values[i];
@@ -459,8 +519,8 @@ absl::Status SafetensorsWriter::AddFloat(const std::string& name, std::vector<in
       }
       break;
     default:
-      return absl::InvalidArgumentError(fmt::format("safetensors: cannot store floats as {}",
-                                                    DTypeName(dtype)));
+      return absl::InvalidArgumentError(
+          fmt::format("safetensors: cannot store floats as {}", DTypeName(dtype)));
   }
   return AddBytes(name, dtype, std::move(shape), bytes);
 }
@@ -480,8 +540,8 @@ std::string SafetensorsWriter::Serialize() const {
     header["__metadata__"] = meta;
   }
   for (const TensorInfo& t : tensors_) {
-    header[t.name] = {{"dtype", DTypeName(t.dtype)}, {"shape", t.shape},
-                      {"data_offsets", {t.begin, t.end}}};
+    header[t.name] = {
+        {"dtype", DTypeName(t.dtype)}, {"shape", t.shape}, {"data_offsets", {t.begin, t.end}}};
   }
   std::string text = header.dump();
   while ((8 + text.size()) % 8 != 0) text.push_back(' ');
@@ -514,7 +574,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsModel>> SafetensorsModel::Open(const s
     try {
       in >> index;
     } catch (const std::exception& e) {
-      return absl::DataLossError(fmt::format("{}: not valid JSON ({})", index_path.string(), e.what()));
+      return absl::DataLossError(
+          fmt::format("{}: not valid JSON ({})", index_path.string(), e.what()));
     }
     if (!index.contains("weight_map") || !index["weight_map"].is_object()) {
       return absl::DataLossError(fmt::format("{}: weight_map missing", index_path.string()));
@@ -526,14 +587,17 @@ absl::StatusOr<std::unique_ptr<SafetensorsModel>> SafetensorsModel::Open(const s
   } else if (fs::exists(single_path)) {
     files.push_back("model.safetensors");
   } else {
-    return absl::NotFoundError(fmt::format("{}: neither model.safetensors nor "
-                                           "model.safetensors.index.json found", dir));
+    return absl::NotFoundError(
+        fmt::format("{}: neither model.safetensors nor "
+                    "model.safetensors.index.json found",
+                    dir));
   }
   for (const std::string& file : files) {
     RWR_ASSIGN_OR_RETURN(auto opened, SafetensorsFile::Open((fs::path(dir) / file).string()));
     for (const TensorInfo& t : opened->tensors()) {
       if (model->owner_.count(t.name)) {
-        return absl::DataLossError(fmt::format("{}: tensor '{}' appears in two files", dir, t.name));
+        return absl::DataLossError(
+            fmt::format("{}: tensor '{}' appears in two files", dir, t.name));
       }
       model->owner_[t.name] = model->files_.size();
     }
@@ -595,15 +659,14 @@ absl::StatusOr<std::vector<std::string>> SaveModel(const std::string& dir,
   std::vector<std::string> written;
   json weight_map = json::object();
   for (size_t g = 0; g < groups.size(); ++g) {
-    const std::string name = groups.size() == 1
-                                 ? std::string("model.safetensors")
-                                 : fmt::format("model-{:05d}-of-{:05d}.safetensors", g + 1,
-                                               groups.size());
+    const std::string name = groups.size() == 1 ? std::string("model.safetensors")
+                                                : fmt::format("model-{:05d}-of-{:05d}.safetensors",
+                                                              g + 1, groups.size());
     SafetensorsWriter writer;
     for (const auto& [k, v] : options.metadata) writer.SetMetadata(k, v);
     for (size_t i : groups[g]) {
-      RWR_RETURN_IF_ERROR(writer.AddFloat(tensors[i].name, tensors[i].shape, tensors[i].values,
-                                          options.dtype));
+      RWR_RETURN_IF_ERROR(
+          writer.AddFloat(tensors[i].name, tensors[i].shape, tensors[i].values, options.dtype));
       weight_map[tensors[i].name] = name;
     }
     RWR_RETURN_IF_ERROR(writer.WriteFile((fs::path(dir) / name).string()));

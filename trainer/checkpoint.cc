@@ -53,7 +53,8 @@ json TrainerState::ToJson() const {
   j["step"] = step;
   j["tokens_seen"] = tokens_seen;
   j["nonfinite_in_a_row"] = nonfinite_in_a_row;
-  j["data_position"] = loader_position_json.empty() ? json(nullptr) : json::parse(loader_position_json);
+  j["data_position"] =
+      loader_position_json.empty() ? json(nullptr) : json::parse(loader_position_json);
   j["rng_state"] = std::to_string(rng_state);
   j["world_size"] = world_size;
   j["resolved_config"] = resolved_config_yaml;
@@ -107,7 +108,9 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
                                            const CheckpointData& data, int keep) {
   std::error_code ec;
   fs::create_directories(checkpoints_dir, ec);
-  if (ec) return absl::UnavailableError(fmt::format("cannot create {}: {}", checkpoints_dir, ec.message()));
+  if (ec)
+    return absl::UnavailableError(
+        fmt::format("cannot create {}: {}", checkpoints_dir, ec.message()));
   // Leftovers of interrupted saves.
   for (const auto& entry : fs::directory_iterator(checkpoints_dir, ec)) {
     const std::string name = entry.path().filename().string();
@@ -118,7 +121,8 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
   const fs::path tmp = fs::path(checkpoints_dir) / (name + ".tmp");
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp, ec);
-  if (ec) return absl::UnavailableError(fmt::format("cannot create {}: {}", tmp.string(), ec.message()));
+  if (ec)
+    return absl::UnavailableError(fmt::format("cannot create {}: {}", tmp.string(), ec.message()));
 
   RWR_RETURN_IF_ERROR(SaveModelDir(tmp.string(), data.config, data.params));
   storage::SafetensorsWriter opt;
@@ -136,7 +140,8 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
   SyncPath(tmp, true);
   if (fs::exists(final_dir)) fs::remove_all(final_dir, ec);  // re-save of the same step
   fs::rename(tmp, final_dir, ec);
-  if (ec) return absl::UnavailableError(fmt::format("cannot rename {}: {}", tmp.string(), ec.message()));
+  if (ec)
+    return absl::UnavailableError(fmt::format("cannot rename {}: {}", tmp.string(), ec.message()));
   SyncPath(checkpoints_dir, true);
 
   if (keep > 0) {
@@ -148,7 +153,8 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
 
 absl::StatusOr<CheckpointData> LoadCheckpoint(const std::string& dir, int rank) {
   if (!fs::exists(fs::path(dir) / "DONE")) {
-    return absl::FailedPreconditionError(fmt::format("{}: incomplete checkpoint (no DONE marker)", dir));
+    return absl::FailedPreconditionError(
+        fmt::format("{}: incomplete checkpoint (no DONE marker)", dir));
   }
   CheckpointData data;
   RWR_ASSIGN_OR_RETURN(LoadedModel model, LoadModelDir(dir));
@@ -163,7 +169,8 @@ absl::StatusOr<CheckpointData> LoadCheckpoint(const std::string& dir, int rank) 
     return absl::DataLossError(fmt::format("{}: not valid JSON ({})", state_path, e.what()));
   }
   RWR_ASSIGN_OR_RETURN(data.state, TrainerState::FromJson(j, state_path));
-  RWR_ASSIGN_OR_RETURN(auto opt, storage::SafetensorsFile::Open((fs::path(dir) / RankFile(rank)).string()));
+  RWR_ASSIGN_OR_RETURN(auto opt,
+                       storage::SafetensorsFile::Open((fs::path(dir) / RankFile(rank)).string()));
   try {
     data.opt_begin = std::stoll(opt->metadata().at("range_begin"));
     data.opt_end = std::stoll(opt->metadata().at("range_end"));
@@ -174,7 +181,8 @@ absl::StatusOr<CheckpointData> LoadCheckpoint(const std::string& dir, int rank) 
   RWR_ASSIGN_OR_RETURN(data.exp_avg, opt->ReadFloat("exp_avg"));
   RWR_ASSIGN_OR_RETURN(data.exp_avg_sq, opt->ReadFloat("exp_avg_sq"));
   if (static_cast<int64_t>(data.exp_avg.size()) != data.opt_end - data.opt_begin) {
-    return absl::DataLossError(fmt::format("{}: moment size disagrees with its range", opt->path()));
+    return absl::DataLossError(
+        fmt::format("{}: moment size disagrees with its range", opt->path()));
   }
   return data;
 }
@@ -183,13 +191,16 @@ absl::StatusOr<std::string> ResolveCheckpointDir(const std::string& path) {
   if (!fs::exists(path)) return absl::NotFoundError(fmt::format("{}: no such directory", path));
   if (fs::exists(fs::path(path) / "DONE")) return path;
   if (StepOf(fs::path(path).filename().string())) {
-    return absl::FailedPreconditionError(fmt::format("{}: incomplete checkpoint (no DONE marker)", path));
+    return absl::FailedPreconditionError(
+        fmt::format("{}: incomplete checkpoint (no DONE marker)", path));
   }
   for (const fs::path& dir : {fs::path(path), fs::path(path) / "checkpoints"}) {
     if (auto latest = LatestCheckpoint(dir.string())) return *latest;
   }
-  return absl::NotFoundError(fmt::format("{}: no complete checkpoint (step_NNNNNNNN/ with DONE) "
-                                         "found here or under checkpoints/", path));
+  return absl::NotFoundError(
+      fmt::format("{}: no complete checkpoint (step_NNNNNNNN/ with DONE) "
+                  "found here or under checkpoints/",
+                  path));
 }
 
 }  // namespace rwr::trainer

@@ -21,10 +21,10 @@
 namespace rwr::trainer {
 
 struct TrainerState {
-  int64_t step = 0;           // optimizer updates done
-  int64_t tokens_seen = 0;    // input positions processed (all ranks)
+  int64_t step = 0;         // optimizer updates done
+  int64_t tokens_seen = 0;  // input positions processed (all ranks)
   int64_t nonfinite_in_a_row = 0;
-  std::string loader_position_json;       // storage::LoaderPosition::ToJson()
+  std::string loader_position_json;  // storage::LoaderPosition::ToJson()
   uint64_t rng_state = 0;
   int world_size = 1;
   std::string resolved_config_yaml;
@@ -36,7 +36,7 @@ struct TrainerState {
 
 struct CheckpointData {
   MambaConfig config;
-  std::vector<float> params;      // flat layout
+  std::vector<float> params;           // flat layout
   int64_t opt_begin = 0, opt_end = 0;  // range the moments cover
   std::vector<float> exp_avg, exp_avg_sq;
   int64_t opt_step = 0;

@@ -49,8 +49,8 @@ std::string FindTokenizer(const std::string& checkpoint_dir) {
                                       .value("tokenizer", nlohmann::json::object())
                                       .value("path", nlohmann::json());
       if (path.is_string()) {
-        for (const fs::path& p : {fs::path(path.get<std::string>()),
-                                  fs::path(*data_dir) / path.get<std::string>()}) {
+        for (const fs::path& p :
+             {fs::path(path.get<std::string>()), fs::path(*data_dir) / path.get<std::string>()}) {
           if (fs::is_regular_file(p)) return p.string();
         }
       }
@@ -72,18 +72,21 @@ absl::StatusOr<ExportResult> ExportCheckpoint(const ExportOptions& options) {
   } else if (options.dtype == "fp32") {
     save.dtype = storage::DType::kF32;
   } else {
-    return absl::InvalidArgumentError(fmt::format("--dtype {}: expected bf16 or fp32", options.dtype));
+    return absl::InvalidArgumentError(
+        fmt::format("--dtype {}: expected bf16 or fp32", options.dtype));
   }
   save.max_shard_bytes = options.max_shard_bytes;
   RWR_RETURN_IF_ERROR(SaveModelDir(options.out, model.config, model.params, save));
 
-  result.tokenizer_source = options.tokenizer.empty() ? FindTokenizer(result.checkpoint) : options.tokenizer;
+  result.tokenizer_source =
+      options.tokenizer.empty() ? FindTokenizer(result.checkpoint) : options.tokenizer;
   if (!result.tokenizer_source.empty()) {
     std::error_code ec;
     fs::copy_file(result.tokenizer_source, fs::path(options.out) / "tokenizer.json",
                   fs::copy_options::overwrite_existing, ec);
     if (ec) {
-      return absl::UnavailableError(fmt::format("cannot copy {}: {}", result.tokenizer_source, ec.message()));
+      return absl::UnavailableError(
+          fmt::format("cannot copy {}: {}", result.tokenizer_source, ec.message()));
     }
   } else {
     spdlog::warn("export: no tokenizer.json found (pass --tokenizer PATH); the export has none");
@@ -100,12 +103,17 @@ absl::StatusOr<ExportResult> ExportCheckpoint(const ExportOptions& options) {
     reset[0] = 1;
     for (auto& t : tokens) t = static_cast<int32_t>(rng.Next() % exported.config.vocab_size);
     std::vector<float> logits(T * exported.config.vocab_size);
-    RWR_RETURN_IF_ERROR(cpu.Forward(exported.params, {1, T, tokens.data(), targets.data(), mask.data(), reset.data()}, 0, logits.data()).status());
+    RWR_RETURN_IF_ERROR(
+        cpu.Forward(exported.params,
+                    {1, T, tokens.data(), targets.data(), mask.data(), reset.data()}, 0,
+                    logits.data())
+            .status());
     storage::SafetensorsWriter check;
     std::vector<int64_t> ids(tokens.begin(), tokens.end());
     RWR_RETURN_IF_ERROR(check.AddInt64("input_ids", {1, T}, ids));
     RWR_RETURN_IF_ERROR(check.AddFloat("logits", {1, T, exported.config.vocab_size}, logits));
-    RWR_RETURN_IF_ERROR(check.WriteFile((fs::path(options.out) / "rwr_check.safetensors").string()));
+    RWR_RETURN_IF_ERROR(
+        check.WriteFile((fs::path(options.out) / "rwr_check.safetensors").string()));
   }
   for (const auto& entry : fs::directory_iterator(options.out)) {
     result.files.push_back(entry.path().filename().string());

@@ -11,11 +11,11 @@
 namespace rwr::trainer {
 
 struct ExportOptions {
-  std::string checkpoint;     // step dir, checkpoints dir or run dir
-  std::string out;            // created
-  std::string dtype = "bf16"; // bf16 | fp32
+  std::string checkpoint;      // step dir, checkpoints dir or run dir
+  std::string out;             // created
+  std::string dtype = "bf16";  // bf16 | fp32
   uint64_t max_shard_bytes = 5ULL << 30;
-  std::string tokenizer;      // tokenizer.json; empty: found through the checkpoint's config
+  std::string tokenizer;  // tokenizer.json; empty: found through the checkpoint's config
   // Also write rwr_check.safetensors: input_ids (1, T) and rwr's logits (1, T, V) from the
   // exported weights, for scripts/make_hf_fixtures.py --check-export.
   bool write_check = false;

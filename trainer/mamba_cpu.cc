@@ -155,8 +155,9 @@ class Runner {
   }
 
   Dims DimsFor(int64_t t0, int64_t Tc) const {
-    return {batch_.batch, batch_.seq_len, Tc, t0, c_.d_model, c_.d_inner, c_.d_state, c_.dt_rank,
-            c_.d_conv, c_.xdbl_dim(), c_.vocab_size};
+    return {batch_.batch, batch_.seq_len, Tc,           t0,
+            c_.d_model,   c_.d_inner,     c_.d_state,   c_.dt_rank,
+            c_.d_conv,    c_.xdbl_dim(),  c_.vocab_size};
   }
 
   std::vector<LayerState> ZeroStates() const {
@@ -261,8 +262,8 @@ class Runner {
     // dt_proj: dtraw = dt_low · dt_projᵀ, dt_low = xdbl[..., :R]
     LinearBackwardWeight(ddtraw.data(), d.Di, a.xdbl.data(), d.X, g + o.dt_proj_weight, M, d.Di,
                          d.R);
-    LinearBackwardInput(ddtraw.data(), d.Di, p_ + o.dt_proj_weight, dxdbl.data(), d.X, M, d.Di,
-                        d.R, false);
+    LinearBackwardInput(ddtraw.data(), d.Di, p_ + o.dt_proj_weight, dxdbl.data(), d.X, M, d.Di, d.R,
+                        false);
     // x_proj: xdbl = uc · x_projᵀ
     LinearBackwardWeight(dxdbl.data(), d.X, a.uc.data(), d.Di, g + o.x_proj, M, d.X, d.Di);
     LinearBackwardInput(dxdbl.data(), d.X, p_ + o.x_proj, duc.data(), d.Di, M, d.X, d.Di, true);
@@ -291,8 +292,8 @@ class Runner {
     LinearBackwardInput(dxz.data(), 2 * d.Di, p_ + o.in_proj, dxn.data(), d.D, M, 2 * d.Di, d.D,
                         false);
     // RMSNorm; the residual path passes dh through unchanged.
-    RmsNormBackward(a.h_in.data(), p_ + o.norm, a.rstd.data(), dxn.data(), dh.data(), g + o.norm,
-                    M, d.D);
+    RmsNormBackward(a.h_in.data(), p_ + o.norm, a.rstd.data(), dxn.data(), dh.data(), g + o.norm, M,
+                    d.D);
     dstate = std::move(new_dstate);
     return absl::OkStatus();
   }
@@ -459,10 +460,13 @@ MambaCpu::MambaCpu(const MambaConfig& config)
 
 absl::Status MambaCpu::Check(std::span<const float> params, const TokenBatch& batch) const {
   if (static_cast<int64_t>(params.size()) != layout_.total()) {
-    return absl::InvalidArgumentError(fmt::format("parameter buffer has {} elements, the model "
-                                                  "needs {}", params.size(), layout_.total()));
+    return absl::InvalidArgumentError(
+        fmt::format("parameter buffer has {} elements, the model "
+                    "needs {}",
+                    params.size(), layout_.total()));
   }
-  if (batch.batch <= 0 || batch.seq_len <= 0 || !batch.tokens || !batch.targets || !batch.loss_mask) {
+  if (batch.batch <= 0 || batch.seq_len <= 0 || !batch.tokens || !batch.targets ||
+      !batch.loss_mask) {
     return absl::InvalidArgumentError("empty batch");
   }
   const int64_t n = batch.batch * batch.seq_len;

@@ -20,7 +20,6 @@
 namespace rwr::trainer {
 namespace {
 
-
 // ---- device buffers ---------------------------------------------------------------------------
 
 struct DeviceArena;
@@ -60,7 +59,6 @@ struct DeviceArena {
 
 // ---- kernels ----------------------------------------------------------------------------------
 
-
 }  // namespace
 
 // ---- implementation state ---------------------------------------------------------------------
@@ -87,7 +85,7 @@ struct MambaCuda::Impl {
   LayerActsDev scratch_acts;
   DeviceBuffer<float> h, dh, dtmp_d, dy, duc, ddtraw, dxdbl, dxz, dxn, dA, dD, ddt_bias, dconv_w,
       dconv_b, out_scratch, hn, rstd_f, dhn, block_in, block_logits, block_dh, row_loss;
-  DeviceBuffer<float> states;    // [chunk][layer] conv + ssm
+  DeviceBuffer<float> states;                 // [chunk][layer] conv + ssm
   DeviceBuffer<float> dstates, dstates_next;  // [layer] conv + ssm
   DeviceBuffer<char> conv_ws;
   DeviceBuffer<double> norm_acc;
@@ -145,8 +143,9 @@ class CudaRunner {
       : m_(m), c_(m.c), layout_(layout), batch_(batch) {}
 
   ChunkDims Dims(int64_t t0, int64_t Tc) const {
-    return {batch_.batch, batch_.seq_len, Tc, t0, c_.d_model, c_.d_inner, c_.d_state, c_.dt_rank,
-            c_.d_conv, c_.xdbl_dim(), c_.vocab_size};
+    return {batch_.batch, batch_.seq_len, Tc,           t0,
+            c_.d_model,   c_.d_inner,     c_.d_state,   c_.dt_rank,
+            c_.d_conv,    c_.xdbl_dim(),  c_.vocab_size};
   }
   const float* P(int64_t offset) const { return m_.params.ptr + offset; }
   float* G(int64_t offset) const { return m_.grads.ptr + offset; }
@@ -235,15 +234,18 @@ class CudaRunner {
     const int64_t M = d.M();
     cudaStream_t s = m_.stream;
     RWR_CUDA(cudaMemcpyAsync(a.h_in.ptr, m_.h.ptr, M * d.D * 4, cudaMemcpyDeviceToDevice, s));
-    RWR_RETURN_IF_ERROR(cuda::RmsNorm(m_.h.ptr, P(o.norm), a.xn.ptr, a.rstd.ptr, M, d.D, c_.norm_eps, s));
-    RWR_RETURN_IF_ERROR(m_.Linear(a.xn.ptr, d.D, P(o.in_proj), a.xz.ptr, 2 * d.Di, M, 2 * d.Di, d.D));
+    RWR_RETURN_IF_ERROR(
+        cuda::RmsNorm(m_.h.ptr, P(o.norm), a.xn.ptr, a.rstd.ptr, M, d.D, c_.norm_eps, s));
+    RWR_RETURN_IF_ERROR(
+        m_.Linear(a.xn.ptr, d.D, P(o.in_proj), a.xz.ptr, 2 * d.Di, M, 2 * d.Di, d.D));
     const int64_t conv_floats = m_.ConvStateFloats(d.B);
-    RWR_RETURN_IF_ERROR(scan::Forward(
-        Conv(d, o, state_in, state_out ? state_out : nullptr, a), s));
+    RWR_RETURN_IF_ERROR(scan::Forward(Conv(d, o, state_in, state_out ? state_out : nullptr, a), s));
     RWR_RETURN_IF_ERROR(m_.Linear(a.uc.ptr, d.Di, P(o.x_proj), a.xdbl.ptr, d.X, M, d.X, d.Di));
-    RWR_RETURN_IF_ERROR(m_.Linear(a.xdbl.ptr, d.X, P(o.dt_proj_weight), a.dtraw.ptr, d.Di, M, d.Di, d.R));
+    RWR_RETURN_IF_ERROR(
+        m_.Linear(a.xdbl.ptr, d.X, P(o.dt_proj_weight), a.dtraw.ptr, d.Di, M, d.Di, d.R));
     RWR_RETURN_IF_ERROR(scan::Forward(
-        Scan(l, d, o, state_in + conv_floats, state_out ? state_out + conv_floats : nullptr, a), s));
+        Scan(l, d, o, state_in + conv_floats, state_out ? state_out + conv_floats : nullptr, a),
+        s));
     RWR_RETURN_IF_ERROR(m_.Linear(a.y.ptr, d.Di, P(o.out_proj), m_.dtmp_d.ptr, d.D, M, d.D, d.Di));
     RWR_RETURN_IF_ERROR(cuda::Add(m_.h.ptr, m_.dtmp_d.ptr, M * d.D, s));
     return absl::OkStatus();
@@ -258,7 +260,8 @@ class CudaRunner {
     cudaStream_t s = m_.stream;
     const int64_t conv_floats = m_.ConvStateFloats(d.B);
     RWR_RETURN_IF_ERROR(m_.LinearDw(m_.dh.ptr, d.D, a.y.ptr, d.Di, G(o.out_proj), M, d.D, d.Di));
-    RWR_RETURN_IF_ERROR(m_.LinearDx(m_.dh.ptr, d.D, P(o.out_proj), m_.dy.ptr, d.Di, M, d.D, d.Di, false));
+    RWR_RETURN_IF_ERROR(
+        m_.LinearDx(m_.dh.ptr, d.D, P(o.out_proj), m_.dy.ptr, d.Di, M, d.D, d.Di, false));
 
     scan::SelectiveScanParams sp = Scan(l, d, o, state_in + conv_floats, nullptr, a);
     sp.out = m_.out_scratch.ptr;
@@ -281,14 +284,18 @@ class CudaRunner {
     sg.ddelta_bias = m_.ddt_bias.ptr;
     sg.dinitial_state = dstate_next + conv_floats;
     RWR_RETURN_IF_ERROR(scan::Backward(sp, sg, s));
-    RWR_RETURN_IF_ERROR(cuda::ALogGrad(m_.dA.ptr, m_.A.ptr + l * d.Di * d.S, G(o.A_log), d.Di * d.S, s));
+    RWR_RETURN_IF_ERROR(
+        cuda::ALogGrad(m_.dA.ptr, m_.A.ptr + l * d.Di * d.S, G(o.A_log), d.Di * d.S, s));
     RWR_RETURN_IF_ERROR(cuda::Add(G(o.D), m_.dD.ptr, d.Di, s));
     RWR_RETURN_IF_ERROR(cuda::Add(G(o.dt_proj_bias), m_.ddt_bias.ptr, d.Di, s));
 
-    RWR_RETURN_IF_ERROR(m_.LinearDw(m_.ddtraw.ptr, d.Di, a.xdbl.ptr, d.X, G(o.dt_proj_weight), M, d.Di, d.R));
-    RWR_RETURN_IF_ERROR(m_.LinearDx(m_.ddtraw.ptr, d.Di, P(o.dt_proj_weight), m_.dxdbl.ptr, d.X, M, d.Di, d.R, false));
+    RWR_RETURN_IF_ERROR(
+        m_.LinearDw(m_.ddtraw.ptr, d.Di, a.xdbl.ptr, d.X, G(o.dt_proj_weight), M, d.Di, d.R));
+    RWR_RETURN_IF_ERROR(m_.LinearDx(m_.ddtraw.ptr, d.Di, P(o.dt_proj_weight), m_.dxdbl.ptr, d.X, M,
+                                    d.Di, d.R, false));
     RWR_RETURN_IF_ERROR(m_.LinearDw(m_.dxdbl.ptr, d.X, a.uc.ptr, d.Di, G(o.x_proj), M, d.X, d.Di));
-    RWR_RETURN_IF_ERROR(m_.LinearDx(m_.dxdbl.ptr, d.X, P(o.x_proj), m_.duc.ptr, d.Di, M, d.X, d.Di, true));
+    RWR_RETURN_IF_ERROR(
+        m_.LinearDx(m_.dxdbl.ptr, d.X, P(o.x_proj), m_.duc.ptr, d.Di, M, d.X, d.Di, true));
 
     scan::CausalConv1dParams cp = Conv(d, o, state_in, nullptr, a);
     cp.out = m_.out_scratch.ptr;
@@ -306,17 +313,22 @@ class CudaRunner {
     RWR_RETURN_IF_ERROR(cuda::Add(G(o.conv_weight), m_.dconv_w.ptr, d.Di * d.W, s));
     RWR_RETURN_IF_ERROR(cuda::Add(G(o.conv_bias), m_.dconv_b.ptr, d.Di, s));
 
-    RWR_RETURN_IF_ERROR(m_.LinearDw(m_.dxz.ptr, 2 * d.Di, a.xn.ptr, d.D, G(o.in_proj), M, 2 * d.Di, d.D));
-    RWR_RETURN_IF_ERROR(m_.LinearDx(m_.dxz.ptr, 2 * d.Di, P(o.in_proj), m_.dxn.ptr, d.D, M, 2 * d.Di, d.D, false));
-    RWR_RETURN_IF_ERROR(cuda::RmsNormBackward(a.h_in.ptr, P(o.norm), a.rstd.ptr, m_.dxn.ptr, m_.dh.ptr, G(o.norm), M, d.D, s));
+    RWR_RETURN_IF_ERROR(
+        m_.LinearDw(m_.dxz.ptr, 2 * d.Di, a.xn.ptr, d.D, G(o.in_proj), M, 2 * d.Di, d.D));
+    RWR_RETURN_IF_ERROR(
+        m_.LinearDx(m_.dxz.ptr, 2 * d.Di, P(o.in_proj), m_.dxn.ptr, d.D, M, 2 * d.Di, d.D, false));
+    RWR_RETURN_IF_ERROR(cuda::RmsNormBackward(a.h_in.ptr, P(o.norm), a.rstd.ptr, m_.dxn.ptr,
+                                              m_.dh.ptr, G(o.norm), M, d.D, s));
     return absl::OkStatus();
   }
 
   // Final norm, head, cross-entropy over the chunk's loss rows (all rows with logits).
-  absl::StatusOr<LossSum> Head(const ChunkDims& d, float* host_logits, float loss_scale, bool grad) {
+  absl::StatusOr<LossSum> Head(const ChunkDims& d, float* host_logits, float loss_scale,
+                               bool grad) {
     cudaStream_t s = m_.stream;
     const int64_t M = d.M();
-    RWR_RETURN_IF_ERROR(cuda::RmsNorm(m_.h.ptr, P(layout_.norm_f()), m_.hn.ptr, m_.rstd_f.ptr, M, d.D, c_.norm_eps, s));
+    RWR_RETURN_IF_ERROR(cuda::RmsNorm(m_.h.ptr, P(layout_.norm_f()), m_.hn.ptr, m_.rstd_f.ptr, M,
+                                      d.D, c_.norm_eps, s));
     std::vector<int32_t> rows, targets;
     std::vector<uint8_t> weights;
     for (int64_t b = 0; b < d.B; ++b) {
@@ -342,15 +354,20 @@ class CudaRunner {
     RWR_RETURN_IF_ERROR(ar.Alloc(&m_.row_loss, kBlock));
     if (rows.empty()) goto norm_backward;
     RWR_CUDA(cudaMemcpyAsync(m_.rows.ptr, rows.data(), rows.size() * 4, cudaMemcpyHostToDevice, s));
-    RWR_CUDA(cudaMemcpyAsync(m_.row_targets.ptr, targets.data(), targets.size() * 4, cudaMemcpyHostToDevice, s));
-    RWR_CUDA(cudaMemcpyAsync(m_.row_weight.ptr, weights.data(), weights.size(), cudaMemcpyHostToDevice, s));
+    RWR_CUDA(cudaMemcpyAsync(m_.row_targets.ptr, targets.data(), targets.size() * 4,
+                             cudaMemcpyHostToDevice, s));
+    RWR_CUDA(cudaMemcpyAsync(m_.row_weight.ptr, weights.data(), weights.size(),
+                             cudaMemcpyHostToDevice, s));
     for (size_t r0 = 0; r0 < rows.size(); r0 += kBlock) {
       const int64_t nr = std::min<int64_t>(kBlock, rows.size() - r0);
-      RWR_RETURN_IF_ERROR(cuda::GatherRows(m_.hn.ptr, m_.rows.ptr + r0, m_.block_in.ptr, nr, d.D, s));
-      RWR_RETURN_IF_ERROR(m_.Linear(m_.block_in.ptr, d.D, P(layout_.embedding()), m_.block_logits.ptr, d.V, nr, d.V, d.D));
+      RWR_RETURN_IF_ERROR(
+          cuda::GatherRows(m_.hn.ptr, m_.rows.ptr + r0, m_.block_in.ptr, nr, d.D, s));
+      RWR_RETURN_IF_ERROR(m_.Linear(m_.block_in.ptr, d.D, P(layout_.embedding()),
+                                    m_.block_logits.ptr, d.V, nr, d.V, d.D));
       if (host_logits != nullptr) {
         std::vector<float> block(nr * d.V);
-        RWR_CUDA(cudaMemcpyAsync(block.data(), m_.block_logits.ptr, nr * d.V * 4, cudaMemcpyDeviceToHost, s));
+        RWR_CUDA(cudaMemcpyAsync(block.data(), m_.block_logits.ptr, nr * d.V * 4,
+                                 cudaMemcpyDeviceToHost, s));
         RWR_CUDA(cudaStreamSynchronize(s));
         for (int64_t r = 0; r < nr; ++r) {
           const int64_t row = rows[r0 + r];
@@ -358,13 +375,18 @@ class CudaRunner {
           std::copy(block.begin() + r * d.V, block.begin() + (r + 1) * d.V, host_logits + i * d.V);
         }
       }
-      RWR_RETURN_IF_ERROR(cuda::CrossEntropy(m_.block_logits.ptr, nr, d.V, m_.row_targets.ptr + r0, m_.row_weight.ptr + r0, m_.row_loss.ptr, loss_scale, grad, s));
+      RWR_RETURN_IF_ERROR(cuda::CrossEntropy(m_.block_logits.ptr, nr, d.V, m_.row_targets.ptr + r0,
+                                             m_.row_weight.ptr + r0, m_.row_loss.ptr, loss_scale,
+                                             grad, s));
       std::vector<float> losses(nr);
       RWR_CUDA(cudaMemcpyAsync(losses.data(), m_.row_loss.ptr, nr * 4, cudaMemcpyDeviceToHost, s));
       if (grad) {
-        RWR_RETURN_IF_ERROR(m_.LinearDx(m_.block_logits.ptr, d.V, P(layout_.embedding()), m_.block_dh.ptr, d.D, nr, d.V, d.D, false));
-        RWR_RETURN_IF_ERROR(cuda::ScatterRows(m_.block_dh.ptr, m_.rows.ptr + r0, m_.dhn.ptr, nr, d.D, s));
-        RWR_RETURN_IF_ERROR(m_.LinearDw(m_.block_logits.ptr, d.V, m_.block_in.ptr, d.D, G(layout_.embedding()), nr, d.V, d.D));
+        RWR_RETURN_IF_ERROR(m_.LinearDx(m_.block_logits.ptr, d.V, P(layout_.embedding()),
+                                        m_.block_dh.ptr, d.D, nr, d.V, d.D, false));
+        RWR_RETURN_IF_ERROR(
+            cuda::ScatterRows(m_.block_dh.ptr, m_.rows.ptr + r0, m_.dhn.ptr, nr, d.D, s));
+        RWR_RETURN_IF_ERROR(m_.LinearDw(m_.block_logits.ptr, d.V, m_.block_in.ptr, d.D,
+                                        G(layout_.embedding()), nr, d.V, d.D));
       }
       RWR_CUDA(cudaStreamSynchronize(s));
       for (int64_t r = 0; r < nr; ++r) {
@@ -377,16 +399,20 @@ class CudaRunner {
   norm_backward:
     if (grad) {
       RWR_CUDA(cudaMemsetAsync(m_.dh.ptr, 0, M * d.D * 4, s));
-      RWR_RETURN_IF_ERROR(cuda::RmsNormBackward(m_.h.ptr, P(layout_.norm_f()), m_.rstd_f.ptr, m_.dhn.ptr, m_.dh.ptr, G(layout_.norm_f()), M, d.D, s));
+      RWR_RETURN_IF_ERROR(cuda::RmsNormBackward(m_.h.ptr, P(layout_.norm_f()), m_.rstd_f.ptr,
+                                                m_.dhn.ptr, m_.dh.ptr, G(layout_.norm_f()), M, d.D,
+                                                s));
     }
     return result;
   }
 
   absl::Status Embed(const ChunkDims& d) {
-    return cuda::Embed(m_.tokens.ptr, d.T, d.t0, d.Tc, d.M(), P(layout_.embedding()), m_.h.ptr, d.D, m_.stream);
+    return cuda::Embed(m_.tokens.ptr, d.T, d.t0, d.Tc, d.M(), P(layout_.embedding()), m_.h.ptr, d.D,
+                       m_.stream);
   }
   absl::Status EmbedBackward(const ChunkDims& d) {
-    return cuda::EmbedBackward(m_.tokens.ptr, d.T, d.t0, d.Tc, d.M(), m_.dh.ptr, G(layout_.embedding()), d.D, m_.stream);
+    return cuda::EmbedBackward(m_.tokens.ptr, d.T, d.t0, d.Tc, d.M(), m_.dh.ptr,
+                               G(layout_.embedding()), d.D, m_.stream);
   }
 
   // Uploads the batch and sizes every per-chunk buffer.
@@ -395,16 +421,19 @@ class CudaRunner {
     const int64_t B = batch_.batch, T = batch_.seq_len, n = B * T;
     RWR_RETURN_IF_ERROR(ar.Alloc(&m_.tokens, n));
     RWR_RETURN_IF_ERROR(ar.Alloc(&m_.reset, n));
-    RWR_CUDA(cudaMemcpyAsync(m_.tokens.ptr, batch_.tokens, n * 4, cudaMemcpyHostToDevice, m_.stream));
+    RWR_CUDA(
+        cudaMemcpyAsync(m_.tokens.ptr, batch_.tokens, n * 4, cudaMemcpyHostToDevice, m_.stream));
     std::vector<uint8_t> reset(n, 0);
     if (batch_.reset != nullptr) std::copy(batch_.reset, batch_.reset + n, reset.begin());
     for (int64_t b = 0; b < B; ++b) reset[b * T] = 1;
     RWR_CUDA(cudaMemcpyAsync(m_.reset.ptr, reset.data(), n, cudaMemcpyHostToDevice, m_.stream));
     const ChunkDims d = Dims(0, chunk_len);
     const int64_t M = d.M();
-    for (auto* b : {&m_.h, &m_.dh, &m_.dtmp_d, &m_.hn, &m_.dhn, &m_.dxn}) RWR_RETURN_IF_ERROR(ar.Alloc(b, M * d.D));
+    for (auto* b : {&m_.h, &m_.dh, &m_.dtmp_d, &m_.hn, &m_.dhn, &m_.dxn})
+      RWR_RETURN_IF_ERROR(ar.Alloc(b, M * d.D));
     RWR_RETURN_IF_ERROR(ar.Alloc(&m_.rstd_f, M));
-    for (auto* b : {&m_.dy, &m_.duc, &m_.ddtraw, &m_.out_scratch}) RWR_RETURN_IF_ERROR(ar.Alloc(b, M * d.Di));
+    for (auto* b : {&m_.dy, &m_.duc, &m_.ddtraw, &m_.out_scratch})
+      RWR_RETURN_IF_ERROR(ar.Alloc(b, M * d.Di));
     RWR_RETURN_IF_ERROR(ar.Alloc(&m_.dxdbl, M * d.X));
     RWR_RETURN_IF_ERROR(ar.Alloc(&m_.dxz, M * 2 * d.Di));
     RWR_RETURN_IF_ERROR(ar.Alloc(&m_.dA, d.Di * d.S));
@@ -429,7 +458,8 @@ class CudaRunner {
     RWR_RETURN_IF_ERROR(Alloc(m_.scratch_acts, d, true));
     // A = −exp(A_log), per layer.
     for (int64_t l = 0; l < c_.n_layer; ++l) {
-      RWR_RETURN_IF_ERROR(cuda::NegExp(P(layout_.layer(l).A_log), m_.A.ptr + l * d.Di * d.S, d.Di * d.S, m_.stream));
+      RWR_RETURN_IF_ERROR(cuda::NegExp(P(layout_.layer(l).A_log), m_.A.ptr + l * d.Di * d.S,
+                                       d.Di * d.S, m_.stream));
     }
     return absl::OkStatus();
   }
@@ -452,7 +482,8 @@ absl::StatusOr<std::unique_ptr<MambaCuda>> MambaCuda::Create(const MambaConfig& 
                                                              GemmPrecision precision) {
   if (!CudaDeviceAvailable()) return absl::UnavailableError("no CUDA device");
   if (config.d_state != 16) {
-    return absl::UnimplementedError(fmt::format("CUDA path needs state_size 16 (the scan kernels), got {}", config.d_state));
+    return absl::UnimplementedError(
+        fmt::format("CUDA path needs state_size 16 (the scan kernels), got {}", config.d_state));
   }
   std::unique_ptr<MambaCuda> model(new MambaCuda());
   model->layout_ = ParamLayout::ForMamba(config);
@@ -476,7 +507,8 @@ absl::StatusOr<std::unique_ptr<MambaCuda>> MambaCuda::Create(const MambaConfig& 
 MambaCuda::~MambaCuda() = default;
 
 absl::Status MambaCuda::UploadParams(std::span<const float> params) {
-  if (static_cast<int64_t>(params.size()) != layout_.total()) return absl::InvalidArgumentError("UploadParams: size mismatch");
+  if (static_cast<int64_t>(params.size()) != layout_.total())
+    return absl::InvalidArgumentError("UploadParams: size mismatch");
   RWR_CUDA(cudaMemcpy(impl_->params.ptr, params.data(), params.size() * 4, cudaMemcpyHostToDevice));
   return absl::OkStatus();
 }
@@ -509,7 +541,8 @@ absl::StatusOr<LossSum> MambaCuda::Forward(const TokenBatch& batch, int64_t chun
     RWR_RETURN_IF_ERROR(run.Embed(d));
     for (int64_t l = 0; l < impl_->c.n_layer; ++l) {
       // states slot (c % 2) in, (c + 1) % 2 out
-      RWR_RETURN_IF_ERROR(run.LayerForward(l, d, run.State(c % 2, l), run.State((c + 1) % 2, l), impl_->scratch_acts));
+      RWR_RETURN_IF_ERROR(run.LayerForward(l, d, run.State(c % 2, l), run.State((c + 1) % 2, l),
+                                           impl_->scratch_acts));
     }
     RWR_ASSIGN_OR_RETURN(LossSum part, run.Head(d, host_logits, 0.f, false));
     total.loss_sum += part.loss_sum;
@@ -531,7 +564,8 @@ absl::StatusOr<LossSum> MambaCuda::ForwardBackward(const TokenBatch& batch, int6
     const ChunkDims d = run.Dims(c * chunk_len, chunk_len);
     RWR_RETURN_IF_ERROR(run.Embed(d));
     for (int64_t l = 0; l < m.c.n_layer; ++l) {
-      RWR_RETURN_IF_ERROR(run.LayerForward(l, d, run.State(c, l), run.State(c + 1, l), m.scratch_acts));
+      RWR_RETURN_IF_ERROR(
+          run.LayerForward(l, d, run.State(c, l), run.State(c + 1, l), m.scratch_acts));
     }
   }
   LossSum total;
@@ -546,8 +580,8 @@ absl::StatusOr<LossSum> MambaCuda::ForwardBackward(const TokenBatch& batch, int6
     total.loss_sum += part.loss_sum;
     total.tokens += part.tokens;
     for (int64_t l = m.c.n_layer - 1; l >= 0; --l) {
-      RWR_RETURN_IF_ERROR(run.LayerBackward(l, d, m.acts[l], run.State(c, l), m.dstates.ptr + l * sf,
-                                            m.dstates_next.ptr + l * sf));
+      RWR_RETURN_IF_ERROR(run.LayerBackward(l, d, m.acts[l], run.State(c, l),
+                                            m.dstates.ptr + l * sf, m.dstates_next.ptr + l * sf));
     }
     std::swap(m.dstates, m.dstates_next);
     RWR_RETURN_IF_ERROR(run.EmbedBackward(d));
@@ -568,7 +602,8 @@ absl::Status EnsureOptimizer(MambaCuda::Impl& m, const ParamLayout& layout) {
     RWR_CUDA(cudaMemset(m.exp_avg_sq.ptr, 0, n * 4));
     std::vector<uint8_t> decay(n, 0);
     for (const ParamSpec& spec : layout.specs()) {
-      if (spec.weight_decay) std::fill(decay.begin() + spec.offset, decay.begin() + spec.offset + spec.size, 1);
+      if (spec.weight_decay)
+        std::fill(decay.begin() + spec.offset, decay.begin() + spec.offset + spec.size, 1);
     }
     RWR_CUDA(cudaMemcpy(m.decay.ptr, decay.data(), n, cudaMemcpyHostToDevice));
   }
@@ -577,8 +612,8 @@ absl::Status EnsureOptimizer(MambaCuda::Impl& m, const ParamLayout& layout) {
 
 }  // namespace
 
-absl::Status MambaCuda::DownloadOptimizer(std::vector<float>* exp_avg, std::vector<float>* exp_avg_sq,
-                                          int64_t* step) const {
+absl::Status MambaCuda::DownloadOptimizer(std::vector<float>* exp_avg,
+                                          std::vector<float>* exp_avg_sq, int64_t* step) const {
   const int64_t n = layout_.total();
   exp_avg->assign(n, 0.f);
   exp_avg_sq->assign(n, 0.f);
@@ -618,11 +653,11 @@ absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const
   ++m.adam_step;
   const double bc1 = 1 - std::pow(o.beta1, double(m.adam_step));
   const double bc2 = 1 - std::pow(o.beta2, double(m.adam_step));
-  RWR_RETURN_IF_ERROR(cuda::AdamW(
-      m.params.ptr, m.grads.ptr, m.exp_avg.ptr, m.exp_avg_sq.ptr, m.decay.ptr, n, o.beta1, o.beta2,
-      static_cast<float>(lr / bc1), static_cast<float>(1 - lr * o.weight_decay),
-      static_cast<float>(1 / std::sqrt(bc2)), static_cast<float>(o.eps), static_cast<float>(coef),
-      m.stream));
+  RWR_RETURN_IF_ERROR(cuda::AdamW(m.params.ptr, m.grads.ptr, m.exp_avg.ptr, m.exp_avg_sq.ptr,
+                                  m.decay.ptr, n, o.beta1, o.beta2, static_cast<float>(lr / bc1),
+                                  static_cast<float>(1 - lr * o.weight_decay),
+                                  static_cast<float>(1 / std::sqrt(bc2)), static_cast<float>(o.eps),
+                                  static_cast<float>(coef), m.stream));
   // Refresh A = −exp(A_log) lazily: Prepare recomputes it on every call.
   return norm;
 }

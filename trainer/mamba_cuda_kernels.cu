@@ -1,19 +1,20 @@
 // The small CUDA kernels of the GPU Mamba LM; see mamba_cuda_kernels.h.
-#include "trainer/mamba_cuda_kernels.h"
-
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
 
 #include "common/call_status_cuda.h"
+#include "trainer/mamba_cuda_kernels.h"
 
 namespace rwr::trainer::cuda {
 namespace {
 
 constexpr int kThreads = 256;
 
-int Blocks(int64_t n) { return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 4096)); }
+int Blocks(int64_t n) {
+  return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 4096));
+}
 
 __device__ float BlockSum(float v, float* shared) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
@@ -51,7 +52,8 @@ __global__ void EmbedBackwardKernel(const int32_t* tokens, int64_t T, int64_t t0
   const int64_t row = blockIdx.x;
   const int64_t b = row / Tc, t = row % Tc;
   const int64_t id = tokens[b * T + t0 + t];
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) atomicAdd(&demb[id * D + d], dh[row * D + d]);
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
+    atomicAdd(&demb[id * D + d], dh[row * D + d]);
 }
 
 __global__ void RmsNormKernel(const float* x, const float* w, float* y, float* rstd, int64_t D,
@@ -84,16 +86,22 @@ __global__ void RmsNormBackwardKernel(const float* x, const float* w, const floa
 }
 
 __global__ void AddKernel(float* a, const float* b, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) a[i] += b[i];
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    a[i] += b[i];
 }
 
 __global__ void NegExpKernel(const float* a, float* out, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) out[i] = -expf(a[i]);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = -expf(a[i]);
 }
 
 // g_A_log += dA·A
 __global__ void ALogGradKernel(const float* dA, const float* A, float* g, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) g[i] += dA[i] * A[i];
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    g[i] += dA[i] * A[i];
 }
 
 __global__ void GatherRowsKernel(const float* src, const int32_t* rows, float* dst, int64_t D) {
@@ -108,8 +116,8 @@ __global__ void ScatterRowsKernel(const float* src, const int32_t* rows, float* 
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) dst[s * D + d] = src[r * D + d];
 }
 
-// One block per row of logits (V): loss = lse − z[target]; with `grad`, z ← (softmax − onehot)·scale
-// where weight is 1, and 0 where the row carries no loss.
+// One block per row of logits (V): loss = lse − z[target]; with `grad`, z ← (softmax −
+// onehot)·scale where weight is 1, and 0 where the row carries no loss.
 __global__ void CrossEntropyKernel(float* logits, int64_t V, const int32_t* targets,
                                    const uint8_t* weight, float* loss, float scale, bool grad) {
   __shared__ float shared[32];
@@ -144,7 +152,8 @@ __global__ void CrossEntropyKernel(float* logits, int64_t V, const int32_t* targ
 __global__ void AdamWKernel(float* p, const float* g, float* m, float* v, const uint8_t* decay,
                             int64_t n, float b1, float b2, float step_size, float decay_factor,
                             float inv_bc2_sqrt, float eps, float grad_scale) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
     const float gi = g[i] * grad_scale;
     float pi = p[i];
     if (decay[i]) pi *= decay_factor;
@@ -159,11 +168,12 @@ __global__ void AdamWKernel(float* p, const float* g, float* m, float* v, const 
 __global__ void SumSquaresKernel(const float* g, int64_t n, double* out) {
   __shared__ float shared[32];
   float acc = 0.f;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) acc += g[i] * g[i];
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    acc += g[i] * g[i];
   acc = BlockSum(acc, shared);
   if (threadIdx.x == 0) atomicAdd(out, static_cast<double>(acc));
 }
-
 
 }  // namespace
 
@@ -179,8 +189,8 @@ absl::Status EmbedBackward(const int32_t* tokens, int64_t T, int64_t t0, int64_t
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
 }
-absl::Status RmsNorm(const float* x, const float* w, float* y, float* rstd, int64_t rows,
-                     int64_t D, float eps, Stream stream) {
+absl::Status RmsNorm(const float* x, const float* w, float* y, float* rstd, int64_t rows, int64_t D,
+                     float eps, Stream stream) {
   RmsNormKernel<<<rows, kThreads, 0, stream>>>(x, w, y, rstd, D, eps);
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();

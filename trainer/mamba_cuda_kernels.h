@@ -18,8 +18,8 @@ absl::Status Embed(const int32_t* tokens, int64_t T, int64_t t0, int64_t Tc, int
                    const float* emb, float* h, int64_t D, Stream stream);
 absl::Status EmbedBackward(const int32_t* tokens, int64_t T, int64_t t0, int64_t Tc, int64_t rows,
                            const float* dh, float* demb, int64_t D, Stream stream);
-absl::Status RmsNorm(const float* x, const float* w, float* y, float* rstd, int64_t rows,
-                     int64_t D, float eps, Stream stream);
+absl::Status RmsNorm(const float* x, const float* w, float* y, float* rstd, int64_t rows, int64_t D,
+                     float eps, Stream stream);
 absl::Status RmsNormBackward(const float* x, const float* w, const float* rstd, const float* dy,
                              float* dx, float* dw, int64_t rows, int64_t D, Stream stream);
 absl::Status Add(float* a, const float* b, int64_t n, Stream stream);

@@ -18,8 +18,8 @@ absl::Status Take(const json& j, const char* key, T* out, const std::string& sou
   try {
     *out = j[key].get<T>();
   } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(fmt::format("{}: key '{}' has the wrong type ({})", source,
-                                                  key, e.what()));
+    return absl::InvalidArgumentError(
+        fmt::format("{}: key '{}' has the wrong type ({})", source, key, e.what()));
   }
   return absl::OkStatus();
 }
@@ -33,30 +33,40 @@ absl::Status MambaConfig::Validate() const {
   if (d_model <= 0) return bad("hidden_size (d_model) must be positive");
   if (n_layer <= 0) return bad("num_hidden_layers (n_layer) must be positive");
   if (vocab_size <= 0) return bad("vocab_size must be positive");
-  if (d_state <= 0 || d_inner <= 0 || dt_rank <= 0) return bad("state_size, intermediate_size and time_step_rank must be positive");
-  if (d_conv < 2 || d_conv > 4) return bad(fmt::format("conv_kernel {} unsupported (2..4)", d_conv));
-  if (use_bias) return bad("use_bias: true (bias on in_proj/out_proj) is not supported; Mamba checkpoints use false");
-  if (!use_conv_bias) return bad("use_conv_bias: false is not supported; Mamba checkpoints use true");
-  if (!tie_embeddings) return bad("tie_word_embeddings: false is not supported; Mamba ties the LM head to the embeddings");
+  if (d_state <= 0 || d_inner <= 0 || dt_rank <= 0)
+    return bad("state_size, intermediate_size and time_step_rank must be positive");
+  if (d_conv < 2 || d_conv > 4)
+    return bad(fmt::format("conv_kernel {} unsupported (2..4)", d_conv));
+  if (use_bias)
+    return bad(
+        "use_bias: true (bias on in_proj/out_proj) is not supported; Mamba checkpoints use false");
+  if (!use_conv_bias)
+    return bad("use_conv_bias: false is not supported; Mamba checkpoints use true");
+  if (!tie_embeddings)
+    return bad(
+        "tie_word_embeddings: false is not supported; Mamba ties the LM head to the embeddings");
   if (norm_eps <= 0) return bad("layer_norm_epsilon must be positive");
-  if (time_step_min <= 0 || time_step_max < time_step_min) return bad("need 0 < time_step_min <= time_step_max");
-  if (time_step_init_scheme != "random" && time_step_init_scheme != "constant") return bad("time_step_init_scheme must be 'random' or 'constant'");
+  if (time_step_min <= 0 || time_step_max < time_step_min)
+    return bad("need 0 < time_step_min <= time_step_max");
+  if (time_step_init_scheme != "random" && time_step_init_scheme != "constant")
+    return bad("time_step_init_scheme must be 'random' or 'constant'");
   return absl::OkStatus();
 }
 
 int64_t MambaConfig::NumParameters() const {
-  const int64_t per_layer = d_model                   // norm
-                            + 2 * d_inner * d_model   // in_proj
-                            + d_inner * d_conv + d_inner  // conv1d weight + bias
-                            + xdbl_dim() * d_inner    // x_proj
+  const int64_t per_layer = d_model                        // norm
+                            + 2 * d_inner * d_model        // in_proj
+                            + d_inner * d_conv + d_inner   // conv1d weight + bias
+                            + xdbl_dim() * d_inner         // x_proj
                             + d_inner * dt_rank + d_inner  // dt_proj weight + bias
                             + d_inner * d_state + d_inner  // A_log, D
-                            + d_model * d_inner;      // out_proj
+                            + d_model * d_inner;           // out_proj
   return vocab_size * d_model + n_layer * per_layer + d_model;
 }
 
 absl::StatusOr<MambaConfig> MambaConfig::FromJson(const json& j, const std::string& source) {
-  if (!j.is_object()) return absl::InvalidArgumentError(fmt::format("{}: not a JSON object", source));
+  if (!j.is_object())
+    return absl::InvalidArgumentError(fmt::format("{}: not a JSON object", source));
   MambaConfig c;
   const bool original = j.contains("d_model") && !j.contains("hidden_size");
   if (original) {
@@ -67,18 +77,21 @@ absl::StatusOr<MambaConfig> MambaConfig::FromJson(const json& j, const std::stri
     RWR_RETURN_IF_ERROR(Take(j, "vocab_size", &c.vocab_size, source));
     int64_t multiple = 8;
     RWR_RETURN_IF_ERROR(Take(j, "pad_vocab_size_multiple", &multiple, source));
-    if (multiple > 1 && c.vocab_size % multiple != 0) c.vocab_size += multiple - c.vocab_size % multiple;
+    if (multiple > 1 && c.vocab_size % multiple != 0)
+      c.vocab_size += multiple - c.vocab_size % multiple;
     RWR_RETURN_IF_ERROR(Take(j, "residual_in_fp32", &c.residual_in_fp32, source));
     RWR_RETURN_IF_ERROR(Take(j, "tie_embeddings", &c.tie_embeddings, source));
     if (j.contains("ssm_cfg") && j["ssm_cfg"].is_object()) {
       const json& s = j["ssm_cfg"];
       if (s.contains("layer") && s["layer"] != "Mamba1") {
-        return absl::InvalidArgumentError(fmt::format("{}: ssm_cfg.layer {} is not Mamba1", source, s["layer"].dump()));
+        return absl::InvalidArgumentError(
+            fmt::format("{}: ssm_cfg.layer {} is not Mamba1", source, s["layer"].dump()));
       }
       RWR_RETURN_IF_ERROR(Take(s, "d_state", &c.d_state, source));
       RWR_RETURN_IF_ERROR(Take(s, "d_conv", &c.d_conv, source));
       RWR_RETURN_IF_ERROR(Take(s, "expand", &c.expand, source));
-      if (s.contains("dt_rank") && s["dt_rank"].is_number()) c.dt_rank = s["dt_rank"].get<int64_t>();
+      if (s.contains("dt_rank") && s["dt_rank"].is_number())
+        c.dt_rank = s["dt_rank"].get<int64_t>();
       RWR_RETURN_IF_ERROR(Take(s, "dt_min", &c.time_step_min, source));
       RWR_RETURN_IF_ERROR(Take(s, "dt_max", &c.time_step_max, source));
       RWR_RETURN_IF_ERROR(Take(s, "dt_init_floor", &c.time_step_floor, source));
@@ -118,7 +131,8 @@ absl::StatusOr<MambaConfig> MambaConfig::FromJson(const json& j, const std::stri
     RWR_RETURN_IF_ERROR(Take(j, "initializer_range", &c.initializer_range, source));
     RWR_RETURN_IF_ERROR(Take(j, "rescale_prenorm_residual", &c.rescale_prenorm_residual, source));
     if (j.contains("hidden_act") && j["hidden_act"] != "silu") {
-      return absl::InvalidArgumentError(fmt::format("{}: hidden_act {} unsupported (silu only)", source, j["hidden_act"].dump()));
+      return absl::InvalidArgumentError(
+          fmt::format("{}: hidden_act {} unsupported (silu only)", source, j["hidden_act"].dump()));
     }
   }
   if (c.d_inner == 0) c.d_inner = c.expand * c.d_model;
@@ -136,7 +150,8 @@ absl::StatusOr<MambaConfig> MambaConfig::FromJsonFile(const std::string& path) {
   try {
     in >> j;
   } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(fmt::format("model config {}: not valid JSON ({})", path, e.what()));
+    return absl::InvalidArgumentError(
+        fmt::format("model config {}: not valid JSON ({})", path, e.what()));
   }
   return FromJson(j, path);
 }

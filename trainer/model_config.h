@@ -21,11 +21,11 @@ struct MambaConfig {
   int64_t d_state = 16;    // S  (state_size)
   int64_t d_conv = 4;      // W  (conv_kernel)
   int64_t expand = 2;
-  int64_t d_inner = 0;     // Di (intermediate_size; expand·D when absent)
-  int64_t dt_rank = 0;     // R  (time_step_rank; ceil(D/16) when absent or "auto")
-  double norm_eps = 1e-5;  // layer_norm_epsilon
-  bool use_bias = false;       // in_proj / out_proj bias (rwr supports false only)
-  bool use_conv_bias = true;   // (rwr supports true only)
+  int64_t d_inner = 0;        // Di (intermediate_size; expand·D when absent)
+  int64_t dt_rank = 0;        // R  (time_step_rank; ceil(D/16) when absent or "auto")
+  double norm_eps = 1e-5;     // layer_norm_epsilon
+  bool use_bias = false;      // in_proj / out_proj bias (rwr supports false only)
+  bool use_conv_bias = true;  // (rwr supports true only)
   bool residual_in_fp32 = true;
   bool tie_embeddings = true;  // (rwr supports true only)
   int64_t bos_token_id = 0, eos_token_id = 0, pad_token_id = 0;
@@ -41,7 +41,8 @@ struct MambaConfig {
   int64_t xdbl_dim() const { return dt_rank + 2 * d_state; }  // R + 2S
 
   // Hugging Face (model_type "mamba") or original mamba_ssm config (d_model/n_layer/ssm_cfg).
-  static absl::StatusOr<MambaConfig> FromJson(const nlohmann::json& json, const std::string& source);
+  static absl::StatusOr<MambaConfig> FromJson(const nlohmann::json& json,
+                                              const std::string& source);
   static absl::StatusOr<MambaConfig> FromJsonFile(const std::string& path);
   nlohmann::ordered_json ToHfJson() const;  // keys from RWR_METHOD.md, model_type "mamba"
   std::string Summary() const;  // "D 48, L 3, V 997, Di 96, S 16, R 3, W 4: 0.23M parameters"

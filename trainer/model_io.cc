@@ -43,7 +43,8 @@ absl::Status LoadWeights(const std::string& dir, const MambaConfig& config,
 
 absl::StatusOr<LoadedModel> LoadModelDir(const std::string& dir) {
   LoadedModel loaded;
-  RWR_ASSIGN_OR_RETURN(loaded.config, MambaConfig::FromJsonFile((fs::path(dir) / "config.json").string()));
+  RWR_ASSIGN_OR_RETURN(loaded.config,
+                       MambaConfig::FromJsonFile((fs::path(dir) / "config.json").string()));
   RWR_RETURN_IF_ERROR(LoadWeights(dir, loaded.config, &loaded.params));
   return loaded;
 }
@@ -66,7 +67,7 @@ absl::Status SaveModelDir(const std::string& dir, const MambaConfig& config,
   save.max_shard_bytes = options.max_shard_bytes;
   RWR_RETURN_IF_ERROR(storage::SaveModel(dir, tensors, save).status());
   nlohmann::ordered_json j = config.ToHfJson();
-  j["torch_dtype"] = options.dtype == storage::DType::kBF16   ? "bfloat16"
+  j["torch_dtype"] = options.dtype == storage::DType::kBF16  ? "bfloat16"
                      : options.dtype == storage::DType::kF16 ? "float16"
                                                              : "float32";
   std::ofstream out(fs::path(dir) / "config.json");
@@ -82,13 +83,15 @@ std::vector<float> InitParams(const MambaConfig& c, uint64_t seed) {
   // the result is the same for any thread count (2.8B parameters initialise in seconds).
   constexpr int64_t kBlock = 4096;
   auto stream = [seed](int64_t index) {
-    return Rng(seed * 0x9e3779b97f4a7c15ULL ^ (static_cast<uint64_t>(index) * 0xd1b54a32d192ed03ULL));
+    return Rng(seed * 0x9e3779b97f4a7c15ULL ^
+               (static_cast<uint64_t>(index) * 0xd1b54a32d192ed03ULL));
   };
   auto normal = [&](int64_t offset, int64_t n, double std) {
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < n; b += kBlock) {
       Rng rng = stream(offset + b);
-      for (int64_t i = b; i < std::min(n, b + kBlock); ++i) p[offset + i] = static_cast<float>(rng.Normal() * std);
+      for (int64_t i = b; i < std::min(n, b + kBlock); ++i)
+        p[offset + i] = static_cast<float>(rng.Normal() * std);
     }
   };
   auto uniform = [&](int64_t offset, int64_t n, double bound) {
@@ -123,7 +126,8 @@ std::vector<float> InitParams(const MambaConfig& c, uint64_t seed) {
       p[o.dt_proj_bias + i] = static_cast<float>(dt + std::log(-std::expm1(-dt)));  // softplus⁻¹
     }
     for (int64_t d = 0; d < Di; ++d) {
-      for (int64_t s = 0; s < S; ++s) p[o.A_log + d * S + s] = static_cast<float>(std::log(s + 1.0));
+      for (int64_t s = 0; s < S; ++s)
+        p[o.A_log + d * S + s] = static_cast<float>(std::log(s + 1.0));
       p[o.D + d] = 1.f;
     }
     const double out_std =

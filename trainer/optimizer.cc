@@ -14,7 +14,8 @@ AdamW::AdamW(const ParamLayout& layout, AdamWOptions options, ShardRange range)
   v_.assign(n, 0.f);
   for (const ParamSpec& spec : layout.specs()) {
     if (!spec.weight_decay) continue;
-    const int64_t b = std::max(spec.offset, range.begin), e = std::min(spec.offset + spec.size, range.end);
+    const int64_t b = std::max(spec.offset, range.begin),
+                  e = std::min(spec.offset + spec.size, range.end);
     for (int64_t i = b; i < e; ++i) decay_[i - range.begin] = 1;
   }
 }

@@ -18,7 +18,7 @@ struct ParamSpec {
   std::vector<int64_t> shape;  // HF shape, e.g. [2·Di, D]
   int64_t offset = 0;          // in elements, into the flat buffer
   int64_t size = 0;
-  bool weight_decay = true;    // false for norms, biases, A_log, D
+  bool weight_decay = true;  // false for norms, biases, A_log, D
 };
 
 // Offsets of one layer's tensors (each points into a flat buffer).

@@ -57,7 +57,8 @@ json YamlToJson(const YAML::Node& node) {
       }
       return s;
     }
-    default: return nullptr;
+    default:
+      return nullptr;
   }
 }
 
@@ -74,13 +75,13 @@ struct Settings {
   int64_t steps = 0, batch_size = 1, grad_accum = 1, seq_len = 0, chunk_len = 0;
   double lr = 3e-4, min_lr = 3e-5, weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8,
          clip_norm = 1.0;
-  int64_t warmup_steps = 0, log_every = 1, eval_every = 0, eval_batches = 4,
-          checkpoint_every = 0, keep_checkpoints = 3, max_nonfinite = 5, max_steps_this_run = 0;
+  int64_t warmup_steps = 0, log_every = 1, eval_every = 0, eval_batches = 4, checkpoint_every = 0,
+          keep_checkpoints = 3, max_nonfinite = 5, max_steps_this_run = 0;
   uint64_t seed = 0;
   int threads = 0;
   bool resume = true;
-  std::string device = "auto";     // auto | cpu | cuda
-  std::string gemm = "bf16";       // cuda GEMMs: bf16 (tensor cores) | fp32
+  std::string device = "auto";  // auto | cpu | cuda
+  std::string gemm = "bf16";    // cuda GEMMs: bf16 (tensor cores) | fp32
 };
 
 absl::StatusOr<Settings> ReadSettings(const Config& c) {
@@ -116,13 +117,16 @@ absl::StatusOr<Settings> ReadSettings(const Config& c) {
   RWR_ASSIGN_OR_RETURN(s.device, c.Get<std::string>("train.device"));
   RWR_ASSIGN_OR_RETURN(s.gemm, c.Get<std::string>("train.gemm_precision"));
   if (s.device != "auto" && s.device != "cpu" && s.device != "cuda") {
-    return absl::InvalidArgumentError(fmt::format("train.device '{}': expected auto, cpu or cuda", s.device));
+    return absl::InvalidArgumentError(
+        fmt::format("train.device '{}': expected auto, cpu or cuda", s.device));
   }
   if (s.gemm != "bf16" && s.gemm != "fp32") {
-    return absl::InvalidArgumentError(fmt::format("train.gemm_precision '{}': expected bf16 or fp32", s.gemm));
+    return absl::InvalidArgumentError(
+        fmt::format("train.gemm_precision '{}': expected bf16 or fp32", s.gemm));
   }
   auto positive = [](int64_t v, const char* key) -> absl::Status {
-    if (v <= 0) return absl::InvalidArgumentError(fmt::format("config key '{}' must be positive", key));
+    if (v <= 0)
+      return absl::InvalidArgumentError(fmt::format("config key '{}' must be positive", key));
     return absl::OkStatus();
   };
   RWR_RETURN_IF_ERROR(positive(s.steps, "train.steps"));
@@ -131,14 +135,15 @@ absl::StatusOr<Settings> ReadSettings(const Config& c) {
   RWR_RETURN_IF_ERROR(positive(s.log_every, "train.log_every"));
   RWR_RETURN_IF_ERROR(positive(s.max_nonfinite, "train.max_nonfinite"));
   if (s.lr <= 0 || s.min_lr < 0 || s.min_lr > s.lr) {
-    return absl::InvalidArgumentError("config: need train.lr > 0 and 0 <= train.min_lr <= train.lr");
+    return absl::InvalidArgumentError(
+        "config: need train.lr > 0 and 0 <= train.min_lr <= train.lr");
   }
   return s;
 }
 
 TokenBatch View(const storage::Batch& b) {
-  return {b.batch_size, b.seq_len, b.tokens.data(), b.targets.data(), b.loss_mask.data(),
-          b.reset.data()};
+  return {b.batch_size,     b.seq_len,          b.tokens.data(),
+          b.targets.data(), b.loss_mask.data(), b.reset.data()};
 }
 
 }  // namespace
@@ -171,7 +176,8 @@ train:
   resume: true
   device: auto
   gemm_precision: bf16
-)", "train defaults");
+)",
+                              "train defaults");
   return *parsed;
 }
 
@@ -201,7 +207,8 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
   const std::string checkpoints_dir = (out_dir / "checkpoints").string();
   std::error_code ec;
   fs::create_directories(out_dir, ec);
-  if (ec) return absl::UnavailableError(fmt::format("cannot create {}: {}", s.out_dir, ec.message()));
+  if (ec)
+    return absl::UnavailableError(fmt::format("cannot create {}: {}", s.out_dir, ec.message()));
 
   MambaCpu model(model_config);
   const ParamLayout& layout = model.layout();
@@ -220,7 +227,8 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
   if (static_cast<int64_t>(loader->manifest().vocab_size) > model_config.vocab_size) {
     return absl::InvalidArgumentError(fmt::format(
         "data {} has vocab {} but the model's vocab_size is {}: use a model config matching the "
-        "tokenizer", s.data_dir, loader->manifest().vocab_size, model_config.vocab_size));
+        "tokenizer",
+        s.data_dir, loader->manifest().vocab_size, model_config.vocab_size));
   }
 
   // Start: newest complete checkpoint, else init_from, else a fresh initialisation.
@@ -233,17 +241,19 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
   if (resume_from) {
     RWR_ASSIGN_OR_RETURN(CheckpointData ckpt, LoadCheckpoint(*resume_from, comm->rank()));
     if (ckpt.config.NumParameters() != model_config.NumParameters() ||
-        ckpt.config.d_model != model_config.d_model || ckpt.config.n_layer != model_config.n_layer) {
+        ckpt.config.d_model != model_config.d_model ||
+        ckpt.config.n_layer != model_config.n_layer) {
       return absl::FailedPreconditionError(fmt::format(
           "checkpoint {} holds a different model ({}) than the config ({}); use another "
-          "train.out_dir or set train.resume=false", *resume_from, ckpt.config.Summary(),
-          model_config.Summary()));
+          "train.out_dir or set train.resume=false",
+          *resume_from, ckpt.config.Summary(), model_config.Summary()));
     }
     if (ckpt.state.world_size != comm->world_size() || ckpt.opt_begin != range.begin ||
         ckpt.opt_end != range.end) {
       return absl::FailedPreconditionError(fmt::format(
           "checkpoint {} was written by {} ranks, this run has {}: resharding the optimizer is not "
-          "supported yet", *resume_from, ckpt.state.world_size, comm->world_size()));
+          "supported yet",
+          *resume_from, ckpt.state.world_size, comm->world_size()));
     }
     params = std::move(ckpt.params);
     adamw.exp_avg() = std::move(ckpt.exp_avg);
@@ -253,7 +263,8 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
     state.resolved_config_yaml = config.ToYaml();
     rng.set_state(state.rng_state);
     if (!state.loader_position_json.empty()) {
-      RWR_ASSIGN_OR_RETURN(auto position, storage::LoaderPosition::FromJson(state.loader_position_json));
+      RWR_ASSIGN_OR_RETURN(auto position,
+                           storage::LoaderPosition::FromJson(state.loader_position_json));
       RWR_RETURN_IF_ERROR(loader->Restore(position));
     }
     spdlog::info("train: resuming from {} (step {})", *resume_from, state.step);
@@ -276,11 +287,13 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
                                     comm->world_size() == 1 && model_config.d_state == 16);
   if (use_cuda) {
     if (comm->world_size() != 1) {
-      return absl::UnimplementedError("train.device=cuda runs on one rank for now (multi-GPU comes "
-                                      "with the NCCL communicator)");
+      return absl::UnimplementedError(
+          "train.device=cuda runs on one rank for now (multi-GPU comes "
+          "with the NCCL communicator)");
     }
-    RWR_ASSIGN_OR_RETURN(gpu, MambaCuda::Create(model_config, s.gemm == "fp32" ? GemmPrecision::kFp32
-                                                                               : GemmPrecision::kBf16));
+    RWR_ASSIGN_OR_RETURN(
+        gpu, MambaCuda::Create(model_config,
+                               s.gemm == "fp32" ? GemmPrecision::kFp32 : GemmPrecision::kBf16));
     RWR_RETURN_IF_ERROR(gpu->UploadParams(params));
     if (resume_from) {
       RWR_RETURN_IF_ERROR(gpu->UploadOptimizer(adamw.exp_avg(), adamw.exp_avg_sq(), adamw.step()));
@@ -288,18 +301,20 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
   }
 #else
   if (s.device == "cuda") {
-    return absl::UnimplementedError("train.device=cuda: this build has no CUDA (configure with RWR_CUDA=ON)");
+    return absl::UnimplementedError(
+        "train.device=cuda: this build has no CUDA (configure with RWR_CUDA=ON)");
   }
 #endif
-  spdlog::info("train: running on {}", use_cuda ? fmt::format("CUDA ({} GEMMs)", s.gemm) : "the CPU");
+  spdlog::info("train: running on {}",
+               use_cuda ? fmt::format("CUDA ({} GEMMs)", s.gemm) : "the CPU");
   state.resolved_config_yaml = config.ToYaml();
   {
     std::ofstream cfg(out_dir / "config.yaml");
     cfg << state.resolved_config_yaml << "\n";
   }
-  spdlog::info("train: model {}; data {} ({} rows); {} steps of {}×{}×{} rows", model_config.Summary(),
-               s.data_dir, loader->dataset_rows(), s.steps, s.batch_size, s.grad_accum,
-               comm->world_size());
+  spdlog::info("train: model {}; data {} ({} rows); {} steps of {}×{}×{} rows",
+               model_config.Summary(), s.data_dir, loader->dataset_rows(), s.steps, s.batch_size,
+               s.grad_accum, comm->world_size());
 
   std::ofstream metrics(out_dir / "metrics.jsonl", std::ios::app);
   const LrSchedule schedule{s.lr, s.min_lr, s.warmup_steps, s.steps};
@@ -323,12 +338,13 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
 #endif
     state.loader_position_json = loader->position().ToJson();
     state.rng_state = rng.state();
-    CheckpointData data{model_config, params, range.begin, range.end, adamw.exp_avg(),
+    CheckpointData data{model_config,       params,       range.begin, range.end, adamw.exp_avg(),
                         adamw.exp_avg_sq(), adamw.step(), state};
     RWR_RETURN_IF_ERROR(comm->Barrier());
     if (comm->rank() == 0) {
-      RWR_ASSIGN_OR_RETURN(result.last_checkpoint,
-                           SaveCheckpoint(checkpoints_dir, data, static_cast<int>(s.keep_checkpoints)));
+      RWR_ASSIGN_OR_RETURN(
+          result.last_checkpoint,
+          SaveCheckpoint(checkpoints_dir, data, static_cast<int>(s.keep_checkpoints)));
       spdlog::info("train: checkpoint {}", result.last_checkpoint);
     }
     return comm->Barrier();
@@ -360,7 +376,8 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
   };
 
   while (state.step < s.steps) {
-    if (ShutdownRequested() || (s.max_steps_this_run > 0 && steps_this_run >= s.max_steps_this_run)) {
+    if (ShutdownRequested() ||
+        (s.max_steps_this_run > 0 && steps_this_run >= s.max_steps_this_run)) {
       spdlog::warn("train: {} at step {}; checkpointing and exiting",
                    ShutdownRequested() ? fmt::format("signal {}", ShutdownSignal())
                                        : std::string("max_steps_this_run reached"),
@@ -396,7 +413,8 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
     {
       std::fill(grads.begin(), grads.end(), 0.f);
       for (const auto& mb : micro) {
-        RWR_ASSIGN_OR_RETURN(LossSum part, model.ForwardBackward(params, View(mb), s.chunk_len, scale, grads));
+        RWR_ASSIGN_OR_RETURN(LossSum part,
+                             model.ForwardBackward(params, View(mb), s.chunk_len, scale, grads));
         loss_sum[0] += part.loss_sum;
       }
       RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<float>(grads)));
@@ -406,7 +424,8 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
 #ifdef RWR_TRAINER_HAVE_CUDA
     // The GPU step clips and updates in one go and reports a non-finite gradient norm instead.
     if (gpu && std::isfinite(loss) && counts[0] > 0) {
-      RWR_ASSIGN_OR_RETURN(grad_norm, gpu->ClipAndStep(s.clip_norm, lr, {s.beta1, s.beta2, s.eps, s.weight_decay}));
+      RWR_ASSIGN_OR_RETURN(
+          grad_norm, gpu->ClipAndStep(s.clip_norm, lr, {s.beta1, s.beta2, s.eps, s.weight_decay}));
       gpu_nonfinite = !std::isfinite(grad_norm);
     }
 #endif
@@ -414,12 +433,14 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
     if (!std::isfinite(loss) || gpu_nonfinite || (!use_cuda && !AllFinite(grads))) {
       ++state.nonfinite_in_a_row;
       skipped = true;
-      spdlog::warn("train: step {}: non-finite loss or gradient; update skipped ({} in a row, abort at {})",
-                   state.step + 1, state.nonfinite_in_a_row, s.max_nonfinite);
+      spdlog::warn(
+          "train: step {}: non-finite loss or gradient; update skipped ({} in a row, abort at {})",
+          state.step + 1, state.nonfinite_in_a_row, s.max_nonfinite);
       if (state.nonfinite_in_a_row >= s.max_nonfinite) {
         return absl::AbortedError(fmt::format(
             "{} steps in a row had a non-finite loss or gradient (last at step {}): lower train.lr "
-            "or check the data; the last checkpoint is intact", state.nonfinite_in_a_row, state.step + 1));
+            "or check the data; the last checkpoint is intact",
+            state.nonfinite_in_a_row, state.step + 1));
       }
     } else if (counts[0] == 0) {
       skipped = true;
@@ -445,16 +466,23 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
     const auto now = std::chrono::steady_clock::now();
     const double seconds = std::chrono::duration<double>(now - window_start).count();
     const double tokens_per_s = seconds > 0 ? window_tokens / seconds : 0;
-    json record = {{"step", state.step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
-                   {"tokens", state.tokens_seen}, {"tokens_per_s", tokens_per_s},
+    json record = {{"step", state.step},
+                   {"loss", loss},
+                   {"lr", lr},
+                   {"grad_norm", grad_norm},
+                   {"tokens", state.tokens_seen},
+                   {"tokens_per_s", tokens_per_s},
                    // MFU is 6·N·tokens/s over the H100's 790 TFLOP/s bf16 rate (ANCHORS.md): a GPU
                    // number. The CPU path has no comparable peak, so it records null.
                    {"mfu", nullptr},
-                   {"peak_mem_gib", PeakRssGiB()}, {"loss_tokens", counts[0]},
-                   {"skipped", skipped}, {"epoch", loader->position().epoch}};
+                   {"peak_mem_gib", PeakRssGiB()},
+                   {"loss_tokens", counts[0]},
+                   {"skipped", skipped},
+                   {"epoch", loader->position().epoch}};
 #ifdef RWR_TRAINER_HAVE_CUDA
     if (gpu) {
-      record["mfu"] = 6.0 * static_cast<double>(model_config.NumParameters()) * tokens_per_s / 790e12;
+      record["mfu"] =
+          6.0 * static_cast<double>(model_config.NumParameters()) * tokens_per_s / 790e12;
       record["peak_mem_gib"] = static_cast<double>(gpu->peak_bytes()) / (1 << 30);  // device
       record["peak_host_gib"] = PeakRssGiB();
     }
@@ -471,12 +499,17 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
       metrics.flush();
     }
     if (state.step % s.log_every == 0 || state.step == s.steps || state.step == 1) {
-      spdlog::info("step {}/{}  loss {:.4f}{}  lr {:.3e}  grad_norm {:.3f}  {:.0f} tok/s{}  peak {:.2f} GiB",
-                   state.step, s.steps, loss,
-                   record.contains("eval_loss") ? fmt::format("  eval {:.4f}", record["eval_loss"].get<double>()) : "",
-                   lr, grad_norm, tokens_per_s,
-                   record["mfu"].is_number() ? fmt::format("  MFU {:.1f}%", 100 * record["mfu"].get<double>()) : "",
-                   record["peak_mem_gib"].get<double>());
+      spdlog::info(
+          "step {}/{}  loss {:.4f}{}  lr {:.3e}  grad_norm {:.3f}  {:.0f} tok/s{}  peak {:.2f} GiB",
+          state.step, s.steps, loss,
+          record.contains("eval_loss")
+              ? fmt::format("  eval {:.4f}", record["eval_loss"].get<double>())
+              : "",
+          lr, grad_norm, tokens_per_s,
+          record["mfu"].is_number()
+              ? fmt::format("  MFU {:.1f}%", 100 * record["mfu"].get<double>())
+              : "",
+          record["peak_mem_gib"].get<double>());
       window_start = now;
       window_tokens = 0;
     }

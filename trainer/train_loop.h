@@ -31,7 +31,7 @@ absl::StatusOr<MambaConfig> ModelConfigFromRunConfig(const Config& config);
 struct TrainResult {
   int64_t start_step = 0;
   int64_t final_step = 0;
-  double first_loss = 0;   // of the first step this run
+  double first_loss = 0;  // of the first step this run
   double last_loss = 0;
   double last_eval_loss = -1;
   std::string last_checkpoint;

@@ -2,22 +2,23 @@
 // the CPU path. Tolerances: fp32 GEMMs — logits rel ≤ 1e-4, each gradient rel ≤ 1e-3 (the scan
 // kernels use fast-math exp); bf16 tensor-core GEMMs — logits rel ≤ 2e-2, gradients ≤ 6e-2.
 // Chunked equals unchunked (rel ≤ 1e-4 fp32); three AdamW steps reproduce torch's losses.
+#include "trainer/mamba_cuda.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 #include "storage/safetensors.h"
-#include "trainer/mamba_cuda.h"
-#include "trainer/model_io.h"
 #include "storage/shard.h"
 #include "trainer/checkpoint.h"
+#include "trainer/model_io.h"
 #include "trainer/rng.h"
 #include "trainer/train_loop.h"
-#include <filesystem>
-#include <map>
 
 namespace rwr::trainer {
 namespace {
@@ -39,7 +40,9 @@ struct Fixture {
   std::vector<int32_t> tokens, targets;
   std::vector<uint8_t> mask, reset;
   int64_t count = 0;
-  TokenBatch batch() const { return {B, T, tokens.data(), targets.data(), mask.data(), reset.data()}; }
+  TokenBatch batch() const {
+    return {B, T, tokens.data(), targets.data(), mask.data(), reset.data()};
+  }
 };
 
 Fixture LoadFixture() {
@@ -142,7 +145,8 @@ TEST_P(MambaCudaTest, ThreeAdamWStepsMatchTorch) {
     if (step == 3) break;
     auto norm = model->ClipAndStep(hp["clip_norm"], hp["lr"], options);
     ASSERT_TRUE(norm.ok()) << norm.status();
-    EXPECT_NEAR(*norm, hp["grad_norms_before_clip"][step].get<double>(), (fp32() ? 1e-4 : 5e-2) * *norm);
+    EXPECT_NEAR(*norm, hp["grad_norms_before_clip"][step].get<double>(),
+                (fp32() ? 1e-4 : 5e-2) * *norm);
   }
 }
 
@@ -171,7 +175,8 @@ std::string MakeDataset(const std::string& dir) {
   }
   EXPECT_TRUE(writer.Finish().ok());
   manifest.shards.push_back({"shard_0.rws", writer.num_rows(), writer.num_documents(),
-                             writer.num_tokens(), writer.num_loss_tokens(), writer.payload_sha256_hex()});
+                             writer.num_tokens(), writer.num_loss_tokens(),
+                             writer.payload_sha256_hex()});
   EXPECT_TRUE(manifest.Save(dir).ok());
   return dir;
 }
@@ -199,7 +204,9 @@ model: {{hidden_size: 32, num_hidden_layers: 2, vocab_size: 97, state_size: 16, 
 data: {{dir: {}, seed: 1}}
 train: {{out_dir: {}, steps: 6, batch_size: 2, grad_accum: 2, lr: 0.01, warmup_steps: 2,
         chunk_len: 16, checkpoint_every: 0, log_every: 100, device: {}, gemm_precision: fp32}}
-)", data, out, device), "test");
+)",
+                                          data, out, device),
+                              "test");
     EXPECT_TRUE(body.ok());
     config.Merge(*body);
     EXPECT_TRUE(config.SetAll(extra).ok());
@@ -217,7 +224,8 @@ train: {{out_dir: {}, steps: 6, batch_size: 2, grad_accum: 2, lr: 0.01, warmup_s
   for (const auto& [step, loss] : cpu_losses) {
     EXPECT_NEAR(gpu_losses.at(step), loss, 1e-3 * loss) << "step " << step;
   }
-  auto part = Train(config_for(root + "/gpu_resumed", "cuda", {"train.max_steps_this_run=3"}), &comm);
+  auto part =
+      Train(config_for(root + "/gpu_resumed", "cuda", {"train.max_steps_this_run=3"}), &comm);
   ASSERT_TRUE(part.ok()) << part.status();
   auto rest = Train(config_for(root + "/gpu_resumed", "cuda", {}), &comm);
   ASSERT_TRUE(rest.ok()) << rest.status();

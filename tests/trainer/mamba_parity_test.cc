@@ -1,8 +1,8 @@
 // The CPU Mamba LM against Hugging Face transformers' MambaForCausalLM (fixtures made by
-// scripts/make_hf_fixtures.py: float64 reference, odd sizes D 48, L 3, V 997, S 16, R 3, T 37, B 2).
-// fp32 tolerances: logits and loss relative error ≤ 1e-5; each parameter's gradient
-// ‖g − g_hf‖ / ‖g_hf‖ ≤ 1e-4. Chunked processing (state carried forward, gradients backward)
-// equals unchunked within 1e-5.
+// scripts/make_hf_fixtures.py: float64 reference, odd sizes D 48, L 3, V 997, S 16, R 3, T 37, B
+// 2). fp32 tolerances: logits and loss relative error ≤ 1e-5; each parameter's gradient ‖g − g_hf‖
+// / ‖g_hf‖ ≤ 1e-4. Chunked processing (state carried forward, gradients backward) equals unchunked
+// within 1e-5.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -127,7 +127,8 @@ TEST(MambaChunked, ChunkedLossAndGradientsEqualUnchunked) {
     EXPECT_EQ(chunked->tokens, whole->tokens);
     for (const ParamSpec& spec : model.layout().specs()) {
       EXPECT_LT(RelErr({part.data() + spec.offset, size_t(spec.size)},
-                       {full.data() + spec.offset, size_t(spec.size)}), 1e-5)
+                       {full.data() + spec.offset, size_t(spec.size)}),
+                1e-5)
           << spec.name << " chunk " << chunk;
     }
     auto fwd = model.Forward(f.model.params, f.batch(), chunk);
@@ -158,7 +159,9 @@ TEST(MambaParity, ThreeAdamWStepsMatchTorch) {
   const nlohmann::json hp = Expected()["adamw"];
   MambaCpu model(f.model.config);
   AdamW adamw(model.layout(),
-              {.beta1 = hp["beta1"], .beta2 = hp["beta2"], .eps = hp["eps"],
+              {.beta1 = hp["beta1"],
+               .beta2 = hp["beta2"],
+               .eps = hp["eps"],
                .weight_decay = hp["weight_decay"]},
               ShardRange{0, model.layout().total()});
   std::vector<float>& params = f.model.params;

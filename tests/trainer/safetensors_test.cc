@@ -78,7 +78,7 @@ TEST(Safetensors, RoundTripsEveryFloatDtype) {
 
 TEST(Safetensors, HalfConversionsRoundToNearestEvenAndKeepSpecials) {
   EXPECT_EQ(FloatToBf16(1.0f), 0x3f80);
-  EXPECT_EQ(Bf16ToFloat(FloatToBf16(1.0f + 1.0f / 256)), 1.0f);           // tie → even
+  EXPECT_EQ(Bf16ToFloat(FloatToBf16(1.0f + 1.0f / 256)), 1.0f);               // tie → even
   EXPECT_EQ(Bf16ToFloat(FloatToBf16(1.0f + 3.0f / 256)), 1.0f + 4.0f / 256);  // tie → even (up)
   EXPECT_TRUE(std::isnan(Bf16ToFloat(FloatToBf16(NAN))));
   EXPECT_TRUE(std::isinf(Bf16ToFloat(FloatToBf16(INFINITY))));
@@ -86,7 +86,8 @@ TEST(Safetensors, HalfConversionsRoundToNearestEvenAndKeepSpecials) {
   EXPECT_EQ(F16ToFloat(0x3c00), 1.0f);
   EXPECT_EQ(F16ToFloat(FloatToF16(65504.f)), 65504.f);
   EXPECT_TRUE(std::isinf(F16ToFloat(FloatToF16(70000.f))));
-  EXPECT_EQ(F16ToFloat(FloatToF16(5.960464477539063e-08f)), 5.960464477539063e-08f);  // min subnormal
+  EXPECT_EQ(F16ToFloat(FloatToF16(5.960464477539063e-08f)),
+            5.960464477539063e-08f);  // min subnormal
   EXPECT_EQ(F16ToFloat(0x0001), 5.960464477539063e-08f);
   EXPECT_TRUE(std::isnan(F16ToFloat(FloatToF16(NAN))));
   // Every f16 bit pattern that is not NaN survives f16 → f32 → f16.
@@ -117,7 +118,8 @@ TEST(Safetensors, ShardedModelWritesIndexAndReadsBack) {
 
   // Under the limit: one model.safetensors, no index.
   const fs::path one = TempDir("single");
-  auto single = SaveModel(one.string(), tensors, {.dtype = DType::kBF16, .max_shard_bytes = 1 << 20});
+  auto single =
+      SaveModel(one.string(), tensors, {.dtype = DType::kBF16, .max_shard_bytes = 1 << 20});
   ASSERT_TRUE(single.ok());
   EXPECT_EQ(*single, std::vector<std::string>{"model.safetensors"});
   EXPECT_EQ((*SafetensorsModel::Open(one.string()))->Find("layer.0.w")->dtype, DType::kBF16);

@@ -70,8 +70,10 @@ std::string MakeDataset(int rows) {
 
 TEST(ModelInit, WritesEveryConfigSizeInHfLayout) {
   const std::string out = TempDir("init");
-  CommandResult r = Sh(fmt::format("model init --config {}/configs/models/tiny.yaml --out {} --seed 3 "
-                         "--log-level warn", kSource, out));
+  CommandResult r =
+      Sh(fmt::format("model init --config {}/configs/models/tiny.yaml --out {} --seed 3 "
+                     "--log-level warn",
+                     kSource, out));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   auto model = LoadModelDir(out);
   ASSERT_TRUE(model.ok()) << model.status();
@@ -138,10 +140,12 @@ TEST(TrainCli, SigtermCheckpointsExitsZeroAndResumes) {
   EXPECT_GE(stopped_at, 2);
 
   // Resume and run two more steps.
-  CommandResult resumed = Sh(fmt::format("{} --set train.steps={} --log-level warn", args, stopped_at + 2));
+  CommandResult resumed =
+      Sh(fmt::format("{} --set train.steps={} --log-level warn", args, stopped_at + 2));
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find(fmt::format("steps {} -> {}", stopped_at, stopped_at + 2)),
-            std::string::npos) << resumed.output;
+            std::string::npos)
+      << resumed.output;
 
   CommandResult inspect = Sh(fmt::format("checkpoint inspect {} --tensors", out));
   ASSERT_EQ(inspect.exit_code, 0) << inspect.output;
@@ -150,9 +154,10 @@ TEST(TrainCli, SigtermCheckpointsExitsZeroAndResumes) {
   EXPECT_NE(inspect.output.find("backbone.layers.1.mixer.A_log"), std::string::npos);
 
   const std::string exported = TempDir("export");
-  CommandResult exp = Sh(fmt::format("export --checkpoint {} --out {} --dtype bf16 --tokenizer "
-                           "{}/configs/tokenizer/tokenizer.json --log-level warn",
-                           out, exported, kSource));
+  CommandResult exp =
+      Sh(fmt::format("export --checkpoint {} --out {} --dtype bf16 --tokenizer "
+                     "{}/configs/tokenizer/tokenizer.json --log-level warn",
+                     out, exported, kSource));
   ASSERT_EQ(exp.exit_code, 0) << exp.output;
   EXPECT_TRUE(fs::exists(exported + "/tokenizer.json"));
   auto loaded = LoadModelDir(exported);
@@ -160,17 +165,20 @@ TEST(TrainCli, SigtermCheckpointsExitsZeroAndResumes) {
 }
 
 TEST(TrainCli, ErrorsAreOneLine) {
-  CommandResult no_data = Sh(fmt::format("train --config {}/configs/train_tiny.yaml --set data.dir=/nonexistent "
-                               "--set train.out_dir={} --log-level error",
-                               kSource, TempDir("err")));
+  CommandResult no_data =
+      Sh(fmt::format("train --config {}/configs/train_tiny.yaml --set data.dir=/nonexistent "
+                     "--set train.out_dir={} --log-level error",
+                     kSource, TempDir("err")));
   EXPECT_EQ(no_data.exit_code, 1);
   EXPECT_NE(no_data.output.find("rwr: error:"), std::string::npos) << no_data.output;
   CommandResult bad_ckpt = Sh("checkpoint inspect /nonexistent");
   EXPECT_EQ(bad_ckpt.exit_code, 1);
   EXPECT_NE(bad_ckpt.output.find("no such directory"), std::string::npos) << bad_ckpt.output;
-  CommandResult bad_export = Sh(fmt::format("export --checkpoint {} --out {}", TempDir("empty"), TempDir("x")));
+  CommandResult bad_export =
+      Sh(fmt::format("export --checkpoint {} --out {}", TempDir("empty"), TempDir("x")));
   EXPECT_EQ(bad_export.exit_code, 1);
-  EXPECT_NE(bad_export.output.find("no complete checkpoint"), std::string::npos) << bad_export.output;
+  EXPECT_NE(bad_export.output.find("no complete checkpoint"), std::string::npos)
+      << bad_export.output;
 }
 
 }  // namespace

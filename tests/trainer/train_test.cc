@@ -75,7 +75,9 @@ data: {{dir: {}, eval_dir: {}, seed: 3}}
 train: {{out_dir: {}, steps: 8, batch_size: 2, grad_accum: 2, lr: 0.01, min_lr: 0.001,
         warmup_steps: 2, checkpoint_every: 3, eval_every: 4, eval_batches: 2, log_every: 100,
         chunk_len: 10, device: cpu}}
-)", kVocab, data, data, out), "test");
+)",
+                                         kVocab, data, data, out),
+                             "test");
   EXPECT_TRUE(model.ok()) << model.status();
   config.Merge(*model);
   EXPECT_TRUE(config.SetAll(overrides).ok());
@@ -103,8 +105,9 @@ TEST(Train, LossFallsOnALearnablePattern) {
   const std::string data = MakeDataset("learn", 48, 1);
   const std::string out = TempDir("learn_out");
   SingleRankCommunicator comm;
-  auto result = Train(MakeConfig(data, out, {"train.steps=40", "train.lr=0.02",
-                                             "train.checkpoint_every=0", "train.eval_every=20"}),
+  auto result = Train(MakeConfig(data, out,
+                                 {"train.steps=40", "train.lr=0.02", "train.checkpoint_every=0",
+                                  "train.eval_every=20"}),
                       &comm);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->final_step, 40);
@@ -179,9 +182,9 @@ TEST(Train, NonFiniteStepsAreSkippedThenAbort) {
   const std::string data = MakeDataset("nan", 20, 5);
   const std::string out = TempDir("nan_out");
   SingleRankCommunicator comm;
-  auto result = Train(MakeConfig(data, out, {"train.lr=1e30", "train.min_lr=1e30",
-                                             "train.warmup_steps=0", "train.max_nonfinite=2",
-                                             "train.checkpoint_every=0"}),
+  auto result = Train(MakeConfig(data, out,
+                                 {"train.lr=1e30", "train.min_lr=1e30", "train.warmup_steps=0",
+                                  "train.max_nonfinite=2", "train.checkpoint_every=0"}),
                       &comm);
   EXPECT_EQ(result.status().code(), absl::StatusCode::kAborted) << result.status();
   auto losses = Losses(out);
@@ -209,22 +212,24 @@ TEST(Export, Fp32Bf16AndShardedExportsReadBackWithPypiSafetensors) {
   }
   const std::string fp32 = TempDir("export_fp32"), bf16 = TempDir("export_bf16"),
                     sharded = TempDir("export_sharded");
-  auto r1 = ExportCheckpoint({.checkpoint = out, .out = fp32, .dtype = "fp32", .write_check = true});
+  auto r1 =
+      ExportCheckpoint({.checkpoint = out, .out = fp32, .dtype = "fp32", .write_check = true});
   ASSERT_TRUE(r1.ok()) << r1.status();
   EXPECT_EQ(r1->tokenizer_source, data + "/tokenizer.json");
   EXPECT_TRUE(fs::exists(fp32 + "/tokenizer.json"));
   ASSERT_TRUE(ExportCheckpoint({.checkpoint = out, .out = bf16, .dtype = "bf16"}).ok());
-  ASSERT_TRUE(ExportCheckpoint({.checkpoint = out, .out = sharded, .dtype = "fp32",
-                                .max_shard_bytes = 8000}).ok());
+  ASSERT_TRUE(ExportCheckpoint(
+                  {.checkpoint = out, .out = sharded, .dtype = "fp32", .max_shard_bytes = 8000})
+                  .ok());
   EXPECT_TRUE(fs::exists(sharded + "/model.safetensors.index.json"));
   auto config = nlohmann::json::parse(ReadAll(bf16 + "/config.json"));
   EXPECT_EQ(config["model_type"], "mamba");
   EXPECT_EQ(config["torch_dtype"], "bfloat16");
-  for (const char* key : {"hidden_size", "num_hidden_layers", "intermediate_size", "state_size",
-                          "conv_kernel", "time_step_rank", "use_bias", "use_conv_bias",
-                          "hidden_act", "layer_norm_epsilon", "residual_in_fp32", "vocab_size",
-                          "bos_token_id", "eos_token_id", "pad_token_id", "time_step_min",
-                          "time_step_max", "time_step_floor", "time_step_init_scheme"}) {
+  for (const char* key :
+       {"hidden_size", "num_hidden_layers", "intermediate_size", "state_size", "conv_kernel",
+        "time_step_rank", "use_bias", "use_conv_bias", "hidden_act", "layer_norm_epsilon",
+        "residual_in_fp32", "vocab_size", "bos_token_id", "eos_token_id", "pad_token_id",
+        "time_step_min", "time_step_max", "time_step_floor", "time_step_init_scheme"}) {
     EXPECT_TRUE(config.contains(key)) << key;
   }
 
@@ -259,7 +264,8 @@ for file in sorted(set(idx["weight_map"].values())):
         for k in f.keys(): seen[k] = f.get_tensor(k)
 assert set(seen) == set(ref) and all(np.array_equal(seen[k], ref[k]) for k in ref)
 print("ok")
-)PY", out, fp32, bf16, sharded, sharded);
+)PY",
+                                         out, fp32, bf16, sharded, sharded);
   const std::string dir = TempDir("export_py");
   {
     std::ofstream s(dir + "/check.py");
