@@ -7,11 +7,11 @@
 #include <sys/resource.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <fstream>
 #include <memory>
 #include <mutex>
-#include <condition_variable>
 #include <string>
 #include <vector>
 
@@ -34,7 +34,9 @@ class ConstantTeacher final : public Teacher {
   void ExtractNote(NoteTask, TeacherCallback<Note> done) override {
     done(Note{.text = "The vault code is 4417.", .empty = false, .score = 1});
   }
-  void VerifyNote(VerifyTask, TeacherCallback<Verdict> done) override { done(Verdict{.consistent = true, .score = 1}); }
+  void VerifyNote(VerifyTask, TeacherCallback<Verdict> done) override {
+    done(Verdict{.consistent = true, .score = 1});
+  }
   void RemoveEvidence(RemoveEvidenceTask task, TeacherCallback<Negative> done) override {
     done(Negative{.context = task.context});
   }
@@ -44,7 +46,8 @@ class ConstantTeacher final : public Teacher {
 double ProcessCpuSeconds() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
-  return usage.ru_utime.tv_sec + usage.ru_stime.tv_sec + 1e-6 * (usage.ru_utime.tv_usec + usage.ru_stime.tv_usec);
+  return usage.ru_utime.tv_sec + usage.ru_stime.tv_sec +
+         1e-6 * (usage.ru_utime.tv_usec + usage.ru_stime.tv_usec);
 }
 
 struct Row {
@@ -68,10 +71,14 @@ int main(int argc, char** argv) {
   std::string backend = "constant";
   std::string json_path;
   int workers = 2;
-  app.add_option("--latency-ms", latency_ms, "Fixed answer latency L of the loopback teacher")->capture_default_str();
-  app.add_option("--windows", windows_arg, "Comma-separated in-flight windows W")->capture_default_str();
-  app.add_option("--seconds", seconds, "Target run time per window at the bound")->capture_default_str();
-  app.add_option("--backend", backend, "constant (transport only) or extractive (BM25 on each call)")
+  app.add_option("--latency-ms", latency_ms, "Fixed answer latency L of the loopback teacher")
+      ->capture_default_str();
+  app.add_option("--windows", windows_arg, "Comma-separated in-flight windows W")
+      ->capture_default_str();
+  app.add_option("--seconds", seconds, "Target run time per window at the bound")
+      ->capture_default_str();
+  app.add_option("--backend", backend,
+                 "constant (transport only) or extractive (BM25 on each call)")
       ->capture_default_str();
   app.add_option("--workers", workers, "Server worker threads")->capture_default_str();
   app.add_option("--json", json_path, "Also write the rows as JSON");
@@ -85,19 +92,24 @@ int main(int argc, char** argv) {
     start = comma + 1;
   }
   std::shared_ptr<Teacher> inner;
-  if (backend == "constant") inner = std::make_shared<ConstantTeacher>();
-  else if (backend == "extractive") inner = std::make_shared<ExtractiveTeacher>();
+  if (backend == "constant")
+    inner = std::make_shared<ConstantTeacher>();
+  else if (backend == "extractive")
+    inner = std::make_shared<ExtractiveTeacher>();
   else {
-    std::fprintf(stderr, "teacher_bench: --backend %s: expected constant or extractive\n", backend.c_str());
+    std::fprintf(stderr, "teacher_bench: --backend %s: expected constant or extractive\n",
+                 backend.c_str());
     return 2;
   }
   const double latency_s = latency_ms / 1000;
   auto scripted = std::make_shared<ScriptedTeacher>(ScriptedOptions{.latency_s = latency_s}, inner);
   // The scripted teacher only arms a timer per call (the answer comes from its timer thread), so
   // the server may call it on gRPC's thread.
-  auto server = TeacherServer::Start(
-      {.listen = "127.0.0.1:0", .workers = workers, .queue_capacity = 1 << 16, .backend_never_blocks = true},
-      scripted);
+  auto server = TeacherServer::Start({.listen = "127.0.0.1:0",
+                                      .workers = workers,
+                                      .queue_capacity = 1 << 16,
+                                      .backend_never_blocks = true},
+                                     scripted);
   if (!server.ok()) {
     std::fprintf(stderr, "teacher_bench: %s\n", std::string(server.status().message()).c_str());
     return 1;
@@ -105,14 +117,16 @@ int main(int argc, char** argv) {
   const std::string url = fmt::format("rwr://127.0.0.1:{}", (*server)->port());
   // A realistic small task: ~1 KB of context.
   std::string context;
-  for (int i = 0; i < 12; ++i) context += fmt::format("Paragraph {} describes the harbour and its boats.\n\n", i);
+  for (int i = 0; i < 12; ++i)
+    context += fmt::format("Paragraph {} describes the harbour and its boats.\n\n", i);
   context += "The vault code is 4417.";
 
   std::vector<Row> rows;
-  std::printf("teacher_bench: L = %.1f ms, backend %s, loopback gRPC (client and server in one process)\n",
-              latency_ms, backend.c_str());
-  std::printf("%6s %8s %8s %10s %10s %8s %8s %10s\n", "W", "calls", "sec", "calls/s", "W/L", "% bound", "retries",
-              "CPU us/call");
+  std::printf(
+      "teacher_bench: L = %.1f ms, backend %s, loopback gRPC (client and server in one process)\n",
+      latency_ms, backend.c_str());
+  std::printf("%6s %8s %8s %10s %10s %8s %8s %10s\n", "W", "calls", "sec", "calls/s", "W/L",
+              "% bound", "retries", "CPU us/call");
   for (int window : windows) {
     TeacherClientOptions options;
     options.concurrency = window;
@@ -152,20 +166,34 @@ int main(int argc, char** argv) {
     const double cpu_before = ProcessCpuSeconds();
     const double elapsed = run(calls);
     const double cpu = ProcessCpuSeconds() - cpu_before;
-    Row row{window, calls, elapsed, calls / elapsed, bound, remote->Stats().retries - retries_before,
-            static_cast<uint64_t>(failures), 1e6 * cpu / static_cast<double>(calls)};
+    Row row{window,
+            calls,
+            elapsed,
+            calls / elapsed,
+            bound,
+            remote->Stats().retries - retries_before,
+            static_cast<uint64_t>(failures),
+            1e6 * cpu / static_cast<double>(calls)};
     rows.push_back(row);
     std::printf("%6d %8lld %8.2f %10.1f %10.1f %7.1f%% %8llu %10.1f\n", row.window,
-                static_cast<long long>(row.calls), row.seconds, row.rate, row.bound, 100 * row.rate / row.bound,
-                static_cast<unsigned long long>(row.retries), row.cpu_us_per_call);
-    if (row.failures > 0) std::printf("       (%llu calls failed)\n", static_cast<unsigned long long>(row.failures));
+                static_cast<long long>(row.calls), row.seconds, row.rate, row.bound,
+                100 * row.rate / row.bound, static_cast<unsigned long long>(row.retries),
+                row.cpu_us_per_call);
+    if (row.failures > 0)
+      std::printf("       (%llu calls failed)\n", static_cast<unsigned long long>(row.failures));
   }
   if (!json_path.empty()) {
-    nlohmann::json j = {{"latency_ms", latency_ms}, {"backend", backend}, {"rows", nlohmann::json::array()}};
+    nlohmann::json j = {
+        {"latency_ms", latency_ms}, {"backend", backend}, {"rows", nlohmann::json::array()}};
     for (const Row& r : rows)
-      j["rows"].push_back({{"window", r.window}, {"calls", r.calls}, {"seconds", r.seconds}, {"calls_per_s", r.rate},
-                           {"bound_calls_per_s", r.bound}, {"fraction_of_bound", r.rate / r.bound},
-                           {"retries", r.retries}, {"failures", r.failures},
+      j["rows"].push_back({{"window", r.window},
+                           {"calls", r.calls},
+                           {"seconds", r.seconds},
+                           {"calls_per_s", r.rate},
+                           {"bound_calls_per_s", r.bound},
+                           {"fraction_of_bound", r.rate / r.bound},
+                           {"retries", r.retries},
+                           {"failures", r.failures},
                            {"cpu_us_per_call", r.cpu_us_per_call}});
     std::ofstream(json_path) << j.dump(2) << "\n";
   }

@@ -39,18 +39,27 @@ absl::StatusOr<std::string> ReadToken(const std::string& path) {
   if (!text.ok()) return text.status();
   std::string token = *text;
   while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
-  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.front()))) token.erase(token.begin());
-  if (token.empty()) return absl::InvalidArgumentError(fmt::format("--auth-token-file {}: the file is empty", path));
+  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.front())))
+    token.erase(token.begin());
+  if (token.empty())
+    return absl::InvalidArgumentError(fmt::format("--auth-token-file {}: the file is empty", path));
   return token;
 }
 
 absl::StatusOr<teacher::ExtractiveOptions> ExtractiveFromConfig(const Config& config) {
   teacher::ExtractiveOptions o;
-  RWR_ASSIGN_OR_RETURN(o.note_budget_bytes, config.GetOr<uint32_t>("teacher.extractive.note_budget_bytes", o.note_budget_bytes));
-  RWR_ASSIGN_OR_RETURN(o.max_sentences, config.GetOr<int>("teacher.extractive.max_sentences", o.max_sentences));
-  RWR_ASSIGN_OR_RETURN(o.min_coverage, config.GetOr<double>("teacher.extractive.min_coverage", o.min_coverage));
-  RWR_ASSIGN_OR_RETURN(o.keep_fraction, config.GetOr<double>("teacher.extractive.keep_fraction", o.keep_fraction));
-  RWR_ASSIGN_OR_RETURN(o.verify_threshold, config.GetOr<double>("teacher.extractive.verify_threshold", o.verify_threshold));
+  RWR_ASSIGN_OR_RETURN(
+      o.note_budget_bytes,
+      config.GetOr<uint32_t>("teacher.extractive.note_budget_bytes", o.note_budget_bytes));
+  RWR_ASSIGN_OR_RETURN(o.max_sentences,
+                       config.GetOr<int>("teacher.extractive.max_sentences", o.max_sentences));
+  RWR_ASSIGN_OR_RETURN(o.min_coverage,
+                       config.GetOr<double>("teacher.extractive.min_coverage", o.min_coverage));
+  RWR_ASSIGN_OR_RETURN(o.keep_fraction,
+                       config.GetOr<double>("teacher.extractive.keep_fraction", o.keep_fraction));
+  RWR_ASSIGN_OR_RETURN(
+      o.verify_threshold,
+      config.GetOr<double>("teacher.extractive.verify_threshold", o.verify_threshold));
   return o;
 }
 
@@ -74,15 +83,17 @@ absl::Status Serve(const ServeFlags& flags) {
     RWR_ASSIGN_OR_RETURN(options.auth_token, ReadToken(flags.auth_token_file));
   }
   auto backend = std::make_shared<teacher::ExtractiveTeacher>(extractive);
-  RWR_ASSIGN_OR_RETURN(std::unique_ptr<teacher::TeacherServer> server, teacher::TeacherServer::Start(options, backend));
+  RWR_ASSIGN_OR_RETURN(std::unique_ptr<teacher::TeacherServer> server,
+                       teacher::TeacherServer::Start(options, backend));
   const teacher::TeacherInfo info = backend->Info();
   std::string host = flags.listen.substr(0, flags.listen.rfind(':'));
-  spdlog::info("teacher serve: listening on {}:{} ({}, {}), backend {} ({} rev {}), {} workers, queue {}, "
-               "max request {} bytes{}",
-               host, server->port(), options.tls_cert_file.empty() ? "plaintext" : "TLS",
-               options.auth_token.empty() ? "no token" : "bearer token required", flags.backend, info.teacher_id,
-               info.revision, options.workers, options.queue_capacity, options.max_request_bytes,
-               "; SIGTERM or Ctrl-C stops it");
+  spdlog::info(
+      "teacher serve: listening on {}:{} ({}, {}), backend {} ({} rev {}), {} workers, queue {}, "
+      "max request {} bytes{}",
+      host, server->port(), options.tls_cert_file.empty() ? "plaintext" : "TLS",
+      options.auth_token.empty() ? "no token" : "bearer token required", flags.backend,
+      info.teacher_id, info.revision, options.workers, options.queue_capacity,
+      options.max_request_bytes, "; SIGTERM or Ctrl-C stops it");
   // Machine-readable line for scripts and tests that started us on port 0.
   std::cout << "rwr teacher serve: port " << server->port() << std::endl;
 
@@ -96,17 +107,20 @@ absl::Status Serve(const ServeFlags& flags) {
       if (s.served != last.served || s.failed != last.failed || s.rejected != last.rejected) {
         double rate = static_cast<double>(s.served - last.served) /
                       std::chrono::duration<double>(now - last_log).count();
-        spdlog::info("teacher serve: calls served {} ({:.1f}/s), failed {}, rejected {}, outstanding {}", s.served,
-                     rate, s.failed, s.rejected, s.outstanding);
+        spdlog::info(
+            "teacher serve: calls served {} ({:.1f}/s), failed {}, rejected {}, outstanding {}",
+            s.served, rate, s.failed, s.rejected, s.outstanding);
       }
       last = s;
       last_log = now;
     }
   }
-  spdlog::info("teacher serve: signal {} received; finishing outstanding calls (up to 5s)", ShutdownSignal());
+  spdlog::info("teacher serve: signal {} received; finishing outstanding calls (up to 5s)",
+               ShutdownSignal());
   server->Shutdown(5);
   teacher::TeacherServerStats s = server->stats();
-  spdlog::info("teacher serve: stopped; calls served {}, failed {}, rejected {}", s.served, s.failed, s.rejected);
+  spdlog::info("teacher serve: stopped; calls served {}, failed {}, rejected {}", s.served,
+               s.failed, s.rejected);
   return absl::OkStatus();
 }
 
@@ -126,7 +140,8 @@ absl::Status Info(const InfoFlags& flags) {
   std::string target = flags.teacher;
   bool tls = target.rfind("rwrs://", 0) == 0;
   if (target.rfind("rwr://", 0) != 0 && !tls) {
-    return absl::InvalidArgumentError(fmt::format("--teacher {}: expected rwr://HOST:PORT or rwrs://HOST:PORT", target));
+    return absl::InvalidArgumentError(
+        fmt::format("--teacher {}: expected rwr://HOST:PORT or rwrs://HOST:PORT", target));
   }
   teacher::TeacherClientOptions options;
   options.connect_timeout_s = flags.timeout_s;
@@ -135,7 +150,8 @@ absl::Status Info(const InfoFlags& flags) {
   if (!flags.auth_token_file.empty()) {
     RWR_ASSIGN_OR_RETURN(options.bearer_token, ReadToken(flags.auth_token_file));
   }
-  RWR_ASSIGN_OR_RETURN(auto client, teacher::RwrTeacherClient::Connect(target.substr(target.find("://") + 3), tls, options));
+  RWR_ASSIGN_OR_RETURN(auto client, teacher::RwrTeacherClient::Connect(
+                                        target.substr(target.find("://") + 3), tls, options));
   RWR_ASSIGN_OR_RETURN(rwr::v1::ServerInfo info, client->FetchServerInfo(flags.timeout_s));
   nlohmann::json j = {{"teacher_id", info.teacher_id()},
                       {"revision", info.revision()},
@@ -160,7 +176,8 @@ absl::Status Info(const InfoFlags& flags) {
 }  // namespace
 
 void RegisterTeacherCommands(CLI::App& app) {
-  CLI::App* group = app.add_subcommand("teacher", "Run or query a teacher (the model that writes notes)");
+  CLI::App* group =
+      app.add_subcommand("teacher", "Run or query a teacher (the model that writes notes)");
   group->require_subcommand(1);
 
   auto* serve_flags = new ServeFlags();  // lives as long as the app (the process)
@@ -169,48 +186,69 @@ void RegisterTeacherCommands(CLI::App& app) {
       "Serve rwr.v1.TeacherService over gRPC (ExtractNote, VerifyNote, RemoveEvidence, RunBatch, "
       "GetServerInfo, grpc.health.v1). Stops cleanly on SIGTERM/SIGINT.");
   AddCommonOptions(serve, &serve_flags->common);
-  serve->add_option("--listen", serve_flags->listen, "HOST:PORT to listen on (port 0 picks a free one)")
+  serve
+      ->add_option("--listen", serve_flags->listen,
+                   "HOST:PORT to listen on (port 0 picks a free one)")
       ->capture_default_str();
-  serve->add_option("--backend", serve_flags->backend, "Teacher backend: extractive (BM25 sentence extraction)")
+  serve
+      ->add_option("--backend", serve_flags->backend,
+                   "Teacher backend: extractive (BM25 sentence extraction)")
       ->capture_default_str();
-  serve->add_option("--tls-cert", serve_flags->tls_cert, "PEM certificate chain; with --tls-key turns TLS on")
+  serve
+      ->add_option("--tls-cert", serve_flags->tls_cert,
+                   "PEM certificate chain; with --tls-key turns TLS on")
       ->check(CLI::ExistingFile);
-  serve->add_option("--tls-key", serve_flags->tls_key, "PEM private key for --tls-cert")->check(CLI::ExistingFile);
-  serve->add_option("--auth-token-file", serve_flags->auth_token_file,
-                    "File holding a bearer token that every call must send (authorization: Bearer <token>)")
+  serve->add_option("--tls-key", serve_flags->tls_key, "PEM private key for --tls-cert")
+      ->check(CLI::ExistingFile);
+  serve
+      ->add_option(
+          "--auth-token-file", serve_flags->auth_token_file,
+          "File holding a bearer token that every call must send (authorization: Bearer <token>)")
       ->check(CLI::ExistingFile);
   serve->add_option("--workers", serve_flags->workers, "Worker threads running the backend")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  serve->add_option("--queue-capacity", serve_flags->queue_capacity,
-                    "Tasks queued or running before new calls get RESOURCE_EXHAUSTED")
+  serve
+      ->add_option("--queue-capacity", serve_flags->queue_capacity,
+                   "Tasks queued or running before new calls get RESOURCE_EXHAUSTED")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  serve->add_option("--max-request-bytes", serve_flags->max_request_bytes,
-                    "Largest request accepted (INVALID_ARGUMENT above)")
+  serve
+      ->add_option("--max-request-bytes", serve_flags->max_request_bytes,
+                   "Largest request accepted (INVALID_ARGUMENT above)")
       ->capture_default_str();
   serve->add_option("--max-batch", serve_flags->max_batch, "Most tasks in one RunBatch call")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  serve->add_option("--stats-interval", serve_flags->stats_interval_s, "Seconds between calls-served log lines")
+  serve
+      ->add_option("--stats-interval", serve_flags->stats_interval_s,
+                   "Seconds between calls-served log lines")
       ->capture_default_str();
   serve->footer(
-      "Extractive backend options come from config keys teacher.extractive.{note_budget_bytes, max_sentences, "
-      "min_coverage, keep_fraction, verify_threshold}, e.g. --set teacher.extractive.min_coverage=0.4.\n"
+      "Extractive backend options come from config keys teacher.extractive.{note_budget_bytes, "
+      "max_sentences, "
+      "min_coverage, keep_fraction, verify_threshold}, e.g. --set "
+      "teacher.extractive.min_coverage=0.4.\n"
       "Example: rwr teacher serve --listen 0.0.0.0:7700 --auth-token-file token.txt");
   SetAction(serve, [serve_flags] { return Serve(*serve_flags); });
 
   auto* info_flags = new InfoFlags();
-  CLI::App* info = group->add_subcommand("info", "Ask a running rwr teacher for its id, revision and call counters");
+  CLI::App* info = group->add_subcommand(
+      "info", "Ask a running rwr teacher for its id, revision and call counters");
   AddCommonOptions(info, &info_flags->common);
   info_flags->common.log_level = "warn";
-  info->add_option("--teacher", info_flags->teacher, "rwr://HOST:PORT or rwrs://HOST:PORT")->capture_default_str();
-  info->add_option("--tls-root-cert", info_flags->tls_root_cert, "PEM root certificate to trust (rwrs://)")
+  info->add_option("--teacher", info_flags->teacher, "rwr://HOST:PORT or rwrs://HOST:PORT")
+      ->capture_default_str();
+  info->add_option("--tls-root-cert", info_flags->tls_root_cert,
+                   "PEM root certificate to trust (rwrs://)")
       ->check(CLI::ExistingFile);
-  info->add_option("--tls-server-name", info_flags->tls_server_name, "Name to check in the server certificate");
-  info->add_option("--auth-token-file", info_flags->auth_token_file, "File holding the bearer token")
+  info->add_option("--tls-server-name", info_flags->tls_server_name,
+                   "Name to check in the server certificate");
+  info->add_option("--auth-token-file", info_flags->auth_token_file,
+                   "File holding the bearer token")
       ->check(CLI::ExistingFile);
-  info->add_option("--timeout", info_flags->timeout_s, "Seconds to wait for the server")->capture_default_str();
+  info->add_option("--timeout", info_flags->timeout_s, "Seconds to wait for the server")
+      ->capture_default_str();
   info->add_flag("--json", info_flags->json, "Print JSON");
   SetAction(info, [info_flags] { return Info(*info_flags); });
 }

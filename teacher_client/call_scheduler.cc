@@ -49,12 +49,14 @@ void CallScheduler::Submit(StartFn start, FinishFn finish) {
   ready_.push_back(std::move(call));
   // Start it here when the window has room: no hand-off to the dispatcher thread.
   PumpLocked(lock);
-  // Left queued: the window is full (a completion will start it) or pacing holds it (the dispatcher).
+  // Left queued: the window is full (a completion will start it) or pacing holds it (the
+  // dispatcher).
   if (!ready_.empty() && options_.requests_per_second > 0) wake_.notify_all();
 }
 
 std::shared_ptr<CallScheduler::Call> CallScheduler::TakeStartableLocked() {
-  if (stopping_ || ready_.empty() || static_cast<int>(in_flight_.size()) >= std::max(1, options_.concurrency))
+  if (stopping_ || ready_.empty() ||
+      static_cast<int>(in_flight_.size()) >= std::max(1, options_.concurrency))
     return nullptr;
   if (options_.requests_per_second > 0) {
     const auto interval = std::chrono::duration_cast<Clock::duration>(
@@ -62,7 +64,8 @@ std::shared_ptr<CallScheduler::Call> CallScheduler::TakeStartableLocked() {
     const Clock::time_point now = Clock::now();
     if (next_start_ > now) return nullptr;  // the dispatcher waits for the next slot
     // After an idle period a burst of at most 100 ms worth (at least one call), then steady pacing.
-    const auto burst = std::max(interval, std::chrono::duration_cast<Clock::duration>(std::chrono::milliseconds(100)));
+    const auto burst = std::max(
+        interval, std::chrono::duration_cast<Clock::duration>(std::chrono::milliseconds(100)));
     next_start_ = std::max(next_start_ + interval, now - burst + interval);
   }
   std::shared_ptr<Call> call = std::move(ready_.front());
@@ -71,7 +74,8 @@ std::shared_ptr<CallScheduler::Call> CallScheduler::TakeStartableLocked() {
   call->context->set_deadline(std::chrono::system_clock::now() +
                               std::chrono::duration_cast<std::chrono::system_clock::duration>(
                                   std::chrono::duration<double>(options_.deadline_s)));
-  if (!options_.bearer_token.empty()) call->context->AddMetadata("authorization", "Bearer " + options_.bearer_token);
+  if (!options_.bearer_token.empty())
+    call->context->AddMetadata("authorization", "Bearer " + options_.bearer_token);
   in_flight_.insert(call->context.get());
   ++call->attempts;
   ++stats_.attempts;
@@ -95,7 +99,8 @@ CallScheduler::Clock::duration CallScheduler::Backoff(int attempts) {
   double base = options_.initial_backoff_s * std::pow(2.0, std::max(0, attempts - 1));
   base = std::min(base, options_.max_backoff_s);
   std::uniform_real_distribution<double> jitter(0.5, 1.5);
-  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(base * jitter(rng_)));
+  return std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(base * jitter(rng_)));
 }
 
 void CallScheduler::DispatchLoop() {
@@ -115,7 +120,8 @@ void CallScheduler::DispatchLoop() {
       if (!cancelled.empty()) {
         lock.unlock();
         for (auto& call : cancelled)
-          Finish(call, grpc::Status(grpc::StatusCode::CANCELLED, "teacher client is shutting down"));
+          Finish(call,
+                 grpc::Status(grpc::StatusCode::CANCELLED, "teacher client is shutting down"));
         lock.lock();
         continue;
       }
@@ -129,9 +135,12 @@ void CallScheduler::DispatchLoop() {
       lock.lock();
       continue;
     }
-    const bool window_open = static_cast<int>(in_flight_.size()) < std::max(1, options_.concurrency);
+    const bool window_open =
+        static_cast<int>(in_flight_.size()) < std::max(1, options_.concurrency);
     if (!ready_.empty() && window_open && options_.requests_per_second > 0) {
-      wake_.wait_until(lock, std::min(next_start_, delayed_.empty() ? next_start_ : delayed_.front()->not_before));
+      wake_.wait_until(
+          lock,
+          std::min(next_start_, delayed_.empty() ? next_start_ : delayed_.front()->not_before));
       continue;
     }
     if (!delayed_.empty()) {
@@ -152,7 +161,8 @@ void CallScheduler::AttemptDone(std::shared_ptr<Call> call, grpc::Status status)
   in_flight_.erase(call->context.get());
   // Held until the end, so the destructor cannot complete while this runs.
   ++finishing_;
-  const bool retry = !status.ok() && Retryable(status) && call->attempts < options_.max_attempts && !stopping_;
+  const bool retry =
+      !status.ok() && Retryable(status) && call->attempts < options_.max_attempts && !stopping_;
   if (retry) {
     ++stats_.retries;
     call->not_before = Clock::now() + Backoff(call->attempts);
@@ -172,7 +182,8 @@ void CallScheduler::AttemptDone(std::shared_ptr<Call> call, grpc::Status status)
   // The dispatcher is needed only for a new backoff timer, pacing, or shutdown; waking it for every
   // completion would cost a context switch per call. Notify before unlocking: once the lock drops
   // with finishing_ at 0 the destructor may complete.
-  if (retry || stopping_ || (!ready_.empty() && options_.requests_per_second > 0)) wake_.notify_all();
+  if (retry || stopping_ || (!ready_.empty() && options_.requests_per_second > 0))
+    wake_.notify_all();
 }
 
 void CallScheduler::Finish(const std::shared_ptr<Call>& call, const grpc::Status& status) {
@@ -196,30 +207,43 @@ void CallScheduler::RunFinish(const std::shared_ptr<Call>& call, const grpc::Sta
 
 const char* GrpcCodeName(grpc::StatusCode code) {
   switch (code) {
-    case grpc::StatusCode::OK: return "OK";
-    case grpc::StatusCode::CANCELLED: return "CANCELLED";
-    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
-    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
-    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
-    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL: return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
-    default: return "ERROR";
+    case grpc::StatusCode::OK:
+      return "OK";
+    case grpc::StatusCode::CANCELLED:
+      return "CANCELLED";
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND:
+      return "NOT_FOUND";
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL:
+      return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE:
+      return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS:
+      return "DATA_LOSS";
+    default:
+      return "ERROR";
   }
 }
 
-
-absl::Status FinalCallStatus(std::string_view target, std::string_view method, const grpc::Status& status,
-                             int attempts) {
+absl::Status FinalCallStatus(std::string_view target, std::string_view method,
+                             const grpc::Status& status, int attempts) {
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
                       fmt::format("teacher {} {}: {} after {} attempt{}: {}", target, method,
-                                  GrpcCodeName(status.error_code()), attempts, attempts == 1 ? "" : "s",
-                                  status.error_message()));
+                                  GrpcCodeName(status.error_code()), attempts,
+                                  attempts == 1 ? "" : "s", status.error_message()));
 }
 
 }  // namespace rwr::teacher

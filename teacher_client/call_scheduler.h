@@ -7,9 +7,12 @@
 // A call starts on the thread that submits it when the window has room, else on the gRPC thread
 // whose completion frees a slot (gRPC callback API, so nothing blocks on the network); a dispatcher
 // thread starts only retries whose backoff ran out and rate-limited calls. A completion either
-// re-queues the call (retry) or calls its FinishFn exactly once. Destruction cancels queued and in-flight calls (their FinishFn sees
-// CANCELLED) and waits for every FinishFn to return.
+// re-queues the call (retry) or calls its FinishFn exactly once. Destruction cancels queued and
+// in-flight calls (their FinishFn sees CANCELLED) and waits for every FinishFn to return.
 #pragma once
+
+#include <grpcpp/client_context.h>
+#include <grpcpp/support/status.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -22,9 +25,6 @@
 #include <set>
 #include <thread>
 #include <vector>
-
-#include <grpcpp/client_context.h>
-#include <grpcpp/support/status.h>
 
 #include "absl/status/statusor.h"
 #include "fmt/format.h"
@@ -78,7 +78,7 @@ class CallScheduler {
   void AttemptDone(std::shared_ptr<Call> call, grpc::Status status);
   void Finish(const std::shared_ptr<Call>& call, const grpc::Status& status);  // counts, then runs
   void RunFinish(const std::shared_ptr<Call>& call, const grpc::Status& status);  // already counted
-  Clock::duration Backoff(int attempts);  // mu_ held
+  Clock::duration Backoff(int attempts);                                          // mu_ held
 
   const TeacherClientOptions options_;
   mutable std::mutex mu_;
@@ -97,8 +97,8 @@ class CallScheduler {
 const char* GrpcCodeName(grpc::StatusCode code);
 
 // "teacher rwr://h:p ExtractNote: UNAVAILABLE after 5 attempts: <server message>", same code.
-absl::Status FinalCallStatus(std::string_view target, std::string_view method, const grpc::Status& status,
-                             int attempts);
+absl::Status FinalCallStatus(std::string_view target, std::string_view method,
+                             const grpc::Status& status, int attempts);
 
 // Submits one unary RPC through the scheduler; `convert` checks and translates the response.
 template <typename Request, typename Response, typename Result, typename Invoke, typename Convert>
@@ -106,8 +106,9 @@ void SubmitUnary(CallScheduler* scheduler, const std::string& target, const char
                  uint64_t max_bytes, Request request, Invoke invoke, Convert convert,
                  TeacherCallback<Result> done) {
   if (request.ByteSizeLong() > max_bytes) {
-    done(absl::InvalidArgumentError(fmt::format("teacher {} {}: request is {} bytes, over the {} byte limit",
-                                                target, method, request.ByteSizeLong(), max_bytes)));
+    done(absl::InvalidArgumentError(
+        fmt::format("teacher {} {}: request is {} bytes, over the {} byte limit", target, method,
+                    request.ByteSizeLong(), max_bytes)));
     return;
   }
   struct State {
@@ -117,19 +118,21 @@ void SubmitUnary(CallScheduler* scheduler, const std::string& target, const char
   auto state = std::make_shared<State>();
   state->request = std::move(request);
   scheduler->Submit(
-      [state, invoke](grpc::ClientContext* context, std::function<void(grpc::Status)> attempt_done) {
+      [state, invoke](grpc::ClientContext* context,
+                      std::function<void(grpc::Status)> attempt_done) {
         state->response.Clear();
         invoke(context, &state->request, &state->response, std::move(attempt_done));
       },
-      [state, target, method, convert, done = std::move(done)](const grpc::Status& status, int attempts) {
+      [state, target, method, convert, done = std::move(done)](const grpc::Status& status,
+                                                               int attempts) {
         if (!status.ok()) {
           done(FinalCallStatus(target, method, status, attempts));
           return;
         }
         absl::StatusOr<Result> result = convert(state->response);
         if (!result.ok()) {
-          done(absl::InternalError(fmt::format("teacher {} {}: malformed answer: {}", target, method,
-                                               std::string(result.status().message()))));
+          done(absl::InternalError(fmt::format("teacher {} {}: malformed answer: {}", target,
+                                               method, std::string(result.status().message()))));
           return;
         }
         done(std::move(result));

@@ -1,17 +1,18 @@
 // Channel construction shared by RwrTeacherClient and KServeTeacherClient.
 #include "teacher_client/channel.h"
 
-#include <cerrno>
-#include <cstring>
-#include <fstream>
-#include <sstream>
-
 #include <grpc/grpc.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/channel_arguments.h>
 
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
 #include "absl/synchronization/mutex.h"
+#include "kserve/grpc_service.grpc.pb.h"
 #include "fmt/format.h"
 
 namespace rwr::teacher {
@@ -19,12 +20,39 @@ namespace rwr::teacher {
 absl::StatusOr<std::string> ReadWholeFile(const std::string& path, std::string_view what) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    return absl::NotFoundError(fmt::format("{}: cannot read {}: {}", what, path, std::strerror(errno)));
+    return absl::NotFoundError(
+        fmt::format("{}: cannot read {}: {}", what, path, std::strerror(errno)));
   }
   std::ostringstream buffer;
   buffer << in.rdbuf();
   return buffer.str();
 }
+
+namespace {
+
+// gRPC 1.51 runs callback-API completions on a shared "alternative" completion queue with its own
+// threads, reference-counted by every channel and server that used it. When the count falls to
+// zero (the last client and server of a test gone) the queue shuts down, and a new one made while
+// the old one's threads wind down can trip `ref_counted.h: prior > 0` and abort the process (seen
+// in this suite under load). A channel that made one callback call and lives for the process
+// keeps the count above zero: the call goes nowhere (port 9 on loopback, deadline now) and fails.
+void HoldCallbackCompletionQueue() {
+  struct Holder {
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<inference::GRPCInferenceService::Stub> stub;
+    grpc::ClientContext context;
+    inference::ServerLiveRequest request;
+    inference::ServerLiveResponse response;
+  };
+  auto* holder = new Holder();  // never freed: lives as long as the process
+  holder->channel = grpc::CreateChannel("127.0.0.1:9", grpc::InsecureChannelCredentials());
+  holder->stub = inference::GRPCInferenceService::NewStub(holder->channel);
+  holder->context.set_deadline(std::chrono::system_clock::now());
+  holder->stub->async()->ServerLive(&holder->context, &holder->request, &holder->response,
+                                    [](grpc::Status) {});
+}
+
+}  // namespace
 
 void KeepGrpcInitialized() {
   static const bool initialized = [] {
@@ -32,13 +60,14 @@ void KeepGrpcInitialized() {
     // locks absl::Mutex many times per call, and the graph cost ~8% of a loopback call's CPU.
     absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
     grpc_init();
+    HoldCallbackCompletionQueue();
     return true;
   }();
   (void)initialized;
 }
 
-absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeTeacherChannel(const std::string& host_port, bool tls,
-                                                                  const TeacherClientOptions& options) {
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeTeacherChannel(
+    const std::string& host_port, bool tls, const TeacherClientOptions& options) {
   KeepGrpcInitialized();
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));

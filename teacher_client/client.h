@@ -6,7 +6,8 @@
 // are retried. See docs/teacher.md.
 //
 //   TeacherClientOptions options{.concurrency = 64};
-//   RWR_ASSIGN_OR_RETURN(std::unique_ptr<Teacher> teacher, MakeTeacher("rwr://127.0.0.1:7000", options));
+//   RWR_ASSIGN_OR_RETURN(std::unique_ptr<Teacher> teacher, MakeTeacher("rwr://127.0.0.1:7000",
+//   options));
 #pragma once
 
 #include <cstdint>
@@ -22,13 +23,13 @@ namespace rwr::teacher {
 // ensembles name tensors differently from vLLM or MLServer runtimes, hence all configurable; an
 // empty sampling tensor name means "do not send it".
 struct KServeOptions {
-  std::string input_tensor = "text_input";        // BYTES [1]: the rendered prompt
-  std::string output_tensor = "text_output";      // BYTES [1]: the generated text
-  std::string max_tokens_tensor = "max_tokens";   // INT32 [1]
-  std::string temperature_tensor = "temperature"; // FP32 [1]
-  std::string seed_tensor = "seed";               // UINT64 [1]
+  std::string input_tensor = "text_input";         // BYTES [1]: the rendered prompt
+  std::string output_tensor = "text_output";       // BYTES [1]: the generated text
+  std::string max_tokens_tensor = "max_tokens";    // INT32 [1]
+  std::string temperature_tensor = "temperature";  // FP32 [1]
+  std::string seed_tensor = "seed";                // UINT64 [1]
   SamplingParams sampling{.max_tokens = 256, .temperature = 0, .seed = 0};
-  std::string model_version;                      // empty = the server's choice
+  std::string model_version;  // empty = the server's choice
   // Prompt template set (prompt_templates.h); its version goes into every cache key.
   std::string prompt_template_version = "rwr-prompts-v1";
   // Model revision for the cache key; empty = the first version ModelMetadata lists, else
@@ -42,13 +43,13 @@ struct TeacherClientOptions {
   int max_attempts = 5;             // first try included
   double initial_backoff_s = 0.05;  // doubled each retry, ±50% jitter, capped at max_backoff_s
   double max_backoff_s = 5;
-  double requests_per_second = 0;   // 0 = unlimited
-  double connect_timeout_s = 10;    // MakeTeacher waits this long for the server (info / ready)
-  std::string tls_root_cert_file;   // PEM; non-empty turns TLS on (rwrs:// also turns it on)
-  std::string tls_server_name;      // override the name checked against the certificate
-  std::string bearer_token;         // sent as `authorization: Bearer <token>`
+  double requests_per_second = 0;  // 0 = unlimited
+  double connect_timeout_s = 10;   // MakeTeacher waits this long for the server (info / ready)
+  std::string tls_root_cert_file;  // PEM; non-empty turns TLS on (rwrs:// also turns it on)
+  std::string tls_server_name;     // override the name checked against the certificate
+  std::string bearer_token;        // sent as `authorization: Bearer <token>`
   uint64_t max_message_bytes = 64ull << 20;
-  KServeOptions kserve;             // kserve:// targets only
+  KServeOptions kserve;  // kserve:// targets only
 };
 
 // Connects to `target_url` and checks the server (GetServerInfo for rwr; ServerReady, ModelReady

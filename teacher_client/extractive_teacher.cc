@@ -23,37 +23,41 @@ bool IsBlankLine(std::string_view line) {
 
 // Trims whitespace off a segment; returns false when nothing is left.
 bool Trim(std::string_view text, Segment* segment) {
-  while (segment->begin < segment->end && std::isspace(static_cast<unsigned char>(text[segment->begin])))
+  while (segment->begin < segment->end &&
+         std::isspace(static_cast<unsigned char>(text[segment->begin])))
     ++segment->begin;
-  while (segment->end > segment->begin && std::isspace(static_cast<unsigned char>(text[segment->end - 1])))
+  while (segment->end > segment->begin &&
+         std::isspace(static_cast<unsigned char>(text[segment->end - 1])))
     --segment->end;
   return segment->end > segment->begin;
 }
 
 const std::unordered_set<std::string>& Stopwords() {
   static const auto* words = new std::unordered_set<std::string>{
-      "a", "an", "the", "and", "or", "but", "if", "then", "of", "in", "on", "at", "to", "for",
-      "from", "by", "with", "about", "as", "into", "is", "are", "was", "were", "be", "been",
-      "being", "am", "do", "does", "did", "has", "have", "had", "what", "which", "who", "whom",
-      "whose", "when", "where", "why", "how", "this", "that", "these", "those", "it", "its",
-      "i", "you", "he", "she", "we", "they", "me", "him", "her", "us", "them", "my", "your",
-      "his", "our", "their", "not", "no", "so", "than", "too", "very", "can", "could", "would",
-      "should", "will", "shall", "may", "might", "must", "there", "here", "some", "any", "all",
-      "each", "other", "such", "only", "own", "same", "just", "also", "s", "t", "name", "tell"};
+      "a",     "an",   "the",   "and",   "or",     "but",   "if",    "then",  "of",    "in",
+      "on",    "at",   "to",    "for",   "from",   "by",    "with",  "about", "as",    "into",
+      "is",    "are",  "was",   "were",  "be",     "been",  "being", "am",    "do",    "does",
+      "did",   "has",  "have",  "had",   "what",   "which", "who",   "whom",  "whose", "when",
+      "where", "why",  "how",   "this",  "that",   "these", "those", "it",    "its",   "i",
+      "you",   "he",   "she",   "we",    "they",   "me",    "him",   "her",   "us",    "them",
+      "my",    "your", "his",   "our",   "their",  "not",   "no",    "so",    "than",  "too",
+      "very",  "can",  "could", "would", "should", "will",  "shall", "may",   "might", "must",
+      "there", "here", "some",  "any",   "all",    "each",  "other", "such",  "only",  "own",
+      "same",  "just", "also",  "s",     "t",      "name",  "tell"};
   return *words;
 }
 
 const std::set<std::string>& Anaphors() {
-  static const auto* words = new std::set<std::string>{"it", "its", "this", "these", "they", "their",
-                                                       "he", "his", "she", "her", "there", "that"};
+  static const auto* words = new std::set<std::string>{
+      "it", "its", "this", "these", "they", "their", "he", "his", "she", "her", "there", "that"};
   return *words;
 }
 
 const std::set<std::string>& Abbreviations() {
   static const auto* words = new std::set<std::string>{
-      "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "inc", "ltd",
-      "co", "no", "fig", "approx", "u.s", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep",
-      "sept", "oct", "nov", "dec"};
+      "mr",  "mrs", "ms",  "dr",  "prof", "sr",   "jr",     "st",  "vs",  "etc", "e.g",
+      "i.e", "inc", "ltd", "co",  "no",   "fig",  "approx", "u.s", "jan", "feb", "mar",
+      "apr", "jun", "jul", "aug", "sep",  "sept", "oct",    "nov", "dec"};
   return *words;
 }
 
@@ -141,7 +145,8 @@ std::vector<Segment> SplitSentences(std::string_view text) {
       if (c == '.') {
         // The word before the period: an abbreviation or a single initial does not end a sentence.
         size_t word_begin = i;
-        while (word_begin > begin && !std::isspace(static_cast<unsigned char>(text[word_begin - 1])))
+        while (word_begin > begin &&
+               !std::isspace(static_cast<unsigned char>(text[word_begin - 1])))
           --word_begin;
         std::string word;
         for (size_t k = word_begin; k < i; ++k)
@@ -225,9 +230,11 @@ double BestWindowF1(const std::vector<std::string>& answer, const std::vector<st
   return best;
 }
 
-bool ContainsSequence(const std::vector<std::string>& haystack, const std::vector<std::string>& needle) {
+bool ContainsSequence(const std::vector<std::string>& haystack,
+                      const std::vector<std::string>& needle) {
   if (needle.empty() || needle.size() > haystack.size()) return false;
-  return std::search(haystack.begin(), haystack.end(), needle.begin(), needle.end()) != haystack.end();
+  return std::search(haystack.begin(), haystack.end(), needle.begin(), needle.end()) !=
+         haystack.end();
 }
 
 }  // namespace text
@@ -290,8 +297,9 @@ Note ExtractiveTeacher::MakeNote(const NoteTask& task) const {
       auto it = tf[i].find(query_terms[q]);
       if (it == tf[i].end()) continue;
       double f = it->second;
-      double norm = options_.bm25_k1 * (1 - options_.bm25_b +
-                                        options_.bm25_b * static_cast<double>(length[i]) / average_length);
+      double norm =
+          options_.bm25_k1 *
+          (1 - options_.bm25_b + options_.bm25_b * static_cast<double>(length[i]) / average_length);
       score[i] += idf[q] * f * (options_.bm25_k1 + 1) / (f + norm);
       coverage[i] += idf[q];
     }
@@ -310,7 +318,8 @@ Note ExtractiveTeacher::MakeNote(const NoteTask& task) const {
   // Ranked by score, ties to the earlier sentence (deterministic).
   std::vector<size_t> order(n);
   for (size_t i = 0; i < n; ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return score[a] > score[b]; });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return score[a] > score[b]; });
   const size_t best = order[0];
   // Relevance is judged on the best sentence's paragraph: "Mount X ... Its summit ..." answers
   // "how high is X's summit" even though no single sentence names both.
@@ -327,7 +336,8 @@ Note ExtractiveTeacher::MakeNote(const NoteTask& task) const {
     empty.score = score[best];
     return empty;
   }
-  const uint32_t budget = task.max_note_bytes > 0 ? task.max_note_bytes : options_.note_budget_bytes;
+  const uint32_t budget =
+      task.max_note_bytes > 0 ? task.max_note_bytes : options_.note_budget_bytes;
   std::vector<size_t> chosen;
   size_t used = 0;
   for (size_t i : order) {
@@ -387,11 +397,16 @@ Negative ExtractiveTeacher::Remove(const RemoveEvidenceTask& task) const {
     kept.append(body);
   }
   bool still = !answer.empty() && text::ContainsSequence(text::NormalizedTokens(kept), answer);
-  return Negative{.context = std::move(kept), .removed_paragraphs = removed, .answer_still_present = still};
+  return Negative{
+      .context = std::move(kept), .removed_paragraphs = removed, .answer_still_present = still};
 }
 
-void ExtractiveTeacher::ExtractNote(NoteTask task, TeacherCallback<Note> done) { done(MakeNote(task)); }
-void ExtractiveTeacher::VerifyNote(VerifyTask task, TeacherCallback<Verdict> done) { done(Verify(task)); }
+void ExtractiveTeacher::ExtractNote(NoteTask task, TeacherCallback<Note> done) {
+  done(MakeNote(task));
+}
+void ExtractiveTeacher::VerifyNote(VerifyTask task, TeacherCallback<Verdict> done) {
+  done(Verify(task));
+}
 void ExtractiveTeacher::RemoveEvidence(RemoveEvidenceTask task, TeacherCallback<Negative> done) {
   done(Remove(task));
 }

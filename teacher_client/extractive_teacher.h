@@ -2,11 +2,13 @@
 // ranking the context's own sentences, deterministically (same input, same output, any machine).
 //
 //   note            split the context into paragraphs and sentences, rank sentences against the
-//                   question with BM25 (IDF over the context's sentences), keep the best ones within
-//                   the note budget in document order; `empty` when neither the best sentence nor
-//                   its paragraph covers `min_coverage` of the question terms' IDF weight. Terms
-//                   are stopword-filtered and lightly stemmed (plurals, -ing, -est, -ed, -ly).
-//   verify          SQuAD-style normalization (lowercase, no punctuation/articles); score = the best
+//                   question with BM25 (IDF over the context's sentences), keep the best ones
+//                   within the note budget in document order; `empty` when neither the best
+//                   sentence nor its paragraph covers `min_coverage` of the question terms' IDF
+//                   weight. Terms are stopword-filtered and lightly stemmed (plurals, -ing, -est,
+//                   -ed, -ly).
+//   verify          SQuAD-style normalization (lowercase, no punctuation/articles); score = the
+//   best
 //                   token F1 between the answer and any window of the note; consistent when
 //                   score >= verify_threshold.
 //   remove evidence drop the paragraphs whose normalized tokens contain the normalized answer (the
@@ -26,8 +28,8 @@ namespace rwr::teacher {
 struct ExtractiveOptions {
   uint32_t note_budget_bytes = 600;  // default budget when a task gives none
   int max_sentences = 3;
-  double min_coverage = 0.3;         // below: `empty`
-  double keep_fraction = 0.35;       // keep sentences scoring >= this × the best one
+  double min_coverage = 0.3;    // below: `empty`
+  double keep_fraction = 0.35;  // keep sentences scoring >= this × the best one
   double verify_threshold = 0.6;
   double bm25_k1 = 1.2;
   double bm25_b = 0.75;
@@ -75,9 +77,11 @@ std::vector<std::string> Terms(std::string_view text);
 std::vector<std::string> NormalizedTokens(std::string_view text);
 // Best F1 between `answer` tokens and any window of `note` tokens (1 when contained).
 double BestWindowF1(const std::vector<std::string>& answer, const std::vector<std::string>& note);
-// A lowercased word that refers back to what the previous sentence named ("it", "its", "they", ...).
+// A lowercased word that refers back to what the previous sentence named ("it", "its", "they",
+// ...).
 bool IsAnaphor(const std::string& word);
-bool ContainsSequence(const std::vector<std::string>& haystack, const std::vector<std::string>& needle);
+bool ContainsSequence(const std::vector<std::string>& haystack,
+                      const std::vector<std::string>& needle);
 
 }  // namespace text
 }  // namespace rwr::teacher

@@ -1,12 +1,14 @@
 // KServeTeacherClient: the Teacher interface over a served LLM speaking the KServe v2 / Open
 // Inference Protocol (inference.GRPCInferenceService: Triton, MLServer, KServe runtimes).
 //
-// Each task renders a prompt from a versioned template (prompt_templates.h) and sends one ModelInfer
-// with the prompt as a BYTES [1] tensor plus optional sampling tensors (max tokens INT32, temperature
-// FP32, seed UINT64); names are configurable (KServeOptions). The BYTES output is parsed:
-//   note            trimmed text; exactly `empty` (any case, trailing period allowed) → an empty note
-//   verify          first word yes/no → consistent (score 1/0); anything else is a malformed answer
-//   remove evidence the remaining context; `answer_still_present` is checked here, not trusted
+// Each task renders a prompt from a versioned template (prompt_templates.h) and sends one
+// ModelInfer with the prompt as a BYTES [1] tensor plus optional sampling tensors (max tokens
+// INT32, temperature FP32, seed UINT64); names are configurable (KServeOptions). The BYTES output
+// is parsed:
+//   note            trimmed text; exactly `empty` (any case, trailing period allowed) → an empty
+//   note verify          first word yes/no → consistent (score 1/0); anything else is a malformed
+//   answer remove evidence the remaining context; `answer_still_present` is checked here, not
+//   trusted
 // At start: ServerReady, ModelReady and ModelMetadata (the named input/output tensors must exist,
 // the text ones as BYTES) — a misconfigured deployment fails before any data is sent.
 #pragma once
@@ -24,9 +26,9 @@ namespace rwr::teacher {
 
 class KServeTeacherClient final : public RemoteTeacher {
  public:
-  static absl::StatusOr<std::unique_ptr<KServeTeacherClient>> Connect(const std::string& host_port,
-                                                                      const std::string& model, bool tls,
-                                                                      const TeacherClientOptions& options);
+  static absl::StatusOr<std::unique_ptr<KServeTeacherClient>> Connect(
+      const std::string& host_port, const std::string& model, bool tls,
+      const TeacherClientOptions& options);
   ~KServeTeacherClient() override;
 
   TeacherInfo Info() const override { return info_; }
@@ -42,7 +44,8 @@ class KServeTeacherClient final : public RemoteTeacher {
 
  private:
   KServeTeacherClient(std::string target, std::string model, const TeacherClientOptions& options,
-                      PromptTemplates templates, std::unique_ptr<inference::GRPCInferenceService::Stub> stub);
+                      PromptTemplates templates,
+                      std::unique_ptr<inference::GRPCInferenceService::Stub> stub);
   absl::Status CheckServer();
   template <typename Result, typename Convert>
   void Infer(const char* method, std::string prompt, Convert convert, TeacherCallback<Result> done);

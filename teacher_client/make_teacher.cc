@@ -16,7 +16,8 @@ absl::StatusOr<std::unique_ptr<Teacher>> MakeTeacher(const std::string& target_u
   }
   const size_t scheme_end = target_url.find("://");
   const std::string usage =
-      "expected rwr://HOST:PORT, rwrs://HOST:PORT, kserve://HOST:PORT/MODEL, kserves://HOST:PORT/MODEL or builtin";
+      "expected rwr://HOST:PORT, rwrs://HOST:PORT, kserve://HOST:PORT/MODEL, "
+      "kserves://HOST:PORT/MODEL or builtin";
   if (scheme_end == std::string::npos) {
     return absl::InvalidArgumentError(fmt::format("teacher target '{}': {}", target_url, usage));
   }
@@ -24,12 +25,14 @@ absl::StatusOr<std::unique_ptr<Teacher>> MakeTeacher(const std::string& target_u
   std::string rest = target_url.substr(scheme_end + 3);
   if (options.concurrency < 1 || options.deadline_s <= 0 || options.max_attempts < 1) {
     return absl::InvalidArgumentError(
-        fmt::format("teacher client options: concurrency ({}), deadline ({}s) and attempts ({}) must be positive",
+        fmt::format("teacher client options: concurrency ({}), deadline ({}s) and attempts ({}) "
+                    "must be positive",
                     options.concurrency, options.deadline_s, options.max_attempts));
   }
   if (scheme == "rwr" || scheme == "rwrs") {
     while (!rest.empty() && rest.back() == '/') rest.pop_back();
-    if (rest.empty() || rest.find('/') != std::string::npos || rest.find(':') == std::string::npos) {
+    if (rest.empty() || rest.find('/') != std::string::npos ||
+        rest.find(':') == std::string::npos) {
       return absl::InvalidArgumentError(fmt::format("teacher target '{}': {}", target_url, usage));
     }
     auto client = RwrTeacherClient::Connect(rest, scheme == "rwrs", options);

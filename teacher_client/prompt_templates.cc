@@ -9,19 +9,22 @@ absl::StatusOr<PromptTemplates> GetPromptTemplates(std::string_view version) {
   if (version == "rwr-prompts-v1") {
     return PromptTemplates{
         .version = "rwr-prompts-v1",
-        .note = "{context}\n\n"
-                "Please extract a note relevant to the query: {question}\n"
-                "If nothing in the text above is relevant to the query, reply with exactly: empty\n"
-                "Note:",
-        .verify = "Question: {question}\n"
-                  "Reference answer: {answer}\n"
-                  "Note: {note}\n\n"
-                  "Does the note agree with the reference answer? Reply with exactly yes or no.\n"
-                  "Reply:",
+        .note =
+            "{context}\n\n"
+            "Please extract a note relevant to the query: {question}\n"
+            "If nothing in the text above is relevant to the query, reply with exactly: empty\n"
+            "Note:",
+        .verify =
+            "Question: {question}\n"
+            "Reference answer: {answer}\n"
+            "Note: {note}\n\n"
+            "Does the note agree with the reference answer? Reply with exactly yes or no.\n"
+            "Reply:",
         .remove_evidence =
             "Question: {question}\n"
             "Answer: {answer}\n\n"
-            "Remove every paragraph of the text below that contains or implies the answer. Copy all "
+            "Remove every paragraph of the text below that contains or implies the answer. Copy "
+            "all "
             "other paragraphs unchanged, separated by blank lines, and output nothing else.\n\n"
             "Text:\n{context}\n\n"
             "Remaining text:",
@@ -31,7 +34,8 @@ absl::StatusOr<PromptTemplates> GetPromptTemplates(std::string_view version) {
       fmt::format("unknown prompt template version '{}'; known: rwr-prompts-v1", version));
 }
 
-std::string RenderPrompt(std::string_view templ, const std::map<std::string, std::string_view>& values) {
+std::string RenderPrompt(std::string_view templ,
+                         const std::map<std::string, std::string_view>& values) {
   std::string out;
   out.reserve(templ.size() + 256);
   size_t i = 0;

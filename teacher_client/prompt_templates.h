@@ -19,10 +19,11 @@ struct PromptTemplates {
   std::string remove_evidence;  // answer: the remaining context
 };
 
-// Known versions: "rwr-prompts-v1" (the paper's note instruction, `Please extract a note relevant to
-// the query:`).
+// Known versions: "rwr-prompts-v1" (the paper's note instruction, `Please extract a note relevant
+// to the query:`).
 absl::StatusOr<PromptTemplates> GetPromptTemplates(std::string_view version);
 
-std::string RenderPrompt(std::string_view templ, const std::map<std::string, std::string_view>& values);
+std::string RenderPrompt(std::string_view templ,
+                         const std::map<std::string, std::string_view>& values);
 
 }  // namespace rwr::teacher

@@ -16,8 +16,8 @@ namespace rwr::teacher {
 class RwrTeacherClient final : public RemoteTeacher {
  public:
   // host_port "HOST:PORT"; fetches server info (waiting up to connect_timeout_s for the server).
-  static absl::StatusOr<std::unique_ptr<RwrTeacherClient>> Connect(const std::string& host_port, bool tls,
-                                                                   const TeacherClientOptions& options);
+  static absl::StatusOr<std::unique_ptr<RwrTeacherClient>> Connect(
+      const std::string& host_port, bool tls, const TeacherClientOptions& options);
   ~RwrTeacherClient() override;
 
   TeacherInfo Info() const override { return info_; }

@@ -21,8 +21,8 @@
 namespace rwr::teacher {
 
 struct ScriptedOptions {
-  double latency_s = 0;          // every answer waits this long
-  int fail_every = 0;            // calls 1, 1+N, 1+2N, ... (1-based) fail with fail_code; 0 = none
+  double latency_s = 0;  // every answer waits this long
+  int fail_every = 0;    // calls 1, 1+N, 1+2N, ... (1-based) fail with fail_code; 0 = none
   absl::StatusCode fail_code = absl::StatusCode::kUnavailable;
   enum class Answer { kReal, kBlankNote, kBadScore } answer = Answer::kReal;
 };

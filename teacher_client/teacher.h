@@ -14,9 +14,11 @@
 // - The callback runs exactly once, on a thread owned by the implementation (or inline, before the
 //   call returns, for ExtractiveTeacher). It may issue further calls (note → verify → negative) but
 //   must not block for long.
-// - A final error (retries exhausted, malformed answer, bad request) arrives as a non-OK status whose
+// - A final error (retries exhausted, malformed answer, bad request) arrives as a non-OK status
+// whose
 //   message says what failed; nothing is dropped silently.
-// - Destroying a teacher waits for the callbacks of calls already issued (they complete, possibly with
+// - Destroying a teacher waits for the callbacks of calls already issued (they complete, possibly
+// with
 //   CANCELLED), so no callback outlives it.
 #pragma once
 
@@ -61,7 +63,7 @@ struct RemoveEvidenceTask {
 };
 
 struct Negative {
-  std::string context;              // c_r: the context without the evidence paragraphs
+  std::string context;  // c_r: the context without the evidence paragraphs
   uint32_t removed_paragraphs = 0;
   bool answer_still_present = false;  // do not use as a negative when true
 };

@@ -1,12 +1,12 @@
 // TeacherServer: admission on gRPC threads, work on a worker pool, answers from any Teacher.
 #include "teacher_client/teacher_server.h"
 
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
 #include <algorithm>
 #include <chrono>
 #include <climits>
-
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
 
 #include "common/version.h"
 #include "fmt/format.h"
@@ -25,12 +25,14 @@ grpc::Status ToGrpc(const absl::Status& status) {
 
 bool ConstantTimeEquals(std::string_view a, std::string_view b) {
   unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ (i < b.size() ? b[i] : 0));
+  for (size_t i = 0; i < a.size(); ++i)
+    diff |= static_cast<unsigned char>(a[i] ^ (i < b.size() ? b[i] : 0));
   return diff == 0;
 }
 
 NoteTask ToTask(const rwr::v1::NoteRequest& r) {
-  return NoteTask{.context = r.context(), .question = r.question(), .max_note_bytes = r.max_note_bytes()};
+  return NoteTask{
+      .context = r.context(), .question = r.question(), .max_note_bytes = r.max_note_bytes()};
 }
 VerifyTask ToTask(const rwr::v1::VerifyRequest& r) {
   return VerifyTask{.question = r.question(), .note = r.note(), .answer = r.answer()};
@@ -53,8 +55,12 @@ void Fill(const Negative& negative, rwr::v1::RemoveEvidenceResponse* r) {
   r->set_answer_still_present(negative.answer_still_present);
 }
 
-void Run(Teacher& t, NoteTask task, TeacherCallback<Note> done) { t.ExtractNote(std::move(task), std::move(done)); }
-void Run(Teacher& t, VerifyTask task, TeacherCallback<Verdict> done) { t.VerifyNote(std::move(task), std::move(done)); }
+void Run(Teacher& t, NoteTask task, TeacherCallback<Note> done) {
+  t.ExtractNote(std::move(task), std::move(done));
+}
+void Run(Teacher& t, VerifyTask task, TeacherCallback<Verdict> done) {
+  t.VerifyNote(std::move(task), std::move(done));
+}
 void Run(Teacher& t, RemoveEvidenceTask task, TeacherCallback<Negative> done) {
   t.RemoveEvidence(std::move(task), std::move(done));
 }
@@ -65,15 +71,18 @@ class TeacherServer::Impl final : public rwr::v1::TeacherService::CallbackServic
  public:
   Impl(const TeacherServerOptions& options, std::shared_ptr<Teacher> backend)
       : options_(options), backend_(std::move(backend)) {
-    for (int i = 0; i < std::max(1, options_.workers); ++i) workers_.emplace_back([this] { WorkLoop(); });
+    for (int i = 0; i < std::max(1, options_.workers); ++i)
+      workers_.emplace_back([this] { WorkLoop(); });
   }
   ~Impl() { StopWorkers(); }
 
-  grpc::ServerUnaryReactor* ExtractNote(grpc::CallbackServerContext* context, const rwr::v1::NoteRequest* request,
+  grpc::ServerUnaryReactor* ExtractNote(grpc::CallbackServerContext* context,
+                                        const rwr::v1::NoteRequest* request,
                                         rwr::v1::NoteResponse* response) override {
     return HandleOne<Note>(context, request, response);
   }
-  grpc::ServerUnaryReactor* VerifyNote(grpc::CallbackServerContext* context, const rwr::v1::VerifyRequest* request,
+  grpc::ServerUnaryReactor* VerifyNote(grpc::CallbackServerContext* context,
+                                       const rwr::v1::VerifyRequest* request,
                                        rwr::v1::VerifyResponse* response) override {
     return HandleOne<Verdict>(context, request, response);
   }
@@ -83,15 +92,17 @@ class TeacherServer::Impl final : public rwr::v1::TeacherService::CallbackServic
     return HandleOne<Negative>(context, request, response);
   }
 
-  grpc::ServerUnaryReactor* RunBatch(grpc::CallbackServerContext* context, const rwr::v1::TaskBatch* request,
+  grpc::ServerUnaryReactor* RunBatch(grpc::CallbackServerContext* context,
+                                     const rwr::v1::TaskBatch* request,
                                      rwr::v1::ResultBatch* response) override {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     const int n = request->tasks_size();
     if (n > options_.max_batch) {
       ++rejected_;
-      reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                   fmt::format("batch of {} tasks; this server takes at most {} per call", n,
-                                               options_.max_batch)));
+      reactor->Finish(
+          grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                       fmt::format("batch of {} tasks; this server takes at most {} per call", n,
+                                   options_.max_batch)));
       return reactor;
     }
     if (grpc::Status admitted = Admit(context, request->ByteSizeLong(), n); !admitted.ok()) {
@@ -111,28 +122,34 @@ class TeacherServer::Impl final : public rwr::v1::TeacherService::CallbackServic
         auto task_done = [this, result, remaining, reactor](const absl::Status& status) {
           result->set_code(static_cast<int>(status.code()));
           result->set_message(std::string(status.message()));
-          if (status.ok()) ++served_; else ++failed_;
+          if (status.ok())
+            ++served_;
+          else
+            ++failed_;
           Release(1);
           if (remaining->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
         };
         const rwr::v1::TeacherTask& task = request->tasks(i);
         if (!gone.ok()) {
-          task_done(absl::Status(static_cast<absl::StatusCode>(gone.error_code()), gone.error_message()));
+          task_done(
+              absl::Status(static_cast<absl::StatusCode>(gone.error_code()), gone.error_message()));
         } else if (task.has_note()) {
           backend_->ExtractNote(ToTask(task.note()), [result, task_done](absl::StatusOr<Note> r) {
             if (r.ok()) Fill(*r, result->mutable_note());
             task_done(r.status());
           });
         } else if (task.has_verify()) {
-          backend_->VerifyNote(ToTask(task.verify()), [result, task_done](absl::StatusOr<Verdict> r) {
-            if (r.ok()) Fill(*r, result->mutable_verify());
-            task_done(r.status());
-          });
+          backend_->VerifyNote(ToTask(task.verify()),
+                               [result, task_done](absl::StatusOr<Verdict> r) {
+                                 if (r.ok()) Fill(*r, result->mutable_verify());
+                                 task_done(r.status());
+                               });
         } else if (task.has_remove_evidence()) {
-          backend_->RemoveEvidence(ToTask(task.remove_evidence()), [result, task_done](absl::StatusOr<Negative> r) {
-            if (r.ok()) Fill(*r, result->mutable_remove_evidence());
-            task_done(r.status());
-          });
+          backend_->RemoveEvidence(ToTask(task.remove_evidence()),
+                                   [result, task_done](absl::StatusOr<Negative> r) {
+                                     if (r.ok()) Fill(*r, result->mutable_remove_evidence());
+                                     task_done(r.status());
+                                   });
         } else {
           task_done(absl::InvalidArgumentError(fmt::format("task {} names no task", i)));
         }
@@ -141,7 +158,8 @@ class TeacherServer::Impl final : public rwr::v1::TeacherService::CallbackServic
     return reactor;
   }
 
-  grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context, const rwr::v1::ServerInfoRequest*,
+  grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
+                                          const rwr::v1::ServerInfoRequest*,
                                           rwr::v1::ServerInfo* info) override {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     if (grpc::Status auth = Authorize(context); !auth.ok()) {
@@ -168,10 +186,11 @@ class TeacherServer::Impl final : public rwr::v1::TeacherService::CallbackServic
   }
 
   TeacherServerStats Stats() const {
-    return TeacherServerStats{.served = served_.load(),
-                              .failed = failed_.load(),
-                              .rejected = rejected_.load(),
-                              .outstanding = static_cast<uint64_t>(std::max<int64_t>(0, outstanding_.load()))};
+    return TeacherServerStats{
+        .served = served_.load(),
+        .failed = failed_.load(),
+        .rejected = rejected_.load(),
+        .outstanding = static_cast<uint64_t>(std::max<int64_t>(0, outstanding_.load()))};
   }
 
   // Waits up to `timeout_s` for backend answers still owed, then stops the pool.
@@ -198,7 +217,8 @@ class TeacherServer::Impl final : public rwr::v1::TeacherService::CallbackServic
         reactor->Finish(gone);
         return;
       }
-      Run(*backend_, ToTask(*request), TeacherCallback<Result>([this, response, reactor](absl::StatusOr<Result> r) {
+      Run(*backend_, ToTask(*request),
+          TeacherCallback<Result>([this, response, reactor](absl::StatusOr<Result> r) {
             if (r.ok()) {
               Fill(*r, response);
               ++served_;
@@ -217,7 +237,8 @@ class TeacherServer::Impl final : public rwr::v1::TeacherService::CallbackServic
     const auto& metadata = context->client_metadata();
     auto it = metadata.find("authorization");
     if (it == metadata.end())
-      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing `authorization: Bearer <token>` metadata");
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                          "missing `authorization: Bearer <token>` metadata");
     std::string_view value(it->second.data(), it->second.size());
     const std::string expected = "Bearer " + options_.auth_token;
     if (!ConstantTimeEquals(value, expected))
@@ -232,26 +253,30 @@ class TeacherServer::Impl final : public rwr::v1::TeacherService::CallbackServic
     }
     if (request_bytes > options_.max_request_bytes) {
       ++rejected_;
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          fmt::format("request is {} bytes; this server accepts at most {} (--max-request-bytes)",
-                                      request_bytes, options_.max_request_bytes));
+      return grpc::Status(
+          grpc::StatusCode::INVALID_ARGUMENT,
+          fmt::format("request is {} bytes; this server accepts at most {} (--max-request-bytes)",
+                      request_bytes, options_.max_request_bytes));
     }
     int64_t before = outstanding_.fetch_add(tasks);
     if (before + tasks > options_.queue_capacity) {
       outstanding_.fetch_sub(tasks);
       ++rejected_;
-      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          fmt::format("teacher queue full ({} tasks outstanding, capacity {}); retry later", before,
-                                      options_.queue_capacity));
+      return grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          fmt::format("teacher queue full ({} tasks outstanding, capacity {}); retry later", before,
+                      options_.queue_capacity));
     }
     return grpc::Status::OK;
   }
 
   // Work whose caller is gone or whose deadline passed while queued is not done.
   static grpc::Status Gone(grpc::CallbackServerContext* context) {
-    if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "client cancelled the call");
+    if (context->IsCancelled())
+      return grpc::Status(grpc::StatusCode::CANCELLED, "client cancelled the call");
     if (context->deadline() < std::chrono::system_clock::now())
-      return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline passed while the task was queued");
+      return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                          "deadline passed while the task was queued");
     return grpc::Status::OK;
   }
 
@@ -304,14 +329,15 @@ class TeacherServer::Impl final : public rwr::v1::TeacherService::CallbackServic
   std::vector<std::thread> workers_;
 };
 
-absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(const TeacherServerOptions& options,
-                                                                    std::shared_ptr<Teacher> backend) {
+absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(
+    const TeacherServerOptions& options, std::shared_ptr<Teacher> backend) {
   if (!backend) return absl::InvalidArgumentError("teacher server: no backend");
   KeepGrpcInitialized();
   if (options.tls_cert_file.empty() != options.tls_key_file.empty())
     return absl::InvalidArgumentError("--tls-cert and --tls-key go together; give both or neither");
   if (options.queue_capacity < 1 || options.workers < 1 || options.max_batch < 1)
-    return absl::InvalidArgumentError("teacher server: workers, queue capacity and max batch must be positive");
+    return absl::InvalidArgumentError(
+        "teacher server: workers, queue capacity and max batch must be positive");
   std::shared_ptr<grpc::ServerCredentials> credentials;
   if (!options.tls_cert_file.empty()) {
     auto cert = ReadWholeFile(options.tls_cert_file, "--tls-cert");
@@ -331,13 +357,14 @@ absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(const Teache
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, credentials, &server->port_);
   builder.RegisterService(server->impl_.get());
-  const uint64_t transport_limit = std::min<uint64_t>(INT_MAX, 2 * options.max_request_bytes + (1 << 20));
+  const uint64_t transport_limit =
+      std::min<uint64_t>(INT_MAX, 2 * options.max_request_bytes + (1 << 20));
   builder.SetMaxReceiveMessageSize(static_cast<int>(transport_limit));
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || server->port_ == 0) {
     server->impl_->Drain(0);
-    return absl::UnavailableError(
-        fmt::format("teacher server: cannot listen on {} (address in use, or not HOST:PORT?)", options.listen));
+    return absl::UnavailableError(fmt::format(
+        "teacher server: cannot listen on {} (address in use, or not HOST:PORT?)", options.listen));
   }
   if (auto* health = server->server_->GetHealthCheckService()) {
     health->SetServingStatus(kServiceName, true);

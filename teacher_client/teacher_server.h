@@ -10,8 +10,11 @@
 // - Counters (served, failed, rejected) are exposed by GetServerInfo and by stats().
 // - The standard grpc.health.v1 service reports SERVING for "" and "rwr.v1.TeacherService" while
 //   up, NOT_SERVING once Shutdown starts.
-// - Shutdown(grace): stop accepting, let outstanding work finish for up to `grace`, cancel the rest.
+// - Shutdown(grace): stop accepting, let outstanding work finish for up to `grace`, cancel the
+// rest.
 #pragma once
+
+#include <grpcpp/server.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -24,8 +27,6 @@
 #include <thread>
 #include <vector>
 
-#include <grpcpp/server.h>
-
 #include "absl/status/statusor.h"
 #include "teacher_client/teacher.h"
 
@@ -35,12 +36,12 @@ struct TeacherServerOptions {
   std::string listen = "127.0.0.1:0";  // HOST:PORT; port 0 picks a free one (see port())
   std::string backend_name = "extractive";
   int workers = 2;
-  int queue_capacity = 1024;           // tasks outstanding (queued + running) before RESOURCE_EXHAUSTED
+  int queue_capacity = 1024;  // tasks outstanding (queued + running) before RESOURCE_EXHAUSTED
   uint64_t max_request_bytes = 8ull << 20;
-  int max_batch = 256;                 // tasks per RunBatch
-  std::string tls_cert_file;           // PEM; with tls_key_file turns TLS on
+  int max_batch = 256;        // tasks per RunBatch
+  std::string tls_cert_file;  // PEM; with tls_key_file turns TLS on
   std::string tls_key_file;
-  std::string auth_token;              // non-empty: calls must send `authorization: Bearer <token>`
+  std::string auth_token;  // non-empty: calls must send `authorization: Bearer <token>`
   // Only for backends that never block (they answer later from their own threads, like
   // ScriptedTeacher or a proxy to another server): call them on the gRPC thread and skip the
   // worker hand-off. Never for ExtractiveTeacher, which computes in the call.

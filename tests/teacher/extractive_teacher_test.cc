@@ -8,10 +8,13 @@ namespace rwr::teacher {
 namespace {
 
 const char kContext[] =
-    "The Amazon River flows through Brazil, Peru and Colombia. It is the largest river by discharge.\n\n"
-    "Mount Kilimanjaro is the highest mountain in Africa. Its summit, Uhuru Peak, reaches 5,895 metres. "
+    "The Amazon River flows through Brazil, Peru and Colombia. It is the largest river by "
+    "discharge.\n\n"
+    "Mount Kilimanjaro is the highest mountain in Africa. Its summit, Uhuru Peak, reaches 5,895 "
+    "metres. "
     "Dr. Hans Meyer first reached the summit in 1889.\n\n"
-    "The Great Barrier Reef lies off the coast of Queensland, Australia. It is visible from space.\n\n"
+    "The Great Barrier Reef lies off the coast of Queensland, Australia. It is visible from "
+    "space.\n\n"
     "Photosynthesis converts light energy into chemical energy in plants.";
 
 TEST(TextSegmentation, ParagraphsOnBlankLinesAndSentencesRespectAbbreviations) {
@@ -34,49 +37,59 @@ TEST(TextNormalization, SquadStyleTokensAndWindowF1) {
             (std::vector<std::string>{"eiffel", "tower", "in", "paris"}));
   EXPECT_EQ(text::Terms("What are the cities?"), (std::vector<std::string>{"city"}));
   std::vector<std::string> answer = text::NormalizedTokens("5,895 metres");
-  EXPECT_DOUBLE_EQ(text::BestWindowF1(answer, text::NormalizedTokens("it reaches 5,895 metres high")), 1.0);
+  EXPECT_DOUBLE_EQ(
+      text::BestWindowF1(answer, text::NormalizedTokens("it reaches 5,895 metres high")), 1.0);
   double partial = text::BestWindowF1(text::NormalizedTokens("Hans Meyer"),
                                       text::NormalizedTokens("a man called Meyer climbed it"));
   EXPECT_GT(partial, 0.5);
   EXPECT_LT(partial, 1.0);
-  EXPECT_EQ(text::BestWindowF1(text::NormalizedTokens("Paris"), text::NormalizedTokens("in Rome")), 0.0);
+  EXPECT_EQ(text::BestWindowF1(text::NormalizedTokens("Paris"), text::NormalizedTokens("in Rome")),
+            0.0);
 }
 
 TEST(ExtractiveTeacherNote, PicksTheSentencesThatAnswerTheQuestion) {
   ExtractiveTeacher teacher;
-  Note note = teacher.MakeNote({.context = kContext, .question = "How high is the summit of Kilimanjaro?"});
+  Note note =
+      teacher.MakeNote({.context = kContext, .question = "How high is the summit of Kilimanjaro?"});
   ASSERT_FALSE(note.empty);
   EXPECT_NE(note.text.find("5,895 metres"), std::string::npos) << note.text;
   EXPECT_EQ(note.text.find("Amazon"), std::string::npos) << note.text;
   EXPECT_EQ(note.text.find("Photosynthesis"), std::string::npos) << note.text;
   EXPECT_GT(note.score, 0);
 
-  Note reef = teacher.MakeNote({.context = kContext, .question = "Off which coast does the Great Barrier Reef lie?"});
+  Note reef = teacher.MakeNote(
+      {.context = kContext, .question = "Off which coast does the Great Barrier Reef lie?"});
   ASSERT_FALSE(reef.empty);
   EXPECT_NE(reef.text.find("Queensland"), std::string::npos) << reef.text;
 }
 
 TEST(ExtractiveTeacherNote, EmptyWhenNothingIsRelevant) {
   ExtractiveTeacher teacher;
-  Note note = teacher.MakeNote({.context = kContext, .question = "Who composed the Moonlight Sonata?"});
+  Note note =
+      teacher.MakeNote({.context = kContext, .question = "Who composed the Moonlight Sonata?"});
   EXPECT_TRUE(note.empty);
   EXPECT_EQ(note.text, kEmptyNote);
   EXPECT_TRUE(teacher.MakeNote({.context = "", .question = "Who?"}).empty);
-  EXPECT_TRUE(teacher.MakeNote({.context = kContext, .question = "what is it?"}).empty);  // stopwords only
+  EXPECT_TRUE(
+      teacher.MakeNote({.context = kContext, .question = "what is it?"}).empty);  // stopwords only
 }
 
 TEST(ExtractiveTeacherNote, RespectsTheBudgetAndIsDeterministic) {
   ExtractiveTeacher teacher;
-  NoteTask task{.context = kContext, .question = "Kilimanjaro summit Meyer 1889 metres", .max_note_bytes = 60};
+  NoteTask task{.context = kContext,
+                .question = "Kilimanjaro summit Meyer 1889 metres",
+                .max_note_bytes = 60};
   Note note = teacher.MakeNote(task);
   ASSERT_FALSE(note.empty);
   EXPECT_LE(note.text.size(), 60u);
   for (int i = 0; i < 3; ++i) EXPECT_EQ(teacher.MakeNote(task).text, note.text);
   // A long context: the right sentence among 300 distractors.
   std::string context;
-  for (int i = 0; i < 300; ++i) context += "Filler sentence number " + std::to_string(i) + " talks about weather.\n\n";
+  for (int i = 0; i < 300; ++i)
+    context += "Filler sentence number " + std::to_string(i) + " talks about weather.\n\n";
   context += "The secret vault code is 4417.\n\n";
-  for (int i = 0; i < 300; ++i) context += "Another paragraph " + std::to_string(i) + " mentions gardens.\n\n";
+  for (int i = 0; i < 300; ++i)
+    context += "Another paragraph " + std::to_string(i) + " mentions gardens.\n\n";
   Note vault = teacher.MakeNote({.context = context, .question = "What is the secret vault code?"});
   ASSERT_FALSE(vault.empty);
   EXPECT_EQ(vault.text, "The secret vault code is 4417.");
@@ -84,12 +97,15 @@ TEST(ExtractiveTeacherNote, RespectsTheBudgetAndIsDeterministic) {
 
 TEST(ExtractiveTeacherVerify, ConsistentWhenTheNoteCarriesTheAnswer) {
   ExtractiveTeacher teacher;
-  Verdict yes = teacher.Verify({.question = "q", .note = "Its summit reaches 5,895 metres.", .answer = "5,895 metres"});
+  Verdict yes = teacher.Verify(
+      {.question = "q", .note = "Its summit reaches 5,895 metres.", .answer = "5,895 metres"});
   EXPECT_TRUE(yes.consistent);
   EXPECT_DOUBLE_EQ(yes.score, 1.0);
-  Verdict article = teacher.Verify({.question = "q", .note = "It lies off Queensland.", .answer = "the Queensland"});
+  Verdict article = teacher.Verify(
+      {.question = "q", .note = "It lies off Queensland.", .answer = "the Queensland"});
   EXPECT_TRUE(article.consistent);
-  Verdict no = teacher.Verify({.question = "q", .note = "Its summit reaches 5,895 metres.", .answer = "1889"});
+  Verdict no = teacher.Verify(
+      {.question = "q", .note = "Its summit reaches 5,895 metres.", .answer = "1889"});
   EXPECT_FALSE(no.consistent);
   EXPECT_EQ(no.score, 0.0);
   EXPECT_FALSE(teacher.Verify({.question = "q", .note = kEmptyNote, .answer = "empty"}).consistent);
@@ -97,16 +113,21 @@ TEST(ExtractiveTeacherVerify, ConsistentWhenTheNoteCarriesTheAnswer) {
 
 TEST(ExtractiveTeacherRemoveEvidence, DropsTheParagraphsHoldingTheAnswer) {
   ExtractiveTeacher teacher;
-  Negative negative = teacher.Remove({.context = kContext, .question = "How high?", .answer = "5,895 metres"});
+  Negative negative =
+      teacher.Remove({.context = kContext, .question = "How high?", .answer = "5,895 metres"});
   EXPECT_EQ(negative.removed_paragraphs, 1u);
   EXPECT_FALSE(negative.answer_still_present);
   EXPECT_EQ(negative.context.find("Kilimanjaro"), std::string::npos);
   EXPECT_NE(negative.context.find("Amazon River"), std::string::npos);
   EXPECT_NE(negative.context.find("\n\nThe Great Barrier Reef"), std::string::npos);
   // The note teacher now finds nothing for the question: a clean `empty` negative.
-  EXPECT_TRUE(teacher.MakeNote({.context = negative.context, .question = "How high is Kilimanjaro's summit?"}).empty);
+  EXPECT_TRUE(
+      teacher
+          .MakeNote({.context = negative.context, .question = "How high is Kilimanjaro's summit?"})
+          .empty);
   // A single paragraph: sentences are dropped instead.
-  Negative one = teacher.Remove({.context = "Alpha is first. Beta is 42. Gamma is last.", .question = "q", .answer = "42"});
+  Negative one = teacher.Remove(
+      {.context = "Alpha is first. Beta is 42. Gamma is last.", .question = "q", .answer = "42"});
   EXPECT_EQ(one.context, "Alpha is first. Gamma is last.");
   EXPECT_EQ(one.removed_paragraphs, 1u);
 }

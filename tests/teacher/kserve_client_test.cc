@@ -2,9 +2,10 @@
 // scripts: start-up checks (ServerReady / ModelReady / ModelMetadata), the request it sends
 // (prompt template, BYTES tensor, sampling tensors), answer parsing, raw_output_contents, malformed
 // answers and UNAVAILABLE retries. The real-server test is kserve_mlserver_test.cc.
-#include <gtest/gtest.h>
+#include "teacher_client/kserve_client.h"
 
 #include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 
 #include <atomic>
 #include <mutex>
@@ -12,7 +13,6 @@
 #include "kserve/grpc_service.grpc.pb.h"
 #include "teacher_client/channel.h"
 #include "teacher_client/client.h"
-#include "teacher_client/kserve_client.h"
 #include "tests/teacher/test_support.h"
 
 namespace rwr::teacher {
@@ -24,13 +24,17 @@ class FakeKServe final : public inference::GRPCInferenceService::Service {
  public:
   bool server_ready = true;
   bool model_ready = true;
-  std::vector<std::pair<std::string, std::string>> inputs = {
-      {"text_input", "BYTES"}, {"max_tokens", "INT32"}, {"temperature", "FP32"}, {"seed", "UINT64"}};
+  std::vector<std::pair<std::string, std::string>> inputs = {{"text_input", "BYTES"},
+                                                             {"max_tokens", "INT32"},
+                                                             {"temperature", "FP32"},
+                                                             {"seed", "UINT64"}};
   std::vector<std::pair<std::string, std::string>> outputs = {{"text_output", "BYTES"}};
-  std::function<std::string(const std::string&)> reply = [](const std::string&) { return "a note"; };
+  std::function<std::string(const std::string&)> reply = [](const std::string&) {
+    return "a note";
+  };
   bool raw_output = false;
   bool omit_output = false;
-  int fail_every = 0;  // calls 1, 1+N, ... answer UNAVAILABLE
+  int fail_every = 0;          // calls 1, 1+N, ... answer UNAVAILABLE
   std::string required_token;  // non-empty: every RPC must carry `authorization: Bearer <token>`
 
   grpc::Status CheckToken(grpc::ServerContext* context) {
@@ -55,7 +59,8 @@ class FakeKServe final : public inference::GRPCInferenceService::Service {
   }
   grpc::Status ModelMetadata(grpc::ServerContext*, const inference::ModelMetadataRequest* request,
                              inference::ModelMetadataResponse* response) override {
-    if (request->name() != "teacher-llm") return grpc::Status(grpc::StatusCode::NOT_FOUND, "no such model");
+    if (request->name() != "teacher-llm")
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "no such model");
     response->set_name("teacher-llm");
     response->add_versions("7");
     for (auto& [name, type] : inputs) {
@@ -117,7 +122,8 @@ class FakeKServe final : public inference::GRPCInferenceService::Service {
 
 class KServeClientTest : public ::testing::Test {
  protected:
-  void Start(std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials()) {
+  void Start(
+      std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials()) {
     KeepGrpcInitialized();
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", credentials, &port_);
@@ -148,7 +154,8 @@ TEST_F(KServeClientTest, StartupChecksNameWhatIsWrong) {
   Start();
   auto not_ready = MakeTeacher(Url(), Options());
   ASSERT_FALSE(not_ready.ok());
-  EXPECT_NE(std::string(not_ready.status().message()).find("model 'teacher-llm' is not ready"), std::string::npos)
+  EXPECT_NE(std::string(not_ready.status().message()).find("model 'teacher-llm' is not ready"),
+            std::string::npos)
       << not_ready.status();
   fake_.model_ready = true;
   TeacherClientOptions renamed = Options();
@@ -156,7 +163,8 @@ TEST_F(KServeClientTest, StartupChecksNameWhatIsWrong) {
   auto bad_input = MakeTeacher(Url(), renamed);
   ASSERT_FALSE(bad_input.ok());
   EXPECT_EQ(bad_input.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_NE(std::string(bad_input.status().message()).find("no BYTES input 'prompt'"), std::string::npos)
+  EXPECT_NE(std::string(bad_input.status().message()).find("no BYTES input 'prompt'"),
+            std::string::npos)
       << bad_input.status();
   TeacherClientOptions no_seed_tensor = Options();
   no_seed_tensor.kserve.seed_tensor = "random_seed";
@@ -178,7 +186,8 @@ TEST_F(KServeClientTest, SendsTheVersionedPromptAsBytesWithSamplingTensors) {
   EXPECT_EQ(info.sampling.seed, 42u);
 
   Results<Note> notes;
-  (*teacher)->ExtractNote({.context = "Alpha {question} beta.", .question = "Where is alpha?"}, notes.Callback());
+  (*teacher)->ExtractNote({.context = "Alpha {question} beta.", .question = "Where is alpha?"},
+                          notes.Callback());
   ASSERT_TRUE(notes.WaitFor(1));
   ASSERT_TRUE(notes.Take()[0].ok());
   inference::ModelInferRequest request = fake_.last_request();
@@ -187,8 +196,11 @@ TEST_F(KServeClientTest, SendsTheVersionedPromptAsBytesWithSamplingTensors) {
   EXPECT_EQ(request.inputs(0).name(), "text_input");
   EXPECT_EQ(request.inputs(0).datatype(), "BYTES");
   const std::string& prompt = request.inputs(0).contents().bytes_contents(0);
-  EXPECT_NE(prompt.find("Please extract a note relevant to the query: Where is alpha?"), std::string::npos) << prompt;
-  EXPECT_NE(prompt.find("Alpha {question} beta."), std::string::npos) << prompt;  // braces in text left alone
+  EXPECT_NE(prompt.find("Please extract a note relevant to the query: Where is alpha?"),
+            std::string::npos)
+      << prompt;
+  EXPECT_NE(prompt.find("Alpha {question} beta."), std::string::npos)
+      << prompt;  // braces in text left alone
   EXPECT_EQ(request.inputs(1).name(), "max_tokens");
   EXPECT_EQ(request.inputs(1).datatype(), "INT32");
   EXPECT_EQ(request.inputs(1).contents().int_contents(0), 128);
@@ -274,7 +286,9 @@ TEST_F(KServeClientTest, EmptyAndMalformedAnswersAreErrorsWithTheReason) {
   EXPECT_EQ(blank.code(), absl::StatusCode::kInternal);
   EXPECT_NE(std::string(blank.message()).find("empty note"), std::string::npos) << blank;
   absl::Status maybe = verdicts.Take()[0].status();
-  EXPECT_NE(std::string(maybe.message()).find("expected yes or no, got 'perhaps'"), std::string::npos) << maybe;
+  EXPECT_NE(std::string(maybe.message()).find("expected yes or no, got 'perhaps'"),
+            std::string::npos)
+      << maybe;
 
   fake_.omit_output = true;
   Results<Note> missing;
@@ -292,7 +306,8 @@ TEST_F(KServeClientTest, UnavailableAnswersAreRetried) {
   auto teacher = MakeTeacher(Url(), options);
   ASSERT_TRUE(teacher.ok());
   Results<Note> notes;
-  for (int i = 0; i < 20; ++i) (*teacher)->ExtractNote({.context = "c", .question = "q"}, notes.Callback());
+  for (int i = 0; i < 20; ++i)
+    (*teacher)->ExtractNote({.context = "c", .question = "q"}, notes.Callback());
   ASSERT_TRUE(notes.WaitFor(20));
   for (const auto& note : notes.Take()) EXPECT_TRUE(note.ok()) << note.status();
   const uint64_t retries = dynamic_cast<RemoteTeacher*>(teacher->get())->Stats().retries;
@@ -304,7 +319,8 @@ TEST_F(KServeClientTest, TlsAndBearerTokenReachTheServer) {
   auto dir = testing::MakeTempDir("rwr-kserve-tls");
   ASSERT_TRUE(testing::MakeSelfSignedCert(dir));
   grpc::SslServerCredentialsOptions ssl;
-  ssl.pem_key_cert_pairs.push_back({testing::ReadFile(dir / "key.pem"), testing::ReadFile(dir / "cert.pem")});
+  ssl.pem_key_cert_pairs.push_back(
+      {testing::ReadFile(dir / "key.pem"), testing::ReadFile(dir / "cert.pem")});
   fake_.required_token = "kserve-token";
   Start(grpc::SslServerCredentials(ssl));
   const std::string url = "kserves://127.0.0.1:" + std::to_string(port_) + "/teacher-llm";

@@ -27,17 +27,20 @@ class MLServerTest : public ::testing::Test {
   static void SetUpTestSuite() {
     const fs::path mlserver = fs::path(RWR_VENV_DIR) / "bin" / "mlserver";
     if (!fs::exists(mlserver)) {
-      skip_reason_ = "no " + mlserver.string() + " (create the test virtualenv: see docs/teacher.md)";
+      skip_reason_ =
+          "no " + mlserver.string() + " (create the test virtualenv: see docs/teacher.md)";
       return;
     }
     dir_ = testing::MakeTempDir("rwr-mlserver");
-    fs::copy(fs::path(RWR_KSERVE_FIXTURE_DIR) / "rwr-teacher", dir_ / "rwr-teacher", fs::copy_options::recursive);
+    fs::copy(fs::path(RWR_KSERVE_FIXTURE_DIR) / "rwr-teacher", dir_ / "rwr-teacher",
+             fs::copy_options::recursive);
     grpc_port_ = testing::FreePort();
     std::ofstream(dir_ / "settings.json")
         << "{\"debug\": false, \"host\": \"127.0.0.1\", \"http_port\": " << testing::FreePort()
         << ", \"grpc_port\": " << grpc_port_ << ", \"metrics_port\": " << testing::FreePort()
         << ", \"parallel_workers\": 0, \"metrics_endpoint\": null}";
-    server_ = new testing::Subprocess({mlserver.string(), "start", dir_.string()}, (dir_ / "mlserver.log").string());
+    server_ = new testing::Subprocess({mlserver.string(), "start", dir_.string()},
+                                      (dir_ / "mlserver.log").string());
   }
   static void TearDownTestSuite() {
     if (server_) {
@@ -52,7 +55,9 @@ class MLServerTest : public ::testing::Test {
     if (!skip_reason_.empty()) GTEST_SKIP() << skip_reason_;
     ASSERT_TRUE(server_->started());
   }
-  static std::string Url() { return "kserve://127.0.0.1:" + std::to_string(grpc_port_) + "/rwr-teacher"; }
+  static std::string Url() {
+    return "kserve://127.0.0.1:" + std::to_string(grpc_port_) + "/rwr-teacher";
+  }
   static TeacherClientOptions Options() {
     TeacherClientOptions options;
     options.connect_timeout_s = 60;  // MLServer takes a few seconds to start
@@ -75,11 +80,14 @@ TEST_F(MLServerTest, NotesVerdictsAndNegativesFromARealKServeServer) {
   EXPECT_EQ((*teacher)->Info().revision, "unversioned");  // MLServer lists no model versions
 
   Results<Note> notes;
-  (*teacher)->ExtractNote({.context = kContext, .question = "When does the ferry leave Portmore?"}, notes.Callback());
-  (*teacher)->ExtractNote({.context = kContext, .question = "Who painted the Mona Lisa?"}, notes.Callback());
+  (*teacher)->ExtractNote({.context = kContext, .question = "When does the ferry leave Portmore?"},
+                          notes.Callback());
+  (*teacher)->ExtractNote({.context = kContext, .question = "Who painted the Mona Lisa?"},
+                          notes.Callback());
   ASSERT_TRUE(notes.WaitFor(2)) << Log();
   auto results = notes.Take();
-  ASSERT_TRUE(results[0].ok() && results[1].ok()) << results[0].status() << " / " << results[1].status();
+  ASSERT_TRUE(results[0].ok() && results[1].ok())
+      << results[0].status() << " / " << results[1].status();
   // Order of completion is not order of issue; find each by content.
   const Note& ferry = results[0]->empty ? *results[1] : *results[0];
   const Note& none = results[0]->empty ? *results[0] : *results[1];
@@ -87,9 +95,11 @@ TEST_F(MLServerTest, NotesVerdictsAndNegativesFromARealKServeServer) {
   EXPECT_TRUE(none.empty);
 
   Results<Verdict> verdicts;
-  (*teacher)->VerifyNote({.question = "When?", .note = ferry.text, .answer = "at nine"}, verdicts.Callback());
+  (*teacher)->VerifyNote({.question = "When?", .note = ferry.text, .answer = "at nine"},
+                         verdicts.Callback());
   ASSERT_TRUE(verdicts.WaitFor(1));
-  (*teacher)->VerifyNote({.question = "When?", .note = ferry.text, .answer = "at noon"}, verdicts.Callback());
+  (*teacher)->VerifyNote({.question = "When?", .note = ferry.text, .answer = "at noon"},
+                         verdicts.Callback());
   ASSERT_TRUE(verdicts.WaitFor(2));
   auto v = verdicts.Take();
   ASSERT_TRUE(v[0].ok() && v[1].ok()) << v[0].status() << " / " << v[1].status();
@@ -97,7 +107,8 @@ TEST_F(MLServerTest, NotesVerdictsAndNegativesFromARealKServeServer) {
   EXPECT_FALSE(v[1]->consistent);
 
   Results<Negative> negatives;
-  (*teacher)->RemoveEvidence({.context = kContext, .question = "When?", .answer = "at nine"}, negatives.Callback());
+  (*teacher)->RemoveEvidence({.context = kContext, .question = "When?", .answer = "at nine"},
+                             negatives.Callback());
   ASSERT_TRUE(negatives.WaitFor(1));
   auto negative = negatives.Take()[0];
   ASSERT_TRUE(negative.ok()) << negative.status();
@@ -109,7 +120,8 @@ TEST_F(MLServerTest, NotesVerdictsAndNegativesFromARealKServeServer) {
   // Many calls through the window give the same deterministic note.
   Results<Note> many;
   for (int i = 0; i < 24; ++i)
-    (*teacher)->ExtractNote({.context = kContext, .question = "Where do seals rest in winter?"}, many.Callback());
+    (*teacher)->ExtractNote({.context = kContext, .question = "Where do seals rest in winter?"},
+                            many.Callback());
   ASSERT_TRUE(many.WaitFor(24));
   for (const auto& note : many.Take()) {
     ASSERT_TRUE(note.ok()) << note.status();
@@ -122,7 +134,8 @@ TEST_F(MLServerTest, MisnamedTensorsFailAtStartAndServerErrorsReachTheCaller) {
   wrong.kserve.output_tensor = "generated_text";
   auto bad = MakeTeacher(Url(), wrong);
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(std::string(bad.status().message()).find("no BYTES output 'generated_text' (outputs: text_output BYTES)"),
+  EXPECT_NE(std::string(bad.status().message())
+                .find("no BYTES output 'generated_text' (outputs: text_output BYTES)"),
             std::string::npos)
       << bad.status();
 
@@ -132,11 +145,13 @@ TEST_F(MLServerTest, MisnamedTensorsFailAtStartAndServerErrorsReachTheCaller) {
   auto teacher = MakeTeacher(Url(), no_seed);
   ASSERT_TRUE(teacher.ok()) << teacher.status();
   Results<Note> notes;
-  (*teacher)->ExtractNote({.context = kContext, .question = "When does the ferry leave?"}, notes.Callback());
+  (*teacher)->ExtractNote({.context = kContext, .question = "When does the ferry leave?"},
+                          notes.Callback());
   ASSERT_TRUE(notes.WaitFor(1));
   absl::Status status = notes.Take()[0].status();
   EXPECT_FALSE(status.ok());
-  EXPECT_NE(std::string(status.message()).find("input seed (UINT64) missing"), std::string::npos) << status;
+  EXPECT_NE(std::string(status.message()).find("input seed (UINT64) missing"), std::string::npos)
+      << status;
 }
 
 }  // namespace

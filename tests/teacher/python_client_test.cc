@@ -17,8 +17,10 @@ namespace fs = std::filesystem;
 
 TEST(PythonClient, GrpcioClientCallsTheTeacherService) {
   const fs::path python = fs::path(RWR_VENV_DIR) / "bin" / "python";
-  if (!fs::exists(python)) GTEST_SKIP() << "no " << python << " (create the test virtualenv: see docs/teacher.md)";
-  auto server = TeacherServer::Start({.auth_token = "py-token"}, std::make_shared<ExtractiveTeacher>());
+  if (!fs::exists(python))
+    GTEST_SKIP() << "no " << python << " (create the test virtualenv: see docs/teacher.md)";
+  auto server =
+      TeacherServer::Start({.auth_token = "py-token"}, std::make_shared<ExtractiveTeacher>());
   ASSERT_TRUE(server.ok()) << server.status();
   fs::path dir = testing::MakeTempDir("rwr-pyclient");
   testing::Subprocess client({python.string(), RWR_PYTHON_CLIENT, RWR_PROTO_ROOT, dir.string(),
@@ -37,7 +39,8 @@ TEST(PythonClient, GrpcioClientCallsTheTeacherService) {
   EXPECT_EQ(result["note_empty"], false);
   EXPECT_EQ(result["batch_codes"], nlohmann::json::array({0, 0}));
   EXPECT_EQ(result["consistent"], true);
-  EXPECT_EQ(result["negative_context"], "The orchard grows apples and pears.\n\nSwans nest by the lake in spring.");
+  EXPECT_EQ(result["negative_context"],
+            "The orchard grows apples and pears.\n\nSwans nest by the lake in spring.");
   EXPECT_EQ(result["no_token"], "UNAUTHENTICATED");
   EXPECT_EQ(result["health"], "SERVING");
   EXPECT_EQ(result["calls_served"], 3);

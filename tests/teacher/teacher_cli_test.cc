@@ -32,10 +32,12 @@ class TeacherCliTest : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  std::unique_ptr<testing::Subprocess> Serve(const std::string& listen, const std::string& log_name) {
+  std::unique_ptr<testing::Subprocess> Serve(const std::string& listen,
+                                             const std::string& log_name) {
     return std::make_unique<testing::Subprocess>(
-        std::vector<std::string>{RWR_BINARY, "teacher", "serve", "--listen", listen, "--auth-token-file",
-                                 (dir_ / "token.txt").string(), "--stats-interval", "0.2"},
+        std::vector<std::string>{RWR_BINARY, "teacher", "serve", "--listen", listen,
+                                 "--auth-token-file", (dir_ / "token.txt").string(),
+                                 "--stats-interval", "0.2"},
         (dir_ / log_name).string());
   }
   // The port the server printed ("rwr teacher serve: port N"), waiting up to 20 s.
@@ -72,7 +74,8 @@ TEST_F(TeacherCliTest, ServesCountsCallsAndStopsCleanlyOnSigterm) {
   ASSERT_TRUE(teacher.ok()) << teacher.status();
   Results<Note> notes;
   for (int i = 0; i < 25; ++i)
-    (*teacher)->ExtractNote({.context = kContext, .question = "What code opens the vault?"}, notes.Callback());
+    (*teacher)->ExtractNote({.context = kContext, .question = "What code opens the vault?"},
+                            notes.Callback());
   ASSERT_TRUE(notes.WaitFor(25));
   for (const auto& note : notes.Take()) {
     ASSERT_TRUE(note.ok()) << note.status();
@@ -80,9 +83,10 @@ TEST_F(TeacherCliTest, ServesCountsCallsAndStopsCleanlyOnSigterm) {
   }
 
   // `rwr teacher info --json` reads the counter over RPC.
-  testing::Subprocess info({RWR_BINARY, "teacher", "info", "--teacher", "rwr://127.0.0.1:" + std::to_string(port),
-                            "--auth-token-file", (dir_ / "token.txt").string(), "--json"},
-                           (dir_ / "info.json").string());
+  testing::Subprocess info(
+      {RWR_BINARY, "teacher", "info", "--teacher", "rwr://127.0.0.1:" + std::to_string(port),
+       "--auth-token-file", (dir_ / "token.txt").string(), "--json"},
+      (dir_ / "info.json").string());
   ASSERT_EQ(info.Wait(30), 0) << testing::ReadFile(dir_ / "info.json");
   std::string info_json = testing::ReadFile(dir_ / "info.json");
   EXPECT_NE(info_json.find("\"calls_served\": 25"), std::string::npos) << info_json;
@@ -97,9 +101,10 @@ TEST_F(TeacherCliTest, ServesCountsCallsAndStopsCleanlyOnSigterm) {
 
   // A wrong token file is refused by the server.
   std::ofstream(dir_ / "wrong.txt") << "nope";
-  testing::Subprocess wrong({RWR_BINARY, "teacher", "info", "--teacher", "rwr://127.0.0.1:1", "--auth-token-file",
-                             (dir_ / "wrong.txt").string(), "--timeout", "0.2"},
-                            (dir_ / "wrong.log").string());
+  testing::Subprocess wrong(
+      {RWR_BINARY, "teacher", "info", "--teacher", "rwr://127.0.0.1:1", "--auth-token-file",
+       (dir_ / "wrong.txt").string(), "--timeout", "0.2"},
+      (dir_ / "wrong.log").string());
   EXPECT_EQ(wrong.Wait(30), 1);
 }
 
@@ -112,12 +117,14 @@ TEST_F(TeacherCliTest, ClientRunSurvivesTheServerKilledAndRestarted) {
   ASSERT_TRUE(teacher.ok()) << teacher.status();
   // Long contexts so the run lasts long enough to be interrupted.
   std::string context;
-  for (int i = 0; i < 400; ++i) context += "Paragraph " + std::to_string(i) + " is about boats and nets.\n\n";
+  for (int i = 0; i < 400; ++i)
+    context += "Paragraph " + std::to_string(i) + " is about boats and nets.\n\n";
   context += kContext;
   const int kCalls = 3000;
   Results<Note> notes;
   for (int i = 0; i < kCalls; ++i)
-    (*teacher)->ExtractNote({.context = context, .question = "What code opens the vault?"}, notes.Callback());
+    (*teacher)->ExtractNote({.context = context, .question = "What code opens the vault?"},
+                            notes.Callback());
   while (notes.size() < 100) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   server->Signal(SIGKILL);
   ASSERT_EQ(server->Wait(10), 128 + SIGKILL);
@@ -128,8 +135,10 @@ TEST_F(TeacherCliTest, ClientRunSurvivesTheServerKilledAndRestarted) {
   ASSERT_TRUE(notes.WaitFor(kCalls, 120));
   int ok = 0;
   for (const auto& note : notes.Take()) {
-    if (note.ok()) ++ok;
-    else ADD_FAILURE() << note.status();
+    if (note.ok())
+      ++ok;
+    else
+      ADD_FAILURE() << note.status();
   }
   EXPECT_EQ(ok, kCalls);
   EXPECT_LT(at_kill, static_cast<size_t>(kCalls));

@@ -1,9 +1,8 @@
 // TeacherServer + RwrTeacherClient on loopback, with the real server and fault injection through a
 // ScriptedTeacher backend: round trip, batch RPC, TLS, tokens, size limits, a full queue, failing
 // and slow calls, malformed answers, a server killed and restarted mid-run.
-#include <gtest/gtest.h>
-
 #include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 
 #include <atomic>
 #include <mutex>
@@ -28,7 +27,8 @@ const char kContext[] =
     "The Great Barrier Reef lies off the coast of Queensland, Australia.";
 const char kQuestion[] = "How high is the summit of Kilimanjaro?";
 
-std::unique_ptr<TeacherServer> StartServer(TeacherServerOptions options, std::shared_ptr<Teacher> backend) {
+std::unique_ptr<TeacherServer> StartServer(TeacherServerOptions options,
+                                           std::shared_ptr<Teacher> backend) {
   auto server = TeacherServer::Start(options, std::move(backend));
   EXPECT_TRUE(server.ok()) << server.status();
   return server.ok() ? *std::move(server) : nullptr;
@@ -51,7 +51,9 @@ std::unique_ptr<Teacher> Connect(const std::string& url, const TeacherClientOpti
   return teacher.ok() ? *std::move(teacher) : nullptr;
 }
 
-std::string Url(const TeacherServer& server) { return "rwr://127.0.0.1:" + std::to_string(server.port()); }
+std::string Url(const TeacherServer& server) {
+  return "rwr://127.0.0.1:" + std::to_string(server.port());
+}
 
 TEST(TeacherService, RoundTripMatchesTheInProcessTeacher) {
   auto server = StartServer({}, std::make_shared<ExtractiveTeacher>());
@@ -66,8 +68,9 @@ TEST(TeacherService, RoundTripMatchesTheInProcessTeacher) {
   Results<Verdict> verdicts;
   Results<Negative> negatives;
   teacher->ExtractNote({.context = kContext, .question = kQuestion}, notes.Callback());
-  teacher->VerifyNote({.question = kQuestion, .note = "It reaches 5,895 metres.", .answer = "5,895 metres"},
-                      verdicts.Callback());
+  teacher->VerifyNote(
+      {.question = kQuestion, .note = "It reaches 5,895 metres.", .answer = "5,895 metres"},
+      verdicts.Callback());
   teacher->RemoveEvidence({.context = kContext, .question = kQuestion, .answer = "5,895 metres"},
                           negatives.Callback());
   ASSERT_TRUE(notes.WaitFor(1) && verdicts.WaitFor(1) && negatives.WaitFor(1));
@@ -86,7 +89,8 @@ TEST(TeacherService, RoundTripMatchesTheInProcessTeacher) {
   // Many calls through the window; the server counts them and says so over RPC.
   Results<Note> many;
   for (int i = 0; i < 200; ++i)
-    teacher->ExtractNote({.context = kContext, .question = "Where does the Amazon River flow?"}, many.Callback());
+    teacher->ExtractNote({.context = kContext, .question = "Where does the Amazon River flow?"},
+                         many.Callback());
   ASSERT_TRUE(many.WaitFor(200));
   for (const auto& r : many.Take()) ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(server->stats().served, 203u);
@@ -102,8 +106,8 @@ TEST(TeacherService, RoundTripMatchesTheInProcessTeacher) {
 TEST(TeacherService, BatchRpcAnswersEveryTaskWithItsOwnStatus) {
   auto server = StartServer({.max_batch = 4}, std::make_shared<ExtractiveTeacher>());
   ASSERT_TRUE(server);
-  auto stub = rwr::v1::TeacherService::NewStub(
-      grpc::CreateChannel("127.0.0.1:" + std::to_string(server->port()), grpc::InsecureChannelCredentials()));
+  auto stub = rwr::v1::TeacherService::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(server->port()), grpc::InsecureChannelCredentials()));
   rwr::v1::TaskBatch batch;
   auto* note = batch.add_tasks()->mutable_note();
   note->set_context(kContext);
@@ -124,7 +128,8 @@ TEST(TeacherService, BatchRpcAnswersEveryTaskWithItsOwnStatus) {
 
   for (int i = 0; i < 3; ++i) *batch.add_tasks() = batch.tasks(0);  // 6 > max_batch 4
   grpc::ClientContext too_many;
-  EXPECT_EQ(stub->RunBatch(&too_many, batch, &results).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(stub->RunBatch(&too_many, batch, &results).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 TEST(TeacherService, TlsWithASelfSignedCertificate) {
@@ -166,15 +171,16 @@ TEST(TeacherService, WrongOrMissingTokenIsUnauthenticated) {
   EXPECT_EQ(wrong.status().code(), absl::StatusCode::kUnauthenticated);
 
   // Task RPCs check the token too, not only GetServerInfo.
-  auto stub = rwr::v1::TeacherService::NewStub(
-      grpc::CreateChannel("127.0.0.1:" + std::to_string(server->port()), grpc::InsecureChannelCredentials()));
+  auto stub = rwr::v1::TeacherService::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(server->port()), grpc::InsecureChannelCredentials()));
   rwr::v1::NoteRequest request;
   request.set_context(kContext);
   request.set_question(kQuestion);
   rwr::v1::NoteResponse response;
   grpc::ClientContext context;
   context.AddMetadata("authorization", "Bearer s3cre");
-  EXPECT_EQ(stub->ExtractNote(&context, request, &response).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(stub->ExtractNote(&context, request, &response).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
 
   options.bearer_token = "s3cret";
   auto teacher = Connect(Url(*server), options);
@@ -192,9 +198,11 @@ TEST(TeacherService, OversizeRequestIsRejectedWithoutRetry) {
   auto teacher = Connect(Url(*server), FastRetries());
   ASSERT_TRUE(teacher);
   Results<Note> notes;
-  teacher->ExtractNote({.context = std::string(5000, 'x'), .question = kQuestion}, notes.Callback());
+  teacher->ExtractNote({.context = std::string(5000, 'x'), .question = kQuestion},
+                       notes.Callback());
   // Far over gRPC's own transport limit (2x + 1 MiB) as well.
-  teacher->ExtractNote({.context = std::string(3 << 20, 'y'), .question = kQuestion}, notes.Callback());
+  teacher->ExtractNote({.context = std::string(3 << 20, 'y'), .question = kQuestion},
+                       notes.Callback());
   ASSERT_TRUE(notes.WaitFor(2));
   auto results = notes.Take();
   ASSERT_FALSE(results[0].ok());
@@ -224,13 +232,16 @@ class ConcurrencyProbe final : public Teacher {
   void ExtractNote(NoteTask task, TeacherCallback<Note> done) override {
     int now = ++current_;
     int seen = peak_.load();
-    while (now > seen && !peak_.compare_exchange_weak(seen, now)) {}
+    while (now > seen && !peak_.compare_exchange_weak(seen, now)) {
+    }
     inner_.ExtractNote(std::move(task), [this, done = std::move(done)](absl::StatusOr<Note> note) {
       --current_;
       done(std::move(note));
     });
   }
-  void VerifyNote(VerifyTask task, TeacherCallback<Verdict> done) override { inner_.VerifyNote(task, done); }
+  void VerifyNote(VerifyTask task, TeacherCallback<Verdict> done) override {
+    inner_.VerifyNote(task, done);
+  }
   void RemoveEvidence(RemoveEvidenceTask task, TeacherCallback<Negative> done) override {
     inner_.RemoveEvidence(task, done);
   }
@@ -250,7 +261,8 @@ TEST(TeacherService, ClientKeepsAtMostItsWindowInFlight) {
   auto teacher = Connect(Url(*server), options);
   ASSERT_TRUE(teacher);
   Results<Note> notes;
-  for (int i = 0; i < 60; ++i) teacher->ExtractNote({.context = kContext, .question = kQuestion}, notes.Callback());
+  for (int i = 0; i < 60; ++i)
+    teacher->ExtractNote({.context = kContext, .question = kQuestion}, notes.Callback());
   ASSERT_TRUE(notes.WaitFor(60));
   for (const auto& r : notes.Take()) ASSERT_TRUE(r.ok());
   EXPECT_LE(probe->peak(), 4);
@@ -268,7 +280,9 @@ class ArrivalProbe final : public Teacher {
     }
     inner_.ExtractNote(std::move(task), std::move(done));
   }
-  void VerifyNote(VerifyTask task, TeacherCallback<Verdict> done) override { inner_.VerifyNote(task, done); }
+  void VerifyNote(VerifyTask task, TeacherCallback<Verdict> done) override {
+    inner_.VerifyNote(task, done);
+  }
   void RemoveEvidence(RemoveEvidenceTask task, TeacherCallback<Negative> done) override {
     inner_.RemoveEvidence(task, done);
   }
@@ -292,7 +306,8 @@ TEST(TeacherService, RequestsPerSecondLimitPacesTheCalls) {
   auto teacher = Connect(Url(*server), options);
   ASSERT_TRUE(teacher);
   Results<Note> notes;
-  for (int i = 0; i < 10; ++i) teacher->ExtractNote({.context = kContext, .question = kQuestion}, notes.Callback());
+  for (int i = 0; i < 10; ++i)
+    teacher->ExtractNote({.context = kContext, .question = kQuestion}, notes.Callback());
   ASSERT_TRUE(notes.WaitFor(10));
   auto arrivals = probe->arrivals();
   ASSERT_EQ(arrivals.size(), 10u);
@@ -311,7 +326,8 @@ TEST(TeacherService, FullQueueIsResourceExhaustedAndTheClientRetries) {
   auto teacher = Connect(Url(*server), options);
   ASSERT_TRUE(teacher);
   Results<Note> notes;
-  for (int i = 0; i < 40; ++i) teacher->ExtractNote({.context = kContext, .question = kQuestion}, notes.Callback());
+  for (int i = 0; i < 40; ++i)
+    teacher->ExtractNote({.context = kContext, .question = kQuestion}, notes.Callback());
   ASSERT_TRUE(notes.WaitFor(40));
   for (const auto& r : notes.Take()) ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_GT(server->stats().rejected, 0u);
@@ -320,14 +336,15 @@ TEST(TeacherService, FullQueueIsResourceExhaustedAndTheClientRetries) {
 }
 
 TEST(TeacherService, AFractionOfUnavailableCallsIsRetriedToCompletion) {
-  auto backend = std::make_shared<ScriptedTeacher>(
-      ScriptedOptions{.latency_s = 0.001, .fail_every = 3, .fail_code = absl::StatusCode::kUnavailable});
+  auto backend = std::make_shared<ScriptedTeacher>(ScriptedOptions{
+      .latency_s = 0.001, .fail_every = 3, .fail_code = absl::StatusCode::kUnavailable});
   auto server = StartServer({.backend_never_blocks = true}, backend);  // and without the worker hop
   ASSERT_TRUE(server);
   auto teacher = Connect(Url(*server), FastRetries());
   ASSERT_TRUE(teacher);
   Results<Note> notes;
-  for (int i = 0; i < 60; ++i) teacher->ExtractNote({.context = kContext, .question = kQuestion}, notes.Callback());
+  for (int i = 0; i < 60; ++i)
+    teacher->ExtractNote({.context = kContext, .question = kQuestion}, notes.Callback());
   ASSERT_TRUE(notes.WaitFor(60));
   for (const auto& r : notes.Take()) {
     ASSERT_TRUE(r.ok()) << r.status();
@@ -394,7 +411,9 @@ TEST(TeacherService, QueuedWorkPastItsDeadlineIsNotDone) {
       ++ran_;
       inner_.ExtractNote(task, done);
     }
-    void VerifyNote(VerifyTask task, TeacherCallback<Verdict> done) override { inner_.VerifyNote(task, done); }
+    void VerifyNote(VerifyTask task, TeacherCallback<Verdict> done) override {
+      inner_.VerifyNote(task, done);
+    }
     void RemoveEvidence(RemoveEvidenceTask task, TeacherCallback<Negative> done) override {
       inner_.RemoveEvidence(task, done);
     }
@@ -410,9 +429,11 @@ TEST(TeacherService, QueuedWorkPastItsDeadlineIsNotDone) {
   auto teacher = Connect(Url(*server), options);
   ASSERT_TRUE(teacher);
   Results<Note> notes;
-  for (int i = 0; i < 5; ++i) teacher->ExtractNote({.context = kContext, .question = kQuestion}, notes.Callback());
+  for (int i = 0; i < 5; ++i)
+    teacher->ExtractNote({.context = kContext, .question = kQuestion}, notes.Callback());
   ASSERT_TRUE(notes.WaitFor(5));
-  for (const auto& r : notes.Take()) EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded);
+  for (const auto& r : notes.Take())
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded);
   server->Shutdown(2);
   EXPECT_LT(blocking->ran_.load(), 5);  // the queued ones were dropped, not computed
   EXPECT_GE(server->stats().failed, 1u);
@@ -421,8 +442,8 @@ TEST(TeacherService, QueuedWorkPastItsDeadlineIsNotDone) {
 TEST(TeacherService, MalformedAnswersBecomeErrorsNamingTheProblem) {
   auto blank = StartServer({}, std::make_shared<ScriptedTeacher>(
                                    ScriptedOptions{.answer = ScriptedOptions::Answer::kBlankNote}));
-  auto bad_score = StartServer({}, std::make_shared<ScriptedTeacher>(
-                                       ScriptedOptions{.answer = ScriptedOptions::Answer::kBadScore}));
+  auto bad_score = StartServer({}, std::make_shared<ScriptedTeacher>(ScriptedOptions{
+                                       .answer = ScriptedOptions::Answer::kBadScore}));
   ASSERT_TRUE(blank && bad_score);
   auto t1 = Connect(Url(*blank), FastRetries());
   auto t2 = Connect(Url(*bad_score), FastRetries());
@@ -434,10 +455,13 @@ TEST(TeacherService, MalformedAnswersBecomeErrorsNamingTheProblem) {
   ASSERT_TRUE(notes.WaitFor(1) && verdicts.WaitFor(1));
   absl::Status note_status = notes.Take()[0].status();
   EXPECT_EQ(note_status.code(), absl::StatusCode::kInternal);
-  EXPECT_NE(std::string(note_status.message()).find("blank but not flagged empty"), std::string::npos) << note_status;
+  EXPECT_NE(std::string(note_status.message()).find("blank but not flagged empty"),
+            std::string::npos)
+      << note_status;
   absl::Status verdict_status = verdicts.Take()[0].status();
   EXPECT_EQ(verdict_status.code(), absl::StatusCode::kInternal);
-  EXPECT_NE(std::string(verdict_status.message()).find("outside [0, 1]"), std::string::npos) << verdict_status;
+  EXPECT_NE(std::string(verdict_status.message()).find("outside [0, 1]"), std::string::npos)
+      << verdict_status;
 }
 
 TEST(TeacherService, ClientReconnectsWhenTheServerRestartsMidRun) {
@@ -472,19 +496,22 @@ TEST(TeacherService, ClientReconnectsWhenTheServerRestartsMidRun) {
   }
   EXPECT_EQ(ok, kCalls);
   EXPECT_LT(during_outage, static_cast<size_t>(kCalls));  // the restart really was mid-run
-  EXPECT_GT(server->stats().served, 0u);                   // the new server did part of the work
+  EXPECT_GT(server->stats().served, 0u);                  // the new server did part of the work
   EXPECT_GT(dynamic_cast<RemoteTeacher*>(teacher.get())->Stats().retries, 0u);
 }
 
 TEST(TeacherService, BadTargetsAreClearErrors) {
   EXPECT_EQ(MakeTeacher("http://x:1", {}).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(MakeTeacher("rwr://nohostport", {}).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(MakeTeacher("kserve://127.0.0.1:1", {}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MakeTeacher("rwr://nohostport", {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MakeTeacher("kserve://127.0.0.1:1", {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
   TeacherClientOptions quick;
   quick.connect_timeout_s = 0.3;
   auto down = MakeTeacher("rwr://127.0.0.1:" + std::to_string(testing::FreePort()), quick);
   ASSERT_FALSE(down.ok());
-  EXPECT_NE(std::string(down.status().message()).find("rwr teacher serve"), std::string::npos) << down.status();
+  EXPECT_NE(std::string(down.status().message()).find("rwr teacher serve"), std::string::npos)
+      << down.status();
   auto builtin = MakeTeacher("builtin", {});
   ASSERT_TRUE(builtin.ok());
   EXPECT_EQ((*builtin)->Info().teacher_id, "extractive-bm25");

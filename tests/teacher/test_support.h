@@ -40,7 +40,8 @@ class Results {
   // Waits (bounded, to fail rather than hang) until `n` results arrived.
   bool WaitFor(size_t n, double timeout_s = 60) {
     std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), [&] { return results_.size() >= n; });
+    return cv_.wait_for(lock, std::chrono::duration<double>(timeout_s),
+                        [&] { return results_.size() >= n; });
   }
   std::vector<absl::StatusOr<T>> Take() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -81,7 +82,8 @@ inline int FreePort() {
 // Writes cert.pem and key.pem (EC P-256, CN/SAN localhost + 127.0.0.1) into `dir`.
 inline bool MakeSelfSignedCert(const std::filesystem::path& dir) {
   std::string command =
-      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=localhost "
+      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj "
+      "/CN=localhost "
       "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " +
       (dir / "key.pem").string() + " -out " + (dir / "cert.pem").string() + " >/dev/null 2>&1";
   return std::system(command.c_str()) == 0;
@@ -93,7 +95,8 @@ class Subprocess {
   Subprocess(const std::vector<std::string>& argv, const std::string& log_path) {
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&actions, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                     0644);
     posix_spawn_file_actions_adddup2(&actions, 1, 2);
     std::vector<char*> args;
     for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
