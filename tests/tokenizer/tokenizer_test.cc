@@ -1,8 +1,10 @@
 // Unit tests of the tokenizer that need no Python: the GPT-2 split, UTF-8 handling and the
 // invalid UTF-8 policy, BPE on a hand-made vocabulary, added-token flags, load errors, and the API
 // the data pipeline uses (vocab size, eos id, copies).
+#include <atomic>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "distill/tokenizer.h"
@@ -172,6 +174,29 @@ TEST(TokenizerTest, WordCacheEvictionKeepsResultsExact) {
     std::vector<int32_t> a = cold.Encode(word), b = fresh.Encode(word);
     EXPECT_EQ(a, b);
   }
+}
+
+TEST(TokenizerTest, CopiesEncodeConcurrentlyWithTheSameIds) {
+  absl::StatusOr<Tokenizer> tok = Tokenizer::Load(RWR_SHIPPED_TOKENIZER);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  std::vector<std::string> texts;
+  std::vector<std::vector<int32_t>> expected;
+  for (int i = 0; i < 300; ++i) {
+    texts.push_back("Record " + std::to_string(i * 7919) + ": Lena's badge is " +
+                    std::to_string(i * 31) + " in Zürich 日本 <|endoftext|>");
+    expected.push_back(tok->Encode(texts.back()));
+  }
+  std::atomic<int> mismatches = 0;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, copy = *tok]() mutable {  // one object per thread, shared vocab
+      for (int round = 0; round < 3; ++round) {
+        for (size_t i = 0; i < texts.size(); ++i) mismatches += copy.Encode(texts[i]) != expected[i];
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(mismatches, 0);
 }
 
 absl::Status LoadError(const json& j) {
