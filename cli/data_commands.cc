@@ -308,6 +308,8 @@ absl::Status RunBuild(BuildFlags& f) {
         "{}: no <|endoftext|> token; the sample template ends each sample with it", tokenizer_path));
   }
   RWR_ASSIGN_OR_RETURN(std::string tokenizer_sha, FileSha256(tokenizer_path));
+  // Padding (loader side, never on disk): GPT-NeoX's <|padding|> where the tokenizer has it.
+  const int32_t pad_id = tokenizer.token_to_id("<|padding|>").value_or(*eos);
 
   const auto start = std::chrono::steady_clock::now();
   RWR_ASSIGN_OR_RETURN(std::unique_ptr<ItemIndex> index, ItemIndex::Open(input, cache));
@@ -346,7 +348,7 @@ absl::Status RunBuild(BuildFlags& f) {
                                                 .row_layout = layout,
                                                 .shard_tokens = static_cast<uint64_t>(shard_tokens),
                                                 .eos_id = *eos,
-                                                .pad_id = *eos,
+                                                .pad_id = pad_id,
                                                 .overwrite = f.overwrite}));
   distill::SampleEncoder encoder(
       [&tokenizer](std::string_view text, std::vector<int32_t>* ids) { tokenizer.EncodeInto(text, ids); },
@@ -356,9 +358,14 @@ absl::Status RunBuild(BuildFlags& f) {
   Progress progress({.label = "data build", .total = static_cast<int64_t>(plan.size()), .unit = "samples"});
   for (const distill::PlannedSample& planned : plan) {
     if (ShutdownRequested()) {
-      return absl::CancelledError("data build: interrupted; no manifest written (rerun with --overwrite)");
+      return absl::CancelledError("data build: interrupted; no manifest written, run it again");
     }
     RWR_ASSIGN_OR_RETURN(const distill::RecipeItem item, index->Fetch(planned.item));
+    if ((planned.kind == distill::SampleKind::kEmpty && !item.negative_context.has_value()) ||
+        (planned.kind == distill::SampleKind::kNote && !item.note_verified)) {
+      return absl::DataLossError(fmt::format(
+          "item '{}' changed while the build was reading it (its note or negative is gone)", item.id));
+    }
     text_bytes += static_cast<int64_t>(item.context.size() + item.question.size() + item.answer.size());
     std::optional<distill::EncodedSample> sample = encoder.Encode(item, planned.kind);
     if (!sample.has_value()) {
@@ -529,6 +536,7 @@ absl::Status RunInspect(InspectFlags& f) {
     j["seq_len"] = manifest.seq_len;
     j["row_layout"] = packed ? "packed" : "one_per_row";
     j["eos_id"] = manifest.eos_id;
+    j["pad_id"] = manifest.pad_id;
     j["shards"] = shards.size();
     j["rows"] = rows;
     j["documents"] = docs;

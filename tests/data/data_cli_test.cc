@@ -168,6 +168,8 @@ TEST(DataCli, PlainBuildMasksExactlyTheAnswerAndInspectReportsIt) {
   ASSERT_EQ(inspect.code, 0) << inspect.output;
   auto j = nlohmann::json::parse(inspect.output);
   EXPECT_EQ(j["documents"], 20);
+  EXPECT_EQ(j["eos_id"], tokenizer->eos_id().value());
+  EXPECT_EQ(j["pad_id"], tokenizer->token_to_id("<|padding|>").value());
   EXPECT_GT(j["loss_fraction"].get<double>(), 0.0);
   EXPECT_LT(j["loss_fraction"].get<double>(), 0.2);
   EXPECT_EQ(j["build"]["recipe"]["samples"]["plain"], 20);
