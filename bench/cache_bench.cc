@@ -32,8 +32,8 @@ struct Row {
 };
 
 std::string RandomText(std::mt19937_64& rng, size_t bytes) {
-  static const char* kWords[] = {"harbour", "keeper", "granite", "storm", "market", "bread",
-                                 "lighthouse", "quay", "north", "winter", "boat", "dawn"};
+  static const char* kWords[] = {"harbour",    "keeper", "granite", "storm",  "market", "bread",
+                                 "lighthouse", "quay",   "north",   "winter", "boat",   "dawn"};
   std::string text;
   while (text.size() < bytes) {
     text += kWords[rng() % 12];
@@ -79,15 +79,17 @@ int main(int argc, char** argv) {
   std::string dir = (std::filesystem::temp_directory_path() / "rwr_cache_bench").string();
   std::string json_path;
   app.add_option("--records", records, "Records in the cache")->capture_default_str();
-  app.add_option("--context-bytes", context_bytes, "Context size per record")->capture_default_str();
+  app.add_option("--context-bytes", context_bytes, "Context size per record")
+      ->capture_default_str();
   app.add_option("--rounds", rounds, "Timed rounds (median reported)")->capture_default_str();
-  app.add_option("--dir", dir, "Scratch directory for the RocksDB cache (removed first)")->capture_default_str();
+  app.add_option("--dir", dir, "Scratch directory for the RocksDB cache (removed first)")
+      ->capture_default_str();
   app.add_option("--json", json_path, "Also write the results as JSON");
   CLI11_PARSE(app, argc, argv);
 
   std::mt19937_64 rng(42);
-  const rwr::teacher::TeacherInfo teacher{.teacher_id = "extractive-bm25", .revision = "1",
-                                          .prompt_template_version = "extractive-v1"};
+  const rwr::teacher::TeacherInfo teacher{
+      .teacher_id = "extractive-bm25", .revision = "1", .prompt_template_version = "extractive-v1"};
   std::vector<rwr::v1::CanonicalRequest> hits, misses;
   for (int i = 0; i < records; ++i) {
     const std::string context = RandomText(rng, context_bytes);
@@ -111,7 +113,8 @@ int main(int argc, char** argv) {
     TimeLookups(**cache, hits, CacheLookup::Outcome::kHit, 1);  // warm the block cache
     auto [hit_median, hit_min] = TimeLookups(**cache, hits, CacheLookup::Outcome::kHit, rounds);
     rows.push_back({name, "hit", hit_median, hit_min});
-    auto [miss_median, miss_min] = TimeLookups(**cache, misses, CacheLookup::Outcome::kMiss, rounds);
+    auto [miss_median, miss_min] =
+        TimeLookups(**cache, misses, CacheLookup::Outcome::kMiss, rounds);
     rows.push_back({name, "miss", miss_median, miss_min});
   };
 
@@ -134,7 +137,8 @@ int main(int argc, char** argv) {
     const auto start = std::chrono::steady_clock::now();
     size_t sink = 0;
     for (const auto& request : hits) sink += rwr::teacher::CacheKey(request)[0];
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     key_us.push_back(seconds * 1e6 / static_cast<double>(hits.size()) + (sink == 42 ? 1e-12 : 0));
   }
   std::sort(key_us.begin(), key_us.end());
@@ -142,13 +146,18 @@ int main(int argc, char** argv) {
 
   std::cout << fmt::format("cache_bench: {} records, {}-byte contexts, median of {} rounds\n",
                            records, context_bytes, rounds);
-  std::cout << fmt::format("{:<8} {:<20} {:>12} {:>12}\n", "store", "lookup", "median µs", "min µs");
+  std::cout << fmt::format("{:<8} {:<20} {:>12} {:>12}\n", "store", "lookup", "median µs",
+                           "min µs");
   nlohmann::json json = nlohmann::json::array();
   for (const Row& row : rows) {
     std::cout << fmt::format("{:<8} {:<20} {:>12.2f} {:>12.2f}\n", row.store, row.what,
                              row.median_us, row.min_us);
-    json.push_back({{"store", row.store}, {"lookup", row.what}, {"median_us", row.median_us},
-                    {"min_us", row.min_us}, {"records", records}, {"context_bytes", context_bytes}});
+    json.push_back({{"store", row.store},
+                    {"lookup", row.what},
+                    {"median_us", row.median_us},
+                    {"min_us", row.min_us},
+                    {"records", records},
+                    {"context_bytes", context_bytes}});
   }
   if (!json_path.empty()) std::ofstream(json_path) << json.dump(2) << "\n";
   return 0;

@@ -20,7 +20,8 @@ using nlohmann::json;
 std::string Shorten(const std::string& text, size_t limit) {
   if (text.size() <= limit) return text;
   size_t cut = limit;
-  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;  // UTF-8 boundary
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80)
+    --cut;  // UTF-8 boundary
   return text.substr(0, cut) + fmt::format("… ({} bytes)", text.size());
 }
 
@@ -40,7 +41,8 @@ json RecordSample(std::string_view key, std::string_view value, size_t limit) {
   if (!r.note().empty()) request["note"] = Shorten(r.note(), limit);
   json answer;
   if (record.has_note()) {
-    answer = {{"note", Shorten(record.note().note(), limit)}, {"empty", record.note().empty()},
+    answer = {{"note", Shorten(record.note().note(), limit)},
+              {"empty", record.note().empty()},
               {"score", record.note().score()}};
   } else if (record.has_verdict()) {
     answer = {{"consistent", record.verdict().consistent()}, {"score", record.verdict().score()}};
@@ -79,7 +81,8 @@ absl::Status InspectCommand(InspectFlags& f) {
   if (version.has_value()) {
     char* end = nullptr;
     const long number = std::strtol(version->c_str(), &end, 10);
-    report["schema_version"] = (end != version->c_str() && *end == '\0') ? json(number) : json(*version);
+    report["schema_version"] =
+        (end != version->c_str() && *end == '\0') ? json(number) : json(*version);
   } else {
     report["schema_version"] = nullptr;
   }
@@ -92,43 +95,53 @@ absl::Status InspectCommand(InspectFlags& f) {
   for (storage::Family family :
        {storage::Family::kNotes, storage::Family::kVerdicts, storage::Family::kNegatives}) {
     json list = json::array();
-    RWR_RETURN_IF_ERROR(store->ForEach(family, "", [&](std::string_view key, std::string_view value) {
-      if (static_cast<int>(list.size()) >= f.samples) return false;
-      list.push_back(RecordSample(key, value, 160));
-      return true;
-    }));
+    RWR_RETURN_IF_ERROR(
+        store->ForEach(family, "", [&](std::string_view key, std::string_view value) {
+          if (static_cast<int>(list.size()) >= f.samples) return false;
+          list.push_back(RecordSample(key, value, 160));
+          return true;
+        }));
     samples[std::string(storage::FamilyName(family))] = list;
   }
   // Item outcomes and jobs (jobs family).
   json items = {{"kept", 0}, {"dropped", 0}, {"failed", 0}};
   json failed_samples = json::array();
-  RWR_RETURN_IF_ERROR(store->ForEach(
-      storage::Family::kJobs, teacher::kItemKeyPrefix, [&](std::string_view, std::string_view value) {
-        v1::ItemRecord item;
-        if (!item.ParseFromArray(value.data(), static_cast<int>(value.size()))) return true;
-        if (item.state() == v1::ItemRecord::KEPT) items["kept"] = items["kept"].get<int64_t>() + 1;
-        if (item.state() == v1::ItemRecord::DROPPED) items["dropped"] = items["dropped"].get<int64_t>() + 1;
-        if (item.state() == v1::ItemRecord::FAILED) {
-          items["failed"] = items["failed"].get<int64_t>() + 1;
-          if (static_cast<int>(failed_samples.size()) < std::max(f.samples, 5)) {
-            failed_samples.push_back({{"id", item.id()}, {"source", item.source()},
-                                      {"stage", item.failed_stage()}, {"reason", item.failure()},
-                                      {"attempts", item.attempts()}});
-          }
-        }
-        return true;
-      }));
+  RWR_RETURN_IF_ERROR(
+      store->ForEach(storage::Family::kJobs, teacher::kItemKeyPrefix,
+                     [&](std::string_view, std::string_view value) {
+                       v1::ItemRecord item;
+                       if (!item.ParseFromArray(value.data(), static_cast<int>(value.size())))
+                         return true;
+                       if (item.state() == v1::ItemRecord::KEPT)
+                         items["kept"] = items["kept"].get<int64_t>() + 1;
+                       if (item.state() == v1::ItemRecord::DROPPED)
+                         items["dropped"] = items["dropped"].get<int64_t>() + 1;
+                       if (item.state() == v1::ItemRecord::FAILED) {
+                         items["failed"] = items["failed"].get<int64_t>() + 1;
+                         if (static_cast<int>(failed_samples.size()) < std::max(f.samples, 5)) {
+                           failed_samples.push_back({{"id", item.id()},
+                                                     {"source", item.source()},
+                                                     {"stage", item.failed_stage()},
+                                                     {"reason", item.failure()},
+                                                     {"attempts", item.attempts()}});
+                         }
+                       }
+                       return true;
+                     }));
   json jobs = json::array();
-  RWR_RETURN_IF_ERROR(store->ForEach(
-      storage::Family::kJobs, teacher::kJobKeyPrefix, [&](std::string_view, std::string_view value) {
-        v1::Job job;
-        if (job.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
-          jobs.push_back({{"job_id", job.job_id()}, {"state", v1::Job::State_Name(job.state())},
-                          {"dataset", job.dataset_path()}, {"items_done", job.counts().items_done()},
-                          {"items", job.counts().items()}});
-        }
-        return true;
-      }));
+  RWR_RETURN_IF_ERROR(
+      store->ForEach(storage::Family::kJobs, teacher::kJobKeyPrefix,
+                     [&](std::string_view, std::string_view value) {
+                       v1::Job job;
+                       if (job.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+                         jobs.push_back({{"job_id", job.job_id()},
+                                         {"state", v1::Job::State_Name(job.state())},
+                                         {"dataset", job.dataset_path()},
+                                         {"items_done", job.counts().items_done()},
+                                         {"items", job.counts().items()}});
+                       }
+                       return true;
+                     }));
   report["families"] = families;
   report["items"] = items;
   report["failed_items"] = failed_samples;
@@ -150,7 +163,8 @@ absl::Status InspectCommand(InspectFlags& f) {
                            items["failed"].get<int64_t>());
   for (const json& failed : failed_samples) {
     std::cout << fmt::format("  failed {} ({}) at {}: {}\n", failed["id"].get<std::string>(),
-                             failed["source"].get<std::string>(), failed["stage"].get<std::string>(),
+                             failed["source"].get<std::string>(),
+                             failed["stage"].get<std::string>(),
                              failed["reason"].get<std::string>());
   }
   for (const json& job : jobs) {
@@ -200,7 +214,8 @@ absl::Status PublishCommand(PublishFlags& f) {
   std::string counts;
   for (storage::Family family : storage::kAllFamilies) {
     RWR_ASSIGN_OR_RETURN(int64_t count, published->Count(family));
-    counts += fmt::format("{}{} {}", counts.empty() ? "" : ", ", count, storage::FamilyName(family));
+    counts +=
+        fmt::format("{}{} {}", counts.empty() ? "" : ", ", count, storage::FamilyName(family));
   }
   std::cout << fmt::format("published {} to {} (read-only checkpoint: {})", f.dir, f.to, counts)
             << std::endl;
@@ -215,7 +230,8 @@ void AddPublish(CLI::App* group) {
       "possible) for training jobs. The source must not be open in another process.");
   AddCommonOptions(cmd, &f->common);
   cmd->add_option("dir", f->dir, "Cache directory to publish")->required();
-  cmd->add_option("--to", f->to, "New directory for the published copy (must not exist)")->required();
+  cmd->add_option("--to", f->to, "New directory for the published copy (must not exist)")
+      ->required();
   SetAction(cmd, [f] { return PublishCommand(*f); });
 }
 

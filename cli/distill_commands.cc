@@ -1,8 +1,8 @@
 // `rwr distill run|serve|submit|status|cancel`: run a JSONL dataset through a teacher into the note
 // cache, in this process (run) or as jobs of a long-running service (serve + its clients).
 // See docs/cache.md for the cache, keys and the config keys below.
-#include <grpcpp/grpcpp.h>
 #include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
 
 #include <cctype>
 #include <chrono>
@@ -44,7 +44,8 @@ absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
   if (!in) return absl::NotFoundError(fmt::format("{}: cannot read the token file", path));
   std::string token((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
-  if (token.empty()) return absl::InvalidArgumentError(fmt::format("{}: the token file is empty", path));
+  if (token.empty())
+    return absl::InvalidArgumentError(fmt::format("{}: the token file is empty", path));
   return token;
 }
 
@@ -68,20 +69,34 @@ absl::StatusOr<teacher::TeacherClientOptions> ClientOptionsFrom(const Config& co
     RWR_ASSIGN_OR_RETURN(o.bearer_token, ReadTokenFile(token_file));
   }
   teacher::KServeOptions& k = o.kserve;
-  RWR_ASSIGN_OR_RETURN(k.input_tensor, config.GetOr<std::string>("teacher.kserve.input_tensor", k.input_tensor));
-  RWR_ASSIGN_OR_RETURN(k.output_tensor, config.GetOr<std::string>("teacher.kserve.output_tensor", k.output_tensor));
-  RWR_ASSIGN_OR_RETURN(k.max_tokens_tensor, config.GetOr<std::string>("teacher.kserve.max_tokens_tensor", k.max_tokens_tensor));
-  RWR_ASSIGN_OR_RETURN(k.temperature_tensor, config.GetOr<std::string>("teacher.kserve.temperature_tensor", k.temperature_tensor));
-  RWR_ASSIGN_OR_RETURN(k.seed_tensor, config.GetOr<std::string>("teacher.kserve.seed_tensor", k.seed_tensor));
-  RWR_ASSIGN_OR_RETURN(k.sampling.max_tokens, config.GetOr<uint32_t>("teacher.kserve.max_tokens", k.sampling.max_tokens));
-  RWR_ASSIGN_OR_RETURN(k.sampling.temperature, config.GetOr<float>("teacher.kserve.temperature", k.sampling.temperature));
-  RWR_ASSIGN_OR_RETURN(k.sampling.seed, config.GetOr<uint64_t>("teacher.kserve.seed", k.sampling.seed));
-  RWR_ASSIGN_OR_RETURN(k.model_version, config.GetOr<std::string>("teacher.kserve.model_version", k.model_version));
-  RWR_ASSIGN_OR_RETURN(k.revision, config.GetOr<std::string>("teacher.kserve.revision", k.revision));
+  RWR_ASSIGN_OR_RETURN(k.input_tensor,
+                       config.GetOr<std::string>("teacher.kserve.input_tensor", k.input_tensor));
+  RWR_ASSIGN_OR_RETURN(k.output_tensor,
+                       config.GetOr<std::string>("teacher.kserve.output_tensor", k.output_tensor));
+  RWR_ASSIGN_OR_RETURN(
+      k.max_tokens_tensor,
+      config.GetOr<std::string>("teacher.kserve.max_tokens_tensor", k.max_tokens_tensor));
+  RWR_ASSIGN_OR_RETURN(
+      k.temperature_tensor,
+      config.GetOr<std::string>("teacher.kserve.temperature_tensor", k.temperature_tensor));
+  RWR_ASSIGN_OR_RETURN(k.seed_tensor,
+                       config.GetOr<std::string>("teacher.kserve.seed_tensor", k.seed_tensor));
+  RWR_ASSIGN_OR_RETURN(k.sampling.max_tokens,
+                       config.GetOr<uint32_t>("teacher.kserve.max_tokens", k.sampling.max_tokens));
+  RWR_ASSIGN_OR_RETURN(k.sampling.temperature,
+                       config.GetOr<float>("teacher.kserve.temperature", k.sampling.temperature));
+  RWR_ASSIGN_OR_RETURN(k.sampling.seed,
+                       config.GetOr<uint64_t>("teacher.kserve.seed", k.sampling.seed));
+  RWR_ASSIGN_OR_RETURN(k.model_version,
+                       config.GetOr<std::string>("teacher.kserve.model_version", k.model_version));
+  RWR_ASSIGN_OR_RETURN(k.revision,
+                       config.GetOr<std::string>("teacher.kserve.revision", k.revision));
   RWR_ASSIGN_OR_RETURN(k.prompt_template_version,
-                       config.GetOr<std::string>("teacher.kserve.prompt_template_version", k.prompt_template_version));
+                       config.GetOr<std::string>("teacher.kserve.prompt_template_version",
+                                                 k.prompt_template_version));
   if (o.concurrency < 1) {
-    return absl::InvalidArgumentError(fmt::format("--concurrency {}: must be at least 1", o.concurrency));
+    return absl::InvalidArgumentError(
+        fmt::format("--concurrency {}: must be at least 1", o.concurrency));
   }
   return o;
 }
@@ -117,7 +132,8 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& tex
   }
   std::error_code error;
   std::filesystem::rename(tmp, path, error);
-  if (error) return absl::UnavailableError(fmt::format("{}: cannot write: {}", path, error.message()));
+  if (error)
+    return absl::UnavailableError(fmt::format("{}: cannot write: {}", path, error.message()));
   return absl::OkStatus();
 }
 
@@ -150,7 +166,8 @@ absl::Status RunDistillCommand(RunFlags& f) {
 
   RWR_ASSIGN_OR_RETURN(std::unique_ptr<storage::RocksDbStore> store,
                        OpenCacheForWriting(f.cache, config));
-  RWR_ASSIGN_OR_RETURN(std::unique_ptr<teacher::NoteCache> cache, teacher::NoteCache::Open(store.get()));
+  RWR_ASSIGN_OR_RETURN(std::unique_ptr<teacher::NoteCache> cache,
+                       teacher::NoteCache::Open(store.get()));
   RWR_ASSIGN_OR_RETURN(std::unique_ptr<teacher::Teacher> teacher,
                        teacher::MakeDistillTeacher(f.teacher, client));
   RWR_ASSIGN_OR_RETURN(teacher::DistillSummary summary, teacher::RunDistill(run, *teacher, *cache));
@@ -168,7 +185,8 @@ absl::Status RunDistillCommand(RunFlags& f) {
                              summary.failed.size() - kListed);
   }
   if (!f.summary_json.empty()) {
-    RWR_RETURN_IF_ERROR(WriteFileAtomically(f.summary_json, teacher::SummaryJson(summary).dump(2) + "\n"));
+    RWR_RETURN_IF_ERROR(
+        WriteFileAtomically(f.summary_json, teacher::SummaryJson(summary).dump(2) + "\n"));
   }
   if (summary.counts.failures > 0 && !summary.interrupted) {
     return absl::UnavailableError(fmt::format(
@@ -196,8 +214,9 @@ void AddRun(CLI::App* group) {
                   "(in process, no server)")
       ->required();
   cmd->add_option("--cache", f->cache, "Cache directory (RocksDB; created if missing)")->required();
-  f->concurrency_opt = cmd->add_option("--concurrency", f->concurrency,
-                                       "Teacher calls in flight (config distill.concurrency; default 64)");
+  f->concurrency_opt =
+      cmd->add_option("--concurrency", f->concurrency,
+                      "Teacher calls in flight (config distill.concurrency; default 64)");
   f->fraction_opt = cmd->add_option(
       "--negative-fraction", f->negative_fraction,
       "Fraction of kept items that also get an `empty` negative (config distill.negative_fraction; "
@@ -287,7 +306,8 @@ void SetDeadline(grpc::ClientContext* context, double seconds) {
 }
 
 // The RPC's failure as one line that names the server.
-absl::Status RpcFailed(const grpc::Status& status, const std::string& server, std::string_view what) {
+absl::Status RpcFailed(const grpc::Status& status, const std::string& server,
+                       std::string_view what) {
   if (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
       status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
     return absl::UnavailableError(fmt::format(
@@ -300,12 +320,13 @@ absl::Status RpcFailed(const grpc::Status& status, const std::string& server, st
 
 std::string JobLine(const v1::Job& job) {
   const v1::JobCounts& c = job.counts();
-  std::string line = fmt::format("{} {} {}/{} items", job.job_id(), v1::Job::State_Name(job.state()),
-                                 c.items_done(), c.items());
+  std::string line = fmt::format("{} {} {}/{} items", job.job_id(),
+                                 v1::Job::State_Name(job.state()), c.items_done(), c.items());
   if (c.items() > 0) line += fmt::format(" ({:.1f}%)", 100.0 * c.items_done() / c.items());
-  line += fmt::format(", {} kept, {} dropped, {} negatives, {} failures, {} teacher calls, {} cache hits",
-                      c.notes_kept(), c.dropped_by_verification(), c.negatives(), c.failures(),
-                      c.teacher_calls(), c.cache_hits());
+  line += fmt::format(
+      ", {} kept, {} dropped, {} negatives, {} failures, {} teacher calls, {} cache hits",
+      c.notes_kept(), c.dropped_by_verification(), c.negatives(), c.failures(), c.teacher_calls(),
+      c.cache_hits());
   if (job.state() == v1::Job::RUNNING) {
     line += fmt::format(", {:.1f} items/s", job.items_per_second());
     if (job.eta_seconds() >= 0) line += ", ETA " + FormatDuration(job.eta_seconds());
@@ -346,7 +367,8 @@ absl::Status SubmitCommand(SubmitFlags& f) {
   request.set_job_id(f.job_id);
   if (f.fraction_opt->count() > 0 || f.concurrency > 0) {
     RWR_ASSIGN_OR_RETURN(double fraction, config.GetOr<double>("distill.negative_fraction", 0.3));
-    request.mutable_recipe()->set_negative_fraction(f.fraction_opt->count() > 0 ? f.negative_fraction : fraction);
+    request.mutable_recipe()->set_negative_fraction(
+        f.fraction_opt->count() > 0 ? f.negative_fraction : fraction);
     request.mutable_recipe()->set_concurrency(f.concurrency);
   }
   grpc::ClientContext context;
@@ -362,7 +384,8 @@ absl::Status SubmitCommand(SubmitFlags& f) {
 
 void AddSubmit(CLI::App* group) {
   auto* f = new SubmitFlags();
-  CLI::App* cmd = group->add_subcommand("submit", "Submit a distillation job to `rwr distill serve`");
+  CLI::App* cmd =
+      group->add_subcommand("submit", "Submit a distillation job to `rwr distill serve`");
   AddCommonOptions(cmd, &f->common);
   cmd->add_option("--server", f->server, "The service's HOST:PORT")->capture_default_str();
   cmd->add_option("--input", f->input, "Dataset JSONL (a path the service can read)")->required();
@@ -370,10 +393,13 @@ void AddSubmit(CLI::App* group) {
                   "rwr://HOST:PORT, kserve://HOST:PORT/MODEL or builtin:extractive")
       ->required();
   cmd->add_option("--job-id", f->job_id, "Job id (default: the service picks one)");
-  f->fraction_opt = cmd->add_option("--negative-fraction", f->negative_fraction,
-                                    "Fraction of kept items that get an `empty` negative (default: the service's)");
-  cmd->add_option("--concurrency", f->concurrency, "Teacher calls in flight (default: the service's)");
-  cmd->add_flag("--wait", f->wait, "Follow the job's progress until it ends; exit 1 unless it succeeded");
+  f->fraction_opt = cmd->add_option(
+      "--negative-fraction", f->negative_fraction,
+      "Fraction of kept items that get an `empty` negative (default: the service's)");
+  cmd->add_option("--concurrency", f->concurrency,
+                  "Teacher calls in flight (default: the service's)");
+  cmd->add_flag("--wait", f->wait,
+                "Follow the job's progress until it ends; exit 1 unless it succeeded");
   cmd->add_option("--auth-token-file", f->token_file, "File with the service's bearer token")
       ->check(CLI::ExistingFile);
   SetAction(cmd, [f] { return SubmitCommand(*f); });
@@ -402,7 +428,8 @@ absl::Status WatchUntilDone(v1::DistillService::Stub& stub, const std::string& s
   if (!status.ok()) return RpcFailed(status, server, "distill status --watch");
   if (!any) return absl::UnavailableError("distill status --watch: the stream ended without a job");
   if (job.state() != v1::Job::SUCCEEDED) {
-    return absl::AbortedError(fmt::format("job {} ended {}{}", job_id, v1::Job::State_Name(job.state()),
+    return absl::AbortedError(fmt::format("job {} ended {}{}", job_id,
+                                          v1::Job::State_Name(job.state()),
                                           job.error().empty() ? "" : ": " + job.error()));
   }
   return absl::OkStatus();
@@ -431,7 +458,8 @@ absl::Status StatusCommand(StatusFlags& f) {
     if (!status.ok()) return RpcFailed(status, f.server, "distill status");
     if (f.json) {
       std::string out = "[";
-      for (int i = 0; i < response.jobs_size(); ++i) out += (i ? "," : "") + JobJson(response.jobs(i));
+      for (int i = 0; i < response.jobs_size(); ++i)
+        out += (i ? "," : "") + JobJson(response.jobs(i));
       std::cout << out << "]" << std::endl;
     } else if (response.jobs_size() == 0) {
       std::cout << "no jobs" << std::endl;

@@ -9,11 +9,16 @@ namespace rwr::storage {
 
 std::string_view FamilyName(Family family) {
   switch (family) {
-    case Family::kNotes: return "notes";
-    case Family::kVerdicts: return "verdicts";
-    case Family::kNegatives: return "negatives";
-    case Family::kJobs: return "jobs";
-    case Family::kMeta: return "meta";
+    case Family::kNotes:
+      return "notes";
+    case Family::kVerdicts:
+      return "verdicts";
+    case Family::kNegatives:
+      return "negatives";
+    case Family::kJobs:
+      return "jobs";
+    case Family::kMeta:
+      return "meta";
   }
   return "unknown";
 }

@@ -18,7 +18,9 @@
 namespace rwr::storage {
 namespace {
 
-rocksdb::Slice ToSlice(std::string_view bytes) { return rocksdb::Slice(bytes.data(), bytes.size()); }
+rocksdb::Slice ToSlice(std::string_view bytes) {
+  return rocksdb::Slice(bytes.data(), bytes.size());
+}
 
 rocksdb::ColumnFamilyOptions FamilyOptions(const std::shared_ptr<rocksdb::Cache>& block_cache) {
   rocksdb::ColumnFamilyOptions options;
@@ -105,9 +107,9 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const std::stri
   if (options.read_only) {
     RWR_ROCKSDB(rocksdb::DB::OpenForReadOnly(db_options, path, descriptors, &store->handles_, &db));
   } else {
-    rocksdb::Status opened = rocksdb::DB::Open(db_options, path, descriptors, &store->handles_, &db);
-    if (!opened.ok() && opened.IsIOError() &&
-        opened.ToString().find("lock") != std::string::npos) {
+    rocksdb::Status opened =
+        rocksdb::DB::Open(db_options, path, descriptors, &store->handles_, &db);
+    if (!opened.ok() && opened.IsIOError() && opened.ToString().find("lock") != std::string::npos) {
       return absl::FailedPreconditionError(fmt::format(
           "{}: the cache is open in another process (one writer at a time; stop the other "
           "rwr distill, or publish a read-only copy with `rwr cache publish`)",
@@ -210,9 +212,9 @@ absl::Status RocksDbStore::Sync() {
 
 absl::Status RocksDbStore::Checkpoint(const std::string& target_dir) {
   if (std::filesystem::exists(target_dir)) {
-    return absl::AlreadyExistsError(fmt::format(
-        "{}: already exists; publish needs a new directory (remove it or pick another)",
-        target_dir));
+    return absl::AlreadyExistsError(
+        fmt::format("{}: already exists; publish needs a new directory (remove it or pick another)",
+                    target_dir));
   }
   rocksdb::Checkpoint* raw = nullptr;
   RWR_ROCKSDB(rocksdb::Checkpoint::Create(db_.get(), &raw));
@@ -224,7 +226,8 @@ absl::Status RocksDbStore::Checkpoint(const std::string& target_dir) {
 
 absl::Status PublishCheckpoint(const std::string& source_dir, const std::string& target_dir) {
   if (!std::filesystem::exists(std::filesystem::path(source_dir) / "CURRENT")) {
-    return absl::NotFoundError(fmt::format("{}: no cache here (no RocksDB CURRENT file)", source_dir));
+    return absl::NotFoundError(
+        fmt::format("{}: no cache here (no RocksDB CURRENT file)", source_dir));
   }
   {
     RWR_ASSIGN_OR_RETURN(std::unique_ptr<RocksDbStore> source,

@@ -37,9 +37,9 @@ class ColumnFamilyHandle;
 namespace rwr::storage {
 
 struct RocksDbOptions {
-  bool read_only = false;          // open an existing database (or checkpoint) for reading only
-  bool create_if_missing = true;   // ignored when read_only
-  bool sync_writes = false;        // fsync the WAL on every write (power-loss durable, slower)
+  bool read_only = false;         // open an existing database (or checkpoint) for reading only
+  bool create_if_missing = true;  // ignored when read_only
+  bool sync_writes = false;       // fsync the WAL on every write (power-loss durable, slower)
   size_t block_cache_bytes = 64 << 20;
 };
 

@@ -24,8 +24,7 @@ bool IsBlank(std::string_view line) {
 absl::StatusOr<OnBadInput> ParseOnBadInput(std::string_view text) {
   if (text == "fail") return OnBadInput::kFail;
   if (text == "skip") return OnBadInput::kSkip;
-  return absl::InvalidArgumentError(
-      fmt::format("--on-bad-input: '{}' is not fail or skip", text));
+  return absl::InvalidArgumentError(fmt::format("--on-bad-input: '{}' is not fail or skip", text));
 }
 
 size_t FindInvalidUtf8(std::string_view text) {
@@ -63,9 +62,9 @@ size_t FindInvalidUtf8(std::string_view text) {
 
 absl::StatusOr<DatasetItem> ParseDatasetLine(std::string_view line, uint64_t max_record_bytes) {
   if (line.size() > max_record_bytes) {
-    return absl::InvalidArgumentError(fmt::format(
-        "record of {} bytes is over the limit of {} bytes (distill.max_record_bytes)", line.size(),
-        max_record_bytes));
+    return absl::InvalidArgumentError(
+        fmt::format("record of {} bytes is over the limit of {} bytes (distill.max_record_bytes)",
+                    line.size(), max_record_bytes));
   }
   if (const size_t bad = FindInvalidUtf8(line); bad != std::string_view::npos) {
     return absl::InvalidArgumentError(
@@ -86,9 +85,8 @@ absl::StatusOr<DatasetItem> ParseDatasetLine(std::string_view line, uint64_t max
     return absl::InvalidArgumentError("malformed JSON");
   }
   if (!json.is_object()) {
-    return absl::InvalidArgumentError(
-        fmt::format("expected a JSON object with id, context, question, answer; got a {}",
-                    json.type_name()));
+    return absl::InvalidArgumentError(fmt::format(
+        "expected a JSON object with id, context, question, answer; got a {}", json.type_name()));
   }
   DatasetItem item;
   std::string* targets[] = {&item.id, &item.context, &item.question, &item.answer};
@@ -147,7 +145,8 @@ absl::StatusOr<bool> DatasetReader::ReadLine(bool* oversize) {
     const size_t newline = buffer_.find('\n', buffer_pos_);
     const size_t end = newline == std::string::npos ? buffer_.size() : newline;
     // Keep at most max_record_bytes + 1 bytes: enough to know the line is too long.
-    const size_t room = options_.max_record_bytes + 1 - std::min<size_t>(line_.size(), options_.max_record_bytes + 1);
+    const size_t room = options_.max_record_bytes + 1 -
+                        std::min<size_t>(line_.size(), options_.max_record_bytes + 1);
     const size_t take = std::min(end - buffer_pos_, room);
     line_.append(buffer_, buffer_pos_, take);
     if (end - buffer_pos_ > take) *oversize = true;
@@ -162,8 +161,8 @@ absl::StatusOr<bool> DatasetReader::ReadLine(bool* oversize) {
 absl::Status DatasetReader::Reject(std::string_view reason) {
   const std::string located = fmt::format("{}:{}: {}", path_, line_number_, reason);
   if (options_.on_bad_input == OnBadInput::kFail) {
-    return absl::InvalidArgumentError(
-        located + " (--on-bad-input skip quarantines bad lines and goes on)");
+    return absl::InvalidArgumentError(located +
+                                      " (--on-bad-input skip quarantines bad lines and goes on)");
   }
   ++lines_rejected_;
   if (!options_.quarantine_path.empty()) {
@@ -204,9 +203,9 @@ absl::StatusOr<std::optional<DatasetItem>> DatasetReader::Next() {
     if (!got_line) return std::optional<DatasetItem>();
     ++line_number_;
     if (oversize) {
-      RWR_RETURN_IF_ERROR(Reject(fmt::format(
-          "record is over the limit of {} bytes (distill.max_record_bytes)",
-          options_.max_record_bytes)));
+      RWR_RETURN_IF_ERROR(
+          Reject(fmt::format("record is over the limit of {} bytes (distill.max_record_bytes)",
+                             options_.max_record_bytes)));
       continue;
     }
     if (!line_.empty() && line_.back() == '\r') line_.pop_back();
@@ -218,8 +217,8 @@ absl::StatusOr<std::optional<DatasetItem>> DatasetReader::Next() {
     }
     auto [it, inserted] = first_line_of_id_.emplace(item->id, line_number_);
     if (!inserted) {
-      RWR_RETURN_IF_ERROR(Reject(
-          fmt::format("duplicate id '{}' (first on line {})", item->id, it->second)));
+      RWR_RETURN_IF_ERROR(
+          Reject(fmt::format("duplicate id '{}' (first on line {})", item->id, it->second)));
       continue;
     }
     item->line = line_number_;

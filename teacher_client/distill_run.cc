@@ -79,7 +79,9 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
     Step<Note>(
         item, "note", std::move(request),
         [](v1::ItemRecord* r, const std::string& key) { r->set_note_key(key); },
-        [self, task](TeacherCallback<Note> done) { self->teacher_.ExtractNote(task, std::move(done)); },
+        [self, task](TeacherCallback<Note> done) {
+          self->teacher_.ExtractNote(task, std::move(done));
+        },
         &NoteFromRecord, &CheckNote,
         [](const Note& note, v1::CacheRecord* r) {
           r->mutable_note()->set_note(note.text);
@@ -174,8 +176,8 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
     if (!FlushPending(item)) return;
     ++teacher_calls_;
     auto self = shared_from_this();
-    ask([self, item, stage, request = std::move(request), key = std::move(lookup->key), check,
-         fill, next = std::move(next)](absl::StatusOr<Answer> answer) mutable {
+    ask([self, item, stage, request = std::move(request), key = std::move(lookup->key), check, fill,
+         next = std::move(next)](absl::StatusOr<Answer> answer) mutable {
       if (!answer.ok()) {
         self->Fail(item, stage, std::string(answer.status().message()));
         return;
@@ -195,12 +197,15 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
     item->note = note.text;
     v1::CanonicalRequest request =
         VerifyRequestFor(info_, item->item.question, item->note, item->item.answer);
-    VerifyTask task{.question = item->item.question, .note = item->note, .answer = item->item.answer};
+    VerifyTask task{
+        .question = item->item.question, .note = item->note, .answer = item->item.answer};
     auto self = shared_from_this();
     Step<Verdict>(
         item, "verify", std::move(request),
         [](v1::ItemRecord* r, const std::string& key) { r->set_verdict_key(key); },
-        [self, task](TeacherCallback<Verdict> done) { self->teacher_.VerifyNote(task, std::move(done)); },
+        [self, task](TeacherCallback<Verdict> done) {
+          self->teacher_.VerifyNote(task, std::move(done));
+        },
         &VerdictFromRecord, &CheckVerdict,
         [](const Verdict& verdict, v1::CacheRecord* r) {
           r->mutable_verdict()->set_consistent(verdict.consistent);
@@ -218,10 +223,11 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
       Finish(std::move(item), v1::ItemRecord::KEPT, false);
       return;
     }
-    v1::CanonicalRequest request = RemoveEvidenceRequestFor(info_, item->item.context,
-                                                            item->item.question, item->item.answer);
-    RemoveEvidenceTask task{
-        .context = item->item.context, .question = item->item.question, .answer = item->item.answer};
+    v1::CanonicalRequest request =
+        RemoveEvidenceRequestFor(info_, item->item.context, item->item.question, item->item.answer);
+    RemoveEvidenceTask task{.context = item->item.context,
+                            .question = item->item.question,
+                            .answer = item->item.answer};
     auto self = shared_from_this();
     Step<Negative>(
         item, "remove_evidence", std::move(request),
@@ -333,8 +339,8 @@ absl::StatusOr<std::unique_ptr<Teacher>> MakeDistillTeacher(const std::string& t
   if (target.rfind(kBuiltin, 0) == 0) {
     const std::string name = target.substr(kBuiltin.size());
     if (name != "extractive") {
-      return absl::InvalidArgumentError(fmt::format(
-          "teacher '{}': the built-in teacher is builtin:extractive", target));
+      return absl::InvalidArgumentError(
+          fmt::format("teacher '{}': the built-in teacher is builtin:extractive", target));
     }
     return MakeTeacher(name, options);
   }
@@ -372,11 +378,11 @@ absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teac
     }
     rejected = check.lines_rejected();
     if (rejected > 0) {
-      spdlog::warn("{}: {} bad lines skipped{}", options.input_path, rejected,
-                   options.dataset.quarantine_path.empty()
-                       ? ""
-                       : fmt::format(", written with their reasons to {}",
-                                     options.dataset.quarantine_path));
+      spdlog::warn(
+          "{}: {} bad lines skipped{}", options.input_path, rejected,
+          options.dataset.quarantine_path.empty()
+              ? ""
+              : fmt::format(", written with their reasons to {}", options.dataset.quarantine_path));
     }
   }
   spdlog::info("distill: {} items from {}, teacher {} (revision {}, prompts {})", total,
@@ -415,8 +421,7 @@ absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teac
   summary.failed = distiller->Failed();
   std::sort(summary.failed.begin(), summary.failed.end(),
             [](const FailedItem& a, const FailedItem& b) { return a.id < b.id; });
-  summary.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   // Power-loss durability for everything this run wrote (see docs/cache.md).
   RWR_RETURN_IF_ERROR(cache.store().Sync());
   return summary;

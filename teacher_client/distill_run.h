@@ -31,16 +31,16 @@
 namespace rwr::teacher {
 
 struct DistillCounts {
-  int64_t items = 0;                    // good items in the input (known after the check pass)
-  int64_t items_done = 0;               // finished this run: kept, dropped or failed
+  int64_t items = 0;       // good items in the input (known after the check pass)
+  int64_t items_done = 0;  // finished this run: kept, dropped or failed
   int64_t notes_kept = 0;
   int64_t dropped_by_verification = 0;
-  int64_t negatives = 0;                // usable `empty` negatives (answer removed)
+  int64_t negatives = 0;  // usable `empty` negatives (answer removed)
   int64_t failures = 0;
-  int64_t teacher_calls = 0;            // tasks sent to the teacher (client retries not counted)
+  int64_t teacher_calls = 0;  // tasks sent to the teacher (client retries not counted)
   int64_t cache_hits = 0;
-  int64_t cache_rejected = 0;           // stale or mismatching records, re-asked and overwritten
-  int64_t bad_input_lines = 0;          // quarantined lines (--on-bad-input skip)
+  int64_t cache_rejected = 0;   // stale or mismatching records, re-asked and overwritten
+  int64_t bad_input_lines = 0;  // quarantined lines (--on-bad-input skip)
 };
 
 struct FailedItem {

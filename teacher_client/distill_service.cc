@@ -106,7 +106,9 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
     if (worker_.joinable()) worker_.join();
     absl::Status synced = store_->Sync();
-    if (!synced.ok()) spdlog::warn("distill serve: cache sync at shutdown failed: {}", std::string(synced.message()));
+    if (!synced.ok())
+      spdlog::warn("distill serve: cache sync at shutdown failed: {}",
+                   std::string(synced.message()));
   }
 
   // --- RPCs ---
@@ -141,8 +143,9 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     v1::Recipe recipe = request->recipe();
     if (!request->has_recipe()) recipe.set_negative_fraction(options_.default_negative_fraction);
     if (recipe.negative_fraction() < 0 || recipe.negative_fraction() > 1) {
-      return {grpc::StatusCode::INVALID_ARGUMENT,
-              fmt::format("recipe.negative_fraction {} is outside [0, 1]", recipe.negative_fraction())};
+      return {
+          grpc::StatusCode::INVALID_ARGUMENT,
+          fmt::format("recipe.negative_fraction {} is outside [0, 1]", recipe.negative_fraction())};
     }
     if (!recipe.overrides().empty()) {
       return {grpc::StatusCode::UNIMPLEMENTED,
@@ -208,7 +211,8 @@ class DistillServer::Impl final : public v1::DistillService::Service {
   grpc::Status WatchJob(grpc::ServerContext* context, const v1::WatchJobRequest* request,
                         grpc::ServerWriter<v1::Job>* writer) override {
     if (grpc::Status auth = CheckToken(context); !auth.ok()) return auth;
-    const auto interval = std::chrono::milliseconds(request->interval_ms() > 0 ? request->interval_ms() : 1000);
+    const auto interval =
+        std::chrono::milliseconds(request->interval_ms() > 0 ? request->interval_ms() : 1000);
     std::unique_lock<std::mutex> lock(mu_);
     while (true) {
       auto it = jobs_.find(request->job_id());
@@ -252,11 +256,13 @@ class DistillServer::Impl final : public v1::DistillService::Service {
 
  private:
   static grpc::Status NotFound(const std::string& id) {
-    return {grpc::StatusCode::NOT_FOUND, fmt::format("no job '{}' (rwr distill status lists them)", id)};
+    return {grpc::StatusCode::NOT_FOUND,
+            fmt::format("no job '{}' (rwr distill status lists them)", id)};
   }
 
   absl::Status Persist(const v1::Job& job) {
-    return store_->Put(storage::Family::kJobs, kJobKeyPrefix + job.job_id(), job.SerializeAsString());
+    return store_->Put(storage::Family::kJobs, kJobKeyPrefix + job.job_id(),
+                       job.SerializeAsString());
   }
 
   void WorkerLoop() {
@@ -280,7 +286,8 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     change(job);
     job.set_updated_unix_ms(NowUnixMs());
     if (absl::Status saved = Persist(job); !saved.ok()) {
-      spdlog::warn("distill serve: job {}: cannot persist its state: {}", id, std::string(saved.message()));
+      spdlog::warn("distill serve: job {}: cannot persist its state: {}", id,
+                   std::string(saved.message()));
     }
     changed_.notify_all();
   }
@@ -295,10 +302,12 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     });
     spdlog::info("distill serve: job {} running", id);
     TeacherClientOptions client = options_.client;
-    if (job.recipe().concurrency() > 0) client.concurrency = static_cast<int>(job.recipe().concurrency());
+    if (job.recipe().concurrency() > 0)
+      client.concurrency = static_cast<int>(job.recipe().concurrency());
     absl::StatusOr<std::unique_ptr<Teacher>> teacher = MakeDistillTeacher(job.teacher(), client);
     if (!teacher.ok()) {
-      Finish(id, v1::Job::FAILED, fmt::format("teacher {}: {}", job.teacher(), std::string(teacher.status().message())));
+      Finish(id, v1::Job::FAILED,
+             fmt::format("teacher {}: {}", job.teacher(), std::string(teacher.status().message())));
       return;
     }
     DistillRunOptions run;
@@ -307,7 +316,8 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     if (!run.dataset.quarantine_path.empty()) {  // one quarantine file per job, beside the default
       const std::filesystem::path base(run.dataset.quarantine_path);
       run.dataset.quarantine_path =
-          (base.parent_path() / fmt::format("{}-{}{}", base.stem().string(), id, base.extension().string()))
+          (base.parent_path() /
+           fmt::format("{}-{}{}", base.stem().string(), id, base.extension().string()))
               .string();
     }
     run.negative_fraction = job.recipe().negative_fraction();
@@ -327,12 +337,15 @@ class DistillServer::Impl final : public v1::DistillService::Service {
       FillCounts(counts, j.mutable_counts());
       const double rate = elapsed > 0 ? counts.items_done / elapsed : 0;
       j.set_items_per_second(rate);
-      j.set_eta_seconds(rate > 0 && counts.items > 0 ? (counts.items - counts.items_done) / rate : -1);
+      j.set_eta_seconds(rate > 0 && counts.items > 0 ? (counts.items - counts.items_done) / rate
+                                                     : -1);
       j.set_updated_unix_ms(NowUnixMs());
-      if (std::chrono::duration<double>(now - last_persist).count() >= options_.persist_interval_s) {
+      if (std::chrono::duration<double>(now - last_persist).count() >=
+          options_.persist_interval_s) {
         last_persist = now;
         if (absl::Status saved = Persist(j); !saved.ok()) {
-          spdlog::warn("distill serve: job {}: cannot persist progress: {}", id, std::string(saved.message()));
+          spdlog::warn("distill serve: job {}: cannot persist progress: {}", id,
+                       std::string(saved.message()));
         }
       }
     };
@@ -357,8 +370,9 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     if (cancelled) {
       Finish(id, v1::Job::CANCELLED, "");
     } else if (summary->counts.failures > 0) {
-      std::string error = fmt::format("{} of {} items failed (resubmit to retry them):",
-                                      summary->counts.failures, summary->counts.items);
+      std::string error =
+          fmt::format("{} of {} items failed (resubmit to retry them):", summary->counts.failures,
+                      summary->counts.items);
       for (size_t i = 0; i < summary->failed.size() && i < 5; ++i) {
         const FailedItem& f = summary->failed[i];
         error += fmt::format(" {} at {}: {};", f.id, f.stage, f.reason);
@@ -382,7 +396,8 @@ class DistillServer::Impl final : public v1::DistillService::Service {
   }
 
   void Finish(const std::string& id, v1::Job::State state, const std::string& error) {
-    if (!error.empty()) spdlog::warn("distill serve: job {} {}: {}", id, v1::Job::State_Name(state), error);
+    if (!error.empty())
+      spdlog::warn("distill serve: job {} {}: {}", id, v1::Job::State_Name(state), error);
     Update(id, [&](v1::Job& j) {
       j.set_state(state);
       j.set_error(error);

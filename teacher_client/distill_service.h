@@ -35,7 +35,7 @@ struct DistillServerOptions {
   TeacherClientOptions client;         // for remote teachers; a job's recipe may set concurrency
   DatasetOptions dataset;              // bad input handling for every job
   double default_negative_fraction = 0.3;
-  double persist_interval_s = 1.0;     // how often a running job's counts are written
+  double persist_interval_s = 1.0;  // how often a running job's counts are written
   // Non-empty: every call must carry `authorization: Bearer <token>` metadata (UNAUTHENTICATED
   // otherwise). The service has no TLS of its own: bind it to loopback or a private network.
   std::string auth_token;

@@ -100,7 +100,8 @@ void EncodeCanonical(const v1::CanonicalRequest& request, Sink&& sink) {
   auto field = [&](uint8_t number, std::string_view bytes) {
     char header[9];
     header[0] = static_cast<char>(number);
-    for (int i = 0; i < 8; ++i) header[1 + i] = static_cast<char>((uint64_t{bytes.size()} >> (8 * i)) & 0xff);
+    for (int i = 0; i < 8; ++i)
+      header[1 + i] = static_cast<char>((uint64_t{bytes.size()} >> (8 * i)) & 0xff);
     sink(std::string_view(header, sizeof(header)));
     sink(bytes);
   };
@@ -126,7 +127,8 @@ void EncodeCanonical(const v1::CanonicalRequest& request, Sink&& sink) {
 
 std::string CanonicalEncoding(const v1::CanonicalRequest& request) {
   std::string out;
-  EncodeCanonical(request, [&out](std::string_view bytes) { out.append(bytes.data(), bytes.size()); });
+  EncodeCanonical(request,
+                  [&out](std::string_view bytes) { out.append(bytes.data(), bytes.size()); });
   return out;
 }
 
@@ -152,14 +154,16 @@ std::string KeyHex(std::string_view key) {
 
 storage::Family FamilyFor(v1::TeacherTaskKind task) {
   switch (task) {
-    case v1::TASK_VERIFY: return storage::Family::kVerdicts;
-    case v1::TASK_REMOVE_EVIDENCE: return storage::Family::kNegatives;
-    default: return storage::Family::kNotes;
+    case v1::TASK_VERIFY:
+      return storage::Family::kVerdicts;
+    case v1::TASK_REMOVE_EVIDENCE:
+      return storage::Family::kNegatives;
+    default:
+      return storage::Family::kNotes;
   }
 }
 
-absl::StatusOr<std::unique_ptr<NoteCache>> NoteCache::Open(storage::KvStore* store,
-                                                           bool writable) {
+absl::StatusOr<std::unique_ptr<NoteCache>> NoteCache::Open(storage::KvStore* store, bool writable) {
   RWR_ASSIGN_OR_RETURN(std::optional<std::string> version,
                        store->Get(storage::Family::kMeta, kSchemaVersionKey));
   const std::string ours = std::to_string(kCacheSchemaVersion);
@@ -168,10 +172,10 @@ absl::StatusOr<std::unique_ptr<NoteCache>> NoteCache::Open(storage::KvStore* sto
       RWR_RETURN_IF_ERROR(store->Put(storage::Family::kMeta, kSchemaVersionKey, ours));
     }
   } else if (*version != ours) {
-    return absl::FailedPreconditionError(fmt::format(
-        "the cache has schema version {}, this rwr reads version {}; use a new --cache "
-        "directory (or the rwr that wrote it)",
-        *version, ours));
+    return absl::FailedPreconditionError(
+        fmt::format("the cache has schema version {}, this rwr reads version {}; use a new --cache "
+                    "directory (or the rwr that wrote it)",
+                    *version, ours));
   }
   return std::unique_ptr<NoteCache>(new NoteCache(store));
 }
@@ -248,8 +252,8 @@ absl::Status NoteCache::StoreNegative(const v1::CanonicalRequest& request,
 }
 
 Note NoteFromRecord(const v1::CacheRecord& record) {
-  return {.text = record.note().note(), .empty = record.note().empty(),
-          .score = record.note().score()};
+  return {
+      .text = record.note().note(), .empty = record.note().empty(), .score = record.note().score()};
 }
 
 Verdict VerdictFromRecord(const v1::CacheRecord& record) {
@@ -271,11 +275,10 @@ absl::StatusOr<v1::CacheRecord> ReadReferenced(const storage::KvStore& store,
                                                const std::string& id, std::string_view what) {
   RWR_ASSIGN_OR_RETURN(std::optional<std::string> bytes, store.Get(family, key));
   v1::CacheRecord record;
-  if (!bytes.has_value() || !record.ParseFromString(*bytes) ||
-      CacheKey(record.request()) != key) {
+  if (!bytes.has_value() || !record.ParseFromString(*bytes) || CacheKey(record.request()) != key) {
     return absl::DataLossError(fmt::format(
-        "cache item '{}': its {} record {} is {}; rerun `rwr distill run` on its dataset", id,
-        what, KeyHex(key), bytes.has_value() ? "corrupt or tampered" : "missing"));
+        "cache item '{}': its {} record {} is {}; rerun `rwr distill run` on its dataset", id, what,
+        KeyHex(key), bytes.has_value() ? "corrupt or tampered" : "missing"));
   }
   return record;
 }
@@ -322,8 +325,7 @@ absl::Status ForEachItem(const storage::KvStore& store,
                          const std::function<absl::Status(const DistilledItem&)>& visit) {
   absl::Status result;
   RWR_RETURN_IF_ERROR(store.ForEach(
-      storage::Family::kJobs, kItemKeyPrefix,
-      [&](std::string_view, std::string_view value) {
+      storage::Family::kJobs, kItemKeyPrefix, [&](std::string_view, std::string_view value) {
         absl::StatusOr<std::optional<DistilledItem>> item = ItemFromRecord(store, value);
         if (!item.ok()) {
           result = item.status();
@@ -338,8 +340,9 @@ absl::Status ForEachItem(const storage::KvStore& store,
 
 absl::StatusOr<std::optional<DistilledItem>> LookupItem(const storage::KvStore& store,
                                                         std::string_view id) {
-  RWR_ASSIGN_OR_RETURN(std::optional<std::string> bytes,
-                       store.Get(storage::Family::kJobs, std::string(kItemKeyPrefix) + std::string(id)));
+  RWR_ASSIGN_OR_RETURN(
+      std::optional<std::string> bytes,
+      store.Get(storage::Family::kJobs, std::string(kItemKeyPrefix) + std::string(id)));
   if (!bytes.has_value()) return std::optional<DistilledItem>();
   return ItemFromRecord(store, *bytes);
 }

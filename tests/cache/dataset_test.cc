@@ -104,14 +104,16 @@ TEST(DatasetReaderTest, SkipModeQuarantinesEachBadLineWithItsReason) {
 
 TEST(DatasetReaderTest, ExtraFieldsAreKeptAndIntegerIdsAccepted) {
   const std::string path = testing::TempDir() + "/extra.jsonl";
-  std::ofstream(path) << R"({"id": 17, "context": "c", "question": "q", "answer": "a", "topic": "x", "n": [1, 2]})"
-                      << "\r\n"
-                      << R"({"id": "b", "context": "c2", "question": "q2", "answer": "a2"})";  // no final newline
+  std::ofstream(path)
+      << R"({"id": 17, "context": "c", "question": "q", "answer": "a", "topic": "x", "n": [1, 2]})"
+      << "\r\n"
+      << R"({"id": "b", "context": "c2", "question": "q2", "answer": "a2"})";  // no final newline
   std::vector<DatasetItem> items;
   ASSERT_TRUE(ReadAll(path, {}, &items).ok());
   ASSERT_EQ(items.size(), 2u);
   EXPECT_EQ(items[0].id, "17");
-  EXPECT_EQ(nlohmann::json::parse(items[0].extra_json), nlohmann::json::parse(R"({"topic": "x", "n": [1, 2]})"));
+  EXPECT_EQ(nlohmann::json::parse(items[0].extra_json),
+            nlohmann::json::parse(R"({"topic": "x", "n": [1, 2]})"));
   EXPECT_EQ(items[1].id, "b");
   EXPECT_EQ(items[1].extra_json, "");
   EXPECT_EQ(items[1].answer, "a2");
@@ -121,7 +123,8 @@ TEST(DatasetReaderTest, LinesLongerThanTheReadChunkAreRead) {
   const std::string path = testing::TempDir() + "/long.jsonl";
   const std::string context(3 << 20, 'w');  // longer than the reader's 1 MiB chunk
   std::ofstream(path) << R"({"id": "long", "context": ")" << context
-                      << R"(", "question": "q", "answer": "a"})" << "\n";
+                      << R"(", "question": "q", "answer": "a"})"
+                      << "\n";
   std::vector<DatasetItem> items;
   ASSERT_TRUE(ReadAll(path, {}, &items).ok());
   ASSERT_EQ(items.size(), 1u);

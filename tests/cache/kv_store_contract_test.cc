@@ -26,7 +26,8 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string FreshDir(const std::string& name) {
-  const fs::path dir = fs::path(testing::TempDir()) / ("kv_" + name + "_" + std::to_string(getpid()));
+  const fs::path dir =
+      fs::path(testing::TempDir()) / ("kv_" + name + "_" + std::to_string(getpid()));
   fs::remove_all(dir);
   return dir.string();
 }
@@ -146,7 +147,8 @@ TEST_P(KvStoreContractTest, ForEachSeesASnapshotAndTheVisitorMayWrite) {
                               EXPECT_EQ(value, "old");
                               ++visited;
                               // Writes from inside the visitor: allowed, not seen by this walk.
-                              EXPECT_TRUE(store_->Put(Family::kNotes, std::string(key), "new").ok());
+                              EXPECT_TRUE(
+                                  store_->Put(Family::kNotes, std::string(key), "new").ok());
                               EXPECT_TRUE(store_->Put(Family::kNotes, "zz-added", "new").ok());
                               return true;
                             })

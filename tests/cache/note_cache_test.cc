@@ -15,7 +15,8 @@ using storage::MemoryKvStore;
 using Outcome = CacheLookup::Outcome;
 
 TeacherInfo TestTeacher() {
-  return {.teacher_id = "extractive-bm25", .revision = "1",
+  return {.teacher_id = "extractive-bm25",
+          .revision = "1",
           .prompt_template_version = "rwr-prompts-v1",
           .sampling = {.max_tokens = 128, .temperature = 0.5f, .seed = 7}};
 }
@@ -88,10 +89,13 @@ TEST_F(NoteCacheTest, OpenWritesTheSchemaVersionAndRejectsAnother) {
 TEST_F(NoteCacheTest, StoredAnswersReadBackAsHits) {
   const auto note_request = NoteRequestFor(TestTeacher(), "The sky is blue.", "Sky colour?");
   ASSERT_TRUE(cache_->StoreNote(note_request, {.text = "The sky is blue.", .score = 2.5}).ok());
-  const auto verify_request = VerifyRequestFor(TestTeacher(), "Sky colour?", "The sky is blue.", "blue");
+  const auto verify_request =
+      VerifyRequestFor(TestTeacher(), "Sky colour?", "The sky is blue.", "blue");
   ASSERT_TRUE(cache_->StoreVerdict(verify_request, {.consistent = true, .score = 1}).ok());
-  const auto negative_request = RemoveEvidenceRequestFor(TestTeacher(), "The sky is blue.", "Sky colour?", "blue");
-  ASSERT_TRUE(cache_->StoreNegative(negative_request, {.context = "", .removed_paragraphs = 1}).ok());
+  const auto negative_request =
+      RemoveEvidenceRequestFor(TestTeacher(), "The sky is blue.", "Sky colour?", "blue");
+  ASSERT_TRUE(
+      cache_->StoreNegative(negative_request, {.context = "", .removed_paragraphs = 1}).ok());
 
   auto note = cache_->Lookup(note_request);
   ASSERT_TRUE(note.ok());
@@ -148,11 +152,14 @@ TEST_F(NoteCacheTest, ForEachItemJoinsItemRecordsWithTheirAnswers) {
   const TeacherInfo teacher = TestTeacher();
   // Item "a": kept, with a negative. Item "b": dropped. Item "c": failed (skipped by the walk).
   const auto note_a = NoteRequestFor(teacher, "Paris is in France.", "Where is Paris?");
-  const auto verify_a = VerifyRequestFor(teacher, "Where is Paris?", "Paris is in France.", "France");
-  const auto negative_a = RemoveEvidenceRequestFor(teacher, "Paris is in France.", "Where is Paris?", "France");
+  const auto verify_a =
+      VerifyRequestFor(teacher, "Where is Paris?", "Paris is in France.", "France");
+  const auto negative_a =
+      RemoveEvidenceRequestFor(teacher, "Paris is in France.", "Where is Paris?", "France");
   ASSERT_TRUE(cache_->StoreNote(note_a, {.text = "Paris is in France."}).ok());
   ASSERT_TRUE(cache_->StoreVerdict(verify_a, {.consistent = true, .score = 1}).ok());
-  ASSERT_TRUE(cache_->StoreNegative(negative_a, {.context = "(nothing)", .removed_paragraphs = 1}).ok());
+  ASSERT_TRUE(
+      cache_->StoreNegative(negative_a, {.context = "(nothing)", .removed_paragraphs = 1}).ok());
   const auto note_b = NoteRequestFor(teacher, "Cats purr.", "Where is Rome?");
   const auto verify_b = VerifyRequestFor(teacher, "Where is Rome?", "empty", "Italy");
   ASSERT_TRUE(cache_->StoreNote(note_b, {.text = "empty", .empty = true}).ok());

@@ -77,29 +77,39 @@ void ExpectEveryRecordIntact(const storage::KvStore& store) {
   ExtractiveTeacher reference;
   int64_t checked = 0;
   for (Family family : {Family::kNotes, Family::kVerdicts, Family::kNegatives}) {
-    ASSERT_TRUE(store.ForEach(family, "", [&](std::string_view key, std::string_view value) {
-      v1::CacheRecord record;
-      EXPECT_TRUE(record.ParseFromArray(value.data(), static_cast<int>(value.size())));
-      EXPECT_EQ(CacheKey(record.request()), key) << "record under the wrong key";
-      EXPECT_EQ(record.schema_version(), kCacheSchemaVersion);
-      const v1::CanonicalRequest& r = record.request();
-      if (record.has_note()) {
-        EXPECT_EQ(record.note().note(),
-                  reference.MakeNote({.context = r.context(), .question = r.question()}).text);
-      } else if (record.has_verdict()) {
-        EXPECT_EQ(record.verdict().consistent(),
-                  reference.Verify({.question = r.question(), .note = r.note(), .answer = r.answer()})
-                      .consistent);
-      } else if (record.has_negative()) {
-        EXPECT_EQ(record.negative().context(),
-                  reference.Remove({.context = r.context(), .question = r.question(), .answer = r.answer()})
-                      .context);
-      } else {
-        ADD_FAILURE() << "record without an answer";
-      }
-      ++checked;
-      return true;
-    }).ok());
+    ASSERT_TRUE(
+        store
+            .ForEach(
+                family, "",
+                [&](std::string_view key, std::string_view value) {
+                  v1::CacheRecord record;
+                  EXPECT_TRUE(record.ParseFromArray(value.data(), static_cast<int>(value.size())));
+                  EXPECT_EQ(CacheKey(record.request()), key) << "record under the wrong key";
+                  EXPECT_EQ(record.schema_version(), kCacheSchemaVersion);
+                  const v1::CanonicalRequest& r = record.request();
+                  if (record.has_note()) {
+                    EXPECT_EQ(record.note().note(),
+                              reference.MakeNote({.context = r.context(), .question = r.question()})
+                                  .text);
+                  } else if (record.has_verdict()) {
+                    EXPECT_EQ(record.verdict().consistent(), reference
+                                                                 .Verify({.question = r.question(),
+                                                                          .note = r.note(),
+                                                                          .answer = r.answer()})
+                                                                 .consistent);
+                  } else if (record.has_negative()) {
+                    EXPECT_EQ(record.negative().context(), reference
+                                                               .Remove({.context = r.context(),
+                                                                        .question = r.question(),
+                                                                        .answer = r.answer()})
+                                                               .context);
+                  } else {
+                    ADD_FAILURE() << "record without an answer";
+                  }
+                  ++checked;
+                  return true;
+                })
+            .ok());
   }
   EXPECT_GT(checked, 0);
 }
@@ -116,7 +126,8 @@ TEST_F(DistillCliTest, KilledWithSigkillMidRunThenRerunAsksOnlyForWhatIsMissing)
     storage::MemoryKvStore memory;
     auto cache = NoteCache::Open(&memory);
     ScriptedTeacher counting({});
-    DistillRunOptions options{.input_path = input, .negative_fraction = 0.3, .show_progress = false};
+    DistillRunOptions options{
+        .input_path = input, .negative_fraction = 0.3, .show_progress = false};
     auto summary = RunDistill(options, counting, **cache);
     ASSERT_TRUE(summary.ok()) << summary.status();
     total_calls = summary->counts.teacher_calls;
@@ -125,16 +136,27 @@ TEST_F(DistillCliTest, KilledWithSigkillMidRunThenRerunAsksOnlyForWhatIsMissing)
 
   auto server = StartTeacher(/*latency_s=*/0.01);
   ASSERT_TRUE(server);
-  const std::vector<std::string> args = {"distill", "run", "--input", input, "--teacher", Url(*server),
-                                         "--cache", cache_dir, "--concurrency", "4",
-                                         "--negative-fraction", "0.3", "--summary-json",
+  const std::vector<std::string> args = {"distill",
+                                         "run",
+                                         "--input",
+                                         input,
+                                         "--teacher",
+                                         Url(*server),
+                                         "--cache",
+                                         cache_dir,
+                                         "--concurrency",
+                                         "4",
+                                         "--negative-fraction",
+                                         "0.3",
+                                         "--summary-json",
                                          (dir_ / "summary.json").string()};
   {
     std::vector<std::string> argv = {RWR_BINARY};
     argv.insert(argv.end(), args.begin(), args.end());
     Subprocess run(argv, (dir_ / "killed.log").string());
     ASSERT_TRUE(run.started());
-    ASSERT_TRUE(WaitUntil([&] { return server->stats().served >= static_cast<uint64_t>(total_calls / 3); }, 60))
+    ASSERT_TRUE(WaitUntil(
+        [&] { return server->stats().served >= static_cast<uint64_t>(total_calls / 3); }, 60))
         << testing::ReadFile(dir_ / "killed.log");
     run.Signal(SIGKILL);
     EXPECT_EQ(run.Wait(10), 128 + SIGKILL) << "the run finished before it could be killed";
@@ -184,20 +206,21 @@ TEST_F(DistillCliTest, KilledWithSigkillMidRunThenRerunAsksOnlyForWhatIsMissing)
 
 TEST_F(DistillCliTest, BadInputIsOneLineWithFileAndLineAndSkipQuarantines) {
   const std::string corpus = std::string(RWR_SOURCE_DIR) + "/tests/fixtures/bad_input/";
-  Ran failed = RunRwr({"distill", "run", "--input", corpus + "missing_field.jsonl", "--teacher",
-                       "builtin:extractive", "--cache", (dir_ / "cache").string(), "--log-level", "error"},
-                      dir_ / "fail.log");
+  Ran failed =
+      RunRwr({"distill", "run", "--input", corpus + "missing_field.jsonl", "--teacher",
+              "builtin:extractive", "--cache", (dir_ / "cache").string(), "--log-level", "error"},
+             dir_ / "fail.log");
   EXPECT_EQ(failed.exit_code, 1);
   EXPECT_NE(failed.output.find("missing_field.jsonl:2: missing field 'answer'"), std::string::npos)
       << failed.output;
   EXPECT_EQ(std::count(failed.output.begin(), failed.output.end(), '\n'), 1) << failed.output;
 
   const std::string quarantine = (dir_ / "rejected.jsonl").string();
-  Ran skipped = RunRwr({"distill", "run", "--input", corpus + "mixed.jsonl", "--teacher",
-                        "builtin:extractive", "--cache", (dir_ / "cache").string(), "--on-bad-input",
-                        "skip", "--quarantine", quarantine, "--summary-json",
-                        (dir_ / "s.json").string()},
-                       dir_ / "skip.log");
+  Ran skipped =
+      RunRwr({"distill", "run", "--input", corpus + "mixed.jsonl", "--teacher",
+              "builtin:extractive", "--cache", (dir_ / "cache").string(), "--on-bad-input", "skip",
+              "--quarantine", quarantine, "--summary-json", (dir_ / "s.json").string()},
+             dir_ / "skip.log");
   EXPECT_EQ(skipped.exit_code, 0) << skipped.output;
   const nlohmann::json summary = nlohmann::json::parse(testing::ReadFile(dir_ / "s.json"));
   EXPECT_EQ(summary["items"].get<int64_t>(), 4);
@@ -213,8 +236,8 @@ TEST_F(DistillCliTest, InspectReportsFamiliesAndPublishMakesAReadOnlyCopy) {
   const std::string input = (dir_ / "data.jsonl").string();
   const std::string cache_dir = (dir_ / "cache").string();
   testing::WriteDistillTestData(input, 12);
-  Ran run = RunRwr({"distill", "run", "--input", input, "--teacher", "builtin:extractive", "--cache",
-                    cache_dir, "--summary-json", (dir_ / "s.json").string()},
+  Ran run = RunRwr({"distill", "run", "--input", input, "--teacher", "builtin:extractive",
+                    "--cache", cache_dir, "--summary-json", (dir_ / "s.json").string()},
                    dir_ / "run.log");
   ASSERT_EQ(run.exit_code, 0) << run.output;
   const nlohmann::json summary = nlohmann::json::parse(testing::ReadFile(dir_ / "s.json"));
@@ -259,18 +282,22 @@ TEST_F(DistillCliTest, ServeJobSurvivesSigkillOfTheServiceAndResumes) {
   auto teacher = StartTeacher(/*latency_s=*/0.02);
   ASSERT_TRUE(teacher);
   const std::string listen = "127.0.0.1:" + std::to_string(testing::FreePort());
-  const std::vector<std::string> serve = {RWR_BINARY, "distill", "serve", "--listen", listen,
-                                          "--cache", cache_dir};
+  const std::vector<std::string> serve = {RWR_BINARY, "distill", "serve",  "--listen",
+                                          listen,     "--cache", cache_dir};
   {
     Subprocess service(serve, (dir_ / "serve1.log").string());
     ASSERT_TRUE(service.started());
     Ran submitted;
-    ASSERT_TRUE(WaitUntil([&] {
-      submitted = RunRwr({"distill", "submit", "--server", listen, "--input", input, "--teacher",
-                          Url(*teacher), "--job-id", "harbours", "--concurrency", "4"},
-                         dir_ / "submit.log");
-      return submitted.exit_code == 0;
-    }, 30)) << submitted.output << testing::ReadFile(dir_ / "serve1.log");
+    ASSERT_TRUE(WaitUntil(
+        [&] {
+          submitted =
+              RunRwr({"distill", "submit", "--server", listen, "--input", input, "--teacher",
+                      Url(*teacher), "--job-id", "harbours", "--concurrency", "4"},
+                     dir_ / "submit.log");
+          return submitted.exit_code == 0;
+        },
+        30))
+        << submitted.output << testing::ReadFile(dir_ / "serve1.log");
     EXPECT_NE(submitted.output.find("submitted harbours"), std::string::npos);
     ASSERT_TRUE(WaitUntil([&] { return teacher->stats().served >= 40; }, 60))
         << testing::ReadFile(dir_ / "serve1.log");
@@ -286,20 +313,25 @@ TEST_F(DistillCliTest, ServeJobSurvivesSigkillOfTheServiceAndResumes) {
   Subprocess service(serve, (dir_ / "serve2.log").string());
   ASSERT_TRUE(service.started());
   Ran watched;
-  ASSERT_TRUE(WaitUntil([&] {
-    watched = RunRwr({"distill", "status", "--server", listen, "harbours", "--watch"},
-                     dir_ / "watch.log");
-    return watched.exit_code != 1 || watched.output.find("no distill service") == std::string::npos;
-  }, 60));
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        watched = RunRwr({"distill", "status", "--server", listen, "harbours", "--watch"},
+                         dir_ / "watch.log");
+        return watched.exit_code != 1 ||
+               watched.output.find("no distill service") == std::string::npos;
+      },
+      60));
   EXPECT_EQ(watched.exit_code, 0) << watched.output << testing::ReadFile(dir_ / "serve2.log");
   EXPECT_NE(watched.output.find("harbours SUCCEEDED"), std::string::npos) << watched.output;
 
-  Ran json = RunRwr({"distill", "status", "--server", listen, "harbours", "--json"}, dir_ / "json.log");
+  Ran json =
+      RunRwr({"distill", "status", "--server", listen, "harbours", "--json"}, dir_ / "json.log");
   ASSERT_EQ(json.exit_code, 0) << json.output;
   const nlohmann::json job = nlohmann::json::parse(json.output);
   EXPECT_EQ(job["state"], "SUCCEEDED");
   const nlohmann::json& counts = job["counts"];
-  EXPECT_EQ(std::stoll(counts["items"].get<std::string>()), kItems);  // proto3 JSON: uint64 as string
+  EXPECT_EQ(std::stoll(counts["items"].get<std::string>()),
+            kItems);  // proto3 JSON: uint64 as string
   EXPECT_GT(std::stoll(counts["cache_hits"].get<std::string>()), 0) << "resumed from the cache";
   EXPECT_EQ(std::stoll(counts["teacher_calls"].get<std::string>()),
             static_cast<int64_t>(teacher->stats().served - served_before));

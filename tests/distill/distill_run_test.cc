@@ -191,9 +191,9 @@ TEST_F(DistillRunTest, TamperedRecordIsReaskedAndOverwritten) {
   ScriptedTeacher teacher({});
   const DistillSummary first = Run(teacher);
   // Forge one note: same key, a different request inside (what a collision would look like).
-  const auto request = NoteRequestFor(teacher.Info(),
-                                      testing::DistillTestItem(0)["context"].get<std::string>(),
-                                      testing::DistillTestItem(0)["question"].get<std::string>());
+  const auto request =
+      NoteRequestFor(teacher.Info(), testing::DistillTestItem(0)["context"].get<std::string>(),
+                     testing::DistillTestItem(0)["question"].get<std::string>());
   const std::string key = CacheKey(request);
   v1::CacheRecord record;
   ASSERT_TRUE(record.ParseFromString(**store_->Get(Family::kNotes, key)));
@@ -245,7 +245,8 @@ TEST_F(DistillRunTest, TeacherKilledAndRestartedMidRunLosesNothing) {
     server->Shutdown(0);
     server.reset();
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    server = StartServer(port, std::make_shared<ScriptedTeacher>(ScriptedOptions{.latency_s = 0.01}));
+    server =
+        StartServer(port, std::make_shared<ScriptedTeacher>(ScriptedOptions{.latency_s = 0.01}));
     restarted = true;
   });
   DistillSummary first = Run(**client);
@@ -263,7 +264,8 @@ TEST_F(DistillRunTest, TeacherKilledAndRestartedMidRunLosesNothing) {
 
 TEST_F(DistillRunTest, AnswersSlowerThanTheDeadlineFailWithTheReasonThenRerunFinishes) {
   const int port = testing::FreePort();
-  auto server = StartServer(port, std::make_shared<ScriptedTeacher>(ScriptedOptions{.latency_s = 0.5}));
+  auto server =
+      StartServer(port, std::make_shared<ScriptedTeacher>(ScriptedOptions{.latency_s = 0.5}));
   ASSERT_TRUE(server);
   TeacherClientOptions options = ClientOptions();
   options.deadline_s = 0.05;

@@ -148,7 +148,8 @@ TEST_F(DistillServiceTest, BadSubmissionsAreRefusedWithTheirCode) {
   EXPECT_EQ(Submit("bad id!", "builtin:extractive", &job).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
   ASSERT_TRUE(Submit("dup", "builtin:extractive", &job).ok());
-  EXPECT_EQ(Submit("dup", "builtin:extractive", &job).error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_EQ(Submit("dup", "builtin:extractive", &job).error_code(),
+            grpc::StatusCode::ALREADY_EXISTS);
   grpc::ClientContext context;
   v1::GetJobRequest request;
   request.set_job_id("missing");
@@ -163,7 +164,8 @@ TEST_F(DistillServiceTest, BadSubmissionsAreRefusedWithTheirCode) {
 TEST_F(DistillServiceTest, WithATokenEveryCallMustCarryIt) {
   StartService("s3cret");
   v1::Job job;
-  EXPECT_EQ(Submit("t", "builtin:extractive", &job).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Submit("t", "builtin:extractive", &job).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
   grpc::ClientContext wrong;
   wrong.AddMetadata("authorization", "Bearer nope");
   v1::ListJobsResponse jobs;
@@ -235,8 +237,8 @@ TEST(DistillOverGrpcTest, CallsFailingWithUnavailableAreRetriedToCompletion) {
   const std::string input = (dir / "data.jsonl").string();
   testing::WriteDistillTestData(input, 30);
   // Every 3rd call the server answers UNAVAILABLE; the client retries with backoff.
-  auto server = TeacherServer::Start(
-      {}, std::make_shared<ScriptedTeacher>(ScriptedOptions{.fail_every = 3}));
+  auto server =
+      TeacherServer::Start({}, std::make_shared<ScriptedTeacher>(ScriptedOptions{.fail_every = 3}));
   ASSERT_TRUE(server.ok()) << server.status();
   TeacherClientOptions client;
   client.concurrency = 8;

@@ -13,9 +13,11 @@ namespace rwr::teacher::testing {
 inline nlohmann::json DistillTestItem(int i) {
   const std::string n = std::to_string(i);
   std::string context =
-      "The old harbour of Port " + n + " was built from granite blocks quarried nearby. Fishing "
+      "The old harbour of Port " + n +
+      " was built from granite blocks quarried nearby. Fishing "
       "boats still leave it every morning before dawn.\n\n"
-      "The lighthouse keeper of Harbor " + n + " is named Keeper" + n + " Smith. Keeper" + n +
+      "The lighthouse keeper of Harbor " +
+      n + " is named Keeper" + n + " Smith. Keeper" + n +
       " Smith has kept the light burning for twenty years.\n\n"
       "A market is held on the quay every Saturday, selling bread, cheese and smoked fish.\n\n"
       "In winter, storms from the north close the harbour for weeks at a time.";
