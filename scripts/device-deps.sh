@@ -9,7 +9,7 @@ cd "$root/.deb/pkgs"
 # The marker names the package set, so adding a package re-runs the download.
 marker="$root/.deb/root/.done-absl-utf8proc-xxhash"
 if [[ ! -f "$marker" ]]; then
-  apt-get download -q libabsl-dev libabsl20220623 libutf8proc-dev libutf8proc2 libxxhash-dev libxxhash0 libutf8proc-dev libutf8proc2 libxxhash-dev \
+  apt-get download -q libabsl-dev libabsl20220623 libutf8proc-dev libutf8proc2 libxxhash-dev \
     libxxhash0 >/dev/null
   for f in *.deb; do dpkg -x "$f" "$root/.deb/root"; done
   rm -f ./*.deb
