@@ -6,6 +6,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export CMAKE_PREFIX_PATH="$root/.deb/root/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
 export LD_LIBRARY_PATH="$root/.deb/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export NCCL_NVLS_ENABLE=0
+mkdir -p "$root/build"
 cmake -S "$root" -B "$root/build/gpu" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRWR_SERVICES=OFF \
   -DRWR_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 "$@" >"$root/build/gpu-configure.log" 2>&1 \
   || { cat "$root/build/gpu-configure.log"; return 1 2>/dev/null || exit 1; }
