@@ -7,7 +7,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$root/out}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-. "$root/scripts/device-build.sh" > "$out/build.log" 2>&1
+# The image's python3 carries HF tokenizers (the same 0.23.2 the venv pins): the parity peer.
+. "$root/scripts/device-build.sh" -DRWR_TOKENIZER_PEER_PYTHON="$(command -v python3)" \
+  > "$out/build.log" 2>&1
 grep -E "error|FAILED" "$out/build.log" | head -20
 ctest --test-dir "$root/build/gpu" -j 8 --output-on-failure "$@" > "$out/ctest.log" 2>&1
 rc=$?
