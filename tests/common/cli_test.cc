@@ -7,24 +7,12 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/support/run_rwr.h"
 
 namespace {
 
-struct RunResult {
-  int exit_code;
-  std::string output;  // stdout and stderr together
-};
-
-RunResult RunRwr(const std::string& args) {
-  const std::string command = std::string(RWR_BINARY) + " " + args + " 2>&1";
-  std::FILE* pipe = popen(command.c_str(), "r");
-  std::string output;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), pipe)) > 0) output.append(buf, n);
-  const int status = pclose(pipe);
-  return {WEXITSTATUS(status), output};
-}
+using RunResult = ::rwr::testing::CommandResult;
+using ::rwr::testing::RunRwr;
 
 TEST(CliTest, VersionNamesTheBuildFeatures) {
   RunResult run = RunRwr("--version");

@@ -13,6 +13,7 @@
 #include "distill/tokenizer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/run_rwr.h"
 #include "nlohmann/json.hpp"
 #include "storage/shard.h"
 #if RWR_DATA_TEST_HAVE_CACHE
@@ -27,21 +28,8 @@ using ::testing::HasSubstr;
 
 const std::string kTokenizer = std::string(RWR_SOURCE_DIR) + "/configs/tokenizer/tokenizer.json";
 
-struct Result {
-  int code;
-  std::string output;
-};
-
-Result RunRwr(const std::string& args) {
-  const std::string command = std::string(RWR_BINARY) + " " + args + " 2>&1";
-  std::FILE* pipe = ::popen(command.c_str(), "r");
-  std::string output;
-  char buffer[4096];
-  size_t n;
-  while ((n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) output.append(buffer, n);
-  const int status = ::pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
-}
+using Result = ::rwr::testing::CommandResult;
+using ::rwr::testing::RunRwr;
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -108,20 +96,20 @@ std::vector<std::pair<std::string, std::string>> DecodeDocuments(const std::stri
 TEST(DataCli, SynthIsDeterministicAndBuildIsReproducible) {
   const std::string dir = TempDir("determinism");
   const std::string args = "data synth --count 12 --context-tokens 800 --seed 9 --log-level warn --out ";
-  ASSERT_EQ(RunRwr(args + dir + "/a.jsonl").code, 0);
-  ASSERT_EQ(RunRwr(args + dir + "/b.jsonl").code, 0);
+  ASSERT_EQ(RunRwr(args + dir + "/a.jsonl").exit_code, 0);
+  ASSERT_EQ(RunRwr(args + dir + "/b.jsonl").exit_code, 0);
   EXPECT_EQ(ReadFile(dir + "/a.jsonl"), ReadFile(dir + "/b.jsonl"));
   EXPECT_EQ(ReadJsonl(dir + "/a.jsonl").size(), 12u);
   ASSERT_EQ(RunRwr("data synth --count 12 --context-tokens 800 --seed 10 --log-level warn --out " + dir +
                 "/c.jsonl")
-                .code,
+                .exit_code,
             0);
   EXPECT_NE(ReadFile(dir + "/a.jsonl"), ReadFile(dir + "/c.jsonl"));
 
   const std::string build = "data build --log-level warn --seq-len 512 --tokenizer " + kTokenizer +
                             " --input " + dir + "/a.jsonl --out ";
-  ASSERT_EQ(RunRwr(build + dir + "/s1").code, 0);
-  ASSERT_EQ(RunRwr(build + dir + "/s2").code, 0);
+  ASSERT_EQ(RunRwr(build + dir + "/s1").exit_code, 0);
+  ASSERT_EQ(RunRwr(build + dir + "/s2").exit_code, 0);
   EXPECT_EQ(ReadFile(dir + "/s1/shard_00000.rws"), ReadFile(dir + "/s2/shard_00000.rws"));
   // Ratios: defaults give way to what the input has (no cache: plain only); explicit ones do not.
   {
@@ -130,25 +118,25 @@ TEST(DataCli, SynthIsDeterministicAndBuildIsReproducible) {
   }
   Result with_config = RunRwr("data build --log-level warn --config " + dir + "/build.yaml --tokenizer " +
                               kTokenizer + " --input " + dir + "/a.jsonl --out " + dir + "/s3");
-  EXPECT_EQ(with_config.code, 0) << with_config.output;
+  EXPECT_EQ(with_config.exit_code, 0) << with_config.output;
   EXPECT_EQ(ReadFile(dir + "/s1/shard_00000.rws"), ReadFile(dir + "/s3/shard_00000.rws"));
   Result explicit_ratio = RunRwr(build + dir + "/s4 --set recipe.ratio.note=0.5");
-  EXPECT_EQ(explicit_ratio.code, 1);
+  EXPECT_EQ(explicit_ratio.exit_code, 1);
   EXPECT_THAT(explicit_ratio.output, HasSubstr("recipe.ratio.note"));
 
   // A second build into the same directory is refused without --overwrite.
   Result again = RunRwr(build + dir + "/s1");
-  EXPECT_EQ(again.code, 1);
+  EXPECT_EQ(again.exit_code, 1);
   EXPECT_THAT(again.output, HasSubstr("--overwrite"));
 }
 
 TEST(DataCli, PlainBuildMasksExactlyTheAnswerAndInspectReportsIt) {
   const std::string dir = TempDir("plain");
   ASSERT_EQ(RunRwr("data synth --count 20 --context-tokens 700 --seed 2 "
-                "--log-level warn --out " + dir + "/d.jsonl").code, 0);
+                "--log-level warn --out " + dir + "/d.jsonl").exit_code, 0);
   Result built = RunRwr("data build --log-level warn --seq-len 1024 --tokenizer " + kTokenizer +
                      " --input " + dir + "/d.jsonl --out " + dir + "/shards");
-  ASSERT_EQ(built.code, 0) << built.output;
+  ASSERT_EQ(built.exit_code, 0) << built.output;
   auto tokenizer = distill::Tokenizer::Load(kTokenizer);
   ASSERT_TRUE(tokenizer.ok());
   std::map<std::string, std::string> expected;  // prompt → loss text
@@ -165,7 +153,7 @@ TEST(DataCli, PlainBuildMasksExactlyTheAnswerAndInspectReportsIt) {
   }
 
   Result inspect = RunRwr("data inspect --json " + dir + "/shards");
-  ASSERT_EQ(inspect.code, 0) << inspect.output;
+  ASSERT_EQ(inspect.exit_code, 0) << inspect.output;
   auto j = nlohmann::json::parse(inspect.output);
   EXPECT_EQ(j["documents"], 20);
   EXPECT_EQ(j["eos_id"], tokenizer->eos_id().value());
@@ -175,7 +163,7 @@ TEST(DataCli, PlainBuildMasksExactlyTheAnswerAndInspectReportsIt) {
   EXPECT_EQ(j["build"]["recipe"]["samples"]["plain"], 20);
   EXPECT_THAT(j["sample"]["loss_text"].get<std::string>(), HasSubstr("<|endoftext|>"));
   Result text = RunRwr("data inspect " + dir + "/shards");
-  EXPECT_EQ(text.code, 0);
+  EXPECT_EQ(text.exit_code, 0);
   EXPECT_THAT(text.output, HasSubstr("loss tokens"));
   EXPECT_THAT(text.output, HasSubstr("⟦"));
 
@@ -183,7 +171,7 @@ TEST(DataCli, PlainBuildMasksExactlyTheAnswerAndInspectReportsIt) {
   const std::string shard = dir + "/shards/shard_00000.rws";
   std::filesystem::resize_file(shard, std::filesystem::file_size(shard) - 100);
   Result damaged = RunRwr("data inspect " + dir + "/shards");
-  EXPECT_EQ(damaged.code, 1);
+  EXPECT_EQ(damaged.exit_code, 1);
   EXPECT_THAT(damaged.output, HasSubstr("shard_00000.rws"));
   EXPECT_THAT(damaged.output, HasSubstr("truncated"));
 }
@@ -191,13 +179,13 @@ TEST(DataCli, PlainBuildMasksExactlyTheAnswerAndInspectReportsIt) {
 TEST(DataCli, LongSamplesKeptWholeInOnePerRowLayout) {
   const std::string dir = TempDir("long");
   ASSERT_EQ(RunRwr("data synth --count 6 --context-tokens 2000 --seed 3 --log-level warn --out " +
-                   dir + "/d.jsonl").code, 0);
+                   dir + "/d.jsonl").exit_code, 0);
   Result built = RunRwr("data build --log-level warn --seq-len 256 --layout one_per_row "
                         "--long-samples keep --tokenizer " + kTokenizer + " --input " + dir +
                         "/d.jsonl --out " + dir + "/shards");
-  ASSERT_EQ(built.code, 0) << built.output;
+  ASSERT_EQ(built.exit_code, 0) << built.output;
   Result inspect = RunRwr("data inspect --json " + dir + "/shards");
-  ASSERT_EQ(inspect.code, 0) << inspect.output;
+  ASSERT_EQ(inspect.exit_code, 0) << inspect.output;
   auto j = nlohmann::json::parse(inspect.output);
   EXPECT_EQ(j["row_layout"], "one_per_row");
   EXPECT_EQ(j["rows"], 6);
@@ -206,7 +194,7 @@ TEST(DataCli, LongSamplesKeptWholeInOnePerRowLayout) {
   // Truncation instead: every row fits seq_len + 1 and the answers stay whole.
   built = RunRwr("data build --log-level warn --seq-len 256 --tokenizer " + kTokenizer +
                  " --input " + dir + "/d.jsonl --out " + dir + "/cut");
-  ASSERT_EQ(built.code, 0) << built.output;
+  ASSERT_EQ(built.exit_code, 0) << built.output;
   j = nlohmann::json::parse(RunRwr("data inspect --json " + dir + "/cut").output);
   EXPECT_EQ(j["build"]["samples_truncated"], 6);
   EXPECT_LE(j["longest_row"].get<int>(), 257);
@@ -216,14 +204,14 @@ TEST(DataCli, LongSamplesKeptWholeInOnePerRowLayout) {
 TEST(DataCli, BadFlagsAreOneLineErrors) {
   const std::string dir = TempDir("bad");
   Result r = RunRwr("data synth --out " + dir + "/x.jsonl --context-tokens 5");
-  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.output, HasSubstr("--context-tokens"));
   r = RunRwr("data build --tokenizer " + kTokenizer + " --out " + dir + "/o --input " + dir + "/none.jsonl");
-  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.output, HasSubstr("none.jsonl"));
   r = RunRwr("data build --tokenizer " + kTokenizer + " --out " + dir +
           "/o --input x --layout packed --long-samples keep");
-  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.output, HasSubstr("one_per_row"));
   {
     std::ofstream dup(dir + "/dup.jsonl");
@@ -232,10 +220,10 @@ TEST(DataCli, BadFlagsAreOneLineErrors) {
   }
   r = RunRwr("data build --tokenizer " + kTokenizer + " --out " + dir + "/o --input " + dir +
              "/dup.jsonl");
-  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.output, HasSubstr("appears twice"));
   r = RunRwr("data inspect " + dir);
-  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.output, HasSubstr("manifest.json"));
 }
 
@@ -243,13 +231,13 @@ TEST(DataCli, BadFlagsAreOneLineErrors) {
 TEST(DataCli, BuildFromDistillRunMasksExactlyTheNoteAndAnswerTokens) {
   const std::string dir = TempDir("distill");
   ASSERT_EQ(RunRwr("data synth --count 40 --context-tokens 900 --seed 4 "
-                "--log-level warn --out " + dir + "/d.jsonl").code, 0);
+                "--log-level warn --out " + dir + "/d.jsonl").exit_code, 0);
   Result distilled = RunRwr("distill run --log-level warn --teacher builtin:extractive --input " + dir +
                          "/d.jsonl --cache " + dir + "/cache");
-  ASSERT_EQ(distilled.code, 0) << distilled.output;
+  ASSERT_EQ(distilled.exit_code, 0) << distilled.output;
   Result built = RunRwr("data build --log-level warn --seq-len 2048 --tokenizer " + kTokenizer +
                      " --input " + dir + "/d.jsonl --cache " + dir + "/cache --out " + dir + "/shards");
-  ASSERT_EQ(built.code, 0) << built.output;
+  ASSERT_EQ(built.exit_code, 0) << built.output;
 
   // Expected (prompt → loss text) for every kind each cached item can give.
   std::map<std::string, std::string> expected;
@@ -302,7 +290,7 @@ TEST(DataCli, BuildFromDistillRunMasksExactlyTheNoteAndAnswerTokens) {
   // The cache alone (no --input) holds the same items: the same mix, the same shard bytes.
   Result cache_only = RunRwr("data build --log-level warn --seq-len 2048 --tokenizer " + kTokenizer +
                              " --cache " + dir + "/cache --out " + dir + "/shards_cache_only");
-  ASSERT_EQ(cache_only.code, 0) << cache_only.output;
+  ASSERT_EQ(cache_only.exit_code, 0) << cache_only.output;
   EXPECT_EQ(ReadFile(dir + "/shards/shard_00000.rws"),
             ReadFile(dir + "/shards_cache_only/shard_00000.rws"));
 }

@@ -9,38 +9,24 @@
 #include "fmt/format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/run_rwr.h"
 
 namespace rwr::distill {
 namespace {
 
 using ::testing::HasSubstr;
 
-struct Result {
-  int exit_code;
-  std::string out;  // stdout and stderr together
-};
-
-Result Rwr(const std::string& args) {
-  const std::string command = fmt::format("'{}' {} 2>&1", RWR_BINARY, args);
-  FILE* pipe = popen(command.c_str(), "r");
-  Result result{-1, ""};
-  if (!pipe) return result;
-  std::array<char, 4096> buffer;
-  size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) result.out.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
+using Result = ::rwr::testing::CommandResult;
+const auto& Rwr = ::rwr::testing::RunRwr;
 
 const std::string kTokenizer = RWR_SHIPPED_TOKENIZER;
 
 TEST(TokenizerCliTest, InfoDescribesTheShippedTokenizer) {
   const Result r = Rwr(fmt::format("tokenizer info --tokenizer '{}'", kTokenizer));
-  EXPECT_EQ(r.exit_code, 0) << r.out;
-  EXPECT_THAT(r.out, HasSubstr("vocab_size (embedding rows): 8192"));
-  EXPECT_THAT(r.out, HasSubstr("eos <|endoftext|>: 0"));
-  EXPECT_THAT(r.out, HasSubstr("<|padding|>: 1"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("vocab_size (embedding rows): 8192"));
+  EXPECT_THAT(r.output, HasSubstr("eos <|endoftext|>: 0"));
+  EXPECT_THAT(r.output, HasSubstr("<|padding|>: 1"));
 }
 
 TEST(TokenizerCliTest, EncodeAndDecodeAgreeWithTheLibrary) {
@@ -52,18 +38,18 @@ TEST(TokenizerCliTest, EncodeAndDecodeAgreeWithTheLibrary) {
 
   const Result encoded =
       Rwr(fmt::format("tokenizer encode --tokenizer '{}' --text '{}'", kTokenizer, text));
-  ASSERT_EQ(encoded.exit_code, 0) << encoded.out;
+  ASSERT_EQ(encoded.exit_code, 0) << encoded.output;
   // The ids on stdout, then the statistics line on stderr.
-  EXPECT_EQ(encoded.out.substr(0, encoded.out.find('\n')), expected);
-  EXPECT_THAT(encoded.out, HasSubstr("44 bytes, 6 words, "));
+  EXPECT_EQ(encoded.output.substr(0, encoded.output.find('\n')), expected);
+  EXPECT_THAT(encoded.output, HasSubstr("44 bytes, 6 words, "));
 
   const Result decoded =
       Rwr(fmt::format("tokenizer decode --tokenizer '{}' --ids '{}'", kTokenizer, expected));
-  ASSERT_EQ(decoded.exit_code, 0) << decoded.out;
-  EXPECT_EQ(decoded.out, text + "\n");
+  ASSERT_EQ(decoded.exit_code, 0) << decoded.output;
+  EXPECT_EQ(decoded.output, text + "\n");
   const Result skipped = Rwr(
       fmt::format("tokenizer decode --tokenizer '{}' --skip-special --ids '{}'", kTokenizer, expected));
-  EXPECT_EQ(skipped.out, "Where does Lena live? In Osaka.\n");
+  EXPECT_EQ(skipped.output, "Where does Lena live? In Osaka.\n");
 }
 
 TEST(TokenizerCliTest, StatsCountTokensPerWord) {
@@ -73,9 +59,9 @@ TEST(TokenizerCliTest, StatsCountTokensPerWord) {
       Rwr(fmt::format("tokenizer encode --tokenizer '{}' --input '{}' --stats", kTokenizer,
                       path.string()));
   std::filesystem::remove(path);
-  EXPECT_EQ(r.exit_code, 0) << r.out;
-  EXPECT_THAT(r.out, HasSubstr("26 bytes, 5 words,"));
-  EXPECT_THAT(r.out, HasSubstr("tokens per word"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("26 bytes, 5 words,"));
+  EXPECT_THAT(r.output, HasSubstr("tokens per word"));
 }
 
 TEST(TokenizerCliTest, UnsupportedFileIsAOneLineErrorWithExitOne) {
@@ -84,12 +70,12 @@ TEST(TokenizerCliTest, UnsupportedFileIsAOneLineErrorWithExitOne) {
   const Result r = Rwr(fmt::format("tokenizer info --tokenizer '{}'", path.string()));
   std::filesystem::remove(path);
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_THAT(r.out, HasSubstr("model type \"WordPiece\" is not supported; expected BPE"));
-  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+  EXPECT_THAT(r.output, HasSubstr("model type \"WordPiece\" is not supported; expected BPE"));
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
 
   const Result bad_ids = Rwr(fmt::format("tokenizer decode --tokenizer '{}' --ids 'one two'", kTokenizer));
   EXPECT_EQ(bad_ids.exit_code, 1);
-  EXPECT_THAT(bad_ids.out, HasSubstr("--ids: unexpected 'o'"));
+  EXPECT_THAT(bad_ids.output, HasSubstr("--ids: unexpected 'o'"));
 }
 
 }  // namespace
