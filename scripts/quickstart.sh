@@ -1,49 +1,13 @@
 #!/usr/bin/env bash
 # The README's main job on the embedded default, end to end: synthetic long-context QA → built-in
 # extractive teacher → note cache → token shards → train a tiny Mamba (GPU if present, else CPU)
-# → export in the Hugging Face layout. Does its own setup (dependencies, build). Everything goes
-# to runs/quickstart/ (override with RWR_QUICKSTART_OUT); a rerun starts fresh.
+# → export in the Hugging Face layout. Does its own setup (dependencies, build), then runs
+# scripts/pipeline.sh. Everything goes to runs/quickstart/ (override with RWR_QUICKSTART_OUT); a
+# rerun starts fresh.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash scripts/install-deps.sh
 cmake --preset release >/dev/null
 cmake --build --preset release -j "$(nproc)" --target rwr
-rwr=$root/build/release/bin/rwr
-out=${RWR_QUICKSTART_OUT:-runs/quickstart}
-rm -rf "$out"
-mkdir -p "$out"
-set -x
-"$rwr" --version
-"$rwr" data synth --config configs/quickstart.yaml --out "$out/qa.jsonl"
-"$rwr" distill run --config configs/quickstart.yaml --input "$out/qa.jsonl" \
-  --teacher builtin:extractive --cache "$out/cache" --summary-json "$out/distill_summary.json"
-"$rwr" cache inspect "$out/cache"
-"$rwr" data build --config configs/quickstart.yaml --input "$out/qa.jsonl" --cache "$out/cache" \
-  --tokenizer configs/tokenizer/tokenizer.json --out "$out/data" --seq-len 1024
-"$rwr" data inspect "$out/data" --json >"$out/data_summary.json"
-"$rwr" train --config configs/train_tiny.yaml --set data.dir="$out/data" \
-  --set train.out_dir="$out/train" ${RWR_QUICKSTART_TRAIN_ARGS:-}
-"$rwr" export --checkpoint "$out/train" --out "$out/export"
-"$rwr" checkpoint inspect "$out/train"
-set +x
-
-# One summary: what the teacher kept, what training saw, how the loss moved, where the model is.
-python3 - "$out" <<'PY'
-import json, sys, pathlib
-out = pathlib.Path(sys.argv[1])
-distill = json.loads((out / "distill_summary.json").read_text())
-metrics = [json.loads(l) for l in (out / "train/metrics.jsonl").read_text().splitlines() if l.strip()]
-losses = [m["loss"] for m in metrics if m.get("kind", "train") == "train" and "loss" in m]
-print()
-print("quickstart summary")
-print(f"  items {distill['items']}, notes kept {distill['notes_kept']}, "
-      f"dropped by verification {distill['dropped_by_verification']}, "
-      f"negatives {distill['negatives']}, teacher calls {distill['teacher_calls']}")
-data = json.loads((out / "data_summary.json").read_text())
-print(f"  samples {data.get('documents', data.get('samples', '?'))}, rows {data.get('rows', '?')}, "
-      f"tokens {data.get('tokens', '?')}")
-if losses:
-    print(f"  train loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} logged steps")
-print(f"  exported Hugging Face model: {out / 'export'}")
-PY
+exec bash scripts/pipeline.sh "$root/build/release/bin/rwr" "${RWR_QUICKSTART_OUT:-runs/quickstart}"
