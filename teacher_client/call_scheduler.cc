@@ -7,6 +7,11 @@
 #include "fmt/format.h"
 
 namespace rwr::teacher {
+namespace {
+// The scheduler whose completion is running FinishFns on this thread: calls those submit are
+// started together after they return (batching only).
+thread_local const CallScheduler* completing = nullptr;
+}  // namespace
 
 CallScheduler::CallScheduler(const TeacherClientOptions& options)
     : options_(options), next_start_(Clock::now()), rng_(std::random_device{}()) {
@@ -36,17 +41,39 @@ bool CallScheduler::Retryable(const grpc::Status& status) {
          code == grpc::StatusCode::RESOURCE_EXHAUSTED || code == grpc::StatusCode::CANCELLED;
 }
 
-void CallScheduler::Submit(StartFn start, FinishFn finish) {
+void CallScheduler::Submit(StartFn start, FinishFn finish, BatchPart* batch) {
   auto call = std::make_shared<Call>();
   call->start = std::move(start);
   call->finish = std::move(finish);
+  call->batch = batch;
   std::unique_lock<std::mutex> lock(mu_);
+  if (batch != nullptr && batch_rpc_) {
+    // Field tag + length prefix of a repeated message, at most 1 + 10 bytes.
+    call->batch_bytes = batch->task.ByteSizeLong() + 11;
+  }
   if (stopping_) {
     lock.unlock();
     Finish(call, grpc::Status(grpc::StatusCode::CANCELLED, "teacher client is shutting down"));
     return;
   }
   ready_.push_back(std::move(call));
+  if (batch_rpc_) {
+    // Batching: a completion starts what its callbacks submitted once they all returned; from
+    // any other thread the dispatcher starts what is ready when it wakes (one context switch,
+    // during which calls submitted meanwhile join the same RunBatch), unless the client is idle.
+    // Never waits to fill a batch.
+    if (completing == this) return;
+    // Nothing else in flight or queued: start it here at once, exactly as an unbatched call.
+    if (in_flight_tasks_ == 0 && ready_.size() == 1) {
+      PumpLocked(lock);
+      return;
+    }
+    if (!pump_requested_ && in_flight_tasks_ < std::max(1, options_.concurrency)) {
+      pump_requested_ = true;
+      wake_.notify_all();
+    }
+    return;
+  }
   // Start it here when the window has room: no hand-off to the dispatcher thread.
   PumpLocked(lock);
   // Left queued: the window is full (a completion will start it) or pacing holds it (the
@@ -54,9 +81,15 @@ void CallScheduler::Submit(StartFn start, FinishFn finish) {
   if (!ready_.empty() && options_.requests_per_second > 0) wake_.notify_all();
 }
 
-std::shared_ptr<CallScheduler::Call> CallScheduler::TakeStartableLocked() {
-  if (stopping_ || ready_.empty() ||
-      static_cast<int>(in_flight_.size()) >= std::max(1, options_.concurrency))
+void CallScheduler::EnableBatching(int max_batch, uint64_t max_bytes, BatchRpcFn rpc) {
+  std::lock_guard<std::mutex> lock(mu_);
+  max_batch_ = std::max(1, max_batch);
+  max_batch_bytes_ = max_bytes;
+  batch_rpc_ = max_batch_ > 1 ? std::move(rpc) : nullptr;
+}
+
+std::shared_ptr<CallScheduler::Call> CallScheduler::TakeOneLocked() {
+  if (stopping_ || ready_.empty() || in_flight_tasks_ >= std::max(1, options_.concurrency))
     return nullptr;
   if (options_.requests_per_second > 0) {
     const auto interval = std::chrono::duration_cast<Clock::duration>(
@@ -70,22 +103,44 @@ std::shared_ptr<CallScheduler::Call> CallScheduler::TakeStartableLocked() {
   }
   std::shared_ptr<Call> call = std::move(ready_.front());
   ready_.pop_front();
-  call->context = std::make_unique<grpc::ClientContext>();
-  call->context->set_deadline(std::chrono::system_clock::now() +
-                              std::chrono::duration_cast<std::chrono::system_clock::duration>(
-                                  std::chrono::duration<double>(options_.deadline_s)));
-  if (!options_.bearer_token.empty())
-    call->context->AddMetadata("authorization", "Bearer " + options_.bearer_token);
-  in_flight_.insert(call->context.get());
+  ++in_flight_tasks_;
   ++call->attempts;
   ++stats_.attempts;
   return call;
 }
 
+std::shared_ptr<CallScheduler::Attempt> CallScheduler::TakeStartableLocked() {
+  std::shared_ptr<Call> first = TakeOneLocked();
+  if (!first) return nullptr;
+  auto attempt = std::make_shared<Attempt>();
+  attempt->calls.push_back(std::move(first));
+  // Batch what is ready now, never waiting for more: a lone call stays a unary RPC.
+  if (batch_rpc_ && attempt->calls[0]->batch != nullptr) {
+    uint64_t bytes = attempt->calls[0]->batch_bytes;
+    while (static_cast<int>(attempt->calls.size()) < max_batch_ && !ready_.empty() &&
+           ready_.front()->batch != nullptr &&
+           bytes + ready_.front()->batch_bytes <= max_batch_bytes_) {
+      std::shared_ptr<Call> next = TakeOneLocked();
+      if (!next) break;
+      bytes += next->batch_bytes;
+      attempt->calls.push_back(std::move(next));
+    }
+  }
+  attempt->context = std::make_unique<grpc::ClientContext>();
+  attempt->context->set_deadline(std::chrono::system_clock::now() +
+                                 std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                                     std::chrono::duration<double>(options_.deadline_s)));
+  if (!options_.bearer_token.empty())
+    attempt->context->AddMetadata("authorization", "Bearer " + options_.bearer_token);
+  in_flight_.insert(attempt->context.get());
+  ++stats_.rpcs;
+  return attempt;
+}
+
 void CallScheduler::PumpLocked(std::unique_lock<std::mutex>& lock) {
-  while (std::shared_ptr<Call> call = TakeStartableLocked()) {
+  while (std::shared_ptr<Attempt> attempt = TakeStartableLocked()) {
     lock.unlock();
-    StartAttempt(std::move(call));
+    StartAttempt(std::move(attempt));
     lock.lock();
   }
 }
@@ -106,6 +161,7 @@ CallScheduler::Clock::duration CallScheduler::Backoff(int attempts) {
 void CallScheduler::DispatchLoop() {
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
+    pump_requested_ = false;
     Clock::time_point now = Clock::now();
     while (!delayed_.empty() && delayed_.front()->not_before <= now) {
       std::pop_heap(delayed_.begin(), delayed_.end(), LaterFirst());
@@ -129,14 +185,13 @@ void CallScheduler::DispatchLoop() {
       wake_.wait(lock);
       continue;
     }
-    if (std::shared_ptr<Call> call = TakeStartableLocked()) {
+    if (std::shared_ptr<Attempt> attempt = TakeStartableLocked()) {
       lock.unlock();
-      StartAttempt(std::move(call));
+      StartAttempt(std::move(attempt));
       lock.lock();
       continue;
     }
-    const bool window_open =
-        static_cast<int>(in_flight_.size()) < std::max(1, options_.concurrency);
+    const bool window_open = in_flight_tasks_ < std::max(1, options_.concurrency);
     if (!ready_.empty() && window_open && options_.requests_per_second > 0) {
       wake_.wait_until(
           lock,
@@ -151,38 +206,98 @@ void CallScheduler::DispatchLoop() {
   }
 }
 
-void CallScheduler::StartAttempt(std::shared_ptr<Call> call) {
-  grpc::ClientContext* context = call->context.get();
-  call->start(context, [this, call](grpc::Status status) { AttemptDone(call, std::move(status)); });
+void CallScheduler::StartAttempt(std::shared_ptr<Attempt> attempt) {
+  grpc::ClientContext* context = attempt->context.get();
+  if (attempt->calls.size() == 1) {
+    const std::shared_ptr<Call>& call = attempt->calls[0];
+    if (call->batch != nullptr) call->batch->answered_in_batch = false;
+    call->start(context, [this, attempt](grpc::Status status) {
+      std::vector<grpc::Status> statuses{std::move(status)};
+      AttemptDone(attempt, std::move(statuses));
+    });
+    return;
+  }
+  for (const std::shared_ptr<Call>& call : attempt->calls) {
+    call->batch->answered_in_batch = false;
+    call->batch->result.Clear();
+    *attempt->request.add_tasks() = call->batch->task;
+  }
+  batch_rpc_(context, &attempt->request, &attempt->response,
+             [this, attempt](grpc::Status status) { BatchDone(attempt, status); });
 }
 
-void CallScheduler::AttemptDone(std::shared_ptr<Call> call, grpc::Status status) {
+void CallScheduler::BatchDone(std::shared_ptr<Attempt> attempt, const grpc::Status& status) {
+  const size_t n = attempt->calls.size();
+  std::vector<grpc::Status> statuses;
+  statuses.reserve(n);
+  if (!status.ok()) {
+    statuses.assign(n, status);  // the whole RPC failed: each task retries (or fails) on its own
+  } else if (static_cast<size_t>(attempt->response.results_size()) != n) {
+    statuses.assign(n, grpc::Status(grpc::StatusCode::INTERNAL,
+                                    fmt::format("malformed answer: RunBatch returned {} results "
+                                                "for {} tasks",
+                                                attempt->response.results_size(), n)));
+  } else {
+    for (size_t i = 0; i < n; ++i) {
+      rwr::v1::TeacherResult* result = attempt->response.mutable_results(static_cast<int>(i));
+      if (result->code() == 0) {
+        BatchPart* part = attempt->calls[i]->batch;
+        part->result.Swap(result);
+        part->answered_in_batch = true;
+        statuses.push_back(grpc::Status::OK);
+      } else {
+        statuses.emplace_back(static_cast<grpc::StatusCode>(result->code()), result->message());
+      }
+    }
+  }
+  AttemptDone(std::move(attempt), std::move(statuses));
+}
+
+void CallScheduler::AttemptDone(std::shared_ptr<Attempt> attempt,
+                                std::vector<grpc::Status> statuses) {
   std::unique_lock<std::mutex> lock(mu_);
-  in_flight_.erase(call->context.get());
+  in_flight_.erase(attempt->context.get());
+  in_flight_tasks_ -= static_cast<int>(attempt->calls.size());
   // Held until the end, so the destructor cannot complete while this runs.
   ++finishing_;
-  const bool retry =
-      !status.ok() && Retryable(status) && call->attempts < options_.max_attempts && !stopping_;
-  if (retry) {
-    ++stats_.retries;
-    call->not_before = Clock::now() + Backoff(call->attempts);
-    delayed_.push_back(call);
-    std::push_heap(delayed_.begin(), delayed_.end(), LaterFirst());
+  std::vector<size_t> finished;
+  bool retried = false;
+  for (size_t i = 0; i < attempt->calls.size(); ++i) {
+    const std::shared_ptr<Call>& call = attempt->calls[i];
+    const grpc::Status& status = statuses[i];
+    const bool retry =
+        !status.ok() && Retryable(status) && call->attempts < options_.max_attempts && !stopping_;
+    if (retry) {
+      retried = true;
+      ++stats_.retries;
+      call->not_before = Clock::now() + Backoff(call->attempts);
+      delayed_.push_back(call);
+      std::push_heap(delayed_.begin(), delayed_.end(), LaterFirst());
+    } else {
+      finished.push_back(i);
+    }
   }
-  // A slot is free: start the next queued call from this thread.
-  PumpLocked(lock);
-  if (!retry) {
+  // Slots are free: start the next queued calls from this thread; with batching after the
+  // callbacks ran, so that the calls they submit leave together with the queued ones.
+  if (!batch_rpc_) PumpLocked(lock);
+  if (!finished.empty()) {
     lock.unlock();
-    call->finish(status, call->attempts);
+    const CallScheduler* outer = completing;
+    if (batch_rpc_) completing = this;
+    for (size_t i : finished) attempt->calls[i]->finish(statuses[i], attempt->calls[i]->attempts);
+    completing = outer;
     lock.lock();
-    ++stats_.calls;
-    if (!status.ok()) ++stats_.failures;
+    for (size_t i : finished) {
+      ++stats_.calls;
+      if (!statuses[i].ok()) ++stats_.failures;
+    }
   }
+  if (batch_rpc_) PumpLocked(lock);
   --finishing_;
   // The dispatcher is needed only for a new backoff timer, pacing, or shutdown; waking it for every
   // completion would cost a context switch per call. Notify before unlocking: once the lock drops
   // with finishing_ at 0 the destructor may complete.
-  if (retry || stopping_ || (!ready_.empty() && options_.requests_per_second > 0))
+  if (retried || stopping_ || (!ready_.empty() && options_.requests_per_second > 0))
     wake_.notify_all();
 }
 

@@ -4,6 +4,16 @@
 // server going down) with exponential
 // backoff and ±50% jitter up to `max_attempts`, and paces starts to `requests_per_second`.
 //
+// Batching (rwr targets, EnableBatching): calls submitted with a TeacherTask that are ready at the
+// same moment leave together in one RunBatch RPC of up to max_batch tasks; a lone ready call still
+// goes out at once as its unary RPC (no waiting to fill a batch). The window, the requests/s limit,
+// attempts and retries count tasks, not RPCs: a failed batch RPC retries each of its tasks, a task
+// answered with its own retryable status is retried alone. Every task of a batch started together,
+// so the batch's deadline is each task's attempt deadline. With batching on, a call submitted to
+// an idle scheduler starts on the submitting thread; one submitted while others are in flight is
+// started by the dispatcher (calls submitted meanwhile join it), and calls that FinishFns submit
+// from a completion start together once those FinishFns returned.
+//
 // A call starts on the thread that submits it when the window has room, else on the gRPC thread
 // whose completion frees a slot (gRPC callback API, so nothing blocks on the network); a dispatcher
 // thread starts only retries whose backoff ran out and rate-limited calls. A completion either
@@ -28,6 +38,7 @@
 
 #include "absl/status/statusor.h"
 #include "fmt/format.h"
+#include "rwr/v1/teacher.pb.h"
 #include "teacher_client/client.h"
 
 namespace rwr::teacher {
@@ -41,13 +52,29 @@ class CallScheduler {
   // The call's final status (OK, a non-retryable error, retries exhausted, or CANCELLED at
   // shutdown) and how many attempts were made.
   using FinishFn = std::function<void(const grpc::Status& status, int attempts)>;
+  // Sends one RunBatch attempt on `context`; `rpc_done` is called once with the RPC's status.
+  using BatchRpcFn =
+      std::function<void(grpc::ClientContext* context, const rwr::v1::TaskBatch* request,
+                         rwr::v1::ResultBatch* response, std::function<void(grpc::Status)> rpc_done)>;
+  // A call that may travel in a batch: its task, and where an OK task's result is put (both owned
+  // by the submitter and alive until FinishFn has run). `answered_in_batch` tells FinishFn whether
+  // the final attempt's answer is in `result` (batch) or where StartFn's RPC put it (unary).
+  struct BatchPart {
+    rwr::v1::TeacherTask task;
+    rwr::v1::TeacherResult result;
+    bool answered_in_batch = false;
+  };
 
   explicit CallScheduler(const TeacherClientOptions& options);
   ~CallScheduler();
   CallScheduler(const CallScheduler&) = delete;
   CallScheduler& operator=(const CallScheduler&) = delete;
 
-  void Submit(StartFn start, FinishFn finish);
+  // `batch` (optional, see BatchPart) makes the call batchable once batching is enabled.
+  void Submit(StartFn start, FinishFn finish, BatchPart* batch = nullptr);
+  // Turns batching on (before the first Submit): at most `max_batch` tasks and about `max_bytes`
+  // of request per RunBatch. max_batch < 2 leaves every call unary.
+  void EnableBatching(int max_batch, uint64_t max_bytes, BatchRpcFn rpc);
   TeacherClientStats Stats() const;
 
   // UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED (except "message larger than max"), and
@@ -61,7 +88,15 @@ class CallScheduler {
     FinishFn finish;
     int attempts = 0;
     Clock::time_point not_before;
+    BatchPart* batch = nullptr;
+    uint64_t batch_bytes = 0;  // the task's size inside a TaskBatch
+  };
+  // One RPC in flight: a unary call, or a RunBatch carrying several calls.
+  struct Attempt {
     std::unique_ptr<grpc::ClientContext> context;
+    std::vector<std::shared_ptr<Call>> calls;
+    rwr::v1::TaskBatch request;  // batch only
+    rwr::v1::ResultBatch response;
   };
   struct LaterFirst {
     bool operator()(const std::shared_ptr<Call>& a, const std::shared_ptr<Call>& b) const {
@@ -70,12 +105,16 @@ class CallScheduler {
   };
 
   void DispatchLoop();
-  // The next call the window and the rate limit allow, made ready to start (mu_ held).
-  std::shared_ptr<Call> TakeStartableLocked();
+  // The next call the window and the rate limit allow (mu_ held).
+  std::shared_ptr<Call> TakeOneLocked();
+  // The next RPC to start: one call, or as many ready batchable calls as allowed (mu_ held).
+  std::shared_ptr<Attempt> TakeStartableLocked();
   // Starts calls while TakeStartableLocked gives one; drops the lock around each start.
   void PumpLocked(std::unique_lock<std::mutex>& lock);
-  void StartAttempt(std::shared_ptr<Call> call);
-  void AttemptDone(std::shared_ptr<Call> call, grpc::Status status);
+  void StartAttempt(std::shared_ptr<Attempt> attempt);
+  // `statuses` holds each call's status (the RPC's, or its task's own inside a batch).
+  void AttemptDone(std::shared_ptr<Attempt> attempt, std::vector<grpc::Status> statuses);
+  void BatchDone(std::shared_ptr<Attempt> attempt, const grpc::Status& status);
   void Finish(const std::shared_ptr<Call>& call, const grpc::Status& status);  // counts, then runs
   void RunFinish(const std::shared_ptr<Call>& call, const grpc::Status& status);  // already counted
   Clock::duration Backoff(int attempts);                                          // mu_ held
@@ -85,9 +124,14 @@ class CallScheduler {
   std::condition_variable wake_;
   std::deque<std::shared_ptr<Call>> ready_;
   std::vector<std::shared_ptr<Call>> delayed_;  // min-heap on not_before
-  std::set<grpc::ClientContext*> in_flight_;
+  std::set<grpc::ClientContext*> in_flight_;  // RPCs
+  int in_flight_tasks_ = 0;                    // calls those RPCs carry (the window counts these)
+  int max_batch_ = 1;
+  uint64_t max_batch_bytes_ = 0;
+  BatchRpcFn batch_rpc_;
   int finishing_ = 0;  // FinishFns running now
   bool stopping_ = false;
+  bool pump_requested_ = false;  // batching: the dispatcher is woken to start ready calls
   Clock::time_point next_start_;  // rate limit
   std::mt19937_64 rng_;
   TeacherClientStats stats_;

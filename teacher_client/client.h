@@ -49,6 +49,10 @@ struct TeacherClientOptions {
   std::string tls_server_name;     // override the name checked against the certificate
   std::string bearer_token;        // sent as `authorization: Bearer <token>`
   uint64_t max_message_bytes = 64ull << 20;
+  // rwr:// only: calls ready at the same moment share one RunBatch RPC of at most this many tasks
+  // (and at most the server's max_batch, queue_capacity and max_request_bytes); a lone ready call
+  // is sent at once as before. 1 = every call its own unary RPC. KServe calls are always unary.
+  int max_batch = 64;
   KServeOptions kserve;  // kserve:// targets only
 };
 
@@ -63,7 +67,8 @@ absl::StatusOr<std::unique_ptr<Teacher>> MakeTeacher(const std::string& target_u
 // Counters a client keeps (for summaries and tests).
 struct TeacherClientStats {
   uint64_t calls = 0;     // tasks finished (ok or not)
-  uint64_t attempts = 0;  // RPCs sent, retries included
+  uint64_t attempts = 0;  // task attempts sent, retries included
+  uint64_t rpcs = 0;      // RPCs sent (fewer than attempts when tasks share a RunBatch)
   uint64_t retries = 0;
   uint64_t failures = 0;  // tasks finished with an error
 };

@@ -3,12 +3,66 @@
 
 #include <grpcpp/client_context.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "fmt/format.h"
 #include "teacher_client/channel.h"
 
 namespace rwr::teacher {
+namespace {
+
+// One rwr call through the scheduler: unary when it travels alone, a task of a RunBatch when it
+// leaves together with others. `field` is the task's (and the result's) oneof member; `convert`
+// checks and translates the answer, whichever RPC brought it.
+template <typename Request, typename Response, typename Result, typename Mutable, typename Get,
+          typename Has, typename Invoke, typename Convert>
+void SubmitRwr(CallScheduler* scheduler, const std::string& target, const char* method,
+               uint64_t max_bytes, Request request, Mutable mutable_field, Get result_field,
+               Has result_has, Invoke invoke, Convert convert, TeacherCallback<Result> done) {
+  if (request.ByteSizeLong() > max_bytes) {
+    done(absl::InvalidArgumentError(
+        fmt::format("teacher {} {}: request is {} bytes, over the {} byte limit", target, method,
+                    request.ByteSizeLong(), max_bytes)));
+    return;
+  }
+  struct State {
+    CallScheduler::BatchPart part;  // part.task holds the request for both paths
+    Response response;              // unary answer
+  };
+  auto state = std::make_shared<State>();
+  *mutable_field(&state->part.task) = std::move(request);
+  scheduler->Submit(
+      [state, invoke, result_field](grpc::ClientContext* context,
+                                    std::function<void(grpc::Status)> attempt_done) {
+        state->response.Clear();
+        invoke(context, &result_field(state->part.task), &state->response,
+               std::move(attempt_done));
+      },
+      [state, target, method, convert, result_has, done = std::move(done)](
+          const grpc::Status& status, int attempts) {
+        if (!status.ok()) {
+          done(FinalCallStatus(target, method, status, attempts));
+          return;
+        }
+        absl::StatusOr<Result> result =
+            absl::InternalError("RunBatch result is OK but carries no answer of this task's kind");
+        if (!state->part.answered_in_batch)
+          result = convert(state->response);
+        else if (const Response* r = result_has(state->part.result); r != nullptr)
+          result = convert(*r);
+        if (!result.ok()) {
+          done(absl::InternalError(fmt::format("teacher {} {}: malformed answer: {}", target,
+                                               method, std::string(result.status().message()))));
+          return;
+        }
+        done(std::move(result));
+      },
+      &state->part);
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<RwrTeacherClient>> RwrTeacherClient::Connect(
     const std::string& host_port, bool tls, const TeacherClientOptions& options) {
   auto channel = MakeTeacherChannel(host_port, tls, options);
@@ -18,6 +72,20 @@ absl::StatusOr<std::unique_ptr<RwrTeacherClient>> RwrTeacherClient::Connect(
                            rwr::v1::TeacherService::NewStub(*channel)));
   auto info = client->FetchServerInfo(options.connect_timeout_s);
   if (!info.ok()) return info.status();
+  if (options.max_batch > 1) {
+    // Within the server's limits too: a batch over max_batch or max_request_bytes would be refused
+    // as a whole, one over queue_capacity could never be admitted.
+    int max_batch = options.max_batch;
+    if (info->max_batch() > 0) max_batch = std::min<int>(max_batch, info->max_batch());
+    if (info->queue_capacity() > 0) max_batch = std::min<int>(max_batch, info->queue_capacity());
+    uint64_t max_bytes = options.max_message_bytes;
+    if (info->max_request_bytes() > 0) max_bytes = std::min(max_bytes, info->max_request_bytes());
+    auto* async = client->stub_->async();
+    client->scheduler_->EnableBatching(
+        max_batch, max_bytes,
+        [async](grpc::ClientContext* c, const rwr::v1::TaskBatch* q, rwr::v1::ResultBatch* r,
+                std::function<void(grpc::Status)> d) { async->RunBatch(c, q, r, std::move(d)); });
+  }
   client->info_ = TeacherInfo{.teacher_id = info->teacher_id(),
                               .revision = info->revision(),
                               .prompt_template_version = info->prompt_template_version(),
@@ -63,8 +131,11 @@ void RwrTeacherClient::ExtractNote(NoteTask task, TeacherCallback<Note> done) {
   request.set_question(std::move(task.question));
   request.set_max_note_bytes(task.max_note_bytes);
   auto* async = stub_->async();
-  SubmitUnary<rwr::v1::NoteRequest, rwr::v1::NoteResponse, Note>(
+  SubmitRwr<rwr::v1::NoteRequest, rwr::v1::NoteResponse, Note>(
       scheduler_.get(), target_, "ExtractNote", options_.max_message_bytes, std::move(request),
+      [](rwr::v1::TeacherTask* t) { return t->mutable_note(); },
+      [](const rwr::v1::TeacherTask& t) -> const rwr::v1::NoteRequest& { return t.note(); },
+      [](const rwr::v1::TeacherResult& r) { return r.has_note() ? &r.note() : nullptr; },
       [async](grpc::ClientContext* c, const rwr::v1::NoteRequest* q, rwr::v1::NoteResponse* r,
               std::function<void(grpc::Status)> d) { async->ExtractNote(c, q, r, std::move(d)); },
       [](const rwr::v1::NoteResponse& r) -> absl::StatusOr<Note> {
@@ -84,8 +155,11 @@ void RwrTeacherClient::VerifyNote(VerifyTask task, TeacherCallback<Verdict> done
   request.set_note(std::move(task.note));
   request.set_answer(std::move(task.answer));
   auto* async = stub_->async();
-  SubmitUnary<rwr::v1::VerifyRequest, rwr::v1::VerifyResponse, Verdict>(
+  SubmitRwr<rwr::v1::VerifyRequest, rwr::v1::VerifyResponse, Verdict>(
       scheduler_.get(), target_, "VerifyNote", options_.max_message_bytes, std::move(request),
+      [](rwr::v1::TeacherTask* t) { return t->mutable_verify(); },
+      [](const rwr::v1::TeacherTask& t) -> const rwr::v1::VerifyRequest& { return t.verify(); },
+      [](const rwr::v1::TeacherResult& r) { return r.has_verify() ? &r.verify() : nullptr; },
       [async](grpc::ClientContext* c, const rwr::v1::VerifyRequest* q, rwr::v1::VerifyResponse* r,
               std::function<void(grpc::Status)> d) { async->VerifyNote(c, q, r, std::move(d)); },
       [](const rwr::v1::VerifyResponse& r) -> absl::StatusOr<Verdict> {
@@ -103,8 +177,15 @@ void RwrTeacherClient::RemoveEvidence(RemoveEvidenceTask task, TeacherCallback<N
   request.set_question(std::move(task.question));
   request.set_answer(std::move(task.answer));
   auto* async = stub_->async();
-  SubmitUnary<rwr::v1::RemoveEvidenceRequest, rwr::v1::RemoveEvidenceResponse, Negative>(
+  SubmitRwr<rwr::v1::RemoveEvidenceRequest, rwr::v1::RemoveEvidenceResponse, Negative>(
       scheduler_.get(), target_, "RemoveEvidence", options_.max_message_bytes, std::move(request),
+      [](rwr::v1::TeacherTask* t) { return t->mutable_remove_evidence(); },
+      [](const rwr::v1::TeacherTask& t) -> const rwr::v1::RemoveEvidenceRequest& {
+        return t.remove_evidence();
+      },
+      [](const rwr::v1::TeacherResult& r) {
+        return r.has_remove_evidence() ? &r.remove_evidence() : nullptr;
+      },
       [async](grpc::ClientContext* c, const rwr::v1::RemoveEvidenceRequest* q,
               rwr::v1::RemoveEvidenceResponse* r, std::function<void(grpc::Status)> d) {
         async->RemoveEvidence(c, q, r, std::move(d));

@@ -96,6 +96,7 @@ class TeacherServer::Impl final : public rwr::v1::TeacherService::CallbackServic
                                      const rwr::v1::TaskBatch* request,
                                      rwr::v1::ResultBatch* response) override {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    ++rpcs_;
     const int n = request->tasks_size();
     if (n > options_.max_batch) {
       ++rejected_;
@@ -114,10 +115,11 @@ class TeacherServer::Impl final : public rwr::v1::TeacherService::CallbackServic
       return reactor;
     }
     for (int i = 0; i < n; ++i) response->add_results();
-    Enqueue([this, context, request, response, reactor, n] {
-      auto remaining = std::make_shared<std::atomic<int>>(n);
-      grpc::Status gone = Gone(context);
-      for (int i = 0; i < n; ++i) {
+    // Each task is its own work item: tasks of one batch spread over the workers, and each is
+    // checked for a passed deadline or a gone client just before it would run.
+    auto remaining = std::make_shared<std::atomic<int>>(n);
+    for (int i = 0; i < n; ++i) {
+      Enqueue([this, context, request, response, reactor, remaining, i] {
         rwr::v1::TeacherResult* result = response->mutable_results(i);
         auto task_done = [this, result, remaining, reactor](const absl::Status& status) {
           result->set_code(static_cast<int>(status.code()));
@@ -130,7 +132,7 @@ class TeacherServer::Impl final : public rwr::v1::TeacherService::CallbackServic
           if (remaining->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
         };
         const rwr::v1::TeacherTask& task = request->tasks(i);
-        if (!gone.ok()) {
+        if (grpc::Status gone = Gone(context); !gone.ok()) {
           task_done(
               absl::Status(static_cast<absl::StatusCode>(gone.error_code()), gone.error_message()));
         } else if (task.has_note()) {
@@ -153,8 +155,8 @@ class TeacherServer::Impl final : public rwr::v1::TeacherService::CallbackServic
         } else {
           task_done(absl::InvalidArgumentError(fmt::format("task {} names no task", i)));
         }
-      }
-    });
+      });
+    }
     return reactor;
   }
 
@@ -190,7 +192,8 @@ class TeacherServer::Impl final : public rwr::v1::TeacherService::CallbackServic
         .served = served_.load(),
         .failed = failed_.load(),
         .rejected = rejected_.load(),
-        .outstanding = static_cast<uint64_t>(std::max<int64_t>(0, outstanding_.load()))};
+        .outstanding = static_cast<uint64_t>(std::max<int64_t>(0, outstanding_.load())),
+        .rpcs = rpcs_.load()};
   }
 
   // Waits up to `timeout_s` for backend answers still owed, then stops the pool.
@@ -206,6 +209,7 @@ class TeacherServer::Impl final : public rwr::v1::TeacherService::CallbackServic
   grpc::ServerUnaryReactor* HandleOne(grpc::CallbackServerContext* context, const Request* request,
                                       Response* response) {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    ++rpcs_;
     if (grpc::Status admitted = Admit(context, request->ByteSizeLong(), 1); !admitted.ok()) {
       reactor->Finish(admitted);
       return reactor;
@@ -320,7 +324,7 @@ class TeacherServer::Impl final : public rwr::v1::TeacherService::CallbackServic
 
   const TeacherServerOptions options_;
   std::shared_ptr<Teacher> backend_;
-  std::atomic<uint64_t> served_{0}, failed_{0}, rejected_{0};
+  std::atomic<uint64_t> served_{0}, failed_{0}, rejected_{0}, rpcs_{0};
   std::atomic<int64_t> outstanding_{0};
   std::mutex mu_;
   std::condition_variable wake_;

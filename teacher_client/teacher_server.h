@@ -53,6 +53,7 @@ struct TeacherServerStats {
   uint64_t failed = 0;    // backend error, deadline passed, client gone
   uint64_t rejected = 0;  // unauthenticated, too large, queue full
   uint64_t outstanding = 0;
+  uint64_t rpcs = 0;  // task RPCs received (unary calls and RunBatch calls, admitted or not)
 };
 
 class TeacherServer {

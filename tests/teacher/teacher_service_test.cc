@@ -132,6 +132,74 @@ TEST(TeacherService, BatchRpcAnswersEveryTaskWithItsOwnStatus) {
             grpc::StatusCode::INVALID_ARGUMENT);
 }
 
+TEST(TeacherService, CallsReadyTogetherShareRunBatchRpcs) {
+  auto server = StartServer(
+      {.backend_never_blocks = true},
+      std::make_shared<ScriptedTeacher>(ScriptedOptions{.latency_s = 0.05}));
+  ASSERT_TRUE(server);
+  TeacherClientOptions options = FastRetries();
+  options.concurrency = 64;  // max_batch stays at its default
+  auto teacher = Connect(Url(*server), options);
+  ASSERT_TRUE(teacher);
+  const uint64_t rpcs_before = server->stats().rpcs;
+  Results<Note> notes;
+  for (int i = 0; i < 300; ++i)
+    teacher->ExtractNote({.context = kContext, .question = kQuestion}, notes.Callback());
+  ASSERT_TRUE(notes.WaitFor(300));
+  for (const auto& r : notes.Take()) {
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_NE(r->text.find("5,895"), std::string::npos);
+  }
+  EXPECT_EQ(server->stats().served, 300u);
+  const uint64_t rpcs = server->stats().rpcs - rpcs_before;
+  EXPECT_LT(rpcs, 300u / 4) << "tasks were not coalesced";
+  TeacherClientStats stats = dynamic_cast<RemoteTeacher*>(teacher.get())->Stats();
+  EXPECT_EQ(stats.attempts, 300u);
+  EXPECT_EQ(stats.rpcs, rpcs);
+
+  // max_batch = 1: one RPC per call, as before.
+  options.max_batch = 1;
+  auto unary = Connect(Url(*server), options);
+  ASSERT_TRUE(unary);
+  const uint64_t unary_before = server->stats().rpcs;
+  Results<Note> unary_notes;
+  for (int i = 0; i < 100; ++i)
+    unary->ExtractNote({.context = kContext, .question = kQuestion}, unary_notes.Callback());
+  ASSERT_TRUE(unary_notes.WaitFor(100));
+  for (const auto& r : unary_notes.Take()) ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(server->stats().rpcs - unary_before, 100u);
+}
+
+TEST(TeacherService, AFailedTaskInsideABatchIsRetriedAlone) {
+  // Every 4th task fails UNAVAILABLE inside an otherwise good RunBatch.
+  auto server = StartServer({.backend_never_blocks = true},
+                            std::make_shared<ScriptedTeacher>(ScriptedOptions{
+                                .latency_s = 0.02,
+                                .fail_every = 4,
+                                .fail_code = absl::StatusCode::kUnavailable}));
+  ASSERT_TRUE(server);
+  TeacherClientOptions options = FastRetries();
+  options.concurrency = 32;
+  auto teacher = Connect(Url(*server), options);
+  ASSERT_TRUE(teacher);
+  Results<Note> notes;
+  for (int i = 0; i < 120; ++i)
+    teacher->ExtractNote({.context = kContext, .question = kQuestion}, notes.Callback());
+  ASSERT_TRUE(notes.WaitFor(120));
+  for (const auto& r : notes.Take()) {
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_NE(r->text.find("5,895"), std::string::npos);
+  }
+  const TeacherServerStats server_stats = server->stats();
+  TeacherClientStats stats = dynamic_cast<RemoteTeacher*>(teacher.get())->Stats();
+  EXPECT_LT(stats.rpcs, stats.attempts) << "no batch was sent";
+  EXPECT_GE(server_stats.failed, 30u);
+  // Only the failed tasks were sent again: no task answered OK was computed twice.
+  EXPECT_EQ(server_stats.served, 120u);
+  EXPECT_EQ(stats.retries, server_stats.failed);
+  EXPECT_EQ(stats.attempts, 120u + stats.retries);
+}
+
 TEST(TeacherService, TlsWithASelfSignedCertificate) {
   auto dir = testing::MakeTempDir("rwr-tls");
   ASSERT_TRUE(testing::MakeSelfSignedCert(dir)) << "openssl failed";
