@@ -13,6 +13,8 @@ absl::Status NoCuda() {
 
 bool HaveCuda() { return false; }
 
+int64_t CheckpointBytes(const SelectiveScanParams&) { return 0; }
+int64_t ScratchBytes(const SelectiveScanParams&) { return 0; }
 int64_t WorkspaceBytes(const SelectiveScanParams&) { return 0; }
 absl::Status Forward(const SelectiveScanParams&, CUstream_st*) { return NoCuda(); }
 absl::Status Backward(const SelectiveScanParams&, const SelectiveScanGrads&, CUstream_st*) {

@@ -887,8 +887,13 @@ int ChunksFor(int64_t batch, int64_t seqlen, int64_t dim) {
   return static_cast<int>(std::clamp<int64_t>(k, 1, std::max<int64_t>(1, nJ)));
 }
 
-// Lays out the workspace; with base == nullptr only computes the size.
-int64_t LayoutWork(const SelectiveScanParams& p, bool with_workspace, char* base, Work* w) {
+// Lays out the checkpoints (at `ckpt_base`) and the scratch (at `scratch_base`, or right after
+// the checkpoints when that is null); with ckpt_base == nullptr only computes the sizes.
+struct WorkBytes {
+  int64_t ckpt = 0, scratch = 0;
+};
+WorkBytes LayoutWork(const SelectiveScanParams& p, bool with_workspace, char* ckpt_base,
+                     char* scratch_base, Work* w) {
   w->nJ = static_cast<int>((p.seqlen + kTile - 1) / kTile);
   // In-place state (final_state == initial_state) needs one chunk: the thread that reads a
   // channel's initial state is then the one that writes its final state.
@@ -897,14 +902,19 @@ int64_t LayoutWork(const SelectiveScanParams& p, bool with_workspace, char* base
   w->tiles_per_chunk = (w->nJ + w->K - 1) / w->K;
   w->K = (w->nJ + w->tiles_per_chunk - 1) / w->tiles_per_chunk;  // no empty chunks
   w->nblk = static_cast<int>((p.dim + kChPerBlock - 1) / kChPerBlock);
+  const int64_t B = p.batch, K = w->K, Di = p.dim;
+  WorkBytes bytes;
+  bytes.ckpt = Align256(B * w->nJ * Di * kS * int64_t(sizeof(float)));
+  w->ckpt = reinterpret_cast<float*>(ckpt_base);
+  char* base = scratch_base != nullptr ? scratch_base
+               : ckpt_base != nullptr  ? ckpt_base + bytes.ckpt
+                                       : nullptr;
   int64_t off = 0;
   auto take = [&](int64_t floats) -> float* {
     float* ptr = base != nullptr ? reinterpret_cast<float*>(base + off) : nullptr;
     off += Align256(floats * int64_t(sizeof(float)));
     return ptr;
   };
-  const int64_t B = p.batch, K = w->K, Di = p.dim;
-  w->ckpt = take(B * w->nJ * Di * kS);
   w->hloc = take(B * K * Di * kS);
   w->hdecay = take(B * K * Di * kS);
   w->gloc = take(B * K * Di * kS);
@@ -912,14 +922,17 @@ int64_t LayoutWork(const SelectiveScanParams& p, bool with_workspace, char* base
   w->dbc_part = take(B * p.seqlen * w->nblk * 2 * kS);
   w->dA_part = take(B * K * Di * kS);
   w->dDb_part = take(B * K * Di * 2);
-  return off;
+  bytes.scratch = off;
+  return bytes;
 }
 
 absl::Status CheckAligned(const SelectiveScanParams& p) {
   auto misaligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) != 0; };
-  if (misaligned(p.initial_state) || misaligned(p.final_state) || misaligned(p.workspace)) {
+  if (misaligned(p.initial_state) || misaligned(p.final_state) || misaligned(p.workspace) ||
+      misaligned(p.scratch)) {
     return absl::InvalidArgumentError(
-        "selective scan CUDA: initial_state, final_state and workspace must be 16-byte aligned");
+        "selective scan CUDA: initial_state, final_state, workspace and scratch must be 16-byte "
+        "aligned");
   }
   return absl::OkStatus();
 }
@@ -927,8 +940,8 @@ absl::Status CheckAligned(const SelectiveScanParams& p) {
 template <typename E>
 absl::Status LaunchForward(const SelectiveScanParams& p, cudaStream_t stream) {
   Work w;
-  LayoutWork(p, p.workspace != nullptr, static_cast<char*>(p.workspace), &w);
-  if (p.workspace == nullptr) w.ckpt = nullptr;
+  LayoutWork(p, p.workspace != nullptr, static_cast<char*>(p.workspace),
+             static_cast<char*>(p.scratch), &w);
   const dim3 grid(w.nblk, w.K, static_cast<unsigned>(p.batch));
   const int variant = g_variant.load();
   if (w.K > 1) {
@@ -954,7 +967,7 @@ template <typename E>
 absl::Status LaunchBackward(const SelectiveScanParams& p, const SelectiveScanGrads& g,
                             cudaStream_t stream) {
   Work w;
-  LayoutWork(p, true, static_cast<char*>(p.workspace), &w);
+  LayoutWork(p, true, static_cast<char*>(p.workspace), static_cast<char*>(p.scratch), &w);
   const dim3 grid(w.nblk, w.K, static_cast<unsigned>(p.batch));
   if (w.K > 1) {
     ScanChunkGradKernel<E><<<grid, kThreads, 0, stream>>>(p, g, w);
@@ -990,10 +1003,19 @@ int ScanChunks(int64_t batch, int64_t seqlen, int64_t dim) {
 
 bool HaveCuda() { return true; }
 
-int64_t WorkspaceBytes(const SelectiveScanParams& p) {
-  if (p.batch <= 0 || p.seqlen <= 0 || p.dim <= 0) return 0;
+namespace {
+WorkBytes SizesFor(const SelectiveScanParams& p) {
+  if (p.batch <= 0 || p.seqlen <= 0 || p.dim <= 0) return {};
   Work w;
-  return LayoutWork(p, true, nullptr, &w);
+  return LayoutWork(p, true, nullptr, nullptr, &w);
+}
+}  // namespace
+
+int64_t CheckpointBytes(const SelectiveScanParams& p) { return SizesFor(p).ckpt; }
+int64_t ScratchBytes(const SelectiveScanParams& p) { return SizesFor(p).scratch; }
+int64_t WorkspaceBytes(const SelectiveScanParams& p) {
+  const WorkBytes b = SizesFor(p);
+  return b.ckpt + b.scratch;
 }
 
 absl::Status Forward(const SelectiveScanParams& p, CUstream_st* stream) {

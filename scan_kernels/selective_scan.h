@@ -64,11 +64,16 @@ struct SelectiveScanParams {
   void* out = nullptr;  // (B, T, Di)
   TokenStrides out_strides;
 
-  // CUDA only: device buffer of at least WorkspaceBytes(params) bytes, 256-byte aligned.
-  // Forward stores the state at chunk boundaries there; Backward reads them (so the same
-  // workspace, unmodified, must be passed to the Backward of the same inputs) and uses the rest
-  // as scratch. Ignored by the CPU reference.
+  // CUDA only: device buffer, 256-byte aligned. Forward stores a checkpoint of the state every
+  // 16 tokens there; Backward reads them, so the same workspace, unmodified, must be passed to
+  // the Backward of the same inputs. It needs CheckpointBytes(params) when `scratch` is set,
+  // else WorkspaceBytes(params) (the scratch then follows the checkpoints). Ignored by the CPU
+  // reference.
   void* workspace = nullptr;
+  // CUDA only, optional: ScratchBytes(params) bytes, 256-byte aligned, for what lives within one
+  // call (chunk carries, gradient partials). Nothing is kept there between calls, so one scratch
+  // can serve every layer of a model while each layer keeps its own checkpoints.
+  void* scratch = nullptr;
 };
 
 // Gradients. Every gradient is written (overwritten), never accumulated into.
@@ -105,7 +110,11 @@ absl::Status ForwardCpu(const SelectiveScanParams& params);
 absl::Status BackwardCpu(const SelectiveScanParams& params, const SelectiveScanGrads& grads);
 
 // CUDA (device pointers). Without CUDA in the build these return Unimplemented.
-// Bytes of workspace Forward/Backward need for these sizes (0 when CUDA is not built).
+// Bytes Forward/Backward need for these sizes (0 when CUDA is not built): the checkpoints kept
+// from Forward to Backward, the per-call scratch, and both together (a workspace without a
+// separate scratch).
+int64_t CheckpointBytes(const SelectiveScanParams& params);
+int64_t ScratchBytes(const SelectiveScanParams& params);
 int64_t WorkspaceBytes(const SelectiveScanParams& params);
 absl::Status Forward(const SelectiveScanParams& params, CUstream_st* stream);
 absl::Status Backward(const SelectiveScanParams& params, const SelectiveScanGrads& grads,

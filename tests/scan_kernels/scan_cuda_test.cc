@@ -213,14 +213,15 @@ ScanResults RunCpu(const HostScan& h) {
   return r;
 }
 
-// Runs forward + backward on the GPU; `reps` times (all must give the same bytes).
-void RunGpu(const HostScan& h, ScanResults* r) {
+// Runs forward + backward on the GPU. With `separate_scratch` the workspace holds only the
+// checkpoints and a scratch buffer, overwritten between the two calls, holds the rest.
+void RunGpu(const HostScan& h, ScanResults* r, bool separate_scratch = false) {
   const ScanCase& c = h.c;
   const int64_t n = c.B * c.T * c.Di, S = HostScan::S, row = HostScan::R + 2 * S;
   const size_t elem = c.dtype == DType::kF32 ? 4 : 2;
   SetScanChunksOverride(c.chunks);
   DeviceTensor x, delta, A, xproj, D, z, bias, init, fin, out, dout, dfinal, dx, ddelta, dA,
-      dxproj, dD, dz, dbias, dinit, resets, ws;
+      dxproj, dD, dz, dbias, dinit, resets, ws, scratch;
   x.Upload(h.x, c.dtype); delta.Upload(h.delta, c.dtype); xproj.Upload(h.xproj, c.dtype);
   z.Upload(h.z, c.dtype); dout.Upload(h.dout, c.dtype);
   A.Upload(h.A, DType::kF32); D.Upload(h.D, DType::kF32); bias.Upload(h.bias, DType::kF32);
@@ -233,10 +234,17 @@ void RunGpu(const HostScan& h, ScanResults* r) {
   SelectiveScanParams p = h.Params(x.get(), delta.get(), A.get<float>(), xproj.get(), D.get<float>(),
                                    z.get(), bias.get<float>(), resets.get<uint8_t>(),
                                    init.get<float>(), fin.get<float>(), out.get(), elem);
-  ws.Allocate((WorkspaceBytes(p) + 3) / 4, DType::kF32);
+  if (separate_scratch) {
+    ws.Allocate((CheckpointBytes(p) + 3) / 4, DType::kF32);
+    scratch.Allocate((ScratchBytes(p) + 3) / 4, DType::kF32);
+    p.scratch = scratch.get();
+  } else {
+    ws.Allocate((WorkspaceBytes(p) + 3) / 4, DType::kF32);
+  }
   p.workspace = ws.get();
   const absl::Status fs = Forward(p, nullptr);
   ASSERT_TRUE(fs.ok()) << fs.message();
+  if (separate_scratch) CUDA_OK(cudaMemset(scratch.get(), 0xff, ScratchBytes(p)));
   dx.Allocate(n, c.dtype); ddelta.Allocate(n, c.dtype); dz.Allocate(n, c.dtype);
   dxproj.Allocate(c.B * c.T * row, c.dtype);
   dA.Allocate(c.Di * S, DType::kF32); dD.Allocate(c.Di, DType::kF32);
@@ -354,6 +362,19 @@ TEST(ScanCuda, TwoRunsAreBitwiseEqual) {
   ScanResults a, b;
   RunGpu(h, &a);
   RunGpu(h, &b);
+  ASSERT_EQ(a.raw.size(), b.raw.size());
+  for (size_t i = 0; i < a.raw.size(); ++i) EXPECT_TRUE(a.raw[i] == b.raw[i]) << "output " << i;
+}
+
+// The trainer keeps each layer's checkpoints and shares one scratch: same bytes as one workspace.
+TEST(ScanCuda, SeparateScratchGivesTheSameBytes) {
+  SKIP_WITHOUT_GPU();
+  ScanCase c;
+  c.B = 2; c.T = 3000; c.Di = 192; c.dtype = DType::kBF16; c.chunks = 0;
+  HostScan h(c);
+  ScanResults a, b;
+  RunGpu(h, &a);
+  RunGpu(h, &b, /*separate_scratch=*/true);
   ASSERT_EQ(a.raw.size(), b.raw.size());
   for (size_t i = 0; i < a.raw.size(); ++i) EXPECT_TRUE(a.raw[i] == b.raw[i]) << "output " << i;
 }
