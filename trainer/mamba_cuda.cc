@@ -1,6 +1,14 @@
 // Mamba-1 LM on CUDA; see mamba_cuda.h. Structure mirrors mamba_cpu.cc (read that first): a
-// Runner per call, chunk pass 1 keeps boundary states, pass 2 recomputes each chunk with
-// activations and runs its backward, last chunk first.
+// Runner per call; for a sample longer than one chunk, pass 1 runs the chunks but the last
+// forward only, keeping the state at each chunk boundary; pass 2 takes the chunks last to first,
+// re-runs each one's forward keeping its activations, and runs its backward.
+//
+// What a layer keeps from its forward for its backward (LayerActs): the residual stream entering
+// it (fp32), the norm statistics, the in_proj output xz, the x_proj output, and the scan's state
+// checkpoints. Everything else — the normed input, the conv output, Δ, the scan output — is
+// recomputed in the backward from those, which costs little (no large GEMM is re-run) and keeps
+// about 2.3 KB of activations per token per layer at Mamba-2.8B sizes in bf16 (plus the scan's
+// 20 KB of checkpoints).
 #include "trainer/mamba_cuda.h"
 
 #include <cublas_v2.h>
@@ -8,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <vector>
 
 #include "common/call_status_cuda.h"
@@ -20,17 +29,18 @@
 namespace rwr::trainer {
 namespace {
 
-// ---- device buffers ---------------------------------------------------------------------------
+using cuda::Act;
 
-struct DeviceArena;
+// ---- device buffers ---------------------------------------------------------------------------
 
 template <typename T>
 struct DeviceBuffer {
   T* ptr = nullptr;
   int64_t count = 0;
-  DeviceArena* arena = nullptr;
 };
 
+// Owns every device allocation of a model; a buffer grows (never shrinks) to the largest size
+// asked of it, and `peak` is the most bytes held at once.
 struct DeviceArena {
   int64_t bytes = 0, peak = 0;
   std::vector<void*> all;
@@ -57,38 +67,49 @@ struct DeviceArena {
   }
 };
 
-// ---- kernels ----------------------------------------------------------------------------------
+// `elements` past p, for a buffer of activations of `es` bytes each.
+inline void* At(void* p, int64_t elements, int64_t es) {
+  return static_cast<char*>(p) + elements * es;
+}
+inline const void* At(const void* p, int64_t elements, int64_t es) {
+  return static_cast<const char*>(p) + elements * es;
+}
 
 }  // namespace
 
 // ---- implementation state ---------------------------------------------------------------------
 
-struct LayerActsDev {
-  DeviceBuffer<float> h_in, rstd, xn, xz, uc, xdbl, dtraw, y;
-  DeviceBuffer<char> scan_ws;
+// What one layer's forward keeps for its backward (see the top of this file).
+struct LayerActs {
+  DeviceBuffer<float> h_in, rstd;
+  DeviceBuffer<char> xz, xdbl, ckpt;
 };
 
 struct MambaCuda::Impl {
   MambaConfig c;
   GemmPrecision precision;
+  Act act = Act::kF32;  // activations and GEMM operands
+  int64_t es = 4;       // bytes per activation
   DeviceArena arena;
   cublasHandle_t cublas = nullptr;
   cudaStream_t stream = nullptr;
   DeviceBuffer<float> params, grads, exp_avg, exp_avg_sq, A;  // A: per layer (Di, S)
-  DeviceBuffer<uint8_t> decay;
+  DeviceBuffer<char> params16;  // bf16 copy of params (kBf16): the GEMMs' weights
+  DeviceBuffer<uint32_t> decay;  // bit i: parameter i takes weight decay
   int64_t adam_step = 0;
-  // per-call
-  DeviceBuffer<int32_t> tokens, targets, rows;
+  // per call
+  DeviceBuffer<int32_t> tokens, rows, row_targets, emb_ids, emb_offsets, emb_rows;
   DeviceBuffer<uint8_t> reset, row_weight;
-  DeviceBuffer<int32_t> row_targets;
-  std::vector<LayerActsDev> acts;
-  LayerActsDev scratch_acts;
-  DeviceBuffer<float> h, dh, dtmp_d, dy, duc, ddtraw, dxdbl, dxz, dxn, dA, dD, ddt_bias, dconv_w,
-      dconv_b, out_scratch, hn, rstd_f, dhn, block_in, block_logits, block_dh, row_loss;
+  std::vector<LayerActs> acts;  // per layer, for the pass that runs the backward
+  LayerActs pass_acts;          // one set reused by every layer in forward-only passes
+  // One layer's working buffers (forward temporaries, backward recomputation and gradients).
+  DeviceBuffer<char> xn, uc, dtraw, y, dh_act, dy, duc, ddtraw, dxdbl, dxz, hn, block_in,
+      block_dlogits, scan_scratch, conv_ws;
+  DeviceBuffer<float> h, dh, dxn, dA, dD, ddt_bias, dconv_w, dconv_b, rstd_f, dhn, block_logits,
+      block_dh, row_loss, norm_scratch;
   DeviceBuffer<float> states;                 // [chunk][layer] conv + ssm
   DeviceBuffer<float> dstates, dstates_next;  // [layer] conv + ssm
-  DeviceBuffer<char> conv_ws;
-  DeviceBuffer<double> norm_acc;
+  DeviceBuffer<double> norm_acc;              // [0] the sum, then SumSquares' scratch
 
   ~Impl() {
     if (cublas) cublasDestroy(cublas);
@@ -97,36 +118,47 @@ struct MambaCuda::Impl {
 
   int64_t StateFloats(int64_t B) const { return B * c.d_inner * (c.d_conv - 1 + c.d_state); }
   int64_t ConvStateFloats(int64_t B) const { return B * c.d_inner * (c.d_conv - 1); }
+  scan::DType ScanType() const { return act == Act::kF32 ? scan::DType::kF32 : scan::DType::kBF16; }
+  cudaDataType_t CudaType() const { return act == Act::kF32 ? CUDA_R_32F : CUDA_R_16BF; }
+  template <typename B>
+  absl::Status AllocAct(B* b, int64_t elements) {
+    return arena.Alloc(b, elements * es);
+  }
 
-  // Y(M, N) = X(M, K)·W(N, K)ᵀ (row-major), see mamba_cpu.cc for the CPU twin.
-  absl::Status Linear(const float* X, int64_t ldx, const float* W, float* Y, int64_t ldy, int64_t M,
-                      int64_t N, int64_t K) {
-    const float one = 1.f, zero = 0.f;
-    RWR_CUBLAS(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, W, CUDA_R_32F, K, X,
-                            CUDA_R_32F, ldx, &zero, Y, CUDA_R_32F, ldy, Compute(),
-                            CUBLAS_GEMM_DEFAULT));
+  // The GEMMs' copy of the weights at `offset` of the flat layout.
+  const void* W(int64_t offset) const {
+    return act == Act::kF32 ? static_cast<const void*>(params.ptr + offset)
+                            : static_cast<const void*>(params16.ptr + offset * 2);
+  }
+
+  // Row-major GEMMs (the CPU twins are in mamba_cpu.cc). X, W and dY are activations; an output
+  // is fp32 when its `*_f32` flag says so, else an activation. Accumulation is fp32 throughout.
+  // Y(M, N) = X(M, K)·W(N, K)ᵀ + beta·Y
+  absl::Status Linear(const void* X, int64_t ldx, const void* Wt, void* Y, bool y_f32, int64_t ldy,
+                      int64_t M, int64_t N, int64_t K, float beta = 0.f) {
+    const float one = 1.f;
+    RWR_CUBLAS(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, Wt, CudaType(), K, X,
+                            CudaType(), ldx, &beta, Y, y_f32 ? CUDA_R_32F : CudaType(), ldy,
+                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return absl::OkStatus();
   }
-  // dX(M, K) (=|+=) dY(M, N)·W(N, K)
-  absl::Status LinearDx(const float* dY, int64_t lddy, const float* W, float* dX, int64_t lddx,
-                        int64_t M, int64_t N, int64_t K, bool accumulate) {
-    const float one = 1.f, beta = accumulate ? 1.f : 0.f;
-    RWR_CUBLAS(cublasGemmEx(cublas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, W, CUDA_R_32F, K, dY,
-                            CUDA_R_32F, lddy, &beta, dX, CUDA_R_32F, lddx, Compute(),
-                            CUBLAS_GEMM_DEFAULT));
+  // dX(M, K) = dY(M, N)·W(N, K) + beta·dX
+  absl::Status LinearDx(const void* dY, int64_t lddy, const void* Wt, void* dX, bool dx_f32,
+                        int64_t lddx, int64_t M, int64_t N, int64_t K, float beta = 0.f) {
+    const float one = 1.f;
+    RWR_CUBLAS(cublasGemmEx(cublas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, Wt, CudaType(), K, dY,
+                            CudaType(), lddy, &beta, dX, dx_f32 ? CUDA_R_32F : CudaType(), lddx,
+                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return absl::OkStatus();
   }
-  // dW(N, K) += dY(M, N)ᵀ·X(M, K)
-  absl::Status LinearDw(const float* dY, int64_t lddy, const float* X, int64_t ldx, float* dW,
+  // dW(N, K) += dY(M, N)ᵀ·X(M, K), dW fp32
+  absl::Status LinearDw(const void* dY, int64_t lddy, const void* X, int64_t ldx, float* dW,
                         int64_t M, int64_t N, int64_t K) {
     const float one = 1.f;
-    RWR_CUBLAS(cublasGemmEx(cublas, CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, &one, X, CUDA_R_32F, ldx, dY,
-                            CUDA_R_32F, lddy, &one, dW, CUDA_R_32F, K, Compute(),
+    RWR_CUBLAS(cublasGemmEx(cublas, CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, &one, X, CudaType(), ldx,
+                            dY, CudaType(), lddy, &one, dW, CUDA_R_32F, K, CUBLAS_COMPUTE_32F,
                             CUBLAS_GEMM_DEFAULT));
     return absl::OkStatus();
-  }
-  cublasComputeType_t Compute() const {
-    return precision == GemmPrecision::kBf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
   }
 };
 
@@ -153,118 +185,53 @@ class CudaRunner {
     return m_.states.ptr + (chunk * c_.n_layer + layer) * m_.StateFloats(batch_.batch);
   }
 
-  absl::Status Alloc(LayerActsDev& a, const ChunkDims& d, bool workspace) {
-    const int64_t M = d.M();
-    DeviceArena& ar = m_.arena;
-    RWR_RETURN_IF_ERROR(ar.Alloc(&a.h_in, M * d.D));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&a.rstd, M));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&a.xn, M * d.D));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&a.xz, M * 2 * d.Di));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&a.uc, M * d.Di));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&a.xdbl, M * d.X));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&a.dtraw, M * d.Di));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&a.y, M * d.Di));
-    if (workspace) {
-      scan::SelectiveScanParams probe;
-      probe.batch = d.B;
-      probe.seqlen = d.Tc;
-      probe.dim = d.Di;
-      probe.dstate = d.S;
-      RWR_RETURN_IF_ERROR(ar.Alloc(&a.scan_ws, scan::WorkspaceBytes(probe) + 256));
-    }
-    return absl::OkStatus();
-  }
-
-  scan::CausalConv1dParams Conv(const ChunkDims& d, const LayerOffsets& o, const float* in,
-                                float* out_state, LayerActsDev& a) const {
-    scan::CausalConv1dParams p;
-    p.batch = d.B;
-    p.seqlen = d.Tc;
-    p.dim = d.Di;
-    p.width = d.W;
-    p.x = a.xz.ptr;
-    p.x_strides = {d.Tc * 2 * d.Di, 2 * d.Di};
-    p.weight = P(o.conv_weight);
-    p.bias = P(o.conv_bias);
-    p.silu = true;
-    p.resets = m_.reset.ptr + d.t0;
-    p.resets_batch_stride = d.T;
-    p.initial_state = in;
-    p.final_state = out_state;
-    p.out = a.uc.ptr;
-    p.out_strides = {d.Tc * d.Di, d.Di};
-    return p;
-  }
-
-  scan::SelectiveScanParams Scan(int64_t l, const ChunkDims& d, const LayerOffsets& o,
-                                 const float* in, float* out_state, LayerActsDev& a) const {
-    scan::SelectiveScanParams p;
-    p.batch = d.B;
-    p.seqlen = d.Tc;
-    p.dim = d.Di;
-    p.dstate = d.S;
-    p.x = a.uc.ptr;
-    p.x_strides = {d.Tc * d.Di, d.Di};
-    p.delta = a.dtraw.ptr;
-    p.delta_strides = {d.Tc * d.Di, d.Di};
-    p.A = m_.A.ptr + l * d.Di * d.S;
-    p.B = a.xdbl.ptr + d.R;
-    p.B_strides = {d.Tc * d.X, d.X};
-    p.C = a.xdbl.ptr + d.R + d.S;
-    p.C_strides = {d.Tc * d.X, d.X};
-    p.D = P(o.D);
-    p.z = a.xz.ptr + d.Di;
-    p.z_strides = {d.Tc * 2 * d.Di, 2 * d.Di};
-    p.delta_bias = P(o.dt_proj_bias);
-    p.delta_softplus = true;
-    p.resets = m_.reset.ptr + d.t0;
-    p.resets_batch_stride = d.T;
-    p.initial_state = in;
-    p.final_state = out_state;
-    p.out = a.y.ptr;
-    p.out_strides = {d.Tc * d.Di, d.Di};
-    p.workspace = a.scan_ws.ptr;
-    return p;
-  }
-
-  // h (M, D) in place; states: in (conv | ssm), out (may be null).
+  // h (M, D), the residual stream, in place. States: in (conv | ssm), out (may be null). With
+  // `keep`, the layer's input is saved in a.h_in for its backward.
   absl::Status LayerForward(int64_t l, const ChunkDims& d, const float* state_in, float* state_out,
-                            LayerActsDev& a) {
+                            LayerActs& a, bool keep) {
     const LayerOffsets& o = layout_.layer(l);
-    const int64_t M = d.M();
+    const int64_t M = d.M(), conv_floats = m_.ConvStateFloats(d.B);
     cudaStream_t s = m_.stream;
-    RWR_CUDA(cudaMemcpyAsync(a.h_in.ptr, m_.h.ptr, M * d.D * 4, cudaMemcpyDeviceToDevice, s));
+    if (keep) {
+      RWR_CUDA(cudaMemcpyAsync(a.h_in.ptr, m_.h.ptr, M * d.D * 4, cudaMemcpyDeviceToDevice, s));
+    }
+    RWR_RETURN_IF_ERROR(cuda::RmsNorm(m_.h.ptr, P(o.norm), m_.xn.ptr, m_.act, a.rstd.ptr, M, d.D,
+                                      c_.norm_eps, s));
     RWR_RETURN_IF_ERROR(
-        cuda::RmsNorm(m_.h.ptr, P(o.norm), a.xn.ptr, a.rstd.ptr, M, d.D, c_.norm_eps, s));
+        m_.Linear(m_.xn.ptr, d.D, m_.W(o.in_proj), a.xz.ptr, false, 2 * d.Di, M, 2 * d.Di, d.D));
+    RWR_RETURN_IF_ERROR(scan::Forward(Conv(d, o, state_in, state_out, a), s));
     RWR_RETURN_IF_ERROR(
-        m_.Linear(a.xn.ptr, d.D, P(o.in_proj), a.xz.ptr, 2 * d.Di, M, 2 * d.Di, d.D));
-    const int64_t conv_floats = m_.ConvStateFloats(d.B);
-    RWR_RETURN_IF_ERROR(scan::Forward(Conv(d, o, state_in, state_out ? state_out : nullptr, a), s));
-    RWR_RETURN_IF_ERROR(m_.Linear(a.uc.ptr, d.Di, P(o.x_proj), a.xdbl.ptr, d.X, M, d.X, d.Di));
-    RWR_RETURN_IF_ERROR(
-        m_.Linear(a.xdbl.ptr, d.X, P(o.dt_proj_weight), a.dtraw.ptr, d.Di, M, d.Di, d.R));
+        m_.Linear(m_.uc.ptr, d.Di, m_.W(o.x_proj), a.xdbl.ptr, false, d.X, M, d.X, d.Di));
+    RWR_RETURN_IF_ERROR(m_.Linear(a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), m_.dtraw.ptr, false,
+                                  d.Di, M, d.Di, d.R));
     RWR_RETURN_IF_ERROR(scan::Forward(
         Scan(l, d, o, state_in + conv_floats, state_out ? state_out + conv_floats : nullptr, a),
         s));
-    RWR_RETURN_IF_ERROR(m_.Linear(a.y.ptr, d.Di, P(o.out_proj), m_.dtmp_d.ptr, d.D, M, d.D, d.Di));
-    RWR_RETURN_IF_ERROR(cuda::Add(m_.h.ptr, m_.dtmp_d.ptr, M * d.D, s));
-    return absl::OkStatus();
+    // The residual add is the GEMM's beta: h += y·out_projᵀ, accumulated in fp32.
+    return m_.Linear(m_.y.ptr, d.Di, m_.W(o.out_proj), m_.h.ptr, true, d.D, M, d.D, d.Di, 1.f);
   }
 
-  // dh (M, D): gradient of the layer output → of its input. dstate (conv | ssm) of the state
-  // leaving the chunk → dstate_next of the state entering it.
-  absl::Status LayerBackward(int64_t l, const ChunkDims& d, LayerActsDev& a, const float* state_in,
+  // dh (M, D): gradient of the layer output → of its input (dh_act follows it in kBf16). dstate
+  // (conv | ssm) of the state leaving the chunk → dstate_next of the state entering it.
+  absl::Status LayerBackward(int64_t l, const ChunkDims& d, LayerActs& a, const float* state_in,
                              const float* dstate, float* dstate_next) {
     const LayerOffsets& o = layout_.layer(l);
-    const int64_t M = d.M();
+    const int64_t M = d.M(), conv_floats = m_.ConvStateFloats(d.B);
     cudaStream_t s = m_.stream;
-    const int64_t conv_floats = m_.ConvStateFloats(d.B);
-    RWR_RETURN_IF_ERROR(m_.LinearDw(m_.dh.ptr, d.D, a.y.ptr, d.Di, G(o.out_proj), M, d.D, d.Di));
+    const void* dh = DhAct();
     RWR_RETURN_IF_ERROR(
-        m_.LinearDx(m_.dh.ptr, d.D, P(o.out_proj), m_.dy.ptr, d.Di, M, d.D, d.Di, false));
+        m_.LinearDx(dh, d.D, m_.W(o.out_proj), m_.dy.ptr, false, d.Di, M, d.D, d.Di));
 
+    // Recompute what the forward did not keep: conv output, Δ, scan output (Forward rewrites the
+    // same checkpoints).
+    RWR_RETURN_IF_ERROR(scan::Forward(Conv(d, o, state_in, nullptr, a), s));
+    RWR_RETURN_IF_ERROR(m_.Linear(a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), m_.dtraw.ptr, false,
+                                  d.Di, M, d.Di, d.R));
     scan::SelectiveScanParams sp = Scan(l, d, o, state_in + conv_floats, nullptr, a);
-    sp.out = m_.out_scratch.ptr;
+    RWR_RETURN_IF_ERROR(scan::Forward(sp, s));
+    RWR_RETURN_IF_ERROR(m_.LinearDw(dh, d.D, m_.y.ptr, d.Di, G(o.out_proj), M, d.D, d.Di));
+
+    const int64_t es = m_.es;
     scan::SelectiveScanGrads sg;
     sg.dout = m_.dy.ptr;
     sg.dout_strides = {d.Tc * d.Di, d.Di};
@@ -274,12 +241,12 @@ class CudaRunner {
     sg.ddelta = m_.ddtraw.ptr;
     sg.ddelta_strides = {d.Tc * d.Di, d.Di};
     sg.dA = m_.dA.ptr;
-    sg.dB = m_.dxdbl.ptr + d.R;
+    sg.dB = At(m_.dxdbl.ptr, d.R, es);
     sg.dB_strides = {d.Tc * d.X, d.X};
-    sg.dC = m_.dxdbl.ptr + d.R + d.S;
+    sg.dC = At(m_.dxdbl.ptr, d.R + d.S, es);
     sg.dC_strides = {d.Tc * d.X, d.X};
     sg.dD = m_.dD.ptr;
-    sg.dz = m_.dxz.ptr + d.Di;
+    sg.dz = At(m_.dxz.ptr, d.Di, es);
     sg.dz_strides = {d.Tc * 2 * d.Di, 2 * d.Di};
     sg.ddelta_bias = m_.ddt_bias.ptr;
     sg.dinitial_state = dstate_next + conv_floats;
@@ -291,14 +258,14 @@ class CudaRunner {
 
     RWR_RETURN_IF_ERROR(
         m_.LinearDw(m_.ddtraw.ptr, d.Di, a.xdbl.ptr, d.X, G(o.dt_proj_weight), M, d.Di, d.R));
-    RWR_RETURN_IF_ERROR(m_.LinearDx(m_.ddtraw.ptr, d.Di, P(o.dt_proj_weight), m_.dxdbl.ptr, d.X, M,
-                                    d.Di, d.R, false));
-    RWR_RETURN_IF_ERROR(m_.LinearDw(m_.dxdbl.ptr, d.X, a.uc.ptr, d.Di, G(o.x_proj), M, d.X, d.Di));
+    RWR_RETURN_IF_ERROR(m_.LinearDx(m_.ddtraw.ptr, d.Di, m_.W(o.dt_proj_weight), m_.dxdbl.ptr,
+                                    false, d.X, M, d.Di, d.R));
     RWR_RETURN_IF_ERROR(
-        m_.LinearDx(m_.dxdbl.ptr, d.X, P(o.x_proj), m_.duc.ptr, d.Di, M, d.X, d.Di, true));
+        m_.LinearDw(m_.dxdbl.ptr, d.X, m_.uc.ptr, d.Di, G(o.x_proj), M, d.X, d.Di));
+    RWR_RETURN_IF_ERROR(m_.LinearDx(m_.dxdbl.ptr, d.X, m_.W(o.x_proj), m_.duc.ptr, false, d.Di, M,
+                                    d.X, d.Di, 1.f));
 
     scan::CausalConv1dParams cp = Conv(d, o, state_in, nullptr, a);
-    cp.out = m_.out_scratch.ptr;
     cp.workspace = m_.conv_ws.ptr;
     scan::CausalConv1dGrads cg;
     cg.dout = m_.duc.ptr;
@@ -313,13 +280,14 @@ class CudaRunner {
     RWR_RETURN_IF_ERROR(cuda::Add(G(o.conv_weight), m_.dconv_w.ptr, d.Di * d.W, s));
     RWR_RETURN_IF_ERROR(cuda::Add(G(o.conv_bias), m_.dconv_b.ptr, d.Di, s));
 
+    RWR_RETURN_IF_ERROR(cuda::RmsNorm(a.h_in.ptr, P(o.norm), m_.xn.ptr, m_.act, a.rstd.ptr, M,
+                                      d.D, c_.norm_eps, s));
     RWR_RETURN_IF_ERROR(
-        m_.LinearDw(m_.dxz.ptr, 2 * d.Di, a.xn.ptr, d.D, G(o.in_proj), M, 2 * d.Di, d.D));
-    RWR_RETURN_IF_ERROR(
-        m_.LinearDx(m_.dxz.ptr, 2 * d.Di, P(o.in_proj), m_.dxn.ptr, d.D, M, 2 * d.Di, d.D, false));
-    RWR_RETURN_IF_ERROR(cuda::RmsNormBackward(a.h_in.ptr, P(o.norm), a.rstd.ptr, m_.dxn.ptr,
-                                              m_.dh.ptr, G(o.norm), M, d.D, s));
-    return absl::OkStatus();
+        m_.LinearDw(m_.dxz.ptr, 2 * d.Di, m_.xn.ptr, d.D, G(o.in_proj), M, 2 * d.Di, d.D));
+    RWR_RETURN_IF_ERROR(m_.LinearDx(m_.dxz.ptr, 2 * d.Di, m_.W(o.in_proj), m_.dxn.ptr, true, d.D,
+                                    M, 2 * d.Di, d.D));
+    return cuda::RmsNormBackward(a.h_in.ptr, P(o.norm), a.rstd.ptr, m_.dxn.ptr, m_.dh.ptr,
+                                 DhActOut(), m_.act, G(o.norm), m_.norm_scratch.ptr, M, d.D, s);
   }
 
   // Final norm, head, cross-entropy over the chunk's loss rows (all rows with logits).
@@ -327,8 +295,8 @@ class CudaRunner {
                                bool grad) {
     cudaStream_t s = m_.stream;
     const int64_t M = d.M();
-    RWR_RETURN_IF_ERROR(cuda::RmsNorm(m_.h.ptr, P(layout_.norm_f()), m_.hn.ptr, m_.rstd_f.ptr, M,
-                                      d.D, c_.norm_eps, s));
+    RWR_RETURN_IF_ERROR(cuda::RmsNorm(m_.h.ptr, P(layout_.norm_f()), m_.hn.ptr, m_.act,
+                                      m_.rstd_f.ptr, M, d.D, c_.norm_eps, s));
     std::vector<int32_t> rows, targets;
     std::vector<uint8_t> weights;
     for (int64_t b = 0; b < d.B; ++b) {
@@ -343,52 +311,56 @@ class CudaRunner {
     }
     if (grad) RWR_CUDA(cudaMemsetAsync(m_.dhn.ptr, 0, M * d.D * 4, s));
     LossSum result;
-    const int64_t kBlock = std::max<int64_t>(1, std::min<int64_t>(4096, (int64_t(1) << 28) / d.V));
+    const int64_t block = HeadBlockRows(d.V);
     DeviceArena& ar = m_.arena;
     RWR_RETURN_IF_ERROR(ar.Alloc(&m_.rows, std::max<size_t>(rows.size(), 1)));
     RWR_RETURN_IF_ERROR(ar.Alloc(&m_.row_targets, std::max<size_t>(rows.size(), 1)));
     RWR_RETURN_IF_ERROR(ar.Alloc(&m_.row_weight, std::max<size_t>(rows.size(), 1)));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.block_in, kBlock * d.D));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.block_dh, kBlock * d.D));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.block_logits, kBlock * d.V));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.row_loss, kBlock));
-    if (rows.empty()) goto norm_backward;
-    RWR_CUDA(cudaMemcpyAsync(m_.rows.ptr, rows.data(), rows.size() * 4, cudaMemcpyHostToDevice, s));
-    RWR_CUDA(cudaMemcpyAsync(m_.row_targets.ptr, targets.data(), targets.size() * 4,
-                             cudaMemcpyHostToDevice, s));
-    RWR_CUDA(cudaMemcpyAsync(m_.row_weight.ptr, weights.data(), weights.size(),
-                             cudaMemcpyHostToDevice, s));
-    for (size_t r0 = 0; r0 < rows.size(); r0 += kBlock) {
-      const int64_t nr = std::min<int64_t>(kBlock, rows.size() - r0);
+    if (!rows.empty()) {
+      RWR_CUDA(
+          cudaMemcpyAsync(m_.rows.ptr, rows.data(), rows.size() * 4, cudaMemcpyHostToDevice, s));
+      RWR_CUDA(cudaMemcpyAsync(m_.row_targets.ptr, targets.data(), targets.size() * 4,
+                               cudaMemcpyHostToDevice, s));
+      RWR_CUDA(cudaMemcpyAsync(m_.row_weight.ptr, weights.data(), weights.size(),
+                               cudaMemcpyHostToDevice, s));
+    }
+    // The bf16 gradient of a block of logits goes to its own buffer; fp32 overwrites the logits.
+    void* dlogits = m_.act == Act::kF32 ? static_cast<void*>(m_.block_logits.ptr)
+                                        : static_cast<void*>(m_.block_dlogits.ptr);
+    const void* E = m_.W(layout_.embedding());
+    std::vector<float> losses;
+    for (size_t r0 = 0; r0 < rows.size(); r0 += block) {
+      const int64_t nr = std::min<int64_t>(block, rows.size() - r0);
       RWR_RETURN_IF_ERROR(
-          cuda::GatherRows(m_.hn.ptr, m_.rows.ptr + r0, m_.block_in.ptr, nr, d.D, s));
-      RWR_RETURN_IF_ERROR(m_.Linear(m_.block_in.ptr, d.D, P(layout_.embedding()),
-                                    m_.block_logits.ptr, d.V, nr, d.V, d.D));
+          cuda::GatherRows(m_.hn.ptr, m_.rows.ptr + r0, m_.block_in.ptr, m_.act, nr, d.D, s));
+      RWR_RETURN_IF_ERROR(
+          m_.Linear(m_.block_in.ptr, d.D, E, m_.block_logits.ptr, true, d.V, nr, d.V, d.D));
       if (host_logits != nullptr) {
-        std::vector<float> block(nr * d.V);
-        RWR_CUDA(cudaMemcpyAsync(block.data(), m_.block_logits.ptr, nr * d.V * 4,
+        std::vector<float> logits(nr * d.V);
+        RWR_CUDA(cudaMemcpyAsync(logits.data(), m_.block_logits.ptr, nr * d.V * 4,
                                  cudaMemcpyDeviceToHost, s));
         RWR_CUDA(cudaStreamSynchronize(s));
         for (int64_t r = 0; r < nr; ++r) {
           const int64_t row = rows[r0 + r];
           const int64_t i = (row / d.Tc) * d.T + d.t0 + row % d.Tc;
-          std::copy(block.begin() + r * d.V, block.begin() + (r + 1) * d.V, host_logits + i * d.V);
+          std::copy(logits.begin() + r * d.V, logits.begin() + (r + 1) * d.V,
+                    host_logits + i * d.V);
         }
       }
       RWR_RETURN_IF_ERROR(cuda::CrossEntropy(m_.block_logits.ptr, nr, d.V, m_.row_targets.ptr + r0,
                                              m_.row_weight.ptr + r0, m_.row_loss.ptr, loss_scale,
-                                             grad, s));
-      std::vector<float> losses(nr);
+                                             grad ? dlogits : nullptr, m_.act, s));
+      losses.resize(nr);
       RWR_CUDA(cudaMemcpyAsync(losses.data(), m_.row_loss.ptr, nr * 4, cudaMemcpyDeviceToHost, s));
       if (grad) {
-        RWR_RETURN_IF_ERROR(m_.LinearDx(m_.block_logits.ptr, d.V, P(layout_.embedding()),
-                                        m_.block_dh.ptr, d.D, nr, d.V, d.D, false));
+        RWR_RETURN_IF_ERROR(
+            m_.LinearDx(dlogits, d.V, E, m_.block_dh.ptr, true, d.D, nr, d.V, d.D));
         RWR_RETURN_IF_ERROR(
             cuda::ScatterRows(m_.block_dh.ptr, m_.rows.ptr + r0, m_.dhn.ptr, nr, d.D, s));
-        RWR_RETURN_IF_ERROR(m_.LinearDw(m_.block_logits.ptr, d.V, m_.block_in.ptr, d.D,
+        RWR_RETURN_IF_ERROR(m_.LinearDw(dlogits, d.V, m_.block_in.ptr, d.D,
                                         G(layout_.embedding()), nr, d.V, d.D));
       }
-      RWR_CUDA(cudaStreamSynchronize(s));
+      RWR_CUDA(cudaStreamSynchronize(s));  // the host reads `losses`
       for (int64_t r = 0; r < nr; ++r) {
         if (weights[r0 + r]) {
           result.loss_sum += losses[r];
@@ -396,11 +368,11 @@ class CudaRunner {
         }
       }
     }
-  norm_backward:
     if (grad) {
       RWR_CUDA(cudaMemsetAsync(m_.dh.ptr, 0, M * d.D * 4, s));
       RWR_RETURN_IF_ERROR(cuda::RmsNormBackward(m_.h.ptr, P(layout_.norm_f()), m_.rstd_f.ptr,
-                                                m_.dhn.ptr, m_.dh.ptr, G(layout_.norm_f()), M, d.D,
+                                                m_.dhn.ptr, m_.dh.ptr, DhActOut(), m_.act,
+                                                G(layout_.norm_f()), m_.norm_scratch.ptr, M, d.D,
                                                 s));
     }
     return result;
@@ -410,12 +382,44 @@ class CudaRunner {
     return cuda::Embed(m_.tokens.ptr, d.T, d.t0, d.Tc, d.M(), P(layout_.embedding()), m_.h.ptr, d.D,
                        m_.stream);
   }
+  // Each distinct token's rows, summed in row order by one block: no atomics, same bits every run.
   absl::Status EmbedBackward(const ChunkDims& d) {
-    return cuda::EmbedBackward(m_.tokens.ptr, d.T, d.t0, d.Tc, d.M(), m_.dh.ptr,
-                               G(layout_.embedding()), d.D, m_.stream);
+    std::vector<std::pair<int32_t, int32_t>> id_row;  // (token id, chunk row)
+    id_row.reserve(d.M());
+    for (int64_t b = 0; b < d.B; ++b) {
+      for (int64_t t = 0; t < d.Tc; ++t) {
+        id_row.emplace_back(batch_.tokens[b * d.T + d.t0 + t], static_cast<int32_t>(b * d.Tc + t));
+      }
+    }
+    std::sort(id_row.begin(), id_row.end());
+    std::vector<int32_t> ids, offsets, rows;
+    for (size_t i = 0; i < id_row.size(); ++i) {
+      if (i == 0 || id_row[i].first != id_row[i - 1].first) {
+        ids.push_back(id_row[i].first);
+        offsets.push_back(static_cast<int32_t>(i));
+      }
+      rows.push_back(id_row[i].second);
+    }
+    offsets.push_back(static_cast<int32_t>(rows.size()));
+    DeviceArena& ar = m_.arena;
+    cudaStream_t s = m_.stream;
+    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.emb_ids, ids.size()));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.emb_offsets, offsets.size()));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.emb_rows, rows.size()));
+    RWR_CUDA(cudaMemcpyAsync(m_.emb_ids.ptr, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice, s));
+    RWR_CUDA(cudaMemcpyAsync(m_.emb_offsets.ptr, offsets.data(), offsets.size() * 4,
+                             cudaMemcpyHostToDevice, s));
+    RWR_CUDA(
+        cudaMemcpyAsync(m_.emb_rows.ptr, rows.data(), rows.size() * 4, cudaMemcpyHostToDevice, s));
+    RWR_RETURN_IF_ERROR(cuda::EmbedBackward(m_.emb_ids.ptr, m_.emb_offsets.ptr, m_.emb_rows.ptr,
+                                            static_cast<int64_t>(ids.size()), m_.dh.ptr,
+                                            G(layout_.embedding()), d.D, s));
+    // The host vectors die here: wait for the copies that read them.
+    RWR_CUDA(cudaStreamSynchronize(s));
+    return absl::OkStatus();
   }
 
-  // Uploads the batch and sizes every per-chunk buffer.
+  // Uploads the batch and sizes every buffer for chunks of chunk_len tokens.
   absl::Status Prepare(int64_t chunk_len, int64_t num_chunks, bool grad) {
     DeviceArena& ar = m_.arena;
     const int64_t B = batch_.batch, T = batch_.seq_len, n = B * T;
@@ -429,22 +433,32 @@ class CudaRunner {
     RWR_CUDA(cudaMemcpyAsync(m_.reset.ptr, reset.data(), n, cudaMemcpyHostToDevice, m_.stream));
     const ChunkDims d = Dims(0, chunk_len);
     const int64_t M = d.M();
-    for (auto* b : {&m_.h, &m_.dh, &m_.dtmp_d, &m_.hn, &m_.dhn, &m_.dxn})
-      RWR_RETURN_IF_ERROR(ar.Alloc(b, M * d.D));
+    for (auto* b : {&m_.h, &m_.dh, &m_.dxn, &m_.dhn}) RWR_RETURN_IF_ERROR(ar.Alloc(b, M * d.D));
     RWR_RETURN_IF_ERROR(ar.Alloc(&m_.rstd_f, M));
-    for (auto* b : {&m_.dy, &m_.duc, &m_.ddtraw, &m_.out_scratch})
-      RWR_RETURN_IF_ERROR(ar.Alloc(b, M * d.Di));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.dxdbl, M * d.X));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.dxz, M * 2 * d.Di));
+    for (auto* b : {&m_.xn, &m_.hn}) RWR_RETURN_IF_ERROR(m_.AllocAct(b, M * d.D));
+    if (m_.act != Act::kF32) RWR_RETURN_IF_ERROR(m_.AllocAct(&m_.dh_act, M * d.D));
+    for (auto* b : {&m_.uc, &m_.dtraw, &m_.y, &m_.dy, &m_.duc, &m_.ddtraw})
+      RWR_RETURN_IF_ERROR(m_.AllocAct(b, M * d.Di));
+    RWR_RETURN_IF_ERROR(m_.AllocAct(&m_.dxdbl, M * d.X));
+    RWR_RETURN_IF_ERROR(m_.AllocAct(&m_.dxz, M * 2 * d.Di));
     RWR_RETURN_IF_ERROR(ar.Alloc(&m_.dA, d.Di * d.S));
     for (auto* b : {&m_.dD, &m_.ddt_bias, &m_.dconv_b}) RWR_RETURN_IF_ERROR(ar.Alloc(b, d.Di));
     RWR_RETURN_IF_ERROR(ar.Alloc(&m_.dconv_w, d.Di * d.W));
-    scan::CausalConv1dParams probe;
-    probe.batch = B;
-    probe.seqlen = chunk_len;
-    probe.dim = d.Di;
-    probe.width = d.W;
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.conv_ws, scan::ConvWorkspaceBytes(probe) + 256));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.norm_scratch, cuda::RmsNormBackwardScratch(M, d.D)));
+    const int64_t block = HeadBlockRows(d.V);
+    RWR_RETURN_IF_ERROR(m_.AllocAct(&m_.block_in, block * d.D));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.block_dh, block * d.D));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.block_logits, block * d.V));
+    if (m_.act != Act::kF32 && grad) RWR_RETURN_IF_ERROR(m_.AllocAct(&m_.block_dlogits, block * d.V));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.row_loss, block));
+    scan::CausalConv1dParams conv_probe;
+    conv_probe.batch = B;
+    conv_probe.seqlen = chunk_len;
+    conv_probe.dim = d.Di;
+    conv_probe.width = d.W;
+    conv_probe.dtype = m_.ScanType();
+    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.conv_ws, scan::ConvWorkspaceBytes(conv_probe) + 256));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.scan_scratch, scan::ScratchBytes(ScanProbe(d)) + 256));
     const int64_t sf = m_.StateFloats(B);
     RWR_RETURN_IF_ERROR(ar.Alloc(&m_.states, (num_chunks + 1) * c_.n_layer * sf));
     RWR_CUDA(cudaMemsetAsync(m_.states.ptr, 0, c_.n_layer * sf * 4, m_.stream));  // chunk 0 in
@@ -453,9 +467,9 @@ class CudaRunner {
       RWR_RETURN_IF_ERROR(ar.Alloc(&m_.dstates_next, c_.n_layer * sf));
       RWR_CUDA(cudaMemsetAsync(m_.dstates.ptr, 0, c_.n_layer * sf * 4, m_.stream));
       m_.acts.resize(c_.n_layer);
-      for (auto& a : m_.acts) RWR_RETURN_IF_ERROR(Alloc(a, d, true));
+      for (auto& a : m_.acts) RWR_RETURN_IF_ERROR(AllocActs(a, d, true));
     }
-    RWR_RETURN_IF_ERROR(Alloc(m_.scratch_acts, d, true));
+    RWR_RETURN_IF_ERROR(AllocActs(m_.pass_acts, d, false));
     // A = −exp(A_log), per layer.
     for (int64_t l = 0; l < c_.n_layer; ++l) {
       RWR_RETURN_IF_ERROR(cuda::NegExp(P(layout_.layer(l).A_log), m_.A.ptr + l * d.Di * d.S,
@@ -465,6 +479,89 @@ class CudaRunner {
   }
 
  private:
+  // Rows of logits computed at once: at most 4096 and 256 MiB of fp32 logits.
+  static int64_t HeadBlockRows(int64_t V) {
+    return std::max<int64_t>(1, std::min<int64_t>(4096, (int64_t(1) << 26) / V));
+  }
+
+  // The gradient of the residual stream as a GEMM operand, and where the norm backward writes it.
+  const void* DhAct() const {
+    return m_.act == Act::kF32 ? static_cast<const void*>(m_.dh.ptr)
+                               : static_cast<const void*>(m_.dh_act.ptr);
+  }
+  void* DhActOut() const { return m_.act == Act::kF32 ? nullptr : m_.dh_act.ptr; }
+
+  scan::SelectiveScanParams ScanProbe(const ChunkDims& d) const {
+    scan::SelectiveScanParams p;
+    p.batch = d.B;
+    p.seqlen = d.Tc;
+    p.dim = d.Di;
+    p.dstate = d.S;
+    p.dtype = m_.ScanType();
+    return p;
+  }
+
+  absl::Status AllocActs(LayerActs& a, const ChunkDims& d, bool keep_input) {
+    const int64_t M = d.M();
+    DeviceArena& ar = m_.arena;
+    if (keep_input) RWR_RETURN_IF_ERROR(ar.Alloc(&a.h_in, M * d.D));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&a.rstd, M));
+    RWR_RETURN_IF_ERROR(m_.AllocAct(&a.xz, M * 2 * d.Di));
+    RWR_RETURN_IF_ERROR(m_.AllocAct(&a.xdbl, M * d.X));
+    return ar.Alloc(&a.ckpt, scan::CheckpointBytes(ScanProbe(d)) + 256);
+  }
+
+  scan::CausalConv1dParams Conv(const ChunkDims& d, const LayerOffsets& o, const float* in,
+                                float* out_state, const LayerActs& a) const {
+    scan::CausalConv1dParams p;
+    p.batch = d.B;
+    p.seqlen = d.Tc;
+    p.dim = d.Di;
+    p.width = d.W;
+    p.dtype = m_.ScanType();
+    p.x = a.xz.ptr;
+    p.x_strides = {d.Tc * 2 * d.Di, 2 * d.Di};
+    p.weight = P(o.conv_weight);
+    p.bias = P(o.conv_bias);
+    p.silu = true;
+    p.resets = m_.reset.ptr + d.t0;
+    p.resets_batch_stride = d.T;
+    p.initial_state = in;
+    p.final_state = out_state;
+    p.out = m_.uc.ptr;
+    p.out_strides = {d.Tc * d.Di, d.Di};
+    return p;
+  }
+
+  scan::SelectiveScanParams Scan(int64_t l, const ChunkDims& d, const LayerOffsets& o,
+                                 const float* in, float* out_state, const LayerActs& a) const {
+    const int64_t es = m_.es;
+    scan::SelectiveScanParams p = ScanProbe(d);
+    p.x = m_.uc.ptr;
+    p.x_strides = {d.Tc * d.Di, d.Di};
+    p.delta = m_.dtraw.ptr;
+    p.delta_strides = {d.Tc * d.Di, d.Di};
+    p.A = m_.A.ptr + l * d.Di * d.S;
+    p.B = At(a.xdbl.ptr, d.R, es);
+    p.B_strides = {d.Tc * d.X, d.X};
+    p.C = At(a.xdbl.ptr, d.R + d.S, es);
+    p.C_strides = {d.Tc * d.X, d.X};
+    p.D = P(o.D);
+    p.z = At(a.xz.ptr, d.Di, es);
+    p.z_strides = {d.Tc * 2 * d.Di, 2 * d.Di};
+    p.delta_bias = P(o.dt_proj_bias);
+    p.delta_softplus = true;
+    p.resets = m_.reset.ptr + d.t0;
+    p.resets_batch_stride = d.T;
+    p.initial_state = in;
+    p.final_state = out_state;
+    p.out = m_.y.ptr;
+    p.out_strides = {d.Tc * d.Di, d.Di};
+    p.workspace = a.ckpt.ptr;
+    p.scratch = m_.scan_scratch.ptr;
+    return p;
+  }
+
   MambaCuda::Impl& m_;
   const MambaConfig& c_;
   const ParamLayout& layout_;
@@ -491,16 +588,20 @@ absl::StatusOr<std::unique_ptr<MambaCuda>> MambaCuda::Create(const MambaConfig& 
   Impl& m = *model->impl_;
   m.c = config;
   m.precision = precision;
+  m.act = precision == GemmPrecision::kFp32 ? Act::kF32 : Act::kBF16;
+  m.es = cuda::ActBytes(m.act);
   RWR_CUDA(cudaStreamCreate(&m.stream));
   RWR_CUBLAS(cublasCreate(&m.cublas));
   RWR_CUBLAS(cublasSetStream(m.cublas, m.stream));
   const int64_t n = model->layout_.total();
   RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.params, n));
   RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.grads, n));
+  if (m.act != Act::kF32) RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.params16, n * 2));
   RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.A, config.n_layer * config.d_inner * config.d_state));
-  RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.norm_acc, 1));
+  RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.norm_acc, 1 + cuda::SumSquaresScratch()));
   RWR_CUDA(cudaMemset(m.params.ptr, 0, n * 4));
   RWR_CUDA(cudaMemset(m.grads.ptr, 0, n * 4));
+  if (m.act != Act::kF32) RWR_CUDA(cudaMemset(m.params16.ptr, 0, n * 2));
   return model;
 }
 
@@ -509,7 +610,12 @@ MambaCuda::~MambaCuda() = default;
 absl::Status MambaCuda::UploadParams(std::span<const float> params) {
   if (static_cast<int64_t>(params.size()) != layout_.total())
     return absl::InvalidArgumentError("UploadParams: size mismatch");
-  RWR_CUDA(cudaMemcpy(impl_->params.ptr, params.data(), params.size() * 4, cudaMemcpyHostToDevice));
+  Impl& m = *impl_;
+  RWR_CUDA(cudaMemcpy(m.params.ptr, params.data(), params.size() * 4, cudaMemcpyHostToDevice));
+  if (m.act != Act::kF32) {
+    RWR_RETURN_IF_ERROR(cuda::ToBf16(m.params.ptr, m.params16.ptr, layout_.total(), m.stream));
+    RWR_CUDA(cudaStreamSynchronize(m.stream));
+  }
   return absl::OkStatus();
 }
 absl::Status MambaCuda::DownloadParams(std::span<float> params) const {
@@ -534,21 +640,22 @@ absl::StatusOr<LossSum> MambaCuda::Forward(const TokenBatch& batch, int64_t chun
   if (chunk_len <= 0 || chunk_len > T) chunk_len = T;
   const int64_t num_chunks = (T + chunk_len - 1) / chunk_len;
   CudaRunner run(*impl_, layout_, batch);
+  Impl& m = *impl_;
   RWR_RETURN_IF_ERROR(run.Prepare(chunk_len, 1, false));
   LossSum total;
   for (int64_t c = 0; c < num_chunks; ++c) {
     const ChunkDims d = run.Dims(c * chunk_len, std::min(chunk_len, T - c * chunk_len));
     RWR_RETURN_IF_ERROR(run.Embed(d));
-    for (int64_t l = 0; l < impl_->c.n_layer; ++l) {
+    for (int64_t l = 0; l < m.c.n_layer; ++l) {
       // states slot (c % 2) in, (c + 1) % 2 out
       RWR_RETURN_IF_ERROR(run.LayerForward(l, d, run.State(c % 2, l), run.State((c + 1) % 2, l),
-                                           impl_->scratch_acts));
+                                           m.pass_acts, false));
     }
     RWR_ASSIGN_OR_RETURN(LossSum part, run.Head(d, host_logits, 0.f, false));
     total.loss_sum += part.loss_sum;
     total.tokens += part.tokens;
   }
-  RWR_CUDA(cudaStreamSynchronize(impl_->stream));
+  RWR_CUDA(cudaStreamSynchronize(m.stream));
   return total;
 }
 
@@ -560,21 +667,23 @@ absl::StatusOr<LossSum> MambaCuda::ForwardBackward(const TokenBatch& batch, int6
   CudaRunner run(*impl_, layout_, batch);
   Impl& m = *impl_;
   RWR_RETURN_IF_ERROR(run.Prepare(chunk_len, num_chunks, true));
+  // Pass 1: the state entering every chunk.
   for (int64_t c = 0; c + 1 < num_chunks; ++c) {
     const ChunkDims d = run.Dims(c * chunk_len, chunk_len);
     RWR_RETURN_IF_ERROR(run.Embed(d));
     for (int64_t l = 0; l < m.c.n_layer; ++l) {
       RWR_RETURN_IF_ERROR(
-          run.LayerForward(l, d, run.State(c, l), run.State(c + 1, l), m.scratch_acts));
+          run.LayerForward(l, d, run.State(c, l), run.State(c + 1, l), m.pass_acts, false));
     }
   }
+  // Pass 2: last chunk first, forward with activations kept, then backward.
   LossSum total;
   const int64_t sf = m.StateFloats(batch.batch);
   for (int64_t c = num_chunks - 1; c >= 0; --c) {
     const ChunkDims d = run.Dims(c * chunk_len, std::min(chunk_len, T - c * chunk_len));
     RWR_RETURN_IF_ERROR(run.Embed(d));
     for (int64_t l = 0; l < m.c.n_layer; ++l) {
-      RWR_RETURN_IF_ERROR(run.LayerForward(l, d, run.State(c, l), nullptr, m.acts[l]));
+      RWR_RETURN_IF_ERROR(run.LayerForward(l, d, run.State(c, l), nullptr, m.acts[l], true));
     }
     RWR_ASSIGN_OR_RETURN(LossSum part, run.Head(d, nullptr, loss_scale, true));
     total.loss_sum += part.loss_sum;
@@ -597,15 +706,16 @@ absl::Status EnsureOptimizer(MambaCuda::Impl& m, const ParamLayout& layout) {
   if (m.exp_avg.ptr == nullptr) {
     RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.exp_avg, n));
     RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.exp_avg_sq, n));
-    RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.decay, n));
+    const int64_t words = (n + 31) / 32;
+    RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.decay, words));
     RWR_CUDA(cudaMemset(m.exp_avg.ptr, 0, n * 4));
     RWR_CUDA(cudaMemset(m.exp_avg_sq.ptr, 0, n * 4));
-    std::vector<uint8_t> decay(n, 0);
+    std::vector<uint32_t> decay(words, 0);
     for (const ParamSpec& spec : layout.specs()) {
-      if (spec.weight_decay)
-        std::fill(decay.begin() + spec.offset, decay.begin() + spec.offset + spec.size, 1);
+      if (!spec.weight_decay) continue;
+      for (int64_t i = spec.offset; i < spec.offset + spec.size; ++i) decay[i >> 5] |= 1u << (i & 31);
     }
-    RWR_CUDA(cudaMemcpy(m.decay.ptr, decay.data(), n, cudaMemcpyHostToDevice));
+    RWR_CUDA(cudaMemcpy(m.decay.ptr, decay.data(), words * 4, cudaMemcpyHostToDevice));
   }
   return absl::OkStatus();
 }
@@ -642,8 +752,7 @@ absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const
   Impl& m = *impl_;
   const int64_t n = layout_.total();
   RWR_RETURN_IF_ERROR(EnsureOptimizer(m, layout_));
-  RWR_CUDA(cudaMemsetAsync(m.norm_acc.ptr, 0, 8, m.stream));
-  RWR_RETURN_IF_ERROR(cuda::SumSquares(m.grads.ptr, n, m.norm_acc.ptr, m.stream));
+  RWR_RETURN_IF_ERROR(cuda::SumSquares(m.grads.ptr, n, m.norm_acc.ptr + 1, m.norm_acc.ptr, m.stream));
   double sumsq = 0;
   RWR_CUDA(cudaMemcpyAsync(&sumsq, m.norm_acc.ptr, 8, cudaMemcpyDeviceToHost, m.stream));
   RWR_CUDA(cudaStreamSynchronize(m.stream));
@@ -653,12 +762,12 @@ absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const
   ++m.adam_step;
   const double bc1 = 1 - std::pow(o.beta1, double(m.adam_step));
   const double bc2 = 1 - std::pow(o.beta2, double(m.adam_step));
-  RWR_RETURN_IF_ERROR(cuda::AdamW(m.params.ptr, m.grads.ptr, m.exp_avg.ptr, m.exp_avg_sq.ptr,
-                                  m.decay.ptr, n, o.beta1, o.beta2, static_cast<float>(lr / bc1),
-                                  static_cast<float>(1 - lr * o.weight_decay),
-                                  static_cast<float>(1 / std::sqrt(bc2)), static_cast<float>(o.eps),
-                                  static_cast<float>(coef), m.stream));
-  // Refresh A = −exp(A_log) lazily: Prepare recomputes it on every call.
+  RWR_RETURN_IF_ERROR(cuda::AdamW(
+      m.params.ptr, m.act == Act::kF32 ? nullptr : m.params16.ptr, m.grads.ptr, m.exp_avg.ptr,
+      m.exp_avg_sq.ptr, m.decay.ptr, n, o.beta1, o.beta2, static_cast<float>(lr / bc1),
+      static_cast<float>(1 - lr * o.weight_decay), static_cast<float>(1 / std::sqrt(bc2)),
+      static_cast<float>(o.eps), static_cast<float>(coef), m.stream));
+  // A = −exp(A_log) is recomputed from the new parameters by the next call's Prepare.
   return norm;
 }
 

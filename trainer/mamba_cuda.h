@@ -1,10 +1,15 @@
 // The Mamba-1 LM on one CUDA GPU: the same math, chunking and loss as MambaCpu (mamba_cpu.h),
-// with parameters, gradients and AdamW state resident on the device. GEMMs go through cuBLAS
-// (fp32 in/out; bf16 tensor cores with fp32 accumulation in kBf16 mode), the selective scan and
-// conv1d through scan_kernels' CUDA kernels, the rest through small kernels here.
+// with parameters, gradients and AdamW state resident on the device.
 //
-// Not deterministic bit for bit: the embedding and norm-weight gradients are accumulated with
-// atomics (the CPU path is the deterministic reference).
+// Precision: kFp32 keeps activations fp32 and runs fp32 GEMMs (the parity mode the tests compare
+// with the CPU path). kBf16 is the training mode: fp32 master weights, gradients and moments, a
+// bf16 copy of the weights refreshed by every AdamW step, bf16 activations between kernels, and
+// bf16 tensor-core GEMMs accumulating in fp32 — the out_proj GEMM adds straight into the fp32
+// residual stream and the weight-gradient GEMMs straight into the fp32 gradients.
+//
+// Deterministic: the same inputs give the same bits on the same GPU (cuBLAS without atomics, the
+// scan kernels' fixed-order reductions, and fixed-order sums for the embedding, norm-weight and
+// gradient-norm reductions here).
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,5 @@
 // The small CUDA kernels of the GPU Mamba LM; see mamba_cuda_kernels.h.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -16,13 +17,26 @@ int Blocks(int64_t n) {
   return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 4096));
 }
 
-__device__ float BlockSum(float v, float* shared) {
+template <typename T>
+__device__ __forceinline__ T FromFloat(float v);
+template <>
+__device__ __forceinline__ float FromFloat<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// Sum over the block in a fixed order (warp tree, then warps in index order).
+template <typename F>
+__device__ F BlockSum(F v, F* shared) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   __syncthreads();
   if (lane == 0) shared[warp] = v;
   __syncthreads();
-  float total = 0.f;
+  F total = 0;
   for (int w = 0; w < (blockDim.x + 31) / 32; ++w) total += shared[w];
   return total;
 }
@@ -38,7 +52,6 @@ __device__ float BlockMax(float v, float* shared) {
   return m;
 }
 
-// h (B, Tc, D) = emb[tokens[b, t0 + t]]
 __global__ void EmbedKernel(const int32_t* tokens, int64_t T, int64_t t0, int64_t Tc,
                             const float* emb, float* h, int64_t D) {
   const int64_t row = blockIdx.x;  // b·Tc + t
@@ -47,16 +60,20 @@ __global__ void EmbedKernel(const int32_t* tokens, int64_t T, int64_t t0, int64_
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) h[row * D + d] = emb[id * D + d];
 }
 
-__global__ void EmbedBackwardKernel(const int32_t* tokens, int64_t T, int64_t t0, int64_t Tc,
-                                    const float* dh, float* demb, int64_t D) {
-  const int64_t row = blockIdx.x;
-  const int64_t b = row / Tc, t = row % Tc;
-  const int64_t id = tokens[b * T + t0 + t];
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
-    atomicAdd(&demb[id * D + d], dh[row * D + d]);
+// One block per distinct token id: its rows' gradients summed in the listed order.
+__global__ void EmbedBackwardKernel(const int32_t* ids, const int32_t* offsets,
+                                    const int32_t* rows, const float* dh, float* demb, int64_t D) {
+  const int64_t i = blockIdx.x;
+  const int64_t id = ids[i], begin = offsets[i], end = offsets[i + 1];
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    float acc = 0.f;
+    for (int64_t k = begin; k < end; ++k) acc += dh[int64_t(rows[k]) * D + d];
+    demb[id * D + d] += acc;
+  }
 }
 
-__global__ void RmsNormKernel(const float* x, const float* w, float* y, float* rstd, int64_t D,
+template <typename T>
+__global__ void RmsNormKernel(const float* x, const float* w, T* y, float* rstd, int64_t D,
                               float eps) {
   __shared__ float shared[32];
   const int64_t row = blockIdx.x;
@@ -65,24 +82,66 @@ __global__ void RmsNormKernel(const float* x, const float* w, float* y, float* r
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) ss += xr[d] * xr[d];
   const float r = rsqrtf(BlockSum(ss, shared) / D + eps);
   if (threadIdx.x == 0) rstd[row] = r;
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) y[row * D + d] = xr[d] * r * w[d];
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) y[row * D + d] = FromFloat<T>(xr[d] * r * w[d]);
 }
 
-// dx += RMSNorm backward of dy; dw += Σ_rows dy·x·rstd (atomics).
+// Rows per block of the norm backward: each block writes one partial of dw (D floats).
+constexpr int kNormRowsPerBlock = 16;
+// Columns a thread keeps in registers: D <= kNormCols · blockDim.
+constexpr int kNormCols = 16;
+
+int NormThreads(int64_t D) { return D <= kNormCols * 256 ? 256 : 1024; }
+
+template <typename T>
 __global__ void RmsNormBackwardKernel(const float* x, const float* w, const float* rstd,
-                                      const float* dy, float* dx, float* dw, int64_t D) {
+                                      const float* dy, float* dx, T* dx_act, float* dw_part,
+                                      int64_t rows, int64_t D) {
   __shared__ float shared[32];
-  const int64_t row = blockIdx.x;
-  const float* xr = x + row * D;
-  const float* dyr = dy + row * D;
-  const float r = rstd[row];
-  float dot = 0.f;
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) dot += dyr[d] * w[d] * xr[d] * r;
-  const float mean = BlockSum(dot, shared) / D;
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    dx[row * D + d] += r * (dyr[d] * w[d] - xr[d] * r * mean);
-    atomicAdd(&dw[d], dyr[d] * xr[d] * r);
+  float wr[kNormCols], acc[kNormCols];
+#pragma unroll
+  for (int k = 0; k < kNormCols; ++k) {
+    const int64_t d = threadIdx.x + int64_t(k) * blockDim.x;
+    wr[k] = d < D ? w[d] : 0.f;
+    acc[k] = 0.f;
   }
+  const int64_t first = int64_t(blockIdx.x) * kNormRowsPerBlock;
+  const int64_t last = min(rows, first + kNormRowsPerBlock);
+  for (int64_t row = first; row < last; ++row) {
+    const float r = rstd[row];
+    float xh[kNormCols], g[kNormCols];
+    float dot = 0.f;
+#pragma unroll
+    for (int k = 0; k < kNormCols; ++k) {
+      const int64_t d = threadIdx.x + int64_t(k) * blockDim.x;
+      xh[k] = d < D ? x[row * D + d] * r : 0.f;
+      g[k] = d < D ? dy[row * D + d] : 0.f;
+      dot += g[k] * wr[k] * xh[k];
+    }
+    const float mean = BlockSum(dot, shared) / D;
+#pragma unroll
+    for (int k = 0; k < kNormCols; ++k) {
+      const int64_t d = threadIdx.x + int64_t(k) * blockDim.x;
+      if (d >= D) continue;
+      const float v = dx[row * D + d] + r * (g[k] * wr[k] - xh[k] * mean);
+      dx[row * D + d] = v;
+      if (dx_act != nullptr) dx_act[row * D + d] = FromFloat<T>(v);
+      acc[k] += g[k] * xh[k];
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kNormCols; ++k) {
+    const int64_t d = threadIdx.x + int64_t(k) * blockDim.x;
+    if (d < D) dw_part[int64_t(blockIdx.x) * D + d] = acc[k];
+  }
+}
+
+// out[d] += Σ_b part[b·D + d], b in order.
+__global__ void AddColumnSumsKernel(const float* part, int64_t nb, int64_t D, float* out) {
+  const int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (d >= D) return;
+  float s = 0.f;
+  for (int64_t b = 0; b < nb; ++b) s += part[b * D + d];
+  out[d] += s;
 }
 
 __global__ void AddKernel(float* a, const float* b, int64_t n) {
@@ -104,7 +163,14 @@ __global__ void ALogGradKernel(const float* dA, const float* A, float* g, int64_
     g[i] += dA[i] * A[i];
 }
 
-__global__ void GatherRowsKernel(const float* src, const int32_t* rows, float* dst, int64_t D) {
+__global__ void ToBf16Kernel(const float* src, __nv_bfloat16* dst, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+template <typename T>
+__global__ void GatherRowsKernel(const T* src, const int32_t* rows, T* dst, int64_t D) {
   const int64_t r = blockIdx.x;
   const int64_t s = rows[r];
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) dst[r * D + d] = src[s * D + d];
@@ -116,16 +182,18 @@ __global__ void ScatterRowsKernel(const float* src, const int32_t* rows, float* 
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) dst[s * D + d] = src[r * D + d];
 }
 
-// One block per row of logits (V): loss = lse − z[target]; with `grad`, z ← (softmax −
-// onehot)·scale where weight is 1, and 0 where the row carries no loss.
-__global__ void CrossEntropyKernel(float* logits, int64_t V, const int32_t* targets,
-                                   const uint8_t* weight, float* loss, float scale, bool grad) {
+// One block per row of logits (V). The gradient is written after every read of the row, so it
+// may overwrite the logits in place (fp32).
+template <typename T>
+__global__ void CrossEntropyKernel(const float* logits, int64_t V, const int32_t* targets,
+                                   const uint8_t* weight, float* loss, float scale, T* grad) {
   __shared__ float shared[32];
   const int64_t row = blockIdx.x;
-  float* z = logits + row * V;
+  const float* z = logits + row * V;
+  T* dz = grad != nullptr ? grad + row * V : nullptr;
   if (!weight[row]) {
-    if (grad) {
-      for (int64_t v = threadIdx.x; v < V; v += blockDim.x) z[v] = 0.f;
+    if (dz != nullptr) {
+      for (int64_t v = threadIdx.x; v < V; v += blockDim.x) dz[v] = FromFloat<T>(0.f);
     }
     if (threadIdx.x == 0) loss[row] = 0.f;
     return;
@@ -139,40 +207,52 @@ __global__ void CrossEntropyKernel(float* logits, int64_t V, const int32_t* targ
   const int32_t target = targets[row];
   const float lse = m + logf(s);
   const float zt = z[target];
-  __syncthreads();
+  __syncthreads();  // every thread has read z[target] before the gradient overwrites it
   if (threadIdx.x == 0) loss[row] = lse - zt;
-  if (grad) {
+  if (dz != nullptr) {
     const float inv = 1.f / s;
     for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
-      z[v] = (expf(z[v] - m) * inv - (v == target ? 1.f : 0.f)) * scale;
+      dz[v] = FromFloat<T>((expf(z[v] - m) * inv - (v == target ? 1.f : 0.f)) * scale);
     }
   }
 }
 
-__global__ void AdamWKernel(float* p, const float* g, float* m, float* v, const uint8_t* decay,
-                            int64_t n, float b1, float b2, float step_size, float decay_factor,
-                            float inv_bc2_sqrt, float eps, float grad_scale) {
+__global__ void AdamWKernel(float* p, __nv_bfloat16* p16, const float* g, float* m, float* v,
+                            const uint32_t* decay, int64_t n, float b1, float b2, float step_size,
+                            float decay_factor, float inv_bc2_sqrt, float eps, float grad_scale) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     const float gi = g[i] * grad_scale;
     float pi = p[i];
-    if (decay[i]) pi *= decay_factor;
+    if ((decay[i >> 5] >> (i & 31)) & 1u) pi *= decay_factor;
     const float mi = b1 * m[i] + (1 - b1) * gi;
     const float vi = b2 * v[i] + (1 - b2) * gi * gi;
     m[i] = mi;
     v[i] = vi;
-    p[i] = pi - step_size * mi / (sqrtf(vi) * inv_bc2_sqrt + eps);
+    pi -= step_size * mi / (sqrtf(vi) * inv_bc2_sqrt + eps);
+    p[i] = pi;
+    if (p16 != nullptr) p16[i] = __float2bfloat16_rn(pi);
   }
 }
 
-__global__ void SumSquaresKernel(const float* g, int64_t n, double* out) {
-  __shared__ float shared[32];
-  float acc = 0.f;
+constexpr int kSumBlocks = 1024;
+
+__global__ void SumSquaresPartKernel(const float* g, int64_t n, double* part) {
+  __shared__ double shared[32];
+  double acc = 0;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
-    acc += g[i] * g[i];
+    acc += double(g[i]) * g[i];
   acc = BlockSum(acc, shared);
-  if (threadIdx.x == 0) atomicAdd(out, static_cast<double>(acc));
+  if (threadIdx.x == 0) part[blockIdx.x] = acc;
+}
+
+__global__ void SumPartsKernel(const double* part, int n, double* out) {
+  __shared__ double shared[32];
+  double acc = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) acc += part[i];
+  acc = BlockSum(acc, shared);
+  if (threadIdx.x == 0) *out = acc;
 }
 
 }  // namespace
@@ -183,21 +263,46 @@ absl::Status Embed(const int32_t* tokens, int64_t T, int64_t t0, int64_t Tc, int
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
 }
-absl::Status EmbedBackward(const int32_t* tokens, int64_t T, int64_t t0, int64_t Tc, int64_t rows,
-                           const float* dh, float* demb, int64_t D, Stream stream) {
-  EmbedBackwardKernel<<<rows, kThreads, 0, stream>>>(tokens, T, t0, Tc, dh, demb, D);
+absl::Status EmbedBackward(const int32_t* ids, const int32_t* offsets, const int32_t* rows,
+                           int64_t n, const float* dh, float* demb, int64_t D, Stream stream) {
+  if (n == 0) return absl::OkStatus();
+  EmbedBackwardKernel<<<n, kThreads, 0, stream>>>(ids, offsets, rows, dh, demb, D);
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
 }
-absl::Status RmsNorm(const float* x, const float* w, float* y, float* rstd, int64_t rows, int64_t D,
-                     float eps, Stream stream) {
-  RmsNormKernel<<<rows, kThreads, 0, stream>>>(x, w, y, rstd, D, eps);
+absl::Status RmsNorm(const float* x, const float* w, void* y, Act act, float* rstd, int64_t rows,
+                     int64_t D, float eps, Stream stream) {
+  if (act == Act::kF32) {
+    RmsNormKernel<<<rows, kThreads, 0, stream>>>(x, w, static_cast<float*>(y), rstd, D, eps);
+  } else {
+    RmsNormKernel<<<rows, kThreads, 0, stream>>>(x, w, static_cast<__nv_bfloat16*>(y), rstd, D,
+                                                 eps);
+  }
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
+}
+int64_t RmsNormBackwardScratch(int64_t rows, int64_t D) {
+  return (rows + kNormRowsPerBlock - 1) / kNormRowsPerBlock * D;
 }
 absl::Status RmsNormBackward(const float* x, const float* w, const float* rstd, const float* dy,
-                             float* dx, float* dw, int64_t rows, int64_t D, Stream stream) {
-  RmsNormBackwardKernel<<<rows, kThreads, 0, stream>>>(x, w, rstd, dy, dx, dw, D);
+                             float* dx, void* dx_act, Act act, float* dw, float* scratch,
+                             int64_t rows, int64_t D, Stream stream) {
+  if (D > kNormCols * 1024) {
+    return absl::UnimplementedError(
+        "CUDA RMSNorm backward supports hidden sizes up to 16384");
+  }
+  if (rows == 0) return absl::OkStatus();
+  const int64_t nb = (rows + kNormRowsPerBlock - 1) / kNormRowsPerBlock;
+  const int threads = NormThreads(D);
+  if (act == Act::kF32) {
+    RmsNormBackwardKernel<<<nb, threads, 0, stream>>>(x, w, rstd, dy, dx,
+                                                      static_cast<float*>(dx_act), scratch, rows, D);
+  } else {
+    RmsNormBackwardKernel<<<nb, threads, 0, stream>>>(
+        x, w, rstd, dy, dx, static_cast<__nv_bfloat16*>(dx_act), scratch, rows, D);
+  }
+  RWR_CUDA_LAUNCH();
+  AddColumnSumsKernel<<<(D + kThreads - 1) / kThreads, kThreads, 0, stream>>>(scratch, nb, D, dw);
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
 }
@@ -216,35 +321,60 @@ absl::Status ALogGrad(const float* dA, const float* A, float* g, int64_t n, Stre
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
 }
-absl::Status GatherRows(const float* src, const int32_t* rows, float* dst, int64_t n, int64_t D,
-                        Stream stream) {
-  GatherRowsKernel<<<n, kThreads, 0, stream>>>(src, rows, dst, D);
+absl::Status ToBf16(const float* src, void* dst, int64_t n, Stream stream) {
+  ToBf16Kernel<<<Blocks(n), kThreads, 0, stream>>>(src, static_cast<__nv_bfloat16*>(dst), n);
+  RWR_CUDA_LAUNCH();
+  return absl::OkStatus();
+}
+absl::Status GatherRows(const void* src, const int32_t* rows, void* dst, Act act, int64_t n,
+                        int64_t D, Stream stream) {
+  if (n == 0) return absl::OkStatus();
+  if (act == Act::kF32) {
+    GatherRowsKernel<<<n, kThreads, 0, stream>>>(static_cast<const float*>(src), rows,
+                                                 static_cast<float*>(dst), D);
+  } else {
+    GatherRowsKernel<<<n, kThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(src), rows,
+                                                 static_cast<__nv_bfloat16*>(dst), D);
+  }
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
 }
 absl::Status ScatterRows(const float* src, const int32_t* rows, float* dst, int64_t n, int64_t D,
                          Stream stream) {
+  if (n == 0) return absl::OkStatus();
   ScatterRowsKernel<<<n, kThreads, 0, stream>>>(src, rows, dst, D);
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
 }
-absl::Status CrossEntropy(float* logits, int64_t rows, int64_t V, const int32_t* targets,
-                          const uint8_t* weight, float* loss, float scale, bool grad,
+absl::Status CrossEntropy(const float* logits, int64_t rows, int64_t V, const int32_t* targets,
+                          const uint8_t* weight, float* loss, float scale, void* grad, Act act,
                           Stream stream) {
-  CrossEntropyKernel<<<rows, kThreads, 0, stream>>>(logits, V, targets, weight, loss, scale, grad);
+  if (rows == 0) return absl::OkStatus();
+  if (act == Act::kF32) {
+    CrossEntropyKernel<<<rows, kThreads, 0, stream>>>(logits, V, targets, weight, loss, scale,
+                                                      static_cast<float*>(grad));
+  } else {
+    CrossEntropyKernel<<<rows, kThreads, 0, stream>>>(logits, V, targets, weight, loss, scale,
+                                                      static_cast<__nv_bfloat16*>(grad));
+  }
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
 }
-absl::Status AdamW(float* p, const float* g, float* m, float* v, const uint8_t* decay, int64_t n,
-                   float b1, float b2, float step_size, float decay_factor, float inv_bc2_sqrt,
-                   float eps, float grad_scale, Stream stream) {
-  AdamWKernel<<<Blocks(n), kThreads, 0, stream>>>(p, g, m, v, decay, n, b1, b2, step_size,
-                                                  decay_factor, inv_bc2_sqrt, eps, grad_scale);
+absl::Status AdamW(float* p, void* p16, const float* g, float* m, float* v, const uint32_t* decay,
+                   int64_t n, float b1, float b2, float step_size, float decay_factor,
+                   float inv_bc2_sqrt, float eps, float grad_scale, Stream stream) {
+  AdamWKernel<<<Blocks(n), kThreads, 0, stream>>>(p, static_cast<__nv_bfloat16*>(p16), g, m, v,
+                                                  decay, n, b1, b2, step_size, decay_factor,
+                                                  inv_bc2_sqrt, eps, grad_scale);
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
 }
-absl::Status SumSquares(const float* g, int64_t n, double* out, Stream stream) {
-  SumSquaresKernel<<<Blocks(n), kThreads, 0, stream>>>(g, n, out);
+int64_t SumSquaresScratch() { return kSumBlocks; }
+absl::Status SumSquares(const float* g, int64_t n, double* scratch, double* out, Stream stream) {
+  const int blocks = static_cast<int>(std::min<int64_t>(kSumBlocks, (n + kThreads - 1) / kThreads));
+  SumSquaresPartKernel<<<std::max(blocks, 1), kThreads, 0, stream>>>(g, n, scratch);
+  RWR_CUDA_LAUNCH();
+  SumPartsKernel<<<1, kThreads, 0, stream>>>(scratch, std::max(blocks, 1), out);
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
 }
