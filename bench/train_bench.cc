@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "CLI/CLI.hpp"
@@ -54,6 +55,7 @@ int main(int argc, char** argv) {
   std::string model_path = "configs/models/mamba-2.8b.yaml", cases_text = "2048x1,2048x4,8192x1",
               long_text, json_path, precision = "bf16";
   int steps = 5;
+  bool phases = false;
   int64_t chunk_tokens = 2048;  // B·chunk_len per chunk (memory grows with it)
   app.add_option("--model", model_path, "Model config YAML (model: section)");
   app.add_option("--cases", cases_text, "TxB list, e.g. 2048x1,2048x4");
@@ -62,6 +64,9 @@ int main(int argc, char** argv) {
   app.add_option("--chunk-tokens", chunk_tokens, "Tokens per chunk (B·chunk_len)");
   app.add_option("--precision", precision, "bf16 (tensor cores) or fp32 GEMMs");
   app.add_option("--json", json_path, "Write results as JSON");
+  app.add_flag("--phases", phases,
+               "Also report GPU time per kind of work (gemm, scan, conv, optimizer; CUDA events "
+               "around each call, which adds a little host time)");
   CLI11_PARSE(app, argc, argv);
 
   auto config = rwr::Config::LoadFile(model_path);
@@ -97,6 +102,7 @@ int main(int argc, char** argv) {
                             {"precision", precision},
                             {"cases", nlohmann::json::array()}};
   const rwr::trainer::AdamWOptions adamw{};
+  (*model)->SetPhaseTiming(phases);
   rwr::trainer::Rng rng(5);
 
   auto run_case = [&](Case c, int timed, nlohmann::json* out) -> bool {
@@ -112,6 +118,7 @@ int main(int argc, char** argv) {
                                          mask.data(), reset.data()};
     const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(c.T, chunk_tokens / c.B));
     std::vector<double> times;
+    std::map<std::string, double> phase_ms;  // summed over the timed steps
     double loss = 0, peak = 0;
     for (int i = 0; i < timed + 1; ++i) {
       const auto t0 = std::chrono::steady_clock::now();
@@ -135,6 +142,16 @@ int main(int argc, char** argv) {
       peak = std::max(peak, UsedGiB());
       loss = r->loss_sum / r->tokens;
       if (i > 0) times.push_back(dt);
+      if (phases) {
+        auto ms = (*model)->TakePhaseTimes();
+        if (!ms.ok()) {
+          fmt::print("  {}\n", std::string(ms.status().message()));
+          return false;
+        }
+        if (i > 0) {
+          for (const auto& [name, t] : *ms) phase_ms[name] += t / timed;
+        }
+      }
     }
     std::sort(times.begin(), times.end());
     const double median = times.empty() ? 0 : times[times.size() / 2];
@@ -146,6 +163,19 @@ int main(int argc, char** argv) {
         "  T {:>6}  B {}  chunk {:>5}  step {:8.3f} s  {:>8.0f} tok/s  MFU {:5.1f}%  peak {:5.1f} "
         "GiB  loss {:.3f}\n",
         c.T, c.B, chunk, median, tps, 100 * 6 * N * tps / 790e12, peak, loss);
+    if (phases) {
+      nlohmann::json pj;
+      std::string line = "           GPU ms per step:";
+      double sum = 0;
+      for (const auto& [name, t] : phase_ms) {
+        line += fmt::format("  {} {:.1f} ({:.0f}%)", name, t, 100 * t / (median * 1e3));
+        pj[name] = t;
+        sum += t;
+      }
+      line += fmt::format("  rest {:.1f}", median * 1e3 - sum);
+      fmt::print("{}\n", line);
+      (*out)["phase_ms"] = pj;
+    }
     std::fflush(stdout);
     return true;
   };

@@ -79,6 +79,29 @@ inline const void* At(const void* p, int64_t elements, int64_t es) {
 
 // ---- implementation state ---------------------------------------------------------------------
 
+// GPU time per kind of work when switched on (MambaCuda::SetPhaseTiming): a pool of CUDA events,
+// two per timed call, read back by TakePhaseTimes.
+enum class Phase : uint8_t { kGemm, kScan, kConv, kOptimizer };
+constexpr const char* kPhaseNames[] = {"gemm", "scan", "conv", "optimizer"};
+
+struct PhaseClock {
+  bool on = false;
+  std::vector<cudaEvent_t> events;
+  size_t used = 0;
+  std::vector<std::pair<Phase, size_t>> spans;  // (kind, index of the start event; end = +1)
+  ~PhaseClock() {
+    for (cudaEvent_t e : events) cudaEventDestroy(e);
+  }
+  absl::StatusOr<cudaEvent_t> Next() {
+    if (used == events.size()) {
+      cudaEvent_t e = nullptr;
+      RWR_CUDA(cudaEventCreate(&e));
+      events.push_back(e);
+    }
+    return events[used++];
+  }
+};
+
 // What one layer's forward keeps for its backward (see the top of this file).
 struct LayerActs {
   DeviceBuffer<float> h_in, rstd;
@@ -110,6 +133,7 @@ struct MambaCuda::Impl {
   DeviceBuffer<float> states;                 // [chunk][layer] conv + ssm
   DeviceBuffer<float> dstates, dstates_next;  // [layer] conv + ssm
   DeviceBuffer<double> norm_acc;              // [0] the sum, then SumSquares' scratch
+  PhaseClock clock;
 
   ~Impl() {
     if (cublas) cublasDestroy(cublas);
@@ -125,6 +149,31 @@ struct MambaCuda::Impl {
     return arena.Alloc(b, elements * es);
   }
 
+  // Runs `call` (returning a Status), bracketed by events when phase timing is on.
+  template <typename F>
+  absl::Status Timed(Phase phase, F&& call) {
+    if (!clock.on) return call();
+    RWR_ASSIGN_OR_RETURN(cudaEvent_t start, clock.Next());
+    RWR_CUDA(cudaEventRecord(start, stream));
+    RWR_RETURN_IF_ERROR(call());
+    RWR_ASSIGN_OR_RETURN(cudaEvent_t end, clock.Next());
+    RWR_CUDA(cudaEventRecord(end, stream));
+    clock.spans.emplace_back(phase, clock.used - 2);
+    return absl::OkStatus();
+  }
+  absl::Status ScanForward(const scan::SelectiveScanParams& p) {
+    return Timed(Phase::kScan, [&] { return scan::Forward(p, stream); });
+  }
+  absl::Status ScanBackward(const scan::SelectiveScanParams& p, const scan::SelectiveScanGrads& g) {
+    return Timed(Phase::kScan, [&] { return scan::Backward(p, g, stream); });
+  }
+  absl::Status ConvForward(const scan::CausalConv1dParams& p) {
+    return Timed(Phase::kConv, [&] { return scan::Forward(p, stream); });
+  }
+  absl::Status ConvBackward(const scan::CausalConv1dParams& p, const scan::CausalConv1dGrads& g) {
+    return Timed(Phase::kConv, [&] { return scan::Backward(p, g, stream); });
+  }
+
   // The GEMMs' copy of the weights at `offset` of the flat layout.
   const void* W(int64_t offset) const {
     return act == Act::kF32 ? static_cast<const void*>(params.ptr + offset)
@@ -136,29 +185,35 @@ struct MambaCuda::Impl {
   // Y(M, N) = X(M, K)·W(N, K)ᵀ + beta·Y
   absl::Status Linear(const void* X, int64_t ldx, const void* Wt, void* Y, bool y_f32, int64_t ldy,
                       int64_t M, int64_t N, int64_t K, float beta = 0.f) {
-    const float one = 1.f;
-    RWR_CUBLAS(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, Wt, CudaType(), K, X,
-                            CudaType(), ldx, &beta, Y, y_f32 ? CUDA_R_32F : CudaType(), ldy,
-                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    return absl::OkStatus();
+    return Timed(Phase::kGemm, [&]() -> absl::Status {
+      const float one = 1.f;
+      RWR_CUBLAS(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, Wt, CudaType(), K,
+                              X, CudaType(), ldx, &beta, Y, y_f32 ? CUDA_R_32F : CudaType(), ldy,
+                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      return absl::OkStatus();
+    });
   }
   // dX(M, K) = dY(M, N)·W(N, K) + beta·dX
   absl::Status LinearDx(const void* dY, int64_t lddy, const void* Wt, void* dX, bool dx_f32,
                         int64_t lddx, int64_t M, int64_t N, int64_t K, float beta = 0.f) {
-    const float one = 1.f;
-    RWR_CUBLAS(cublasGemmEx(cublas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, Wt, CudaType(), K, dY,
-                            CudaType(), lddy, &beta, dX, dx_f32 ? CUDA_R_32F : CudaType(), lddx,
-                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    return absl::OkStatus();
+    return Timed(Phase::kGemm, [&]() -> absl::Status {
+      const float one = 1.f;
+      RWR_CUBLAS(cublasGemmEx(cublas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, Wt, CudaType(), K,
+                              dY, CudaType(), lddy, &beta, dX, dx_f32 ? CUDA_R_32F : CudaType(),
+                              lddx, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      return absl::OkStatus();
+    });
   }
   // dW(N, K) += dY(M, N)ᵀ·X(M, K), dW fp32
   absl::Status LinearDw(const void* dY, int64_t lddy, const void* X, int64_t ldx, float* dW,
                         int64_t M, int64_t N, int64_t K) {
-    const float one = 1.f;
-    RWR_CUBLAS(cublasGemmEx(cublas, CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, &one, X, CudaType(), ldx,
-                            dY, CudaType(), lddy, &one, dW, CUDA_R_32F, K, CUBLAS_COMPUTE_32F,
-                            CUBLAS_GEMM_DEFAULT));
-    return absl::OkStatus();
+    return Timed(Phase::kGemm, [&]() -> absl::Status {
+      const float one = 1.f;
+      RWR_CUBLAS(cublasGemmEx(cublas, CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, &one, X, CudaType(), ldx,
+                              dY, CudaType(), lddy, &one, dW, CUDA_R_32F, K, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+      return absl::OkStatus();
+    });
   }
 };
 
@@ -199,14 +254,13 @@ class CudaRunner {
                                       c_.norm_eps, s));
     RWR_RETURN_IF_ERROR(
         m_.Linear(m_.xn.ptr, d.D, m_.W(o.in_proj), a.xz.ptr, false, 2 * d.Di, M, 2 * d.Di, d.D));
-    RWR_RETURN_IF_ERROR(scan::Forward(Conv(d, o, state_in, state_out, a), s));
+    RWR_RETURN_IF_ERROR(m_.ConvForward(Conv(d, o, state_in, state_out, a)));
     RWR_RETURN_IF_ERROR(
         m_.Linear(m_.uc.ptr, d.Di, m_.W(o.x_proj), a.xdbl.ptr, false, d.X, M, d.X, d.Di));
     RWR_RETURN_IF_ERROR(m_.Linear(a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), m_.dtraw.ptr, false,
                                   d.Di, M, d.Di, d.R));
-    RWR_RETURN_IF_ERROR(scan::Forward(
-        Scan(l, d, o, state_in + conv_floats, state_out ? state_out + conv_floats : nullptr, a),
-        s));
+    RWR_RETURN_IF_ERROR(m_.ScanForward(
+        Scan(l, d, o, state_in + conv_floats, state_out ? state_out + conv_floats : nullptr, a)));
     // The residual add is the GEMM's beta: h += y·out_projᵀ, accumulated in fp32.
     return m_.Linear(m_.y.ptr, d.Di, m_.W(o.out_proj), m_.h.ptr, true, d.D, M, d.D, d.Di, 1.f);
   }
@@ -224,11 +278,11 @@ class CudaRunner {
 
     // Recompute what the forward did not keep: conv output, Δ, scan output (Forward rewrites the
     // same checkpoints).
-    RWR_RETURN_IF_ERROR(scan::Forward(Conv(d, o, state_in, nullptr, a), s));
+    RWR_RETURN_IF_ERROR(m_.ConvForward(Conv(d, o, state_in, nullptr, a)));
     RWR_RETURN_IF_ERROR(m_.Linear(a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), m_.dtraw.ptr, false,
                                   d.Di, M, d.Di, d.R));
     scan::SelectiveScanParams sp = Scan(l, d, o, state_in + conv_floats, nullptr, a);
-    RWR_RETURN_IF_ERROR(scan::Forward(sp, s));
+    RWR_RETURN_IF_ERROR(m_.ScanForward(sp));
     RWR_RETURN_IF_ERROR(m_.LinearDw(dh, d.D, m_.y.ptr, d.Di, G(o.out_proj), M, d.D, d.Di));
 
     const int64_t es = m_.es;
@@ -250,7 +304,7 @@ class CudaRunner {
     sg.dz_strides = {d.Tc * 2 * d.Di, 2 * d.Di};
     sg.ddelta_bias = m_.ddt_bias.ptr;
     sg.dinitial_state = dstate_next + conv_floats;
-    RWR_RETURN_IF_ERROR(scan::Backward(sp, sg, s));
+    RWR_RETURN_IF_ERROR(m_.ScanBackward(sp, sg));
     RWR_RETURN_IF_ERROR(
         cuda::ALogGrad(m_.dA.ptr, m_.A.ptr + l * d.Di * d.S, G(o.A_log), d.Di * d.S, s));
     RWR_RETURN_IF_ERROR(cuda::Add(G(o.D), m_.dD.ptr, d.Di, s));
@@ -276,7 +330,7 @@ class CudaRunner {
     cg.dweight = m_.dconv_w.ptr;
     cg.dbias = m_.dconv_b.ptr;
     cg.dinitial_state = dstate_next;
-    RWR_RETURN_IF_ERROR(scan::Backward(cp, cg, s));
+    RWR_RETURN_IF_ERROR(m_.ConvBackward(cp, cg));
     RWR_RETURN_IF_ERROR(cuda::Add(G(o.conv_weight), m_.dconv_w.ptr, d.Di * d.W, s));
     RWR_RETURN_IF_ERROR(cuda::Add(G(o.conv_bias), m_.dconv_b.ptr, d.Di, s));
 
@@ -634,6 +688,23 @@ absl::Status MambaCuda::ZeroGrads() {
 }
 int64_t MambaCuda::peak_bytes() const { return impl_->arena.peak; }
 
+void MambaCuda::SetPhaseTiming(bool on) { impl_->clock.on = on; }
+
+absl::StatusOr<std::map<std::string, double>> MambaCuda::TakePhaseTimes() {
+  PhaseClock& clock = impl_->clock;
+  std::map<std::string, double> ms;
+  for (const char* name : kPhaseNames) ms[name] = 0;
+  if (clock.used > 0) RWR_CUDA(cudaEventSynchronize(clock.events[clock.used - 1]));
+  for (const auto& [phase, start] : clock.spans) {
+    float t = 0;
+    RWR_CUDA(cudaEventElapsedTime(&t, clock.events[start], clock.events[start + 1]));
+    ms[kPhaseNames[static_cast<int>(phase)]] += t;
+  }
+  clock.spans.clear();
+  clock.used = 0;
+  return ms;
+}
+
 absl::StatusOr<LossSum> MambaCuda::Forward(const TokenBatch& batch, int64_t chunk_len,
                                            float* host_logits) {
   const int64_t T = batch.seq_len;
@@ -752,7 +823,9 @@ absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const
   Impl& m = *impl_;
   const int64_t n = layout_.total();
   RWR_RETURN_IF_ERROR(EnsureOptimizer(m, layout_));
-  RWR_RETURN_IF_ERROR(cuda::SumSquares(m.grads.ptr, n, m.norm_acc.ptr + 1, m.norm_acc.ptr, m.stream));
+  RWR_RETURN_IF_ERROR(m.Timed(Phase::kOptimizer, [&] {
+    return cuda::SumSquares(m.grads.ptr, n, m.norm_acc.ptr + 1, m.norm_acc.ptr, m.stream);
+  }));
   double sumsq = 0;
   RWR_CUDA(cudaMemcpyAsync(&sumsq, m.norm_acc.ptr, 8, cudaMemcpyDeviceToHost, m.stream));
   RWR_CUDA(cudaStreamSynchronize(m.stream));
@@ -762,11 +835,13 @@ absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const
   ++m.adam_step;
   const double bc1 = 1 - std::pow(o.beta1, double(m.adam_step));
   const double bc2 = 1 - std::pow(o.beta2, double(m.adam_step));
-  RWR_RETURN_IF_ERROR(cuda::AdamW(
-      m.params.ptr, m.act == Act::kF32 ? nullptr : m.params16.ptr, m.grads.ptr, m.exp_avg.ptr,
-      m.exp_avg_sq.ptr, m.decay.ptr, n, o.beta1, o.beta2, static_cast<float>(lr / bc1),
-      static_cast<float>(1 - lr * o.weight_decay), static_cast<float>(1 / std::sqrt(bc2)),
-      static_cast<float>(o.eps), static_cast<float>(coef), m.stream));
+  RWR_RETURN_IF_ERROR(m.Timed(Phase::kOptimizer, [&] {
+    return cuda::AdamW(m.params.ptr, m.act == Act::kF32 ? nullptr : m.params16.ptr, m.grads.ptr,
+                       m.exp_avg.ptr, m.exp_avg_sq.ptr, m.decay.ptr, n, o.beta1, o.beta2,
+                       static_cast<float>(lr / bc1), static_cast<float>(1 - lr * o.weight_decay),
+                       static_cast<float>(1 / std::sqrt(bc2)), static_cast<float>(o.eps),
+                       static_cast<float>(coef), m.stream);
+  }));
   // A = −exp(A_log) is recomputed from the new parameters by the next call's Prepare.
   return norm;
 }

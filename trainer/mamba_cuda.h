@@ -13,7 +13,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <string>
 #include <span>
 #include <vector>
 
@@ -59,6 +61,12 @@ class MambaCuda {
 
   // Bytes of device memory this model holds at most so far (its own allocations).
   int64_t peak_bytes() const;
+
+  // Optional GPU time per kind of work, for benchmarks: with timing on, CUDA events bracket every
+  // GEMM, scan, conv and optimizer call. TakePhaseTimes returns milliseconds per kind ("gemm",
+  // "scan", "conv", "optimizer") since the last take and starts a new tally.
+  void SetPhaseTiming(bool on);
+  absl::StatusOr<std::map<std::string, double>> TakePhaseTimes();
 
   struct Impl;
 
