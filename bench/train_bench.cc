@@ -56,12 +56,14 @@ int main(int argc, char** argv) {
               long_text, json_path, precision = "bf16";
   int steps = 5;
   bool phases = false;
-  int64_t chunk_tokens = 2048;  // B·chunk_len per chunk (memory grows with it)
+  int64_t chunk_tokens = 0;  // B·chunk_len per chunk (memory grows with it); 0: fit the GPU
   app.add_option("--model", model_path, "Model config YAML (model: section)");
   app.add_option("--cases", cases_text, "TxB list, e.g. 2048x1,2048x4");
   app.add_option("--long", long_text, "Single-sample lengths to try, e.g. 32768,131072");
   app.add_option("--steps", steps, "Timed steps per case (after one warm-up)");
-  app.add_option("--chunk-tokens", chunk_tokens, "Tokens per chunk (B·chunk_len)");
+  app.add_option("--chunk-tokens", chunk_tokens,
+                 "Tokens per chunk (B·chunk_len); 0: whole rows if they fit, else the largest "
+                 "halving that does");
   app.add_option("--precision", precision, "bf16 (tensor cores) or fp32 GEMMs");
   app.add_option("--json", json_path, "Write results as JSON");
   app.add_flag("--phases", phases,
@@ -116,7 +118,8 @@ int main(int argc, char** argv) {
     for (int64_t b = 0; b < c.B; ++b) reset[b * c.T] = 1;
     const rwr::trainer::TokenBatch batch{c.B,         c.T,         tokens.data(), targets.data(),
                                          mask.data(), reset.data()};
-    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(c.T, chunk_tokens / c.B));
+    const int64_t asked =
+        chunk_tokens > 0 ? std::max<int64_t>(1, std::min<int64_t>(c.T, chunk_tokens / c.B)) : 0;
     std::vector<double> times;
     std::map<std::string, double> phase_ms;  // summed over the timed steps
     double loss = 0, peak = 0;
@@ -126,7 +129,7 @@ int main(int argc, char** argv) {
         fmt::print("  {}\n", std::string(s.message()));
         return false;
       }
-      auto r = (*model)->ForwardBackward(batch, chunk, 1.f / n);
+      auto r = (*model)->ForwardBackward(batch, asked, 1.f / n);
       if (!r.ok()) {
         fmt::print("  T {} B {}: {}\n", c.T, c.B, std::string(r.status().message()));
         return false;
@@ -153,6 +156,7 @@ int main(int argc, char** argv) {
         }
       }
     }
+    const int64_t chunk = (*model)->last_chunk_len();
     std::sort(times.begin(), times.end());
     const double median = times.empty() ? 0 : times[times.size() / 2];
     const double tps = median > 0 ? n / median : 0;

@@ -16,7 +16,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <map>
 #include <numeric>
+#include <tuple>
 #include <vector>
 
 #include "common/call_status_cuda.h"
@@ -24,6 +27,7 @@
 #include "fmt/format.h"
 #include "scan_kernels/causal_conv1d.h"
 #include "scan_kernels/selective_scan.h"
+#include "spdlog/spdlog.h"
 #include "trainer/mamba_cuda_kernels.h"
 
 namespace rwr::trainer {
@@ -39,31 +43,52 @@ struct DeviceBuffer {
   int64_t count = 0;
 };
 
-// Owns every device allocation of a model; a buffer grows (never shrinks) to the largest size
-// asked of it, and `peak` is the most bytes held at once.
-struct DeviceArena {
+// Bytes of device memory a model holds now and at most so far, over all its arenas.
+struct MemoryTally {
   int64_t bytes = 0, peak = 0;
-  std::vector<void*> all;
+  int64_t budget = 0;  // > 0: allocations past this many bytes fail as if the device were full
+};
+
+// Owns device allocations; a buffer grows (never shrinks) to the largest size asked of it. Freed
+// all at once when the arena goes.
+struct DeviceArena {
+  explicit DeviceArena(MemoryTally* t) : tally(t) {}
+  DeviceArena(const DeviceArena&) = delete;
+  DeviceArena& operator=(const DeviceArena&) = delete;
+  MemoryTally* tally;
+  std::vector<std::pair<void*, int64_t>> all;
   template <typename T>
   absl::Status Alloc(DeviceBuffer<T>* b, int64_t count) {
     if (b->count >= count && b->ptr != nullptr) return absl::OkStatus();
-    if (b->ptr != nullptr) {
-      cudaFree(b->ptr);
-      bytes -= b->count * static_cast<int64_t>(sizeof(T));
-      all.erase(std::find(all.begin(), all.end(), static_cast<void*>(b->ptr)));
-    }
+    if (b->ptr != nullptr) Free(b->ptr);
+    b->ptr = nullptr;
+    b->count = 0;
     void* p = nullptr;
     const int64_t n = std::max<int64_t>(count, 1) * sizeof(T);
+    if (tally->budget > 0 && tally->bytes + n > tally->budget) {
+      return absl::ResourceExhaustedError(fmt::format(
+          "device memory budget of {} MiB reached ({} MiB held, {} MiB asked)",
+          tally->budget >> 20, tally->bytes >> 20, n >> 20));
+    }
     RWR_CUDA(cudaMalloc(&p, n));
-    all.push_back(p);
-    bytes += n;
-    peak = std::max(peak, bytes);
+    all.emplace_back(p, n);
+    tally->bytes += n;
+    tally->peak = std::max(tally->peak, tally->bytes);
     b->ptr = static_cast<T*>(p);
     b->count = count;
     return absl::OkStatus();
   }
+  void Free(void* p) {
+    auto it = std::find_if(all.begin(), all.end(), [p](const auto& a) { return a.first == p; });
+    cudaFree(p);
+    tally->bytes -= it->second;
+    all.erase(it);
+  }
   ~DeviceArena() {
-    for (void* p : all) cudaFree(p);
+    for (const auto& [p, n] : all) {
+      cudaFree(p);
+      tally->bytes -= n;
+    }
   }
 };
 
@@ -108,19 +133,11 @@ struct LayerActs {
   DeviceBuffer<char> xz, xdbl, ckpt;
 };
 
-struct MambaCuda::Impl {
-  MambaConfig c;
-  GemmPrecision precision;
-  Act act = Act::kF32;  // activations and GEMM operands
-  int64_t es = 4;       // bytes per activation
+// The buffers of one call, sized for its batch and chunk shape. They live in their own arena so
+// that a shape that does not fit can be released whole and a smaller chunk tried.
+struct CallBuffers {
+  explicit CallBuffers(MemoryTally* tally) : arena(tally) {}
   DeviceArena arena;
-  cublasHandle_t cublas = nullptr;
-  cudaStream_t stream = nullptr;
-  DeviceBuffer<float> params, grads, exp_avg, exp_avg_sq, A;  // A: per layer (Di, S)
-  DeviceBuffer<char> params16;  // bf16 copy of params (kBf16): the GEMMs' weights
-  DeviceBuffer<uint32_t> decay;  // bit i: parameter i takes weight decay
-  int64_t adam_step = 0;
-  // per call
   DeviceBuffer<int32_t> tokens, rows, row_targets, emb_ids, emb_offsets, emb_rows;
   DeviceBuffer<uint8_t> reset, row_weight;
   std::vector<LayerActs> acts;  // per layer, for the pass that runs the backward
@@ -132,6 +149,24 @@ struct MambaCuda::Impl {
       block_dh, row_loss, norm_scratch;
   DeviceBuffer<float> states;                 // [chunk][layer] conv + ssm
   DeviceBuffer<float> dstates, dstates_next;  // [layer] conv + ssm
+};
+
+struct MambaCuda::Impl {
+  MambaConfig c;
+  GemmPrecision precision;
+  Act act = Act::kF32;  // activations and GEMM operands
+  int64_t es = 4;       // bytes per activation
+  MemoryTally tally;
+  DeviceArena arena{&tally};  // weights, gradients, optimizer state
+  cublasHandle_t cublas = nullptr;
+  cudaStream_t stream = nullptr;
+  DeviceBuffer<float> params, grads, exp_avg, exp_avg_sq, A;  // A: per layer (Di, S)
+  DeviceBuffer<char> params16;  // bf16 copy of params (kBf16): the GEMMs' weights
+  DeviceBuffer<uint32_t> decay;  // bit i: parameter i takes weight decay
+  int64_t adam_step = 0;
+  std::unique_ptr<CallBuffers> call;  // this call's buffers (Prepare sizes them)
+  std::map<std::tuple<int64_t, int64_t, bool>, int64_t> fitted_chunk;  // (B, T, grad) → chunk
+  int64_t last_chunk_len = 0;
   DeviceBuffer<double> norm_acc;              // [0] the sum, then SumSquares' scratch
   PhaseClock clock;
 
@@ -144,11 +179,6 @@ struct MambaCuda::Impl {
   int64_t ConvStateFloats(int64_t B) const { return B * c.d_inner * (c.d_conv - 1); }
   scan::DType ScanType() const { return act == Act::kF32 ? scan::DType::kF32 : scan::DType::kBF16; }
   cudaDataType_t CudaType() const { return act == Act::kF32 ? CUDA_R_32F : CUDA_R_16BF; }
-  template <typename B>
-  absl::Status AllocAct(B* b, int64_t elements) {
-    return arena.Alloc(b, elements * es);
-  }
-
   // Runs `call` (returning a Status), bracketed by events when phase timing is on.
   template <typename F>
   absl::Status Timed(Phase phase, F&& call) {
@@ -234,10 +264,11 @@ class CudaRunner {
             c_.d_model,   c_.d_inner,     c_.d_state,   c_.dt_rank,
             c_.d_conv,    c_.xdbl_dim(),  c_.vocab_size};
   }
+  CallBuffers& k() const { return *m_.call; }
   const float* P(int64_t offset) const { return m_.params.ptr + offset; }
   float* G(int64_t offset) const { return m_.grads.ptr + offset; }
   float* State(int64_t chunk, int64_t layer) const {
-    return m_.states.ptr + (chunk * c_.n_layer + layer) * m_.StateFloats(batch_.batch);
+    return k().states.ptr + (chunk * c_.n_layer + layer) * m_.StateFloats(batch_.batch);
   }
 
   // h (M, D), the residual stream, in place. States: in (conv | ssm), out (may be null). With
@@ -248,21 +279,21 @@ class CudaRunner {
     const int64_t M = d.M(), conv_floats = m_.ConvStateFloats(d.B);
     cudaStream_t s = m_.stream;
     if (keep) {
-      RWR_CUDA(cudaMemcpyAsync(a.h_in.ptr, m_.h.ptr, M * d.D * 4, cudaMemcpyDeviceToDevice, s));
+      RWR_CUDA(cudaMemcpyAsync(a.h_in.ptr, k().h.ptr, M * d.D * 4, cudaMemcpyDeviceToDevice, s));
     }
-    RWR_RETURN_IF_ERROR(cuda::RmsNorm(m_.h.ptr, P(o.norm), m_.xn.ptr, m_.act, a.rstd.ptr, M, d.D,
+    RWR_RETURN_IF_ERROR(cuda::RmsNorm(k().h.ptr, P(o.norm), k().xn.ptr, m_.act, a.rstd.ptr, M, d.D,
                                       c_.norm_eps, s));
     RWR_RETURN_IF_ERROR(
-        m_.Linear(m_.xn.ptr, d.D, m_.W(o.in_proj), a.xz.ptr, false, 2 * d.Di, M, 2 * d.Di, d.D));
+        m_.Linear(k().xn.ptr, d.D, m_.W(o.in_proj), a.xz.ptr, false, 2 * d.Di, M, 2 * d.Di, d.D));
     RWR_RETURN_IF_ERROR(m_.ConvForward(Conv(d, o, state_in, state_out, a)));
     RWR_RETURN_IF_ERROR(
-        m_.Linear(m_.uc.ptr, d.Di, m_.W(o.x_proj), a.xdbl.ptr, false, d.X, M, d.X, d.Di));
-    RWR_RETURN_IF_ERROR(m_.Linear(a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), m_.dtraw.ptr, false,
+        m_.Linear(k().uc.ptr, d.Di, m_.W(o.x_proj), a.xdbl.ptr, false, d.X, M, d.X, d.Di));
+    RWR_RETURN_IF_ERROR(m_.Linear(a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), k().dtraw.ptr, false,
                                   d.Di, M, d.Di, d.R));
     RWR_RETURN_IF_ERROR(m_.ScanForward(
         Scan(l, d, o, state_in + conv_floats, state_out ? state_out + conv_floats : nullptr, a)));
     // The residual add is the GEMM's beta: h += y·out_projᵀ, accumulated in fp32.
-    return m_.Linear(m_.y.ptr, d.Di, m_.W(o.out_proj), m_.h.ptr, true, d.D, M, d.D, d.Di, 1.f);
+    return m_.Linear(k().y.ptr, d.Di, m_.W(o.out_proj), k().h.ptr, true, d.D, M, d.D, d.Di, 1.f);
   }
 
   // dh (M, D): gradient of the layer output → of its input (dh_act follows it in kBf16). dstate
@@ -274,74 +305,74 @@ class CudaRunner {
     cudaStream_t s = m_.stream;
     const void* dh = DhAct();
     RWR_RETURN_IF_ERROR(
-        m_.LinearDx(dh, d.D, m_.W(o.out_proj), m_.dy.ptr, false, d.Di, M, d.D, d.Di));
+        m_.LinearDx(dh, d.D, m_.W(o.out_proj), k().dy.ptr, false, d.Di, M, d.D, d.Di));
 
     // Recompute what the forward did not keep: conv output, Δ, scan output (Forward rewrites the
     // same checkpoints).
     RWR_RETURN_IF_ERROR(m_.ConvForward(Conv(d, o, state_in, nullptr, a)));
-    RWR_RETURN_IF_ERROR(m_.Linear(a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), m_.dtraw.ptr, false,
+    RWR_RETURN_IF_ERROR(m_.Linear(a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), k().dtraw.ptr, false,
                                   d.Di, M, d.Di, d.R));
     scan::SelectiveScanParams sp = Scan(l, d, o, state_in + conv_floats, nullptr, a);
     RWR_RETURN_IF_ERROR(m_.ScanForward(sp));
-    RWR_RETURN_IF_ERROR(m_.LinearDw(dh, d.D, m_.y.ptr, d.Di, G(o.out_proj), M, d.D, d.Di));
+    RWR_RETURN_IF_ERROR(m_.LinearDw(dh, d.D, k().y.ptr, d.Di, G(o.out_proj), M, d.D, d.Di));
 
     const int64_t es = m_.es;
     scan::SelectiveScanGrads sg;
-    sg.dout = m_.dy.ptr;
+    sg.dout = k().dy.ptr;
     sg.dout_strides = {d.Tc * d.Di, d.Di};
     sg.dfinal_state = dstate + conv_floats;
-    sg.dx = m_.duc.ptr;
+    sg.dx = k().duc.ptr;
     sg.dx_strides = {d.Tc * d.Di, d.Di};
-    sg.ddelta = m_.ddtraw.ptr;
+    sg.ddelta = k().ddtraw.ptr;
     sg.ddelta_strides = {d.Tc * d.Di, d.Di};
-    sg.dA = m_.dA.ptr;
-    sg.dB = At(m_.dxdbl.ptr, d.R, es);
+    sg.dA = k().dA.ptr;
+    sg.dB = At(k().dxdbl.ptr, d.R, es);
     sg.dB_strides = {d.Tc * d.X, d.X};
-    sg.dC = At(m_.dxdbl.ptr, d.R + d.S, es);
+    sg.dC = At(k().dxdbl.ptr, d.R + d.S, es);
     sg.dC_strides = {d.Tc * d.X, d.X};
-    sg.dD = m_.dD.ptr;
-    sg.dz = At(m_.dxz.ptr, d.Di, es);
+    sg.dD = k().dD.ptr;
+    sg.dz = At(k().dxz.ptr, d.Di, es);
     sg.dz_strides = {d.Tc * 2 * d.Di, 2 * d.Di};
-    sg.ddelta_bias = m_.ddt_bias.ptr;
+    sg.ddelta_bias = k().ddt_bias.ptr;
     sg.dinitial_state = dstate_next + conv_floats;
     RWR_RETURN_IF_ERROR(m_.ScanBackward(sp, sg));
     RWR_RETURN_IF_ERROR(
-        cuda::ALogGrad(m_.dA.ptr, m_.A.ptr + l * d.Di * d.S, G(o.A_log), d.Di * d.S, s));
-    RWR_RETURN_IF_ERROR(cuda::Add(G(o.D), m_.dD.ptr, d.Di, s));
-    RWR_RETURN_IF_ERROR(cuda::Add(G(o.dt_proj_bias), m_.ddt_bias.ptr, d.Di, s));
+        cuda::ALogGrad(k().dA.ptr, m_.A.ptr + l * d.Di * d.S, G(o.A_log), d.Di * d.S, s));
+    RWR_RETURN_IF_ERROR(cuda::Add(G(o.D), k().dD.ptr, d.Di, s));
+    RWR_RETURN_IF_ERROR(cuda::Add(G(o.dt_proj_bias), k().ddt_bias.ptr, d.Di, s));
 
     RWR_RETURN_IF_ERROR(
-        m_.LinearDw(m_.ddtraw.ptr, d.Di, a.xdbl.ptr, d.X, G(o.dt_proj_weight), M, d.Di, d.R));
-    RWR_RETURN_IF_ERROR(m_.LinearDx(m_.ddtraw.ptr, d.Di, m_.W(o.dt_proj_weight), m_.dxdbl.ptr,
+        m_.LinearDw(k().ddtraw.ptr, d.Di, a.xdbl.ptr, d.X, G(o.dt_proj_weight), M, d.Di, d.R));
+    RWR_RETURN_IF_ERROR(m_.LinearDx(k().ddtraw.ptr, d.Di, m_.W(o.dt_proj_weight), k().dxdbl.ptr,
                                     false, d.X, M, d.Di, d.R));
     RWR_RETURN_IF_ERROR(
-        m_.LinearDw(m_.dxdbl.ptr, d.X, m_.uc.ptr, d.Di, G(o.x_proj), M, d.X, d.Di));
-    RWR_RETURN_IF_ERROR(m_.LinearDx(m_.dxdbl.ptr, d.X, m_.W(o.x_proj), m_.duc.ptr, false, d.Di, M,
+        m_.LinearDw(k().dxdbl.ptr, d.X, k().uc.ptr, d.Di, G(o.x_proj), M, d.X, d.Di));
+    RWR_RETURN_IF_ERROR(m_.LinearDx(k().dxdbl.ptr, d.X, m_.W(o.x_proj), k().duc.ptr, false, d.Di, M,
                                     d.X, d.Di, 1.f));
 
     scan::CausalConv1dParams cp = Conv(d, o, state_in, nullptr, a);
-    cp.workspace = m_.conv_ws.ptr;
+    cp.workspace = k().conv_ws.ptr;
     scan::CausalConv1dGrads cg;
-    cg.dout = m_.duc.ptr;
+    cg.dout = k().duc.ptr;
     cg.dout_strides = {d.Tc * d.Di, d.Di};
     cg.dfinal_state = dstate;
-    cg.dx = m_.dxz.ptr;
+    cg.dx = k().dxz.ptr;
     cg.dx_strides = {d.Tc * 2 * d.Di, 2 * d.Di};
-    cg.dweight = m_.dconv_w.ptr;
-    cg.dbias = m_.dconv_b.ptr;
+    cg.dweight = k().dconv_w.ptr;
+    cg.dbias = k().dconv_b.ptr;
     cg.dinitial_state = dstate_next;
     RWR_RETURN_IF_ERROR(m_.ConvBackward(cp, cg));
-    RWR_RETURN_IF_ERROR(cuda::Add(G(o.conv_weight), m_.dconv_w.ptr, d.Di * d.W, s));
-    RWR_RETURN_IF_ERROR(cuda::Add(G(o.conv_bias), m_.dconv_b.ptr, d.Di, s));
+    RWR_RETURN_IF_ERROR(cuda::Add(G(o.conv_weight), k().dconv_w.ptr, d.Di * d.W, s));
+    RWR_RETURN_IF_ERROR(cuda::Add(G(o.conv_bias), k().dconv_b.ptr, d.Di, s));
 
-    RWR_RETURN_IF_ERROR(cuda::RmsNorm(a.h_in.ptr, P(o.norm), m_.xn.ptr, m_.act, a.rstd.ptr, M,
+    RWR_RETURN_IF_ERROR(cuda::RmsNorm(a.h_in.ptr, P(o.norm), k().xn.ptr, m_.act, a.rstd.ptr, M,
                                       d.D, c_.norm_eps, s));
     RWR_RETURN_IF_ERROR(
-        m_.LinearDw(m_.dxz.ptr, 2 * d.Di, m_.xn.ptr, d.D, G(o.in_proj), M, 2 * d.Di, d.D));
-    RWR_RETURN_IF_ERROR(m_.LinearDx(m_.dxz.ptr, 2 * d.Di, m_.W(o.in_proj), m_.dxn.ptr, true, d.D,
+        m_.LinearDw(k().dxz.ptr, 2 * d.Di, k().xn.ptr, d.D, G(o.in_proj), M, 2 * d.Di, d.D));
+    RWR_RETURN_IF_ERROR(m_.LinearDx(k().dxz.ptr, 2 * d.Di, m_.W(o.in_proj), k().dxn.ptr, true, d.D,
                                     M, 2 * d.Di, d.D));
-    return cuda::RmsNormBackward(a.h_in.ptr, P(o.norm), a.rstd.ptr, m_.dxn.ptr, m_.dh.ptr,
-                                 DhActOut(), m_.act, G(o.norm), m_.norm_scratch.ptr, M, d.D, s);
+    return cuda::RmsNormBackward(a.h_in.ptr, P(o.norm), a.rstd.ptr, k().dxn.ptr, k().dh.ptr,
+                                 DhActOut(), m_.act, G(o.norm), k().norm_scratch.ptr, M, d.D, s);
   }
 
   // Final norm, head, cross-entropy over the chunk's loss rows (all rows with logits).
@@ -349,8 +380,8 @@ class CudaRunner {
                                bool grad) {
     cudaStream_t s = m_.stream;
     const int64_t M = d.M();
-    RWR_RETURN_IF_ERROR(cuda::RmsNorm(m_.h.ptr, P(layout_.norm_f()), m_.hn.ptr, m_.act,
-                                      m_.rstd_f.ptr, M, d.D, c_.norm_eps, s));
+    RWR_RETURN_IF_ERROR(cuda::RmsNorm(k().h.ptr, P(layout_.norm_f()), k().hn.ptr, m_.act,
+                                      k().rstd_f.ptr, M, d.D, c_.norm_eps, s));
     std::vector<int32_t> rows, targets;
     std::vector<uint8_t> weights;
     for (int64_t b = 0; b < d.B; ++b) {
@@ -363,35 +394,31 @@ class CudaRunner {
         }
       }
     }
-    if (grad) RWR_CUDA(cudaMemsetAsync(m_.dhn.ptr, 0, M * d.D * 4, s));
+    if (grad) RWR_CUDA(cudaMemsetAsync(k().dhn.ptr, 0, M * d.D * 4, s));
     LossSum result;
-    const int64_t block = HeadBlockRows(d.V);
-    DeviceArena& ar = m_.arena;
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.rows, std::max<size_t>(rows.size(), 1)));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.row_targets, std::max<size_t>(rows.size(), 1)));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.row_weight, std::max<size_t>(rows.size(), 1)));
+    const int64_t block = std::min(HeadBlockRows(d.V), M);
     if (!rows.empty()) {
       RWR_CUDA(
-          cudaMemcpyAsync(m_.rows.ptr, rows.data(), rows.size() * 4, cudaMemcpyHostToDevice, s));
-      RWR_CUDA(cudaMemcpyAsync(m_.row_targets.ptr, targets.data(), targets.size() * 4,
+          cudaMemcpyAsync(k().rows.ptr, rows.data(), rows.size() * 4, cudaMemcpyHostToDevice, s));
+      RWR_CUDA(cudaMemcpyAsync(k().row_targets.ptr, targets.data(), targets.size() * 4,
                                cudaMemcpyHostToDevice, s));
-      RWR_CUDA(cudaMemcpyAsync(m_.row_weight.ptr, weights.data(), weights.size(),
+      RWR_CUDA(cudaMemcpyAsync(k().row_weight.ptr, weights.data(), weights.size(),
                                cudaMemcpyHostToDevice, s));
     }
     // The bf16 gradient of a block of logits goes to its own buffer; fp32 overwrites the logits.
-    void* dlogits = m_.act == Act::kF32 ? static_cast<void*>(m_.block_logits.ptr)
-                                        : static_cast<void*>(m_.block_dlogits.ptr);
+    void* dlogits = m_.act == Act::kF32 ? static_cast<void*>(k().block_logits.ptr)
+                                        : static_cast<void*>(k().block_dlogits.ptr);
     const void* E = m_.W(layout_.embedding());
     std::vector<float> losses;
     for (size_t r0 = 0; r0 < rows.size(); r0 += block) {
       const int64_t nr = std::min<int64_t>(block, rows.size() - r0);
       RWR_RETURN_IF_ERROR(
-          cuda::GatherRows(m_.hn.ptr, m_.rows.ptr + r0, m_.block_in.ptr, m_.act, nr, d.D, s));
+          cuda::GatherRows(k().hn.ptr, k().rows.ptr + r0, k().block_in.ptr, m_.act, nr, d.D, s));
       RWR_RETURN_IF_ERROR(
-          m_.Linear(m_.block_in.ptr, d.D, E, m_.block_logits.ptr, true, d.V, nr, d.V, d.D));
+          m_.Linear(k().block_in.ptr, d.D, E, k().block_logits.ptr, true, d.V, nr, d.V, d.D));
       if (host_logits != nullptr) {
         std::vector<float> logits(nr * d.V);
-        RWR_CUDA(cudaMemcpyAsync(logits.data(), m_.block_logits.ptr, nr * d.V * 4,
+        RWR_CUDA(cudaMemcpyAsync(logits.data(), k().block_logits.ptr, nr * d.V * 4,
                                  cudaMemcpyDeviceToHost, s));
         RWR_CUDA(cudaStreamSynchronize(s));
         for (int64_t r = 0; r < nr; ++r) {
@@ -401,17 +428,17 @@ class CudaRunner {
                     host_logits + i * d.V);
         }
       }
-      RWR_RETURN_IF_ERROR(cuda::CrossEntropy(m_.block_logits.ptr, nr, d.V, m_.row_targets.ptr + r0,
-                                             m_.row_weight.ptr + r0, m_.row_loss.ptr, loss_scale,
+      RWR_RETURN_IF_ERROR(cuda::CrossEntropy(k().block_logits.ptr, nr, d.V, k().row_targets.ptr + r0,
+                                             k().row_weight.ptr + r0, k().row_loss.ptr, loss_scale,
                                              grad ? dlogits : nullptr, m_.act, s));
       losses.resize(nr);
-      RWR_CUDA(cudaMemcpyAsync(losses.data(), m_.row_loss.ptr, nr * 4, cudaMemcpyDeviceToHost, s));
+      RWR_CUDA(cudaMemcpyAsync(losses.data(), k().row_loss.ptr, nr * 4, cudaMemcpyDeviceToHost, s));
       if (grad) {
         RWR_RETURN_IF_ERROR(
-            m_.LinearDx(dlogits, d.V, E, m_.block_dh.ptr, true, d.D, nr, d.V, d.D));
+            m_.LinearDx(dlogits, d.V, E, k().block_dh.ptr, true, d.D, nr, d.V, d.D));
         RWR_RETURN_IF_ERROR(
-            cuda::ScatterRows(m_.block_dh.ptr, m_.rows.ptr + r0, m_.dhn.ptr, nr, d.D, s));
-        RWR_RETURN_IF_ERROR(m_.LinearDw(dlogits, d.V, m_.block_in.ptr, d.D,
+            cuda::ScatterRows(k().block_dh.ptr, k().rows.ptr + r0, k().dhn.ptr, nr, d.D, s));
+        RWR_RETURN_IF_ERROR(m_.LinearDw(dlogits, d.V, k().block_in.ptr, d.D,
                                         G(layout_.embedding()), nr, d.V, d.D));
       }
       RWR_CUDA(cudaStreamSynchronize(s));  // the host reads `losses`
@@ -423,17 +450,17 @@ class CudaRunner {
       }
     }
     if (grad) {
-      RWR_CUDA(cudaMemsetAsync(m_.dh.ptr, 0, M * d.D * 4, s));
-      RWR_RETURN_IF_ERROR(cuda::RmsNormBackward(m_.h.ptr, P(layout_.norm_f()), m_.rstd_f.ptr,
-                                                m_.dhn.ptr, m_.dh.ptr, DhActOut(), m_.act,
-                                                G(layout_.norm_f()), m_.norm_scratch.ptr, M, d.D,
+      RWR_CUDA(cudaMemsetAsync(k().dh.ptr, 0, M * d.D * 4, s));
+      RWR_RETURN_IF_ERROR(cuda::RmsNormBackward(k().h.ptr, P(layout_.norm_f()), k().rstd_f.ptr,
+                                                k().dhn.ptr, k().dh.ptr, DhActOut(), m_.act,
+                                                G(layout_.norm_f()), k().norm_scratch.ptr, M, d.D,
                                                 s));
     }
     return result;
   }
 
   absl::Status Embed(const ChunkDims& d) {
-    return cuda::Embed(m_.tokens.ptr, d.T, d.t0, d.Tc, d.M(), P(layout_.embedding()), m_.h.ptr, d.D,
+    return cuda::Embed(k().tokens.ptr, d.T, d.t0, d.Tc, d.M(), P(layout_.embedding()), k().h.ptr, d.D,
                        m_.stream);
   }
   // Each distinct token's rows, summed in row order by one block: no atomics, same bits every run.
@@ -455,18 +482,14 @@ class CudaRunner {
       rows.push_back(id_row[i].second);
     }
     offsets.push_back(static_cast<int32_t>(rows.size()));
-    DeviceArena& ar = m_.arena;
     cudaStream_t s = m_.stream;
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.emb_ids, ids.size()));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.emb_offsets, offsets.size()));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.emb_rows, rows.size()));
-    RWR_CUDA(cudaMemcpyAsync(m_.emb_ids.ptr, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice, s));
-    RWR_CUDA(cudaMemcpyAsync(m_.emb_offsets.ptr, offsets.data(), offsets.size() * 4,
+    RWR_CUDA(cudaMemcpyAsync(k().emb_ids.ptr, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice, s));
+    RWR_CUDA(cudaMemcpyAsync(k().emb_offsets.ptr, offsets.data(), offsets.size() * 4,
                              cudaMemcpyHostToDevice, s));
     RWR_CUDA(
-        cudaMemcpyAsync(m_.emb_rows.ptr, rows.data(), rows.size() * 4, cudaMemcpyHostToDevice, s));
-    RWR_RETURN_IF_ERROR(cuda::EmbedBackward(m_.emb_ids.ptr, m_.emb_offsets.ptr, m_.emb_rows.ptr,
-                                            static_cast<int64_t>(ids.size()), m_.dh.ptr,
+        cudaMemcpyAsync(k().emb_rows.ptr, rows.data(), rows.size() * 4, cudaMemcpyHostToDevice, s));
+    RWR_RETURN_IF_ERROR(cuda::EmbedBackward(k().emb_ids.ptr, k().emb_offsets.ptr, k().emb_rows.ptr,
+                                            static_cast<int64_t>(ids.size()), k().dh.ptr,
                                             G(layout_.embedding()), d.D, s));
     // The host vectors die here: wait for the copies that read them.
     RWR_CUDA(cudaStreamSynchronize(s));
@@ -475,55 +498,60 @@ class CudaRunner {
 
   // Uploads the batch and sizes every buffer for chunks of chunk_len tokens.
   absl::Status Prepare(int64_t chunk_len, int64_t num_chunks, bool grad) {
-    DeviceArena& ar = m_.arena;
+    DeviceArena& ar = k().arena;
     const int64_t B = batch_.batch, T = batch_.seq_len, n = B * T;
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.tokens, n));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.reset, n));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&k().tokens, n));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&k().reset, n));
     RWR_CUDA(
-        cudaMemcpyAsync(m_.tokens.ptr, batch_.tokens, n * 4, cudaMemcpyHostToDevice, m_.stream));
+        cudaMemcpyAsync(k().tokens.ptr, batch_.tokens, n * 4, cudaMemcpyHostToDevice, m_.stream));
     std::vector<uint8_t> reset(n, 0);
     if (batch_.reset != nullptr) std::copy(batch_.reset, batch_.reset + n, reset.begin());
     for (int64_t b = 0; b < B; ++b) reset[b * T] = 1;
-    RWR_CUDA(cudaMemcpyAsync(m_.reset.ptr, reset.data(), n, cudaMemcpyHostToDevice, m_.stream));
+    RWR_CUDA(cudaMemcpyAsync(k().reset.ptr, reset.data(), n, cudaMemcpyHostToDevice, m_.stream));
     const ChunkDims d = Dims(0, chunk_len);
     const int64_t M = d.M();
-    for (auto* b : {&m_.h, &m_.dh, &m_.dxn, &m_.dhn}) RWR_RETURN_IF_ERROR(ar.Alloc(b, M * d.D));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.rstd_f, M));
-    for (auto* b : {&m_.xn, &m_.hn}) RWR_RETURN_IF_ERROR(m_.AllocAct(b, M * d.D));
-    if (m_.act != Act::kF32) RWR_RETURN_IF_ERROR(m_.AllocAct(&m_.dh_act, M * d.D));
-    for (auto* b : {&m_.uc, &m_.dtraw, &m_.y, &m_.dy, &m_.duc, &m_.ddtraw})
-      RWR_RETURN_IF_ERROR(m_.AllocAct(b, M * d.Di));
-    RWR_RETURN_IF_ERROR(m_.AllocAct(&m_.dxdbl, M * d.X));
-    RWR_RETURN_IF_ERROR(m_.AllocAct(&m_.dxz, M * 2 * d.Di));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.dA, d.Di * d.S));
-    for (auto* b : {&m_.dD, &m_.ddt_bias, &m_.dconv_b}) RWR_RETURN_IF_ERROR(ar.Alloc(b, d.Di));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.dconv_w, d.Di * d.W));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.norm_scratch, cuda::RmsNormBackwardScratch(M, d.D)));
-    const int64_t block = HeadBlockRows(d.V);
-    RWR_RETURN_IF_ERROR(m_.AllocAct(&m_.block_in, block * d.D));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.block_dh, block * d.D));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.block_logits, block * d.V));
-    if (m_.act != Act::kF32 && grad) RWR_RETURN_IF_ERROR(m_.AllocAct(&m_.block_dlogits, block * d.V));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.row_loss, block));
+    for (auto* b : {&k().h, &k().dh, &k().dxn, &k().dhn}) RWR_RETURN_IF_ERROR(ar.Alloc(b, M * d.D));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&k().rstd_f, M));
+    // Loss rows and the embedding backward's per-token lists: at most one entry per chunk row.
+    for (auto* b : {&k().rows, &k().row_targets, &k().emb_ids, &k().emb_rows})
+      RWR_RETURN_IF_ERROR(ar.Alloc(b, M));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&k().emb_offsets, M + 1));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&k().row_weight, M));
+    for (auto* b : {&k().xn, &k().hn}) RWR_RETURN_IF_ERROR(AllocAct(b, M * d.D));
+    if (m_.act != Act::kF32) RWR_RETURN_IF_ERROR(AllocAct(&k().dh_act, M * d.D));
+    for (auto* b : {&k().uc, &k().dtraw, &k().y, &k().dy, &k().duc, &k().ddtraw})
+      RWR_RETURN_IF_ERROR(AllocAct(b, M * d.Di));
+    RWR_RETURN_IF_ERROR(AllocAct(&k().dxdbl, M * d.X));
+    RWR_RETURN_IF_ERROR(AllocAct(&k().dxz, M * 2 * d.Di));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&k().dA, d.Di * d.S));
+    for (auto* b : {&k().dD, &k().ddt_bias, &k().dconv_b}) RWR_RETURN_IF_ERROR(ar.Alloc(b, d.Di));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&k().dconv_w, d.Di * d.W));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&k().norm_scratch, cuda::RmsNormBackwardScratch(M, d.D)));
+    const int64_t block = std::min(HeadBlockRows(d.V), M);
+    RWR_RETURN_IF_ERROR(AllocAct(&k().block_in, block * d.D));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&k().block_dh, block * d.D));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&k().block_logits, block * d.V));
+    if (m_.act != Act::kF32 && grad) RWR_RETURN_IF_ERROR(AllocAct(&k().block_dlogits, block * d.V));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&k().row_loss, block));
     scan::CausalConv1dParams conv_probe;
     conv_probe.batch = B;
     conv_probe.seqlen = chunk_len;
     conv_probe.dim = d.Di;
     conv_probe.width = d.W;
     conv_probe.dtype = m_.ScanType();
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.conv_ws, scan::ConvWorkspaceBytes(conv_probe) + 256));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.scan_scratch, scan::ScratchBytes(ScanProbe(d)) + 256));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&k().conv_ws, scan::ConvWorkspaceBytes(conv_probe) + 256));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&k().scan_scratch, scan::ScratchBytes(ScanProbe(d)) + 256));
     const int64_t sf = m_.StateFloats(B);
-    RWR_RETURN_IF_ERROR(ar.Alloc(&m_.states, (num_chunks + 1) * c_.n_layer * sf));
-    RWR_CUDA(cudaMemsetAsync(m_.states.ptr, 0, c_.n_layer * sf * 4, m_.stream));  // chunk 0 in
+    RWR_RETURN_IF_ERROR(ar.Alloc(&k().states, (num_chunks + 1) * c_.n_layer * sf));
+    RWR_CUDA(cudaMemsetAsync(k().states.ptr, 0, c_.n_layer * sf * 4, m_.stream));  // chunk 0 in
     if (grad) {
-      RWR_RETURN_IF_ERROR(ar.Alloc(&m_.dstates, c_.n_layer * sf));
-      RWR_RETURN_IF_ERROR(ar.Alloc(&m_.dstates_next, c_.n_layer * sf));
-      RWR_CUDA(cudaMemsetAsync(m_.dstates.ptr, 0, c_.n_layer * sf * 4, m_.stream));
-      m_.acts.resize(c_.n_layer);
-      for (auto& a : m_.acts) RWR_RETURN_IF_ERROR(AllocActs(a, d, true));
+      RWR_RETURN_IF_ERROR(ar.Alloc(&k().dstates, c_.n_layer * sf));
+      RWR_RETURN_IF_ERROR(ar.Alloc(&k().dstates_next, c_.n_layer * sf));
+      RWR_CUDA(cudaMemsetAsync(k().dstates.ptr, 0, c_.n_layer * sf * 4, m_.stream));
+      k().acts.resize(c_.n_layer);
+      for (auto& a : k().acts) RWR_RETURN_IF_ERROR(AllocActs(a, d, true));
     }
-    RWR_RETURN_IF_ERROR(AllocActs(m_.pass_acts, d, false));
+    RWR_RETURN_IF_ERROR(AllocActs(k().pass_acts, d, false));
     // A = −exp(A_log), per layer.
     for (int64_t l = 0; l < c_.n_layer; ++l) {
       RWR_RETURN_IF_ERROR(cuda::NegExp(P(layout_.layer(l).A_log), m_.A.ptr + l * d.Di * d.S,
@@ -533,6 +561,11 @@ class CudaRunner {
   }
 
  private:
+  template <typename B>
+  absl::Status AllocAct(B* b, int64_t elements) {
+    return k().arena.Alloc(b, elements * m_.es);
+  }
+
   // Rows of logits computed at once: at most 4096 and 256 MiB of fp32 logits.
   static int64_t HeadBlockRows(int64_t V) {
     return std::max<int64_t>(1, std::min<int64_t>(4096, (int64_t(1) << 26) / V));
@@ -540,10 +573,10 @@ class CudaRunner {
 
   // The gradient of the residual stream as a GEMM operand, and where the norm backward writes it.
   const void* DhAct() const {
-    return m_.act == Act::kF32 ? static_cast<const void*>(m_.dh.ptr)
-                               : static_cast<const void*>(m_.dh_act.ptr);
+    return m_.act == Act::kF32 ? static_cast<const void*>(k().dh.ptr)
+                               : static_cast<const void*>(k().dh_act.ptr);
   }
-  void* DhActOut() const { return m_.act == Act::kF32 ? nullptr : m_.dh_act.ptr; }
+  void* DhActOut() const { return m_.act == Act::kF32 ? nullptr : k().dh_act.ptr; }
 
   scan::SelectiveScanParams ScanProbe(const ChunkDims& d) const {
     scan::SelectiveScanParams p;
@@ -557,11 +590,11 @@ class CudaRunner {
 
   absl::Status AllocActs(LayerActs& a, const ChunkDims& d, bool keep_input) {
     const int64_t M = d.M();
-    DeviceArena& ar = m_.arena;
+    DeviceArena& ar = k().arena;
     if (keep_input) RWR_RETURN_IF_ERROR(ar.Alloc(&a.h_in, M * d.D));
     RWR_RETURN_IF_ERROR(ar.Alloc(&a.rstd, M));
-    RWR_RETURN_IF_ERROR(m_.AllocAct(&a.xz, M * 2 * d.Di));
-    RWR_RETURN_IF_ERROR(m_.AllocAct(&a.xdbl, M * d.X));
+    RWR_RETURN_IF_ERROR(AllocAct(&a.xz, M * 2 * d.Di));
+    RWR_RETURN_IF_ERROR(AllocAct(&a.xdbl, M * d.X));
     return ar.Alloc(&a.ckpt, scan::CheckpointBytes(ScanProbe(d)) + 256);
   }
 
@@ -578,11 +611,11 @@ class CudaRunner {
     p.weight = P(o.conv_weight);
     p.bias = P(o.conv_bias);
     p.silu = true;
-    p.resets = m_.reset.ptr + d.t0;
+    p.resets = k().reset.ptr + d.t0;
     p.resets_batch_stride = d.T;
     p.initial_state = in;
     p.final_state = out_state;
-    p.out = m_.uc.ptr;
+    p.out = k().uc.ptr;
     p.out_strides = {d.Tc * d.Di, d.Di};
     return p;
   }
@@ -591,9 +624,9 @@ class CudaRunner {
                                  const float* in, float* out_state, const LayerActs& a) const {
     const int64_t es = m_.es;
     scan::SelectiveScanParams p = ScanProbe(d);
-    p.x = m_.uc.ptr;
+    p.x = k().uc.ptr;
     p.x_strides = {d.Tc * d.Di, d.Di};
-    p.delta = m_.dtraw.ptr;
+    p.delta = k().dtraw.ptr;
     p.delta_strides = {d.Tc * d.Di, d.Di};
     p.A = m_.A.ptr + l * d.Di * d.S;
     p.B = At(a.xdbl.ptr, d.R, es);
@@ -605,14 +638,14 @@ class CudaRunner {
     p.z_strides = {d.Tc * 2 * d.Di, 2 * d.Di};
     p.delta_bias = P(o.dt_proj_bias);
     p.delta_softplus = true;
-    p.resets = m_.reset.ptr + d.t0;
+    p.resets = k().reset.ptr + d.t0;
     p.resets_batch_stride = d.T;
     p.initial_state = in;
     p.final_state = out_state;
-    p.out = m_.y.ptr;
+    p.out = k().y.ptr;
     p.out_strides = {d.Tc * d.Di, d.Di};
     p.workspace = a.ckpt.ptr;
-    p.scratch = m_.scan_scratch.ptr;
+    p.scratch = k().scan_scratch.ptr;
     return p;
   }
 
@@ -648,6 +681,7 @@ absl::StatusOr<std::unique_ptr<MambaCuda>> MambaCuda::Create(const MambaConfig& 
   RWR_CUBLAS(cublasCreate(&m.cublas));
   RWR_CUBLAS(cublasSetStream(m.cublas, m.stream));
   const int64_t n = model->layout_.total();
+  m.call = std::make_unique<CallBuffers>(&m.tally);
   RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.params, n));
   RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.grads, n));
   if (m.act != Act::kF32) RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.params16, n * 2));
@@ -686,7 +720,14 @@ absl::Status MambaCuda::ZeroGrads() {
   RWR_CUDA(cudaMemsetAsync(impl_->grads.ptr, 0, layout_.total() * 4, impl_->stream));
   return absl::OkStatus();
 }
-int64_t MambaCuda::peak_bytes() const { return impl_->arena.peak; }
+int64_t MambaCuda::peak_bytes() const { return impl_->tally.peak; }
+
+int64_t MambaCuda::last_chunk_len() const { return impl_->last_chunk_len; }
+
+void MambaCuda::SetMemoryBudget(int64_t bytes) {
+  impl_->tally.budget = bytes;
+  impl_->fitted_chunk.clear();
+}
 
 void MambaCuda::SetPhaseTiming(bool on) { impl_->clock.on = on; }
 
@@ -703,71 +744,6 @@ absl::StatusOr<std::map<std::string, double>> MambaCuda::TakePhaseTimes() {
   clock.spans.clear();
   clock.used = 0;
   return ms;
-}
-
-absl::StatusOr<LossSum> MambaCuda::Forward(const TokenBatch& batch, int64_t chunk_len,
-                                           float* host_logits) {
-  const int64_t T = batch.seq_len;
-  if (chunk_len <= 0 || chunk_len > T) chunk_len = T;
-  const int64_t num_chunks = (T + chunk_len - 1) / chunk_len;
-  CudaRunner run(*impl_, layout_, batch);
-  Impl& m = *impl_;
-  RWR_RETURN_IF_ERROR(run.Prepare(chunk_len, 1, false));
-  LossSum total;
-  for (int64_t c = 0; c < num_chunks; ++c) {
-    const ChunkDims d = run.Dims(c * chunk_len, std::min(chunk_len, T - c * chunk_len));
-    RWR_RETURN_IF_ERROR(run.Embed(d));
-    for (int64_t l = 0; l < m.c.n_layer; ++l) {
-      // states slot (c % 2) in, (c + 1) % 2 out
-      RWR_RETURN_IF_ERROR(run.LayerForward(l, d, run.State(c % 2, l), run.State((c + 1) % 2, l),
-                                           m.pass_acts, false));
-    }
-    RWR_ASSIGN_OR_RETURN(LossSum part, run.Head(d, host_logits, 0.f, false));
-    total.loss_sum += part.loss_sum;
-    total.tokens += part.tokens;
-  }
-  RWR_CUDA(cudaStreamSynchronize(m.stream));
-  return total;
-}
-
-absl::StatusOr<LossSum> MambaCuda::ForwardBackward(const TokenBatch& batch, int64_t chunk_len,
-                                                   float loss_scale) {
-  const int64_t T = batch.seq_len;
-  if (chunk_len <= 0 || chunk_len > T) chunk_len = T;
-  const int64_t num_chunks = (T + chunk_len - 1) / chunk_len;
-  CudaRunner run(*impl_, layout_, batch);
-  Impl& m = *impl_;
-  RWR_RETURN_IF_ERROR(run.Prepare(chunk_len, num_chunks, true));
-  // Pass 1: the state entering every chunk.
-  for (int64_t c = 0; c + 1 < num_chunks; ++c) {
-    const ChunkDims d = run.Dims(c * chunk_len, chunk_len);
-    RWR_RETURN_IF_ERROR(run.Embed(d));
-    for (int64_t l = 0; l < m.c.n_layer; ++l) {
-      RWR_RETURN_IF_ERROR(
-          run.LayerForward(l, d, run.State(c, l), run.State(c + 1, l), m.pass_acts, false));
-    }
-  }
-  // Pass 2: last chunk first, forward with activations kept, then backward.
-  LossSum total;
-  const int64_t sf = m.StateFloats(batch.batch);
-  for (int64_t c = num_chunks - 1; c >= 0; --c) {
-    const ChunkDims d = run.Dims(c * chunk_len, std::min(chunk_len, T - c * chunk_len));
-    RWR_RETURN_IF_ERROR(run.Embed(d));
-    for (int64_t l = 0; l < m.c.n_layer; ++l) {
-      RWR_RETURN_IF_ERROR(run.LayerForward(l, d, run.State(c, l), nullptr, m.acts[l], true));
-    }
-    RWR_ASSIGN_OR_RETURN(LossSum part, run.Head(d, nullptr, loss_scale, true));
-    total.loss_sum += part.loss_sum;
-    total.tokens += part.tokens;
-    for (int64_t l = m.c.n_layer - 1; l >= 0; --l) {
-      RWR_RETURN_IF_ERROR(run.LayerBackward(l, d, m.acts[l], run.State(c, l),
-                                            m.dstates.ptr + l * sf, m.dstates_next.ptr + l * sf));
-    }
-    std::swap(m.dstates, m.dstates_next);
-    RWR_RETURN_IF_ERROR(run.EmbedBackward(d));
-  }
-  RWR_CUDA(cudaStreamSynchronize(m.stream));
-  return total;
 }
 
 namespace {
@@ -791,7 +767,131 @@ absl::Status EnsureOptimizer(MambaCuda::Impl& m, const ParamLayout& layout) {
   return absl::OkStatus();
 }
 
+
+constexpr size_t kHeadroomBytes = size_t{512} << 20;
+
+// Sizes the call's buffers for chunks of `chunk_len` tokens per row. 0 asks for the whole row if
+// it fits in device memory, else the largest halving of it that does (remembered for rows of this
+// shape, so later calls skip the search). Returns the chunk length used.
+absl::StatusOr<int64_t> PrepareChunks(MambaCuda::Impl& m, CudaRunner& run, const TokenBatch& batch,
+                                      int64_t chunk_len, bool grad) {
+  const int64_t B = batch.batch, T = batch.seq_len;
+  auto prepare = [&](int64_t tc) {
+    const int64_t chunks = (T + tc - 1) / tc;
+    return run.Prepare(tc, grad ? chunks : 1, grad);
+  };
+  if (chunk_len > 0) {
+    const int64_t tc = std::min(chunk_len, T);
+    absl::Status s = prepare(tc);
+    if (absl::IsResourceExhausted(s)) {
+      return absl::ResourceExhaustedError(fmt::format(
+          "out of GPU memory for chunks of {} tokens x {} rows: set train.chunk_len smaller, or 0 "
+          "to use the largest chunk that fits ({})",
+          tc, B, std::string(s.message())));
+    }
+    RWR_RETURN_IF_ERROR(s);
+    m.last_chunk_len = tc;
+    return tc;
+  }
+  const std::tuple<int64_t, int64_t, bool> shape{B, T, grad};
+  auto known = m.fitted_chunk.find(shape);
+  int64_t tc = known != m.fitted_chunk.end() ? known->second : T;
+  for (;;) {
+    absl::Status s = prepare(tc);
+    if (s.ok()) {
+      // Headroom for what is allocated on first use (cuBLAS workspaces, lazily loaded kernels).
+      size_t free_bytes = 0, total_bytes = 0;
+      RWR_CUDA(cudaMemGetInfo(&free_bytes, &total_bytes));
+      if (free_bytes >= kHeadroomBytes || tc <= 16) break;
+      s = absl::ResourceExhaustedError(
+          fmt::format("{} MiB left free, want {}", free_bytes >> 20, kHeadroomBytes >> 20));
+    }
+    if (!absl::IsResourceExhausted(s)) return s;
+    if (tc <= 16) {
+      return absl::ResourceExhaustedError(
+          fmt::format("no chunk of a {}-token row x {} fits in GPU memory, down to {} tokens: {}",
+                      T, B, tc, std::string(s.message())));
+    }
+    m.call = std::make_unique<CallBuffers>(&m.tally);  // release this shape's buffers, retry
+    tc = std::max<int64_t>(16, ((tc + 1) / 2 + 15) / 16 * 16);
+  }
+  if (tc < T && known == m.fitted_chunk.end()) {
+    spdlog::info("cuda: rows of {} tokens x {} run in chunks of {} tokens to fit GPU memory", T, B,
+                 tc);
+  }
+  m.fitted_chunk[shape] = tc;
+  m.last_chunk_len = tc;
+  return tc;
+}
+
 }  // namespace
+
+absl::StatusOr<LossSum> MambaCuda::Forward(const TokenBatch& batch, int64_t chunk_len,
+                                           float* host_logits) {
+  const int64_t T = batch.seq_len;
+  CudaRunner run(*impl_, layout_, batch);
+  Impl& m = *impl_;
+  RWR_ASSIGN_OR_RETURN(chunk_len, PrepareChunks(m, run, batch, chunk_len, false));
+  const int64_t num_chunks = (T + chunk_len - 1) / chunk_len;
+  LossSum total;
+  for (int64_t c = 0; c < num_chunks; ++c) {
+    const ChunkDims d = run.Dims(c * chunk_len, std::min(chunk_len, T - c * chunk_len));
+    RWR_RETURN_IF_ERROR(run.Embed(d));
+    for (int64_t l = 0; l < m.c.n_layer; ++l) {
+      // states slot (c % 2) in, (c + 1) % 2 out
+      RWR_RETURN_IF_ERROR(run.LayerForward(l, d, run.State(c % 2, l), run.State((c + 1) % 2, l),
+                                           m.call->pass_acts, false));
+    }
+    RWR_ASSIGN_OR_RETURN(LossSum part, run.Head(d, host_logits, 0.f, false));
+    total.loss_sum += part.loss_sum;
+    total.tokens += part.tokens;
+  }
+  RWR_CUDA(cudaStreamSynchronize(m.stream));
+  return total;
+}
+
+absl::StatusOr<LossSum> MambaCuda::ForwardBackward(const TokenBatch& batch, int64_t chunk_len,
+                                                   float loss_scale) {
+  const int64_t T = batch.seq_len;
+  CudaRunner run(*impl_, layout_, batch);
+  Impl& m = *impl_;
+  // The optimizer state first: a training step follows, and the chunk search must see the
+  // memory that is really left.
+  RWR_RETURN_IF_ERROR(EnsureOptimizer(m, layout_));
+  RWR_ASSIGN_OR_RETURN(chunk_len, PrepareChunks(m, run, batch, chunk_len, true));
+  const int64_t num_chunks = (T + chunk_len - 1) / chunk_len;
+  // Pass 1: the state entering every chunk.
+  for (int64_t c = 0; c + 1 < num_chunks; ++c) {
+    const ChunkDims d = run.Dims(c * chunk_len, chunk_len);
+    RWR_RETURN_IF_ERROR(run.Embed(d));
+    for (int64_t l = 0; l < m.c.n_layer; ++l) {
+      RWR_RETURN_IF_ERROR(
+          run.LayerForward(l, d, run.State(c, l), run.State(c + 1, l), m.call->pass_acts, false));
+    }
+  }
+  // Pass 2: last chunk first, forward with activations kept, then backward.
+  LossSum total;
+  const int64_t sf = m.StateFloats(batch.batch);
+  for (int64_t c = num_chunks - 1; c >= 0; --c) {
+    const ChunkDims d = run.Dims(c * chunk_len, std::min(chunk_len, T - c * chunk_len));
+    RWR_RETURN_IF_ERROR(run.Embed(d));
+    for (int64_t l = 0; l < m.c.n_layer; ++l) {
+      RWR_RETURN_IF_ERROR(run.LayerForward(l, d, run.State(c, l), nullptr, m.call->acts[l], true));
+    }
+    RWR_ASSIGN_OR_RETURN(LossSum part, run.Head(d, nullptr, loss_scale, true));
+    total.loss_sum += part.loss_sum;
+    total.tokens += part.tokens;
+    for (int64_t l = m.c.n_layer - 1; l >= 0; --l) {
+      RWR_RETURN_IF_ERROR(run.LayerBackward(l, d, m.call->acts[l], run.State(c, l),
+                                            m.call->dstates.ptr + l * sf, m.call->dstates_next.ptr + l * sf));
+    }
+    std::swap(m.call->dstates, m.call->dstates_next);
+    RWR_RETURN_IF_ERROR(run.EmbedBackward(d));
+  }
+  RWR_CUDA(cudaStreamSynchronize(m.stream));
+  return total;
+}
+
 
 absl::Status MambaCuda::DownloadOptimizer(std::vector<float>* exp_avg,
                                           std::vector<float>* exp_avg_sq, int64_t* step) const {

@@ -44,10 +44,18 @@ class MambaCuda {
   absl::Status ZeroGrads();
 
   // As MambaCpu: the batch is on the host; grads (on the device) += loss_scale·∂loss_sum/∂params.
+  // chunk_len <= 0 runs whole rows when they fit in device memory, else the largest halving of
+  // the row that does (found once per row shape); a chunk_len that does not fit is an error that
+  // says so.
   absl::StatusOr<LossSum> ForwardBackward(const TokenBatch& batch, int64_t chunk_len,
                                           float loss_scale);
   absl::StatusOr<LossSum> Forward(const TokenBatch& batch, int64_t chunk_len,
                                   float* host_logits = nullptr);
+  // The chunk length the last call used.
+  int64_t last_chunk_len() const;
+  // Caps the device memory this model may hold (0: the device's); past it an allocation fails
+  // as if the device were full. For tests of the chunk fitting, and to share a GPU.
+  void SetMemoryBudget(int64_t bytes);
 
   // Global-norm clipping and one AdamW update on the device. Returns the pre-clip norm; a
   // non-finite norm skips the update (the caller counts it).

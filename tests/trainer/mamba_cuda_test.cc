@@ -114,6 +114,38 @@ TEST_P(MambaCudaTest, TwoRunsGiveTheSameBits) {
   EXPECT_TRUE(p1 == p2) << "updated parameters differ between runs";
 }
 
+// chunk_len 0 runs whole rows when they fit, else the largest halving that does, with the same
+// result; a chunk_len that does not fit is an error that names the setting.
+TEST(MambaCudaMemory, AutoChunkFitsTheMemoryLeft) {
+  if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  Fixture f = LoadFixture();
+  auto whole = *MambaCuda::Create(f.model.config, GemmPrecision::kFp32);
+  ASSERT_TRUE(whole->UploadParams(f.model.params).ok());
+  ASSERT_TRUE(whole->ZeroGrads().ok());
+  auto a = whole->ForwardBackward(f.batch(), 0, 0.01f);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(whole->last_chunk_len(), f.T);
+  std::vector<float> full(f.model.params.size()), part(f.model.params.size());
+  ASSERT_TRUE(whole->DownloadGrads(full).ok());
+
+  auto tight = *MambaCuda::Create(f.model.config, GemmPrecision::kFp32);
+  tight->SetMemoryBudget(whole->peak_bytes() - 1);
+  ASSERT_TRUE(tight->UploadParams(f.model.params).ok());
+  ASSERT_TRUE(tight->ZeroGrads().ok());
+  auto b = tight->ForwardBackward(f.batch(), 0, 0.01f);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_LT(tight->last_chunk_len(), f.T);
+  ASSERT_TRUE(tight->DownloadGrads(part).ok());
+  EXPECT_NEAR(a->loss_sum, b->loss_sum, 1e-5 * a->loss_sum);
+  EXPECT_LT(RelErr(part, full), 1e-4);
+
+  auto too_big = tight->ForwardBackward(f.batch(), f.T, 0.01f);
+  ASSERT_FALSE(too_big.ok());
+  EXPECT_EQ(too_big.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(too_big.status().message().find("train.chunk_len"), std::string_view::npos)
+      << too_big.status();
+}
+
 TEST_P(MambaCudaTest, ThreeAdamWStepsMatchTorch) {
   Fixture f = LoadFixture();
   std::ifstream in(kDir + "/expected.json");
