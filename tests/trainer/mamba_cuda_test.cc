@@ -253,6 +253,23 @@ train: {{out_dir: {}, steps: 6, batch_size: 2, grad_accum: 2, lr: 0.01, warmup_s
   for (int64_t step = 4; step <= 6; ++step) {
     EXPECT_EQ(resumed.at(step), gpu_losses.at(step)) << step;
   }
+
+  // The bf16 training path: close to fp32, and a resumed run exact too (the bf16 weight copy is
+  // rebuilt from the fp32 master weights on resume, as every AdamW step rebuilds it).
+  const std::vector<std::string> bf16{"train.gemm_precision=bf16"};
+  std::filesystem::remove_all(root + "/gpu16");
+  std::filesystem::remove_all(root + "/gpu16_resumed");
+  ASSERT_TRUE(Train(config_for(root + "/gpu16", "cuda", bf16), &comm).ok());
+  std::vector<std::string> first_half = bf16;
+  first_half.push_back("train.max_steps_this_run=3");
+  ASSERT_TRUE(Train(config_for(root + "/gpu16_resumed", "cuda", first_half), &comm).ok());
+  ASSERT_TRUE(Train(config_for(root + "/gpu16_resumed", "cuda", bf16), &comm).ok());
+  const auto losses16 = Losses(root + "/gpu16"), resumed16 = Losses(root + "/gpu16_resumed");
+  ASSERT_EQ(losses16.size(), 6u);
+  for (int64_t step = 1; step <= 6; ++step) {
+    EXPECT_NEAR(losses16.at(step), gpu_losses.at(step), 2e-2 * gpu_losses.at(step)) << step;
+    EXPECT_EQ(resumed16.at(step), losses16.at(step)) << step;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Precisions, MambaCudaTest,
