@@ -795,6 +795,7 @@ absl::StatusOr<int64_t> PrepareChunks(MambaCuda::Impl& m, CudaRunner& run, const
   const std::tuple<int64_t, int64_t, bool> shape{B, T, grad};
   auto known = m.fitted_chunk.find(shape);
   int64_t tc = known != m.fitted_chunk.end() ? known->second : T;
+  std::string why_not_larger;  // the last refusal, for the log line
   for (;;) {
     absl::Status s = prepare(tc);
     if (s.ok()) {
@@ -812,11 +813,12 @@ absl::StatusOr<int64_t> PrepareChunks(MambaCuda::Impl& m, CudaRunner& run, const
                       T, B, tc, std::string(s.message())));
     }
     m.call = std::make_unique<CallBuffers>(&m.tally);  // release this shape's buffers, retry
+    why_not_larger = fmt::format("{} tokens: {}", tc, std::string(s.message()));
     tc = std::max<int64_t>(16, ((tc + 1) / 2 + 15) / 16 * 16);
   }
   if (tc < T && known == m.fitted_chunk.end()) {
-    spdlog::info("cuda: rows of {} tokens x {} run in chunks of {} tokens to fit GPU memory", T, B,
-                 tc);
+    spdlog::info("cuda: rows of {} tokens x {} run in chunks of {} tokens to fit GPU memory ({})",
+                 T, B, tc, why_not_larger);
   }
   m.fitted_chunk[shape] = tc;
   m.last_chunk_len = tc;
