@@ -3,10 +3,11 @@
 // token per layer for forward and forward+backward, and the bandwidth that the minimum bytes
 // (each input read once, each output written once) would need at that time, against the
 // measured device-to-device copy bandwidth. CUDA events, warm-up, median of --reps runs, random
-// inputs. --json FILE also writes the rows as JSON.
+// inputs. --json FILE also writes the rows as JSON. Every (batch, T) pair of the two lists runs;
+// --bt pairs them one to one instead (--bt 4x2048,1x8192: the trainer's shapes).
 //
-//   scan_bench [--t 2048,8192,32768,131072] [--di 5120] [--batch 1] [--reps 20]
-//              [--chunks 0,4,8] [--json out.json]
+//   scan_bench [--t 2048,8192,32768,131072] [--batch 1,4] [--bt 4x2048,1x8192] [--di 5120]
+//              [--reps 20] [--chunks 0,4,8] [--variants 1,4] [--json out.json]
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -16,6 +17,7 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fmt/format.h"
@@ -131,10 +133,24 @@ double MedianMs(const std::function<void()>& fn, int reps) {
   return ms[ms.size() / 2];
 }
 
+// "4x2048,1x8192" → {{4, 2048}, {1, 8192}}.
+std::vector<std::pair<int64_t, int64_t>> ParsePairs(const char* s) {
+  std::vector<std::pair<int64_t, int64_t>> v;
+  for (const char* p = s; *p;) {
+    char* end = nullptr;
+    const int64_t b = std::strtoll(p, &end, 10);
+    if (*end != 'x') break;
+    const int64_t t = std::strtoll(end + 1, &end, 10);
+    v.emplace_back(b, t);
+    p = *end == ',' ? end + 1 : end;
+  }
+  return v;
+}
+
 struct Row {
   std::string op;
-  int64_t T;
-  int chunks;
+  int64_t batch, T;
+  int chunks, chunks_bwd;
   double fwd_us_tok, fwdbwd_us_tok, fwd_gbs, fwdbwd_gbs, fwd_floor_us, fwdbwd_floor_us;
 };
 
@@ -144,7 +160,9 @@ int main(int argc, char** argv) {
   std::vector<int64_t> Ts = {2048, 8192, 32768, 131072};
   std::vector<int64_t> chunk_list = {0};
   std::vector<int64_t> variants = {1};
-  int64_t Di = 5120, batch = 1;
+  std::vector<int64_t> batches = {1};
+  std::vector<std::pair<int64_t, int64_t>> shapes;  // (batch, T); from --bt or the two lists
+  int64_t Di = 5120;
   int reps = 20;
   std::string json;
   for (int i = 1; i < argc; ++i) {
@@ -158,7 +176,8 @@ int main(int argc, char** argv) {
     };
     if (a == "--t") Ts = ParseList(next());
     else if (a == "--di") Di = std::atoll(next());
-    else if (a == "--batch") batch = std::atoll(next());
+    else if (a == "--batch") batches = ParseList(next());
+    else if (a == "--bt") shapes = ParsePairs(next());
     else if (a == "--reps") reps = std::atoi(next());
     else if (a == "--chunks") chunk_list = ParseList(next());
     else if (a == "--json") json = next();
@@ -168,7 +187,8 @@ int main(int argc, char** argv) {
           "scan_bench: selective scan + causal conv1d timings at Mamba-2.8B layer shapes\n"
           "  --t LIST       sequence lengths (default 2048,8192,32768,131072)\n"
           "  --di N         inner channels (default 5120)\n"
-          "  --batch N      batch (default 1)\n"
+          "  --batch LIST   batch sizes (default 1)\n"
+          "  --bt LIST      (batch)x(T) pairs instead of --batch x --t, e.g. 4x2048,1x8192\n"
           "  --reps N       timed runs, median reported (default 20)\n"
           "  --chunks LIST  scan chunk counts K to try, 0 = automatic (default 0)\n"
           "  --variants LIST  kernel variants (scan_tuning.h), default 1\n"
@@ -202,8 +222,14 @@ int main(int argc, char** argv) {
     CHECK_CUDA(cudaFree(sink));
   }
 
+  if (shapes.empty()) {
+    for (int64_t b : batches) {
+      for (int64_t T : Ts) shapes.emplace_back(b, T);
+    }
+  }
   std::vector<Row> rows;
-  for (int64_t T : Ts) {
+  for (const auto& shape : shapes) {
+    const int64_t batch = shape.first, T = shape.second;
     const int64_t n = batch * T * Di, nrow = batch * T * (R + 2 * S);
     auto* x = Alloc<__nv_bfloat16>(n);
     auto* delta = Alloc<__nv_bfloat16>(n);
@@ -267,6 +293,7 @@ int main(int argc, char** argv) {
       rwr::scan::SetScanVariant(static_cast<int>(variant));
       rwr::scan::SetScanChunksOverride(static_cast<int>(k));
       const int chunks = rwr::scan::ScanChunks(batch, T, Di);
+      const int chunks_bwd = rwr::scan::ScanChunks(batch, T, Di, /*backward=*/true);
       const int64_t ws_bytes = rwr::scan::WorkspaceBytes(p);
       void* ws = Alloc<char>(ws_bytes);
       p.workspace = ws;
@@ -276,13 +303,15 @@ int main(int argc, char** argv) {
         CHECK_OK(rwr::scan::Backward(p, g, nullptr));
       }, reps);
       CHECK_CUDA(cudaFree(ws));
-      Row r{variant == 1 ? "scan" : fmt::format("scan.v{}", variant), T, chunks, fwd_ms * 1e3 / tokens, fb_ms * 1e3 / tokens,
+      Row r{variant == 1 ? "scan" : fmt::format("scan.v{}", variant), batch, T, chunks, chunks_bwd,
+            fwd_ms * 1e3 / tokens, fb_ms * 1e3 / tokens,
             fwd_bytes / (fwd_ms * 1e-3) / 1e9, (fwd_bytes + bwd_bytes) / (fb_ms * 1e-3) / 1e9,
             fwd_bytes / (copy_gbs * 1e9) * 1e6 / tokens,
             (fwd_bytes + bwd_bytes) / (copy_gbs * 1e9) * 1e6 / tokens};
       rows.push_back(r);
-      std::fprintf(stderr, "scan T=%lld K=%d: fwd %.4f us/tok, fwd+bwd %.4f us/tok (workspace %.2f GB)\n",
-                   (long long)T, chunks, r.fwd_us_tok, r.fwdbwd_us_tok, ws_bytes / 1e9);
+      std::fprintf(stderr, "%s B=%lld T=%lld K=%d/%d: fwd %.4f us/tok, fwd+bwd %.4f us/tok (workspace %.2f GB)\n",
+                   r.op.c_str(), (long long)batch, (long long)T, chunks, chunks_bwd, r.fwd_us_tok,
+                   r.fwdbwd_us_tok, ws_bytes / 1e9);
     }
     rwr::scan::SetScanChunksOverride(0);
     rwr::scan::SetScanVariant(1);
@@ -306,7 +335,7 @@ int main(int argc, char** argv) {
       }, reps);
       CHECK_CUDA(cudaFree(ws));
       const double cf = tokens * 2 * Di * 2, cb_bytes = tokens * 3 * Di * 2;
-      rows.push_back(Row{"conv1d", T, 0, fwd_ms * 1e3 / tokens, fb_ms * 1e3 / tokens,
+      rows.push_back(Row{"conv1d", batch, T, 0, 0, fwd_ms * 1e3 / tokens, fb_ms * 1e3 / tokens,
                          cf / (fwd_ms * 1e-3) / 1e9, (cf + cb_bytes) / (fb_ms * 1e-3) / 1e9,
                          cf / (copy_gbs * 1e9) * 1e6 / tokens,
                          (cf + cb_bytes) / (copy_gbs * 1e9) * 1e6 / tokens});
@@ -317,15 +346,18 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("\n%-7s %7s %3s | %10s %8s %10s | %10s %8s %10s\n", "op", "T", "K", "fwd us/tok",
-              "fwd GB/s", "fwd floor", "f+b us/tok", "f+b GB/s", "f+b floor");
+  std::printf("\n%-8s %2s %7s %5s | %10s %8s %9s | %10s %8s %9s | %8s\n", "op", "B", "T", "K",
+              "fwd us/tok", "fwd GB/s", "fwd floor", "f+b us/tok", "f+b GB/s", "f+b floor",
+              "bwd");
   for (const Row& r : rows) {
-    std::printf("%-7s %7lld %3d | %10.4f %8.0f %10.4f | %10.4f %8.0f %10.4f\n", r.op.c_str(),
-                (long long)r.T, r.chunks, r.fwd_us_tok, r.fwd_gbs, r.fwd_floor_us, r.fwdbwd_us_tok,
-                r.fwdbwd_gbs, r.fwdbwd_floor_us);
+    std::printf("%-8s %2lld %7lld %2d/%-2d | %10.4f %8.0f %9.4f | %10.4f %8.0f %9.4f | %8.4f\n",
+                r.op.c_str(), (long long)r.batch, (long long)r.T, r.chunks, r.chunks_bwd,
+                r.fwd_us_tok, r.fwd_gbs, r.fwd_floor_us, r.fwdbwd_us_tok, r.fwdbwd_gbs,
+                r.fwdbwd_floor_us, r.fwdbwd_us_tok - r.fwd_us_tok);
   }
-  std::printf("(B %lld, Di %lld, S 16, bf16; us per token per layer; GB/s = minimum bytes / time; "
-              "floor = minimum bytes at the copy bandwidth)\n", (long long)batch, (long long)Di);
+  std::printf("(Di %lld, S 16, bf16; us per token per layer; K = chunks forward/backward; GB/s = "
+              "minimum bytes / time; floor = minimum bytes at the copy bandwidth; bwd = f+b - fwd)\n",
+              (long long)Di);
   if (!json.empty()) {
     FILE* f = std::fopen(json.c_str(), "w");
     if (f == nullptr) {
@@ -336,10 +368,12 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
       std::fprintf(f,
-                   "  {\"op\": \"%s\", \"T\": %lld, \"chunks\": %d, \"fwd_us_per_token\": %.5f, "
+                   "  {\"op\": \"%s\", \"batch\": %lld, \"T\": %lld, \"chunks\": %d, "
+                   "\"chunks_bwd\": %d, \"fwd_us_per_token\": %.5f, "
                    "\"fwd_bwd_us_per_token\": %.5f, \"fwd_gbs\": %.1f, \"fwd_bwd_gbs\": %.1f}%s\n",
-                   r.op.c_str(), (long long)r.T, r.chunks, r.fwd_us_tok, r.fwdbwd_us_tok, r.fwd_gbs,
-                   r.fwdbwd_gbs, i + 1 < rows.size() ? "," : "");
+                   r.op.c_str(), (long long)r.batch, (long long)r.T, r.chunks, r.chunks_bwd,
+                   r.fwd_us_tok, r.fwdbwd_us_tok, r.fwd_gbs, r.fwdbwd_gbs,
+                   i + 1 < rows.size() ? "," : "");
     }
     std::fprintf(f, "]}\n");
     std::fclose(f);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON the GPU machine (device call carrying .deb, see scripts/device-deps.sh): builds only the
 # scan-kernel targets, runs their GPU tests and the benchmark, and leaves logs in $OUT.
-#   bash bench/scan_device.sh [test|bench|all|profile] [scan_bench args...]
+#   bash bench/scan_device.sh [test|bench|all|profile|sweep] [scan_bench args...]
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 what=${1:-all}; shift || true
@@ -54,5 +54,10 @@ if [[ $what == profile ]]; then
 fi
 if [[ $what == bench || $what == all ]]; then
   "$root/build/gpu-scanonly/scan_bench" --json "$out/scan_bench.json" "$@" 2>&1 | tee "$out/scan_bench.txt" || rc=1
+fi
+if [[ $what == sweep ]]; then
+  # A second table (say, chunk counts x variants) beside the main one: sweep.txt only.
+  "$root/build/gpu-scanonly/scan_bench" "$@" >"$out/sweep.txt" 2>&1 || rc=1
+  grep -A200 "^op " "$out/sweep.txt"
 fi
 exit $rc

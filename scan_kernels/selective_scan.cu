@@ -75,6 +75,36 @@ __device__ __forceinline__ void St(void* base, int64_t i, float v) {
 }
 
 __device__ __forceinline__ float Exp2(float v) { return exp2f(v); }  // ex2.approx under fast math
+
+// 2^v on the FMA pipe, for a share of the exps so that the special-function unit (16 ex2 per
+// multiprocessor per clock) and the FMA pipe (128 per clock) share the load. v = n + f with n the
+// nearest integer (the 1.5·2^23 rounding trick, no conversion instruction: conversions run on the
+// slow pipe too) and f in [-0.5, 0.5]; 2^f by a degree-5 minimax polynomial (relative error
+// 7.5e-8, about ex2.approx's); n goes into the exponent bits by one integer shift-add. v is
+// clamped to [-125, 125]: below, 2^v is under 2.4e-38 (0 to fp32 state arithmetic).
+__device__ __forceinline__ float Exp2Poly(float v) {
+  constexpr float kRound = 12582912.f;  // 1.5·2^23: v + kRound rounds v to an integer
+  v = fminf(fmaxf(v, -125.f), 125.f);
+  const float t = __fadd_rn(v, kRound);
+  const float f = __fsub_rn(v, __fsub_rn(t, kRound));
+  float q = 1.327647198e-3f;
+  q = __fmaf_rn(q, f, 9.675541334e-3f);
+  q = __fmaf_rn(q, f, 5.550713274e-2f);
+  q = __fmaf_rn(q, f, 2.402211972e-1f);
+  q = __fmaf_rn(q, f, 6.931469671e-1f);
+  q = __fmaf_rn(q, f, 1.000000072f);
+  // The low bits of t's pattern hold n (two's complement); shifted by 23 they add n to the
+  // exponent of q, the bits above wrap away.
+  return __int_as_float(__float_as_int(q) + (__float_as_int(t) << 23));
+}
+
+// Which exps of a tile go to the FMA pipe: kPoly 0 none, 1 one state of a lane's 4 (25%). s is
+// a compile-time constant in the unrolled loops. (Measured slower, v8: the scan is bound by
+// instruction issue, not by the special-function unit; kept as variant 7.)
+template <int kPoly>
+__device__ __forceinline__ float ExpOf(float v, int s) {
+  return kPoly == 1 && s == kSPL - 1 ? Exp2Poly(v) : Exp2(v);
+}
 __device__ __forceinline__ float Sigmoid(float v) { return __fdividef(1.f, 1.f + __expf(-v)); }
 __device__ __forceinline__ float Softplus(float v) {
   return v > 20.f ? v : __logf(1.f + __expf(v));
@@ -135,25 +165,32 @@ struct TileIo {
   bool active;  // d < Di
 };
 
+// kW: warps per block (the forward runs with 1, 2 or 8; the backward with kWarps).
+template <int kW = kWarps>
 __device__ __forceinline__ TileIo MakeIo(const SelectiveScanParams& p) {
   TileIo io;
   io.warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
   io.ch = lane >> 2;
   io.q = lane & 3;
-  io.d = int64_t(blockIdx.x) * kChPerBlock + io.warp * kChPerWarp + io.ch;
+  io.d = int64_t(blockIdx.x) * (kW * kChPerWarp) + io.warp * kChPerWarp + io.ch;
   io.active = io.d < p.dim;
   io.b = blockIdx.z;
   return io;
 }
 
 // ---- tile loading ------------------------------------------------------------------------------
-// Every kernel walks 16-token tiles through double-buffered shared memory. The scan kernels can
-// issue the next tile's global loads before the current tile's arithmetic (kPrefetch); under the
-// register caps that spills and measured slower, so by default the loads are issued just before
-// the tile is committed, while other warps of the multiprocessor compute.
+// Every kernel walks 16-token tiles through double-buffered shared memory. A tile's global loads
+// are issued just before it is committed to shared memory, while other warps of the
+// multiprocessor compute: issuing them a tile earlier held ~30 more registers, which spilled under
+// the register caps and measured slower (v7 in docs/scan_kernels_notes.md).
 
-constexpr int kBCPerThread = (kTile * 2 * kS) / kThreads;  // 2
+// B and C values of a tile each thread of a kThr-thread block loads.
+template <int kThr>
+constexpr int BCPerThread() {
+  return (kTile * 2 * kS) / kThr;
+}
+constexpr int kBCPerThread = BCPerThread<kThreads>();  // 2
 
 // Per-token channel scalars live in shared memory as sdx[buf][warp][tok / 4][channel][tok % 4],
 // the channel row padded to 5 float4: the commit (lane channel·4 + q writes token 4i + q) stores
@@ -161,13 +198,15 @@ constexpr int kBCPerThread = (kTile * 2 * kS) / kThreads;  // 2
 constexpr int kSdxPad = 5;
 
 // This thread's share of a tile's B and C (columns 0..15 = B, 16..31 = C).
-template <typename E>
+template <typename E, int kThr = kThreads>
 __device__ __forceinline__ void LoadBC(const SelectiveScanParams& p, int64_t b, int64_t t0,
-                                       bool need_b, bool need_c, float (&v)[kBCPerThread]) {
+                                       bool need_b, bool need_c,
+                                       float (&v)[BCPerThread<kThr>()]) {
+  constexpr int kPer = BCPerThread<kThr>();
   if (t0 + kTile <= p.seqlen) {  // whole tile inside T: plain loads
 #pragma unroll
-    for (int k = 0; k < kBCPerThread; ++k) {
-      const int idx = threadIdx.x + k * kThreads;
+    for (int k = 0; k < kPer; ++k) {
+      const int idx = threadIdx.x + k * kThr;
       const int tok = idx >> 5, col = idx & 31;
       const int64_t t = t0 + tok;
       if (col < kS) {
@@ -180,8 +219,8 @@ __device__ __forceinline__ void LoadBC(const SelectiveScanParams& p, int64_t b, 
     return;
   }
 #pragma unroll
-  for (int k = 0; k < kBCPerThread; ++k) {
-    const int idx = threadIdx.x + k * kThreads;
+  for (int k = 0; k < kPer; ++k) {
+    const int idx = threadIdx.x + k * kThr;
     const int tok = idx >> 5, col = idx & 31;
     const int64_t t = t0 + tok;
     float val = 0.f;
@@ -203,10 +242,11 @@ struct BCTile;
 template <>
 struct BCTile<float> {
   float v[kTile][2 * kS];
-  __device__ __forceinline__ void Store(const float (&vals)[kBCPerThread]) {
+  template <int kThr = kThreads>
+  __device__ __forceinline__ void Store(const float (&vals)[BCPerThread<kThr>()]) {
 #pragma unroll
-    for (int k = 0; k < kBCPerThread; ++k) {
-      const int idx = threadIdx.x + k * kThreads;
+    for (int k = 0; k < BCPerThread<kThr>(); ++k) {
+      const int idx = threadIdx.x + k * kThr;
       v[idx >> 5][idx & 31] = vals[k];
     }
   }
@@ -226,10 +266,11 @@ struct BCTile<__nv_bfloat16> {
   __nv_bfloat16 v[kTile][kQ][8];
   static __device__ __forceinline__ float Lo(uint32_t u) { return __uint_as_float(u << 16); }
   static __device__ __forceinline__ float Hi(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
-  __device__ __forceinline__ void Store(const float (&vals)[kBCPerThread]) {
+  template <int kThr = kThreads>
+  __device__ __forceinline__ void Store(const float (&vals)[BCPerThread<kThr>()]) {
 #pragma unroll
-    for (int k = 0; k < kBCPerThread; ++k) {
-      const int idx = threadIdx.x + k * kThreads;
+    for (int k = 0; k < BCPerThread<kThr>(); ++k) {
+      const int idx = threadIdx.x + k * kThr;
       const int tok = idx >> 5, col = idx & 31, st = col & (kS - 1);
       v[tok][st / kSPL][(col >> 4) * kSPL + (st % kSPL)] = __float2bfloat16_rn(vals[k]);
     }
@@ -249,6 +290,64 @@ struct BCTile<__nv_bfloat16> {
   }
 };
 static_assert(sizeof(BCTile<__nv_bfloat16>) <= sizeof(BCTile<float>), "bf16 tile fits the fp32 slot");
+
+// ---- asynchronous tile loads ---------------------------------------------------------------
+// A block's per-token streams (x, Δ, z, dout; kW·8 channels × 16 tokens each) are copied into
+// shared memory by cp.async, 16 bytes per copy, issued before the previous tile's arithmetic:
+// no registers are held and no warp waits on global memory until the commit (ncu on v7: 38% of
+// the forward's stall cycles were global loads waited on). Needs every row 16-byte aligned
+// (RowsAligned on the host); otherwise each lane loads its own elements (TokStream).
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int bytes = valid ? 16 : 0;  // 0: the 16 bytes are zero-filled, nothing is read
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+               "r"(bytes));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void CpAsyncWaitAll() {
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+
+// Shared-memory image of kN streams of one tile: [stream][token][kW·8 channels], rows padded by
+// 32 bytes so that a warp's commit reads (tokens q, 4+q, .. of 8 channels) are conflict-free.
+template <typename E, int kW, int kN>
+struct RawTile {
+  static constexpr int kCh = kW * kChPerWarp;
+  static constexpr int kRowBytes = kCh * int(sizeof(E)) + 32;
+  static constexpr int kStreamBytes = kTile * kRowBytes;
+  static constexpr int kBytes = kN * kStreamBytes;
+  static constexpr int kVec = 16 / int(sizeof(E));  // elements per copy
+  static constexpr int kPerRow = kCh / kVec;
+  static constexpr int kCopies = kTile * kPerRow;   // per stream
+
+  char* bytes;
+  // rows[s]: element (b, token 0, first channel of the block) of stream s, or null (skipped).
+  // Tokens past T and channels past Di are zero-filled.
+  __device__ __forceinline__ void Issue(const E* const (&rows)[kN], const int64_t (&tstride)[kN],
+                                        int64_t t0, int64_t T, int64_t d0, int64_t dim) const {
+#pragma unroll
+    for (int s = 0; s < kN; ++s) {
+      if (rows[s] == nullptr) continue;
+      for (int c = threadIdx.x; c < kCopies; c += kW * 32) {
+        const int tok = c / kPerRow, part = c % kPerRow;
+        const bool valid = t0 + tok < T && d0 + part * kVec < dim;
+        const E* src = valid ? rows[s] + (t0 + tok) * tstride[s] + part * kVec : rows[s];
+        CpAsync16(bytes + s * kStreamBytes + tok * kRowBytes + part * 16, src, valid);
+      }
+    }
+    CpAsyncCommit();
+  }
+  // Element (token, channel col of the block) of stream s.
+  __device__ __forceinline__ float Read(int s, int tok, int col) const {
+    return ToF<E>(*reinterpret_cast<const E*>(bytes + s * kStreamBytes + tok * kRowBytes +
+                                              col * int(sizeof(E))));
+  }
+  // This lane's 4 tokens (4i + q) of stream s.
+  __device__ __forceinline__ void Read4(int s, int q, int col, float (&v)[4]) const {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = Read(s, 4 * i + q, col);
+  }
+};
 
 // Lane l < 16 reads the reset flag of token t0 + l; ResetMask turns them into a warp-uniform mask.
 __device__ __forceinline__ bool LoadResetFlag(const SelectiveScanParams& p, int64_t b, int64_t t0) {
@@ -304,15 +403,29 @@ struct TokStream {
 
 // ---- forward --------------------------------------------------------------------------------
 
-// kFinal = false: the chunk-local pass (state from zero; stores the end state and the decay).
+// kFinal = false: the chunk-local pass (state from zero; stores the end state and the decay), for
+// chunks 0..K−2 (the last chunk's end state is carried nowhere).
 // kFinal = true: the real pass from the carried state; writes out, checkpoints, final state.
-// kPrefetch: as for the backward below (off by default: measured faster without).
-template <typename E, bool kFinal, int kMinBlocks, bool kPrefetch>
-__global__ void __launch_bounds__(kThreads, kMinBlocks)
+// kPoly: share of the exps computed on the FMA pipe (ExpOf). kW: warps per block (8 channels
+// each); small blocks spread few channels (B·Di/8 warps in all when K = 1) over every
+// multiprocessor. Registers capped at 64 for 8-warp blocks (4 per multiprocessor); small blocks
+// get 8 per multiprocessor (each thread loads a larger share of B and C, and few warps run then
+// anyway).
+// kAsync: x, Δ, z arrive through RawTile (cp.async). Dynamic shared memory, ForwardSmemBytes.
+template <typename E, bool kFinal, int kPoly, int kW, bool kAsync>
+__global__ void __launch_bounds__(kW * 32, kW == 8 ? 4 : 8)
     ScanForwardKernel(SelectiveScanParams p, Work w) {
-  __shared__ float4 sdx[2][kWarps][kTile / 4][kChPerWarp][kSdxPad];  // {Δ, x, SiLU(z), -}
-  __shared__ __align__(16) BCTile<E> sbc[2];
-  const TileIo io = MakeIo(p);
+  constexpr int kThr = kW * 32;
+  // Small blocks run few warps per multiprocessor: nothing else hides a tile's load latency, so
+  // the next tile's loads are issued before this tile's arithmetic (their registers fit under
+  // the 128 cap). 8-warp blocks issue them just before the commit (v7), unless asynchronous.
+  constexpr bool kPrefetch = kW < 8 || kAsync;
+  using Raw = RawTile<E, kW, 3>;  // Δ, x, z
+  extern __shared__ float4 fwd_smem[];
+  auto sdx = reinterpret_cast<float4(*)[kW][kTile / 4][kChPerWarp][kSdxPad]>(fwd_smem);  // [2]: {Δ, x, SiLU(z), -}
+  auto sbc = reinterpret_cast<BCTile<E>*>(fwd_smem + 2 * kW * (kTile / 4) * kChPerWarp * kSdxPad);  // [2]
+  const Raw raw{reinterpret_cast<char*>(sbc + 2)};
+  const TileIo io = MakeIo<kW>(p);
   const int c = blockIdx.y;
   const int64_t dd = io.active ? io.d : p.dim - 1;
   const int64_t T = p.seqlen;
@@ -344,23 +457,41 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   bool any_reset = false;
 
   // Prefetch registers: this lane's tokens t0 + 4i + q of the next tile.
-  float pd[4], px[4], pz[4], pbc[kBCPerThread];
+  float pd[4], px[4], pz[4], pbc[BCPerThread<kThr>()];
   bool pr;
   TokStream<E> sd, sx, sz;
   sd.Init(p.delta, p.delta_strides, io.b, dd, io.q);
   sx.Init(p.x, p.x_strides, io.b, dd, io.q);
   sz.Init(p.z, p.z_strides, io.b, dd, io.q);
+  const int64_t d0 = int64_t(blockIdx.x) * Raw::kCh;  // the block's first channel
+  const int col = io.warp * kChPerWarp + io.ch;        // this lane's channel within the block
+  const E* rows[3] = {static_cast<const E*>(p.delta) + io.b * p.delta_strides.batch + d0,
+                      static_cast<const E*>(p.x) + io.b * p.x_strides.batch + d0,
+                      gated ? static_cast<const E*>(p.z) + io.b * p.z_strides.batch + d0 : nullptr};
+  const int64_t row_strides[3] = {p.delta_strides.token, p.x_strides.token, p.z_strides.token};
   auto load = [&](int j) {
     const int64_t t0 = int64_t(j) * kTile;
-    sd.Load4(j, T, io.q, io.active, pd);
-    sx.Load4(j, T, io.q, io.active, px);
-    if (gated) sz.Load4(j, T, io.q, io.active, pz);
-    else pz[0] = pz[1] = pz[2] = pz[3] = 0.f;
-    LoadBC<E>(p, io.b, t0, true, kFinal, pbc);
+    if (kAsync) {
+      raw.Issue(rows, row_strides, t0, T, d0, p.dim);
+    } else {
+      sd.Load4(j, T, io.q, io.active, pd);
+      sx.Load4(j, T, io.q, io.active, px);
+      if (gated) sz.Load4(j, T, io.q, io.active, pz);
+      else pz[0] = pz[1] = pz[2] = pz[3] = 0.f;
+    }
+    LoadBC<E, kThr>(p, io.b, t0, true, kFinal, pbc);
     pr = LoadResetFlag(p, io.b, t0);
   };
   auto commit = [&](int buf, int j) -> unsigned {
     const int64_t t0 = int64_t(j) * kTile;
+    if (kAsync) {  // this thread's copies done, then everyone's visible
+      CpAsyncWaitAll();
+      __syncthreads();
+      raw.Read4(0, io.q, col, pd);
+      raw.Read4(1, io.q, col, px);
+      if (gated) raw.Read4(2, io.q, col, pz);
+      else pz[0] = pz[1] = pz[2] = pz[3] = 0.f;
+    }
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int64_t t = t0 + 4 * i + io.q;
@@ -369,7 +500,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       const float gate = gated ? pz[i] * Sigmoid(pz[i]) : 1.f;
       sdx[buf][io.warp][i][io.ch][io.q] = make_float4(delta, px[i], gate, 0.f);
     }
-    sbc[buf].Store(pbc);
+    sbc[buf].template Store<kThr>(pbc);
     return ResetMask(pr);
   };
 
@@ -430,7 +561,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
           const float Cv[4] = {Cq.x, Cq.y, Cq.z, Cq.w};
 #pragma unroll
           for (int s = 0; s < kSPL; ++s) {
-            const float a = Exp2(delta * A2[s]);
+            const float a = ExpOf<kPoly>(delta * A2[s], s);
             h[s] = (reset ? 0.f : h[s]) * a + dbx * Bv[s];
             if (kFinal) y += Cv[s] * h[s];
           }
@@ -477,14 +608,19 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 // ---- backward -------------------------------------------------------------------------------
 
 // Chunk-local reverse pass: the state gradient that flows out of the chunk's start when the
-// gradient entering its end is zero, and the chunk's decay.
-template <typename E>
+// gradient entering its end is zero, and the chunk's decay. Chunks 1..K−1 (blockIdx.y + 1): only
+// earlier chunks use it.
+// kAsync: Δ, dout, z through RawTile. Dynamic shared memory, ChunkGradSmemBytes.
+template <typename E, bool kAsync>
 __global__ void __launch_bounds__(kThreads)
     ScanChunkGradKernel(SelectiveScanParams p, SelectiveScanGrads g, Work w) {
-  __shared__ float4 sdx[2][kWarps][kTile / 4][kChPerWarp][kSdxPad];  // {Δ, -, dy, -}
-  __shared__ __align__(16) BCTile<E> sbc[2];
+  using Raw = RawTile<E, kWarps, 3>;  // Δ, dout, z
+  extern __shared__ float4 cg_smem[];
+  auto sdx = reinterpret_cast<float4(*)[kWarps][kTile / 4][kChPerWarp][kSdxPad]>(cg_smem);  // [2]: {Δ, -, dy, -}
+  auto sbc = reinterpret_cast<BCTile<E>*>(cg_smem + 2 * kWarps * (kTile / 4) * kChPerWarp * kSdxPad);  // [2]
+  const Raw raw{reinterpret_cast<char*>(sbc + 2)};
   const TileIo io = MakeIo(p);
-  const int c = blockIdx.y;
+  const int c = blockIdx.y + 1;
   const int64_t dd = io.active ? io.d : p.dim - 1;
   const int64_t T = p.seqlen;
   const bool gated = p.z != nullptr;
@@ -502,17 +638,35 @@ __global__ void __launch_bounds__(kThreads)
   sd.Init(p.delta, p.delta_strides, io.b, dd, io.q);
   sdo.Init(g.dout, g.dout_strides, io.b, dd, io.q);
   sz.Init(p.z, p.z_strides, io.b, dd, io.q);
+  const int64_t d0 = int64_t(blockIdx.x) * kChPerBlock;
+  const int col = io.warp * kChPerWarp + io.ch;
+  const E* rows[3] = {static_cast<const E*>(p.delta) + io.b * p.delta_strides.batch + d0,
+                      static_cast<const E*>(g.dout) + io.b * g.dout_strides.batch + d0,
+                      gated ? static_cast<const E*>(p.z) + io.b * p.z_strides.batch + d0 : nullptr};
+  const int64_t row_strides[3] = {p.delta_strides.token, g.dout_strides.token, p.z_strides.token};
   auto load = [&](int j) {
     const int64_t t0 = int64_t(j) * kTile;
-    sd.Load4(j, T, io.q, io.active, pd);
-    sdo.Load4(j, T, io.q, io.active, pdo);
-    if (gated) sz.Load4(j, T, io.q, io.active, pz);
-    else pz[0] = pz[1] = pz[2] = pz[3] = 0.f;
+    if (kAsync) {
+      raw.Issue(rows, row_strides, t0, T, d0, p.dim);
+    } else {
+      sd.Load4(j, T, io.q, io.active, pd);
+      sdo.Load4(j, T, io.q, io.active, pdo);
+      if (gated) sz.Load4(j, T, io.q, io.active, pz);
+      else pz[0] = pz[1] = pz[2] = pz[3] = 0.f;
+    }
     LoadBC<E>(p, io.b, t0, false, true, pbc);
     pr = LoadResetFlag(p, io.b, t0);
   };
   auto commit = [&](int buf, int j) -> unsigned {
     const int64_t t0 = int64_t(j) * kTile;
+    if (kAsync) {  // this thread's copies done, then everyone's visible
+      CpAsyncWaitAll();
+      __syncthreads();
+      raw.Read4(0, io.q, col, pd);
+      raw.Read4(1, io.q, col, pdo);
+      if (gated) raw.Read4(2, io.q, col, pz);
+      else pz[0] = pz[1] = pz[2] = pz[3] = 0.f;
+    }
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int64_t t = t0 + 4 * i + io.q;
@@ -571,18 +725,25 @@ constexpr int kSdxFloats = 2 * kWarps * (kTile / 4) * kChPerWarp * kSdxPad * 4;
 constexpr int kBackwardSmem =
     (kSdxFloats + 2 * kTile * 2 * kS + kWarps * kTile * 2 * kS) * int(sizeof(float));
 
-// kPrefetch: issue the next tile's global loads before this tile's arithmetic (latency hidden,
-// ~30 more live registers, which spill under the register cap) or right before they are
-// committed to shared memory (no spills; measured 7% faster, docs/scan_kernels_notes.md).
-template <typename E, int kMinBlocks, bool kPrefetch>
+// The tile is processed in segments of kSeg tokens, last first: a segment's states are
+// recomputed from the tile's checkpoint into registers (kSeg 8: the second segment's starting
+// state costs a re-walk of the first), then the reverse recurrence runs through it. kStoreExp
+// keeps the recompute's exp(Δ·A) in registers for the reverse instead of computing them again.
+// kAsync: Δ, x, dout, z through RawTile, issued before the tile's arithmetic like B, C, the
+// resets and the checkpoint then (without it those are loaded just before the commit: issued
+// earlier they held registers that spilled under the cap, v7).
+template <typename E, int kMinBlocks, int kSeg, bool kStoreExp, bool kAsync>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     ScanBackwardKernel(SelectiveScanParams p, SelectiveScanGrads g, Work w) {
-  // Dynamic shared memory (over the 48 KB static limit), kBackwardSmem bytes:
+  constexpr bool kPrefetch = kAsync;
+  using Raw = RawTile<E, kWarps, 4>;  // Δ, x, dout, z
+  // Dynamic shared memory (over the 48 KB static limit), kBackwardSmem (+ Raw::kBytes) bytes:
   extern __shared__ float4 smem[];
   auto sdx = reinterpret_cast<float4(*)[kWarps][kTile / 4][kChPerWarp][kSdxPad]>(smem);  // [2]: {Δ, x, dy, dΔ/dΔraw}
   auto sbc = reinterpret_cast<BCTile<E>*>(smem + kSdxFloats / 4);  // [2], fp32-sized slots
   auto sred = reinterpret_cast<float(*)[kTile][2 * kS]>(  // [kWarps]: per-warp dB | dC sums
       smem + kSdxFloats / 4 + 2 * kTile * 2 * kS / 4);
+  const Raw raw{reinterpret_cast<char*>(smem) + kBackwardSmem};
   const TileIo io = MakeIo(p);
   const int c = blockIdx.y;
   const int64_t dd = io.active ? io.d : p.dim - 1;
@@ -625,13 +786,25 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   sx.Init(p.x, p.x_strides, io.b, dd, io.q);
   sdo.Init(g.dout, g.dout_strides, io.b, dd, io.q);
   sz.Init(p.z, p.z_strides, io.b, dd, io.q);
+  const int64_t d0 = int64_t(blockIdx.x) * kChPerBlock;
+  const int lane_col = io.warp * kChPerWarp + io.ch;
+  const E* rows[4] = {static_cast<const E*>(p.delta) + io.b * p.delta_strides.batch + d0,
+                      static_cast<const E*>(p.x) + io.b * p.x_strides.batch + d0,
+                      static_cast<const E*>(g.dout) + io.b * g.dout_strides.batch + d0,
+                      gated ? static_cast<const E*>(p.z) + io.b * p.z_strides.batch + d0 : nullptr};
+  const int64_t row_strides[4] = {p.delta_strides.token, p.x_strides.token,
+                                  g.dout_strides.token, p.z_strides.token};
   auto load = [&](int j) {
     const int64_t t0 = int64_t(j) * kTile;
-    sd.Load4(j, T, io.q, io.active, pd);
-    sx.Load4(j, T, io.q, io.active, px);
-    sdo.Load4(j, T, io.q, io.active, pdo);
-    if (gated) sz.Load4(j, T, io.q, io.active, pz);
-    else pz[0] = pz[1] = pz[2] = pz[3] = 0.f;
+    if (kAsync) {
+      raw.Issue(rows, row_strides, t0, T, d0, p.dim);
+    } else {
+      sd.Load4(j, T, io.q, io.active, pd);
+      sx.Load4(j, T, io.q, io.active, px);
+      sdo.Load4(j, T, io.q, io.active, pdo);
+      if (gated) sz.Load4(j, T, io.q, io.active, pz);
+      else pz[0] = pz[1] = pz[2] = pz[3] = 0.f;
+    }
     LoadBC<E>(p, io.b, t0, true, true, pbc);
     pr = LoadResetFlag(p, io.b, t0);
     pck = *reinterpret_cast<const float4*>(w.ckpt + ((io.b * w.nJ + j) * p.dim + dd) * kS +
@@ -639,6 +812,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   };
   auto commit = [&](int buf, int j) -> unsigned {
     const int64_t t0 = int64_t(j) * kTile;
+    if (kAsync) {  // this thread's copies done, then everyone's visible
+      CpAsyncWaitAll();
+      __syncthreads();
+      raw.Read4(0, io.q, lane_col, pd);
+      raw.Read4(1, io.q, lane_col, px);
+      raw.Read4(2, io.q, lane_col, pdo);
+      if (gated) raw.Read4(3, io.q, lane_col, pz);
+      else pz[0] = pz[1] = pz[2] = pz[3] = 0.f;
+    }
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int64_t t = t0 + 4 * i + io.q;
@@ -666,22 +848,19 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     const bool more = j > j_begin;
     if (kPrefetch && more) load(j - 1);
     const int64_t t0 = int64_t(j) * kTile;
-    // The tile's arithmetic; kReset = false is the common tile without a document start. The
-    // tile is done in two halves of 8 tokens, last half first, so that only 8 tokens of states
-    // are held in registers: the second half's starting state costs a re-walk of the first.
+    // The tile's arithmetic; kReset = false is the common tile without a document start.
     auto compute = [&](auto reset_tag) {
       constexpr bool kReset = decltype(reset_tag)::value;
       // dB | dC: lane (ch, q) ends up with column ch < 4 ? 4q+ch : 16+4q+ch−4 of each token,
       // summed over the warp's 8 channels.
       const int col = io.ch < 4 ? io.q * kSPL + io.ch : kS + io.q * kSPL + (io.ch - 4);
-      constexpr int kHalf = kTile / 2;
 #pragma unroll
-      for (int half = 1; half >= 0; --half) {
-        const int tok0 = half * kHalf;
+      for (int seg = kTile / kSeg - 1; seg >= 0; --seg) {
+        const int tok0 = seg * kSeg;
         float hprev[kSPL] = {ck.x, ck.y, ck.z, ck.w};
-        if (half == 1) {  // walk the first half to the second half's starting state
+        if (tok0 > 0) {  // walk the earlier tokens to this segment's starting state
 #pragma unroll
-          for (int tok = 0; tok < kHalf; ++tok) {
+          for (int tok = 0; tok < tok0; ++tok) {
             const float4 v = sdx[buf][io.warp][tok >> 2][io.ch][tok & 3];
             const float4 Bq = sbc[buf].ReadB(tok, io.q);
             const float Bv[4] = {Bq.x, Bq.y, Bq.z, Bq.w};
@@ -693,10 +872,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
             }
           }
         }
-        // Recompute this half's states; with a gate, also y (for dz).
-        float hs[kHalf][kSPL];
+        // Recompute this segment's states (and exps); with a gate, also y (for dz).
+        float hs[kSeg][kSPL], ea[kStoreExp ? kSeg : 1][kSPL];
 #pragma unroll
-        for (int ii = 0; ii < kHalf / 4; ++ii) {
+        for (int ii = 0; ii < kSeg / 4; ++ii) {
           const int i = tok0 / 4 + ii;
           float yp[4];
 #pragma unroll
@@ -712,7 +891,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
             float y = 0.f;
 #pragma unroll
             for (int s = 0; s < kSPL; ++s) {
-              hprev[s] = (reset ? 0.f : hprev[s]) * Exp2(v.x * A2[s]) + dbx * Bv[s];
+              const float a = Exp2(v.x * A2[s]);
+              if (kStoreExp) ea[kStoreExp ? tok - tok0 : 0][s] = a;
+              hprev[s] = (reset ? 0.f : hprev[s]) * a + dbx * Bv[s];
               hs[tok - tok0][s] = hprev[s];
               y += Cv[s] * hprev[s];
             }
@@ -729,9 +910,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
             }
           }
         }
-        // Reverse through this half.
+        // Reverse through this segment.
 #pragma unroll
-        for (int ii = kHalf / 4 - 1; ii >= 0; --ii) {
+        for (int ii = kSeg / 4 - 1; ii >= 0; --ii) {
           const int i = tok0 / 4 + ii;
           float ddp[4], dxp[4];
 #pragma unroll
@@ -757,7 +938,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
               dx_part += gB;
               vals[s] = gs[s] * dbx;  // dB
               vals[4 + s] = dy * hb;  // dC
-              gs[s] = reset ? 0.f : gs[s] * Exp2(delta * A2[s]);
+              const float a = kStoreExp ? ea[kStoreExp ? tok - tok0 : 0][s] : Exp2(delta * A2[s]);
+              gs[s] = reset ? 0.f : gs[s] * a;
             }
             ddp[k] = dd_part;
             dxp[k] = dx_part;
@@ -873,11 +1055,17 @@ int NumSms() {
   return n;
 }
 
-int ChunksFor(int64_t batch, int64_t seqlen, int64_t dim) {
+// Which kernel pass a chunk count is for: the forward and the backward may split T differently
+// (each call lays out its own scratch; only the checkpoints, one per tile, outlive a call).
+enum class Pass { kForward, kBackward };
+
+int ChunksFor(int64_t batch, int64_t seqlen, int64_t dim, Pass pass) {
   const int64_t nJ = (seqlen + kTile - 1) / kTile;
   const int64_t nblk = (dim + kChPerBlock - 1) / kChPerBlock;
   int64_t k = g_chunks_override.load();
-  if (k <= 0) {
+  if (k <= 0 && pass == Pass::kForward && batch * nblk >= 2 * NumSms()) {
+    k = 1;  // the channels alone fill the machine: no chunk-local pass (a second exp pass)
+  } else if (k <= 0) {
     // Enough blocks for about 16 per multiprocessor (several waves of 4 resident ones: the
     // chunk-local pass costs a fraction of a pass, idle multiprocessors cost more), chunks of
     // at least 4 tiles.
@@ -887,18 +1075,19 @@ int ChunksFor(int64_t batch, int64_t seqlen, int64_t dim) {
   return static_cast<int>(std::clamp<int64_t>(k, 1, std::max<int64_t>(1, nJ)));
 }
 
-// Lays out the checkpoints (at `ckpt_base`) and the scratch (at `scratch_base`, or right after
-// the checkpoints when that is null); with ckpt_base == nullptr only computes the sizes.
+// Lays out the checkpoints (at `ckpt_base`) and the scratch of one pass (at `scratch_base`, or
+// right after the checkpoints when that is null); with ckpt_base == nullptr only computes the
+// sizes.
 struct WorkBytes {
   int64_t ckpt = 0, scratch = 0;
 };
-WorkBytes LayoutWork(const SelectiveScanParams& p, bool with_workspace, char* ckpt_base,
-                     char* scratch_base, Work* w) {
+WorkBytes LayoutWork(const SelectiveScanParams& p, Pass pass, bool with_workspace,
+                     char* ckpt_base, char* scratch_base, Work* w) {
   w->nJ = static_cast<int>((p.seqlen + kTile - 1) / kTile);
   // In-place state (final_state == initial_state) needs one chunk: the thread that reads a
   // channel's initial state is then the one that writes its final state.
   const bool in_place = p.final_state != nullptr && p.final_state == p.initial_state;
-  w->K = with_workspace && !in_place ? ChunksFor(p.batch, p.seqlen, p.dim) : 1;
+  w->K = with_workspace && !in_place ? ChunksFor(p.batch, p.seqlen, p.dim, pass) : 1;
   w->tiles_per_chunk = (w->nJ + w->K - 1) / w->K;
   w->K = (w->nJ + w->tiles_per_chunk - 1) / w->tiles_per_chunk;  // no empty chunks
   w->nblk = static_cast<int>((p.dim + kChPerBlock - 1) / kChPerBlock);
@@ -915,13 +1104,17 @@ WorkBytes LayoutWork(const SelectiveScanParams& p, bool with_workspace, char* ck
     off += Align256(floats * int64_t(sizeof(float)));
     return ptr;
   };
-  w->hloc = take(B * K * Di * kS);
-  w->hdecay = take(B * K * Di * kS);
-  w->gloc = take(B * K * Di * kS);
-  w->gdecay = take(B * K * Di * kS);
-  w->dbc_part = take(B * p.seqlen * w->nblk * 2 * kS);
-  w->dA_part = take(B * K * Di * kS);
-  w->dDb_part = take(B * K * Di * 2);
+  w->hloc = w->hdecay = w->gloc = w->gdecay = w->dbc_part = w->dA_part = w->dDb_part = nullptr;
+  if (pass == Pass::kForward) {
+    w->hloc = take(B * K * Di * kS);
+    w->hdecay = take(B * K * Di * kS);
+  } else {
+    w->gloc = take(B * K * Di * kS);
+    w->gdecay = take(B * K * Di * kS);
+    w->dbc_part = take(B * p.seqlen * w->nblk * 2 * kS);
+    w->dA_part = take(B * K * Di * kS);
+    w->dDb_part = take(B * K * Di * 2);
+  }
   bytes.scratch = off;
   return bytes;
 }
@@ -937,28 +1130,121 @@ absl::Status CheckAligned(const SelectiveScanParams& p) {
   return absl::OkStatus();
 }
 
+// The kernels of one variant (scan_tuning.h).
+struct Variant {
+  int fwd_poly = 0;            // ScanForwardKernel kPoly
+  int fwd_warps = 0;           // ScanForwardKernel kW; 0 = ForwardWarps()
+  int bwd_seg = 8;             // ScanBackwardKernel kSeg
+  bool bwd_store_exp = false;  // ScanBackwardKernel kStoreExp
+  int bwd_min_blocks = 2;      // ScanBackwardKernel register cap: blocks per multiprocessor
+  bool async = true;           // RawTile loads where the rows are aligned
+};
+Variant VariantOf(int v) {
+  switch (v) {
+    case 2: return {0, 0, 8, false, 2, false};
+    case 4: return {0, 0, 8, true, 2, false};
+    case 5: return {0, 0, 8, true, 1, false};
+    case 6: return {0, 0, 16, true, 1, false};
+    case 7: return {1, 0, 8, false, 2, false};
+    case 9: return {0, 8, 8, false, 2, false};
+    case 10: return {0, 2, 8, false, 2, false};
+    case 11: return {0, 1, 8, false, 2, false};
+    case 14: return {0, 8, 8, false, 2, true};
+    default: return {};  // 1
+  }
+}
+
+// Warps per forward block: 8 when the grid has several blocks per multiprocessor, else fewer, so
+// that every multiprocessor gets a share of the channels.
+int ForwardWarps(int64_t batch, int64_t dim, int K) {
+  const int64_t blocks8 = batch * K * ((dim + kChPerBlock - 1) / kChPerBlock);
+  return blocks8 >= 2 * NumSms() ? 8 : blocks8 >= NumSms() ? 2 : 1;
+}
+
+// Every row of a (B, T, Di) tensor 16-byte aligned (RawTile's copies); true for a null tensor.
+bool RowsAligned(const void* ptr, const TokenStrides& s, int64_t dim, size_t elem) {
+  const auto a16 = [](int64_t v) { return v % 16 == 0; };
+  return ptr == nullptr ||
+         (reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && a16(s.batch * int64_t(elem)) &&
+          a16(s.token * int64_t(elem)) && a16(dim * int64_t(elem)));
+}
+
+template <typename E, int kW, bool kAsync>
+constexpr int ForwardSmemBytes() {
+  return 2 * kW * (kTile / 4) * kChPerWarp * kSdxPad * 16 + 2 * int(sizeof(BCTile<E>)) +
+         (kAsync ? RawTile<E, kW, 3>::kBytes : 0);
+}
+
+template <typename E, bool kFinal, int kW, bool kAsync>
+absl::Status LaunchForwardKernel(int poly, int chunks, const SelectiveScanParams& p,
+                                 const Work& w, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((p.dim + kW * kChPerWarp - 1) / (kW * kChPerWarp)),
+                  chunks, static_cast<unsigned>(p.batch));
+  constexpr int kSmem = ForwardSmemBytes<E, kW, kAsync>();
+  auto* kernel = poly == 1 ? ScanForwardKernel<E, kFinal, 1, kW, kAsync>
+                           : ScanForwardKernel<E, kFinal, 0, kW, kAsync>;
+  RWR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  kernel<<<grid, kW * 32, kSmem, stream>>>(p, w);
+  RWR_CUDA_LAUNCH();
+  return absl::OkStatus();
+}
+
+template <typename E, bool kFinal>
+absl::Status LaunchForwardPass(int warps, bool async, int poly, int chunks,
+                               const SelectiveScanParams& p, const Work& w, cudaStream_t stream) {
+  if (async) {
+    switch (warps) {
+      case 1: return LaunchForwardKernel<E, kFinal, 1, true>(poly, chunks, p, w, stream);
+      case 2: return LaunchForwardKernel<E, kFinal, 2, true>(poly, chunks, p, w, stream);
+      default: return LaunchForwardKernel<E, kFinal, 8, true>(poly, chunks, p, w, stream);
+    }
+  }
+  switch (warps) {
+    case 1: return LaunchForwardKernel<E, kFinal, 1, false>(poly, chunks, p, w, stream);
+    case 2: return LaunchForwardKernel<E, kFinal, 2, false>(poly, chunks, p, w, stream);
+    default: return LaunchForwardKernel<E, kFinal, 8, false>(poly, chunks, p, w, stream);
+  }
+}
+
 template <typename E>
 absl::Status LaunchForward(const SelectiveScanParams& p, cudaStream_t stream) {
   Work w;
-  LayoutWork(p, p.workspace != nullptr, static_cast<char*>(p.workspace),
+  LayoutWork(p, Pass::kForward, p.workspace != nullptr, static_cast<char*>(p.workspace),
              static_cast<char*>(p.scratch), &w);
-  const dim3 grid(w.nblk, w.K, static_cast<unsigned>(p.batch));
-  const int variant = g_variant.load();
+  const Variant v = VariantOf(g_variant.load());
+  const int warps = v.fwd_warps > 0 ? v.fwd_warps : ForwardWarps(p.batch, p.dim, w.K);
+  const size_t elem = sizeof(E);
+  const bool async = v.async && RowsAligned(p.x, p.x_strides, p.dim, elem) &&
+                     RowsAligned(p.delta, p.delta_strides, p.dim, elem) &&
+                     RowsAligned(p.z, p.z_strides, p.dim, elem);
   if (w.K > 1) {
-    if (variant == 3) {
-      ScanForwardKernel<E, false, 4, true><<<grid, kThreads, 0, stream>>>(p, w);
-    } else {
-      ScanForwardKernel<E, false, 4, false><<<grid, kThreads, 0, stream>>>(p, w);
-    }
-    RWR_CUDA_LAUNCH();
+    const absl::Status local =
+        LaunchForwardPass<E, false>(warps, async, v.fwd_poly, w.K - 1, p, w, stream);
+    RWR_RETURN_IF_ERROR(local);
   }
-  if (variant == 2) {
-    ScanForwardKernel<E, true, 3, false><<<grid, kThreads, 0, stream>>>(p, w);
-  } else if (variant == 3) {
-    ScanForwardKernel<E, true, 4, true><<<grid, kThreads, 0, stream>>>(p, w);
-  } else {
-    ScanForwardKernel<E, true, 4, false><<<grid, kThreads, 0, stream>>>(p, w);
-  }
+  return LaunchForwardPass<E, true>(warps, async, v.fwd_poly, w.K, p, w, stream);
+}
+
+template <typename E, int kMinBlocks, int kSeg, bool kStoreExp, bool kAsync = false>
+absl::Status LaunchBackwardKernel(dim3 grid, const SelectiveScanParams& p,
+                                  const SelectiveScanGrads& g, const Work& w,
+                                  cudaStream_t stream) {
+  auto* kernel = ScanBackwardKernel<E, kMinBlocks, kSeg, kStoreExp, kAsync>;
+  constexpr int kSmem = kBackwardSmem + (kAsync ? RawTile<E, kWarps, 4>::kBytes : 0);
+  RWR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  kernel<<<grid, kThreads, kSmem, stream>>>(p, g, w);
+  RWR_CUDA_LAUNCH();
+  return absl::OkStatus();
+}
+
+template <typename E, bool kAsync>
+absl::Status LaunchChunkGradKernel(dim3 grid, const SelectiveScanParams& p,
+                                   const SelectiveScanGrads& g, const Work& w,
+                                   cudaStream_t stream) {
+  auto* kernel = ScanChunkGradKernel<E, kAsync>;
+  constexpr int kSmem = ForwardSmemBytes<E, kWarps, kAsync>();  // the same tiles
+  RWR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  kernel<<<grid, kThreads, kSmem, stream>>>(p, g, w);
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
 }
@@ -967,24 +1253,33 @@ template <typename E>
 absl::Status LaunchBackward(const SelectiveScanParams& p, const SelectiveScanGrads& g,
                             cudaStream_t stream) {
   Work w;
-  LayoutWork(p, true, static_cast<char*>(p.workspace), static_cast<char*>(p.scratch), &w);
-  const dim3 grid(w.nblk, w.K, static_cast<unsigned>(p.batch));
+  LayoutWork(p, Pass::kBackward, true, static_cast<char*>(p.workspace),
+             static_cast<char*>(p.scratch), &w);
+  const unsigned nb = static_cast<unsigned>(p.batch);
+  const Variant v = VariantOf(g_variant.load());
+  const size_t elem = sizeof(E);
+  const bool async = v.async && RowsAligned(p.x, p.x_strides, p.dim, elem) &&
+                     RowsAligned(p.delta, p.delta_strides, p.dim, elem) &&
+                     RowsAligned(p.z, p.z_strides, p.dim, elem) &&
+                     RowsAligned(g.dout, g.dout_strides, p.dim, elem);
   if (w.K > 1) {
-    ScanChunkGradKernel<E><<<grid, kThreads, 0, stream>>>(p, g, w);
-    RWR_CUDA_LAUNCH();
+    const dim3 local_grid(w.nblk, w.K - 1, nb);
+    const absl::Status local = async ? LaunchChunkGradKernel<E, true>(local_grid, p, g, w, stream)
+                                     : LaunchChunkGradKernel<E, false>(local_grid, p, g, w, stream);
+    RWR_RETURN_IF_ERROR(local);
   }
-  // Two blocks per multiprocessor (registers capped at 128, a little spilling) measured faster
-  // than one block with 255 registers (docs/scan_kernels_notes.md).
-  if (g_variant.load() == 3) {
-    RWR_CUDA(cudaFuncSetAttribute(ScanBackwardKernel<E, 2, true>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, kBackwardSmem));
-    ScanBackwardKernel<E, 2, true><<<grid, kThreads, kBackwardSmem, stream>>>(p, g, w);
-  } else {
-    RWR_CUDA(cudaFuncSetAttribute(ScanBackwardKernel<E, 2, false>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, kBackwardSmem));
-    ScanBackwardKernel<E, 2, false><<<grid, kThreads, kBackwardSmem, stream>>>(p, g, w);
-  }
-  RWR_CUDA_LAUNCH();
+  const dim3 grid(w.nblk, w.K, nb);
+  // The asynchronous backward keeps 2 blocks per multiprocessor only with bf16 tiles (fp32 ones
+  // need 8 KB more shared memory per block than fits).
+  const bool bwd_async = async && std::is_same_v<E, __nv_bfloat16> && v.bwd_seg == 8 &&
+                         !v.bwd_store_exp;
+  const absl::Status st =
+      v.bwd_seg == 16          ? LaunchBackwardKernel<E, 1, 16, true>(grid, p, g, w, stream)
+      : bwd_async              ? LaunchBackwardKernel<E, 2, 8, false, true>(grid, p, g, w, stream)
+      : !v.bwd_store_exp       ? LaunchBackwardKernel<E, 2, 8, false>(grid, p, g, w, stream)
+      : v.bwd_min_blocks == 1  ? LaunchBackwardKernel<E, 1, 8, true>(grid, p, g, w, stream)
+                               : LaunchBackwardKernel<E, 2, 8, true>(grid, p, g, w, stream);
+  RWR_RETURN_IF_ERROR(st);
   const int64_t rows = p.batch * p.seqlen;
   ReduceBCKernel<E><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(p, g, w);
   RWR_CUDA_LAUNCH();
@@ -997,17 +1292,20 @@ absl::Status LaunchBackward(const SelectiveScanParams& p, const SelectiveScanGra
 
 void SetScanChunksOverride(int chunks) { g_chunks_override.store(chunks); }
 void SetScanVariant(int variant) { g_variant.store(variant); }
-int ScanChunks(int64_t batch, int64_t seqlen, int64_t dim) {
-  return ChunksFor(batch, seqlen, dim);
+int ScanChunks(int64_t batch, int64_t seqlen, int64_t dim, bool backward) {
+  return ChunksFor(batch, seqlen, dim, backward ? Pass::kBackward : Pass::kForward);
 }
 
 bool HaveCuda() { return true; }
 
 namespace {
+// The checkpoints, and the larger of the two passes' scratch.
 WorkBytes SizesFor(const SelectiveScanParams& p) {
   if (p.batch <= 0 || p.seqlen <= 0 || p.dim <= 0) return {};
   Work w;
-  return LayoutWork(p, true, nullptr, nullptr, &w);
+  const WorkBytes f = LayoutWork(p, Pass::kForward, true, nullptr, nullptr, &w);
+  const WorkBytes b = LayoutWork(p, Pass::kBackward, true, nullptr, nullptr, &w);
+  return {f.ckpt, std::max(f.scratch, b.scratch)};
 }
 }  // namespace
 
