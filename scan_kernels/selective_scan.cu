@@ -6,7 +6,9 @@
 // that owns that token within a group of 4 and shared through shared memory; the sums over the
 // states (y, dx, dΔ) are reduce-scatters over the 4 lanes with shuffles. T is split into K chunks
 // that run in parallel: a chunk-local pass (state from zero, plus the chunk's decay) is carried
-// across chunks, then the real pass starts each chunk from its carried state.
+// across chunks, then the real pass starts each chunk from its carried state. The forward skips
+// the chunks (K = 1) when the channels alone fill the GPU (B 4 at Di 5120). A block's x, Δ, z,
+// dout tiles reach shared memory by cp.async, a tile ahead (RawTile), where rows are aligned.
 //
 // Forward writes the state at every 16-token tile boundary (the checkpoints, in the workspace);
 // Backward walks each chunk's tiles last to first, recomputes the tile's states from its
@@ -294,7 +296,7 @@ static_assert(sizeof(BCTile<__nv_bfloat16>) <= sizeof(BCTile<float>), "bf16 tile
 // ---- asynchronous tile loads ---------------------------------------------------------------
 // A block's per-token streams (x, Δ, z, dout; kW·8 channels × 16 tokens each) are copied into
 // shared memory by cp.async, 16 bytes per copy, issued before the previous tile's arithmetic:
-// no registers are held and no warp waits on global memory until the commit (ncu on v7: 38% of
+// no registers are held and no warp waits on global memory until the commit (ncu on v8: 38% of
 // the forward's stall cycles were global loads waited on). Needs every row 16-byte aligned
 // (RowsAligned on the host); otherwise each lane loads its own elements (TokStream).
 __device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
