@@ -874,7 +874,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
             }
           }
         }
-        // Recompute this segment's states (and exps); with a gate, also y (for dz).
+        // Recompute this segment's states (and exps); with a gate or g.out, also y (dz, out).
         float hs[kSeg][kSPL], ea[kStoreExp ? kSeg : 1][kSPL];
 #pragma unroll
         for (int ii = 0; ii < kSeg / 4; ++ii) {
@@ -901,14 +901,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
             }
             yp[k] = y;
           }
-          if (gated) {
+          if (gated || g.out != nullptr) {
             const float y = ReduceScatter4(yp[0], yp[1], yp[2], yp[3], io.q) +
                             Dd * sdx[buf][io.warp][i][io.ch][io.q].y;
             const int64_t t = t0 + 4 * i + io.q;
             if (t < T && io.active) {
-              const float sz = Sigmoid(own_z[i]);
-              St<E>(g.dz, io.b * g.dz_strides.batch + t * g.dz_strides.token + io.d,
-                    own_dout[i] * y * sz * (1.f + own_z[i] * (1.f - sz)));
+              float out = y;
+              if (gated) {
+                const float sz = Sigmoid(own_z[i]);
+                St<E>(g.dz, io.b * g.dz_strides.batch + t * g.dz_strides.token + io.d,
+                      own_dout[i] * y * sz * (1.f + own_z[i] * (1.f - sz)));
+                out = y * (own_z[i] * sz);  // as the forward: y·SiLU(z)
+              }
+              if (g.out != nullptr) {
+                St<E>(g.out, io.b * g.out_strides.batch + t * g.out_strides.token + io.d, out);
+              }
             }
           }
         }

@@ -96,6 +96,11 @@ struct SelectiveScanGrads {
   TokenStrides dz_strides;
   float* ddelta_bias = nullptr;      // (Di), required when delta_bias is set
   float* dinitial_state = nullptr;   // (B, Di, S) optional
+  // Optional: the forward output (what Forward writes to params.out), which the backward
+  // recomputes anyway — for a caller that needs it (the out_proj weight gradient) and did not
+  // keep it. params.out is not written.
+  void* out = nullptr;  // (B, T, Di)
+  TokenStrides out_strides;
 };
 
 // The one place that says which shapes, dtypes and flags a backend supports. CPU: fp32, S <= 256.

@@ -183,13 +183,18 @@ absl::Status BackwardCpu(const SelectiveScanParams& p, const SelectiveScanGrads&
         const double dout = Load(g.dout, g.dout_strides, b, t, d);
         // Undo the gate: dy = dL/dy_t.
         double dy = dout;
-        if (p.z != nullptr) {
+        if (p.z != nullptr || g.out != nullptr) {
           double y = p.D != nullptr ? p.D[d] * x : 0.0;
           for (int64_t s = 0; s < S; ++s) y += Load(p.C, p.C_strides, b, t, s) * hs[(t + 1) * S + s];
-          const double z = Load(p.z, p.z_strides, b, t, d);
-          const double sig = Sigmoid(z);
-          dy = dout * z * sig;
-          Store(g.dz, g.dz_strides, b, t, d, dout * y * sig * (1.0 + z * (1.0 - sig)));
+          double out = y;
+          if (p.z != nullptr) {
+            const double z = Load(p.z, p.z_strides, b, t, d);
+            const double sig = Sigmoid(z);
+            dy = dout * z * sig;
+            out = y * z * sig;
+            Store(g.dz, g.dz_strides, b, t, d, dout * y * sig * (1.0 + z * (1.0 - sig)));
+          }
+          if (g.out != nullptr) Store(g.out, g.out_strides, b, t, d, out);
         }
         double dx = 0.0, ddelta = 0.0;
         if (p.D != nullptr) {

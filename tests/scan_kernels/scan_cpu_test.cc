@@ -194,6 +194,25 @@ INSTANTIATE_TEST_SUITE_P(
                       Config{true, true, false, true, false}),
     [](const ::testing::TestParamInfo<Config>& info) { return info.param.Name(); });
 
+// The backward hands back the forward output it recomputes (for callers that did not keep it).
+TEST_P(ScanFiniteDifference, BackwardRecomputesTheForwardOutput) {
+  const Config cfg = GetParam();
+  Problem pr(/*B=*/2, /*T=*/7, /*Di=*/3, /*S=*/4, cfg, /*seed=*/1234);
+  ASSERT_TRUE(ForwardCpu(pr.Params()).ok());
+  Loss loss;
+  loss.wo.assign(pr.out.size(), 0.5f);
+  loss.wf.assign(pr.final_state.size(), 0.25f);
+  GradBuffers gb;
+  SelectiveScanGrads g = gb.Make(pr, loss);
+  std::vector<float> out(pr.out.size(), NAN);
+  g.out = out.data();
+  g.out_strides = {pr.T * pr.Di, pr.Di};
+  ASSERT_TRUE(BackwardCpu(pr.Params(), g).ok());
+  for (size_t i = 0; i < out.size(); ++i) {
+    EXPECT_NEAR(out[i], pr.out[i], 1e-6 * (1.0 + std::fabs(pr.out[i]))) << i;
+  }
+}
+
 TEST(ScanCpu, ResetMakesTokensIndependentOfEarlierDocument) {
   Config cfg{true, true, true, true, true};
   Problem pr(1, 9, 4, 8, cfg, 7);

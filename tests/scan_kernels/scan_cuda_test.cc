@@ -180,6 +180,7 @@ struct HostScan {
 
 struct ScanResults {
   std::vector<float> out, final_state, dx, ddelta, dA, dxproj, dD, dz, dbias, dinit;
+  std::vector<float> backward_out;  // the forward output as the backward recomputes it (GPU)
   std::vector<std::vector<uint8_t>> raw;  // every output's bytes (determinism)
 };
 
@@ -222,7 +223,7 @@ void RunGpu(const HostScan& h, ScanResults* r, bool separate_scratch = false) {
   const size_t elem = c.dtype == DType::kF32 ? 4 : 2;
   SetScanChunksOverride(c.chunks);
   DeviceTensor x, delta, A, xproj, D, z, bias, init, fin, out, dout, dfinal, dx, ddelta, dA,
-      dxproj, dD, dz, dbias, dinit, resets, ws, scratch;
+      dxproj, dD, dz, dbias, dinit, resets, ws, scratch, bout;
   x.Upload(h.x, c.dtype); delta.Upload(h.delta, c.dtype); xproj.Upload(h.xproj, c.dtype);
   z.Upload(h.z, c.dtype); dout.Upload(h.dout, c.dtype);
   A.Upload(h.A, DType::kF32); D.Upload(h.D, DType::kF32); bias.Upload(h.bias, DType::kF32);
@@ -262,6 +263,9 @@ void RunGpu(const HostScan& h, ScanResults* r, bool separate_scratch = false) {
   g.dD = dD.get<float>(); g.dz = dz.get(); g.dz_strides = tok;
   g.ddelta_bias = dbias.get<float>();
   g.dinitial_state = dinit.get<float>();
+  bout.Allocate(n, c.dtype);
+  g.out = bout.get();
+  g.out_strides = tok;
   const absl::Status bs = Backward(p, g, nullptr);
   ASSERT_TRUE(bs.ok()) << bs.message();
   CUDA_OK(cudaDeviceSynchronize());
@@ -271,13 +275,15 @@ void RunGpu(const HostScan& h, ScanResults* r, bool separate_scratch = false) {
   r->dx = dx.Download(); r->ddelta = ddelta.Download(); r->dz = dz.Download();
   r->dA = dA.Download(); r->dD = dD.Download(); r->dbias = dbias.Download();
   r->dinit = dinit.Download();
+  r->backward_out = bout.Download();
   r->dxproj = dxproj.Download();
   // The R leading columns of the x_proj gradient are not the scan's: zero them as on the CPU.
   for (int64_t i = 0; i < c.B * c.T; ++i) {
     for (int64_t k = 0; k < HostScan::R; ++k) r->dxproj[i * row + k] = 0.f;
   }
   r->raw.clear();
-  for (const DeviceTensor* t : {&out, &fin, &dx, &ddelta, &dz, &dA, &dD, &dbias, &dinit, &dxproj}) {
+  for (const DeviceTensor* t :
+       {&out, &fin, &dx, &ddelta, &dz, &dA, &dD, &dbias, &dinit, &dxproj, &bout}) {
     r->raw.push_back(t->Bytes_());
   }
 }
@@ -286,6 +292,9 @@ void ExpectClose(const ScanCase& c, const ScanResults& gpu, const ScanResults& c
   const double tol_e = c.dtype == DType::kBF16 ? 1.5e-2 : 2e-4;  // per-token tensors
   const double tol_f = c.dtype == DType::kBF16 ? 1e-2 : 2e-4;    // fp32 tensors
   EXPECT_LE(RelL2(gpu.out, cpu.out), tol_e) << "out";
+  if (!gpu.backward_out.empty()) {
+    EXPECT_LE(RelL2(gpu.backward_out, cpu.out), tol_e) << "out recomputed by the backward";
+  }
   EXPECT_LE(RelL2(gpu.dx, cpu.dx), tol_e) << "dx";
   EXPECT_LE(RelL2(gpu.ddelta, cpu.ddelta), tol_e) << "ddelta";
   EXPECT_LE(RelL2(gpu.dxproj, cpu.dxproj), tol_e) << "dB/dC";
