@@ -5,10 +5,10 @@
 //
 // What a layer keeps from its forward for its backward (LayerActs): the residual stream entering
 // it (fp32), the norm statistics, the in_proj output xz, the x_proj output, and the scan's state
-// checkpoints. Everything else — the normed input, the conv output, Δ, the scan output — is
-// recomputed in the backward from those, which costs little (no large GEMM is re-run) and keeps
-// about 2.3 KB of activations per token per layer at Mamba-2.8B sizes in bf16 (plus the scan's
-// 20 KB of checkpoints).
+// checkpoints. Everything else — the normed input, the conv output, Δ, the scan output (handed
+// back by the scan's backward) — is recomputed in the backward, which costs little (no large
+// GEMM is re-run, no extra scan pass). At Mamba-2.8B sizes in bf16 that is about 31 KB per token
+// per layer, plus the scan's 20 KB of checkpoints.
 #include "trainer/mamba_cuda.h"
 
 #include <cublas_v2.h>
@@ -70,7 +70,10 @@ struct DeviceArena {
           "device memory budget of {} MiB reached ({} MiB held, {} MiB asked)",
           tally->budget >> 20, tally->bytes >> 20, n >> 20));
     }
-    RWR_CUDA(cudaMalloc(&p, n));
+    if (absl::Status s = RWR_CUDA_STATUS(cudaMalloc(&p, n)); !s.ok()) {
+      cudaGetLastError();  // clear it, or the next launch check would report this failure
+      return s;
+    }
     all.emplace_back(p, n);
     tally->bytes += n;
     tally->peak = std::max(tally->peak, tally->bytes);
@@ -307,17 +310,17 @@ class CudaRunner {
     RWR_RETURN_IF_ERROR(
         m_.LinearDx(dh, d.D, m_.W(o.out_proj), k().dy.ptr, false, d.Di, M, d.D, d.Di));
 
-    // Recompute what the forward did not keep: conv output, Δ, scan output (Forward rewrites the
-    // same checkpoints).
+    // Recompute what the forward did not keep: conv output and Δ here, the scan output (the
+    // out_proj GEMM's input) inside the scan's backward, which rebuilds the states anyway.
     RWR_RETURN_IF_ERROR(m_.ConvForward(Conv(d, o, state_in, nullptr, a)));
     RWR_RETURN_IF_ERROR(m_.Linear(a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), k().dtraw.ptr, false,
                                   d.Di, M, d.Di, d.R));
     scan::SelectiveScanParams sp = Scan(l, d, o, state_in + conv_floats, nullptr, a);
-    RWR_RETURN_IF_ERROR(m_.ScanForward(sp));
-    RWR_RETURN_IF_ERROR(m_.LinearDw(dh, d.D, k().y.ptr, d.Di, G(o.out_proj), M, d.D, d.Di));
 
     const int64_t es = m_.es;
     scan::SelectiveScanGrads sg;
+    sg.out = k().y.ptr;
+    sg.out_strides = {d.Tc * d.Di, d.Di};
     sg.dout = k().dy.ptr;
     sg.dout_strides = {d.Tc * d.Di, d.Di};
     sg.dfinal_state = dstate + conv_floats;
@@ -336,6 +339,7 @@ class CudaRunner {
     sg.ddelta_bias = k().ddt_bias.ptr;
     sg.dinitial_state = dstate_next + conv_floats;
     RWR_RETURN_IF_ERROR(m_.ScanBackward(sp, sg));
+    RWR_RETURN_IF_ERROR(m_.LinearDw(dh, d.D, k().y.ptr, d.Di, G(o.out_proj), M, d.D, d.Di));
     RWR_RETURN_IF_ERROR(
         cuda::ALogGrad(k().dA.ptr, m_.A.ptr + l * d.Di * d.S, G(o.A_log), d.Di * d.S, s));
     RWR_RETURN_IF_ERROR(cuda::Add(G(o.D), k().dD.ptr, d.Di, s));
