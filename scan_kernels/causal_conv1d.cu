@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include "common/call_status_cuda.h"
+#include "common/cuda_elements.cuh"
 #include "fmt/format.h"
 #include "scan_kernels/causal_conv1d.h"
 
@@ -19,32 +20,14 @@ namespace {
 constexpr int kConvTile = 64;
 constexpr int kConvThreads = 128;
 
-template <typename E>
-__device__ __forceinline__ float CToF(E v);
-template <>
-__device__ __forceinline__ float CToF<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ float CToF<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <typename E>
-__device__ __forceinline__ E CFromF(float v);
-template <>
-__device__ __forceinline__ float CFromF<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 CFromF<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
+using cuda_elements::FromFloat;
+using cuda_elements::ToFloat;
 
 __device__ __forceinline__ float ConvSigmoid(float v) { return __fdividef(1.f, 1.f + __expf(-v)); }
 
 template <typename E>
 __device__ __forceinline__ float LoadX(const CausalConv1dParams& p, int64_t b, int64_t u, int64_t d) {
-  return CToF<E>(static_cast<const E*>(p.x)[b * p.x_strides.batch + u * p.x_strides.token + d]);
+  return ToFloat<E>(static_cast<const E*>(p.x)[b * p.x_strides.batch + u * p.x_strides.token + d]);
 }
 
 __device__ __forceinline__ bool ResetAt(const CausalConv1dParams& p, int64_t b, int64_t t) {
@@ -99,7 +82,7 @@ __global__ void __launch_bounds__(kConvThreads) ConvForwardKernel(CausalConv1dPa
 #pragma unroll
     for (int k = 0; k < W; ++k) acc += wt[k] * win[k];
     if (p.silu) acc *= ConvSigmoid(acc);
-    static_cast<E*>(p.out)[b * p.out_strides.batch + t * p.out_strides.token + d] = CFromF<E>(acc);
+    static_cast<E*>(p.out)[b * p.out_strides.batch + t * p.out_strides.token + d] = FromFloat<E>(acc);
 #pragma unroll
     for (int k = 0; k < W - 1; ++k) win[k] = win[k + 1];
   }
@@ -136,7 +119,7 @@ __global__ void __launch_bounds__(kConvThreads)
   // The input at u gets its finished gradient v.
   auto finish = [&](int64_t u, float v) {
     if (u >= t0 && u < own_end) {
-      static_cast<E*>(g.dx)[b * g.dx_strides.batch + u * g.dx_strides.token + d] = CFromF<E>(v);
+      static_cast<E*>(g.dx)[b * g.dx_strides.batch + u * g.dx_strides.token + d] = FromFloat<E>(v);
     } else if (tile == 0 && u < 0 && u >= -(W - 1) && g.dinitial_state != nullptr) {
       g.dinitial_state[(b * p.dim + d) * (W - 1) + (u + W - 1)] = v;
     }
@@ -156,7 +139,7 @@ __global__ void __launch_bounds__(kConvThreads)
     float pre = bias;
 #pragma unroll
     for (int k = 0; k < W; ++k) pre += wt[k] * win[k];
-    float dpre = CToF<E>(static_cast<const E*>(g.dout)[b * g.dout_strides.batch +
+    float dpre = ToFloat<E>(static_cast<const E*>(g.dout)[b * g.dout_strides.batch +
                                                          t * g.dout_strides.token + d]);
     if (p.silu) {
       const float sg = ConvSigmoid(pre);

@@ -24,6 +24,7 @@
 #include <type_traits>
 
 #include "common/call_status_cuda.h"
+#include "common/cuda_elements.cuh"
 #include "fmt/format.h"
 #include "scan_kernels/scan_tuning.h"
 #include "scan_kernels/selective_scan.h"
@@ -47,33 +48,15 @@ std::atomic<int> g_variant{1};
 
 // ---- element access ------------------------------------------------------------------------
 
-template <typename E>
-__device__ __forceinline__ float ToF(E v);
-template <>
-__device__ __forceinline__ float ToF<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ float ToF<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <typename E>
-__device__ __forceinline__ E FromF(float v);
-template <>
-__device__ __forceinline__ float FromF<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromF<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
+using cuda_elements::FromFloat;
+using cuda_elements::ToFloat;
 template <typename E>
 __device__ __forceinline__ float Ld(const void* base, int64_t i) {
-  return ToF<E>(static_cast<const E*>(base)[i]);
+  return ToFloat<E>(static_cast<const E*>(base)[i]);
 }
 template <typename E>
 __device__ __forceinline__ void St(void* base, int64_t i, float v) {
-  static_cast<E*>(base)[i] = FromF<E>(v);
+  static_cast<E*>(base)[i] = FromFloat<E>(v);
 }
 
 __device__ __forceinline__ float Exp2(float v) { return exp2f(v); }  // ex2.approx under fast math
@@ -341,7 +324,7 @@ struct RawTile {
   }
   // Element (token, channel col of the block) of stream s.
   __device__ __forceinline__ float Read(int s, int tok, int col) const {
-    return ToF<E>(*reinterpret_cast<const E*>(bytes + s * kStreamBytes + tok * kRowBytes +
+    return ToFloat<E>(*reinterpret_cast<const E*>(bytes + s * kStreamBytes + tok * kRowBytes +
                                               col * int(sizeof(E))));
   }
   // This lane's 4 tokens (4i + q) of stream s.
@@ -391,14 +374,14 @@ struct TokStream {
     const int64_t t0 = int64_t(j) * kTile;
     if (t0 + kTile <= T) {  // whole tile inside T (block-uniform): no per-element branches;
 #pragma unroll            // an inactive lane reads its clamped channel and drops the value
-      for (int i = 0; i < 4; ++i) v[i] = ToF<E>(ptr[4 * i * stride]);
+      for (int i = 0; i < 4; ++i) v[i] = ToFloat<E>(ptr[4 * i * stride]);
 #pragma unroll
       for (int i = 0; i < 4; ++i) v[i] = active ? v[i] : 0.f;
       return;
     }
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      v[i] = active && t0 + q + 4 * i < T ? ToF<E>(ptr[4 * i * stride]) : 0.f;
+      v[i] = active && t0 + q + 4 * i < T ? ToFloat<E>(ptr[4 * i * stride]) : 0.f;
     }
   }
 };
@@ -573,7 +556,7 @@ __global__ void __launch_bounds__(kW * 32, kW == 8 ? 4 : 8)
           const float y = ReduceScatter4(yp[0], yp[1], yp[2], yp[3], io.q);
           if (t0 + 4 * i + io.q < T && io.active) {
             const float4 own = sdx[buf][io.warp][i][io.ch][io.q];  // {Δ, x, gate}
-            out_tile[4 * i * p.out_strides.token] = FromF<E>((y + Dd * own.y) * own.z);
+            out_tile[4 * i * p.out_strides.token] = FromFloat<E>((y + Dd * own.y) * own.z);
           }
         }
       }

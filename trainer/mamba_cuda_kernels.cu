@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "common/call_status_cuda.h"
+#include "common/cuda_elements.cuh"
 #include "trainer/mamba_cuda_kernels.h"
 
 namespace rwr::trainer::cuda {
@@ -17,16 +18,7 @@ int Blocks(int64_t n) {
   return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 4096));
 }
 
-template <typename T>
-__device__ __forceinline__ T FromFloat(float v);
-template <>
-__device__ __forceinline__ float FromFloat<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
+using cuda_elements::FromFloat;
 
 // Sum over the block in a fixed order (warp tree, then warps in index order).
 template <typename F>
