@@ -16,9 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <map>
-#include <numeric>
 #include <tuple>
 #include <vector>
 
@@ -66,9 +64,9 @@ struct DeviceArena {
     void* p = nullptr;
     const int64_t n = std::max<int64_t>(count, 1) * sizeof(T);
     if (tally->budget > 0 && tally->bytes + n > tally->budget) {
-      return absl::ResourceExhaustedError(fmt::format(
-          "device memory budget of {} MiB reached ({} MiB held, {} MiB asked)",
-          tally->budget >> 20, tally->bytes >> 20, n >> 20));
+      return absl::ResourceExhaustedError(
+          fmt::format("device memory budget of {} MiB reached ({} MiB held, {} MiB asked)",
+                      tally->budget >> 20, tally->bytes >> 20, n >> 20));
     }
     if (absl::Status s = RWR_CUDA_STATUS(cudaMalloc(&p, n)); !s.ok()) {
       cudaGetLastError();  // clear it, or the next launch check would report this failure
@@ -156,7 +154,6 @@ struct CallBuffers {
 
 struct MambaCuda::Impl {
   MambaConfig c;
-  GemmPrecision precision;
   Act act = Act::kF32;  // activations and GEMM operands
   int64_t es = 4;       // bytes per activation
   MemoryTally tally;
@@ -164,13 +161,14 @@ struct MambaCuda::Impl {
   cublasHandle_t cublas = nullptr;
   cudaStream_t stream = nullptr;
   DeviceBuffer<float> params, grads, exp_avg, exp_avg_sq, A;  // A: per layer (Di, S)
-  DeviceBuffer<char> params16;  // bf16 copy of params (kBf16): the GEMMs' weights
+  DeviceBuffer<char> params16;   // bf16 copy of params (kBf16): the GEMMs' weights
   DeviceBuffer<uint32_t> decay;  // bit i: parameter i takes weight decay
   int64_t adam_step = 0;
   std::unique_ptr<CallBuffers> call;  // this call's buffers (Prepare sizes them)
   std::map<std::tuple<int64_t, int64_t, bool>, int64_t> fitted_chunk;  // (B, T, grad) → chunk
+  std::tuple<int64_t, int64_t, bool> call_shape{0, 0, false};          // what `call` is sized for
   int64_t last_chunk_len = 0;
-  DeviceBuffer<double> norm_acc;              // [0] the sum, then SumSquares' scratch
+  DeviceBuffer<double> norm_acc;  // [0] the sum, then SumSquares' scratch
   PhaseClock clock;
 
   ~Impl() {
@@ -178,10 +176,23 @@ struct MambaCuda::Impl {
     if (stream) cudaStreamDestroy(stream);
   }
 
-  int64_t StateFloats(int64_t B) const { return B * c.d_inner * (c.d_conv - 1 + c.d_state); }
-  int64_t ConvStateFloats(int64_t B) const { return B * c.d_inner * (c.d_conv - 1); }
+  // One layer's recurrent state: the conv window, then the scan state, each padded to 16 bytes
+  // (the scan wants its state 16-byte aligned whatever B·d_inner is).
+  static int64_t Pad4(int64_t floats) { return (floats + 3) / 4 * 4; }
+  int64_t ConvStateFloats(int64_t B) const { return Pad4(B * c.d_inner * (c.d_conv - 1)); }
+  int64_t StateFloats(int64_t B) const {
+    return ConvStateFloats(B) + Pad4(B * c.d_inner * c.d_state);
+  }
   scan::DType ScanType() const { return act == Act::kF32 ? scan::DType::kF32 : scan::DType::kBF16; }
   cudaDataType_t CudaType() const { return act == Act::kF32 ? CUDA_R_32F : CUDA_R_16BF; }
+  // A cuBLAS call's status; on failure the runtime's last error is cleared too (cuBLAS may have
+  // failed on an allocation), so the next kernel-launch check does not report it again.
+  static absl::Status Gemm(cublasStatus_t result) {
+    if (result == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
+    cudaGetLastError();
+    return internal::CublasToStatus(result, "cublasGemmEx", __FILE__, __LINE__);
+  }
+
   // Runs `call` (returning a Status), bracketed by events when phase timing is on.
   template <typename F>
   absl::Status Timed(Phase phase, F&& call) {
@@ -220,10 +231,9 @@ struct MambaCuda::Impl {
                       int64_t M, int64_t N, int64_t K, float beta = 0.f) {
     return Timed(Phase::kGemm, [&]() -> absl::Status {
       const float one = 1.f;
-      RWR_CUBLAS(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, Wt, CudaType(), K,
-                              X, CudaType(), ldx, &beta, Y, y_f32 ? CUDA_R_32F : CudaType(), ldy,
-                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-      return absl::OkStatus();
+      return Gemm(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, Wt, CudaType(), K,
+                               X, CudaType(), ldx, &beta, Y, y_f32 ? CUDA_R_32F : CudaType(), ldy,
+                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     });
   }
   // dX(M, K) = dY(M, N)·W(N, K) + beta·dX
@@ -231,10 +241,9 @@ struct MambaCuda::Impl {
                         int64_t lddx, int64_t M, int64_t N, int64_t K, float beta = 0.f) {
     return Timed(Phase::kGemm, [&]() -> absl::Status {
       const float one = 1.f;
-      RWR_CUBLAS(cublasGemmEx(cublas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, Wt, CudaType(), K,
-                              dY, CudaType(), lddy, &beta, dX, dx_f32 ? CUDA_R_32F : CudaType(),
-                              lddx, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-      return absl::OkStatus();
+      return Gemm(cublasGemmEx(cublas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, Wt, CudaType(), K,
+                               dY, CudaType(), lddy, &beta, dX, dx_f32 ? CUDA_R_32F : CudaType(),
+                               lddx, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     });
   }
   // dW(N, K) += dY(M, N)ᵀ·X(M, K), dW fp32
@@ -242,10 +251,9 @@ struct MambaCuda::Impl {
                         int64_t M, int64_t N, int64_t K) {
     return Timed(Phase::kGemm, [&]() -> absl::Status {
       const float one = 1.f;
-      RWR_CUBLAS(cublasGemmEx(cublas, CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, &one, X, CudaType(), ldx,
-                              dY, CudaType(), lddy, &one, dW, CUDA_R_32F, K, CUBLAS_COMPUTE_32F,
-                              CUBLAS_GEMM_DEFAULT));
-      return absl::OkStatus();
+      return Gemm(cublasGemmEx(cublas, CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, &one, X, CudaType(), ldx,
+                               dY, CudaType(), lddy, &one, dW, CUDA_R_32F, K, CUBLAS_COMPUTE_32F,
+                               CUBLAS_GEMM_DEFAULT));
     });
   }
 };
@@ -369,8 +377,8 @@ class CudaRunner {
     RWR_RETURN_IF_ERROR(cuda::Add(G(o.conv_weight), k().dconv_w.ptr, d.Di * d.W, s));
     RWR_RETURN_IF_ERROR(cuda::Add(G(o.conv_bias), k().dconv_b.ptr, d.Di, s));
 
-    RWR_RETURN_IF_ERROR(cuda::RmsNorm(a.h_in.ptr, P(o.norm), k().xn.ptr, m_.act, a.rstd.ptr, M,
-                                      d.D, c_.norm_eps, s));
+    RWR_RETURN_IF_ERROR(cuda::RmsNorm(a.h_in.ptr, P(o.norm), k().xn.ptr, m_.act, a.rstd.ptr, M, d.D,
+                                      c_.norm_eps, s));
     RWR_RETURN_IF_ERROR(
         m_.LinearDw(k().dxz.ptr, 2 * d.Di, k().xn.ptr, d.D, G(o.in_proj), M, 2 * d.Di, d.D));
     RWR_RETURN_IF_ERROR(m_.LinearDx(k().dxz.ptr, 2 * d.Di, m_.W(o.in_proj), k().dxn.ptr, true, d.D,
@@ -413,7 +421,6 @@ class CudaRunner {
     void* dlogits = m_.act == Act::kF32 ? static_cast<void*>(k().block_logits.ptr)
                                         : static_cast<void*>(k().block_dlogits.ptr);
     const void* E = m_.W(layout_.embedding());
-    std::vector<float> losses;
     for (size_t r0 = 0; r0 < rows.size(); r0 += block) {
       const int64_t nr = std::min<int64_t>(block, rows.size() - r0);
       RWR_RETURN_IF_ERROR(
@@ -432,40 +439,41 @@ class CudaRunner {
                     host_logits + i * d.V);
         }
       }
-      RWR_RETURN_IF_ERROR(cuda::CrossEntropy(k().block_logits.ptr, nr, d.V, k().row_targets.ptr + r0,
-                                             k().row_weight.ptr + r0, k().row_loss.ptr, loss_scale,
-                                             grad ? dlogits : nullptr, m_.act, s));
-      losses.resize(nr);
-      RWR_CUDA(cudaMemcpyAsync(losses.data(), k().row_loss.ptr, nr * 4, cudaMemcpyDeviceToHost, s));
+      RWR_RETURN_IF_ERROR(cuda::CrossEntropy(
+          k().block_logits.ptr, nr, d.V, k().row_targets.ptr + r0, k().row_weight.ptr + r0,
+          k().row_loss.ptr + r0, loss_scale, grad ? dlogits : nullptr, m_.act, s));
       if (grad) {
         RWR_RETURN_IF_ERROR(
             m_.LinearDx(dlogits, d.V, E, k().block_dh.ptr, true, d.D, nr, d.V, d.D));
         RWR_RETURN_IF_ERROR(
             cuda::ScatterRows(k().block_dh.ptr, k().rows.ptr + r0, k().dhn.ptr, nr, d.D, s));
-        RWR_RETURN_IF_ERROR(m_.LinearDw(dlogits, d.V, k().block_in.ptr, d.D,
-                                        G(layout_.embedding()), nr, d.V, d.D));
+        RWR_RETURN_IF_ERROR(
+            m_.LinearDw(dlogits, d.V, k().block_in.ptr, d.D, G(layout_.embedding()), nr, d.V, d.D));
       }
-      RWR_CUDA(cudaStreamSynchronize(s));  // the host reads `losses`
-      for (int64_t r = 0; r < nr; ++r) {
-        if (weights[r0 + r]) {
-          result.loss_sum += losses[r];
-          result.tokens += 1;
-        }
+    }
+    // One read-back per chunk; summed on the host in row order (the same bits every run).
+    std::vector<float> losses(rows.size());
+    RWR_CUDA(cudaMemcpyAsync(losses.data(), k().row_loss.ptr, rows.size() * 4,
+                             cudaMemcpyDeviceToHost, s));
+    RWR_CUDA(cudaStreamSynchronize(s));
+    for (size_t r = 0; r < rows.size(); ++r) {
+      if (weights[r]) {
+        result.loss_sum += losses[r];
+        result.tokens += 1;
       }
     }
     if (grad) {
       RWR_CUDA(cudaMemsetAsync(k().dh.ptr, 0, M * d.D * 4, s));
-      RWR_RETURN_IF_ERROR(cuda::RmsNormBackward(k().h.ptr, P(layout_.norm_f()), k().rstd_f.ptr,
-                                                k().dhn.ptr, k().dh.ptr, DhActOut(), m_.act,
-                                                G(layout_.norm_f()), k().norm_scratch.ptr, M, d.D,
-                                                s));
+      RWR_RETURN_IF_ERROR(cuda::RmsNormBackward(
+          k().h.ptr, P(layout_.norm_f()), k().rstd_f.ptr, k().dhn.ptr, k().dh.ptr, DhActOut(),
+          m_.act, G(layout_.norm_f()), k().norm_scratch.ptr, M, d.D, s));
     }
     return result;
   }
 
   absl::Status Embed(const ChunkDims& d) {
-    return cuda::Embed(k().tokens.ptr, d.T, d.t0, d.Tc, d.M(), P(layout_.embedding()), k().h.ptr, d.D,
-                       m_.stream);
+    return cuda::Embed(k().tokens.ptr, d.T, d.t0, d.Tc, d.M(), P(layout_.embedding()), k().h.ptr,
+                       d.D, m_.stream);
   }
   // Each distinct token's rows, summed in row order by one block: no atomics, same bits every run.
   absl::Status EmbedBackward(const ChunkDims& d) {
@@ -477,7 +485,12 @@ class CudaRunner {
       }
     }
     std::sort(id_row.begin(), id_row.end());
-    std::vector<int32_t> ids, offsets, rows;
+    // Kept in the runner until the call ends (it ends with a stream sync): the copies below may
+    // still be reading them after they return.
+    auto& [ids, offsets, rows] = host_embed_;
+    ids.clear();
+    offsets.clear();
+    rows.clear();
     for (size_t i = 0; i < id_row.size(); ++i) {
       if (i == 0 || id_row[i].first != id_row[i - 1].first) {
         ids.push_back(id_row[i].first);
@@ -487,74 +500,76 @@ class CudaRunner {
     }
     offsets.push_back(static_cast<int32_t>(rows.size()));
     cudaStream_t s = m_.stream;
-    RWR_CUDA(cudaMemcpyAsync(k().emb_ids.ptr, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice, s));
+    RWR_CUDA(
+        cudaMemcpyAsync(k().emb_ids.ptr, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice, s));
     RWR_CUDA(cudaMemcpyAsync(k().emb_offsets.ptr, offsets.data(), offsets.size() * 4,
                              cudaMemcpyHostToDevice, s));
     RWR_CUDA(
         cudaMemcpyAsync(k().emb_rows.ptr, rows.data(), rows.size() * 4, cudaMemcpyHostToDevice, s));
-    RWR_RETURN_IF_ERROR(cuda::EmbedBackward(k().emb_ids.ptr, k().emb_offsets.ptr, k().emb_rows.ptr,
-                                            static_cast<int64_t>(ids.size()), k().dh.ptr,
-                                            G(layout_.embedding()), d.D, s));
-    // The host vectors may die now: a copy from pageable memory returns once it has read them.
-    return absl::OkStatus();
+    return cuda::EmbedBackward(k().emb_ids.ptr, k().emb_offsets.ptr, k().emb_rows.ptr,
+                               static_cast<int64_t>(ids.size()), k().dh.ptr, G(layout_.embedding()),
+                               d.D, s);
   }
 
   // Uploads the batch and sizes every buffer for chunks of chunk_len tokens.
-  absl::Status Prepare(int64_t chunk_len, int64_t num_chunks, bool grad) {
+  absl::Status Prepare(int64_t chunk_len, int64_t state_slots, bool grad) {
     DeviceArena& ar = k().arena;
     const int64_t B = batch_.batch, T = batch_.seq_len, n = B * T;
     RWR_RETURN_IF_ERROR(ar.Alloc(&k().tokens, n));
     RWR_RETURN_IF_ERROR(ar.Alloc(&k().reset, n));
     RWR_CUDA(
         cudaMemcpyAsync(k().tokens.ptr, batch_.tokens, n * 4, cudaMemcpyHostToDevice, m_.stream));
-    std::vector<uint8_t> reset(n, 0);
-    if (batch_.reset != nullptr) std::copy(batch_.reset, batch_.reset + n, reset.begin());
-    for (int64_t b = 0; b < B; ++b) reset[b * T] = 1;
-    RWR_CUDA(cudaMemcpyAsync(k().reset.ptr, reset.data(), n, cudaMemcpyHostToDevice, m_.stream));
+    host_reset_.assign(n, 0);
+    if (batch_.reset != nullptr) std::copy(batch_.reset, batch_.reset + n, host_reset_.begin());
+    for (int64_t b = 0; b < B; ++b) host_reset_[b * T] = 1;
+    RWR_CUDA(
+        cudaMemcpyAsync(k().reset.ptr, host_reset_.data(), n, cudaMemcpyHostToDevice, m_.stream));
     const ChunkDims d = Dims(0, chunk_len);
     const int64_t M = d.M();
-    for (auto* b : {&k().h, &k().dh, &k().dxn, &k().dhn}) RWR_RETURN_IF_ERROR(ar.Alloc(b, M * d.D));
+    // What every pass needs.
+    RWR_RETURN_IF_ERROR(ar.Alloc(&k().h, M * d.D));
     RWR_RETURN_IF_ERROR(ar.Alloc(&k().rstd_f, M));
-    // Loss rows and the embedding backward's per-token lists: at most one entry per chunk row.
-    for (auto* b : {&k().rows, &k().row_targets, &k().emb_ids, &k().emb_rows})
-      RWR_RETURN_IF_ERROR(ar.Alloc(b, M));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&k().emb_offsets, M + 1));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&k().row_weight, M));
     for (auto* b : {&k().xn, &k().hn}) RWR_RETURN_IF_ERROR(AllocAct(b, M * d.D));
-    if (m_.act != Act::kF32) RWR_RETURN_IF_ERROR(AllocAct(&k().dh_act, M * d.D));
-    for (auto* b : {&k().uc, &k().dtraw, &k().y, &k().dy, &k().duc, &k().ddtraw})
-      RWR_RETURN_IF_ERROR(AllocAct(b, M * d.Di));
-    RWR_RETURN_IF_ERROR(AllocAct(&k().dxdbl, M * d.X));
-    RWR_RETURN_IF_ERROR(AllocAct(&k().dxz, M * 2 * d.Di));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&k().dA, d.Di * d.S));
-    for (auto* b : {&k().dD, &k().ddt_bias, &k().dconv_b}) RWR_RETURN_IF_ERROR(ar.Alloc(b, d.Di));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&k().dconv_w, d.Di * d.W));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&k().norm_scratch, cuda::RmsNormBackwardScratch(M, d.D)));
+    for (auto* b : {&k().uc, &k().dtraw, &k().y}) RWR_RETURN_IF_ERROR(AllocAct(b, M * d.Di));
+    // Loss rows (at most one per chunk row) and their losses.
+    for (auto* b : {&k().rows, &k().row_targets}) RWR_RETURN_IF_ERROR(ar.Alloc(b, M));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&k().row_weight, M));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&k().row_loss, M));
     const int64_t block = std::min(HeadBlockRows(d.V), M);
     RWR_RETURN_IF_ERROR(AllocAct(&k().block_in, block * d.D));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&k().block_dh, block * d.D));
     RWR_RETURN_IF_ERROR(ar.Alloc(&k().block_logits, block * d.V));
-    if (m_.act != Act::kF32 && grad) RWR_RETURN_IF_ERROR(AllocAct(&k().block_dlogits, block * d.V));
-    RWR_RETURN_IF_ERROR(ar.Alloc(&k().row_loss, block));
-    scan::CausalConv1dParams conv_probe;
-    conv_probe.batch = B;
-    conv_probe.seqlen = chunk_len;
-    conv_probe.dim = d.Di;
-    conv_probe.width = d.W;
-    conv_probe.dtype = m_.ScanType();
-    RWR_RETURN_IF_ERROR(ar.Alloc(&k().conv_ws, scan::ConvWorkspaceBytes(conv_probe) + 256));
     RWR_RETURN_IF_ERROR(ar.Alloc(&k().scan_scratch, scan::ScratchBytes(ScanProbe(d)) + 256));
     const int64_t sf = m_.StateFloats(B);
-    RWR_RETURN_IF_ERROR(ar.Alloc(&k().states, (num_chunks + 1) * c_.n_layer * sf));
+    RWR_RETURN_IF_ERROR(ar.Alloc(&k().states, state_slots * c_.n_layer * sf));
     RWR_CUDA(cudaMemsetAsync(k().states.ptr, 0, c_.n_layer * sf * 4, m_.stream));  // chunk 0 in
-    if (grad) {
+    RWR_RETURN_IF_ERROR(AllocActs(k().pass_acts, d, false));
+    if (grad) {  // the backward's gradients, and each layer's kept activations
+      for (auto* b : {&k().dh, &k().dxn, &k().dhn}) RWR_RETURN_IF_ERROR(ar.Alloc(b, M * d.D));
+      if (m_.act != Act::kF32) RWR_RETURN_IF_ERROR(AllocAct(&k().dh_act, M * d.D));
+      for (auto* b : {&k().dy, &k().duc, &k().ddtraw}) RWR_RETURN_IF_ERROR(AllocAct(b, M * d.Di));
+      RWR_RETURN_IF_ERROR(AllocAct(&k().dxdbl, M * d.X));
+      RWR_RETURN_IF_ERROR(AllocAct(&k().dxz, M * 2 * d.Di));
+      RWR_RETURN_IF_ERROR(ar.Alloc(&k().dA, d.Di * d.S));
+      for (auto* b : {&k().dD, &k().ddt_bias, &k().dconv_b}) RWR_RETURN_IF_ERROR(ar.Alloc(b, d.Di));
+      RWR_RETURN_IF_ERROR(ar.Alloc(&k().dconv_w, d.Di * d.W));
+      RWR_RETURN_IF_ERROR(ar.Alloc(&k().norm_scratch, cuda::RmsNormBackwardScratch(M, d.D)));
+      RWR_RETURN_IF_ERROR(ar.Alloc(&k().block_dh, block * d.D));
+      if (m_.act != Act::kF32) RWR_RETURN_IF_ERROR(AllocAct(&k().block_dlogits, block * d.V));
+      for (auto* b : {&k().emb_ids, &k().emb_rows}) RWR_RETURN_IF_ERROR(ar.Alloc(b, M));
+      RWR_RETURN_IF_ERROR(ar.Alloc(&k().emb_offsets, M + 1));
+      scan::CausalConv1dParams conv_probe;
+      conv_probe.batch = B;
+      conv_probe.seqlen = chunk_len;
+      conv_probe.dim = d.Di;
+      conv_probe.width = d.W;
+      conv_probe.dtype = m_.ScanType();
+      RWR_RETURN_IF_ERROR(ar.Alloc(&k().conv_ws, scan::ConvWorkspaceBytes(conv_probe) + 256));
       RWR_RETURN_IF_ERROR(ar.Alloc(&k().dstates, c_.n_layer * sf));
       RWR_RETURN_IF_ERROR(ar.Alloc(&k().dstates_next, c_.n_layer * sf));
       RWR_CUDA(cudaMemsetAsync(k().dstates.ptr, 0, c_.n_layer * sf * 4, m_.stream));
       k().acts.resize(c_.n_layer);
       for (auto& a : k().acts) RWR_RETURN_IF_ERROR(AllocActs(a, d, true));
     }
-    RWR_RETURN_IF_ERROR(AllocActs(k().pass_acts, d, false));
     // A = −exp(A_log), per layer.
     for (int64_t l = 0; l < c_.n_layer; ++l) {
       RWR_RETURN_IF_ERROR(cuda::NegExp(P(layout_.layer(l).A_log), m_.A.ptr + l * d.Di * d.S,
@@ -656,6 +671,9 @@ class CudaRunner {
   const MambaConfig& c_;
   const ParamLayout& layout_;
   const TokenBatch& batch_;
+  // Host sources of asynchronous uploads, alive until the call's closing stream sync.
+  std::vector<uint8_t> host_reset_;
+  std::tuple<std::vector<int32_t>, std::vector<int32_t>, std::vector<int32_t>> host_embed_;
 };
 
 }  // namespace
@@ -677,7 +695,6 @@ absl::StatusOr<std::unique_ptr<MambaCuda>> MambaCuda::Create(const MambaConfig& 
   model->impl_ = std::make_unique<Impl>();
   Impl& m = *model->impl_;
   m.c = config;
-  m.precision = precision;
   m.act = precision == GemmPrecision::kFp32 ? Act::kF32 : Act::kBF16;
   m.es = cuda::ActBytes(m.act);
   RWR_CUDA(cudaStreamCreate(&m.stream));
@@ -763,26 +780,35 @@ absl::Status EnsureOptimizer(MambaCuda::Impl& m, const ParamLayout& layout) {
     std::vector<uint32_t> decay(words, 0);
     for (const ParamSpec& spec : layout.specs()) {
       if (!spec.weight_decay) continue;
-      for (int64_t i = spec.offset; i < spec.offset + spec.size; ++i) decay[i >> 5] |= 1u << (i & 31);
+      int64_t i = spec.offset;
+      const int64_t end = spec.offset + spec.size;
+      for (; i < end && (i & 31) != 0; ++i) decay[i >> 5] |= 1u << (i & 31);
+      for (; i + 32 <= end; i += 32) decay[i >> 5] = ~0u;  // whole words
+      for (; i < end; ++i) decay[i >> 5] |= 1u << (i & 31);
     }
     RWR_CUDA(cudaMemcpy(m.decay.ptr, decay.data(), words * 4, cudaMemcpyHostToDevice));
   }
   return absl::OkStatus();
 }
 
-
 constexpr size_t kHeadroomBytes = size_t{512} << 20;
 
 // Sizes the call's buffers for chunks of `chunk_len` tokens per row. 0 asks for the whole row if
-// it fits in device memory, else the largest halving of it that does (remembered for rows of this
-// shape, so later calls skip the search). Returns the chunk length used.
+// it fits in device memory, else the first that fits of half the row, a quarter, ... (each
+// rounded up to a multiple of 16 tokens, at least 16), remembered for rows of this shape so later
+// calls skip the search. Returns the chunk length used.
 absl::StatusOr<int64_t> PrepareChunks(MambaCuda::Impl& m, CudaRunner& run, const TokenBatch& batch,
                                       int64_t chunk_len, bool grad) {
   const int64_t B = batch.batch, T = batch.seq_len;
-  auto prepare = [&](int64_t tc) {
-    const int64_t chunks = (T + tc - 1) / tc;
-    return run.Prepare(tc, grad ? chunks : 1, grad);
-  };
+  // A new row shape starts from an empty arena: buffers another shape left would otherwise count
+  // against this one's fit (and make the chunk it gets depend on what ran before).
+  const std::tuple<int64_t, int64_t, bool> shape{B, T, grad};
+  if (shape != m.call_shape) {
+    m.call = std::make_unique<CallBuffers>(&m.tally);
+    m.call_shape = shape;
+  }
+  // State slots: every chunk's entering state for a backward; two in turn for a forward.
+  auto prepare = [&](int64_t tc) { return run.Prepare(tc, grad ? (T + tc - 1) / tc : 2, grad); };
   if (chunk_len > 0) {
     const int64_t tc = std::min(chunk_len, T);
     absl::Status s = prepare(tc);
@@ -796,7 +822,6 @@ absl::StatusOr<int64_t> PrepareChunks(MambaCuda::Impl& m, CudaRunner& run, const
     m.last_chunk_len = tc;
     return tc;
   }
-  const std::tuple<int64_t, int64_t, bool> shape{B, T, grad};
   auto known = m.fitted_chunk.find(shape);
   int64_t tc = known != m.fitted_chunk.end() ? known->second : T;
   std::string why_not_larger;  // the last refusal, for the log line
@@ -818,7 +843,7 @@ absl::StatusOr<int64_t> PrepareChunks(MambaCuda::Impl& m, CudaRunner& run, const
     }
     m.call = std::make_unique<CallBuffers>(&m.tally);  // release this shape's buffers, retry
     why_not_larger = fmt::format("{} tokens: {}", tc, std::string(s.message()));
-    tc = std::max<int64_t>(16, ((tc + 1) / 2 + 15) / 16 * 16);
+    tc = std::max<int64_t>(16, ((tc + 1) / 2 + 15) / 16 * 16);  // half, up to a multiple of 16
   }
   if (tc < T && known == m.fitted_chunk.end()) {
     spdlog::info("cuda: rows of {} tokens x {} run in chunks of {} tokens to fit GPU memory ({})",
@@ -888,7 +913,8 @@ absl::StatusOr<LossSum> MambaCuda::ForwardBackward(const TokenBatch& batch, int6
     total.tokens += part.tokens;
     for (int64_t l = m.c.n_layer - 1; l >= 0; --l) {
       RWR_RETURN_IF_ERROR(run.LayerBackward(l, d, m.call->acts[l], run.State(c, l),
-                                            m.call->dstates.ptr + l * sf, m.call->dstates_next.ptr + l * sf));
+                                            m.call->dstates.ptr + l * sf,
+                                            m.call->dstates_next.ptr + l * sf));
     }
     std::swap(m.call->dstates, m.call->dstates_next);
     RWR_RETURN_IF_ERROR(run.EmbedBackward(d));
@@ -896,7 +922,6 @@ absl::StatusOr<LossSum> MambaCuda::ForwardBackward(const TokenBatch& batch, int6
   RWR_CUDA(cudaStreamSynchronize(m.stream));
   return total;
 }
-
 
 absl::Status MambaCuda::DownloadOptimizer(std::vector<float>* exp_avg,
                                           std::vector<float>* exp_avg_sq, int64_t* step) const {

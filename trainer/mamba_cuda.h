@@ -15,8 +15,8 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <string>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -44,9 +44,10 @@ class MambaCuda {
   absl::Status ZeroGrads();
 
   // As MambaCpu: the batch is on the host; grads (on the device) += loss_scale·∂loss_sum/∂params.
-  // chunk_len <= 0 runs whole rows when they fit in device memory, else the largest halving of
-  // the row that does (found once per row shape); a chunk_len that does not fit is an error that
-  // says so.
+  // chunk_len <= 0 runs whole rows when they fit in device memory, else the first that fits of
+  // half a row, a quarter, ... (rounded up to 16 tokens; found once per row shape, and it depends
+  // on the memory free then: set chunk_len for runs that must repeat bit for bit on another
+  // machine); a chunk_len that does not fit is an error that says so.
   absl::StatusOr<LossSum> ForwardBackward(const TokenBatch& batch, int64_t chunk_len,
                                           float loss_scale);
   absl::StatusOr<LossSum> Forward(const TokenBatch& batch, int64_t chunk_len,

@@ -53,8 +53,8 @@ __global__ void EmbedKernel(const int32_t* tokens, int64_t T, int64_t t0, int64_
 }
 
 // One block per distinct token id: its rows' gradients summed in the listed order.
-__global__ void EmbedBackwardKernel(const int32_t* ids, const int32_t* offsets,
-                                    const int32_t* rows, const float* dh, float* demb, int64_t D) {
+__global__ void EmbedBackwardKernel(const int32_t* ids, const int32_t* offsets, const int32_t* rows,
+                                    const float* dh, float* demb, int64_t D) {
   const int64_t i = blockIdx.x;
   const int64_t id = ids[i], begin = offsets[i], end = offsets[i + 1];
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
@@ -74,25 +74,25 @@ __global__ void RmsNormKernel(const float* x, const float* w, T* y, float* rstd,
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) ss += xr[d] * xr[d];
   const float r = rsqrtf(BlockSum(ss, shared) / D + eps);
   if (threadIdx.x == 0) rstd[row] = r;
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) y[row * D + d] = FromFloat<T>(xr[d] * r * w[d]);
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
+    y[row * D + d] = FromFloat<T>(xr[d] * r * w[d]);
 }
 
 // Rows per block of the norm backward: each block writes one partial of dw (D floats).
 constexpr int kNormRowsPerBlock = 16;
-// Columns a thread keeps in registers: D <= kNormCols · blockDim.
-constexpr int kNormCols = 16;
+constexpr int kNormThreads = 256;
 
-int NormThreads(int64_t D) { return D <= kNormCols * 256 ? 256 : 1024; }
-
-template <typename T>
-__global__ void RmsNormBackwardKernel(const float* x, const float* w, const float* rstd,
-                                      const float* dy, float* dx, T* dx_act, float* dw_part,
-                                      int64_t rows, int64_t D) {
+// kCols columns per thread (D <= kCols·256) kept in registers: the weight, the row's x̂ and dy,
+// and the dw partial.
+template <typename T, int kCols>
+__global__ void __launch_bounds__(kNormThreads)
+    RmsNormBackwardKernel(const float* x, const float* w, const float* rstd, const float* dy,
+                          float* dx, T* dx_act, float* dw_part, int64_t rows, int64_t D) {
   __shared__ float shared[32];
-  float wr[kNormCols], acc[kNormCols];
+  float wr[kCols], acc[kCols];
 #pragma unroll
-  for (int k = 0; k < kNormCols; ++k) {
-    const int64_t d = threadIdx.x + int64_t(k) * blockDim.x;
+  for (int k = 0; k < kCols; ++k) {
+    const int64_t d = threadIdx.x + int64_t(k) * kNormThreads;
     wr[k] = d < D ? w[d] : 0.f;
     acc[k] = 0.f;
   }
@@ -100,19 +100,19 @@ __global__ void RmsNormBackwardKernel(const float* x, const float* w, const floa
   const int64_t last = min(rows, first + kNormRowsPerBlock);
   for (int64_t row = first; row < last; ++row) {
     const float r = rstd[row];
-    float xh[kNormCols], g[kNormCols];
+    float xh[kCols], g[kCols];
     float dot = 0.f;
 #pragma unroll
-    for (int k = 0; k < kNormCols; ++k) {
-      const int64_t d = threadIdx.x + int64_t(k) * blockDim.x;
+    for (int k = 0; k < kCols; ++k) {
+      const int64_t d = threadIdx.x + int64_t(k) * kNormThreads;
       xh[k] = d < D ? x[row * D + d] * r : 0.f;
       g[k] = d < D ? dy[row * D + d] : 0.f;
       dot += g[k] * wr[k] * xh[k];
     }
     const float mean = BlockSum(dot, shared) / D;
 #pragma unroll
-    for (int k = 0; k < kNormCols; ++k) {
-      const int64_t d = threadIdx.x + int64_t(k) * blockDim.x;
+    for (int k = 0; k < kCols; ++k) {
+      const int64_t d = threadIdx.x + int64_t(k) * kNormThreads;
       if (d >= D) continue;
       const float v = dx[row * D + d] + r * (g[k] * wr[k] - xh[k] * mean);
       dx[row * D + d] = v;
@@ -121,9 +121,39 @@ __global__ void RmsNormBackwardKernel(const float* x, const float* w, const floa
     }
   }
 #pragma unroll
-  for (int k = 0; k < kNormCols; ++k) {
-    const int64_t d = threadIdx.x + int64_t(k) * blockDim.x;
+  for (int k = 0; k < kCols; ++k) {
+    const int64_t d = threadIdx.x + int64_t(k) * kNormThreads;
     if (d < D) dw_part[int64_t(blockIdx.x) * D + d] = acc[k];
+  }
+}
+
+// The smallest compiled column count that covers D (0: none, D too large).
+int NormCols(int64_t D) {
+  for (int cols : {4, 8, 12, 16, 24, 32, 48, 64}) {
+    if (D <= int64_t(cols) * kNormThreads) return cols;
+  }
+  return 0;
+}
+
+template <typename T>
+void LaunchNormBackward(int cols, int64_t nb, cudaStream_t stream, const float* x, const float* w,
+                        const float* rstd, const float* dy, float* dx, T* dx_act, float* part,
+                        int64_t rows, int64_t D) {
+  switch (cols) {
+#define RWR_NORM_CASE(C)                                                              \
+  case C:                                                                             \
+    RmsNormBackwardKernel<T, C>                                                       \
+        <<<nb, kNormThreads, 0, stream>>>(x, w, rstd, dy, dx, dx_act, part, rows, D); \
+    break;
+    RWR_NORM_CASE(4)
+    RWR_NORM_CASE(8)
+    RWR_NORM_CASE(12)
+    RWR_NORM_CASE(16)
+    RWR_NORM_CASE(24)
+    RWR_NORM_CASE(32)
+    RWR_NORM_CASE(48)
+    RWR_NORM_CASE(64)
+#undef RWR_NORM_CASE
   }
 }
 
@@ -279,19 +309,18 @@ int64_t RmsNormBackwardScratch(int64_t rows, int64_t D) {
 absl::Status RmsNormBackward(const float* x, const float* w, const float* rstd, const float* dy,
                              float* dx, void* dx_act, Act act, float* dw, float* scratch,
                              int64_t rows, int64_t D, Stream stream) {
-  if (D > kNormCols * 1024) {
-    return absl::UnimplementedError(
-        "CUDA RMSNorm backward supports hidden sizes up to 16384");
+  const int cols = NormCols(D);
+  if (cols == 0) {
+    return absl::UnimplementedError("CUDA RMSNorm backward supports hidden sizes up to 16384");
   }
   if (rows == 0) return absl::OkStatus();
   const int64_t nb = (rows + kNormRowsPerBlock - 1) / kNormRowsPerBlock;
-  const int threads = NormThreads(D);
   if (act == Act::kF32) {
-    RmsNormBackwardKernel<<<nb, threads, 0, stream>>>(x, w, rstd, dy, dx,
-                                                      static_cast<float*>(dx_act), scratch, rows, D);
+    LaunchNormBackward(cols, nb, stream, x, w, rstd, dy, dx, static_cast<float*>(dx_act), scratch,
+                       rows, D);
   } else {
-    RmsNormBackwardKernel<<<nb, threads, 0, stream>>>(
-        x, w, rstd, dy, dx, static_cast<__nv_bfloat16*>(dx_act), scratch, rows, D);
+    LaunchNormBackward(cols, nb, stream, x, w, rstd, dy, dx, static_cast<__nv_bfloat16*>(dx_act),
+                       scratch, rows, D);
   }
   RWR_CUDA_LAUNCH();
   AddColumnSumsKernel<<<(D + kThreads - 1) / kThreads, kThreads, 0, stream>>>(scratch, nb, D, dw);

@@ -8,7 +8,9 @@
 //   data.dir          dataset directory (manifest.json + shards); data.eval_dir optional
 //   data.seed, data.shuffle
 //   train.out_dir     run directory: checkpoints/, metrics.jsonl, config.yaml
-//   train.steps, batch_size, grad_accum, seq_len (0: the dataset's), chunk_len (0: whole rows),
+//   train.steps, batch_size, grad_accum, seq_len (0: the dataset's),
+//   chunk_len (0: whole rows; on the GPU whole rows if they fit, else the largest halving that
+//   does),
 //   lr, min_lr, warmup_steps, weight_decay, beta1, beta2, eps, clip_norm, seed, threads,
 //   log_every, eval_every, eval_batches, checkpoint_every, keep_checkpoints, max_nonfinite,
 //   max_steps_this_run (stop, checkpoint and exit 0 after this many steps; 0: no limit), resume

@@ -5,9 +5,11 @@
 // torch's losses; two runs give the same bits.
 #include "trainer/mamba_cuda.h"
 
+#include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -15,9 +17,10 @@
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 #include "storage/safetensors.h"
-#include "tests/trainer/hf_fixture.h"
 #include "storage/shard.h"
+#include "tests/trainer/hf_fixture.h"
 #include "trainer/checkpoint.h"
+#include "trainer/mamba_cuda_kernels.h"
 #include "trainer/model_io.h"
 #include "trainer/rng.h"
 #include "trainer/train_loop.h"
@@ -112,6 +115,66 @@ TEST_P(MambaCudaTest, TwoRunsGiveTheSameBits) {
   EXPECT_EQ(l1, l2);
   EXPECT_TRUE(g1 == g2) << "gradients differ between runs";
   EXPECT_TRUE(p1 == p2) << "updated parameters differ between runs";
+}
+
+// The norm backward kernel against a double-precision host reference, at widths that take
+// different register layouts: 48, Mamba-2.8B's 2560, 5120 and the 16384 limit.
+TEST(MambaCudaKernels, RmsNormBackwardMatchesHost) {
+  if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  for (const int64_t D : {48, 2560, 5120, 16384}) {
+    const int64_t rows = 37, n = rows * D;
+    Rng rng(static_cast<uint64_t>(D));
+    auto uniform = [&] { return static_cast<float>(2 * rng.Uniform() - 1); };
+    std::vector<float> x(n), w(D), dy(n), dx(n), rstd(rows);
+    for (auto* v : {&x, &dy, &dx, &w}) {
+      for (float& e : *v) e = uniform();
+    }
+    std::vector<double> want_dx(dx.begin(), dx.end()), want_dw(D, 0.0);
+    for (int64_t r = 0; r < rows; ++r) {
+      double ss = 0;
+      for (int64_t d = 0; d < D; ++d) ss += double(x[r * D + d]) * x[r * D + d];
+      rstd[r] = static_cast<float>(1 / std::sqrt(ss / D + 1e-5));
+      double dot = 0;
+      for (int64_t d = 0; d < D; ++d) dot += double(dy[r * D + d]) * w[d] * x[r * D + d] * rstd[r];
+      for (int64_t d = 0; d < D; ++d) {
+        const double xh = double(x[r * D + d]) * rstd[r];
+        want_dx[r * D + d] += rstd[r] * (dy[r * D + d] * w[d] - xh * dot / D);
+        want_dw[d] += dy[r * D + d] * xh;
+      }
+    }
+    auto upload = [](const std::vector<float>& h) {
+      void* p = nullptr;
+      EXPECT_EQ(cudaMalloc(&p, h.size() * 4), cudaSuccess);
+      EXPECT_EQ(cudaMemcpy(p, h.data(), h.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
+      return static_cast<float*>(p);
+    };
+    float *gx = upload(x), *gw = upload(w), *gdy = upload(dy), *gdx = upload(dx),
+          *grstd = upload(rstd), *gdw = upload(std::vector<float>(D, 0.f)),
+          *gscratch = upload(std::vector<float>(cuda::RmsNormBackwardScratch(rows, D), 0.f));
+    void* gact = nullptr;
+    ASSERT_EQ(cudaMalloc(&gact, n * 2), cudaSuccess);
+    const absl::Status st = cuda::RmsNormBackward(gx, gw, grstd, gdy, gdx, gact, cuda::Act::kBF16,
+                                                  gdw, gscratch, rows, D, nullptr);
+    ASSERT_TRUE(st.ok()) << "D " << D << ": " << st;
+    std::vector<float> got_dx(n), got_dw(D);
+    std::vector<uint16_t> got_act(n);
+    ASSERT_EQ(cudaMemcpy(got_dx.data(), gdx, n * 4, cudaMemcpyDeviceToHost), cudaSuccess) << D;
+    ASSERT_EQ(cudaMemcpy(got_dw.data(), gdw, D * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(got_act.data(), gact, n * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+    for (void* p : {static_cast<void*>(gx), static_cast<void*>(gw), static_cast<void*>(gdy),
+                    static_cast<void*>(gdx), static_cast<void*>(grstd), static_cast<void*>(gdw),
+                    static_cast<void*>(gscratch), gact}) {
+      cudaFree(p);
+    }
+    std::vector<float> act(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t bits = uint32_t(got_act[i]) << 16;
+      std::memcpy(&act[i], &bits, 4);
+    }
+    EXPECT_LT(RelErr(got_dx, std::vector<float>(want_dx.begin(), want_dx.end())), 1e-5) << D;
+    EXPECT_LT(RelErr(got_dw, std::vector<float>(want_dw.begin(), want_dw.end())), 1e-5) << D;
+    EXPECT_LT(RelErr(act, got_dx), 1e-2) << "bf16 copy, D " << D;
+  }
 }
 
 // chunk_len 0 runs whole rows when they fit, else the largest halving that does, with the same
