@@ -185,7 +185,7 @@ absl::Status InspectCommand(InspectFlags& f) {
 }
 
 void AddInspect(CLI::App* group) {
-  auto* f = new InspectFlags();
+  auto* f = NewFlags<InspectFlags>();
   CLI::App* cmd = group->add_subcommand(
       "inspect",
       "Counts per family, schema version, item outcomes (failed items with reasons), distill "
@@ -223,7 +223,7 @@ absl::Status PublishCommand(PublishFlags& f) {
 }
 
 void AddPublish(CLI::App* group) {
-  auto* f = new PublishFlags();
+  auto* f = NewFlags<PublishFlags>();
   CLI::App* cmd = group->add_subcommand(
       "publish",
       "Publish a consistent read-only copy of a cache (a RocksDB checkpoint; hard links where "

@@ -21,7 +21,7 @@ void RegisterCheckpointCommands(CLI::App& app) {
     std::string dir;
     bool tensors = false;
   };
-  auto* options = new Options();
+  auto* options = NewFlags<Options>();
   options->common.log_level = "warn";
   CLI::App* inspect = group->add_subcommand(
       "inspect",

@@ -1,5 +1,8 @@
 #include "cli/command.h"
 
+#include <memory>
+#include <vector>
+
 #include "common/logging.h"
 #include "common/shutdown.h"
 #include "spdlog/spdlog.h"
@@ -34,6 +37,12 @@ absl::StatusOr<Config> ResolveConfig(const CommonOptions& options, const Config&
   if (absl::Status s = config.SetAll(options.overrides); !s.ok()) return s;
   spdlog::info("rwr {}: resolved config:\n{}", command_name, config.ToYaml());
   return config;
+}
+
+void KeepForProcess(std::shared_ptr<void> object) {
+  // Destroyed after main returns, when the CLI::App that points into these objects is gone.
+  static std::vector<std::shared_ptr<void>> kept;
+  kept.push_back(std::move(object));
 }
 
 void SetAction(CLI::App* command, std::function<absl::Status()> action) {

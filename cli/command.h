@@ -4,6 +4,7 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,20 @@ void AddCommonOptions(CLI::App* command, CommonOptions* options);
 // defaults, then the --config file, then each --set in order; logs the resolved YAML.
 absl::StatusOr<Config> ResolveConfig(const CommonOptions& options, const Config& defaults,
                                      std::string_view command_name);
+
+// Keeps `object` alive until the process exits (see NewFlags).
+void KeepForProcess(std::shared_ptr<void> object);
+
+// The flags a command's parsing fills and its action reads. CLI11 holds raw pointers into them,
+// so they live as long as the process: owned by one process-wide list and freed at exit, so leak
+// checkers have nothing to report.
+template <typename Flags>
+Flags* NewFlags() {
+  auto owned = std::make_shared<Flags>();
+  Flags* raw = owned.get();
+  KeepForProcess(std::move(owned));
+  return raw;
+}
 
 // Sets the subcommand's callback; a non-OK status becomes "rwr <cmd>: <message>" and exit 1.
 void SetAction(CLI::App* command, std::function<absl::Status()> action);

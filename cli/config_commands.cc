@@ -9,7 +9,7 @@ namespace rwr::cli {
 void RegisterConfigCommands(CLI::App& app) {
   CLI::App* group = app.add_subcommand("config", "Inspect run configuration");
   group->require_subcommand(1);
-  auto* options = new CommonOptions();  // lives as long as the app (the process)
+  auto* options = NewFlags<CommonOptions>();
   CLI::App* show = group->add_subcommand("show", "Print the resolved config (file + --set overrides) as YAML");
   AddCommonOptions(show, options);
   options->log_level = "warn";

@@ -91,7 +91,7 @@ absl::Status RunSynth(SynthFlags& f) {
 }
 
 void AddSynth(CLI::App* group) {
-  auto* f = new SynthFlags();  // lives as long as the app (the process)
+  auto* f = NewFlags<SynthFlags>();
   CLI::App* cmd = group->add_subcommand(
       "synth",
       "Generate synthetic long-context QA (JSONL: id, context, question, answer + metadata): "
@@ -412,7 +412,7 @@ absl::Status RunBuild(BuildFlags& f) {
 }
 
 void AddBuild(CLI::App* group) {
-  auto* f = new BuildFlags();
+  auto* f = NewFlags<BuildFlags>();
   CLI::App* cmd = group->add_subcommand(
       "build",
       "Build token shards for training: items from --input (JSONL) and/or the teacher cache "
@@ -577,7 +577,7 @@ absl::Status RunInspect(InspectFlags& f) {
 }
 
 void AddInspect(CLI::App* group) {
-  auto* f = new InspectFlags();
+  auto* f = NewFlags<InspectFlags>();
   CLI::App* cmd = group->add_subcommand(
       "inspect",
       "Summarize a shard directory (counts, tokens, loss-token fraction, row fill; checksums "

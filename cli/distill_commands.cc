@@ -199,7 +199,7 @@ absl::Status RunDistillCommand(RunFlags& f) {
 }
 
 void AddRun(CLI::App* group) {
-  auto* f = new RunFlags();  // lives as long as the app (the process)
+  auto* f = NewFlags<RunFlags>();
   CLI::App* cmd = group->add_subcommand(
       "run",
       "Distill a JSONL dataset (id, context, question, answer) into the note cache: per item a "
@@ -269,7 +269,7 @@ absl::Status ServeCommand(ServeFlags& f) {
 }
 
 void AddServe(CLI::App* group) {
-  auto* f = new ServeFlags();
+  auto* f = NewFlags<ServeFlags>();
   CLI::App* cmd = group->add_subcommand(
       "serve",
       "Run the distillation service (rwr.v1.DistillService): jobs submitted with `rwr distill "
@@ -383,7 +383,7 @@ absl::Status SubmitCommand(SubmitFlags& f) {
 }
 
 void AddSubmit(CLI::App* group) {
-  auto* f = new SubmitFlags();
+  auto* f = NewFlags<SubmitFlags>();
   CLI::App* cmd =
       group->add_subcommand("submit", "Submit a distillation job to `rwr distill serve`");
   AddCommonOptions(cmd, &f->common);
@@ -482,7 +482,7 @@ absl::Status StatusCommand(StatusFlags& f) {
 }
 
 void AddStatus(CLI::App* group) {
-  auto* f = new StatusFlags();
+  auto* f = NewFlags<StatusFlags>();
   CLI::App* cmd = group->add_subcommand(
       "status", "Show the jobs of `rwr distill serve` (all, or one with its counts, rate and ETA)");
   AddCommonOptions(cmd, &f->common);
@@ -519,7 +519,7 @@ absl::Status CancelCommand(CancelFlags& f) {
 }
 
 void AddCancel(CLI::App* group) {
-  auto* f = new CancelFlags();
+  auto* f = NewFlags<CancelFlags>();
   CLI::App* cmd = group->add_subcommand(
       "cancel", "Cancel a job of `rwr distill serve` (a running job finishes the items in flight)");
   AddCommonOptions(cmd, &f->common);

@@ -13,7 +13,7 @@ void RegisterExportCommands(CLI::App& app) {
     trainer::ExportOptions exp;
     double max_shard_gib = 5;
   };
-  auto* options = new Options();
+  auto* options = NewFlags<Options>();
   CLI::App* cmd = app.add_subcommand("export", "Export a checkpoint in the Hugging Face layout");
   cmd->footer(
       "Writes config.json, model.safetensors (bf16 or\n"

@@ -19,7 +19,7 @@ void RegisterModelCommands(CLI::App& app) {
     uint64_t seed = 0;
     std::string dtype = "fp32";
   };
-  auto* options = new Options();  // lives as long as the app (the process)
+  auto* options = NewFlags<Options>();
   CLI::App* init = group->add_subcommand(
       "init",
       "Write a randomly initialised model (config.json + model.safetensors, HF layout).\n"

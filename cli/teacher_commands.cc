@@ -180,7 +180,7 @@ void RegisterTeacherCommands(CLI::App& app) {
       app.add_subcommand("teacher", "Run or query a teacher (the model that writes notes)");
   group->require_subcommand(1);
 
-  auto* serve_flags = new ServeFlags();  // lives as long as the app (the process)
+  auto* serve_flags = NewFlags<ServeFlags>();
   CLI::App* serve = group->add_subcommand(
       "serve",
       "Serve rwr.v1.TeacherService over gRPC (ExtractNote, VerifyNote, RemoveEvidence, RunBatch, "
@@ -232,7 +232,7 @@ void RegisterTeacherCommands(CLI::App& app) {
       "Example: rwr teacher serve --listen 0.0.0.0:7700 --auth-token-file token.txt");
   SetAction(serve, [serve_flags] { return Serve(*serve_flags); });
 
-  auto* info_flags = new InfoFlags();
+  auto* info_flags = NewFlags<InfoFlags>();
   CLI::App* info = group->add_subcommand(
       "info", "Ask a running rwr teacher for its id, revision and call counters");
   AddCommonOptions(info, &info_flags->common);

@@ -152,7 +152,7 @@ void RegisterTokenizerCommands(CLI::App& app) {
       "tokenizer", "Byte-level BPE tokenizer (Hugging Face tokenizer.json, same ids as HF)");
   group->require_subcommand(1);
 
-  auto* info = new TokenizerFlags();  // lives as long as the app (the process)
+  auto* info = NewFlags<TokenizerFlags>();
   CLI::App* info_cmd = group->add_subcommand(
       "info", "Load a tokenizer.json (a clear error if rwr does not support it) and describe it: "
               "vocab size, eos and padding ids, normalizer, pre-tokenizer");
@@ -160,7 +160,7 @@ void RegisterTokenizerCommands(CLI::App& app) {
   info_cmd->add_flag("--json", info->json, "Print JSON");
   SetAction(info_cmd, [info] { return RunInfo(*info); });
 
-  auto* encode = new TokenizerFlags();
+  auto* encode = NewFlags<TokenizerFlags>();
   CLI::App* encode_cmd = group->add_subcommand(
       "encode", "Token ids of a text (one line, space-separated; statistics on stderr)");
   AddTokenizerOption(encode_cmd, encode);
@@ -173,7 +173,7 @@ void RegisterTokenizerCommands(CLI::App& app) {
   encode_cmd->add_flag("--json", encode->json, "Print JSON {ids, bytes, words[, tokens]}");
   SetAction(encode_cmd, [encode] { return RunEncode(*encode); });
 
-  auto* decode = new TokenizerFlags();
+  auto* decode = NewFlags<TokenizerFlags>();
   CLI::App* decode_cmd =
       group->add_subcommand("decode", "Text of token ids (as HF's decode; ids with no token skipped)");
   AddTokenizerOption(decode_cmd, decode);

@@ -11,7 +11,7 @@
 namespace rwr::cli {
 
 void RegisterTrainCommands(CLI::App& app) {
-  auto* options = new CommonOptions();  // lives as long as the app (the process)
+  auto* options = NewFlags<CommonOptions>();
   CLI::App* train = app.add_subcommand("train", "Train a Mamba model on token shards");
   train->footer(
       "Needs data.dir (from `rwr data build`), train.out_dir and a model: section (inline HF keys\n"

@@ -55,7 +55,10 @@ void ScriptedTeacher::TimerLoop() {
     }
     // At shutdown, pending answers go out at once rather than being lost.
     if (!stopping_ && pending_.top().when > Clock::now()) {
-      wake_.wait_until(lock, pending_.top().when);
+      // A copy: wait_until reads its deadline again after waking, and a Schedule meanwhile may
+      // have moved the queue's storage.
+      const Clock::time_point when = pending_.top().when;
+      wake_.wait_until(lock, when);
       continue;
     }
     std::function<void()> run = std::move(const_cast<Timed&>(pending_.top()).run);
