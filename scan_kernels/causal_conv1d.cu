@@ -1,8 +1,7 @@
 // CUDA causal depthwise conv1d (sm_90), width 2–4, forward and backward, fp32 or bf16 tensors.
 //
 // One thread per (batch, channel, tile of 64 tokens); consecutive threads take consecutive
-// channels, so every token row is read coalesced; it loads kConvAhead tokens' inputs before using
-// them, so that many loads are in flight. A thread keeps the last W inputs in registers,
+// channels, so every token row is read coalesced. A thread keeps the last W inputs in registers,
 // masked at document starts (a reset at t hides every earlier input from t onwards). The backward
 // recomputes the pre-activations up to W−1 tokens past its tile (their gradients reach the tile's
 // inputs) and writes per-tile dweight/dbias partials that a second kernel sums in a fixed order:
@@ -20,9 +19,6 @@ namespace {
 
 constexpr int kConvTile = 64;
 constexpr int kConvThreads = 128;
-// Tokens a thread loads before it uses them: with one load at a time in flight per thread the
-// kernels ran at 1.0–1.4 TB/s of their minimum bytes (memory latency, not bandwidth).
-constexpr int kConvAhead = 8;
 
 using cuda_elements::FromFloat;
 using cuda_elements::ToFloat;
@@ -30,8 +26,7 @@ using cuda_elements::ToFloat;
 __device__ __forceinline__ float ConvSigmoid(float v) { return __fdividef(1.f, 1.f + __expf(-v)); }
 
 template <typename E>
-__device__ __forceinline__ float LoadX(const CausalConv1dParams& p, int64_t b, int64_t u,
-                                       int64_t d) {
+__device__ __forceinline__ float LoadX(const CausalConv1dParams& p, int64_t b, int64_t u, int64_t d) {
   return ToFloat<E>(static_cast<const E*>(p.x)[b * p.x_strides.batch + u * p.x_strides.token + d]);
 }
 
@@ -77,33 +72,19 @@ __global__ void __launch_bounds__(kConvThreads) ConvForwardKernel(CausalConv1dPa
   float win[W];
   bool vis[W];
   LoadWindow<E, W>(p, b, d, t0, win, vis);
-  for (int64_t tb = t0; tb < t_end; tb += kConvAhead) {
-    float xs[kConvAhead];
-    bool reset[kConvAhead];
+  for (int64_t t = t0; t < t_end; ++t) {
+    if (ResetAt(p, b, t)) {
 #pragma unroll
-    for (int i = 0; i < kConvAhead; ++i) {
-      const int64_t t = tb + i;
-      xs[i] = t < t_end ? LoadX<E>(p, b, t, d) : 0.f;
-      reset[i] = t < t_end && ResetAt(p, b, t);
+      for (int k = 0; k < W - 1; ++k) win[k] = 0.f;
     }
+    win[W - 1] = LoadX<E>(p, b, t, d);
+    float acc = bias;
 #pragma unroll
-    for (int i = 0; i < kConvAhead; ++i) {
-      const int64_t t = tb + i;
-      if (t >= t_end) break;
-      if (reset[i]) {
+    for (int k = 0; k < W; ++k) acc += wt[k] * win[k];
+    if (p.silu) acc *= ConvSigmoid(acc);
+    static_cast<E*>(p.out)[b * p.out_strides.batch + t * p.out_strides.token + d] = FromFloat<E>(acc);
 #pragma unroll
-        for (int k = 0; k < W - 1; ++k) win[k] = 0.f;
-      }
-      win[W - 1] = xs[i];
-      float acc = bias;
-#pragma unroll
-      for (int k = 0; k < W; ++k) acc += wt[k] * win[k];
-      if (p.silu) acc *= ConvSigmoid(acc);
-      static_cast<E*>(p.out)[b * p.out_strides.batch + t * p.out_strides.token + d] =
-          FromFloat<E>(acc);
-#pragma unroll
-      for (int k = 0; k < W - 1; ++k) win[k] = win[k + 1];
-    }
+    for (int k = 0; k < W - 1; ++k) win[k] = win[k + 1];
   }
   if (t_end == p.seqlen && p.final_state != nullptr) {
 #pragma unroll
@@ -144,63 +125,47 @@ __global__ void __launch_bounds__(kConvThreads)
     }
   };
 
-  for (int64_t tb = t0; tb < t_stop; tb += kConvAhead) {
-    float xs[kConvAhead], dys[kConvAhead];
-    bool reset[kConvAhead];
-#pragma unroll
-    for (int i = 0; i < kConvAhead; ++i) {
-      const int64_t t = tb + i;
-      const bool in = t < t_stop;
-      xs[i] = in ? LoadX<E>(p, b, t, d) : 0.f;
-      dys[i] = in ? ToFloat<E>(static_cast<const E*>(
-                        g.dout)[b * g.dout_strides.batch + t * g.dout_strides.token + d])
-                  : 0.f;
-      reset[i] = in && ResetAt(p, b, t);
-    }
-#pragma unroll
-    for (int i = 0; i < kConvAhead; ++i) {
-      const int64_t t = tb + i;
-      if (t >= t_stop) break;
-      if (reset[i]) {
-#pragma unroll
-        for (int k = 0; k < W - 1; ++k) {
-          win[k] = 0.f;
-          vis[k] = false;
-        }
-      }
-      win[W - 1] = xs[i];
-      vis[W - 1] = true;
-      acc[W - 1] = 0.f;
-      float pre = bias;
-#pragma unroll
-      for (int k = 0; k < W; ++k) pre += wt[k] * win[k];
-      float dpre = dys[i];
-      if (p.silu) {
-        const float sg = ConvSigmoid(pre);
-        dpre *= sg * (1.f + pre * (1.f - sg));
-      }
-#pragma unroll
-      for (int k = 0; k < W; ++k) {
-        if (vis[k]) acc[k] += dpre * wt[k];
-      }
-      if (t < own_end) {
-#pragma unroll
-        for (int k = 0; k < W; ++k) dw[k] += dpre * win[k];  // invisible slots hold 0
-        dbias += dpre;
-      }
-      if (t == T - 1 && g.dfinal_state != nullptr) {
-#pragma unroll
-        for (int k = 0; k < W - 1; ++k) {
-          if (vis[k + 1]) acc[k + 1] += g.dfinal_state[(b * p.dim + d) * (W - 1) + k];
-        }
-      }
-      finish(t - (W - 1), acc[0]);
+  for (int64_t t = t0; t < t_stop; ++t) {
+    if (ResetAt(p, b, t)) {
 #pragma unroll
       for (int k = 0; k < W - 1; ++k) {
-        win[k] = win[k + 1];
-        vis[k] = vis[k + 1];
-        acc[k] = acc[k + 1];
+        win[k] = 0.f;
+        vis[k] = false;
       }
+    }
+    win[W - 1] = LoadX<E>(p, b, t, d);
+    vis[W - 1] = true;
+    acc[W - 1] = 0.f;
+    float pre = bias;
+#pragma unroll
+    for (int k = 0; k < W; ++k) pre += wt[k] * win[k];
+    float dpre = ToFloat<E>(static_cast<const E*>(g.dout)[b * g.dout_strides.batch +
+                                                         t * g.dout_strides.token + d]);
+    if (p.silu) {
+      const float sg = ConvSigmoid(pre);
+      dpre *= sg * (1.f + pre * (1.f - sg));
+    }
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      if (vis[k]) acc[k] += dpre * wt[k];
+    }
+    if (t < own_end) {
+#pragma unroll
+      for (int k = 0; k < W; ++k) dw[k] += dpre * win[k];  // invisible slots hold 0
+      dbias += dpre;
+    }
+    if (t == T - 1 && g.dfinal_state != nullptr) {
+#pragma unroll
+      for (int k = 0; k < W - 1; ++k) {
+        if (vis[k + 1]) acc[k + 1] += g.dfinal_state[(b * p.dim + d) * (W - 1) + k];
+      }
+    }
+    finish(t - (W - 1), acc[0]);
+#pragma unroll
+    for (int k = 0; k < W - 1; ++k) {
+      win[k] = win[k + 1];
+      vis[k] = vis[k + 1];
+      acc[k] = acc[k + 1];
     }
   }
   // Inputs that no later token reaches (the sample ended or they are past this tile).
@@ -250,8 +215,8 @@ absl::Status LaunchConvBackward(const CausalConv1dParams& p, const CausalConv1dG
   float* part = static_cast<float*>(p.workspace);
   ConvBackwardKernel<E, W><<<grid, kConvThreads, 0, stream>>>(p, g, part);
   RWR_CUDA_LAUNCH();
-  ConvReduceKernel<W>
-      <<<static_cast<unsigned>((p.dim + 127) / 128), 128, 0, stream>>>(p, g, part, Tiles(p));
+  ConvReduceKernel<W><<<static_cast<unsigned>((p.dim + 127) / 128), 128, 0, stream>>>(p, g, part,
+                                                                                    Tiles(p));
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
 }
@@ -259,12 +224,9 @@ absl::Status LaunchConvBackward(const CausalConv1dParams& p, const CausalConv1dG
 template <typename E>
 absl::Status DispatchForward(const CausalConv1dParams& p, cudaStream_t stream) {
   switch (p.width) {
-    case 2:
-      return LaunchConvForward<E, 2>(p, stream);
-    case 3:
-      return LaunchConvForward<E, 3>(p, stream);
-    default:
-      return LaunchConvForward<E, 4>(p, stream);
+    case 2: return LaunchConvForward<E, 2>(p, stream);
+    case 3: return LaunchConvForward<E, 3>(p, stream);
+    default: return LaunchConvForward<E, 4>(p, stream);
   }
 }
 
@@ -272,12 +234,9 @@ template <typename E>
 absl::Status DispatchBackward(const CausalConv1dParams& p, const CausalConv1dGrads& g,
                               cudaStream_t stream) {
   switch (p.width) {
-    case 2:
-      return LaunchConvBackward<E, 2>(p, g, stream);
-    case 3:
-      return LaunchConvBackward<E, 3>(p, g, stream);
-    default:
-      return LaunchConvBackward<E, 4>(p, g, stream);
+    case 2: return LaunchConvBackward<E, 2>(p, g, stream);
+    case 3: return LaunchConvBackward<E, 3>(p, g, stream);
+    default: return LaunchConvBackward<E, 4>(p, g, stream);
   }
 }
 
