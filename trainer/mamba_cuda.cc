@@ -155,7 +155,6 @@ struct CallBuffers {
 struct MambaCuda::Impl {
   MambaConfig c;
   Act act = Act::kF32;  // activations and GEMM operands
-  int64_t es = 4;       // bytes per activation
   MemoryTally tally;
   DeviceArena arena{&tally};  // weights, gradients, optimizer state
   cublasHandle_t cublas = nullptr;
@@ -183,6 +182,7 @@ struct MambaCuda::Impl {
   int64_t StateFloats(int64_t B) const {
     return ConvStateFloats(B) + Pad4(B * c.d_inner * c.d_state);
   }
+  int64_t es() const { return cuda::ActBytes(act); }  // bytes per activation
   scan::DType ScanType() const { return act == Act::kF32 ? scan::DType::kF32 : scan::DType::kBF16; }
   cudaDataType_t CudaType() const { return act == Act::kF32 ? CUDA_R_32F : CUDA_R_16BF; }
   // A cuBLAS call's status; on failure the runtime's last error is cleared too (cuBLAS may have
@@ -325,7 +325,7 @@ class CudaRunner {
                                   d.Di, M, d.Di, d.R));
     scan::SelectiveScanParams sp = Scan(l, d, o, state_in + conv_floats, nullptr, a);
 
-    const int64_t es = m_.es;
+    const int64_t es = m_.es();
     scan::SelectiveScanGrads sg;
     sg.out = k().y.ptr;
     sg.out_strides = {d.Tc * d.Di, d.Di};
@@ -581,7 +581,7 @@ class CudaRunner {
  private:
   template <typename B>
   absl::Status AllocAct(B* b, int64_t elements) {
-    return k().arena.Alloc(b, elements * m_.es);
+    return k().arena.Alloc(b, elements * m_.es());
   }
 
   // Rows of logits computed at once: at most 4096 and 256 MiB of fp32 logits.
@@ -640,7 +640,7 @@ class CudaRunner {
 
   scan::SelectiveScanParams Scan(int64_t l, const ChunkDims& d, const LayerOffsets& o,
                                  const float* in, float* out_state, const LayerActs& a) const {
-    const int64_t es = m_.es;
+    const int64_t es = m_.es();
     scan::SelectiveScanParams p = ScanProbe(d);
     p.x = k().uc.ptr;
     p.x_strides = {d.Tc * d.Di, d.Di};
@@ -696,7 +696,6 @@ absl::StatusOr<std::unique_ptr<MambaCuda>> MambaCuda::Create(const MambaConfig& 
   Impl& m = *model->impl_;
   m.c = config;
   m.act = precision == GemmPrecision::kFp32 ? Act::kF32 : Act::kBF16;
-  m.es = cuda::ActBytes(m.act);
   RWR_CUDA(cudaStreamCreate(&m.stream));
   RWR_CUBLAS(cublasCreate(&m.cublas));
   RWR_CUBLAS(cublasSetStream(m.cublas, m.stream));
