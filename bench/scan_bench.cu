@@ -7,7 +7,7 @@
 // --bt pairs them one to one instead (--bt 4x2048,1x8192: the trainer's shapes).
 //
 //   scan_bench [--t 2048,8192,32768,131072] [--batch 1,4] [--bt 4x2048,1x8192] [--di 5120]
-//              [--reps 20] [--chunks 0,4,8] [--variants 1,4] [--json out.json]
+//              [--reps 20] [--chunks 0,4,8] [--variants 1,4] [--ops scan,conv] [--json out.json]
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -160,6 +160,7 @@ int main(int argc, char** argv) {
   std::vector<int64_t> Ts = {2048, 8192, 32768, 131072};
   std::vector<int64_t> chunk_list = {0};
   std::vector<int64_t> variants = {1};
+  bool run_scan = true, run_conv = true;
   std::vector<int64_t> batches = {1};
   std::vector<std::pair<int64_t, int64_t>> shapes;  // (batch, T); from --bt or the two lists
   int64_t Di = 5120;
@@ -182,6 +183,11 @@ int main(int argc, char** argv) {
     else if (a == "--chunks") chunk_list = ParseList(next());
     else if (a == "--json") json = next();
     else if (a == "--variants") variants = ParseList(next());
+    else if (a == "--ops") {
+      const std::string ops = next();
+      run_scan = ops.find("scan") != std::string::npos;
+      run_conv = ops.find("conv") != std::string::npos;
+    }
     else {
       std::printf(
           "scan_bench: selective scan + causal conv1d timings at Mamba-2.8B layer shapes\n"
@@ -192,6 +198,7 @@ int main(int argc, char** argv) {
           "  --reps N       timed runs, median reported (default 20)\n"
           "  --chunks LIST  scan chunk counts K to try, 0 = automatic (default 0)\n"
           "  --variants LIST  kernel variants (scan_tuning.h), default 1\n"
+          "  --ops LIST     which ops to time: scan, conv or both (default scan,conv)\n"
           "  --json FILE    also write the rows as JSON\n");
       return a == "--help" ? 0 : 2;
     }
@@ -288,7 +295,7 @@ int main(int argc, char** argv) {
     // Minimum bytes: each input read once, each output written once.
     const double fwd_bytes = tokens * (4 * Di * 2 + 2 * S * 2);
     const double bwd_bytes = tokens * (7 * Di * 2 + 4 * S * 2);
-    for (int64_t variant : variants)
+    for (int64_t variant : run_scan ? variants : std::vector<int64_t>{})
     for (int64_t k : chunk_list) {
       rwr::scan::SetScanVariant(static_cast<int>(variant));
       rwr::scan::SetScanChunksOverride(static_cast<int>(k));
@@ -316,7 +323,7 @@ int main(int argc, char** argv) {
     rwr::scan::SetScanChunksOverride(0);
     rwr::scan::SetScanVariant(1);
 
-    {  // causal conv1d, width 4, bias + SiLU
+    if (run_conv) {  // causal conv1d, width 4, bias + SiLU
       rwr::scan::CausalConv1dParams cp;
       cp.batch = batch; cp.seqlen = T; cp.dim = Di; cp.width = W; cp.dtype = DType::kBF16;
       cp.x = x; cp.x_strides = tok;
