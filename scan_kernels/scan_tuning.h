@@ -13,17 +13,22 @@ namespace rwr::scan {
 void SetScanChunksOverride(int chunks);
 
 // Kernel variants for measurements (docs/scan_kernels_notes.md has each one's numbers):
-//   1  default: x, Δ, z, dout tiles copied into shared memory asynchronously (cp.async) where
-//      their rows are 16-byte aligned; forward exps all on the special-function unit; backward
-//      in 8-token segments, exps recomputed in the reverse pass, 2 blocks per multiprocessor
-//   2  as 1 with each lane loading its own elements (the v7 kernels)
+//   1  default (v14): the one-pass forward (selective_scan_single_pass.cu, 4 states per lane)
+//      where the rows are 16-byte aligned and the channels fill the GPU (B 4 at Di 5120), else
+//      the chunked forward; x, Δ, z, dout tiles copied into shared memory asynchronously
+//      (cp.async) where their rows are aligned; forward exps all on the special-function unit;
+//      backward in 8-token segments, exps recomputed in the reverse pass, 2 blocks per
+//      multiprocessor, B and C kept as fp32 in shared memory (bf16 tensors)
+//   2  the v7 kernels: chunked forward, each lane loading its own elements
 //   4  as 2, the backward keeping the recompute's exps in registers for the reverse (spills)
 //   5  as 4, registers capped for 1 block per multiprocessor
 //   6  as 2, backward in one 16-token segment (no re-walk), exps kept, 1 block
 //   7  as 2, one state of four (25% of the forward's exps) on the FMA pipe (polynomial 2^x)
 //   9, 10, 11  as 2 with forward blocks of 8, 2, 1 warps (default: from the grid size)
-//   14 as 1 with forward blocks of 8 warps
-inline constexpr int kScanVariants[] = {1, 2, 4, 5, 6, 7, 9, 10, 11, 14};
+//   12 the v12 default: as 1 with the chunked forward everywhere and bf16 B/C backward tiles
+//   14 as 12 with forward blocks of 8 warps
+//   15, 16 as 1 with the one-pass forward at 2 / 4 states per lane wherever the rows are aligned
+inline constexpr int kScanVariants[] = {1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16};
 void SetScanVariant(int variant);
 
 // The K the CUDA scan would use for these sizes (after the override), forward or backward.

@@ -26,22 +26,22 @@
 #include "common/call_status_cuda.h"
 #include "common/cuda_elements.cuh"
 #include "fmt/format.h"
+#include "scan_kernels/scan_device.cuh"
 #include "scan_kernels/scan_tuning.h"
 #include "scan_kernels/selective_scan.h"
+#include "scan_kernels/selective_scan_single_pass.h"
 
 namespace rwr::scan {
 namespace {
 
-constexpr int kS = 16;            // states per channel (S)
+using namespace device;  // NOLINT: kS, kTile, the exp and cp.async helpers
+
 constexpr int kQ = 4;             // lanes per channel
 constexpr int kSPL = kS / kQ;     // states per lane
 constexpr int kChPerWarp = 32 / kQ;
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kChPerBlock = kWarps * kChPerWarp;  // 64
-constexpr int kTile = 16;                          // tokens per tile (checkpoint spacing)
-constexpr unsigned kFull = 0xffffffffu;
-constexpr float kLog2e = 1.4426950408889634f;
 
 std::atomic<int> g_chunks_override{0};
 std::atomic<int> g_variant{1};
@@ -59,7 +59,6 @@ __device__ __forceinline__ void St(void* base, int64_t i, float v) {
   static_cast<E*>(base)[i] = FromFloat<E>(v);
 }
 
-__device__ __forceinline__ float Exp2(float v) { return exp2f(v); }  // ex2.approx under fast math
 
 // 2^v on the FMA pipe, for a share of the exps so that the special-function unit (16 ex2 per
 // multiprocessor per clock) and the FMA pipe (128 per clock) share the load. v = n + f with n the
@@ -89,10 +88,6 @@ __device__ __forceinline__ float Exp2Poly(float v) {
 template <int kPoly>
 __device__ __forceinline__ float ExpOf(float v, int s) {
   return kPoly == 1 && s == kSPL - 1 ? Exp2Poly(v) : Exp2(v);
-}
-__device__ __forceinline__ float Sigmoid(float v) { return __fdividef(1.f, 1.f + __expf(-v)); }
-__device__ __forceinline__ float Softplus(float v) {
-  return v > 20.f ? v : __logf(1.f + __expf(v));
 }
 
 // Four lanes of one channel each hold v[0..3] (one value per token of a group of 4); afterwards
@@ -282,16 +277,6 @@ static_assert(sizeof(BCTile<__nv_bfloat16>) <= sizeof(BCTile<float>), "bf16 tile
 // no registers are held and no warp waits on global memory until the commit (ncu on v8: 38% of
 // the forward's stall cycles were global loads waited on). Needs every row 16-byte aligned
 // (RowsAligned on the host); otherwise each lane loads its own elements (TokStream).
-__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  const int bytes = valid ? 16 : 0;  // 0: the 16 bytes are zero-filled, nothing is read
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
-               "r"(bytes));
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void CpAsyncWaitAll() {
-  asm volatile("cp.async.wait_all;\n" ::: "memory");
-}
 
 // Shared-memory image of kN streams of one tile: [stream][token][kW·8 channels], rows padded by
 // 32 bytes so that a warp's commit reads (tokens q, 4+q, .. of 8 channels) are conflict-free.
@@ -716,8 +701,9 @@ constexpr int kBackwardSmem =
 // keeps the recompute's exp(Δ·A) in registers for the reverse instead of computing them again.
 // kAsync: Δ, x, dout, z through RawTile, issued before the tile's arithmetic like B, C, the
 // resets and the checkpoint then (without it those are loaded just before the commit: issued
-// earlier they held registers that spilled under the cap, v7).
-template <typename E, int kMinBlocks, int kSeg, bool kStoreExp, bool kAsync>
+// earlier they held registers that spilled under the cap, v7). kBcF32: B and C kept as fp32 in
+// shared memory (converted once at the commit, not unpacked by every lane at every read).
+template <typename E, int kMinBlocks, int kSeg, bool kStoreExp, bool kAsync, bool kBcF32 = false>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     ScanBackwardKernel(SelectiveScanParams p, SelectiveScanGrads g, Work w) {
   constexpr bool kPrefetch = kAsync;
@@ -725,7 +711,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   // Dynamic shared memory (over the 48 KB static limit), kBackwardSmem (+ Raw::kBytes) bytes:
   extern __shared__ float4 smem[];
   auto sdx = reinterpret_cast<float4(*)[kWarps][kTile / 4][kChPerWarp][kSdxPad]>(smem);  // [2]: {Δ, x, dy, dΔ/dΔraw}
-  auto sbc = reinterpret_cast<BCTile<E>*>(smem + kSdxFloats / 4);  // [2], fp32-sized slots
+  using BC = BCTile<std::conditional_t<kBcF32, float, E>>;
+  auto sbc = reinterpret_cast<BC*>(smem + kSdxFloats / 4);  // [2], fp32-sized slots
   auto sred = reinterpret_cast<float(*)[kTile][2 * kS]>(  // [kWarps]: per-warp dB | dC sums
       smem + kSdxFloats / 4 + 2 * kTile * 2 * kS / 4);
   const Raw raw{reinterpret_cast<char*>(smem) + kBackwardSmem};
@@ -1130,18 +1117,24 @@ struct Variant {
   bool bwd_store_exp = false;  // ScanBackwardKernel kStoreExp
   int bwd_min_blocks = 2;      // ScanBackwardKernel register cap: blocks per multiprocessor
   bool async = true;           // RawTile loads where the rows are aligned
+  int single_pass = 0;         // one-pass forward: 0 where it applies and fills the GPU (4
+                               // states per lane), 2 / 4 wherever it applies, −1 never
+  bool bwd_bc_f32 = true;      // ScanBackwardKernel kBcF32 (asynchronous bf16 backward)
 };
 Variant VariantOf(int v) {
   switch (v) {
-    case 2: return {0, 0, 8, false, 2, false};
-    case 4: return {0, 0, 8, true, 2, false};
-    case 5: return {0, 0, 8, true, 1, false};
-    case 6: return {0, 0, 16, true, 1, false};
-    case 7: return {1, 0, 8, false, 2, false};
-    case 9: return {0, 8, 8, false, 2, false};
-    case 10: return {0, 2, 8, false, 2, false};
-    case 11: return {0, 1, 8, false, 2, false};
-    case 14: return {0, 8, 8, false, 2, true};
+    case 2: return {0, 0, 8, false, 2, false, -1};
+    case 4: return {0, 0, 8, true, 2, false, -1};
+    case 5: return {0, 0, 8, true, 1, false, -1};
+    case 6: return {0, 0, 16, true, 1, false, -1};
+    case 7: return {1, 0, 8, false, 2, false, -1};
+    case 9: return {0, 8, 8, false, 2, false, -1};
+    case 10: return {0, 2, 8, false, 2, false, -1};
+    case 11: return {0, 1, 8, false, 2, false, -1};
+    case 12: return {0, 0, 8, false, 2, true, -1, false};
+    case 14: return {0, 8, 8, false, 2, true, -1, false};
+    case 15: return {0, 0, 8, false, 2, true, 2};
+    case 16: return {0, 0, 8, false, 2, true, 4};
     default: return {};  // 1
   }
 }
@@ -1153,13 +1146,6 @@ int ForwardWarps(int64_t batch, int64_t dim, int K) {
   return blocks8 >= 2 * NumSms() ? 8 : blocks8 >= NumSms() ? 2 : 1;
 }
 
-// Every row of a (B, T, Di) tensor 16-byte aligned (RawTile's copies); true for a null tensor.
-bool RowsAligned(const void* ptr, const TokenStrides& s, int64_t dim, size_t elem) {
-  const auto a16 = [](int64_t v) { return v % 16 == 0; };
-  return ptr == nullptr ||
-         (reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && a16(s.batch * int64_t(elem)) &&
-          a16(s.token * int64_t(elem)) && a16(dim * int64_t(elem)));
-}
 
 template <typename E, int kW, bool kAsync>
 constexpr int ForwardSmemBytes() {
@@ -1204,6 +1190,11 @@ absl::Status LaunchForward(const SelectiveScanParams& p, cudaStream_t stream) {
   LayoutWork(p, Pass::kForward, p.workspace != nullptr, static_cast<char*>(p.workspace),
              static_cast<char*>(p.scratch), &w);
   const Variant v = VariantOf(g_variant.load());
+  const bool single = v.single_pass >= 0 && single_pass::SinglePassApplies(p) &&
+                      (v.single_pass > 0 || single_pass::SinglePassFills(p, NumSms()));
+  if (single) {
+    return single_pass::LaunchSinglePass(p, w.ckpt, v.single_pass > 0 ? v.single_pass : 4, stream);
+  }
   const int warps = v.fwd_warps > 0 ? v.fwd_warps : ForwardWarps(p.batch, p.dim, w.K);
   const size_t elem = sizeof(E);
   const bool async = v.async && RowsAligned(p.x, p.x_strides, p.dim, elem) &&
@@ -1217,11 +1208,12 @@ absl::Status LaunchForward(const SelectiveScanParams& p, cudaStream_t stream) {
   return LaunchForwardPass<E, true>(warps, async, v.fwd_poly, w.K, p, w, stream);
 }
 
-template <typename E, int kMinBlocks, int kSeg, bool kStoreExp, bool kAsync = false>
+template <typename E, int kMinBlocks, int kSeg, bool kStoreExp, bool kAsync = false,
+          bool kBcF32 = false>
 absl::Status LaunchBackwardKernel(dim3 grid, const SelectiveScanParams& p,
                                   const SelectiveScanGrads& g, const Work& w,
                                   cudaStream_t stream) {
-  auto* kernel = ScanBackwardKernel<E, kMinBlocks, kSeg, kStoreExp, kAsync>;
+  auto* kernel = ScanBackwardKernel<E, kMinBlocks, kSeg, kStoreExp, kAsync, kBcF32>;
   constexpr int kSmem = kBackwardSmem + (kAsync ? RawTile<E, kWarps, 4>::kBytes : 0);
   RWR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   kernel<<<grid, kThreads, kSmem, stream>>>(p, g, w);
@@ -1267,6 +1259,8 @@ absl::Status LaunchBackward(const SelectiveScanParams& p, const SelectiveScanGra
                          !v.bwd_store_exp;
   const absl::Status st =
       v.bwd_seg == 16          ? LaunchBackwardKernel<E, 1, 16, true>(grid, p, g, w, stream)
+      : bwd_async && v.bwd_bc_f32
+          ? LaunchBackwardKernel<E, 2, 8, false, true, true>(grid, p, g, w, stream)
       : bwd_async              ? LaunchBackwardKernel<E, 2, 8, false, true>(grid, p, g, w, stream)
       : !v.bwd_store_exp       ? LaunchBackwardKernel<E, 2, 8, false>(grid, p, g, w, stream)
       : v.bwd_min_blocks == 1  ? LaunchBackwardKernel<E, 1, 8, true>(grid, p, g, w, stream)

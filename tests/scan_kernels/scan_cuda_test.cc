@@ -111,17 +111,22 @@ struct ScanCase {
   DType dtype = DType::kBF16;
   int chunks = 0;  // 0 = automatic
   uint32_t seed = 1;
+  // B and C sit at columns R and R + S of an x_proj row of R + 2S: R = 8 keeps their rows
+  // 16-byte aligned (the one-pass forward's cp.async copies), R = 5 does not (its fallback).
+  int64_t rank = 8;
   std::string Name() const {
-    return fmt::format("B{}_T{}_Di{}{}{}{}{}{}_{}_K{}", B, T, Di, gate ? "_z" : "", skip ? "_D" : "",
-                       bias_softplus ? "_bias" : "", resets ? "_resets" : "",
-                       state ? "_state" : "", dtype == DType::kBF16 ? "bf16" : "f32", chunks);
+    return fmt::format("B{}_T{}_Di{}{}{}{}{}{}_{}_K{}_R{}", B, T, Di, gate ? "_z" : "",
+                       skip ? "_D" : "", bias_softplus ? "_bias" : "", resets ? "_resets" : "",
+                       state ? "_state" : "", dtype == DType::kBF16 ? "bf16" : "f32", chunks,
+                       rank);
   }
 };
 
 // Host copies of one problem; B and C are strided slices of an x_proj-like row (R + 2S).
 struct HostScan {
-  static constexpr int64_t S = 16, R = 5;
+  static constexpr int64_t S = 16;
   ScanCase c;
+  int64_t R = c.rank;
   std::vector<float> x, delta, A, xproj, D, z, bias, init, dout, dfinal;
   std::vector<uint8_t> resets;
   explicit HostScan(const ScanCase& cs) : c(cs) {
@@ -186,7 +191,7 @@ struct ScanResults {
 
 ScanResults RunCpu(const HostScan& h) {
   const ScanCase& c = h.c;
-  const int64_t n = c.B * c.T * c.Di, S = HostScan::S, row = HostScan::R + 2 * S;
+  const int64_t n = c.B * c.T * c.Di, S = HostScan::S, row = h.R + 2 * S;
   ScanResults r;
   r.out.assign(n, NAN);
   r.final_state.assign(c.B * c.Di * S, NAN);
@@ -206,8 +211,8 @@ ScanResults RunCpu(const HostScan& h) {
   g.dx = r.dx.data(); g.dx_strides = tok;
   g.ddelta = r.ddelta.data(); g.ddelta_strides = tok;
   g.dA = r.dA.data();
-  g.dB = r.dxproj.data() + HostScan::R; g.dB_strides = rows;
-  g.dC = r.dxproj.data() + HostScan::R + S; g.dC_strides = rows;
+  g.dB = r.dxproj.data() + h.R; g.dB_strides = rows;
+  g.dC = r.dxproj.data() + h.R + S; g.dC_strides = rows;
   g.dD = r.dD.data(); g.dz = r.dz.data(); g.dz_strides = tok;
   g.ddelta_bias = r.dbias.data();
   g.dinitial_state = r.dinit.data();
@@ -219,7 +224,7 @@ ScanResults RunCpu(const HostScan& h) {
 // checkpoints and a scratch buffer, overwritten between the two calls, holds the rest.
 void RunGpu(const HostScan& h, ScanResults* r, bool separate_scratch = false) {
   const ScanCase& c = h.c;
-  const int64_t n = c.B * c.T * c.Di, S = HostScan::S, row = HostScan::R + 2 * S;
+  const int64_t n = c.B * c.T * c.Di, S = HostScan::S, row = h.R + 2 * S;
   const size_t elem = c.dtype == DType::kF32 ? 4 : 2;
   SetScanChunksOverride(c.chunks);
   DeviceTensor x, delta, A, xproj, D, z, bias, init, fin, out, dout, dfinal, dx, ddelta, dA,
@@ -258,8 +263,8 @@ void RunGpu(const HostScan& h, ScanResults* r, bool separate_scratch = false) {
   g.dx = dx.get(); g.dx_strides = tok;
   g.ddelta = ddelta.get(); g.ddelta_strides = tok;
   g.dA = dA.get<float>();
-  g.dB = static_cast<char*>(dxproj.get()) + HostScan::R * elem; g.dB_strides = rows;
-  g.dC = static_cast<char*>(dxproj.get()) + (HostScan::R + S) * elem; g.dC_strides = rows;
+  g.dB = static_cast<char*>(dxproj.get()) + h.R * elem; g.dB_strides = rows;
+  g.dC = static_cast<char*>(dxproj.get()) + (h.R + S) * elem; g.dC_strides = rows;
   g.dD = dD.get<float>(); g.dz = dz.get(); g.dz_strides = tok;
   g.ddelta_bias = dbias.get<float>();
   g.dinitial_state = dinit.get<float>();
@@ -279,7 +284,7 @@ void RunGpu(const HostScan& h, ScanResults* r, bool separate_scratch = false) {
   r->dxproj = dxproj.Download();
   // The R leading columns of the x_proj gradient are not the scan's: zero them as on the CPU.
   for (int64_t i = 0; i < c.B * c.T; ++i) {
-    for (int64_t k = 0; k < HostScan::R; ++k) r->dxproj[i * row + k] = 0.f;
+    for (int64_t k = 0; k < h.R; ++k) r->dxproj[i * row + k] = 0.f;
   }
   r->raw.clear();
   for (const DeviceTensor* t :
@@ -322,9 +327,10 @@ TEST_P(ScanCudaVsCpu, MatchesReference) {
 
 std::vector<ScanCase> Cases() {
   std::vector<ScanCase> v;
-  auto add = [&](int64_t B, int64_t T, int64_t Di, DType dt, int chunks, bool all_flags) {
+  auto add = [&](int64_t B, int64_t T, int64_t Di, DType dt, int chunks, bool all_flags,
+                 int64_t rank = 8) {
     ScanCase c;
-    c.B = B; c.T = T; c.Di = Di; c.dtype = dt; c.chunks = chunks;
+    c.B = B; c.T = T; c.Di = Di; c.dtype = dt; c.chunks = chunks; c.rank = rank;
     c.seed = static_cast<uint32_t>(v.size() + 17);
     if (!all_flags) c.gate = c.skip = c.bias_softplus = c.resets = c.state = false;
     v.push_back(c);
@@ -337,6 +343,8 @@ std::vector<ScanCase> Cases() {
     add(1, 999, 64, dt, 7, true);    // forced 7 chunks, ragged last chunk
     add(2, 300, 64, dt, 1, true);    // one chunk
     add(2, 300, 70, dt, 0, true);    // rows not 16-byte aligned: per-lane loads, not cp.async
+    add(2, 300, 64, dt, 0, true, 5);  // B, C rows not aligned: the chunked forward
+    add(4, 100, 3200, dt, 0, true);   // channels fill an H100: the one-pass forward
   }
   add(1, 131072, 64, DType::kBF16, 0, true);  // T = 128k
   add(1, 131072, 32, DType::kF32, 0, true);
@@ -420,7 +428,7 @@ TEST(ScanCuda, ChunkedCallsWithCarriedStateEqualOnePass) {
   ScanResults full;
   RunGpu(h, &full);
   const std::vector<int64_t> cuts = {0, 1000, 1001, 3000};
-  const int64_t S = HostScan::S, row = HostScan::R + 2 * S;
+  const int64_t S = HostScan::S, row = h.R + 2 * S;
   // Forward chunk by chunk (host slices re-uploaded per chunk).
   std::vector<float> state = h.init, out(full.out.size(), NAN);
   std::vector<std::vector<float>> states = {state};

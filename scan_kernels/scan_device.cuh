@@ -1,0 +1,53 @@
+// Device helpers shared by the selective-scan kernels (selective_scan.cu, the chunked kernels and
+// the backward; selective_scan_single_pass.cu, the one-pass forward). Internal to scan_kernels/.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "scan_kernels/selective_scan.h"
+
+namespace rwr::scan::device {
+
+constexpr int kS = 16;     // states per channel (S); the CUDA kernels take S = 16 only
+constexpr int kTile = 16;  // tokens per tile: the checkpoint spacing every kernel shares
+constexpr unsigned kFull = 0xffffffffu;
+constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ float Exp2(float v) { return exp2f(v); }  // ex2.approx under fast math
+__device__ __forceinline__ float Sigmoid(float v) { return __fdividef(1.f, 1.f + __expf(-v)); }
+__device__ __forceinline__ float Softplus(float v) {
+  return v > 20.f ? v : __logf(1.f + __expf(v));
+}
+
+// cp.async of 16 bytes into shared memory: src_bytes of them read from gmem (16-byte aligned),
+// the rest zero-filled (0: nothing is read, gmem only has to be a valid address).
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, int src_bytes) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
+  CpAsync16(smem, gmem, valid ? 16 : 0);
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void CpAsyncWaitAll() {
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+// Waits until at most kPending of this thread's most recent groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWaitGroup() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// Every row of a (B, T, dim) tensor 16-byte aligned (what 16-byte cp.async copies need); true for
+// a null tensor.
+inline bool RowsAligned(const void* ptr, const TokenStrides& s, int64_t dim, size_t elem) {
+  const auto a16 = [](int64_t v) { return v % 16 == 0; };
+  return ptr == nullptr ||
+         (reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && a16(s.batch * int64_t(elem)) &&
+          a16(s.token * int64_t(elem)) && a16(dim * int64_t(elem)));
+}
+
+}  // namespace rwr::scan::device

@@ -1,0 +1,332 @@
+// One-pass CUDA forward of the selective scan (sm_90), S = 16, fp32 or bf16 tensors.
+//
+// Why a second forward: the chunked forward (selective_scan.cu) splits T into K chunks when the
+// channels alone cannot fill the GPU (B 1), and pays a second pass of exps for it (a chunk-local
+// pass, then the real one) — about 40% of its time at B 1. Here T is walked once, and the GPU is
+// filled by giving each lane fewer states instead: 2 states per lane (8 lanes per channel) at B 1
+// make 1280 warps for Di 5120, 4 states per lane at larger batches.
+//
+// Per 16-token tile a block
+//   1. has its raw rows (Δ, x, z of its channels, B and C) copied into shared memory by
+//      cp.async, kStages − 1 tiles ahead of use (nothing waits on global memory; the reset flags,
+//      a byte per token, come a tile ahead by plain loads);
+//   2. prepares them once per (token, channel) and per (token, lane group) — Δ = softplus(Δraw +
+//      bias), Δ·x, D·x, the SiLU gate, B and C as fp32 in each lane group's order — so the
+//      per-state loop reads two or three 16-byte words per token and does only the recurrence:
+//      one exp, one multiply, two fused multiply-adds per (channel, state, token);
+//   3. walks the tile, each lane carrying its states; the sum over a channel's states (y) is a
+//      reduce-scatter over the channel's lanes every kQ tokens, after which lane q writes token q.
+// The state before each tile goes to the checkpoints the backward reads (same layout as the
+// chunked forward). No atomics, one fixed order of every sum: bitwise reproducible.
+#include "scan_kernels/selective_scan_single_pass.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "common/call_status_cuda.h"
+#include "common/cuda_elements.cuh"
+#include "scan_kernels/scan_device.cuh"
+
+namespace rwr::scan::single_pass {
+namespace {
+
+using namespace device;  // NOLINT: kS, kTile, the exp and cp.async helpers
+using cuda_elements::FromFloat;
+using cuda_elements::ToFloat;
+
+constexpr int kStages = 3;  // raw tiles in flight: this one and two ahead
+
+// The block's shape and shared-memory layout for element type E, kSPL states per lane, kW warps.
+template <typename E, int kSPL, int kW>
+struct Layout {
+  static constexpr int kQ = kS / kSPL;   // lanes per channel
+  static constexpr int kCPW = 32 / kQ;   // channels per warp
+  static constexpr int kCh = kW * kCPW;  // channels per block
+  static constexpr int kThr = kW * 32;
+  static constexpr int kVec = 16 / int(sizeof(E));  // elements per 16-byte copy
+  // One raw stage: Δ, x, z as [token][kCh] rows, B and C as [token][S].
+  static constexpr int kRowBytes = kCh * int(sizeof(E));
+  static constexpr int kStreamBytes = kTile * kRowBytes;
+  static constexpr int kBCStreamBytes = kTile * kS * int(sizeof(E));
+  static constexpr int kStageBytes = 3 * kStreamBytes + 2 * kBCStreamBytes;
+  static constexpr int kRawBytes = kStages * kStageBytes;
+  // Copies per stage: Δ, x, z rows, then B and C rows.
+  static constexpr int kRowCopies = kTile * (kCh / kVec);
+  static constexpr int kBCCopies = kTile * (kS / kVec);
+  static constexpr int kCopies = 3 * kRowCopies + 2 * kBCCopies;
+  // Prepared tile: {Δ, Δ·x, D·x, gate} per (token, channel); per (token, lane group q) the
+  // lane's B values then its C values, fp32.
+  static constexpr int kPrepBytes = kTile * kCh * 16;
+  static constexpr int kBCBytes = kTile * kQ * 2 * kSPL * 4;
+  static constexpr int kSmemBytes = kRawBytes + kPrepBytes + kBCBytes;
+  static_assert(kRowBytes % 16 == 0, "a channel row of the block is whole 16-byte copies");
+  static_assert(kStageBytes % 16 == 0, "stages stay 16-byte aligned");
+};
+
+// Lanes q = 0..N−1 of one channel (adjacent lanes) each hold v[0..N−1], one value per token of a
+// group of N; afterwards lane q's v[0] is the sum over the N lanes of v[q]. Fixed order.
+template <int N>
+__device__ __forceinline__ float ReduceScatter(float (&v)[N], int q) {
+#pragma unroll
+  for (int m = N / 2; m >= 1; m /= 2) {
+    const bool upper = q & m;
+#pragma unroll
+    for (int i = 0; i < m; ++i) {
+      const float keep = upper ? v[i + m] : v[i];
+      const float send = upper ? v[i] : v[i + m];
+      v[i] = keep + __shfl_xor_sync(kFull, send, m);
+    }
+  }
+  return v[0];
+}
+
+// Issues the copies of tile j (tokens t0..t0+15) into one raw stage and commits them as a group.
+template <typename E, int kSPL, int kW>
+__device__ __forceinline__ void IssueTile(const SelectiveScanParams& p, char* stage, int64_t b,
+                                          int64_t t0, int64_t d0) {
+  using L = Layout<E, kSPL, kW>;
+  const int64_t T = p.seqlen;
+  for (int c = threadIdx.x; c < L::kCopies; c += L::kThr) {
+    if (c < 3 * L::kRowCopies) {  // Δ, x, z: kCh channels of one token per row
+      const int s = c / L::kRowCopies, r = c % L::kRowCopies;
+      const int tok = r / (L::kCh / L::kVec), part = r % (L::kCh / L::kVec);
+      const void* base = s == 0 ? p.delta : s == 1 ? p.x : p.z;
+      const TokenStrides& st = s == 0 ? p.delta_strides : s == 1 ? p.x_strides : p.z_strides;
+      const int64_t d = d0 + part * L::kVec;
+      const bool valid = base != nullptr && t0 + tok < T && d < p.dim;
+      const E* src = static_cast<const E*>(valid ? base : p.x);
+      if (valid) src += b * st.batch + (t0 + tok) * st.token + d;
+      CpAsync16(stage + s * L::kStreamBytes + tok * L::kRowBytes + part * 16, src, valid);
+    } else {  // B, C: the S values of one token
+      const int r0 = c - 3 * L::kRowCopies;
+      const int s = r0 / L::kBCCopies, r = r0 % L::kBCCopies;
+      const int tok = r / (kS / L::kVec), part = r % (kS / L::kVec);
+      const TokenStrides& st = s == 0 ? p.B_strides : p.C_strides;
+      const bool valid = t0 + tok < T;
+      const E* src = static_cast<const E*>(s == 0 ? p.B : p.C);
+      if (valid) src += b * st.batch + (t0 + tok) * st.token + part * L::kVec;
+      CpAsync16(stage + 3 * L::kStreamBytes + s * L::kBCStreamBytes +
+                    tok * (kS * int(sizeof(E))) + part * 16,
+                src, valid);
+    }
+  }
+  CpAsyncCommit();
+}
+
+// Lane l < 16: whether a document starts at token t0 + l.
+__device__ __forceinline__ bool ResetFlag(const SelectiveScanParams& p, int64_t b, int64_t t0) {
+  const int lane = threadIdx.x & 31;
+  return p.resets != nullptr && lane < kTile && t0 + lane < p.seqlen &&
+         p.resets[b * p.resets_batch_stride + t0 + lane] != 0;
+}
+
+template <typename E, int kSPL, int kW>
+__device__ __forceinline__ float RawAt(const char* stage, int stream, int tok, int col) {
+  using L = Layout<E, kSPL, kW>;
+  return ToFloat<E>(*reinterpret_cast<const E*>(stage + stream * L::kStreamBytes +
+                                                tok * L::kRowBytes + col * int(sizeof(E))));
+}
+
+// Register cap: 2 states per lane run ~5 two-warp blocks per multiprocessor at B 1, 4 states per
+// lane ~5 four-warp blocks at B 4; neither needs more than the cap leaves.
+template <int kSPL>
+constexpr int MinBlocks() {
+  return kSPL == 2 ? 8 : 6;
+}
+
+template <typename E, int kSPL, int kW>
+__global__ void __launch_bounds__(kW * 32, MinBlocks<kSPL>())
+    SinglePassForwardKernel(SelectiveScanParams p, float* ckpt) {
+  using L = Layout<E, kSPL, kW>;
+  constexpr int kQ = L::kQ;
+  extern __shared__ __align__(16) char smem[];
+  char* raw = smem;
+  auto prep = reinterpret_cast<float4(*)[L::kCh]>(smem + L::kRawBytes);  // [kTile][kCh]
+  auto sbc = reinterpret_cast<float(*)[kQ][2 * kSPL]>(smem + L::kRawBytes + L::kPrepBytes);
+
+  const int tid = threadIdx.x, lane = tid & 31;
+  const int q = lane % kQ;
+  const int col = (tid >> 5) * L::kCPW + lane / kQ;  // this lane's channel within the block
+  const int64_t b = blockIdx.z, d0 = int64_t(blockIdx.x) * L::kCh, d = d0 + col;
+  const bool active = d < p.dim;
+  const int64_t dd = active ? d : p.dim - 1;
+  const int64_t T = p.seqlen;
+  const int n_tiles = static_cast<int>((T + kTile - 1) / kTile);
+
+  // The preparing thread's channel is fixed: the block's threads are a multiple of its channels.
+  const int pc = tid % L::kCh;
+  const bool p_active = d0 + pc < p.dim;
+  const float bias = p.delta_bias != nullptr && p_active ? p.delta_bias[d0 + pc] : 0.f;
+  const float Dw = p.D != nullptr && p_active ? p.D[d0 + pc] : 0.f;
+  const bool gated = p.z != nullptr;
+
+  float A2[kSPL];  // A·log2(e): exp(Δ·A) = 2^(Δ·A2)
+  float h[kSPL];
+#pragma unroll
+  for (int s = 0; s < kSPL; ++s) {
+    A2[s] = p.A[dd * kS + q * kSPL + s] * kLog2e;
+    h[s] = p.initial_state != nullptr ? p.initial_state[(b * p.dim + dd) * kS + q * kSPL + s]
+                                      : 0.f;
+  }
+  E* out_col = static_cast<E*>(p.out) + b * p.out_strides.batch + dd;
+  bool flag = ResetFlag(p, b, 0);  // lane l < 16: a document starts at token t0 + l
+
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < n_tiles) {
+      IssueTile<E, kSPL, kW>(p, raw + st * L::kStageBytes, b, int64_t(st) * kTile, d0);
+    } else {
+      CpAsyncCommit();  // an empty group keeps the group count per tile fixed
+    }
+  }
+  for (int j = 0; j < n_tiles; ++j) {
+    const int64_t t0 = int64_t(j) * kTile;
+    // The stage tile j + kStages − 1 goes to held tile j − 1, whose preparation every thread
+    // finished before the last barrier.
+    const int jn = j + kStages - 1;
+    if (jn < n_tiles) {
+      IssueTile<E, kSPL, kW>(p, raw + (jn % kStages) * L::kStageBytes, b, int64_t(jn) * kTile,
+                             d0);
+    } else {
+      CpAsyncCommit();
+    }
+    CpAsyncWaitGroup<kStages - 1>();  // tile j's group (groups complete in order)
+    __syncthreads();                  // everyone's copies visible; the last tile's walk done
+    const char* stage = raw + (j % kStages) * L::kStageBytes;
+
+    // Prepare the per-(token, channel) scalars: 16 / kQ tokens per thread.
+#pragma unroll
+    for (int k = 0; k < kTile * L::kCh / L::kThr; ++k) {
+      const int tok = (tid + k * L::kThr) / L::kCh;
+      const float x = RawAt<E, kSPL, kW>(stage, 1, tok, pc);
+      float delta = 0.f;
+      if (t0 + tok < T && p_active) {
+        delta = RawAt<E, kSPL, kW>(stage, 0, tok, pc) + bias;
+        if (p.delta_softplus) delta = Softplus(delta);
+      }
+      float gate = 1.f;
+      if (gated) {
+        const float z = RawAt<E, kSPL, kW>(stage, 2, tok, pc);
+        gate = z * Sigmoid(z);
+      }
+      prep[tok][pc] = make_float4(delta, delta * x, Dw * x, gate);
+    }
+    // B and C in lane-group order, fp32 (converted once here, not per lane in the walk).
+    for (int i = tid; i < kTile * kQ; i += L::kThr) {
+      const int tok = i / kQ, g = i % kQ;
+      const E* Bt = reinterpret_cast<const E*>(stage + 3 * L::kStreamBytes) + tok * kS;
+      const E* Ct = reinterpret_cast<const E*>(stage + 3 * L::kStreamBytes + L::kBCStreamBytes) +
+                    tok * kS;
+#pragma unroll
+      for (int s = 0; s < kSPL; ++s) {
+        sbc[tok][g][s] = ToFloat<E>(Bt[g * kSPL + s]);
+        sbc[tok][g][kSPL + s] = ToFloat<E>(Ct[g * kSPL + s]);
+      }
+    }
+    const unsigned resets = __ballot_sync(kFull, flag) & 0xffffu;
+    flag = ResetFlag(p, b, t0 + kTile);  // the next tile's, read during this one
+    __syncthreads();
+
+    if (ckpt != nullptr && active) {
+      float* dst = ckpt + ((b * n_tiles + j) * p.dim + d) * kS + q * kSPL;
+#pragma unroll
+      for (int s = 0; s < kSPL; s += 2) {
+        *reinterpret_cast<float2*>(dst + s) = make_float2(h[s], h[s + 1]);
+      }
+    }
+    // The walk; kReset = false is the common tile without a document start (no selects).
+    auto walk = [&](auto reset_tag) {
+      constexpr bool kReset = decltype(reset_tag)::value;
+#pragma unroll
+      for (int g = 0; g < kTile / kQ; ++g) {
+        float yp[kQ];
+#pragma unroll
+        for (int k = 0; k < kQ; ++k) {
+          const int tok = g * kQ + k;
+          const float4 sc = prep[tok][col];  // {Δ, Δ·x, D·x, gate}
+          float bc[2 * kSPL];
+#pragma unroll
+          for (int v = 0; v < 2 * kSPL; v += 4) {
+            const float4 w = *reinterpret_cast<const float4*>(&sbc[tok][q][v]);
+            bc[v] = w.x; bc[v + 1] = w.y; bc[v + 2] = w.z; bc[v + 3] = w.w;
+          }
+          const bool reset = kReset && ((resets >> tok) & 1u);
+          float y = 0.f;
+#pragma unroll
+          for (int s = 0; s < kSPL; ++s) {
+            const float a = Exp2(sc.x * A2[s]);
+            h[s] = (reset ? 0.f : h[s]) * a + sc.y * bc[s];
+            y += bc[kSPL + s] * h[s];
+          }
+          yp[k] = y;
+        }
+        const float y = ReduceScatter<kQ>(yp, q);
+        const int tok = g * kQ + q;
+        if (t0 + tok < T && active) {
+          const float4 sc = prep[tok][col];
+          out_col[(t0 + tok) * p.out_strides.token] = FromFloat<E>((y + sc.z) * sc.w);
+        }
+      }
+    };
+    if (resets == 0) {
+      walk(std::false_type{});
+    } else {
+      walk(std::true_type{});
+    }
+  }
+  CpAsyncWaitAll();  // no copy outlives the block
+  if (active && p.final_state != nullptr) {
+#pragma unroll
+    for (int s = 0; s < kSPL; ++s) p.final_state[(b * p.dim + d) * kS + q * kSPL + s] = h[s];
+  }
+}
+
+template <typename E, int kSPL, int kW>
+absl::Status Launch(const SelectiveScanParams& p, float* ckpt, cudaStream_t stream) {
+  using L = Layout<E, kSPL, kW>;
+  auto* kernel = SinglePassForwardKernel<E, kSPL, kW>;
+  RWR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                L::kSmemBytes));
+  const dim3 grid(static_cast<unsigned>((p.dim + L::kCh - 1) / L::kCh), 1,
+                  static_cast<unsigned>(p.batch));
+  kernel<<<grid, L::kThr, L::kSmemBytes, stream>>>(p, ckpt);
+  RWR_CUDA_LAUNCH();
+  return absl::OkStatus();
+}
+
+// Warps per block: 2 with 2 states per lane (B 1 at Di 5120: 640 blocks, ~5 per multiprocessor,
+// so the last wave is nearly full), 4 with 4 states per lane.
+template <typename E>
+absl::Status LaunchFor(const SelectiveScanParams& p, float* ckpt, int spl, cudaStream_t stream) {
+  return spl == 2 ? Launch<E, 2, 2>(p, ckpt, stream) : Launch<E, 4, 4>(p, ckpt, stream);
+}
+
+}  // namespace
+
+bool SinglePassApplies(const SelectiveScanParams& p) {
+  const size_t elem = p.dtype == DType::kBF16 ? 2 : 4;
+  return p.dstate == kS && RowsAligned(p.x, p.x_strides, p.dim, elem) &&
+         RowsAligned(p.delta, p.delta_strides, p.dim, elem) &&
+         RowsAligned(p.z, p.z_strides, p.dim, elem) &&
+         RowsAligned(p.B, p.B_strides, kS, elem) && RowsAligned(p.C, p.C_strides, kS, elem);
+}
+
+bool SinglePassFills(const SelectiveScanParams& p, int sms) {
+  // Warps at 4 states per lane: 8 channels each. Measured (docs/scan_kernels_notes.md, v13): with
+  // 19 per multiprocessor (B 4, Di 5120) the one pass beats the chunked forward by 16%; at B 1
+  // (5 per multiprocessor, or 10 at 2 states per lane) latency shows and it loses by 20–60%.
+  const int64_t warps4 = p.batch * ((p.dim + 7) / 8);
+  return warps4 >= 12 * int64_t(sms);
+}
+
+absl::Status LaunchSinglePass(const SelectiveScanParams& p, float* ckpt, int states_per_lane,
+                              CUstream_st* stream) {
+  if (states_per_lane != 2 && states_per_lane != 4) {
+    return absl::InvalidArgumentError("selective scan single pass: 2 or 4 states per lane");
+  }
+  return p.dtype == DType::kBF16
+             ? LaunchFor<__nv_bfloat16>(p, ckpt, states_per_lane, stream)
+             : LaunchFor<float>(p, ckpt, states_per_lane, stream);
+}
+
+}  // namespace rwr::scan::single_pass
