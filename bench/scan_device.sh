@@ -47,10 +47,14 @@ if [[ $what == test || $what == all ]]; then
   grep -E "tests passed|Failed|\(Failed\)|Skipped\)" "$out/ctest.log" | head -40
 fi
 if [[ $what == profile ]]; then
-  # Nsight Compute on one forward + backward at T = 8192 (skips the forward-only warm-up runs).
-  ncu --clock-control none --set full -k regex:Scan --launch-skip 8 --launch-count 4 \
-    "$root/build/gpu-scanonly/scan_bench" --t 8192 --reps 1 "$@" >"$out/ncu.txt" 2>&1 || rc=1
-  grep -E "Scan|Reduce|Duration|Issue Slots Busy|Executed Ipc A|Achieved Occupancy|Registers Per|Compute \(SM\) Throughput|Memory Throughput|Stall|Block Limit Reg|One or More|No Eligible" "$out/ncu.txt" | head -150
+  # Nsight Compute, by default on one forward + backward at T = 8192 (skipping the forward-only
+  # warm-up runs). NCU_KERNELS (a regex), NCU_SKIP, NCU_COUNT and NCU_NAME (the report's file
+  # name in $OUT) pick other launches, e.g. NCU_KERNELS=SinglePass NCU_SKIP=3 NCU_COUNT=1.
+  ncu_txt="$out/${NCU_NAME:-ncu}.txt"
+  ncu --clock-control none --set full -k "regex:${NCU_KERNELS:-Scan}" \
+    --launch-skip "${NCU_SKIP:-8}" --launch-count "${NCU_COUNT:-4}" \
+    "$root/build/gpu-scanonly/scan_bench" --t 8192 --reps 1 "$@" >"$ncu_txt" 2>&1 || rc=1
+  grep -E "Scan|SinglePass|Reduce|Duration|Issue Slots Busy|Executed Ipc A|Achieved Occupancy|Registers Per|Compute \(SM\) Throughput|Memory Throughput|Stall|Block Limit Reg|One or More|No Eligible|Warp Cycles Per Issued|Executed Instructions  " "$ncu_txt" | head -150
 fi
 if [[ $what == bench || $what == all ]]; then
   "$root/build/gpu-scanonly/scan_bench" --json "$out/scan_bench.json" "$@" 2>&1 | tee "$out/scan_bench.txt" || rc=1
