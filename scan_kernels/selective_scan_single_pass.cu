@@ -80,38 +80,66 @@ __device__ __forceinline__ float ReduceScatter(float (&v)[N], int q) {
   return v[0];
 }
 
-// Issues the copies of tile j (tokens t0..t0+15) into one raw stage and commits them as a group.
+// This thread's share of every tile's copies, worked out once: the copies a thread issues are the
+// same for every tile, only 16 tokens further on (recomputing the 64-bit addresses per tile cost
+// ~7 instructions per token and lane, ncu on the first version).
 template <typename E, int kSPL, int kW>
-__device__ __forceinline__ void IssueTile(const SelectiveScanParams& p, char* stage, int64_t b,
-                                          int64_t t0, int64_t d0) {
+struct TileCopies {
   using L = Layout<E, kSPL, kW>;
-  const int64_t T = p.seqlen;
-  for (int c = threadIdx.x; c < L::kCopies; c += L::kThr) {
-    if (c < 3 * L::kRowCopies) {  // Δ, x, z: kCh channels of one token per row
-      const int s = c / L::kRowCopies, r = c % L::kRowCopies;
-      const int tok = r / (L::kCh / L::kVec), part = r % (L::kCh / L::kVec);
-      const void* base = s == 0 ? p.delta : s == 1 ? p.x : p.z;
-      const TokenStrides& st = s == 0 ? p.delta_strides : s == 1 ? p.x_strides : p.z_strides;
-      const int64_t d = d0 + part * L::kVec;
-      const bool valid = base != nullptr && t0 + tok < T && d < p.dim;
-      const E* src = static_cast<const E*>(valid ? base : p.x);
-      if (valid) src += b * st.batch + (t0 + tok) * st.token + d;
-      CpAsync16(stage + s * L::kStreamBytes + tok * L::kRowBytes + part * 16, src, valid);
-    } else {  // B, C: the S values of one token
-      const int r0 = c - 3 * L::kRowCopies;
-      const int s = r0 / L::kBCCopies, r = r0 % L::kBCCopies;
-      const int tok = r / (kS / L::kVec), part = r % (kS / L::kVec);
-      const TokenStrides& st = s == 0 ? p.B_strides : p.C_strides;
-      const bool valid = t0 + tok < T;
-      const E* src = static_cast<const E*>(s == 0 ? p.B : p.C);
-      if (valid) src += b * st.batch + (t0 + tok) * st.token + part * L::kVec;
-      CpAsync16(stage + 3 * L::kStreamBytes + s * L::kBCStreamBytes +
-                    tok * (kS * int(sizeof(E))) + part * 16,
-                src, valid);
+  static constexpr int kPer = (L::kCopies + L::kThr - 1) / L::kThr;
+  const char* src[kPer];  // the copy's source in the next tile to issue
+  int64_t step[kPer];     // bytes from one tile's source to the next (16 token strides)
+  int dst[kPer];          // byte offset in a stage; −1: this thread has no such copy
+  int tok[kPer];          // token within the tile
+  bool live[kPer];        // the stream is present and the channels are inside Di
+
+  __device__ __forceinline__ void Init(const SelectiveScanParams& p, int64_t b, int64_t d0) {
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      const int c = threadIdx.x + k * L::kThr;
+      const void* base;
+      TokenStrides st;
+      int64_t col;  // element offset within the token row
+      if (c < 3 * L::kRowCopies) {  // Δ, x, z: kCh channels of one token per row
+        const int sidx = c / L::kRowCopies, r = c % L::kRowCopies;
+        tok[k] = r / (L::kCh / L::kVec);
+        const int part = r % (L::kCh / L::kVec);
+        base = sidx == 0 ? p.delta : sidx == 1 ? p.x : p.z;
+        st = sidx == 0 ? p.delta_strides : sidx == 1 ? p.x_strides : p.z_strides;
+        col = d0 + part * L::kVec;
+        live[k] = base != nullptr && col < p.dim;
+        dst[k] = sidx * L::kStreamBytes + tok[k] * L::kRowBytes + part * 16;
+      } else {  // B, C: the S values of one token
+        const int r0 = c - 3 * L::kRowCopies;
+        const int sidx = r0 / L::kBCCopies, r = r0 % L::kBCCopies;
+        tok[k] = r / (kS / L::kVec);
+        const int part = r % (kS / L::kVec);
+        base = sidx == 0 ? p.B : p.C;
+        st = sidx == 0 ? p.B_strides : p.C_strides;
+        col = part * L::kVec;
+        live[k] = true;
+        dst[k] = 3 * L::kStreamBytes + sidx * L::kBCStreamBytes + tok[k] * (kS * int(sizeof(E))) +
+                 part * 16;
+      }
+      if (c >= L::kCopies) dst[k] = -1;
+      src[k] = live[k] ? reinterpret_cast<const char*>(static_cast<const E*>(base) + b * st.batch +
+                                                       tok[k] * st.token + col)
+                       : static_cast<const char*>(p.x);
+      step[k] = live[k] ? kTile * st.token * int64_t(sizeof(E)) : 0;
     }
   }
-  CpAsyncCommit();
-}
+  // Issues the copies of the tile at t0 (the next one in order) and commits them as a group.
+  __device__ __forceinline__ void Issue(char* stage, int64_t t0, int64_t T) {
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      if (dst[k] >= 0) {
+        CpAsync16(stage + dst[k], src[k], live[k] && t0 + tok[k] < T);
+        src[k] += step[k];
+      }
+    }
+    CpAsyncCommit();
+  }
+};
 
 // Lane l < 16: whether a document starts at token t0 + l.
 __device__ __forceinline__ bool ResetFlag(const SelectiveScanParams& p, int64_t b, int64_t t0) {
@@ -127,15 +155,12 @@ __device__ __forceinline__ float RawAt(const char* stage, int stream, int tok, i
                                                 tok * L::kRowBytes + col * int(sizeof(E))));
 }
 
-// Register cap: 2 states per lane run ~5 two-warp blocks per multiprocessor at B 1, 4 states per
-// lane ~5 four-warp blocks at B 4; neither needs more than the cap leaves.
-template <int kSPL>
-constexpr int MinBlocks() {
-  return kSPL == 2 ? 8 : 6;
-}
+// Register cap: both shapes run ~5 blocks per multiprocessor where they are used (B 4 at 4
+// states per lane, B 1 at 2; Di 5120), so the cap leaves room for 5.
+constexpr int kMinBlocks = 5;
 
 template <typename E, int kSPL, int kW>
-__global__ void __launch_bounds__(kW * 32, MinBlocks<kSPL>())
+__global__ void __launch_bounds__(kW * 32, kMinBlocks)
     SinglePassForwardKernel(SelectiveScanParams p, float* ckpt) {
   using L = Layout<E, kSPL, kW>;
   constexpr int kQ = L::kQ;
@@ -171,10 +196,12 @@ __global__ void __launch_bounds__(kW * 32, MinBlocks<kSPL>())
   E* out_col = static_cast<E*>(p.out) + b * p.out_strides.batch + dd;
   bool flag = ResetFlag(p, b, 0);  // lane l < 16: a document starts at token t0 + l
 
+  TileCopies<E, kSPL, kW> copies;
+  copies.Init(p, b, d0);
 #pragma unroll
   for (int st = 0; st < kStages - 1; ++st) {
     if (st < n_tiles) {
-      IssueTile<E, kSPL, kW>(p, raw + st * L::kStageBytes, b, int64_t(st) * kTile, d0);
+      copies.Issue(raw + st * L::kStageBytes, int64_t(st) * kTile, T);
     } else {
       CpAsyncCommit();  // an empty group keeps the group count per tile fixed
     }
@@ -185,8 +212,7 @@ __global__ void __launch_bounds__(kW * 32, MinBlocks<kSPL>())
     // finished before the last barrier.
     const int jn = j + kStages - 1;
     if (jn < n_tiles) {
-      IssueTile<E, kSPL, kW>(p, raw + (jn % kStages) * L::kStageBytes, b, int64_t(jn) * kTile,
-                             d0);
+      copies.Issue(raw + (jn % kStages) * L::kStageBytes, int64_t(jn) * kTile, T);
     } else {
       CpAsyncCommit();
     }
@@ -237,19 +263,31 @@ __global__ void __launch_bounds__(kW * 32, MinBlocks<kSPL>())
     // The walk; kReset = false is the common tile without a document start (no selects).
     auto walk = [&](auto reset_tag) {
       constexpr bool kReset = decltype(reset_tag)::value;
+      // Shared-memory reads run one token ahead of their use (MIO waits were 30% of the stalls
+      // of the first version, ncu).
+      float4 n_sc, n_bc[kSPL / 2];
+      auto read = [&](int tok) {
+        n_sc = prep[tok][col];  // {Δ, Δ·x, D·x, gate}
+#pragma unroll
+        for (int v = 0; v < kSPL / 2; ++v) {
+          n_bc[v] = *reinterpret_cast<const float4*>(&sbc[tok][q][4 * v]);
+        }
+      };
+      read(0);
 #pragma unroll
       for (int g = 0; g < kTile / kQ; ++g) {
         float yp[kQ];
 #pragma unroll
         for (int k = 0; k < kQ; ++k) {
           const int tok = g * kQ + k;
-          const float4 sc = prep[tok][col];  // {Δ, Δ·x, D·x, gate}
+          const float4 sc = n_sc;
           float bc[2 * kSPL];
 #pragma unroll
-          for (int v = 0; v < 2 * kSPL; v += 4) {
-            const float4 w = *reinterpret_cast<const float4*>(&sbc[tok][q][v]);
-            bc[v] = w.x; bc[v + 1] = w.y; bc[v + 2] = w.z; bc[v + 3] = w.w;
+          for (int v = 0; v < kSPL / 2; ++v) {
+            bc[4 * v] = n_bc[v].x; bc[4 * v + 1] = n_bc[v].y;
+            bc[4 * v + 2] = n_bc[v].z; bc[4 * v + 3] = n_bc[v].w;
           }
+          if (tok + 1 < kTile) read(tok + 1);
           const bool reset = kReset && ((resets >> tok) & 1u);
           float y = 0.f;
 #pragma unroll
