@@ -1,10 +1,13 @@
 // One-pass CUDA forward of the selective scan (sm_90), S = 16, fp32 or bf16 tensors.
 //
-// Why a second forward: the chunked forward (selective_scan.cu) splits T into K chunks when the
-// channels alone cannot fill the GPU (B 1), and pays a second pass of exps for it (a chunk-local
-// pass, then the real one) — about 40% of its time at B 1. Here T is walked once, and the GPU is
-// filled by giving each lane fewer states instead: 2 states per lane (8 lanes per channel) at B 1
-// make 1280 warps for Di 5120, 4 states per lane at larger batches.
+// Why a second forward: the chunked forward (selective_scan.cu) does its per-token channel work
+// (softplus, gate, bf16 unpacking of B and C) in every lane group and, where the channels alone
+// cannot fill the GPU, pays a second pass of exps for its chunks. Here T is walked once and that
+// work is done once per tile. Measured (docs/scan_kernels_notes.md, v13): with 4 states per lane
+// it is 24% faster than the chunked forward at B 4, Di 5120 (the trainer's shape); at B 1 neither
+// 4 nor 2 states per lane (8 lanes per channel, 1280 warps) give the schedulers enough warps to
+// beat the chunked forward, so selective_scan.cu uses it only where the channels fill the GPU
+// (SinglePassFills); variant 15 keeps the 2-state layout measurable.
 //
 // Per 16-token tile a block
 //   1. has its raw rows (Δ, x, z of its channels, B and C) copied into shared memory by
