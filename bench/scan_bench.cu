@@ -299,7 +299,9 @@ int main(int argc, char** argv) {
     for (int64_t k : chunk_list) {
       rwr::scan::SetScanVariant(static_cast<int>(variant));
       rwr::scan::SetScanChunksOverride(static_cast<int>(k));
-      const int chunks = rwr::scan::ScanChunks(batch, T, Di);
+      // Forward K 0: the one-pass forward (no chunks) runs for this shape.
+      const int chunks =
+          rwr::scan::ScanForwardIsOnePass(p) ? 0 : rwr::scan::ScanChunks(batch, T, Di);
       const int chunks_bwd = rwr::scan::ScanChunks(batch, T, Di, /*backward=*/true);
       const int64_t ws_bytes = rwr::scan::WorkspaceBytes(p);
       void* ws = Alloc<char>(ws_bytes);
@@ -362,8 +364,9 @@ int main(int argc, char** argv) {
                 r.fwd_us_tok, r.fwd_gbs, r.fwd_floor_us, r.fwdbwd_us_tok, r.fwdbwd_gbs,
                 r.fwdbwd_floor_us, r.fwdbwd_us_tok - r.fwd_us_tok);
   }
-  std::printf("(Di %lld, S 16, bf16; us per token per layer; K = chunks forward/backward; GB/s = "
-              "minimum bytes / time; floor = minimum bytes at the copy bandwidth; bwd = f+b - fwd)\n",
+  std::printf("(Di %lld, S 16, bf16; us per token per layer; K = chunks forward/backward, forward "
+              "0 = the one-pass forward; GB/s = minimum bytes / time; floor = minimum bytes at the "
+              "copy bandwidth; bwd = f+b - fwd)\n",
               (long long)Di);
   if (!json.empty()) {
     FILE* f = std::fopen(json.c_str(), "w");

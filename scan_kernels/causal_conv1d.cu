@@ -377,7 +377,7 @@ int64_t Tiles(const CausalConv1dParams& p) { return (p.seqlen + kConvTile - 1) /
 
 // Whether rows of V channels can be read as one access: base, strides and Di multiples of V.
 template <typename E>
-bool RowsAligned(const void* base, const TokenStrides& s, int64_t dim, int v) {
+bool RowsVectorizable(const void* base, const TokenStrides& s, int64_t dim, int v) {
   return reinterpret_cast<uintptr_t>(base) % (sizeof(E) * v) == 0 && s.batch % v == 0 &&
          s.token % v == 0 && dim % v == 0;
 }
@@ -390,8 +390,8 @@ dim3 ConvGrid(const CausalConv1dParams& p, int v) {
 
 template <typename E, int W>
 absl::Status LaunchConvForward(const CausalConv1dParams& p, cudaStream_t stream) {
-  if (RowsAligned<E>(p.x, p.x_strides, p.dim, kConvVec) &&
-      RowsAligned<E>(p.out, p.out_strides, p.dim, kConvVec)) {
+  if (RowsVectorizable<E>(p.x, p.x_strides, p.dim, kConvVec) &&
+      RowsVectorizable<E>(p.out, p.out_strides, p.dim, kConvVec)) {
     ConvForwardKernel<E, W, kConvVec><<<ConvGrid(p, kConvVec), kConvThreads, 0, stream>>>(p);
   } else {
     ConvForwardKernel<E, W, 1><<<ConvGrid(p, 1), kConvThreads, 0, stream>>>(p);
@@ -404,11 +404,12 @@ template <typename E, int W>
 absl::Status LaunchConvBackward(const CausalConv1dParams& p, const CausalConv1dGrads& g,
                                 cudaStream_t stream) {
   float* part = static_cast<float*>(p.workspace);
-  if (RowsAligned<E>(p.x, p.x_strides, p.dim, kConvVec) &&
-      RowsAligned<E>(g.dout, g.dout_strides, p.dim, kConvVec) &&
-      RowsAligned<E>(g.dx, g.dx_strides, p.dim, kConvVec) &&
+  if (RowsVectorizable<E>(p.x, p.x_strides, p.dim, kConvVec) &&
+      RowsVectorizable<E>(g.dout, g.dout_strides, p.dim, kConvVec) &&
+      RowsVectorizable<E>(g.dx, g.dx_strides, p.dim, kConvVec) &&
       reinterpret_cast<uintptr_t>(part) % 16 == 0) {
-    ConvBackwardKernel<E, W, kConvVec><<<ConvGrid(p, kConvVec), kConvThreads, 0, stream>>>(p, g, part);
+    ConvBackwardKernel<E, W, kConvVec>
+        <<<ConvGrid(p, kConvVec), kConvThreads, 0, stream>>>(p, g, part);
   } else {
     ConvBackwardKernel<E, W, 1><<<ConvGrid(p, 1), kConvThreads, 0, stream>>>(p, g, part);
   }

@@ -21,8 +21,51 @@ __device__ __forceinline__ float Softplus(float v) {
   return v > 20.f ? v : __logf(1.f + __expf(v));
 }
 
+// Lanes q = 0..N−1 of one channel (adjacent lanes) each hold v[0..N−1], one value per token of a
+// group of N; afterwards lane q's v[0] is the sum over the N lanes of v[q]. Fixed order: bitwise
+// reproducible.
+template <int N>
+__device__ __forceinline__ float ReduceScatter(float (&v)[N], int q) {
+#pragma unroll
+  for (int m = N / 2; m >= 1; m /= 2) {
+    const bool upper = q & m;
+#pragma unroll
+    for (int i = 0; i < m; ++i) {
+      const float keep = upper ? v[i + m] : v[i];
+      const float send = upper ? v[i] : v[i + m];
+      v[i] = keep + __shfl_xor_sync(kFull, send, m);
+    }
+  }
+  return v[0];
+}
+
+// Lane l < 16 reads the reset flag of token t0 + l; ResetMask turns them into a warp-uniform mask.
+__device__ __forceinline__ bool LoadResetFlag(const SelectiveScanParams& p, int64_t b, int64_t t0) {
+  const int lane = threadIdx.x & 31;
+  if (p.resets != nullptr && lane < kTile && t0 + lane < p.seqlen) {
+    return p.resets[b * p.resets_batch_stride + t0 + lane] != 0;
+  }
+  return false;
+}
+__device__ __forceinline__ unsigned ResetMask(bool flag) {
+  return __ballot_sync(kFull, flag) & 0xffffu;
+}
+
+// Δ from Δraw (+ bias, softplus), and dΔ/dΔraw.
+__device__ __forceinline__ float DeltaOf(const SelectiveScanParams& p, float raw, float bias,
+                                         float* slope) {
+  const float v = raw + bias;
+  if (p.delta_softplus) {
+    *slope = Sigmoid(v);
+    return Softplus(v);
+  }
+  *slope = 1.f;
+  return v;
+}
+
 // cp.async of 16 bytes into shared memory: src_bytes of them read from gmem (16-byte aligned),
-// the rest zero-filled (0: nothing is read, gmem only has to be a valid address).
+// the rest zero-filled. gmem must be a valid address inside an allocation even when src_bytes
+// is 0 (nothing is read then; pass the tensor's base).
 __device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, int src_bytes) {
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),

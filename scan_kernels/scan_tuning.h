@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "scan_kernels/selective_scan.h"
+
 namespace rwr::scan {
 
 // 0 = automatic (default). Any other value forces K (clamped to [1, number of 16-token tiles])
@@ -31,7 +33,11 @@ void SetScanChunksOverride(int chunks);
 inline constexpr int kScanVariants[] = {1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16};
 void SetScanVariant(int variant);
 
-// The K the CUDA scan would use for these sizes (after the override), forward or backward.
+// The K the CUDA scan would use for these sizes (after the override), forward or backward; the
+// forward's K matters only where it does not run the one-pass kernel.
 int ScanChunks(int64_t batch, int64_t seqlen, int64_t dim, bool backward = false);
+
+// Whether the CUDA forward of these params runs the one-pass kernel under the current variant.
+bool ScanForwardIsOnePass(const SelectiveScanParams& params);
 
 }  // namespace rwr::scan

@@ -6,9 +6,11 @@
 // that owns that token within a group of 4 and shared through shared memory; the sums over the
 // states (y, dx, dΔ) are reduce-scatters over the 4 lanes with shuffles. T is split into K chunks
 // that run in parallel: a chunk-local pass (state from zero, plus the chunk's decay) is carried
-// across chunks, then the real pass starts each chunk from its carried state. The forward skips
-// the chunks (K = 1) when the channels alone fill the GPU (B 4 at Di 5120). A block's x, Δ, z,
-// dout tiles reach shared memory by cp.async, a tile ahead (RawTile), where rows are aligned.
+// across chunks, then the real pass starts each chunk from its carried state. Where the channels
+// alone fill the GPU (B 4 at Di 5120) and the rows are 16-byte aligned, the forward is the
+// one-pass kernel of selective_scan_single_pass.cu instead (UsesOnePass); device helpers both
+// files use live in scan_device.cuh. A block's x, Δ, z, dout tiles reach shared memory by
+// cp.async, a tile ahead (RawTile), where rows are aligned.
 //
 // Forward writes the state at every 16-token tile boundary (the checkpoints, in the workspace);
 // Backward walks each chunk's tiles last to first, recomputes the tile's states from its
@@ -34,7 +36,7 @@
 namespace rwr::scan {
 namespace {
 
-using namespace device;  // NOLINT: kS, kTile, the exp and cp.async helpers
+using namespace device;  // NOLINT: kS, kTile, the exp, reduce, reset and cp.async helpers
 
 constexpr int kQ = 4;             // lanes per channel
 constexpr int kSPL = kS / kQ;     // states per lane
@@ -58,7 +60,6 @@ template <typename E>
 __device__ __forceinline__ void St(void* base, int64_t i, float v) {
   static_cast<E*>(base)[i] = FromFloat<E>(v);
 }
-
 
 // 2^v on the FMA pipe, for a share of the exps so that the special-function unit (16 ex2 per
 // multiprocessor per clock) and the FMA pipe (128 per clock) share the load. v = n + f with n the
@@ -88,19 +89,6 @@ __device__ __forceinline__ float Exp2Poly(float v) {
 template <int kPoly>
 __device__ __forceinline__ float ExpOf(float v, int s) {
   return kPoly == 1 && s == kSPL - 1 ? Exp2Poly(v) : Exp2(v);
-}
-
-// Four lanes of one channel each hold v[0..3] (one value per token of a group of 4); afterwards
-// lane q holds the sum over the 4 lanes of v[q]. Fixed order: bitwise reproducible.
-__device__ __forceinline__ float ReduceScatter4(float v0, float v1, float v2, float v3, int q) {
-  const bool hi = q & 2;
-  float keep0 = hi ? v2 : v0, keep1 = hi ? v3 : v1;
-  const float send0 = hi ? v0 : v2, send1 = hi ? v1 : v3;
-  keep0 += __shfl_xor_sync(kFull, send0, 2);
-  keep1 += __shfl_xor_sync(kFull, send1, 2);
-  const bool lo = q & 1;
-  const float keep = lo ? keep1 : keep0, send = lo ? keep0 : keep1;
-  return keep + __shfl_xor_sync(kFull, send, 1);
 }
 
 // The 8 channels of a warp each hold v[0..7] for the same 4 states (lanes ch*4+q, same q);
@@ -319,30 +307,6 @@ struct RawTile {
   }
 };
 
-// Lane l < 16 reads the reset flag of token t0 + l; ResetMask turns them into a warp-uniform mask.
-__device__ __forceinline__ bool LoadResetFlag(const SelectiveScanParams& p, int64_t b, int64_t t0) {
-  const int lane = threadIdx.x & 31;
-  if (p.resets != nullptr && lane < kTile && t0 + lane < p.seqlen) {
-    return p.resets[b * p.resets_batch_stride + t0 + lane] != 0;
-  }
-  return false;
-}
-__device__ __forceinline__ unsigned ResetMask(bool flag) {
-  return __ballot_sync(kFull, flag) & 0xffffu;
-}
-
-// Δ from Δraw (+ bias, softplus), and dΔ/dΔraw.
-__device__ __forceinline__ float DeltaOf(const SelectiveScanParams& p, float raw, float bias,
-                                         float* slope) {
-  const float v = raw + bias;
-  if (p.delta_softplus) {
-    *slope = Sigmoid(v);
-    return Softplus(v);
-  }
-  *slope = 1.f;
-  return v;
-}
-
 // One lane's view of a (B, T, Di) tensor: its tokens t0 + 4i + q of a tile, for its channel.
 template <typename E>
 struct TokStream {
@@ -538,7 +502,7 @@ __global__ void __launch_bounds__(kW * 32, kW == 8 ? 4 : 8)
           yp[k] = y;
         }
         if (kFinal) {
-          const float y = ReduceScatter4(yp[0], yp[1], yp[2], yp[3], io.q);
+          const float y = ReduceScatter<4>(yp, io.q);
           if (t0 + 4 * i + io.q < T && io.active) {
             const float4 own = sdx[buf][io.warp][i][io.ch][io.q];  // {Δ, x, gate}
             out_tile[4 * i * p.out_strides.token] = FromFloat<E>((y + Dd * own.y) * own.z);
@@ -872,7 +836,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
             yp[k] = y;
           }
           if (gated || g.out != nullptr) {
-            const float y = ReduceScatter4(yp[0], yp[1], yp[2], yp[3], io.q) +
+            const float y = ReduceScatter<4>(yp, io.q) +
                             Dd * sdx[buf][io.warp][i][io.ch][io.q].y;
             const int64_t t = t0 + 4 * i + io.q;
             if (t < T && io.active) {
@@ -924,8 +888,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
             dxp[k] = dx_part;
             sred[io.warp][tok][col] = ReduceScatter8Channels(vals, io.ch);
           }
-          const float dds = ReduceScatter4(ddp[0], ddp[1], ddp[2], ddp[3], io.q);
-          const float dxs = ReduceScatter4(dxp[0], dxp[1], dxp[2], dxp[3], io.q);
+          const float dds = ReduceScatter<4>(ddp, io.q);
+          const float dxs = ReduceScatter<4>(dxp, io.q);
           const int64_t t = t0 + 4 * i + io.q;
           if (t < T && io.active) {
             const float4 own = sdx[buf][io.warp][i][io.ch][io.q];  // {Δ, x, dy, slope}
@@ -1121,22 +1085,35 @@ struct Variant {
                                // states per lane), 2 / 4 wherever it applies, −1 never
   bool bwd_bc_f32 = true;      // ScanBackwardKernel kBcF32 (asynchronous bf16 backward)
 };
-Variant VariantOf(int v) {
-  switch (v) {
-    case 2: return {0, 0, 8, false, 2, false, -1};
-    case 4: return {0, 0, 8, true, 2, false, -1};
-    case 5: return {0, 0, 8, true, 1, false, -1};
-    case 6: return {0, 0, 16, true, 1, false, -1};
-    case 7: return {1, 0, 8, false, 2, false, -1};
-    case 9: return {0, 8, 8, false, 2, false, -1};
-    case 10: return {0, 2, 8, false, 2, false, -1};
-    case 11: return {0, 1, 8, false, 2, false, -1};
-    case 12: return {0, 0, 8, false, 2, true, -1, false};
-    case 14: return {0, 8, 8, false, 2, true, -1, false};
-    case 15: return {0, 0, 8, false, 2, true, 2};
-    case 16: return {0, 0, 8, false, 2, true, 4};
-    default: return {};  // 1
+Variant VariantOf(int n) {
+  Variant v;  // 1, the default
+  // 2–14 are the measurements from before the one-pass forward and the fp32 B/C backward tiles.
+  if (n >= 2 && n <= 14) {
+    v.single_pass = -1;
+    v.bwd_bc_f32 = false;
   }
+  switch (n) {
+    case 2: v.async = false; break;
+    case 4: v.async = false; v.bwd_store_exp = true; break;
+    case 5: v.async = false; v.bwd_store_exp = true; v.bwd_min_blocks = 1; break;
+    case 6: v.async = false; v.bwd_seg = 16; v.bwd_store_exp = true; v.bwd_min_blocks = 1; break;
+    case 7: v.async = false; v.fwd_poly = 1; break;
+    case 9: v.async = false; v.fwd_warps = 8; break;
+    case 10: v.async = false; v.fwd_warps = 2; break;
+    case 11: v.async = false; v.fwd_warps = 1; break;
+    case 14: v.fwd_warps = 8; break;
+    case 15: v.single_pass = 2; break;
+    case 16: v.single_pass = 4; break;
+    default: break;  // 1, 12
+  }
+  return v;
+}
+
+// Whether the forward runs the one-pass kernel: rows aligned for its copies, and (by default)
+// enough channels to fill the GPU at 4 states per lane; variants 15 and 16 force a layout.
+bool UsesOnePass(const SelectiveScanParams& p, const Variant& v) {
+  return v.single_pass >= 0 && single_pass::SinglePassApplies(p) &&
+         (v.single_pass > 0 || single_pass::SinglePassFills(p, NumSms()));
 }
 
 // Warps per forward block: 8 when the grid has several blocks per multiprocessor, else fewer, so
@@ -1145,7 +1122,6 @@ int ForwardWarps(int64_t batch, int64_t dim, int K) {
   const int64_t blocks8 = batch * K * ((dim + kChPerBlock - 1) / kChPerBlock);
   return blocks8 >= 2 * NumSms() ? 8 : blocks8 >= NumSms() ? 2 : 1;
 }
-
 
 template <typename E, int kW, bool kAsync>
 constexpr int ForwardSmemBytes() {
@@ -1190,9 +1166,7 @@ absl::Status LaunchForward(const SelectiveScanParams& p, cudaStream_t stream) {
   LayoutWork(p, Pass::kForward, p.workspace != nullptr, static_cast<char*>(p.workspace),
              static_cast<char*>(p.scratch), &w);
   const Variant v = VariantOf(g_variant.load());
-  const bool single = v.single_pass >= 0 && single_pass::SinglePassApplies(p) &&
-                      (v.single_pass > 0 || single_pass::SinglePassFills(p, NumSms()));
-  if (single) {
+  if (UsesOnePass(p, v)) {
     return single_pass::LaunchSinglePass(p, w.ckpt, v.single_pass > 0 ? v.single_pass : 4, stream);
   }
   const int warps = v.fwd_warps > 0 ? v.fwd_warps : ForwardWarps(p.batch, p.dim, w.K);
@@ -1280,6 +1254,9 @@ void SetScanChunksOverride(int chunks) { g_chunks_override.store(chunks); }
 void SetScanVariant(int variant) { g_variant.store(variant); }
 int ScanChunks(int64_t batch, int64_t seqlen, int64_t dim, bool backward) {
   return ChunksFor(batch, seqlen, dim, backward ? Pass::kBackward : Pass::kForward);
+}
+bool ScanForwardIsOnePass(const SelectiveScanParams& params) {
+  return UsesOnePass(params, VariantOf(g_variant.load()));
 }
 
 bool HaveCuda() { return true; }

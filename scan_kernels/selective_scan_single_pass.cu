@@ -33,7 +33,7 @@
 namespace rwr::scan::single_pass {
 namespace {
 
-using namespace device;  // NOLINT: kS, kTile, the exp and cp.async helpers
+using namespace device;  // NOLINT: kS, kTile, the exp, reduce, reset and cp.async helpers
 using cuda_elements::FromFloat;
 using cuda_elements::ToFloat;
 
@@ -66,23 +66,6 @@ struct Layout {
   static_assert(kStageBytes % 16 == 0, "stages stay 16-byte aligned");
 };
 
-// Lanes q = 0..N−1 of one channel (adjacent lanes) each hold v[0..N−1], one value per token of a
-// group of N; afterwards lane q's v[0] is the sum over the N lanes of v[q]. Fixed order.
-template <int N>
-__device__ __forceinline__ float ReduceScatter(float (&v)[N], int q) {
-#pragma unroll
-  for (int m = N / 2; m >= 1; m /= 2) {
-    const bool upper = q & m;
-#pragma unroll
-    for (int i = 0; i < m; ++i) {
-      const float keep = upper ? v[i + m] : v[i];
-      const float send = upper ? v[i] : v[i + m];
-      v[i] = keep + __shfl_xor_sync(kFull, send, m);
-    }
-  }
-  return v[0];
-}
-
 // This thread's share of every tile's copies, worked out once: the copies a thread issues are the
 // same for every tile, only 16 tokens further on (recomputing the 64-bit addresses per tile cost
 // ~7 instructions per token and lane, ncu on the first version).
@@ -90,11 +73,11 @@ template <typename E, int kSPL, int kW>
 struct TileCopies {
   using L = Layout<E, kSPL, kW>;
   static constexpr int kPer = (L::kCopies + L::kThr - 1) / L::kThr;
+  static constexpr int kNever = 1 << 30;  // tok of a copy whose columns are past Di
   const char* src[kPer];  // the copy's source in the next tile to issue
   int64_t step[kPer];     // bytes from one tile's source to the next (16 token strides)
   int dst[kPer];          // byte offset in a stage; −1: this thread has no such copy
-  int tok[kPer];          // token within the tile
-  bool live[kPer];        // the stream is present and the channels are inside Di
+  int tok[kPer];          // token within the tile (kNever: always zero-filled)
 
   __device__ __forceinline__ void Init(const SelectiveScanParams& p, int64_t b, int64_t d0) {
 #pragma unroll
@@ -110,7 +93,6 @@ struct TileCopies {
         base = sidx == 0 ? p.delta : sidx == 1 ? p.x : p.z;
         st = sidx == 0 ? p.delta_strides : sidx == 1 ? p.x_strides : p.z_strides;
         col = d0 + part * L::kVec;
-        live[k] = base != nullptr && col < p.dim;
         dst[k] = sidx * L::kStreamBytes + tok[k] * L::kRowBytes + part * 16;
       } else {  // B, C: the S values of one token
         const int r0 = c - 3 * L::kRowCopies;
@@ -120,36 +102,34 @@ struct TileCopies {
         base = sidx == 0 ? p.B : p.C;
         st = sidx == 0 ? p.B_strides : p.C_strides;
         col = part * L::kVec;
-        live[k] = true;
         dst[k] = 3 * L::kStreamBytes + sidx * L::kBCStreamBytes + tok[k] * (kS * int(sizeof(E))) +
                  part * 16;
       }
-      if (c >= L::kCopies) dst[k] = -1;
-      src[k] = live[k] ? reinterpret_cast<const char*>(static_cast<const E*>(base) + b * st.batch +
-                                                       tok[k] * st.token + col)
-                       : static_cast<const char*>(p.x);
-      step[k] = live[k] ? kTile * st.token * int64_t(sizeof(E)) : 0;
+      // No z (no gate): nothing to copy, the preparation never reads it.
+      if (c >= L::kCopies || base == nullptr) dst[k] = -1;
+      const bool inside = c < 3 * L::kRowCopies ? col < p.dim : true;
+      if (!inside) tok[k] = kNever;
+      src[k] = reinterpret_cast<const char*>(static_cast<const E*>(base != nullptr ? base : p.x) +
+                                             (inside && base != nullptr
+                                                  ? b * st.batch + tok[k] * st.token + col
+                                                  : 0));
+      step[k] = inside ? kTile * st.token * int64_t(sizeof(E)) : 0;
     }
   }
   // Issues the copies of the tile at t0 (the next one in order) and commits them as a group.
-  __device__ __forceinline__ void Issue(char* stage, int64_t t0, int64_t T) {
+  // Copies past T are zero-filled, read from the row base of x (a valid address; nothing is read).
+  __device__ __forceinline__ void Issue(char* stage, int64_t t0, int64_t T, const void* x) {
 #pragma unroll
     for (int k = 0; k < kPer; ++k) {
       if (dst[k] >= 0) {
-        CpAsync16(stage + dst[k], src[k], live[k] && t0 + tok[k] < T);
+        const bool valid = t0 + tok[k] < T;
+        CpAsync16(stage + dst[k], valid ? src[k] : x, valid);
         src[k] += step[k];
       }
     }
     CpAsyncCommit();
   }
 };
-
-// Lane l < 16: whether a document starts at token t0 + l.
-__device__ __forceinline__ bool ResetFlag(const SelectiveScanParams& p, int64_t b, int64_t t0) {
-  const int lane = threadIdx.x & 31;
-  return p.resets != nullptr && lane < kTile && t0 + lane < p.seqlen &&
-         p.resets[b * p.resets_batch_stride + t0 + lane] != 0;
-}
 
 template <typename E, int kSPL, int kW>
 __device__ __forceinline__ float RawAt(const char* stage, int stream, int tok, int col) {
@@ -158,8 +138,8 @@ __device__ __forceinline__ float RawAt(const char* stage, int stream, int tok, i
                                                 tok * L::kRowBytes + col * int(sizeof(E))));
 }
 
-// Register cap: both shapes run ~5 blocks per multiprocessor where they are used (B 4 at 4
-// states per lane, B 1 at 2; Di 5120), so the cap leaves room for 5.
+// Register cap for 5 blocks per multiprocessor: B 4 at Di 5120 (the default's shape, 4 states per
+// lane) has 640 blocks, 4.85 per multiprocessor (the 2-state layout, variant 15, ~5 at B 1).
 constexpr int kMinBlocks = 5;
 
 template <typename E, int kSPL, int kW>
@@ -197,14 +177,14 @@ __global__ void __launch_bounds__(kW * 32, kMinBlocks)
                                       : 0.f;
   }
   E* out_col = static_cast<E*>(p.out) + b * p.out_strides.batch + dd;
-  bool flag = ResetFlag(p, b, 0);  // lane l < 16: a document starts at token t0 + l
+  bool flag = LoadResetFlag(p, b, 0);  // lane l < 16: a document starts at token t0 + l
 
   TileCopies<E, kSPL, kW> copies;
   copies.Init(p, b, d0);
 #pragma unroll
   for (int st = 0; st < kStages - 1; ++st) {
     if (st < n_tiles) {
-      copies.Issue(raw + st * L::kStageBytes, int64_t(st) * kTile, T);
+      copies.Issue(raw + st * L::kStageBytes, int64_t(st) * kTile, T, p.x);
     } else {
       CpAsyncCommit();  // an empty group keeps the group count per tile fixed
     }
@@ -215,7 +195,7 @@ __global__ void __launch_bounds__(kW * 32, kMinBlocks)
     // finished before the last barrier.
     const int jn = j + kStages - 1;
     if (jn < n_tiles) {
-      copies.Issue(raw + (jn % kStages) * L::kStageBytes, int64_t(jn) * kTile, T);
+      copies.Issue(raw + (jn % kStages) * L::kStageBytes, int64_t(jn) * kTile, T, p.x);
     } else {
       CpAsyncCommit();
     }
@@ -228,11 +208,8 @@ __global__ void __launch_bounds__(kW * 32, kMinBlocks)
     for (int k = 0; k < kTile * L::kCh / L::kThr; ++k) {
       const int tok = (tid + k * L::kThr) / L::kCh;
       const float x = RawAt<E, kSPL, kW>(stage, 1, tok, pc);
-      float delta = 0.f;
-      if (t0 + tok < T && p_active) {
-        delta = RawAt<E, kSPL, kW>(stage, 0, tok, pc) + bias;
-        if (p.delta_softplus) delta = Softplus(delta);
-      }
+      float delta = 0.f, slope;  // (the slope is the backward's; unused here)
+      if (t0 + tok < T && p_active) delta = DeltaOf(p, RawAt<E, kSPL, kW>(stage, 0, tok, pc), bias, &slope);
       float gate = 1.f;
       if (gated) {
         const float z = RawAt<E, kSPL, kW>(stage, 2, tok, pc);
@@ -252,8 +229,8 @@ __global__ void __launch_bounds__(kW * 32, kMinBlocks)
         sbc[tok][g][kSPL + s] = ToFloat<E>(Ct[g * kSPL + s]);
       }
     }
-    const unsigned resets = __ballot_sync(kFull, flag) & 0xffffu;
-    flag = ResetFlag(p, b, t0 + kTile);  // the next tile's, read during this one
+    const unsigned resets = ResetMask(flag);
+    flag = LoadResetFlag(p, b, t0 + kTile);  // the next tile's, read during this one
     __syncthreads();
 
     if (ckpt != nullptr && active) {
@@ -353,9 +330,10 @@ bool SinglePassApplies(const SelectiveScanParams& p) {
 }
 
 bool SinglePassFills(const SelectiveScanParams& p, int sms) {
-  // Warps at 4 states per lane: 8 channels each. Measured (docs/scan_kernels_notes.md, v13): with
-  // 19 per multiprocessor (B 4, Di 5120) the one pass beats the chunked forward by 16%; at B 1
-  // (5 per multiprocessor, or 10 at 2 states per lane) latency shows and it loses by 20–60%.
+  // Warps at 4 states per lane: 8 channels each. Measured (docs/scan_kernels_notes.md, v13b): with
+  // 19 per multiprocessor (B 4, Di 5120) the one pass beats the chunked forward by 24%; at B 1
+  // (5 per multiprocessor, 10 at 2 states per lane) latency shows: 4 states lose by 30–40%, 2
+  // states win 5% at T 2k and lose 2% at 8k — not enough to keep a second layout in the rule.
   const int64_t warps4 = p.batch * ((p.dim + 7) / 8);
   return warps4 >= 12 * int64_t(sms);
 }

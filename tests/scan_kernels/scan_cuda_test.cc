@@ -378,16 +378,69 @@ TEST(ScanCuda, EveryKernelVariantMatchesReference) {
   }
 }
 
+// The one-pass forward at both layouts (variants 15, 16 force it wherever the rows are aligned)
+// on the shapes the default rule keeps from it on a test-sized problem: channel blocks only partly
+// inside Di (72 and 80 channels at 4 states per lane, blocks of 32; fp32 76 at 2 states, blocks of
+// 8), T = 1 and T not a multiple of the tile, every optional input off, B > 1 with resets (also at
+// tile starts, whose flags are read a tile ahead) and state; and rows it cannot copy (x rows of 70
+// bf16, B/C slices at column 5) where the forced variants fall back to the chunked forward.
+TEST(ScanCuda, OnePassForwardMatchesReferenceAtEveryLayout) {
+  SKIP_WITHOUT_GPU();
+  struct Shape {
+    int64_t B, T, Di;
+    bool all_flags;
+    int64_t rank;
+  };
+  for (DType dt : {DType::kBF16, DType::kF32}) {
+    for (const Shape& s : {Shape{2, 7, 80, true, 8}, Shape{1, 1, 72, true, 8},
+                           Shape{1, 37, 72, false, 8}, Shape{3, 515, 80, true, 8},
+                           Shape{2, 40, 76, true, 8}, Shape{2, 300, 70, true, 8},
+                           Shape{2, 300, 64, true, 5}}) {
+      ScanCase c;
+      c.B = s.B; c.T = s.T; c.Di = s.Di; c.dtype = dt; c.rank = s.rank;
+      if (!s.all_flags) c.gate = c.skip = c.bias_softplus = c.resets = c.state = false;
+      HostScan h(c);
+      if (c.resets && c.T > 48) {  // documents starting at tile starts and just after one
+        for (int64_t b = 0; b < c.B; ++b) {
+          h.resets[b * c.T + 16] = h.resets[b * c.T + 32] = h.resets[b * c.T + 33] = 1;
+        }
+      }
+      const ScanResults cpu = RunCpu(h);
+      const bool aligned = s.rank == 8 && (s.Di * (dt == DType::kBF16 ? 2 : 4)) % 16 == 0;
+      for (int variant : {15, 16}) {
+        SetScanVariant(variant);
+        SCOPED_TRACE(::testing::Message() << "variant " << variant << " " << c.Name());
+        ScanResults gpu;
+        RunGpu(h, &gpu);
+        ExpectClose(c, gpu, cpu);
+        // The same tensors at 256-byte-aligned bases, as cudaMalloc gives them (not read).
+        const auto at = [](uintptr_t address) { return reinterpret_cast<void*>(address); };
+        const SelectiveScanParams p =
+            h.Params(at(1 << 20), at(2 << 20), nullptr, at(3 << 20), nullptr, at(4 << 20),
+                     nullptr, nullptr, nullptr, nullptr, at(5 << 20), dt == DType::kBF16 ? 2 : 4);
+        EXPECT_EQ(ScanForwardIsOnePass(p), aligned);
+      }
+      SetScanVariant(1);
+    }
+  }
+}
+
 TEST(ScanCuda, TwoRunsAreBitwiseEqual) {
   SKIP_WITHOUT_GPU();
   ScanCase c;
   c.B = 2; c.T = 5000; c.Di = 256; c.dtype = DType::kBF16; c.chunks = 0;
   HostScan h(c);
-  ScanResults a, b;
-  RunGpu(h, &a);
-  RunGpu(h, &b);
-  ASSERT_EQ(a.raw.size(), b.raw.size());
-  for (size_t i = 0; i < a.raw.size(); ++i) EXPECT_TRUE(a.raw[i] == b.raw[i]) << "output " << i;
+  for (int variant : {1, 16}) {  // the chunked and the one-pass forward
+    SetScanVariant(variant);
+    ScanResults a, b;
+    RunGpu(h, &a);
+    RunGpu(h, &b);
+    ASSERT_EQ(a.raw.size(), b.raw.size());
+    for (size_t i = 0; i < a.raw.size(); ++i) {
+      EXPECT_TRUE(a.raw[i] == b.raw[i]) << "variant " << variant << " output " << i;
+    }
+  }
+  SetScanVariant(1);
 }
 
 // The trainer keeps each layer's checkpoints and shares one scratch: same bytes as one workspace.
@@ -498,10 +551,46 @@ TEST(ScanCuda, StepMatchesForward) {
   SelectiveScanParams p = h.Params(x.get(), delta.get(), A.get<float>(), xproj.get(),
                                    D.get<float>(), z.get(), bias.get<float>(), nullptr,
                                    state.get<float>(), state.get<float>(), out.get(), 2);
-  ASSERT_TRUE(Step(p, nullptr).ok());
-  CUDA_OK(cudaDeviceSynchronize());
-  EXPECT_LE(RelL2(out.Download(), cpu.out), 1.5e-2);
-  EXPECT_LE(RelL2(state.Download(), cpu.final_state), 1e-3);
+  for (int variant : {1, 16}) {  // the chunked and the one-pass forward, state in place
+    SCOPED_TRACE(::testing::Message() << "variant " << variant);
+    SetScanVariant(variant);
+    state.Upload(h.init, DType::kF32);
+    ASSERT_TRUE(Step(p, nullptr).ok());
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_LE(RelL2(out.Download(), cpu.out), 1.5e-2);
+    EXPECT_LE(RelL2(state.Download(), cpu.final_state), 1e-3);
+  }
+  SetScanVariant(1);
+}
+
+// Which forward the default picks, from the sizes and the rows' alignment alone (no GPU needed:
+// without one the rule assumes an H100's 132 multiprocessors). B 4 at Di 5120 fills an H100 at 4
+// states per lane (2560 warps); B 1 does not; unaligned B/C slices or x rows never take it.
+TEST(ScanCuda, DefaultForwardIsOnePassWhereTheChannelsFillTheGpu) {
+  SetScanVariant(1);
+  const auto at = [](uintptr_t address) { return reinterpret_cast<const void*>(address); };
+  SelectiveScanParams p;
+  p.seqlen = 2048; p.dim = 5120; p.dstate = 16; p.dtype = DType::kBF16;
+  p.x = at(1 << 20); p.x_strides = {2048 * 5120, 5120};
+  p.delta = at(2 << 20); p.delta_strides = p.x_strides;
+  p.z = at(3 << 20); p.z_strides = {2048 * 10240, 10240};
+  p.B = at((4 << 20) + 160 * 2); p.B_strides = {2048 * 192, 192};  // x_proj row: R 160 + 2S
+  p.C = at((4 << 20) + 176 * 2); p.C_strides = p.B_strides;
+  p.batch = 4;
+  EXPECT_TRUE(ScanForwardIsOnePass(p));
+  p.batch = 1;
+  EXPECT_FALSE(ScanForwardIsOnePass(p));
+  SetScanVariant(16);  // forced
+  EXPECT_TRUE(ScanForwardIsOnePass(p));
+  SetScanVariant(12);  // the chunked forward everywhere
+  p.batch = 4;
+  EXPECT_FALSE(ScanForwardIsOnePass(p));
+  SetScanVariant(1);
+  p.B = at((4 << 20) + 5 * 2);  // B/C at column 5 of the row: not 16-byte aligned
+  EXPECT_FALSE(ScanForwardIsOnePass(p));
+  p.B = at((4 << 20) + 160 * 2);
+  p.dim = 5118;  // x rows of 10236 bytes
+  EXPECT_FALSE(ScanForwardIsOnePass(p));
 }
 
 // ---- causal conv1d ----------------------------------------------------------------------------
