@@ -20,8 +20,7 @@ void SetScanChunksOverride(int chunks);
 //      the chunked forward; x, Δ, z, dout tiles copied into shared memory asynchronously
 //      (cp.async) where their rows are aligned; forward exps all on the special-function unit;
 //      backward in 8-token segments, exps recomputed in the reverse pass, 2 blocks per
-//      multiprocessor, B and C kept as fp32 in shared memory (bf16 tensors), the re-walk of a
-//      tile's first 8 tokens kept in shared memory for their reverse
+//      multiprocessor, B and C kept as fp32 in shared memory (bf16 tensors)
 //   2  the v7 kernels: chunked forward, each lane loading its own elements
 //   4  as 2, the backward keeping the recompute's exps in registers for the reverse (spills)
 //   5  as 4, registers capped for 1 block per multiprocessor
@@ -31,9 +30,7 @@ void SetScanChunksOverride(int chunks);
 //   12 the v12 default: as 1 with the chunked forward everywhere and bf16 B/C backward tiles
 //   14 as 12 with forward blocks of 8 warps
 //   15, 16 as 1 with the one-pass forward at 2 / 4 states per lane wherever the rows are aligned
-//   17 as 1 with the backward recomputing the first 8 tokens' states (v14) instead of keeping
-//      its re-walk's in shared memory (v15)
-inline constexpr int kScanVariants[] = {1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17};
+inline constexpr int kScanVariants[] = {1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16};
 void SetScanVariant(int variant);
 
 // The K the CUDA scan would use for these sizes (after the override), forward or backward; the

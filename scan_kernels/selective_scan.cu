@@ -658,8 +658,6 @@ __global__ void __launch_bounds__(kThreads)
 constexpr int kSdxFloats = 2 * kWarps * (kTile / 4) * kChPerWarp * kSdxPad * 4;
 constexpr int kBackwardSmem =
     (kSdxFloats + 2 * kTile * 2 * kS + kWarps * kTile * 2 * kS) * int(sizeof(float));
-// kKeepWalk: each lane's states of a tile's first 8 tokens, [token][thread] float4 (32 KB).
-constexpr int kWalkSmem = (kTile / 2) * kThreads * int(sizeof(float4));
 
 // The tile is processed in segments of kSeg tokens, last first: a segment's states are
 // recomputed from the tile's checkpoint into registers (kSeg 8: the second segment's starting
@@ -669,12 +667,7 @@ constexpr int kWalkSmem = (kTile / 2) * kThreads * int(sizeof(float4));
 // resets and the checkpoint then (without it those are loaded just before the commit: issued
 // earlier they held registers that spilled under the cap, v7). kBcF32: B and C kept as fp32 in
 // shared memory (converted once at the commit, not unpacked by every lane at every read).
-// kKeepWalk (kSeg 8): the re-walk of the first segment, which the second needs for its starting
-// state, keeps its states in shared memory (each lane its own, no barrier), so the first
-// segment reads them back instead of recomputing them (v15). Dynamic shared memory then
-// kBackwardSmem + Raw::kBytes + kWalkSmem.
-template <typename E, int kMinBlocks, int kSeg, bool kStoreExp, bool kAsync, bool kBcF32 = false,
-          bool kKeepWalk = false>
+template <typename E, int kMinBlocks, int kSeg, bool kStoreExp, bool kAsync, bool kBcF32 = false>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     ScanBackwardKernel(SelectiveScanParams p, SelectiveScanGrads g, Work w) {
   constexpr bool kPrefetch = kAsync;
@@ -687,10 +680,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   auto sred = reinterpret_cast<float(*)[kTile][2 * kS]>(  // [kWarps]: per-warp dB | dC sums
       smem + kSdxFloats / 4 + 2 * kTile * 2 * kS / 4);
   const Raw raw{reinterpret_cast<char*>(smem) + kBackwardSmem};
-  static_assert(!kKeepWalk || (kSeg == 8 && kAsync), "the kept walk follows the raw tile");
-  float4* walk = reinterpret_cast<float4*>(reinterpret_cast<char*>(smem) + kBackwardSmem +
-                                           (kAsync ? Raw::kBytes : 0)) +
-                 threadIdx.x;  // [token * kThreads]: this lane's states
   const TileIo io = MakeIo(p);
   const int c = blockIdx.y;
   const int64_t dd = io.active ? io.d : p.dim - 1;
@@ -817,7 +806,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
             for (int s = 0; s < kSPL; ++s) {
               hprev[s] = (reset ? 0.f : hprev[s]) * Exp2(v.x * A2[s]) + dbx * Bv[s];
             }
-            if (kKeepWalk) walk[tok * kThreads] = make_float4(hprev[0], hprev[1], hprev[2], hprev[3]);
           }
         }
         // Recompute this segment's states (and exps); with a gate or g.out, also y (dz, out).
@@ -837,20 +825,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
             const float Bv[4] = {Bq.x, Bq.y, Bq.z, Bq.w};
             const float Cv[4] = {Cq.x, Cq.y, Cq.z, Cq.w};
             float y = 0.f;
-            // The first segment's states where the re-walk kept them (the same arithmetic).
-            const bool kept = kKeepWalk && tok0 == 0;
-            float4 kh = make_float4(0.f, 0.f, 0.f, 0.f);
-            if (kept) kh = walk[tok * kThreads];
-            const float khv[4] = {kh.x, kh.y, kh.z, kh.w};
 #pragma unroll
             for (int s = 0; s < kSPL; ++s) {
-              if (kept) {
-                hprev[s] = khv[s];
-              } else {
-                const float a = Exp2(v.x * A2[s]);
-                if (kStoreExp) ea[kStoreExp ? tok - tok0 : 0][s] = a;
-                hprev[s] = (reset ? 0.f : hprev[s]) * a + dbx * Bv[s];
-              }
+              const float a = Exp2(v.x * A2[s]);
+              if (kStoreExp) ea[kStoreExp ? tok - tok0 : 0][s] = a;
+              hprev[s] = (reset ? 0.f : hprev[s]) * a + dbx * Bv[s];
               hs[tok - tok0][s] = hprev[s];
               y += Cv[s] * hprev[s];
             }
@@ -1105,7 +1084,6 @@ struct Variant {
   int single_pass = 0;         // one-pass forward: 0 where it applies and fills the GPU (4
                                // states per lane), 2 / 4 wherever it applies, −1 never
   bool bwd_bc_f32 = true;      // ScanBackwardKernel kBcF32 (asynchronous bf16 backward)
-  bool bwd_keep_walk = true;   // ScanBackwardKernel kKeepWalk (with kBcF32)
 };
 Variant VariantOf(int n) {
   Variant v;  // 1, the default
@@ -1113,7 +1091,6 @@ Variant VariantOf(int n) {
   if (n >= 2 && n <= 14) {
     v.single_pass = -1;
     v.bwd_bc_f32 = false;
-    v.bwd_keep_walk = false;
   }
   switch (n) {
     case 2: v.async = false; break;
@@ -1127,7 +1104,6 @@ Variant VariantOf(int n) {
     case 14: v.fwd_warps = 8; break;
     case 15: v.single_pass = 2; break;
     case 16: v.single_pass = 4; break;
-    case 17: v.bwd_keep_walk = false; break;  // v14: the re-walk's states recomputed
     default: break;  // 1, 12
   }
   return v;
@@ -1207,13 +1183,12 @@ absl::Status LaunchForward(const SelectiveScanParams& p, cudaStream_t stream) {
 }
 
 template <typename E, int kMinBlocks, int kSeg, bool kStoreExp, bool kAsync = false,
-          bool kBcF32 = false, bool kKeepWalk = false>
+          bool kBcF32 = false>
 absl::Status LaunchBackwardKernel(dim3 grid, const SelectiveScanParams& p,
                                   const SelectiveScanGrads& g, const Work& w,
                                   cudaStream_t stream) {
-  auto* kernel = ScanBackwardKernel<E, kMinBlocks, kSeg, kStoreExp, kAsync, kBcF32, kKeepWalk>;
-  constexpr int kSmem = kBackwardSmem + (kAsync ? RawTile<E, kWarps, 4>::kBytes : 0) +
-                        (kKeepWalk ? kWalkSmem : 0);
+  auto* kernel = ScanBackwardKernel<E, kMinBlocks, kSeg, kStoreExp, kAsync, kBcF32>;
+  constexpr int kSmem = kBackwardSmem + (kAsync ? RawTile<E, kWarps, 4>::kBytes : 0);
   RWR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   kernel<<<grid, kThreads, kSmem, stream>>>(p, g, w);
   RWR_CUDA_LAUNCH();
@@ -1258,8 +1233,6 @@ absl::Status LaunchBackward(const SelectiveScanParams& p, const SelectiveScanGra
                          !v.bwd_store_exp;
   const absl::Status st =
       v.bwd_seg == 16          ? LaunchBackwardKernel<E, 1, 16, true>(grid, p, g, w, stream)
-      : bwd_async && v.bwd_bc_f32 && v.bwd_keep_walk
-          ? LaunchBackwardKernel<E, 2, 8, false, true, true, true>(grid, p, g, w, stream)
       : bwd_async && v.bwd_bc_f32
           ? LaunchBackwardKernel<E, 2, 8, false, true, true>(grid, p, g, w, stream)
       : bwd_async              ? LaunchBackwardKernel<E, 2, 8, false, true>(grid, p, g, w, stream)
