@@ -33,7 +33,9 @@
 #include <mutex>
 #include <random>
 #include <set>
+#include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -144,15 +146,23 @@ const char* GrpcCodeName(grpc::StatusCode code);
 absl::Status FinalCallStatus(std::string_view target, std::string_view method,
                              const grpc::Status& status, int attempts);
 
+// The one-line error for a request over the teacher's byte limit (checked before any RPC), or OK.
+inline absl::Status CheckRequestSize(const std::string& target, const char* method,
+                                     uint64_t bytes, uint64_t max_bytes) {
+  if (bytes <= max_bytes) return absl::OkStatus();
+  return absl::InvalidArgumentError(fmt::format(
+      "teacher {} {}: request is {} bytes, over the {} byte limit", target, method, bytes,
+      max_bytes));
+}
+
 // Submits one unary RPC through the scheduler; `convert` checks and translates the response.
 template <typename Request, typename Response, typename Result, typename Invoke, typename Convert>
 void SubmitUnary(CallScheduler* scheduler, const std::string& target, const char* method,
                  uint64_t max_bytes, Request request, Invoke invoke, Convert convert,
                  TeacherCallback<Result> done) {
-  if (request.ByteSizeLong() > max_bytes) {
-    done(absl::InvalidArgumentError(
-        fmt::format("teacher {} {}: request is {} bytes, over the {} byte limit", target, method,
-                    request.ByteSizeLong(), max_bytes)));
+  if (absl::Status size = CheckRequestSize(target, method, request.ByteSizeLong(), max_bytes);
+      !size.ok()) {
+    done(std::move(size));
     return;
   }
   struct State {

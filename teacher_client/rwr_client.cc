@@ -20,10 +20,9 @@ template <typename Request, typename Response, typename Result, typename Mutable
 void SubmitRwr(CallScheduler* scheduler, const std::string& target, const char* method,
                uint64_t max_bytes, Request request, Mutable mutable_field, Get result_field,
                Has result_has, Invoke invoke, Convert convert, TeacherCallback<Result> done) {
-  if (request.ByteSizeLong() > max_bytes) {
-    done(absl::InvalidArgumentError(
-        fmt::format("teacher {} {}: request is {} bytes, over the {} byte limit", target, method,
-                    request.ByteSizeLong(), max_bytes)));
+  if (absl::Status size = CheckRequestSize(target, method, request.ByteSizeLong(), max_bytes);
+      !size.ok()) {
+    done(std::move(size));
     return;
   }
   struct State {

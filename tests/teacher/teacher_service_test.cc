@@ -289,7 +289,10 @@ TEST(TeacherService, OversizeRequestIsRejectedWithoutRetry) {
   Results<Note> local;
   limited->ExtractNote({.context = std::string(500, 'z'), .question = kQuestion}, local.Callback());
   ASSERT_TRUE(local.WaitFor(1));
-  EXPECT_EQ(local.Take()[0].status().code(), absl::StatusCode::kInvalidArgument);
+  const absl::Status too_big = local.Take()[0].status();
+  EXPECT_EQ(too_big.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(too_big.message()).find("over the 400 byte limit"), std::string::npos)
+      << too_big;
 }
 
 // Counts how many tasks the backend holds at once.
