@@ -106,15 +106,23 @@ inline const void* At(const void* p, int64_t elements, int64_t es) {
 // ---- implementation state ---------------------------------------------------------------------
 
 // GPU time per kind of work when switched on (MambaCuda::SetPhaseTiming): a pool of CUDA events,
-// two per timed call, read back by TakePhaseTimes.
-enum class Phase : uint8_t { kGemm, kScan, kConv, kOptimizer };
-constexpr const char* kPhaseNames[] = {"gemm", "scan", "conv", "optimizer"};
+// two per timed call, read back by TakePhaseTimes. A call is timed under its kind ("gemm", "scan",
+// ...) and, where it says one, a detail ("in_proj.dx"): the kinds add up to the timed GPU work,
+// the details split a kind.
+constexpr const char* kPhaseKinds[] = {"gemm", "scan", "conv", "norm", "head", "other",
+                                       "optimizer"};
+struct PhaseSpan {
+  const char* kind;
+  const char* what;  // or null
+  const char* role;  // or null: fwd, dx, dw of a GEMM
+  size_t start;      // index of the start event; the end event follows it
+};
 
 struct PhaseClock {
   bool on = false;
   std::vector<cudaEvent_t> events;
   size_t used = 0;
-  std::vector<std::pair<Phase, size_t>> spans;  // (kind, index of the start event; end = +1)
+  std::vector<PhaseSpan> spans;
   ~PhaseClock() {
     for (cudaEvent_t e : events) cudaEventDestroy(e);
   }
@@ -193,29 +201,34 @@ struct MambaCuda::Impl {
     return internal::CublasToStatus(result, "cublasGemmEx", __FILE__, __LINE__);
   }
 
-  // Runs `call` (returning a Status), bracketed by events when phase timing is on.
+  // Runs `call` (returning a Status), bracketed by events when phase timing is on; `kind` is one
+  // of kPhaseKinds, `what` and `role` optional details.
   template <typename F>
-  absl::Status Timed(Phase phase, F&& call) {
+  absl::Status Timed(const char* kind, const char* what, const char* role, F&& call) {
     if (!clock.on) return call();
     RWR_ASSIGN_OR_RETURN(cudaEvent_t start, clock.Next());
     RWR_CUDA(cudaEventRecord(start, stream));
     RWR_RETURN_IF_ERROR(call());
     RWR_ASSIGN_OR_RETURN(cudaEvent_t end, clock.Next());
     RWR_CUDA(cudaEventRecord(end, stream));
-    clock.spans.emplace_back(phase, clock.used - 2);
+    clock.spans.push_back({kind, what, role, clock.used - 2});
     return absl::OkStatus();
   }
+  template <typename F>
+  absl::Status Timed(const char* kind, const char* what, F&& call) {
+    return Timed(kind, what, nullptr, std::forward<F>(call));
+  }
   absl::Status ScanForward(const scan::SelectiveScanParams& p) {
-    return Timed(Phase::kScan, [&] { return scan::Forward(p, stream); });
+    return Timed("scan", "fwd", [&] { return scan::Forward(p, stream); });
   }
   absl::Status ScanBackward(const scan::SelectiveScanParams& p, const scan::SelectiveScanGrads& g) {
-    return Timed(Phase::kScan, [&] { return scan::Backward(p, g, stream); });
+    return Timed("scan", "bwd", [&] { return scan::Backward(p, g, stream); });
   }
   absl::Status ConvForward(const scan::CausalConv1dParams& p) {
-    return Timed(Phase::kConv, [&] { return scan::Forward(p, stream); });
+    return Timed("conv", "fwd", [&] { return scan::Forward(p, stream); });
   }
   absl::Status ConvBackward(const scan::CausalConv1dParams& p, const scan::CausalConv1dGrads& g) {
-    return Timed(Phase::kConv, [&] { return scan::Backward(p, g, stream); });
+    return Timed("conv", "bwd", [&] { return scan::Backward(p, g, stream); });
   }
 
   // The GEMMs' copy of the weights at `offset` of the flat layout.
@@ -226,10 +239,11 @@ struct MambaCuda::Impl {
 
   // Row-major GEMMs (the CPU twins are in mamba_cpu.cc). X, W and dY are activations; an output
   // is fp32 when its `*_f32` flag says so, else an activation. Accumulation is fp32 throughout.
+  // `what` names the weight for phase timing.
   // Y(M, N) = X(M, K)·W(N, K)ᵀ + beta·Y
-  absl::Status Linear(const void* X, int64_t ldx, const void* Wt, void* Y, bool y_f32, int64_t ldy,
-                      int64_t M, int64_t N, int64_t K, float beta = 0.f) {
-    return Timed(Phase::kGemm, [&]() -> absl::Status {
+  absl::Status Linear(const char* what, const void* X, int64_t ldx, const void* Wt, void* Y,
+                      bool y_f32, int64_t ldy, int64_t M, int64_t N, int64_t K, float beta = 0.f) {
+    return Timed("gemm", what, "fwd", [&]() -> absl::Status {
       const float one = 1.f;
       return Gemm(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, Wt, CudaType(), K,
                                X, CudaType(), ldx, &beta, Y, y_f32 ? CUDA_R_32F : CudaType(), ldy,
@@ -237,9 +251,10 @@ struct MambaCuda::Impl {
     });
   }
   // dX(M, K) = dY(M, N)·W(N, K) + beta·dX
-  absl::Status LinearDx(const void* dY, int64_t lddy, const void* Wt, void* dX, bool dx_f32,
-                        int64_t lddx, int64_t M, int64_t N, int64_t K, float beta = 0.f) {
-    return Timed(Phase::kGemm, [&]() -> absl::Status {
+  absl::Status LinearDx(const char* what, const void* dY, int64_t lddy, const void* Wt, void* dX,
+                        bool dx_f32, int64_t lddx, int64_t M, int64_t N, int64_t K,
+                        float beta = 0.f) {
+    return Timed("gemm", what, "dx", [&]() -> absl::Status {
       const float one = 1.f;
       return Gemm(cublasGemmEx(cublas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, Wt, CudaType(), K,
                                dY, CudaType(), lddy, &beta, dX, dx_f32 ? CUDA_R_32F : CudaType(),
@@ -247,9 +262,9 @@ struct MambaCuda::Impl {
     });
   }
   // dW(N, K) += dY(M, N)ᵀ·X(M, K), dW fp32
-  absl::Status LinearDw(const void* dY, int64_t lddy, const void* X, int64_t ldx, float* dW,
-                        int64_t M, int64_t N, int64_t K) {
-    return Timed(Phase::kGemm, [&]() -> absl::Status {
+  absl::Status LinearDw(const char* what, const void* dY, int64_t lddy, const void* X,
+                        int64_t ldx, float* dW, int64_t M, int64_t N, int64_t K) {
+    return Timed("gemm", what, "dw", [&]() -> absl::Status {
       const float one = 1.f;
       return Gemm(cublasGemmEx(cublas, CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, &one, X, CudaType(), ldx,
                                dY, CudaType(), lddy, &one, dW, CUDA_R_32F, K, CUBLAS_COMPUTE_32F,
@@ -290,21 +305,26 @@ class CudaRunner {
     const int64_t M = d.M(), conv_floats = m_.ConvStateFloats(d.B);
     cudaStream_t s = m_.stream;
     if (keep) {
-      RWR_CUDA(cudaMemcpyAsync(a.h_in.ptr, k().h.ptr, M * d.D * 4, cudaMemcpyDeviceToDevice, s));
+      RWR_RETURN_IF_ERROR(m_.Timed("other", "keep_input", [&]() -> absl::Status {
+        RWR_CUDA(cudaMemcpyAsync(a.h_in.ptr, k().h.ptr, M * d.D * 4, cudaMemcpyDeviceToDevice, s));
+        return absl::OkStatus();
+      }));
     }
-    RWR_RETURN_IF_ERROR(cuda::RmsNorm(k().h.ptr, P(o.norm), k().xn.ptr, m_.act, a.rstd.ptr, M, d.D,
-                                      c_.norm_eps, s));
+    RWR_RETURN_IF_ERROR(m_.Timed("norm", "fwd", [&] {
+      return cuda::RmsNorm(k().h.ptr, P(o.norm), k().xn.ptr, m_.act, a.rstd.ptr, M, d.D,
+                           c_.norm_eps, s);
+    }));
     RWR_RETURN_IF_ERROR(
-        m_.Linear(k().xn.ptr, d.D, m_.W(o.in_proj), a.xz.ptr, false, 2 * d.Di, M, 2 * d.Di, d.D));
+        m_.Linear("in_proj", k().xn.ptr, d.D, m_.W(o.in_proj), a.xz.ptr, false, 2 * d.Di, M, 2 * d.Di, d.D));
     RWR_RETURN_IF_ERROR(m_.ConvForward(Conv(d, o, state_in, state_out, a)));
     RWR_RETURN_IF_ERROR(
-        m_.Linear(k().uc.ptr, d.Di, m_.W(o.x_proj), a.xdbl.ptr, false, d.X, M, d.X, d.Di));
-    RWR_RETURN_IF_ERROR(m_.Linear(a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), k().dtraw.ptr, false,
+        m_.Linear("x_proj", k().uc.ptr, d.Di, m_.W(o.x_proj), a.xdbl.ptr, false, d.X, M, d.X, d.Di));
+    RWR_RETURN_IF_ERROR(m_.Linear("dt_proj", a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), k().dtraw.ptr, false,
                                   d.Di, M, d.Di, d.R));
     RWR_RETURN_IF_ERROR(m_.ScanForward(
         Scan(l, d, o, state_in + conv_floats, state_out ? state_out + conv_floats : nullptr, a)));
     // The residual add is the GEMM's beta: h += y·out_projᵀ, accumulated in fp32.
-    return m_.Linear(k().y.ptr, d.Di, m_.W(o.out_proj), k().h.ptr, true, d.D, M, d.D, d.Di, 1.f);
+    return m_.Linear("out_proj", k().y.ptr, d.Di, m_.W(o.out_proj), k().h.ptr, true, d.D, M, d.D, d.Di, 1.f);
   }
 
   // dh (M, D): gradient of the layer output → of its input (dh_act follows it in kBf16). dstate
@@ -316,12 +336,12 @@ class CudaRunner {
     cudaStream_t s = m_.stream;
     const void* dh = DhAct();
     RWR_RETURN_IF_ERROR(
-        m_.LinearDx(dh, d.D, m_.W(o.out_proj), k().dy.ptr, false, d.Di, M, d.D, d.Di));
+        m_.LinearDx("out_proj", dh, d.D, m_.W(o.out_proj), k().dy.ptr, false, d.Di, M, d.D, d.Di));
 
     // Recompute what the forward did not keep: conv output and Δ here, the scan output (the
     // out_proj GEMM's input) inside the scan's backward, which rebuilds the states anyway.
     RWR_RETURN_IF_ERROR(m_.ConvForward(Conv(d, o, state_in, nullptr, a)));
-    RWR_RETURN_IF_ERROR(m_.Linear(a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), k().dtraw.ptr, false,
+    RWR_RETURN_IF_ERROR(m_.Linear("dt_proj", a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), k().dtraw.ptr, false,
                                   d.Di, M, d.Di, d.R));
     scan::SelectiveScanParams sp = Scan(l, d, o, state_in + conv_floats, nullptr, a);
 
@@ -347,19 +367,21 @@ class CudaRunner {
     sg.ddelta_bias = k().ddt_bias.ptr;
     sg.dinitial_state = dstate_next + conv_floats;
     RWR_RETURN_IF_ERROR(m_.ScanBackward(sp, sg));
-    RWR_RETURN_IF_ERROR(m_.LinearDw(dh, d.D, k().y.ptr, d.Di, G(o.out_proj), M, d.D, d.Di));
-    RWR_RETURN_IF_ERROR(
-        cuda::ALogGrad(k().dA.ptr, m_.A.ptr + l * d.Di * d.S, G(o.A_log), d.Di * d.S, s));
-    RWR_RETURN_IF_ERROR(cuda::Add(G(o.D), k().dD.ptr, d.Di, s));
-    RWR_RETURN_IF_ERROR(cuda::Add(G(o.dt_proj_bias), k().ddt_bias.ptr, d.Di, s));
+    RWR_RETURN_IF_ERROR(m_.LinearDw("out_proj", dh, d.D, k().y.ptr, d.Di, G(o.out_proj), M, d.D, d.Di));
+    RWR_RETURN_IF_ERROR(m_.Timed("other", "param_grads", [&]() -> absl::Status {
+      RWR_RETURN_IF_ERROR(
+          cuda::ALogGrad(k().dA.ptr, m_.A.ptr + l * d.Di * d.S, G(o.A_log), d.Di * d.S, s));
+      RWR_RETURN_IF_ERROR(cuda::Add(G(o.D), k().dD.ptr, d.Di, s));
+      return cuda::Add(G(o.dt_proj_bias), k().ddt_bias.ptr, d.Di, s);
+    }));
 
     RWR_RETURN_IF_ERROR(
-        m_.LinearDw(k().ddtraw.ptr, d.Di, a.xdbl.ptr, d.X, G(o.dt_proj_weight), M, d.Di, d.R));
-    RWR_RETURN_IF_ERROR(m_.LinearDx(k().ddtraw.ptr, d.Di, m_.W(o.dt_proj_weight), k().dxdbl.ptr,
+        m_.LinearDw("dt_proj", k().ddtraw.ptr, d.Di, a.xdbl.ptr, d.X, G(o.dt_proj_weight), M, d.Di, d.R));
+    RWR_RETURN_IF_ERROR(m_.LinearDx("dt_proj", k().ddtraw.ptr, d.Di, m_.W(o.dt_proj_weight), k().dxdbl.ptr,
                                     false, d.X, M, d.Di, d.R));
     RWR_RETURN_IF_ERROR(
-        m_.LinearDw(k().dxdbl.ptr, d.X, k().uc.ptr, d.Di, G(o.x_proj), M, d.X, d.Di));
-    RWR_RETURN_IF_ERROR(m_.LinearDx(k().dxdbl.ptr, d.X, m_.W(o.x_proj), k().duc.ptr, false, d.Di, M,
+        m_.LinearDw("x_proj", k().dxdbl.ptr, d.X, k().uc.ptr, d.Di, G(o.x_proj), M, d.X, d.Di));
+    RWR_RETURN_IF_ERROR(m_.LinearDx("x_proj", k().dxdbl.ptr, d.X, m_.W(o.x_proj), k().duc.ptr, false, d.Di, M,
                                     d.X, d.Di, 1.f));
 
     scan::CausalConv1dParams cp = Conv(d, o, state_in, nullptr, a);
@@ -374,17 +396,23 @@ class CudaRunner {
     cg.dbias = k().dconv_b.ptr;
     cg.dinitial_state = dstate_next;
     RWR_RETURN_IF_ERROR(m_.ConvBackward(cp, cg));
-    RWR_RETURN_IF_ERROR(cuda::Add(G(o.conv_weight), k().dconv_w.ptr, d.Di * d.W, s));
-    RWR_RETURN_IF_ERROR(cuda::Add(G(o.conv_bias), k().dconv_b.ptr, d.Di, s));
+    RWR_RETURN_IF_ERROR(m_.Timed("other", "param_grads", [&]() -> absl::Status {
+      RWR_RETURN_IF_ERROR(cuda::Add(G(o.conv_weight), k().dconv_w.ptr, d.Di * d.W, s));
+      return cuda::Add(G(o.conv_bias), k().dconv_b.ptr, d.Di, s);
+    }));
 
-    RWR_RETURN_IF_ERROR(cuda::RmsNorm(a.h_in.ptr, P(o.norm), k().xn.ptr, m_.act, a.rstd.ptr, M, d.D,
-                                      c_.norm_eps, s));
+    RWR_RETURN_IF_ERROR(m_.Timed("norm", "recompute", [&] {
+      return cuda::RmsNorm(a.h_in.ptr, P(o.norm), k().xn.ptr, m_.act, a.rstd.ptr, M, d.D,
+                           c_.norm_eps, s);
+    }));
     RWR_RETURN_IF_ERROR(
-        m_.LinearDw(k().dxz.ptr, 2 * d.Di, k().xn.ptr, d.D, G(o.in_proj), M, 2 * d.Di, d.D));
-    RWR_RETURN_IF_ERROR(m_.LinearDx(k().dxz.ptr, 2 * d.Di, m_.W(o.in_proj), k().dxn.ptr, true, d.D,
+        m_.LinearDw("in_proj", k().dxz.ptr, 2 * d.Di, k().xn.ptr, d.D, G(o.in_proj), M, 2 * d.Di, d.D));
+    RWR_RETURN_IF_ERROR(m_.LinearDx("in_proj", k().dxz.ptr, 2 * d.Di, m_.W(o.in_proj), k().dxn.ptr, true, d.D,
                                     M, 2 * d.Di, d.D));
-    return cuda::RmsNormBackward(a.h_in.ptr, P(o.norm), a.rstd.ptr, k().dxn.ptr, k().dh.ptr,
-                                 DhActOut(), m_.act, G(o.norm), k().norm_scratch.ptr, M, d.D, s);
+    return m_.Timed("norm", "bwd", [&] {
+      return cuda::RmsNormBackward(a.h_in.ptr, P(o.norm), a.rstd.ptr, k().dxn.ptr, k().dh.ptr,
+                                   DhActOut(), m_.act, G(o.norm), k().norm_scratch.ptr, M, d.D, s);
+    });
   }
 
   // Final norm, head, cross-entropy over the chunk's loss rows (all rows with logits).
@@ -392,8 +420,10 @@ class CudaRunner {
                                bool grad) {
     cudaStream_t s = m_.stream;
     const int64_t M = d.M();
-    RWR_RETURN_IF_ERROR(cuda::RmsNorm(k().h.ptr, P(layout_.norm_f()), k().hn.ptr, m_.act,
-                                      k().rstd_f.ptr, M, d.D, c_.norm_eps, s));
+    RWR_RETURN_IF_ERROR(m_.Timed("norm", "final", [&] {
+      return cuda::RmsNorm(k().h.ptr, P(layout_.norm_f()), k().hn.ptr, m_.act, k().rstd_f.ptr, M,
+                           d.D, c_.norm_eps, s);
+    }));
     std::vector<int32_t> rows, targets;
     std::vector<uint8_t> weights;
     for (int64_t b = 0; b < d.B; ++b) {
@@ -423,10 +453,11 @@ class CudaRunner {
     const void* E = m_.W(layout_.embedding());
     for (size_t r0 = 0; r0 < rows.size(); r0 += block) {
       const int64_t nr = std::min<int64_t>(block, rows.size() - r0);
+      RWR_RETURN_IF_ERROR(m_.Timed("head", "gather", [&] {
+        return cuda::GatherRows(k().hn.ptr, k().rows.ptr + r0, k().block_in.ptr, m_.act, nr, d.D, s);
+      }));
       RWR_RETURN_IF_ERROR(
-          cuda::GatherRows(k().hn.ptr, k().rows.ptr + r0, k().block_in.ptr, m_.act, nr, d.D, s));
-      RWR_RETURN_IF_ERROR(
-          m_.Linear(k().block_in.ptr, d.D, E, k().block_logits.ptr, true, d.V, nr, d.V, d.D));
+          m_.Linear("lm_head", k().block_in.ptr, d.D, E, k().block_logits.ptr, true, d.V, nr, d.V, d.D));
       if (host_logits != nullptr) {
         std::vector<float> logits(nr * d.V);
         RWR_CUDA(cudaMemcpyAsync(logits.data(), k().block_logits.ptr, nr * d.V * 4,
@@ -439,16 +470,19 @@ class CudaRunner {
                     host_logits + i * d.V);
         }
       }
-      RWR_RETURN_IF_ERROR(cuda::CrossEntropy(
-          k().block_logits.ptr, nr, d.V, k().row_targets.ptr + r0, k().row_weight.ptr + r0,
-          k().row_loss.ptr + r0, loss_scale, grad ? dlogits : nullptr, m_.act, s));
+      RWR_RETURN_IF_ERROR(m_.Timed("head", "cross_entropy", [&] {
+        return cuda::CrossEntropy(k().block_logits.ptr, nr, d.V, k().row_targets.ptr + r0,
+                                  k().row_weight.ptr + r0, k().row_loss.ptr + r0, loss_scale,
+                                  grad ? dlogits : nullptr, m_.act, s);
+      }));
       if (grad) {
         RWR_RETURN_IF_ERROR(
-            m_.LinearDx(dlogits, d.V, E, k().block_dh.ptr, true, d.D, nr, d.V, d.D));
+            m_.LinearDx("lm_head", dlogits, d.V, E, k().block_dh.ptr, true, d.D, nr, d.V, d.D));
+        RWR_RETURN_IF_ERROR(m_.Timed("head", "scatter", [&] {
+          return cuda::ScatterRows(k().block_dh.ptr, k().rows.ptr + r0, k().dhn.ptr, nr, d.D, s);
+        }));
         RWR_RETURN_IF_ERROR(
-            cuda::ScatterRows(k().block_dh.ptr, k().rows.ptr + r0, k().dhn.ptr, nr, d.D, s));
-        RWR_RETURN_IF_ERROR(
-            m_.LinearDw(dlogits, d.V, k().block_in.ptr, d.D, G(layout_.embedding()), nr, d.V, d.D));
+            m_.LinearDw("lm_head", dlogits, d.V, k().block_in.ptr, d.D, G(layout_.embedding()), nr, d.V, d.D));
       }
     }
     // One read-back per chunk; summed on the host in row order (the same bits every run).
@@ -464,16 +498,20 @@ class CudaRunner {
     }
     if (grad) {
       RWR_CUDA(cudaMemsetAsync(k().dh.ptr, 0, M * d.D * 4, s));
-      RWR_RETURN_IF_ERROR(cuda::RmsNormBackward(
-          k().h.ptr, P(layout_.norm_f()), k().rstd_f.ptr, k().dhn.ptr, k().dh.ptr, DhActOut(),
-          m_.act, G(layout_.norm_f()), k().norm_scratch.ptr, M, d.D, s));
+      RWR_RETURN_IF_ERROR(m_.Timed("norm", "final_bwd", [&] {
+        return cuda::RmsNormBackward(k().h.ptr, P(layout_.norm_f()), k().rstd_f.ptr, k().dhn.ptr,
+                                     k().dh.ptr, DhActOut(), m_.act, G(layout_.norm_f()),
+                                     k().norm_scratch.ptr, M, d.D, s);
+      }));
     }
     return result;
   }
 
   absl::Status Embed(const ChunkDims& d) {
-    return cuda::Embed(k().tokens.ptr, d.T, d.t0, d.Tc, d.M(), P(layout_.embedding()), k().h.ptr,
-                       d.D, m_.stream);
+    return m_.Timed("other", "embedding", [&] {
+      return cuda::Embed(k().tokens.ptr, d.T, d.t0, d.Tc, d.M(), P(layout_.embedding()),
+                         k().h.ptr, d.D, m_.stream);
+    });
   }
   // Each distinct token's rows, summed in row order by one block: no atomics, same bits every run.
   absl::Status EmbedBackward(const ChunkDims& d) {
@@ -506,9 +544,11 @@ class CudaRunner {
                              cudaMemcpyHostToDevice, s));
     RWR_CUDA(
         cudaMemcpyAsync(k().emb_rows.ptr, rows.data(), rows.size() * 4, cudaMemcpyHostToDevice, s));
-    return cuda::EmbedBackward(k().emb_ids.ptr, k().emb_offsets.ptr, k().emb_rows.ptr,
-                               static_cast<int64_t>(ids.size()), k().dh.ptr, G(layout_.embedding()),
-                               d.D, s);
+    return m_.Timed("other", "embedding_bwd", [&] {
+      return cuda::EmbedBackward(k().emb_ids.ptr, k().emb_offsets.ptr, k().emb_rows.ptr,
+                                 static_cast<int64_t>(ids.size()), k().dh.ptr,
+                                 G(layout_.embedding()), d.D, s);
+    });
   }
 
   // Uploads the batch and sizes every buffer for chunks of chunk_len tokens.
@@ -736,8 +776,10 @@ absl::Status MambaCuda::DownloadGrads(std::span<float> grads) const {
   return absl::OkStatus();
 }
 absl::Status MambaCuda::ZeroGrads() {
-  RWR_CUDA(cudaMemsetAsync(impl_->grads.ptr, 0, layout_.total() * 4, impl_->stream));
-  return absl::OkStatus();
+  return impl_->Timed("other", "zero_grads", [&]() -> absl::Status {
+    RWR_CUDA(cudaMemsetAsync(impl_->grads.ptr, 0, layout_.total() * 4, impl_->stream));
+    return absl::OkStatus();
+  });
 }
 int64_t MambaCuda::peak_bytes() const { return impl_->tally.peak; }
 
@@ -753,12 +795,16 @@ void MambaCuda::SetPhaseTiming(bool on) { impl_->clock.on = on; }
 absl::StatusOr<std::map<std::string, double>> MambaCuda::TakePhaseTimes() {
   PhaseClock& clock = impl_->clock;
   std::map<std::string, double> ms;
-  for (const char* name : kPhaseNames) ms[name] = 0;
+  for (const char* kind : kPhaseKinds) ms[kind] = 0;
   if (clock.used > 0) RWR_CUDA(cudaEventSynchronize(clock.events[clock.used - 1]));
-  for (const auto& [phase, start] : clock.spans) {
+  for (const PhaseSpan& span : clock.spans) {
     float t = 0;
-    RWR_CUDA(cudaEventElapsedTime(&t, clock.events[start], clock.events[start + 1]));
-    ms[kPhaseNames[static_cast<int>(phase)]] += t;
+    RWR_CUDA(cudaEventElapsedTime(&t, clock.events[span.start], clock.events[span.start + 1]));
+    ms[span.kind] += t;
+    if (span.what != nullptr) {
+      ms[span.role != nullptr ? fmt::format("{}.{}.{}", span.kind, span.what, span.role)
+                              : fmt::format("{}.{}", span.kind, span.what)] += t;
+    }
   }
   clock.spans.clear();
   clock.used = 0;
@@ -952,7 +998,7 @@ absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const
   Impl& m = *impl_;
   const int64_t n = layout_.total();
   RWR_RETURN_IF_ERROR(EnsureOptimizer(m, layout_));
-  RWR_RETURN_IF_ERROR(m.Timed(Phase::kOptimizer, [&] {
+  RWR_RETURN_IF_ERROR(m.Timed("optimizer", "grad_norm", [&] {
     return cuda::SumSquares(m.grads.ptr, n, m.norm_acc.ptr + 1, m.norm_acc.ptr, m.stream);
   }));
   double sumsq = 0;
@@ -964,7 +1010,7 @@ absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const
   ++m.adam_step;
   const double bc1 = 1 - std::pow(o.beta1, double(m.adam_step));
   const double bc2 = 1 - std::pow(o.beta2, double(m.adam_step));
-  RWR_RETURN_IF_ERROR(m.Timed(Phase::kOptimizer, [&] {
+  RWR_RETURN_IF_ERROR(m.Timed("optimizer", "adamw", [&] {
     return cuda::AdamW(m.params.ptr, m.act == Act::kF32 ? nullptr : m.params16.ptr, m.grads.ptr,
                        m.exp_avg.ptr, m.exp_avg_sq.ptr, m.decay.ptr, n, o.beta1, o.beta2,
                        static_cast<float>(lr / bc1), static_cast<float>(1 - lr * o.weight_decay),

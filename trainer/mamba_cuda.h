@@ -72,8 +72,10 @@ class MambaCuda {
   int64_t peak_bytes() const;
 
   // Optional GPU time per kind of work, for benchmarks: with timing on, CUDA events bracket every
-  // GEMM, scan, conv and optimizer call. TakePhaseTimes returns milliseconds per kind ("gemm",
-  // "scan", "conv", "optimizer") since the last take and starts a new tally.
+  // GPU call. TakePhaseTimes returns milliseconds since the last take (and starts a new tally) per
+  // kind — "gemm", "scan", "conv", "norm", "head" (cross-entropy and its row gathers), "other"
+  // (copies, embedding, small gradient sums), "optimizer" — and per detail under "kind.detail"
+  // keys ("gemm.in_proj.dw", "scan.bwd", "norm.recompute", ...), which split their kind.
   void SetPhaseTiming(bool on);
   absl::StatusOr<std::map<std::string, double>> TakePhaseTimes();
 
