@@ -304,15 +304,10 @@ class CudaRunner {
     const LayerOffsets& o = layout_.layer(l);
     const int64_t M = d.M(), conv_floats = m_.ConvStateFloats(d.B);
     cudaStream_t s = m_.stream;
-    if (keep) {
-      RWR_RETURN_IF_ERROR(m_.Timed("other", "keep_input", [&]() -> absl::Status {
-        RWR_CUDA(cudaMemcpyAsync(a.h_in.ptr, k().h.ptr, M * d.D * 4, cudaMemcpyDeviceToDevice, s));
-        return absl::OkStatus();
-      }));
-    }
+    // With `keep`, the norm also copies its input h to a.h_in (h is updated in place below).
     RWR_RETURN_IF_ERROR(m_.Timed("norm", "fwd", [&] {
       return cuda::RmsNorm(k().h.ptr, P(o.norm), k().xn.ptr, m_.act, a.rstd.ptr, M, d.D,
-                           c_.norm_eps, s);
+                           c_.norm_eps, s, keep ? a.h_in.ptr : nullptr);
     }));
     RWR_RETURN_IF_ERROR(
         m_.Linear("in_proj", k().xn.ptr, d.D, m_.W(o.in_proj), a.xz.ptr, false, 2 * d.Di, M, 2 * d.Di, d.D));

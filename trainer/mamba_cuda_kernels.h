@@ -29,9 +29,10 @@ absl::Status Embed(const int32_t* tokens, int64_t T, int64_t t0, int64_t Tc, int
 absl::Status EmbedBackward(const int32_t* ids, const int32_t* offsets, const int32_t* rows,
                            int64_t n, const float* dh, float* demb, int64_t D, Stream stream);
 
-// y (rows, D) = x·rstd·w in `act`; rstd (rows) = 1/sqrt(mean(x²) + eps).
+// y (rows, D) = x·rstd·w in `act`; rstd (rows) = 1/sqrt(mean(x²) + eps). x_copy, when set,
+// receives a copy of x (a layer keeping its input for the backward: one read of x for both).
 absl::Status RmsNorm(const float* x, const float* w, void* y, Act act, float* rstd, int64_t rows,
-                     int64_t D, float eps, Stream stream);
+                     int64_t D, float eps, Stream stream, float* x_copy = nullptr);
 
 // Scratch floats RmsNormBackward needs for the weight-gradient partials.
 int64_t RmsNormBackwardScratch(int64_t rows, int64_t D);
