@@ -335,6 +335,65 @@ struct TokStream {
   }
 };
 
+// The per-token streams of a tile for one lane (forward: Δ, x, z; chunk gradient: Δ, dout, z;
+// backward: Δ, x, dout, z): copied into the block's RawTile by cp.async (kAsync) or loaded by the
+// lane itself (TokStream). Load(j) starts tile j's loads; Take hands over the lane's tokens
+// 4i + q of every stream — in the asynchronous case after waiting for this thread's copies and a
+// block barrier (everyone's copies visible). A null stream (no gate) reads as zeros.
+template <typename E, int kW, int kN, bool kAsync>
+struct TileStreams {
+  RawTile<E, kW, kN> raw;
+  const E* rows[kN];  // element (b, token 0, the block's first channel), or null
+  int64_t row_strides[kN];
+  TokStream<E> lane[kN];
+  float held[kN][4];  // the lane's 4 tokens of each stream
+
+  __device__ __forceinline__ TileStreams(char* smem, const void* const (&tensors)[kN],
+                                         const TokenStrides (&strides)[kN], const TileIo& io,
+                                         int64_t dd, int64_t d0) {
+    raw.bytes = smem;
+#pragma unroll
+    for (int s = 0; s < kN; ++s) {
+      rows[s] = tensors[s] != nullptr
+                    ? static_cast<const E*>(tensors[s]) + io.b * strides[s].batch + d0
+                    : nullptr;
+      row_strides[s] = strides[s].token;
+      if constexpr (!kAsync) lane[s].Init(tensors[s], strides[s], io.b, dd, io.q);
+    }
+  }
+  __device__ __forceinline__ void Load(int j, int64_t T, int64_t d0, int64_t dim,
+                                       const TileIo& io) {
+    if (kAsync) {
+      raw.Issue(rows, row_strides, int64_t(j) * kTile, T, d0, dim);
+      return;
+    }
+#pragma unroll
+    for (int s = 0; s < kN; ++s) {
+      if (rows[s] != nullptr) {
+        lane[s].Load4(j, T, io.q, io.active, held[s]);
+      } else {
+        held[s][0] = held[s][1] = held[s][2] = held[s][3] = 0.f;
+      }
+    }
+  }
+  // col: the lane's channel within the block.
+  __device__ __forceinline__ const float (&Take(int q, int col))[kN][4] {
+    if (kAsync) {
+      CpAsyncWaitAll();
+      __syncthreads();
+#pragma unroll
+      for (int s = 0; s < kN; ++s) {
+        if (rows[s] != nullptr) {
+          raw.Read4(s, q, col, held[s]);
+        } else {
+          held[s][0] = held[s][1] = held[s][2] = held[s][3] = 0.f;
+        }
+      }
+    }
+    return held;
+  }
+};
+
 // ---- forward --------------------------------------------------------------------------------
 
 // kFinal = false: the chunk-local pass (state from zero; stores the end state and the decay), for
@@ -354,11 +413,9 @@ __global__ void __launch_bounds__(kW * 32, kW == 8 ? 4 : 8)
   // the next tile's loads are issued before this tile's arithmetic (their registers fit under
   // the 128 cap). 8-warp blocks issue them just before the commit (v7), unless asynchronous.
   constexpr bool kPrefetch = kW < 8 || kAsync;
-  using Raw = RawTile<E, kW, 3>;  // Δ, x, z
   extern __shared__ float4 fwd_smem[];
   auto sdx = reinterpret_cast<float4(*)[kW][kTile / 4][kChPerWarp][kSdxPad]>(fwd_smem);  // [2]: {Δ, x, SiLU(z), -}
   auto sbc = reinterpret_cast<BCTile<E>*>(fwd_smem + 2 * kW * (kTile / 4) * kChPerWarp * kSdxPad);  // [2]
-  const Raw raw{reinterpret_cast<char*>(sbc + 2)};
   const TileIo io = MakeIo<kW>(p);
   const int c = blockIdx.y;
   const int64_t dd = io.active ? io.d : p.dim - 1;
@@ -391,41 +448,22 @@ __global__ void __launch_bounds__(kW * 32, kW == 8 ? 4 : 8)
   bool any_reset = false;
 
   // Prefetch registers: this lane's tokens t0 + 4i + q of the next tile.
-  float pd[4], px[4], pz[4], pbc[BCPerThread<kThr>()];
+  float pbc[BCPerThread<kThr>()];
   bool pr;
-  TokStream<E> sd, sx, sz;
-  sd.Init(p.delta, p.delta_strides, io.b, dd, io.q);
-  sx.Init(p.x, p.x_strides, io.b, dd, io.q);
-  sz.Init(p.z, p.z_strides, io.b, dd, io.q);
-  const int64_t d0 = int64_t(blockIdx.x) * Raw::kCh;  // the block's first channel
-  const int col = io.warp * kChPerWarp + io.ch;        // this lane's channel within the block
-  const E* rows[3] = {static_cast<const E*>(p.delta) + io.b * p.delta_strides.batch + d0,
-                      static_cast<const E*>(p.x) + io.b * p.x_strides.batch + d0,
-                      gated ? static_cast<const E*>(p.z) + io.b * p.z_strides.batch + d0 : nullptr};
-  const int64_t row_strides[3] = {p.delta_strides.token, p.x_strides.token, p.z_strides.token};
+  const int64_t d0 = int64_t(blockIdx.x) * RawTile<E, kW, 3>::kCh;  // the block's first channel
+  const int col = io.warp * kChPerWarp + io.ch;  // this lane's channel within the block
+  TileStreams<E, kW, 3, kAsync> streams(reinterpret_cast<char*>(sbc + 2),
+                                        {p.delta, p.x, gated ? p.z : nullptr},
+                                        {p.delta_strides, p.x_strides, p.z_strides}, io, dd, d0);
   auto load = [&](int j) {
     const int64_t t0 = int64_t(j) * kTile;
-    if (kAsync) {
-      raw.Issue(rows, row_strides, t0, T, d0, p.dim);
-    } else {
-      sd.Load4(j, T, io.q, io.active, pd);
-      sx.Load4(j, T, io.q, io.active, px);
-      if (gated) sz.Load4(j, T, io.q, io.active, pz);
-      else pz[0] = pz[1] = pz[2] = pz[3] = 0.f;
-    }
+    streams.Load(j, T, d0, p.dim, io);
     LoadBC<E, kThr>(p, io.b, t0, true, kFinal, pbc);
     pr = LoadResetFlag(p, io.b, t0);
   };
   auto commit = [&](int buf, int j) -> unsigned {
     const int64_t t0 = int64_t(j) * kTile;
-    if (kAsync) {  // this thread's copies done, then everyone's visible
-      CpAsyncWaitAll();
-      __syncthreads();
-      raw.Read4(0, io.q, col, pd);
-      raw.Read4(1, io.q, col, px);
-      if (gated) raw.Read4(2, io.q, col, pz);
-      else pz[0] = pz[1] = pz[2] = pz[3] = 0.f;
-    }
+    const auto& [pd, px, pz] = streams.Take(io.q, col);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int64_t t = t0 + 4 * i + io.q;
@@ -548,11 +586,9 @@ __global__ void __launch_bounds__(kW * 32, kW == 8 ? 4 : 8)
 template <typename E, bool kAsync>
 __global__ void __launch_bounds__(kThreads)
     ScanChunkGradKernel(SelectiveScanParams p, SelectiveScanGrads g, Work w) {
-  using Raw = RawTile<E, kWarps, 3>;  // Δ, dout, z
   extern __shared__ float4 cg_smem[];
   auto sdx = reinterpret_cast<float4(*)[kWarps][kTile / 4][kChPerWarp][kSdxPad]>(cg_smem);  // [2]: {Δ, -, dy, -}
   auto sbc = reinterpret_cast<BCTile<E>*>(cg_smem + 2 * kWarps * (kTile / 4) * kChPerWarp * kSdxPad);  // [2]
-  const Raw raw{reinterpret_cast<char*>(sbc + 2)};
   const TileIo io = MakeIo(p);
   const int c = blockIdx.y + 1;
   const int64_t dd = io.active ? io.d : p.dim - 1;
@@ -566,41 +602,22 @@ __global__ void __launch_bounds__(kThreads)
   float delta_sum = 0.f;
   bool any_reset = false;
 
-  float pd[4], pdo[4], pz[4], pbc[kBCPerThread];
+  float pbc[kBCPerThread];
   bool pr;
-  TokStream<E> sd, sdo, sz;
-  sd.Init(p.delta, p.delta_strides, io.b, dd, io.q);
-  sdo.Init(g.dout, g.dout_strides, io.b, dd, io.q);
-  sz.Init(p.z, p.z_strides, io.b, dd, io.q);
   const int64_t d0 = int64_t(blockIdx.x) * kChPerBlock;
   const int col = io.warp * kChPerWarp + io.ch;
-  const E* rows[3] = {static_cast<const E*>(p.delta) + io.b * p.delta_strides.batch + d0,
-                      static_cast<const E*>(g.dout) + io.b * g.dout_strides.batch + d0,
-                      gated ? static_cast<const E*>(p.z) + io.b * p.z_strides.batch + d0 : nullptr};
-  const int64_t row_strides[3] = {p.delta_strides.token, g.dout_strides.token, p.z_strides.token};
+  TileStreams<E, kWarps, 3, kAsync> streams(reinterpret_cast<char*>(sbc + 2),
+                                            {p.delta, g.dout, gated ? p.z : nullptr},
+                                            {p.delta_strides, g.dout_strides, p.z_strides}, io,
+                                            dd, d0);
   auto load = [&](int j) {
-    const int64_t t0 = int64_t(j) * kTile;
-    if (kAsync) {
-      raw.Issue(rows, row_strides, t0, T, d0, p.dim);
-    } else {
-      sd.Load4(j, T, io.q, io.active, pd);
-      sdo.Load4(j, T, io.q, io.active, pdo);
-      if (gated) sz.Load4(j, T, io.q, io.active, pz);
-      else pz[0] = pz[1] = pz[2] = pz[3] = 0.f;
-    }
-    LoadBC<E>(p, io.b, t0, false, true, pbc);
-    pr = LoadResetFlag(p, io.b, t0);
+    streams.Load(j, T, d0, p.dim, io);
+    LoadBC<E>(p, io.b, int64_t(j) * kTile, false, true, pbc);
+    pr = LoadResetFlag(p, io.b, int64_t(j) * kTile);
   };
   auto commit = [&](int buf, int j) -> unsigned {
     const int64_t t0 = int64_t(j) * kTile;
-    if (kAsync) {  // this thread's copies done, then everyone's visible
-      CpAsyncWaitAll();
-      __syncthreads();
-      raw.Read4(0, io.q, col, pd);
-      raw.Read4(1, io.q, col, pdo);
-      if (gated) raw.Read4(2, io.q, col, pz);
-      else pz[0] = pz[1] = pz[2] = pz[3] = 0.f;
-    }
+    const auto& [pd, pdo, pz] = streams.Take(io.q, col);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int64_t t = t0 + 4 * i + io.q;
@@ -671,15 +688,14 @@ template <typename E, int kMinBlocks, int kSeg, bool kStoreExp, bool kAsync, boo
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     ScanBackwardKernel(SelectiveScanParams p, SelectiveScanGrads g, Work w) {
   constexpr bool kPrefetch = kAsync;
-  using Raw = RawTile<E, kWarps, 4>;  // Δ, x, dout, z
-  // Dynamic shared memory (over the 48 KB static limit), kBackwardSmem (+ Raw::kBytes) bytes:
+  // Dynamic shared memory (over the 48 KB static limit), kBackwardSmem (+ the RawTile of Δ, x,
+  // dout, z where asynchronous) bytes:
   extern __shared__ float4 smem[];
   auto sdx = reinterpret_cast<float4(*)[kWarps][kTile / 4][kChPerWarp][kSdxPad]>(smem);  // [2]: {Δ, x, dy, dΔ/dΔraw}
   using BC = BCTile<std::conditional_t<kBcF32, float, E>>;
   auto sbc = reinterpret_cast<BC*>(smem + kSdxFloats / 4);  // [2], fp32-sized slots
   auto sred = reinterpret_cast<float(*)[kTile][2 * kS]>(  // [kWarps]: per-warp dB | dC sums
       smem + kSdxFloats / 4 + 2 * kTile * 2 * kS / 4);
-  const Raw raw{reinterpret_cast<char*>(smem) + kBackwardSmem};
   const TileIo io = MakeIo(p);
   const int c = blockIdx.y;
   const int64_t dd = io.active ? io.d : p.dim - 1;
@@ -712,35 +728,19 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 
   // Prefetch registers for the next tile (the one before, in token order) and the current
   // tile's per-lane values.
-  float pd[4], px[4], pdo[4], pz[4], pbc[kBCPerThread];
+  float pbc[kBCPerThread];
   float4 pck;
   bool pr;
   float own_dout[4], own_z[4];
   float4 ck;
-  TokStream<E> sd, sx, sdo, sz;
-  sd.Init(p.delta, p.delta_strides, io.b, dd, io.q);
-  sx.Init(p.x, p.x_strides, io.b, dd, io.q);
-  sdo.Init(g.dout, g.dout_strides, io.b, dd, io.q);
-  sz.Init(p.z, p.z_strides, io.b, dd, io.q);
   const int64_t d0 = int64_t(blockIdx.x) * kChPerBlock;
   const int lane_col = io.warp * kChPerWarp + io.ch;
-  const E* rows[4] = {static_cast<const E*>(p.delta) + io.b * p.delta_strides.batch + d0,
-                      static_cast<const E*>(p.x) + io.b * p.x_strides.batch + d0,
-                      static_cast<const E*>(g.dout) + io.b * g.dout_strides.batch + d0,
-                      gated ? static_cast<const E*>(p.z) + io.b * p.z_strides.batch + d0 : nullptr};
-  const int64_t row_strides[4] = {p.delta_strides.token, p.x_strides.token,
-                                  g.dout_strides.token, p.z_strides.token};
+  TileStreams<E, kWarps, 4, kAsync> streams(
+      reinterpret_cast<char*>(smem) + kBackwardSmem, {p.delta, p.x, g.dout, gated ? p.z : nullptr},
+      {p.delta_strides, p.x_strides, g.dout_strides, p.z_strides}, io, dd, d0);
   auto load = [&](int j) {
     const int64_t t0 = int64_t(j) * kTile;
-    if (kAsync) {
-      raw.Issue(rows, row_strides, t0, T, d0, p.dim);
-    } else {
-      sd.Load4(j, T, io.q, io.active, pd);
-      sx.Load4(j, T, io.q, io.active, px);
-      sdo.Load4(j, T, io.q, io.active, pdo);
-      if (gated) sz.Load4(j, T, io.q, io.active, pz);
-      else pz[0] = pz[1] = pz[2] = pz[3] = 0.f;
-    }
+    streams.Load(j, T, d0, p.dim, io);
     LoadBC<E>(p, io.b, t0, true, true, pbc);
     pr = LoadResetFlag(p, io.b, t0);
     pck = *reinterpret_cast<const float4*>(w.ckpt + ((io.b * w.nJ + j) * p.dim + dd) * kS +
@@ -748,15 +748,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   };
   auto commit = [&](int buf, int j) -> unsigned {
     const int64_t t0 = int64_t(j) * kTile;
-    if (kAsync) {  // this thread's copies done, then everyone's visible
-      CpAsyncWaitAll();
-      __syncthreads();
-      raw.Read4(0, io.q, lane_col, pd);
-      raw.Read4(1, io.q, lane_col, px);
-      raw.Read4(2, io.q, lane_col, pdo);
-      if (gated) raw.Read4(3, io.q, lane_col, pz);
-      else pz[0] = pz[1] = pz[2] = pz[3] = 0.f;
-    }
+    const auto& [pd, px, pdo, pz] = streams.Take(io.q, lane_col);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int64_t t = t0 + 4 * i + io.q;
