@@ -38,6 +38,27 @@ using cuda_elements::ToFloat;
 
 __device__ __forceinline__ float ConvSigmoid(float v) { return __fdividef(1.f, 1.f + __expf(-v)); }
 
+// A document starts: the W − 1 earlier inputs of the window are gone (the forward and the
+// backward walk the same window).
+template <int W, int V>
+__device__ __forceinline__ void ClearHistory(float (&win)[W][V]) {
+#pragma unroll
+  for (int k = 0; k < W - 1; ++k) {
+#pragma unroll
+    for (int j = 0; j < V; ++j) win[k][j] = 0.f;
+  }
+}
+
+// The conv's output before the SiLU for channel j of the window.
+template <int W, int V>
+__device__ __forceinline__ float PreActivation(const float (&wt)[W][V], const float (&win)[W][V],
+                                               float bias, int j) {
+  float acc = bias;
+#pragma unroll
+  for (int k = 0; k < W; ++k) acc += wt[k][j] * win[k][j];
+  return acc;
+}
+
 // One global access of Bytes bytes.
 template <int Bytes> struct RawOf;
 template <> struct RawOf<2> { using Type = unsigned short; };
@@ -177,20 +198,12 @@ __global__ void __launch_bounds__(kConvThreads, kConvMinBlocksFwd)
 #pragma unroll
     for (int i = 0; i < G; ++i) {
       const int64_t t = tg + i;
-      if (reset[i]) {
-#pragma unroll
-        for (int k = 0; k < W - 1; ++k) {
-#pragma unroll
-          for (int j = 0; j < V; ++j) win[k][j] = 0.f;
-        }
-      }
+      if (reset[i]) ClearHistory(win);
       Unpack<E, V>(xin[i], win[W - 1]);
       float y[V];
 #pragma unroll
       for (int j = 0; j < V; ++j) {
-        float acc = bias[j];
-#pragma unroll
-        for (int k = 0; k < W; ++k) acc += wt[k][j] * win[k][j];
+        float acc = PreActivation(wt, win, bias[j], j);
         if (p.silu) acc *= ConvSigmoid(acc);
         y[j] = acc;
       }
@@ -262,12 +275,9 @@ __global__ void __launch_bounds__(kConvThreads, kConvMinBlocksBwd)
     for (int i = 0; i < G; ++i) {
       const int64_t t = tg + i;
       if (reset[i]) {
+        ClearHistory(win);
 #pragma unroll
-        for (int k = 0; k < W - 1; ++k) {
-#pragma unroll
-          for (int j = 0; j < V; ++j) win[k][j] = 0.f;
-          vis[k] = false;
-        }
+        for (int k = 0; k < W - 1; ++k) vis[k] = false;
       }
       Unpack<E, V>(xin[i], win[W - 1]);
       vis[W - 1] = true;
@@ -276,9 +286,7 @@ __global__ void __launch_bounds__(kConvThreads, kConvMinBlocksBwd)
 #pragma unroll
       for (int j = 0; j < V; ++j) {
         acc[W - 1][j] = 0.f;
-        float pre = bias[j];
-#pragma unroll
-        for (int k = 0; k < W; ++k) pre += wt[k][j] * win[k][j];
+        const float pre = PreActivation(wt, win, bias[j], j);
         if (p.silu) {
           const float sg = ConvSigmoid(pre);
           dpre[j] *= sg * (1.f + pre * (1.f - sg));
