@@ -152,6 +152,7 @@ struct Row {
   int64_t batch, T;
   int chunks, chunks_bwd;
   double fwd_us_tok, fwdbwd_us_tok, fwd_gbs, fwdbwd_gbs, fwd_floor_us, fwdbwd_floor_us;
+  bool chained = false;  // the backward's chunks hand their gradient on (printed "c")
 };
 
 }  // namespace
@@ -303,6 +304,7 @@ int main(int argc, char** argv) {
       const int chunks =
           rwr::scan::ScanForwardIsOnePass(p) ? 0 : rwr::scan::ScanChunks(batch, T, Di);
       const int chunks_bwd = rwr::scan::ScanChunks(batch, T, Di, /*backward=*/true);
+      const bool chained = rwr::scan::ScanBackwardIsChained(p);
       const int64_t ws_bytes = rwr::scan::WorkspaceBytes(p);
       void* ws = Alloc<char>(ws_bytes);
       p.workspace = ws;
@@ -316,7 +318,7 @@ int main(int argc, char** argv) {
             fwd_ms * 1e3 / tokens, fb_ms * 1e3 / tokens,
             fwd_bytes / (fwd_ms * 1e-3) / 1e9, (fwd_bytes + bwd_bytes) / (fb_ms * 1e-3) / 1e9,
             fwd_bytes / (copy_gbs * 1e9) * 1e6 / tokens,
-            (fwd_bytes + bwd_bytes) / (copy_gbs * 1e9) * 1e6 / tokens};
+            (fwd_bytes + bwd_bytes) / (copy_gbs * 1e9) * 1e6 / tokens, chained};
       rows.push_back(r);
       std::fprintf(stderr, "%s B=%lld T=%lld K=%d/%d: fwd %.4f us/tok, fwd+bwd %.4f us/tok (workspace %.2f GB)\n",
                    r.op.c_str(), (long long)batch, (long long)T, chunks, chunks_bwd, r.fwd_us_tok,
@@ -355,17 +357,18 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("\n%-8s %2s %7s %5s | %10s %8s %9s | %10s %8s %9s | %8s\n", "op", "B", "T", "K",
+  std::printf("\n%-8s %2s %7s %6s | %10s %8s %9s | %10s %8s %9s | %8s\n", "op", "B", "T", "K",
               "fwd us/tok", "fwd GB/s", "fwd floor", "f+b us/tok", "f+b GB/s", "f+b floor",
               "bwd");
   for (const Row& r : rows) {
-    std::printf("%-8s %2lld %7lld %2d/%-2d | %10.4f %8.0f %9.4f | %10.4f %8.0f %9.4f | %8.4f\n",
+    std::printf("%-8s %2lld %7lld %2d/%-2d%1s | %10.4f %8.0f %9.4f | %10.4f %8.0f %9.4f | %8.4f\n",
                 r.op.c_str(), (long long)r.batch, (long long)r.T, r.chunks, r.chunks_bwd,
+                r.chained ? "c" : "",
                 r.fwd_us_tok, r.fwd_gbs, r.fwd_floor_us, r.fwdbwd_us_tok, r.fwdbwd_gbs,
                 r.fwdbwd_floor_us, r.fwdbwd_us_tok - r.fwd_us_tok);
   }
   std::printf("(Di %lld, S 16, bf16; us per token per layer; K = chunks forward/backward, forward "
-              "0 = the one-pass forward; GB/s = minimum bytes / time; floor = minimum bytes at the "
+              "0 = the one-pass forward, backward c = chained chunks; GB/s = minimum bytes / time; floor = minimum bytes at the "
               "copy bandwidth; bwd = f+b - fwd)\n",
               (long long)Di);
   if (!json.empty()) {
@@ -379,10 +382,10 @@ int main(int argc, char** argv) {
       const Row& r = rows[i];
       std::fprintf(f,
                    "  {\"op\": \"%s\", \"batch\": %lld, \"T\": %lld, \"chunks\": %d, "
-                   "\"chunks_bwd\": %d, \"fwd_us_per_token\": %.5f, "
+                   "\"chunks_bwd\": %d, \"bwd_chained\": %s, \"fwd_us_per_token\": %.5f, "
                    "\"fwd_bwd_us_per_token\": %.5f, \"fwd_gbs\": %.1f, \"fwd_bwd_gbs\": %.1f}%s\n",
                    r.op.c_str(), (long long)r.batch, (long long)r.T, r.chunks, r.chunks_bwd,
-                   r.fwd_us_tok, r.fwdbwd_us_tok, r.fwd_gbs, r.fwdbwd_gbs,
+                   r.chained ? "true" : "false", r.fwd_us_tok, r.fwdbwd_us_tok, r.fwd_gbs, r.fwdbwd_gbs,
                    i + 1 < rows.size() ? "," : "");
     }
     std::fprintf(f, "]}\n");

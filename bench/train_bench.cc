@@ -16,6 +16,7 @@
 #include "CLI/CLI.hpp"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "scan_kernels/scan_tuning.h"
 #include "trainer/mamba_cuda.h"
 #include "trainer/model_io.h"
 #include "trainer/rng.h"
@@ -66,6 +67,10 @@ int main(int argc, char** argv) {
                  "halving that does");
   app.add_option("--precision", precision, "bf16 (tensor cores) or fp32 GEMMs");
   app.add_option("--json", json_path, "Write results as JSON");
+  int scan_variant = 1;
+  app.add_option("--scan-variant", scan_variant,
+                 "Selective-scan kernel variant (scan_kernels/scan_tuning.h; 1 = default), to "
+                 "measure a kernel change inside the whole step");
   app.add_flag("--phases", phases,
                "Also report GPU time per kind of work (gemm, scan, conv, norm, head, other, "
                "optimizer) and per GEMM and kernel (CUDA events around each call, which adds a "
@@ -106,6 +111,7 @@ int main(int argc, char** argv) {
                             {"cases", nlohmann::json::array()}};
   const rwr::trainer::AdamWOptions adamw{};
   (*model)->SetPhaseTiming(phases);
+  rwr::scan::SetScanVariant(scan_variant);
   rwr::trainer::Rng rng(5);
 
   auto run_case = [&](Case c, int timed, nlohmann::json* out) -> bool {

@@ -84,6 +84,17 @@ __device__ __forceinline__ void CpAsyncWaitGroup() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
+// A flag another block of the same kernel publishes: the acquire makes the data it wrote before
+// its release visible to this thread (and, after a barrier, to its block).
+__device__ __forceinline__ int LoadAcquire(const int* flag) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
+  return v;
+}
+__device__ __forceinline__ void StoreRelease(int* flag, int v) {
+  asm volatile("st.release.gpu.global.s32 [%0], %1;\n" ::"l"(flag), "r"(v) : "memory");
+}
+
 // Every row of a (B, T, dim) tensor 16-byte aligned (what 16-byte cp.async copies need); true for
 // a null tensor.
 inline bool RowsAligned(const void* ptr, const TokenStrides& s, int64_t dim, size_t elem) {

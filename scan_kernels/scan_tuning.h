@@ -20,7 +20,9 @@ void SetScanChunksOverride(int chunks);
 //      the chunked forward; x, Δ, z, dout tiles copied into shared memory asynchronously
 //      (cp.async) where their rows are aligned; forward exps all on the special-function unit;
 //      backward in 8-token segments, exps recomputed in the reverse pass, 2 blocks per
-//      multiprocessor, B and C kept as fp32 in shared memory (bf16 tensors)
+//      multiprocessor, B and C kept as fp32 in shared memory (bf16 tensors); chunks chained
+//      (v17: each hands its state gradient to the previous one's block) where the channel blocks
+//      fill the GPU (B 4 at Di 5120), else a chunk-local gradient pass first
 //   2  the v7 kernels: chunked forward, each lane loading its own elements
 //   4  as 2, the backward keeping the recompute's exps in registers for the reverse (spills)
 //   5  as 4, registers capped for 1 block per multiprocessor
@@ -30,7 +32,9 @@ void SetScanChunksOverride(int chunks);
 //   12 the v12 default: as 1 with the chunked forward everywhere and bf16 B/C backward tiles
 //   14 as 12 with forward blocks of 8 warps
 //   15, 16 as 1 with the one-pass forward at 2 / 4 states per lane wherever the rows are aligned
-inline constexpr int kScanVariants[] = {1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16};
+//   22 as 1 with the two-pass backward everywhere (a chunk-local gradient pass first)
+//   23 as 1 with the chained backward wherever there are chunks
+inline constexpr int kScanVariants[] = {1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 22, 23};
 void SetScanVariant(int variant);
 
 // The K the CUDA scan would use for these sizes (after the override), forward or backward; the
@@ -39,5 +43,9 @@ int ScanChunks(int64_t batch, int64_t seqlen, int64_t dim, bool backward = false
 
 // Whether the CUDA forward of these params runs the one-pass kernel under the current variant.
 bool ScanForwardIsOnePass(const SelectiveScanParams& params);
+
+// Whether the CUDA backward of these params chains its chunks (each chunk's block waits for the
+// gradient the next chunk's block publishes) instead of running a chunk-local gradient pass first.
+bool ScanBackwardIsChained(const SelectiveScanParams& params);
 
 }  // namespace rwr::scan

@@ -120,8 +120,12 @@ struct Work {
   float* ckpt;          // (B, nJ, Di, S) state before each tile
   float* hloc;          // (B, K, Di, S) chunk-local end state (forward), from zero
   float* hdecay;        // (B, K, Di, S) the chunk's decay exp(A·ΣΔ), 0 if it holds a reset
-  float* gloc;          // (B, K, Di, S) chunk-local state gradient flowing out of the chunk start
-  float* gdecay;        // (B, K, Di, S)
+  float* gloc;          // (B, K, Di, S) state gradient flowing out of chunk c's start: chunk-local
+                        // (from zero at the chunk's end) in the two-pass backward, complete in the
+                        // chained one
+  float* gdecay;        // (B, K, Di, S) the chunk's decay (two-pass backward)
+  int* chain;           // (B, K, nblk) chained backward: 1 once that block published its gloc;
+                        // then one ticket counter (the order blocks take work in)
   float* dbc_part;      // (B, T, nblk, 2S) per-block dB | dC partials
   float* dA_part;       // (B, K, Di, S)
   float* dDb_part;      // (B, K, Di, 2) dD, dbias partials
@@ -133,18 +137,23 @@ struct TileIo {
   bool active;  // d < Di
 };
 
-// kW: warps per block (the forward runs with 1, 2 or 8; the backward with kWarps).
+// kW: warps per block (the forward runs with 1, 2 or 8; the backward with kWarps). The block
+// runs channel block `blk` of batch row `b` (blockIdx.x and .z unless it takes work by ticket).
 template <int kW = kWarps>
-__device__ __forceinline__ TileIo MakeIo(const SelectiveScanParams& p) {
+__device__ __forceinline__ TileIo MakeIo(const SelectiveScanParams& p, int64_t blk, int64_t b) {
   TileIo io;
   io.warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
   io.ch = lane >> 2;
   io.q = lane & 3;
-  io.d = int64_t(blockIdx.x) * (kW * kChPerWarp) + io.warp * kChPerWarp + io.ch;
+  io.d = blk * (kW * kChPerWarp) + io.warp * kChPerWarp + io.ch;
   io.active = io.d < p.dim;
-  io.b = blockIdx.z;
+  io.b = b;
   return io;
+}
+template <int kW = kWarps>
+__device__ __forceinline__ TileIo MakeIo(const SelectiveScanParams& p) {
+  return MakeIo<kW>(p, blockIdx.x, blockIdx.z);
 }
 
 // ---- tile loading ------------------------------------------------------------------------------
@@ -684,7 +693,11 @@ constexpr int kBackwardSmem =
 // resets and the checkpoint then (without it those are loaded just before the commit: issued
 // earlier they held registers that spilled under the cap, v7). kBcF32: B and C kept as fp32 in
 // shared memory (converted once at the commit, not unpacked by every lane at every read).
-template <typename E, int kMinBlocks, int kSeg, bool kStoreExp, bool kAsync, bool kBcF32 = false>
+// kChained: the chunks hand their state gradient on (ChainsChunks) instead of reading the
+// chunk-local gradient pass's results; a template parameter so that the two-pass kernel keeps its
+// registers (the work indices below are then blockIdx, free to re-read).
+template <typename E, int kMinBlocks, int kSeg, bool kStoreExp, bool kAsync, bool kBcF32 = false,
+          bool kChained = false>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     ScanBackwardKernel(SelectiveScanParams p, SelectiveScanGrads g, Work w) {
   constexpr bool kPrefetch = kAsync;
@@ -696,8 +709,20 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   auto sbc = reinterpret_cast<BC*>(smem + kSdxFloats / 4);  // [2], fp32-sized slots
   auto sred = reinterpret_cast<float(*)[kTile][2 * kS]>(  // [kWarps]: per-warp dB | dC sums
       smem + kSdxFloats / 4 + 2 * kTile * 2 * kS / 4);
-  const TileIo io = MakeIo(p);
-  const int c = blockIdx.y;
+  // Which (channel block, chunk, batch row) this block runs. Chained, blocks take work in the
+  // order they start (a ticket), last chunk first, so a block only ever waits for one that
+  // started before it: whatever the scheduler does, the block it waits for runs.
+  int blk = blockIdx.x, c = blockIdx.y, bz = blockIdx.z;
+  if constexpr (kChained) {
+    __shared__ int item;
+    const int per_chunk = w.nblk * static_cast<int>(p.batch);
+    if (threadIdx.x == 0) item = atomicAdd(w.chain + w.K * per_chunk, 1);
+    __syncthreads();
+    c = w.K - 1 - item / per_chunk;
+    bz = (item % per_chunk) / w.nblk;
+    blk = item % w.nblk;
+  }
+  const TileIo io = MakeIo(p, blk, bz);
   const int64_t dd = io.active ? io.d : p.dim - 1;
   const int64_t T = p.seqlen;
   const bool gated = p.z != nullptr;
@@ -711,14 +736,25 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   const float Dd = p.D != nullptr ? p.D[dd] : 0.f;
   const float dbias = p.delta_bias != nullptr ? p.delta_bias[dd] : 0.f;
 
-  // Gradient entering the chunk's last token from later chunks.
+  // Gradient entering the chunk's last token from later chunks: chained, what the next chunk's
+  // block published (it started earlier: the ticket order); else dfinal_state carried through
+  // the later chunks' local gradients and decays.
   float gs[kSPL] = {0.f, 0.f, 0.f, 0.f};
-  if (g.dfinal_state != nullptr) {
+  if (kChained && c < w.K - 1) {
+    if (threadIdx.x == 0) {
+      const int* flag = w.chain + (int64_t(bz) * w.K + c + 1) * w.nblk + blk;
+      while (LoadAcquire(flag) == 0) __nanosleep(64);
+    }
+    __syncthreads();
+    const float4 v = __ldcg(reinterpret_cast<const float4*>(
+        w.gloc + ((io.b * w.K + c + 1) * p.dim + dd) * kS + io.q * kSPL));
+    gs[0] = v.x; gs[1] = v.y; gs[2] = v.z; gs[3] = v.w;
+  } else if (g.dfinal_state != nullptr) {
     const float4 v = *reinterpret_cast<const float4*>(g.dfinal_state +
                                                       (io.b * p.dim + dd) * kS + io.q * kSPL);
     gs[0] = v.x; gs[1] = v.y; gs[2] = v.z; gs[3] = v.w;
   }
-  for (int cc = w.K - 1; cc > c; --cc) {
+  for (int cc = w.K - 1; cc > c && !kChained; --cc) {
     const int64_t o = ((io.b * w.K + cc) * p.dim + dd) * kS + io.q * kSPL;
     const float4 gl = *reinterpret_cast<const float4*>(w.gloc + o);
     const float4 dc = *reinterpret_cast<const float4*>(w.gdecay + o);
@@ -733,7 +769,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   bool pr;
   float own_dout[4], own_z[4];
   float4 ck;
-  const int64_t d0 = int64_t(blockIdx.x) * kChPerBlock;
+  const int64_t d0 = int64_t(blk) * kChPerBlock;
   const int lane_col = io.warp * kChPerWarp + io.ch;
   TileStreams<E, kWarps, 4, kAsync> streams(
       reinterpret_cast<char*>(smem) + kBackwardSmem, {p.delta, p.x, g.dout, gated ? p.z : nullptr},
@@ -910,7 +946,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       float sum = 0.f;
 #pragma unroll
       for (int wi = 0; wi < kWarps; ++wi) sum += sred[wi][tok][v];
-      if (t < T) w.dbc_part[((io.b * T + t) * w.nblk + blockIdx.x) * (2 * kS) + v] = sum;
+      if (t < T) w.dbc_part[((io.b * T + t) * w.nblk + blk) * (2 * kS) + v] = sum;
     }
     unsigned next = 0;
     if (more) {
@@ -925,6 +961,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   dD_acc += __shfl_xor_sync(kFull, dD_acc, 2);
   dbias_acc += __shfl_xor_sync(kFull, dbias_acc, 1);
   dbias_acc += __shfl_xor_sync(kFull, dbias_acc, 2);
+  // Chained: hand the gradient at this chunk's start to the previous chunk's block (every thread's
+  // store made visible device-wide before the flag is released).
+  if (kChained && c > 0) {
+    if (io.active) {
+      *reinterpret_cast<float4*>(w.gloc + ((io.b * w.K + c) * p.dim + io.d) * kS + io.q * kSPL) =
+          make_float4(gs[0], gs[1], gs[2], gs[3]);
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) StoreRelease(w.chain + (int64_t(bz) * w.K + c) * w.nblk + blk, 1);
+  }
   if (!io.active) return;
   const int64_t o = ((io.b * w.K + c) * p.dim + io.d) * kS + io.q * kSPL;
   *reinterpret_cast<float4*>(w.dA_part + o) = make_float4(dA_acc[0], dA_acc[1], dA_acc[2], dA_acc[3]);
@@ -1040,12 +1087,14 @@ WorkBytes LayoutWork(const SelectiveScanParams& p, Pass pass, bool with_workspac
     return ptr;
   };
   w->hloc = w->hdecay = w->gloc = w->gdecay = w->dbc_part = w->dA_part = w->dDb_part = nullptr;
+  w->chain = nullptr;
   if (pass == Pass::kForward) {
     w->hloc = take(B * K * Di * kS);
     w->hdecay = take(B * K * Di * kS);
   } else {
     w->gloc = take(B * K * Di * kS);
     w->gdecay = take(B * K * Di * kS);
+    w->chain = reinterpret_cast<int*>(take(B * K * w->nblk + 1));  // ints: the same 4 bytes
     w->dbc_part = take(B * p.seqlen * w->nblk * 2 * kS);
     w->dA_part = take(B * K * Di * kS);
     w->dDb_part = take(B * K * Di * 2);
@@ -1076,6 +1125,8 @@ struct Variant {
   int single_pass = 0;         // one-pass forward: 0 where it applies and fills the GPU (4
                                // states per lane), 2 / 4 wherever it applies, −1 never
   bool bwd_bc_f32 = true;      // ScanBackwardKernel kBcF32 (asynchronous bf16 backward)
+  int bwd_chain = 0;           // chained backward: 0 where the channel blocks fill the GPU
+                               // (ChainsChunks), 1 wherever K > 1, −1 never (two-pass)
 };
 Variant VariantOf(int n) {
   Variant v;  // 1, the default
@@ -1083,6 +1134,7 @@ Variant VariantOf(int n) {
   if (n >= 2 && n <= 14) {
     v.single_pass = -1;
     v.bwd_bc_f32 = false;
+    v.bwd_chain = -1;
   }
   switch (n) {
     case 2: v.async = false; break;
@@ -1096,6 +1148,8 @@ Variant VariantOf(int n) {
     case 14: v.fwd_warps = 8; break;
     case 15: v.single_pass = 2; break;
     case 16: v.single_pass = 4; break;
+    case 22: v.bwd_chain = -1; break;
+    case 23: v.bwd_chain = 1; break;
     default: break;  // 1, 12
   }
   return v;
@@ -1106,6 +1160,17 @@ Variant VariantOf(int n) {
 bool UsesOnePass(const SelectiveScanParams& p, const Variant& v) {
   return v.single_pass >= 0 && single_pass::SinglePassApplies(p) &&
          (v.single_pass > 0 || single_pass::SinglePassFills(p, NumSms()));
+}
+
+// Whether the backward's chunks hand their state gradient on, chunk K−1 first (one pass; each
+// block waits for the next chunk's block of its channels), instead of a chunk-local gradient pass
+// first (two passes). Chained pays where the channel blocks alone fill the GPU's 2 resident
+// backward blocks per multiprocessor: a block's wait is then for one that started a wave earlier.
+bool ChainsChunks(const SelectiveScanParams& p, const Work& w, const Variant& v) {
+  if (w.K <= 1 || v.bwd_chain < 0) return false;
+  // Only the current backward (8-token segments, exps recomputed, fp32 B/C tiles) is built chained.
+  if (v.bwd_seg != 8 || v.bwd_store_exp || !v.bwd_bc_f32) return false;
+  return v.bwd_chain > 0 || p.batch * w.nblk >= 2 * int64_t(NumSms());
 }
 
 // Warps per forward block: 8 when the grid has several blocks per multiprocessor, else fewer, so
@@ -1175,11 +1240,11 @@ absl::Status LaunchForward(const SelectiveScanParams& p, cudaStream_t stream) {
 }
 
 template <typename E, int kMinBlocks, int kSeg, bool kStoreExp, bool kAsync = false,
-          bool kBcF32 = false>
+          bool kBcF32 = false, bool kChained = false>
 absl::Status LaunchBackwardKernel(dim3 grid, const SelectiveScanParams& p,
                                   const SelectiveScanGrads& g, const Work& w,
                                   cudaStream_t stream) {
-  auto* kernel = ScanBackwardKernel<E, kMinBlocks, kSeg, kStoreExp, kAsync, kBcF32>;
+  auto* kernel = ScanBackwardKernel<E, kMinBlocks, kSeg, kStoreExp, kAsync, kBcF32, kChained>;
   constexpr int kSmem = kBackwardSmem + (kAsync ? RawTile<E, kWarps, 4>::kBytes : 0);
   RWR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   kernel<<<grid, kThreads, kSmem, stream>>>(p, g, w);
@@ -1212,7 +1277,10 @@ absl::Status LaunchBackward(const SelectiveScanParams& p, const SelectiveScanGra
                      RowsAligned(p.delta, p.delta_strides, p.dim, elem) &&
                      RowsAligned(p.z, p.z_strides, p.dim, elem) &&
                      RowsAligned(g.dout, g.dout_strides, p.dim, elem);
-  if (w.K > 1) {
+  const bool chained = ChainsChunks(p, w, v);
+  if (chained) {  // the published flags and the ticket start at zero
+    RWR_CUDA(cudaMemsetAsync(w.chain, 0, (p.batch * w.K * w.nblk + 1) * sizeof(int), stream));
+  } else if (w.K > 1) {
     const dim3 local_grid(w.nblk, w.K - 1, nb);
     const absl::Status local = async ? LaunchChunkGradKernel<E, true>(local_grid, p, g, w, stream)
                                      : LaunchChunkGradKernel<E, false>(local_grid, p, g, w, stream);
@@ -1224,7 +1292,10 @@ absl::Status LaunchBackward(const SelectiveScanParams& p, const SelectiveScanGra
   const bool bwd_async = async && std::is_same_v<E, __nv_bfloat16> && v.bwd_seg == 8 &&
                          !v.bwd_store_exp;
   const absl::Status st =
-      v.bwd_seg == 16          ? LaunchBackwardKernel<E, 1, 16, true>(grid, p, g, w, stream)
+      chained && bwd_async
+          ? LaunchBackwardKernel<E, 2, 8, false, true, true, true>(grid, p, g, w, stream)
+      : chained ? LaunchBackwardKernel<E, 2, 8, false, false, false, true>(grid, p, g, w, stream)
+      : v.bwd_seg == 16        ? LaunchBackwardKernel<E, 1, 16, true>(grid, p, g, w, stream)
       : bwd_async && v.bwd_bc_f32
           ? LaunchBackwardKernel<E, 2, 8, false, true, true>(grid, p, g, w, stream)
       : bwd_async              ? LaunchBackwardKernel<E, 2, 8, false, true>(grid, p, g, w, stream)
@@ -1249,6 +1320,11 @@ int ScanChunks(int64_t batch, int64_t seqlen, int64_t dim, bool backward) {
 }
 bool ScanForwardIsOnePass(const SelectiveScanParams& params) {
   return UsesOnePass(params, VariantOf(g_variant.load()));
+}
+bool ScanBackwardIsChained(const SelectiveScanParams& params) {
+  Work w;
+  LayoutWork(params, Pass::kBackward, true, nullptr, nullptr, &w);
+  return ChainsChunks(params, w, VariantOf(g_variant.load()));
 }
 
 bool HaveCuda() { return true; }

@@ -430,7 +430,7 @@ TEST(ScanCuda, TwoRunsAreBitwiseEqual) {
   ScanCase c;
   c.B = 2; c.T = 5000; c.Di = 256; c.dtype = DType::kBF16; c.chunks = 0;
   HostScan h(c);
-  for (int variant : {1, 16}) {  // the chunked and the one-pass forward
+  for (int variant : {1, 16, 23}) {  // chunked and one-pass forward; chained backward
     SetScanVariant(variant);
     ScanResults a, b;
     RunGpu(h, &a);
@@ -591,6 +591,27 @@ TEST(ScanCuda, DefaultForwardIsOnePassWhereTheChannelsFillTheGpu) {
   p.B = at((4 << 20) + 160 * 2);
   p.dim = 5118;  // x rows of 10236 bytes
   EXPECT_FALSE(ScanForwardIsOnePass(p));
+}
+
+// The chained backward is the default where B × channel blocks fill 2 blocks per multiprocessor
+// (B 4 at Di 5120 on an H100's 132), never with one chunk; variants 22 / 23 force it off / on.
+TEST(ScanCuda, DefaultBackwardChainsWhereTheChannelsFillTheGpu) {
+  SetScanVariant(1);
+  SelectiveScanParams p;
+  p.seqlen = 2048; p.dim = 5120; p.dstate = 16; p.dtype = DType::kBF16;
+  p.batch = 4;
+  EXPECT_TRUE(ScanBackwardIsChained(p));
+  p.batch = 1;
+  EXPECT_FALSE(ScanBackwardIsChained(p));
+  SetScanVariant(23);
+  EXPECT_TRUE(ScanBackwardIsChained(p));
+  p.seqlen = 16;  // one tile: one chunk, nothing to chain
+  EXPECT_FALSE(ScanBackwardIsChained(p));
+  p.seqlen = 2048;
+  p.batch = 4;
+  SetScanVariant(22);
+  EXPECT_FALSE(ScanBackwardIsChained(p));
+  SetScanVariant(1);
 }
 
 // ---- causal conv1d ----------------------------------------------------------------------------
