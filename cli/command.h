@@ -6,12 +6,14 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/config.h"
+#include "fmt/format.h"
 
 namespace rwr::cli {
 
@@ -23,6 +25,16 @@ struct CommonOptions {
 
 // Adds --config, --set and --log-level to `command`.
 void AddCommonOptions(CLI::App* command, CommonOptions* options);
+
+// A flag given on the command line wins over the config file: it becomes one more --set
+// (key=value) after the file's. `option` may be null (a flag the command does not have here).
+template <typename T>
+void FlagToOverride(const CLI::Option* option, const T& value, std::string_view key,
+                    CommonOptions* common) {
+  if (option != nullptr && option->count() > 0) {
+    common->overrides.push_back(fmt::format("{}={}", key, value));
+  }
+}
 
 // defaults, then the --config file, then each --set in order; logs the resolved YAML.
 absl::StatusOr<Config> ResolveConfig(const CommonOptions& options, const Config& defaults,

@@ -33,13 +33,6 @@
 namespace rwr::cli {
 namespace {
 
-// A flag given on the command line wins over the config file: it becomes one more --set.
-template <typename T>
-void FlagToOverride(CLI::Option* option, const T& value, std::string_view key,
-                    CommonOptions* common) {
-  if (option->count() > 0) common->overrides.push_back(fmt::format("{}={}", key, value));
-}
-
 struct SynthFlags {
   CommonOptions common;
   std::string out;

@@ -30,15 +30,6 @@ namespace {
 
 constexpr char kDefaultServer[] = "127.0.0.1:7400";
 
-// A flag given on the command line wins over the config file: it becomes one more --set.
-template <typename T>
-void FlagToOverride(CLI::Option* option, const T& value, std::string_view key,
-                    CommonOptions* common) {
-  if (option != nullptr && option->count() > 0) {
-    common->overrides.push_back(fmt::format("{}={}", key, value));
-  }
-}
-
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(fmt::format("{}: cannot read the token file", path));

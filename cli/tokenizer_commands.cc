@@ -41,7 +41,7 @@ void AddTokenizerOption(CLI::App* cmd, TokenizerFlags* f) {
 }
 
 absl::StatusOr<distill::Tokenizer> LoadTokenizer(TokenizerFlags& f, std::string_view command) {
-  if (f.tokenizer_opt->count() > 0) f.common.overrides.push_back("tokenizer.path=" + f.tokenizer);
+  FlagToOverride(f.tokenizer_opt, f.tokenizer, "tokenizer.path", &f.common);
   RWR_ASSIGN_OR_RETURN(Config config, ResolveConfig(f.common, Config(), command));
   RWR_ASSIGN_OR_RETURN(std::string path,
                        config.GetOr<std::string>("tokenizer.path", kDefaultTokenizer));
