@@ -70,7 +70,9 @@ int main(int argc, char** argv) {
   int scan_variant = 1;
   app.add_option("--scan-variant", scan_variant,
                  "Selective-scan kernel variant (scan_kernels/scan_tuning.h; 1 = default), to "
-                 "measure a kernel change inside the whole step");
+                 "measure a kernel change inside the whole step")
+      ->check(CLI::IsMember(std::vector<int>(std::begin(rwr::scan::kScanVariants),
+                                             std::end(rwr::scan::kScanVariants))));
   app.add_flag("--phases", phases,
                "Also report GPU time per kind of work (gemm, scan, conv, norm, head, other, "
                "optimizer) and per GEMM and kernel (CUDA events around each call, which adds a "
@@ -188,7 +190,8 @@ int main(int argc, char** argv) {
       line += fmt::format("  untimed {:.1f}", median * 1e3 - sum);
       fmt::print("{}\n", line);
       for (const auto& [name, t] : phase_ms) {
-        if (name.find('.') != std::string::npos) fmt::print("             {:<26} {:8.2f} ms\n", name, t);
+        if (name.find('.') != std::string::npos)
+          fmt::print("             {:<26} {:8.2f} ms\n", name, t);
       }
       (*out)["phase_ms"] = pj;
     }

@@ -109,8 +109,8 @@ inline const void* At(const void* p, int64_t elements, int64_t es) {
 // two per timed call, read back by TakePhaseTimes. A call is timed under its kind ("gemm", "scan",
 // ...) and, where it says one, a detail ("in_proj.dx"): the kinds add up to the timed GPU work,
 // the details split a kind.
-constexpr const char* kPhaseKinds[] = {"gemm", "scan", "conv", "norm", "head", "other",
-                                       "optimizer"};
+constexpr const char* kPhaseKinds[] = {"gemm", "scan",  "conv",     "norm",
+                                       "head", "other", "optimizer"};
 struct PhaseSpan {
   const char* kind;
   const char* what;  // or null
@@ -262,8 +262,8 @@ struct MambaCuda::Impl {
     });
   }
   // dW(N, K) += dY(M, N)ᵀ·X(M, K), dW fp32
-  absl::Status LinearDw(const char* what, const void* dY, int64_t lddy, const void* X,
-                        int64_t ldx, float* dW, int64_t M, int64_t N, int64_t K) {
+  absl::Status LinearDw(const char* what, const void* dY, int64_t lddy, const void* X, int64_t ldx,
+                        float* dW, int64_t M, int64_t N, int64_t K) {
     return Timed("gemm", what, "dw", [&]() -> absl::Status {
       const float one = 1.f;
       return Gemm(cublasGemmEx(cublas, CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, &one, X, CudaType(), ldx,
@@ -309,17 +309,18 @@ class CudaRunner {
       return cuda::RmsNorm(k().h.ptr, P(o.norm), k().xn.ptr, m_.act, a.rstd.ptr, M, d.D,
                            c_.norm_eps, s, keep ? a.h_in.ptr : nullptr);
     }));
-    RWR_RETURN_IF_ERROR(
-        m_.Linear("in_proj", k().xn.ptr, d.D, m_.W(o.in_proj), a.xz.ptr, false, 2 * d.Di, M, 2 * d.Di, d.D));
+    RWR_RETURN_IF_ERROR(m_.Linear("in_proj", k().xn.ptr, d.D, m_.W(o.in_proj), a.xz.ptr, false,
+                                  2 * d.Di, M, 2 * d.Di, d.D));
     RWR_RETURN_IF_ERROR(m_.ConvForward(Conv(d, o, state_in, state_out, a)));
-    RWR_RETURN_IF_ERROR(
-        m_.Linear("x_proj", k().uc.ptr, d.Di, m_.W(o.x_proj), a.xdbl.ptr, false, d.X, M, d.X, d.Di));
-    RWR_RETURN_IF_ERROR(m_.Linear("dt_proj", a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), k().dtraw.ptr, false,
-                                  d.Di, M, d.Di, d.R));
+    RWR_RETURN_IF_ERROR(m_.Linear("x_proj", k().uc.ptr, d.Di, m_.W(o.x_proj), a.xdbl.ptr, false,
+                                  d.X, M, d.X, d.Di));
+    RWR_RETURN_IF_ERROR(m_.Linear("dt_proj", a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), k().dtraw.ptr,
+                                  false, d.Di, M, d.Di, d.R));
     RWR_RETURN_IF_ERROR(m_.ScanForward(
         Scan(l, d, o, state_in + conv_floats, state_out ? state_out + conv_floats : nullptr, a)));
     // The residual add is the GEMM's beta: h += y·out_projᵀ, accumulated in fp32.
-    return m_.Linear("out_proj", k().y.ptr, d.Di, m_.W(o.out_proj), k().h.ptr, true, d.D, M, d.D, d.Di, 1.f);
+    return m_.Linear("out_proj", k().y.ptr, d.Di, m_.W(o.out_proj), k().h.ptr, true, d.D, M, d.D,
+                     d.Di, 1.f);
   }
 
   // dh (M, D): gradient of the layer output → of its input (dh_act follows it in kBf16). dstate
@@ -336,8 +337,8 @@ class CudaRunner {
     // Recompute what the forward did not keep: conv output and Δ here, the scan output (the
     // out_proj GEMM's input) inside the scan's backward, which rebuilds the states anyway.
     RWR_RETURN_IF_ERROR(m_.ConvForward(Conv(d, o, state_in, nullptr, a)));
-    RWR_RETURN_IF_ERROR(m_.Linear("dt_proj", a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), k().dtraw.ptr, false,
-                                  d.Di, M, d.Di, d.R));
+    RWR_RETURN_IF_ERROR(m_.Linear("dt_proj", a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), k().dtraw.ptr,
+                                  false, d.Di, M, d.Di, d.R));
     scan::SelectiveScanParams sp = Scan(l, d, o, state_in + conv_floats, nullptr, a);
 
     const int64_t es = m_.es();
@@ -362,7 +363,8 @@ class CudaRunner {
     sg.ddelta_bias = k().ddt_bias.ptr;
     sg.dinitial_state = dstate_next + conv_floats;
     RWR_RETURN_IF_ERROR(m_.ScanBackward(sp, sg));
-    RWR_RETURN_IF_ERROR(m_.LinearDw("out_proj", dh, d.D, k().y.ptr, d.Di, G(o.out_proj), M, d.D, d.Di));
+    RWR_RETURN_IF_ERROR(
+        m_.LinearDw("out_proj", dh, d.D, k().y.ptr, d.Di, G(o.out_proj), M, d.D, d.Di));
     RWR_RETURN_IF_ERROR(m_.Timed("other", "param_grads", [&]() -> absl::Status {
       RWR_RETURN_IF_ERROR(
           cuda::ALogGrad(k().dA.ptr, m_.A.ptr + l * d.Di * d.S, G(o.A_log), d.Di * d.S, s));
@@ -370,14 +372,14 @@ class CudaRunner {
       return cuda::Add(G(o.dt_proj_bias), k().ddt_bias.ptr, d.Di, s);
     }));
 
-    RWR_RETURN_IF_ERROR(
-        m_.LinearDw("dt_proj", k().ddtraw.ptr, d.Di, a.xdbl.ptr, d.X, G(o.dt_proj_weight), M, d.Di, d.R));
-    RWR_RETURN_IF_ERROR(m_.LinearDx("dt_proj", k().ddtraw.ptr, d.Di, m_.W(o.dt_proj_weight), k().dxdbl.ptr,
-                                    false, d.X, M, d.Di, d.R));
+    RWR_RETURN_IF_ERROR(m_.LinearDw("dt_proj", k().ddtraw.ptr, d.Di, a.xdbl.ptr, d.X,
+                                    G(o.dt_proj_weight), M, d.Di, d.R));
+    RWR_RETURN_IF_ERROR(m_.LinearDx("dt_proj", k().ddtraw.ptr, d.Di, m_.W(o.dt_proj_weight),
+                                    k().dxdbl.ptr, false, d.X, M, d.Di, d.R));
     RWR_RETURN_IF_ERROR(
         m_.LinearDw("x_proj", k().dxdbl.ptr, d.X, k().uc.ptr, d.Di, G(o.x_proj), M, d.X, d.Di));
-    RWR_RETURN_IF_ERROR(m_.LinearDx("x_proj", k().dxdbl.ptr, d.X, m_.W(o.x_proj), k().duc.ptr, false, d.Di, M,
-                                    d.X, d.Di, 1.f));
+    RWR_RETURN_IF_ERROR(m_.LinearDx("x_proj", k().dxdbl.ptr, d.X, m_.W(o.x_proj), k().duc.ptr,
+                                    false, d.Di, M, d.X, d.Di, 1.f));
 
     scan::CausalConv1dParams cp = Conv(d, o, state_in, nullptr, a);
     cp.workspace = k().conv_ws.ptr;
@@ -400,10 +402,10 @@ class CudaRunner {
       return cuda::RmsNorm(a.h_in.ptr, P(o.norm), k().xn.ptr, m_.act, a.rstd.ptr, M, d.D,
                            c_.norm_eps, s);
     }));
-    RWR_RETURN_IF_ERROR(
-        m_.LinearDw("in_proj", k().dxz.ptr, 2 * d.Di, k().xn.ptr, d.D, G(o.in_proj), M, 2 * d.Di, d.D));
-    RWR_RETURN_IF_ERROR(m_.LinearDx("in_proj", k().dxz.ptr, 2 * d.Di, m_.W(o.in_proj), k().dxn.ptr, true, d.D,
+    RWR_RETURN_IF_ERROR(m_.LinearDw("in_proj", k().dxz.ptr, 2 * d.Di, k().xn.ptr, d.D, G(o.in_proj),
                                     M, 2 * d.Di, d.D));
+    RWR_RETURN_IF_ERROR(m_.LinearDx("in_proj", k().dxz.ptr, 2 * d.Di, m_.W(o.in_proj), k().dxn.ptr,
+                                    true, d.D, M, 2 * d.Di, d.D));
     return m_.Timed("norm", "bwd", [&] {
       return cuda::RmsNormBackward(a.h_in.ptr, P(o.norm), a.rstd.ptr, k().dxn.ptr, k().dh.ptr,
                                    DhActOut(), m_.act, G(o.norm), k().norm_scratch.ptr, M, d.D, s);
@@ -449,10 +451,11 @@ class CudaRunner {
     for (size_t r0 = 0; r0 < rows.size(); r0 += block) {
       const int64_t nr = std::min<int64_t>(block, rows.size() - r0);
       RWR_RETURN_IF_ERROR(m_.Timed("head", "gather", [&] {
-        return cuda::GatherRows(k().hn.ptr, k().rows.ptr + r0, k().block_in.ptr, m_.act, nr, d.D, s);
+        return cuda::GatherRows(k().hn.ptr, k().rows.ptr + r0, k().block_in.ptr, m_.act, nr, d.D,
+                                s);
       }));
-      RWR_RETURN_IF_ERROR(
-          m_.Linear("lm_head", k().block_in.ptr, d.D, E, k().block_logits.ptr, true, d.V, nr, d.V, d.D));
+      RWR_RETURN_IF_ERROR(m_.Linear("lm_head", k().block_in.ptr, d.D, E, k().block_logits.ptr, true,
+                                    d.V, nr, d.V, d.D));
       if (host_logits != nullptr) {
         std::vector<float> logits(nr * d.V);
         RWR_CUDA(cudaMemcpyAsync(logits.data(), k().block_logits.ptr, nr * d.V * 4,
@@ -476,8 +479,8 @@ class CudaRunner {
         RWR_RETURN_IF_ERROR(m_.Timed("head", "scatter", [&] {
           return cuda::ScatterRows(k().block_dh.ptr, k().rows.ptr + r0, k().dhn.ptr, nr, d.D, s);
         }));
-        RWR_RETURN_IF_ERROR(
-            m_.LinearDw("lm_head", dlogits, d.V, k().block_in.ptr, d.D, G(layout_.embedding()), nr, d.V, d.D));
+        RWR_RETURN_IF_ERROR(m_.LinearDw("lm_head", dlogits, d.V, k().block_in.ptr, d.D,
+                                        G(layout_.embedding()), nr, d.V, d.D));
       }
     }
     // One read-back per chunk; summed on the host in row order (the same bits every run).
@@ -504,8 +507,8 @@ class CudaRunner {
 
   absl::Status Embed(const ChunkDims& d) {
     return m_.Timed("other", "embedding", [&] {
-      return cuda::Embed(k().tokens.ptr, d.T, d.t0, d.Tc, d.M(), P(layout_.embedding()),
-                         k().h.ptr, d.D, m_.stream);
+      return cuda::Embed(k().tokens.ptr, d.T, d.t0, d.Tc, d.M(), P(layout_.embedding()), k().h.ptr,
+                         d.D, m_.stream);
     });
   }
   // Each distinct token's rows, summed in row order by one block: no atomics, same bits every run.

@@ -84,6 +84,8 @@ __global__ void RmsNormKernel(const float* x, const float* w, T* y, float* rstd,
 // per thread, read once with 16-byte loads (the kernel above reads it twice with 4-byte loads:
 // 1.8× its bytes' time at D 2560).
 constexpr int kNormVecThreads = 128;
+// v to y[4·i4 .. 4·i4 + 3] in one store: 16 bytes (fp32) or 8 (bf16, round to nearest even).
+// The norm above and AdamW's bf16 weight copy write through it.
 template <typename T>
 __device__ __forceinline__ void Store4(T* y, int64_t i4, float4 v);
 template <>
@@ -122,7 +124,8 @@ __global__ void __launch_bounds__(kNormVecThreads)
     const int64_t i = threadIdx.x + int64_t(k) * kNormVecThreads;
     if (i >= D4) continue;
     const float4 wv = w4[i], v = xv[k];
-    Store4(y, base + i, make_float4(v.x * r * wv.x, v.y * r * wv.y, v.z * r * wv.z, v.w * r * wv.w));
+    Store4(y, base + i,
+           make_float4(v.x * r * wv.x, v.y * r * wv.y, v.z * r * wv.z, v.w * r * wv.w));
     if (x_copy != nullptr) reinterpret_cast<float4*>(x_copy)[base + i] = v;
   }
 }
@@ -141,8 +144,8 @@ void LaunchNorm(const float* x, const float* w, T* y, float* rstd, float* x_copy
                 int64_t D, float eps, cudaStream_t stream) {
   const unsigned nb = static_cast<unsigned>(rows);
   switch (NormVecs(D)) {
-#define RWR_NORM_VEC_CASE(V)                                                                     \
-  case V:                                                                                        \
+#define RWR_NORM_VEC_CASE(V)                                                                   \
+  case V:                                                                                      \
     RmsNormVecKernel<T, V><<<nb, kNormVecThreads, 0, stream>>>(x, w, y, rstd, x_copy, D, eps); \
     break;
     RWR_NORM_VEC_CASE(1)
@@ -333,7 +336,10 @@ __global__ void CrossEntropyKernel(const float* logits, int64_t V, const int32_t
     const float4* z4 = reinterpret_cast<const float4*>(z);
     for (int64_t i = threadIdx.x; i < V / 4; i += blockDim.x) {
       const float4 q = z4[i];
-      see(q.x); see(q.y); see(q.z); see(q.w);
+      see(q.x);
+      see(q.y);
+      see(q.z);
+      see(q.w);
     }
   } else {
     for (int64_t v = threadIdx.x; v < V; v += blockDim.x) see(z[v]);
@@ -399,13 +405,7 @@ __global__ void AdamWKernel(float* p, __nv_bfloat16* p16, const float* g, float*
     reinterpret_cast<float4*>(p)[i] = pp;
     reinterpret_cast<float4*>(m)[i] = mm;
     reinterpret_cast<float4*>(v)[i] = vv;
-    if (p16 != nullptr) {
-      __nv_bfloat162 lo = __floats2bfloat162_rn(pp.x, pp.y), hi = __floats2bfloat162_rn(pp.z, pp.w);
-      uint2 packed;
-      packed.x = *reinterpret_cast<uint32_t*>(&lo);
-      packed.y = *reinterpret_cast<uint32_t*>(&hi);
-      reinterpret_cast<uint2*>(p16)[i] = packed;
-    }
+    if (p16 != nullptr) Store4(p16, i, pp);
   }
   for (int64_t i = 4 * n4 + first; i < n; i += stride) {
     p[i] = AdamWOne(p[i], g[i], m[i], v[i], (decay[i >> 5] >> (i & 31)) & 1u, a);
