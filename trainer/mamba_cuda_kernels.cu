@@ -244,12 +244,13 @@ void LaunchNormBackward(int cols, int64_t nb, cudaStream_t stream, const float* 
   }
 }
 
-// out[d] += Σ_b part[b·D + d] in a fixed order: a block of (32 columns × kSumSlices) threads,
+// out[d] (+)= Σ_b part[b·D + d] in a fixed order (added to out where `add`, else overwriting it): a block of (32 columns × kSumSlices) threads,
 // slice y summing partials b ≡ y (mod kSumSlices) in order, then the slices in order. (One thread
 // per column walking all nb partials ran on D/256 blocks — 10 multiprocessors at D 2560 — and
 // took most of the norm backward's time.)
 constexpr int kSumSlices = 8;
-__global__ void AddColumnSumsKernel(const float* part, int64_t nb, int64_t D, float* out) {
+__global__ void AddColumnSumsKernel(const float* part, int64_t nb, int64_t D, float* out,
+                                    bool add) {
   __shared__ float slice_sum[kSumSlices][32];
   const int64_t d = blockIdx.x * int64_t(32) + threadIdx.x;
   float s = 0.f;
@@ -262,14 +263,14 @@ __global__ void AddColumnSumsKernel(const float* part, int64_t nb, int64_t D, fl
     float total = 0.f;
 #pragma unroll
     for (int y = 0; y < kSumSlices; ++y) total += slice_sum[y][threadIdx.x];
-    out[d] += total;
+    out[d] = add ? out[d] + total : total;
   }
 }
 
-__global__ void AddKernel(float* a, const float* b, int64_t n) {
+__global__ void AccumulateKernel(float* out, const float* v, int64_t n, bool add) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
-    a[i] += b[i];
+    out[i] = add ? out[i] + v[i] : v[i];
 }
 
 __global__ void NegExpKernel(const float* a, float* out, int64_t n) {
@@ -278,11 +279,11 @@ __global__ void NegExpKernel(const float* a, float* out, int64_t n) {
     out[i] = -expf(a[i]);
 }
 
-// g_A_log += dA·A
-__global__ void ALogGradKernel(const float* dA, const float* A, float* g, int64_t n) {
+// g_A_log (+)= dA·A
+__global__ void ALogGradKernel(const float* dA, const float* A, float* g, int64_t n, bool add) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
-    g[i] += dA[i] * A[i];
+    g[i] = add ? g[i] + dA[i] * A[i] : dA[i] * A[i];
 }
 
 __global__ void ToBf16Kernel(const float* src, __nv_bfloat16* dst, int64_t n) {
@@ -463,8 +464,8 @@ int64_t RmsNormBackwardScratch(int64_t rows, int64_t D) {
   return (rows + kNormRowsPerBlock - 1) / kNormRowsPerBlock * D;
 }
 absl::Status RmsNormBackward(const float* x, const float* w, const float* rstd, const float* dy,
-                             float* dx, void* dx_act, Act act, float* dw, float* scratch,
-                             int64_t rows, int64_t D, Stream stream) {
+                             float* dx, void* dx_act, Act act, float* dw, bool dw_add,
+                             float* scratch, int64_t rows, int64_t D, Stream stream) {
   const int cols = NormCols(D);
   if (cols == 0) {
     return absl::UnimplementedError("CUDA RMSNorm backward supports hidden sizes up to 16384");
@@ -480,12 +481,12 @@ absl::Status RmsNormBackward(const float* x, const float* w, const float* rstd, 
   }
   RWR_CUDA_LAUNCH();
   AddColumnSumsKernel<<<static_cast<unsigned>((D + 31) / 32), dim3(32, kSumSlices), 0, stream>>>(
-      scratch, nb, D, dw);
+      scratch, nb, D, dw, dw_add);
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
 }
-absl::Status Add(float* a, const float* b, int64_t n, Stream stream) {
-  AddKernel<<<Blocks(n), kThreads, 0, stream>>>(a, b, n);
+absl::Status Accumulate(float* out, const float* v, int64_t n, bool add, Stream stream) {
+  AccumulateKernel<<<Blocks(n), kThreads, 0, stream>>>(out, v, n, add);
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
 }
@@ -494,8 +495,9 @@ absl::Status NegExp(const float* a, float* out, int64_t n, Stream stream) {
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
 }
-absl::Status ALogGrad(const float* dA, const float* A, float* g, int64_t n, Stream stream) {
-  ALogGradKernel<<<Blocks(n), kThreads, 0, stream>>>(dA, A, g, n);
+absl::Status ALogGrad(const float* dA, const float* A, float* g, int64_t n, bool add,
+                      Stream stream) {
+  ALogGradKernel<<<Blocks(n), kThreads, 0, stream>>>(dA, A, g, n, add);
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
 }

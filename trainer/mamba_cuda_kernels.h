@@ -36,15 +36,19 @@ absl::Status RmsNorm(const float* x, const float* w, void* y, Act act, float* rs
 
 // Scratch floats RmsNormBackward needs for the weight-gradient partials.
 int64_t RmsNormBackwardScratch(int64_t rows, int64_t D);
-// dx += RMSNorm backward of dy (fp32); dw += Σ_rows dy·x·rstd (per-block partials in `scratch`,
-// summed in block order); dx_act, when set, receives the updated dx converted to `act`.
+// dx += RMSNorm backward of dy (fp32); dw (+)= Σ_rows dy·x·rstd (per-block partials in `scratch`,
+// summed in block order; added to dw where dw_add, else overwriting it); dx_act, when set,
+// receives the updated dx converted to `act`.
 absl::Status RmsNormBackward(const float* x, const float* w, const float* rstd, const float* dy,
-                             float* dx, void* dx_act, Act act, float* dw, float* scratch,
-                             int64_t rows, int64_t D, Stream stream);
+                             float* dx, void* dx_act, Act act, float* dw, bool dw_add,
+                             float* scratch, int64_t rows, int64_t D, Stream stream);
 
-absl::Status Add(float* a, const float* b, int64_t n, Stream stream);
+// out = add ? out + v : v. (A gradient's first writer overwrites: nothing clears the gradients.)
+absl::Status Accumulate(float* out, const float* v, int64_t n, bool add, Stream stream);
 absl::Status NegExp(const float* a, float* out, int64_t n, Stream stream);
-absl::Status ALogGrad(const float* dA, const float* A, float* g, int64_t n, Stream stream);
+// g (+)= dA·A: the gradient of A_log where A = −exp(A_log).
+absl::Status ALogGrad(const float* dA, const float* A, float* g, int64_t n, bool add,
+                      Stream stream);
 // bf16 copy of fp32 values (the GEMM weights of the bf16 path).
 absl::Status ToBf16(const float* src, void* dst, int64_t n, Stream stream);
 

@@ -90,6 +90,39 @@ TEST_P(MambaCudaTest, ChunkedEqualsUnchunked) {
   EXPECT_LT(RelErr(part, full), fp32() ? 1e-4 : 2e-2);
 }
 
+// ZeroGrads clears nothing: each gradient's first writer overwrites it, later ones add. Stale
+// gradients must not show through, two calls must add up, and a chunk without loss rows (the
+// last one, which the backward takes first: the head and the tied embedding are not written
+// there by the head) must leave the embedding's other rows at zero.
+TEST_P(MambaCudaTest, GradientsAccumulateFromZeroGradsOn) {
+  Fixture f = LoadFixture();
+  for (int64_t b = 0; b < f.B; ++b) {
+    for (int64_t t = 16; t < f.T; ++t) f.mask[b * f.T + t] = 0;
+  }
+  auto model = *MambaCuda::Create(f.model.config, GetParam());
+  ASSERT_TRUE(model->UploadParams(f.model.params).ok());
+  const size_t n = f.model.params.size();
+  std::vector<float> once(n), twice(n), chunked(n);
+  ASSERT_TRUE(model->ZeroGrads().ok());
+  ASSERT_TRUE(model->ForwardBackward(f.batch(), 0, 0.01f).ok());
+  ASSERT_TRUE(model->DownloadGrads(once).ok());
+  ASSERT_TRUE(model->ForwardBackward(f.batch(), 0, 0.01f).ok());  // adds to the first call's
+  ASSERT_TRUE(model->DownloadGrads(twice).ok());
+  for (float& g : once) g *= 2;
+  EXPECT_LT(RelErr(twice, once), 1e-6);
+  for (float& g : once) g /= 2;
+  ASSERT_TRUE(model->ZeroGrads().ok());  // the stale sums stay in memory, forgotten
+  ASSERT_TRUE(model->ForwardBackward(f.batch(), 16, 0.01f).ok());
+  ASSERT_TRUE(model->DownloadGrads(chunked).ok());
+  EXPECT_LT(RelErr(chunked, once), fp32() ? 1e-4 : 2e-2);
+  // The optimizer reads the same gradients the download showed (nothing unwritten left behind).
+  auto norm = model->ClipAndStep(0, 0, AdamWOptions{});
+  ASSERT_TRUE(norm.ok()) << norm.status();
+  double sumsq = 0;
+  for (float g : chunked) sumsq += double(g) * g;
+  EXPECT_NEAR(*norm, std::sqrt(sumsq), 1e-5 * std::sqrt(sumsq));
+}
+
 // Same inputs, same bits: gradients, loss and the updated parameters of two runs (the embedding,
 // norm-weight and gradient-norm sums have a fixed order; no float atomics).
 TEST_P(MambaCudaTest, TwoRunsGiveTheSameBits) {
@@ -149,12 +182,14 @@ TEST(MambaCudaKernels, RmsNormBackwardMatchesHost) {
       return static_cast<float*>(p);
     };
     float *gx = upload(x), *gw = upload(w), *gdy = upload(dy), *gdx = upload(dx),
-          *grstd = upload(rstd), *gdw = upload(std::vector<float>(D, 0.f)),
+          *grstd = upload(rstd),
+          // Overwritten (dw_add false), never read: NaN would show through an add.
+          *gdw = upload(std::vector<float>(D, std::numeric_limits<float>::quiet_NaN())),
           *gscratch = upload(std::vector<float>(cuda::RmsNormBackwardScratch(rows, D), 0.f));
     void* gact = nullptr;
     ASSERT_EQ(cudaMalloc(&gact, n * 2), cudaSuccess);
     const absl::Status st = cuda::RmsNormBackward(gx, gw, grstd, gdy, gdx, gact, cuda::Act::kBF16,
-                                                  gdw, gscratch, rows, D, nullptr);
+                                                  gdw, false, gscratch, rows, D, nullptr);
     ASSERT_TRUE(st.ok()) << "D " << D << ": " << st;
     std::vector<float> got_dx(n), got_dw(D);
     std::vector<uint16_t> got_act(n);
