@@ -14,13 +14,10 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include <atomic>
-
 #include "common/call_status_cuda.h"
 #include "common/cuda_elements.cuh"
 #include "fmt/format.h"
 #include "scan_kernels/causal_conv1d.h"
-#include "scan_kernels/scan_tuning.h"
 
 namespace rwr::scan {
 namespace {
@@ -231,11 +228,10 @@ __global__ void __launch_bounds__(kConvThreads, kConvMinBlocksFwd)
 }
 
 // Per-thread partials: part[((b·nTiles + tile)·Di + d)·(W+1) + k], k < W: dweight, k = W: dbias.
-// G: tokens whose loads are issued together; kMinBlocks: the register cap (blocks per
-// multiprocessor). Both are measured by conv variants (scan_tuning.h).
-template <typename E, int W, int V, int G = kConvGroupBwd, int kMinBlocks = kConvMinBlocksBwd>
-__global__ void __launch_bounds__(kConvThreads, kMinBlocks)
+template <typename E, int W, int V>
+__global__ void __launch_bounds__(kConvThreads, kConvMinBlocksBwd)
     ConvBackwardKernel(CausalConv1dParams p, CausalConv1dGrads g, float* part) {
+  constexpr int G = kConvGroupBwd;
   const int64_t d0 = (int64_t(blockIdx.x) * kConvThreads + threadIdx.x) * V;
   if (d0 >= p.dim) return;
   const int64_t b = blockIdx.z, tile = blockIdx.y, t0 = tile * kConvTile;
@@ -385,8 +381,6 @@ __global__ void __launch_bounds__(kReduceCols * kReduceSlices)
   }
 }
 
-std::atomic<int> g_conv_variant{1};
-
 int64_t Tiles(const CausalConv1dParams& p) { return (p.seqlen + kConvTile - 1) / kConvTile; }
 
 // Whether rows of V channels can be read as one access: base, strides and Di multiples of V.
@@ -422,19 +416,8 @@ absl::Status LaunchConvBackward(const CausalConv1dParams& p, const CausalConv1dG
       RowsVectorizable<E>(g.dout, g.dout_strides, p.dim, kConvVec) &&
       RowsVectorizable<E>(g.dx, g.dx_strides, p.dim, kConvVec) &&
       reinterpret_cast<uintptr_t>(part) % 16 == 0) {
-    switch (g_conv_variant.load()) {
-      case 2:
-        ConvBackwardKernel<E, W, 2, 8, 5>
-            <<<ConvGrid(p, 2), kConvThreads, 0, stream>>>(p, g, part);
-        break;
-      case 3:
-        ConvBackwardKernel<E, W, 2, kConvGroupBwd, 6>
-            <<<ConvGrid(p, 2), kConvThreads, 0, stream>>>(p, g, part);
-        break;
-      default:
-        ConvBackwardKernel<E, W, kConvVec>
-            <<<ConvGrid(p, kConvVec), kConvThreads, 0, stream>>>(p, g, part);
-    }
+    ConvBackwardKernel<E, W, kConvVec>
+        <<<ConvGrid(p, kConvVec), kConvThreads, 0, stream>>>(p, g, part);
   } else {
     ConvBackwardKernel<E, W, 1><<<ConvGrid(p, 1), kConvThreads, 0, stream>>>(p, g, part);
   }
@@ -467,8 +450,6 @@ absl::Status DispatchBackward(const CausalConv1dParams& p, const CausalConv1dGra
 }
 
 }  // namespace
-
-void SetConvVariant(int variant) { g_conv_variant.store(variant); }
 
 int64_t ConvWorkspaceBytes(const CausalConv1dParams& p) {
   if (p.batch <= 0 || p.seqlen <= 0 || p.dim <= 0) return 0;

@@ -37,14 +37,6 @@ void SetScanChunksOverride(int chunks);
 inline constexpr int kScanVariants[] = {1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 22, 23};
 void SetScanVariant(int variant);
 
-// Causal conv1d backward variants (the vectorised kernel, docs/scan_kernels_notes.md):
-//   1  default: loads of 4 tokens issued together, registers capped for 4 blocks per
-//      multiprocessor
-//   2  2 channels per thread (4-byte bf16 rows), loads of 8 tokens issued together, 5 blocks
-//   3  2 channels per thread, 4 tokens, 6 blocks
-inline constexpr int kConvVariants[] = {1, 2, 3};
-void SetConvVariant(int variant);
-
 // The K the CUDA scan would use for these sizes (after the override), forward or backward; the
 // forward's K matters only where it does not run the one-pass kernel.
 int ScanChunks(int64_t batch, int64_t seqlen, int64_t dim, bool backward = false);

@@ -737,35 +737,30 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   const float dbias = p.delta_bias != nullptr ? p.delta_bias[dd] : 0.f;
 
   // Gradient entering the chunk's last token from later chunks: chained, what the next chunk's
-  // block published (it started earlier: the ticket order) — read after the first tile's loads
-  // are issued, so that they arrive while the block waits; else dfinal_state carried through
-  // the later chunks' local gradients and decays, read first (issued later, the two-pass
-  // kernels' registers spilled under the cap).
+  // block published (it started earlier: the ticket order); else dfinal_state carried through
+  // the later chunks' local gradients and decays.
   float gs[kSPL] = {0.f, 0.f, 0.f, 0.f};
-  auto enter = [&] {
-    if (kChained && c < w.K - 1) {
-      if (threadIdx.x == 0) {
-        const int* flag = w.chain + (int64_t(bz) * w.K + c + 1) * w.nblk + blk;
-        while (LoadAcquire(flag) == 0) __nanosleep(64);
-      }
-      __syncthreads();
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(
-          w.gloc + ((io.b * w.K + c + 1) * p.dim + dd) * kS + io.q * kSPL));
-      gs[0] = v.x; gs[1] = v.y; gs[2] = v.z; gs[3] = v.w;
-    } else if (g.dfinal_state != nullptr) {
-      const float4 v = *reinterpret_cast<const float4*>(g.dfinal_state +
-                                                        (io.b * p.dim + dd) * kS + io.q * kSPL);
-      gs[0] = v.x; gs[1] = v.y; gs[2] = v.z; gs[3] = v.w;
+  if (kChained && c < w.K - 1) {
+    if (threadIdx.x == 0) {
+      const int* flag = w.chain + (int64_t(bz) * w.K + c + 1) * w.nblk + blk;
+      while (LoadAcquire(flag) == 0) __nanosleep(64);
     }
-    for (int cc = w.K - 1; cc > c && !kChained; --cc) {
-      const int64_t o = ((io.b * w.K + cc) * p.dim + dd) * kS + io.q * kSPL;
-      const float4 gl = *reinterpret_cast<const float4*>(w.gloc + o);
-      const float4 dc = *reinterpret_cast<const float4*>(w.gdecay + o);
-      gs[0] = dc.x * gs[0] + gl.x; gs[1] = dc.y * gs[1] + gl.y;
-      gs[2] = dc.z * gs[2] + gl.z; gs[3] = dc.w * gs[3] + gl.w;
-    }
-  };
-  if constexpr (!kChained) enter();
+    __syncthreads();
+    const float4 v = __ldcg(reinterpret_cast<const float4*>(
+        w.gloc + ((io.b * w.K + c + 1) * p.dim + dd) * kS + io.q * kSPL));
+    gs[0] = v.x; gs[1] = v.y; gs[2] = v.z; gs[3] = v.w;
+  } else if (g.dfinal_state != nullptr) {
+    const float4 v = *reinterpret_cast<const float4*>(g.dfinal_state +
+                                                      (io.b * p.dim + dd) * kS + io.q * kSPL);
+    gs[0] = v.x; gs[1] = v.y; gs[2] = v.z; gs[3] = v.w;
+  }
+  for (int cc = w.K - 1; cc > c && !kChained; --cc) {
+    const int64_t o = ((io.b * w.K + cc) * p.dim + dd) * kS + io.q * kSPL;
+    const float4 gl = *reinterpret_cast<const float4*>(w.gloc + o);
+    const float4 dc = *reinterpret_cast<const float4*>(w.gdecay + o);
+    gs[0] = dc.x * gs[0] + gl.x; gs[1] = dc.y * gs[1] + gl.y;
+    gs[2] = dc.z * gs[2] + gl.z; gs[3] = dc.w * gs[3] + gl.w;
+  }
 
   // Prefetch registers for the next tile (the one before, in token order) and the current
   // tile's per-lane values.
@@ -810,7 +805,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   const int j_begin = c * w.tiles_per_chunk;
   const int j_end = min(w.nJ, j_begin + w.tiles_per_chunk);
   load(j_end - 1);
-  if constexpr (kChained) enter();
   unsigned resets = commit(0, j_end - 1);
   __syncthreads();
   for (int j = j_end - 1; j >= j_begin; --j) {
