@@ -170,7 +170,10 @@ class GradWrites {
  public:
   // Every tensor live: the gradients start cleared.
   void Init(const ParamLayout& layout) {
-    for (const ParamSpec& spec : layout.specs()) spans_.push_back({spec.offset, spec.size});
+    for (const ParamSpec& spec : layout.specs()) {
+      // An empty tensor shares its offset with the next one and has nothing to write.
+      if (spec.size > 0) spans_.push_back({spec.offset, spec.size});
+    }
     std::sort(spans_.begin(), spans_.end());
     live_.assign(spans_.size(), 1);
   }
@@ -839,6 +842,9 @@ absl::Status MambaCuda::DownloadParams(std::span<float> params) const {
   return absl::OkStatus();
 }
 absl::Status MambaCuda::DownloadGrads(std::span<float> grads) const {
+  if (static_cast<int64_t>(grads.size()) != layout_.total()) {
+    return absl::InvalidArgumentError("DownloadGrads: size mismatch");
+  }
   RWR_CUDA(cudaStreamSynchronize(impl_->stream));
   RWR_CUDA(cudaMemcpy(grads.data(), impl_->grads.ptr, grads.size() * 4, cudaMemcpyDeviceToHost));
   for (const auto& [offset, size] : impl_->grad_writes.Unwritten()) {

@@ -41,13 +41,16 @@ class MambaCuda {
   absl::Status UploadParams(std::span<const float> params);
   absl::Status DownloadParams(std::span<float> params) const;
   absl::Status DownloadGrads(std::span<float> grads) const;
+  // Starts a gradient accumulation: nothing is cleared on the device, each gradient's first
+  // writer overwrites it instead (see GradWrites in mamba_cuda.cc).
   absl::Status ZeroGrads();
 
   // As MambaCpu: the batch is on the host; grads (on the device) += loss_scale·∂loss_sum/∂params.
   // chunk_len <= 0 runs whole rows when they fit in device memory, else the first that fits of
   // half a row, a quarter, ... (rounded up to 16 tokens; found once per row shape, and it depends
   // on the memory free then: set chunk_len for runs that must repeat bit for bit on another
-  // machine); a chunk_len that does not fit is an error that says so.
+  // machine); a chunk_len that does not fit is an error that says so. After a call that fails,
+  // the gradients are undefined until the next ZeroGrads.
   absl::StatusOr<LossSum> ForwardBackward(const TokenBatch& batch, int64_t chunk_len,
                                           float loss_scale);
   absl::StatusOr<LossSum> Forward(const TokenBatch& batch, int64_t chunk_len,

@@ -470,7 +470,10 @@ absl::Status RmsNormBackward(const float* x, const float* w, const float* rstd, 
   if (cols == 0) {
     return absl::UnimplementedError("CUDA RMSNorm backward supports hidden sizes up to 16384");
   }
-  if (rows == 0) return absl::OkStatus();
+  if (rows == 0) {  // no rows: dw gets nothing (an overwrite is zeros)
+    if (!dw_add) RWR_CUDA(cudaMemsetAsync(dw, 0, D * sizeof(float), stream));
+    return absl::OkStatus();
+  }
   const int64_t nb = (rows + kNormRowsPerBlock - 1) / kNormRowsPerBlock;
   if (act == Act::kF32) {
     LaunchNormBackward(cols, nb, stream, x, w, rstd, dy, dx, static_cast<float*>(dx_act), scratch,

@@ -8,6 +8,7 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -90,10 +91,11 @@ TEST_P(MambaCudaTest, ChunkedEqualsUnchunked) {
   EXPECT_LT(RelErr(part, full), fp32() ? 1e-4 : 2e-2);
 }
 
-// ZeroGrads clears nothing: each gradient's first writer overwrites it, later ones add. Stale
-// gradients must not show through, two calls must add up, and a chunk without loss rows (the
-// last one, which the backward takes first: the head and the tied embedding are not written
-// there by the head) must leave the embedding's other rows at zero.
+// ZeroGrads clears nothing: each gradient's first writer overwrites it, later ones add. Large
+// stale gradients must not show through in any tensor, two calls must add up, and a chunk
+// without loss rows (the last one, which the backward takes first: the head does not write the
+// tied embedding there) must leave the embedding's other rows at zero. Between ZeroGrads and the
+// first backward, the download and the optimizer both see zeros.
 TEST_P(MambaCudaTest, GradientsAccumulateFromZeroGradsOn) {
   Fixture f = LoadFixture();
   for (int64_t b = 0; b < f.B; ++b) {
@@ -102,25 +104,46 @@ TEST_P(MambaCudaTest, GradientsAccumulateFromZeroGradsOn) {
   auto model = *MambaCuda::Create(f.model.config, GetParam());
   ASSERT_TRUE(model->UploadParams(f.model.params).ok());
   const size_t n = f.model.params.size();
-  std::vector<float> once(n), twice(n), chunked(n);
+  auto per_tensor = [&](const std::vector<float>& got, const std::vector<float>& want,
+                        double tol, const char* what) {
+    for (const ParamSpec& spec : model->layout().specs()) {
+      EXPECT_LT(RelErr({got.data() + spec.offset, size_t(spec.size)},
+                       {want.data() + spec.offset, size_t(spec.size)}),
+                tol)
+          << what << ": " << spec.name;
+    }
+  };
+  std::vector<float> once(n), twice(n), chunked(n), none(n, 1.f);
   ASSERT_TRUE(model->ZeroGrads().ok());
   ASSERT_TRUE(model->ForwardBackward(f.batch(), 0, 0.01f).ok());
   ASSERT_TRUE(model->DownloadGrads(once).ok());
   ASSERT_TRUE(model->ForwardBackward(f.batch(), 0, 0.01f).ok());  // adds to the first call's
   ASSERT_TRUE(model->DownloadGrads(twice).ok());
-  for (float& g : once) g *= 2;
-  EXPECT_LT(RelErr(twice, once), 1e-6);
-  for (float& g : once) g /= 2;
-  ASSERT_TRUE(model->ZeroGrads().ok());  // the stale sums stay in memory, forgotten
+  std::vector<float> doubled = once;
+  for (float& g : doubled) g *= 2;
+  per_tensor(twice, doubled, 1e-5, "two calls");
+
+  ASSERT_TRUE(model->ForwardBackward(f.batch(), 0, 100.f).ok());  // large stale sums
+  ASSERT_TRUE(model->ZeroGrads().ok());  // ... stay in memory, forgotten
+  ASSERT_TRUE(model->DownloadGrads(none).ok());
+  EXPECT_TRUE(std::all_of(none.begin(), none.end(), [](float g) { return g == 0.f; }))
+      << "gradients read before any writer are not zero";
   ASSERT_TRUE(model->ForwardBackward(f.batch(), 16, 0.01f).ok());
   ASSERT_TRUE(model->DownloadGrads(chunked).ok());
-  EXPECT_LT(RelErr(chunked, once), fp32() ? 1e-4 : 2e-2);
-  // The optimizer reads the same gradients the download showed (nothing unwritten left behind).
+  per_tensor(chunked, once, fp32() ? 1e-4 : 2e-2, "chunked after stale sums");
+  // The optimizer reads the same gradients the download showed.
   auto norm = model->ClipAndStep(0, 0, AdamWOptions{});
   ASSERT_TRUE(norm.ok()) << norm.status();
   double sumsq = 0;
   for (float g : chunked) sumsq += double(g) * g;
   EXPECT_NEAR(*norm, std::sqrt(sumsq), 1e-5 * std::sqrt(sumsq));
+
+  // The optimizer right after ZeroGrads (stale sums in memory) sees a zero gradient.
+  ASSERT_TRUE(model->ForwardBackward(f.batch(), 0, 100.f).ok());
+  ASSERT_TRUE(model->ZeroGrads().ok());
+  auto zero = model->ClipAndStep(0, 0, AdamWOptions{});
+  ASSERT_TRUE(zero.ok()) << zero.status();
+  EXPECT_EQ(*zero, 0.0);
 }
 
 // Same inputs, same bits: gradients, loss and the updated parameters of two runs (the embedding,
