@@ -591,16 +591,13 @@ __global__ void __launch_bounds__(kW * 32, kW == 8 ? 4 : 8)
 // Chunk-local reverse pass: the state gradient that flows out of the chunk's start when the
 // gradient entering its end is zero, and the chunk's decay. Chunks 1..K−1 (blockIdx.y + 1): only
 // earlier chunks use it.
-// kAsync: Δ, dout, z through RawTile. kBcF32: C kept as fp32 in shared memory (converted once at
-// the commit, not unpacked by every lane at every read). Dynamic shared memory,
-// ChunkGradSmemBytes.
-template <typename E, bool kAsync, bool kBcF32 = false>
+// kAsync: Δ, dout, z through RawTile. Dynamic shared memory, ChunkGradSmemBytes.
+template <typename E, bool kAsync>
 __global__ void __launch_bounds__(kThreads)
     ScanChunkGradKernel(SelectiveScanParams p, SelectiveScanGrads g, Work w) {
   extern __shared__ float4 cg_smem[];
   auto sdx = reinterpret_cast<float4(*)[kWarps][kTile / 4][kChPerWarp][kSdxPad]>(cg_smem);  // [2]: {Δ, -, dy, -}
-  using BC = BCTile<std::conditional_t<kBcF32, float, E>>;
-  auto sbc = reinterpret_cast<BC*>(cg_smem + 2 * kWarps * (kTile / 4) * kChPerWarp * kSdxPad);  // [2]
+  auto sbc = reinterpret_cast<BCTile<E>*>(cg_smem + 2 * kWarps * (kTile / 4) * kChPerWarp * kSdxPad);  // [2]
   const TileIo io = MakeIo(p);
   const int c = blockIdx.y + 1;
   const int64_t dd = io.active ? io.d : p.dim - 1;
@@ -651,34 +648,24 @@ __global__ void __launch_bounds__(kThreads)
     const int buf = (j_end - 1 - j) & 1;
     const bool more = j > j_begin;
     if (more) load(j - 1);
-    // The tile's reverse walk; kReset = false is the common tile without a document start (no
-    // selects).
-    auto walk = [&](auto reset_tag) {
-      constexpr bool kReset = decltype(reset_tag)::value;
-      float4 n_v = sdx[buf][io.warp][kTile / 4 - 1][io.ch][3];
-      float4 n_C = sbc[buf].ReadC(kTile - 1, io.q);
+    float4 n_v = sdx[buf][io.warp][kTile / 4 - 1][io.ch][3];
+    float4 n_C = sbc[buf].ReadC(kTile - 1, io.q);
 #pragma unroll
-      for (int tok = kTile - 1; tok >= 0; --tok) {
-        const float4 v = n_v, Cq = n_C;
-        if (tok > 0) {
-          n_v = sdx[buf][io.warp][(tok - 1) >> 2][io.ch][(tok - 1) & 3];
-          n_C = sbc[buf].ReadC(tok - 1, io.q);
-        }
-        const float Cv[4] = {Cq.x, Cq.y, Cq.z, Cq.w};
-        const bool reset = kReset && ((resets >> tok) & 1u);
-#pragma unroll
-        for (int s = 0; s < kSPL; ++s) {
-          gs[s] += Cv[s] * v.z;
-          gs[s] = reset ? 0.f : gs[s] * Exp2(v.x * A2[s]);
-        }
-        if (!any_reset) delta_sum += v.x;
-        if (reset) any_reset = true;
+    for (int tok = kTile - 1; tok >= 0; --tok) {
+      const float4 v = n_v, Cq = n_C;
+      if (tok > 0) {
+        n_v = sdx[buf][io.warp][(tok - 1) >> 2][io.ch][(tok - 1) & 3];
+        n_C = sbc[buf].ReadC(tok - 1, io.q);
       }
-    };
-    if (resets == 0) {
-      walk(std::false_type{});
-    } else {
-      walk(std::true_type{});
+      const float Cv[4] = {Cq.x, Cq.y, Cq.z, Cq.w};
+      const bool reset = (resets >> tok) & 1u;
+#pragma unroll
+      for (int s = 0; s < kSPL; ++s) {
+        gs[s] += Cv[s] * v.z;
+        gs[s] = reset ? 0.f : gs[s] * Exp2(v.x * A2[s]);
+      }
+      if (!any_reset) delta_sum += v.x;
+      if (reset) any_reset = true;
     }
     unsigned next = 0;
     if (more) next = commit(buf ^ 1, j - 1);
@@ -1265,14 +1252,12 @@ absl::Status LaunchBackwardKernel(dim3 grid, const SelectiveScanParams& p,
   return absl::OkStatus();
 }
 
-template <typename E, bool kAsync, bool kBcF32>
+template <typename E, bool kAsync>
 absl::Status LaunchChunkGradKernel(dim3 grid, const SelectiveScanParams& p,
                                    const SelectiveScanGrads& g, const Work& w,
                                    cudaStream_t stream) {
-  auto* kernel = ScanChunkGradKernel<E, kAsync, kBcF32>;
-  // The forward's tiles (an fp32 B/C tile in the bf16 tile's place where kBcF32).
-  constexpr int kSmem = ForwardSmemBytes<E, kWarps, kAsync>() +
-                        (kBcF32 ? 2 * int(sizeof(BCTile<float>) - sizeof(BCTile<E>)) : 0);
+  auto* kernel = ScanChunkGradKernel<E, kAsync>;
+  constexpr int kSmem = ForwardSmemBytes<E, kWarps, kAsync>();  // the same tiles
   RWR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   kernel<<<grid, kThreads, kSmem, stream>>>(p, g, w);
   RWR_CUDA_LAUNCH();
@@ -1297,11 +1282,8 @@ absl::Status LaunchBackward(const SelectiveScanParams& p, const SelectiveScanGra
     RWR_CUDA(cudaMemsetAsync(w.chain, 0, (p.batch * w.K * w.nblk + 1) * sizeof(int), stream));
   } else if (w.K > 1) {
     const dim3 local_grid(w.nblk, w.K - 1, nb);
-    // fp32 C tiles as in the backward (kBcF32) where its variant keeps them.
-    const absl::Status local =
-        !async           ? LaunchChunkGradKernel<E, false, false>(local_grid, p, g, w, stream)
-        : v.bwd_bc_f32 ? LaunchChunkGradKernel<E, true, true>(local_grid, p, g, w, stream)
-                         : LaunchChunkGradKernel<E, true, false>(local_grid, p, g, w, stream);
+    const absl::Status local = async ? LaunchChunkGradKernel<E, true>(local_grid, p, g, w, stream)
+                                     : LaunchChunkGradKernel<E, false>(local_grid, p, g, w, stream);
     RWR_RETURN_IF_ERROR(local);
   }
   const dim3 grid(w.nblk, w.K, nb);
