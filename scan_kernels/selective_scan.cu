@@ -156,6 +156,25 @@ __device__ __forceinline__ TileIo MakeIo(const SelectiveScanParams& p) {
   return MakeIo<kW>(p, blockIdx.x, blockIdx.z);
 }
 
+// One lane's row of a tile in a (B, T, Di) output: the element of token t0 + q of its channel,
+// worked out once per tile; group i (token t0 + 4i + q) is then 4i token strides on. The strides
+// stay in the kernel's parameters (constant memory, not registers). Replaces `b·batch + t·token +
+// d` in 64 bits at every store (~10 integer instructions each, 16 stores per lane and tile in the
+// backward). An inactive lane points at the last channel and never stores.
+template <typename E>
+struct TileRow {
+  E* row;
+  const TokenStrides& strides;
+  __device__ __forceinline__ TileRow(void* base, const TokenStrides& s, const TileIo& io,
+                                     int64_t dd, int64_t t0)
+      : row(base != nullptr ? static_cast<E*>(base) + io.b * s.batch + (t0 + io.q) * s.token + dd
+                            : nullptr),
+        strides(s) {}
+  __device__ __forceinline__ void Store(int i, float v) const {
+    row[4 * i * strides.token] = FromFloat<E>(v);
+  }
+};
+
 // ---- tile loading ------------------------------------------------------------------------------
 // Every kernel walks 16-token tiles through double-buffered shared memory. A tile's global loads
 // are issued just before it is committed to shared memory, while other warps of the
@@ -292,10 +311,16 @@ struct RawTile {
   // Tokens past T and channels past Di are zero-filled.
   __device__ __forceinline__ void Issue(const E* const (&rows)[kN], const int64_t (&tstride)[kN],
                                         int64_t t0, int64_t T, int64_t d0, int64_t dim) const {
+    // A fixed count of copies per thread (one for 8-warp blocks): a loop bounded by threadIdx.x
+    // compiled to an unrolled-by-4 loop with remainder, ~500 instructions per stream.
+    constexpr int kPerThread = (kCopies + kW * 32 - 1) / (kW * 32);
 #pragma unroll
     for (int s = 0; s < kN; ++s) {
       if (rows[s] == nullptr) continue;
-      for (int c = threadIdx.x; c < kCopies; c += kW * 32) {
+#pragma unroll
+      for (int k = 0; k < kPerThread; ++k) {
+        const int c = threadIdx.x + k * kW * 32;
+        if (kCopies % (kW * 32) != 0 && c >= kCopies) continue;
         const int tok = c / kPerRow, part = c % kPerRow;
         const bool valid = t0 + tok < T && d0 + part * kVec < dim;
         const E* src = valid ? rows[s] + (t0 + tok) * tstride[s] + part * kVec : rows[s];
@@ -812,6 +837,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     const bool more = j > j_begin;
     if (kPrefetch && more) load(j - 1);
     const int64_t t0 = int64_t(j) * kTile;
+    // Whether all this lane's tokens of the tile are inside T (no per-token check).
+    const bool whole = io.active && t0 + kTile <= T;
     // The tile's arithmetic; kReset = false is the common tile without a document start.
     auto compute = [&](auto reset_tag) {
       constexpr bool kReset = decltype(reset_tag)::value;
@@ -838,6 +865,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
         }
         // Recompute this segment's states (and exps); with a gate or g.out, also y (dz, out).
         float hs[kSeg][kSPL], ea[kStoreExp ? kSeg : 1][kSPL];
+        const TileRow<E> dz_row(g.dz, g.dz_strides, io, dd, t0),
+            out_row(g.out, g.out_strides, io, dd, t0);
 #pragma unroll
         for (int ii = 0; ii < kSeg / 4; ++ii) {
           const int i = tok0 / 4 + ii;
@@ -866,22 +895,20 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
           if (gated || g.out != nullptr) {
             const float y = ReduceScatter<4>(yp, io.q) +
                             Dd * sdx[buf][io.warp][i][io.ch][io.q].y;
-            const int64_t t = t0 + 4 * i + io.q;
-            if (t < T && io.active) {
+            if (whole || (io.active && t0 + 4 * i + io.q < T)) {
               float out = y;
               if (gated) {
                 const float sz = Sigmoid(own_z[i]);
-                St<E>(g.dz, io.b * g.dz_strides.batch + t * g.dz_strides.token + io.d,
-                      own_dout[i] * y * sz * (1.f + own_z[i] * (1.f - sz)));
+                dz_row.Store(i, own_dout[i] * y * sz * (1.f + own_z[i] * (1.f - sz)));
                 out = y * (own_z[i] * sz);  // as the forward: y·SiLU(z)
               }
-              if (g.out != nullptr) {
-                St<E>(g.out, io.b * g.out_strides.batch + t * g.out_strides.token + io.d, out);
-              }
+              if (g.out != nullptr) out_row.Store(i, out);
             }
           }
         }
         // Reverse through this segment.
+        const TileRow<E> dx_row(g.dx, g.dx_strides, io, dd, t0),
+            ddelta_row(g.ddelta, g.ddelta_strides, io, dd, t0);
 #pragma unroll
         for (int ii = kSeg / 4 - 1; ii >= 0; --ii) {
           const int i = tok0 / 4 + ii;
@@ -917,15 +944,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
             sred[io.warp][tok][col] = ReduceScatter8Channels(vals, io.ch);
           }
           const float dxs = ReduceScatter<4>(dxp, io.q);
-          const int64_t t = t0 + 4 * i + io.q;
           const float4 own = sdx[buf][io.warp][i][io.ch][io.q];  // {Δ, x, dy, slope}
           const float dds = ReduceScatter<4>(ddp, io.q) + own.y * dxs;
-          if (t < T && io.active) {
+          if (whole || (io.active && t0 + 4 * i + io.q < T)) {
             const float ddraw = dds * own.w;
-            St<E>(g.dx, io.b * g.dx_strides.batch + t * g.dx_strides.token + io.d,
-                  Dd * own.z + own.x * dxs);
-            St<E>(g.ddelta, io.b * g.ddelta_strides.batch + t * g.ddelta_strides.token + io.d,
-                  ddraw);
+            dx_row.Store(i, Dd * own.z + own.x * dxs);
+            ddelta_row.Store(i, ddraw);
             dD_acc += own.z * own.y;
             dbias_acc += ddraw;
           }
@@ -938,15 +962,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       compute(std::true_type{});
     }
     __syncthreads();  // sred complete
+    float* const dbc_tile = w.dbc_part + ((io.b * T + t0) * w.nblk + blk) * (2 * kS);
 #pragma unroll
     for (int k = 0; k < kBCPerThread; ++k) {
       const int idx = threadIdx.x + k * kThreads;
       const int tok = idx >> 5, v = idx & 31;
-      const int64_t t = t0 + tok;
       float sum = 0.f;
 #pragma unroll
       for (int wi = 0; wi < kWarps; ++wi) sum += sred[wi][tok][v];
-      if (t < T) w.dbc_part[((io.b * T + t) * w.nblk + blk) * (2 * kS) + v] = sum;
+      if (t0 + kTile <= T || t0 + tok < T) dbc_tile[tok * w.nblk * (2 * kS) + v] = sum;
     }
     unsigned next = 0;
     if (more) {

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Run ON the GPU machine (device call carrying .deb): an A/B of the scan kernels within one call —
+# H100 machines differ by up to 2% from each other, more than the changes worth measuring. Builds
+# the working tree and a baseline revision's scan_kernels/ side by side (bench/scan_device.sh on
+# each), runs the working tree's scan and conv GPU tests, then the benchmark of both, alternating
+# A and B for --rounds rounds.
+#   bash bench/scan_ab_device.sh BASE_REV [--rounds 2] [scan_bench args...]
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+base_rev=$1; shift
+rounds=2
+if [[ ${1:-} == --rounds ]]; then rounds=$2; shift 2; fi
+out=${OUT:-$root/build/scan-device-out}
+mkdir -p "$out"
+base=/tmp/rwr-scan-base
+rm -rf "$base" && mkdir -p "$base"
+# The baseline tree: the working tree with scan_kernels/ as of BASE_REV.
+(cd "$root" && tar cf - common scan_kernels tests/scan_kernels bench cmake .deb) | (cd "$base" && tar xf -)
+(cd "$root" && git archive "$base_rev" scan_kernels) | (cd "$base" && tar xf -)
+OUT=$out/a bash "$root/bench/scan_device.sh" test "$@" || { echo "tests failed"; exit 1; }
+OUT=$out/b bash "$base/bench/scan_device.sh" none "$@" >/dev/null 2>&1 || { echo "baseline build failed"; exit 1; }
+export LD_LIBRARY_PATH="$root/.deb/root/usr/lib/x86_64-linux-gnu"
+for r in $(seq "$rounds"); do
+  echo "== round $r: A (working tree)"
+  "$root/build/gpu-scanonly/scan_bench" "$@" 2>/dev/null | grep -A30 "^op " | grep -v "^(Di\|^op"
+  echo "== round $r: B ($base_rev)"
+  "$base/build/gpu-scanonly/scan_bench" "$@" 2>/dev/null | grep -A30 "^op " | grep -v "^(Di\|^op"
+done
