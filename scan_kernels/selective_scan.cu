@@ -157,9 +157,10 @@ __device__ __forceinline__ TileIo MakeIo(const SelectiveScanParams& p) {
 }
 
 // One lane's row of a tile in a (B, T, Di) output: the element of token t0 + q of its channel,
-// worked out once per tile; group i (token t0 + 4i + q) is then 4i token strides on. The strides
-// stay in the kernel's parameters (constant memory, not registers). Replaces `b·batch + t·token +
-// d` in 64 bits at every store (~10 integer instructions each, 16 stores per lane and tile in the
+// worked out where it is needed (the backward: once per segment; held for the whole tile, four
+// of them spilled); group i (token t0 + 4i + q) is then 4i token strides on, the strides staying
+// in the kernel's parameters (constant memory, not registers). Replaces `b·batch + t·token + d`
+// in 64 bits at every store (~10 integer instructions each, 16 stores per lane and tile in the
 // backward). An inactive lane points at the last channel and never stores.
 template <typename E>
 struct TileRow {
