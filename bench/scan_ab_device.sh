@@ -20,15 +20,17 @@ mkdir -p "$out"
 base=/tmp/rwr-scan-base
 rm -rf "$base" && mkdir -p "$base"
 # The baseline tree: the working tree with scan_kernels/ as of BASE_REV.
-(cd "$root" && tar cf - common scan_kernels tests/scan_kernels bench cmake .deb) | (cd "$base" && tar xf -)
+(cd "$root" && tar cf - common scan_kernels tests/scan_kernels bench cmake) | (cd "$base" && tar xf -)
+ln -s "$root/.deb" "$base/.deb"  # the carried libraries, not a copy
 if [[ -d $base_rev/scan_kernels ]]; then
   cp -r "$base_rev/scan_kernels" "$base/"
 else
   (cd "$root" && git archive "$base_rev" scan_kernels) | (cd "$base" && tar xf -)
 fi
 echo "baseline: $base_rev ($(cd "$root" && git rev-parse --short HEAD 2>/dev/null) is the device's HEAD)"
-OUT=$out/a bash "$root/bench/scan_device.sh" test "$@" || { echo "tests failed"; exit 1; }
-OUT=$out/b bash "$base/bench/scan_device.sh" none "$@" >/dev/null 2>&1 || { echo "baseline build failed"; exit 1; }
+OUT=$out/a bash "$root/bench/scan_device.sh" test || { echo "tests failed"; exit 1; }
+OUT=$out/b bash "$base/bench/scan_device.sh" build >/dev/null 2>&1 ||
+  { echo "baseline build failed"; exit 1; }
 export LD_LIBRARY_PATH="$root/.deb/root/usr/lib/x86_64-linux-gnu"
 for r in $(seq "$rounds"); do
   echo "== round $r: A (working tree)"

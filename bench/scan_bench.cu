@@ -368,8 +368,8 @@ int main(int argc, char** argv) {
                 r.fwdbwd_floor_us, r.fwdbwd_us_tok - r.fwd_us_tok);
   }
   std::printf("(Di %lld, S 16, bf16; us per token per layer; K = chunks forward/backward, forward "
-              "0 = the one-pass forward, backward c = chained chunks; GB/s = minimum bytes / time; floor = minimum bytes at the "
-              "copy bandwidth; bwd = f+b - fwd)\n",
+              "0 = the one-pass forward, backward c = chained chunks; GB/s = minimum bytes / "
+              "time; floor = minimum bytes at the copy bandwidth; bwd = f+b - fwd)\n",
               (long long)Di);
   if (!json.empty()) {
     FILE* f = std::fopen(json.c_str(), "w");
@@ -385,8 +385,8 @@ int main(int argc, char** argv) {
                    "\"chunks_bwd\": %d, \"bwd_chained\": %s, \"fwd_us_per_token\": %.5f, "
                    "\"fwd_bwd_us_per_token\": %.5f, \"fwd_gbs\": %.1f, \"fwd_bwd_gbs\": %.1f}%s\n",
                    r.op.c_str(), (long long)r.batch, (long long)r.T, r.chunks, r.chunks_bwd,
-                   r.chained ? "true" : "false", r.fwd_us_tok, r.fwdbwd_us_tok, r.fwd_gbs, r.fwdbwd_gbs,
-                   i + 1 < rows.size() ? "," : "");
+                   r.chained ? "true" : "false", r.fwd_us_tok, r.fwdbwd_us_tok, r.fwd_gbs,
+                   r.fwdbwd_gbs, i + 1 < rows.size() ? "," : "");
     }
     std::fprintf(f, "]}\n");
     std::fclose(f);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run ON the GPU machine (device call carrying .deb, see scripts/device-deps.sh): builds only the
 # scan-kernel targets, runs their GPU tests and the benchmark, and leaves logs in $OUT.
-#   bash bench/scan_device.sh [test|bench|all|profile|sweep] [scan_bench args...]
+#   bash bench/scan_device.sh [build|test|bench|all|profile|sweep] [scan_bench args...]
+# (build: the targets only)
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 what=${1:-all}; shift || true

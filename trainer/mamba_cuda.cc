@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -270,6 +271,11 @@ struct MambaCuda::Impl {
   template <typename F>
   absl::Status Timed(const char* kind, const char* what, const char* role, F&& call) {
     if (!clock.on) return call();
+    if (std::none_of(std::begin(kPhaseKinds), std::end(kPhaseKinds),
+                     [&](const char* k) { return std::string_view(k) == kind; })) {
+      // The kinds must add up to the timed work: a new one goes into kPhaseKinds first.
+      return absl::InternalError(fmt::format("phase timing: unknown kind '{}'", kind));
+    }
     RWR_ASSIGN_OR_RETURN(cudaEvent_t start, clock.Next());
     RWR_CUDA(cudaEventRecord(start, stream));
     RWR_RETURN_IF_ERROR(call());

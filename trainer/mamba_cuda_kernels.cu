@@ -244,8 +244,9 @@ void LaunchNormBackward(int cols, int64_t nb, cudaStream_t stream, const float* 
   }
 }
 
-// out[d] (+)= Σ_b part[b·D + d] in a fixed order (added to out where `add`, else overwriting it): a block of (32 columns × kSumSlices) threads,
-// slice y summing partials b ≡ y (mod kSumSlices) in order, then the slices in order. (One thread
+// out[d] (+)= Σ_b part[b·D + d] in a fixed order (added to out where `add`, else overwriting
+// it): a block of (32 columns × kSumSlices) threads, slice y summing partials b ≡ y
+// (mod kSumSlices) in order, then the slices in order. (One thread
 // per column walking all nb partials ran on D/256 blocks — 10 multiprocessors at D 2560 — and
 // took most of the norm backward's time.)
 constexpr int kSumSlices = 8;
