@@ -11,7 +11,6 @@
 // per layer, plus the scan's 20 KB of checkpoints.
 #include "trainer/mamba_cuda.h"
 
-#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -29,6 +28,7 @@
 #include "scan_kernels/causal_conv1d.h"
 #include "scan_kernels/selective_scan.h"
 #include "spdlog/spdlog.h"
+#include "trainer/gemm_runner.h"
 #include "trainer/mamba_cuda_kernels.h"
 
 namespace rwr::trainer {
@@ -215,13 +215,18 @@ struct GradOut {
   bool add;
 };
 
+// cuBLASLt's scratch for the GEMMs (split-K partials): Hopper's fastest candidates want up to
+// 32 MiB.
+constexpr int64_t kGemmWorkspaceBytes = int64_t{32} << 20;
+
 struct MambaCuda::Impl {
   MambaConfig c;
   Act act = Act::kF32;  // activations and GEMM operands
   MemoryTally tally;
   DeviceArena arena{&tally};  // weights, gradients, optimizer state
-  cublasHandle_t cublas = nullptr;
   cudaStream_t stream = nullptr;
+  DeviceBuffer<char> gemm_workspace;
+  std::unique_ptr<GemmRunner> gemms;
   DeviceBuffer<float> params, grads, exp_avg, exp_avg_sq, A;  // A: per layer (Di, S)
   DeviceBuffer<char> params16;   // bf16 copy of params (kBf16): the GEMMs' weights
   DeviceBuffer<uint32_t> decay;  // bit i: parameter i takes weight decay
@@ -235,7 +240,7 @@ struct MambaCuda::Impl {
   PhaseClock clock;
 
   ~Impl() {
-    if (cublas) cublasDestroy(cublas);
+    gemms.reset();
     if (stream) cudaStreamDestroy(stream);
   }
 
@@ -258,12 +263,13 @@ struct MambaCuda::Impl {
   }
   scan::DType ScanType() const { return act == Act::kF32 ? scan::DType::kF32 : scan::DType::kBF16; }
   cudaDataType_t CudaType() const { return act == Act::kF32 ? CUDA_R_32F : CUDA_R_16BF; }
-  // A cuBLAS call's status; on failure the runtime's last error is cleared too (cuBLAS may have
-  // failed on an allocation), so the next kernel-launch check does not report it again.
-  static absl::Status Gemm(cublasStatus_t result) {
-    if (result == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
-    cudaGetLastError();
-    return internal::CublasToStatus(result, "cublasGemmEx", __FILE__, __LINE__);
+  // One GEMM through the runner; on failure the runtime's last error is cleared too (cuBLAS may
+  // have failed on an allocation), so the next kernel-launch check does not report it again.
+  absl::Status Gemm(GemmProblem p, const void* A, const void* B, void* D, float beta) {
+    p.accumulate = beta != 0.f;
+    absl::Status status = gemms->Run(p, A, B, D, beta);
+    if (!status.ok()) cudaGetLastError();
+    return status;
   }
 
   // Runs `call` (returning a Status), bracketed by events when phase timing is on; `kind` is one
@@ -307,38 +313,38 @@ struct MambaCuda::Impl {
                             : static_cast<const void*>(params16.ptr + offset * 2);
   }
 
-  // Row-major GEMMs (the CPU twins are in mamba_cpu.cc). X, W and dY are activations; an output
+  // Row-major GEMMs (the CPU twins are in mamba_cpu.cc), mapped to column-major for the runner
+  // (gemm_runner.h: cuBLASLt, algorithm timed per shape). X, W and dY are activations; an output
   // is fp32 when its `*_f32` flag says so, else an activation. Accumulation is fp32 throughout.
   // `what` names the weight for phase timing.
   // Y(M, N) = X(M, K)·W(N, K)ᵀ + beta·Y
   absl::Status Linear(const char* what, const void* X, int64_t ldx, const void* Wt, void* Y,
                       bool y_f32, int64_t ldy, int64_t M, int64_t N, int64_t K, float beta = 0.f) {
-    return Timed("gemm", what, "fwd", [&]() -> absl::Status {
-      const float one = 1.f;
-      return Gemm(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, Wt, CudaType(), K,
-                               X, CudaType(), ldx, &beta, Y, y_f32 ? CUDA_R_32F : CudaType(), ldy,
-                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return Timed("gemm", what, "fwd", [&] {
+      return Gemm({.ta = CUBLAS_OP_T, .tb = CUBLAS_OP_N, .m = N, .n = M, .k = K, .lda = K,
+                   .ldb = ldx, .ldd = ldy, .ab = CudaType(),
+                   .d = y_f32 ? CUDA_R_32F : CudaType()},
+                  Wt, X, Y, beta);
     });
   }
   // dX(M, K) = dY(M, N)·W(N, K) + beta·dX
   absl::Status LinearDx(const char* what, const void* dY, int64_t lddy, const void* Wt, void* dX,
                         bool dx_f32, int64_t lddx, int64_t M, int64_t N, int64_t K,
                         float beta = 0.f) {
-    return Timed("gemm", what, "dx", [&]() -> absl::Status {
-      const float one = 1.f;
-      return Gemm(cublasGemmEx(cublas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &one, Wt, CudaType(), K,
-                               dY, CudaType(), lddy, &beta, dX, dx_f32 ? CUDA_R_32F : CudaType(),
-                               lddx, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return Timed("gemm", what, "dx", [&] {
+      return Gemm({.ta = CUBLAS_OP_N, .tb = CUBLAS_OP_N, .m = K, .n = M, .k = N, .lda = K,
+                   .ldb = lddy, .ldd = lddx, .ab = CudaType(),
+                   .d = dx_f32 ? CUDA_R_32F : CudaType()},
+                  Wt, dY, dX, beta);
     });
   }
-  // dW(N, K) (+)= dY(M, N)ᵀ·X(M, K), dW fp32 (cuBLAS reads no dW where beta is 0)
+  // dW(N, K) (+)= dY(M, N)ᵀ·X(M, K), dW fp32 (nothing of dW is read where beta is 0)
   absl::Status LinearDw(const char* what, const void* dY, int64_t lddy, const void* X, int64_t ldx,
                         GradOut dW, int64_t M, int64_t N, int64_t K) {
-    return Timed("gemm", what, "dw", [&]() -> absl::Status {
-      const float one = 1.f, beta = dW.add ? 1.f : 0.f;
-      return Gemm(cublasGemmEx(cublas, CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, &one, X, CudaType(), ldx,
-                               dY, CudaType(), lddy, &beta, dW.ptr, CUDA_R_32F, K,
-                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return Timed("gemm", what, "dw", [&] {
+      return Gemm({.ta = CUBLAS_OP_N, .tb = CUBLAS_OP_T, .m = K, .n = N, .k = M, .lda = ldx,
+                   .ldb = lddy, .ldd = K, .ab = CudaType(), .d = CUDA_R_32F},
+                  X, dY, dW.ptr, dW.add ? 1.f : 0.f);
     });
   }
 };
@@ -813,8 +819,9 @@ absl::StatusOr<std::unique_ptr<MambaCuda>> MambaCuda::Create(const MambaConfig& 
   m.c = config;
   m.act = precision == GemmPrecision::kFp32 ? Act::kF32 : Act::kBF16;
   RWR_CUDA(cudaStreamCreate(&m.stream));
-  RWR_CUBLAS(cublasCreate(&m.cublas));
-  RWR_CUBLAS(cublasSetStream(m.cublas, m.stream));
+  RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.gemm_workspace, kGemmWorkspaceBytes));
+  RWR_ASSIGN_OR_RETURN(m.gemms, GemmRunner::Create(m.stream, m.gemm_workspace.ptr,
+                                                   kGemmWorkspaceBytes));
   const int64_t n = model->layout_.total();
   m.call = std::make_unique<CallBuffers>(&m.tally);
   RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.params, n));
@@ -862,6 +869,12 @@ absl::Status MambaCuda::ZeroGrads() {
   impl_->grad_writes.Forget();  // the next writers overwrite (GradWrites)
   return absl::OkStatus();
 }
+GemmChoices MambaCuda::gemm_choices() const { return impl_->gemms->choices(); }
+
+absl::Status MambaCuda::AdoptGemmChoices(const GemmChoices& choices) {
+  return impl_->gemms->Adopt(choices);
+}
+
 int64_t MambaCuda::peak_bytes() const { return impl_->tally.peak; }
 
 int64_t MambaCuda::last_chunk_len() const { return impl_->last_chunk_len; }

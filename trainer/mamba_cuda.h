@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "trainer/gemm_choices.h"
 #include "trainer/mamba_cpu.h"
 #include "trainer/model_config.h"
 #include "trainer/optimizer.h"
@@ -70,6 +71,12 @@ class MambaCuda {
                                  int64_t* step) const;
   absl::Status UploadOptimizer(std::span<const float> exp_avg, std::span<const float> exp_avg_sq,
                                int64_t step);
+
+  // The cuBLASLt algorithm each GEMM shape run so far was timed to (trainer/gemm_runner.h), and
+  // adopting such choices from an earlier process on the same GPU type and cuBLASLt version (else
+  // FailedPrecondition): the same algorithms give the same bits, a new timing may not.
+  GemmChoices gemm_choices() const;
+  absl::Status AdoptGemmChoices(const GemmChoices& choices);
 
   // Bytes of device memory this model holds at most so far (its own allocations).
   int64_t peak_bytes() const;

@@ -12,6 +12,7 @@
 #include "common/status.h"
 #include "fmt/format.h"
 #include "spdlog/spdlog.h"
+#include "storage/shard.h"
 #include "storage/shard_loader.h"
 #include "trainer/checkpoint.h"
 #include "trainer/mamba_cpu.h"
@@ -145,6 +146,45 @@ TokenBatch View(const storage::Batch& b) {
   return {b.batch_size,     b.seq_len,          b.tokens.data(),
           b.targets.data(), b.loss_mask.data(), b.reset.data()};
 }
+
+
+#ifdef RWR_TRAINER_HAVE_CUDA
+// The GEMM algorithms the GPU model timed (trainer/gemm_choices.h), kept as
+// `<out_dir>/gemm_algos.json` so a resumed job runs the kernels of the job it continues (and
+// repeats its bits). A file from another GPU type or cuBLASLt version, or one that does not parse,
+// is set aside with a warning: the GEMMs are timed afresh and the file rewritten.
+class GemmAlgosFile {
+ public:
+  explicit GemmAlgosFile(fs::path path) : path_(std::move(path)) {}
+
+  void LoadInto(MambaCuda& gpu) {
+    std::ifstream in(path_);
+    if (!in) return;
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    absl::StatusOr<GemmChoices> choices = GemmChoices::FromJson(text, path_.string());
+    absl::Status adopted = choices.ok() ? gpu.AdoptGemmChoices(*choices) : choices.status();
+    if (!adopted.ok()) {
+      spdlog::warn("train: {}; timing the GEMMs afresh", std::string(adopted.message()));
+      return;
+    }
+    saved_ = choices->algos.size();
+    spdlog::info("train: {} GEMM algorithms from {}", saved_, path_.string());
+  }
+
+  // Writes the file when the model has timed shapes it does not hold yet.
+  absl::Status SaveNew(const MambaCuda& gpu) {
+    const GemmChoices choices = gpu.gemm_choices();
+    if (choices.algos.size() == saved_) return absl::OkStatus();
+    RWR_RETURN_IF_ERROR(storage::WriteFileAtomically(path_.string(), choices.ToJson()));
+    saved_ = choices.algos.size();
+    return absl::OkStatus();
+  }
+
+ private:
+  fs::path path_;
+  size_t saved_ = 0;
+};
+#endif
 
 }  // namespace
 
@@ -283,6 +323,7 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
   bool use_cuda = false;
 #ifdef RWR_TRAINER_HAVE_CUDA
   std::unique_ptr<MambaCuda> gpu;
+  GemmAlgosFile gemm_algos(out_dir / "gemm_algos.json");
   use_cuda = s.device == "cuda" || (s.device == "auto" && CudaDeviceAvailable() &&
                                     comm->world_size() == 1 && model_config.d_state == 16);
   if (use_cuda) {
@@ -294,6 +335,7 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
     RWR_ASSIGN_OR_RETURN(
         gpu, MambaCuda::Create(model_config,
                                s.gemm == "fp32" ? GemmPrecision::kFp32 : GemmPrecision::kBf16));
+    gemm_algos.LoadInto(*gpu);
     RWR_RETURN_IF_ERROR(gpu->UploadParams(params));
     if (resume_from) {
       RWR_RETURN_IF_ERROR(gpu->UploadOptimizer(adamw.exp_avg(), adamw.exp_avg_sq(), adamw.step()));
@@ -454,6 +496,9 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
       adamw.Step(params, grads, lr);
       RWR_RETURN_IF_ERROR(comm->AllGather(params));
     }
+#ifdef RWR_TRAINER_HAVE_CUDA
+    if (gpu && comm->rank() == 0) RWR_RETURN_IF_ERROR(gemm_algos.SaveNew(*gpu));
+#endif
     ++state.step;
     ++steps_this_run;
     const int64_t step_tokens = positions * comm->world_size();

@@ -363,12 +363,28 @@ train: {{out_dir: {}, steps: 6, batch_size: 2, grad_accum: 2, lr: 0.01, warmup_s
   for (const auto& [step, loss] : cpu_losses) {
     EXPECT_NEAR(gpu_losses.at(step), loss, 1e-3 * loss) << "step " << step;
   }
+  // The GEMM algorithms the run timed are kept beside its checkpoints.
+  auto read_algos = [](const std::string& dir) {
+    std::ifstream in(dir + "/gemm_algos.json");
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return GemmChoices::FromJson(text, dir);
+  };
+  auto algos = read_algos(root + "/gpu");
+  ASSERT_TRUE(algos.ok()) << algos.status();
+  EXPECT_GE(algos->algos.size(), 8u);  // the layer's GEMMs and the head's
   auto part =
       Train(config_for(root + "/gpu_resumed", "cuda", {"train.max_steps_this_run=3"}), &comm);
   ASSERT_TRUE(part.ok()) << part.status();
+  // A file from another GPU type is set aside (timed afresh, rewritten), not an error.
+  GemmChoices foreign = *algos;
+  foreign.device = "Some Other GPU";
+  std::ofstream(root + "/gpu_resumed/gemm_algos.json") << foreign.ToJson();
   auto rest = Train(config_for(root + "/gpu_resumed", "cuda", {}), &comm);
   ASSERT_TRUE(rest.ok()) << rest.status();
   EXPECT_EQ(rest->start_step, 3);
+  auto rewritten = read_algos(root + "/gpu_resumed");
+  ASSERT_TRUE(rewritten.ok()) << rewritten.status();
+  EXPECT_EQ(rewritten->device, algos->device);
   const auto resumed = Losses(root + "/gpu_resumed");
   // The GPU path is deterministic, so the resumed run repeats the uninterrupted one exactly.
   for (int64_t step = 4; step <= 6; ++step) {

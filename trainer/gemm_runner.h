@@ -1,0 +1,78 @@
+// The trainer's GEMMs through cuBLASLt, with each shape's algorithm picked by timing: the first
+// call of a shape times cuBLASLt's heuristic candidates for it on the call's own operands and
+// keeps the fastest (bench/gemm_bench measured 195.5 → 187.6 ms of GEMMs per 2048 × 4 step of
+// Mamba-2.8B against cublasGemmEx's default choice). D keeps its meaning through the tuning: an
+// accumulating call's D is saved to the host first and put back before the real call.
+//
+// Deterministic: a chosen algorithm gives the same bits every call (candidates whose split-K adds
+// its parts into D in place are not asked for), and a process times each shape once — every
+// runner in it (a second model, a run resumed in the same process) takes that choice. A new
+// process may pick differently between near-equal candidates, so the choices can be exported and
+// adopted (GemmChoices, kept by `rwr train` in the run directory).
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+
+#include <compare>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "trainer/gemm_choices.h"
+
+namespace rwr::trainer {
+
+// One column-major GEMM: D(m, n) = op(A)(m, k)·op(B)(k, n) + beta·D with fp32 accumulation; lda,
+// ldb, ldd are the stored matrices' column strides in elements.
+struct GemmProblem {
+  cublasOperation_t ta = CUBLAS_OP_N, tb = CUBLAS_OP_N;
+  int64_t m = 0, n = 0, k = 0, lda = 0, ldb = 0, ldd = 0;
+  cudaDataType_t ab = CUDA_R_16BF;  // A and B
+  cudaDataType_t d = CUDA_R_16BF;
+  bool accumulate = false;  // beta != 0 (the tuning must leave D as it found it)
+
+  std::string Key() const;  // "TN m10240 n8192 k2560 lda2560 ldb2560 ldd10240 bf16>bf16[+]"
+  auto operator<=>(const GemmProblem&) const = default;
+};
+
+class GemmRunner {
+ public:
+  // `workspace` (device, `workspace_bytes`) is cuBLASLt's scratch; the caller keeps it alive.
+  static absl::StatusOr<std::unique_ptr<GemmRunner>> Create(cudaStream_t stream, void* workspace,
+                                                            size_t workspace_bytes);
+  ~GemmRunner();
+  GemmRunner(const GemmRunner&) = delete;
+  GemmRunner& operator=(const GemmRunner&) = delete;
+
+  // Queues D = op(A)·op(B) + beta·D on the stream; a shape's first call tunes it (synchronously).
+  absl::Status Run(const GemmProblem& p, const void* A, const void* B, void* D, float beta);
+
+  // The algorithm of every shape run so far (and of adopted shapes not run yet).
+  GemmChoices choices() const;
+  // Runs these shapes with these algorithms from now on instead of timing them. Refused
+  // (FailedPrecondition, saying why) when they were picked on another GPU type or cuBLASLt
+  // version; an algorithm cuBLASLt rejects for its shape is timed afresh instead.
+  absl::Status Adopt(const GemmChoices& choices);
+
+  struct Plan;
+
+ private:
+  GemmRunner() = default;
+  absl::StatusOr<Plan*> PlanFor(const GemmProblem& p, const void* A, const void* B, void* D,
+                                float beta);
+  absl::Status Tune(const GemmProblem& p, Plan& plan, const void* A, const void* B, void* D,
+                    float beta);
+
+  cublasLtHandle_t lt_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+  std::string device_;
+  std::map<GemmProblem, std::unique_ptr<Plan>> plans_;
+  std::map<std::string, GemmAlgoBytes> adopted_;  // by key, until the shape's first call
+};
+
+}  // namespace rwr::trainer
