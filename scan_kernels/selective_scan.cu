@@ -111,6 +111,38 @@ __device__ __forceinline__ float ReduceScatter8Channels(const float (&v)[8], int
   return mine + __shfl_xor_sync(kFull, other, 4);
 }
 
+// The same sum without most of the selects (v19). Lane (ch, q) holds its 4 states in an order
+// swizzled by its channel, local state i being state 4q + (i ^ m) with m = ch / 2 (two bits), so
+// that the partners of the first two rounds (ch ^ 4, ch ^ 2) hold each other's kept states in the
+// slots they send: every lane keeps local states {0, 1} and sends {2, 3}, then keeps 0 and sends 1,
+// with no per-lane choice of which values to send. Only the last round (ch ^ 1) chooses between
+// dB and dC. v: dB of local states 0..3, then dC. Afterwards lane (ch, q) holds, summed over the
+// 8 channels, dB (ch even) or dC (ch odd) of state 4q + m: column SwizzledColumn(ch, q).
+__device__ __forceinline__ float ReduceScatter8ChannelsSwizzled(const float (&v)[8], int ch) {
+  const float k0 = v[0] + __shfl_xor_sync(kFull, v[2], 16);
+  const float k1 = v[1] + __shfl_xor_sync(kFull, v[3], 16);
+  const float k4 = v[4] + __shfl_xor_sync(kFull, v[6], 16);
+  const float k5 = v[5] + __shfl_xor_sync(kFull, v[7], 16);
+  const float b = k0 + __shfl_xor_sync(kFull, k1, 8), c = k4 + __shfl_xor_sync(kFull, k5, 8);
+  const bool odd = ch & 1;
+  return (odd ? c : b) + __shfl_xor_sync(kFull, odd ? b : c, 4);
+}
+__device__ __forceinline__ int StateSwizzle(int ch) { return (ch >> 1) & 3; }
+__device__ __forceinline__ int SwizzledColumn(int ch, int q) {
+  return ((ch & 1) ? kS : 0) + q * kSPL + StateSwizzle(ch);
+}
+// v's components in a lane's swizzled order: out[i] = component i ^ m (its own inverse).
+__device__ __forceinline__ void Swizzle(const float4 v, int m, float (&out)[kSPL]) {
+  const bool s1 = m & 1, s2 = m & 2;
+  const float a0 = s1 ? v.y : v.x, a1 = s1 ? v.x : v.y, a2 = s1 ? v.w : v.z, a3 = s1 ? v.z : v.w;
+  out[0] = s2 ? a2 : a0; out[1] = s2 ? a3 : a1; out[2] = s2 ? a0 : a2; out[3] = s2 ? a1 : a3;
+}
+__device__ __forceinline__ float4 Unswizzle(const float (&v)[kSPL], int m) {
+  float o[kSPL];
+  Swizzle(make_float4(v[0], v[1], v[2], v[3]), m, o);
+  return make_float4(o[0], o[1], o[2], o[3]);
+}
+
 // Workspace regions (floats unless noted), each 256-byte aligned.
 struct Work {
   int K = 1;            // chunks
@@ -287,6 +319,30 @@ struct BCTile<__nv_bfloat16> {
   }
 };
 static_assert(sizeof(BCTile<__nv_bfloat16>) <= sizeof(BCTile<float>), "bf16 tile fits the fp32 slot");
+
+// The backward's fp32 B and C tile in the four state orders of ReduceScatter8ChannelsSwizzled:
+// copy m holds at [tok][col] the value of column col ^ m (B 0..15, C 16..31), so that a lane reads
+// its states in its own order with one 16-byte read each for B and C, as BCTile<float> does.
+struct BCTileSwizzled {
+  float v[4][kTile][2 * kS];
+  __device__ __forceinline__ void Store(const float (&vals)[kBCPerThread]) {
+#pragma unroll
+    for (int k = 0; k < kBCPerThread; ++k) {
+      const int idx = threadIdx.x + k * kThreads;
+#pragma unroll
+      for (int m = 0; m < 4; ++m) v[m][idx >> 5][(idx & 31) ^ m] = vals[k];
+    }
+  }
+  // The lane's view: copy m, its q group.
+  __device__ __forceinline__ const float* Lane(int q, int m) const { return &v[m][0][q * kSPL]; }
+  static __device__ __forceinline__ float4 ReadB(const float* lane, int tok) {
+    return *reinterpret_cast<const float4*>(lane + tok * 2 * kS);
+  }
+  static __device__ __forceinline__ void Read(const float* lane, int tok, float4* B, float4* C) {
+    *B = ReadB(lane, tok);
+    *C = *reinterpret_cast<const float4*>(lane + tok * 2 * kS + kS);
+  }
+};
 
 // ---- asynchronous tile loads ---------------------------------------------------------------
 // A block's per-token streams (x, Δ, z, dout; kW·8 channels × 16 tokens each) are copied into
@@ -709,7 +765,7 @@ __global__ void __launch_bounds__(kThreads)
 
 constexpr int kSdxFloats = 2 * kWarps * (kTile / 4) * kChPerWarp * kSdxPad * 4;
 constexpr int kBackwardSmem =
-    (kSdxFloats + 2 * kTile * 2 * kS + kWarps * kTile * 2 * kS) * int(sizeof(float));
+    (kSdxFloats + kWarps * kTile * 2 * kS) * int(sizeof(float)) + 2 * int(sizeof(BCTileSwizzled));
 
 // The tile is processed in segments of kSeg tokens, last first: a segment's states are
 // recomputed from the tile's checkpoint into registers (kSeg 8: the second segment's starting
@@ -721,7 +777,10 @@ constexpr int kBackwardSmem =
 // shared memory (converted once at the commit, not unpacked by every lane at every read).
 // kChained: the chunks hand their state gradient on (ChainsChunks) instead of reading the
 // chunk-local gradient pass's results; a template parameter so that the two-pass kernel keeps its
-// registers (the work indices below are then blockIdx, free to re-read).
+// registers (the work indices below are then blockIdx, free to re-read). With fp32 B/C tiles
+// (kBcF32, or fp32 tensors) a lane holds its states in its channel's swizzled order (v19,
+// ReduceScatter8ChannelsSwizzled): A, the checkpoint, the state gradient and the B/C tile are read
+// in that order and dA and the state gradients written back in state order.
 template <typename E, int kMinBlocks, int kSeg, bool kStoreExp, bool kAsync, bool kBcF32 = false,
           bool kChained = false>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
@@ -731,10 +790,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   // dout, z where asynchronous) bytes:
   extern __shared__ float4 smem[];
   auto sdx = reinterpret_cast<float4(*)[kWarps][kTile / 4][kChPerWarp][kSdxPad]>(smem);  // [2]: {Δ, x, dy, dΔ/dΔraw}
-  using BC = BCTile<std::conditional_t<kBcF32, float, E>>;
-  auto sbc = reinterpret_cast<BC*>(smem + kSdxFloats / 4);  // [2], fp32-sized slots
+  constexpr bool kSwz = kBcF32 || std::is_same_v<E, float>;
+  using BC = std::conditional_t<kSwz, BCTileSwizzled, BCTile<E>>;
+  auto sbc = reinterpret_cast<BC*>(smem + kSdxFloats / 4);  // [2]
   auto sred = reinterpret_cast<float(*)[kTile][2 * kS]>(  // [kWarps]: per-warp dB | dC sums
-      smem + kSdxFloats / 4 + 2 * kTile * 2 * kS / 4);
+      reinterpret_cast<char*>(smem) + kSdxFloats * 4 + 2 * sizeof(BCTileSwizzled));
   // Which (channel block, chunk, batch row) this block runs. Chained, blocks take work in the
   // order they start (a ticket), last chunk first, so a block only ever waits for one that
   // started before it: whatever the scheduler does, the block it waits for runs.
@@ -752,11 +812,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   const int64_t dd = io.active ? io.d : p.dim - 1;
   const int64_t T = p.seqlen;
   const bool gated = p.z != nullptr;
+  const int m = kSwz ? StateSwizzle(io.ch) : 0;  // local state s is state 4q + (s ^ m)
 
   float A[kSPL], A2[kSPL];
 #pragma unroll
   for (int s = 0; s < kSPL; ++s) {
-    A[s] = p.A[dd * kS + io.q * kSPL + s];
+    A[s] = p.A[dd * kS + io.q * kSPL + (s ^ m)];
     A2[s] = A[s] * kLog2e;
   }
   const float Dd = p.D != nullptr ? p.D[dd] : 0.f;
@@ -772,20 +833,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       while (LoadAcquire(flag) == 0) __nanosleep(64);
     }
     __syncthreads();
-    const float4 v = __ldcg(reinterpret_cast<const float4*>(
-        w.gloc + ((io.b * w.K + c + 1) * p.dim + dd) * kS + io.q * kSPL));
-    gs[0] = v.x; gs[1] = v.y; gs[2] = v.z; gs[3] = v.w;
+    Swizzle(__ldcg(reinterpret_cast<const float4*>(
+                w.gloc + ((io.b * w.K + c + 1) * p.dim + dd) * kS + io.q * kSPL)),
+            m, gs);
   } else if (g.dfinal_state != nullptr) {
-    const float4 v = *reinterpret_cast<const float4*>(g.dfinal_state +
-                                                      (io.b * p.dim + dd) * kS + io.q * kSPL);
-    gs[0] = v.x; gs[1] = v.y; gs[2] = v.z; gs[3] = v.w;
+    Swizzle(*reinterpret_cast<const float4*>(g.dfinal_state + (io.b * p.dim + dd) * kS +
+                                             io.q * kSPL),
+            m, gs);
   }
   for (int cc = w.K - 1; cc > c && !kChained; --cc) {
     const int64_t o = ((io.b * w.K + cc) * p.dim + dd) * kS + io.q * kSPL;
-    const float4 gl = *reinterpret_cast<const float4*>(w.gloc + o);
-    const float4 dc = *reinterpret_cast<const float4*>(w.gdecay + o);
-    gs[0] = dc.x * gs[0] + gl.x; gs[1] = dc.y * gs[1] + gl.y;
-    gs[2] = dc.z * gs[2] + gl.z; gs[3] = dc.w * gs[3] + gl.w;
+    float gl[kSPL], dc[kSPL];
+    Swizzle(*reinterpret_cast<const float4*>(w.gloc + o), m, gl);
+    Swizzle(*reinterpret_cast<const float4*>(w.gdecay + o), m, dc);
+#pragma unroll
+    for (int s = 0; s < kSPL; ++s) gs[s] = dc[s] * gs[s] + gl[s];
   }
 
   // Prefetch registers for the next tile (the one before, in token order) and the current
@@ -794,7 +856,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   float4 pck;
   bool pr;
   float own_dout[4], own_z[4];
-  float4 ck;
+  float ck[kSPL];
   const int64_t d0 = int64_t(blk) * kChPerBlock;
   const int lane_col = io.warp * kChPerWarp + io.ch;
   TileStreams<E, kWarps, 4, kAsync> streams(
@@ -821,9 +883,25 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       own_dout[i] = pdo[i];
       own_z[i] = pz[i];
     }
-    ck = pck;
+    Swizzle(pck, m, ck);
     sbc[buf].Store(pbc);
     return ResetMask(pr);
+  };
+
+  // The lane's B and C of token tok in its state order.
+  auto read_b = [&](int buf, int tok) {
+    if constexpr (kSwz) {
+      return BCTileSwizzled::ReadB(sbc[buf].Lane(io.q, m), tok);
+    } else {
+      return sbc[buf].ReadB(tok, io.q);
+    }
+  };
+  auto read_bc = [&](int buf, int tok, float4* B, float4* C) {
+    if constexpr (kSwz) {
+      BCTileSwizzled::Read(sbc[buf].Lane(io.q, m), tok, B, C);
+    } else {
+      sbc[buf].Read(tok, io.q, B, C);
+    }
   };
 
   float dA_acc[kSPL] = {0.f, 0.f, 0.f, 0.f};
@@ -843,18 +921,20 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     // The tile's arithmetic; kReset = false is the common tile without a document start.
     auto compute = [&](auto reset_tag) {
       constexpr bool kReset = decltype(reset_tag)::value;
-      // dB | dC: lane (ch, q) ends up with column ch < 4 ? 4q+ch : 16+4q+ch−4 of each token,
-      // summed over the warp's 8 channels.
-      const int col = io.ch < 4 ? io.q * kSPL + io.ch : kS + io.q * kSPL + (io.ch - 4);
+      // dB | dC: lane (ch, q) ends up with one column of each token, summed over the warp's 8
+      // channels: ch < 4 ? 4q+ch : 16+4q+ch−4, or swizzled SwizzledColumn(ch, q).
+      const int col = kSwz ? SwizzledColumn(io.ch, io.q)
+                      : io.ch < 4 ? io.q * kSPL + io.ch
+                                  : kS + io.q * kSPL + (io.ch - 4);
 #pragma unroll
       for (int seg = kTile / kSeg - 1; seg >= 0; --seg) {
         const int tok0 = seg * kSeg;
-        float hprev[kSPL] = {ck.x, ck.y, ck.z, ck.w};
+        float hprev[kSPL] = {ck[0], ck[1], ck[2], ck[3]};
         if (tok0 > 0) {  // walk the earlier tokens to this segment's starting state
 #pragma unroll
           for (int tok = 0; tok < tok0; ++tok) {
             const float4 v = sdx[buf][io.warp][tok >> 2][io.ch][tok & 3];
-            const float4 Bq = sbc[buf].ReadB(tok, io.q);
+            const float4 Bq = read_b(buf, tok);
             const float Bv[4] = {Bq.x, Bq.y, Bq.z, Bq.w};
             const float dbx = v.x * v.y;
             const bool reset = kReset && ((resets >> tok) & 1u);
@@ -877,7 +957,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
             const int tok = 4 * i + k;
             const float4 v = sdx[buf][io.warp][i][io.ch][k];
             float4 Bq, Cq;
-            sbc[buf].Read(tok, io.q, &Bq, &Cq);
+            read_bc(buf, tok, &Bq, &Cq);
             const float dbx = v.x * v.y;
             const bool reset = kReset && ((resets >> tok) & 1u);
             const float Bv[4] = {Bq.x, Bq.y, Bq.z, Bq.w};
@@ -919,7 +999,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
             const int tok = 4 * i + k;
             const float4 v = sdx[buf][io.warp][i][io.ch][k];
             float4 Bq, Cq;
-            sbc[buf].Read(tok, io.q, &Bq, &Cq);
+            read_bc(buf, tok, &Bq, &Cq);
             const float delta = v.x, x = v.y, dy = v.z, dbx = delta * x;
             const bool reset = kReset && ((resets >> tok) & 1u);
             const float Bv[4] = {Bq.x, Bq.y, Bq.z, Bq.w};
@@ -942,7 +1022,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
             }
             ddp[k] = dd_part;
             dxp[k] = dx_part;
-            sred[io.warp][tok][col] = ReduceScatter8Channels(vals, io.ch);
+            sred[io.warp][tok][col] = kSwz ? ReduceScatter8ChannelsSwizzled(vals, io.ch)
+                                           : ReduceScatter8Channels(vals, io.ch);
           }
           const float dxs = ReduceScatter<4>(dxp, io.q);
           const float4 own = sdx[buf][io.warp][i][io.ch][io.q];  // {Δ, x, dy, slope}
@@ -991,7 +1072,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   if (kChained && c > 0) {
     if (io.active) {
       *reinterpret_cast<float4*>(w.gloc + ((io.b * w.K + c) * p.dim + io.d) * kS + io.q * kSPL) =
-          make_float4(gs[0], gs[1], gs[2], gs[3]);
+          Unswizzle(gs, m);
     }
     __threadfence();
     __syncthreads();
@@ -999,14 +1080,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   }
   if (!io.active) return;
   const int64_t o = ((io.b * w.K + c) * p.dim + io.d) * kS + io.q * kSPL;
-  *reinterpret_cast<float4*>(w.dA_part + o) = make_float4(dA_acc[0], dA_acc[1], dA_acc[2], dA_acc[3]);
+  *reinterpret_cast<float4*>(w.dA_part + o) = Unswizzle(dA_acc, m);
   if (io.q == 0) {
     *reinterpret_cast<float2*>(w.dDb_part + ((io.b * w.K + c) * p.dim + io.d) * 2) =
         make_float2(dD_acc, dbias_acc);
   }
   if (c == 0 && g.dinitial_state != nullptr) {
     *reinterpret_cast<float4*>(g.dinitial_state + (io.b * p.dim + io.d) * kS + io.q * kSPL) =
-        make_float4(gs[0], gs[1], gs[2], gs[3]);
+        Unswizzle(gs, m);
   }
 }
 
