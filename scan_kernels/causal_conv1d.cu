@@ -14,15 +14,19 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
+
 #include "common/call_status_cuda.h"
 #include "common/cuda_elements.cuh"
 #include "fmt/format.h"
 #include "scan_kernels/causal_conv1d.h"
+#include "scan_kernels/scan_tuning.h"
 
 namespace rwr::scan {
 namespace {
 
-constexpr int kConvTile = 64;
+constexpr int kConvTile = 64;      // tokens per thread (the default; variants differ)
+constexpr int kConvMinTile = 64;   // the smallest of any variant: ConvWorkspaceBytes' rows
 constexpr int kConvThreads = 128;
 constexpr int kConvVec = 4;          // channels per thread where rows are aligned
 constexpr int kConvGroupFwd = 8;     // tokens whose loads are in flight together (forward)
@@ -169,14 +173,13 @@ __device__ __forceinline__ void LoadWindow(const CausalConv1dParams& p, int64_t 
   }
 }
 
-template <typename E, int W, int V>
+template <typename E, int W, int V, int kTileT = kConvTile, int G = kConvGroupFwd>
 __global__ void __launch_bounds__(kConvThreads, kConvMinBlocksFwd)
     ConvForwardKernel(CausalConv1dParams p) {
-  constexpr int G = kConvGroupFwd;
   const int64_t d0 = (int64_t(blockIdx.x) * kConvThreads + threadIdx.x) * V;
   if (d0 >= p.dim) return;
-  const int64_t b = blockIdx.z, t0 = int64_t(blockIdx.y) * kConvTile;
-  const int64_t t_end = min(p.seqlen, t0 + kConvTile);
+  const int64_t b = blockIdx.z, t0 = int64_t(blockIdx.y) * kTileT;
+  const int64_t t_end = min(p.seqlen, t0 + kTileT);
   float wt[W][V], bias[V];
   LoadWeights<W, V>(p, d0, wt, bias);
   float win[W][V];
@@ -228,15 +231,14 @@ __global__ void __launch_bounds__(kConvThreads, kConvMinBlocksFwd)
 }
 
 // Per-thread partials: part[((b·nTiles + tile)·Di + d)·(W+1) + k], k < W: dweight, k = W: dbias.
-template <typename E, int W, int V>
+template <typename E, int W, int V, int kTileT = kConvTile, int G = kConvGroupBwd>
 __global__ void __launch_bounds__(kConvThreads, kConvMinBlocksBwd)
     ConvBackwardKernel(CausalConv1dParams p, CausalConv1dGrads g, float* part) {
-  constexpr int G = kConvGroupBwd;
   const int64_t d0 = (int64_t(blockIdx.x) * kConvThreads + threadIdx.x) * V;
   if (d0 >= p.dim) return;
-  const int64_t b = blockIdx.z, tile = blockIdx.y, t0 = tile * kConvTile;
+  const int64_t b = blockIdx.z, tile = blockIdx.y, t0 = tile * kTileT;
   const int64_t T = p.seqlen;
-  const int64_t own_end = min(T, t0 + kConvTile);
+  const int64_t own_end = min(T, t0 + kTileT);
   // Tokens up to W−1 past the tile still reach its inputs; the walk goes to own_end + W − 1 even
   // past T (inputs and dout read as 0 there) so that the tile's last inputs finish inside it.
   const int64_t walk_end = own_end + (W - 1);
@@ -381,7 +383,24 @@ __global__ void __launch_bounds__(kReduceCols * kReduceSlices)
   }
 }
 
-int64_t Tiles(const CausalConv1dParams& p) { return (p.seqlen + kConvTile - 1) / kConvTile; }
+int64_t Tiles(const CausalConv1dParams& p, int tile = kConvTile) {
+  return (p.seqlen + tile - 1) / tile;
+}
+
+// Kernel shapes for measurements (SetConvVariant): tokens per thread and loads in flight.
+std::atomic<int> g_conv_variant{1};
+struct ConvShape {
+  int tile = kConvTile, group_fwd = kConvGroupFwd, group_bwd = kConvGroupBwd;
+};
+ConvShape ConvShapeOf(int variant) {
+  switch (variant) {
+    case 2: return {128, 8, 4};
+    case 3: return {64, 16, 4};
+    case 4: return {128, 16, 8};
+    case 5: return {32, 8, 4};
+    default: return {};
+  }
+}
 
 // Whether rows of V channels can be read as one access: base, strides and Di multiples of V.
 template <typename E>
@@ -390,17 +409,29 @@ bool RowsVectorizable(const void* base, const TokenStrides& s, int64_t dim, int 
          s.token % v == 0 && dim % v == 0;
 }
 
-dim3 ConvGrid(const CausalConv1dParams& p, int v) {
+dim3 ConvGrid(const CausalConv1dParams& p, int v, int tile = kConvTile) {
   const int64_t threads = (p.dim + v - 1) / v;
   return dim3(static_cast<unsigned>((threads + kConvThreads - 1) / kConvThreads),
-              static_cast<unsigned>(Tiles(p)), static_cast<unsigned>(p.batch));
+              static_cast<unsigned>(Tiles(p, tile)), static_cast<unsigned>(p.batch));
 }
 
 template <typename E, int W>
 absl::Status LaunchConvForward(const CausalConv1dParams& p, cudaStream_t stream) {
   if (RowsVectorizable<E>(p.x, p.x_strides, p.dim, kConvVec) &&
       RowsVectorizable<E>(p.out, p.out_strides, p.dim, kConvVec)) {
-    ConvForwardKernel<E, W, kConvVec><<<ConvGrid(p, kConvVec), kConvThreads, 0, stream>>>(p);
+    const ConvShape sh = ConvShapeOf(g_conv_variant.load());
+    const dim3 grid = ConvGrid(p, kConvVec, sh.tile);
+    if (sh.tile == 128 && sh.group_fwd == 8) {
+      ConvForwardKernel<E, W, kConvVec, 128, 8><<<grid, kConvThreads, 0, stream>>>(p);
+    } else if (sh.tile == 64 && sh.group_fwd == 16) {
+      ConvForwardKernel<E, W, kConvVec, 64, 16><<<grid, kConvThreads, 0, stream>>>(p);
+    } else if (sh.tile == 128 && sh.group_fwd == 16) {
+      ConvForwardKernel<E, W, kConvVec, 128, 16><<<grid, kConvThreads, 0, stream>>>(p);
+    } else if (sh.tile == 32) {
+      ConvForwardKernel<E, W, kConvVec, 32, 8><<<grid, kConvThreads, 0, stream>>>(p);
+    } else {
+      ConvForwardKernel<E, W, kConvVec><<<grid, kConvThreads, 0, stream>>>(p);
+    }
   } else {
     ConvForwardKernel<E, W, 1><<<ConvGrid(p, 1), kConvThreads, 0, stream>>>(p);
   }
@@ -412,12 +443,23 @@ template <typename E, int W>
 absl::Status LaunchConvBackward(const CausalConv1dParams& p, const CausalConv1dGrads& g,
                                 cudaStream_t stream) {
   float* part = static_cast<float*>(p.workspace);
+  int tile = kConvTile;
   if (RowsVectorizable<E>(p.x, p.x_strides, p.dim, kConvVec) &&
       RowsVectorizable<E>(g.dout, g.dout_strides, p.dim, kConvVec) &&
       RowsVectorizable<E>(g.dx, g.dx_strides, p.dim, kConvVec) &&
       reinterpret_cast<uintptr_t>(part) % 16 == 0) {
-    ConvBackwardKernel<E, W, kConvVec>
-        <<<ConvGrid(p, kConvVec), kConvThreads, 0, stream>>>(p, g, part);
+    const ConvShape sh = ConvShapeOf(g_conv_variant.load());
+    tile = sh.tile;
+    const dim3 grid = ConvGrid(p, kConvVec, sh.tile);
+    if (sh.tile == 128 && sh.group_bwd == 4) {
+      ConvBackwardKernel<E, W, kConvVec, 128, 4><<<grid, kConvThreads, 0, stream>>>(p, g, part);
+    } else if (sh.tile == 128 && sh.group_bwd == 8) {
+      ConvBackwardKernel<E, W, kConvVec, 128, 8><<<grid, kConvThreads, 0, stream>>>(p, g, part);
+    } else if (sh.tile == 32) {
+      ConvBackwardKernel<E, W, kConvVec, 32, 4><<<grid, kConvThreads, 0, stream>>>(p, g, part);
+    } else {
+      ConvBackwardKernel<E, W, kConvVec><<<grid, kConvThreads, 0, stream>>>(p, g, part);
+    }
   } else {
     ConvBackwardKernel<E, W, 1><<<ConvGrid(p, 1), kConvThreads, 0, stream>>>(p, g, part);
   }
@@ -425,7 +467,7 @@ absl::Status LaunchConvBackward(const CausalConv1dParams& p, const CausalConv1dG
   const int64_t cols = p.dim * (W + 1);
   ConvReduceKernel<W><<<static_cast<unsigned>((cols + kReduceCols - 1) / kReduceCols),
                         dim3(kReduceCols, kReduceSlices), 0, stream>>>(p, g, part,
-                                                                       p.batch * Tiles(p));
+                                                                       p.batch * Tiles(p, tile));
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
 }
@@ -453,8 +495,10 @@ absl::Status DispatchBackward(const CausalConv1dParams& p, const CausalConv1dGra
 
 int64_t ConvWorkspaceBytes(const CausalConv1dParams& p) {
   if (p.batch <= 0 || p.seqlen <= 0 || p.dim <= 0) return 0;
-  return p.batch * Tiles(p) * p.dim * (p.width + 1) * int64_t(sizeof(float));
+  return p.batch * Tiles(p, kConvMinTile) * p.dim * (p.width + 1) * int64_t(sizeof(float));
 }
+
+void SetConvVariant(int variant) { g_conv_variant.store(variant); }
 
 absl::Status Forward(const CausalConv1dParams& p, CUstream_st* stream) {
   RWR_RETURN_IF_ERROR(CanImplement(p, Backend::kCuda));
