@@ -715,6 +715,7 @@ std::vector<ConvCase> ConvCases() {
     v.push_back({3, 333, 96, 3, true, true, true, true, dt});
     v.push_back({1, 1000, 64, 2, true, false, true, false, dt});
     v.push_back({1, 4097, 256, 4, true, true, true, true, dt});
+    v.push_back({2, 300, 640, 4, true, true, true, true, dt});  // a partial channel block
   }
   v.push_back({1, 131072, 64, 4, true, true, true, true, DType::kBF16});
   return v;
