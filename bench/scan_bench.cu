@@ -161,7 +161,6 @@ int main(int argc, char** argv) {
   std::vector<int64_t> Ts = {2048, 8192, 32768, 131072};
   std::vector<int64_t> chunk_list = {0};
   std::vector<int64_t> variants = {1};
-  std::vector<int64_t> conv_variants = {1};
   bool run_scan = true, run_conv = true;
   std::vector<int64_t> batches = {1};
   std::vector<std::pair<int64_t, int64_t>> shapes;  // (batch, T); from --bt or the two lists
@@ -185,7 +184,6 @@ int main(int argc, char** argv) {
     else if (a == "--chunks") chunk_list = ParseList(next());
     else if (a == "--json") json = next();
     else if (a == "--variants") variants = ParseList(next());
-    else if (a == "--conv-variants") conv_variants = ParseList(next());
     else if (a == "--ops") {
       const std::string ops = next();
       run_scan = ops.find("scan") != std::string::npos;
@@ -201,7 +199,6 @@ int main(int argc, char** argv) {
           "  --reps N       timed runs, median reported (default 20)\n"
           "  --chunks LIST  scan chunk counts K to try, 0 = automatic (default 0)\n"
           "  --variants LIST  kernel variants (scan_tuning.h), default 1\n"
-          "  --conv-variants LIST  conv kernel shapes (scan_tuning.h), default 1\n"
           "  --ops LIST     which ops to time: scan, conv or both (default scan,conv)\n"
           "  --json FILE    also write the rows as JSON\n");
       return a == "--help" ? 0 : 2;
@@ -330,10 +327,7 @@ int main(int argc, char** argv) {
     rwr::scan::SetScanChunksOverride(0);
     rwr::scan::SetScanVariant(1);
 
-    for (int64_t conv_variant : conv_variants) {
-      if (!run_conv) break;
-      // causal conv1d, width 4, bias + SiLU
-      rwr::scan::SetConvVariant(static_cast<int>(conv_variant));
+    if (run_conv) {  // causal conv1d, width 4, bias + SiLU
       rwr::scan::CausalConv1dParams cp;
       cp.batch = batch; cp.seqlen = T; cp.dim = Di; cp.width = W; cp.dtype = DType::kBF16;
       cp.x = x; cp.x_strides = tok;
@@ -352,9 +346,7 @@ int main(int argc, char** argv) {
       }, reps);
       CHECK_CUDA(cudaFree(ws));
       const double cf = tokens * 2 * Di * 2, cb_bytes = tokens * 3 * Di * 2;
-      rwr::scan::SetConvVariant(1);
-      const std::string name = conv_variant == 1 ? "conv1d" : fmt::format("conv.v{}", conv_variant);
-      rows.push_back(Row{name, batch, T, 0, 0, fwd_ms * 1e3 / tokens, fb_ms * 1e3 / tokens,
+      rows.push_back(Row{"conv1d", batch, T, 0, 0, fwd_ms * 1e3 / tokens, fb_ms * 1e3 / tokens,
                          cf / (fwd_ms * 1e-3) / 1e9, (cf + cb_bytes) / (fb_ms * 1e-3) / 1e9,
                          cf / (copy_gbs * 1e9) * 1e6 / tokens,
                          (cf + cb_bytes) / (copy_gbs * 1e9) * 1e6 / tokens});

@@ -14,20 +14,15 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include <atomic>
-
 #include "common/call_status_cuda.h"
 #include "common/cuda_elements.cuh"
 #include "fmt/format.h"
 #include "scan_kernels/causal_conv1d.h"
-#include "scan_kernels/scan_device.cuh"
-#include "scan_kernels/scan_tuning.h"
 
 namespace rwr::scan {
 namespace {
 
-constexpr int kConvTile = 64;      // tokens per thread (the default; variants differ)
-constexpr int kConvMinTile = 64;   // the smallest of any variant: ConvWorkspaceBytes' rows
+constexpr int kConvTile = 64;
 constexpr int kConvThreads = 128;
 constexpr int kConvVec = 4;          // channels per thread where rows are aligned
 constexpr int kConvGroupFwd = 8;     // tokens whose loads are in flight together (forward)
@@ -174,91 +169,30 @@ __device__ __forceinline__ void LoadWindow(const CausalConv1dParams& p, int64_t 
   }
 }
 
-// Rows staged through shared memory (conv v5): a thread copies its own V channels of the tokens
-// ahead (8 bytes bf16, 16 fp32 per token and stream) into a private ring of slots by cp.async
-// and reads them back when it gets there. Up to NG groups of loads are in flight per thread
-// without holding registers (v3's register groups held one group at most under the cap, and a
-// thread waited for each group before issuing the next), and no barrier is needed: a thread reads
-// only what it copied. A slot is refilled one group after it was read, by when the values read
-// from it have been used. Rows must allow V-channel accesses (the launch checks).
-constexpr int kStageTokens = 8;   // tokens per copy group
-constexpr int kStagedTile = 128;  // tokens per thread
-template <typename E, int V, int NG>
-struct RowRing {
-  static constexpr int G = kStageTokens;
-  static constexpr int kBytes = (NG + 1) * G * kConvThreads * V * int(sizeof(E));  // per stream
-  using Row = ChannelRow<E, V>;
-  Row* col;  // this thread's column of the block's ring [NG + 1][G][kConvThreads]
-
-  __device__ __forceinline__ explicit RowRing(char* bytes)
-      : col(reinterpret_cast<Row*>(bytes) + threadIdx.x) {}
-  // Group g: tokens first .. first + G − 1 of `rows` (row stride `stride`), those before `end`;
-  // the others zero-filled. Every call commits a group, so that the wait counts alike.
-  __device__ __forceinline__ void Issue(int g, const E* rows, int64_t stride, int64_t first,
-                                        int64_t end) const {
-    Row* slot = col + (g % (NG + 1)) * G * kConvThreads;
-#pragma unroll
-    for (int i = 0; i < G; ++i) {
-      const bool valid = first + i < end;
-      const E* src = valid ? rows + (first + i) * stride : rows;
-      if constexpr (sizeof(Row) == 16) {
-        device::CpAsync16(slot + i * kConvThreads, src, valid);
-      } else {
-        device::CpAsync8(slot + i * kConvThreads, src, valid);
-      }
-    }
-  }
-  __device__ __forceinline__ Row Read(int g, int i) const {
-    return col[((g % (NG + 1)) * G + i) * kConvThreads];
-  }
-};
-
-// kStaged: rows through a RowRing of NG groups (G = kStageTokens), else loaded G at a time into
-// registers.
-template <typename E, int W, int V, int kTileT = kConvTile, int G = kConvGroupFwd,
-          bool kStaged = false, int NG = 1>
+template <typename E, int W, int V>
 __global__ void __launch_bounds__(kConvThreads, kConvMinBlocksFwd)
     ConvForwardKernel(CausalConv1dParams p) {
-  extern __shared__ __align__(16) char ring_bytes[];
+  constexpr int G = kConvGroupFwd;
   const int64_t d0 = (int64_t(blockIdx.x) * kConvThreads + threadIdx.x) * V;
-  if (d0 >= p.dim) return;  // no barriers below
-  const int64_t b = blockIdx.z, t0 = int64_t(blockIdx.y) * kTileT;
-  const int64_t t_end = min(p.seqlen, t0 + kTileT);
-  const E* x = static_cast<const E*>(p.x) + b * p.x_strides.batch + d0;
-  const RowRing<E, V, NG> ring(ring_bytes);
-  if constexpr (kStaged) {
-    static_assert(G == kStageTokens, "staged groups are kStageTokens");
-#pragma unroll
-    for (int g = 0; g < NG; ++g) {
-      ring.Issue(g, x, p.x_strides.token, t0 + g * G, t_end);
-      device::CpAsyncCommit();
-    }
-  }
+  if (d0 >= p.dim) return;
+  const int64_t b = blockIdx.z, t0 = int64_t(blockIdx.y) * kConvTile;
+  const int64_t t_end = min(p.seqlen, t0 + kConvTile);
   float wt[W][V], bias[V];
   LoadWeights<W, V>(p, d0, wt, bias);
   float win[W][V];
   bool vis[W];
   LoadWindow<E, W, V>(p, b, d0, t0, win, vis);
+  const E* x = static_cast<const E*>(p.x) + b * p.x_strides.batch + d0;
   E* out = static_cast<E*>(p.out) + b * p.out_strides.batch + d0;
   const uint8_t* resets = p.resets != nullptr ? p.resets + b * p.resets_batch_stride : nullptr;
-  int g = 0;
-  for (int64_t tg = t0; tg < t_end; tg += G, ++g) {
+  for (int64_t tg = t0; tg < t_end; tg += G) {
     // Every load of the group before any store (out may alias x as far as the compiler knows).
     ChannelRow<E, V> xin[G];
     bool reset[G];
-    if constexpr (kStaged) {
-      ring.Issue(g + NG, x, p.x_strides.token, tg + NG * G, t_end);  // into group g − 1's slot
-      device::CpAsyncCommit();
-      device::CpAsyncWaitGroup<NG>();  // groups g + 1 .. g + NG stay in flight; g has landed
-    }
 #pragma unroll
     for (int i = 0; i < G; ++i) {
       const int64_t t = tg + i;
-      if constexpr (kStaged) {
-        xin[i] = ring.Read(g, i);
-      } else {
-        xin[i] = t < t_end ? LoadRow<E, V>(x + t * p.x_strides.token) : ZeroRow<E, V>();
-      }
+      xin[i] = t < t_end ? LoadRow<E, V>(x + t * p.x_strides.token) : ZeroRow<E, V>();
       reset[i] = resets != nullptr && t < t_end && resets[t] != 0;
     }
 #pragma unroll
@@ -281,7 +215,6 @@ __global__ void __launch_bounds__(kConvThreads, kConvMinBlocksFwd)
       }
     }
   }
-  if constexpr (kStaged) device::CpAsyncWaitAll();  // nothing left in flight into shared memory
   if (t_end == p.seqlen && p.final_state != nullptr) {
     // The last W−1 inputs, masked as token T would see them (re-read: the tile's walk shifted
     // zeros in past its end).
@@ -295,36 +228,19 @@ __global__ void __launch_bounds__(kConvThreads, kConvMinBlocksFwd)
 }
 
 // Per-thread partials: part[((b·nTiles + tile)·Di + d)·(W+1) + k], k < W: dweight, k = W: dbias.
-// kStaged: x and dout rows through two RowRings of NG groups, else loaded G at a time into
-// registers.
-template <typename E, int W, int V, int kTileT = kConvTile, int G = kConvGroupBwd,
-          bool kStaged = false, int NG = 1>
+template <typename E, int W, int V>
 __global__ void __launch_bounds__(kConvThreads, kConvMinBlocksBwd)
     ConvBackwardKernel(CausalConv1dParams p, CausalConv1dGrads g, float* part) {
-  extern __shared__ __align__(16) char ring_bytes[];
+  constexpr int G = kConvGroupBwd;
   const int64_t d0 = (int64_t(blockIdx.x) * kConvThreads + threadIdx.x) * V;
-  if (d0 >= p.dim) return;  // no barriers below
-  const int64_t b = blockIdx.z, tile = blockIdx.y, t0 = tile * kTileT;
+  if (d0 >= p.dim) return;
+  const int64_t b = blockIdx.z, tile = blockIdx.y, t0 = tile * kConvTile;
   const int64_t T = p.seqlen;
-  const int64_t own_end = min(T, t0 + kTileT);
+  const int64_t own_end = min(T, t0 + kConvTile);
   // Tokens up to W−1 past the tile still reach its inputs; the walk goes to own_end + W − 1 even
   // past T (inputs and dout read as 0 there) so that the tile's last inputs finish inside it.
   const int64_t walk_end = own_end + (W - 1);
   const int64_t load_end = min(T, walk_end);
-  const E* x = static_cast<const E*>(p.x) + b * p.x_strides.batch + d0;
-  const E* dout = static_cast<const E*>(g.dout) + b * g.dout_strides.batch + d0;
-  using Ring = RowRing<E, V, NG>;
-  const Ring x_ring(ring_bytes), dy_ring(ring_bytes + Ring::kBytes);
-  auto issue = [&](int group, int64_t first) {
-    x_ring.Issue(group, x, p.x_strides.token, first, load_end);
-    dy_ring.Issue(group, dout, g.dout_strides.token, first, load_end);
-    device::CpAsyncCommit();
-  };
-  if constexpr (kStaged) {
-    static_assert(G == kStageTokens, "staged groups are kStageTokens");
-#pragma unroll
-    for (int k = 0; k < NG; ++k) issue(k, t0 + k * G);
-  }
   float wt[W][V], bias[V];
   LoadWeights<W, V>(p, d0, wt, bias);
   float win[W][V], acc[W][V], dw[W][V], dbias[V];
@@ -339,25 +255,20 @@ __global__ void __launch_bounds__(kConvThreads, kConvMinBlocksBwd)
     }
     dbias[j] = 0.f;
   }
+  const E* x = static_cast<const E*>(p.x) + b * p.x_strides.batch + d0;
+  const E* dout = static_cast<const E*>(g.dout) + b * g.dout_strides.batch + d0;
   E* dx = static_cast<E*>(g.dx) + b * g.dx_strides.batch + d0;
   const uint8_t* resets = p.resets != nullptr ? p.resets + b * p.resets_batch_stride : nullptr;
 
-  int grp = 0;
-  for (int64_t tg = t0; tg < walk_end; tg += G, ++grp) {
-    ChannelRow<E, V> xin[kStaged ? 1 : G], dyin[kStaged ? 1 : G];
+  for (int64_t tg = t0; tg < walk_end; tg += G) {
+    ChannelRow<E, V> xin[G], dyin[G];
     bool reset[G];
-    if constexpr (kStaged) {
-      issue(grp + NG, tg + NG * G);    // into group grp − 1's slots
-      device::CpAsyncWaitGroup<NG>();  // groups grp + 1 .. grp + NG stay in flight
-    }
 #pragma unroll
     for (int i = 0; i < G; ++i) {
       const int64_t t = tg + i;
       const bool in = t < load_end;
-      if constexpr (!kStaged) {
-        xin[i] = in ? LoadRow<E, V>(x + t * p.x_strides.token) : ZeroRow<E, V>();
-        dyin[i] = in ? LoadRow<E, V>(dout + t * g.dout_strides.token) : ZeroRow<E, V>();
-      }
+      xin[i] = in ? LoadRow<E, V>(x + t * p.x_strides.token) : ZeroRow<E, V>();
+      dyin[i] = in ? LoadRow<E, V>(dout + t * g.dout_strides.token) : ZeroRow<E, V>();
       reset[i] = resets != nullptr && in && resets[t] != 0;
     }
 #pragma unroll
@@ -368,11 +279,10 @@ __global__ void __launch_bounds__(kConvThreads, kConvMinBlocksBwd)
 #pragma unroll
         for (int k = 0; k < W - 1; ++k) vis[k] = false;
       }
-      // Staged rows are read from shared memory token by token, not held for the group.
-      Unpack<E, V>(kStaged ? x_ring.Read(grp, i) : xin[kStaged ? 0 : i], win[W - 1]);
+      Unpack<E, V>(xin[i], win[W - 1]);
       vis[W - 1] = true;
       float dpre[V];
-      Unpack<E, V>(kStaged ? dy_ring.Read(grp, i) : dyin[kStaged ? 0 : i], dpre);
+      Unpack<E, V>(dyin[i], dpre);
 #pragma unroll
       for (int j = 0; j < V; ++j) {
         acc[W - 1][j] = 0.f;
@@ -425,7 +335,6 @@ __global__ void __launch_bounds__(kConvThreads, kConvMinBlocksBwd)
     }
   }
 
-  if constexpr (kStaged) device::CpAsyncWaitAll();  // nothing left in flight into shared memory
   float* out = part + ((b * gridDim.y + tile) * p.dim + d0) * (W + 1);
   float v[V * (W + 1)];
 #pragma unroll
@@ -472,25 +381,7 @@ __global__ void __launch_bounds__(kReduceCols * kReduceSlices)
   }
 }
 
-int64_t Tiles(const CausalConv1dParams& p, int tile = kConvTile) {
-  return (p.seqlen + tile - 1) / tile;
-}
-
-// Kernel shapes for measurements (SetConvVariant): tokens per thread and loads in flight.
-std::atomic<int> g_conv_variant{1};
-struct ConvShape {
-  int tile = kConvTile, group_fwd = kConvGroupFwd, group_bwd = kConvGroupBwd;
-};
-ConvShape ConvShapeOf(int variant) {
-  switch (variant) {
-    case 6: return {};  // v3's register groups (the default forward before v5)
-    case 2: return {128, 8, 4};
-    case 3: return {64, 16, 4};
-    case 4: return {128, 16, 8};
-    case 5: return {32, 8, 4};
-    default: return {};
-  }
-}
+int64_t Tiles(const CausalConv1dParams& p) { return (p.seqlen + kConvTile - 1) / kConvTile; }
 
 // Whether rows of V channels can be read as one access: base, strides and Di multiples of V.
 template <typename E>
@@ -499,38 +390,17 @@ bool RowsVectorizable(const void* base, const TokenStrides& s, int64_t dim, int 
          s.token % v == 0 && dim % v == 0;
 }
 
-dim3 ConvGrid(const CausalConv1dParams& p, int v, int tile = kConvTile) {
+dim3 ConvGrid(const CausalConv1dParams& p, int v) {
   const int64_t threads = (p.dim + v - 1) / v;
   return dim3(static_cast<unsigned>((threads + kConvThreads - 1) / kConvThreads),
-              static_cast<unsigned>(Tiles(p, tile)), static_cast<unsigned>(p.batch));
+              static_cast<unsigned>(Tiles(p)), static_cast<unsigned>(p.batch));
 }
 
 template <typename E, int W>
 absl::Status LaunchConvForward(const CausalConv1dParams& p, cudaStream_t stream) {
   if (RowsVectorizable<E>(p.x, p.x_strides, p.dim, kConvVec) &&
       RowsVectorizable<E>(p.out, p.out_strides, p.dim, kConvVec)) {
-    const int variant = g_conv_variant.load();
-    const ConvShape sh = ConvShapeOf(variant);
-    const dim3 grid = ConvGrid(p, kConvVec, sh.tile);
-    if (variant == 1) {
-      // 32 tokens ahead in bf16 (40 KB per block, 5 blocks per multiprocessor), 16 in fp32.
-      constexpr int kGroups = sizeof(E) == 2 ? 4 : 2;
-      constexpr int kSmem = RowRing<E, kConvVec, kGroups>::kBytes;
-      auto* kernel =
-          ConvForwardKernel<E, W, kConvVec, kStagedTile, kStageTokens, true, kGroups>;
-      RWR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-      kernel<<<ConvGrid(p, kConvVec, kStagedTile), kConvThreads, kSmem, stream>>>(p);
-    } else if (sh.tile == 128 && sh.group_fwd == 8) {
-      ConvForwardKernel<E, W, kConvVec, 128, 8><<<grid, kConvThreads, 0, stream>>>(p);
-    } else if (sh.tile == 64 && sh.group_fwd == 16) {
-      ConvForwardKernel<E, W, kConvVec, 64, 16><<<grid, kConvThreads, 0, stream>>>(p);
-    } else if (sh.tile == 128 && sh.group_fwd == 16) {
-      ConvForwardKernel<E, W, kConvVec, 128, 16><<<grid, kConvThreads, 0, stream>>>(p);
-    } else if (sh.tile == 32) {
-      ConvForwardKernel<E, W, kConvVec, 32, 8><<<grid, kConvThreads, 0, stream>>>(p);
-    } else {
-      ConvForwardKernel<E, W, kConvVec><<<grid, kConvThreads, 0, stream>>>(p);
-    }
+    ConvForwardKernel<E, W, kConvVec><<<ConvGrid(p, kConvVec), kConvThreads, 0, stream>>>(p);
   } else {
     ConvForwardKernel<E, W, 1><<<ConvGrid(p, 1), kConvThreads, 0, stream>>>(p);
   }
@@ -542,33 +412,12 @@ template <typename E, int W>
 absl::Status LaunchConvBackward(const CausalConv1dParams& p, const CausalConv1dGrads& g,
                                 cudaStream_t stream) {
   float* part = static_cast<float*>(p.workspace);
-  int tile = kConvTile;
   if (RowsVectorizable<E>(p.x, p.x_strides, p.dim, kConvVec) &&
       RowsVectorizable<E>(g.dout, g.dout_strides, p.dim, kConvVec) &&
       RowsVectorizable<E>(g.dx, g.dx_strides, p.dim, kConvVec) &&
       reinterpret_cast<uintptr_t>(part) % 16 == 0) {
-    const int variant = g_conv_variant.load();
-    const ConvShape sh = ConvShapeOf(variant);
-    tile = variant == 1 ? kStagedTile : sh.tile;
-    const dim3 grid = ConvGrid(p, kConvVec, tile);
-    if (variant == 1) {
-      // 16 tokens ahead of x and dout in bf16 (48 KB per block, 4 blocks per multiprocessor),
-      // 8 in fp32.
-      constexpr int kGroups = sizeof(E) == 2 ? 2 : 1;
-      constexpr int kSmem = 2 * RowRing<E, kConvVec, kGroups>::kBytes;
-      auto* kernel =
-          ConvBackwardKernel<E, W, kConvVec, kStagedTile, kStageTokens, true, kGroups>;
-      RWR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-      kernel<<<grid, kConvThreads, kSmem, stream>>>(p, g, part);
-    } else if (sh.tile == 128 && sh.group_bwd == 4) {
-      ConvBackwardKernel<E, W, kConvVec, 128, 4><<<grid, kConvThreads, 0, stream>>>(p, g, part);
-    } else if (sh.tile == 128 && sh.group_bwd == 8) {
-      ConvBackwardKernel<E, W, kConvVec, 128, 8><<<grid, kConvThreads, 0, stream>>>(p, g, part);
-    } else if (sh.tile == 32) {
-      ConvBackwardKernel<E, W, kConvVec, 32, 4><<<grid, kConvThreads, 0, stream>>>(p, g, part);
-    } else {
-      ConvBackwardKernel<E, W, kConvVec><<<grid, kConvThreads, 0, stream>>>(p, g, part);
-    }
+    ConvBackwardKernel<E, W, kConvVec>
+        <<<ConvGrid(p, kConvVec), kConvThreads, 0, stream>>>(p, g, part);
   } else {
     ConvBackwardKernel<E, W, 1><<<ConvGrid(p, 1), kConvThreads, 0, stream>>>(p, g, part);
   }
@@ -576,7 +425,7 @@ absl::Status LaunchConvBackward(const CausalConv1dParams& p, const CausalConv1dG
   const int64_t cols = p.dim * (W + 1);
   ConvReduceKernel<W><<<static_cast<unsigned>((cols + kReduceCols - 1) / kReduceCols),
                         dim3(kReduceCols, kReduceSlices), 0, stream>>>(p, g, part,
-                                                                       p.batch * Tiles(p, tile));
+                                                                       p.batch * Tiles(p));
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
 }
@@ -604,10 +453,8 @@ absl::Status DispatchBackward(const CausalConv1dParams& p, const CausalConv1dGra
 
 int64_t ConvWorkspaceBytes(const CausalConv1dParams& p) {
   if (p.batch <= 0 || p.seqlen <= 0 || p.dim <= 0) return 0;
-  return p.batch * Tiles(p, kConvMinTile) * p.dim * (p.width + 1) * int64_t(sizeof(float));
+  return p.batch * Tiles(p) * p.dim * (p.width + 1) * int64_t(sizeof(float));
 }
-
-void SetConvVariant(int variant) { g_conv_variant.store(variant); }
 
 absl::Status Forward(const CausalConv1dParams& p, CUstream_st* stream) {
   RWR_RETURN_IF_ERROR(CanImplement(p, Backend::kCuda));

@@ -74,12 +74,6 @@ __device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, int src_
 __device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
   CpAsync16(smem, gmem, valid ? 16 : 0);
 }
-// 8 bytes through L1 (cp.async.cg copies only 16); 0 source bytes zero-fill the slot.
-__device__ __forceinline__ void CpAsync8(void* smem, const void* gmem, bool valid) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(gmem),
-               "r"(valid ? 8 : 0));
-}
 __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void CpAsyncWaitAll() {
   asm volatile("cp.async.wait_all;\n" ::: "memory");

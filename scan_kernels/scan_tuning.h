@@ -37,13 +37,6 @@ void SetScanChunksOverride(int chunks);
 inline constexpr int kScanVariants[] = {1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 22, 23};
 void SetScanVariant(int variant);
 
-// Causal conv1d kernels for measurements: 1 default (forward staged through shared memory,
-// conv v5; backward 64 tokens per thread, loads of 4 in flight); register-group kernels (tokens
-// per thread / loads in flight forward / backward): 6 (64 / 8 / 4, the v3 forward), 2 (128 / 8 /
-// 4), 3 (64 / 16 / 4), 4 (128 / 16 / 8), 5 (32 / 8 / 4).
-inline constexpr int kConvVariants[] = {1, 2, 3, 4, 5, 6};
-void SetConvVariant(int variant);
-
 // The K the CUDA scan would use for these sizes (after the override), forward or backward; the
 // forward's K matters only where it does not run the one-pass kernel.
 int ScanChunks(int64_t batch, int64_t seqlen, int64_t dim, bool backward = false);
