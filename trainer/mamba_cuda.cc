@@ -143,6 +143,16 @@ struct PhaseClock {
 struct LayerActs {
   DeviceBuffer<float> h_in, rstd;
   DeviceBuffer<char> xz, xdbl, ckpt;
+  // Kept from the forward where memory allows (see KeptActs), else empty and recomputed by the
+  // backward into the call's working buffers: the normed input, the conv output, Δraw.
+  DeviceBuffer<char> xn, uc, dtraw;
+};
+
+// Which recomputable activations every layer keeps instead (decided once per call shape, from
+// the memory the kept set leaves; the backward gives the same bits either way).
+struct KeptActs {
+  bool decided = false;
+  bool xn = false, uc = false, dtraw = false;
 };
 
 // The buffers of one call, sized for its batch and chunk shape. They live in their own arena so
@@ -154,6 +164,7 @@ struct CallBuffers {
   DeviceBuffer<uint8_t> reset, row_weight;
   std::vector<LayerActs> acts;  // per layer, for the pass that runs the backward
   LayerActs pass_acts;          // one set reused by every layer in forward-only passes
+  KeptActs kept;
   // One layer's working buffers (forward temporaries, backward recomputation and gradients).
   DeviceBuffer<char> xn, uc, dtraw, y, dh_act, dy, duc, ddtraw, dxdbl, dxz, hn, block_in,
       block_dlogits, scan_scratch, conv_ws;
@@ -218,6 +229,9 @@ struct GradOut {
 // cuBLASLt's scratch for the GEMMs (split-K partials): Hopper's fastest candidates want up to
 // 32 MiB.
 constexpr int64_t kGemmWorkspaceBytes = int64_t{32} << 20;
+// Device memory left free after a call's buffers, for what is allocated on first use (lazily
+// loaded kernels, the GEMM tuning's events).
+constexpr size_t kHeadroomBytes = size_t{512} << 20;
 
 struct MambaCuda::Impl {
   MambaConfig c;
@@ -238,6 +252,7 @@ struct MambaCuda::Impl {
   DeviceBuffer<double> norm_acc;  // [0] the sum, then SumSquares' scratch
   GradWrites grad_writes;
   PhaseClock clock;
+  bool keep_acts = true;  // keep recomputable activations where memory allows (KeptActs)
 
   ~Impl() {
     gemms.reset();
@@ -369,6 +384,13 @@ class CudaRunner {
   CallBuffers& k() const { return *m_.call; }
   const float* P(int64_t offset) const { return m_.params.ptr + offset; }
   GradOut G(int64_t offset) const { return m_.Grad(offset); }
+  // A layer's normed input, conv output and Δraw: its own where kept, else the call's working
+  // buffer (written by the forward, rewritten by the backward's recomputation).
+  void* Xn(const LayerActs& a) const { return a.xn.ptr != nullptr ? a.xn.ptr : k().xn.ptr; }
+  void* Uc(const LayerActs& a) const { return a.uc.ptr != nullptr ? a.uc.ptr : k().uc.ptr; }
+  void* Dtraw(const LayerActs& a) const {
+    return a.dtraw.ptr != nullptr ? a.dtraw.ptr : k().dtraw.ptr;
+  }
   float* State(int64_t chunk, int64_t layer) const {
     return k().states.ptr + (chunk * c_.n_layer + layer) * m_.StateFloats(batch_.batch);
   }
@@ -382,15 +404,15 @@ class CudaRunner {
     cudaStream_t s = m_.stream;
     // With `keep`, the norm also copies its input h to a.h_in (h is updated in place below).
     RWR_RETURN_IF_ERROR(m_.Timed("norm", "fwd", [&] {
-      return cuda::RmsNorm(k().h.ptr, P(o.norm), k().xn.ptr, m_.act, a.rstd.ptr, M, d.D,
-                           c_.norm_eps, s, keep ? a.h_in.ptr : nullptr);
+      return cuda::RmsNorm(k().h.ptr, P(o.norm), Xn(a), m_.act, a.rstd.ptr, M, d.D, c_.norm_eps,
+                           s, keep ? a.h_in.ptr : nullptr);
     }));
-    RWR_RETURN_IF_ERROR(m_.Linear("in_proj", k().xn.ptr, d.D, m_.W(o.in_proj), a.xz.ptr, false,
+    RWR_RETURN_IF_ERROR(m_.Linear("in_proj", Xn(a), d.D, m_.W(o.in_proj), a.xz.ptr, false,
                                   2 * d.Di, M, 2 * d.Di, d.D));
     RWR_RETURN_IF_ERROR(m_.ConvForward(Conv(d, o, state_in, state_out, a)));
-    RWR_RETURN_IF_ERROR(m_.Linear("x_proj", k().uc.ptr, d.Di, m_.W(o.x_proj), a.xdbl.ptr, false,
-                                  d.X, M, d.X, d.Di));
-    RWR_RETURN_IF_ERROR(m_.Linear("dt_proj", a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), k().dtraw.ptr,
+    RWR_RETURN_IF_ERROR(m_.Linear("x_proj", Uc(a), d.Di, m_.W(o.x_proj), a.xdbl.ptr, false, d.X,
+                                  M, d.X, d.Di));
+    RWR_RETURN_IF_ERROR(m_.Linear("dt_proj", a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), Dtraw(a),
                                   false, d.Di, M, d.Di, d.R));
     RWR_RETURN_IF_ERROR(m_.ScanForward(
         Scan(l, d, o, state_in + conv_floats, state_out ? state_out + conv_floats : nullptr, a)));
@@ -410,11 +432,14 @@ class CudaRunner {
     RWR_RETURN_IF_ERROR(
         m_.LinearDx("out_proj", dh, d.D, m_.W(o.out_proj), k().dy.ptr, false, d.Di, M, d.D, d.Di));
 
-    // Recompute what the forward did not keep: conv output and Δ here, the scan output (the
-    // out_proj GEMM's input) inside the scan's backward, which rebuilds the states anyway.
-    RWR_RETURN_IF_ERROR(m_.ConvForward(Conv(d, o, state_in, nullptr, a)));
-    RWR_RETURN_IF_ERROR(m_.Linear("dt_proj", a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), k().dtraw.ptr,
-                                  false, d.Di, M, d.Di, d.R));
+    // Recompute what the forward did not keep: conv output and Δ here (unless kept), the scan
+    // output (the out_proj GEMM's input) inside the scan's backward, which rebuilds the states
+    // anyway.
+    if (a.uc.ptr == nullptr) RWR_RETURN_IF_ERROR(m_.ConvForward(Conv(d, o, state_in, nullptr, a)));
+    if (a.dtraw.ptr == nullptr) {
+      RWR_RETURN_IF_ERROR(m_.Linear("dt_proj", a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), Dtraw(a),
+                                    false, d.Di, M, d.Di, d.R));
+    }
     scan::SelectiveScanParams sp = Scan(l, d, o, state_in + conv_floats, nullptr, a);
 
     const int64_t es = m_.es();
@@ -454,7 +479,7 @@ class CudaRunner {
     RWR_RETURN_IF_ERROR(m_.LinearDx("dt_proj", k().ddtraw.ptr, d.Di, m_.W(o.dt_proj_weight),
                                     k().dxdbl.ptr, false, d.X, M, d.Di, d.R));
     RWR_RETURN_IF_ERROR(
-        m_.LinearDw("x_proj", k().dxdbl.ptr, d.X, k().uc.ptr, d.Di, G(o.x_proj), M, d.X, d.Di));
+        m_.LinearDw("x_proj", k().dxdbl.ptr, d.X, Uc(a), d.Di, G(o.x_proj), M, d.X, d.Di));
     RWR_RETURN_IF_ERROR(m_.LinearDx("x_proj", k().dxdbl.ptr, d.X, m_.W(o.x_proj), k().duc.ptr,
                                     false, d.Di, M, d.X, d.Di, 1.f));
 
@@ -476,12 +501,14 @@ class CudaRunner {
       return cuda::Accumulate(gb.ptr, k().dconv_b.ptr, d.Di, gb.add, s);
     }));
 
-    RWR_RETURN_IF_ERROR(m_.Timed("norm", "recompute", [&] {
-      return cuda::RmsNorm(a.h_in.ptr, P(o.norm), k().xn.ptr, m_.act, a.rstd.ptr, M, d.D,
-                           c_.norm_eps, s);
-    }));
-    RWR_RETURN_IF_ERROR(m_.LinearDw("in_proj", k().dxz.ptr, 2 * d.Di, k().xn.ptr, d.D, G(o.in_proj),
-                                    M, 2 * d.Di, d.D));
+    if (a.xn.ptr == nullptr) {
+      RWR_RETURN_IF_ERROR(m_.Timed("norm", "recompute", [&] {
+        return cuda::RmsNorm(a.h_in.ptr, P(o.norm), k().xn.ptr, m_.act, a.rstd.ptr, M, d.D,
+                             c_.norm_eps, s);
+      }));
+    }
+    RWR_RETURN_IF_ERROR(m_.LinearDw("in_proj", k().dxz.ptr, 2 * d.Di, Xn(a), d.D, G(o.in_proj), M,
+                                    2 * d.Di, d.D));
     RWR_RETURN_IF_ERROR(m_.LinearDx("in_proj", k().dxz.ptr, 2 * d.Di, m_.W(o.in_proj), k().dxn.ptr,
                                     true, d.D, M, 2 * d.Di, d.D));
     return m_.Timed("norm", "bwd", [&] {
@@ -691,6 +718,7 @@ class CudaRunner {
       RWR_CUDA(cudaMemsetAsync(k().dstates.ptr, 0, c_.n_layer * sf * 4, m_.stream));
       k().acts.resize(c_.n_layer);
       for (auto& a : k().acts) RWR_RETURN_IF_ERROR(AllocActs(a, d, true));
+      RWR_RETURN_IF_ERROR(KeepActs(d));
     }
     // A = −exp(A_log), per layer.
     for (int64_t l = 0; l < c_.n_layer; ++l) {
@@ -728,6 +756,47 @@ class CudaRunner {
     return p;
   }
 
+  // Where the memory left after the call's buffers allows, every layer keeps its normed input,
+  // conv output and Δraw instead of the backward recomputing them (the norm, the conv forward and
+  // the dt_proj GEMM again: ≈ 9 ms of a 2048 × 4 Mamba-2.8B step). Each kind for all layers or
+  // none, the most time saved per byte first; decided once per call shape, so that every call of
+  // it runs the same kernels. Memory short (an 80 GB card at 8192 tokens per chunk): recompute.
+  absl::Status KeepActs(const ChunkDims& d) {
+    KeptActs& kept = k().kept;
+    if (!kept.decided) {
+      kept.decided = true;
+      size_t free_bytes = 0, total_bytes = 0;
+      RWR_CUDA(cudaMemGetInfo(&free_bytes, &total_bytes));
+      // Twice the headroom: the chunk search's check after this call must still pass once
+      // allocation granularity has taken its share.
+      int64_t left = static_cast<int64_t>(free_bytes) - 2 * static_cast<int64_t>(kHeadroomBytes);
+      const MemoryTally& tally = *k().arena.tally;
+      if (tally.budget > 0) left = std::min(left, tally.budget - tally.bytes);
+      const int64_t per_layer = d.M() * m_.es();
+      auto take = [&](int64_t width) {
+        const int64_t bytes = c_.n_layer * per_layer * width;
+        if (!m_.keep_acts || bytes > left) return false;
+        left -= bytes;
+        return true;
+      };
+      kept.xn = take(d.D);
+      kept.uc = take(d.Di);
+      kept.dtraw = take(d.Di);
+    }
+    // A buffer that does not fit after all (a later call of this shape with longer chunks) stays
+    // empty: that layer recomputes, with the same result.
+    for (auto& a : k().acts) {
+      for (auto [want, buf, width] : {std::tuple{kept.xn, &a.xn, d.D},
+                                      std::tuple{kept.uc, &a.uc, d.Di},
+                                      std::tuple{kept.dtraw, &a.dtraw, d.Di}}) {
+        if (!want) continue;
+        const absl::Status st = AllocAct(buf, d.M() * width);
+        if (!st.ok() && !absl::IsResourceExhausted(st)) return st;
+      }
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status AllocActs(LayerActs& a, const ChunkDims& d, bool keep_input) {
     const int64_t M = d.M();
     DeviceArena& ar = k().arena;
@@ -755,7 +824,7 @@ class CudaRunner {
     p.resets_batch_stride = d.T;
     p.initial_state = in;
     p.final_state = out_state;
-    p.out = k().uc.ptr;
+    p.out = Uc(a);
     p.out_strides = {d.Tc * d.Di, d.Di};
     return p;
   }
@@ -764,9 +833,9 @@ class CudaRunner {
                                  const float* in, float* out_state, const LayerActs& a) const {
     const int64_t es = m_.es();
     scan::SelectiveScanParams p = ScanProbe(d);
-    p.x = k().uc.ptr;
+    p.x = Uc(a);
     p.x_strides = {d.Tc * d.Di, d.Di};
-    p.delta = k().dtraw.ptr;
+    p.delta = Dtraw(a);
     p.delta_strides = {d.Tc * d.Di, d.Di};
     p.A = m_.A.ptr + l * d.Di * d.S;
     p.B = At(a.xdbl.ptr, d.R, es);
@@ -886,6 +955,12 @@ void MambaCuda::SetMemoryBudget(int64_t bytes) {
 
 void MambaCuda::SetPhaseTiming(bool on) { impl_->clock.on = on; }
 
+void MambaCuda::SetKeepActivations(bool on) {
+  impl_->keep_acts = on;
+  impl_->call_shape = {};  // the next call sizes its buffers (and decides) afresh
+  impl_->fitted_chunk.clear();
+}
+
 absl::StatusOr<std::map<std::string, double>> MambaCuda::TakePhaseTimes() {
   PhaseClock& clock = impl_->clock;
   std::map<std::string, double> ms;
@@ -929,8 +1004,6 @@ absl::Status EnsureOptimizer(MambaCuda::Impl& m, const ParamLayout& layout) {
   }
   return absl::OkStatus();
 }
-
-constexpr size_t kHeadroomBytes = size_t{512} << 20;
 
 // Sizes the call's buffers for chunks of `chunk_len` tokens per row. 0 asks for the whole row if
 // it fits in device memory, else the first that fits of half the row, a quarter, ... (each

@@ -81,6 +81,11 @@ class MambaCuda {
   // Bytes of device memory this model holds at most so far (its own allocations).
   int64_t peak_bytes() const;
 
+  // Whether the backward keeps the normed input, conv output and Δraw of every layer where the
+  // memory left after a call's buffers allows (default on), instead of recomputing them; the
+  // results are the same bits either way. Off: recompute as on a full GPU (tests, A/B runs).
+  void SetKeepActivations(bool on);
+
   // Optional GPU time per kind of work, for benchmarks: with timing on, CUDA events bracket every
   // GPU call. TakePhaseTimes returns milliseconds since the last take (and starts a new tally) per
   // kind — "gemm", "scan", "conv", "norm", "head" (cross-entropy and its row gathers), "other"

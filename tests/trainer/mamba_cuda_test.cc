@@ -148,29 +148,41 @@ TEST_P(MambaCudaTest, GradientsAccumulateFromZeroGradsOn) {
 
 // Same inputs, same bits: gradients, loss and the updated parameters of two runs (the embedding,
 // norm-weight and gradient-norm sums have a fixed order; no float atomics).
+// Two runs give the same bits — and so does a run that recomputes the normed input, conv output
+// and Δraw in the backward instead of keeping them (SetKeepActivations(false)); the keeping run
+// holds more memory, which shows that it kept them.
 TEST_P(MambaCudaTest, TwoRunsGiveTheSameBits) {
   Fixture f = LoadFixture();
   f.reset[1 * f.T + 17] = 1;
-  auto run = [&](std::vector<float>* grads, std::vector<float>* params, double* loss) {
+  auto run = [&](bool keep, std::vector<float>* grads, std::vector<float>* params, double* loss,
+                 int64_t* peak) {
     auto model = *MambaCuda::Create(f.model.config, GetParam());
+    model->SetKeepActivations(keep);
     ASSERT_TRUE(model->UploadParams(f.model.params).ok());
     ASSERT_TRUE(model->ZeroGrads().ok());
     auto r = model->ForwardBackward(f.batch(), 16, 1.f / f.count);
     ASSERT_TRUE(r.ok()) << r.status();
     *loss = r->loss_sum;
+    *peak = model->peak_bytes();
     grads->resize(f.model.params.size());
     ASSERT_TRUE(model->DownloadGrads(*grads).ok());
     ASSERT_TRUE(model->ClipAndStep(1.0, 1e-3, AdamWOptions{}).ok());
     params->resize(f.model.params.size());
     ASSERT_TRUE(model->DownloadParams(*params).ok());
   };
-  std::vector<float> g1, g2, p1, p2;
-  double l1 = 0, l2 = 0;
-  run(&g1, &p1, &l1);
-  run(&g2, &p2, &l2);
+  std::vector<float> g1, g2, g3, p1, p2, p3;
+  double l1 = 0, l2 = 0, l3 = 0;
+  int64_t peak1 = 0, peak2 = 0, peak3 = 0;
+  run(true, &g1, &p1, &l1, &peak1);
+  run(true, &g2, &p2, &l2, &peak2);
+  run(false, &g3, &p3, &l3, &peak3);
   EXPECT_EQ(l1, l2);
   EXPECT_TRUE(g1 == g2) << "gradients differ between runs";
   EXPECT_TRUE(p1 == p2) << "updated parameters differ between runs";
+  EXPECT_EQ(l1, l3);
+  EXPECT_TRUE(g1 == g3) << "gradients differ between keeping and recomputing activations";
+  EXPECT_TRUE(p1 == p3) << "updated parameters differ between keeping and recomputing";
+  EXPECT_GT(peak1, peak3) << "the keeping run kept nothing";
 }
 
 // The norm backward kernel against a double-precision host reference, at widths that take
