@@ -73,6 +73,11 @@ int main(int argc, char** argv) {
                  "measure a kernel change inside the whole step")
       ->check(CLI::IsMember(std::vector<int>(std::begin(rwr::scan::kScanVariants),
                                              std::end(rwr::scan::kScanVariants))));
+  bool recompute = false;
+  app.add_flag("--recompute", recompute,
+               "Recompute the normed input, conv output and delta-raw in the backward even where "
+               "memory would hold them (the model keeps them where it can), to measure the "
+               "difference");
   app.add_flag("--phases", phases,
                "Also report GPU time per kind of work (gemm, scan, conv, norm, head, other, "
                "optimizer) and per GEMM and kernel (CUDA events around each call, which adds a "
@@ -113,6 +118,7 @@ int main(int argc, char** argv) {
                             {"cases", nlohmann::json::array()}};
   const rwr::trainer::AdamWOptions adamw{};
   (*model)->SetPhaseTiming(phases);
+  (*model)->SetKeepActivations(!recompute);
   rwr::scan::SetScanVariant(scan_variant);
   rwr::trainer::Rng rng(5);
 
