@@ -249,10 +249,13 @@ TEST(MambaCudaKernels, RmsNormBackwardMatchesHost) {
 
 // chunk_len 0 runs whole rows when they fit, else the largest halving that does, with the same
 // result; a chunk_len that does not fit is an error that names the setting.
+// The chunk fitting (kept activations off: they would take the memory the test measures), then
+// kept activations never shrinking a chunk: they use only what a whole-row chunk leaves.
 TEST(MambaCudaMemory, AutoChunkFitsTheMemoryLeft) {
   if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
   Fixture f = LoadFixture();
   auto whole = *MambaCuda::Create(f.model.config, GemmPrecision::kFp32);
+  whole->SetKeepActivations(false);
   ASSERT_TRUE(whole->UploadParams(f.model.params).ok());
   ASSERT_TRUE(whole->ZeroGrads().ok());
   auto a = whole->ForwardBackward(f.batch(), 0, 0.01f);
@@ -262,6 +265,7 @@ TEST(MambaCudaMemory, AutoChunkFitsTheMemoryLeft) {
   ASSERT_TRUE(whole->DownloadGrads(full).ok());
 
   auto tight = *MambaCuda::Create(f.model.config, GemmPrecision::kFp32);
+  tight->SetKeepActivations(false);
   tight->SetMemoryBudget(whole->peak_bytes() - 1);
   ASSERT_TRUE(tight->UploadParams(f.model.params).ok());
   ASSERT_TRUE(tight->ZeroGrads().ok());
@@ -277,6 +281,24 @@ TEST(MambaCudaMemory, AutoChunkFitsTheMemoryLeft) {
   EXPECT_EQ(too_big.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(too_big.status().message().find("train.chunk_len"), std::string_view::npos)
       << too_big.status();
+
+  // Keeping on, with just the memory the whole row needs without them: still the whole row, and
+  // nothing kept (the same peak); with room for them, the same gradients from more memory.
+  auto keeper = *MambaCuda::Create(f.model.config, GemmPrecision::kFp32);
+  keeper->SetMemoryBudget(whole->peak_bytes());
+  ASSERT_TRUE(keeper->UploadParams(f.model.params).ok());
+  ASSERT_TRUE(keeper->ZeroGrads().ok());
+  auto c = keeper->ForwardBackward(f.batch(), 0, 0.01f);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(keeper->last_chunk_len(), f.T);
+  EXPECT_EQ(keeper->peak_bytes(), whole->peak_bytes());
+  keeper->SetMemoryBudget(0);
+  ASSERT_TRUE(keeper->ZeroGrads().ok());
+  auto e = keeper->ForwardBackward(f.batch(), 0, 0.01f);
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_GT(keeper->peak_bytes(), whole->peak_bytes());
+  ASSERT_TRUE(keeper->DownloadGrads(part).ok());
+  EXPECT_TRUE(part == full) << "kept activations changed the gradients";
 }
 
 TEST_P(MambaCudaTest, ThreeAdamWStepsMatchTorch) {
