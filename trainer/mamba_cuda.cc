@@ -950,6 +950,7 @@ int64_t MambaCuda::last_chunk_len() const { return impl_->last_chunk_len; }
 
 void MambaCuda::SetMemoryBudget(int64_t bytes) {
   impl_->tally.budget = bytes;
+  impl_->call_shape = {};  // the next call sizes its buffers afresh
   impl_->fitted_chunk.clear();
 }
 
