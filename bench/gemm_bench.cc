@@ -87,7 +87,8 @@ std::vector<Gemm> StepGemms(int64_t tokens, int layers) {
   return {
       {"in_proj", Role::kFwd, tokens, 2 * Di, D, D, 2 * Di, false, 0.f, layers},
       {"x_proj", Role::kFwd, tokens, X, Di, Di, X, false, 0.f, layers},
-      {"dt_proj", Role::kFwd, tokens, Di, R, X, Di, false, 0.f, 2 * layers},
+      // Once a step where the layers keep Δraw for the backward (else twice: recomputed).
+      {"dt_proj", Role::kFwd, tokens, Di, R, X, Di, false, 0.f, layers},
       {"out_proj", Role::kFwd, tokens, D, Di, Di, D, true, 1.f, layers},
       {"out_proj", Role::kDx, tokens, D, Di, D, Di, false, 0.f, layers},
       {"out_proj", Role::kDw, tokens, D, Di, D, Di, true, 0.f, layers},
@@ -213,6 +214,12 @@ int main(int argc, char** argv) {
     CHECK_BLAS(cublasLtMatmulPreferenceCreate(&pref));
     CHECK_BLAS(cublasLtMatmulPreferenceSetAttribute(
         pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes, sizeof(ws_bytes)));
+    // As the trainer's GemmRunner: no split-K that adds its parts into D in place.
+    const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_NONE |
+                             CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE |
+                             CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE;
+    CHECK_BLAS(cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes, sizeof(schemes)));
     std::vector<cublasLtMatmulHeuristicResult_t> found(algos);
     int returned = 0;
     CHECK_BLAS(cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, ld, ld, pref, algos, found.data(),

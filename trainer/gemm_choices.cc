@@ -48,7 +48,7 @@ absl::StatusOr<GemmChoices> GemmChoices::FromJson(std::string_view text, std::st
     return absl::InvalidArgumentError(fmt::format("{}: {}", source, what));
   };
   if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
-  if (j.value("format", "") != kFormat) {
+  if (!j.contains("format") || !j["format"].is_string() || j["format"] != kFormat) {
     return bad(fmt::format("format is not \"{}\"", kFormat));
   }
   if (!j.contains("device") || !j["device"].is_string()) return bad("\"device\" missing");

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "common/call_status_cuda.h"
@@ -43,7 +44,7 @@ struct ProcessChoices {
   std::mutex mu;
   std::map<std::pair<std::string, std::string>, GemmAlgoBytes> algos;
 };
-ProcessChoices& Timed() {
+ProcessChoices& ProcessRegistry() {
   static ProcessChoices* choices = new ProcessChoices();
   return *choices;
 }
@@ -101,7 +102,9 @@ GemmRunner::~GemmRunner() {
 
 GemmChoices GemmRunner::choices() const {
   GemmChoices choices{device_, static_cast<int64_t>(cublasLtGetVersion()), adopted_};
-  for (const auto& [problem, plan] : plans_) choices.algos[problem.Key()] = ToBytes(plan->algo);
+  for (const auto& [problem, plan] : plans_) {
+    if (problem.timed) choices.algos[problem.Key()] = ToBytes(plan->algo);
+  }
   return choices;
 }
 
@@ -113,16 +116,51 @@ absl::Status GemmRunner::Adopt(const GemmChoices& choices) {
         choices.device, choices.cublaslt_version, device_, version));
   }
   for (const auto& [key, algo] : choices.algos) adopted_[key] = algo;
+  // Shapes already planned take theirs now (where cuBLASLt accepts it for them).
+  for (auto& [problem, plan] : plans_) {
+    const auto it = adopted_.find(problem.Key());
+    if (it == adopted_.end() || !problem.timed) continue;
+    if (Fits(*plan, FromBytes(it->second))) {
+      plan->algo = FromBytes(it->second);
+      Remember(problem.Key(), plan->algo);
+    }
+    adopted_.erase(it);
+  }
   return absl::OkStatus();
 }
 
-absl::Status GemmRunner::Run(const GemmProblem& p, const void* A, const void* B, void* D,
+absl::Status GemmRunner::Run(const GemmProblem& problem, const void* A, const void* B, void* D,
                              float beta) {
+  GemmProblem p = problem;
+  p.accumulate = beta != 0.f;  // what the tuning must know, whatever the caller said
   RWR_ASSIGN_OR_RETURN(Plan * plan, PlanFor(p, A, B, D, beta));
   const float one = 1.f;
   RWR_CUBLAS(cublasLtMatmul(lt_, plan->op, &one, A, plan->a, B, plan->b, &beta, D, plan->d, D,
                             plan->d, &plan->algo, workspace_, workspace_bytes_, stream_));
   return absl::OkStatus();
+}
+
+bool GemmRunner::Fits(const Plan& plan, const cublasLtMatmulAlgo_t& algo) const {
+  cublasLtMatmulHeuristicResult_t check{};
+  if (cublasLtMatmulAlgoCheck(lt_, plan.op, plan.a, plan.b, plan.d, plan.d, &algo, &check) !=
+          CUBLAS_STATUS_SUCCESS ||
+      check.workspaceSize > workspace_bytes_) {
+    return false;
+  }
+  // Not one that adds split-K parts into D in place (a file may hold any algorithm).
+  uint32_t scheme = CUBLASLT_REDUCTION_SCHEME_NONE;
+  size_t written = 0;
+  if (cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &scheme,
+                                           sizeof(scheme), &written) != CUBLAS_STATUS_SUCCESS) {
+    return false;
+  }
+  return scheme != CUBLASLT_REDUCTION_SCHEME_INPLACE;
+}
+
+void GemmRunner::Remember(const std::string& key, const cublasLtMatmulAlgo_t& algo) const {
+  ProcessChoices& process = ProcessRegistry();
+  std::lock_guard lock(process.mu);
+  process.algos.insert_or_assign(std::pair{device_, key}, ToBytes(algo));
 }
 
 absl::StatusOr<GemmRunner::Plan*> GemmRunner::PlanFor(const GemmProblem& p, const void* A,
@@ -144,42 +182,59 @@ absl::StatusOr<GemmRunner::Plan*> GemmRunner::PlanFor(const GemmProblem& p, cons
   RWR_CUBLAS(cublasLtMatrixLayoutCreate(&plan->d, p.d, p.m, p.n, p.ldd));
 
   const std::string key = p.Key();
+  if (!p.timed) {  // cuBLASLt's first candidate: a function of the shape, device and version
+    RWR_ASSIGN_OR_RETURN(std::vector<cublasLtMatmulHeuristicResult_t> found,
+                         Candidates(*plan, key, 1));
+    plan->algo = found[0].algo;
+    return plans_.emplace(p, std::move(plan)).first->second.get();
+  }
+  // The job's own choice first (adopted), then this process's, then a timing.
   bool chosen = false;
   if (const auto it = adopted_.find(key); it != adopted_.end()) {
-    plan->algo = FromBytes(it->second);
-    cublasLtMatmulHeuristicResult_t check{};
-    const cublasStatus_t ok = cublasLtMatmulAlgoCheck(lt_, plan->op, plan->a, plan->b, plan->d,
-                                                      plan->d, &plan->algo, &check);
-    chosen = ok == CUBLAS_STATUS_SUCCESS && check.workspaceSize <= workspace_bytes_;
-    if (!chosen) spdlog::warn("gemm {}: the adopted algorithm does not fit; timing afresh", key);
+    chosen = Fits(*plan, FromBytes(it->second));
+    if (chosen) {
+      plan->algo = FromBytes(it->second);
+      Remember(key, plan->algo);
+    } else {
+      spdlog::warn("gemm {}: the adopted algorithm does not fit; timing afresh", key);
+    }
     adopted_.erase(it);
   }
-  ProcessChoices& process = Timed();
+  ProcessChoices& process = ProcessRegistry();
   if (!chosen) {
-    std::lock_guard lock(process.mu);
-    if (const auto it = process.algos.find({device_, key}); it != process.algos.end()) {
-      plan->algo = FromBytes(it->second);
+    std::optional<cublasLtMatmulAlgo_t> known;
+    {
+      std::lock_guard lock(process.mu);
+      if (const auto it = process.algos.find({device_, key}); it != process.algos.end()) {
+        known = FromBytes(it->second);
+      }
+    }
+    if (known && Fits(*plan, *known)) {
+      plan->algo = *known;
       chosen = true;
     }
   }
   if (!chosen) {
     RWR_RETURN_IF_ERROR(Tune(p, *plan, A, B, D, beta));
+    // Another runner may have timed the same shape meanwhile: the first choice stands, so that
+    // every runner of the process agrees.
     std::lock_guard lock(process.mu);
-    process.algos.emplace(std::pair{device_, key}, ToBytes(plan->algo));
+    const auto [it, inserted] =
+        process.algos.emplace(std::pair{device_, key}, ToBytes(plan->algo));
+    if (!inserted && Fits(*plan, FromBytes(it->second))) plan->algo = FromBytes(it->second);
   }
   return plans_.emplace(p, std::move(plan)).first->second.get();
 }
 
-absl::Status GemmRunner::Tune(const GemmProblem& p, Plan& plan, const void* A, const void* B,
-                              void* D, float beta) {
-  const std::string key = p.Key();
+absl::StatusOr<std::vector<cublasLtMatmulHeuristicResult_t>> GemmRunner::Candidates(
+    const Plan& plan, const std::string& key, int count) const {
   cublasLtMatmulPreference_t pref = nullptr;
   RWR_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
   // No split-K that adds its parts into D in place (the one reduction scheme that is not a
   // fixed-order pass over a workspace): every candidate repeats its bits.
   const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE |
                            CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE;
-  std::vector<cublasLtMatmulHeuristicResult_t> found(kCandidates);
+  std::vector<cublasLtMatmulHeuristicResult_t> found(count);
   int returned = 0;
   absl::Status status = RWR_CUBLAS_STATUS(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_, sizeof(workspace_bytes_)));
@@ -189,16 +244,27 @@ absl::Status GemmRunner::Tune(const GemmProblem& p, Plan& plan, const void* A, c
   }
   if (status.ok()) {
     status = RWR_CUBLAS_STATUS(cublasLtMatmulAlgoGetHeuristic(
-        lt_, plan.op, plan.a, plan.b, plan.d, plan.d, pref, kCandidates, found.data(), &returned));
+        lt_, plan.op, plan.a, plan.b, plan.d, plan.d, pref, count, found.data(), &returned));
   }
   cublasLtMatmulPreferenceDestroy(pref);
   RWR_RETURN_IF_ERROR(status);
   if (returned == 0) {
     return absl::UnimplementedError(fmt::format("gemm {}: cuBLASLt has no algorithm for it", key));
   }
+  found.resize(returned);
+  return found;
+}
+
+absl::Status GemmRunner::Tune(const GemmProblem& p, Plan& plan, const void* A, const void* B,
+                              void* D, float beta) {
+  const std::string key = p.Key();
+  RWR_ASSIGN_OR_RETURN(std::vector<cublasLtMatmulHeuristicResult_t> found,
+                       Candidates(plan, key, kCandidates));
+  const int returned = static_cast<int>(found.size());
 
   // The timing calls write D; an accumulating call's D is put back afterwards.
-  const int64_t d_bytes = p.ldd * p.n * TypeBytes(p.d);
+  // D's extent: n columns of ldd, the last only m long (D may be a view ending at its buffer's).
+  const int64_t d_bytes = (p.ldd * (p.n - 1) + p.m) * TypeBytes(p.d);
   std::vector<char> saved;
   if (p.accumulate) {
     saved.resize(d_bytes);

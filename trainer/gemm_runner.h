@@ -1,8 +1,9 @@
 // The trainer's GEMMs through cuBLASLt, with each shape's algorithm picked by timing: the first
 // call of a shape times cuBLASLt's heuristic candidates for it on the call's own operands and
-// keeps the fastest (bench/gemm_bench measured 195.5 → 187.6 ms of GEMMs per 2048 × 4 step of
-// Mamba-2.8B against cublasGemmEx's default choice). D keeps its meaning through the tuning: an
-// accumulating call's D is saved to the host first and put back before the real call.
+// keeps the fastest (the GEMMs of a 2048 × 4 Mamba-2.8B step on an H200: 196.1 ms with
+// cublasGemmEx's default algorithm, 187.0 ms so; bench/gemm_bench shows it per shape). D keeps
+// its meaning through the tuning: an accumulating call's D is saved to the host first and put
+// back before the real call.
 //
 // Deterministic: a chosen algorithm gives the same bits every call (candidates whose split-K adds
 // its parts into D in place are not asked for), and a process times each shape once — every
@@ -19,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "trainer/gemm_choices.h"
@@ -32,7 +34,11 @@ struct GemmProblem {
   int64_t m = 0, n = 0, k = 0, lda = 0, ldb = 0, ldd = 0;
   cudaDataType_t ab = CUDA_R_16BF;  // A and B
   cudaDataType_t d = CUDA_R_16BF;
-  bool accumulate = false;  // beta != 0 (the tuning must leave D as it found it)
+  bool accumulate = false;  // beta != 0 (Run sets it from beta: the tuning must keep D)
+  // false: a shape that changes from call to call (the head's last block of loss rows), run
+  // with cuBLASLt's first heuristic candidate — a function of shape, device and version — not
+  // timed, so not in choices() either.
+  bool timed = true;
 
   std::string Key() const;  // "TN m10240 n8192 k2560 lda2560 ldb2560 ldd10240 bf16>bf16[+]"
   auto operator<=>(const GemmProblem&) const = default;
@@ -50,9 +56,10 @@ class GemmRunner {
   // Queues D = op(A)·op(B) + beta·D on the stream; a shape's first call tunes it (synchronously).
   absl::Status Run(const GemmProblem& p, const void* A, const void* B, void* D, float beta);
 
-  // The algorithm of every shape run so far (and of adopted shapes not run yet).
+  // The algorithm of every timed shape run so far (and of adopted shapes not run yet).
   GemmChoices choices() const;
-  // Runs these shapes with these algorithms from now on instead of timing them. Refused
+  // Runs these shapes with these algorithms from now on (shapes already run too) instead of
+  // timing them, and makes them this process's choice for later runners. Refused
   // (FailedPrecondition, saying why) when they were picked on another GPU type or cuBLASLt
   // version; an algorithm cuBLASLt rejects for its shape is timed afresh instead.
   absl::Status Adopt(const GemmChoices& choices);
@@ -65,6 +72,15 @@ class GemmRunner {
                                 float beta);
   absl::Status Tune(const GemmProblem& p, Plan& plan, const void* A, const void* B, void* D,
                     float beta);
+  // cuBLASLt's heuristic candidates for the plan, at most `count`, none that adds split-K parts
+  // into D in place; an error when there is none.
+  absl::StatusOr<std::vector<cublasLtMatmulHeuristicResult_t>> Candidates(const Plan& plan,
+                                                                          const std::string& key,
+                                                                          int count) const;
+  // Whether cuBLASLt accepts `algo` for the plan's shape within this runner's workspace.
+  bool Fits(const Plan& plan, const cublasLtMatmulAlgo_t& algo) const;
+  // Makes `algo` the process's choice for `key` (later runners take it).
+  void Remember(const std::string& key, const cublasLtMatmulAlgo_t& algo) const;
 
   cublasLtHandle_t lt_ = nullptr;
   cudaStream_t stream_ = nullptr;

@@ -333,32 +333,34 @@ struct MambaCuda::Impl {
   // is fp32 when its `*_f32` flag says so, else an activation. Accumulation is fp32 throughout.
   // `what` names the weight for phase timing.
   // Y(M, N) = X(M, K)·W(N, K)ᵀ + beta·Y
+  // `timed` false: a shape that changes from call to call (GemmProblem::timed).
   absl::Status Linear(const char* what, const void* X, int64_t ldx, const void* Wt, void* Y,
-                      bool y_f32, int64_t ldy, int64_t M, int64_t N, int64_t K, float beta = 0.f) {
+                      bool y_f32, int64_t ldy, int64_t M, int64_t N, int64_t K, float beta = 0.f,
+                      bool timed = true) {
     return Timed("gemm", what, "fwd", [&] {
       return Gemm({.ta = CUBLAS_OP_T, .tb = CUBLAS_OP_N, .m = N, .n = M, .k = K, .lda = K,
                    .ldb = ldx, .ldd = ldy, .ab = CudaType(),
-                   .d = y_f32 ? CUDA_R_32F : CudaType()},
+                   .d = y_f32 ? CUDA_R_32F : CudaType(), .timed = timed},
                   Wt, X, Y, beta);
     });
   }
   // dX(M, K) = dY(M, N)·W(N, K) + beta·dX
   absl::Status LinearDx(const char* what, const void* dY, int64_t lddy, const void* Wt, void* dX,
                         bool dx_f32, int64_t lddx, int64_t M, int64_t N, int64_t K,
-                        float beta = 0.f) {
+                        float beta = 0.f, bool timed = true) {
     return Timed("gemm", what, "dx", [&] {
       return Gemm({.ta = CUBLAS_OP_N, .tb = CUBLAS_OP_N, .m = K, .n = M, .k = N, .lda = K,
                    .ldb = lddy, .ldd = lddx, .ab = CudaType(),
-                   .d = dx_f32 ? CUDA_R_32F : CudaType()},
+                   .d = dx_f32 ? CUDA_R_32F : CudaType(), .timed = timed},
                   Wt, dY, dX, beta);
     });
   }
   // dW(N, K) (+)= dY(M, N)ᵀ·X(M, K), dW fp32 (nothing of dW is read where beta is 0)
   absl::Status LinearDw(const char* what, const void* dY, int64_t lddy, const void* X, int64_t ldx,
-                        GradOut dW, int64_t M, int64_t N, int64_t K) {
+                        GradOut dW, int64_t M, int64_t N, int64_t K, bool timed = true) {
     return Timed("gemm", what, "dw", [&] {
       return Gemm({.ta = CUBLAS_OP_N, .tb = CUBLAS_OP_T, .m = K, .n = N, .k = M, .lda = ldx,
-                   .ldb = lddy, .ldd = K, .ab = CudaType(), .d = CUDA_R_32F},
+                   .ldb = lddy, .ldd = K, .ab = CudaType(), .d = CUDA_R_32F, .timed = timed},
                   X, dY, dW.ptr, dW.add ? 1.f : 0.f);
     });
   }
@@ -557,12 +559,15 @@ class CudaRunner {
     const void* E = m_.W(layout_.embedding());
     for (size_t r0 = 0; r0 < rows.size(); r0 += block) {
       const int64_t nr = std::min<int64_t>(block, rows.size() - r0);
+      // Full blocks are one shape for the whole run; the last block's rows (the loss rows left)
+      // change from batch to batch, so its GEMMs are not timed (GemmProblem::timed).
+      const bool timed = nr == block;
       RWR_RETURN_IF_ERROR(m_.Timed("head", "gather", [&] {
         return cuda::GatherRows(k().hn.ptr, k().rows.ptr + r0, k().block_in.ptr, m_.act, nr, d.D,
                                 s);
       }));
       RWR_RETURN_IF_ERROR(m_.Linear("lm_head", k().block_in.ptr, d.D, E, k().block_logits.ptr, true,
-                                    d.V, nr, d.V, d.D));
+                                    d.V, nr, d.V, d.D, 0.f, timed));
       if (host_logits != nullptr) {
         std::vector<float> logits(nr * d.V);
         RWR_CUDA(cudaMemcpyAsync(logits.data(), k().block_logits.ptr, nr * d.V * 4,
@@ -581,13 +586,13 @@ class CudaRunner {
                                   grad ? dlogits : nullptr, m_.act, s);
       }));
       if (grad) {
-        RWR_RETURN_IF_ERROR(
-            m_.LinearDx("lm_head", dlogits, d.V, E, k().block_dh.ptr, true, d.D, nr, d.V, d.D));
+        RWR_RETURN_IF_ERROR(m_.LinearDx("lm_head", dlogits, d.V, E, k().block_dh.ptr, true, d.D,
+                                        nr, d.V, d.D, 0.f, timed));
         RWR_RETURN_IF_ERROR(m_.Timed("head", "scatter", [&] {
           return cuda::ScatterRows(k().block_dh.ptr, k().rows.ptr + r0, k().dhn.ptr, nr, d.D, s);
         }));
         RWR_RETURN_IF_ERROR(m_.LinearDw("lm_head", dlogits, d.V, k().block_in.ptr, d.D,
-                                        G(layout_.embedding()), nr, d.V, d.D));
+                                        G(layout_.embedding()), nr, d.V, d.D, timed));
       }
     }
     // One read-back per chunk; summed on the host in row order (the same bits every run).
@@ -1041,7 +1046,7 @@ absl::StatusOr<int64_t> PrepareChunks(MambaCuda::Impl& m, CudaRunner& run, const
   for (;;) {
     absl::Status s = prepare(tc);
     if (s.ok()) {
-      // Headroom for what is allocated on first use (cuBLAS workspaces, lazily loaded kernels).
+      // Headroom for what is allocated on first use (lazily loaded kernels, cuBLASLt's own).
       size_t free_bytes = 0, total_bytes = 0;
       RWR_CUDA(cudaMemGetInfo(&free_bytes, &total_bytes));
       if (free_bytes >= kHeadroomBytes || tc <= 16) break;

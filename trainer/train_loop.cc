@@ -167,22 +167,23 @@ class GemmAlgosFile {
       spdlog::warn("train: {}; timing the GEMMs afresh", std::string(adopted.message()));
       return;
     }
-    saved_ = choices->algos.size();
-    spdlog::info("train: {} GEMM algorithms from {}", saved_, path_.string());
+    saved_ = *choices;
+    spdlog::info("train: {} GEMM algorithms from {}", saved_.algos.size(), path_.string());
   }
 
-  // Writes the file when the model has timed shapes it does not hold yet.
+  // Writes the file when the model's choices differ from what it holds (new shapes timed, or an
+  // adopted algorithm cuBLASLt refused and timed afresh).
   absl::Status SaveNew(const MambaCuda& gpu) {
-    const GemmChoices choices = gpu.gemm_choices();
-    if (choices.algos.size() == saved_) return absl::OkStatus();
+    GemmChoices choices = gpu.gemm_choices();
+    if (choices == saved_) return absl::OkStatus();
     RWR_RETURN_IF_ERROR(storage::WriteFileAtomically(path_.string(), choices.ToJson()));
-    saved_ = choices.algos.size();
+    saved_ = std::move(choices);
     return absl::OkStatus();
   }
 
  private:
   fs::path path_;
-  size_t saved_ = 0;
+  GemmChoices saved_;
 };
 #endif
 
@@ -388,6 +389,9 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
           result.last_checkpoint,
           SaveCheckpoint(checkpoints_dir, data, static_cast<int>(s.keep_checkpoints)));
       spdlog::info("train: checkpoint {}", result.last_checkpoint);
+#ifdef RWR_TRAINER_HAVE_CUDA
+      if (gpu) RWR_RETURN_IF_ERROR(gemm_algos.SaveNew(*gpu));  // shapes an eval timed, too
+#endif
     }
     return comm->Barrier();
   };

@@ -45,8 +45,14 @@ TEST(GemmChoices, DamagedFilesAreClearErrors) {
   };
   EXPECT_EQ(error_of(good.substr(0, good.size() / 2)), "run/gemm_algos.json: not a JSON object");
   EXPECT_EQ(error_of("[]"), "run/gemm_algos.json: not a JSON object");
-  EXPECT_NE(error_of(R"({"format": "other", "device": "x", "cublaslt_version": 1, "algos": {}})")
-                .find("format is not"),
+  for (const std::string format : {"\"other\"", "1", "null", "[]"}) {
+    EXPECT_NE(error_of(R"({"format": )" + format +
+                       R"(, "device": "x", "cublaslt_version": 1, "algos": {}})")
+                  .find("format is not"),
+              std::string::npos)
+        << format;
+  }
+  EXPECT_NE(error_of(R"({"device": "x", "cublaslt_version": 1, "algos": {}})").find("format is not"),
             std::string::npos);
   EXPECT_NE(error_of(R"({"format": "rwr.gemm_algos.v1", "cublaslt_version": 1, "algos": {}})")
                 .find("\"device\" missing"),

@@ -5,10 +5,12 @@
 // bf16 products); a bf16 D adds its rounding, 2⁻⁸ of |d|; fp32 operands ≤ 1e-5·Σ|a·b|.
 #include "trainer/gemm_runner.h"
 
+#include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -34,6 +36,8 @@ struct Matrix {
     Upload();
   }
   ~Matrix() { cudaFree(dev); }
+  Matrix(const Matrix&) = delete;
+  Matrix& operator=(const Matrix&) = delete;
   int64_t Bytes() const { return ld * cols * (type == CUDA_R_32F ? 4 : 2); }
   float Round(float v) const {
     return type == CUDA_R_16BF ? __bfloat162float(__float2bfloat16(v)) : v;
@@ -100,6 +104,45 @@ void ExpectProduct(const GemmProblem& p, const Operands& o, const std::vector<fl
     }
   }
   EXPECT_EQ(bad, 0) << p.Key();
+}
+
+// cuBLASLt's heuristic candidates for a problem (up to 8), as the bytes GemmChoices holds.
+std::vector<GemmAlgoBytes> CandidatesOf(const GemmProblem& p, size_t workspace) {
+  cublasLtHandle_t lt;
+  EXPECT_EQ(cublasLtCreate(&lt), CUBLAS_STATUS_SUCCESS);
+  cublasLtMatmulDesc_t op;
+  cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+  cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &p.ta, sizeof(p.ta));
+  cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &p.tb, sizeof(p.tb));
+  const bool an = p.ta == CUBLAS_OP_N, bn = p.tb == CUBLAS_OP_N;
+  cublasLtMatrixLayout_t a, b, d;
+  cublasLtMatrixLayoutCreate(&a, p.ab, an ? p.m : p.k, an ? p.k : p.m, p.lda);
+  cublasLtMatrixLayoutCreate(&b, p.ab, bn ? p.k : p.n, bn ? p.n : p.k, p.ldb);
+  cublasLtMatrixLayoutCreate(&d, p.d, p.m, p.n, p.ldd);
+  cublasLtMatmulPreference_t pref;
+  cublasLtMatmulPreferenceCreate(&pref);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
+                                       sizeof(workspace));
+  const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE |
+                           CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE;
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes,
+                                       sizeof(schemes));
+  std::vector<cublasLtMatmulHeuristicResult_t> found(8);
+  int returned = 0;
+  cublasLtMatmulAlgoGetHeuristic(lt, op, a, b, d, d, pref, 8, found.data(), &returned);
+  std::vector<GemmAlgoBytes> out;
+  for (int i = 0; i < returned; ++i) {
+    GemmAlgoBytes bytes;
+    std::memcpy(bytes.data(), &found[i].algo, sizeof(bytes));
+    out.push_back(bytes);
+  }
+  cublasLtMatmulPreferenceDestroy(pref);
+  cublasLtMatrixLayoutDestroy(a);
+  cublasLtMatrixLayoutDestroy(b);
+  cublasLtMatrixLayoutDestroy(d);
+  cublasLtMatmulDescDestroy(op);
+  cublasLtDestroy(lt);
+  return out;
 }
 
 class GemmRunnerTest : public ::testing::Test {
@@ -214,6 +257,56 @@ TEST_F(GemmRunnerTest, UnusableAdoptedAlgorithmIsTimedAfresh) {
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   ExpectProduct(p, o, d0, 0.f);
   EXPECT_NE(runner_->choices().algos.at(p.Key()), garbage);
+}
+
+// An adopted algorithm wins over the one this process timed for the shape, is used (the right
+// product), and becomes the process's choice: a later runner that adopts nothing takes it.
+TEST_F(GemmRunnerTest, AdoptedAlgorithmWinsAndIsRemembered) {
+  GemmProblem p{CUBLAS_OP_T, CUBLAS_OP_N, 128, 96, 320, 320, 320, 128, CUDA_R_16BF, CUDA_R_32F};
+  Operands o(p, 31);
+  const std::vector<float> d0 = o.d.host;
+  ASSERT_TRUE(runner_->Run(p, o.a.dev, o.b.dev, o.d.dev, 0.f).ok());
+  const GemmAlgoBytes timed = runner_->choices().algos.at(p.Key());
+  GemmAlgoBytes other{};
+  bool found = false;
+  for (const GemmAlgoBytes& c : CandidatesOf(p, kWorkspace)) {
+    if (c != timed) {
+      other = c;
+      found = true;
+      break;
+    }
+  }
+  if (!found) GTEST_SKIP() << "cuBLASLt offers one algorithm for this shape";
+  GemmChoices choices = runner_->choices();
+  choices.algos[p.Key()] = other;
+  auto adopter = NewRunner();
+  ASSERT_TRUE(adopter->Adopt(choices).ok());
+  o.d.Upload();
+  ASSERT_TRUE(adopter->Run(p, o.a.dev, o.b.dev, o.d.dev, 0.f).ok());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(adopter->choices().algos.at(p.Key()), other);
+  ExpectProduct(p, o, d0, 0.f);
+  auto later = NewRunner();
+  o.d.Upload();
+  ASSERT_TRUE(later->Run(p, o.a.dev, o.b.dev, o.d.dev, 0.f).ok());
+  EXPECT_EQ(later->choices().algos.at(p.Key()), other);
+  // Adopting for a shape a runner has already run switches it too.
+  choices.algos[p.Key()] = timed;
+  ASSERT_TRUE(later->Adopt(choices).ok());
+  EXPECT_EQ(later->choices().algos.at(p.Key()), timed);
+}
+
+// A shape marked untimed (one that changes from call to call) runs cuBLASLt's first candidate:
+// the right product, and nothing recorded.
+TEST_F(GemmRunnerTest, UntimedShapesRunButAreNotRecorded) {
+  GemmProblem p{CUBLAS_OP_N, CUBLAS_OP_T, 48, 88, 53, 48, 88, 48, CUDA_R_16BF, CUDA_R_32F};
+  p.timed = false;
+  Operands o(p, 41);
+  const std::vector<float> d0 = o.d.host;
+  ASSERT_TRUE(runner_->Run(p, o.a.dev, o.b.dev, o.d.dev, 0.f).ok());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  ExpectProduct(p, o, d0, 0.f);
+  EXPECT_TRUE(runner_->choices().algos.empty());
 }
 
 }  // namespace

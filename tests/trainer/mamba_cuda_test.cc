@@ -185,6 +185,23 @@ TEST_P(MambaCudaTest, TwoRunsGiveTheSameBits) {
   EXPECT_GT(peak1, peak3) << "the keeping run kept nothing";
 }
 
+// The head's last block of loss rows changes size from batch to batch: its GEMMs run untimed, so
+// a new mask adds no GEMM choices (the run directory's gemm_algos.json does not grow every step).
+TEST_P(MambaCudaTest, ChangingLossRowsAddNoGemmChoices) {
+  Fixture f = LoadFixture();
+  auto model = *MambaCuda::Create(f.model.config, GetParam());
+  ASSERT_TRUE(model->UploadParams(f.model.params).ok());
+  ASSERT_TRUE(model->ZeroGrads().ok());
+  ASSERT_TRUE(model->ForwardBackward(f.batch(), 16, 1.f / f.count).ok());
+  const GemmChoices first = model->gemm_choices();
+  EXPECT_FALSE(first.algos.empty());
+  for (int drop : {3, 7}) {
+    for (size_t i = 0; i < f.mask.size(); i += drop) f.mask[i] = 0;
+    ASSERT_TRUE(model->ForwardBackward(f.batch(), 16, 1.f / f.count).ok());
+    EXPECT_EQ(model->gemm_choices(), first) << "after dropping every " << drop << "th loss row";
+  }
+}
+
 // The norm backward kernel against a double-precision host reference, at widths that take
 // different register layouts: 48, Mamba-2.8B's 2560, 5120 and the 16384 limit.
 TEST(MambaCudaKernels, RmsNormBackwardMatchesHost) {
