@@ -559,9 +559,10 @@ class CudaRunner {
     const void* E = m_.W(layout_.embedding());
     for (size_t r0 = 0; r0 < rows.size(); r0 += block) {
       const int64_t nr = std::min<int64_t>(block, rows.size() - r0);
-      // Full blocks are one shape for the whole run; the last block's rows (the loss rows left)
-      // change from batch to batch, so its GEMMs are not timed (GemmProblem::timed).
-      const bool timed = nr == block;
+      // Full blocks are one shape for the whole run; a smaller block's rows (the loss rows left,
+      // or all of a chunk's) change with the data, so its GEMMs are not timed
+      // (GemmProblem::timed): every new size would be timed and recorded otherwise.
+      const bool timed = nr == HeadBlockRows(d.V);
       RWR_RETURN_IF_ERROR(m_.Timed("head", "gather", [&] {
         return cuda::GatherRows(k().hn.ptr, k().rows.ptr + r0, k().block_in.ptr, m_.act, nr, d.D,
                                 s);
