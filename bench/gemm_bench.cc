@@ -24,21 +24,21 @@
 
 namespace {
 
-#define CHECK_CUDA(x)                                                                 \
-  do {                                                                                \
-    cudaError_t e_ = (x);                                                             \
-    if (e_ != cudaSuccess) {                                                          \
+#define CHECK_CUDA(x)                                                                \
+  do {                                                                               \
+    cudaError_t e_ = (x);                                                            \
+    if (e_ != cudaSuccess) {                                                         \
       fmt::print(stderr, "{}:{}: {}\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                   \
-    }                                                                                 \
+      std::exit(1);                                                                  \
+    }                                                                                \
   } while (0)
-#define CHECK_BLAS(x)                                                                     \
-  do {                                                                                    \
-    cublasStatus_t s_ = (x);                                                              \
-    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                    \
-      fmt::print(stderr, "{}:{}: cuBLAS status {}\n", __FILE__, __LINE__, int(s_));       \
-      std::exit(1);                                                                       \
-    }                                                                                     \
+#define CHECK_BLAS(x)                                                               \
+  do {                                                                              \
+    cublasStatus_t s_ = (x);                                                        \
+    if (s_ != CUBLAS_STATUS_SUCCESS) {                                              \
+      fmt::print(stderr, "{}:{}: cuBLAS status {}\n", __FILE__, __LINE__, int(s_)); \
+      std::exit(1);                                                                 \
+    }                                                                               \
   } while (0)
 
 // Row-major, as the trainer writes them. fwd: Y(M,N) = X(M,K)·W(N,K)ᵀ; dx: dX(M,K) = dY(M,N)·W;
@@ -143,8 +143,9 @@ double MedianUs(F&& call, int warm, int reps, cudaStream_t s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app("The trainer's GEMMs at Mamba-2.8B shapes: cublasGemmEx against cuBLASLt's "
-               "heuristic candidates");
+  CLI::App app(
+      "The trainer's GEMMs at Mamba-2.8B shapes: cublasGemmEx against cuBLASLt's "
+      "heuristic candidates");
   int64_t tokens = 8192;
   int layers = 64, algos = 16, reps = 10, warm = 3;
   int64_t workspace_mib = 32;
@@ -174,9 +175,10 @@ int main(int argc, char** argv) {
   fmt::print("{} | tokens {} | {} layers | {} candidates, median of {}\n", prop.name, tokens,
              layers, algos, reps);
   fmt::print("{:<9} {:<4} {:>6} {:>6} {:>6} {:>5} | {:>9} {:>9} {:>9} {:>4} {:>7} | {:>5}\n",
-             "gemm", "role", "m", "n", "k", "calls", "GemmEx", "lt[0]", "best", "idx",
-             "TFLOP/s", "bits");
-  nlohmann::json out = {{"device", prop.name}, {"tokens", tokens}, {"gemms", nlohmann::json::array()}};
+             "gemm", "role", "m", "n", "k", "calls", "GemmEx", "lt[0]", "best", "idx", "TFLOP/s",
+             "bits");
+  nlohmann::json out = {
+      {"device", prop.name}, {"tokens", tokens}, {"gemms", nlohmann::json::array()}};
   double step_ex = 0, step_lt0 = 0, step_best = 0;
   for (const Gemm& g : StepGemms(tokens, layers)) {
     const ColMajor c = ToColMajor(g);
@@ -202,8 +204,10 @@ int main(int argc, char** argv) {
 
     cublasLtMatmulDesc_t op;
     CHECK_BLAS(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    CHECK_BLAS(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &c.ta, sizeof(c.ta)));
-    CHECK_BLAS(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &c.tb, sizeof(c.tb)));
+    CHECK_BLAS(
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &c.ta, sizeof(c.ta)));
+    CHECK_BLAS(
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &c.tb, sizeof(c.tb)));
     cublasLtMatrixLayout_t la, lb, ld;
     CHECK_BLAS(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, c.ta == CUBLAS_OP_N ? c.m : c.k,
                                           c.ta == CUBLAS_OP_N ? c.k : c.m, c.lda));
@@ -212,8 +216,8 @@ int main(int argc, char** argv) {
     CHECK_BLAS(cublasLtMatrixLayoutCreate(&ld, dt, c.m, c.n, c.ldd));
     cublasLtMatmulPreference_t pref;
     CHECK_BLAS(cublasLtMatmulPreferenceCreate(&pref));
-    CHECK_BLAS(cublasLtMatmulPreferenceSetAttribute(
-        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes, sizeof(ws_bytes)));
+    CHECK_BLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                    &ws_bytes, sizeof(ws_bytes)));
     // As the trainer's GemmRunner: no split-K that adds its parts into D in place.
     const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_NONE |
                              CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE |
@@ -249,15 +253,23 @@ int main(int argc, char** argv) {
     }
     const double flop = 2.0 * g.M * g.N * g.K;
     const double lt0 = returned > 0 ? lt_us[0] : ex_us, lbest = returned > 0 ? lt_us[best] : ex_us;
-    fmt::print("{:<9} {:<4} {:>6} {:>6} {:>6} {:>5} | {:>9.1f} {:>9.1f} {:>9.1f} {:>4} {:>7.0f} | {:>5}\n",
-               g.name, RoleName(g.role), c.m, c.n, c.k, g.per_step, ex_us, lt0, lbest, best,
-               flop / lbest / 1e6, bits);
+    fmt::print(
+        "{:<9} {:<4} {:>6} {:>6} {:>6} {:>5} | {:>9.1f} {:>9.1f} {:>9.1f} {:>4} {:>7.0f} | {:>5}\n",
+        g.name, RoleName(g.role), c.m, c.n, c.k, g.per_step, ex_us, lt0, lbest, best,
+        flop / lbest / 1e6, bits);
     step_ex += ex_us * g.per_step;
     step_lt0 += lt0 * g.per_step;
     step_best += std::min(lbest, ex_us) * g.per_step;
-    out["gemms"].push_back({{"name", g.name}, {"role", RoleName(g.role)}, {"m", c.m}, {"n", c.n},
-                            {"k", c.k}, {"per_step", g.per_step}, {"gemmex_us", ex_us},
-                            {"lt_us", lt_us}, {"best", best}, {"bits", bits}});
+    out["gemms"].push_back({{"name", g.name},
+                            {"role", RoleName(g.role)},
+                            {"m", c.m},
+                            {"n", c.n},
+                            {"k", c.k},
+                            {"per_step", g.per_step},
+                            {"gemmex_us", ex_us},
+                            {"lt_us", lt_us},
+                            {"best", best},
+                            {"bits", bits}});
     cublasLtMatmulPreferenceDestroy(pref);
     cublasLtMatrixLayoutDestroy(la);
     cublasLtMatrixLayoutDestroy(lb);
@@ -267,9 +279,11 @@ int main(int argc, char** argv) {
     CHECK_CUDA(cudaFree(buf.b));
     CHECK_CUDA(cudaFree(buf.d));
   }
-  fmt::print("per step: GemmEx {:.1f} ms, cuBLASLt first candidate {:.1f} ms, best of both {:.1f} ms\n",
-             step_ex / 1e3, step_lt0 / 1e3, step_best / 1e3);
-  out["step_ms"] = {{"gemmex", step_ex / 1e3}, {"lt_first", step_lt0 / 1e3}, {"best", step_best / 1e3}};
+  fmt::print(
+      "per step: GemmEx {:.1f} ms, cuBLASLt first candidate {:.1f} ms, best of both {:.1f} ms\n",
+      step_ex / 1e3, step_lt0 / 1e3, step_best / 1e3);
+  out["step_ms"] = {
+      {"gemmex", step_ex / 1e3}, {"lt_first", step_lt0 / 1e3}, {"best", step_best / 1e3}};
   if (!json_path.empty()) std::ofstream(json_path) << out.dump(1) << "\n";
   return 0;
 }

@@ -23,8 +23,8 @@ namespace rwr::trainer {
 using GemmAlgoBytes = std::array<uint64_t, 8>;  // the layout of cublasLtMatmulAlgo_t
 
 struct GemmChoices {
-  std::string device;        // cudaDeviceProp::name
-  int64_t cublaslt_version = 0;  // cublasLtGetVersion()
+  std::string device;                          // cudaDeviceProp::name
+  int64_t cublaslt_version = 0;                // cublasLtGetVersion()
   std::map<std::string, GemmAlgoBytes> algos;  // GemmProblem::Key() → algorithm
 
   std::string ToJson() const;

@@ -79,8 +79,7 @@ struct GemmRunner::Plan {
   }
 };
 
-absl::StatusOr<std::unique_ptr<GemmRunner>> GemmRunner::Create(cudaStream_t stream,
-                                                               void* workspace,
+absl::StatusOr<std::unique_ptr<GemmRunner>> GemmRunner::Create(cudaStream_t stream, void* workspace,
                                                                size_t workspace_bytes) {
   std::unique_ptr<GemmRunner> runner(new GemmRunner());
   RWR_CUBLAS(cublasLtCreate(&runner->lt_));
@@ -169,16 +168,14 @@ absl::StatusOr<GemmRunner::Plan*> GemmRunner::PlanFor(const GemmProblem& p, cons
   auto plan = std::make_unique<Plan>();
   const cudaDataType_t scale = CUDA_R_32F;
   RWR_CUBLAS(cublasLtMatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, scale));
-  RWR_CUBLAS(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSA, &p.ta,
-                                            sizeof(p.ta)));
-  RWR_CUBLAS(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSB, &p.tb,
-                                            sizeof(p.tb)));
+  RWR_CUBLAS(
+      cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSA, &p.ta, sizeof(p.ta)));
+  RWR_CUBLAS(
+      cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSB, &p.tb, sizeof(p.tb)));
   // Stored shapes: op(A) is m × k, so A is stored m × k (N) or k × m (T); likewise B.
   const bool an = p.ta == CUBLAS_OP_N, bn = p.tb == CUBLAS_OP_N;
-  RWR_CUBLAS(
-      cublasLtMatrixLayoutCreate(&plan->a, p.ab, an ? p.m : p.k, an ? p.k : p.m, p.lda));
-  RWR_CUBLAS(
-      cublasLtMatrixLayoutCreate(&plan->b, p.ab, bn ? p.k : p.n, bn ? p.n : p.k, p.ldb));
+  RWR_CUBLAS(cublasLtMatrixLayoutCreate(&plan->a, p.ab, an ? p.m : p.k, an ? p.k : p.m, p.lda));
+  RWR_CUBLAS(cublasLtMatrixLayoutCreate(&plan->b, p.ab, bn ? p.k : p.n, bn ? p.n : p.k, p.ldb));
   RWR_CUBLAS(cublasLtMatrixLayoutCreate(&plan->d, p.d, p.m, p.n, p.ldd));
 
   const std::string key = p.Key();
@@ -219,8 +216,7 @@ absl::StatusOr<GemmRunner::Plan*> GemmRunner::PlanFor(const GemmProblem& p, cons
     // Another runner may have timed the same shape meanwhile: the first choice stands, so that
     // every runner of the process agrees.
     std::lock_guard lock(process.mu);
-    const auto [it, inserted] =
-        process.algos.emplace(std::pair{device_, key}, ToBytes(plan->algo));
+    const auto [it, inserted] = process.algos.emplace(std::pair{device_, key}, ToBytes(plan->algo));
     if (!inserted && Fits(*plan, FromBytes(it->second))) plan->algo = FromBytes(it->second);
   }
   return plans_.emplace(p, std::move(plan)).first->second.get();
@@ -306,8 +302,8 @@ absl::Status GemmRunner::Tune(const GemmProblem& p, Plan& plan, const void* A, c
     RWR_CUDA(cudaStreamSynchronize(stream_));
   }
   if (best < 0) {
-    return absl::InternalError(fmt::format("gemm {}: none of cuBLASLt's {} candidates ran", key,
-                                           returned));
+    return absl::InternalError(
+        fmt::format("gemm {}: none of cuBLASLt's {} candidates ran", key, returned));
   }
   plan.algo = found[best].algo;
   spdlog::debug("gemm {}: candidate {} of {} ({:.1f} µs)", key, best, returned, best_ms * 1e3);

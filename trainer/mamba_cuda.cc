@@ -338,9 +338,17 @@ struct MambaCuda::Impl {
                       bool y_f32, int64_t ldy, int64_t M, int64_t N, int64_t K, float beta = 0.f,
                       bool timed = true) {
     return Timed("gemm", what, "fwd", [&] {
-      return Gemm({.ta = CUBLAS_OP_T, .tb = CUBLAS_OP_N, .m = N, .n = M, .k = K, .lda = K,
-                   .ldb = ldx, .ldd = ldy, .ab = CudaType(),
-                   .d = y_f32 ? CUDA_R_32F : CudaType(), .timed = timed},
+      return Gemm({.ta = CUBLAS_OP_T,
+                   .tb = CUBLAS_OP_N,
+                   .m = N,
+                   .n = M,
+                   .k = K,
+                   .lda = K,
+                   .ldb = ldx,
+                   .ldd = ldy,
+                   .ab = CudaType(),
+                   .d = y_f32 ? CUDA_R_32F : CudaType(),
+                   .timed = timed},
                   Wt, X, Y, beta);
     });
   }
@@ -349,9 +357,17 @@ struct MambaCuda::Impl {
                         bool dx_f32, int64_t lddx, int64_t M, int64_t N, int64_t K,
                         float beta = 0.f, bool timed = true) {
     return Timed("gemm", what, "dx", [&] {
-      return Gemm({.ta = CUBLAS_OP_N, .tb = CUBLAS_OP_N, .m = K, .n = M, .k = N, .lda = K,
-                   .ldb = lddy, .ldd = lddx, .ab = CudaType(),
-                   .d = dx_f32 ? CUDA_R_32F : CudaType(), .timed = timed},
+      return Gemm({.ta = CUBLAS_OP_N,
+                   .tb = CUBLAS_OP_N,
+                   .m = K,
+                   .n = M,
+                   .k = N,
+                   .lda = K,
+                   .ldb = lddy,
+                   .ldd = lddx,
+                   .ab = CudaType(),
+                   .d = dx_f32 ? CUDA_R_32F : CudaType(),
+                   .timed = timed},
                   Wt, dY, dX, beta);
     });
   }
@@ -359,8 +375,17 @@ struct MambaCuda::Impl {
   absl::Status LinearDw(const char* what, const void* dY, int64_t lddy, const void* X, int64_t ldx,
                         GradOut dW, int64_t M, int64_t N, int64_t K, bool timed = true) {
     return Timed("gemm", what, "dw", [&] {
-      return Gemm({.ta = CUBLAS_OP_N, .tb = CUBLAS_OP_T, .m = K, .n = N, .k = M, .lda = ldx,
-                   .ldb = lddy, .ldd = K, .ab = CudaType(), .d = CUDA_R_32F, .timed = timed},
+      return Gemm({.ta = CUBLAS_OP_N,
+                   .tb = CUBLAS_OP_T,
+                   .m = K,
+                   .n = N,
+                   .k = M,
+                   .lda = ldx,
+                   .ldb = lddy,
+                   .ldd = K,
+                   .ab = CudaType(),
+                   .d = CUDA_R_32F,
+                   .timed = timed},
                   X, dY, dW.ptr, dW.add ? 1.f : 0.f);
     });
   }
@@ -406,14 +431,14 @@ class CudaRunner {
     cudaStream_t s = m_.stream;
     // With `keep`, the norm also copies its input h to a.h_in (h is updated in place below).
     RWR_RETURN_IF_ERROR(m_.Timed("norm", "fwd", [&] {
-      return cuda::RmsNorm(k().h.ptr, P(o.norm), Xn(a), m_.act, a.rstd.ptr, M, d.D, c_.norm_eps,
-                           s, keep ? a.h_in.ptr : nullptr);
+      return cuda::RmsNorm(k().h.ptr, P(o.norm), Xn(a), m_.act, a.rstd.ptr, M, d.D, c_.norm_eps, s,
+                           keep ? a.h_in.ptr : nullptr);
     }));
-    RWR_RETURN_IF_ERROR(m_.Linear("in_proj", Xn(a), d.D, m_.W(o.in_proj), a.xz.ptr, false,
-                                  2 * d.Di, M, 2 * d.Di, d.D));
+    RWR_RETURN_IF_ERROR(m_.Linear("in_proj", Xn(a), d.D, m_.W(o.in_proj), a.xz.ptr, false, 2 * d.Di,
+                                  M, 2 * d.Di, d.D));
     RWR_RETURN_IF_ERROR(m_.ConvForward(Conv(d, o, state_in, state_out, a)));
-    RWR_RETURN_IF_ERROR(m_.Linear("x_proj", Uc(a), d.Di, m_.W(o.x_proj), a.xdbl.ptr, false, d.X,
-                                  M, d.X, d.Di));
+    RWR_RETURN_IF_ERROR(
+        m_.Linear("x_proj", Uc(a), d.Di, m_.W(o.x_proj), a.xdbl.ptr, false, d.X, M, d.X, d.Di));
     RWR_RETURN_IF_ERROR(m_.Linear("dt_proj", a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), Dtraw(a),
                                   false, d.Di, M, d.Di, d.R));
     RWR_RETURN_IF_ERROR(m_.ScanForward(
@@ -509,15 +534,15 @@ class CudaRunner {
                              c_.norm_eps, s);
       }));
     }
-    RWR_RETURN_IF_ERROR(m_.LinearDw("in_proj", k().dxz.ptr, 2 * d.Di, Xn(a), d.D, G(o.in_proj), M,
-                                    2 * d.Di, d.D));
+    RWR_RETURN_IF_ERROR(
+        m_.LinearDw("in_proj", k().dxz.ptr, 2 * d.Di, Xn(a), d.D, G(o.in_proj), M, 2 * d.Di, d.D));
     RWR_RETURN_IF_ERROR(m_.LinearDx("in_proj", k().dxz.ptr, 2 * d.Di, m_.W(o.in_proj), k().dxn.ptr,
                                     true, d.D, M, 2 * d.Di, d.D));
     return m_.Timed("norm", "bwd", [&] {
       const GradOut gw = G(o.norm);
       return cuda::RmsNormBackward(a.h_in.ptr, P(o.norm), a.rstd.ptr, k().dxn.ptr, k().dh.ptr,
-                                   DhActOut(), m_.act, gw.ptr, gw.add, k().norm_scratch.ptr, M,
-                                   d.D, s);
+                                   DhActOut(), m_.act, gw.ptr, gw.add, k().norm_scratch.ptr, M, d.D,
+                                   s);
     });
   }
 
@@ -587,8 +612,8 @@ class CudaRunner {
                                   grad ? dlogits : nullptr, m_.act, s);
       }));
       if (grad) {
-        RWR_RETURN_IF_ERROR(m_.LinearDx("lm_head", dlogits, d.V, E, k().block_dh.ptr, true, d.D,
-                                        nr, d.V, d.D, 0.f, timed));
+        RWR_RETURN_IF_ERROR(m_.LinearDx("lm_head", dlogits, d.V, E, k().block_dh.ptr, true, d.D, nr,
+                                        d.V, d.D, 0.f, timed));
         RWR_RETURN_IF_ERROR(m_.Timed("head", "scatter", [&] {
           return cuda::ScatterRows(k().block_dh.ptr, k().rows.ptr + r0, k().dhn.ptr, nr, d.D, s);
         }));
@@ -792,9 +817,9 @@ class CudaRunner {
     // A buffer that does not fit after all (a later call of this shape with longer chunks) stays
     // empty: that layer recomputes, with the same result.
     for (auto& a : k().acts) {
-      for (auto [want, buf, width] : {std::tuple{kept.xn, &a.xn, d.D},
-                                      std::tuple{kept.uc, &a.uc, d.Di},
-                                      std::tuple{kept.dtraw, &a.dtraw, d.Di}}) {
+      for (auto [want, buf, width] :
+           {std::tuple{kept.xn, &a.xn, d.D}, std::tuple{kept.uc, &a.uc, d.Di},
+            std::tuple{kept.dtraw, &a.dtraw, d.Di}}) {
         if (!want) continue;
         const absl::Status st = AllocAct(buf, d.M() * width);
         if (!st.ok() && !absl::IsResourceExhausted(st)) return st;
@@ -895,8 +920,8 @@ absl::StatusOr<std::unique_ptr<MambaCuda>> MambaCuda::Create(const MambaConfig& 
   m.act = precision == GemmPrecision::kFp32 ? Act::kF32 : Act::kBF16;
   RWR_CUDA(cudaStreamCreate(&m.stream));
   RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.gemm_workspace, kGemmWorkspaceBytes));
-  RWR_ASSIGN_OR_RETURN(m.gemms, GemmRunner::Create(m.stream, m.gemm_workspace.ptr,
-                                                   kGemmWorkspaceBytes));
+  RWR_ASSIGN_OR_RETURN(m.gemms,
+                       GemmRunner::Create(m.stream, m.gemm_workspace.ptr, kGemmWorkspaceBytes));
   const int64_t n = model->layout_.total();
   m.call = std::make_unique<CallBuffers>(&m.tally);
   RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.params, n));

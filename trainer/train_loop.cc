@@ -147,7 +147,6 @@ TokenBatch View(const storage::Batch& b) {
           b.targets.data(), b.loss_mask.data(), b.reset.data()};
 }
 
-
 #ifdef RWR_TRAINER_HAVE_CUDA
 // The GEMM algorithms the GPU model timed (trainer/gemm_choices.h), kept as
 // `<out_dir>/gemm_algos.json` so a resumed job runs the kernels of the job it continues (and

@@ -52,8 +52,9 @@ TEST(GemmChoices, DamagedFilesAreClearErrors) {
               std::string::npos)
         << format;
   }
-  EXPECT_NE(error_of(R"({"device": "x", "cublaslt_version": 1, "algos": {}})").find("format is not"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of(R"({"device": "x", "cublaslt_version": 1, "algos": {}})").find("format is not"),
+      std::string::npos);
   EXPECT_NE(error_of(R"({"format": "rwr.gemm_algos.v1", "cublaslt_version": 1, "algos": {}})")
                 .find("\"device\" missing"),
             std::string::npos);
@@ -64,9 +65,12 @@ TEST(GemmChoices, DamagedFilesAreClearErrors) {
                 .find("\"algos\" missing"),
             std::string::npos);
   const std::string hex(128, 'a');
-  for (const std::string& bad : {hex.substr(1), hex + "0", "A" + hex.substr(1), "g" + hex.substr(1)}) {
-    const std::string text = R"({"format": "rwr.gemm_algos.v1", "device": "x", "cublaslt_version": 1,
-                                 "algos": {"k": ")" + bad + R"("}})";
+  for (const std::string& bad :
+       {hex.substr(1), hex + "0", "A" + hex.substr(1), "g" + hex.substr(1)}) {
+    const std::string text =
+        R"({"format": "rwr.gemm_algos.v1", "device": "x", "cublaslt_version": 1,
+                                 "algos": {"k": ")" +
+        bad + R"("}})";
     EXPECT_EQ(error_of(text),
               "run/gemm_algos.json: algorithm of \"k\" is not 128 lowercase hex digits");
   }

@@ -104,8 +104,8 @@ TEST_P(MambaCudaTest, GradientsAccumulateFromZeroGradsOn) {
   auto model = *MambaCuda::Create(f.model.config, GetParam());
   ASSERT_TRUE(model->UploadParams(f.model.params).ok());
   const size_t n = f.model.params.size();
-  auto per_tensor = [&](const std::vector<float>& got, const std::vector<float>& want,
-                        double tol, const char* what) {
+  auto per_tensor = [&](const std::vector<float>& got, const std::vector<float>& want, double tol,
+                        const char* what) {
     for (const ParamSpec& spec : model->layout().specs()) {
       EXPECT_LT(RelErr({got.data() + spec.offset, size_t(spec.size)},
                        {want.data() + spec.offset, size_t(spec.size)}),
@@ -124,7 +124,7 @@ TEST_P(MambaCudaTest, GradientsAccumulateFromZeroGradsOn) {
   per_tensor(twice, doubled, 1e-5, "two calls");
 
   ASSERT_TRUE(model->ForwardBackward(f.batch(), 0, 100.f).ok());  // large stale sums
-  ASSERT_TRUE(model->ZeroGrads().ok());  // ... stay in memory, forgotten
+  ASSERT_TRUE(model->ZeroGrads().ok());                           // ... stay in memory, forgotten
   ASSERT_TRUE(model->DownloadGrads(none).ok());
   EXPECT_TRUE(std::all_of(none.begin(), none.end(), [](float g) { return g == 0.f; }))
       << "gradients read before any writer are not zero";
@@ -237,7 +237,7 @@ TEST(MambaCudaKernels, RmsNormBackwardMatchesHost) {
     float *gx = upload(x), *gw = upload(w), *gdy = upload(dy), *gdx = upload(dx),
           *grstd = upload(rstd),
           // Overwritten (dw_add false), never read: NaN would show through an add.
-          *gdw = upload(std::vector<float>(D, std::numeric_limits<float>::quiet_NaN())),
+              *gdw = upload(std::vector<float>(D, std::numeric_limits<float>::quiet_NaN())),
           *gscratch = upload(std::vector<float>(cuda::RmsNormBackwardScratch(rows, D), 0.f));
     void* gact = nullptr;
     ASSERT_EQ(cudaMalloc(&gact, n * 2), cudaSuccess);
