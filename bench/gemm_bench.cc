@@ -21,6 +21,7 @@
 #include "CLI/CLI.hpp"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "trainer/gemm_runner.h"
 
 namespace {
 
@@ -54,20 +55,17 @@ struct Gemm {
   int per_step;  // calls per training step
 };
 
-// Column-major problem D(m,n) = op(A)(m,k)·op(B)(k,n) + beta·D.
-struct ColMajor {
-  cublasOperation_t ta, tb;
-  int64_t m, n, k, lda, ldb, ldd;
-};
-
-ColMajor ToColMajor(const Gemm& g) {
+// The column-major problem the trainer runs for it (the mapping lives in GemmProblem).
+rwr::trainer::GemmProblem ToColMajor(const Gemm& g) {
+  using rwr::trainer::GemmProblem;
+  const cudaDataType_t out = g.out_f32 ? CUDA_R_32F : CUDA_R_16BF;
   switch (g.role) {
-    case Role::kFwd:  // Yᵀ(N,M) = Wᵀ... A = W stored (K×N), op T; B = X stored (K×M)
-      return {CUBLAS_OP_T, CUBLAS_OP_N, g.N, g.M, g.K, g.K, g.ld_in, g.ld_out};
-    case Role::kDx:  // dXᵀ(K,M) = W stored (K×N) · dYᵀ stored (N×M)
-      return {CUBLAS_OP_N, CUBLAS_OP_N, g.K, g.M, g.N, g.K, g.ld_in, g.ld_out};
-    case Role::kDw:  // dWᵀ(K,N) = Xᵀ stored (K×M) · (dY stored (N×M))ᵀ
-      return {CUBLAS_OP_N, CUBLAS_OP_T, g.K, g.N, g.M, g.ld_out, g.ld_in, g.K};
+    case Role::kFwd:
+      return GemmProblem::Forward(g.M, g.N, g.K, g.ld_in, g.ld_out, CUDA_R_16BF, out);
+    case Role::kDx:
+      return GemmProblem::InputGrad(g.M, g.N, g.K, g.ld_in, g.ld_out, CUDA_R_16BF, out);
+    case Role::kDw:
+      return GemmProblem::WeightGrad(g.M, g.N, g.K, g.ld_in, g.ld_out, CUDA_R_16BF);
   }
   return {};
 }
@@ -181,8 +179,8 @@ int main(int argc, char** argv) {
       {"device", prop.name}, {"tokens", tokens}, {"gemms", nlohmann::json::array()}};
   double step_ex = 0, step_lt0 = 0, step_best = 0;
   for (const Gemm& g : StepGemms(tokens, layers)) {
-    const ColMajor c = ToColMajor(g);
-    const cudaDataType_t dt = g.out_f32 ? CUDA_R_32F : CUDA_R_16BF;
+    const rwr::trainer::GemmProblem c = ToColMajor(g);
+    const cudaDataType_t dt = c.d;
     const int64_t a_n = Span(c.ta, c.m, c.k, c.lda), b_n = Span(c.tb, c.k, c.n, c.ldb);
     const int64_t d_n = c.ldd * c.n, d_bytes = d_n * (g.out_f32 ? 4 : 2);
     Buffers buf;

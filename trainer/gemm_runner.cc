@@ -66,6 +66,49 @@ std::string GemmProblem::Key() const {
                      TypeName(d), accumulate ? "+" : "");
 }
 
+GemmProblem GemmProblem::Forward(int64_t M, int64_t N, int64_t K, int64_t ldx, int64_t ldy,
+                                 cudaDataType_t ab, cudaDataType_t y) {
+  // Yᵀ(N, M) = Wᵀ·Xᵀ: W is stored K × N (column-major), taken transposed; X is stored K × M.
+  return {.ta = CUBLAS_OP_T,
+          .tb = CUBLAS_OP_N,
+          .m = N,
+          .n = M,
+          .k = K,
+          .lda = K,
+          .ldb = ldx,
+          .ldd = ldy,
+          .ab = ab,
+          .d = y};
+}
+GemmProblem GemmProblem::InputGrad(int64_t M, int64_t N, int64_t K, int64_t lddy, int64_t lddx,
+                                   cudaDataType_t ab, cudaDataType_t dx) {
+  // dXᵀ(K, M) = W·dYᵀ: W stored K × N, dY stored N × M.
+  return {.ta = CUBLAS_OP_N,
+          .tb = CUBLAS_OP_N,
+          .m = K,
+          .n = M,
+          .k = N,
+          .lda = K,
+          .ldb = lddy,
+          .ldd = lddx,
+          .ab = ab,
+          .d = dx};
+}
+GemmProblem GemmProblem::WeightGrad(int64_t M, int64_t N, int64_t K, int64_t lddy, int64_t ldx,
+                                    cudaDataType_t ab) {
+  // dWᵀ(K, N) = Xᵀ·dY: X stored K × M, dY stored N × M and taken transposed.
+  return {.ta = CUBLAS_OP_N,
+          .tb = CUBLAS_OP_T,
+          .m = K,
+          .n = N,
+          .k = M,
+          .lda = ldx,
+          .ldb = lddy,
+          .ldd = K,
+          .ab = ab,
+          .d = CUDA_R_32F};
+}
+
 // A shape's descriptors (made once) and its algorithm.
 struct GemmRunner::Plan {
   cublasLtMatmulDesc_t op = nullptr;
@@ -162,9 +205,7 @@ void GemmRunner::Remember(const std::string& key, const cublasLtMatmulAlgo_t& al
   process.algos.insert_or_assign(std::pair{device_, key}, ToBytes(algo));
 }
 
-absl::StatusOr<GemmRunner::Plan*> GemmRunner::PlanFor(const GemmProblem& p, const void* A,
-                                                      const void* B, void* D, float beta) {
-  if (const auto it = plans_.find(p); it != plans_.end()) return it->second.get();
+absl::StatusOr<std::unique_ptr<GemmRunner::Plan>> GemmRunner::Describe(const GemmProblem& p) const {
   auto plan = std::make_unique<Plan>();
   const cudaDataType_t scale = CUDA_R_32F;
   RWR_CUBLAS(cublasLtMatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, scale));
@@ -177,7 +218,23 @@ absl::StatusOr<GemmRunner::Plan*> GemmRunner::PlanFor(const GemmProblem& p, cons
   RWR_CUBLAS(cublasLtMatrixLayoutCreate(&plan->a, p.ab, an ? p.m : p.k, an ? p.k : p.m, p.lda));
   RWR_CUBLAS(cublasLtMatrixLayoutCreate(&plan->b, p.ab, bn ? p.k : p.n, bn ? p.n : p.k, p.ldb));
   RWR_CUBLAS(cublasLtMatrixLayoutCreate(&plan->d, p.d, p.m, p.n, p.ldd));
+  return plan;
+}
 
+absl::StatusOr<std::vector<GemmAlgoBytes>> GemmRunner::CandidatesFor(const GemmProblem& p,
+                                                                     int count) const {
+  RWR_ASSIGN_OR_RETURN(std::unique_ptr<Plan> plan, Describe(p));
+  RWR_ASSIGN_OR_RETURN(std::vector<cublasLtMatmulHeuristicResult_t> found,
+                       Candidates(*plan, p.Key(), count));
+  std::vector<GemmAlgoBytes> out;
+  for (const auto& f : found) out.push_back(ToBytes(f.algo));
+  return out;
+}
+
+absl::StatusOr<GemmRunner::Plan*> GemmRunner::PlanFor(const GemmProblem& p, const void* A,
+                                                      const void* B, void* D, float beta) {
+  if (const auto it = plans_.find(p); it != plans_.end()) return it->second.get();
+  RWR_ASSIGN_OR_RETURN(std::unique_ptr<Plan> plan, Describe(p));
   const std::string key = p.Key();
   if (!p.timed) {  // cuBLASLt's first candidate: a function of the shape, device and version
     RWR_ASSIGN_OR_RETURN(std::vector<cublasLtMatmulHeuristicResult_t> found,

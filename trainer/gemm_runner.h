@@ -42,6 +42,18 @@ struct GemmProblem {
 
   std::string Key() const;  // "TN m10240 n8192 k2560 lda2560 ldb2560 ldd10240 bf16>bf16[+]"
   auto operator<=>(const GemmProblem&) const = default;
+
+  // The trainer's row-major GEMMs (X, W, dY activations of type `ab`; ld* row strides in
+  // elements) as column-major problems, the one place that mapping is written:
+  //   Forward     Y(M, N) = X(M, K)·W(N, K)ᵀ       A = W, B = X
+  //   InputGrad   dX(M, K) = dY(M, N)·W(N, K)      A = W, B = dY
+  //   WeightGrad  dW(N, K) = dY(M, N)ᵀ·X(M, K)     A = X, B = dY (dW fp32, row stride K)
+  static GemmProblem Forward(int64_t M, int64_t N, int64_t K, int64_t ldx, int64_t ldy,
+                             cudaDataType_t ab, cudaDataType_t y);
+  static GemmProblem InputGrad(int64_t M, int64_t N, int64_t K, int64_t lddy, int64_t lddx,
+                               cudaDataType_t ab, cudaDataType_t dx);
+  static GemmProblem WeightGrad(int64_t M, int64_t N, int64_t K, int64_t lddy, int64_t ldx,
+                                cudaDataType_t ab);
 };
 
 class GemmRunner {
@@ -56,6 +68,10 @@ class GemmRunner {
   // Queues D = op(A)·op(B) + beta·D on the stream; a shape's first call tunes it (synchronously).
   absl::Status Run(const GemmProblem& p, const void* A, const void* B, void* D, float beta);
 
+  // cuBLASLt's heuristic candidates for the shape, at most `count`, best first, none that adds
+  // split-K parts into D in place (what a timing chooses from).
+  absl::StatusOr<std::vector<GemmAlgoBytes>> CandidatesFor(const GemmProblem& p, int count) const;
+
   // The algorithm of every timed shape run so far (and of adopted shapes not run yet).
   GemmChoices choices() const;
   // Runs these shapes with these algorithms from now on (shapes already run too) instead of
@@ -68,6 +84,8 @@ class GemmRunner {
 
  private:
   GemmRunner() = default;
+  // The shape's descriptors, without an algorithm.
+  absl::StatusOr<std::unique_ptr<Plan>> Describe(const GemmProblem& p) const;
   absl::StatusOr<Plan*> PlanFor(const GemmProblem& p, const void* A, const void* B, void* D,
                                 float beta);
   absl::Status Tune(const GemmProblem& p, Plan& plan, const void* A, const void* B, void* D,

@@ -267,6 +267,12 @@ struct MambaCuda::Impl {
     return ConvStateFloats(B) + Pad4(B * c.d_inner * c.d_state);
   }
   int64_t es() const { return cuda::ActBytes(act); }  // bytes per activation
+  // After a change of what the buffers depend on (memory budget, keeping activations): the next
+  // call fits its chunk, sizes its buffers and decides what to keep afresh.
+  void SizeNextCallAfresh() {
+    call_shape = {};
+    fitted_chunk.clear();
+  }
   GradOut Grad(int64_t offset) { return {grads.ptr + offset, grad_writes.Add(offset)}; }
   // Clears the gradient tensors no writer reached since ZeroGrads; the optimizer reads them next.
   absl::Status ClearUnwritten() {
@@ -280,8 +286,7 @@ struct MambaCuda::Impl {
   cudaDataType_t CudaType() const { return act == Act::kF32 ? CUDA_R_32F : CUDA_R_16BF; }
   // One GEMM through the runner; on failure the runtime's last error is cleared too (cuBLAS may
   // have failed on an allocation), so the next kernel-launch check does not report it again.
-  absl::Status Gemm(GemmProblem p, const void* A, const void* B, void* D, float beta) {
-    p.accumulate = beta != 0.f;
+  absl::Status Gemm(const GemmProblem& p, const void* A, const void* B, void* D, float beta) {
     absl::Status status = gemms->Run(p, A, B, D, beta);
     if (!status.ok()) cudaGetLastError();
     return status;
@@ -337,57 +342,26 @@ struct MambaCuda::Impl {
   absl::Status Linear(const char* what, const void* X, int64_t ldx, const void* Wt, void* Y,
                       bool y_f32, int64_t ldy, int64_t M, int64_t N, int64_t K, float beta = 0.f,
                       bool timed = true) {
-    return Timed("gemm", what, "fwd", [&] {
-      return Gemm({.ta = CUBLAS_OP_T,
-                   .tb = CUBLAS_OP_N,
-                   .m = N,
-                   .n = M,
-                   .k = K,
-                   .lda = K,
-                   .ldb = ldx,
-                   .ldd = ldy,
-                   .ab = CudaType(),
-                   .d = y_f32 ? CUDA_R_32F : CudaType(),
-                   .timed = timed},
-                  Wt, X, Y, beta);
-    });
+    GemmProblem p =
+        GemmProblem::Forward(M, N, K, ldx, ldy, CudaType(), y_f32 ? CUDA_R_32F : CudaType());
+    p.timed = timed;
+    return Timed("gemm", what, "fwd", [&] { return Gemm(p, Wt, X, Y, beta); });
   }
   // dX(M, K) = dY(M, N)·W(N, K) + beta·dX
   absl::Status LinearDx(const char* what, const void* dY, int64_t lddy, const void* Wt, void* dX,
                         bool dx_f32, int64_t lddx, int64_t M, int64_t N, int64_t K,
                         float beta = 0.f, bool timed = true) {
-    return Timed("gemm", what, "dx", [&] {
-      return Gemm({.ta = CUBLAS_OP_N,
-                   .tb = CUBLAS_OP_N,
-                   .m = K,
-                   .n = M,
-                   .k = N,
-                   .lda = K,
-                   .ldb = lddy,
-                   .ldd = lddx,
-                   .ab = CudaType(),
-                   .d = dx_f32 ? CUDA_R_32F : CudaType(),
-                   .timed = timed},
-                  Wt, dY, dX, beta);
-    });
+    GemmProblem p =
+        GemmProblem::InputGrad(M, N, K, lddy, lddx, CudaType(), dx_f32 ? CUDA_R_32F : CudaType());
+    p.timed = timed;
+    return Timed("gemm", what, "dx", [&] { return Gemm(p, Wt, dY, dX, beta); });
   }
   // dW(N, K) (+)= dY(M, N)ᵀ·X(M, K), dW fp32 (nothing of dW is read where beta is 0)
   absl::Status LinearDw(const char* what, const void* dY, int64_t lddy, const void* X, int64_t ldx,
                         GradOut dW, int64_t M, int64_t N, int64_t K, bool timed = true) {
-    return Timed("gemm", what, "dw", [&] {
-      return Gemm({.ta = CUBLAS_OP_N,
-                   .tb = CUBLAS_OP_T,
-                   .m = K,
-                   .n = N,
-                   .k = M,
-                   .lda = ldx,
-                   .ldb = lddy,
-                   .ldd = K,
-                   .ab = CudaType(),
-                   .d = CUDA_R_32F,
-                   .timed = timed},
-                  X, dY, dW.ptr, dW.add ? 1.f : 0.f);
-    });
+    GemmProblem p = GemmProblem::WeightGrad(M, N, K, lddy, ldx, CudaType());
+    p.timed = timed;
+    return Timed("gemm", what, "dw", [&] { return Gemm(p, X, dY, dW.ptr, dW.add ? 1.f : 0.f); });
   }
 };
 
@@ -981,16 +955,14 @@ int64_t MambaCuda::last_chunk_len() const { return impl_->last_chunk_len; }
 
 void MambaCuda::SetMemoryBudget(int64_t bytes) {
   impl_->tally.budget = bytes;
-  impl_->call_shape = {};  // the next call sizes its buffers afresh
-  impl_->fitted_chunk.clear();
+  impl_->SizeNextCallAfresh();
 }
 
 void MambaCuda::SetPhaseTiming(bool on) { impl_->clock.on = on; }
 
 void MambaCuda::SetKeepActivations(bool on) {
   impl_->keep_acts = on;
-  impl_->call_shape = {};  // the next call sizes its buffers (and decides) afresh
-  impl_->fitted_chunk.clear();
+  impl_->SizeNextCallAfresh();
 }
 
 absl::StatusOr<std::map<std::string, double>> MambaCuda::TakePhaseTimes() {

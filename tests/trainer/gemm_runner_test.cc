@@ -5,12 +5,10 @@
 // bf16 products); a bf16 D adds its rounding, 2⁻⁸ of |d|; fp32 operands ≤ 1e-5·Σ|a·b|.
 #include "trainer/gemm_runner.h"
 
-#include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstring>
 #include <random>
 #include <vector>
 
@@ -106,45 +104,6 @@ void ExpectProduct(const GemmProblem& p, const Operands& o, const std::vector<fl
   EXPECT_EQ(bad, 0) << p.Key();
 }
 
-// cuBLASLt's heuristic candidates for a problem (up to 8), as the bytes GemmChoices holds.
-std::vector<GemmAlgoBytes> CandidatesOf(const GemmProblem& p, size_t workspace) {
-  cublasLtHandle_t lt;
-  EXPECT_EQ(cublasLtCreate(&lt), CUBLAS_STATUS_SUCCESS);
-  cublasLtMatmulDesc_t op;
-  cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-  cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &p.ta, sizeof(p.ta));
-  cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &p.tb, sizeof(p.tb));
-  const bool an = p.ta == CUBLAS_OP_N, bn = p.tb == CUBLAS_OP_N;
-  cublasLtMatrixLayout_t a, b, d;
-  cublasLtMatrixLayoutCreate(&a, p.ab, an ? p.m : p.k, an ? p.k : p.m, p.lda);
-  cublasLtMatrixLayoutCreate(&b, p.ab, bn ? p.k : p.n, bn ? p.n : p.k, p.ldb);
-  cublasLtMatrixLayoutCreate(&d, p.d, p.m, p.n, p.ldd);
-  cublasLtMatmulPreference_t pref;
-  cublasLtMatmulPreferenceCreate(&pref);
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
-                                       sizeof(workspace));
-  const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE |
-                           CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE;
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes,
-                                       sizeof(schemes));
-  std::vector<cublasLtMatmulHeuristicResult_t> found(8);
-  int returned = 0;
-  cublasLtMatmulAlgoGetHeuristic(lt, op, a, b, d, d, pref, 8, found.data(), &returned);
-  std::vector<GemmAlgoBytes> out;
-  for (int i = 0; i < returned; ++i) {
-    GemmAlgoBytes bytes;
-    std::memcpy(bytes.data(), &found[i].algo, sizeof(bytes));
-    out.push_back(bytes);
-  }
-  cublasLtMatmulPreferenceDestroy(pref);
-  cublasLtMatrixLayoutDestroy(a);
-  cublasLtMatrixLayoutDestroy(b);
-  cublasLtMatrixLayoutDestroy(d);
-  cublasLtMatmulDescDestroy(op);
-  cublasLtDestroy(lt);
-  return out;
-}
-
 class GemmRunnerTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -170,15 +129,18 @@ class GemmRunnerTest : public ::testing::Test {
 // operands, each output type, and fp32 operands (its parity mode).
 TEST_F(GemmRunnerTest, EveryTrainerLayoutMatchesTheHost) {
   const cudaDataType_t bf = CUDA_R_16BF, f32 = CUDA_R_32F;
+  // Built by the row-major constructors the trainer uses (M tokens, N outputs, K inputs), so the
+  // mapping to column-major is checked here too.
+  using P = GemmProblem;
   const std::vector<GemmProblem> problems = {
-      {CUBLAS_OP_T, CUBLAS_OP_N, 50, 37, 24, 24, 30, 50, bf, bf},   // fwd, X strided (ldx 30)
-      {CUBLAS_OP_T, CUBLAS_OP_N, 50, 37, 24, 24, 24, 52, bf, f32},  // fwd into a wider fp32 D
-      {CUBLAS_OP_N, CUBLAS_OP_N, 24, 37, 50, 24, 50, 24, bf, bf},   // dx
-      {CUBLAS_OP_N, CUBLAS_OP_N, 24, 37, 50, 24, 56, 24, bf, f32},  // dx, dY strided
-      {CUBLAS_OP_N, CUBLAS_OP_T, 24, 50, 37, 30, 50, 24, bf, f32},  // dw
-      {CUBLAS_OP_T, CUBLAS_OP_N, 64, 160, 256, 256, 256, 64, bf, bf},
-      {CUBLAS_OP_T, CUBLAS_OP_N, 50, 37, 24, 24, 24, 50, f32, f32},  // fp32 parity mode
-      {CUBLAS_OP_N, CUBLAS_OP_T, 24, 50, 37, 24, 50, 24, f32, f32},
+      P::Forward(37, 50, 24, 30, 50, bf, bf),   // X strided (ldx 30)
+      P::Forward(37, 50, 24, 24, 52, bf, f32),  // into a wider fp32 Y
+      P::InputGrad(37, 50, 24, 50, 24, bf, bf),
+      P::InputGrad(37, 50, 24, 56, 24, bf, f32),  // dY strided
+      P::WeightGrad(37, 50, 24, 50, 30, bf),      // X strided
+      P::Forward(160, 64, 256, 256, 64, bf, bf),
+      P::Forward(37, 50, 24, 24, 50, f32, f32),  // fp32 parity mode
+      P::WeightGrad(37, 50, 24, 50, 24, f32),
   };
   for (const GemmProblem& p : problems) {
     Operands o(p);
@@ -269,7 +231,9 @@ TEST_F(GemmRunnerTest, AdoptedAlgorithmWinsAndIsRemembered) {
   const GemmAlgoBytes timed = runner_->choices().algos.at(p.Key());
   GemmAlgoBytes other{};
   bool found = false;
-  for (const GemmAlgoBytes& c : CandidatesOf(p, kWorkspace)) {
+  auto candidates = runner_->CandidatesFor(p, 8);
+  ASSERT_TRUE(candidates.ok()) << candidates.status();
+  for (const GemmAlgoBytes& c : *candidates) {
     if (c != timed) {
       other = c;
       found = true;
