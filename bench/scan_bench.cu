@@ -8,6 +8,12 @@
 //
 //   scan_bench [--t 2048,8192,32768,131072] [--batch 1,4] [--bt 4x2048,1x8192] [--di 5120]
 //              [--reps 20] [--chunks 0,4,8] [--variants 1,4] [--ops scan,conv] [--json out.json]
+//              [--trainer-io] [--cold]
+// --trainer-io lays the scan's tensors out as the trainer does: z and dz halves of an in_proj row
+// (token stride 2·Di), the scan output handed back by the backward, initial and final states and
+// their gradients, and a reset at the first token of every row. --cold writes 512 MB (untimed)
+// before every timed call, so that no input is left in L2 from the call before (as in training,
+// where the rest of the network runs between a layer's forward and backward).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -109,8 +115,10 @@ std::vector<int64_t> ParseList(const char* s) {
   return v;
 }
 
-// Median milliseconds of `reps` runs of fn, after 3 warm-up runs.
-double MedianMs(const std::function<void()>& fn, int reps) {
+// Median milliseconds of `reps` runs of fn, after 3 warm-up runs; `prep` (untimed) runs before
+// each.
+double MedianMs(const std::function<void()>& fn, int reps,
+                const std::function<void()>& prep = nullptr) {
   cudaEvent_t a, b;
   CHECK_CUDA(cudaEventCreate(&a));
   CHECK_CUDA(cudaEventCreate(&b));
@@ -118,6 +126,7 @@ double MedianMs(const std::function<void()>& fn, int reps) {
   CHECK_CUDA(cudaDeviceSynchronize());
   std::vector<double> ms;
   for (int i = 0; i < reps; ++i) {
+    if (prep) prep();
     CHECK_CUDA(cudaEventRecord(a));
     fn();
     CHECK_CUDA(cudaEventRecord(b));
@@ -162,6 +171,7 @@ int main(int argc, char** argv) {
   std::vector<int64_t> chunk_list = {0};
   std::vector<int64_t> variants = {1};
   bool run_scan = true, run_conv = true;
+  bool trainer_io = false, cold = false;
   std::vector<int64_t> batches = {1};
   std::vector<std::pair<int64_t, int64_t>> shapes;  // (batch, T); from --bt or the two lists
   int64_t Di = 5120;
@@ -184,6 +194,8 @@ int main(int argc, char** argv) {
     else if (a == "--chunks") chunk_list = ParseList(next());
     else if (a == "--json") json = next();
     else if (a == "--variants") variants = ParseList(next());
+    else if (a == "--trainer-io") trainer_io = true;
+    else if (a == "--cold") cold = true;
     else if (a == "--ops") {
       const std::string ops = next();
       run_scan = ops.find("scan") != std::string::npos;
@@ -200,7 +212,10 @@ int main(int argc, char** argv) {
           "  --chunks LIST  scan chunk counts K to try, 0 = automatic (default 0)\n"
           "  --variants LIST  kernel variants (scan_tuning.h), default 1\n"
           "  --ops LIST     which ops to time: scan, conv or both (default scan,conv)\n"
-          "  --json FILE    also write the rows as JSON\n");
+          "  --json FILE    also write the rows as JSON\n"
+          "  --trainer-io   the trainer's layout: z in the in_proj row, output handed back by\n"
+          "                 the backward, states in and out, a reset at every row's start\n"
+          "  --cold         write 512 MB (untimed) before each timed call: nothing left in L2\n");
       return a == "--help" ? 0 : 2;
     }
   }
@@ -230,6 +245,10 @@ int main(int argc, char** argv) {
     CHECK_CUDA(cudaFree(sink));
   }
 
+  const int64_t flush_bytes = int64_t(512) << 20;
+  char* flush = cold ? Alloc<char>(flush_bytes) : nullptr;
+  std::function<void()> flush_l2;
+  if (cold) flush_l2 = [&] { CHECK_CUDA(cudaMemsetAsync(flush, 1, flush_bytes)); };
   if (shapes.empty()) {
     for (int64_t b : batches) {
       for (int64_t T : Ts) shapes.emplace_back(b, T);
@@ -241,12 +260,17 @@ int main(int argc, char** argv) {
     const int64_t n = batch * T * Di, nrow = batch * T * (R + 2 * S);
     auto* x = Alloc<__nv_bfloat16>(n);
     auto* delta = Alloc<__nv_bfloat16>(n);
-    auto* z = Alloc<__nv_bfloat16>(n);
+    // Trainer layout: z and dz are the second halves of (B, T, 2·Di) rows.
+    auto* z = Alloc<__nv_bfloat16>(trainer_io ? 2 * n : n);
     auto* out = Alloc<__nv_bfloat16>(n);
     auto* dout = Alloc<__nv_bfloat16>(n);
     auto* dx = Alloc<__nv_bfloat16>(n);
     auto* ddelta = Alloc<__nv_bfloat16>(n);
-    auto* dz = Alloc<__nv_bfloat16>(n);
+    auto* dz = Alloc<__nv_bfloat16>(trainer_io ? 2 * n : n);
+    auto* y = Alloc<__nv_bfloat16>(n);
+    const int64_t nstate = batch * Di * S;
+    float* states = Alloc<float>(4 * nstate);  // initial, final, their gradients
+    uint8_t* resets = Alloc<uint8_t>(batch * T);
     auto* xproj = Alloc<__nv_bfloat16>(nrow);
     auto* dxproj = Alloc<__nv_bfloat16>(nrow);
     float* A = Alloc<float>(Di * S);
@@ -261,7 +285,10 @@ int main(int argc, char** argv) {
     float* dcb = Alloc<float>(Di);
     FillBf16<<<1024, 256>>>(x, n, -1.f, 1.f, 1);
     FillBf16<<<1024, 256>>>(delta, n, -5.f, -1.f, 2);
-    FillBf16<<<1024, 256>>>(z, n, -2.f, 2.f, 3);
+    FillBf16<<<1024, 256>>>(z, trainer_io ? 2 * n : n, -2.f, 2.f, 3);
+    FillF32<<<256, 256>>>(states, 4 * nstate, -0.5f, 0.5f, 11);
+    CHECK_CUDA(cudaMemset(resets, 0, batch * T));
+    for (int64_t b = 0; b < batch; ++b) CHECK_CUDA(cudaMemset(resets + b * T, 1, 1));
     FillBf16<<<1024, 256>>>(dout, n, -1.f, 1.f, 4);
     FillBf16<<<1024, 256>>>(xproj, nrow, -1.f, 1.f, 5);
     FillF32<<<64, 256>>>(A, Di * S, -16.f, -1.f, 6);
@@ -291,6 +318,18 @@ int main(int argc, char** argv) {
     g.dB = dxproj + R; g.dB_strides = row;
     g.dC = dxproj + R + S; g.dC_strides = row;
     g.dD = dD; g.dz = dz; g.dz_strides = tok; g.ddelta_bias = dbias;
+    if (trainer_io) {
+      const rwr::scan::TokenStrides xz_row{T * 2 * Di, 2 * Di};
+      p.z = z + Di; p.z_strides = xz_row;
+      g.dz = dz + Di; g.dz_strides = xz_row;
+      g.out = y; g.out_strides = tok;
+      p.initial_state = states;
+      p.final_state = states + nstate;
+      g.dfinal_state = states + 2 * nstate;
+      g.dinitial_state = states + 3 * nstate;
+      p.resets = resets;
+      p.resets_batch_stride = T;
+    }
 
     const double tokens = double(batch) * T;
     // Minimum bytes: each input read once, each output written once.
@@ -308,11 +347,20 @@ int main(int argc, char** argv) {
       const int64_t ws_bytes = rwr::scan::WorkspaceBytes(p);
       void* ws = Alloc<char>(ws_bytes);
       p.workspace = ws;
-      const double fwd_ms = MedianMs([&] { CHECK_OK(rwr::scan::Forward(p, nullptr)); }, reps);
-      const double fb_ms = MedianMs([&] {
-        CHECK_OK(rwr::scan::Forward(p, nullptr));
-        CHECK_OK(rwr::scan::Backward(p, g, nullptr));
-      }, reps);
+      const double fwd_ms =
+          MedianMs([&] { CHECK_OK(rwr::scan::Forward(p, nullptr)); }, reps, flush_l2);
+      // Cold: the backward timed alone after a flush (the forward before it untimed), and
+      // forward + backward reported as the sum.
+      const double fb_ms =
+          cold ? fwd_ms + MedianMs([&] { CHECK_OK(rwr::scan::Backward(p, g, nullptr)); }, reps,
+                                   [&] {
+                                     CHECK_OK(rwr::scan::Forward(p, nullptr));
+                                     flush_l2();
+                                   })
+               : MedianMs([&] {
+                   CHECK_OK(rwr::scan::Forward(p, nullptr));
+                   CHECK_OK(rwr::scan::Backward(p, g, nullptr));
+                 }, reps);
       CHECK_CUDA(cudaFree(ws));
       Row r{variant == 1 ? "scan" : fmt::format("scan.v{}", variant), batch, T, chunks, chunks_bwd,
             fwd_ms * 1e3 / tokens, fb_ms * 1e3 / tokens,
@@ -351,12 +399,14 @@ int main(int argc, char** argv) {
                          cf / (copy_gbs * 1e9) * 1e6 / tokens,
                          (cf + cb_bytes) / (copy_gbs * 1e9) * 1e6 / tokens});
     }
-    for (void* ptr : std::initializer_list<void*>{x, delta, z, out, dout, dx, ddelta, dz, xproj, dxproj, A, D,
-                                                 bias, dA, dD, dbias, cw, cb, dcw, dcb}) {
+    for (void* ptr : std::initializer_list<void*>{x, delta, z, out, dout, dx, ddelta, dz, y, states,
+                                                 resets, xproj, dxproj, A, D, bias, dA, dD, dbias,
+                                                 cw, cb, dcw, dcb}) {
       CHECK_CUDA(cudaFree(ptr));
     }
   }
 
+  if (flush != nullptr) CHECK_CUDA(cudaFree(flush));
   std::printf("\n%-8s %2s %7s %6s | %10s %8s %9s | %10s %8s %9s | %8s\n", "op", "B", "T", "K",
               "fwd us/tok", "fwd GB/s", "fwd floor", "f+b us/tok", "f+b GB/s", "f+b floor",
               "bwd");
