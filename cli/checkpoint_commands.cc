@@ -1,5 +1,5 @@
 // `rwr checkpoint inspect DIR`: what a checkpoint holds (step, data position, model, optimizer,
-// tensors, metrics) and whether it is complete.
+// tensors, metrics) and whether it is complete: every file resume reads is there and whole.
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -12,6 +12,54 @@
 #include "trainer/model_config.h"
 
 namespace rwr::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+// trainer_state.json of a checkpoint, or what is wrong with it (naming the file).
+absl::StatusOr<trainer::TrainerState> ReadTrainerState(const fs::path& dir) {
+  const std::string path = (dir / "trainer_state.json").string();
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(fmt::format("{}: missing", path));
+  nlohmann::json json;
+  try {
+    in >> json;
+  } catch (const std::exception& e) {
+    return absl::DataLossError(fmt::format("{}: not valid JSON ({})", path, e.what()));
+  }
+  return trainer::TrainerState::FromJson(json, path);
+}
+
+// What is wrong with checkpoint `dir`, one line per problem, each naming its file (empty: nothing).
+// Its DONE marker (ResolveCheckpointDir found one) says the save finished, not that the files are
+// still whole (a copy cut short, a file deleted since). So every file
+// `rwr train` reads to resume is checked: config.json and trainer_state.json parse, and each
+// .safetensors file (weights, or the shards of their index; one optimizer file per rank) has a
+// header that parses and a size that matches the header's data extent. SafetensorsFile::Open
+// checks both from the header and maps the file without reading the tensors.
+std::vector<std::string> CheckpointProblems(const fs::path& dir) {
+  std::vector<std::string> problems;
+  auto note = [&problems](const absl::Status& status) {
+    if (!status.ok()) problems.emplace_back(status.message());
+  };
+  note(trainer::MambaConfig::FromJsonFile((dir / "config.json").string()).status());
+  auto state = ReadTrainerState(dir);
+  note(state.status());
+  note(storage::SafetensorsModel::Open(dir.string()).status());
+  // Without a readable trainer_state.json (already reported) rank 0's file is still checked.
+  const int world_size = state.ok() ? state->world_size : 1;
+  for (int rank = 0; rank < world_size; ++rank) {
+    const fs::path path = dir / fmt::format("optimizer_rank{:05d}.safetensors", rank);
+    const absl::Status opened = storage::SafetensorsFile::Open(path.string()).status();
+    if (!opened.ok()) {
+      note(opened);
+      break;  // one rank's file is enough to report (and a corrupt world_size stays one line)
+    }
+  }
+  return problems;
+}
+
+}  // namespace
 
 void RegisterCheckpointCommands(CLI::App& app) {
   CLI::App* group = app.add_subcommand("checkpoint", "Inspect training checkpoints");
@@ -26,12 +74,13 @@ void RegisterCheckpointCommands(CLI::App& app) {
   CLI::App* inspect = group->add_subcommand(
       "inspect",
       "Describe a checkpoint: DIR is a step_NNNNNNNN directory, a checkpoints/ directory or a run\n"
-      "directory (its newest complete checkpoint is shown, and every checkpoint is listed)");
+      "directory (its newest complete checkpoint is shown, and every checkpoint is listed).\n"
+      "Checks that every file resume reads is present and whole (safetensors headers and sizes);\n"
+      "a damaged checkpoint is an error naming the file");
   AddCommonOptions(inspect, &options->common);
   inspect->add_option("dir", options->dir, "Checkpoint, checkpoints or run directory")->required();
   inspect->add_flag("--tensors", options->tensors, "List every tensor with dtype and shape");
   SetAction(inspect, [options]() -> absl::Status {
-    namespace fs = std::filesystem;
     RWR_ASSIGN_OR_RETURN(Config config,
                          ResolveConfig(options->common, Config(), "checkpoint inspect"));
     for (const fs::path& d : {fs::path(options->dir), fs::path(options->dir) / "checkpoints"}) {
@@ -42,22 +91,25 @@ void RegisterCheckpointCommands(CLI::App& app) {
       }
     }
     RWR_ASSIGN_OR_RETURN(std::string dir, trainer::ResolveCheckpointDir(options->dir));
+    const std::vector<std::string> problems = CheckpointProblems(dir);
+    if (!problems.empty()) {
+      std::cout << "checkpoint  " << dir << " (DAMAGED: DONE present, files not whole)\n";
+      for (const auto& p : problems) std::cout << "  problem   " << p << "\n";
+      return absl::DataLossError(fmt::format(
+          "damaged checkpoint: {}{}", problems.front(),
+          problems.size() > 1 ? fmt::format(" (and {} more problems)", problems.size() - 1) : ""));
+    }
     RWR_ASSIGN_OR_RETURN(trainer::MambaConfig model, trainer::MambaConfig::FromJsonFile(
                                                          (fs::path(dir) / "config.json").string()));
-    std::ifstream in(fs::path(dir) / "trainer_state.json");
-    nlohmann::json state;
-    try {
-      in >> state;
-    } catch (const std::exception& e) {
-      return absl::DataLossError(fmt::format("{}/trainer_state.json: {}", dir, e.what()));
-    }
-    std::cout << "checkpoint  " << dir << " (complete: DONE present)\n";
-    std::cout << "step        " << state.value("step", 0) << "\n";
-    std::cout << "tokens seen " << state.value("tokens_seen", 0) << "\n";
-    std::cout << "world size  " << state.value("world_size", 1) << "\n";
-    std::cout << "data        " << state["data_position"].dump() << "\n";
+    RWR_ASSIGN_OR_RETURN(trainer::TrainerState state, ReadTrainerState(dir));
+    std::cout << "checkpoint  " << dir << " (complete: DONE present, every file whole)\n";
+    std::cout << "step        " << state.step << "\n";
+    std::cout << "tokens seen " << state.tokens_seen << "\n";
+    std::cout << "world size  " << state.world_size << "\n";
+    std::cout << "data        "
+              << (state.loader_position_json.empty() ? "null" : state.loader_position_json) << "\n";
     std::cout << "model       " << model.Summary() << "\n";
-    std::cout << "metrics     " << state["last_metrics"].dump() << "\n";
+    std::cout << "metrics     " << state.last_metrics.dump() << "\n";
     uint64_t bytes = 0;
     for (const auto& entry : fs::directory_iterator(dir)) {
       if (entry.is_regular_file()) bytes += entry.file_size();

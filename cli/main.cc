@@ -1,11 +1,16 @@
 // The one `rwr` binary: `rwr <group> <verb> [options]`. Each group lives in its own cli/*.cc and
 // registers itself below.
 #include <iostream>
+#include <string>
 
 #include "cli/command.h"
+#include "common/shutdown.h"
 #include "common/version.h"
 
 int main(int argc, char** argv) {
+  // Before anything else: a SIGTERM while the binary starts up (a Slurm job cancelled at once)
+  // must reach the commands' checks, not kill the process with a non-zero status.
+  rwr::InstallShutdownHandlers();
   CLI::App app("rwr: Recall-with-Reasoning distillation and training for Mamba language models.\n"
                "Run `rwr <group> --help` for a group's commands.",
                "rwr");
@@ -41,7 +46,17 @@ int main(int argc, char** argv) {
       std::cerr << "rwr: error: " << e.what() << "\n";
       return 1;
     }
-    std::cerr << "rwr: " << e.what() << " (see rwr --help)\n";
+    // Point at the help of the command the user was typing: the subcommands among its words.
+    std::string command = "rwr";
+    CLI::App* current = &app;
+    for (int i = 1; i < argc; ++i) {
+      const auto subs =
+          current->get_subcommands([&](CLI::App* sub) { return sub->check_name(argv[i]); });
+      if (subs.empty()) break;
+      command += std::string(" ") + argv[i];
+      current = subs.front();
+    }
+    std::cerr << "rwr: " << e.what() << " (see " << command << " --help)\n";
     return 2;
   }
   return 0;

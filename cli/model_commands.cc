@@ -5,6 +5,7 @@
 #include "cli/command.h"
 #include "common/status.h"
 #include "spdlog/spdlog.h"
+#include "trainer/export.h"
 #include "trainer/model_io.h"
 #include "trainer/train_loop.h"
 
@@ -18,6 +19,7 @@ void RegisterModelCommands(CLI::App& app) {
     std::string out;
     uint64_t seed = 0;
     std::string dtype = "fp32";
+    bool overwrite = false;
   };
   auto* options = NewFlags<Options>();
   CLI::App* init = group->add_subcommand(
@@ -25,7 +27,9 @@ void RegisterModelCommands(CLI::App& app) {
       "Write a randomly initialised model (config.json + model.safetensors, HF layout).\n"
       "The model comes from the config's model: section, e.g. --config configs/models/tiny.yaml");
   AddCommonOptions(init, &options->common);
-  init->add_option("--out", options->out, "Output directory (created)")->required();
+  init->add_option("--out", options->out, "Output directory (created; must be empty)")->required();
+  init->add_flag("--overwrite", options->overwrite,
+                 "Replace a non-empty --out entirely (none of its old files is kept)");
   init->add_option("--seed", options->seed, "Initialisation seed")->capture_default_str();
   init->add_option("--dtype", options->dtype, "fp32 or bf16")
       ->capture_default_str()
@@ -33,11 +37,17 @@ void RegisterModelCommands(CLI::App& app) {
   SetAction(init, [options]() -> absl::Status {
     RWR_ASSIGN_OR_RETURN(Config config, ResolveConfig(options->common, Config(), "model init"));
     RWR_ASSIGN_OR_RETURN(trainer::MambaConfig model, trainer::ModelConfigFromRunConfig(config));
+    // Before the initialisation, which takes seconds for the large configs.
+    RWR_RETURN_IF_ERROR(trainer::CheckOutputDir(options->out, options->overwrite));
     spdlog::info("model init: {}", model.Summary());
     const std::vector<float> params = trainer::InitParams(model, options->seed);
     trainer::SaveModelDirOptions save;
     save.dtype = options->dtype == "bf16" ? storage::DType::kBF16 : storage::DType::kF32;
-    RWR_RETURN_IF_ERROR(trainer::SaveModelDir(options->out, model, params, save));
+    // Whole or not at all, as `rwr export` writes: no half-written model, no stale file (an old
+    // shard index would win over the new model.safetensors) left beside the new weights.
+    RWR_RETURN_IF_ERROR(trainer::WriteWholeDirectory(
+        options->out, options->overwrite,
+        [&](const std::string& dir) { return trainer::SaveModelDir(dir, model, params, save); }));
     std::cout << "wrote " << options->out << " (" << model.Summary() << ")\n";
     return absl::OkStatus();
   });

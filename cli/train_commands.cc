@@ -21,7 +21,7 @@ void RegisterTrainCommands(CLI::App& app) {
       "command resumes from the newest complete checkpoint. Example:\n"
       "  rwr train --config configs/train_tiny.yaml --set data.dir=runs/data --set "
       "train.steps=200\n"
-      "Keys: see trainer/train_loop.h and docs/configuration.md. SIGTERM/SIGUSR1: checkpoint, exit "
+      "Keys: docs/training.md (an unknown key is an error). SIGTERM/SIGUSR1: checkpoint, exit "
       "0.");
   AddCommonOptions(train, options);
   SetAction(train, [options]() -> absl::Status {
@@ -29,11 +29,21 @@ void RegisterTrainCommands(CLI::App& app) {
                          ResolveConfig(*options, trainer::DefaultTrainConfig(), "train"));
     trainer::SingleRankCommunicator comm;
     RWR_ASSIGN_OR_RETURN(trainer::TrainResult result, trainer::Train(config, &comm));
+    if (result.nothing_to_do || result.final_step == result.start_step) {
+      std::cout << fmt::format("train: no step run{}; at step {}, checkpoint {}\n",
+                               result.nothing_to_do ? " (already at train.steps)" : "",
+                               result.final_step,
+                               result.last_checkpoint.empty() ? "none" : result.last_checkpoint);
+      return absl::OkStatus();
+    }
     std::cout << fmt::format(
-        "train: steps {} -> {}{}, loss {:.4f} -> {:.4f}{}, checkpoint {}\n", result.start_step,
-        result.final_step, result.interrupted ? " (stopped early, resumable)" : "",
-        result.first_loss, result.last_loss,
+        "train: steps {} -> {}{}, loss {:.4f} -> {:.4f}{}, {:.0f} s ({:.0f} tokens/s), "
+        "checkpoint {}\n",
+        result.start_step, result.final_step,
+        result.interrupted ? " (stopped early, resumable)" : "", result.first_loss,
+        result.last_loss,
         result.last_eval_loss >= 0 ? fmt::format(", eval loss {:.4f}", result.last_eval_loss) : "",
+        result.seconds, result.seconds > 0 ? result.tokens / result.seconds : 0.0,
         result.last_checkpoint);
     return absl::OkStatus();
   });

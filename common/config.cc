@@ -1,8 +1,8 @@
 #include "common/config.h"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
-
 
 namespace rwr {
 
@@ -119,6 +119,64 @@ YAML::Node Config::Find(std::string_view key) const {
 bool Config::Has(std::string_view key) const {
   const YAML::Node node = Find(key);
   return node.IsDefined() && !node.IsNull();
+}
+
+namespace {
+
+void CollectLeaves(const YAML::Node& node, const std::string& prefix,
+                   std::vector<std::string>* out) {
+  if (!node.IsMap()) {
+    if (!prefix.empty()) out->push_back(prefix);
+    return;
+  }
+  for (const auto& kv : node) {
+    const std::string key = kv.first.as<std::string>();
+    CollectLeaves(kv.second, prefix.empty() ? key : prefix + "." + key, out);
+  }
+}
+
+// Levenshtein distance, for "did you mean".
+size_t EditDistance(std::string_view a, std::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1])});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+}  // namespace
+
+std::vector<std::string> Config::LeafKeys() const {
+  std::vector<std::string> keys;
+  CollectLeaves(root_, "", &keys);
+  return keys;
+}
+
+absl::Status Config::CheckKeys(const std::function<bool(const std::string&)>& known,
+                               const std::vector<std::string>& candidates,
+                               std::string_view command) const {
+  for (const std::string& key : LeafKeys()) {
+    if (known(key)) continue;
+    std::string nearest;
+    size_t best = key.size() / 3 + 1;  // suggest only what is close
+    for (const std::string& c : candidates) {
+      if (const size_t d = EditDistance(key, c); d < best) {
+        best = d;
+        nearest = c;
+      }
+    }
+    return absl::InvalidArgumentError(
+        fmt::format("unknown config key '{}' for rwr {}{}", key, command,
+                    nearest.empty() ? "" : fmt::format(" (did you mean '{}'?)", nearest)));
+  }
+  return absl::OkStatus();
 }
 
 std::string Config::ToYaml() const {

@@ -3,6 +3,7 @@
 // same way — file, then overrides in order — and logs the result (ToYaml) at start.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <type_traits>
 #include <string_view>
@@ -39,6 +40,15 @@ class Config {
 
   std::string ToYaml() const;
   const YAML::Node& root() const { return root_; }
+
+  // Dotted keys of every value (non-mapping node), in document order: "train.lr", "model.x".
+  std::vector<std::string> LeafKeys() const;
+  // An error naming the first key `known` rejects, with the nearest key of `candidates` as a
+  // suggestion ("unknown config key 'train.stpes' (did you mean 'train.steps'?)"): a typo must
+  // not silently leave a default in place.
+  absl::Status CheckKeys(const std::function<bool(const std::string&)>& known,
+                         const std::vector<std::string>& candidates,
+                         std::string_view command) const;
 
  private:
   explicit Config(YAML::Node root) : root_(std::move(root)) {}

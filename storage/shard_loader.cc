@@ -82,6 +82,16 @@ absl::StatusOr<std::unique_ptr<ShardLoader>> ShardLoader::Open(const LoaderOptio
         "`rwr data build --seq-len {}` or train with seq_len >= {}",
         options.dir, m.seq_len, loader->options_.seq_len, loader->options_.seq_len, m.seq_len));
   }
+  // Packed rows hold at most the dataset's seq_len positions: a longer T would be padding only,
+  // computed and counted as tokens for nothing.
+  if (m.row_layout == RowLayout::kPacked &&
+      loader->options_.seq_len > static_cast<int64_t>(m.seq_len)) {
+    return absl::InvalidArgumentError(fmt::format(
+        "dataset {} was packed for seq_len {}, shorter than the requested {}: the rest of every "
+        "row would be padding; train with seq_len {} (or 0), or rebuild it with `rwr data build "
+        "--seq-len {}`",
+        options.dir, m.seq_len, loader->options_.seq_len, m.seq_len, loader->options_.seq_len));
+  }
   uint64_t first_row = 0;
   for (const ShardManifestEntry& entry : m.shards) {
     const std::string path = (std::filesystem::path(options.dir) / entry.file).string();

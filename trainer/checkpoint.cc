@@ -58,6 +58,8 @@ json TrainerState::ToJson() const {
   j["rng_state"] = std::to_string(rng_state);
   j["world_size"] = world_size;
   j["resolved_config"] = resolved_config_yaml;
+  if (!data_dir.empty()) j["data_dir"] = data_dir;
+  if (!tokenizer_sha256.empty()) j["tokenizer_sha256"] = tokenizer_sha256;
   j["last_metrics"] = last_metrics;
   return j;
 }
@@ -74,6 +76,8 @@ absl::StatusOr<TrainerState> TrainerState::FromJson(const json& j, const std::st
     s.rng_state = std::stoull(j.value("rng_state", std::string("0")));
     s.world_size = j.value("world_size", 1);
     s.resolved_config_yaml = j.value("resolved_config", std::string());
+    s.data_dir = j.value("data_dir", std::string());
+    s.tokenizer_sha256 = j.value("tokenizer_sha256", std::string());
     s.last_metrics = j.value("last_metrics", json::object());
   } catch (const std::exception& e) {
     return absl::DataLossError(fmt::format("{}: bad trainer state ({})", source, e.what()));

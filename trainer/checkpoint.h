@@ -28,6 +28,11 @@ struct TrainerState {
   uint64_t rng_state = 0;
   int world_size = 1;
   std::string resolved_config_yaml;
+  // data.dir as an absolute path: `rwr export` finds the tokenizer through it from any directory.
+  std::string data_dir;
+  // sha256 of the tokenizer the data was built with (its manifest's build.tokenizer.sha256; empty
+  // where the manifest has none): a resumed run must read data of the same tokenizer.
+  std::string tokenizer_sha256;
   nlohmann::json last_metrics = nlohmann::json::object();
 
   nlohmann::json ToJson() const;

@@ -143,6 +143,25 @@ absl::StatusOr<MambaConfig> MambaConfig::FromJson(const json& j, const std::stri
   return c;
 }
 
+const std::vector<std::string>& MambaConfig::KnownKeys() {
+  static const std::vector<std::string> keys = {
+      // Hugging Face MambaConfig (read by FromJson).
+      "hidden_size", "num_hidden_layers", "vocab_size", "state_size", "conv_kernel", "expand",
+      "intermediate_size", "time_step_rank", "layer_norm_epsilon", "use_bias", "use_conv_bias",
+      "residual_in_fp32", "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id",
+      "time_step_min", "time_step_max", "time_step_floor", "time_step_scale",
+      "time_step_init_scheme", "initializer_range", "rescale_prenorm_residual", "hidden_act",
+      "model_type",
+      // Informational HF keys (accepted, not used).
+      "architectures", "use_cache", "torch_dtype", "dtype", "transformers_version", "use_mambapy",
+      // Original state-spaces/mamba config.
+      "d_model", "n_layer", "pad_vocab_size_multiple", "tie_embeddings", "rms_norm",
+      "fused_add_norm", "ssm_cfg.layer", "ssm_cfg.d_state", "ssm_cfg.d_conv", "ssm_cfg.expand",
+      "ssm_cfg.dt_rank", "ssm_cfg.dt_min", "ssm_cfg.dt_max", "ssm_cfg.dt_init_floor",
+      "ssm_cfg.dt_scale", "ssm_cfg.dt_init", "ssm_cfg.conv_bias", "ssm_cfg.bias"};
+  return keys;
+}
+
 absl::StatusOr<MambaConfig> MambaConfig::FromJsonFile(const std::string& path) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(fmt::format("model config {}: cannot open", path));

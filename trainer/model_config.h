@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
@@ -44,6 +45,10 @@ struct MambaConfig {
   static absl::StatusOr<MambaConfig> FromJson(const nlohmann::json& json,
                                               const std::string& source);
   static absl::StatusOr<MambaConfig> FromJsonFile(const std::string& path);
+  // The keys a written-out model section may hold (dotted below ssm_cfg): what FromJson reads in
+  // either naming, plus the informational keys of HF config.json files. An inline `model:`
+  // section of a run config is checked against it; config.json files are not (HF adds keys).
+  static const std::vector<std::string>& KnownKeys();
   nlohmann::ordered_json ToHfJson() const;  // keys from RWR_METHOD.md, model_type "mamba"
   std::string Summary() const;  // "D 48, L 3, V 997, Di 96, S 16, R 3, W 4: 0.23M parameters"
 };

@@ -7,7 +7,10 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <set>
 
+#include "common/sha256.h"
 #include "common/shutdown.h"
 #include "common/status.h"
 #include "fmt/format.h"
@@ -135,6 +138,9 @@ absl::StatusOr<Settings> ReadSettings(const Config& c) {
   RWR_RETURN_IF_ERROR(positive(s.grad_accum, "train.grad_accum"));
   RWR_RETURN_IF_ERROR(positive(s.log_every, "train.log_every"));
   RWR_RETURN_IF_ERROR(positive(s.max_nonfinite, "train.max_nonfinite"));
+  if (s.threads < 0) {
+    return absl::InvalidArgumentError("config key 'train.threads' must be >= 0 (0: every core)");
+  }
   if (s.lr <= 0 || s.min_lr < 0 || s.min_lr > s.lr) {
     return absl::InvalidArgumentError(
         "config: need train.lr > 0 and 0 <= train.min_lr <= train.lr");
@@ -146,6 +152,145 @@ TokenBatch View(const storage::Batch& b) {
   return {b.batch_size,     b.seq_len,          b.tokens.data(),
           b.targets.data(), b.loss_mask.data(), b.reset.data()};
 }
+
+// The keys `rwr train` reads: a typo'd key would otherwise leave its default in place unnoticed.
+absl::Status CheckTrainKeys(const Config& config) {
+  std::vector<std::string> known = DefaultTrainConfig().LeafKeys();
+  for (const char* key : {"train.out_dir", "data.dir", "data.eval_dir", "data.seed", "data.shuffle",
+                          "model.config", "model.init_from"}) {
+    known.push_back(key);
+  }
+  for (const std::string& key : MambaConfig::KnownKeys()) known.push_back("model." + key);
+  const std::set<std::string> accepted(known.begin(), known.end());
+  return config.CheckKeys([&](const std::string& key) { return accepted.contains(key); }, known,
+                          "train");
+}
+
+// With model.init_from or model.config the model comes from that config.json. Inline model keys
+// (say from a shared run config) must agree with it: one that differs would show in the logged
+// config but not be used.
+absl::Status CheckInlineModelKeys(const Config& config, const MambaConfig& model,
+                                  const std::string& source) {
+  const json inline_keys = YamlToJson(config.root()["model"]);
+  const nlohmann::ordered_json used = model.ToHfJson();
+  for (const auto& [key, value] : inline_keys.items()) {
+    if (key == "init_from" || key == "config" || !used.contains(key)) continue;
+    const auto& want = used[key];
+    const bool same = value.is_number() && want.is_number()
+                          ? std::abs(value.get<double>() - want.get<double>()) <=
+                                1e-9 * std::max(1.0, std::abs(want.get<double>()))
+                          : value == want;
+    if (!same) {
+      return absl::InvalidArgumentError(fmt::format(
+          "model.{} is {} but the model comes from {}, which has {}: drop the inline model keys "
+          "or make them agree",
+          key, value.dump(), source, want.dump()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The sha256 of the tokenizer a dataset was built with (build.tokenizer.sha256), or "".
+std::string DataTokenizerSha(const storage::ShardManifest& manifest) {
+  const json build = json::parse(manifest.extra_json, nullptr, false);
+  if (build.is_discarded() || !build.is_object() || !build.contains("tokenizer") ||
+      !build["tokenizer"].is_object()) {
+    return "";
+  }
+  return build["tokenizer"].value("sha256", std::string());
+}
+
+absl::StatusOr<std::string> FileSha(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(fmt::format("cannot read {}", path.string()));
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return Sha256Hex(bytes);
+}
+
+// Settings a resumed run changes against the run it continues, as "key old -> new": a changed lr
+// or batch size can be meant, but should not go unnoticed.
+std::vector<std::string> ChangedSettings(const std::string& old_yaml, const Config& now) {
+  absl::StatusOr<Config> old = Config::Parse(old_yaml, "the checkpoint's config");
+  std::vector<std::string> changed;
+  if (!old.ok()) return changed;
+  for (const std::string& key : now.LeafKeys()) {
+    absl::StatusOr<std::string> before = old->Get<std::string>(key);
+    absl::StatusOr<std::string> after = now.Get<std::string>(key);
+    if (before.ok() && after.ok() && *before != *after) {
+      changed.push_back(fmt::format("{} {} -> {}", key, *before, *after));
+    }
+  }
+  return changed;
+}
+
+// The newest checkpoint in `dir` that loads. One that was completed but lost a file or was cut
+// short afterwards is skipped with a warning, so that a requeued job does not fail on it forever;
+// if none loads, that is an error (starting afresh would silently drop the run).
+struct Resumed {
+  std::string dir;
+  CheckpointData data;
+};
+absl::StatusOr<std::optional<Resumed>> LoadNewestCheckpoint(const std::string& dir, int rank) {
+  const std::vector<std::string> all = ListCheckpoints(dir);
+  std::string newest_error;
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    absl::StatusOr<CheckpointData> data = LoadCheckpoint(*it, rank);
+    if (data.ok()) return Resumed{*it, *std::move(data)};
+    if (newest_error.empty()) newest_error = std::string(data.status().message());
+    spdlog::warn("train: checkpoint {} cannot be read ({}); {}", *it,
+                 std::string(data.status().message()),
+                 std::next(it) != all.rend() ? "trying the one before" : "none left");
+  }
+  if (!all.empty()) {
+    return absl::DataLossError(
+        fmt::format("no checkpoint in {} can be read (the newest: {}); remove them or use another "
+                    "train.out_dir",
+                    dir, newest_error));
+  }
+  return std::optional<Resumed>();
+}
+
+// metrics.jsonl: one JSON line per step. A run starting at step N first drops the lines past N
+// (written after the last checkpoint by a run that was killed, a torn last line among them), so
+// that every step appears once.
+class MetricsLog {
+ public:
+  static absl::StatusOr<MetricsLog> Open(const fs::path& path, int64_t start_step) {
+    if (std::ifstream in(path); in) {
+      std::string kept, line;
+      int dropped = 0;
+      while (std::getline(in, line)) {
+        const json record = json::parse(line, nullptr, false);
+        const bool keep = record.is_object() && record.contains("step") &&
+                          record["step"].is_number_integer() &&
+                          record["step"].get<int64_t>() <= start_step;
+        if (keep) {
+          kept += line + "\n";
+        } else {
+          ++dropped;
+        }
+      }
+      if (dropped > 0) {
+        RWR_RETURN_IF_ERROR(storage::WriteFileAtomically(path.string(), kept));
+        spdlog::warn(
+            "train: dropped {} line(s) of {} past step {} (written after the last "
+            "checkpoint by a run that did not finish)",
+            dropped, path.string(), start_step);
+      }
+    }
+    MetricsLog log;
+    log.out_.open(path, std::ios::app);
+    if (!log.out_) return absl::UnavailableError(fmt::format("cannot write {}", path.string()));
+    return log;
+  }
+  void Append(const json& record) {
+    out_ << record.dump() << "\n";
+    out_.flush();
+  }
+
+ private:
+  std::ofstream out_;
+};
 
 #ifdef RWR_TRAINER_HAVE_CUDA
 // The GEMM algorithms the GPU model timed (trainer/gemm_choices.h), kept as
@@ -240,15 +385,23 @@ absl::StatusOr<MambaConfig> ModelConfigFromRunConfig(const Config& config) {
 }
 
 absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
+  RWR_RETURN_IF_ERROR(CheckTrainKeys(config));
   RWR_ASSIGN_OR_RETURN(Settings s, ReadSettings(config));
   SetCpuThreads(s.threads);
   RWR_ASSIGN_OR_RETURN(MambaConfig model_config, ModelConfigFromRunConfig(config));
+  std::string init_from;
+  if (config.Has("model.init_from")) {
+    RWR_ASSIGN_OR_RETURN(init_from, config.Get<std::string>("model.init_from"));
+  }
+  if (!init_from.empty() || config.Has("model.config")) {
+    std::string source = init_from;
+    if (source.empty()) {
+      RWR_ASSIGN_OR_RETURN(source, config.Get<std::string>("model.config"));
+    }
+    RWR_RETURN_IF_ERROR(CheckInlineModelKeys(config, model_config, source));
+  }
   const fs::path out_dir = s.out_dir;
   const std::string checkpoints_dir = (out_dir / "checkpoints").string();
-  std::error_code ec;
-  fs::create_directories(out_dir, ec);
-  if (ec)
-    return absl::UnavailableError(fmt::format("cannot create {}: {}", s.out_dir, ec.message()));
 
   MambaCpu model(model_config);
   const ParamLayout& layout = model.layout();
@@ -270,51 +423,104 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
         "tokenizer",
         s.data_dir, loader->manifest().vocab_size, model_config.vocab_size));
   }
+  const std::string tokenizer_sha = DataTokenizerSha(loader->manifest());
+  if (!s.eval_dir.empty()) {  // checked now, not at the first evaluation
+    storage::LoaderOptions eval_options = loader_options;
+    eval_options.dir = s.eval_dir;
+    RWR_RETURN_IF_ERROR(storage::ShardLoader::Open(eval_options).status());
+  }
+  if (!s.resume &&
+      (!ListCheckpoints(checkpoints_dir).empty() ||
+       (fs::exists(out_dir / "metrics.jsonl") && fs::file_size(out_dir / "metrics.jsonl") > 0))) {
+    return absl::FailedPreconditionError(fmt::format(
+        "train.out_dir {} already holds a run; train.resume=false starts a new one: give it a new "
+        "train.out_dir (or remove {})",
+        s.out_dir, s.out_dir));
+  }
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec)
+    return absl::UnavailableError(fmt::format("cannot create {}: {}", s.out_dir, ec.message()));
 
-  // Start: newest complete checkpoint, else init_from, else a fresh initialisation.
+  // Start: newest readable checkpoint, else init_from, else a fresh initialisation.
   std::vector<float> params;
   TrainerState state;
   state.world_size = comm->world_size();
   Rng rng(s.seed);
-  std::optional<std::string> resume_from;
-  if (s.resume) resume_from = LatestCheckpoint(checkpoints_dir);
-  if (resume_from) {
-    RWR_ASSIGN_OR_RETURN(CheckpointData ckpt, LoadCheckpoint(*resume_from, comm->rank()));
+  std::optional<Resumed> resumed;
+  if (s.resume) {
+    RWR_ASSIGN_OR_RETURN(resumed, LoadNewestCheckpoint(checkpoints_dir, comm->rank()));
+  }
+  if (resumed) {
+    CheckpointData& ckpt = resumed->data;
     if (ckpt.config.NumParameters() != model_config.NumParameters() ||
         ckpt.config.d_model != model_config.d_model ||
         ckpt.config.n_layer != model_config.n_layer) {
       return absl::FailedPreconditionError(fmt::format(
           "checkpoint {} holds a different model ({}) than the config ({}); use another "
-          "train.out_dir or set train.resume=false",
-          *resume_from, ckpt.config.Summary(), model_config.Summary()));
+          "train.out_dir",
+          resumed->dir, ckpt.config.Summary(), model_config.Summary()));
     }
     if (ckpt.state.world_size != comm->world_size() || ckpt.opt_begin != range.begin ||
         ckpt.opt_end != range.end) {
       return absl::FailedPreconditionError(fmt::format(
           "checkpoint {} was written by {} ranks, this run has {}: resharding the optimizer is not "
           "supported yet",
-          *resume_from, ckpt.state.world_size, comm->world_size()));
+          resumed->dir, ckpt.state.world_size, comm->world_size()));
+    }
+    if (!ckpt.state.tokenizer_sha256.empty() && !tokenizer_sha.empty() &&
+        ckpt.state.tokenizer_sha256 != tokenizer_sha) {
+      return absl::FailedPreconditionError(fmt::format(
+          "data {} was built with another tokenizer (sha256 {}) than the data this run trained on "
+          "({}): the model's embeddings would mean other tokens",
+          s.data_dir, tokenizer_sha.substr(0, 12), ckpt.state.tokenizer_sha256.substr(0, 12)));
+    }
+    if (const auto changed = ChangedSettings(ckpt.state.resolved_config_yaml, config);
+        !changed.empty()) {
+      spdlog::warn("train: resuming with changed settings: {}", fmt::join(changed, ", "));
     }
     params = std::move(ckpt.params);
     adamw.exp_avg() = std::move(ckpt.exp_avg);
     adamw.exp_avg_sq() = std::move(ckpt.exp_avg_sq);
     adamw.set_step(ckpt.opt_step);
     state = ckpt.state;
-    state.resolved_config_yaml = config.ToYaml();
     rng.set_state(state.rng_state);
     if (!state.loader_position_json.empty()) {
       RWR_ASSIGN_OR_RETURN(auto position,
                            storage::LoaderPosition::FromJson(state.loader_position_json));
       RWR_RETURN_IF_ERROR(loader->Restore(position));
     }
-    spdlog::info("train: resuming from {} (step {})", *resume_from, state.step);
-  } else if (config.Has("model.init_from")) {
-    RWR_ASSIGN_OR_RETURN(std::string dir, config.Get<std::string>("model.init_from"));
-    RWR_RETURN_IF_ERROR(LoadWeights(dir, model_config, &params));
-    spdlog::info("train: starting from weights in {}", dir);
+    spdlog::info("train: resuming from {} (step {})", resumed->dir, state.step);
+  } else if (!init_from.empty()) {
+    const fs::path tokenizer = fs::path(init_from) / "tokenizer.json";
+    if (fs::exists(tokenizer) && !tokenizer_sha.empty()) {
+      RWR_ASSIGN_OR_RETURN(std::string sha, FileSha(tokenizer));
+      if (sha != tokenizer_sha) {
+        return absl::FailedPreconditionError(fmt::format(
+            "{} is not the tokenizer data {} was built with (sha256 {} vs {}): the model's "
+            "embeddings would mean other tokens; rebuild the data with it",
+            tokenizer.string(), s.data_dir, sha.substr(0, 12), tokenizer_sha.substr(0, 12)));
+      }
+    }
+    RWR_RETURN_IF_ERROR(LoadWeights(init_from, model_config, &params));
+    spdlog::info("train: starting from weights in {}", init_from);
   } else {
     params = InitParams(model_config, s.seed);
     spdlog::info("train: starting from a fresh initialisation (seed {})", s.seed);
+  }
+  state.resolved_config_yaml = config.ToYaml();
+  state.data_dir = fs::absolute(s.data_dir).lexically_normal().string();
+  state.tokenizer_sha256 = tokenizer_sha;
+  TrainResult result;
+  result.start_step = result.final_step = state.step;
+  if (resumed) result.last_checkpoint = resumed->dir;
+  if (state.step >= s.steps) {  // rerun of a finished run: nothing to redo, nothing to rewrite
+    if (state.step > s.steps) {
+      spdlog::warn("train: train.steps {} is below the run's step {}", s.steps, state.step);
+    }
+    spdlog::info("train: {} is already at step {}: nothing to do", s.out_dir, state.step);
+    result.nothing_to_do = true;
+    return result;
   }
   RWR_RETURN_IF_ERROR(comm->Broadcast(params, 0));
 
@@ -337,7 +543,7 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
                                s.gemm == "fp32" ? GemmPrecision::kFp32 : GemmPrecision::kBf16));
     gemm_algos.LoadInto(*gpu);
     RWR_RETURN_IF_ERROR(gpu->UploadParams(params));
-    if (resume_from) {
+    if (resumed) {
       RWR_RETURN_IF_ERROR(gpu->UploadOptimizer(adamw.exp_avg(), adamw.exp_avg_sq(), adamw.step()));
     }
   }
@@ -349,7 +555,6 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
 #endif
   spdlog::info("train: running on {}",
                use_cuda ? fmt::format("CUDA ({} GEMMs)", s.gemm) : "the CPU");
-  state.resolved_config_yaml = config.ToYaml();
   {
     std::ofstream cfg(out_dir / "config.yaml");
     cfg << state.resolved_config_yaml << "\n";
@@ -358,18 +563,31 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
                model_config.Summary(), s.data_dir, loader->dataset_rows(), s.steps, s.batch_size,
                s.grad_accum, comm->world_size());
 
-  std::ofstream metrics(out_dir / "metrics.jsonl", std::ios::app);
+  std::optional<MetricsLog> metrics;
+  if (comm->rank() == 0) {
+    RWR_ASSIGN_OR_RETURN(metrics, MetricsLog::Open(out_dir / "metrics.jsonl", state.step));
+  }
   const LrSchedule schedule{s.lr, s.min_lr, s.warmup_steps, s.steps};
   std::vector<float> grads(layout.total());
   std::vector<storage::Batch> micro(s.grad_accum);
-  TrainResult result;
-  result.start_step = state.step;
   bool first = true;
   int64_t steps_this_run = 0;
-  auto window_start = std::chrono::steady_clock::now();
+  const auto run_start = std::chrono::steady_clock::now();
+  auto window_start = run_start;
   int64_t window_tokens = 0;
+  // The step of the newest checkpoint on disk: a stop right after a checkpoint, or a resumed run
+  // stopped before its first step, writes none again.
+  int64_t saved_step = resumed ? state.step : -1;
+  auto finish = [&](bool interrupted) {
+    result.interrupted = interrupted;
+    result.final_step = state.step;
+    result.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
+    return result;
+  };
 
   auto save = [&]() -> absl::Status {
+    if (saved_step == state.step) return absl::OkStatus();
 #ifdef RWR_TRAINER_HAVE_CUDA
     if (gpu) {
       RWR_RETURN_IF_ERROR(gpu->DownloadParams(params));
@@ -392,6 +610,7 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
       if (gpu) RWR_RETURN_IF_ERROR(gemm_algos.SaveNew(*gpu));  // shapes an eval timed, too
 #endif
     }
+    saved_step = state.step;
     return comm->Barrier();
   };
 
@@ -423,14 +642,14 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
   while (state.step < s.steps) {
     if (ShutdownRequested() ||
         (s.max_steps_this_run > 0 && steps_this_run >= s.max_steps_this_run)) {
-      spdlog::warn("train: {} at step {}; checkpointing and exiting",
+      spdlog::warn("train: {} at step {}; {}",
                    ShutdownRequested() ? fmt::format("signal {}", ShutdownSignal())
                                        : std::string("max_steps_this_run reached"),
-                   state.step);
-      RWR_RETURN_IF_ERROR(save());
-      result.interrupted = true;
-      result.final_step = state.step;
-      return result;
+                   state.step,
+                   steps_this_run == 0 ? "no step done, nothing to checkpoint; exiting"
+                                       : "checkpointing and exiting");
+      if (steps_this_run > 0) RWR_RETURN_IF_ERROR(save());
+      return finish(/*interrupted=*/true);
     }
     // Micro-batches first: the loss is normalised by the loss tokens of the whole global batch.
     std::vector<double> counts = {0};
@@ -506,6 +725,7 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
     ++steps_this_run;
     const int64_t step_tokens = positions * comm->world_size();
     state.tokens_seen += step_tokens;
+    result.tokens += step_tokens;
     window_tokens += step_tokens;
     if (first) result.first_loss = loss;
     first = false;
@@ -542,10 +762,7 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
       result.last_eval_loss = eval_loss;
     }
     state.last_metrics = record;
-    if (comm->rank() == 0) {
-      metrics << record.dump() << "\n";
-      metrics.flush();
-    }
+    if (metrics) metrics->Append(record);
     if (state.step % s.log_every == 0 || state.step == s.steps || state.step == 1) {
       spdlog::info(
           "step {}/{}  loss {:.4f}{}  lr {:.3e}  grad_norm {:.3f}  {:.0f} tok/s{}  peak {:.2f} GiB",
@@ -566,8 +783,7 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
     }
   }
   RWR_RETURN_IF_ERROR(save());
-  result.final_step = state.step;
-  return result;
+  return finish(/*interrupted=*/false);
 }
 
 }  // namespace rwr::trainer

@@ -14,6 +14,8 @@
 //   lr, min_lr, warmup_steps, weight_decay, beta1, beta2, eps, clip_norm, seed, threads,
 //   log_every, eval_every, eval_batches, checkpoint_every, keep_checkpoints, max_nonfinite,
 //   max_steps_this_run (stop, checkpoint and exit 0 after this many steps; 0: no limit), resume
+//   (false: start afresh, refused where train.out_dir already holds a run)
+// Any other key is an error (a typo would silently leave a default in place).
 #pragma once
 
 #include <string>
@@ -37,7 +39,10 @@ struct TrainResult {
   double last_loss = 0;
   double last_eval_loss = -1;
   std::string last_checkpoint;
-  bool interrupted = false;  // stopped by a signal or max_steps_this_run
+  bool interrupted = false;    // stopped by a signal or max_steps_this_run
+  bool nothing_to_do = false;  // the run was already at train.steps
+  double seconds = 0;          // this run's wall time (the loop, after loading)
+  int64_t tokens = 0;          // input positions this run processed (all ranks)
 };
 
 absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm);

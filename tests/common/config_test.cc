@@ -1,6 +1,7 @@
 // Config: parsing, deep merging, --set overrides and the errors users see for bad config.
 #include "common/config.h"
 
+#include <algorithm>
 #include <fstream>
 
 #include "gtest/gtest.h"
@@ -45,6 +46,29 @@ TEST(ConfigTest, SetRejectsMalformedAssignments) {
   absl::Status into_scalar = config.Set("train.lr.x=3");
   EXPECT_EQ(into_scalar.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(into_scalar.message().find("not a section"), std::string::npos) << into_scalar;
+}
+
+TEST(ConfigTest, LeafKeysAndUnknownKeysWithASuggestion) {
+  auto config = Config::Parse("train: {lr: 0.1, stpes: 3}\ndata: {sizes: [1, 2]}\n", "c.yaml");
+  ASSERT_TRUE(config.ok());
+  EXPECT_EQ(config->LeafKeys(),
+            (std::vector<std::string>{"train.lr", "train.stpes", "data.sizes"}));
+  const std::vector<std::string> known = {"train.lr", "train.steps", "data.sizes"};
+  auto accept = [&](const std::string& key) {
+    return std::find(known.begin(), known.end(), key) != known.end();
+  };
+  absl::Status status = config->CheckKeys(accept, known, "train");
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(),
+            "unknown config key 'train.stpes' for rwr train (did you mean 'train.steps'?)");
+  // Nothing close: no suggestion.
+  auto far = Config::Parse("zzz: 1\n", "c.yaml");
+  EXPECT_EQ(far->CheckKeys(accept, known, "train").message(),
+            "unknown config key 'zzz' for rwr train");
+  ASSERT_TRUE(config->Set("train.stpes=null").ok());  // still a key: still unknown
+  EXPECT_FALSE(config->CheckKeys(accept, known, "train").ok());
+  auto good = Config::Parse("train: {lr: 0.1, steps: 3}\n", "c.yaml");
+  EXPECT_TRUE(good->CheckKeys(accept, known, "train").ok());
 }
 
 TEST(ConfigTest, WrongTypeAndMissingKeyNameTheKey) {

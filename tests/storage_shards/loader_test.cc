@@ -239,17 +239,20 @@ TEST(ShardLoader, DamagedShardFailsOpenNamingTheFile) {
   EXPECT_FALSE(ShardLoader::Open({.dir = dir + "/none"}).ok());
 }
 
-TEST(ShardLoader, PackedDatasetNeedsItsSeqLenOrMore) {
+// A packed dataset is read at its own seq_len: shorter would cut rows, longer would only pad.
+TEST(ShardLoader, PackedDatasetNeedsItsOwnSeqLen) {
   const std::string dir = MakeDataset("seqlen", 4, 1, /*seq_len=*/8);
   auto shorter = ShardLoader::Open({.dir = dir, .seq_len = 4});
   ASSERT_FALSE(shorter.ok());
   EXPECT_THAT(std::string(shorter.status().message()), HasSubstr("--seq-len 4"));
   auto longer = ShardLoader::Open({.dir = dir, .seq_len = 16});
-  ASSERT_TRUE(longer.ok());
+  ASSERT_FALSE(longer.ok());
+  EXPECT_THAT(std::string(longer.status().message()), HasSubstr("padding"));
+  auto same = ShardLoader::Open({.dir = dir, .seq_len = 8});
+  ASSERT_TRUE(same.ok());
   Batch batch;
-  ASSERT_TRUE((*longer)->Next(&batch).ok());
-  EXPECT_EQ(batch.seq_len, 16);
-  EXPECT_EQ(batch.lengths[0], 5);
+  ASSERT_TRUE((*same)->Next(&batch).ok());
+  EXPECT_EQ(batch.seq_len, 8);
 }
 
 TEST(ShardLoader, TooFewRowsForOneStepIsAnError) {

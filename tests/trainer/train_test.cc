@@ -1,6 +1,8 @@
 // rwr train end to end in-process on a tiny model and a tiny shard dataset: the loss falls;
 // resume after an interruption is bit-exact; incomplete checkpoints are never picked up; a
-// shutdown signal checkpoints and stops; non-finite steps are skipped then abort; export reads
+// shutdown signal stops (checkpointing what was done); the run directory's rules (unknown keys,
+// resume=false, metrics past the checkpoint, damaged checkpoints, finished runs, the data's
+// tokenizer, init_from); non-finite steps are skipped then abort; export reads
 // back (also with the PyPI safetensors library).
 #include <gtest/gtest.h>
 
@@ -10,6 +12,7 @@
 #include <fstream>
 #include <map>
 
+#include "common/sha256.h"
 #include "common/shutdown.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
@@ -165,7 +168,9 @@ TEST(Train, IncompleteCheckpointsAreNeverPickedUp) {
   EXPECT_FALSE(fs::exists(ckpts + "/step_00000099.tmp"));  // cleaned by the next save
 }
 
-TEST(Train, ShutdownSignalCheckpointsAndStops) {
+// A signal before the first step stops at once: nothing new to checkpoint (a 2.8B checkpoint of
+// the starting weights would cost minutes of a job that was just cancelled).
+TEST(Train, ShutdownSignalBeforeTheFirstStepStopsWithoutACheckpoint) {
   const std::string data = MakeDataset("signal", 20, 4);
   const std::string out = TempDir("signal_out");
   SingleRankCommunicator comm;
@@ -175,7 +180,8 @@ TEST(Train, ShutdownSignalCheckpointsAndStops) {
   ResetShutdownForTesting();
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_TRUE(result->interrupted);
-  EXPECT_TRUE(fs::exists(out + "/checkpoints/step_00000000/DONE"));
+  EXPECT_EQ(result->final_step, 0);
+  EXPECT_TRUE(ListCheckpoints(out + "/checkpoints").empty());
 }
 
 TEST(Train, NonFiniteStepsAreSkippedThenAbort) {
@@ -199,6 +205,154 @@ TEST(Train, BadConfigIsAClearError) {
   auto small_vocab = Train(MakeConfig(data, TempDir("bad2"), {"model.vocab_size=10"}), &comm);
   EXPECT_EQ(small_vocab.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(small_vocab.status().message()).find("vocab"), std::string::npos);
+}
+
+// Every step's line of metrics.jsonl, in file order.
+std::vector<int64_t> MetricSteps(const std::string& out) {
+  std::vector<int64_t> steps;
+  std::ifstream in(out + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line))
+    steps.push_back(nlohmann::json::parse(line)["step"].get<int64_t>());
+  return steps;
+}
+
+std::vector<int64_t> Range(int64_t first, int64_t last) {
+  std::vector<int64_t> v;
+  for (int64_t i = first; i <= last; ++i) v.push_back(i);
+  return v;
+}
+
+// The dataset's manifest says which tokenizer built it (as `rwr data build` records it).
+void SetDataTokenizer(const std::string& data, const std::string& sha) {
+  auto manifest = storage::ShardManifest::Load(data);
+  ASSERT_TRUE(manifest.ok()) << manifest.status();
+  manifest->extra_json = nlohmann::json({{"tokenizer", {{"sha256", sha}}}}).dump();
+  ASSERT_TRUE(manifest->Save(data).ok());
+}
+
+TEST(Train, UnknownKeysAreErrorsWithASuggestion) {
+  const std::string data = MakeDataset("keys", 8, 8);
+  SingleRankCommunicator comm;
+  for (const auto& [set, suggestion] :
+       std::vector<std::pair<std::string, std::string>>{{"train.stpes=3", "train.steps"},
+                                                        {"trian.steps=3", "train.steps"},
+                                                        {"model.state_szie=4", "model.state_size"},
+                                                        {"data.shufle=false", "data.shuffle"}}) {
+    auto result = Train(MakeConfig(data, TempDir("keys_out"), {set}), &comm);
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << set;
+    EXPECT_NE(std::string(result.status().message()).find("did you mean '" + suggestion + "'"),
+              std::string::npos)
+        << result.status();
+  }
+}
+
+TEST(Train, ResumeFalseRefusesADirectoryThatHoldsARun) {
+  const std::string data = MakeDataset("fresh", 20, 9);
+  const std::string out = TempDir("fresh_out");
+  SingleRankCommunicator comm;
+  ASSERT_TRUE(Train(MakeConfig(data, out, {"train.steps=3"}), &comm).ok());
+  auto again = Train(MakeConfig(data, out, {"train.steps=3", "train.resume=false"}), &comm);
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition) << again.status();
+  EXPECT_EQ(MetricSteps(out), Range(1, 3));  // the run is untouched
+  EXPECT_TRUE(Train(MakeConfig(data, TempDir("fresh_new"), {"train.resume=false"}), &comm).ok());
+}
+
+// A run killed after its checkpoint at step 6 had logged steps 7 and 8 (and half a line): the
+// rerun drops them before it logs them again, so every step appears once.
+TEST(Train, MetricsPastTheCheckpointAreDroppedOnResume) {
+  const std::string data = MakeDataset("metrics", 20, 10);
+  const std::string out = TempDir("metrics_out");
+  SingleRankCommunicator comm;
+  ASSERT_TRUE(Train(MakeConfig(data, out), &comm).ok());  // checkpoints 3, 6, 8
+  fs::remove_all(out + "/checkpoints/step_00000008");
+  std::ofstream(out + "/metrics.jsonl", std::ios::app) << "{\"step\": 9, \"lo";
+  auto resumed = Train(MakeConfig(data, out), &comm);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->start_step, 6);
+  EXPECT_EQ(MetricSteps(out), Range(1, 8));
+}
+
+// A checkpoint completed and then damaged (a file cut short) is passed over for the one before;
+// when none can be read the run stops with an error instead of starting afresh.
+TEST(Train, ADamagedNewestCheckpointFallsBackToTheOneBefore) {
+  const std::string data = MakeDataset("damaged", 20, 11);
+  const std::string out = TempDir("damaged_out");
+  SingleRankCommunicator comm;
+  ASSERT_TRUE(Train(MakeConfig(data, out), &comm).ok());  // checkpoints 3, 6, 8
+  const std::string ckpts = out + "/checkpoints/";
+  fs::resize_file(ckpts + "step_00000008/model.safetensors", 100);
+  auto resumed = Train(MakeConfig(data, out), &comm);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->start_step, 6);
+  EXPECT_EQ(resumed->final_step, 8);
+  for (const char* step : {"step_00000003", "step_00000006", "step_00000008"}) {
+    fs::remove(ckpts + step + "/optimizer_rank00000.safetensors");
+  }
+  auto none = Train(MakeConfig(data, out, {"train.steps=9"}), &comm);
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kDataLoss) << none.status();
+}
+
+TEST(Train, AFinishedRunHasNothingToDo) {
+  const std::string data = MakeDataset("finished", 20, 12);
+  const std::string out = TempDir("finished_out");
+  SingleRankCommunicator comm;
+  ASSERT_TRUE(Train(MakeConfig(data, out), &comm).ok());
+  const std::string weights = out + "/checkpoints/step_00000008/model.safetensors";
+  const auto written = fs::last_write_time(weights);
+  for (const char* steps : {"train.steps=8", "train.steps=5"}) {
+    auto again = Train(MakeConfig(data, out, {steps}), &comm);
+    ASSERT_TRUE(again.ok()) << again.status();
+    EXPECT_TRUE(again->nothing_to_do);
+    EXPECT_EQ(again->final_step, 8);
+  }
+  EXPECT_EQ(fs::last_write_time(weights), written);  // not rewritten
+  EXPECT_EQ(MetricSteps(out), Range(1, 8));
+}
+
+// The checkpoint records data.dir as an absolute path (export finds the tokenizer through it from
+// any directory) and the data's tokenizer: resuming on data of another tokenizer is an error.
+TEST(Train, ResumeNeedsDataOfTheSameTokenizer) {
+  const std::string data = MakeDataset("tok_a", 20, 13);
+  const std::string other = MakeDataset("tok_b", 20, 13);
+  SetDataTokenizer(data, std::string(64, 'a'));
+  SetDataTokenizer(other, std::string(64, 'b'));
+  const std::string out = TempDir("tok_out");
+  SingleRankCommunicator comm;
+  ASSERT_TRUE(Train(MakeConfig(data, out, {"train.steps=3"}), &comm).ok());
+  const auto state =
+      nlohmann::json::parse(ReadAll(out + "/checkpoints/step_00000003/trainer_state.json"));
+  EXPECT_EQ(state["data_dir"], fs::absolute(data).lexically_normal().string());
+  EXPECT_EQ(state["tokenizer_sha256"], std::string(64, 'a'));
+  auto switched = Train(MakeConfig(other, out, {"train.steps=6"}), &comm);
+  EXPECT_EQ(switched.status().code(), absl::StatusCode::kFailedPrecondition) << switched.status();
+  EXPECT_TRUE(Train(MakeConfig(data, out, {"train.steps=6"}), &comm).ok());
+}
+
+// model.init_from: inline model keys must agree with the directory's config.json, and a
+// tokenizer.json there must be the one the data was built with.
+TEST(Train, InitFromChecksTheModelKeysAndTheTokenizer) {
+  const std::string data = MakeDataset("init", 20, 14);
+  SetDataTokenizer(data, Sha256Hex("tokenizer of the data"));
+  const std::string base = TempDir("init_base");
+  SingleRankCommunicator comm;
+  ASSERT_TRUE(Train(MakeConfig(data, base, {"train.steps=2"}), &comm).ok());
+  const std::string model_dir = base + "/checkpoints/step_00000002";  // a loadable model
+  auto agree = Train(MakeConfig(data, TempDir("init_ok"), {"model.init_from=" + model_dir}), &comm);
+  ASSERT_TRUE(agree.ok()) << agree.status();
+  auto differ = Train(MakeConfig(data, TempDir("init_differ"),
+                                 {"model.init_from=" + model_dir, "model.hidden_size=32"}),
+                      &comm);
+  EXPECT_EQ(differ.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(differ.status().message()).find("model.hidden_size"), std::string::npos)
+      << differ.status();
+  std::ofstream(model_dir + "/tokenizer.json") << "another tokenizer";
+  auto other =
+      Train(MakeConfig(data, TempDir("init_tok"), {"model.init_from=" + model_dir}), &comm);
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kFailedPrecondition) << other.status();
+  std::ofstream(model_dir + "/tokenizer.json") << "tokenizer of the data";
+  EXPECT_TRUE(
+      Train(MakeConfig(data, TempDir("init_same"), {"model.init_from=" + model_dir}), &comm).ok());
 }
 
 TEST(Export, Fp32Bf16AndShardedExportsReadBackWithPypiSafetensors) {

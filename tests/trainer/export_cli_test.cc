@@ -1,0 +1,242 @@
+// `rwr export`, `rwr model init` and `rwr checkpoint inspect` as a user runs them (the real binary
+// in a subprocess) on a checkpoint saved in-process: an output directory is written whole or not
+// at all and never mixed with old files; inputs are checked before anything is written; the
+// tokenizer is found through the run's recorded data dir from any working directory, and a missing
+// one is an error; inspect reports a checkpoint whose files are missing or cut short.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+
+#include "fmt/format.h"
+#include "tests/support/run_rwr.h"
+#include "trainer/checkpoint.h"
+#include "trainer/model_io.h"
+#include "trainer/train_loop.h"
+
+namespace rwr::trainer {
+namespace {
+
+namespace fs = std::filesystem;
+using rwr::testing::CommandResult;
+using rwr::testing::RunRwr;
+using rwr::testing::RunShell;
+const std::string kSource = RWR_SOURCE_DIR;
+
+std::string TempDir(const std::string& name) {
+  fs::path dir = fs::temp_directory_path() / fmt::format("rwr_export_cli_{}_{}", name, ::getpid());
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir.string();
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+void WriteText(const std::string& path, const std::string& text) {
+  std::ofstream out(path);
+  out << text;
+}
+
+std::vector<std::string> Listing(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    names.push_back(entry.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// Entries of `dir`'s parent whose name starts with `dir`'s name and a dot (OUT.tmp-<pid>, ...).
+std::vector<std::string> Leftovers(const std::string& dir) {
+  std::vector<std::string> found;
+  const std::string prefix = fs::path(dir).filename().string() + ".";
+  for (const auto& entry : fs::directory_iterator(fs::path(dir).parent_path())) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(prefix, 0) == 0) found.push_back(name);
+  }
+  return found;
+}
+
+int Lines(const std::string& text) { return std::count(text.begin(), text.end(), '\n'); }
+
+// A checkpoint of the tiny model as `rwr train` saves it, under RUN/checkpoints/step_00000001.
+// The resolved config's data.dir is relative (as a user types it), `data_dir` the absolute path
+// the trainer records (empty: a checkpoint from before that key).
+std::string SaveTinyCheckpoint(const std::string& run, const std::string& data_dir) {
+  auto config = Config::LoadFile(kSource + "/configs/models/tiny.yaml");
+  EXPECT_TRUE(config.ok()) << config.status();
+  auto model = ModelConfigFromRunConfig(*config);
+  EXPECT_TRUE(model.ok()) << model.status();
+  CheckpointData data;
+  data.config = *model;
+  data.params = InitParams(*model, 1);
+  data.opt_end = static_cast<int64_t>(data.params.size());
+  data.exp_avg.assign(data.params.size(), 0.f);
+  data.exp_avg_sq.assign(data.params.size(), 0.f);
+  data.state.step = 1;
+  data.state.resolved_config_yaml = "data:\n  dir: data\n";
+  data.state.data_dir = data_dir;
+  auto saved = SaveCheckpoint(run + "/checkpoints", data);
+  EXPECT_TRUE(saved.ok()) << saved.status();
+  return saved.ok() ? *saved : "";
+}
+
+// --log-level error: what is left of the output is the result or the one error line.
+CommandResult Export(const std::string& args) { return RunRwr("export --log-level error " + args); }
+
+TEST(ExportCli, ANonEmptyOutIsRefusedUnlessOverwriteWhichReplacesItEntirely) {
+  const std::string run = TempDir("foreign_run");
+  SaveTinyCheckpoint(run, "");
+  const std::string out = TempDir("foreign_out");
+  WriteText(out + "/notes.txt", "someone else's file\n");
+
+  CommandResult refused = Export(fmt::format("--checkpoint {} --out {} --no-tokenizer", run, out));
+  EXPECT_EQ(refused.exit_code, 1) << refused.output;
+  EXPECT_EQ(Lines(refused.output), 1) << refused.output;
+  EXPECT_NE(refused.output.find("--overwrite"), std::string::npos) << refused.output;
+  EXPECT_EQ(Listing(out), std::vector<std::string>{"notes.txt"});
+
+  CommandResult replaced =
+      Export(fmt::format("--checkpoint {} --out {} --no-tokenizer --overwrite", run, out));
+  ASSERT_EQ(replaced.exit_code, 0) << replaced.output;
+  EXPECT_EQ(replaced.output.find("notes.txt"), std::string::npos) << replaced.output;
+  EXPECT_EQ(Listing(out), (std::vector<std::string>{"config.json", "model.safetensors"}));
+  EXPECT_TRUE(Leftovers(out).empty());
+}
+
+TEST(ExportCli, ReexportWithShardsLeavesNoStaleSingleFile) {
+  const std::string run = TempDir("reshard_run");
+  SaveTinyCheckpoint(run, "");
+  const std::string out = TempDir("reshard_out");
+  ASSERT_EQ(Export(fmt::format("--checkpoint {} --out {} --no-tokenizer", run, out)).exit_code, 0);
+  ASSERT_TRUE(fs::exists(out + "/model.safetensors"));
+
+  // 0.0005 GiB ≈ 0.5 MiB: the tiny model's 1 MiB of bf16 weights become several shards.
+  CommandResult sharded = Export(fmt::format(
+      "--checkpoint {} --out {} --no-tokenizer --overwrite --max-shard-gib 0.0005", run, out));
+  ASSERT_EQ(sharded.exit_code, 0) << sharded.output;
+  EXPECT_TRUE(fs::exists(out + "/model.safetensors.index.json"));
+  EXPECT_FALSE(fs::exists(out + "/model.safetensors")) << "a stale file HF would load instead";
+  auto loaded = LoadModelDir(out);
+  EXPECT_TRUE(loaded.ok()) << loaded.status();
+}
+
+TEST(ExportCli, AFailedExportLeavesNoOutDirectory) {
+  const std::string run = TempDir("failed_run");
+  SaveTinyCheckpoint(run, "");
+  const std::string out = TempDir("failed_out") + "/export";
+
+  CommandResult bad_tokenizer =
+      Export(fmt::format("--checkpoint {} --out {} --tokenizer nope.json", run, out));
+  EXPECT_EQ(bad_tokenizer.exit_code, 1);
+  EXPECT_EQ(Lines(bad_tokenizer.output), 1) << bad_tokenizer.output;
+  EXPECT_NE(bad_tokenizer.output.find("nope.json"), std::string::npos) << bad_tokenizer.output;
+  EXPECT_FALSE(fs::exists(out));
+
+  fs::resize_file(run + "/checkpoints/step_00000001/model.safetensors", 100);
+  CommandResult bad_checkpoint =
+      Export(fmt::format("--checkpoint {} --out {} --no-tokenizer", run, out));
+  EXPECT_EQ(bad_checkpoint.exit_code, 1);
+  EXPECT_NE(bad_checkpoint.output.find("model.safetensors"), std::string::npos)
+      << bad_checkpoint.output;
+  EXPECT_FALSE(fs::exists(out));
+  EXPECT_TRUE(Leftovers(out).empty());
+}
+
+TEST(ExportCli, MaxShardGibMustBePositive) {
+  const std::string run = TempDir("shardsize_run");
+  SaveTinyCheckpoint(run, "");
+  const std::string out = TempDir("shardsize_out") + "/export";
+  for (const char* size : {"0", "-1"}) {
+    CommandResult r = Export(
+        fmt::format("--checkpoint {} --out {} --no-tokenizer --max-shard-gib {}", run, out, size));
+    EXPECT_EQ(r.exit_code, 1) << size << ": " << r.output;
+    EXPECT_EQ(Lines(r.output), 1) << r.output;
+    EXPECT_NE(r.output.find("--max-shard-gib"), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(out));
+  }
+}
+
+TEST(ExportCli, FindsTheTokenizerThroughTheRecordedDataDirFromAnotherDirectory) {
+  const std::string data = TempDir("tokenizer_data");
+  WriteText(data + "/tokenizer.json", "{\"model\": {\"type\": \"BPE\"}}\n");
+  const std::string run = TempDir("tokenizer_run");
+  SaveTinyCheckpoint(run, data);  // the config's data.dir ("data") means nothing in cwd
+  const std::string out = TempDir("tokenizer_out") + "/export";
+
+  CommandResult r =
+      RunShell(fmt::format("cd {} && '{}' export --log-level error --checkpoint {} "
+                           "--out {} 2>&1",
+                           TempDir("elsewhere"), RWR_BINARY, run, out));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(ReadAll(out + "/tokenizer.json"), ReadAll(data + "/tokenizer.json"));
+}
+
+TEST(ExportCli, NoTokenizerFoundIsAnErrorUnlessNoTokenizerIsGiven) {
+  const std::string run = TempDir("notok_run");
+  SaveTinyCheckpoint(run, "");  // an older checkpoint: no data_dir, and data.dir doesn't exist
+  const std::string out = TempDir("notok_out") + "/export";
+
+  CommandResult missing = Export(fmt::format("--checkpoint {} --out {}", run, out));
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_EQ(Lines(missing.output), 1) << missing.output;
+  EXPECT_NE(missing.output.find("--tokenizer FILE"), std::string::npos) << missing.output;
+  EXPECT_NE(missing.output.find("--no-tokenizer"), std::string::npos) << missing.output;
+  EXPECT_FALSE(fs::exists(out));
+
+  CommandResult weights_only =
+      Export(fmt::format("--checkpoint {} --out {} --no-tokenizer", run, out));
+  ASSERT_EQ(weights_only.exit_code, 0) << weights_only.output;
+  EXPECT_EQ(Listing(out), (std::vector<std::string>{"config.json", "model.safetensors"}));
+}
+
+TEST(ModelInitCli, ANonEmptyOutIsRefusedUnlessOverwrite) {
+  const std::string out = TempDir("init_out");
+  WriteText(out + "/model.safetensors.index.json", "{\"weight_map\": {}}\n");
+  const std::string init = fmt::format(
+      "model init --config {}/configs/models/tiny.yaml --out {} --log-level error", kSource, out);
+
+  CommandResult refused = RunRwr(init);
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_EQ(Lines(refused.output), 1) << refused.output;
+  EXPECT_NE(refused.output.find("--overwrite"), std::string::npos) << refused.output;
+  EXPECT_EQ(Listing(out), std::vector<std::string>{"model.safetensors.index.json"});
+
+  CommandResult replaced = RunRwr(init + " --overwrite");
+  ASSERT_EQ(replaced.exit_code, 0) << replaced.output;
+  // The stale index would have won over the new model.safetensors.
+  EXPECT_EQ(Listing(out), (std::vector<std::string>{"config.json", "model.safetensors"}));
+  auto loaded = LoadModelDir(out);
+  EXPECT_TRUE(loaded.ok()) << loaded.status();
+}
+
+TEST(CheckpointInspectCli, MissingOrTruncatedFilesAreAnErrorNamingTheFile) {
+  const std::string run = TempDir("inspect_run");
+  const std::string ckpt = SaveTinyCheckpoint(run, "");
+  CommandResult whole = RunRwr("checkpoint inspect " + ckpt);
+  ASSERT_EQ(whole.exit_code, 0) << whole.output;
+  EXPECT_NE(whole.output.find("every file whole"), std::string::npos) << whole.output;
+
+  const std::string optimizer = ckpt + "/optimizer_rank00000.safetensors";
+  fs::resize_file(optimizer, fs::file_size(optimizer) - 4);
+  CommandResult truncated = RunRwr("checkpoint inspect " + run);
+  EXPECT_EQ(truncated.exit_code, 1) << truncated.output;
+  EXPECT_NE(truncated.output.find("DAMAGED"), std::string::npos) << truncated.output;
+  EXPECT_NE(truncated.output.find("rwr: error: damaged checkpoint: safetensors " + optimizer),
+            std::string::npos)
+      << truncated.output;
+
+  fs::remove(ckpt + "/model.safetensors");
+  CommandResult missing = RunRwr("checkpoint inspect " + ckpt);
+  EXPECT_EQ(missing.exit_code, 1) << missing.output;
+  EXPECT_NE(missing.output.find("model.safetensors"), std::string::npos) << missing.output;
+  EXPECT_NE(missing.output.find("(and 1 more problems)"), std::string::npos) << missing.output;
+}
+
+}  // namespace
+}  // namespace rwr::trainer
