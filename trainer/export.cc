@@ -1,9 +1,12 @@
 // Checkpoint → Hugging Face layout; see export.h.
 #include "trainer/export.h"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <filesystem>
 #include <fstream>
 
@@ -168,6 +171,25 @@ absl::Status MoveIntoPlace(const fs::path& tmp, const fs::path& out) {
   return absl::OkStatus();
 }
 
+// OUT.tmp-<pid> and OUT.old-<pid> siblings of processes that are gone: a write killed midway
+// (kill -9, a node lost) leaves one behind, which nothing else would ever remove.
+void RemoveLeftovers(const fs::path& target) {
+  std::error_code ec;
+  const std::string stem = target.filename().string();
+  for (const auto& entry : fs::directory_iterator(target.parent_path(), ec)) {
+    const std::string name = entry.path().filename().string();
+    for (const std::string prefix : {stem + ".tmp-", stem + ".old-"}) {
+      if (!name.starts_with(prefix)) continue;
+      const std::string pid = name.substr(prefix.size());
+      if (pid.empty() || !std::all_of(pid.begin(), pid.end(), ::isdigit)) continue;
+      const pid_t owner = static_cast<pid_t>(std::stoll(pid));
+      if (owner != ::getpid() && ::kill(owner, 0) != 0 && errno == ESRCH) {
+        fs::remove_all(entry.path(), ec);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 absl::Status CheckOutputDir(const std::string& out, bool overwrite) {
@@ -187,6 +209,7 @@ absl::Status WriteWholeDirectory(const std::string& out, bool overwrite,
                                  const std::function<absl::Status(const std::string& dir)>& fill) {
   RWR_RETURN_IF_ERROR(CheckOutputDir(out, overwrite));
   const fs::path target = CanonicalOut(out);
+  RemoveLeftovers(target);
   fs::path tmp = target;
   tmp += fmt::format(".tmp-{}", ::getpid());
   std::error_code ec;

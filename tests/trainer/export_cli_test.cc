@@ -4,6 +4,7 @@
 // tokenizer is found through the run's recorded data dir from any working directory, and a missing
 // one is an error; inspect reports a checkpoint whose files are missing or cut short.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -146,6 +147,28 @@ TEST(ExportCli, AFailedExportLeavesNoOutDirectory) {
       << bad_checkpoint.output;
   EXPECT_FALSE(fs::exists(out));
   EXPECT_TRUE(Leftovers(out).empty());
+}
+
+// An export killed midway (kill -9) leaves OUT.tmp-<pid>; the next write of OUT removes the
+// leftovers of processes that are gone, and not those of a live one.
+TEST(ExportCli, LeftoversOfADeadExportAreRemoved) {
+  const std::string run = TempDir("leftover_run");
+  SaveTinyCheckpoint(run, "");
+  const std::string out = TempDir("leftover_out") + "/export";
+  // A pid that is not running: a child that has exited and been reaped.
+  const pid_t dead = ::fork();
+  if (dead == 0) ::_exit(0);
+  ASSERT_GT(dead, 0);
+  ::waitpid(dead, nullptr, 0);
+  fs::create_directories(fmt::format("{}.tmp-{}", out, dead));
+  WriteText(fmt::format("{}.tmp-{}/model.safetensors", out, dead), "half");
+  fs::create_directories(fmt::format("{}.old-{}", out, dead));
+  const std::string live = fmt::format("{}.tmp-{}", out, ::getpid());  // this test's: alive
+  fs::create_directories(live);
+  CommandResult ok = Export(fmt::format("--checkpoint {} --out {} --no-tokenizer", run, out));
+  ASSERT_EQ(ok.exit_code, 0) << ok.output;
+  EXPECT_EQ(Leftovers(out), std::vector<std::string>{fs::path(live).filename().string()});
+  fs::remove_all(live);
 }
 
 TEST(ExportCli, MaxShardGibMustBePositive) {
