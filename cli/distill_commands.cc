@@ -3,6 +3,7 @@
 // See docs/cache.md for the cache, keys and the config keys below.
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
+#include <unistd.h>
 
 #include <cctype>
 #include <chrono>
@@ -23,6 +24,7 @@
 #include "storage/rocksdb_store.h"
 #include "teacher_client/distill_run.h"
 #include "teacher_client/distill_service.h"
+#include "teacher_client/extractive_teacher.h"
 #include "teacher_client/note_cache.h"
 
 namespace rwr::cli {
@@ -128,6 +130,25 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& tex
   return absl::OkStatus();
 }
 
+// Whether WriteFileAtomically(path) can succeed, asked before a run's work rather than after it.
+absl::Status CheckWritableFile(const std::string& path, std::string_view flag) {
+  const std::filesystem::path file(path);
+  const std::filesystem::path dir = file.has_parent_path() ? file.parent_path() : ".";
+  std::error_code error;
+  if (!std::filesystem::is_directory(dir, error)) {
+    return absl::NotFoundError(
+        fmt::format("{} {}: directory {} does not exist", flag, path, dir.string()));
+  }
+  if (std::filesystem::is_directory(file, error)) {
+    return absl::InvalidArgumentError(fmt::format("{} {}: is a directory", flag, path));
+  }
+  if (::access(dir.c_str(), W_OK) != 0) {
+    return absl::PermissionDeniedError(
+        fmt::format("{} {}: directory {} is not writable", flag, path, dir.string()));
+  }
+  return absl::OkStatus();
+}
+
 // --- distill run ---
 
 struct RunFlags {
@@ -144,6 +165,8 @@ absl::Status RunDistillCommand(RunFlags& f) {
   FlagToOverride(f.bad_input_opt, f.on_bad_input, "distill.on_bad_input", &f.common);
   RWR_ASSIGN_OR_RETURN(Config config, ResolveConfig(f.common, Config(), "distill run"));
   RWR_ASSIGN_OR_RETURN(teacher::TeacherClientOptions client, ClientOptionsFrom(config));
+  RWR_ASSIGN_OR_RETURN(teacher::ExtractiveOptions extractive,
+                       teacher::ExtractiveOptionsFromConfig(config));
   teacher::DistillRunOptions run;
   run.input_path = f.input;
   RWR_ASSIGN_OR_RETURN(run.dataset, DatasetOptionsFrom(config, f.cache, f.quarantine));
@@ -154,13 +177,16 @@ absl::Status RunDistillCommand(RunFlags& f) {
   if (!std::filesystem::is_regular_file(f.input)) {
     return absl::NotFoundError(fmt::format("--input {}: no such file", f.input));
   }
+  if (!f.summary_json.empty()) {
+    RWR_RETURN_IF_ERROR(CheckWritableFile(f.summary_json, "--summary-json"));
+  }
 
   RWR_ASSIGN_OR_RETURN(std::unique_ptr<storage::RocksDbStore> store,
                        OpenCacheForWriting(f.cache, config));
   RWR_ASSIGN_OR_RETURN(std::unique_ptr<teacher::NoteCache> cache,
                        teacher::NoteCache::Open(store.get()));
   RWR_ASSIGN_OR_RETURN(std::unique_ptr<teacher::Teacher> teacher,
-                       teacher::MakeDistillTeacher(f.teacher, client));
+                       teacher::MakeDistillTeacher(f.teacher, client, extractive));
   RWR_ASSIGN_OR_RETURN(teacher::DistillSummary summary, teacher::RunDistill(run, *teacher, *cache));
   teacher.reset();  // waits for any callback still running
 
@@ -242,6 +268,7 @@ absl::Status ServeCommand(ServeFlags& f) {
     RWR_ASSIGN_OR_RETURN(options.auth_token, ReadTokenFile(f.token_file));
   }
   RWR_ASSIGN_OR_RETURN(options.client, ClientOptionsFrom(config));
+  RWR_ASSIGN_OR_RETURN(options.extractive, teacher::ExtractiveOptionsFromConfig(config));
   RWR_ASSIGN_OR_RETURN(options.dataset, DatasetOptionsFrom(config, f.cache, ""));
   RWR_ASSIGN_OR_RETURN(options.default_negative_fraction,
                        config.GetOr<double>("distill.negative_fraction", 0.3));

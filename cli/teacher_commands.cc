@@ -46,30 +46,14 @@ absl::StatusOr<std::string> ReadToken(const std::string& path) {
   return token;
 }
 
-absl::StatusOr<teacher::ExtractiveOptions> ExtractiveFromConfig(const Config& config) {
-  teacher::ExtractiveOptions o;
-  RWR_ASSIGN_OR_RETURN(
-      o.note_budget_bytes,
-      config.GetOr<uint32_t>("teacher.extractive.note_budget_bytes", o.note_budget_bytes));
-  RWR_ASSIGN_OR_RETURN(o.max_sentences,
-                       config.GetOr<int>("teacher.extractive.max_sentences", o.max_sentences));
-  RWR_ASSIGN_OR_RETURN(o.min_coverage,
-                       config.GetOr<double>("teacher.extractive.min_coverage", o.min_coverage));
-  RWR_ASSIGN_OR_RETURN(o.keep_fraction,
-                       config.GetOr<double>("teacher.extractive.keep_fraction", o.keep_fraction));
-  RWR_ASSIGN_OR_RETURN(
-      o.verify_threshold,
-      config.GetOr<double>("teacher.extractive.verify_threshold", o.verify_threshold));
-  return o;
-}
-
 absl::Status Serve(const ServeFlags& flags) {
   RWR_ASSIGN_OR_RETURN(Config config, ResolveConfig(flags.common, Config(), "teacher serve"));
   if (flags.backend != "extractive") {
     return absl::InvalidArgumentError(
         fmt::format("--backend {}: unknown backend; available: extractive", flags.backend));
   }
-  RWR_ASSIGN_OR_RETURN(teacher::ExtractiveOptions extractive, ExtractiveFromConfig(config));
+  RWR_ASSIGN_OR_RETURN(teacher::ExtractiveOptions extractive,
+                       teacher::ExtractiveOptionsFromConfig(config));
   teacher::TeacherServerOptions options{.listen = flags.listen,
                                         .backend_name = flags.backend,
                                         .workers = flags.workers,

@@ -98,12 +98,13 @@ void Progress::MaybeReport() {
   std::fflush(options_.out);
 }
 
-void Progress::Finish() {
+void Progress::Finish(std::string_view outcome) {
   if (!enabled_ || finished_) return;
   finished_ = true;
   const double elapsed = std::max(Now() - start_s_, 1e-9);
-  std::fprintf(options_.out, "%s%s: done, %lld %s in %s (%s %s/s)\n", bar_ ? "\r\033[K" : "",
-               options_.label.c_str(), static_cast<long long>(done_), options_.unit.c_str(),
+  std::fprintf(options_.out, "%s%s: %.*s, %lld %s in %s (%s %s/s)\n", bar_ ? "\r\033[K" : "",
+               options_.label.c_str(), static_cast<int>(outcome.size()), outcome.data(),
+               static_cast<long long>(done_), options_.unit.c_str(),
                FormatDuration(elapsed).c_str(), FormatRate(done_ / elapsed).c_str(),
                options_.unit.c_str());
   std::fflush(options_.out);

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <functional>
 #include <string>
+#include <string_view>
 
 namespace rwr {
 
@@ -35,7 +36,9 @@ class Progress {
   void Advance(int64_t n = 1);
   void Set(int64_t done);
   void SetTotal(int64_t total);
-  void Finish();  // final line with the totals and the overall rate
+  // Final line with the totals and the overall rate: "distill: done, 500 items in 4s (…)";
+  // `outcome` replaces "done" for a run that ends otherwise ("interrupted").
+  void Finish(std::string_view outcome = "done");
 
   int64_t done() const { return done_; }
   // "distill: 500/1000 items (50.0%), 123.4 items/s, ETA 4s" — what a line shows now.

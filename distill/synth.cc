@@ -615,10 +615,16 @@ absl::Status WriteSynthJsonl(const std::string& path, const SynthOptions& option
     progress.Advance();
   }
   progress.Finish();
-  if (std::fflush(out) != 0 || ::fsync(::fileno(out)) != 0 || std::fclose(out) != 0) {
-    return absl::UnavailableError(fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
+  const bool flushed = std::fflush(out) == 0 && ::fsync(::fileno(out)) == 0;
+  if (std::fclose(out) != 0 || !flushed) {
+    const int error = errno;
+    std::remove(tmp.c_str());
+    return absl::UnavailableError(fmt::format("cannot write {}: {}", tmp, std::strerror(error)));
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int error = errno;
+    std::remove(tmp.c_str());  // every failure leaves nothing behind
+    errno = error;
     return absl::UnavailableError(fmt::format("cannot rename {} to {}: {}", tmp, path,
                                               std::strerror(errno)));
   }

@@ -320,6 +320,16 @@ void CallScheduler::RunFinish(const std::shared_ptr<Call>& call, const grpc::Sta
   wake_.notify_all();
 }
 
+std::string DescribeGrpcFailure(const grpc::Status& status) {
+  std::string message = status.error_message();
+  if (message.empty() && status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+    message =
+        "the server there does not serve this API (another rwr service, or another kind of "
+        "teacher than the address's scheme names?)";
+  }
+  return fmt::format("{}: {}", GrpcCodeName(status.error_code()), message);
+}
+
 const char* GrpcCodeName(grpc::StatusCode code) {
   switch (code) {
     case grpc::StatusCode::OK:

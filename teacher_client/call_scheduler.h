@@ -141,6 +141,9 @@ class CallScheduler {
 };
 
 const char* GrpcCodeName(grpc::StatusCode code);
+// "CODE: message"; where the server sent no message, what the code means here (UNIMPLEMENTED:
+// the address serves another API — another rwr service, or another kind of teacher).
+std::string DescribeGrpcFailure(const grpc::Status& status);
 
 // "teacher rwr://h:p ExtractNote: UNAVAILABLE after 5 attempts: <server message>", same code.
 absl::Status FinalCallStatus(std::string_view target, std::string_view method,

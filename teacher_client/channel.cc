@@ -6,12 +6,14 @@
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/channel_arguments.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 
 #include "absl/synchronization/mutex.h"
+#include "common/status.h"
 #include "kserve/grpc_service.grpc.pb.h"
 #include "fmt/format.h"
 
@@ -66,8 +68,25 @@ void KeepGrpcInitialized() {
   (void)initialized;
 }
 
+absl::Status CheckHostPort(std::string_view address, bool allow_port_zero, std::string_view what) {
+  const size_t colon = address.rfind(':');
+  const std::string_view host = colon == std::string_view::npos ? "" : address.substr(0, colon);
+  const std::string_view port = colon == std::string_view::npos ? "" : address.substr(colon + 1);
+  const bool digits =
+      !port.empty() && port.size() <= 5 &&
+      std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; });
+  const int number = digits ? std::stoi(std::string(port)) : -1;
+  if (host.empty() || !digits || number > 65535 || (number == 0 && !allow_port_zero)) {
+    return absl::InvalidArgumentError(
+        fmt::format("{} '{}': expected HOST:PORT with a port in {}..65535", what, address,
+                    allow_port_zero ? 0 : 1));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeTeacherChannel(
     const std::string& host_port, bool tls, const TeacherClientOptions& options) {
+  RWR_RETURN_IF_ERROR(CheckHostPort(host_port, /*allow_port_zero=*/false, "teacher address"));
   KeepGrpcInitialized();
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));

@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 #include "teacher_client/client.h"
@@ -22,6 +23,11 @@ void KeepGrpcInitialized();
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeTeacherChannel(
     const std::string& host_port, bool tls, const TeacherClientOptions& options);
+
+// `address` is HOST:PORT ("[::1]:7700" for IPv6) with a decimal port in 1..65535 (0 too where
+// `allow_port_zero`: a server's "any free port"). gRPC itself would take 99999 as 99999 − 65536,
+// and a port like "abc" would fail only at the first call's deadline. `what` names the flag.
+absl::Status CheckHostPort(std::string_view address, bool allow_port_zero, std::string_view what);
 
 // Reads a whole file ("--tls-cert: cannot read F: No such file or directory").
 absl::StatusOr<std::string> ReadWholeFile(const std::string& path, std::string_view what);

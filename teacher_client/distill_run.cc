@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 
 #include "common/progress.h"
 #include "common/sha256.h"
@@ -122,6 +123,11 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
     out.cache_hits = cache_hits_.load();
     out.cache_rejected = cache_rejected_.load();
     return out;
+  }
+
+  int64_t InFlight() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return in_flight_;
   }
 
   std::vector<FailedItem> Failed() {
@@ -334,15 +340,20 @@ bool StopRequested(const DistillRunOptions& options) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Teacher>> MakeDistillTeacher(const std::string& target,
-                                                            const TeacherClientOptions& options) {
+                                                            const TeacherClientOptions& options,
+                                                            const ExtractiveOptions& extractive) {
   constexpr std::string_view kBuiltin = "builtin:";
+  std::string name = target;
   if (target.rfind(kBuiltin, 0) == 0) {
-    const std::string name = target.substr(kBuiltin.size());
+    name = target.substr(kBuiltin.size());
     if (name != "extractive") {
       return absl::InvalidArgumentError(
           fmt::format("teacher '{}': the built-in teacher is builtin:extractive", target));
     }
-    return MakeTeacher(name, options);
+  }
+  // Built here rather than by MakeTeacher, which knows no extractive options.
+  if (name == "extractive" || name == "builtin") {
+    return std::unique_ptr<Teacher>(std::make_unique<ExtractiveTeacher>(extractive));
   }
   return MakeTeacher(target, options);
 }
@@ -400,20 +411,28 @@ absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teac
     progress = std::make_unique<Progress>(
         ProgressOptions{.label = "distill", .total = total, .unit = "items"});
   }
+  Progress* bar = progress.get();
   const int64_t window = std::max(1, options.items_in_flight);
   while (true) {
-    distiller->WaitBelow(window, progress.get());
+    distiller->WaitBelow(window, bar);
     if (StopRequested(options)) {
       summary.interrupted = true;
+      // Said at once: draining a slow teacher's window takes a while and must not look like a
+      // hang. Each item in flight waits on one teacher call.
+      const std::string cause =
+          ShutdownRequested() ? fmt::format("signal {}", ShutdownSignal()) : "stop requested";
+      spdlog::info("{}: finishing the {} calls in flight, then stopping; rerun to continue", cause,
+                   distiller->InFlight());
       break;
     }
     RWR_ASSIGN_OR_RETURN(std::optional<DatasetItem> item, reader.Next());
     if (!item.has_value()) break;
     distiller->Start(*std::move(item), options.input_path);
   }
-  distiller->WaitBelow(1, progress.get());
-  distiller->Report(progress.get());
-  if (progress) progress->Finish();
+  distiller->WaitBelow(1, bar);
+  distiller->Report(bar);
+  // A run stopped early must not claim it is done.
+  if (progress) progress->Finish(summary.interrupted ? "interrupted" : "done");
 
   summary.counts = distiller->Counts();
   summary.counts.items = total;

@@ -25,6 +25,7 @@
 #include "nlohmann/json.hpp"
 #include "teacher_client/client.h"
 #include "teacher_client/dataset.h"
+#include "teacher_client/extractive_teacher.h"
 #include "teacher_client/note_cache.h"
 #include "teacher_client/teacher.h"
 
@@ -73,9 +74,12 @@ struct DistillRunOptions {
 };
 
 // MakeTeacher (client.h) plus the `builtin:NAME` spelling of the in-process teachers
-// (`builtin:extractive`), as `rwr distill run --teacher` and distill jobs take it.
-absl::StatusOr<std::unique_ptr<Teacher>> MakeDistillTeacher(const std::string& target,
-                                                            const TeacherClientOptions& options);
+// (`builtin:extractive`), as `rwr distill run --teacher` and distill jobs take it. The in-process
+// extractive teacher (builtin:extractive, builtin, extractive) runs with `extractive`
+// (ExtractiveOptionsFromConfig), remote teachers with `options`.
+absl::StatusOr<std::unique_ptr<Teacher>> MakeDistillTeacher(
+    const std::string& target, const TeacherClientOptions& options,
+    const ExtractiveOptions& extractive = {});
 
 // Whether `id` is among the `fraction` of items that get an `empty` negative (stable per id).
 bool SelectedForNegative(std::string_view id, double fraction);

@@ -18,6 +18,7 @@
 #include "fmt/format.h"
 #include "rwr/v1/distill.grpc.pb.h"
 #include "spdlog/spdlog.h"
+#include "teacher_client/channel.h"
 #include "teacher_client/distill_run.h"
 #include "teacher_client/note_cache.h"
 
@@ -53,6 +54,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
       : options_(options), store_(store) {}
 
   absl::Status Init() {
+    RWR_RETURN_IF_ERROR(CheckHostPort(options_.listen, /*allow_port_zero=*/true, "--listen"));
     RWR_ASSIGN_OR_RETURN(cache_, NoteCache::Open(store_));
     // Jobs from earlier runs of the service: unfinished ones are queued again, in submission order.
     std::vector<v1::Job> unfinished;
@@ -82,6 +84,9 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     }
 
     grpc::ServerBuilder builder;
+    // gRPC sets SO_REUSEPORT by default: a second server on a port in use would then start
+    // too, and the two would split the clients between them.
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
     builder.AddListeningPort(options_.listen, grpc::InsecureServerCredentials(), &port_);
     builder.RegisterService(this);
     server_ = builder.BuildAndStart();
@@ -304,7 +309,8 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     TeacherClientOptions client = options_.client;
     if (job.recipe().concurrency() > 0)
       client.concurrency = static_cast<int>(job.recipe().concurrency());
-    absl::StatusOr<std::unique_ptr<Teacher>> teacher = MakeDistillTeacher(job.teacher(), client);
+    absl::StatusOr<std::unique_ptr<Teacher>> teacher =
+        MakeDistillTeacher(job.teacher(), client, options_.extractive);
     if (!teacher.ok()) {
       Finish(id, v1::Job::FAILED,
              fmt::format("teacher {}: {}", job.teacher(), std::string(teacher.status().message())));

@@ -27,12 +27,14 @@
 #include "storage/kv_store.h"
 #include "teacher_client/client.h"
 #include "teacher_client/dataset.h"
+#include "teacher_client/extractive_teacher.h"
 
 namespace rwr::teacher {
 
 struct DistillServerOptions {
   std::string listen = "127.0.0.1:0";  // HOST:PORT; port 0 picks a free one (see port())
   TeacherClientOptions client;         // for remote teachers; a job's recipe may set concurrency
+  ExtractiveOptions extractive;        // for jobs on builtin:extractive (teacher.extractive.*)
   DatasetOptions dataset;              // bad input handling for every job
   double default_negative_fraction = 0.3;
   double persist_interval_s = 1.0;  // how often a running job's counts are written

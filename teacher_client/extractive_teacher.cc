@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "common/status.h"
 #include "fmt/format.h"
 
 namespace rwr::teacher {
@@ -238,6 +239,41 @@ bool ContainsSequence(const std::vector<std::string>& haystack,
 }
 
 }  // namespace text
+
+absl::StatusOr<ExtractiveOptions> ExtractiveOptionsFromConfig(const Config& config) {
+  ExtractiveOptions o;
+  RWR_ASSIGN_OR_RETURN(
+      o.note_budget_bytes,
+      config.GetOr<uint32_t>("teacher.extractive.note_budget_bytes", o.note_budget_bytes));
+  RWR_ASSIGN_OR_RETURN(o.max_sentences,
+                       config.GetOr<int>("teacher.extractive.max_sentences", o.max_sentences));
+  RWR_ASSIGN_OR_RETURN(o.min_coverage,
+                       config.GetOr<double>("teacher.extractive.min_coverage", o.min_coverage));
+  RWR_ASSIGN_OR_RETURN(o.keep_fraction,
+                       config.GetOr<double>("teacher.extractive.keep_fraction", o.keep_fraction));
+  RWR_ASSIGN_OR_RETURN(
+      o.verify_threshold,
+      config.GetOr<double>("teacher.extractive.verify_threshold", o.verify_threshold));
+  // A budget or sentence limit of 0 would make every note blank, which the distill run rejects
+  // item by item; say so once, here.
+  if (o.note_budget_bytes < 1) {
+    return absl::InvalidArgumentError(
+        "teacher.extractive.note_budget_bytes is 0; it must be at least 1");
+  }
+  if (o.max_sentences < 1) {
+    return absl::InvalidArgumentError(fmt::format(
+        "teacher.extractive.max_sentences is {}; it must be at least 1", o.max_sentences));
+  }
+  for (const auto& [key, value] :
+       {std::pair{"min_coverage", o.min_coverage}, std::pair{"keep_fraction", o.keep_fraction},
+        std::pair{"verify_threshold", o.verify_threshold}}) {
+    if (!(value >= 0 && value <= 1)) {  // also catches NaN
+      return absl::InvalidArgumentError(
+          fmt::format("teacher.extractive.{} is {}; it must be in [0, 1]", key, value));
+    }
+  }
+  return o;
+}
 
 ExtractiveTeacher::ExtractiveTeacher(ExtractiveOptions options) : options_(options) {}
 

@@ -21,6 +21,8 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/status/statusor.h"
+#include "common/config.h"
 #include "teacher_client/teacher.h"
 
 namespace rwr::teacher {
@@ -34,6 +36,12 @@ struct ExtractiveOptions {
   double bm25_k1 = 1.2;
   double bm25_b = 0.75;
 };
+
+// The teacher.extractive.* config keys (docs/teacher.md) over the defaults. One reader for every
+// place that builds this teacher (`rwr teacher serve`, the builtin teacher of `rwr distill run`),
+// so a key can never count in one and be ignored in the other. A value out of range is a one-line
+// InvalidArgument naming the key.
+absl::StatusOr<ExtractiveOptions> ExtractiveOptionsFromConfig(const Config& config);
 
 class ExtractiveTeacher final : public Teacher {
  public:

@@ -68,9 +68,9 @@ KServeTeacherClient::~KServeTeacherClient() { scheduler_.reset(); }
 absl::Status KServeTeacherClient::CheckServer() {
   const KServeOptions& k = options_.kserve;
   auto fail = [&](std::string_view call, const grpc::Status& status) {
-    return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                        fmt::format("teacher {} {}: {}: {}", target_, call,
-                                    GrpcCodeName(status.error_code()), status.error_message()));
+    return absl::Status(
+        static_cast<absl::StatusCode>(status.error_code()),
+        fmt::format("teacher {} {}: {}", target_, call, DescribeGrpcFailure(status)));
   };
   {
     grpc::ClientContext context;

@@ -118,8 +118,7 @@ absl::StatusOr<rwr::v1::ServerInfo> RwrTeacherClient::FetchServerInfo(double tim
             : "";
     return absl::Status(
         static_cast<absl::StatusCode>(status.error_code()),
-        fmt::format("teacher {} GetServerInfo: {}: {}{}", target_,
-                    GrpcCodeName(status.error_code()), status.error_message(), hint));
+        fmt::format("teacher {} GetServerInfo: {}{}", target_, DescribeGrpcFailure(status), hint));
   }
   return info;
 }

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <climits>
 
+#include "common/status.h"
 #include "common/version.h"
 #include "fmt/format.h"
 #include "rwr/v1/teacher.grpc.pb.h"
@@ -337,6 +338,7 @@ absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(
     const TeacherServerOptions& options, std::shared_ptr<Teacher> backend) {
   if (!backend) return absl::InvalidArgumentError("teacher server: no backend");
   KeepGrpcInitialized();
+  RWR_RETURN_IF_ERROR(CheckHostPort(options.listen, /*allow_port_zero=*/true, "--listen"));
   if (options.tls_cert_file.empty() != options.tls_key_file.empty())
     return absl::InvalidArgumentError("--tls-cert and --tls-key go together; give both or neither");
   if (options.queue_capacity < 1 || options.workers < 1 || options.max_batch < 1)
@@ -359,6 +361,9 @@ absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(
   server->impl_ = std::make_unique<Impl>(options, std::move(backend));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
+  // gRPC sets SO_REUSEPORT by default: a second server on a port in use would then start
+  // too, and the two would split the clients between them.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(options.listen, credentials, &server->port_);
   builder.RegisterService(server->impl_.get());
   const uint64_t transport_limit =

@@ -4,6 +4,7 @@
 // damaged shard is a one-line error naming the file.
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -225,6 +226,67 @@ TEST(DataCli, BadFlagsAreOneLineErrors) {
   r = RunRwr("data inspect " + dir);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.output, HasSubstr("manifest.json"));
+}
+
+TEST(DataCli, SynthOntoADirectoryIsRefusedAndLeavesNoTempFile) {
+  const std::string dir = TempDir("synth_dir");
+  std::filesystem::create_directories(dir + "/d");
+  Result r = RunRwr("data synth --count 4 --context-tokens 200 --log-level warn --out " + dir + "/d");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.output, HasSubstr("is a directory"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/d.tmp"));
+  EXPECT_TRUE(std::filesystem::is_empty(dir + "/d"));
+}
+
+// The file names in `dir`, sorted.
+std::vector<std::string> Listing(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    names.push_back(entry.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+TEST(DataCli, BuildNeverWritesAmongUserFilesAndClearsAnInterruptedBuildsLeftovers) {
+  const std::string dir = TempDir("out_dir");
+  ASSERT_EQ(RunRwr("data synth --count 16 --context-tokens 600 --seed 5 --log-level warn --out " +
+                   dir + "/d.jsonl").exit_code, 0);
+  const std::string build = "data build --log-level warn --seq-len 512 --tokenizer " + kTokenizer +
+                            " --input " + dir + "/d.jsonl --out ";
+
+  // A directory of the user's files (no manifest) is refused, with or without --overwrite.
+  std::filesystem::create_directories(dir + "/mine");
+  { std::ofstream(dir + "/mine/notes.txt") << "mine\n"; }
+  for (const std::string extra : {"", " --overwrite"}) {
+    Result r = RunRwr(build + dir + "/mine" + extra);
+    EXPECT_EQ(r.exit_code, 1) << extra;
+    EXPECT_THAT(r.output, HasSubstr("notes.txt"));
+    EXPECT_THAT(r.output, HasSubstr("no dataset"));
+    EXPECT_EQ(Listing(dir + "/mine"), std::vector<std::string>{"notes.txt"});
+  }
+
+  // What a build killed before its manifest leaves: several shards (small shards here) and the
+  // .tmp of the one being written. The rerun (fewer, larger shards) keeps none of them.
+  ASSERT_EQ(RunRwr(build + dir + "/out --set build.shard_tokens=1000").exit_code, 0);
+  std::filesystem::remove(dir + "/out/manifest.json");
+  { std::ofstream(dir + "/out/shard_00099.rws.tmp") << "partial"; }
+  const size_t leftovers = Listing(dir + "/out").size();
+  ASSERT_GE(leftovers, 4u);
+  Result rerun = RunRwr(build + dir + "/out");
+  ASSERT_EQ(rerun.exit_code, 0) << rerun.output;
+  auto manifest = storage::ShardManifest::Load(dir + "/out");
+  ASSERT_TRUE(manifest.ok()) << manifest.status();
+  std::vector<std::string> expected = {"manifest.json"};
+  for (const auto& entry : manifest->shards) expected.push_back(entry.file);
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(Listing(dir + "/out"), expected);
+  EXPECT_LT(expected.size(), leftovers);
+
+  // --overwrite still replaces a dataset.
+  Result overwritten = RunRwr(build + dir + "/out --overwrite --set build.shard_tokens=1000");
+  ASSERT_EQ(overwritten.exit_code, 0) << overwritten.output;
+  EXPECT_EQ(Listing(dir + "/out").size(), leftovers);
 }
 
 #if RWR_DATA_TEST_HAVE_CACHE

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <thread>
 
+#include "fmt/format.h"
 #include "nlohmann/json.hpp"
 #include "storage/rocksdb_store.h"
 #include "teacher_client/distill_run.h"
@@ -347,6 +348,112 @@ TEST_F(DistillCliTest, ServeJobSurvivesSigkillOfTheServiceAndResumes) {
               }).ok());
   EXPECT_EQ(items, kItems);
   ExpectEveryRecordIntact(**store);
+}
+
+TEST_F(DistillCliTest, ExtractiveKeysReachTheBuiltinTeacher) {
+  const std::string input = (dir_ / "data.jsonl").string();
+  testing::WriteDistillTestData(input, 12);
+  Ran run = RunRwr(
+      {"distill", "run", "--input", input, "--teacher", "builtin:extractive", "--cache",
+       (dir_ / "cache").string(), "--summary-json", (dir_ / "s.json").string(), "--set",
+       "teacher.extractive.min_coverage=0.9", "--set", "teacher.extractive.verify_threshold=0.99",
+       "--set", "teacher.extractive.note_budget_bytes=40"},
+      dir_ / "run.log");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const nlohmann::json summary = nlohmann::json::parse(testing::ReadFile(dir_ / "s.json"));
+  const std::string revision = summary["teacher"]["revision"].get<std::string>();
+  EXPECT_NE(revision.find("budget=40;"), std::string::npos) << revision;
+  EXPECT_NE(revision.find("coverage=0.9;"), std::string::npos) << revision;
+  EXPECT_NE(revision.find("verify=0.99;"), std::string::npos) << revision;
+  // The notes themselves follow the options: none over the 40-byte budget.
+  auto store = storage::RocksDbStore::Open((dir_ / "cache").string(), {.read_only = true});
+  ASSERT_TRUE(store.ok()) << store.status();
+  int64_t notes = 0;
+  ASSERT_TRUE((*store)
+                  ->ForEach(Family::kNotes, "",
+                            [&](std::string_view, std::string_view value) {
+                              v1::CacheRecord record;
+                              EXPECT_TRUE(record.ParseFromArray(value.data(),
+                                                                static_cast<int>(value.size())));
+                              EXPECT_EQ(record.request().teacher_revision(), revision);
+                              EXPECT_LE(record.note().note().size(), 40u) << record.note().note();
+                              ++notes;
+                              return true;
+                            })
+                  .ok());
+  EXPECT_EQ(notes, 12);
+
+  // Out-of-range values: one line naming the key, before anything runs.
+  for (const auto& [assignment, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"teacher.extractive.max_sentences=-1", "teacher.extractive.max_sentences is -1"},
+           {"teacher.extractive.min_coverage=1.5", "teacher.extractive.min_coverage is 1.5"},
+           {"teacher.extractive.verify_threshold=-0.1",
+            "teacher.extractive.verify_threshold is -0.1"}}) {
+    Ran bad =
+        RunRwr({"distill", "run", "--input", input, "--teacher", "builtin:extractive", "--cache",
+                (dir_ / "bad_cache").string(), "--log-level", "error", "--set", assignment},
+               dir_ / "bad.log");
+    EXPECT_EQ(bad.exit_code, 1) << assignment;
+    EXPECT_NE(bad.output.find(expected), std::string::npos) << bad.output;
+    EXPECT_EQ(std::count(bad.output.begin(), bad.output.end(), '\n'), 1) << bad.output;
+    EXPECT_FALSE(fs::exists(dir_ / "bad_cache")) << assignment;
+  }
+}
+
+TEST_F(DistillCliTest, SummaryJsonInAMissingDirectoryFailsBeforeAnyTeacherCall) {
+  const std::string input = (dir_ / "data.jsonl").string();
+  testing::WriteDistillTestData(input, 8);
+  auto server = StartTeacher(/*latency_s=*/0);
+  ASSERT_TRUE(server);
+  const std::string summary = (dir_ / "missing" / "s.json").string();
+  Ran run = RunRwr({"distill", "run", "--input", input, "--teacher", Url(*server), "--cache",
+                    (dir_ / "cache").string(), "--log-level", "error", "--summary-json", summary},
+                   dir_ / "run.log");
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_NE(run.output.find("--summary-json " + summary + ": directory " +
+                            (dir_ / "missing").string() + " does not exist"),
+            std::string::npos)
+      << run.output;
+  EXPECT_EQ(std::count(run.output.begin(), run.output.end(), '\n'), 1) << run.output;
+  EXPECT_EQ(server->stats().served, 0u);
+}
+
+TEST_F(DistillCliTest, SigtermSaysItDrainsThenReportsInterruptedAndExitsZero) {
+  constexpr int kItems = 400;
+  const std::string input = (dir_ / "data.jsonl").string();
+  testing::WriteDistillTestData(input, kItems);
+  auto server = StartTeacher(/*latency_s=*/0.02);
+  ASSERT_TRUE(server);
+  const std::vector<std::string> argv = {RWR_BINARY,
+                                         "distill",
+                                         "run",
+                                         "--input",
+                                         input,
+                                         "--teacher",
+                                         Url(*server),
+                                         "--cache",
+                                         (dir_ / "cache").string(),
+                                         "--concurrency",
+                                         "4",
+                                         "--summary-json",
+                                         (dir_ / "s.json").string()};
+  Subprocess run(argv, (dir_ / "run.log").string());
+  ASSERT_TRUE(run.started());
+  ASSERT_TRUE(WaitUntil([&] { return server->stats().served >= 20; }, 60))
+      << testing::ReadFile(dir_ / "run.log");
+  run.Signal(SIGTERM);
+  // docs/cache.md: SIGINT/SIGTERM let the items in flight finish, sync the cache and exit 0.
+  EXPECT_EQ(run.Wait(30), 0);
+  const std::string log = testing::ReadFile(dir_ / "run.log");
+  EXPECT_NE(log.find(fmt::format("signal {}: finishing the ", SIGTERM)), std::string::npos) << log;
+  EXPECT_NE(log.find(" calls in flight, then stopping; rerun to continue"), std::string::npos)
+      << log;
+  EXPECT_NE(log.find("distill: interrupted, "), std::string::npos) << log;
+  EXPECT_EQ(log.find("distill: done"), std::string::npos) << log;
+  const nlohmann::json summary = nlohmann::json::parse(testing::ReadFile(dir_ / "s.json"));
+  EXPECT_TRUE(summary["interrupted"].get<bool>());
+  EXPECT_LT(summary["items_done"].get<int64_t>(), kItems);
+  EXPECT_EQ(summary["failures"].get<int64_t>(), 0);
 }
 
 }  // namespace

@@ -148,5 +148,42 @@ TEST(ExtractiveTeacherInterface, CallbacksRunInlineAndInfoNamesTheOptions) {
   EXPECT_NE(other.Info().revision, info.revision);  // options are part of the cache key
 }
 
+TEST(ExtractiveOptionsFromConfig, ReadsTheKeysOverTheDefaultsAndRejectsOutOfRangeValues) {
+  auto config = [](std::vector<std::string> assignments) {
+    Config c;
+    EXPECT_TRUE(c.SetAll(assignments).ok());
+    return c;
+  };
+  absl::StatusOr<ExtractiveOptions> defaults = ExtractiveOptionsFromConfig(Config());
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(ExtractiveTeacher(*defaults).Info().revision, ExtractiveTeacher().Info().revision);
+
+  absl::StatusOr<ExtractiveOptions> set = ExtractiveOptionsFromConfig(
+      config({"teacher.extractive.note_budget_bytes=100", "teacher.extractive.max_sentences=2",
+              "teacher.extractive.min_coverage=0.9", "teacher.extractive.keep_fraction=0.5",
+              "teacher.extractive.verify_threshold=0.99"}));
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ(set->note_budget_bytes, 100u);
+  EXPECT_EQ(set->max_sentences, 2);
+  EXPECT_EQ(set->min_coverage, 0.9);
+  EXPECT_EQ(set->keep_fraction, 0.5);
+  EXPECT_EQ(set->verify_threshold, 0.99);
+
+  for (const auto& [assignment, message] : std::vector<std::pair<std::string, std::string>>{
+           {"teacher.extractive.max_sentences=-1", "teacher.extractive.max_sentences is -1"},
+           {"teacher.extractive.max_sentences=0", "teacher.extractive.max_sentences is 0"},
+           {"teacher.extractive.note_budget_bytes=0", "teacher.extractive.note_budget_bytes is 0"},
+           {"teacher.extractive.min_coverage=1.5", "teacher.extractive.min_coverage is 1.5"},
+           {"teacher.extractive.keep_fraction=-0.5", "teacher.extractive.keep_fraction is -0.5"},
+           {"teacher.extractive.verify_threshold=2", "teacher.extractive.verify_threshold is 2"},
+           {"teacher.extractive.min_coverage=.nan", "teacher.extractive.min_coverage is nan"}}) {
+    absl::StatusOr<ExtractiveOptions> bad = ExtractiveOptionsFromConfig(config({assignment}));
+    ASSERT_FALSE(bad.ok()) << assignment;
+    EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << assignment;
+    EXPECT_NE(bad.status().message().find(message), std::string::npos) << bad.status();
+    EXPECT_EQ(bad.status().message().find('\n'), std::string::npos) << bad.status();
+  }
+}
+
 }  // namespace
 }  // namespace rwr::teacher

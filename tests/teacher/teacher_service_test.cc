@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "rwr/v1/teacher.grpc.pb.h"
+#include "teacher_client/channel.h"
 #include "teacher_client/client.h"
 #include "teacher_client/extractive_teacher.h"
 #include "teacher_client/rwr_client.h"
@@ -101,6 +102,26 @@ TEST(TeacherService, RoundTripMatchesTheInProcessTeacher) {
   EXPECT_EQ(info->calls_served(), 203u);
   EXPECT_EQ(info->backend(), "extractive");
   EXPECT_EQ(rwr_client->Stats().retries, 0u);
+}
+
+// A second server on a port in use fails to start (gRPC's default SO_REUSEPORT would let both
+// listen and split the clients between them), and addresses are checked before any call.
+TEST(TeacherService, APortInUseOrOutOfRangeIsAnError) {
+  auto first = StartServer({}, std::make_shared<ExtractiveTeacher>());
+  ASSERT_NE(first, nullptr);
+  const std::string taken = "127.0.0.1:" + std::to_string(first->port());
+  auto second = TeacherServer::Start({.listen = taken}, std::make_shared<ExtractiveTeacher>());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable) << second.status();
+  auto out_of_range =
+      TeacherServer::Start({.listen = "127.0.0.1:99999"}, std::make_shared<ExtractiveTeacher>());
+  EXPECT_EQ(out_of_range.status().code(), absl::StatusCode::kInvalidArgument);
+  for (const char* bad :
+       {"rwr://127.0.0.1:106373", "rwr://127.0.0.1:abc", "rwr://127.0.0.1:0", "rwr://:7700"}) {
+    auto teacher = MakeTeacher(bad, FastRetries());
+    EXPECT_EQ(teacher.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  EXPECT_TRUE(CheckHostPort("[::1]:7700", false, "x").ok());
+  EXPECT_TRUE(CheckHostPort("localhost:0", true, "x").ok());
 }
 
 TEST(TeacherService, BatchRpcAnswersEveryTaskWithItsOwnStatus) {
