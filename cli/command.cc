@@ -3,8 +3,10 @@
 #include <memory>
 #include <vector>
 
+#include "cli/config_keys.h"
 #include "common/logging.h"
 #include "common/shutdown.h"
+#include "common/status.h"
 #include "spdlog/spdlog.h"
 
 namespace rwr::cli {
@@ -35,6 +37,7 @@ absl::StatusOr<Config> ResolveConfig(const CommonOptions& options, const Config&
     config.Merge(*file);
   }
   if (absl::Status s = config.SetAll(options.overrides); !s.ok()) return s;
+  RWR_RETURN_IF_ERROR(CheckConfigKeys(config, command_name));
   spdlog::info("rwr {}: resolved config:\n{}", command_name, config.ToYaml());
   return config;
 }

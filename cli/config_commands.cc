@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "cli/command.h"
+#include "cli/config_keys.h"
 
 namespace rwr::cli {
 
@@ -18,6 +19,11 @@ void RegisterConfigCommands(CLI::App& app) {
     if (!config.ok()) return config.status();
     std::cout << config->ToYaml() << "\n";
     return absl::OkStatus();
+  });
+  CLI::App* keys = group->add_subcommand(
+      "keys", "List every config key an rwr command reads (any other key is an error)");
+  keys->callback([] {
+    for (const std::string& key : KnownConfigKeys()) std::cout << key << "\n";
   });
 }
 

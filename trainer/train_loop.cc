@@ -8,7 +8,6 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
-#include <set>
 
 #include "common/sha256.h"
 #include "common/shutdown.h"
@@ -151,19 +150,6 @@ absl::StatusOr<Settings> ReadSettings(const Config& c) {
 TokenBatch View(const storage::Batch& b) {
   return {b.batch_size,     b.seq_len,          b.tokens.data(),
           b.targets.data(), b.loss_mask.data(), b.reset.data()};
-}
-
-// The keys `rwr train` reads: a typo'd key would otherwise leave its default in place unnoticed.
-absl::Status CheckTrainKeys(const Config& config) {
-  std::vector<std::string> known = DefaultTrainConfig().LeafKeys();
-  for (const char* key : {"train.out_dir", "data.dir", "data.eval_dir", "data.seed", "data.shuffle",
-                          "model.config", "model.init_from"}) {
-    known.push_back(key);
-  }
-  for (const std::string& key : MambaConfig::KnownKeys()) known.push_back("model." + key);
-  const std::set<std::string> accepted(known.begin(), known.end());
-  return config.CheckKeys([&](const std::string& key) { return accepted.contains(key); }, known,
-                          "train");
 }
 
 // With model.init_from or model.config the model comes from that config.json. Inline model keys
@@ -385,7 +371,6 @@ absl::StatusOr<MambaConfig> ModelConfigFromRunConfig(const Config& config) {
 }
 
 absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
-  RWR_RETURN_IF_ERROR(CheckTrainKeys(config));
   RWR_ASSIGN_OR_RETURN(Settings s, ReadSettings(config));
   SetCpuThreads(s.threads);
   RWR_ASSIGN_OR_RETURN(MambaConfig model_config, ModelConfigFromRunConfig(config));

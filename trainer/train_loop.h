@@ -15,7 +15,7 @@
 //   log_every, eval_every, eval_batches, checkpoint_every, keep_checkpoints, max_nonfinite,
 //   max_steps_this_run (stop, checkpoint and exit 0 after this many steps; 0: no limit), resume
 //   (false: start afresh, refused where train.out_dir already holds a run)
-// Any other key is an error (a typo would silently leave a default in place).
+// `rwr` refuses any key no command reads (cli/config_keys.h) before it calls Train.
 #pragma once
 
 #include <string>

@@ -3,7 +3,11 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -50,6 +54,44 @@ TEST(CliTest, BadInputIsOneClearLineAndNonZeroExit) {
   RunResult unknown = RunRwr("frobnicate");
   EXPECT_EQ(unknown.exit_code, 2);
   EXPECT_EQ(RunRwr("").exit_code, 2) << "a group is required";
+}
+
+// Every key the sources read by name (Get / GetOr / Has on a Config, FlagToOverride) is in the
+// registry `rwr config keys` prints, which every command checks a config against: a key missing
+// there would make a working config an error.
+TEST(CliTest, ConfigKeysListsEveryKeyTheSourcesRead) {
+  RunResult run = RunRwr("config keys");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  std::set<std::string> listed;
+  std::istringstream lines(run.output);
+  for (std::string line; std::getline(lines, line);) listed.insert(line);
+  const std::regex read(
+      R"re((?:GetOr|Get|Has)(?:<[^>]*>)?\("([a-z_0-9]+(?:\.[a-z_0-9]+)+)"|FlagToOverride\([^;]*?"([a-z_0-9]+(?:\.[a-z_0-9]+)+)")re");
+  int found = 0;
+  for (const char* dir : {"cli", "trainer", "teacher_client", "distill", "storage", "common"}) {
+    for (const auto& entry :
+         std::filesystem::recursive_directory_iterator(std::string(RWR_SOURCE_DIR) + "/" + dir)) {
+      const std::string ext = entry.path().extension().string();
+      if (ext != ".cc" && ext != ".h") continue;
+      std::ifstream in(entry.path());
+      const std::string text((std::istreambuf_iterator<char>(in)),
+                             std::istreambuf_iterator<char>());
+      for (auto it = std::sregex_iterator(text.begin(), text.end(), read);
+           it != std::sregex_iterator(); ++it) {
+        const std::string key = (*it)[1].matched ? (*it)[1].str() : (*it)[2].str();
+        ++found;
+        // A section read whole (Has("recipe.ratio")) is listed by its keys.
+        const auto next = listed.lower_bound(key + ".");
+        const bool section = next != listed.end() && next->starts_with(key + ".");
+        EXPECT_TRUE(listed.contains(key) || section) << key << " (read in " << entry.path() << ")";
+      }
+    }
+  }
+  EXPECT_GT(found, 50);  // the scan sees the sources
+  RunResult typo = RunRwr("config show --set distill.concurency=3");
+  EXPECT_EQ(typo.exit_code, 1);
+  EXPECT_NE(typo.output.find("did you mean 'distill.concurrency'"), std::string::npos)
+      << typo.output;
 }
 
 }  // namespace

@@ -164,6 +164,40 @@ TEST(TrainCli, SigtermCheckpointsExitsZeroAndResumes) {
   ASSERT_TRUE(loaded.ok()) << loaded.status();
 }
 
+// A key no rwr command reads is an error naming the nearest known one, before anything runs; a
+// pipeline config's sections for other stages (distill:, build:, teacher:) pass.
+TEST(TrainCli, UnknownKeysAreErrorsAndOtherStagesSectionsPass) {
+  const std::string data = MakeDataset(16);
+  for (const auto& [set, suggestion] :
+       std::vector<std::pair<std::string, std::string>>{{"train.stpes=3", "train.steps"},
+                                                        {"trian.steps=3", "train.steps"},
+                                                        {"model.state_szie=4", "model.state_size"},
+                                                        {"data.shufle=false", "data.shuffle"}}) {
+    const std::string out = TempDir("typo") + "/run";
+    CommandResult typo = Sh(fmt::format(
+        "train --config {}/configs/train_tiny.yaml --set data.dir={} --set train.out_dir={} "
+        "--set {} --log-level error",
+        kSource, data, out, set));
+    EXPECT_EQ(typo.exit_code, 1) << set;
+    EXPECT_NE(typo.output.find("(did you mean '" + suggestion + "'?)"), std::string::npos)
+        << typo.output;
+    EXPECT_FALSE(fs::exists(out));  // refused before anything was written
+  }
+  // One file for the whole pipeline: the tiny run config plus other stages' sections.
+  const std::string pipeline = TempDir("pipeline") + "/pipeline.yaml";
+  {
+    std::ifstream tiny(kSource + "/configs/train_tiny.yaml");
+    std::ofstream out(pipeline);
+    out << tiny.rdbuf() << "distill: {concurrency: 8}\nbuild: {seq_len: 64}\n"
+        << "teacher: {extractive: {min_coverage: 0.4}}\nrecipe: {seed: 3}\n";
+  }
+  CommandResult shared = Sh(
+      fmt::format("train --config {} --set data.dir={} --set train.out_dir={} --set train.steps=2 "
+                  "--set data.count=10 --log-level error",
+                  pipeline, data, TempDir("pipeline_run")));
+  EXPECT_EQ(shared.exit_code, 0) << shared.output;
+}
+
 TEST(TrainCli, ErrorsAreOneLine) {
   CommandResult no_data =
       Sh(fmt::format("train --config {}/configs/train_tiny.yaml --set data.dir=/nonexistent "
