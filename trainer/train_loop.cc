@@ -236,6 +236,49 @@ absl::StatusOr<std::optional<Resumed>> LoadNewestCheckpoint(const std::string& d
   return std::optional<Resumed>();
 }
 
+// A checkpoint this run can continue: the same model, the same ranks (the optimizer shards are
+// per rank), and data of the same tokenizer (`tokenizer_sha` is the data's; empty: unknown).
+absl::Status CheckResumable(const Resumed& resumed, const MambaConfig& model_config,
+                            const ShardRange& range, int world_size,
+                            const std::string& tokenizer_sha, const std::string& data_dir) {
+  const CheckpointData& ckpt = resumed.data;
+  if (ckpt.config.NumParameters() != model_config.NumParameters() ||
+      ckpt.config.d_model != model_config.d_model || ckpt.config.n_layer != model_config.n_layer) {
+    return absl::FailedPreconditionError(
+        fmt::format("checkpoint {} holds a different model ({}) than the config ({}); use another "
+                    "train.out_dir",
+                    resumed.dir, ckpt.config.Summary(), model_config.Summary()));
+  }
+  if (ckpt.state.world_size != world_size || ckpt.opt_begin != range.begin ||
+      ckpt.opt_end != range.end) {
+    return absl::FailedPreconditionError(fmt::format(
+        "checkpoint {} was written by {} ranks, this run has {}: resharding the optimizer is not "
+        "supported yet",
+        resumed.dir, ckpt.state.world_size, world_size));
+  }
+  if (!ckpt.state.tokenizer_sha256.empty() && !tokenizer_sha.empty() &&
+      ckpt.state.tokenizer_sha256 != tokenizer_sha) {
+    return absl::FailedPreconditionError(fmt::format(
+        "data {} was built with another tokenizer (sha256 {}) than the data this run trained on "
+        "({}): the model's embeddings would mean other tokens",
+        data_dir, tokenizer_sha.substr(0, 12), ckpt.state.tokenizer_sha256.substr(0, 12)));
+  }
+  return absl::OkStatus();
+}
+
+// A model directory's tokenizer.json, where it has one, must be the one the data was built with.
+absl::Status CheckModelTokenizer(const std::string& model_dir, const std::string& tokenizer_sha,
+                                 const std::string& data_dir) {
+  const fs::path tokenizer = fs::path(model_dir) / "tokenizer.json";
+  if (!fs::exists(tokenizer) || tokenizer_sha.empty()) return absl::OkStatus();
+  RWR_ASSIGN_OR_RETURN(std::string sha, FileSha(tokenizer));
+  if (sha == tokenizer_sha) return absl::OkStatus();
+  return absl::FailedPreconditionError(fmt::format(
+      "{} is not the tokenizer data {} was built with (sha256 {} vs {}): the model's embeddings "
+      "would mean other tokens; rebuild the data with it",
+      tokenizer.string(), data_dir, sha.substr(0, 12), tokenizer_sha.substr(0, 12)));
+}
+
 // metrics.jsonl: one JSON line per step. A run starting at step N first drops the lines past N
 // (written after the last checkpoint by a run that was killed, a torn last line among them), so
 // that every step appears once.
@@ -438,28 +481,8 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
   }
   if (resumed) {
     CheckpointData& ckpt = resumed->data;
-    if (ckpt.config.NumParameters() != model_config.NumParameters() ||
-        ckpt.config.d_model != model_config.d_model ||
-        ckpt.config.n_layer != model_config.n_layer) {
-      return absl::FailedPreconditionError(fmt::format(
-          "checkpoint {} holds a different model ({}) than the config ({}); use another "
-          "train.out_dir",
-          resumed->dir, ckpt.config.Summary(), model_config.Summary()));
-    }
-    if (ckpt.state.world_size != comm->world_size() || ckpt.opt_begin != range.begin ||
-        ckpt.opt_end != range.end) {
-      return absl::FailedPreconditionError(fmt::format(
-          "checkpoint {} was written by {} ranks, this run has {}: resharding the optimizer is not "
-          "supported yet",
-          resumed->dir, ckpt.state.world_size, comm->world_size()));
-    }
-    if (!ckpt.state.tokenizer_sha256.empty() && !tokenizer_sha.empty() &&
-        ckpt.state.tokenizer_sha256 != tokenizer_sha) {
-      return absl::FailedPreconditionError(fmt::format(
-          "data {} was built with another tokenizer (sha256 {}) than the data this run trained on "
-          "({}): the model's embeddings would mean other tokens",
-          s.data_dir, tokenizer_sha.substr(0, 12), ckpt.state.tokenizer_sha256.substr(0, 12)));
-    }
+    RWR_RETURN_IF_ERROR(CheckResumable(*resumed, model_config, range, comm->world_size(),
+                                       tokenizer_sha, s.data_dir));
     if (const auto changed = ChangedSettings(ckpt.state.resolved_config_yaml, config);
         !changed.empty()) {
       spdlog::warn("train: resuming with changed settings: {}", fmt::join(changed, ", "));
@@ -477,16 +500,7 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
     }
     spdlog::info("train: resuming from {} (step {})", resumed->dir, state.step);
   } else if (!init_from.empty()) {
-    const fs::path tokenizer = fs::path(init_from) / "tokenizer.json";
-    if (fs::exists(tokenizer) && !tokenizer_sha.empty()) {
-      RWR_ASSIGN_OR_RETURN(std::string sha, FileSha(tokenizer));
-      if (sha != tokenizer_sha) {
-        return absl::FailedPreconditionError(fmt::format(
-            "{} is not the tokenizer data {} was built with (sha256 {} vs {}): the model's "
-            "embeddings would mean other tokens; rebuild the data with it",
-            tokenizer.string(), s.data_dir, sha.substr(0, 12), tokenizer_sha.substr(0, 12)));
-      }
-    }
+    RWR_RETURN_IF_ERROR(CheckModelTokenizer(init_from, tokenizer_sha, s.data_dir));
     RWR_RETURN_IF_ERROR(LoadWeights(init_from, model_config, &params));
     spdlog::info("train: starting from weights in {}", init_from);
   } else {
