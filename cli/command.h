@@ -36,6 +36,18 @@ void FlagToOverride(const CLI::Option* option, const T& value, std::string_view 
   }
 }
 
+// A flag check for numbers > 0 whose message reads "must be > 0 (got 0)" (CLI11's PositiveNumber
+// prints the whole range, up to 1.8e308 written out).
+inline CLI::Validator Positive() {
+  return CLI::Validator(
+      [](std::string& value) -> std::string {
+        double number = 0;
+        if (!CLI::detail::lexical_cast(value, number)) return "expected a number, got " + value;
+        return number > 0 ? std::string() : "must be > 0 (got " + value + ")";
+      },
+      "POSITIVE");
+}
+
 // defaults, then the --config file, then each --set in order; logs the resolved YAML.
 absl::StatusOr<Config> ResolveConfig(const CommonOptions& options, const Config& defaults,
                                      std::string_view command_name);

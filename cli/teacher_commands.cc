@@ -191,19 +191,19 @@ void RegisterTeacherCommands(CLI::App& app) {
       ->check(CLI::ExistingFile);
   serve->add_option("--workers", serve_flags->workers, "Worker threads running the backend")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(Positive());
   serve
       ->add_option("--queue-capacity", serve_flags->queue_capacity,
                    "Tasks queued or running before new calls get RESOURCE_EXHAUSTED")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(Positive());
   serve
       ->add_option("--max-request-bytes", serve_flags->max_request_bytes,
                    "Largest request accepted (INVALID_ARGUMENT above)")
       ->capture_default_str();
   serve->add_option("--max-batch", serve_flags->max_batch, "Most tasks in one RunBatch call")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(Positive());
   serve
       ->add_option("--stats-interval", serve_flags->stats_interval_s,
                    "Seconds between calls-served log lines")
@@ -232,6 +232,7 @@ void RegisterTeacherCommands(CLI::App& app) {
                    "File holding the bearer token")
       ->check(CLI::ExistingFile);
   info->add_option("--timeout", info_flags->timeout_s, "Seconds to wait for the server")
+      ->check(Positive())
       ->capture_default_str();
   info->add_flag("--json", info_flags->json, "Print JSON");
   SetAction(info, [info_flags] { return Info(*info_flags); });

@@ -2,6 +2,7 @@
 // it does to a text (ids, tokens, tokens per word) or to a list of ids — the same ids as Hugging
 // Face `tokenizers` (docs/tokenizer.md).
 #include <cctype>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -84,6 +85,9 @@ absl::Status RunEncode(TokenizerFlags& f) {
   RWR_ASSIGN_OR_RETURN(distill::Tokenizer tok, LoadTokenizer(f, "tokenizer encode"));
   std::string text = f.text;
   if (!f.input.empty()) {
+    if (std::filesystem::is_directory(f.input)) {  // opens, then reads as empty: 0 tokens, exit 0
+      return absl::InvalidArgumentError(fmt::format("--input {}: is a directory", f.input));
+    }
     std::ifstream in(f.input, std::ios::binary);
     if (!in) return absl::NotFoundError(fmt::format("--input {}: cannot open", f.input));
     std::stringstream buffer;
@@ -127,11 +131,16 @@ absl::Status RunDecode(TokenizerFlags& f) {
       token.push_back(c);
     } else if (c == ' ' || c == ',' || c == '\t' || c == '\n' || c == '[' || c == ']') {
       if (!token.empty()) {
+        int id = -1;
         try {
-          ids.push_back(std::stoi(token));
+          id = std::stoi(token);
         } catch (const std::exception&) {
-          return absl::InvalidArgumentError(fmt::format("--ids: '{}' is not a token id", token));
         }
+        if (id < 0) {  // as HF's decode, which refuses a negative id
+          return absl::InvalidArgumentError(
+              fmt::format("--ids: '{}' is not a token id (ids are 0 or more)", token));
+        }
+        ids.push_back(id);
       }
       token.clear();
     } else {

@@ -56,6 +56,16 @@ TEST(CliTest, BadInputIsOneClearLineAndNonZeroExit) {
   EXPECT_EQ(RunRwr("").exit_code, 2) << "a group is required";
 }
 
+// A flag that must be positive says so in one short line (CLI11's own check printed its whole
+// range, to 1.8e308 written out).
+TEST(CliTest, PositiveFlagsSayWhatIsWrong) {
+  if (RunRwr("teacher --help").exit_code != 0) GTEST_SKIP() << "built without the teacher group";
+  RunResult zero = RunRwr("teacher info --teacher rwr://127.0.0.1:7 --timeout 0");
+  EXPECT_EQ(zero.exit_code, 2);
+  EXPECT_NE(zero.output.find("--timeout: must be > 0 (got 0)"), std::string::npos) << zero.output;
+  EXPECT_LT(zero.output.size(), 200u) << zero.output;
+}
+
 // Every key the sources read by name (Get / GetOr / Has on a Config, FlagToOverride) is in the
 // registry `rwr config keys` prints, which every command checks a config against: a key missing
 // there would make a working config an error.

@@ -34,7 +34,8 @@ TEST(TokenizerCliTest, EncodeAndDecodeAgreeWithTheLibrary) {
   ASSERT_TRUE(tok.ok()) << tok.status();
   const std::string text = "Where does Lena live? In Osaka.<|endoftext|>";
   std::string expected;
-  for (int32_t id : tok->Encode(text)) expected += (expected.empty() ? "" : " ") + std::to_string(id);
+  for (int32_t id : tok->Encode(text))
+    expected += (expected.empty() ? "" : " ") + std::to_string(id);
 
   const Result encoded =
       Rwr(fmt::format("tokenizer encode --tokenizer '{}' --text '{}'", kTokenizer, text));
@@ -47,17 +48,16 @@ TEST(TokenizerCliTest, EncodeAndDecodeAgreeWithTheLibrary) {
       Rwr(fmt::format("tokenizer decode --tokenizer '{}' --ids '{}'", kTokenizer, expected));
   ASSERT_EQ(decoded.exit_code, 0) << decoded.output;
   EXPECT_EQ(decoded.output, text + "\n");
-  const Result skipped = Rwr(
-      fmt::format("tokenizer decode --tokenizer '{}' --skip-special --ids '{}'", kTokenizer, expected));
+  const Result skipped = Rwr(fmt::format(
+      "tokenizer decode --tokenizer '{}' --skip-special --ids '{}'", kTokenizer, expected));
   EXPECT_EQ(skipped.output, "Where does Lena live? In Osaka.\n");
 }
 
 TEST(TokenizerCliTest, StatsCountTokensPerWord) {
   const auto path = std::filesystem::temp_directory_path() / "rwr_tokenizer_cli_stats.txt";
   std::ofstream(path) << "the badge number is 65532\n";
-  const Result r =
-      Rwr(fmt::format("tokenizer encode --tokenizer '{}' --input '{}' --stats", kTokenizer,
-                      path.string()));
+  const Result r = Rwr(fmt::format("tokenizer encode --tokenizer '{}' --input '{}' --stats",
+                                   kTokenizer, path.string()));
   std::filesystem::remove(path);
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("26 bytes, 5 words,"));
@@ -73,9 +73,18 @@ TEST(TokenizerCliTest, UnsupportedFileIsAOneLineErrorWithExitOne) {
   EXPECT_THAT(r.output, HasSubstr("model type \"WordPiece\" is not supported; expected BPE"));
   EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
 
-  const Result bad_ids = Rwr(fmt::format("tokenizer decode --tokenizer '{}' --ids 'one two'", kTokenizer));
+  const Result bad_ids =
+      Rwr(fmt::format("tokenizer decode --tokenizer '{}' --ids 'one two'", kTokenizer));
   EXPECT_EQ(bad_ids.exit_code, 1);
   EXPECT_THAT(bad_ids.output, HasSubstr("--ids: unexpected 'o'"));
+  const Result negative =
+      Rwr(fmt::format("tokenizer decode --tokenizer '{}' --ids '5 -1'", kTokenizer));
+  EXPECT_EQ(negative.exit_code, 1);
+  EXPECT_THAT(negative.output, HasSubstr("--ids: '-1' is not a token id"));
+  const Result dir = Rwr(fmt::format("tokenizer encode --tokenizer '{}' --input '{}'", kTokenizer,
+                                     std::filesystem::temp_directory_path().string()));
+  EXPECT_EQ(dir.exit_code, 1);
+  EXPECT_THAT(dir.output, HasSubstr("is a directory"));
 }
 
 }  // namespace
