@@ -16,20 +16,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// trainer_state.json of a checkpoint, or what is wrong with it (naming the file).
-absl::StatusOr<trainer::TrainerState> ReadTrainerState(const fs::path& dir) {
-  const std::string path = (dir / "trainer_state.json").string();
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(fmt::format("{}: missing", path));
-  nlohmann::json json;
-  try {
-    in >> json;
-  } catch (const std::exception& e) {
-    return absl::DataLossError(fmt::format("{}: not valid JSON ({})", path, e.what()));
-  }
-  return trainer::TrainerState::FromJson(json, path);
-}
-
 // What is wrong with checkpoint `dir`, one line per problem, each naming its file (empty: nothing).
 // Its DONE marker (ResolveCheckpointDir found one) says the save finished, not that the files are
 // still whole (a copy cut short, a file deleted since). So every file
@@ -43,13 +29,13 @@ std::vector<std::string> CheckpointProblems(const fs::path& dir) {
     if (!status.ok()) problems.emplace_back(status.message());
   };
   note(trainer::MambaConfig::FromJsonFile((dir / "config.json").string()).status());
-  auto state = ReadTrainerState(dir);
+  auto state = trainer::ReadTrainerState(dir.string());
   note(state.status());
   note(storage::SafetensorsModel::Open(dir.string()).status());
   // Without a readable trainer_state.json (already reported) rank 0's file is still checked.
   const int world_size = state.ok() ? state->world_size : 1;
   for (int rank = 0; rank < world_size; ++rank) {
-    const fs::path path = dir / fmt::format("optimizer_rank{:05d}.safetensors", rank);
+    const fs::path path = dir / trainer::OptimizerFileName(rank);
     const absl::Status opened = storage::SafetensorsFile::Open(path.string()).status();
     if (!opened.ok()) {
       note(opened);
@@ -101,7 +87,7 @@ void RegisterCheckpointCommands(CLI::App& app) {
     }
     RWR_ASSIGN_OR_RETURN(trainer::MambaConfig model, trainer::MambaConfig::FromJsonFile(
                                                          (fs::path(dir) / "config.json").string()));
-    RWR_ASSIGN_OR_RETURN(trainer::TrainerState state, ReadTrainerState(dir));
+    RWR_ASSIGN_OR_RETURN(trainer::TrainerState state, trainer::ReadTrainerState(dir));
     std::cout << "checkpoint  " << dir << " (complete: DONE present, every file whole)\n";
     std::cout << "step        " << state.step << "\n";
     std::cout << "tokens seen " << state.tokens_seen << "\n";

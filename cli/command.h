@@ -3,6 +3,7 @@
 // reports failure (a Status, printed by main as one line, exit code 1).
 #pragma once
 
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <string>
@@ -41,8 +42,9 @@ void FlagToOverride(const CLI::Option* option, const T& value, std::string_view 
 inline CLI::Validator Positive() {
   return CLI::Validator(
       [](std::string& value) -> std::string {
-        double number = 0;
-        if (!CLI::detail::lexical_cast(value, number)) return "expected a number, got " + value;
+        char* end = nullptr;
+        const double number = std::strtod(value.c_str(), &end);
+        if (value.empty() || *end != '\0') return "expected a number, got " + value;
         return number > 0 ? std::string() : "must be > 0 (got " + value + ")";
       },
       "POSITIVE");

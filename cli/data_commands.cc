@@ -244,62 +244,6 @@ class ItemIndex {
 #endif
 };
 
-// What an interrupted `data build` leaves in --out before the manifest (written last): finished
-// shards (shard_NNNNN.rws) and the .tmp file of the shard or manifest being written.
-bool IsBuildLeftover(std::string_view name) {
-  if (name == std::string(storage::kShardManifestName) + ".tmp") return true;
-  if (name.ends_with(".tmp")) name.remove_suffix(4);
-  if (!name.starts_with("shard_") || !name.ends_with(storage::kShardExtension)) return false;
-  name.remove_prefix(6);
-  name.remove_suffix(storage::kShardExtension.size());
-  return !name.empty() &&
-         std::all_of(name.begin(), name.end(), [](char c) { return c >= '0' && c <= '9'; });
-}
-
-// --out may be new, empty, or a dataset (the packer replaces it with --overwrite and refuses it
-// without). A directory without a manifest that holds only an interrupted build's leftovers is
-// cleared, so no stale shard outlives the new manifest; anything else in it is the user's, and a
-// build never writes among the user's files.
-absl::Status PrepareBuildOut(const std::string& out) {
-  namespace fs = std::filesystem;
-  std::error_code error;
-  if (!fs::exists(out, error)) return absl::OkStatus();
-  if (!fs::is_directory(out, error)) {
-    return absl::InvalidArgumentError(fmt::format("--out {}: not a directory", out));
-  }
-  if (fs::exists(fs::path(out) / storage::kShardManifestName, error)) return absl::OkStatus();
-  std::vector<fs::path> leftovers;
-  for (const fs::directory_entry& entry : fs::directory_iterator(out, error)) {
-    const std::string name = entry.path().filename().string();
-    if (!entry.is_regular_file() || !IsBuildLeftover(name)) {
-      return absl::FailedPreconditionError(fmt::format(
-          "--out {}: not empty ('{}') and holds no dataset ({}); choose a new or empty directory",
-          out, name, storage::kShardManifestName));
-    }
-    leftovers.push_back(entry.path());
-  }
-  if (error) return absl::UnavailableError(fmt::format("--out {}: {}", out, error.message()));
-  for (const fs::path& path : leftovers) {
-    if (!fs::remove(path, error) && error) {
-      return absl::UnavailableError(
-          fmt::format("cannot remove {}: {}", path.string(), error.message()));
-    }
-  }
-  if (!leftovers.empty()) {
-    spdlog::info("data build: removed {} files an interrupted build left in {}", leftovers.size(),
-                 out);
-  }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::string> FileSha256(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(fmt::format("{}: cannot read", path));
-  std::stringstream bytes;
-  bytes << in.rdbuf();
-  return Sha256Hex(bytes.str());
-}
-
 absl::Status RunBuild(BuildFlags& f) {
   FlagToOverride(f.input_opt, f.input, "build.input", &f.common);
   FlagToOverride(f.cache_opt, f.cache, "build.cache", &f.common);
@@ -315,7 +259,7 @@ absl::Status RunBuild(BuildFlags& f) {
   RWR_ASSIGN_OR_RETURN(std::string tokenizer_path, config.Get<std::string>("build.tokenizer"));
   RWR_ASSIGN_OR_RETURN(std::string out, config.GetOr<std::string>("build.out", ""));
   if (out.empty()) return absl::InvalidArgumentError("--out DIR is required");
-  RWR_RETURN_IF_ERROR(PrepareBuildOut(out));
+  RWR_RETURN_IF_ERROR(distill::CheckDatasetDir(out, f.overwrite));  // before any long work
   RWR_ASSIGN_OR_RETURN(int64_t seq_len, config.Get<int64_t>("build.seq_len"));
   if (seq_len < 8) return absl::InvalidArgumentError(fmt::format("--seq-len {} must be >= 8", seq_len));
   RWR_ASSIGN_OR_RETURN(std::string layout_name, config.Get<std::string>("build.layout"));
@@ -354,7 +298,7 @@ absl::Status RunBuild(BuildFlags& f) {
     return absl::InvalidArgumentError(fmt::format(
         "{}: no <|endoftext|> token; the sample template ends each sample with it", tokenizer_path));
   }
-  RWR_ASSIGN_OR_RETURN(std::string tokenizer_sha, FileSha256(tokenizer_path));
+  RWR_ASSIGN_OR_RETURN(std::string tokenizer_sha, Sha256HexOfFile(tokenizer_path));
   // Padding (loader side, never on disk): GPT-NeoX's <|padding|> where the tokenizer has it.
   const int32_t pad_id = tokenizer.token_to_id("<|padding|>").value_or(*eos);
 

@@ -22,6 +22,7 @@
 #include "rwr/v1/distill.grpc.pb.h"
 #include "spdlog/spdlog.h"
 #include "storage/rocksdb_store.h"
+#include "teacher_client/channel.h"
 #include "teacher_client/distill_run.h"
 #include "teacher_client/distill_service.h"
 #include "teacher_client/extractive_teacher.h"
@@ -305,7 +306,8 @@ void AddServe(CLI::App* group) {
 
 // --- clients: submit, status, cancel ---
 
-std::unique_ptr<v1::DistillService::Stub> Connect(const std::string& server) {
+absl::StatusOr<std::unique_ptr<v1::DistillService::Stub>> Connect(const std::string& server) {
+  RWR_RETURN_IF_ERROR(teacher::CheckHostPort(server, /*allow_port_zero=*/false, "--server"));
   return v1::DistillService::NewStub(
       grpc::CreateChannel(server, grpc::InsecureChannelCredentials()));
 }
@@ -378,7 +380,7 @@ absl::Status WatchUntilDone(v1::DistillService::Stub& stub, const std::string& s
 
 absl::Status SubmitCommand(SubmitFlags& f) {
   RWR_ASSIGN_OR_RETURN(Config config, ResolveConfig(f.common, Config(), "distill submit"));
-  auto stub = Connect(f.server);
+  RWR_ASSIGN_OR_RETURN(auto stub, Connect(f.server));
   v1::SubmitJobRequest request;
   request.set_dataset_path(std::filesystem::absolute(f.input).string());
   request.set_teacher(f.teacher);
@@ -465,7 +467,7 @@ struct StatusFlags {
 absl::Status StatusCommand(StatusFlags& f) {
   f.common.log_level = f.common.log_level == "info" ? "warn" : f.common.log_level;
   RWR_ASSIGN_OR_RETURN(Config config, ResolveConfig(f.common, Config(), "distill status"));
-  auto stub = Connect(f.server);
+  RWR_ASSIGN_OR_RETURN(auto stub, Connect(f.server));
   if (f.job_id.empty()) {
     if (f.watch) return absl::InvalidArgumentError("distill status --watch needs a JOB_ID");
     grpc::ClientContext context;
@@ -523,7 +525,7 @@ struct CancelFlags {
 
 absl::Status CancelCommand(CancelFlags& f) {
   RWR_ASSIGN_OR_RETURN(Config config, ResolveConfig(f.common, Config(), "distill cancel"));
-  auto stub = Connect(f.server);
+  RWR_ASSIGN_OR_RETURN(auto stub, Connect(f.server));
   grpc::ClientContext context;
   SetDeadline(&context, 10);
   RWR_RETURN_IF_ERROR(Authorize(&context, f.token_file));

@@ -3,6 +3,10 @@
 #include <openssl/evp.h>
 
 #include <cstdlib>
+#include <fstream>
+#include <vector>
+
+#include "fmt/format.h"
 
 namespace rwr {
 namespace {
@@ -52,5 +56,17 @@ std::string ToHex(const Sha256Digest& digest) {
 }
 
 std::string Sha256Hex(std::string_view bytes) { return ToHex(Sha256Of(bytes)); }
+
+absl::StatusOr<std::string> Sha256HexOfFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(fmt::format("{}: cannot read", path));
+  Sha256 hasher;
+  std::vector<char> buffer(1 << 20);
+  while (in.read(buffer.data(), static_cast<std::streamsize>(buffer.size())) || in.gcount() > 0) {
+    hasher.Update(buffer.data(), static_cast<size_t>(in.gcount()));
+  }
+  if (in.bad()) return absl::UnavailableError(fmt::format("{}: read failed", path));
+  return ToHex(hasher.Finish());
+}
 
 }  // namespace rwr

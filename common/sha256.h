@@ -6,6 +6,8 @@
 #include <string>
 #include <string_view>
 
+#include "absl/status/statusor.h"
+
 namespace rwr {
 
 using Sha256Digest = std::array<uint8_t, 32>;
@@ -29,5 +31,7 @@ class Sha256 {
 Sha256Digest Sha256Of(std::string_view bytes);
 std::string ToHex(const Sha256Digest& digest);
 std::string Sha256Hex(std::string_view bytes);
+// Hex digest of a file's bytes, read in pieces; NotFound naming the file if it cannot be read.
+absl::StatusOr<std::string> Sha256HexOfFile(const std::string& path);
 
 }  // namespace rwr

@@ -6,32 +6,83 @@
 
 #include "common/status.h"
 #include "fmt/format.h"
+#include "spdlog/spdlog.h"
 
 namespace rwr::distill {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// shard_NNNNN.rws, or it or the manifest with .tmp: a file a build writes.
+bool IsBuildFile(std::string_view name) {
+  if (name == std::string(storage::kShardManifestName) + ".tmp") return true;
+  if (name.ends_with(".tmp")) name.remove_suffix(4);
+  if (!name.starts_with("shard_") || !name.ends_with(storage::kShardExtension)) return false;
+  name.remove_prefix(6);
+  name.remove_suffix(storage::kShardExtension.size());
+  return !name.empty() &&
+         std::all_of(name.begin(), name.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// The files a build into `dir` must remove first (see CheckDatasetDir), manifest first.
+absl::StatusOr<std::vector<fs::path>> FilesToClear(const std::string& dir, bool overwrite) {
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) return std::vector<fs::path>();
+  if (!fs::is_directory(dir, ec)) {
+    return absl::InvalidArgumentError(fmt::format("--out {}: not a directory", dir));
+  }
+  const fs::path manifest = fs::path(dir) / storage::kShardManifestName;
+  const bool dataset = fs::exists(manifest, ec);
+  if (dataset && !overwrite) {
+    return absl::AlreadyExistsError(fmt::format(
+        "{} already holds a dataset ({} exists); choose another --out or pass --overwrite", dir,
+        manifest.string()));
+  }
+  std::vector<fs::path> files;
+  if (dataset) files.push_back(manifest);
+  for (const fs::directory_entry& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.path() == manifest) continue;
+    if (entry.is_regular_file() && IsBuildFile(name)) {
+      files.push_back(entry.path());
+    } else if (!dataset) {  // a dataset's directory may hold other files; they stay
+      return absl::FailedPreconditionError(fmt::format(
+          "--out {}: not empty ('{}') and holds no dataset ({}); choose a new or empty directory",
+          dir, name, storage::kShardManifestName));
+    }
+  }
+  if (ec) return absl::UnavailableError(fmt::format("--out {}: {}", dir, ec.message()));
+  return files;
+}
+
+}  // namespace
+
+absl::Status CheckDatasetDir(const std::string& dir, bool overwrite) {
+  return FilesToClear(dir, overwrite).status();
+}
 
 absl::StatusOr<std::unique_ptr<Packer>> Packer::Create(PackerOptions options) {
   if (options.vocab_size == 0 || options.seq_len == 0) {
     return absl::InvalidArgumentError("packer: vocab_size and seq_len must be > 0");
   }
   if (options.open_rows < 1) options.open_rows = 1;
+  RWR_ASSIGN_OR_RETURN(const std::vector<std::filesystem::path> stale,
+                       FilesToClear(options.dir, options.overwrite));
   std::error_code ec;
+  for (const std::filesystem::path& path : stale) {  // the manifest comes first
+    if (!std::filesystem::remove(path, ec) && ec) {
+      return absl::UnavailableError(
+          fmt::format("cannot remove {}: {}", path.string(), ec.message()));
+    }
+  }
+  if (!stale.empty()) {
+    spdlog::info("data build: removed {} files of an earlier or interrupted build in {}",
+                 stale.size(), options.dir);
+  }
   std::filesystem::create_directories(options.dir, ec);
   if (ec) {
     return absl::UnavailableError(fmt::format("cannot create {}: {}", options.dir, ec.message()));
-  }
-  const auto manifest = std::filesystem::path(options.dir) / storage::kShardManifestName;
-  if (std::filesystem::exists(manifest)) {
-    if (!options.overwrite) {
-      return absl::AlreadyExistsError(fmt::format(
-          "{} already holds a dataset ({} exists); choose another --out or pass --overwrite",
-          options.dir, manifest.string()));
-    }
-    // Remove the old dataset's manifest first, so a crash midway never leaves a manifest that
-    // points at a mix of old and new shards.
-    std::filesystem::remove(manifest, ec);
-    for (const auto& entry : std::filesystem::directory_iterator(options.dir)) {
-      if (entry.path().extension() == storage::kShardExtension) std::filesystem::remove(entry.path(), ec);
-    }
   }
   std::unique_ptr<Packer> packer(new Packer(std::move(options)));
   packer->manifest_.vocab_size = packer->options_.vocab_size;

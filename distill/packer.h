@@ -24,7 +24,7 @@
 namespace rwr::distill {
 
 struct PackerOptions {
-  std::string dir;  // created if missing; must not already hold a manifest unless overwrite
+  std::string dir;  // created if missing; what it may hold: CheckDatasetDir
   uint64_t vocab_size = 0;
   uint64_t seq_len = 0;
   storage::RowLayout row_layout = storage::RowLayout::kPacked;
@@ -34,6 +34,14 @@ struct PackerOptions {
   int64_t pad_id = 0;
   bool overwrite = false;
 };
+
+// What a dataset directory may hold before a build writes into it: nothing; a dataset (a
+// manifest: replaced only with `overwrite`); or what an interrupted build left (shard files and
+// .tmp files, no manifest: cleared). Anything else is the user's, and a build never writes among
+// the user's files. CheckDatasetDir only checks, so that a caller can refuse before long work;
+// Packer::Create checks again and clears (the old manifest first, so a crash midway never leaves
+// a manifest pointing at a mix of old and new shards).
+absl::Status CheckDatasetDir(const std::string& dir, bool overwrite);
 
 struct PackerStats {
   uint64_t samples = 0, rows = 0, tokens = 0, loss_tokens = 0, shards = 0;

@@ -44,9 +44,24 @@ std::optional<int64_t> StepOf(const std::string& name) {
   return std::stoll(name.substr(5));
 }
 
-std::string RankFile(int rank) { return fmt::format("optimizer_rank{:05d}.safetensors", rank); }
-
 }  // namespace
+
+std::string OptimizerFileName(int rank) {
+  return fmt::format("optimizer_rank{:05d}.safetensors", rank);
+}
+
+absl::StatusOr<TrainerState> ReadTrainerState(const std::string& dir) {
+  const std::string path = (fs::path(dir) / "trainer_state.json").string();
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(fmt::format("{}: missing", path));
+  json j;
+  try {
+    in >> j;
+  } catch (const std::exception& e) {
+    return absl::DataLossError(fmt::format("{}: not valid JSON ({})", path, e.what()));
+  }
+  return TrainerState::FromJson(j, path);
+}
 
 json TrainerState::ToJson() const {
   json j;
@@ -136,7 +151,7 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
   const int64_t n = data.opt_end - data.opt_begin;
   RWR_RETURN_IF_ERROR(opt.AddFloat("exp_avg", {n}, data.exp_avg));
   RWR_RETURN_IF_ERROR(opt.AddFloat("exp_avg_sq", {n}, data.exp_avg_sq));
-  RWR_RETURN_IF_ERROR(opt.WriteFile((tmp / RankFile(0)).string()));
+  RWR_RETURN_IF_ERROR(opt.WriteFile((tmp / OptimizerFileName(0)).string()));
   RWR_RETURN_IF_ERROR(WriteText(tmp / "trainer_state.json", data.state.ToJson().dump(2) + "\n"));
   for (const auto& entry : fs::directory_iterator(tmp)) SyncPath(entry.path(), false);
   RWR_RETURN_IF_ERROR(WriteText(tmp / "DONE", fmt::format("step {}\n", data.state.step)));
@@ -164,17 +179,9 @@ absl::StatusOr<CheckpointData> LoadCheckpoint(const std::string& dir, int rank) 
   RWR_ASSIGN_OR_RETURN(LoadedModel model, LoadModelDir(dir));
   data.config = model.config;
   data.params = std::move(model.params);
-  const std::string state_path = (fs::path(dir) / "trainer_state.json").string();
-  std::ifstream in(state_path);
-  json j;
-  try {
-    in >> j;
-  } catch (const std::exception& e) {
-    return absl::DataLossError(fmt::format("{}: not valid JSON ({})", state_path, e.what()));
-  }
-  RWR_ASSIGN_OR_RETURN(data.state, TrainerState::FromJson(j, state_path));
-  RWR_ASSIGN_OR_RETURN(auto opt,
-                       storage::SafetensorsFile::Open((fs::path(dir) / RankFile(rank)).string()));
+  RWR_ASSIGN_OR_RETURN(data.state, ReadTrainerState(dir));
+  RWR_ASSIGN_OR_RETURN(
+      auto opt, storage::SafetensorsFile::Open((fs::path(dir) / OptimizerFileName(rank)).string()));
   try {
     data.opt_begin = std::stoll(opt->metadata().at("range_begin"));
     data.opt_end = std::stoll(opt->metadata().at("range_end"));

@@ -49,6 +49,10 @@ struct CheckpointData {
 };
 
 std::string CheckpointName(int64_t step);  // "step_00000042"
+std::string OptimizerFileName(int rank);   // "optimizer_rank00003.safetensors"
+
+// A checkpoint's trainer_state.json; an error names the file (missing, not JSON, bad fields).
+absl::StatusOr<TrainerState> ReadTrainerState(const std::string& dir);
 
 // Writes `data` as checkpoints_dir/step_NNNNNNNN atomically; keeps the newest `keep` complete
 // checkpoints (0: keep all). Returns the final directory.

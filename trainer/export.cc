@@ -53,14 +53,7 @@ std::string TokenizerInDataDir(const fs::path& data_dir) {
 // then the resolved config's tokenizer keys and its data.dir, which may be relative to where the
 // run was started (checkpoints written before data_dir existed have only these).
 std::string FindTokenizer(const std::string& checkpoint_dir) {
-  std::ifstream in(fs::path(checkpoint_dir) / "trainer_state.json");
-  nlohmann::json json;
-  try {
-    in >> json;
-  } catch (...) {
-    return "";
-  }
-  auto state = TrainerState::FromJson(json, checkpoint_dir);
+  auto state = ReadTrainerState(checkpoint_dir);
   if (!state.ok()) return "";
   if (!state->data_dir.empty()) {
     std::string found = TokenizerInDataDir(state->data_dir);

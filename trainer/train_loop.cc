@@ -186,13 +186,6 @@ std::string DataTokenizerSha(const storage::ShardManifest& manifest) {
   return build["tokenizer"].value("sha256", std::string());
 }
 
-absl::StatusOr<std::string> FileSha(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(fmt::format("cannot read {}", path.string()));
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return Sha256Hex(bytes);
-}
-
 // Settings a resumed run changes against the run it continues, as "key old -> new": a changed lr
 // or batch size can be meant, but should not go unnoticed.
 std::vector<std::string> ChangedSettings(const std::string& old_yaml, const Config& now) {
@@ -271,7 +264,7 @@ absl::Status CheckModelTokenizer(const std::string& model_dir, const std::string
                                  const std::string& data_dir) {
   const fs::path tokenizer = fs::path(model_dir) / "tokenizer.json";
   if (!fs::exists(tokenizer) || tokenizer_sha.empty()) return absl::OkStatus();
-  RWR_ASSIGN_OR_RETURN(std::string sha, FileSha(tokenizer));
+  RWR_ASSIGN_OR_RETURN(std::string sha, Sha256HexOfFile(tokenizer.string()));
   if (sha == tokenizer_sha) return absl::OkStatus();
   return absl::FailedPreconditionError(fmt::format(
       "{} is not the tokenizer data {} was built with (sha256 {} vs {}): the model's embeddings "
@@ -452,10 +445,16 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
         s.data_dir, loader->manifest().vocab_size, model_config.vocab_size));
   }
   const std::string tokenizer_sha = DataTokenizerSha(loader->manifest());
-  if (!s.eval_dir.empty()) {  // checked now, not at the first evaluation
+  // Opened (and its shards checked) once, now rather than at the first evaluation; every
+  // evaluation reads the same first batches from its start position.
+  std::unique_ptr<storage::ShardLoader> eval_loader;
+  storage::LoaderPosition eval_start;
+  if (!s.eval_dir.empty()) {
     storage::LoaderOptions eval_options = loader_options;
     eval_options.dir = s.eval_dir;
-    RWR_RETURN_IF_ERROR(storage::ShardLoader::Open(eval_options).status());
+    eval_options.shuffle = false;
+    RWR_ASSIGN_OR_RETURN(eval_loader, storage::ShardLoader::Open(eval_options));
+    eval_start = eval_loader->position();
   }
   if (!s.resume &&
       (!ListCheckpoints(checkpoints_dir).empty() ||
@@ -614,10 +613,7 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
   };
 
   auto evaluate = [&]() -> absl::StatusOr<double> {
-    storage::LoaderOptions eval_options = loader_options;
-    eval_options.dir = s.eval_dir;
-    eval_options.shuffle = false;
-    RWR_ASSIGN_OR_RETURN(auto eval_loader, storage::ShardLoader::Open(eval_options));
+    RWR_RETURN_IF_ERROR(eval_loader->Restore(eval_start));
     std::vector<double> sums = {0, 0};
     storage::Batch batch;
     for (int64_t i = 0; i < s.eval_batches; ++i) {

@@ -1,6 +1,7 @@
 // SHA-256 against the published FIPS 180-2 / NIST test vectors.
 #include "common/sha256.h"
 
+#include <fstream>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -25,6 +26,18 @@ TEST(Sha256Test, IncrementalEqualsOneShotAndHasherResets) {
             "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
   hasher.Update("abc");
   EXPECT_EQ(ToHex(hasher.Finish()), Sha256Hex("abc"));
+}
+
+// A file is hashed in 1 MiB pieces: a file over two of them hashes as its bytes do.
+TEST(Sha256Test, FileDigestEqualsTheDigestOfItsBytes) {
+  const std::string path = ::testing::TempDir() + "/sha256_file_test.bin";
+  std::string bytes(2'500'000, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>(i * 31 + i / 7);
+  std::ofstream(path, std::ios::binary) << bytes;
+  auto digest = Sha256HexOfFile(path);
+  ASSERT_TRUE(digest.ok()) << digest.status();
+  EXPECT_EQ(*digest, Sha256Hex(bytes));
+  EXPECT_EQ(Sha256HexOfFile(path + ".missing").status().code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace

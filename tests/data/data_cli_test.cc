@@ -15,6 +15,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/run_rwr.h"
+#include "tests/support/temp_dir.h"
 #include "nlohmann/json.hpp"
 #include "storage/shard.h"
 #if RWR_DATA_TEST_HAVE_CACHE
@@ -40,11 +41,7 @@ std::string ReadFile(const std::string& path) {
 }
 
 std::string TempDir(const std::string& name) {
-  auto dir = std::filesystem::temp_directory_path() /
-             ("rwr_data_cli_test_" + name + "_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir.string();
+  return rwr::testing::FreshTempDir("data_cli_test", name);
 }
 
 struct Item {

@@ -8,6 +8,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/temp_dir.h"
 
 namespace rwr::storage {
 namespace {
@@ -15,11 +16,7 @@ namespace {
 using ::testing::HasSubstr;
 
 std::string TempDir(const std::string& name) {
-  auto dir = std::filesystem::temp_directory_path() /
-             ("rwr_loader_test_" + name + "_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir.string();
+  return rwr::testing::FreshTempDir("loader_test", name);
 }
 
 // A dataset of `rows` rows over `shards` shards. Row g holds two documents: [g+10, 1, 2] with

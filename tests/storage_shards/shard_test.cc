@@ -6,6 +6,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/shard.h"
+#include "tests/support/temp_dir.h"
 
 namespace rwr::storage {
 namespace {
@@ -18,11 +19,7 @@ struct Doc {
 };
 
 std::string TempDir(const std::string& name) {
-  auto dir = std::filesystem::temp_directory_path() /
-             ("rwr_shard_test_" + name + "_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir.string();
+  return rwr::testing::FreshTempDir("shard_test", name);
 }
 
 Doc RandomDoc(std::mt19937& rng, uint32_t vocab, int max_len) {

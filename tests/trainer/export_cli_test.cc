@@ -13,6 +13,7 @@
 
 #include "fmt/format.h"
 #include "tests/support/run_rwr.h"
+#include "tests/support/temp_dir.h"
 #include "trainer/checkpoint.h"
 #include "trainer/model_io.h"
 #include "trainer/train_loop.h"
@@ -27,10 +28,7 @@ using rwr::testing::RunShell;
 const std::string kSource = RWR_SOURCE_DIR;
 
 std::string TempDir(const std::string& name) {
-  fs::path dir = fs::temp_directory_path() / fmt::format("rwr_export_cli_{}_{}", name, ::getpid());
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir.string();
+  return rwr::testing::FreshTempDir("export_cli", name);
 }
 
 std::string ReadAll(const std::string& path) {

@@ -14,6 +14,7 @@
 
 #include "fmt/format.h"
 #include "storage/shard.h"
+#include "tests/support/temp_dir.h"
 #include "trainer/checkpoint.h"
 #include "trainer/model_io.h"
 #include "trainer/train_loop.h"
@@ -25,12 +26,7 @@ namespace fs = std::filesystem;
 const std::string kRwr = RWR_BINARY;
 const std::string kSource = RWR_SOURCE_DIR;
 
-std::string TempDir(const std::string& name) {
-  fs::path dir = fs::temp_directory_path() / fmt::format("rwr_cli_{}_{}", name, ::getpid());
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir.string();
-}
+std::string TempDir(const std::string& name) { return rwr::testing::FreshTempDir("cli", name); }
 
 struct CommandResult {
   int exit_code;

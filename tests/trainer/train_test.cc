@@ -18,6 +18,7 @@
 #include "nlohmann/json.hpp"
 #include "storage/safetensors.h"
 #include "storage/shard.h"
+#include "tests/support/temp_dir.h"
 #include "trainer/checkpoint.h"
 #include "trainer/export.h"
 #include "trainer/rng.h"
@@ -29,12 +30,7 @@ namespace {
 namespace fs = std::filesystem;
 constexpr int kVocab = 61;
 
-std::string TempDir(const std::string& name) {
-  fs::path dir = fs::temp_directory_path() / fmt::format("rwr_train_{}_{}", name, ::getpid());
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir.string();
-}
+std::string TempDir(const std::string& name) { return rwr::testing::FreshTempDir("train", name); }
 
 // Rows of documents with a learnable pattern (each token predicts the next: t → (3t + 1) mod V),
 // a prompt without loss and a target span with loss.
