@@ -5,6 +5,7 @@
 //
 //   train_bench --model configs/models/mamba-2.8b.yaml --cases 2048x1,2048x4,8192x1 \
 //               --long 32768,65536,131072 --json out.json
+#include <cuda_profiler_api.h>
 #include <cuda_runtime_api.h>
 
 #include <chrono>
@@ -14,6 +15,9 @@
 #include <sstream>
 
 #include "CLI/CLI.hpp"
+#ifdef RWR_HAVE_CUPTI
+#include "bench/kernel_trace.h"
+#endif
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 #include "scan_kernels/scan_tuning.h"
@@ -82,6 +86,15 @@ int main(int argc, char** argv) {
                "Also report GPU time per kind of work (gemm, scan, conv, norm, head, other, "
                "optimizer) and per GEMM and kernel (CUDA events around each call, which adds a "
                "little host time); 'untimed' is the step's wall time not inside a timed call");
+  bool trace_last_step = false;
+  app.add_flag("--trace-last-step", trace_last_step,
+               "Record each case's last step with CUPTI and print where the GPU sat idle and on "
+               "which host calls (bench/kernel_trace.h)");
+  bool profile_last_step = false;
+  app.add_flag("--profile-last-step", profile_last_step,
+               "Bracket each case's last step with cudaProfilerStart/Stop, so that a profiler "
+               "started with profiling off (ncu --profile-from-start off) sees one whole step "
+               "(bench/step_kernels_device.sh)");
   CLI11_PARSE(app, argc, argv);
 
   auto config = rwr::Config::LoadFile(model_path);
@@ -139,6 +152,16 @@ int main(int argc, char** argv) {
     std::map<std::string, double> phase_ms;  // summed over the timed steps
     double loss = 0, peak = 0;
     for (int i = 0; i < timed + 1; ++i) {
+      const bool profiled = profile_last_step && i == timed;
+      if (profiled) cudaProfilerStart();
+      const bool traced = trace_last_step && i == timed;
+      if (traced) {
+        std::string error = "built without CUPTI";
+#ifdef RWR_HAVE_CUPTI
+        if (rwr::bench::StartKernelTrace(&error)) error.clear();
+#endif
+        if (!error.empty()) fmt::print("  trace: {}\n", error);
+      }
       const auto t0 = std::chrono::steady_clock::now();
       if (auto s = (*model)->ZeroGrads(); !s.ok()) {
         fmt::print("  {}\n", std::string(s.message()));
@@ -155,6 +178,10 @@ int main(int argc, char** argv) {
         return false;
       }
       cudaDeviceSynchronize();
+      if (profiled) cudaProfilerStop();
+#ifdef RWR_HAVE_CUPTI
+      if (traced) rwr::bench::PrintTraceSummary(rwr::bench::StopKernelTrace(), 12);
+#endif
       const double dt =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       peak = std::max(peak, UsedGiB());
