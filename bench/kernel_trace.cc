@@ -20,9 +20,9 @@ namespace {
 using Kind = TraceEvent::Kind;
 
 constexpr size_t kBufferBytes = 8 << 20;
-constexpr CUpti_ActivityKind kRecorded[] = {
-    CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY,
-    CUPTI_ACTIVITY_KIND_MEMSET, CUPTI_ACTIVITY_KIND_RUNTIME};
+constexpr CUpti_ActivityKind kRecorded[] = {CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL,
+                                            CUPTI_ACTIVITY_KIND_MEMCPY, CUPTI_ACTIVITY_KIND_MEMSET,
+                                            CUPTI_ACTIVITY_KIND_RUNTIME};
 
 std::mutex g_mutex;
 std::vector<TraceEvent> g_events;  // filled by the buffer callback while a trace runs
@@ -99,8 +99,8 @@ void CUPTIAPI OnBufferCompleted(CUcontext, uint32_t, uint8_t* buffer, size_t, si
       }
       case CUPTI_ACTIVITY_KIND_MEMSET: {
         const auto* m = reinterpret_cast<const CUpti_ActivityMemset4*>(record);
-        g_events.push_back({Kind::kMemset, fmt::format("memset {} KiB", m->bytes >> 10), m->start,
-                            m->end});
+        g_events.push_back(
+            {Kind::kMemset, fmt::format("memset {} KiB", m->bytes >> 10), m->start, m->end});
         break;
       }
       case CUPTI_ACTIVITY_KIND_RUNTIME: {
@@ -170,8 +170,9 @@ std::vector<TraceEvent> StopKernelTrace() {
     std::lock_guard<std::mutex> lock(g_mutex);
     events.swap(g_events);
   }
-  std::stable_sort(events.begin(), events.end(),
-                   [](const TraceEvent& a, const TraceEvent& b) { return a.start_ns < b.start_ns; });
+  std::stable_sort(events.begin(), events.end(), [](const TraceEvent& a, const TraceEvent& b) {
+    return a.start_ns < b.start_ns;
+  });
   return events;
 }
 
@@ -243,9 +244,9 @@ void PrintTraceSummary(const std::vector<TraceEvent>& events, int top) {
         best = h;
       }
     }
-    return best == nullptr ? "no host call"
-                           : fmt::format("{} {:.0f} us", best->name,
-                                         (best->end_ns - best->start_ns) / 1e3);
+    return best == nullptr
+               ? "no host call"
+               : fmt::format("{} {:.0f} us", best->name, (best->end_ns - best->start_ns) / 1e3);
   };
   std::vector<Gap> longest = gaps;
   std::sort(longest.begin(), longest.end(), [](const Gap& a, const Gap& b) { return a.ns > b.ns; });
@@ -253,8 +254,7 @@ void PrintTraceSummary(const std::vector<TraceEvent>& events, int top) {
   fmt::print("    longest gaps (at ms from the first GPU work):\n");
   for (const Gap& g : longest) {
     fmt::print("      {:8.1f} us at {:8.2f}: {} -> {} (host: {})\n", g.ns / 1e3,
-               (g.at - gpu.front()->start_ns) / 1e6, g.before->name, g.after->name,
-               host_during(g));
+               (g.at - gpu.front()->start_ns) / 1e6, g.before->name, g.after->name, host_during(g));
   }
   std::map<std::string, std::pair<int, uint64_t>> per_call;
   for (const TraceEvent* h : host) {
