@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "cli/command.h"
+#include "common/logging.h"
 #include "common/status.h"
 #include "nlohmann/json.hpp"
 #include "storage/safetensors.h"
@@ -51,24 +52,23 @@ void RegisterCheckpointCommands(CLI::App& app) {
   CLI::App* group = app.add_subcommand("checkpoint", "Inspect training checkpoints");
   group->require_subcommand(1);
   struct Options {
-    CommonOptions common;
+    std::string log_level = "warn";
     std::string dir;
     bool tensors = false;
   };
   auto* options = NewFlags<Options>();
-  options->common.log_level = "warn";
   CLI::App* inspect = group->add_subcommand(
       "inspect",
       "Describe a checkpoint: DIR is a step_NNNNNNNN directory, a checkpoints/ directory or a run\n"
       "directory (its newest complete checkpoint is shown, and every checkpoint is listed).\n"
       "Checks that every file resume reads is present and whole (safetensors headers and sizes);\n"
       "a damaged checkpoint is an error naming the file");
-  AddCommonOptions(inspect, &options->common);
+  inspect->footer("Reads no config file (no --config/--set): everything shown comes from DIR.");
+  AddLogLevelOption(inspect, &options->log_level);
   inspect->add_option("dir", options->dir, "Checkpoint, checkpoints or run directory")->required();
   inspect->add_flag("--tensors", options->tensors, "List every tensor with dtype and shape");
   SetAction(inspect, [options]() -> absl::Status {
-    RWR_ASSIGN_OR_RETURN(Config config,
-                         ResolveConfig(options->common, Config(), "checkpoint inspect"));
+    RWR_RETURN_IF_ERROR(InitLogging({.level = options->log_level}));
     for (const fs::path& d : {fs::path(options->dir), fs::path(options->dir) / "checkpoints"}) {
       auto all = trainer::ListCheckpoints(d.string());
       if (!all.empty()) {

@@ -23,7 +23,11 @@ void AddCommonOptions(CLI::App* command, CommonOptions* options) {
                       "Override a config key, e.g. --set train.lr=3e-4 (repeatable)")
       ->take_all()
       ->allow_extra_args(false);
-  command->add_option("--log-level", options->log_level, "trace, debug, info, warn or error")
+  AddLogLevelOption(command, &options->log_level);
+}
+
+void AddLogLevelOption(CLI::App* command, std::string* log_level) {
+  command->add_option("--log-level", *log_level, "trace, debug, info, warn or error")
       ->capture_default_str();
 }
 

@@ -1,6 +1,7 @@
-// What every `rwr <group> <verb>` shares: --config FILE, repeated --set key=value, --log-level;
-// config resolution (defaults ← file ← overrides, logged at start); and the one way a command
-// reports failure (a Status, printed by main as one line, exit code 1).
+// What every `rwr <group> <verb>` shares: --config FILE, repeated --set key=value, --log-level
+// (--log-level alone where a command reads no config); config resolution (defaults ← file ←
+// overrides, logged at start); and the one way a command reports failure (a Status, printed by
+// main as one line, exit code 1).
 #pragma once
 
 #include <cstdlib>
@@ -26,6 +27,11 @@ struct CommonOptions {
 
 // Adds --config, --set and --log-level to `command`.
 void AddCommonOptions(CLI::App* command, CommonOptions* options);
+
+// Adds --log-level alone, for a command that reads no config key (`rwr export`, `rwr checkpoint
+// inspect`): offered --config and --set, it would accept them and ignore them; without them,
+// passing one is a usage error (exit 2). Its action calls InitLogging itself.
+void AddLogLevelOption(CLI::App* command, std::string* log_level);
 
 // A flag given on the command line wins over the config file: it becomes one more --set
 // (key=value) after the file's. `option` may be null (a flag the command does not have here).

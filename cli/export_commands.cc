@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "cli/command.h"
+#include "common/logging.h"
 #include "common/status.h"
 #include "trainer/export.h"
 
@@ -11,7 +12,7 @@ namespace rwr::cli {
 
 void RegisterExportCommands(CLI::App& app) {
   struct Options {
-    CommonOptions common;
+    std::string log_level = "info";
     trainer::ExportOptions exp;
     double max_shard_gib = 5;
   };
@@ -21,8 +22,10 @@ void RegisterExportCommands(CLI::App& app) {
       "Writes config.json, model.safetensors (bf16 or\n"
       "fp32; model-0000i-of-0000K.safetensors + index above --max-shard-gib), tokenizer.json.\n"
       "Loads with transformers' MambaForCausalLM.from_pretrained(DIR). The export is written to\n"
-      "DIR.tmp-<pid> and moved into place when complete; a failed export leaves no DIR.");
-  AddCommonOptions(cmd, &options->common);
+      "DIR.tmp-<pid> and moved into place when complete; a failed export leaves no DIR.\n"
+      "Reads no config file (no --config/--set): the model and the run's config come from the\n"
+      "checkpoint, every other setting from the flags above.");
+  AddLogLevelOption(cmd, &options->log_level);
   cmd->add_option("--checkpoint", options->exp.checkpoint,
                   "step_NNNNNNNN dir, checkpoints/ dir or run dir (newest complete checkpoint)")
       ->required();
@@ -38,15 +41,15 @@ void RegisterExportCommands(CLI::App& app) {
       ->capture_default_str();
   CLI::Option* tokenizer = cmd->add_option(
       "--tokenizer", options->exp.tokenizer,
-      "tokenizer.json to copy (default: found through the run's data dir or config; none found is "
-      "an error)");
+      "tokenizer.json to copy (default: found through the run's data dir or the config the "
+      "checkpoint recorded; none found is an error)");
   cmd->add_flag("--no-tokenizer", options->exp.without_tokenizer,
                 "Export the weights alone, without tokenizer.json")
       ->excludes(tokenizer);
   cmd->add_flag("--write-check", options->exp.write_check,
                 "Also write rwr_check.safetensors (ids + rwr logits) for an HF parity check");
   SetAction(cmd, [options]() -> absl::Status {
-    RWR_ASSIGN_OR_RETURN(Config config, ResolveConfig(options->common, Config(), "export"));
+    RWR_RETURN_IF_ERROR(InitLogging({.level = options->log_level}));
     const double gib = options->max_shard_gib;
     if (!std::isfinite(gib) || gib <= 0) {
       return absl::InvalidArgumentError(

@@ -2,7 +2,9 @@
 // in a subprocess) on a checkpoint saved in-process: an output directory is written whole or not
 // at all and never mixed with old files; inputs are checked before anything is written; the
 // tokenizer is found through the run's recorded data dir from any working directory, and a missing
-// one is an error; inspect reports a checkpoint whose files are missing or cut short.
+// one is an error; inspect reports a checkpoint whose files are missing or cut short; neither
+// export nor inspect takes --config or --set (they read no config key, so passing one is a usage
+// error rather than silently ignored).
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -216,6 +218,40 @@ TEST(ExportCli, NoTokenizerFoundIsAnErrorUnlessNoTokenizerIsGiven) {
   EXPECT_EQ(Listing(out), (std::vector<std::string>{"config.json", "model.safetensors"}));
 }
 
+// Export reads no config: a --config file or --set of a known key (train.lr) was once accepted
+// and ignored, and --set export.dtype=fp32 refused only as an unknown key, as if some key were
+// read. Now each is a one-line usage error (exit 2) naming the flag, and nothing is written;
+// --dtype is the way to ask for fp32.
+TEST(ExportCli, ConfigAndSetAreAUsageErrorNotSilentlyIgnored) {
+  const std::string run = TempDir("config_run");
+  SaveTinyCheckpoint(run, "");
+  const std::string out = TempDir("config_out") + "/export";
+  const std::string base = fmt::format("--checkpoint {} --out {} --no-tokenizer", run, out);
+  for (const std::string& extra :
+       {std::string("--set export.dtype=fp32"), std::string("--set foo.bar=1"),
+        std::string("--set train.lr=0.5"),
+        fmt::format("--config {}/configs/train_tiny.yaml", kSource)}) {
+    const std::string flag = extra.substr(0, extra.find(' '));
+    for (const std::string& args : {base + " " + extra, extra + " " + base}) {
+      CommandResult r = Export(args);
+      EXPECT_EQ(r.exit_code, 2) << args << ": " << r.output;
+      EXPECT_EQ(Lines(r.output), 1) << args << ": " << r.output;
+      EXPECT_NE(r.output.find(flag), std::string::npos) << args << ": " << r.output;
+      EXPECT_NE(r.output.find("rwr export --help"), std::string::npos) << r.output;
+      EXPECT_FALSE(fs::exists(out)) << args;
+    }
+  }
+  CommandResult help = RunRwr("export --help");
+  ASSERT_EQ(help.exit_code, 0) << help.output;
+  EXPECT_EQ(help.output.find("Override a config key"), std::string::npos) << help.output;
+  EXPECT_EQ(help.output.find("YAML config file"), std::string::npos) << help.output;
+  EXPECT_NE(help.output.find("--log-level"), std::string::npos) << help.output;
+
+  CommandResult fp32 = Export(base + " --dtype fp32");
+  ASSERT_EQ(fp32.exit_code, 0) << fp32.output;
+  EXPECT_NE(fp32.output.find("(fp32)"), std::string::npos) << fp32.output;
+}
+
 TEST(ModelInitCli, ANonEmptyOutIsRefusedUnlessOverwrite) {
   const std::string out = TempDir("init_out");
   WriteText(out + "/model.safetensors.index.json", "{\"weight_map\": {}}\n");
@@ -257,6 +293,31 @@ TEST(CheckpointInspectCli, MissingOrTruncatedFilesAreAnErrorNamingTheFile) {
   EXPECT_EQ(missing.exit_code, 1) << missing.output;
   EXPECT_NE(missing.output.find("model.safetensors"), std::string::npos) << missing.output;
   EXPECT_NE(missing.output.find("(and 1 more problems)"), std::string::npos) << missing.output;
+}
+
+// Inspect reads no config either: --config or --set (a known key like train.lr once passed
+// without a word) is a one-line usage error (exit 2), whichever side of DIR it is on.
+TEST(CheckpointInspectCli, ConfigAndSetAreAUsageErrorNotSilentlyIgnored) {
+  const std::string run = TempDir("inspect_config_run");
+  SaveTinyCheckpoint(run, "");
+  for (const std::string& extra :
+       {std::string("--set foo.bar=1"), std::string("--set train.lr=0.5"),
+        fmt::format("--config {}/configs/train_tiny.yaml", kSource)}) {
+    const std::string flag = extra.substr(0, extra.find(' '));
+    for (const std::string& args :
+         {"checkpoint inspect " + run + " " + extra, "checkpoint inspect " + extra + " " + run}) {
+      CommandResult r = RunRwr(args);
+      EXPECT_EQ(r.exit_code, 2) << args << ": " << r.output;
+      EXPECT_EQ(Lines(r.output), 1) << args << ": " << r.output;
+      EXPECT_NE(r.output.find(flag), std::string::npos) << args << ": " << r.output;
+      EXPECT_NE(r.output.find("rwr checkpoint inspect --help"), std::string::npos) << r.output;
+    }
+  }
+  CommandResult help = RunRwr("checkpoint inspect --help");
+  ASSERT_EQ(help.exit_code, 0) << help.output;
+  EXPECT_EQ(help.output.find("Override a config key"), std::string::npos) << help.output;
+  EXPECT_EQ(help.output.find("YAML config file"), std::string::npos) << help.output;
+  EXPECT_NE(help.output.find("--log-level"), std::string::npos) << help.output;
 }
 
 }  // namespace
