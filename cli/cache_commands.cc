@@ -168,9 +168,17 @@ absl::Status InspectCommand(InspectFlags& f) {
                              failed["reason"].get<std::string>());
   }
   for (const json& job : jobs) {
-    std::cout << fmt::format("job {} {}: {}/{} items, {}\n", job["job_id"].get<std::string>(),
-                             job["state"].get<std::string>(), job["items_done"].get<uint64_t>(),
-                             job["items"].get<uint64_t>(), job["dataset"].get<std::string>());
+    const uint64_t total = job["items"].get<uint64_t>();
+    const uint64_t done = job["items_done"].get<uint64_t>();
+    const std::string state = job["state"].get<std::string>();
+    // items is 0 until the service reports the dataset's total (queued, or saved while running).
+    const std::string progress =
+        total > 0
+            ? fmt::format("{}/{} items", done, total)
+            : fmt::format("{} items done{}", done,
+                          state == "QUEUED" || state == "RUNNING" ? " (total not known yet)" : "");
+    std::cout << fmt::format("job {} {}: {}, {}\n", job["job_id"].get<std::string>(), state,
+                             progress, job["dataset"].get<std::string>());
   }
   for (auto& [family, list] : samples.items()) {
     for (const json& sample : list) {
@@ -230,7 +238,9 @@ void AddPublish(CLI::App* group) {
       "possible) for training jobs. The source must not be open in another process.");
   AddCommonOptions(cmd, &f->common);
   cmd->add_option("dir", f->dir, "Cache directory to publish")->required();
-  cmd->add_option("--to", f->to, "New directory for the published copy (must not exist)")
+  cmd->add_option("--to", f->to,
+                  "New directory for the published copy (must not exist; missing parent "
+                  "directories are created). rwr refuses to open the copy for writing.")
       ->required();
   SetAction(cmd, [f] { return PublishCommand(*f); });
 }

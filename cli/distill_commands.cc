@@ -150,6 +150,17 @@ absl::Status CheckWritableFile(const std::string& path, std::string_view flag) {
   return absl::OkStatus();
 }
 
+// --teacher, checked as the flag is parsed: a target no run or job could use is a usage error
+// (exit 2), found before a cache is opened or a job is sent to the service.
+CLI::Validator DistillTeacherTarget() {
+  return CLI::Validator(
+      [](std::string& value) -> std::string {
+        const absl::Status checked = teacher::CheckDistillTeacher(value);
+        return checked.ok() ? std::string() : std::string(checked.message());
+      },
+      "");
+}
+
 // --- distill run ---
 
 struct RunFlags {
@@ -230,7 +241,8 @@ void AddRun(CLI::App* group) {
                   "rwr://HOST:PORT (rwr teacher serve; rwrs:// with TLS), "
                   "kserve://HOST:PORT/MODEL (KServe v2 / Triton), or builtin:extractive "
                   "(in process, no server)")
-      ->required();
+      ->required()
+      ->check(DistillTeacherTarget());
   cmd->add_option("--cache", f->cache, "Cache directory (RocksDB; created if missing)")->required();
   f->concurrency_opt =
       cmd->add_option("--concurrency", f->concurrency,
@@ -340,9 +352,16 @@ absl::Status RpcFailed(const grpc::Status& status, const std::string& server,
 
 std::string JobLine(const v1::Job& job) {
   const v1::JobCounts& c = job.counts();
-  std::string line = fmt::format("{} {} {}/{} items", job.job_id(),
-                                 v1::Job::State_Name(job.state()), c.items_done(), c.items());
-  if (c.items() > 0) line += fmt::format(" ({:.1f}%)", 100.0 * c.items_done() / c.items());
+  std::string line = fmt::format("{} {} ", job.job_id(), v1::Job::State_Name(job.state()));
+  if (c.items() > 0) {
+    line += fmt::format("{}/{} items ({:.1f}%)", c.items_done(), c.items(),
+                        100.0 * c.items_done() / c.items());
+  } else {
+    // JobCounts.items is 0 until the service has counted the dataset; "N/0 items" would read as
+    // N done of an empty dataset.
+    const bool active = job.state() == v1::Job::QUEUED || job.state() == v1::Job::RUNNING;
+    line += fmt::format("{} items done{}", c.items_done(), active ? " (total not known yet)" : "");
+  }
   line += fmt::format(
       ", {} kept, {} dropped, {} negatives, {} failures, {} teacher calls, {} cache hits",
       c.notes_kept(), c.dropped_by_verification(), c.negatives(), c.failures(), c.teacher_calls(),
@@ -410,8 +429,10 @@ void AddSubmit(CLI::App* group) {
   cmd->add_option("--server", f->server, "The service's HOST:PORT")->capture_default_str();
   cmd->add_option("--input", f->input, "Dataset JSONL (a path the service can read)")->required();
   cmd->add_option("--teacher", f->teacher,
-                  "rwr://HOST:PORT, kserve://HOST:PORT/MODEL or builtin:extractive")
-      ->required();
+                  "rwr://HOST:PORT, kserve://HOST:PORT/MODEL or builtin:extractive (its "
+                  "spelling checked before the job is sent)")
+      ->required()
+      ->check(DistillTeacherTarget());
   cmd->add_option("--job-id", f->job_id, "Job id (default: the service picks one)");
   f->fraction_opt = cmd->add_option(
       "--negative-fraction", f->negative_fraction,

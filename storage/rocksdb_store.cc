@@ -8,9 +8,11 @@
 #include <rocksdb/table.h>
 #include <rocksdb/utilities/checkpoint.h>
 #include <rocksdb/write_batch.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 
 #include "common/call_status_rocksdb.h"
 #include "fmt/format.h"
@@ -72,6 +74,13 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const std::stri
   }
 
   if (!options.read_only) {
+    // Training jobs read a published copy while they run; it stays as published.
+    if (std::optional<std::string> source = PublishedFrom(path); source.has_value()) {
+      return absl::FailedPreconditionError(fmt::format(
+          "{}: a published copy of a cache (`rwr cache publish`), which is read-only; write to "
+          "the live cache {} instead",
+          path, source->empty() ? "it was published from" : *source));
+    }
     std::error_code error;
     std::filesystem::create_directories(path, error);
     if (error) {
@@ -211,23 +220,76 @@ absl::Status RocksDbStore::Sync() {
 }
 
 absl::Status RocksDbStore::Checkpoint(const std::string& target_dir) {
-  if (std::filesystem::exists(target_dir)) {
+  namespace fs = std::filesystem;
+  fs::path target(target_dir);
+  if (!target.has_filename()) target = target.parent_path();  // "DIR/" names DIR
+  std::error_code error;
+  if (fs::exists(target, error)) {
     return absl::AlreadyExistsError(
         fmt::format("{}: already exists; publish needs a new directory (remove it or pick another)",
                     target_dir));
   }
-  rocksdb::Checkpoint* raw = nullptr;
-  RWR_ROCKSDB(rocksdb::Checkpoint::Create(db_.get(), &raw));
-  std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
-  // log_size_for_flush = 0: flush memtables first, so the copy needs no WAL replay.
-  RWR_ROCKSDB(checkpoint->CreateCheckpoint(target_dir, /*log_size_for_flush=*/0));
-  return absl::OkStatus();
+  // A publish target several levels down (`--to /scratch/run7/cache`) is normal; create its
+  // parents as `mkdir -p` would.
+  const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  fs::create_directories(parent, error);
+  if (error) {
+    return absl::UnavailableError(fmt::format("{}: cannot create its parent directory {}: {}",
+                                              target_dir, parent.string(), error.message()));
+  }
+  // Built beside the target and renamed into place when marked: a publish killed midway leaves
+  // TARGET.publishing-PID behind, never a target without its marker.
+  const fs::path staging =
+      parent / fmt::format("{}.publishing-{}", target.filename().string(), ::getpid());
+  fs::remove_all(staging, error);
+  fs::remove_all(staging.string() + ".tmp", error);  // RocksDB's own staging directory
+  absl::Status made = [&]() -> absl::Status {
+    rocksdb::Checkpoint* raw = nullptr;
+    RWR_ROCKSDB(rocksdb::Checkpoint::Create(db_.get(), &raw));
+    std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
+    // log_size_for_flush = 0: flush memtables first, so the copy needs no WAL replay.
+    RWR_ROCKSDB(checkpoint->CreateCheckpoint(staging.string(), /*log_size_for_flush=*/0));
+    const fs::path marker = staging / kPublishedMarkerFile;
+    {
+      std::ofstream out(marker, std::ios::trunc);
+      out << "rwr cache publish: a read-only copy of a cache; rwr refuses to open it for writing\n"
+          << "source: " << fs::absolute(path_).lexically_normal().string() << "\n";
+      if (!out.flush()) {
+        return absl::UnavailableError(fmt::format("{}: cannot write", marker.string()));
+      }
+    }
+    std::error_code renamed;
+    fs::rename(staging, target, renamed);
+    if (renamed) {
+      return absl::UnavailableError(
+          fmt::format("{}: cannot move the copy into place: {}", target_dir, renamed.message()));
+    }
+    return absl::OkStatus();
+  }();
+  if (!made.ok()) fs::remove_all(staging, error);
+  return made;
+}
+
+std::optional<std::string> PublishedFrom(const std::string& dir) {
+  std::ifstream in(std::filesystem::path(dir) / kPublishedMarkerFile);
+  if (!in) return std::nullopt;
+  constexpr std::string_view kSource = "source: ";
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(kSource, 0) == 0) return line.substr(kSource.size());
+  }
+  return std::string();
 }
 
 absl::Status PublishCheckpoint(const std::string& source_dir, const std::string& target_dir) {
   if (!std::filesystem::exists(std::filesystem::path(source_dir) / "CURRENT")) {
     return absl::NotFoundError(
         fmt::format("{}: no cache here (no RocksDB CURRENT file)", source_dir));
+  }
+  if (std::optional<std::string> source = PublishedFrom(source_dir); source.has_value()) {
+    return absl::FailedPreconditionError(
+        fmt::format("{}: already a published copy (of {}); publish the live cache instead",
+                    source_dir, source->empty() ? "another cache" : *source));
   }
   {
     RWR_ASSIGN_OR_RETURN(std::unique_ptr<RocksDbStore> source,

@@ -19,10 +19,13 @@
 // filter (~1% false positives) over whole keys; values are note/context text, which compresses
 // well: LZ4 on the upper levels (cheap), ZSTD on the bottommost level (most bytes live there).
 // One shared 64 MiB LRU block cache. One process opens a database read-write at a time (RocksDB's
-// LOCK file); any number may open a published checkpoint read-only.
+// LOCK file); any number may open a published checkpoint read-only. A published checkpoint carries
+// kPublishedMarkerFile, and Open refuses it for writing: what training jobs read stays as
+// published.
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,6 +38,10 @@ class ColumnFamilyHandle;
 }  // namespace rocksdb
 
 namespace rwr::storage {
+
+// Written by PublishCheckpoint into the published copy; its `source: DIR` line names the cache it
+// was published from. Open(.., {read_only = false}) refuses a directory that holds it.
+inline constexpr char kPublishedMarkerFile[] = "RWR_PUBLISHED";
 
 struct RocksDbOptions {
   bool read_only = false;         // open an existing database (or checkpoint) for reading only
@@ -61,8 +68,10 @@ class RocksDbStore final : public KvStore {
   absl::Status Flush() override;
   absl::Status Sync() override;
 
-  // A consistent, openable copy of the database at `target_dir` (which must not exist), made of
-  // hard links where the file system allows. The copy opens read-only with Open(.., {read_only}).
+  // A consistent, openable copy of the database at `target_dir` (which must not exist; missing
+  // parents are created), made of hard links where the file system allows, and marked published
+  // (kPublishedMarkerFile). Built in a sibling directory and renamed into place, so `target_dir`
+  // never exists without its marker. The copy opens with Open(.., {read_only = true}) only.
   absl::Status Checkpoint(const std::string& target_dir);
 
   const std::string& path() const { return path_; }
@@ -80,7 +89,12 @@ class RocksDbStore final : public KvStore {
 };
 
 // `rwr cache publish SRC --to DST`: opens SRC read-write (fails clearly if another process holds
-// it), checkpoints it to DST, and checks that DST opens read-only.
+// it, or if SRC is itself a published copy), checkpoints it to DST, and checks that DST opens
+// read-only.
 absl::Status PublishCheckpoint(const std::string& source_dir, const std::string& target_dir);
+
+// The cache `dir` was published from when `dir` is a published copy ("" when its marker does not
+// say), nullopt when it is not one.
+std::optional<std::string> PublishedFrom(const std::string& dir);
 
 }  // namespace rwr::storage

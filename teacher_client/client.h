@@ -64,6 +64,10 @@ struct TeacherClientOptions {
 absl::StatusOr<std::unique_ptr<Teacher>> MakeTeacher(const std::string& target_url,
                                                      const TeacherClientOptions& options);
 
+// The checks MakeTeacher makes of `target_url` before it connects (a known scheme, HOST:PORT with a
+// port in 1..65535, a KServe model name), for a target passed on to be used elsewhere.
+absl::Status CheckTeacherTarget(const std::string& target_url);
+
 // Counters a client keeps (for summaries and tests).
 struct TeacherClientStats {
   uint64_t calls = 0;     // tasks finished (ok or not)

@@ -337,20 +337,29 @@ bool StopRequested(const DistillRunOptions& options) {
   return ShutdownRequested() || (options.stop_requested && options.stop_requested());
 }
 
+// `target` with the builtin:NAME spelling taken off ("builtin:extractive" → "extractive").
+absl::StatusOr<std::string> WithoutBuiltinPrefix(const std::string& target) {
+  constexpr std::string_view kBuiltin = "builtin:";
+  if (target.rfind(kBuiltin, 0) != 0) return target;
+  std::string name = target.substr(kBuiltin.size());
+  if (name != "extractive") {
+    return absl::InvalidArgumentError(
+        fmt::format("teacher '{}': the built-in teacher is builtin:extractive", target));
+  }
+  return name;
+}
+
 }  // namespace
+
+absl::Status CheckDistillTeacher(const std::string& target) {
+  RWR_ASSIGN_OR_RETURN(std::string name, WithoutBuiltinPrefix(target));
+  return CheckTeacherTarget(name);
+}
 
 absl::StatusOr<std::unique_ptr<Teacher>> MakeDistillTeacher(const std::string& target,
                                                             const TeacherClientOptions& options,
                                                             const ExtractiveOptions& extractive) {
-  constexpr std::string_view kBuiltin = "builtin:";
-  std::string name = target;
-  if (target.rfind(kBuiltin, 0) == 0) {
-    name = target.substr(kBuiltin.size());
-    if (name != "extractive") {
-      return absl::InvalidArgumentError(
-          fmt::format("teacher '{}': the built-in teacher is builtin:extractive", target));
-    }
-  }
+  RWR_ASSIGN_OR_RETURN(std::string name, WithoutBuiltinPrefix(target));
   // Built here rather than by MakeTeacher, which knows no extractive options.
   if (name == "extractive" || name == "builtin") {
     return std::unique_ptr<Teacher>(std::make_unique<ExtractiveTeacher>(extractive));

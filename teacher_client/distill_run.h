@@ -81,6 +81,10 @@ absl::StatusOr<std::unique_ptr<Teacher>> MakeDistillTeacher(
     const std::string& target, const TeacherClientOptions& options,
     const ExtractiveOptions& extractive = {});
 
+// The checks MakeDistillTeacher makes of `target` without connecting (CheckTeacherTarget plus the
+// builtin:NAME spelling): `rwr distill submit` refuses a target its job could not use.
+absl::Status CheckDistillTeacher(const std::string& target);
+
 // Whether `id` is among the `fraction` of items that get an `empty` negative (stable per id).
 bool SelectedForNegative(std::string_view id, double fraction);
 

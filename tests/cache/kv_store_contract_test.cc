@@ -8,6 +8,7 @@
 #include <atomic>
 #include <csignal>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <string>
@@ -314,6 +315,99 @@ TEST(RocksDbStoreTest, PublishedCheckpointOpensReadOnlyWithAllDataAndRefusesWrit
   EXPECT_EQ(**(*reader1)->Get(Family::kNotes, NumberedKey(0)), "note 0");
   EXPECT_EQ(*(*reader1)->Get(Family::kNotes, "later"), std::nullopt) << "a checkpoint is frozen";
   fs::remove_all(dir);
+  fs::remove_all(published);
+}
+
+// A cache with a few notes at a fresh directory, closed again.
+std::string SmallCache(const std::string& name) {
+  const std::string dir = FreshDir(name);
+  auto store = RocksDbStore::Open(dir);
+  EXPECT_TRUE(store.ok()) << store.status();
+  if (store.ok()) {
+    for (int i = 0; i < 10; ++i) {
+      EXPECT_TRUE((*store)->Put(Family::kNotes, NumberedKey(i), "note").ok());
+    }
+  }
+  return dir;
+}
+
+TEST(RocksDbStoreTest, PublishCreatesMissingParentDirectoriesOfTheTarget) {
+  const std::string source = SmallCache("deep_src");
+  const fs::path root = FreshDir("deep_dst");
+  const fs::path target = root / "scratch" / "run7" / "cache";
+  const absl::Status published = PublishCheckpoint(source, target.string());
+  ASSERT_TRUE(published.ok()) << published;
+  auto copy = RocksDbStore::Open(target.string(), {.read_only = true});
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  EXPECT_EQ(*(*copy)->Count(Family::kNotes), 10);
+  // Built beside the target and renamed into place: nothing else is left in its parent.
+  std::vector<std::string> beside;
+  for (const fs::directory_entry& entry : fs::directory_iterator(target.parent_path())) {
+    beside.push_back(entry.path().filename().string());
+  }
+  EXPECT_EQ(beside, std::vector<std::string>{"cache"});
+  // "DIR/" names DIR, as a shell user types it.
+  ASSERT_TRUE(PublishCheckpoint(source, (root / "other" / "copy/").string()).ok());
+  EXPECT_TRUE(fs::exists(root / "other" / "copy" / "CURRENT"));
+  fs::remove_all(source);
+  fs::remove_all(root);
+}
+
+TEST(RocksDbStoreTest, PublishUnderAFileIsOneLineNamingTheParent) {
+  const std::string source = SmallCache("blocked_src");
+  const fs::path root = FreshDir("blocked_dst");
+  fs::create_directories(root);
+  { std::ofstream(root / "file") << "not a directory"; }
+  const absl::Status published =
+      PublishCheckpoint(source, (root / "file" / "sub" / "copy").string());
+  ASSERT_FALSE(published.ok());
+  const std::string message(published.message());
+  EXPECT_NE(message.find("cannot create its parent directory " + (root / "file" / "sub").string()),
+            std::string::npos)
+      << message;
+  EXPECT_EQ(message.find("rocksdb"), std::string::npos) << "a raw RocksDB error: " << message;
+  EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+  fs::remove_all(source);
+  fs::remove_all(root);
+}
+
+TEST(RocksDbStoreTest, PublishedCopyIsRefusedForWritingNamingTheLiveCache) {
+  const std::string source = SmallCache("marked_src");
+  const std::string published = FreshDir("marked_dst");
+  ASSERT_TRUE(PublishCheckpoint(source, published).ok());
+  EXPECT_EQ(PublishedFrom(published), fs::absolute(source).lexically_normal().string());
+  EXPECT_EQ(PublishedFrom(source), std::nullopt);
+  std::vector<std::string> files_before;
+  for (const fs::directory_entry& entry : fs::directory_iterator(published)) {
+    files_before.push_back(entry.path().filename().string());
+  }
+  std::sort(files_before.begin(), files_before.end());
+
+  // Every writer opens the cache through RocksDbStore::Open: distill run, distill serve, publish.
+  auto writer = RocksDbStore::Open(published);
+  ASSERT_FALSE(writer.ok());
+  EXPECT_EQ(writer.status().code(), absl::StatusCode::kFailedPrecondition);
+  const std::string message(writer.status().message());
+  EXPECT_NE(message.find("a published copy"), std::string::npos) << message;
+  EXPECT_NE(
+      message.find("write to the live cache " + fs::absolute(source).lexically_normal().string()),
+      std::string::npos)
+      << message;
+  EXPECT_EQ(PublishCheckpoint(published, FreshDir("marked_again")).code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  std::vector<std::string> files_after;
+  for (const fs::directory_entry& entry : fs::directory_iterator(published)) {
+    files_after.push_back(entry.path().filename().string());
+  }
+  std::sort(files_after.begin(), files_after.end());
+  EXPECT_EQ(files_after, files_before) << "a refused open must leave the copy untouched";
+  auto reader = RocksDbStore::Open(published, {.read_only = true});
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  EXPECT_EQ(*(*reader)->Count(Family::kNotes), 10);
+  auto live = RocksDbStore::Open(source);
+  EXPECT_TRUE(live.ok()) << "the live cache stays writable: " << live.status();
+  fs::remove_all(source);
   fs::remove_all(published);
 }
 

@@ -5,6 +5,9 @@
 // - bad input: one line naming FILE:LINE, nothing sent to the teacher; skip mode quarantines.
 // - `rwr cache inspect --json` and `rwr cache publish`.
 // - `rwr distill serve` killed with SIGKILL mid-job and restarted: the job resumes and finishes.
+// - `rwr distill submit` refusing a --teacher that `distill run` would refuse (exit 2, nothing
+//   sent); job lines of jobs whose total is not known yet; `rwr cache publish` into missing
+//   parents, and every writer refusing a published copy.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -454,6 +457,155 @@ TEST_F(DistillCliTest, SigtermSaysItDrainsThenReportsInterruptedAndExitsZero) {
   EXPECT_TRUE(summary["interrupted"].get<bool>());
   EXPECT_LT(summary["items_done"].get<int64_t>(), kItems);
   EXPECT_EQ(summary["failures"].get<int64_t>(), 0);
+}
+
+TEST_F(DistillCliTest, SubmitRefusesATeacherTargetRunWouldRefuseAndSendsNothing) {
+  const std::string input = (dir_ / "data.jsonl").string();
+  testing::WriteDistillTestData(input, 4);
+  const std::string listen = "127.0.0.1:" + std::to_string(testing::FreePort());
+  Subprocess service(
+      {RWR_BINARY, "distill", "serve", "--listen", listen, "--cache", (dir_ / "cache").string()},
+      (dir_ / "serve.log").string());
+  ASSERT_TRUE(service.started());
+  Ran listed;
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        listed = RunRwr({"distill", "status", "--server", listen}, dir_ / "status.log");
+        return listed.exit_code == 0;
+      },
+      30))
+      << listed.output << testing::ReadFile(dir_ / "serve.log");
+  for (const std::string& bad : {"http://x", "rwr://teacher", "rwr://teacher:99999",
+                                 "kserve://teacher:7000", "builtin:nope"}) {
+    Ran submit = RunRwr({"distill", "submit", "--server", listen, "--input", input, "--teacher",
+                         bad, "--job-id", "bad"},
+                        dir_ / "submit.log");
+    EXPECT_EQ(submit.exit_code, 2) << bad << ": " << submit.output;
+    EXPECT_NE(submit.output.find("--teacher: teacher"), std::string::npos) << submit.output;
+    EXPECT_NE(submit.output.find(bad), std::string::npos) << submit.output;
+    EXPECT_EQ(std::count(submit.output.begin(), submit.output.end(), '\n'), 1) << submit.output;
+    // The same target given to `distill run` is refused the same way, before the cache is made.
+    Ran run = RunRwr({"distill", "run", "--input", input, "--teacher", bad, "--cache",
+                      (dir_ / "run-cache").string()},
+                     dir_ / "run.log");
+    EXPECT_EQ(run.exit_code, 2) << bad << ": " << run.output;
+    EXPECT_FALSE(fs::exists(dir_ / "run-cache")) << bad;
+  }
+  listed = RunRwr({"distill", "status", "--server", listen}, dir_ / "status.log");
+  EXPECT_EQ(listed.exit_code, 0) << listed.output;
+  EXPECT_NE(listed.output.find("no jobs"), std::string::npos)
+      << "a bad submit reached the service: " << listed.output;
+  Ran good = RunRwr({"distill", "submit", "--server", listen, "--input", input, "--teacher",
+                     "builtin:extractive", "--job-id", "good", "--wait"},
+                    dir_ / "good.log");
+  EXPECT_EQ(good.exit_code, 0) << good.output;
+  service.Signal(SIGTERM);
+  EXPECT_EQ(service.Wait(30), 0) << testing::ReadFile(dir_ / "serve.log");
+}
+
+TEST_F(DistillCliTest, JobsWithoutATotalYetSayItInsteadOfNOfZero) {
+  constexpr int kItems = 40;
+  const std::string input = (dir_ / "data.jsonl").string();
+  const std::string cache_dir = (dir_ / "cache").string();
+  testing::WriteDistillTestData(input, kItems);
+  auto teacher = StartTeacher(/*latency_s=*/0.05);
+  ASSERT_TRUE(teacher);
+  const std::string listen = "127.0.0.1:" + std::to_string(testing::FreePort());
+  Subprocess service({RWR_BINARY, "distill", "serve", "--listen", listen, "--cache", cache_dir},
+                     (dir_ / "serve.log").string());
+  ASSERT_TRUE(service.started());
+  Ran submitted;
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        submitted = RunRwr({"distill", "submit", "--server", listen, "--input", input, "--teacher",
+                            Url(*teacher), "--job-id", "first", "--concurrency", "1"},
+                           dir_ / "submit.log");
+        return submitted.exit_code == 0;
+      },
+      30))
+      << submitted.output << testing::ReadFile(dir_ / "serve.log");
+  // Runs one at a time: the second waits behind the first, its total not counted.
+  Ran queued = RunRwr({"distill", "submit", "--server", listen, "--input", input, "--teacher",
+                       Url(*teacher), "--job-id", "second"},
+                      dir_ / "submit2.log");
+  ASSERT_EQ(queued.exit_code, 0) << queued.output;
+  ASSERT_TRUE(WaitUntil([&] { return teacher->stats().served >= 3; }, 60))
+      << testing::ReadFile(dir_ / "serve.log");
+
+  Ran status = RunRwr({"distill", "status", "--server", listen}, dir_ / "status.log");
+  ASSERT_EQ(status.exit_code, 0) << status.output;
+  EXPECT_NE(status.output.find("second QUEUED 0 items done (total not known yet), "),
+            std::string::npos)
+      << status.output;
+  EXPECT_EQ(status.output.find("/0 items"), std::string::npos) << status.output;
+  // The running job shows its done count, and the total once the service reports one.
+  const size_t first = status.output.find("first RUNNING ");
+  ASSERT_NE(first, std::string::npos) << status.output;
+  const std::string running = status.output.substr(first, status.output.find('\n', first) - first);
+  EXPECT_TRUE(running.find(" items done (total not known yet), ") != std::string::npos ||
+              running.find(fmt::format("/{} items (", kItems)) != std::string::npos)
+      << running;
+
+  // Killed, the cache keeps both jobs as last persisted; inspect words them the same way.
+  service.Signal(SIGKILL);
+  ASSERT_EQ(service.Wait(10), 128 + SIGKILL);
+  Ran inspect = RunRwr({"cache", "inspect", cache_dir}, dir_ / "inspect.log");
+  ASSERT_EQ(inspect.exit_code, 0) << inspect.output;
+  EXPECT_NE(inspect.output.find("job second QUEUED: 0 items done (total not known yet), "),
+            std::string::npos)
+      << inspect.output;
+  EXPECT_EQ(inspect.output.find("/0 items"), std::string::npos) << inspect.output;
+}
+
+TEST_F(DistillCliTest, PublishCreatesMissingParentsAndWritersRefuseThePublishedCopy) {
+  const std::string input = (dir_ / "data.jsonl").string();
+  const std::string cache_dir = (dir_ / "cache").string();
+  testing::WriteDistillTestData(input, 6);
+  const std::vector<std::string> run_into_cache = {
+      "distill", "run", "--input", input, "--teacher", "builtin:extractive", "--cache", cache_dir};
+  Ran run = RunRwr(run_into_cache, dir_ / "run.log");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+
+  const fs::path published = dir_ / "scratch" / "run7" / "published";
+  Ran publish =
+      RunRwr({"cache", "publish", cache_dir, "--to", published.string()}, dir_ / "publish.log");
+  ASSERT_EQ(publish.exit_code, 0) << publish.output;
+  Ran inspect = RunRwr({"cache", "inspect", published.string()}, dir_ / "inspect.log");
+  EXPECT_EQ(inspect.exit_code, 0) << inspect.output;
+  Ran again =
+      RunRwr({"cache", "publish", cache_dir, "--to", published.string()}, dir_ / "again.log");
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_NE(again.output.find("already exists"), std::string::npos) << again.output;
+  { std::ofstream(dir_ / "file") << "x"; }
+  Ran blocked = RunRwr({"cache", "publish", cache_dir, "--to", (dir_ / "file" / "copy").string(),
+                        "--log-level", "error"},
+                       dir_ / "blocked.log");
+  EXPECT_EQ(blocked.exit_code, 1);
+  EXPECT_NE(blocked.output.find("cannot create its parent directory"), std::string::npos)
+      << blocked.output;
+  EXPECT_EQ(std::count(blocked.output.begin(), blocked.output.end(), '\n'), 1) << blocked.output;
+
+  // Writers: distill run and distill serve, both through the one cache open.
+  const std::string live = fs::absolute(cache_dir).lexically_normal().string();
+  Ran into_copy = RunRwr({"distill", "run", "--input", input, "--teacher", "builtin:extractive",
+                          "--cache", published.string(), "--log-level", "error"},
+                         dir_ / "into_copy.log");
+  ASSERT_EQ(into_copy.exit_code, 1) << into_copy.output;
+  EXPECT_NE(into_copy.output.find(published.string() + ": a published copy"), std::string::npos)
+      << into_copy.output;
+  EXPECT_NE(into_copy.output.find("write to the live cache " + live + " instead"),
+            std::string::npos)
+      << into_copy.output;
+  EXPECT_EQ(std::count(into_copy.output.begin(), into_copy.output.end(), '\n'), 1)
+      << into_copy.output;
+  Ran serve = RunRwr({"distill", "serve", "--listen", "127.0.0.1:0", "--cache", published.string()},
+                     dir_ / "serve.log");
+  EXPECT_EQ(serve.exit_code, 1) << serve.output;
+  EXPECT_NE(serve.output.find("a published copy"), std::string::npos) << serve.output;
+  EXPECT_FALSE(fs::exists(published / "LOCK")) << "the copy was opened for writing";
+  // The live cache is still the one to write to.
+  Ran rerun = RunRwr(run_into_cache, dir_ / "rerun.log");
+  EXPECT_EQ(rerun.exit_code, 0) << rerun.output;
 }
 
 }  // namespace
