@@ -7,6 +7,7 @@
 #include "common/logging.h"
 #include "common/shutdown.h"
 #include "common/status.h"
+#include "fmt/format.h"
 #include "spdlog/spdlog.h"
 
 namespace rwr::cli {
@@ -57,6 +58,18 @@ void SetAction(CLI::App* command, std::function<absl::Status()> action) {
     InstallShutdownHandlers();
     absl::Status status = action();
     if (!status.ok()) throw CommandFailed(std::string(status.message()));
+  });
+}
+
+void RegisterUnavailableGroup(CLI::App& app, const std::string& name) {
+  CLI::App* group = app.add_subcommand(
+      name, "(not in this build: rwr was built with RWR_SERVICES=OFF, without gRPC and RocksDB)");
+  group->prefix_command();  // the words after the group are not parsed: the group is not here
+  SetAction(group, [name] {
+    return absl::FailedPreconditionError(fmt::format(
+        "rwr {} is not in this build (RWR_SERVICES=OFF: no gRPC or RocksDB, as on GPU nodes); "
+        "run it with an rwr built with services",
+        name));
   });
 }
 

@@ -77,6 +77,11 @@ Flags* NewFlags() {
 // Sets the subcommand's callback; a non-OK status becomes "rwr <cmd>: <message>" and exit 1.
 void SetAction(CLI::App* command, std::function<absl::Status()> action);
 
+// A group this build leaves out (`teacher`, `distill`, `cache` where RWR_SERVICES=OFF, as on GPU
+// nodes): listed in --help as not built, and any use of it fails with one line saying so, instead
+// of CLI11's "A subcommand is required".
+void RegisterUnavailableGroup(CLI::App& app, const std::string& name);
+
 // Every group registers itself here (one function per cli/*.cc file).
 void RegisterConfigCommands(CLI::App& app);
 void RegisterTeacherCommands(CLI::App& app);  // cli/teacher_commands.cc (RWR_SERVICES builds)

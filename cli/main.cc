@@ -21,6 +21,8 @@ int main(int argc, char** argv) {
   rwr::cli::RegisterConfigCommands(app);
 #if RWR_CLI_TEACHER
   rwr::cli::RegisterTeacherCommands(app);
+#else
+  rwr::cli::RegisterUnavailableGroup(app, "teacher");
 #endif
   rwr::cli::RegisterModelCommands(app);
   rwr::cli::RegisterTrainCommands(app);
@@ -31,6 +33,9 @@ int main(int argc, char** argv) {
 #if RWR_CLI_DISTILL_AND_CACHE
   rwr::cli::RegisterDistillCommands(app);
   rwr::cli::RegisterCacheCommands(app);
+#else
+  rwr::cli::RegisterUnavailableGroup(app, "distill");
+  rwr::cli::RegisterUnavailableGroup(app, "cache");
 #endif
 
   try {

@@ -69,6 +69,24 @@ TEST(CliTest, PositiveFlagsSayWhatIsWrong) {
   EXPECT_LT(zero.output.size(), 200u) << zero.output;
 }
 
+// A build without services (GPU nodes) lists the groups it leaves out as not built, and using one
+// is one line that says so (CLI11 alone said "A subcommand is required").
+TEST(CliTest, GroupsLeftOutOfTheBuildSaySo) {
+  RunResult help = RunRwr("--help");
+  ASSERT_EQ(help.exit_code, 0) << help.output;
+  if (help.output.find("(not in this build") == std::string::npos) {
+    GTEST_SKIP() << "built with services: every group is here";
+  }
+  for (const std::string group : {"teacher", "distill", "cache"}) {
+    RunResult use = RunRwr(group + " run --teacher builtin:extractive --cache c --input in.jsonl");
+    EXPECT_EQ(use.exit_code, 1) << use.output;
+    EXPECT_NE(use.output.find("rwr " + group + " is not in this build (RWR_SERVICES=OFF"),
+              std::string::npos)
+        << use.output;
+    EXPECT_EQ(std::count(use.output.begin(), use.output.end(), '\n'), 1) << use.output;
+  }
+}
+
 // Every key the sources read by name (Get / GetOr / Has on a Config, FlagToOverride) is in the
 // registry `rwr config keys` prints, which every command checks a config against: a key missing
 // there would make a working config an error.
