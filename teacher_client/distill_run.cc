@@ -116,6 +116,12 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
     if (options_.on_progress) options_.on_progress(now);
   }
 
+  // The item total counted by the check pass, reported with every count from then on.
+  void SetTotal(int64_t items) {
+    std::lock_guard<std::mutex> lock(mu_);
+    counts_.items = items;
+  }
+
   DistillCounts Counts() {
     std::lock_guard<std::mutex> lock(mu_);
     DistillCounts out = counts_;
@@ -415,12 +421,15 @@ absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teac
   quiet.quarantine_path.clear();
   DatasetReader reader(options.input_path, quiet);
   auto distiller = std::make_shared<Distiller>(options, teacher, cache);
+  distiller->SetTotal(total);
   std::unique_ptr<Progress> progress;
   if (options.show_progress) {
     progress = std::make_unique<Progress>(
         ProgressOptions{.label = "distill", .total = total, .unit = "items"});
   }
   Progress* bar = progress.get();
+  // The total at once (`rwr distill status` shows N/M and an ETA), not after the first interval.
+  distiller->Report(bar);
   const int64_t window = std::max(1, options.items_in_flight);
   while (true) {
     distiller->WaitBelow(window, bar);
@@ -444,7 +453,6 @@ absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teac
   if (progress) progress->Finish(summary.interrupted ? "interrupted" : "done");
 
   summary.counts = distiller->Counts();
-  summary.counts.items = total;
   summary.counts.bad_input_lines = rejected;
   summary.failed = distiller->Failed();
   std::sort(summary.failed.begin(), summary.failed.end(),

@@ -32,7 +32,7 @@
 namespace rwr::teacher {
 
 struct DistillCounts {
-  int64_t items = 0;       // good items in the input (known after the check pass)
+  int64_t items = 0;       // good items in the input (counted by the check pass, then reported)
   int64_t items_done = 0;  // finished this run: kept, dropped or failed
   int64_t notes_kept = 0;
   int64_t dropped_by_verification = 0;
@@ -67,7 +67,8 @@ struct DistillRunOptions {
   // Polled while running; true stops starting new items (those in flight finish). The process's
   // shutdown flag (SIGINT/SIGTERM) is always polled too.
   std::function<bool()> stop_requested;
-  // Called on the driving thread about every `progress_interval_s`, and once at the end.
+  // Called on the driving thread once the input is counted (counts.items is the total from this
+  // first call on), then about every `progress_interval_s`, and once at the end.
   std::function<void(const DistillCounts&)> on_progress;
   double progress_interval_s = 0.2;
   bool show_progress = true;  // an rwr::Progress bar/lines on stderr

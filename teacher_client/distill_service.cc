@@ -14,6 +14,7 @@
 #include <set>
 #include <thread>
 
+#include "common/shutdown.h"
 #include "common/status.h"
 #include "fmt/format.h"
 #include "rwr/v1/distill.grpc.pb.h"
@@ -158,7 +159,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
               "concurrency, or configure the service"};
     }
     std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_) return {grpc::StatusCode::UNAVAILABLE, "the service is shutting down"};
+    if (ShuttingDown()) return {grpc::StatusCode::UNAVAILABLE, "the service is shutting down"};
     std::string id = request->job_id();
     if (id.empty()) {
       do {
@@ -270,13 +271,18 @@ class DistillServer::Impl final : public v1::DistillService::Service {
                        job.SerializeAsString());
   }
 
+  // Shutdown() called, or the process's SIGINT/SIGTERM seen. The signal stops a running job at once
+  // (RunDistill polls it), before the owner gets to call Shutdown(); from then on nothing may start
+  // or finish as if the service were still running. Called under mu_.
+  bool ShuttingDown() const { return stopping_ || ShutdownRequested(); }
+
   void WorkerLoop() {
     while (true) {
       std::string id;
       {
         std::unique_lock<std::mutex> lock(mu_);
         changed_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-        if (stopping_) return;
+        if (ShuttingDown()) return;  // queued jobs stay QUEUED and resume on the next start
         id = queue_.front();
         queue_.pop_front();
       }
@@ -362,15 +368,19 @@ class DistillServer::Impl final : public v1::DistillService::Service {
       return;
     }
     bool cancelled = false;
-    bool stopping = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       cancelled = cancel_requested_.erase(id) > 0;
-      stopping = stopping_;
     }
     Update(id, [&](v1::Job& j) { FillCounts(summary->counts, j.mutable_counts()); });
-    if (summary->interrupted && !cancelled && stopping) {
-      spdlog::info("distill serve: job {} stopped by shutdown; it resumes on the next start", id);
+    // Decided by the run itself, not by flags read afterwards: a run that stopped before reading
+    // its whole dataset is not complete. Not cancelled, it was stopped by shutdown (Shutdown() or
+    // the process's signal, which can come before Shutdown() does) and must be resumed.
+    if (summary->interrupted && !cancelled) {
+      spdlog::info(
+          "distill serve: job {} stopped by shutdown after {} of {} items; it resumes on "
+          "the next start",
+          id, summary->counts.items_done, summary->counts.items);
       return;  // stays RUNNING in the cache
     }
     if (cancelled) {

@@ -12,12 +12,14 @@
 // - On start, every job the cache holds as QUEUED or RUNNING (a service killed or stopped mid-job)
 //   is queued again and resumed: its dataset is walked again and every answer already cached is a
 //   cache hit, so only the unfinished work reaches the teacher.
-// - Shutdown stops the running job the same way as cancel but leaves it RUNNING in the cache, so
-//   the next start resumes it.
-// A job ends SUCCEEDED (every item kept or dropped), FAILED (some items failed — the error names
-// how many and the first few with their reasons; resubmit to retry them — or the dataset or
-// teacher was unusable) or CANCELLED. The gRPC handlers are the synchronous API: they only read
-// and write in-memory state and the cache; the distillation itself runs on the worker thread.
+// - Shutdown — Shutdown(), or the process's SIGINT/SIGTERM (rwr::ShutdownRequested), whichever
+//   comes first — stops the running job the same way as cancel but leaves it RUNNING in the cache,
+//   starts no queued job and accepts no new one, so the next start resumes them all.
+// A job ends SUCCEEDED (its run read the whole dataset and every item was kept or dropped), FAILED
+// (some items failed — the error names how many and the first few with their reasons; resubmit to
+// retry them — or the dataset or teacher was unusable) or CANCELLED. The gRPC handlers are the
+// synchronous API: they only read and write in-memory state and the cache; the distillation itself
+// runs on the worker thread.
 #pragma once
 
 #include <memory>
@@ -52,7 +54,8 @@ class DistillServer {
 
   int port() const;
   // Stop serving; the running job stops starting items, finishes those in flight, stays RUNNING
-  // in the cache (resumed on the next start).
+  // in the cache (resumed on the next start). A shutdown signal has that effect on the jobs as
+  // soon as it arrives (the owner still calls Shutdown() to stop serving).
   void Shutdown();
 
   class Impl;

@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <thread>
+#include <vector>
 
 #include "storage/rocksdb_store.h"
 #include "teacher_client/client.h"
@@ -309,6 +310,31 @@ TEST_F(DistillRunTest, BadInputInFailModeStopsBeforeAnyTeacherCall) {
   EXPECT_EQ(summary->counts.bad_input_lines, 1);
   EXPECT_EQ(summary->counts.items_done, kItems);
   EXPECT_NE(testing::ReadFile(dir_ / "quarantine.jsonl").find("\"line\":41"), std::string::npos);
+}
+
+// The total counted by the check pass reaches the progress callback (the service's job counts,
+// `rwr distill status`) from the first report on, not only with the summary at the end.
+TEST_F(DistillRunTest, ProgressReportsCarryTheTotalWhileTheRunIsGoing) {
+  ScriptedTeacher teacher({.latency_s = 0.01});  // a few hundred ms for the whole run
+  DistillRunOptions options;
+  options.input_path = input_;
+  options.items_in_flight = 4;
+  options.show_progress = false;
+  options.progress_interval_s = 0.01;
+  std::vector<DistillCounts> reports;  // on_progress runs on the driving thread only
+  options.on_progress = [&](const DistillCounts& counts) { reports.push_back(counts); };
+  auto summary = RunDistill(options, teacher, *cache_);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  ASSERT_FALSE(reports.empty());
+  EXPECT_EQ(reports.front().items_done, 0) << "the first report comes before any item is done";
+  int64_t while_running = 0;
+  for (const DistillCounts& counts : reports) {
+    EXPECT_EQ(counts.items, kItems) << "at " << counts.items_done << " items done";
+    if (counts.items_done < kItems) ++while_running;
+  }
+  EXPECT_GT(while_running, 0);
+  EXPECT_EQ(summary->counts.items, kItems);
+  EXPECT_EQ(summary->counts.items_done, kItems);
 }
 
 }  // namespace

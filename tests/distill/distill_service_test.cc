@@ -1,16 +1,21 @@
 // DistillServer (teacher_client/distill_service.h) through its gRPC API on loopback: jobs run to
 // SUCCEEDED and are persisted, bad submissions are refused with the right code, cancel stops a
 // running job, a job whose items fail ends FAILED naming them, WatchJob streams until the end,
-// and a service restarted over the same cache resumes an unfinished job. Also: a teacher whose
-// calls fail with UNAVAILABLE now and then, behind a real server, is retried to completion.
+// and a service restarted over the same cache resumes an unfinished job. A running job reports
+// its item total (and so an ETA) while it runs. A shutdown signal that reaches the running job
+// before the owner calls Shutdown() leaves it resumable and starts no further job. Also: a teacher
+// whose calls fail with UNAVAILABLE now and then, behind a real server, is retried to completion.
 #include "teacher_client/distill_service.h"
 
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <filesystem>
+#include <set>
 #include <thread>
 
+#include "common/shutdown.h"
 #include "rwr/v1/distill.grpc.pb.h"
 #include "storage/rocksdb_store.h"
 #include "teacher_client/distill_run.h"
@@ -27,6 +32,7 @@ namespace fs = std::filesystem;
 class DistillServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    ResetShutdownForTesting();
     dir_ = testing::MakeTempDir("distill_service");
     input_ = (dir_ / "data.jsonl").string();
     testing::WriteDistillTestData(input_, kItems);
@@ -39,6 +45,7 @@ class DistillServiceTest : public ::testing::Test {
     teacher_.reset();
     store_.reset();
     fs::remove_all(dir_);
+    ResetShutdownForTesting();  // a test that requested shutdown and failed midway
   }
 
   void StartService(const std::string& auth_token = "") {
@@ -97,6 +104,21 @@ class DistillServiceTest : public ::testing::Test {
     EXPECT_TRUE(reader->Finish().ok());
     if (updates != nullptr) *updates = n;
     return job;
+  }
+  v1::Job Persisted(const std::string& id) {
+    auto stored = store_->Get(storage::Family::kJobs, std::string(kJobKeyPrefix) + id);
+    v1::Job job;
+    EXPECT_TRUE(stored.ok() && stored->has_value()) << id;
+    if (stored.ok() && stored->has_value()) EXPECT_TRUE(job.ParseFromString(**stored)) << id;
+    return job;
+  }
+  int64_t CachedAnswers() {
+    int64_t n = 0;
+    for (storage::Family family :
+         {storage::Family::kNotes, storage::Family::kVerdicts, storage::Family::kNegatives}) {
+      n += *store_->Count(family);
+    }
+    return n;
   }
   bool WaitFor(const std::function<bool()>& done, double timeout_s = 30) {
     const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
@@ -230,6 +252,85 @@ TEST_F(DistillServiceTest, RestartedServiceResumesTheUnfinishedJob) {
                 return absl::OkStatus();
               }).ok());
   EXPECT_EQ(items, kItems);
+}
+
+// `rwr distill status` shows "N/M items (x%)" and an ETA while the job runs: the total counted by
+// the run's check pass reaches the job's counts at once, not when the run ends.
+TEST_F(DistillServiceTest, RunningJobShowsItsTotalAndAnEta) {
+  StartTeacher({.latency_s = 0.05});  // ~1.5 s for the whole job at 4 calls in flight
+  StartService();
+  v1::Job job;
+  ASSERT_TRUE(Submit("counted", TeacherUrl(), &job).ok());
+  ASSERT_TRUE(WaitFor([&] {
+    job = Get("counted");
+    return job.state() == v1::Job::RUNNING && job.counts().items_done() > 0 &&
+           job.counts().items_done() < static_cast<uint64_t>(kItems);
+  })) << "the job never seen running with items done";
+  EXPECT_EQ(job.counts().items(), static_cast<uint64_t>(kItems))
+      << "at " << job.counts().items_done() << " items done";
+  EXPECT_GE(job.eta_seconds(), 0) << "no ETA while running";
+  job = Watch("counted");
+  EXPECT_EQ(job.state(), v1::Job::SUCCEEDED) << job.error();
+  EXPECT_EQ(job.counts().items(), static_cast<uint64_t>(kItems));
+}
+
+// SIGINT/SIGTERM stop the running job at once (RunDistill polls the signal), while the owner
+// (`rwr distill serve` polls every 100 ms) calls Shutdown() only later. In that window the
+// interrupted job must not end SUCCEEDED short of its items and the queued job must not start;
+// a service restarted on the cache finishes both, every item once and no answer asked twice.
+TEST_F(DistillServiceTest, ShutdownSignalLeavesJobsResumableAndARestartFinishesThem) {
+  const std::string second = (dir_ / "second.jsonl").string();
+  testing::WriteDistillTestData(second, kItems, /*first=*/kItems);  // ids of its own
+  StartTeacher({.latency_s = 0.02});
+  StartService();
+  v1::Job job;
+  ASSERT_TRUE(Submit("first", TeacherUrl(), &job).ok());
+  ASSERT_TRUE(Submit("second", TeacherUrl(), &job, second).ok());
+  ASSERT_TRUE(WaitFor([&] { return Get("first").counts().items_done() >= 5; }));
+  RequestShutdown(SIGTERM);  // what the signal handler does; no Shutdown() yet
+  // The items in flight drain (a few teacher calls); a worker that went on would then finish the
+  // first job and run the second within well under the grace given here.
+  ASSERT_TRUE(WaitFor([&] { return teacher_->stats().outstanding == 0; }));
+  WaitFor(
+      [&] {
+        return Get("first").state() != v1::Job::RUNNING || Get("second").state() != v1::Job::QUEUED;
+      },
+      /*timeout_s=*/0.5);
+  job = Get("first");
+  EXPECT_EQ(job.state(), v1::Job::RUNNING)
+      << "interrupted after " << job.counts().items_done() << " of " << kItems << " items";
+  EXPECT_LT(job.counts().items_done(), static_cast<uint64_t>(kItems));
+  EXPECT_EQ(Get("second").state(), v1::Job::QUEUED);
+  v1::Job refused;
+  EXPECT_EQ(Submit("late", "builtin:extractive", &refused).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  service_->Shutdown();
+  service_.reset();
+  EXPECT_EQ(Persisted("first").state(), v1::Job::RUNNING);
+  EXPECT_EQ(Persisted("second").state(), v1::Job::QUEUED);
+  EXPECT_FALSE(
+      store_->Get(storage::Family::kJobs, std::string(kJobKeyPrefix) + "late")->has_value());
+
+  ResetShutdownForTesting();  // the restarted process
+  StartService();
+  for (const char* id : {"first", "second"}) {
+    job = Watch(id);
+    EXPECT_EQ(job.state(), v1::Job::SUCCEEDED) << id << ": " << job.error();
+    EXPECT_EQ(job.counts().items(), static_cast<uint64_t>(kItems)) << id;
+    EXPECT_EQ(job.counts().items_done(), static_cast<uint64_t>(kItems)) << id;
+    EXPECT_EQ(job.counts().failures(), 0u) << id;
+  }
+  std::set<std::string> ids;
+  int64_t items = 0;
+  ASSERT_TRUE(ForEachItem(*store_, [&](const DistilledItem& item) {
+                ids.insert(item.id);
+                ++items;
+                return absl::OkStatus();
+              }).ok());
+  EXPECT_EQ(items, 2 * kItems);
+  EXPECT_EQ(ids.size(), static_cast<size_t>(2 * kItems));
+  EXPECT_EQ(static_cast<int64_t>(teacher_->stats().served), CachedAnswers())
+      << "an answer was asked for twice, or one was lost";
 }
 
 TEST(DistillOverGrpcTest, CallsFailingWithUnavailableAreRetriedToCompletion) {

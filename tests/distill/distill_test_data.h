@@ -30,10 +30,10 @@ inline nlohmann::json DistillTestItem(int i) {
           {"topic", "harbours"}};
 }
 
-// Writes items 0..count-1 as JSONL.
-inline void WriteDistillTestData(const std::string& path, int count) {
+// Writes items first..first+count-1 as JSONL (disjoint ranges: datasets with no id in common).
+inline void WriteDistillTestData(const std::string& path, int count, int first = 0) {
   std::ofstream out(path);
-  for (int i = 0; i < count; ++i) out << DistillTestItem(i).dump() << "\n";
+  for (int i = first; i < first + count; ++i) out << DistillTestItem(i).dump() << "\n";
 }
 
 }  // namespace rwr::teacher::testing
