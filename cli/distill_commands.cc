@@ -7,9 +7,11 @@
 
 #include <cctype>
 #include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -88,9 +90,9 @@ absl::StatusOr<teacher::TeacherClientOptions> ClientOptionsFrom(const Config& co
   RWR_ASSIGN_OR_RETURN(k.prompt_template_version,
                        config.GetOr<std::string>("teacher.kserve.prompt_template_version",
                                                  k.prompt_template_version));
-  if (o.concurrency < 1) {
-    return absl::InvalidArgumentError(
-        fmt::format("--concurrency {}: must be at least 1", o.concurrency));
+  if (o.concurrency < 1 || o.concurrency > teacher::kMaxDistillConcurrency) {
+    return absl::InvalidArgumentError(fmt::format("--concurrency {}: must be in 1..{}",
+                                                  o.concurrency, teacher::kMaxDistillConcurrency));
   }
   return o;
 }
@@ -216,6 +218,12 @@ absl::Status RunDistillCommand(RunFlags& f) {
   if (!f.summary_json.empty()) {
     RWR_RETURN_IF_ERROR(
         WriteFileAtomically(f.summary_json, teacher::SummaryJson(summary).dump(2) + "\n"));
+  }
+  if (!summary.teacher_unusable.empty() && !summary.interrupted) {
+    return absl::UnavailableError(fmt::format(
+        "distill run: stopped after {} of {} items: {}; items not started were left alone: check "
+        "the teacher ({}) and run the same command again",
+        summary.counts.items_done, summary.counts.items, summary.teacher_unusable, f.teacher));
   }
   if (summary.counts.failures > 0 && !summary.interrupted) {
     return absl::UnavailableError(fmt::format(
@@ -346,6 +354,14 @@ absl::Status RpcFailed(const grpc::Status& status, const std::string& server,
         "{}: no distill service answering at {} ({}); start one with `rwr distill serve`", what,
         server, status.error_message()));
   }
+  if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+    // A server that is up but is not a distill service, e.g. `rwr teacher serve` (gRPC's answer
+    // carries no message).
+    return absl::FailedPreconditionError(fmt::format(
+        "{}: {} does not serve rwr.v1.DistillService (is it a teacher or another server?); point "
+        "--server at `rwr distill serve`",
+        what, server));
+  }
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
                       fmt::format("{}: {}", what, status.error_message()));
 }
@@ -391,11 +407,17 @@ struct SubmitFlags {
   double negative_fraction = 0.3;
   uint32_t concurrency = 0;
   bool wait = false;
+  double stall_timeout_s = 30;
   CLI::Option* fraction_opt = nullptr;
 };
 
 absl::Status WatchUntilDone(v1::DistillService::Stub& stub, const std::string& server,
-                            const std::string& job_id, bool json, const std::string& token_file);
+                            const std::string& job_id, bool json, const std::string& token_file,
+                            double stall_timeout_s);
+
+constexpr char kStallTimeoutHelp[] =
+    "With --wait/--watch: give up (exit 1) when the service sends nothing for this many seconds "
+    "(it sends the job every second; a hung node or a dropped network otherwise blocks forever)";
 
 absl::Status SubmitCommand(SubmitFlags& f) {
   RWR_ASSIGN_OR_RETURN(Config config, ResolveConfig(f.common, Config(), "distill submit"));
@@ -417,7 +439,9 @@ absl::Status SubmitCommand(SubmitFlags& f) {
   grpc::Status status = stub->SubmitJob(&context, request, &job);
   if (!status.ok()) return RpcFailed(status, f.server, "distill submit");
   std::cout << "submitted " << job.job_id() << std::endl;
-  if (f.wait) return WatchUntilDone(*stub, f.server, job.job_id(), false, f.token_file);
+  if (f.wait) {
+    return WatchUntilDone(*stub, f.server, job.job_id(), false, f.token_file, f.stall_timeout_s);
+  }
   return absl::OkStatus();
 }
 
@@ -441,22 +465,51 @@ void AddSubmit(CLI::App* group) {
                   "Teacher calls in flight (default: the service's)");
   cmd->add_flag("--wait", f->wait,
                 "Follow the job's progress until it ends; exit 1 unless it succeeded");
+  cmd->add_option("--stall-timeout", f->stall_timeout_s, kStallTimeoutHelp)
+      ->capture_default_str()
+      ->check(Positive());
   cmd->add_option("--auth-token-file", f->token_file, "File with the service's bearer token")
       ->check(CLI::ExistingFile);
   SetAction(cmd, [f] { return SubmitCommand(*f); });
 }
 
 absl::Status WatchUntilDone(v1::DistillService::Stub& stub, const std::string& server,
-                            const std::string& job_id, bool json, const std::string& token_file) {
+                            const std::string& job_id, bool json, const std::string& token_file,
+                            double stall_timeout_s) {
   grpc::ClientContext context;
   RWR_RETURN_IF_ERROR(Authorize(&context, token_file));
   v1::WatchJobRequest request;
   request.set_job_id(job_id);
   request.set_interval_ms(1000);
+  // The service writes the job every interval. A stream that goes quiet is a service that hangs
+  // (stopped, swapping, wedged) or a network that dropped without a reset: the stream would wait
+  // forever, and `submit --wait` would hold its Slurm allocation until the time limit.
+  const auto stall = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::chrono::duration<double>(stall_timeout_s));
+  std::mutex mu;
+  std::condition_variable done_cv;
+  auto last_update = std::chrono::steady_clock::now();
+  bool done = false;
+  bool stalled = false;
+  std::thread watchdog([&] {
+    std::unique_lock<std::mutex> lock(mu);
+    while (!done) {
+      if (std::chrono::steady_clock::now() - last_update >= stall) {
+        stalled = true;
+        context.TryCancel();
+        return;
+      }
+      done_cv.wait_for(lock, std::chrono::milliseconds(100));
+    }
+  });
   std::unique_ptr<grpc::ClientReader<v1::Job>> reader = stub.WatchJob(&context, request);
   v1::Job job;
   bool any = false;
   while (reader->Read(&job)) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      last_update = std::chrono::steady_clock::now();
+    }
     any = true;
     std::cout << (json ? JobJson(job) : JobLine(job)) << std::endl;
     if (ShutdownRequested()) {
@@ -465,7 +518,19 @@ absl::Status WatchUntilDone(v1::DistillService::Stub& stub, const std::string& s
     }
   }
   grpc::Status status = reader->Finish();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    done = true;
+  }
+  done_cv.notify_all();
+  watchdog.join();
   if (ShutdownRequested()) return absl::OkStatus();
+  if (stalled) {
+    return absl::DeadlineExceededError(fmt::format(
+        "distill status --watch: no update from the service at {} for {}s (hung, or the network "
+        "to it is down); job {} may still be running: check with `rwr distill status`",
+        server, stall_timeout_s, job_id));
+  }
   if (!status.ok()) return RpcFailed(status, server, "distill status --watch");
   if (!any) return absl::UnavailableError("distill status --watch: the stream ended without a job");
   if (job.state() != v1::Job::SUCCEEDED) {
@@ -483,6 +548,7 @@ struct StatusFlags {
   std::string token_file;
   bool watch = false;
   bool json = false;
+  double stall_timeout_s = 30;
 };
 
 absl::Status StatusCommand(StatusFlags& f) {
@@ -509,7 +575,9 @@ absl::Status StatusCommand(StatusFlags& f) {
     }
     return absl::OkStatus();
   }
-  if (f.watch) return WatchUntilDone(*stub, f.server, f.job_id, f.json, f.token_file);
+  if (f.watch) {
+    return WatchUntilDone(*stub, f.server, f.job_id, f.json, f.token_file, f.stall_timeout_s);
+  }
   grpc::ClientContext context;
   SetDeadline(&context, 10);
   RWR_RETURN_IF_ERROR(Authorize(&context, f.token_file));
@@ -532,6 +600,9 @@ void AddStatus(CLI::App* group) {
   cmd->add_flag("--watch", f->watch,
                 "Follow the job (a line a second) until it ends; exit 1 unless it succeeded");
   cmd->add_flag("--json", f->json, "Print the job(s) as JSON (rwr.v1.Job field names)");
+  cmd->add_option("--stall-timeout", f->stall_timeout_s, kStallTimeoutHelp)
+      ->capture_default_str()
+      ->check(Positive());
   cmd->add_option("--auth-token-file", f->token_file, "File with the service's bearer token")
       ->check(CLI::ExistingFile);
   SetAction(cmd, [f] { return StatusCommand(*f); });
@@ -556,6 +627,13 @@ absl::Status CancelCommand(CancelFlags& f) {
   grpc::Status status = stub->CancelJob(&context, request, &job);
   if (!status.ok()) return RpcFailed(status, f.server, "distill cancel");
   std::cout << JobLine(job) << std::endl;
+  if (job.state() == v1::Job::RUNNING) {
+    std::cout << fmt::format(
+                     "cancel requested: {} stops once its items in flight finish (`rwr distill "
+                     "status {} --watch` follows it to CANCELLED)",
+                     job.job_id(), job.job_id())
+              << std::endl;
+  }
   return absl::OkStatus();
 }
 

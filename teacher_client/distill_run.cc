@@ -47,7 +47,11 @@ using ItemPtr = std::shared_ptr<ItemState>;
 class Distiller : public std::enable_shared_from_this<Distiller> {
  public:
   Distiller(const DistillRunOptions& options, Teacher& teacher, NoteCache& cache)
-      : options_(options), teacher_(teacher), cache_(cache), info_(teacher.Info()) {}
+      : options_(options),
+        teacher_(teacher),
+        cache_(cache),
+        info_(teacher.Info()),
+        teacher_down_items_(std::max<int64_t>(kTeacherDownItems, options.items_in_flight)) {}
 
   void Start(DatasetItem dataset_item, const std::string& path) {
     {
@@ -141,6 +145,13 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
     return failed_;
   }
 
+  // Non-empty once the teacher has failed teacher_down_items_ items in a row in a way that says it
+  // cannot be used at all (DistillSummary::teacher_unusable).
+  std::string TeacherUnusable() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return teacher_unusable_;
+  }
+
  private:
   static std::string ItemKey(const ItemState& item) { return kItemKeyPrefix + item.item.id; }
 
@@ -191,9 +202,11 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
     ask([self, item, stage, request = std::move(request), key = std::move(lookup->key), check, fill,
          next = std::move(next)](absl::StatusOr<Answer> answer) mutable {
       if (!answer.ok()) {
+        self->TeacherFailed(answer.status());
         self->Fail(item, stage, std::string(answer.status().message()));
         return;
       }
+      self->TeacherAnswered();
       if (absl::Status valid = check(*answer); !valid.ok()) {
         self->Fail(item, stage, std::string(valid.message()));
         return;
@@ -324,10 +337,35 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
     changed_.notify_all();
   }
 
+  // A teacher down, hung, refusing our token or not serving the API fails every call: counted so
+  // the run stops rather than fail (and retry, with backoff) each remaining item in turn — for a
+  // large dataset, hours of a Slurm allocation spent writing FAILED records. Any answer, or a
+  // failure that is about the request (e.g. INVALID_ARGUMENT), starts the count again.
+  void TeacherFailed(const absl::Status& status) {
+    const absl::StatusCode code = status.code();
+    const bool unusable =
+        code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded ||
+        code == absl::StatusCode::kUnauthenticated || code == absl::StatusCode::kPermissionDenied ||
+        code == absl::StatusCode::kUnimplemented;
+    std::lock_guard<std::mutex> lock(mu_);
+    consecutive_unusable_ = unusable ? consecutive_unusable_ + 1 : 0;
+    if (consecutive_unusable_ >= teacher_down_items_ && teacher_unusable_.empty()) {
+      teacher_unusable_ = fmt::format(
+          "the teacher failed {} items in a row with no answer in between; last error: {}",
+          consecutive_unusable_, OneLine(std::string(status.message())));
+      changed_.notify_all();
+    }
+  }
+  void TeacherAnswered() {
+    std::lock_guard<std::mutex> lock(mu_);
+    consecutive_unusable_ = 0;
+  }
+
   const DistillRunOptions& options_;
   Teacher& teacher_;
   NoteCache& cache_;
   const TeacherInfo info_;
+  const int64_t teacher_down_items_;
   std::atomic<int64_t> teacher_calls_{0};
   std::atomic<int64_t> cache_hits_{0};
   std::atomic<int64_t> cache_rejected_{0};
@@ -337,6 +375,8 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
   std::chrono::steady_clock::time_point last_report_ = std::chrono::steady_clock::now();
   DistillCounts counts_;
   std::vector<FailedItem> failed_;
+  int64_t consecutive_unusable_ = 0;
+  std::string teacher_unusable_;
 };
 
 bool StopRequested(const DistillRunOptions& options) {
@@ -393,6 +433,8 @@ absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teac
   summary.teacher = teacher.Info();
 
   // Pass 1: check every line before the first teacher call (fail mode stops here), count items.
+  // A large dataset takes a while: a signal or a cancel is honoured here too, not only once the
+  // count is done (a Slurm job's SIGTERM is followed by SIGKILL after KillWait).
   int64_t total = 0;
   int64_t rejected = 0;
   {
@@ -401,8 +443,28 @@ absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teac
       RWR_ASSIGN_OR_RETURN(std::optional<DatasetItem> item, check.Next());
       if (!item.has_value()) break;
       ++total;
+      if (total % 1024 == 0 && StopRequested(options)) {
+        spdlog::info("{}: stopped while checking the input ({} items so far); rerun to continue",
+                     options.input_path, total);
+        summary.interrupted = true;
+        summary.seconds =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        return summary;
+      }
     }
     rejected = check.lines_rejected();
+    if (total == 0) {
+      // Nothing to distill is a wrong path, a truncated file or a failed generator, not a success
+      // for the next stage to build on.
+      return absl::InvalidArgumentError(
+          rejected > 0 ? fmt::format("{}: no usable items: all {} non-blank lines are bad{}",
+                                     options.input_path, rejected,
+                                     options.dataset.quarantine_path.empty()
+                                         ? ""
+                                         : " (see " + options.dataset.quarantine_path + ")")
+                       : fmt::format("{}: no items (the file is empty or holds only blank lines)",
+                                     options.input_path));
+    }
     if (rejected > 0) {
       spdlog::warn(
           "{}: {} bad lines skipped{}", options.input_path, rejected,
@@ -433,6 +495,11 @@ absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teac
   const int64_t window = std::max(1, options.items_in_flight);
   while (true) {
     distiller->WaitBelow(window, bar);
+    if (std::string unusable = distiller->TeacherUnusable(); !unusable.empty()) {
+      spdlog::warn("distill: stopping: {}; finishing the {} items in flight", unusable,
+                   distiller->InFlight());
+      break;
+    }
     if (StopRequested(options)) {
       summary.interrupted = true;
       // Said at once: draining a slow teacher's window takes a while and must not look like a
@@ -449,8 +516,13 @@ absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teac
   }
   distiller->WaitBelow(1, bar);
   distiller->Report(bar);
+  summary.teacher_unusable = distiller->TeacherUnusable();
   // A run stopped early must not claim it is done.
-  if (progress) progress->Finish(summary.interrupted ? "interrupted" : "done");
+  if (progress) {
+    progress->Finish(summary.interrupted                 ? "interrupted"
+                     : !summary.teacher_unusable.empty() ? "stopped"
+                                                         : "done");
+  }
 
   summary.counts = distiller->Counts();
   summary.counts.bad_input_lines = rejected;
@@ -460,6 +532,16 @@ absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teac
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   // Power-loss durability for everything this run wrote (see docs/cache.md).
   RWR_RETURN_IF_ERROR(cache.store().Sync());
+  // Read to the end, the second pass must have seen what the first counted: a file rewritten,
+  // truncated or appended to in between would otherwise end as a success that skipped (or never
+  // checked) part of it.
+  const bool read_whole = !summary.interrupted && summary.teacher_unusable.empty();
+  if (read_whole && (reader.items_read() != total || reader.lines_rejected() != rejected)) {
+    return absl::FailedPreconditionError(fmt::format(
+        "{} changed while the run read it ({} items and {} bad lines when checked, {} and {} "
+        "when read); what was read is cached: run again on the finished file",
+        options.input_path, total, rejected, reader.items_read(), reader.lines_rejected()));
+  }
   return summary;
 }
 
@@ -476,6 +558,10 @@ std::string SummaryLine(const DistillSummary& summary) {
   if (summary.interrupted) {
     line += fmt::format("; interrupted after {} of {} items (rerun to continue)", c.items_done,
                         c.items);
+  }
+  if (!summary.teacher_unusable.empty()) {
+    line += fmt::format("; stopped after {} of {} items: {}", c.items_done, c.items,
+                        summary.teacher_unusable);
   }
   return line;
 }
@@ -499,6 +585,7 @@ nlohmann::json SummaryJson(const DistillSummary& summary) {
           {"bad_input_lines", c.bad_input_lines},
           {"failed_items", failed},
           {"interrupted", summary.interrupted},
+          {"teacher_unusable", summary.teacher_unusable},
           {"seconds", summary.seconds},
           {"teacher",
            {{"id", summary.teacher.teacher_id},

@@ -55,6 +55,12 @@ struct DistillSummary {
   DistillCounts counts;
   std::vector<FailedItem> failed;
   bool interrupted = false;  // stopped early (cancel or shutdown signal); rerun to continue
+  // Non-empty: the run stopped early because the teacher could not be used at all — every call of
+  // the last kTeacherDownItems items (or of a window of items in flight, if more) failed with
+  // UNAVAILABLE, DEADLINE_EXCEEDED, UNAUTHENTICATED, PERMISSION_DENIED or UNIMPLEMENTED after the
+  // client's retries, with no answer in between. Says which, with the teacher's last error. Items
+  // not started yet are left alone (no FAILED records); rerun once the teacher is back.
+  std::string teacher_unusable;
   double seconds = 0;
   TeacherInfo teacher;
 };
@@ -89,8 +95,18 @@ absl::Status CheckDistillTeacher(const std::string& target);
 // Whether `id` is among the `fraction` of items that get an `empty` negative (stable per id).
 bool SelectedForNegative(std::string_view id, double fraction);
 
+// How many items in a row must fail on an unusable teacher (see DistillSummary::teacher_unusable)
+// before a run stops; a window of items in flight larger than this must fail whole.
+inline constexpr int64_t kTeacherDownItems = 16;
+
+// The largest teacher window (distill.concurrency, a job's recipe.concurrency): 2 × it items are
+// held in memory at once, and larger values overflowed into negative windows.
+inline constexpr int kMaxDistillConcurrency = 65536;
+
 // Errors: bad input in fail mode (FILE:LINE: reason, before any teacher call), an unreadable
-// input, a cache that cannot be written at all. Item failures are in the summary, not errors.
+// input, an input with no items, an input that changed while the run read it (the counts of its
+// two passes differ; what was read is cached), a cache that cannot be written at all. Item failures
+// are in the summary, not errors.
 absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teacher& teacher,
                                           NoteCache& cache);
 

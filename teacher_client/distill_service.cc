@@ -80,7 +80,10 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     for (const v1::Job& job : unfinished) {
       spdlog::info("distill serve: resuming job {} ({}, was {})", job.job_id(), job.dataset_path(),
                    v1::Job::State_Name(job.state()));
-      jobs_[job.job_id()].set_state(v1::Job::QUEUED);
+      v1::Job& queued = jobs_[job.job_id()];
+      queued.set_state(v1::Job::QUEUED);
+      queued.set_items_per_second(0);  // the stopped run's, not this one's
+      queued.set_eta_seconds(-1);
       queue_.push_back(job.job_id());
     }
 
@@ -152,6 +155,11 @@ class DistillServer::Impl final : public v1::DistillService::Service {
       return {
           grpc::StatusCode::INVALID_ARGUMENT,
           fmt::format("recipe.negative_fraction {} is outside [0, 1]", recipe.negative_fraction())};
+    }
+    if (recipe.concurrency() > static_cast<uint32_t>(kMaxDistillConcurrency)) {
+      return {grpc::StatusCode::INVALID_ARGUMENT,
+              fmt::format("recipe.concurrency {} is above the limit of {} teacher calls in flight",
+                          recipe.concurrency(), kMaxDistillConcurrency)};
     }
     if (!recipe.overrides().empty()) {
       return {grpc::StatusCode::UNIMPLEMENTED,
@@ -247,6 +255,12 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     auto it = jobs_.find(request->job_id());
     if (it == jobs_.end()) return NotFound(request->job_id());
     v1::Job& job = it->second;
+    if (Terminal(job.state())) {
+      // Answered as an error so that a script's `cancel && ...` does not read it as cancelled.
+      return {grpc::StatusCode::FAILED_PRECONDITION,
+              fmt::format("job '{}' already ended {}; nothing to cancel", job.job_id(),
+                          v1::Job::State_Name(job.state()))};
+    }
     if (job.state() == v1::Job::QUEUED) {
       queue_.erase(std::remove(queue_.begin(), queue_.end(), job.job_id()), queue_.end());
       job.set_state(v1::Job::CANCELLED);
@@ -309,6 +323,9 @@ class DistillServer::Impl final : public v1::DistillService::Service {
       j.set_state(v1::Job::RUNNING);
       j.clear_error();
       j.mutable_counts()->Clear();
+      // A resumed job's record holds the rate and ETA of the run that was stopped.
+      j.set_items_per_second(0);
+      j.set_eta_seconds(-1);
       job = j;
     });
     spdlog::info("distill serve: job {} running", id);
@@ -385,6 +402,12 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     }
     if (cancelled) {
       Finish(id, v1::Job::CANCELLED, "");
+    } else if (!summary->teacher_unusable.empty()) {
+      Finish(id, v1::Job::FAILED,
+             fmt::format("stopped after {} of {} items: {}; items not started were left alone: "
+                         "check the teacher and resubmit",
+                         summary->counts.items_done, summary->counts.items,
+                         summary->teacher_unusable));
     } else if (summary->counts.failures > 0) {
       std::string error =
           fmt::format("{} of {} items failed (resubmit to retry them):", summary->counts.failures,

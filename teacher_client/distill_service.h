@@ -8,7 +8,7 @@
 // - A running job's counts, rate and ETA are kept in memory and written to the cache about once a
 //   second. GetJob / ListJobs answer from memory; WatchJob streams the job every interval until it
 //   ends; CancelJob stops a job (queued: at once; running: it starts no new item, the items in
-//   flight finish and are cached).
+//   flight finish and are cached; ended: FAILED_PRECONDITION, the job unchanged).
 // - On start, every job the cache holds as QUEUED or RUNNING (a service killed or stopped mid-job)
 //   is queued again and resumed: its dataset is walked again and every answer already cached is a
 //   cache hit, so only the unfinished work reaches the teacher.

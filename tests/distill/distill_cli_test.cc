@@ -11,6 +11,8 @@
 //   sent); job lines of jobs whose total is not known yet, and of running jobs with their total;
 //   `rwr cache publish` into missing
 //   parents, and every writer refusing a published copy.
+// - `status --watch` against a service frozen mid-stream gives up after --stall-timeout; --server
+//   pointing at a teacher says it is not a distill service.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -703,6 +705,54 @@ TEST_F(DistillCliTest, PublishCreatesMissingParentsAndWritersRefuseThePublishedC
   // The live cache is still the one to write to.
   Ran rerun = RunRwr(run_into_cache, dir_ / "rerun.log");
   EXPECT_EQ(rerun.exit_code, 0) << rerun.output;
+}
+
+// `status --watch` (and `submit --wait`) against a service that stops answering mid-stream — a
+// SIGSTOPped or wedged process, a network dropped without a reset — gives up after
+// --stall-timeout with one line, instead of blocking a Slurm job until its time limit. And
+// --server pointing at a teacher says so, instead of an empty "distill status: ".
+TEST_F(DistillCliTest, WatchOfAServiceThatStopsAnsweringGivesUpAndATeacherIsNamedAsOne) {
+  const std::string input = (dir_ / "data.jsonl").string();
+  testing::WriteDistillTestData(input, 40);
+  auto teacher = StartTeacher(/*latency_s=*/0.3);  // the job runs far longer than this test
+  ASSERT_TRUE(teacher);
+  Ran wrong =
+      RunRwr({"distill", "status", "--server", "127.0.0.1:" + std::to_string(teacher->port())},
+             dir_ / "wrong.log");
+  EXPECT_EQ(wrong.exit_code, 1) << wrong.output;
+  EXPECT_NE(wrong.output.find("does not serve rwr.v1.DistillService"), std::string::npos)
+      << wrong.output;
+
+  const std::string listen = "127.0.0.1:" + std::to_string(testing::FreePort());
+  Subprocess service(
+      {RWR_BINARY, "distill", "serve", "--listen", listen, "--cache", (dir_ / "cache").string()},
+      (dir_ / "serve.log").string());
+  ASSERT_TRUE(service.started());
+  Ran submitted;
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        submitted = RunRwr({"distill", "submit", "--server", listen, "--input", input, "--teacher",
+                            Url(*teacher), "--job-id", "long", "--concurrency", "1"},
+                           dir_ / "submit.log");
+        return submitted.exit_code == 0;
+      },
+      30))
+      << submitted.output << testing::ReadFile(dir_ / "serve.log");
+  // Freeze the service once the watch stream is up and has printed the running job.
+  Subprocess watch({RWR_BINARY, "distill", "status", "--server", listen, "long", "--watch",
+                    "--stall-timeout", "1"},
+                   (dir_ / "watch.log").string());
+  ASSERT_TRUE(WaitUntil(
+      [&] { return testing::ReadFile(dir_ / "watch.log").find("long ") != std::string::npos; }, 30))
+      << testing::ReadFile(dir_ / "watch.log");
+  service.Signal(SIGSTOP);
+  const int watch_exit = watch.Wait(20);  // -1 or a signal status: it was still waiting
+  service.Signal(SIGCONT);
+  const std::string watched = testing::ReadFile(dir_ / "watch.log");
+  EXPECT_EQ(watch_exit, 1) << watched;
+  EXPECT_NE(watched.find("no update from the service"), std::string::npos) << watched;
+  service.Signal(SIGTERM);
+  EXPECT_EQ(service.Wait(30), 0) << testing::ReadFile(dir_ / "serve.log");
 }
 
 }  // namespace

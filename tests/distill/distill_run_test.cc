@@ -1,7 +1,9 @@
 // RunDistill (teacher_client/distill_run.h) against the in-process extractive teacher and against a
 // real TeacherServer on loopback with faults injected (ScriptedTeacher): counts add up, a rerun
 // asks the teacher for nothing cached, failed items are reported with their reasons and a rerun
-// finishes them, tampered records are re-asked.
+// finishes them, tampered records are re-asked. A teacher that fails every call stops the run
+// early; an input with no items, or one that changes between the two passes, is an error; a stop
+// is honoured while the input is checked.
 #include "teacher_client/distill_run.h"
 
 #include <gtest/gtest.h>
@@ -274,8 +276,11 @@ TEST_F(DistillRunTest, AnswersSlowerThanTheDeadlineFailWithTheReasonThenRerunFin
   auto slow_client = MakeTeacher("rwr://127.0.0.1:" + std::to_string(port), options);
   ASSERT_TRUE(slow_client.ok()) << slow_client.status();
   DistillSummary first = Run(**slow_client);
-  EXPECT_EQ(first.counts.failures, kItems);
-  ASSERT_EQ(first.failed.size(), static_cast<size_t>(kItems));
+  // Every call timed out: the run stops once a window of items has failed that way
+  // (TeacherThatFailsEveryCallStopsTheRun...), each failed item listed with its reason.
+  EXPECT_NE(first.teacher_unusable.find("eadline"), std::string::npos) << first.teacher_unusable;
+  EXPECT_GE(first.counts.failures, 16);
+  ASSERT_EQ(first.failed.size(), static_cast<size_t>(first.counts.failures));
   EXPECT_EQ(first.failed[0].stage, "note");
   EXPECT_NE(first.failed[0].reason.find("eadline"), std::string::npos) << first.failed[0].reason;
   slow_client->reset();
@@ -335,6 +340,116 @@ TEST_F(DistillRunTest, ProgressReportsCarryTheTotalWhileTheRunIsGoing) {
   EXPECT_GT(while_running, 0);
   EXPECT_EQ(summary->counts.items, kItems);
   EXPECT_EQ(summary->counts.items_done, kItems);
+}
+
+// A teacher that is down (or hung, or refusing the token) fails every call after the client's
+// retries. The run stops after a window of such items instead of failing every remaining item in
+// turn, leaves the items it did not start alone, and a rerun on a healthy teacher finishes them.
+TEST_F(DistillRunTest, TeacherThatFailsEveryCallStopsTheRunAndLeavesTheRestAlone) {
+  constexpr int kMany = 400;
+  testing::WriteDistillTestData(input_, kMany);
+  ScriptedTeacher down({.fail_every = 1, .fail_code = absl::StatusCode::kUnavailable});
+  DistillRunOptions options;
+  options.input_path = input_;
+  options.items_in_flight = 4;
+  options.show_progress = false;
+  auto summary = RunDistill(options, down, *cache_);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_FALSE(summary->interrupted);
+  EXPECT_NE(summary->teacher_unusable.find("16 items in a row"), std::string::npos)
+      << summary->teacher_unusable;
+  EXPECT_GE(summary->counts.failures, kTeacherDownItems);
+  EXPECT_LE(summary->counts.failures, kTeacherDownItems + options.items_in_flight);
+  EXPECT_EQ(summary->counts.items, kMany);
+  EXPECT_EQ(*store_->Count(Family::kJobs), summary->counts.failures)
+      << "only the items that were tried have a record";
+  EXPECT_NE(SummaryLine(*summary).find("stopped after"), std::string::npos);
+  EXPECT_EQ(SummaryJson(*summary)["teacher_unusable"], summary->teacher_unusable);
+
+  ScriptedTeacher healthy({});
+  auto rerun = RunDistill(options, healthy, *cache_);
+  ASSERT_TRUE(rerun.ok()) << rerun.status();
+  EXPECT_TRUE(rerun->teacher_unusable.empty());
+  EXPECT_EQ(rerun->counts.failures, 0);
+  EXPECT_EQ(FinishedItems(), kMany);
+}
+
+// Failures about the request (here INVALID_ARGUMENT on every call) say nothing about the teacher
+// as a whole: each item fails on its own and the run goes through the dataset.
+TEST_F(DistillRunTest, FailuresAboutTheRequestDoNotStopTheRun) {
+  ScriptedTeacher refusing({.fail_every = 1, .fail_code = absl::StatusCode::kInvalidArgument});
+  DistillRunOptions options;
+  options.input_path = input_;
+  options.items_in_flight = 2;
+  options.show_progress = false;
+  auto summary = RunDistill(options, refusing, *cache_);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_TRUE(summary->teacher_unusable.empty()) << summary->teacher_unusable;
+  EXPECT_EQ(summary->counts.failures, kItems);
+}
+
+// An input with nothing to distill is an error, not a success with 0 items for `rwr data build`
+// (or a job's --wait) to go on from.
+TEST_F(DistillRunTest, InputWithNoItemsIsAnError) {
+  ScriptedTeacher teacher({});
+  DistillRunOptions options;
+  options.input_path = input_;
+  options.show_progress = false;
+  std::ofstream(input_, std::ios::trunc) << "\n  \n";
+  auto summary = RunDistill(options, teacher, *cache_);
+  ASSERT_FALSE(summary.ok());
+  EXPECT_NE(std::string(summary.status().message()).find("data.jsonl: no items"), std::string::npos)
+      << summary.status();
+
+  std::ofstream(input_, std::ios::trunc) << "{not json\n[]\n";
+  options.dataset = {.on_bad_input = OnBadInput::kSkip,
+                     .quarantine_path = (dir_ / "quarantine.jsonl").string()};
+  summary = RunDistill(options, teacher, *cache_);
+  ASSERT_FALSE(summary.ok());
+  EXPECT_NE(std::string(summary.status().message()).find("no usable items: all 2"),
+            std::string::npos)
+      << summary.status();
+  EXPECT_EQ(teacher.calls(), 0u);
+}
+
+// The input is read twice (checked and counted, then distilled). A file rewritten in between — a
+// generator still writing it, a user replacing it — must not end as a success over part of it.
+TEST_F(DistillRunTest, InputChangedBetweenCheckAndReadIsAnError) {
+  ScriptedTeacher teacher({});
+  DistillRunOptions options;
+  options.input_path = input_;
+  options.items_in_flight = 4;
+  options.show_progress = false;
+  bool rewritten = false;
+  // The first report comes once the input is counted, before the second pass opens it.
+  options.on_progress = [&](const DistillCounts&) {
+    if (!rewritten) testing::WriteDistillTestData(input_, kItems / 2);
+    rewritten = true;
+  };
+  auto summary = RunDistill(options, teacher, *cache_);
+  ASSERT_TRUE(rewritten);
+  ASSERT_FALSE(summary.ok()) << "the run succeeded over part of its input";
+  EXPECT_NE(std::string(summary.status().message()).find("changed while the run read it (40 items"),
+            std::string::npos)
+      << summary.status();
+  EXPECT_EQ(FinishedItems(), kItems / 2) << "what was read is cached";
+}
+
+// Checking a large input takes a while; a stop (cancel, SIGTERM) is honoured during that pass
+// rather than after it.
+TEST_F(DistillRunTest, StopDuringTheCheckPassEndsTheRunThere) {
+  constexpr int kMany = 5000;
+  testing::WriteDistillTestData(input_, kMany);
+  ScriptedTeacher teacher({});
+  DistillRunOptions options;
+  options.input_path = input_;
+  options.show_progress = false;
+  options.stop_requested = [] { return true; };
+  auto summary = RunDistill(options, teacher, *cache_);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_TRUE(summary->interrupted);
+  EXPECT_LT(summary->counts.items, kMany) << "the whole input was checked first";
+  EXPECT_EQ(teacher.calls(), 0u);
 }
 
 }  // namespace

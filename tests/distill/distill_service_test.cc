@@ -4,7 +4,9 @@
 // and a service restarted over the same cache resumes an unfinished job. A running job reports
 // its item total (and so an ETA) while it runs. A shutdown signal that reaches the running job
 // before the owner calls Shutdown() leaves it resumable and starts no further job. Also: a teacher
-// whose calls fail with UNAVAILABLE now and then, behind a real server, is retried to completion.
+// whose calls fail with UNAVAILABLE now and then, behind a real server, is retried to completion;
+// one that fails every call ends its job early, FAILED, with the reason. Cancel of an ended job is
+// refused; an oversized concurrency is refused at submit; a resumed job shows no stale rate.
 #include "teacher_client/distill_service.h"
 
 #include <grpcpp/grpcpp.h>
@@ -331,6 +333,84 @@ TEST_F(DistillServiceTest, ShutdownSignalLeavesJobsResumableAndARestartFinishesT
   EXPECT_EQ(ids.size(), static_cast<size_t>(2 * kItems));
   EXPECT_EQ(static_cast<int64_t>(teacher_->stats().served), CachedAnswers())
       << "an answer was asked for twice, or one was lost";
+}
+
+// A teacher that answers nothing (down, hung, refusing the token) fails the job after a window of
+// items, with the reason, instead of failing every item of the dataset in turn; the items it did
+// not reach are left alone for the resubmitted job.
+TEST_F(DistillServiceTest, JobOnATeacherThatFailsEveryCallStopsEarlyAndSaysWhy) {
+  constexpr int kMany = 200;
+  testing::WriteDistillTestData(input_, kMany);
+  StartTeacher({.fail_every = 1, .fail_code = absl::StatusCode::kUnavailable});
+  StartService();
+  v1::Job job;
+  ASSERT_TRUE(Submit("down", TeacherUrl(), &job).ok());
+  job = Watch("down");
+  EXPECT_EQ(job.state(), v1::Job::FAILED);
+  EXPECT_NE(job.error().find("items in a row"), std::string::npos) << job.error();
+  EXPECT_NE(job.error().find("UNAVAILABLE"), std::string::npos) << job.error();
+  EXPECT_LT(job.counts().items_done(), static_cast<uint64_t>(kMany) / 2);
+  EXPECT_EQ(job.counts().items(), static_cast<uint64_t>(kMany));
+}
+
+// Cancel of a job that has ended changes nothing and says so as an error (a script's
+// `cancel && ...` must not read it as cancelled); an unknown id is NOT_FOUND.
+TEST_F(DistillServiceTest, CancelOfAnEndedJobIsRefusedAndLeavesItAsItEnded) {
+  StartService();
+  v1::Job job;
+  ASSERT_TRUE(Submit("done", "builtin:extractive", &job).ok());
+  ASSERT_EQ(Watch("done").state(), v1::Job::SUCCEEDED);
+  for (const auto& [id, code] :
+       {std::pair<std::string, grpc::StatusCode>{"done", grpc::StatusCode::FAILED_PRECONDITION},
+        {"unknown", grpc::StatusCode::NOT_FOUND}}) {
+    grpc::ClientContext context;
+    v1::CancelJobRequest request;
+    request.set_job_id(id);
+    grpc::Status status = stub_->CancelJob(&context, request, &job);
+    EXPECT_EQ(status.error_code(), code) << id << ": " << status.error_message();
+  }
+  EXPECT_EQ(Get("done").state(), v1::Job::SUCCEEDED);
+  EXPECT_EQ(Persisted("done").state(), v1::Job::SUCCEEDED);
+}
+
+// A recipe.concurrency that no teacher client could use is refused at submit, not accepted and
+// failed later with a negative window in the message.
+TEST_F(DistillServiceTest, SubmitRefusesAConcurrencyAboveTheLimit) {
+  StartService();
+  grpc::ClientContext context;
+  v1::SubmitJobRequest request;
+  request.set_job_id("wide");
+  request.set_dataset_path(input_);
+  request.set_teacher("builtin:extractive");
+  request.mutable_recipe()->set_negative_fraction(0.3);
+  request.mutable_recipe()->set_concurrency(3000000000u);
+  v1::Job job;
+  grpc::Status status = stub_->SubmitJob(&context, request, &job);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_NE(status.error_message().find("65536"), std::string::npos) << status.error_message();
+}
+
+// A job resumed after a restart must not show the rate and ETA of the run that was stopped (here
+// its dataset is gone, so the resumed run ends before reporting any of its own).
+TEST_F(DistillServiceTest, ResumedJobDoesNotKeepTheStoppedRunsRate) {
+  v1::Job stopped;
+  stopped.set_job_id("old");
+  stopped.set_state(v1::Job::RUNNING);
+  stopped.set_dataset_path((dir_ / "gone.jsonl").string());
+  stopped.set_teacher("builtin:extractive");
+  stopped.mutable_recipe()->set_negative_fraction(0.3);
+  stopped.set_items_per_second(99);
+  stopped.set_eta_seconds(7);
+  ASSERT_TRUE(store_
+                  ->Put(storage::Family::kJobs, std::string(kJobKeyPrefix) + "old",
+                        stopped.SerializeAsString())
+                  .ok());
+  StartService();
+  v1::Job job = Watch("old");
+  EXPECT_EQ(job.state(), v1::Job::FAILED);
+  EXPECT_NE(job.error().find("gone.jsonl"), std::string::npos) << job.error();
+  EXPECT_EQ(job.items_per_second(), 0);
+  EXPECT_EQ(Persisted("old").items_per_second(), 0);
 }
 
 TEST(DistillOverGrpcTest, CallsFailingWithUnavailableAreRetriedToCompletion) {
