@@ -60,6 +60,19 @@ bool WaitUntil(const std::function<bool()>& done, double timeout_s) {
   return done();
 }
 
+// `rwr distill status JOB --watch` against a service that is (re)starting: retried while no
+// service answers yet, then followed until the job ends. False if none answered within a minute.
+bool WatchOnceServing(const std::string& listen, const std::string& job, const fs::path& log,
+                      Ran* watched) {
+  return WaitUntil(
+      [&] {
+        *watched = RunRwr({"distill", "status", "--server", listen, job, "--watch"}, log);
+        return watched->exit_code != 1 ||
+               watched->output.find("no distill service") == std::string::npos;
+      },
+      60);
+}
+
 class DistillCliTest : public ::testing::Test {
  protected:
   void SetUp() override { dir_ = testing::MakeTempDir("distill_cli"); }
@@ -323,14 +336,7 @@ TEST_F(DistillCliTest, ServeJobSurvivesSigkillOfTheServiceAndResumes) {
   Subprocess service(serve, (dir_ / "serve2.log").string());
   ASSERT_TRUE(service.started());
   Ran watched;
-  ASSERT_TRUE(WaitUntil(
-      [&] {
-        watched = RunRwr({"distill", "status", "--server", listen, "harbours", "--watch"},
-                         dir_ / "watch.log");
-        return watched.exit_code != 1 ||
-               watched.output.find("no distill service") == std::string::npos;
-      },
-      60));
+  ASSERT_TRUE(WatchOnceServing(listen, "harbours", dir_ / "watch.log", &watched));
   EXPECT_EQ(watched.exit_code, 0) << watched.output << testing::ReadFile(dir_ / "serve2.log");
   EXPECT_NE(watched.output.find("harbours SUCCEEDED"), std::string::npos) << watched.output;
 
@@ -409,14 +415,7 @@ TEST_F(DistillCliTest, ServeStoppedBySigtermLeavesItsJobsToResumeAndARestartFini
   Subprocess service(serve, (dir_ / "serve2.log").string());
   ASSERT_TRUE(service.started());
   Ran watched;
-  ASSERT_TRUE(WaitUntil(
-      [&] {
-        watched = RunRwr({"distill", "status", "--server", listen, "second", "--watch"},
-                         dir_ / "watch.log");
-        return watched.exit_code != 1 ||
-               watched.output.find("no distill service") == std::string::npos;
-      },
-      60));
+  ASSERT_TRUE(WatchOnceServing(listen, "second", dir_ / "watch.log", &watched));
   EXPECT_EQ(watched.exit_code, 0) << watched.output << testing::ReadFile(dir_ / "serve2.log");
   for (const char* id : {"first", "second"}) {
     Ran json = RunRwr({"distill", "status", "--server", listen, id, "--json"},
