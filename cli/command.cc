@@ -43,7 +43,11 @@ absl::StatusOr<Config> ResolveConfig(const CommonOptions& options, const Config&
   }
   if (absl::Status s = config.SetAll(options.overrides); !s.ok()) return s;
   RWR_RETURN_IF_ERROR(CheckConfigKeys(config, command_name));
-  spdlog::info("rwr {}: resolved config:\n{}", command_name, config.ToYaml());
+  // Nothing to show for a command given no file, no --set and no defaults ("{}" on every call of
+  // a client command such as `rwr distill status`).
+  if (!config.LeafKeys().empty()) {
+    spdlog::info("rwr {}: resolved config:\n{}", command_name, config.ToYaml());
+  }
   return config;
 }
 

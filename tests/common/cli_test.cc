@@ -43,6 +43,17 @@ TEST(CliTest, ConfigShowAppliesFileThenOverrides) {
   EXPECT_NE(run.output.find("seed: 3"), std::string::npos) << run.output;
 }
 
+// The resolved config is logged when there is one; a command given no file, no --set and no
+// defaults logs no empty "{}" (every client call of `rwr distill status` did).
+TEST(CliTest, ResolvedConfigIsLoggedOnlyWhenThereIsOne) {
+  RunResult with = RunRwr("config show --set train.lr=0.5 --log-level info");
+  ASSERT_EQ(with.exit_code, 0) << with.output;
+  EXPECT_NE(with.output.find("resolved config"), std::string::npos) << with.output;
+  RunResult without = RunRwr("config show --log-level info");
+  ASSERT_EQ(without.exit_code, 0) << without.output;
+  EXPECT_EQ(without.output.find("resolved config"), std::string::npos) << without.output;
+}
+
 TEST(CliTest, BadInputIsOneClearLineAndNonZeroExit) {
   RunResult bad_set = RunRwr("config show --set nonsense");
   EXPECT_EQ(bad_set.exit_code, 1);
