@@ -1,7 +1,8 @@
-// CallScheduler: in-flight window, deadlines, retries with backoff + jitter, rate limit.
+// CallScheduler: adaptive in-flight window, deadlines, retries with backoff + jitter, rate limit.
 #include "teacher_client/call_scheduler.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 
 #include "fmt/format.h"
@@ -14,7 +15,11 @@ thread_local const CallScheduler* completing = nullptr;
 }  // namespace
 
 CallScheduler::CallScheduler(const TeacherClientOptions& options)
-    : options_(options), next_start_(Clock::now()), rng_(std::random_device{}()) {
+    : options_(options),
+      max_window_(std::max(1, options.concurrency)),
+      window_(max_window_),
+      next_start_(Clock::now()),
+      rng_(std::random_device{}()) {
   dispatcher_ = std::thread([this] { DispatchLoop(); });
 }
 
@@ -28,17 +33,32 @@ CallScheduler::~CallScheduler() {
   dispatcher_.join();
 }
 
-bool CallScheduler::Retryable(const grpc::Status& status) {
-  const grpc::StatusCode code = status.error_code();
+bool TeacherOverloaded(grpc::StatusCode code, const std::string& message) {
   // gRPC reports a message over the receiver's size limit as RESOURCE_EXHAUSTED too; sending the
   // same bytes again cannot help.
-  if (code == grpc::StatusCode::RESOURCE_EXHAUSTED &&
-      status.error_message().find("larger than max") != std::string::npos)
-    return false;
+  if (code == grpc::StatusCode::RESOURCE_EXHAUSTED)
+    return message.find("larger than max") == std::string::npos;
+  if (code != grpc::StatusCode::UNAVAILABLE) return false;
+  // Triton's dynamic batcher over its max_queue_size ("Exceeds maximum queue size"); gRPC's
+  // mapping of an HTTP 429 from a proxy.
+  std::string lower = message;
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return lower.find("exceeds maximum queue size") != std::string::npos ||
+         lower.find("header with status: 429") != std::string::npos;
+}
+
+bool CallScheduler::Overloaded(const grpc::Status& status) {
+  return TeacherOverloaded(status.error_code(), status.error_message());
+}
+
+bool CallScheduler::Retryable(const grpc::Status& status) {
+  const grpc::StatusCode code = status.error_code();
+  if (code == grpc::StatusCode::RESOURCE_EXHAUSTED) return Overloaded(status);
   // CANCELLED reaches a live client only from the server side (a server shutting down cancels
   // what it holds); our own cancellations happen while stopping_, when nothing is retried.
   return code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::DEADLINE_EXCEEDED ||
-         code == grpc::StatusCode::RESOURCE_EXHAUSTED || code == grpc::StatusCode::CANCELLED;
+         code == grpc::StatusCode::CANCELLED;
 }
 
 void CallScheduler::Submit(StartFn start, FinishFn finish, BatchPart* batch) {
@@ -68,7 +88,7 @@ void CallScheduler::Submit(StartFn start, FinishFn finish, BatchPart* batch) {
       PumpLocked(lock);
       return;
     }
-    if (!pump_requested_ && in_flight_tasks_ < std::max(1, options_.concurrency)) {
+    if (!pump_requested_ && in_flight_tasks_ < window_) {
       pump_requested_ = true;
       wake_.notify_all();
     }
@@ -89,8 +109,7 @@ void CallScheduler::EnableBatching(int max_batch, uint64_t max_bytes, BatchRpcFn
 }
 
 std::shared_ptr<CallScheduler::Call> CallScheduler::TakeOneLocked() {
-  if (stopping_ || ready_.empty() || in_flight_tasks_ >= std::max(1, options_.concurrency))
-    return nullptr;
+  if (stopping_ || ready_.empty() || in_flight_tasks_ >= window_) return nullptr;
   if (options_.requests_per_second > 0) {
     const auto interval = std::chrono::duration_cast<Clock::duration>(
         std::chrono::duration<double>(1.0 / options_.requests_per_second));
@@ -132,6 +151,7 @@ std::shared_ptr<CallScheduler::Attempt> CallScheduler::TakeStartableLocked() {
                                      std::chrono::duration<double>(options_.deadline_s)));
   if (!options_.bearer_token.empty())
     attempt->context->AddMetadata("authorization", "Bearer " + options_.bearer_token);
+  attempt->window_epoch = window_epoch_;
   in_flight_.insert(attempt->context.get());
   ++stats_.rpcs;
   return attempt;
@@ -150,8 +170,13 @@ TeacherClientStats CallScheduler::Stats() const {
   return stats_;
 }
 
-CallScheduler::Clock::duration CallScheduler::Backoff(int attempts) {
-  double base = options_.initial_backoff_s * std::pow(2.0, std::max(0, attempts - 1));
+int CallScheduler::Window() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return window_;
+}
+
+CallScheduler::Clock::duration CallScheduler::Backoff(int retries) {
+  double base = options_.initial_backoff_s * std::pow(2.0, std::max(0, retries - 1));
   base = std::min(base, options_.max_backoff_s);
   std::uniform_real_distribution<double> jitter(0.5, 1.5);
   return std::chrono::duration_cast<Clock::duration>(
@@ -191,7 +216,7 @@ void CallScheduler::DispatchLoop() {
       lock.lock();
       continue;
     }
-    const bool window_open = in_flight_tasks_ < std::max(1, options_.concurrency);
+    const bool window_open = in_flight_tasks_ < window_;
     if (!ready_.empty() && window_open && options_.requests_per_second > 0) {
       wake_.wait_until(
           lock,
@@ -260,17 +285,16 @@ void CallScheduler::AttemptDone(std::shared_ptr<Attempt> attempt,
   in_flight_tasks_ -= static_cast<int>(attempt->calls.size());
   // Held until the end, so the destructor cannot complete while this runs.
   ++finishing_;
+  const Clock::time_point now = Clock::now();
+  AdaptWindowLocked(*attempt, statuses, now);
   std::vector<size_t> finished;
   bool retried = false;
   for (size_t i = 0; i < attempt->calls.size(); ++i) {
     const std::shared_ptr<Call>& call = attempt->calls[i];
-    const grpc::Status& status = statuses[i];
-    const bool retry =
-        !status.ok() && Retryable(status) && call->attempts < options_.max_attempts && !stopping_;
-    if (retry) {
+    if (std::optional<Clock::duration> delay = RetryDelayLocked(*call, statuses[i], now)) {
       retried = true;
       ++stats_.retries;
-      call->not_before = Clock::now() + Backoff(call->attempts);
+      call->not_before = now + *delay;
       delayed_.push_back(call);
       std::push_heap(delayed_.begin(), delayed_.end(), LaterFirst());
     } else {
@@ -299,6 +323,48 @@ void CallScheduler::AttemptDone(std::shared_ptr<Attempt> attempt,
   // with finishing_ at 0 the destructor may complete.
   if (retried || stopping_ || (!ready_.empty() && options_.requests_per_second > 0))
     wake_.notify_all();
+}
+
+void CallScheduler::AdaptWindowLocked(const Attempt& attempt,
+                                      const std::vector<grpc::Status>& statuses,
+                                      Clock::time_point now) {
+  bool overloaded = false;
+  for (const grpc::Status& status : statuses) {
+    if (status.ok()) {
+      last_answer_ = now;
+      window_ = std::min(max_window_, window_ + 1);
+    } else if (Overloaded(status)) {
+      overloaded = true;
+    }
+  }
+  // Every call in flight when the teacher filled up is refused at about the same moment: the
+  // window halves once for them, and again only if an attempt started at the halved window is
+  // refused too.
+  if (overloaded && attempt.window_epoch == window_epoch_) {
+    window_ = std::max(1, window_ / 2);
+    ++window_epoch_;
+  }
+}
+
+std::optional<CallScheduler::Clock::duration> CallScheduler::RetryDelayLocked(
+    Call& call, const grpc::Status& status, Clock::time_point now) {
+  if (status.ok() || stopping_ || !Retryable(status)) return std::nullopt;
+  // Overload is backpressure: the attempt is given back for one deadline from the call's first
+  // refusal, and for as long after as the teacher answers other calls (one within a deadline). A
+  // teacher that answers nothing but overload for a deadline spends the call's attempts: it ends.
+  bool backpressure = false;
+  if (Overloaded(status)) {
+    if (!call.overloaded_since) call.overloaded_since = now;
+    const Clock::time_point since =
+        std::max(*call.overloaded_since, last_answer_.value_or(*call.overloaded_since));
+    backpressure = now - since <= std::chrono::duration<double>(options_.deadline_s);
+  }
+  if (backpressure) {
+    ++call.free_attempts;
+  } else if (call.attempts - call.free_attempts >= options_.max_attempts) {
+    return std::nullopt;
+  }
+  return Backoff(++call.retries);
 }
 
 void CallScheduler::Finish(const std::shared_ptr<Call>& call, const grpc::Status& status) {
@@ -365,10 +431,14 @@ const char* GrpcCodeName(grpc::StatusCode code) {
 
 absl::Status FinalCallStatus(std::string_view target, std::string_view method,
                              const grpc::Status& status, int attempts) {
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      fmt::format("teacher {} {}: {} after {} attempt{}: {}", target, method,
-                                  GrpcCodeName(status.error_code()), attempts,
-                                  attempts == 1 ? "" : "s", status.error_message()));
+  const grpc::StatusCode wire = status.error_code();
+  const bool overloaded = CallScheduler::Overloaded(status);
+  const grpc::StatusCode code = overloaded ? grpc::StatusCode::RESOURCE_EXHAUSTED : wire;
+  return absl::Status(
+      static_cast<absl::StatusCode>(code),
+      fmt::format("teacher {} {}: {}{} after {} attempt{}: {}", target, method, GrpcCodeName(wire),
+                  overloaded && code != wire ? " (overloaded)" : "", attempts,
+                  attempts == 1 ? "" : "s", status.error_message()));
 }
 
 }  // namespace rwr::teacher

@@ -1,8 +1,18 @@
 // CallScheduler: the request scheduler under every remote teacher client. It keeps at most
 // `concurrency` RPCs in flight, queues the rest in order, gives every attempt a deadline and the
 // bearer token, retries UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED (and CANCELLED by a
-// server going down) with exponential
-// backoff and ±50% jitter up to `max_attempts`, and paces starts to `requests_per_second`.
+// server going down) with exponential backoff and ±50% jitter up to `max_attempts`, and paces
+// starts to `requests_per_second`.
+//
+// Overload (Overloaded(): RESOURCE_EXHAUSTED, or a queue-full UNAVAILABLE) is backpressure, not a
+// failure of the call. The in-flight window adapts (AIMD): it halves on an overload answer to an
+// attempt started at the current window (once per window, however many of its calls are refused)
+// and grows by one per answered call, never above `concurrency`. An overloaded call is retried
+// with backoff, and that attempt does not count against `max_attempts` for `deadline_s` from the
+// call's first overload answer and for as long after as the teacher answers other calls (one
+// within the last `deadline_s`); once the teacher has answered nothing but overload for a
+// deadline, the call spends its attempts as for any retryable error, so it still ends.
+// RetryDelayLocked is the one place that decides whether and when a call is retried.
 //
 // Batching (rwr targets, EnableBatching): calls submitted with a TeacherTask that are ready at the
 // same moment leave together in one RunBatch RPC of up to max_batch tasks; a lone ready call still
@@ -31,6 +41,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -52,7 +63,7 @@ class CallScheduler {
   using StartFn = std::function<void(grpc::ClientContext* context,
                                      std::function<void(grpc::Status)> attempt_done)>;
   // The call's final status (OK, a non-retryable error, retries exhausted, or CANCELLED at
-  // shutdown) and how many attempts were made.
+  // shutdown) and how many attempts were made (overload answers included).
   using FinishFn = std::function<void(const grpc::Status& status, int attempts)>;
   // Sends one RunBatch attempt on `context`; `rpc_done` is called once with the RPC's status.
   using BatchRpcFn =
@@ -78,17 +89,24 @@ class CallScheduler {
   // of request per RunBatch. max_batch < 2 leaves every call unary.
   void EnableBatching(int max_batch, uint64_t max_bytes, BatchRpcFn rpc);
   TeacherClientStats Stats() const;
+  // The in-flight window now: `concurrency`, less while the teacher answers overload (AIMD).
+  int Window() const;
 
   // UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED (except "message larger than max"), and
   // CANCELLED from a server shutting down.
   static bool Retryable(const grpc::Status& status);
+  // The teacher refused the call because it has too much work (see TeacherOverloaded).
+  static bool Overloaded(const grpc::Status& status);
 
  private:
   using Clock = std::chrono::steady_clock;
   struct Call {
     StartFn start;
     FinishFn finish;
-    int attempts = 0;
+    int attempts = 0;       // sent
+    int free_attempts = 0;  // of those, overload answers not counted against max_attempts
+    int retries = 0;        // the backoff's exponent
+    std::optional<Clock::time_point> overloaded_since;  // its first overload answer
     Clock::time_point not_before;
     BatchPart* batch = nullptr;
     uint64_t batch_bytes = 0;  // the task's size inside a TaskBatch
@@ -99,6 +117,7 @@ class CallScheduler {
     std::vector<std::shared_ptr<Call>> calls;
     rwr::v1::TaskBatch request;  // batch only
     rwr::v1::ResultBatch response;
+    uint64_t window_epoch = 0;  // window_epoch_ when it started
   };
   struct LaterFirst {
     bool operator()(const std::shared_ptr<Call>& a, const std::shared_ptr<Call>& b) const {
@@ -119,7 +138,14 @@ class CallScheduler {
   void BatchDone(std::shared_ptr<Attempt> attempt, const grpc::Status& status);
   void Finish(const std::shared_ptr<Call>& call, const grpc::Status& status);  // counts, then runs
   void RunFinish(const std::shared_ptr<Call>& call, const grpc::Status& status);  // already counted
-  Clock::duration Backoff(int attempts);                                          // mu_ held
+  // AIMD: halves the window on overload (once per window), grows it by one per answer (mu_ held).
+  void AdaptWindowLocked(const Attempt& attempt, const std::vector<grpc::Status>& statuses,
+                         Clock::time_point now);
+  // The retry policy: how long `call` waits before its next attempt after `status`, or nothing
+  // when it ends with `status` (mu_ held).
+  std::optional<Clock::duration> RetryDelayLocked(Call& call, const grpc::Status& status,
+                                                  Clock::time_point now);
+  Clock::duration Backoff(int retries);  // mu_ held
 
   const TeacherClientOptions options_;
   mutable std::mutex mu_;
@@ -128,6 +154,11 @@ class CallScheduler {
   std::vector<std::shared_ptr<Call>> delayed_;  // min-heap on not_before
   std::set<grpc::ClientContext*> in_flight_;  // RPCs
   int in_flight_tasks_ = 0;                    // calls those RPCs carry (the window counts these)
+  const int max_window_;                       // options_.concurrency, at least 1
+  int window_;                                 // max_window_, less after overload
+  uint64_t window_epoch_ = 0;                  // bumped when the window shrinks
+  // The teacher's last OK answer to any call.
+  std::optional<Clock::time_point> last_answer_;
   int max_batch_ = 1;
   uint64_t max_batch_bytes_ = 0;
   BatchRpcFn batch_rpc_;
@@ -145,7 +176,15 @@ const char* GrpcCodeName(grpc::StatusCode code);
 // the address serves another API — another rwr service, or another kind of teacher).
 std::string DescribeGrpcFailure(const grpc::Status& status);
 
-// "teacher rwr://h:p ExtractNote: UNAVAILABLE after 5 attempts: <server message>", same code.
+// Whether a status is the teacher saying it has too much work now: RESOURCE_EXHAUSTED (a full
+// `rwr teacher serve` queue, a quota), except gRPC's "message larger than max" (the request itself
+// is the problem), or UNAVAILABLE from a full Triton queue ("Exceeds maximum queue size") or an
+// HTTP 429 of a proxy. A bare 503 stays UNAVAILABLE: a proxy answers it for a backend that is down.
+bool TeacherOverloaded(grpc::StatusCode code, const std::string& message);
+
+// "teacher rwr://h:p ExtractNote: UNAVAILABLE after 5 attempts: <server message>", same code;
+// an overload answer (TeacherOverloaded) is RESOURCE_EXHAUSTED whatever its wire code, so callers
+// tell overload from a teacher that is down by the code alone.
 absl::Status FinalCallStatus(std::string_view target, std::string_view method,
                              const grpc::Status& status, int attempts);
 

@@ -340,9 +340,13 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
   // A teacher down, hung, refusing our token or not serving the API fails every call: counted so
   // the run stops rather than fail (and retry, with backoff) each remaining item in turn — for a
   // large dataset, hours of a Slurm allocation spent writing FAILED records. Any answer, or a
-  // failure that is about the request (e.g. INVALID_ARGUMENT), starts the count again.
+  // failure that is about the request (e.g. INVALID_ARGUMENT), starts the count again. Overload
+  // (RESOURCE_EXHAUSTED; the client takes it as backpressure, so it ends an item only once the
+  // teacher has answered nothing but overload for a deadline) is neither: a teacher that is up but
+  // full is not down, and a refusal is not an answer.
   void TeacherFailed(const absl::Status& status) {
     const absl::StatusCode code = status.code();
+    if (code == absl::StatusCode::kResourceExhausted) return;
     const bool unusable =
         code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded ||
         code == absl::StatusCode::kUnauthenticated || code == absl::StatusCode::kPermissionDenied ||

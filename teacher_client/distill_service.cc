@@ -176,8 +176,11 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     } else if (!ValidJobId(id)) {
       return {grpc::StatusCode::INVALID_ARGUMENT,
               fmt::format("job id '{}': use 1-64 letters, digits, '-', '_' or '.'", id)};
-    } else if (jobs_.count(id) > 0) {
-      return {grpc::StatusCode::ALREADY_EXISTS, fmt::format("job '{}' exists already", id)};
+    } else if (auto existing = jobs_.find(id); existing != jobs_.end()) {
+      // Refused in every state: a job id names one submission and its record for good.
+      return {grpc::StatusCode::ALREADY_EXISTS,
+              fmt::format("job '{}' exists already ({}); submit under a new --job-id", id,
+                          v1::Job::State_Name(existing->second.state()))};
     }
     v1::Job job;
     job.set_job_id(id);

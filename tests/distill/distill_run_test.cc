@@ -2,12 +2,13 @@
 // real TeacherServer on loopback with faults injected (ScriptedTeacher): counts add up, a rerun
 // asks the teacher for nothing cached, failed items are reported with their reasons and a rerun
 // finishes them, tampered records are re-asked. A teacher that fails every call stops the run
-// early; an input with no items, or one that changes between the two passes, is an error; a stop
-// is honoured while the input is checked.
+// early, one that is overloaded fails no item and never stops it; an input with no items, or one
+// that changes between the two passes, is an error; a stop is honoured while the input is checked.
 #include "teacher_client/distill_run.h"
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <filesystem>
 #include <thread>
 #include <vector>
@@ -386,6 +387,76 @@ TEST_F(DistillRunTest, FailuresAboutTheRequestDoNotStopTheRun) {
   ASSERT_TRUE(summary.ok()) << summary.status();
   EXPECT_TRUE(summary->teacher_unusable.empty()) << summary->teacher_unusable;
   EXPECT_EQ(summary->counts.failures, kItems);
+}
+
+// A teacher server answering RESOURCE_EXHAUSTED because the client asks far faster than its queue
+// holds (the reviewer's `--concurrency 5000` against `rwr teacher serve`'s queue of 1024, scaled
+// down) is pushing back, not failing items: every item finishes and the run never stops.
+TEST_F(DistillRunTest, AClientWindowOverTheTeachersQueueFailsNoItem) {
+  constexpr int kMany = 200;
+  testing::WriteDistillTestData(input_, kMany);
+  TeacherServerOptions server_options;
+  server_options.listen = "127.0.0.1:0";
+  server_options.workers = 1;
+  server_options.queue_capacity = 8;
+  auto server = TeacherServer::Start(server_options, std::make_shared<ExtractiveTeacher>());
+  ASSERT_TRUE(server.ok()) << server.status();
+  TeacherClientOptions client_options = ClientOptions();
+  client_options.concurrency = 4 * kMany;
+  client_options.max_attempts = 2;
+  auto client = MakeTeacher("rwr://127.0.0.1:" + std::to_string((*server)->port()), client_options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  DistillRunOptions options;
+  options.input_path = input_;
+  options.items_in_flight = 2 * kMany;
+  options.show_progress = false;
+  auto summary = RunDistill(options, **client, *cache_);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_EQ(summary->counts.failures, 0)
+      << (summary->failed.empty() ? "" : summary->failed[0].reason);
+  EXPECT_TRUE(summary->teacher_unusable.empty()) << summary->teacher_unusable;
+  EXPECT_EQ(FinishedItems(), kMany);
+  EXPECT_GT((*server)->stats().rejected, 0u) << "the teacher was not overloaded";
+}
+
+// Overload that outlasts the client's patience ends an item with RESOURCE_EXHAUSTED, which is
+// neither the teacher being down nor an answer: a teacher refusing everything as overloaded does
+// not stop the run, and refusals between failures of a teacher that is down do not hide it.
+TEST_F(DistillRunTest, OverloadIsNeitherTheTeacherDownNorAnAnswer) {
+  ScriptedTeacher full({.fail_every = 1, .fail_code = absl::StatusCode::kResourceExhausted});
+  DistillRunOptions options;
+  options.input_path = input_;
+  options.items_in_flight = 1;
+  options.show_progress = false;
+  auto summary = RunDistill(options, full, *cache_);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_TRUE(summary->teacher_unusable.empty()) << summary->teacher_unusable;
+  EXPECT_EQ(summary->counts.failures, kItems);
+
+  // Every other item UNAVAILABLE, the rest RESOURCE_EXHAUSTED: 16 down in a row, counting only
+  // the UNAVAILABLE ones, stop the run after 31 items.
+  class DownOrFull final : public Teacher {
+   public:
+    TeacherInfo Info() const override { return inner_.Info(); }
+    void ExtractNote(NoteTask, TeacherCallback<Note> done) override { done(Next()); }
+    void VerifyNote(VerifyTask, TeacherCallback<Verdict> done) override { done(Next()); }
+    void RemoveEvidence(RemoveEvidenceTask, TeacherCallback<Negative> done) override {
+      done(Next());
+    }
+
+   private:
+    absl::Status Next() {
+      return calls_++ % 2 == 0 ? absl::UnavailableError("teacher down")
+                               : absl::ResourceExhaustedError("teacher queue full");
+    }
+    ExtractiveTeacher inner_;
+    std::atomic<int> calls_{0};
+  } down_or_full;
+  auto stopped = RunDistill(options, down_or_full, *cache_);
+  ASSERT_TRUE(stopped.ok()) << stopped.status();
+  EXPECT_NE(stopped->teacher_unusable.find("16 items in a row"), std::string::npos)
+      << stopped->teacher_unusable;
+  EXPECT_EQ(stopped->counts.failures, 2 * kTeacherDownItems - 1);
 }
 
 // An input with nothing to distill is an error, not a success with 0 items for `rwr data build`

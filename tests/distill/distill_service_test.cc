@@ -172,8 +172,10 @@ TEST_F(DistillServiceTest, BadSubmissionsAreRefusedWithTheirCode) {
   EXPECT_EQ(Submit("bad id!", "builtin:extractive", &job).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
   ASSERT_TRUE(Submit("dup", "builtin:extractive", &job).ok());
-  EXPECT_EQ(Submit("dup", "builtin:extractive", &job).error_code(),
-            grpc::StatusCode::ALREADY_EXISTS);
+  grpc::Status dup = Submit("dup", "builtin:extractive", &job);
+  EXPECT_EQ(dup.error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_NE(dup.error_message().find("submit under a new --job-id"), std::string::npos)
+      << dup.error_message();
   grpc::ClientContext context;
   v1::GetJobRequest request;
   request.set_job_id("missing");

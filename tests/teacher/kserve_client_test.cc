@@ -1,7 +1,8 @@
 // KServeTeacherClient against an in-suite KServe v2 server whose answers and faults the test
 // scripts: start-up checks (ServerReady / ModelReady / ModelMetadata), the request it sends
 // (prompt template, BYTES tensor, sampling tensors), answer parsing, raw_output_contents, malformed
-// answers and UNAVAILABLE retries. The real-server test is kserve_mlserver_test.cc.
+// answers, UNAVAILABLE retries and a full Triton queue taken as backpressure. The real-server test
+// is kserve_mlserver_test.cc.
 #include "teacher_client/kserve_client.h"
 
 #include <grpcpp/grpcpp.h>
@@ -9,6 +10,7 @@
 
 #include <atomic>
 #include <mutex>
+#include <thread>
 
 #include "kserve/grpc_service.grpc.pb.h"
 #include "teacher_client/channel.h"
@@ -34,7 +36,10 @@ class FakeKServe final : public inference::GRPCInferenceService::Service {
   };
   bool raw_output = false;
   bool omit_output = false;
-  int fail_every = 0;          // calls 1, 1+N, ... answer UNAVAILABLE
+  int fail_every = 0;  // calls 1, 1+N, ... answer UNAVAILABLE
+  // > 0: each call takes 2 ms, and one arriving while this many are in progress is refused as
+  // Triton refuses it over its max_queue_size (UNAVAILABLE "Exceeds maximum queue size").
+  int max_queue = 0;
   std::string required_token;  // non-empty: every RPC must carry `authorization: Bearer <token>`
 
   grpc::Status CheckToken(grpc::ServerContext* context) {
@@ -87,6 +92,15 @@ class FakeKServe final : public inference::GRPCInferenceService::Service {
     }
     if (fail_every > 0 && (n - 1) % fail_every == 0)
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "scripted outage");
+    if (max_queue > 0) {
+      if (++in_progress_ > max_queue) {
+        --in_progress_;
+        ++refused_;
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "Exceeds maximum queue size");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      --in_progress_;
+    }
     std::string prompt;
     for (const auto& input : request->inputs())
       if (input.name() == "text_input" && input.contents().bytes_contents_size() == 1)
@@ -113,11 +127,14 @@ class FakeKServe final : public inference::GRPCInferenceService::Service {
     return last_request_;
   }
   int calls() const { return calls_.load(); }
+  int refused() const { return refused_.load(); }
 
  private:
   std::atomic<int> calls_{0};
   std::mutex mu_;
   inference::ModelInferRequest last_request_;
+  std::atomic<int> in_progress_{0};
+  std::atomic<int> refused_{0};
 };
 
 class KServeClientTest : public ::testing::Test {
@@ -313,6 +330,24 @@ TEST_F(KServeClientTest, UnavailableAnswersAreRetried) {
   const uint64_t retries = dynamic_cast<RemoteTeacher*>(teacher->get())->Stats().retries;
   EXPECT_GE(retries, 7u);
   EXPECT_EQ(static_cast<uint64_t>(fake_.calls()), 20 + retries);
+}
+
+// A Triton whose queue is full answers UNAVAILABLE "Exceeds maximum queue size": overload, so a
+// window far over the queue loses no call although calls are refused more often than max_attempts.
+TEST_F(KServeClientTest, AFullTritonQueueIsBackpressureNotAFailure) {
+  fake_.max_queue = 2;
+  Start();
+  TeacherClientOptions options = Options();
+  options.concurrency = 64;
+  options.max_attempts = 2;
+  auto teacher = MakeTeacher(Url(), options);
+  ASSERT_TRUE(teacher.ok()) << teacher.status();
+  Results<Note> notes;
+  for (int i = 0; i < 100; ++i)
+    (*teacher)->ExtractNote({.context = "c", .question = "q"}, notes.Callback());
+  ASSERT_TRUE(notes.WaitFor(100));
+  for (const auto& note : notes.Take()) ASSERT_TRUE(note.ok()) << note.status();
+  EXPECT_GT(fake_.refused(), 0) << "the server was not overloaded";
 }
 
 TEST_F(KServeClientTest, TlsAndBearerTokenReachTheServer) {

@@ -429,6 +429,33 @@ TEST(TeacherService, FullQueueIsResourceExhaustedAndTheClientRetries) {
   EXPECT_EQ(server->stats().served, 40u);
 }
 
+// A client window far over the server's queue (`rwr distill run --concurrency 5000` against the
+// default queue of 1024, scaled down): refusals are backpressure, so no call fails, although most
+// are refused more often than max_attempts allows — in RunBatch RPCs and in unary ones.
+TEST(TeacherService, AWindowFarOverTheServerQueueLosesNoCall) {
+  constexpr int kCalls = 300;
+  for (int max_batch : {64, 1}) {
+    auto server =
+        StartServer({.workers = 1, .queue_capacity = 4},
+                    std::make_shared<ScriptedTeacher>(ScriptedOptions{.latency_s = 0.001}));
+    ASSERT_TRUE(server);
+    TeacherClientOptions options = FastRetries();
+    options.concurrency = 2 * kCalls;
+    options.max_attempts = 2;
+    options.max_batch = max_batch;
+    auto teacher = Connect(Url(*server), options);
+    ASSERT_TRUE(teacher);
+    Results<Note> notes;
+    for (int i = 0; i < kCalls; ++i)
+      teacher->ExtractNote({.context = kContext, .question = kQuestion}, notes.Callback());
+    ASSERT_TRUE(notes.WaitFor(kCalls));
+    for (const auto& r : notes.Take())
+      ASSERT_TRUE(r.ok()) << "max_batch " << max_batch << ": " << r.status();
+    EXPECT_EQ(server->stats().served, static_cast<uint64_t>(kCalls));
+    EXPECT_GT(server->stats().rejected, 0u) << "max_batch " << max_batch;
+  }
+}
+
 TEST(TeacherService, AFractionOfUnavailableCallsIsRetriedToCompletion) {
   auto backend = std::make_shared<ScriptedTeacher>(ScriptedOptions{
       .latency_s = 0.001, .fail_every = 3, .fail_code = absl::StatusCode::kUnavailable});
