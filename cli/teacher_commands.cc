@@ -11,6 +11,7 @@
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
+#include "teacher_client/call_scheduler.h"
 #include "teacher_client/channel.h"
 #include "teacher_client/client.h"
 #include "teacher_client/extractive_teacher.h"
@@ -43,6 +44,7 @@ absl::StatusOr<std::string> ReadToken(const std::string& path) {
     token.erase(token.begin());
   if (token.empty())
     return absl::InvalidArgumentError(fmt::format("--auth-token-file {}: the file is empty", path));
+  RWR_RETURN_IF_ERROR(teacher::CheckBearerToken(token, fmt::format("--auth-token-file {}", path)));
   return token;
 }
 
@@ -191,7 +193,7 @@ void RegisterTeacherCommands(CLI::App& app) {
       ->check(CLI::ExistingFile);
   serve->add_option("--workers", serve_flags->workers, "Worker threads running the backend")
       ->capture_default_str()
-      ->check(Positive());
+      ->check(CLI::Range(1, teacher::kMaxServerWorkers));
   serve
       ->add_option("--queue-capacity", serve_flags->queue_capacity,
                    "Tasks queued or running before new calls get RESOURCE_EXHAUSTED")
@@ -199,15 +201,17 @@ void RegisterTeacherCommands(CLI::App& app) {
       ->check(Positive());
   serve
       ->add_option("--max-request-bytes", serve_flags->max_request_bytes,
-                   "Largest request accepted (INVALID_ARGUMENT above)")
-      ->capture_default_str();
+                   "Largest request accepted (INVALID_ARGUMENT above); at most 1 GiB")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{1}, teacher::kMaxServerRequestBytes));
   serve->add_option("--max-batch", serve_flags->max_batch, "Most tasks in one RunBatch call")
       ->capture_default_str()
       ->check(Positive());
   serve
       ->add_option("--stats-interval", serve_flags->stats_interval_s,
                    "Seconds between calls-served log lines")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(Positive());
   serve->footer(
       "Extractive backend options come from config keys teacher.extractive.{note_budget_bytes, "
       "max_sentences, "

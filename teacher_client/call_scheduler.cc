@@ -328,15 +328,15 @@ void CallScheduler::AttemptDone(std::shared_ptr<Attempt> attempt,
 void CallScheduler::AdaptWindowLocked(const Attempt& attempt,
                                       const std::vector<grpc::Status>& statuses,
                                       Clock::time_point now) {
-  bool overloaded = false;
   for (const grpc::Status& status : statuses) {
     if (status.ok()) {
       last_answer_ = now;
       window_ = std::min(max_window_, window_ + 1);
-    } else if (Overloaded(status)) {
-      overloaded = true;
     }
   }
+  const bool overloaded = std::any_of(statuses.begin(), statuses.end(), [&](const auto& status) {
+    return OverloadedLocked(status, now);
+  });
   // Every call in flight when the teacher filled up is refused at about the same moment: the
   // window halves once for them, and again only if an attempt started at the halved window is
   // refused too.
@@ -346,6 +346,15 @@ void CallScheduler::AdaptWindowLocked(const Attempt& attempt,
   }
 }
 
+bool CallScheduler::OverloadedLocked(const grpc::Status& status, Clock::time_point now) const {
+  if (Overloaded(status)) return true;
+  // An attempt that ran out its deadline while the teacher answered other calls waited in the
+  // teacher's queue (its length × time per call > deadline_s): the teacher is up but has too much
+  // work. With no answer within the last deadline the teacher may be hung or down: not overload.
+  return status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && last_answer_ &&
+         now - *last_answer_ <= std::chrono::duration<double>(options_.deadline_s);
+}
+
 std::optional<CallScheduler::Clock::duration> CallScheduler::RetryDelayLocked(
     Call& call, const grpc::Status& status, Clock::time_point now) {
   if (status.ok() || stopping_ || !Retryable(status)) return std::nullopt;
@@ -353,7 +362,7 @@ std::optional<CallScheduler::Clock::duration> CallScheduler::RetryDelayLocked(
   // refusal, and for as long after as the teacher answers other calls (one within a deadline). A
   // teacher that answers nothing but overload for a deadline spends the call's attempts: it ends.
   bool backpressure = false;
-  if (Overloaded(status)) {
+  if (OverloadedLocked(status, now)) {
     if (!call.overloaded_since) call.overloaded_since = now;
     const Clock::time_point since =
         std::max(*call.overloaded_since, last_answer_.value_or(*call.overloaded_since));
@@ -388,10 +397,13 @@ void CallScheduler::RunFinish(const std::shared_ptr<Call>& call, const grpc::Sta
 
 std::string DescribeGrpcFailure(const grpc::Status& status) {
   std::string message = status.error_message();
-  if (message.empty() && status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
-    message =
+  if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+    // C++ servers send no message, others their own ("Method not found!" from grpcio): either way
+    // the method is not served there.
+    constexpr char kHint[] =
         "the server there does not serve this API (another rwr service, or another kind of "
         "teacher than the address's scheme names?)";
+    message = message.empty() ? kHint : fmt::format("{}; {}", message, kHint);
   }
   return fmt::format("{}: {}", GrpcCodeName(status.error_code()), message);
 }
@@ -424,9 +436,31 @@ const char* GrpcCodeName(grpc::StatusCode code) {
       return "UNAVAILABLE";
     case grpc::StatusCode::DATA_LOSS:
       return "DATA_LOSS";
+    case grpc::StatusCode::UNKNOWN:
+      return "UNKNOWN";
+    case grpc::StatusCode::ALREADY_EXISTS:
+      return "ALREADY_EXISTS";
+    case grpc::StatusCode::ABORTED:
+      return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return "OUT_OF_RANGE";
     default:
       return "ERROR";
   }
+}
+
+absl::Status CheckBearerToken(std::string_view token, std::string_view what) {
+  for (size_t i = 0; i < token.size(); ++i) {
+    const auto byte = static_cast<unsigned char>(token[i]);
+    if (byte < 0x20 || byte > 0x7e) {
+      return absl::InvalidArgumentError(fmt::format(
+          "{}: the bearer token holds byte 0x{:02x} at offset {}{}; a token is one line of "
+          "printable ASCII",
+          what, byte, i,
+          byte == '\n' || byte == '\r' ? " (a line break: more than one line?)" : ""));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status FinalCallStatus(std::string_view target, std::string_view method,

@@ -4,15 +4,17 @@
 // server going down) with exponential backoff and ±50% jitter up to `max_attempts`, and paces
 // starts to `requests_per_second`.
 //
-// Overload (Overloaded(): RESOURCE_EXHAUSTED, or a queue-full UNAVAILABLE) is backpressure, not a
-// failure of the call. The in-flight window adapts (AIMD): it halves on an overload answer to an
-// attempt started at the current window (once per window, however many of its calls are refused)
-// and grows by one per answered call, never above `concurrency`. An overloaded call is retried
-// with backoff, and that attempt does not count against `max_attempts` for `deadline_s` from the
-// call's first overload answer and for as long after as the teacher answers other calls (one
-// within the last `deadline_s`); once the teacher has answered nothing but overload for a
-// deadline, the call spends its attempts as for any retryable error, so it still ends.
-// RetryDelayLocked is the one place that decides whether and when a call is retried.
+// Overload (Overloaded(): RESOURCE_EXHAUSTED, or a queue-full UNAVAILABLE; and DEADLINE_EXCEEDED
+// while the teacher answers other calls, an OK answer within the last `deadline_s`: the attempt
+// waited out its deadline in a deep queue) is backpressure, not a failure of the call. The
+// in-flight window adapts (AIMD): it halves on an overload answer to an attempt started at the
+// current window (once per window, however many of its calls are refused) and grows by one per
+// answered call, never above `concurrency`. An overloaded call is retried with backoff, and that
+// attempt does not count against `max_attempts` for `deadline_s` from the call's first overload
+// answer and for as long after as the teacher answers other calls (one within the last
+// `deadline_s`); once the teacher has answered nothing but overload for a deadline, the call spends
+// its attempts as for any retryable error, so it still ends. RetryDelayLocked is the one place that
+// decides whether and when a call is retried.
 //
 // Batching (rwr targets, EnableBatching): calls submitted with a TeacherTask that are ready at the
 // same moment leave together in one RunBatch RPC of up to max_batch tasks; a lone ready call still
@@ -138,6 +140,10 @@ class CallScheduler {
   void BatchDone(std::shared_ptr<Attempt> attempt, const grpc::Status& status);
   void Finish(const std::shared_ptr<Call>& call, const grpc::Status& status);  // counts, then runs
   void RunFinish(const std::shared_ptr<Call>& call, const grpc::Status& status);  // already counted
+  // Overloaded(status), or a DEADLINE_EXCEEDED while the teacher answers other calls (an OK
+  // answer within the last deadline_s): the attempt waited out its deadline in the teacher's queue
+  // (mu_ held).
+  bool OverloadedLocked(const grpc::Status& status, Clock::time_point now) const;
   // AIMD: halves the window on overload (once per window), grows it by one per answer (mu_ held).
   void AdaptWindowLocked(const Attempt& attempt, const std::vector<grpc::Status>& statuses,
                          Clock::time_point now);
@@ -172,8 +178,8 @@ class CallScheduler {
 };
 
 const char* GrpcCodeName(grpc::StatusCode code);
-// "CODE: message"; where the server sent no message, what the code means here (UNIMPLEMENTED:
-// the address serves another API — another rwr service, or another kind of teacher).
+// "CODE: message"; for UNIMPLEMENTED also what the code means here (the address serves another
+// API — another rwr service, or another kind of teacher), after the server's message if any.
 std::string DescribeGrpcFailure(const grpc::Status& status);
 
 // Whether a status is the teacher saying it has too much work now: RESOURCE_EXHAUSTED (a full
@@ -187,6 +193,10 @@ bool TeacherOverloaded(grpc::StatusCode code, const std::string& message);
 // tell overload from a teacher that is down by the code alone.
 absl::Status FinalCallStatus(std::string_view target, std::string_view method,
                              const grpc::Status& status, int attempts);
+
+// A bearer token must be one line of printable ASCII: gRPC aborts the process on a metadata value
+// holding anything else (a token file of two lines, say). `what` names where it came from.
+absl::Status CheckBearerToken(std::string_view token, std::string_view what);
 
 // The one-line error for a request over the teacher's byte limit (checked before any RPC), or OK.
 inline absl::Status CheckRequestSize(const std::string& target, const char* method,

@@ -343,7 +343,9 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
   // failure that is about the request (e.g. INVALID_ARGUMENT), starts the count again. Overload
   // (RESOURCE_EXHAUSTED; the client takes it as backpressure, so it ends an item only once the
   // teacher has answered nothing but overload for a deadline) is neither: a teacher that is up but
-  // full is not down, and a refusal is not an answer.
+  // full is not down, and a refusal is not an answer. A call that waited out its deadline in the
+  // teacher's queue while it answered others is overload to the client too, retried without ending;
+  // DEADLINE_EXCEEDED arrives here only once the teacher answered nothing for a deadline.
   void TeacherFailed(const absl::Status& status) {
     const absl::StatusCode code = status.code();
     if (code == absl::StatusCode::kResourceExhausted) return;

@@ -44,6 +44,9 @@ absl::StatusOr<std::unique_ptr<KServeTeacherClient>> KServeTeacherClient::Connec
   }
   auto templates = GetPromptTemplates(options.kserve.prompt_template_version);
   if (!templates.ok()) return templates.status();
+  if (absl::Status token = CheckBearerToken(options.bearer_token, "teacher client token");
+      !token.ok())
+    return token;
   auto channel = MakeTeacherChannel(host_port, tls, options);
   if (!channel.ok()) return channel.status();
   std::unique_ptr<KServeTeacherClient> client(new KServeTeacherClient(

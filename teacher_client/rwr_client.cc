@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "common/status.h"
 #include "fmt/format.h"
 #include "teacher_client/channel.h"
 
@@ -64,6 +65,7 @@ void SubmitRwr(CallScheduler* scheduler, const std::string& target, const char* 
 
 absl::StatusOr<std::unique_ptr<RwrTeacherClient>> RwrTeacherClient::Connect(
     const std::string& host_port, bool tls, const TeacherClientOptions& options) {
+  RWR_RETURN_IF_ERROR(CheckBearerToken(options.bearer_token, "teacher client token"));
   auto channel = MakeTeacherChannel(host_port, tls, options);
   if (!channel.ok()) return channel.status();
   std::unique_ptr<RwrTeacherClient> client(
@@ -102,20 +104,37 @@ RwrTeacherClient::RwrTeacherClient(std::string target, const TeacherClientOption
 RwrTeacherClient::~RwrTeacherClient() { scheduler_.reset(); }
 
 absl::StatusOr<rwr::v1::ServerInfo> RwrTeacherClient::FetchServerInfo(double timeout_s) const {
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
-  context.set_wait_for_ready(true);  // the server may still be starting
-  if (!options_.bearer_token.empty())
-    context.AddMetadata("authorization", "Bearer " + options_.bearer_token);
   rwr::v1::ServerInfo info;
-  grpc::Status status = stub_->GetServerInfo(&context, rwr::v1::ServerInfoRequest(), &info);
+  auto call = [&](double seconds, bool wait_for_ready) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
+    context.set_wait_for_ready(wait_for_ready);
+    if (!options_.bearer_token.empty())
+      context.AddMetadata("authorization", "Bearer " + options_.bearer_token);
+    return stub_->GetServerInfo(&context, rwr::v1::ServerInfoRequest(), &info);
+  };
+  // Waits for the server, which may still be starting.
+  grpc::Status status = call(timeout_s, /*wait_for_ready=*/true);
+  std::string hint;
+  if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    // Waiting hides why no connection came up; one call that does not wait tells (connection
+    // refused, a TLS handshake that failed: rwrs:// to a plaintext server or the reverse).
+    grpc::Status reason = call(1, /*wait_for_ready=*/false);
+    if (reason.ok()) return info;
+    if (reason.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      status = reason;
+      hint = fmt::format(" (no connection within {}s; is `rwr teacher serve` running there? {})",
+                         timeout_s,
+                         target_.rfind("rwrs://", 0) == 0
+                             ? "rwrs:// needs a server with --tls-cert; a plaintext one is rwr://"
+                             : "a server with --tls-cert is rwrs://");
+    } else {
+      hint = fmt::format(" (no server answered within {}s; is `rwr teacher serve` running there?)",
+                         timeout_s);
+    }
+  }
   if (!status.ok()) {
-    std::string hint =
-        status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED
-            ? fmt::format(" (no server answered within {}s; is `rwr teacher serve` running there?)",
-                          timeout_s)
-            : "";
     return absl::Status(
         static_cast<absl::StatusCode>(status.error_code()),
         fmt::format("teacher {} GetServerInfo: {}{}", target_, DescribeGrpcFailure(status), hint));

@@ -7,12 +7,14 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <system_error>
 
 #include "common/status.h"
 #include "common/version.h"
 #include "fmt/format.h"
 #include "rwr/v1/teacher.grpc.pb.h"
 #include "spdlog/spdlog.h"
+#include "teacher_client/call_scheduler.h"
 #include "teacher_client/channel.h"
 
 namespace rwr::teacher {
@@ -71,11 +73,25 @@ void Run(Teacher& t, RemoveEvidenceTask task, TeacherCallback<Negative> done) {
 class TeacherServer::Impl final : public rwr::v1::TeacherService::CallbackService {
  public:
   Impl(const TeacherServerOptions& options, std::shared_ptr<Teacher> backend)
-      : options_(options), backend_(std::move(backend)) {
-    for (int i = 0; i < std::max(1, options_.workers); ++i)
-      workers_.emplace_back([this] { WorkLoop(); });
-  }
+      : options_(options), backend_(std::move(backend)) {}
   ~Impl() { StopWorkers(); }
+
+  // Starts the worker pool; a thread the system refuses (a process or memory limit) is an error
+  // with the threads already started stopped, not std::terminate.
+  absl::Status StartWorkers() {
+    try {
+      for (int i = 0; i < std::max(1, options_.workers); ++i)
+        workers_.emplace_back([this] { WorkLoop(); });
+    } catch (const std::system_error& e) {
+      const size_t started = workers_.size();
+      StopWorkers();
+      return absl::ResourceExhaustedError(
+          fmt::format("teacher server: could start only {} of {} worker threads ({}); use fewer "
+                      "--workers",
+                      started, options_.workers, e.what()));
+    }
+    return absl::OkStatus();
+  }
 
   grpc::ServerUnaryReactor* ExtractNote(grpc::CallbackServerContext* context,
                                         const rwr::v1::NoteRequest* request,
@@ -344,6 +360,15 @@ absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(
   if (options.queue_capacity < 1 || options.workers < 1 || options.max_batch < 1)
     return absl::InvalidArgumentError(
         "teacher server: workers, queue capacity and max batch must be positive");
+  if (options.workers > kMaxServerWorkers)
+    return absl::InvalidArgumentError(
+        fmt::format("--workers {}: at most {} worker threads", options.workers, kMaxServerWorkers));
+  // 0 would refuse every call; gRPC's own receive limit (twice this, plus 1 MiB) must fit an int.
+  if (options.max_request_bytes < 1 || options.max_request_bytes > kMaxServerRequestBytes)
+    return absl::InvalidArgumentError(
+        fmt::format("--max-request-bytes {}: must be in 1..{} (1 GiB)", options.max_request_bytes,
+                    kMaxServerRequestBytes));
+  RWR_RETURN_IF_ERROR(CheckBearerToken(options.auth_token, "--auth-token-file"));
   std::shared_ptr<grpc::ServerCredentials> credentials;
   if (!options.tls_cert_file.empty()) {
     auto cert = ReadWholeFile(options.tls_cert_file, "--tls-cert");
@@ -359,6 +384,7 @@ absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(
 
   std::unique_ptr<TeacherServer> server(new TeacherServer());
   server->impl_ = std::make_unique<Impl>(options, std::move(backend));
+  RWR_RETURN_IF_ERROR(server->impl_->StartWorkers());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   // gRPC sets SO_REUSEPORT by default: a second server on a port in use would then start
@@ -366,8 +392,8 @@ absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(options.listen, credentials, &server->port_);
   builder.RegisterService(server->impl_.get());
-  const uint64_t transport_limit =
-      std::min<uint64_t>(INT_MAX, 2 * options.max_request_bytes + (1 << 20));
+  const uint64_t transport_limit = std::min<uint64_t>(
+      INT_MAX, 2 * options.max_request_bytes + (1 << 20));  // no overflow: ≤ 1 GiB
   builder.SetMaxReceiveMessageSize(static_cast<int>(transport_limit));
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || server->port_ == 0) {

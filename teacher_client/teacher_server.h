@@ -32,12 +32,15 @@
 
 namespace rwr::teacher {
 
+inline constexpr int kMaxServerWorkers = 4096;
+inline constexpr uint64_t kMaxServerRequestBytes = 1ull << 30;
+
 struct TeacherServerOptions {
   std::string listen = "127.0.0.1:0";  // HOST:PORT; port 0 picks a free one (see port())
   std::string backend_name = "extractive";
-  int workers = 2;
+  int workers = 2;            // 1..kMaxServerWorkers
   int queue_capacity = 1024;  // tasks outstanding (queued + running) before RESOURCE_EXHAUSTED
-  uint64_t max_request_bytes = 8ull << 20;
+  uint64_t max_request_bytes = 8ull << 20;  // 1..kMaxServerRequestBytes
   int max_batch = 256;        // tasks per RunBatch
   std::string tls_cert_file;  // PEM; with tls_key_file turns TLS on
   std::string tls_key_file;

@@ -2,8 +2,9 @@
 // real TeacherServer on loopback with faults injected (ScriptedTeacher): counts add up, a rerun
 // asks the teacher for nothing cached, failed items are reported with their reasons and a rerun
 // finishes them, tampered records are re-asked. A teacher that fails every call stops the run
-// early, one that is overloaded fails no item and never stops it; an input with no items, or one
-// that changes between the two passes, is an error; a stop is honoured while the input is checked.
+// early, one that is overloaded (a full queue, or one so deep that calls wait past their deadline)
+// fails no item and never stops it; an input with no items, or one that changes between the two
+// passes, is an error; a stop is honoured while the input is checked.
 #include "teacher_client/distill_run.h"
 
 #include <gtest/gtest.h>
@@ -417,6 +418,59 @@ TEST_F(DistillRunTest, AClientWindowOverTheTeachersQueueFailsNoItem) {
   EXPECT_TRUE(summary->teacher_unusable.empty()) << summary->teacher_unusable;
   EXPECT_EQ(FinishedItems(), kMany);
   EXPECT_GT((*server)->stats().rejected, 0u) << "the teacher was not overloaded";
+}
+
+// A teacher with one worker and a deep queue answers calls that waited in its queue past the
+// client's deadline with DEADLINE_EXCEEDED (queue length × time per call > deadline_s) while it
+// answers the calls ahead of them: overload, not a teacher that is down. Every item finishes and
+// the run never stops.
+TEST_F(DistillRunTest, ADeepTeacherQueuePastTheClientsDeadlineFailsNoItem) {
+  constexpr int kMany = 400;
+  testing::WriteDistillTestData(input_, kMany);
+  // Computes in the worker for 2 ms a call, as a slow model would.
+  class Slow final : public Teacher {
+   public:
+    TeacherInfo Info() const override { return inner_.Info(); }
+    void ExtractNote(NoteTask task, TeacherCallback<Note> done) override {
+      Work();
+      inner_.ExtractNote(std::move(task), std::move(done));
+    }
+    void VerifyNote(VerifyTask task, TeacherCallback<Verdict> done) override {
+      Work();
+      inner_.VerifyNote(std::move(task), std::move(done));
+    }
+    void RemoveEvidence(RemoveEvidenceTask task, TeacherCallback<Negative> done) override {
+      Work();
+      inner_.RemoveEvidence(std::move(task), std::move(done));
+    }
+
+   private:
+    static void Work() { std::this_thread::sleep_for(std::chrono::milliseconds(2)); }
+    ExtractiveTeacher inner_;
+  };
+  TeacherServerOptions server_options;
+  server_options.listen = "127.0.0.1:0";
+  server_options.workers = 1;
+  auto server = TeacherServer::Start(server_options, std::make_shared<Slow>());
+  ASSERT_TRUE(server.ok()) << server.status();
+  TeacherClientOptions client_options = ClientOptions();
+  // 0.8 s of work queued against a 0.5 s deadline (a RunBatch of 64 tasks takes 0.13 s).
+  client_options.concurrency = 2 * kMany;
+  client_options.deadline_s = 0.5;
+  client_options.max_attempts = 2;
+  auto client = MakeTeacher("rwr://127.0.0.1:" + std::to_string((*server)->port()), client_options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  DistillRunOptions options;
+  options.input_path = input_;
+  options.items_in_flight = 2 * kMany;
+  options.show_progress = false;
+  auto summary = RunDistill(options, **client, *cache_);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_EQ(summary->counts.failures, 0)
+      << (summary->failed.empty() ? "" : summary->failed[0].reason);
+  EXPECT_TRUE(summary->teacher_unusable.empty()) << summary->teacher_unusable;
+  EXPECT_EQ(FinishedItems(), kMany);
+  EXPECT_GT((*server)->stats().failed, 0u) << "no call waited in the queue past its deadline";
 }
 
 // Overload that outlasts the client's patience ends an item with RESOURCE_EXHAUSTED, which is

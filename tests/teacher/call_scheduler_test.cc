@@ -1,7 +1,9 @@
 // CallScheduler (teacher_client/call_scheduler.h) driven by fake backends, no server: a teacher
 // that refuses calls above its capacity (RESOURCE_EXHAUSTED) loses no call however large the
 // client's window, the window halves on overload once per window and grows back one per answer,
-// a teacher that answers nothing but overload still ends every call, and what counts as overload.
+// a teacher that answers nothing but overload still ends every call, a deadline that passes in a
+// deep queue while the teacher answers others is overload too (one that passes while it answers
+// nothing is not), and what counts as overload.
 #include "teacher_client/call_scheduler.h"
 
 #include <gtest/gtest.h>
@@ -340,6 +342,121 @@ TEST(CallScheduler, TheWindowHalvesOncePerOverloadAndGrowsBackByOnePerAnswer) {
   }
   ASSERT_EQ(finished.Take().size(), 8u);
   for (const auto& [status, attempts] : finished.Take()) EXPECT_TRUE(status.ok());
+}
+
+const grpc::Status kDeadlinePassed(grpc::StatusCode::DEADLINE_EXCEEDED, "Deadline Exceeded");
+
+// A call whose attempt ran out its deadline while the teacher answered another call waited in the
+// teacher's queue: overload. The window halves and the attempt is given back (max_attempts 1 here,
+// so a spent attempt would end the call).
+TEST(CallScheduler, ADeadlinePassedWhileTheTeacherAnswersOthersIsOverload) {
+  ManualTeacher teacher;
+  Finished finished;
+  TeacherClientOptions options = QuickRetries();
+  options.concurrency = 8;
+  options.max_attempts = 1;
+  CallScheduler scheduler(options);
+  for (int i = 0; i < 8; ++i) scheduler.Submit(teacher.Start(), finished.Callback());
+  ASSERT_TRUE(teacher.WaitStarted(8));
+  teacher.Answer(0, grpc::Status::OK);
+  teacher.Answer(1, kDeadlinePassed);
+  EXPECT_EQ(scheduler.Window(), 4);
+  EXPECT_EQ(finished.Take().size(), 1u) << "the call that ran out its deadline ended";
+  // Answer whatever is open (the retry starts after its backoff) until all 8 calls have finished.
+  const Clock::time_point give_up = Clock::now() + std::chrono::seconds(30);
+  while (finished.Take().size() < 8 && Clock::now() < give_up) {
+    if (teacher.AnswerAllOpen(grpc::Status::OK) == 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_EQ(finished.Take().size(), 8u);
+  EXPECT_EQ(teacher.started(), 9u) << "the call is retried once";
+  for (const auto& [status, attempts] : finished.Take())
+    EXPECT_TRUE(status.ok()) << status.error_message() << " after " << attempts << " attempts";
+}
+
+// A teacher that answers nothing (hung, or every call slower than the deadline) is not
+// overloaded: deadlines spend attempts, the call ends DEADLINE_EXCEEDED after max_attempts, and
+// an answer older than a deadline does not make it overload.
+TEST(CallScheduler, ADeadlinePassedWithNoAnswerWithinADeadlineSpendsTheAttempt) {
+  ManualTeacher teacher;
+  Finished finished;
+  TeacherClientOptions options = QuickRetries();
+  options.concurrency = 4;
+  options.deadline_s = 0.05;
+  CallScheduler scheduler(options);
+  scheduler.Submit(teacher.Start(), finished.Callback());
+  ASSERT_TRUE(teacher.WaitStarted(1));
+  teacher.Answer(0, grpc::Status::OK);
+  ASSERT_TRUE(finished.WaitFor(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // two deadlines without answers
+  for (int i = 0; i < 4; ++i) scheduler.Submit(teacher.Start(), finished.Callback());
+  const Clock::time_point give_up = Clock::now() + std::chrono::seconds(30);
+  while (finished.Take().size() < 5 && Clock::now() < give_up) {
+    if (teacher.AnswerAllOpen(kDeadlinePassed) == 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  const auto results = finished.Take();
+  ASSERT_EQ(results.size(), 5u);
+  for (size_t i = 1; i < results.size(); ++i) {
+    EXPECT_EQ(results[i].first.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+    EXPECT_EQ(results[i].second, options.max_attempts);
+  }
+  EXPECT_EQ(scheduler.Window(), 4) << "not overload: the window stays";
+}
+
+// A teacher with one worker and a deep queue, as `rwr teacher serve --workers 1`: a task whose
+// deadline passed while it was queued is answered DEADLINE_EXCEEDED without being computed. A
+// window far over what the teacher gets through in a deadline loses no call.
+TEST(CallScheduler, ADeepQueuePastTheDeadlineLosesNoCall) {
+  constexpr int kCalls = 600;
+  Completer worker;
+  std::atomic<int> answered{0};
+  std::atomic<int> expired{0};
+  auto start = [&](grpc::ClientContext* context, AttemptDoneFn done) {
+    const auto deadline = context->deadline();
+    worker.Post([&, deadline, done = std::move(done)] {
+      if (std::chrono::system_clock::now() > deadline) {
+        ++expired;
+        done(kDeadlinePassed);
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      ++answered;
+      done(grpc::Status::OK);
+    });
+  };
+  Finished finished;
+  {
+    TeacherClientOptions options = QuickRetries();
+    options.concurrency = kCalls;
+    options.deadline_s = 0.1;
+    options.max_attempts = 2;
+    CallScheduler scheduler(options);
+    for (int i = 0; i < kCalls; ++i) scheduler.Submit(start, finished.Callback());
+    ASSERT_TRUE(finished.WaitFor(kCalls));
+    EXPECT_LT(scheduler.Window(), kCalls);
+  }
+  for (const auto& [status, attempts] : finished.Take())
+    ASSERT_TRUE(status.ok()) << status.error_message() << " after " << attempts << " attempts";
+  EXPECT_EQ(answered.load(), kCalls);
+  EXPECT_GT(expired.load(), 0) << "no call waited past its deadline";
+}
+
+// UNIMPLEMENTED says the address serves another API, whether or not the server sent a message
+// ("Method not found!" from grpcio servers such as MLServer).
+TEST(CallScheduler, UnimplementedIsDescribedAsAnotherApi) {
+  EXPECT_NE(
+      DescribeGrpcFailure({grpc::StatusCode::UNIMPLEMENTED, ""}).find("does not serve this API"),
+      std::string::npos);
+  EXPECT_EQ(
+      DescribeGrpcFailure({grpc::StatusCode::UNIMPLEMENTED, "Method not found!"})
+          .rfind("UNIMPLEMENTED: Method not found!; the server there does not serve this API", 0),
+      0u);
+  EXPECT_EQ(DescribeGrpcFailure({grpc::StatusCode::UNKNOWN, "model x not found"}),
+            "UNKNOWN: model x not found");
+  EXPECT_TRUE(CheckBearerToken("s3cret-Token_1.2", "t").ok());
+  EXPECT_FALSE(CheckBearerToken("s3cret\r", "t").ok());
+  EXPECT_FALSE(CheckBearerToken("caf\xc3\xa9", "t").ok());
 }
 
 TEST(CallScheduler, OverloadIsResourceExhaustedOrAFullQueueSaidAsUnavailable) {

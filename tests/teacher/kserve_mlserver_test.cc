@@ -154,5 +154,20 @@ TEST_F(MLServerTest, MisnamedTensorsFailAtStartAndServerErrorsReachTheCaller) {
       << status;
 }
 
+// The wrong scheme or model name for this server is an error at start that says so.
+TEST_F(MLServerTest, AnRwrClientOrAnUnknownModelIsRefusedAtStartSayingWhy) {
+  TeacherClientOptions options = Options();
+  auto rwr = MakeTeacher("rwr://127.0.0.1:" + std::to_string(grpc_port_), options);
+  ASSERT_FALSE(rwr.ok());
+  EXPECT_EQ(rwr.status().code(), absl::StatusCode::kUnimplemented) << rwr.status();
+  EXPECT_NE(std::string(rwr.status().message()).find("does not serve this API"), std::string::npos)
+      << rwr.status();
+  auto unknown =
+      MakeTeacher("kserve://127.0.0.1:" + std::to_string(grpc_port_) + "/nosuch", options);
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_NE(std::string(unknown.status().message()).find("nosuch"), std::string::npos)
+      << unknown.status();
+}
+
 }  // namespace
 }  // namespace rwr::teacher

@@ -1,6 +1,6 @@
 // `rwr teacher serve` as a real process: token file, calls served in the logs and over RPC,
-// `rwr teacher info`, clean exit on SIGTERM, and a client run that survives the server being
-// killed with SIGKILL and started again mid-run.
+// `rwr teacher info`, clean exit on SIGTERM, bad flag values and token files refused at start, and
+// a client run that survives the server being killed with SIGKILL and started again mid-run.
 #include <gtest/gtest.h>
 
 #include <csignal>
@@ -106,6 +106,43 @@ TEST_F(TeacherCliTest, ServesCountsCallsAndStopsCleanlyOnSigterm) {
        (dir_ / "wrong.txt").string(), "--timeout", "0.2"},
       (dir_ / "wrong.log").string());
   EXPECT_EQ(wrong.Wait(30), 1);
+}
+
+// Flag values that would make the server useless or crash it, and token files no client can send,
+// are one-line errors before anything listens; `rwr teacher info` with such a token file exits 1
+// (it aborted inside gRPC).
+TEST_F(TeacherCliTest, BadFlagValuesAndTokenFilesAreOneLineErrors) {
+  std::ofstream(dir_ / "two-lines.txt") << "first\nsecond\n";
+  std::ofstream(dir_ / "blank.txt") << "\n\n";
+  const std::string two_lines = (dir_ / "two-lines.txt").string();
+  struct Case {
+    std::vector<std::string> args;
+    int exit_code;
+    std::string says;
+  };
+  const std::vector<Case> cases = {
+      {{"serve", "--max-request-bytes", "0"}, 2, "--max-request-bytes"},
+      {{"serve", "--max-request-bytes", "-1"}, 2, "--max-request-bytes"},
+      {{"serve", "--workers", "100000"}, 2, "--workers"},
+      {{"serve", "--workers", "0"}, 2, "--workers"},
+      {{"serve", "--queue-capacity", "0"}, 2, "--queue-capacity"},
+      {{"serve", "--stats-interval", "0"}, 2, "--stats-interval"},
+      {{"serve", "--auth-token-file", two_lines}, 1, "line break"},
+      {{"serve", "--auth-token-file", (dir_ / "blank.txt").string()}, 1, "empty"},
+      {{"info", "--teacher", "rwr://127.0.0.1:1", "--auth-token-file", two_lines}, 1, "line break"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> argv = {RWR_BINARY, "teacher"};
+    argv.insert(argv.end(), c.args.begin(), c.args.end());
+    if (c.args[0] == "serve") argv.insert(argv.end(), {"--listen", "127.0.0.1:0"});
+    testing::Subprocess run(argv, (dir_ / "run.log").string());
+    const int code = run.Wait(30);
+    if (code == -1) run.Signal(SIGKILL);
+    const std::string log = testing::ReadFile(dir_ / "run.log");
+    EXPECT_EQ(code, c.exit_code) << c.args[1] << " " << c.args[2] << ": " << log;
+    EXPECT_NE(log.find(c.says), std::string::npos) << log;
+    EXPECT_EQ(log.find("port "), std::string::npos) << "it started: " << log;
+  }
 }
 
 TEST_F(TeacherCliTest, ClientRunSurvivesTheServerKilledAndRestarted) {

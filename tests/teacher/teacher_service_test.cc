@@ -247,6 +247,48 @@ TEST(TeacherService, TlsWithASelfSignedCertificate) {
   std::filesystem::remove_all(dir);
 }
 
+// A client that gets no connection says why (the waiting start-up call alone only times out):
+// rwrs:// to a plaintext server is a failed TLS handshake, not "no server answered".
+TEST(TeacherService, AClientThatGetsNoConnectionSaysWhy) {
+  auto server = StartServer({}, std::make_shared<ExtractiveTeacher>());
+  ASSERT_TRUE(server);
+  TeacherClientOptions quick = FastRetries();
+  quick.connect_timeout_s = 0.5;
+  auto tls = MakeTeacher("rwrs://127.0.0.1:" + std::to_string(server->port()), quick);
+  ASSERT_FALSE(tls.ok());
+  const std::string message(tls.status().message());
+  EXPECT_EQ(tls.status().code(), absl::StatusCode::kUnavailable) << message;
+  EXPECT_NE(message.find("andshake"), std::string::npos) << message;
+  EXPECT_NE(message.find("rwrs:// needs a server with --tls-cert"), std::string::npos) << message;
+  EXPECT_EQ(message.find("no server answered"), std::string::npos) << message;
+}
+
+// Values that would make a server refuse every call or abort, and a token gRPC cannot send (a
+// token file of two lines aborted the client process), are errors at start.
+TEST(TeacherService, OutOfRangeServerOptionsAndUnsendableTokensAreErrors) {
+  auto extractive = std::make_shared<ExtractiveTeacher>();
+  for (const TeacherServerOptions& options :
+       {TeacherServerOptions{.max_request_bytes = 0},
+        TeacherServerOptions{.max_request_bytes = kMaxServerRequestBytes + 1},
+        TeacherServerOptions{.workers = kMaxServerWorkers + 1},
+        TeacherServerOptions{.auth_token = "first\nsecond"}}) {
+    auto server = TeacherServer::Start(options, extractive);
+    ASSERT_FALSE(server.ok());
+    EXPECT_EQ(server.status().code(), absl::StatusCode::kInvalidArgument) << server.status();
+  }
+  auto server = StartServer({}, extractive);
+  ASSERT_TRUE(server);
+  TeacherClientOptions options = FastRetries();
+  options.bearer_token = "first\nsecond";
+  auto client = MakeTeacher(Url(*server), options);
+  ASSERT_FALSE(client.ok());
+  EXPECT_NE(std::string(client.status().message()).find("line break"), std::string::npos)
+      << client.status();
+  auto kserve = MakeTeacher("kserve://127.0.0.1:" + std::to_string(server->port()) + "/m", options);
+  ASSERT_FALSE(kserve.ok());
+  EXPECT_EQ(kserve.status().code(), absl::StatusCode::kInvalidArgument) << kserve.status();
+}
+
 TEST(TeacherService, WrongOrMissingTokenIsUnauthenticated) {
   auto server = StartServer({.auth_token = "s3cret"}, std::make_shared<ExtractiveTeacher>());
   ASSERT_TRUE(server);
