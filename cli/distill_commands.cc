@@ -24,6 +24,7 @@
 #include "rwr/v1/distill.grpc.pb.h"
 #include "spdlog/spdlog.h"
 #include "storage/rocksdb_store.h"
+#include "teacher_client/call_scheduler.h"
 #include "teacher_client/channel.h"
 #include "teacher_client/distill_run.h"
 #include "teacher_client/distill_service.h"
@@ -34,16 +35,6 @@ namespace rwr::cli {
 namespace {
 
 constexpr char kDefaultServer[] = "127.0.0.1:7400";
-
-absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(fmt::format("{}: cannot read the token file", path));
-  std::string token((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
-  if (token.empty())
-    return absl::InvalidArgumentError(fmt::format("{}: the token file is empty", path));
-  return token;
-}
 
 // teacher.* config keys → client options (remote teachers; ignored by builtin:extractive).
 absl::StatusOr<teacher::TeacherClientOptions> ClientOptionsFrom(const Config& config) {
@@ -62,7 +53,7 @@ absl::StatusOr<teacher::TeacherClientOptions> ClientOptionsFrom(const Config& co
   RWR_ASSIGN_OR_RETURN(std::string token_file,
                        config.GetOr<std::string>("teacher.auth_token_file", ""));
   if (!token_file.empty()) {
-    RWR_ASSIGN_OR_RETURN(o.bearer_token, ReadTokenFile(token_file));
+    RWR_ASSIGN_OR_RETURN(o.bearer_token, teacher::ReadBearerTokenFile(token_file));
   }
   teacher::KServeOptions& k = o.kserve;
   RWR_ASSIGN_OR_RETURN(k.input_tensor,
@@ -286,7 +277,7 @@ absl::Status ServeCommand(ServeFlags& f) {
   teacher::DistillServerOptions options;
   options.listen = f.listen;
   if (!f.token_file.empty()) {
-    RWR_ASSIGN_OR_RETURN(options.auth_token, ReadTokenFile(f.token_file));
+    RWR_ASSIGN_OR_RETURN(options.auth_token, teacher::ReadBearerTokenFile(f.token_file));
   }
   RWR_ASSIGN_OR_RETURN(options.client, ClientOptionsFrom(config));
   RWR_ASSIGN_OR_RETURN(options.extractive, teacher::ExtractiveOptionsFromConfig(config));
@@ -335,7 +326,7 @@ absl::StatusOr<std::unique_ptr<v1::DistillService::Stub>> Connect(const std::str
 // `authorization: Bearer <token>` from `token_file`, when one is given.
 absl::Status Authorize(grpc::ClientContext* context, const std::string& token_file) {
   if (token_file.empty()) return absl::OkStatus();
-  RWR_ASSIGN_OR_RETURN(std::string token, ReadTokenFile(token_file));
+  RWR_ASSIGN_OR_RETURN(std::string token, teacher::ReadBearerTokenFile(token_file));
   context->AddMetadata("authorization", "Bearer " + token);
   return absl::OkStatus();
 }

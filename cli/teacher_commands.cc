@@ -35,19 +35,6 @@ struct ServeFlags {
   double stats_interval_s = 10;
 };
 
-absl::StatusOr<std::string> ReadToken(const std::string& path) {
-  auto text = teacher::ReadWholeFile(path, "--auth-token-file");
-  if (!text.ok()) return text.status();
-  std::string token = *text;
-  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
-  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.front())))
-    token.erase(token.begin());
-  if (token.empty())
-    return absl::InvalidArgumentError(fmt::format("--auth-token-file {}: the file is empty", path));
-  RWR_RETURN_IF_ERROR(teacher::CheckBearerToken(token, fmt::format("--auth-token-file {}", path)));
-  return token;
-}
-
 absl::Status Serve(const ServeFlags& flags) {
   RWR_ASSIGN_OR_RETURN(Config config, ResolveConfig(flags.common, Config(), "teacher serve"));
   if (flags.backend != "extractive") {
@@ -66,7 +53,7 @@ absl::Status Serve(const ServeFlags& flags) {
                                         .tls_key_file = flags.tls_key,
                                         .auth_token = ""};
   if (!flags.auth_token_file.empty()) {
-    RWR_ASSIGN_OR_RETURN(options.auth_token, ReadToken(flags.auth_token_file));
+    RWR_ASSIGN_OR_RETURN(options.auth_token, teacher::ReadBearerTokenFile(flags.auth_token_file));
   }
   auto backend = std::make_shared<teacher::ExtractiveTeacher>(extractive);
   RWR_ASSIGN_OR_RETURN(std::unique_ptr<teacher::TeacherServer> server,
@@ -134,7 +121,7 @@ absl::Status Info(const InfoFlags& flags) {
   options.tls_root_cert_file = flags.tls_root_cert;
   options.tls_server_name = flags.tls_server_name;
   if (!flags.auth_token_file.empty()) {
-    RWR_ASSIGN_OR_RETURN(options.bearer_token, ReadToken(flags.auth_token_file));
+    RWR_ASSIGN_OR_RETURN(options.bearer_token, teacher::ReadBearerTokenFile(flags.auth_token_file));
   }
   RWR_ASSIGN_OR_RETURN(auto client, teacher::RwrTeacherClient::Connect(
                                         target.substr(target.find("://") + 3), tls, options));

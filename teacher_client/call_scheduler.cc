@@ -5,7 +5,9 @@
 #include <cctype>
 #include <cmath>
 
+#include "common/status.h"
 #include "fmt/format.h"
+#include "teacher_client/channel.h"
 
 namespace rwr::teacher {
 namespace {
@@ -461,6 +463,20 @@ absl::Status CheckBearerToken(std::string_view token, std::string_view what) {
     }
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadBearerTokenFile(const std::string& path) {
+  absl::StatusOr<std::string> text = ReadWholeFile(path, "--auth-token-file");
+  if (!text.ok()) return text.status();
+  const auto space = [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; };
+  const auto first = std::find_if_not(text->begin(), text->end(), space);
+  const auto last = std::find_if_not(text->rbegin(), text->rend(), space).base();
+  std::string token = first < last ? std::string(first, last) : std::string();
+  if (token.empty()) {
+    return absl::InvalidArgumentError(fmt::format("--auth-token-file {}: the file is empty", path));
+  }
+  RWR_RETURN_IF_ERROR(CheckBearerToken(token, fmt::format("--auth-token-file {}", path)));
+  return token;
 }
 
 absl::Status FinalCallStatus(std::string_view target, std::string_view method,

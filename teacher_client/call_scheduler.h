@@ -198,6 +198,10 @@ absl::Status FinalCallStatus(std::string_view target, std::string_view method,
 // holding anything else (a token file of two lines, say). `what` names where it came from.
 absl::Status CheckBearerToken(std::string_view token, std::string_view what);
 
+// The bearer token in a token file (`--auth-token-file`, servers and clients alike): the file's
+// text with surrounding whitespace removed, refused when empty or not sendable (CheckBearerToken).
+absl::StatusOr<std::string> ReadBearerTokenFile(const std::string& path);
+
 // The one-line error for a request over the teacher's byte limit (checked before any RPC), or OK.
 inline absl::Status CheckRequestSize(const std::string& target, const char* method,
                                      uint64_t bytes, uint64_t max_bytes) {

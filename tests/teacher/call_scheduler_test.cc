@@ -13,6 +13,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <fstream>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -485,6 +486,22 @@ TEST(CallScheduler, OverloadIsResourceExhaustedOrAFullQueueSaidAsUnavailable) {
             "Exceeds maximum queue size");
   EXPECT_EQ(FinalCallStatus("rwr://h:1", "ExtractNote", kOverloaded, 3).code(),
             absl::StatusCode::kResourceExhausted);
+}
+
+// One reader of token files for servers and clients: `rwr teacher serve` trimmed both ends while
+// `rwr distill` trimmed only the end, so a token file with leading whitespace authorised nothing.
+TEST(BearerTokenFile, IsTrimmedOnBothEndsAndRefusedEmptyOrUnsendable) {
+  const std::string path = ::testing::TempDir() + "/call_scheduler_test_token";
+  auto read = [&](const std::string& text) {
+    std::ofstream(path, std::ios::trunc) << text;
+    return ReadBearerTokenFile(path);
+  };
+  absl::StatusOr<std::string> padded = read("  \tsecret-1 \n\n");
+  ASSERT_TRUE(padded.ok()) << padded.status();
+  EXPECT_EQ(*padded, "secret-1");
+  EXPECT_NE(read(" \n").status().message().find("the file is empty"), std::string::npos);
+  EXPECT_NE(read("one\ntwo\n").status().message().find("more than one line"), std::string::npos);
+  EXPECT_FALSE(ReadBearerTokenFile(path + ".missing").ok());
 }
 
 }  // namespace
