@@ -61,6 +61,37 @@ class DistillRunTest : public ::testing::Test {
     EXPECT_TRUE(summary.ok()) << summary.status();
     return summary.ok() ? *summary : DistillSummary{};
   }
+  // Distils `items` items through a TeacherServer on loopback with `behind` behind it, the client
+  // asking for far more than the server can take at once, and expects every item to finish with
+  // no failure and no early stop (an overloaded teacher pushes back; it does not fail items).
+  // Returns the server's counters, for the test to check the teacher really was overloaded.
+  TeacherServerStats DistillThroughAnOverloadedServer(int items,
+                                                      TeacherServerOptions server_options,
+                                                      std::shared_ptr<Teacher> behind,
+                                                      TeacherClientOptions client_options) {
+    testing::WriteDistillTestData(input_, items);
+    server_options.listen = "127.0.0.1:0";
+    auto server = TeacherServer::Start(server_options, std::move(behind));
+    EXPECT_TRUE(server.ok()) << server.status();
+    if (!server.ok()) return {};
+    auto client =
+        MakeTeacher("rwr://127.0.0.1:" + std::to_string((*server)->port()), client_options);
+    EXPECT_TRUE(client.ok()) << client.status();
+    if (!client.ok()) return {};
+    DistillRunOptions options;
+    options.input_path = input_;
+    options.items_in_flight = 2 * items;
+    options.show_progress = false;
+    auto summary = RunDistill(options, **client, *cache_);
+    EXPECT_TRUE(summary.ok()) << summary.status();
+    if (summary.ok()) {
+      EXPECT_EQ(summary->counts.failures, 0)
+          << (summary->failed.empty() ? "" : summary->failed[0].reason);
+      EXPECT_TRUE(summary->teacher_unusable.empty()) << summary->teacher_unusable;
+    }
+    EXPECT_EQ(FinishedItems(), items);
+    return (*server)->stats();
+  }
   int64_t CachedAnswers() {
     return *store_->Count(Family::kNotes) + *store_->Count(Family::kVerdicts) +
            *store_->Count(Family::kNegatives);
@@ -395,29 +426,15 @@ TEST_F(DistillRunTest, FailuresAboutTheRequestDoNotStopTheRun) {
 // down) is pushing back, not failing items: every item finishes and the run never stops.
 TEST_F(DistillRunTest, AClientWindowOverTheTeachersQueueFailsNoItem) {
   constexpr int kMany = 200;
-  testing::WriteDistillTestData(input_, kMany);
   TeacherServerOptions server_options;
-  server_options.listen = "127.0.0.1:0";
   server_options.workers = 1;
   server_options.queue_capacity = 8;
-  auto server = TeacherServer::Start(server_options, std::make_shared<ExtractiveTeacher>());
-  ASSERT_TRUE(server.ok()) << server.status();
   TeacherClientOptions client_options = ClientOptions();
   client_options.concurrency = 4 * kMany;
   client_options.max_attempts = 2;
-  auto client = MakeTeacher("rwr://127.0.0.1:" + std::to_string((*server)->port()), client_options);
-  ASSERT_TRUE(client.ok()) << client.status();
-  DistillRunOptions options;
-  options.input_path = input_;
-  options.items_in_flight = 2 * kMany;
-  options.show_progress = false;
-  auto summary = RunDistill(options, **client, *cache_);
-  ASSERT_TRUE(summary.ok()) << summary.status();
-  EXPECT_EQ(summary->counts.failures, 0)
-      << (summary->failed.empty() ? "" : summary->failed[0].reason);
-  EXPECT_TRUE(summary->teacher_unusable.empty()) << summary->teacher_unusable;
-  EXPECT_EQ(FinishedItems(), kMany);
-  EXPECT_GT((*server)->stats().rejected, 0u) << "the teacher was not overloaded";
+  const TeacherServerStats stats = DistillThroughAnOverloadedServer(
+      kMany, server_options, std::make_shared<ExtractiveTeacher>(), client_options);
+  EXPECT_GT(stats.rejected, 0u) << "the teacher was not overloaded";
 }
 
 // A teacher with one worker and a deep queue answers calls that waited in its queue past the
@@ -426,7 +443,6 @@ TEST_F(DistillRunTest, AClientWindowOverTheTeachersQueueFailsNoItem) {
 // the run never stops.
 TEST_F(DistillRunTest, ADeepTeacherQueuePastTheClientsDeadlineFailsNoItem) {
   constexpr int kMany = 400;
-  testing::WriteDistillTestData(input_, kMany);
   // Computes in the worker for 2 ms a call, as a slow model would.
   class Slow final : public Teacher {
    public:
@@ -449,28 +465,15 @@ TEST_F(DistillRunTest, ADeepTeacherQueuePastTheClientsDeadlineFailsNoItem) {
     ExtractiveTeacher inner_;
   };
   TeacherServerOptions server_options;
-  server_options.listen = "127.0.0.1:0";
   server_options.workers = 1;
-  auto server = TeacherServer::Start(server_options, std::make_shared<Slow>());
-  ASSERT_TRUE(server.ok()) << server.status();
   TeacherClientOptions client_options = ClientOptions();
   // 0.8 s of work queued against a 0.5 s deadline (a RunBatch of 64 tasks takes 0.13 s).
   client_options.concurrency = 2 * kMany;
   client_options.deadline_s = 0.5;
   client_options.max_attempts = 2;
-  auto client = MakeTeacher("rwr://127.0.0.1:" + std::to_string((*server)->port()), client_options);
-  ASSERT_TRUE(client.ok()) << client.status();
-  DistillRunOptions options;
-  options.input_path = input_;
-  options.items_in_flight = 2 * kMany;
-  options.show_progress = false;
-  auto summary = RunDistill(options, **client, *cache_);
-  ASSERT_TRUE(summary.ok()) << summary.status();
-  EXPECT_EQ(summary->counts.failures, 0)
-      << (summary->failed.empty() ? "" : summary->failed[0].reason);
-  EXPECT_TRUE(summary->teacher_unusable.empty()) << summary->teacher_unusable;
-  EXPECT_EQ(FinishedItems(), kMany);
-  EXPECT_GT((*server)->stats().failed, 0u) << "no call waited in the queue past its deadline";
+  const TeacherServerStats stats = DistillThroughAnOverloadedServer(
+      kMany, server_options, std::make_shared<Slow>(), client_options);
+  EXPECT_GT(stats.failed, 0u) << "no call waited in the queue past its deadline";
 }
 
 // Overload that outlasts the client's patience ends an item with RESOURCE_EXHAUSTED, which is
