@@ -73,6 +73,21 @@ bool WatchOnceServing(const std::string& listen, const std::string& job, const f
       60);
 }
 
+// `rwr distill submit` of one job at concurrency 1, retried until the service that was just
+// started accepts it. False if none did within 30 s.
+bool SubmitOnceServing(const std::string& listen, const std::string& input,
+                       const std::string& teacher_url, const std::string& job, const fs::path& log,
+                       Ran* submitted) {
+  return WaitUntil(
+      [&] {
+        *submitted = RunRwr({"distill", "submit", "--server", listen, "--input", input, "--teacher",
+                             teacher_url, "--job-id", job, "--concurrency", "1"},
+                            log);
+        return submitted->exit_code == 0;
+      },
+      30);
+}
+
 class DistillCliTest : public ::testing::Test {
  protected:
   void SetUp() override { dir_ = testing::MakeTempDir("distill_cli"); }
@@ -614,14 +629,8 @@ TEST_F(DistillCliTest, JobsWithoutATotalYetSayItAndRunningJobsShowTheirTotal) {
                      (dir_ / "serve.log").string());
   ASSERT_TRUE(service.started());
   Ran submitted;
-  ASSERT_TRUE(WaitUntil(
-      [&] {
-        submitted = RunRwr({"distill", "submit", "--server", listen, "--input", input, "--teacher",
-                            Url(*teacher), "--job-id", "first", "--concurrency", "1"},
-                           dir_ / "submit.log");
-        return submitted.exit_code == 0;
-      },
-      30))
+  ASSERT_TRUE(
+      SubmitOnceServing(listen, input, Url(*teacher), "first", dir_ / "submit.log", &submitted))
       << submitted.output << testing::ReadFile(dir_ / "serve.log");
   // Runs one at a time: the second waits behind the first, its total not counted.
   Ran queued = RunRwr({"distill", "submit", "--server", listen, "--input", input, "--teacher",
@@ -728,14 +737,8 @@ TEST_F(DistillCliTest, WatchOfAServiceThatStopsAnsweringGivesUpAndATeacherIsName
       (dir_ / "serve.log").string());
   ASSERT_TRUE(service.started());
   Ran submitted;
-  ASSERT_TRUE(WaitUntil(
-      [&] {
-        submitted = RunRwr({"distill", "submit", "--server", listen, "--input", input, "--teacher",
-                            Url(*teacher), "--job-id", "long", "--concurrency", "1"},
-                           dir_ / "submit.log");
-        return submitted.exit_code == 0;
-      },
-      30))
+  ASSERT_TRUE(
+      SubmitOnceServing(listen, input, Url(*teacher), "long", dir_ / "submit.log", &submitted))
       << submitted.output << testing::ReadFile(dir_ / "serve.log");
   // Freeze the service once the watch stream is up and has printed the running job.
   Subprocess watch({RWR_BINARY, "distill", "status", "--server", listen, "long", "--watch",
