@@ -138,7 +138,8 @@ absl::Status InspectCommand(InspectFlags& f) {
                                          {"state", v1::Job::State_Name(job.state())},
                                          {"dataset", job.dataset_path()},
                                          {"items_done", job.counts().items_done()},
-                                         {"items", job.counts().items()}});
+                                         {"items", job.counts().items()},
+                                         {"cancel_requested", job.cancel_requested()}});
                        }
                        return true;
                      }));
@@ -177,8 +178,10 @@ absl::Status InspectCommand(InspectFlags& f) {
             ? fmt::format("{}/{} items", done, total)
             : fmt::format("{} items done{}", done,
                           state == "QUEUED" || state == "RUNNING" ? " (total not known yet)" : "");
-    std::cout << fmt::format("job {} {}: {}, {}\n", job["job_id"].get<std::string>(), state,
-                             progress, job["dataset"].get<std::string>());
+    const bool cancelling = state == "RUNNING" && job["cancel_requested"].get<bool>();
+    std::cout << fmt::format("job {} {}{}: {}, {}\n", job["job_id"].get<std::string>(), state,
+                             cancelling ? " (cancel requested)" : "", progress,
+                             job["dataset"].get<std::string>());
   }
   for (auto& [family, list] : samples.items()) {
     for (const json& sample : list) {

@@ -359,7 +359,9 @@ absl::Status RpcFailed(const grpc::Status& status, const std::string& server,
 
 std::string JobLine(const v1::Job& job) {
   const v1::JobCounts& c = job.counts();
-  std::string line = fmt::format("{} {} ", job.job_id(), v1::Job::State_Name(job.state()));
+  std::string line = fmt::format(
+      "{} {}{} ", job.job_id(), v1::Job::State_Name(job.state()),
+      job.state() == v1::Job::RUNNING && job.cancel_requested() ? " (cancel requested)" : "");
   if (c.items() > 0) {
     line += fmt::format("{}/{} items ({:.1f}%)", c.items_done(), c.items(),
                         100.0 * c.items_done() / c.items());
@@ -620,8 +622,9 @@ absl::Status CancelCommand(CancelFlags& f) {
   std::cout << JobLine(job) << std::endl;
   if (job.state() == v1::Job::RUNNING) {
     std::cout << fmt::format(
-                     "cancel requested: {} stops once its items in flight finish (`rwr distill "
-                     "status {} --watch` follows it to CANCELLED)",
+                     "cancel requested: {} starts no more items and ends CANCELLED once those in "
+                     "flight finish, or as its items decide if all had started (`rwr distill "
+                     "status {} --watch` follows it)",
                      job.job_id(), job.job_id())
               << std::endl;
   }

@@ -506,6 +506,10 @@ absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teac
                    distiller->InFlight());
       break;
     }
+    // Read before the stop is looked at: a stop asked for once the last item has started stops
+    // nothing, and the run is complete.
+    RWR_ASSIGN_OR_RETURN(std::optional<DatasetItem> item, reader.Next());
+    if (!item.has_value()) break;
     if (StopRequested(options)) {
       summary.interrupted = true;
       // Said at once: draining a slow teacher's window takes a while and must not look like a
@@ -516,8 +520,6 @@ absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teac
                    distiller->InFlight());
       break;
     }
-    RWR_ASSIGN_OR_RETURN(std::optional<DatasetItem> item, reader.Next());
-    if (!item.has_value()) break;
     distiller->Start(*std::move(item), options.input_path);
   }
   distiller->WaitBelow(1, bar);

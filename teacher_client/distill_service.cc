@@ -11,7 +11,6 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
-#include <set>
 #include <thread>
 
 #include "common/shutdown.h"
@@ -68,8 +67,8 @@ class DistillServer::Impl final : public v1::DistillService::Service {
                 fmt::format("cache: job record '{}' does not parse", std::string(key)));
             return false;
           }
-          if (!Terminal(job.state())) unfinished.push_back(job);
           jobs_[job.job_id()] = job;
+          if (!Terminal(job.state())) unfinished.push_back(job);
           return true;
         }));
     RWR_RETURN_IF_ERROR(parse_error);
@@ -78,6 +77,18 @@ class DistillServer::Impl final : public v1::DistillService::Service {
                                                         : a.job_id() < b.job_id();
     });
     for (const v1::Job& job : unfinished) {
+      if (job.cancel_requested()) {
+        // Cancelled while it ran, and the service died before the job stopped: the cancel holds.
+        spdlog::info("distill serve: job {} was cancelled while it ran; recorded CANCELLED",
+                     job.job_id());
+        v1::Job& cancelled = jobs_[job.job_id()];
+        cancelled.set_state(v1::Job::CANCELLED);
+        cancelled.set_items_per_second(0);
+        cancelled.set_eta_seconds(0);
+        cancelled.set_updated_unix_ms(NowUnixMs());
+        RWR_RETURN_IF_ERROR(Persist(cancelled));
+        continue;
+      }
       spdlog::info("distill serve: resuming job {} ({}, was {})", job.job_id(), job.dataset_path(),
                    v1::Job::State_Name(job.state()));
       v1::Job& queued = jobs_[job.job_id()];
@@ -269,8 +280,14 @@ class DistillServer::Impl final : public v1::DistillService::Service {
       job.set_state(v1::Job::CANCELLED);
       job.set_updated_unix_ms(NowUnixMs());
       if (absl::Status saved = Persist(job); !saved.ok()) return ToGrpc(saved);
-    } else if (job.state() == v1::Job::RUNNING) {
-      cancel_requested_.insert(job.job_id());  // the worker stops it and records CANCELLED
+    } else if (job.state() == v1::Job::RUNNING && !job.cancel_requested()) {
+      // Durable before acknowledged; the run polls the flag, stops and records CANCELLED.
+      job.set_cancel_requested(true);
+      job.set_updated_unix_ms(NowUnixMs());
+      if (absl::Status saved = Persist(job); !saved.ok()) {
+        job.set_cancel_requested(false);
+        return ToGrpc(saved);
+      }
     }
     changed_.notify_all();
     *response = job;
@@ -295,21 +312,35 @@ class DistillServer::Impl final : public v1::DistillService::Service {
 
   void WorkerLoop() {
     while (true) {
-      std::string id;
+      v1::Job job;
       {
         std::unique_lock<std::mutex> lock(mu_);
         changed_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
         if (ShuttingDown()) return;  // queued jobs stay QUEUED and resume on the next start
-        id = queue_.front();
+        const std::string id = queue_.front();
         queue_.pop_front();
+        // Taken off the queue and marked RUNNING in one step: a cancel sees the job either
+        // QUEUED and in the queue, or RUNNING — never QUEUED with the worker about to run it.
+        ChangeLocked(id, [&](v1::Job& j) {
+          j.set_state(v1::Job::RUNNING);
+          j.clear_error();
+          j.mutable_counts()->Clear();
+          // A resumed job's record holds the rate and ETA of the run that was stopped.
+          j.set_items_per_second(0);
+          j.set_eta_seconds(-1);
+          job = j;
+        });
       }
-      RunJob(id);
+      RunJob(job);
     }
   }
 
   // Updates the job under the lock, persists it, wakes watchers.
   void Update(const std::string& id, const std::function<void(v1::Job&)>& change) {
     std::lock_guard<std::mutex> lock(mu_);
+    ChangeLocked(id, change);
+  }
+  void ChangeLocked(const std::string& id, const std::function<void(v1::Job&)>& change) {
     v1::Job& job = jobs_[id];
     change(job);
     job.set_updated_unix_ms(NowUnixMs());
@@ -320,17 +351,10 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     changed_.notify_all();
   }
 
-  void RunJob(const std::string& id) {
-    v1::Job job;
-    Update(id, [&](v1::Job& j) {
-      j.set_state(v1::Job::RUNNING);
-      j.clear_error();
-      j.mutable_counts()->Clear();
-      // A resumed job's record holds the rate and ETA of the run that was stopped.
-      j.set_items_per_second(0);
-      j.set_eta_seconds(-1);
-      job = j;
-    });
+  // Runs a job the worker marked RUNNING, to its end state (or leaves it RUNNING when the service
+  // stops under it).
+  void RunJob(const v1::Job& job) {
+    const std::string& id = job.job_id();
     spdlog::info("distill serve: job {} running", id);
     TeacherClientOptions client = options_.client;
     if (job.recipe().concurrency() > 0)
@@ -357,7 +381,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     run.show_progress = false;
     run.stop_requested = [this, id] {
       std::lock_guard<std::mutex> lock(mu_);
-      return stopping_ || cancel_requested_.count(id) > 0;
+      return stopping_ || jobs_[id].cancel_requested();
     };
     const auto started = std::chrono::steady_clock::now();
     auto last_persist = started;
@@ -388,14 +412,14 @@ class DistillServer::Impl final : public v1::DistillService::Service {
       return;
     }
     bool cancelled = false;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      cancelled = cancel_requested_.erase(id) > 0;
-    }
-    Update(id, [&](v1::Job& j) { FillCounts(summary->counts, j.mutable_counts()); });
+    Update(id, [&](v1::Job& j) {
+      FillCounts(summary->counts, j.mutable_counts());
+      cancelled = j.cancel_requested();
+    });
     // Decided by the run itself, not by flags read afterwards: a run that stopped before reading
     // its whole dataset is not complete. Not cancelled, it was stopped by shutdown (Shutdown() or
-    // the process's signal, which can come before Shutdown() does) and must be resumed.
+    // the process's signal, which can come before Shutdown() does) and must be resumed. A cancel
+    // that came once every item had started stopped nothing: the job ends as its items decide.
     if (summary->interrupted && !cancelled) {
       spdlog::info(
           "distill serve: job {} stopped by shutdown after {} of {} items; it resumes on "
@@ -403,7 +427,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
           id, summary->counts.items_done, summary->counts.items);
       return;  // stays RUNNING in the cache
     }
-    if (cancelled) {
+    if (cancelled && summary->interrupted) {
       Finish(id, v1::Job::CANCELLED, "");
     } else if (!summary->teacher_unusable.empty()) {
       Finish(id, v1::Job::FAILED,
@@ -422,6 +446,12 @@ class DistillServer::Impl final : public v1::DistillService::Service {
       Finish(id, v1::Job::FAILED, error);
     } else {
       Finish(id, v1::Job::SUCCEEDED, "");
+    }
+    if (cancelled && !summary->interrupted) {
+      spdlog::info(
+          "distill serve: job {}: the cancel came after its last item had started; it "
+          "ran to its end",
+          id);
     }
     spdlog::info("distill serve: job {}: {}", id, SummaryLine(*summary));
   }
@@ -454,7 +484,6 @@ class DistillServer::Impl final : public v1::DistillService::Service {
   std::condition_variable changed_;
   std::map<std::string, v1::Job> jobs_;
   std::deque<std::string> queue_;
-  std::set<std::string> cancel_requested_;
   bool stopping_ = false;
   uint64_t job_counter_ = 0;
   std::unique_ptr<grpc::Server> server_;

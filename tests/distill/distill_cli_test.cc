@@ -4,7 +4,8 @@
 //   exactly the answers not yet cached, and every cached record reads back intact.
 // - bad input: one line naming FILE:LINE, nothing sent to the teacher; skip mode quarantines.
 // - `rwr cache inspect --json` and `rwr cache publish`.
-// - `rwr distill serve` killed with SIGKILL mid-job and restarted: the job resumes and finishes.
+// - `rwr distill serve` killed with SIGKILL mid-job and restarted: the job resumes and finishes;
+//   killed after a cancel of its running job was acknowledged: the job ends CANCELLED.
 // - `rwr distill serve` stopped with SIGTERM while one job runs and one waits: neither ends
 //   SUCCEEDED short of its items; restarted, it finishes both, every item once.
 // - `rwr distill submit` refusing a --teacher that `distill run` would refuse (exit 2, nothing
@@ -378,6 +379,54 @@ TEST_F(DistillCliTest, ServeJobSurvivesSigkillOfTheServiceAndResumes) {
               }).ok());
   EXPECT_EQ(items, kItems);
   ExpectEveryRecordIntact(**store);
+}
+
+// `rwr distill cancel` of a running job, then the service killed before the job stops (its
+// in-flight calls take a second): the restarted service ends the job CANCELLED and asks the
+// teacher nothing more, where it used to resume it.
+TEST_F(DistillCliTest, CancelledJobStaysCancelledWhenTheServiceIsKilledBeforeItStops) {
+  const std::string input = (dir_ / "data.jsonl").string();
+  const std::string cache_dir = (dir_ / "cache").string();
+  testing::WriteDistillTestData(input, 40);
+  auto teacher = StartTeacher(/*latency_s=*/1.0);
+  ASSERT_TRUE(teacher);
+  const std::string listen = "127.0.0.1:" + std::to_string(testing::FreePort());
+  const std::vector<std::string> serve = {RWR_BINARY, "distill", "serve",  "--listen",
+                                          listen,     "--cache", cache_dir};
+  {
+    Subprocess service(serve, (dir_ / "serve1.log").string());
+    ASSERT_TRUE(service.started());
+    Ran submitted;
+    ASSERT_TRUE(
+        SubmitOnceServing(listen, input, Url(*teacher), "doomed", dir_ / "submit.log", &submitted))
+        << submitted.output << testing::ReadFile(dir_ / "serve1.log");
+    ASSERT_TRUE(WaitUntil([&] { return teacher->stats().served >= 1; }, 30))
+        << testing::ReadFile(dir_ / "serve1.log");
+    Ran cancelled =
+        RunRwr({"distill", "cancel", "--server", listen, "doomed"}, dir_ / "cancel.log");
+    ASSERT_EQ(cancelled.exit_code, 0) << cancelled.output;
+    EXPECT_NE(cancelled.output.find("doomed RUNNING (cancel requested)"), std::string::npos)
+        << cancelled.output;
+    service.Signal(SIGKILL);
+    ASSERT_EQ(service.Wait(10), 128 + SIGKILL);
+  }
+  ASSERT_TRUE(WaitUntil([&] { return teacher->stats().outstanding == 0; }, 10));
+  const uint64_t served_before = teacher->stats().served;
+  Ran inspect = RunRwr({"cache", "inspect", cache_dir}, dir_ / "inspect.log");
+  ASSERT_EQ(inspect.exit_code, 0) << inspect.output;
+  EXPECT_NE(inspect.output.find("job doomed RUNNING (cancel requested): "), std::string::npos)
+      << inspect.output;
+
+  Subprocess service(serve, (dir_ / "serve2.log").string());
+  ASSERT_TRUE(service.started());
+  Ran watched;
+  ASSERT_TRUE(WatchOnceServing(listen, "doomed", dir_ / "watch.log", &watched));
+  EXPECT_EQ(watched.exit_code, 1) << watched.output;
+  EXPECT_NE(watched.output.find("job doomed ended CANCELLED"), std::string::npos)
+      << watched.output << testing::ReadFile(dir_ / "serve2.log");
+  EXPECT_EQ(teacher->stats().served, served_before) << "the cancelled job was resumed";
+  service.Signal(SIGTERM);
+  EXPECT_EQ(service.Wait(30), 0) << testing::ReadFile(dir_ / "serve2.log");
 }
 
 // The service stops its running job as soon as SIGTERM arrives but notices the signal itself

@@ -4,7 +4,8 @@
 // finishes them, tampered records are re-asked. A teacher that fails every call stops the run
 // early, one that is overloaded (a full queue, or one so deep that calls wait past their deadline)
 // fails no item and never stops it; an input with no items, or one that changes between the two
-// passes, is an error; a stop is honoured while the input is checked.
+// passes, is an error; a stop is honoured while the input is checked, and one that comes once every
+// item has started leaves the run complete.
 #include "teacher_client/distill_run.h"
 
 #include <gtest/gtest.h>
@@ -578,6 +579,34 @@ TEST_F(DistillRunTest, StopDuringTheCheckPassEndsTheRunThere) {
   EXPECT_TRUE(summary->interrupted);
   EXPECT_LT(summary->counts.items, kMany) << "the whole input was checked first";
   EXPECT_EQ(teacher.calls(), 0u);
+}
+
+// The run asks whether to stop once before it starts each item. A stop that comes after the last
+// item started stops nothing: the run is complete (a service records the job by its items, not
+// CANCELLED). One that comes earlier leaves the items not started.
+TEST_F(DistillRunTest, AStopOnceEveryItemHasStartedLeavesTheRunComplete) {
+  for (const int stop_after : {kItems, kItems / 4}) {
+    cache_.reset();
+    store_.reset();
+    fs::remove_all(dir_ / "cache");
+    OpenCache();
+    ScriptedTeacher teacher({});
+    DistillRunOptions options;
+    options.input_path = input_;
+    options.show_progress = false;
+    int asked = 0;
+    options.stop_requested = [&] { return ++asked > stop_after; };
+    auto summary = RunDistill(options, teacher, *cache_);
+    ASSERT_TRUE(summary.ok()) << summary.status();
+    if (stop_after == kItems) {
+      EXPECT_FALSE(summary->interrupted) << "stopped after its last item had started";
+      EXPECT_EQ(summary->counts.items_done, kItems);
+      EXPECT_EQ(FinishedItems(), kItems);
+    } else {
+      EXPECT_TRUE(summary->interrupted);
+      EXPECT_EQ(summary->counts.items_done, stop_after);
+    }
+  }
 }
 
 }  // namespace

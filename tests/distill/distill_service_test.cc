@@ -6,7 +6,8 @@
 // before the owner calls Shutdown() leaves it resumable and starts no further job. Also: a teacher
 // whose calls fail with UNAVAILABLE now and then, behind a real server, is retried to completion;
 // one that fails every call ends its job early, FAILED, with the reason. Cancel of an ended job is
-// refused; an oversized concurrency is refused at submit; a resumed job shows no stale rate.
+// refused; an oversized concurrency is refused at submit; a resumed job shows no stale rate. A
+// cancel of a running job is durable: a restart ends the job CANCELLED instead of resuming it.
 #include "teacher_client/distill_service.h"
 
 #include <grpcpp/grpcpp.h>
@@ -219,6 +220,40 @@ TEST_F(DistillServiceTest, CancelStopsARunningJobAndAQueuedOne) {
   job = Watch("slow");
   EXPECT_EQ(job.state(), v1::Job::CANCELLED);
   EXPECT_LT(job.counts().items_done(), static_cast<uint64_t>(kItems));
+}
+
+// A cancel of a running job is persisted before it is acknowledged, and a service that died
+// before the job stopped (kill -9: distill_cli_test) ends that job CANCELLED when it restarts,
+// asking the teacher nothing.
+TEST_F(DistillServiceTest, ACancelIsDurableAndARestartEndsTheCancelledJob) {
+  StartTeacher({.latency_s = 0.05});
+  StartService();
+  v1::Job job;
+  ASSERT_TRUE(Submit("slow", TeacherUrl(), &job).ok());
+  ASSERT_TRUE(WaitFor([&] { return Get("slow").state() == v1::Job::RUNNING; }));
+  grpc::ClientContext context;
+  v1::CancelJobRequest request;
+  request.set_job_id("slow");
+  ASSERT_TRUE(stub_->CancelJob(&context, request, &job).ok());
+  EXPECT_TRUE(job.cancel_requested());
+  EXPECT_TRUE(Persisted("slow").cancel_requested()) << "acknowledged before it was durable";
+  EXPECT_EQ(Watch("slow").state(), v1::Job::CANCELLED);
+  service_.reset();
+
+  // What a service killed between the cancel and the job's stop leaves in the cache.
+  v1::Job killed = Persisted("slow");
+  killed.set_job_id("killed");
+  killed.set_state(v1::Job::RUNNING);
+  ASSERT_TRUE(store_
+                  ->Put(storage::Family::kJobs, std::string(kJobKeyPrefix) + "killed",
+                        killed.SerializeAsString())
+                  .ok());
+  const uint64_t served = teacher_->stats().served;
+  StartService();
+  job = Watch("killed");
+  EXPECT_EQ(job.state(), v1::Job::CANCELLED);
+  EXPECT_EQ(Persisted("killed").state(), v1::Job::CANCELLED);
+  EXPECT_EQ(teacher_->stats().served, served) << "a cancelled job was resumed";
 }
 
 TEST_F(DistillServiceTest, JobWithFailingItemsEndsFailedNamingThem) {
