@@ -21,6 +21,7 @@
 #include "trainer/model_io.h"
 #include "trainer/optimizer.h"
 #include "trainer/rng.h"
+#include "trainer/run_lock.h"
 #ifdef RWR_TRAINER_HAVE_CUDA
 #include "trainer/mamba_cuda.h"
 #endif
@@ -456,6 +457,17 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
     RWR_ASSIGN_OR_RETURN(eval_loader, storage::ShardLoader::Open(eval_options));
     eval_start = eval_loader->position();
   }
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec)
+    return absl::UnavailableError(fmt::format("cannot create {}: {}", s.out_dir, ec.message()));
+  // Held until Train returns; taken before the directory is looked at, so that two runs started
+  // together cannot both find it empty. One process (rank 0) speaks for the job.
+  std::optional<RunDirLock> run_lock;
+  if (comm->rank() == 0) {
+    RWR_ASSIGN_OR_RETURN(RunDirLock lock, RunDirLock::Acquire(s.out_dir, "train.out_dir"));
+    run_lock.emplace(std::move(lock));
+  }
   if (!s.resume &&
       (!ListCheckpoints(checkpoints_dir).empty() ||
        (fs::exists(out_dir / "metrics.jsonl") && fs::file_size(out_dir / "metrics.jsonl") > 0))) {
@@ -464,10 +476,6 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
         "train.out_dir (or remove {})",
         s.out_dir, s.out_dir));
   }
-  std::error_code ec;
-  fs::create_directories(out_dir, ec);
-  if (ec)
-    return absl::UnavailableError(fmt::format("cannot create {}: {}", s.out_dir, ec.message()));
 
   // Start: newest readable checkpoint, else init_from, else a fresh initialisation.
   std::vector<float> params;

@@ -1,6 +1,6 @@
 // The trainer's commands as a user runs them (the real `rwr` binary in a subprocess):
-// model init, train (and SIGTERM → checkpoint + exit 0, then resume), checkpoint inspect, export,
-// and one-line errors.
+// model init, train (a second run into the same directory refused while the first runs; SIGTERM →
+// checkpoint + exit 0, then resume), checkpoint inspect, export, and one-line errors.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -123,6 +123,13 @@ TEST(TrainCli, SigtermCheckpointsExitsZeroAndResumes) {
     while (std::getline(in, line)) ++lines;
   }
   ASSERT_GE(lines, 2) << "training did not start";
+  // A second run into the same directory is refused, naming the one that holds it.
+  CommandResult second = Sh(args + " --set train.max_steps_this_run=1");  // bounded if let in
+  EXPECT_EQ(second.exit_code, 1) << second.output;
+  EXPECT_NE(second.output.find(fmt::format("train.out_dir {} is in use by another rwr train", out)),
+            std::string::npos)
+      << second.output;
+  EXPECT_NE(second.output.find(fmt::format("pid {}", pid)), std::string::npos) << second.output;
   ASSERT_EQ(kill(pid, SIGTERM), 0);
   int status = 0;
   ASSERT_EQ(waitpid(pid, &status, 0), pid);

@@ -1,0 +1,80 @@
+// RunDirLock (see run_lock.h).
+#include "trainer/run_lock.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+
+#include "common/process.h"
+#include "fmt/chrono.h"
+#include "fmt/format.h"
+#include "spdlog/spdlog.h"
+
+namespace rwr::trainer {
+namespace {
+
+// What the lock file says of its holder: "host H, pid P, Slurm job J, since T".
+std::string HolderLine() {
+  std::string line = fmt::format("host {}, pid {}", HostName(), getpid());
+  if (const char* job = std::getenv("SLURM_JOB_ID"); job != nullptr && *job != '\0') {
+    line += fmt::format(", Slurm job {}", job);
+  }
+  line += fmt::format(", since {:%Y-%m-%d %H:%M:%S} UTC", fmt::gmtime(std::time(nullptr)));
+  return line;
+}
+
+std::string ReadHolder(int fd) {
+  char buffer[512];
+  const ssize_t n = pread(fd, buffer, sizeof(buffer) - 1, 0);
+  std::string holder(buffer, n > 0 ? static_cast<size_t>(n) : 0);
+  while (!holder.empty() && (holder.back() == '\n' || holder.back() == '\r')) holder.pop_back();
+  return holder;
+}
+
+}  // namespace
+
+absl::StatusOr<RunDirLock> RunDirLock::Acquire(const std::string& dir, std::string_view what) {
+  const std::string path = (std::filesystem::path(dir) / ".lock").string();
+  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return absl::UnavailableError(
+        fmt::format("{} {}: cannot open {}: {}", what, dir, path, std::strerror(errno)));
+  }
+  struct flock whole = {};
+  whole.l_type = F_WRLCK;
+  whole.l_whence = SEEK_SET;  // l_start 0, l_len 0: the whole file
+  if (fcntl(fd, F_SETLK, &whole) != 0) {
+    const int error = errno;
+    if (error == EACCES || error == EAGAIN) {
+      const std::string holder = ReadHolder(fd);
+      close(fd);
+      return absl::FailedPreconditionError(fmt::format(
+          "{} {} is in use by another rwr train ({}): two runs in one directory would overwrite "
+          "each other's checkpoints; wait for that run to end, or give this one another {}",
+          what, dir, holder.empty() ? "starting up" : holder, what));
+    }
+    // A file system without record locks (ENOLCK, EINVAL): training goes on unguarded rather than
+    // not at all.
+    spdlog::warn("{} {}: cannot lock {} ({}); nothing stops a second run from using it too", what,
+                 dir, path, std::strerror(error));
+    close(fd);
+    return RunDirLock(-1);
+  }
+  const std::string holder = HolderLine() + "\n";
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, holder.data(), holder.size(), 0) < 0) {
+    spdlog::warn("{} {}: cannot write the holder into {}: {}", what, dir, path,
+                 std::strerror(errno));
+  }
+  return RunDirLock(fd);
+}
+
+RunDirLock::~RunDirLock() {
+  if (fd_ >= 0) close(fd_);  // drops the lock; the file stays (removing it would race a taker)
+}
+
+}  // namespace rwr::trainer
