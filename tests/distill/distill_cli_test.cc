@@ -106,6 +106,16 @@ class DistillCliTest : public ::testing::Test {
   static std::string Url(const TeacherServer& server) {
     return "rwr://127.0.0.1:" + std::to_string(server.port());
   }
+  std::string CacheDir() const { return (dir_ / "cache").string(); }
+  // `rwr distill serve` over CacheDir() on a free loopback port: its address and command line.
+  struct Serve {
+    std::string listen;
+    std::vector<std::string> argv;
+  };
+  Serve ServeOnAFreePort() const {
+    const std::string listen = "127.0.0.1:" + std::to_string(testing::FreePort());
+    return {listen, {RWR_BINARY, "distill", "serve", "--listen", listen, "--cache", CacheDir()}};
+  }
 
   fs::path dir_;
 };
@@ -156,7 +166,7 @@ void ExpectEveryRecordIntact(const storage::KvStore& store) {
 TEST_F(DistillCliTest, KilledWithSigkillMidRunThenRerunAsksOnlyForWhatIsMissing) {
   constexpr int kItems = 120;
   const std::string input = (dir_ / "data.jsonl").string();
-  const std::string cache_dir = (dir_ / "cache").string();
+  const std::string cache_dir = CacheDir();
   testing::WriteDistillTestData(input, kItems);
 
   // The whole job's teacher calls, counted on a throwaway in-memory cache.
@@ -273,7 +283,7 @@ TEST_F(DistillCliTest, BadInputIsOneLineWithFileAndLineAndSkipQuarantines) {
 
 TEST_F(DistillCliTest, InspectReportsFamiliesAndPublishMakesAReadOnlyCopy) {
   const std::string input = (dir_ / "data.jsonl").string();
-  const std::string cache_dir = (dir_ / "cache").string();
+  const std::string cache_dir = CacheDir();
   testing::WriteDistillTestData(input, 12);
   Ran run = RunRwr({"distill", "run", "--input", input, "--teacher", "builtin:extractive",
                     "--cache", cache_dir, "--summary-json", (dir_ / "s.json").string()},
@@ -316,13 +326,11 @@ TEST_F(DistillCliTest, InspectReportsFamiliesAndPublishMakesAReadOnlyCopy) {
 TEST_F(DistillCliTest, ServeJobSurvivesSigkillOfTheServiceAndResumes) {
   constexpr int kItems = 80;
   const std::string input = (dir_ / "data.jsonl").string();
-  const std::string cache_dir = (dir_ / "cache").string();
+  const std::string cache_dir = CacheDir();
   testing::WriteDistillTestData(input, kItems);
   auto teacher = StartTeacher(/*latency_s=*/0.02);
   ASSERT_TRUE(teacher);
-  const std::string listen = "127.0.0.1:" + std::to_string(testing::FreePort());
-  const std::vector<std::string> serve = {RWR_BINARY, "distill", "serve",  "--listen",
-                                          listen,     "--cache", cache_dir};
+  const auto [listen, serve] = ServeOnAFreePort();
   {
     Subprocess service(serve, (dir_ / "serve1.log").string());
     ASSERT_TRUE(service.started());
@@ -386,13 +394,11 @@ TEST_F(DistillCliTest, ServeJobSurvivesSigkillOfTheServiceAndResumes) {
 // teacher nothing more, where it used to resume it.
 TEST_F(DistillCliTest, CancelledJobStaysCancelledWhenTheServiceIsKilledBeforeItStops) {
   const std::string input = (dir_ / "data.jsonl").string();
-  const std::string cache_dir = (dir_ / "cache").string();
+  const std::string cache_dir = CacheDir();
   testing::WriteDistillTestData(input, 40);
   auto teacher = StartTeacher(/*latency_s=*/1.0);
   ASSERT_TRUE(teacher);
-  const std::string listen = "127.0.0.1:" + std::to_string(testing::FreePort());
-  const std::vector<std::string> serve = {RWR_BINARY, "distill", "serve",  "--listen",
-                                          listen,     "--cache", cache_dir};
+  const auto [listen, serve] = ServeOnAFreePort();
   {
     Subprocess service(serve, (dir_ / "serve1.log").string());
     ASSERT_TRUE(service.started());
@@ -437,14 +443,12 @@ TEST_F(DistillCliTest, ServeStoppedBySigtermLeavesItsJobsToResumeAndARestartFini
   constexpr int kItems = 2000;  // the first job runs about a second, ample to submit the second
   const std::string first = (dir_ / "first.jsonl").string();
   const std::string second = (dir_ / "second.jsonl").string();
-  const std::string cache_dir = (dir_ / "cache").string();
+  const std::string cache_dir = CacheDir();
   testing::WriteDistillTestData(first, kItems);
   testing::WriteDistillTestData(second, kItems, /*first=*/kItems);  // ids of its own
   auto teacher = StartTeacher(/*latency_s=*/0);
   ASSERT_TRUE(teacher);
-  const std::string listen = "127.0.0.1:" + std::to_string(testing::FreePort());
-  const std::vector<std::string> serve = {RWR_BINARY, "distill", "serve",  "--listen",
-                                          listen,     "--cache", cache_dir};
+  const auto [listen, serve] = ServeOnAFreePort();
   auto submit = [&](const std::string& id, const std::string& input) {
     return RunRwr({"distill", "submit", "--server", listen, "--input", input, "--teacher",
                    Url(*teacher), "--job-id", id, "--concurrency", "4"},
@@ -625,10 +629,8 @@ TEST_F(DistillCliTest, SigtermSaysItDrainsThenReportsInterruptedAndExitsZero) {
 TEST_F(DistillCliTest, SubmitRefusesATeacherTargetRunWouldRefuseAndSendsNothing) {
   const std::string input = (dir_ / "data.jsonl").string();
   testing::WriteDistillTestData(input, 4);
-  const std::string listen = "127.0.0.1:" + std::to_string(testing::FreePort());
-  Subprocess service(
-      {RWR_BINARY, "distill", "serve", "--listen", listen, "--cache", (dir_ / "cache").string()},
-      (dir_ / "serve.log").string());
+  const auto [listen, serve] = ServeOnAFreePort();
+  Subprocess service(serve, (dir_ / "serve.log").string());
   ASSERT_TRUE(service.started());
   Ran listed;
   ASSERT_TRUE(WaitUntil(
@@ -669,13 +671,12 @@ TEST_F(DistillCliTest, SubmitRefusesATeacherTargetRunWouldRefuseAndSendsNothing)
 TEST_F(DistillCliTest, JobsWithoutATotalYetSayItAndRunningJobsShowTheirTotal) {
   constexpr int kItems = 40;
   const std::string input = (dir_ / "data.jsonl").string();
-  const std::string cache_dir = (dir_ / "cache").string();
+  const std::string cache_dir = CacheDir();
   testing::WriteDistillTestData(input, kItems);
   auto teacher = StartTeacher(/*latency_s=*/0.05);
   ASSERT_TRUE(teacher);
-  const std::string listen = "127.0.0.1:" + std::to_string(testing::FreePort());
-  Subprocess service({RWR_BINARY, "distill", "serve", "--listen", listen, "--cache", cache_dir},
-                     (dir_ / "serve.log").string());
+  const auto [listen, serve] = ServeOnAFreePort();
+  Subprocess service(serve, (dir_ / "serve.log").string());
   ASSERT_TRUE(service.started());
   Ran submitted;
   ASSERT_TRUE(
@@ -715,7 +716,7 @@ TEST_F(DistillCliTest, JobsWithoutATotalYetSayItAndRunningJobsShowTheirTotal) {
 
 TEST_F(DistillCliTest, PublishCreatesMissingParentsAndWritersRefuseThePublishedCopy) {
   const std::string input = (dir_ / "data.jsonl").string();
-  const std::string cache_dir = (dir_ / "cache").string();
+  const std::string cache_dir = CacheDir();
   testing::WriteDistillTestData(input, 6);
   const std::vector<std::string> run_into_cache = {
       "distill", "run", "--input", input, "--teacher", "builtin:extractive", "--cache", cache_dir};
@@ -780,10 +781,8 @@ TEST_F(DistillCliTest, WatchOfAServiceThatStopsAnsweringGivesUpAndATeacherIsName
   EXPECT_NE(wrong.output.find("does not serve rwr.v1.DistillService"), std::string::npos)
       << wrong.output;
 
-  const std::string listen = "127.0.0.1:" + std::to_string(testing::FreePort());
-  Subprocess service(
-      {RWR_BINARY, "distill", "serve", "--listen", listen, "--cache", (dir_ / "cache").string()},
-      (dir_ / "serve.log").string());
+  const auto [listen, serve] = ServeOnAFreePort();
+  Subprocess service(serve, (dir_ / "serve.log").string());
   ASSERT_TRUE(service.started());
   Ran submitted;
   ASSERT_TRUE(
