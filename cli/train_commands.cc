@@ -21,8 +21,9 @@ void RegisterTrainCommands(CLI::App& app) {
       "command resumes from the newest complete checkpoint. Example:\n"
       "  rwr train --config configs/train_tiny.yaml --set data.dir=runs/data --set "
       "train.steps=200\n"
-      "Keys: docs/training.md (an unknown key is an error). SIGTERM/SIGUSR1: checkpoint, exit "
-      "0.");
+      "Keys: docs/training.md (an unknown key is an error). SIGTERM/SIGUSR1/SIGINT: checkpoint,\n"
+      "exit 0. One run at a time per train.out_dir: a second is refused (exit 1), naming the run\n"
+      "that holds it.");
   AddCommonOptions(train, options);
   SetAction(train, [options]() -> absl::Status {
     RWR_ASSIGN_OR_RETURN(Config config,

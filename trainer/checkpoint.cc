@@ -44,6 +44,38 @@ std::optional<int64_t> StepOf(const std::string& name) {
   return std::stoll(name.substr(5));
 }
 
+// Every file of a checkpoint into `dir`, synced, DONE last.
+absl::Status WriteCheckpointFiles(const fs::path& dir, const CheckpointData& data) {
+  RWR_RETURN_IF_ERROR(SaveModelDir(dir.string(), data.config, data.params));
+  storage::SafetensorsWriter opt;
+  opt.SetMetadata("range_begin", std::to_string(data.opt_begin));
+  opt.SetMetadata("range_end", std::to_string(data.opt_end));
+  opt.SetMetadata("step", std::to_string(data.opt_step));
+  const int64_t n = data.opt_end - data.opt_begin;
+  RWR_RETURN_IF_ERROR(opt.AddFloat("exp_avg", {n}, data.exp_avg));
+  RWR_RETURN_IF_ERROR(opt.AddFloat("exp_avg_sq", {n}, data.exp_avg_sq));
+  RWR_RETURN_IF_ERROR(opt.WriteFile((dir / OptimizerFileName(0)).string()));
+  RWR_RETURN_IF_ERROR(WriteText(dir / "trainer_state.json", data.state.ToJson().dump(2) + "\n"));
+  for (const auto& entry : fs::directory_iterator(dir)) SyncPath(entry.path(), false);
+  RWR_RETURN_IF_ERROR(WriteText(dir / "DONE", fmt::format("step {}\n", data.state.step)));
+  SyncPath(dir / "DONE", false);
+  SyncPath(dir, true);
+  return absl::OkStatus();
+}
+
+// Keeps the newest `keep` complete checkpoints up to `saved_step`, the one just written. Those
+// past it are left out of the count: they exist only where resume passed them over as
+// unreadable, and counting them would delete the readable ones, the one just written included
+// (the run could then never resume). The save of their step replaces them.
+void PruneCheckpoints(const std::string& checkpoints_dir, int64_t saved_step, int keep) {
+  std::vector<std::string> older;  // ascending, the saved step last
+  for (const std::string& dir : ListCheckpoints(checkpoints_dir)) {
+    if (*StepOf(fs::path(dir).filename().string()) <= saved_step) older.push_back(dir);
+  }
+  std::error_code ec;
+  for (size_t i = 0; i + keep < older.size(); ++i) fs::remove_all(older[i], ec);
+}
+
 }  // namespace
 
 std::string OptimizerFileName(int rank) {
@@ -143,30 +175,19 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
   if (ec)
     return absl::UnavailableError(fmt::format("cannot create {}: {}", tmp.string(), ec.message()));
 
-  RWR_RETURN_IF_ERROR(SaveModelDir(tmp.string(), data.config, data.params));
-  storage::SafetensorsWriter opt;
-  opt.SetMetadata("range_begin", std::to_string(data.opt_begin));
-  opt.SetMetadata("range_end", std::to_string(data.opt_end));
-  opt.SetMetadata("step", std::to_string(data.opt_step));
-  const int64_t n = data.opt_end - data.opt_begin;
-  RWR_RETURN_IF_ERROR(opt.AddFloat("exp_avg", {n}, data.exp_avg));
-  RWR_RETURN_IF_ERROR(opt.AddFloat("exp_avg_sq", {n}, data.exp_avg_sq));
-  RWR_RETURN_IF_ERROR(opt.WriteFile((tmp / OptimizerFileName(0)).string()));
-  RWR_RETURN_IF_ERROR(WriteText(tmp / "trainer_state.json", data.state.ToJson().dump(2) + "\n"));
-  for (const auto& entry : fs::directory_iterator(tmp)) SyncPath(entry.path(), false);
-  RWR_RETURN_IF_ERROR(WriteText(tmp / "DONE", fmt::format("step {}\n", data.state.step)));
-  SyncPath(tmp / "DONE", false);
-  SyncPath(tmp, true);
+  if (absl::Status written = WriteCheckpointFiles(tmp, data); !written.ok()) {
+    // Most often a full disk or quota: free what the half-written checkpoint holds, which other
+    // jobs on the file system (and the next save) need.
+    fs::remove_all(tmp, ec);
+    return written;
+  }
   if (fs::exists(final_dir)) fs::remove_all(final_dir, ec);  // re-save of the same step
   fs::rename(tmp, final_dir, ec);
   if (ec)
     return absl::UnavailableError(fmt::format("cannot rename {}: {}", tmp.string(), ec.message()));
   SyncPath(checkpoints_dir, true);
 
-  if (keep > 0) {
-    auto all = ListCheckpoints(checkpoints_dir);
-    for (size_t i = 0; i + keep < all.size(); ++i) fs::remove_all(all[i], ec);
-  }
+  if (keep > 0) PruneCheckpoints(checkpoints_dir, data.state.step, keep);
   return final_dir.string();
 }
 

@@ -54,8 +54,10 @@ std::string OptimizerFileName(int rank);   // "optimizer_rank00003.safetensors"
 // A checkpoint's trainer_state.json; an error names the file (missing, not JSON, bad fields).
 absl::StatusOr<TrainerState> ReadTrainerState(const std::string& dir);
 
-// Writes `data` as checkpoints_dir/step_NNNNNNNN atomically; keeps the newest `keep` complete
-// checkpoints (0: keep all). Returns the final directory.
+// Writes `data` as checkpoints_dir/step_NNNNNNNN atomically (a failed write removes its .tmp);
+// keeps the newest `keep` complete checkpoints up to this step (0: keep all; later steps, which
+// only a resume that passed them over as unreadable leaves, are not counted). Returns the final
+// directory.
 absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
                                            const CheckpointData& data, int keep = 0);
 

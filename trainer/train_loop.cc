@@ -3,12 +3,15 @@
 
 #include <sys/resource.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
 
+#include "common/dir_lock.h"
 #include "common/sha256.h"
 #include "common/shutdown.h"
 #include "common/status.h"
@@ -21,7 +24,6 @@
 #include "trainer/model_io.h"
 #include "trainer/optimizer.h"
 #include "trainer/rng.h"
-#include "trainer/run_lock.h"
 #ifdef RWR_TRAINER_HAVE_CUDA
 #include "trainer/mamba_cuda.h"
 #endif
@@ -138,12 +140,50 @@ absl::StatusOr<Settings> ReadSettings(const Config& c) {
   RWR_RETURN_IF_ERROR(positive(s.grad_accum, "train.grad_accum"));
   RWR_RETURN_IF_ERROR(positive(s.log_every, "train.log_every"));
   RWR_RETURN_IF_ERROR(positive(s.max_nonfinite, "train.max_nonfinite"));
-  if (s.threads < 0) {
-    return absl::InvalidArgumentError("config key 'train.threads' must be >= 0 (0: every core)");
-  }
+  RWR_RETURN_IF_ERROR(positive(s.eval_batches, "train.eval_batches"));
+  // Counts where 0 means "off" or "the default": a negative one would silently mean the same.
+  auto non_negative = [](int64_t v, const char* key, const char* zero) -> absl::Status {
+    if (v < 0) {
+      return absl::InvalidArgumentError(
+          fmt::format("config key '{}' must be >= 0 ({}), got {}", key, zero, v));
+    }
+    return absl::OkStatus();
+  };
+  RWR_RETURN_IF_ERROR(non_negative(s.threads, "train.threads", "0: every core"));
+  RWR_RETURN_IF_ERROR(non_negative(s.seq_len, "train.seq_len", "0: the dataset's"));
+  RWR_RETURN_IF_ERROR(non_negative(s.chunk_len, "train.chunk_len", "0: whole rows"));
+  RWR_RETURN_IF_ERROR(non_negative(s.warmup_steps, "train.warmup_steps", "0: no warmup"));
+  RWR_RETURN_IF_ERROR(non_negative(s.eval_every, "train.eval_every", "0: no evaluation"));
+  RWR_RETURN_IF_ERROR(
+      non_negative(s.checkpoint_every, "train.checkpoint_every", "0: only at the end"));
+  RWR_RETURN_IF_ERROR(non_negative(s.keep_checkpoints, "train.keep_checkpoints", "0: keep all"));
+  RWR_RETURN_IF_ERROR(
+      non_negative(s.max_steps_this_run, "train.max_steps_this_run", "0: no limit"));
   if (s.lr <= 0 || s.min_lr < 0 || s.min_lr > s.lr) {
     return absl::InvalidArgumentError(
-        "config: need train.lr > 0 and 0 <= train.min_lr <= train.lr");
+        fmt::format("config: need train.lr > 0 and 0 <= train.min_lr <= train.lr (got lr {}, "
+                    "min_lr {})",
+                    s.lr, s.min_lr));
+  }
+  // AdamW divides by 1 - beta^t and by sqrt(v) + eps: a beta of 1 or more, or eps <= 0, turns the
+  // first update into NaN weights (which a checkpoint would then keep).
+  if (s.beta1 < 0 || s.beta1 >= 1 || s.beta2 < 0 || s.beta2 >= 1 || s.eps <= 0) {
+    return absl::InvalidArgumentError(fmt::format(
+        "config: need 0 <= train.beta1, train.beta2 < 1 and train.eps > 0 (got beta1 {}, beta2 {}, "
+        "eps {})",
+        s.beta1, s.beta2, s.eps));
+  }
+  if (s.weight_decay < 0 || s.clip_norm < 0) {
+    return absl::InvalidArgumentError(
+        fmt::format("config: need train.weight_decay >= 0 and train.clip_norm >= 0 (0: off) (got "
+                    "weight_decay {}, clip_norm {})",
+                    s.weight_decay, s.clip_norm));
+  }
+  if (s.eval_every > 0 && s.eval_dir.empty()) {
+    return absl::InvalidArgumentError(fmt::format(
+        "train.eval_every {} needs data.eval_dir (a dataset from `rwr data build` to evaluate "
+        "on): set it, or train.eval_every=0",
+        s.eval_every));
   }
   return s;
 }
@@ -210,6 +250,19 @@ struct Resumed {
   std::string dir;
   CheckpointData data;
 };
+
+// ListCheckpoints reads an unlistable directory as empty; for the run directory that would start
+// the run afresh over the one there (its metrics dropped, new checkpoints mixed with the old).
+absl::Status CheckCheckpointsListable(const std::string& dir) {
+  std::error_code ec;
+  fs::directory_iterator listing(dir, ec);
+  if (!ec || ec == std::errc::no_such_file_or_directory) return absl::OkStatus();
+  return absl::UnavailableError(fmt::format(
+      "cannot list {} ({}): it may hold this run's checkpoints, so the run does not start afresh; "
+      "make it a readable directory",
+      dir, ec.message()));
+}
+
 absl::StatusOr<std::optional<Resumed>> LoadNewestCheckpoint(const std::string& dir, int rank) {
   const std::vector<std::string> all = ListCheckpoints(dir);
   std::string newest_error;
@@ -260,6 +313,27 @@ absl::Status CheckResumable(const Resumed& resumed, const MambaConfig& model_con
   return absl::OkStatus();
 }
 
+// The held-out data must be tokens of the model's vocabulary (a larger one would index past the
+// embeddings) and of the training data's tokenizer (else the eval loss measures nothing).
+absl::Status CheckEvalData(const storage::ShardManifest& eval, const std::string& eval_dir,
+                           const MambaConfig& model_config, const std::string& tokenizer_sha,
+                           const std::string& data_dir) {
+  if (static_cast<int64_t>(eval.vocab_size) > model_config.vocab_size) {
+    return absl::InvalidArgumentError(fmt::format(
+        "data.eval_dir {} has vocab {} but the model's vocab_size is {}: build it with the "
+        "tokenizer of data.dir",
+        eval_dir, eval.vocab_size, model_config.vocab_size));
+  }
+  const std::string eval_sha = DataTokenizerSha(eval);
+  if (!eval_sha.empty() && !tokenizer_sha.empty() && eval_sha != tokenizer_sha) {
+    return absl::InvalidArgumentError(fmt::format(
+        "data.eval_dir {} was built with another tokenizer (sha256 {}) than data.dir {} ({}): "
+        "build both with the same tokenizer",
+        eval_dir, eval_sha.substr(0, 12), data_dir, tokenizer_sha.substr(0, 12)));
+  }
+  return absl::OkStatus();
+}
+
 // A model directory's tokenizer.json, where it has one, must be the one the data was built with.
 absl::Status CheckModelTokenizer(const std::string& model_dir, const std::string& tokenizer_sha,
                                  const std::string& data_dir) {
@@ -302,16 +376,27 @@ class MetricsLog {
       }
     }
     MetricsLog log;
+    log.path_ = path.string();
     log.out_.open(path, std::ios::app);
     if (!log.out_) return absl::UnavailableError(fmt::format("cannot write {}", path.string()));
     return log;
   }
-  void Append(const json& record) {
+  // A line that cannot be written (a full disk or quota) stops the run: the checkpoint that would
+  // follow needs far more room, and a run that went on would leave steps out of the log.
+  absl::Status Append(const json& record) {
     out_ << record.dump() << "\n";
     out_.flush();
+    if (!out_) {
+      return absl::UnavailableError(fmt::format(
+          "cannot append step {} to {} ({}): free space there and rerun, which resumes from the "
+          "last checkpoint",
+          record.value("step", int64_t{-1}), path_, std::strerror(errno)));
+    }
+    return absl::OkStatus();
   }
 
  private:
+  std::string path_;
   std::ofstream out_;
 };
 
@@ -390,13 +475,20 @@ train:
 }
 
 absl::StatusOr<MambaConfig> ModelConfigFromRunConfig(const Config& config) {
+  // Checked here rather than in Train: `rwr model init` (and the benches) read the model through
+  // this too, and would otherwise build another model than the inline keys they log.
   if (config.Has("model.init_from")) {
     RWR_ASSIGN_OR_RETURN(std::string dir, config.Get<std::string>("model.init_from"));
-    return MambaConfig::FromJsonFile((fs::path(dir) / "config.json").string());
+    RWR_ASSIGN_OR_RETURN(MambaConfig model,
+                         MambaConfig::FromJsonFile((fs::path(dir) / "config.json").string()));
+    RWR_RETURN_IF_ERROR(CheckInlineModelKeys(config, model, dir));
+    return model;
   }
   if (config.Has("model.config")) {
     RWR_ASSIGN_OR_RETURN(std::string path, config.Get<std::string>("model.config"));
-    return MambaConfig::FromJsonFile(path);
+    RWR_ASSIGN_OR_RETURN(MambaConfig model, MambaConfig::FromJsonFile(path));
+    RWR_RETURN_IF_ERROR(CheckInlineModelKeys(config, model, path));
+    return model;
   }
   YAML::Node node = config.root()["model"];
   if (!node.IsDefined() || !node.IsMap()) {
@@ -404,7 +496,7 @@ absl::StatusOr<MambaConfig> ModelConfigFromRunConfig(const Config& config) {
         "config has no model: section (give model.init_from: DIR, model.config: config.json, or "
         "the HF keys inline as in configs/models/tiny.yaml)");
   }
-  return MambaConfig::FromJson(YamlToJson(node), "config model:");
+  return MambaConfig::FromJson(YamlToJson(node), "config section 'model'");
 }
 
 absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
@@ -414,13 +506,6 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
   std::string init_from;
   if (config.Has("model.init_from")) {
     RWR_ASSIGN_OR_RETURN(init_from, config.Get<std::string>("model.init_from"));
-  }
-  if (!init_from.empty() || config.Has("model.config")) {
-    std::string source = init_from;
-    if (source.empty()) {
-      RWR_ASSIGN_OR_RETURN(source, config.Get<std::string>("model.config"));
-    }
-    RWR_RETURN_IF_ERROR(CheckInlineModelKeys(config, model_config, source));
   }
   const fs::path out_dir = s.out_dir;
   const std::string checkpoints_dir = (out_dir / "checkpoints").string();
@@ -456,18 +541,24 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
     eval_options.shuffle = false;
     RWR_ASSIGN_OR_RETURN(eval_loader, storage::ShardLoader::Open(eval_options));
     eval_start = eval_loader->position();
+    RWR_RETURN_IF_ERROR(CheckEvalData(eval_loader->manifest(), s.eval_dir, model_config,
+                                      tokenizer_sha, s.data_dir));
   }
-  std::error_code ec;
-  fs::create_directories(out_dir, ec);
-  if (ec)
-    return absl::UnavailableError(fmt::format("cannot create {}: {}", s.out_dir, ec.message()));
-  // Held until Train returns; taken before the directory is looked at, so that two runs started
-  // together cannot both find it empty. One process (rank 0) speaks for the job.
-  std::optional<RunDirLock> run_lock;
+  // Held until Train returns; taken (the directory created) before the directory is looked at,
+  // so that two runs started together cannot both find it empty. One process (rank 0) speaks for
+  // the job.
+  std::optional<DirLock> run_lock;
   if (comm->rank() == 0) {
-    RWR_ASSIGN_OR_RETURN(RunDirLock lock, RunDirLock::Acquire(s.out_dir, "train.out_dir"));
+    RWR_ASSIGN_OR_RETURN(
+        DirLock lock,
+        DirLock::Acquire(s.out_dir,
+                         {.setting = "train.out_dir",
+                          .command = "rwr train",
+                          .clash = "two runs in one directory would overwrite each other's "
+                                   "checkpoints"}));
     run_lock.emplace(std::move(lock));
   }
+  RWR_RETURN_IF_ERROR(CheckCheckpointsListable(checkpoints_dir));
   if (!s.resume &&
       (!ListCheckpoints(checkpoints_dir).empty() ||
        (fs::exists(out_dir / "metrics.jsonl") && fs::file_size(out_dir / "metrics.jsonl") > 0))) {
@@ -561,9 +652,11 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
 #endif
   spdlog::info("train: running on {}",
                use_cuda ? fmt::format("CUDA ({} GEMMs)", s.gemm) : "the CPU");
-  {
-    std::ofstream cfg(out_dir / "config.yaml");
-    cfg << state.resolved_config_yaml << "\n";
+  // Checked: on a full file system the run stops here, not after hours of steps at the first
+  // checkpoint. Rank 0 writes the run directory's files.
+  if (comm->rank() == 0) {
+    RWR_RETURN_IF_ERROR(storage::WriteFileAtomically((out_dir / "config.yaml").string(),
+                                                     state.resolved_config_yaml + "\n"));
   }
   spdlog::info("train: model {}; data {} ({} rows); {} steps of {}×{}×{} rows",
                model_config.Summary(), s.data_dir, loader->dataset_rows(), s.steps, s.batch_size,
@@ -620,11 +713,19 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
     return comm->Barrier();
   };
 
-  auto evaluate = [&]() -> absl::StatusOr<double> {
+  // The held-out loss, or nullopt where a shutdown signal came before it was done: a long
+  // evaluation would otherwise spend the grace Slurm gives before SIGKILL, and the checkpoint of
+  // the step just done is what that grace is for. (The step's record then has no eval_loss.)
+  auto evaluate = [&]() -> absl::StatusOr<std::optional<double>> {
     RWR_RETURN_IF_ERROR(eval_loader->Restore(eval_start));
     std::vector<double> sums = {0, 0};
     storage::Batch batch;
     for (int64_t i = 0; i < s.eval_batches; ++i) {
+      if (ShutdownRequested()) {
+        spdlog::warn("train: signal {} during the evaluation at step {}; evaluation abandoned",
+                     ShutdownSignal(), state.step);
+        return std::optional<double>();
+      }
       RWR_RETURN_IF_ERROR(eval_loader->Next(&batch));
       LossSum part;
 #ifdef RWR_TRAINER_HAVE_CUDA
@@ -760,12 +861,14 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
 #endif
     if (s.eval_every > 0 && !s.eval_dir.empty() &&
         (state.step % s.eval_every == 0 || state.step == s.steps)) {
-      RWR_ASSIGN_OR_RETURN(double eval_loss, evaluate());
-      record["eval_loss"] = eval_loss;
-      result.last_eval_loss = eval_loss;
+      RWR_ASSIGN_OR_RETURN(std::optional<double> eval_loss, evaluate());
+      if (eval_loss) {
+        record["eval_loss"] = *eval_loss;
+        result.last_eval_loss = *eval_loss;
+      }
     }
     state.last_metrics = record;
-    if (metrics) metrics->Append(record);
+    if (metrics) RWR_RETURN_IF_ERROR(metrics->Append(record));
     if (state.step % s.log_every == 0 || state.step == s.steps || state.step == 1) {
       spdlog::info(
           "step {}/{}  loss {:.4f}{}  lr {:.3e}  grad_norm {:.3f}  {:.0f} tok/s{}  peak {:.2f} GiB",

@@ -30,6 +30,8 @@ namespace rwr::trainer {
 Config DefaultTrainConfig();
 
 // The model described by a run config's `model:` section (init_from, config, or inline keys).
+// Beside model.init_from or model.config, an inline key that disagrees with that config.json is
+// an error naming it.
 absl::StatusOr<MambaConfig> ModelConfigFromRunConfig(const Config& config);
 
 struct TrainResult {

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -85,6 +86,30 @@ TEST(ModelInit, WritesEveryConfigSizeInHfLayout) {
     EXPECT_GE(dt, 0.001 * 0.999);
     EXPECT_LE(dt, 0.1 * 1.001);
   }
+}
+
+// As in `rwr train`, inline model keys beside model.config must agree with that config.json: the
+// command logged hidden_size 32 and wrote a model of 64.
+TEST(ModelInit, InlineKeysThatDisagreeWithModelConfigAreAnError) {
+  const std::string base = TempDir("init_base");
+  ASSERT_EQ(Sh(fmt::format("model init --config {}/configs/models/tiny.yaml --out {} --log-level "
+                           "warn",
+                           kSource, base))
+                .exit_code,
+            0);
+  const std::string out = TempDir("init_differ") + "/model";
+  CommandResult differ = Sh(fmt::format(
+      "model init --config {}/configs/models/tiny.yaml --set model.config={}/config.json --set "
+      "model.hidden_size=32 --out {} --log-level warn",
+      kSource, base, out));
+  EXPECT_EQ(differ.exit_code, 1) << differ.output;
+  EXPECT_NE(differ.output.find("model.hidden_size is 32"), std::string::npos) << differ.output;
+  EXPECT_FALSE(fs::exists(out));
+  CommandResult agree = Sh(fmt::format(
+      "model init --config {}/configs/models/tiny.yaml --set model.config={}/config.json --out {} "
+      "--log-level warn",
+      kSource, base, out));
+  EXPECT_EQ(agree.exit_code, 0) << agree.output;
 }
 
 TEST(ModelInit, Mamba28bConfigHasThePublishedParameterCount) {
@@ -167,6 +192,57 @@ TEST(TrainCli, SigtermCheckpointsExitsZeroAndResumes) {
   ASSERT_TRUE(loaded.ok()) << loaded.status();
 }
 
+// A signal during an evaluation abandons it and checkpoints at once: an evaluation of many
+// batches would otherwise spend the grace Slurm gives between SIGTERM and SIGKILL.
+TEST(TrainCli, SigtermDuringAnEvaluationCheckpointsWithoutFinishingIt) {
+  const std::string data = MakeDataset(16);
+  const std::string out = TempDir("eval_signal");
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const std::string cmd = fmt::format(
+        "exec {} train --config {}/configs/train_tiny.yaml --set data.dir={} --set "
+        "data.eval_dir={} "
+        "--set train.out_dir={} --set train.batch_size=2 --set train.eval_every=2 "
+        "--set train.eval_batches=1000000 --set train.checkpoint_every=0 > {}/train.log 2>&1",
+        kRwr, kSource, data, data, out, out);
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Once step 1 is logged, the signal comes during step 2 or its evaluation (hours of it); either
+  // way that evaluation must not run to its end.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  bool step_logged = false;
+  while (!step_logged && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::ifstream in(out + "/metrics.jsonl");
+    std::string line;
+    step_logged = static_cast<bool>(std::getline(in, line));
+  }
+  ASSERT_TRUE(step_logged) << "training did not start";
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  ASSERT_EQ(kill(pid, SIGTERM), 0);
+  int status = 0;
+  const auto stop_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > stop_deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      FAIL() << "still evaluating 60 s after SIGTERM";
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  auto latest = LatestCheckpoint(out + "/checkpoints");
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_TRUE(LoadCheckpoint(*latest).ok());
+  std::ifstream metrics(out + "/metrics.jsonl");
+  for (std::string line; std::getline(metrics, line);) {
+    EXPECT_EQ(line.find("eval_loss"), std::string::npos) << line;  // no half-done evaluation
+  }
+}
+
 // A key no rwr command reads is an error naming the nearest known one, before anything runs; a
 // pipeline config's sections for other stages (distill:, build:, teacher:) pass.
 TEST(TrainCli, UnknownKeysAreErrorsAndOtherStagesSectionsPass) {
@@ -199,6 +275,50 @@ TEST(TrainCli, UnknownKeysAreErrorsAndOtherStagesSectionsPass) {
                   "--set data.count=10 --log-level error",
                   pipeline, data, TempDir("pipeline_run")));
   EXPECT_EQ(shared.exit_code, 0) << shared.output;
+}
+
+// `rwr train` under a file-size limit, as on a full disk or quota (`ulimit -f` counts 512-byte
+// blocks in /bin/sh; SIGXFSZ ignored, so a write past it fails with EFBIG as ENOSPC would fail).
+CommandResult TrainWithFileSizeLimit(int blocks, const std::string& args) {
+  const std::string log = TempDir("log") + "/out";
+  const int status = std::system(
+      fmt::format("trap '' XFSZ; ulimit -f {}; {} {} > {} 2>&1", blocks, kRwr, args, log).c_str());
+  std::ifstream in(log);
+  return {WEXITSTATUS(status), {std::istreambuf_iterator<char>(in), {}}};
+}
+
+// A write that fails for lack of room stops the run at once with one line naming the file: a
+// metrics line that cannot be written (the run went on, logging nothing, until its checkpoint
+// failed hours later), and a checkpoint that cannot be written (its half-written .tmp, as large
+// as the disk allowed, was left behind).
+TEST(TrainCli, AFullDiskStopsTheRunAtTheWriteThatFailed) {
+  const std::string data = MakeDataset(16);
+  const std::string common = fmt::format(
+      "train --config {}/configs/train_tiny.yaml --set data.dir={} --set train.batch_size=2 "
+      "--set train.log_every=1000 --log-level error",
+      kSource, data);
+  const std::string metrics_run = TempDir("full_metrics");
+  CommandResult metrics = TrainWithFileSizeLimit(
+      4, fmt::format("{} --set train.out_dir={} --set train.steps=40 --set "
+                     "train.checkpoint_every=0",
+                     common, metrics_run));  // 2 KiB: config.yaml, then ~9 metrics lines
+  EXPECT_EQ(metrics.exit_code, 1) << metrics.output;
+  EXPECT_NE(metrics.output.find(metrics_run + "/metrics.jsonl"), std::string::npos)
+      << metrics.output;
+  EXPECT_EQ(std::count(metrics.output.begin(), metrics.output.end(), '\n'), 1) << metrics.output;
+
+  const std::string checkpoint_run = TempDir("full_checkpoint");
+  CommandResult checkpoint = TrainWithFileSizeLimit(
+      64, fmt::format("{} --set train.out_dir={} --set train.steps=4 --set "
+                      "train.checkpoint_every=2",
+                      common, checkpoint_run));  // 32 KiB: the 2 MiB weights do not fit
+  EXPECT_EQ(checkpoint.exit_code, 1) << checkpoint.output;
+  EXPECT_NE(checkpoint.output.find("model.safetensors"), std::string::npos) << checkpoint.output;
+  EXPECT_EQ(std::count(checkpoint.output.begin(), checkpoint.output.end(), '\n'), 1)
+      << checkpoint.output;
+  for (const auto& entry : fs::directory_iterator(checkpoint_run + "/checkpoints")) {
+    ADD_FAILURE() << "left behind: " << entry.path();
+  }
 }
 
 TEST(TrainCli, ErrorsAreOneLine) {

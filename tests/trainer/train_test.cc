@@ -34,24 +34,24 @@ std::string TempDir(const std::string& name) { return rwr::testing::FreshTempDir
 
 // Rows of documents with a learnable pattern (each token predicts the next: t → (3t + 1) mod V),
 // a prompt without loss and a target span with loss.
-std::string MakeDataset(const std::string& name, int rows, uint64_t seed) {
+std::string MakeDataset(const std::string& name, int rows, uint64_t seed, uint32_t vocab = kVocab) {
   const std::string dir = TempDir(name);
   storage::ShardManifest manifest;
-  manifest.vocab_size = kVocab;
+  manifest.vocab_size = vocab;
   manifest.seq_len = 24;
   manifest.pad_id = 0;
-  storage::ShardWriter writer(dir + "/shard_0.rws", {.vocab_size = kVocab, .seq_len = 24});
+  storage::ShardWriter writer(dir + "/shard_0.rws", {.vocab_size = vocab, .seq_len = 24});
   Rng rng(seed);
   for (int r = 0; r < rows; ++r) {
     writer.BeginRow();
     for (int doc = 0; doc < 2; ++doc) {
       std::vector<uint32_t> tokens;
       std::vector<uint8_t> mask;
-      uint32_t t = rng.Next() % kVocab;
+      uint32_t t = rng.Next() % vocab;
       for (int i = 0; i < 12; ++i) {
         tokens.push_back(t);
         mask.push_back(i >= 3);
-        t = (3 * t + 1) % kVocab;
+        t = (3 * t + 1) % vocab;
       }
       EXPECT_TRUE(writer.AddDocument(tokens, mask).ok());
     }
@@ -227,6 +227,65 @@ void SetDataTokenizer(const std::string& data, const std::string& sha) {
   ASSERT_TRUE(manifest->Save(data).ok());
 }
 
+// Settings that contradict each other or are out of range are refused before anything is
+// written, naming the key: each would otherwise run with a silent meaning (no evaluation, an eval
+// loss of 0, NaN weights after the first AdamW step, a negative count read as "off").
+TEST(Train, OutOfRangeOrContradictorySettingsAreErrorsNamingTheKey) {
+  const std::string data = MakeDataset("settings", 8, 6);
+  SingleRankCommunicator comm;
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {"data.eval_dir=''", "data.eval_dir"},  // eval_every 4 with nothing to evaluate on
+      {"train.eval_batches=0", "train.eval_batches"},
+      {"train.eval_every=-1", "train.eval_every"},
+      {"train.checkpoint_every=-3", "train.checkpoint_every"},
+      {"train.keep_checkpoints=-1", "train.keep_checkpoints"},
+      {"train.warmup_steps=-2", "train.warmup_steps"},
+      {"train.max_steps_this_run=-1", "train.max_steps_this_run"},
+      {"train.seq_len=-5", "train.seq_len"},
+      {"train.chunk_len=-4", "train.chunk_len"},
+      {"train.beta1=1.5", "train.beta1"},
+      {"train.beta2=1", "train.beta2"},
+      {"train.eps=0", "train.eps"},
+      {"train.weight_decay=-0.1", "train.weight_decay"},
+      {"train.clip_norm=-1", "train.clip_norm"},
+      {"train.min_lr=0.5", "min_lr 0.5"},  // above lr 0.01: the message shows the values
+  };
+  for (const auto& [set, key] : refused) {
+    const std::string out = TempDir("settings_out") + "/run";
+    auto result = Train(MakeConfig(data, out, {set}), &comm);
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << set;
+    EXPECT_NE(std::string(result.status().message()).find(key), std::string::npos)
+        << set << ": " << result.status();
+    EXPECT_FALSE(fs::exists(out)) << set;  // refused before anything was written
+  }
+}
+
+// The held-out data is checked like the training data: tokens past the model's vocabulary would
+// index past the embeddings, and another tokenizer's tokens make the eval loss meaningless.
+TEST(Train, EvalDataMustFitTheModelAndTheTokenizer) {
+  const std::string data = MakeDataset("eval_data", 20, 15);
+  const std::string wide = MakeDataset("eval_wide", 20, 15, /*vocab=*/4 * kVocab);
+  SingleRankCommunicator comm;
+  auto too_wide =
+      Train(MakeConfig(data, TempDir("eval_wide_out"), {"data.eval_dir=" + wide}), &comm);
+  EXPECT_EQ(too_wide.status().code(), absl::StatusCode::kInvalidArgument) << too_wide.status();
+  EXPECT_NE(std::string(too_wide.status().message()).find("data.eval_dir"), std::string::npos)
+      << too_wide.status();
+
+  const std::string other = MakeDataset("eval_other", 20, 16);
+  SetDataTokenizer(data, std::string(64, 'a'));
+  SetDataTokenizer(other, std::string(64, 'b'));
+  auto other_tokenizer =
+      Train(MakeConfig(data, TempDir("eval_tok_out"), {"data.eval_dir=" + other}), &comm);
+  EXPECT_EQ(other_tokenizer.status().code(), absl::StatusCode::kInvalidArgument)
+      << other_tokenizer.status();
+  SetDataTokenizer(other, std::string(64, 'a'));
+  EXPECT_TRUE(
+      Train(MakeConfig(data, TempDir("eval_same_out"), {"data.eval_dir=" + other, "train.steps=2"}),
+            &comm)
+          .ok());
+}
+
 TEST(Train, ResumeFalseRefusesADirectoryThatHoldsARun) {
   const std::string data = MakeDataset("fresh", 20, 9);
   const std::string out = TempDir("fresh_out");
@@ -271,6 +330,51 @@ TEST(Train, ADamagedNewestCheckpointFallsBackToTheOneBefore) {
   }
   auto none = Train(MakeConfig(data, out, {"train.steps=9"}), &comm);
   EXPECT_EQ(none.status().code(), absl::StatusCode::kDataLoss) << none.status();
+}
+
+// A resume that passed over a damaged newest checkpoint (step 8) writes older steps again; with
+// train.keep_checkpoints lowered to 1, pruning counted the damaged one as the newest to keep and
+// deleted the checkpoint it had just written, leaving nothing a rerun could load.
+TEST(Train, PruningNeverCountsCheckpointsPastTheOneJustWritten) {
+  const std::string data = MakeDataset("prune", 20, 17);
+  const std::string out = TempDir("prune_out");
+  const std::string ckpts = out + "/checkpoints/";
+  SingleRankCommunicator comm;
+  ASSERT_TRUE(Train(MakeConfig(data, out, {"train.keep_checkpoints=2"}), &comm).ok());  // 6, 8
+  fs::resize_file(ckpts + "step_00000008/model.safetensors", 100);
+  auto stopped = Train(
+      MakeConfig(data, out, {"train.keep_checkpoints=1", "train.max_steps_this_run=1"}), &comm);
+  ASSERT_TRUE(stopped.ok()) << stopped.status();
+  EXPECT_EQ(stopped->start_step, 6);
+  EXPECT_EQ(stopped->last_checkpoint, ckpts + "step_00000007");
+  EXPECT_TRUE(LoadCheckpoint(ckpts + "step_00000007").ok());
+  EXPECT_FALSE(fs::exists(ckpts + "step_00000006"));  // older than the one kept
+
+  auto rerun = Train(MakeConfig(data, out, {"train.keep_checkpoints=1"}), &comm);
+  ASSERT_TRUE(rerun.ok()) << rerun.status();
+  EXPECT_EQ(rerun->start_step, 7);
+  EXPECT_EQ(ListCheckpoints(ckpts), std::vector<std::string>{ckpts + "step_00000008"});
+  EXPECT_TRUE(LoadCheckpoint(ckpts + "step_00000008").ok());  // the damaged one was replaced
+  EXPECT_EQ(MetricSteps(out), Range(1, 8));
+}
+
+// A checkpoints/ that cannot be listed (here: not a directory; on a cluster an I/O error or lost
+// permission) read as "no checkpoint": the run restarted at step 0 and dropped the metrics.
+TEST(Train, AnUnlistableCheckpointsDirectoryIsAnErrorNotAFreshStart) {
+  const std::string data = MakeDataset("unlistable", 20, 18);
+  const std::string out = TempDir("unlistable_out");
+  SingleRankCommunicator comm;
+  ASSERT_TRUE(Train(MakeConfig(data, out, {"train.steps=3"}), &comm).ok());
+  const std::string metrics = ReadAll(out + "/metrics.jsonl");
+  fs::rename(out + "/checkpoints", out + "/checkpoints.moved");
+  std::ofstream(out + "/checkpoints") << "not a directory";
+  // (Another lr, so that steps run afresh would log other losses.)
+  auto again = Train(MakeConfig(data, out, {"train.steps=6", "train.lr=0.02"}), &comm);
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kUnavailable) << again.status();
+  EXPECT_NE(std::string(again.status().message()).find("cannot list " + out + "/checkpoints"),
+            std::string::npos)
+      << again.status();
+  EXPECT_EQ(ReadAll(out + "/metrics.jsonl"), metrics);  // the run is untouched
 }
 
 TEST(Train, AFinishedRunHasNothingToDo) {

@@ -1,6 +1,6 @@
-// RunDirLock (trainer/run_lock.h) between real processes: a second process is refused with the
-// holder named (host, pid, Slurm job), and a holder killed with SIGKILL leaves no stale lock.
-#include "trainer/run_lock.h"
+// DirLock (common/dir_lock.h) between real processes: a second process is refused with the holder
+// named (host, pid, Slurm job), and a holder killed with SIGKILL leaves no stale lock.
+#include "common/dir_lock.h"
 
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -13,8 +13,12 @@
 #include "fmt/format.h"
 #include "tests/support/temp_dir.h"
 
-namespace rwr::trainer {
+namespace rwr {
 namespace {
+
+constexpr DirLockUse kUse = {.setting = "train.out_dir",
+                             .command = "rwr train",
+                             .clash = "two runs would overwrite each other's checkpoints"};
 
 // A child process that takes the lock (as Slurm job 4242), tells the parent through a pipe, and
 // holds it until it is killed. Returns its pid once it holds the lock (-1 if it could not).
@@ -25,7 +29,7 @@ pid_t StartHolder(const std::string& dir) {
   if (pid == 0) {
     close(ready[0]);
     setenv("SLURM_JOB_ID", "4242", 1);
-    auto lock = RunDirLock::Acquire(dir, "train.out_dir");
+    auto lock = DirLock::Acquire(dir, kUse);
     const char byte = lock.ok() ? '1' : '0';
     (void)!write(ready[1], &byte, 1);
     while (true) pause();
@@ -42,12 +46,12 @@ pid_t StartHolder(const std::string& dir) {
   return pid;
 }
 
-TEST(RunDirLock, ASecondProcessIsRefusedAndAKilledHolderLeavesNoStaleLock) {
-  const std::string dir = rwr::testing::FreshTempDir("run_lock", "run");
+TEST(DirLock, ASecondProcessIsRefusedAndAKilledHolderLeavesNoStaleLock) {
+  const std::string dir = testing::FreshTempDir("dir_lock", "run");
   const pid_t holder = StartHolder(dir);
   ASSERT_GT(holder, 0) << "the child could not take a free lock";
 
-  auto refused = RunDirLock::Acquire(dir, "train.out_dir");
+  auto refused = DirLock::Acquire(dir, kUse);
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
   const std::string message(refused.status().message());
@@ -56,17 +60,22 @@ TEST(RunDirLock, ASecondProcessIsRefusedAndAKilledHolderLeavesNoStaleLock) {
       << message;
   EXPECT_NE(message.find(fmt::format("pid {}, Slurm job 4242, since ", holder)), std::string::npos)
       << message;
+  EXPECT_NE(
+      message.find("): two runs would overwrite each other's checkpoints; wait for it to end, "
+                   "or give this one another train.out_dir"),
+      std::string::npos)
+      << message;
 
   ASSERT_EQ(kill(holder, SIGKILL), 0);
   ASSERT_EQ(waitpid(holder, nullptr, 0), holder);
-  auto taken = RunDirLock::Acquire(dir, "train.out_dir");
+  auto taken = DirLock::Acquire(dir, kUse);
   EXPECT_TRUE(taken.ok()) << "stale after the holder's SIGKILL: " << taken.status();
 }
 
-TEST(RunDirLock, ReleasedWhenTheHolderGoesAway) {
-  const std::string dir = rwr::testing::FreshTempDir("run_lock", "release");
+TEST(DirLock, ReleasedWhenTheHolderGoesAway) {
+  const std::string dir = testing::FreshTempDir("dir_lock", "release");
   {
-    auto first = RunDirLock::Acquire(dir, "train.out_dir");
+    auto first = DirLock::Acquire(dir, kUse);
     ASSERT_TRUE(first.ok()) << first.status();
   }
   // Another process now finds it free.
@@ -77,4 +86,4 @@ TEST(RunDirLock, ReleasedWhenTheHolderGoesAway) {
 }
 
 }  // namespace
-}  // namespace rwr::trainer
+}  // namespace rwr

@@ -1,5 +1,5 @@
-// RunDirLock (see run_lock.h).
-#include "trainer/run_lock.h"
+// DirLock (see dir_lock.h).
+#include "common/dir_lock.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -15,7 +15,7 @@
 #include "fmt/format.h"
 #include "spdlog/spdlog.h"
 
-namespace rwr::trainer {
+namespace rwr {
 namespace {
 
 // What the lock file says of its holder: "host H, pid P, Slurm job J, since T".
@@ -38,12 +38,18 @@ std::string ReadHolder(int fd) {
 
 }  // namespace
 
-absl::StatusOr<RunDirLock> RunDirLock::Acquire(const std::string& dir, std::string_view what) {
-  const std::string path = (std::filesystem::path(dir) / ".lock").string();
+absl::StatusOr<DirLock> DirLock::Acquire(const std::string& dir, const DirLockUse& use) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) {
+    return absl::UnavailableError(
+        fmt::format("{} {}: cannot create it: {}", use.setting, dir, ec.message()));
+  }
+  const std::string path = (std::filesystem::path(dir) / kFileName).string();
   const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) {
     return absl::UnavailableError(
-        fmt::format("{} {}: cannot open {}: {}", what, dir, path, std::strerror(errno)));
+        fmt::format("{} {}: cannot open {}: {}", use.setting, dir, path, std::strerror(errno)));
   }
   struct flock whole = {};
   whole.l_type = F_WRLCK;
@@ -54,27 +60,26 @@ absl::StatusOr<RunDirLock> RunDirLock::Acquire(const std::string& dir, std::stri
       const std::string holder = ReadHolder(fd);
       close(fd);
       return absl::FailedPreconditionError(fmt::format(
-          "{} {} is in use by another rwr train ({}): two runs in one directory would overwrite "
-          "each other's checkpoints; wait for that run to end, or give this one another {}",
-          what, dir, holder.empty() ? "starting up" : holder, what));
+          "{} {} is in use by another {} ({}): {}; wait for it to end, or give this one another {}",
+          use.setting, dir, use.command, holder.empty() ? "starting up" : holder, use.clash,
+          use.setting));
     }
-    // A file system without record locks (ENOLCK, EINVAL): training goes on unguarded rather than
-    // not at all.
-    spdlog::warn("{} {}: cannot lock {} ({}); nothing stops a second run from using it too", what,
-                 dir, path, std::strerror(error));
+    // A file system without record locks (ENOLCK, EINVAL).
+    spdlog::warn("{} {}: cannot lock {} ({}); nothing stops a second {} from using it too",
+                 use.setting, dir, path, std::strerror(error), use.command);
     close(fd);
-    return RunDirLock(-1);
+    return DirLock(-1);
   }
   const std::string holder = HolderLine() + "\n";
   if (ftruncate(fd, 0) != 0 || pwrite(fd, holder.data(), holder.size(), 0) < 0) {
-    spdlog::warn("{} {}: cannot write the holder into {}: {}", what, dir, path,
+    spdlog::warn("{} {}: cannot write the holder into {}: {}", use.setting, dir, path,
                  std::strerror(errno));
   }
-  return RunDirLock(fd);
+  return DirLock(fd);
 }
 
-RunDirLock::~RunDirLock() {
-  if (fd_ >= 0) close(fd_);  // drops the lock; the file stays (removing it would race a taker)
+DirLock::~DirLock() {
+  if (fd_ >= 0) close(fd_);  // drops the lock
 }
 
-}  // namespace rwr::trainer
+}  // namespace rwr
