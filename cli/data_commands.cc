@@ -9,6 +9,7 @@
 #include <string>
 
 #include "cli/command.h"
+#include "common/dir_lock.h"
 #include "common/progress.h"
 #include "common/sha256.h"
 #include "common/shutdown.h"
@@ -128,6 +129,10 @@ struct BuildFlags {
   CLI::Option *input_opt, *cache_opt, *tokenizer_opt, *out_opt, *seq_opt, *layout_opt, *long_opt,
       *template_opt;
 };
+
+// Far above any trainable row (docs/benchmarks.md: 1M tokens on one H200), and low enough that
+// seq_len + 1 and the row arithmetic cannot overflow (--seq-len 9223372036854775807 crashed).
+constexpr int64_t kMaxSeqLen = (int64_t{1} << 31) - 2;
 
 Config BuildDefaults() {
   auto parsed = Config::Parse(R"(
@@ -261,7 +266,11 @@ absl::Status RunBuild(BuildFlags& f) {
   if (out.empty()) return absl::InvalidArgumentError("--out DIR is required");
   RWR_RETURN_IF_ERROR(distill::CheckDatasetDir(out, f.overwrite));  // before any long work
   RWR_ASSIGN_OR_RETURN(int64_t seq_len, config.Get<int64_t>("build.seq_len"));
-  if (seq_len < 8) return absl::InvalidArgumentError(fmt::format("--seq-len {} must be >= 8", seq_len));
+  if (seq_len < 8 || seq_len > kMaxSeqLen) {
+    return absl::InvalidArgumentError(
+        fmt::format("--seq-len {}: expected 8 to {} training positions per row", seq_len,
+                    kMaxSeqLen));
+  }
   RWR_ASSIGN_OR_RETURN(std::string layout_name, config.Get<std::string>("build.layout"));
   storage::RowLayout layout;
   if (layout_name == "packed") layout = storage::RowLayout::kPacked;
@@ -302,11 +311,22 @@ absl::Status RunBuild(BuildFlags& f) {
   // Padding (loader side, never on disk): GPT-NeoX's <|padding|> where the tokenizer has it.
   const int32_t pad_id = tokenizer.token_to_id("<|padding|>").value_or(*eos);
 
+  // Held until the manifest is written: a second build into `out` is refused from here on.
+  // (After CheckDatasetDir, so that a directory of the user's files never gets a .lock.)
+  RWR_ASSIGN_OR_RETURN(
+      const DirLock out_lock,
+      DirLock::Acquire(out, {.setting = "--out",
+                             .command = "rwr data build",
+                             .clash = "two builds in one directory overwrite each other's shards"}));
+
   const auto start = std::chrono::steady_clock::now();
   RWR_ASSIGN_OR_RETURN(std::unique_ptr<ItemIndex> index, ItemIndex::Open(input, cache));
   const std::vector<distill::RecipeItem>& items = index->light();
   const int64_t not_in_cache = index->not_in_cache();
-  if (items.empty()) return absl::InvalidArgumentError("no items in the input");
+  if (items.empty()) {
+    return absl::InvalidArgumentError(fmt::format(
+        "{}: no items (empty, or only blank lines)", input.empty() ? "--cache " + cache : input));
+  }
   spdlog::info("data build: {} items{}", items.size(),
                not_in_cache > 0 ? fmt::format(" ({} not in the cache: plain only)", not_in_cache) : "");
 
@@ -417,8 +437,12 @@ void AddBuild(CLI::App* group) {
                                  "verdicts, negatives)");
   f->tokenizer_opt = cmd->add_option("--tokenizer", f->tokenizer,
                                      "tokenizer.json (default configs/tokenizer/tokenizer.json)");
-  f->out_opt = cmd->add_option("--out", f->out, "Output directory for the shards");
-  f->seq_opt = cmd->add_option("--seq-len", f->seq_len, "Training positions per row (default 2048)");
+  f->out_opt = cmd->add_option("--out", f->out,
+                               "Output directory for the shards: new, empty, what a killed build "
+                               "left, or a dataset (with --overwrite); one build at a time");
+  f->seq_opt = cmd->add_option("--seq-len", f->seq_len,
+                               fmt::format("Training positions per row, 8..{} (default 2048)",
+                                           kMaxSeqLen));
   f->layout_opt = cmd->add_option("--layout", f->layout,
                                   "packed (several samples per row, default) or one_per_row");
   f->long_opt = cmd->add_option("--long-samples", f->long_samples,
@@ -464,6 +488,34 @@ std::string MarkLoss(distill::Tokenizer* tokenizer, const std::vector<int32_t>& 
   return out;
 }
 
+// A shard is the one its manifest entry names only if its header agrees with the entry: a shard
+// copied in from another build, or two shards swapped, each pass their own checksum. The header's
+// payload SHA-256 is the one --no-verify skips recomputing; comparing it costs nothing.
+absl::Status CheckShardAgainstManifest(const std::string& path, const storage::ShardHeader& h,
+                                       const storage::ShardManifestEntry& entry,
+                                       const storage::ShardManifest& manifest) {
+  Sha256Digest digest;
+  std::copy(std::begin(h.payload_sha256), std::end(h.payload_sha256), digest.begin());
+  std::string mismatch;
+  if (!entry.payload_sha256.empty() && ToHex(digest) != entry.payload_sha256) {
+    mismatch = fmt::format("payload SHA-256 {}…, manifest says {}…",
+                           ToHex(digest).substr(0, 12), entry.payload_sha256.substr(0, 12));
+  } else if (h.num_rows != entry.rows || h.num_documents != entry.documents ||
+             h.num_tokens != entry.tokens || h.num_loss_tokens != entry.loss_tokens) {
+    mismatch = fmt::format("rows {} vs {}, tokens {} vs {}", h.num_rows, entry.rows, h.num_tokens,
+                           entry.tokens);
+  } else if (h.vocab_size != manifest.vocab_size || h.seq_len != manifest.seq_len ||
+             h.row_layout != static_cast<uint32_t>(manifest.row_layout)) {
+    mismatch = fmt::format("vocab {} vs {}, seq_len {} vs {}", h.vocab_size, manifest.vocab_size,
+                           h.seq_len, manifest.seq_len);
+  }
+  if (mismatch.empty()) return absl::OkStatus();
+  return absl::DataLossError(fmt::format(
+      "shard {}: not the shard {} names ({}); it was replaced or mixed in from another build — "
+      "rebuild the dataset with `rwr data build`",
+      path, storage::kShardManifestName, mismatch));
+}
+
 absl::Status RunInspect(InspectFlags& f) {
   RWR_ASSIGN_OR_RETURN(Config config, ResolveConfig(f.common, Config(), "data inspect"));
   (void)config;
@@ -489,6 +541,7 @@ absl::Status RunInspect(InspectFlags& f) {
     const std::string path = (std::filesystem::path(f.dir) / entry.file).string();
     RWR_ASSIGN_OR_RETURN(auto reader, storage::ShardReader::Open(path, {.verify_checksum = !f.no_verify}));
     const storage::ShardHeader& h = reader->header();
+    RWR_RETURN_IF_ERROR(CheckShardAgainstManifest(path, h, entry, manifest));
     rows += h.num_rows;
     docs += h.num_documents;
     tokens += h.num_tokens;
@@ -573,8 +626,8 @@ void AddInspect(CLI::App* group) {
       "inspect",
       "Summarize a shard directory (counts, tokens, loss-token fraction, row fill; checksums "
       "verified) and show one decoded sample with its loss spans marked ⟦…⟧.");
+  f->common.log_level = "warn";  // before AddCommonOptions, which shows the default in --help
   AddCommonOptions(cmd, &f->common);
-  f->common.log_level = "warn";
   cmd->add_option("dir", f->dir, "Dataset directory written by `rwr data build`")->required();
   cmd->add_flag("--json", f->json, "Print JSON instead of text");
   cmd->add_option("--row", f->row, "Row whose first document to show (default 0)");

@@ -33,8 +33,8 @@ struct TokenizerFlags {
 };
 
 void AddTokenizerOption(CLI::App* cmd, TokenizerFlags* f) {
+  f->common.log_level = "warn";  // before AddCommonOptions, which shows the default in --help
   AddCommonOptions(cmd, &f->common);
-  f->common.log_level = "warn";
   f->tokenizer_opt = cmd->add_option(
       "--tokenizer", f->tokenizer,
       fmt::format("Hugging Face tokenizer.json (config tokenizer.path; default {})",

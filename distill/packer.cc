@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "common/dir_lock.h"
 #include "common/status.h"
 #include "fmt/format.h"
 #include "spdlog/spdlog.h"
@@ -25,6 +26,10 @@ bool IsBuildFile(std::string_view name) {
          std::all_of(name.begin(), name.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
+// The build's lock (common/dir_lock.h): its own file, never removed (removing it would race a
+// process taking it).
+bool IsLockFile(std::string_view name) { return name == DirLock::kFileName; }
+
 // The files a build into `dir` must remove first (see CheckDatasetDir), manifest first.
 absl::StatusOr<std::vector<fs::path>> FilesToClear(const std::string& dir, bool overwrite) {
   std::error_code ec;
@@ -43,7 +48,7 @@ absl::StatusOr<std::vector<fs::path>> FilesToClear(const std::string& dir, bool 
   if (dataset) files.push_back(manifest);
   for (const fs::directory_entry& entry : fs::directory_iterator(dir, ec)) {
     const std::string name = entry.path().filename().string();
-    if (entry.path() == manifest) continue;
+    if (entry.path() == manifest || IsLockFile(name)) continue;
     if (entry.is_regular_file() && IsBuildFile(name)) {
       files.push_back(entry.path());
     } else if (!dataset) {  // a dataset's directory may hold other files; they stay

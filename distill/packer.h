@@ -37,10 +37,11 @@ struct PackerOptions {
 
 // What a dataset directory may hold before a build writes into it: nothing; a dataset (a
 // manifest: replaced only with `overwrite`); or what an interrupted build left (shard files and
-// .tmp files, no manifest: cleared). Anything else is the user's, and a build never writes among
-// the user's files. CheckDatasetDir only checks, so that a caller can refuse before long work;
-// Packer::Create checks again and clears (the old manifest first, so a crash midway never leaves
-// a manifest pointing at a mix of old and new shards).
+// .tmp files, no manifest: cleared). The build's .lock (common/dir_lock.h) may be there and stays.
+// Anything else is the user's, and a build never writes among the user's files. CheckDatasetDir
+// only checks, so that a caller can refuse before long work; Packer::Create checks again and
+// clears (the old manifest first, so a crash midway never leaves a manifest pointing at a mix of
+// old and new shards).
 absl::Status CheckDatasetDir(const std::string& dir, bool overwrite);
 
 struct PackerStats {

@@ -40,9 +40,28 @@ std::string_view SampleKindName(SampleKind kind) {
   return "?";
 }
 
+// Why a line is not JSON, in nlohmann's words ("invalid string: ill-formed UTF-8 byte"), without
+// its "[json.exception…] parse error at line 1, column N: " prefix and its "; last read: '…'"
+// suffix, which quotes the token read so far: a whole context, and raw invalid bytes.
+std::string ParseErrorReason(const nlohmann::json::parse_error& e) {
+  std::string_view reason = e.what();
+  if (size_t colon = reason.find(": "); colon != std::string_view::npos) {
+    reason.remove_prefix(colon + 2);
+  }
+  if (size_t last = reason.find("; last read:"); last != std::string_view::npos) {
+    reason = reason.substr(0, last);
+  }
+  return std::string(reason);
+}
+
 absl::StatusOr<RecipeItem> ParseRecipeLine(std::string_view line, std::string_view where) {
-  nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return absl::InvalidArgumentError(fmt::format("{}: not valid JSON", where));
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(line);
+  } catch (const nlohmann::json::parse_error& e) {
+    return absl::InvalidArgumentError(fmt::format("{}: not valid JSON at byte {} of the line ({})",
+                                                  where, e.byte, ParseErrorReason(e)));
+  }
   if (!j.is_object()) return absl::InvalidArgumentError(fmt::format("{}: not a JSON object", where));
   RecipeItem item;
   for (auto [key, field] : {std::pair{"id", &item.id}, std::pair{"context", &item.context},

@@ -561,12 +561,12 @@ absl::Status ValidateSynthOptions(const SynthOptions& options) {
   if (options.distractors < 0 || options.distractors > 1000) {
     return absl::InvalidArgumentError("--distractors must be between 0 and 1000");
   }
-  if (options.answer_position > 1) {
+  if (!(options.answer_position <= 1)) {  // NaN too ("--answer-position nan" parses as a number)
     return absl::InvalidArgumentError(
         "--answer-position must be in [0, 1] (relative depth), or 'uniform'");
   }
   if (!(options.tokens_per_word > 0.1 && options.tokens_per_word < 10)) {
-    return absl::InvalidArgumentError("tokens_per_word must be in (0.1, 10)");
+    return absl::InvalidArgumentError("--tokens-per-word must be in (0.1, 10)");
   }
   return absl::OkStatus();
 }

@@ -1,11 +1,14 @@
 // Sample templates (see distill/template.h).
 #include "distill/template.h"
 
+#include <algorithm>
 #include <fstream>
+#include <initializer_list>
 #include <sstream>
 
 #include "common/status.h"
 #include "fmt/format.h"
+#include "fmt/ranges.h"
 #include "yaml-cpp/yaml.h"
 
 namespace rwr::distill {
@@ -30,20 +33,6 @@ absl::Status ValidateParts(const std::vector<TemplatePart>& parts, bool with_not
   if (parts.empty()) {
     return absl::InvalidArgumentError(fmt::format("{}: '{}' has no parts", origin, key));
   }
-  bool context_in_loss = false;
-  if (CountOf(parts, "{context}", &context_in_loss) != 1 || context_in_loss) {
-    return absl::InvalidArgumentError(fmt::format(
-        "{}: '{}' must use {{context}} exactly once, in a part with loss: false", origin, key));
-  }
-  const int notes = CountOf(parts, "{note}");
-  if (with_note ? notes != 1 : notes != 0) {
-    return absl::InvalidArgumentError(fmt::format("{}: '{}' must use {{note}} {}", origin, key,
-                                                  with_note ? "exactly once" : "not at all"));
-  }
-  if (CountOf(parts, "{answer}") != 1 || CountOf(parts, "{question}") != 1) {
-    return absl::InvalidArgumentError(fmt::format(
-        "{}: '{}' must use {{question}} and {{answer}} exactly once each", origin, key));
-  }
   bool any_loss = false;
   for (const auto& part : parts) {
     any_loss |= part.loss;
@@ -58,10 +47,54 @@ absl::Status ValidateParts(const std::vector<TemplatePart>& parts, bool with_not
       }
     }
   }
+  bool context_in_loss = false;
+  if (CountOf(parts, "{context}", &context_in_loss) != 1 || context_in_loss) {
+    return absl::InvalidArgumentError(fmt::format(
+        "{}: '{}' must use {{context}} exactly once, in a part with loss: false", origin, key));
+  }
+  const int notes = CountOf(parts, "{note}");
+  if (with_note ? notes != 1 : notes != 0) {
+    return absl::InvalidArgumentError(fmt::format("{}: '{}' must use {{note}} {}", origin, key,
+                                                  with_note ? "exactly once" : "not at all"));
+  }
+  if (CountOf(parts, "{answer}") != 1 || CountOf(parts, "{question}") != 1) {
+    return absl::InvalidArgumentError(fmt::format(
+        "{}: '{}' must use {{question}} and {{answer}} exactly once each", origin, key));
+  }
   if (!any_loss) {
     return absl::InvalidArgumentError(fmt::format("{}: '{}' has no part with loss: true", origin, key));
   }
   return absl::OkStatus();
+}
+
+// "FILE:LINE" of a node (yaml-cpp counts lines from 0).
+std::string Where(std::string_view origin, const YAML::Node& node) {
+  return node.Mark().is_null() ? std::string(origin)
+                               : fmt::format("{}:{}", origin, node.Mark().line + 1);
+}
+
+// A key the template does not know is a mistake to report, not to skip: a misspelt `empty-note`
+// or `with_notes` would otherwise build every sample with the defaults without a word.
+absl::Status CheckKeys(const YAML::Node& map, std::initializer_list<std::string_view> known,
+                       std::string_view origin, std::string_view what) {
+  for (const auto& entry : map) {
+    const std::string key = entry.first.Scalar();
+    if (std::find(known.begin(), known.end(), key) == known.end()) {
+      return absl::InvalidArgumentError(fmt::format("{}: unknown key '{}' in {}; expected {}",
+                                                    Where(origin, entry.first), key, what,
+                                                    fmt::join(known, ", ")));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> StringField(const YAML::Node& node, std::string_view origin,
+                                        std::string_view what) {
+  if (!node.IsScalar()) {
+    return absl::InvalidArgumentError(
+        fmt::format("{}: {} must be a string", Where(origin, node), what));
+  }
+  return node.Scalar();
 }
 
 absl::StatusOr<std::vector<TemplatePart>> PartsFromYaml(const YAML::Node& node,
@@ -75,11 +108,18 @@ absl::StatusOr<std::vector<TemplatePart>> PartsFromYaml(const YAML::Node& node,
   for (const auto& item : node) {
     if (!item.IsMap() || !item["text"] || !item["loss"]) {
       return absl::InvalidArgumentError(
-          fmt::format("{}: each part of '{}' needs 'text' and 'loss'", origin, key));
+          fmt::format("{}: each part of '{}' needs 'text' and 'loss'", Where(origin, item), key));
     }
+    RWR_RETURN_IF_ERROR(
+        CheckKeys(item, {"text", "loss"}, origin, fmt::format("a part of '{}'", key)));
     TemplatePart part;
-    part.text = item["text"].as<std::string>();
-    part.loss = item["loss"].as<bool>();
+    RWR_ASSIGN_OR_RETURN(part.text, StringField(item["text"], origin,
+                                                fmt::format("'text' of a part of '{}'", key)));
+    if (!YAML::convert<bool>::decode(item["loss"], part.loss)) {
+      return absl::InvalidArgumentError(
+          fmt::format("{}: 'loss' of a part of '{}' must be true or false, not '{}'",
+                      Where(origin, item["loss"]), key, item["loss"].Scalar()));
+    }
     parts.push_back(std::move(part));
   }
   return parts;
@@ -112,9 +152,16 @@ absl::StatusOr<SampleTemplate> SampleTemplate::FromYaml(std::string_view yaml,
     if (!root.IsMap()) {
       return absl::InvalidArgumentError(fmt::format("{}: expected a YAML mapping", origin));
     }
+    RWR_RETURN_IF_ERROR(
+        CheckKeys(root, {"name", "empty_note", "with_note", "without_note"}, origin, "a template"));
     SampleTemplate t;
-    t.name = root["name"] ? root["name"].as<std::string>() : std::string(origin);
-    if (root["empty_note"]) t.empty_note = root["empty_note"].as<std::string>();
+    t.name = std::string(origin);
+    if (root["name"]) {
+      RWR_ASSIGN_OR_RETURN(t.name, StringField(root["name"], origin, "'name'"));
+    }
+    if (root["empty_note"]) {
+      RWR_ASSIGN_OR_RETURN(t.empty_note, StringField(root["empty_note"], origin, "'empty_note'"));
+    }
     RWR_ASSIGN_OR_RETURN(t.with_note, PartsFromYaml(root["with_note"], origin, "with_note"));
     RWR_ASSIGN_OR_RETURN(t.without_note, PartsFromYaml(root["without_note"], origin, "without_note"));
     RWR_RETURN_IF_ERROR(t.Validate(origin));

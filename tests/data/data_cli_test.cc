@@ -2,7 +2,9 @@
 // same seed → same bytes; shards built from `rwr distill run --teacher builtin:extractive` carry
 // loss on exactly the note and answer tokens (decoded and compared with the cached notes); a
 // damaged shard is a one-line error naming the file.
+#include <fcntl.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -223,6 +225,19 @@ TEST(DataCli, BadFlagsAreOneLineErrors) {
   r = RunRwr("data inspect " + dir);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.output, HasSubstr("manifest.json"));
+  // seq_len + 1 overflowed and the build crashed; now a range error before anything is created.
+  r = RunRwr("data build --tokenizer " + kTokenizer + " --out " + dir + "/huge --input " + dir +
+             "/dup.jsonl --seq-len 9223372036854775807");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--seq-len 9223372036854775807: expected 8 to"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/huge"));
+  { std::ofstream(dir + "/blank.jsonl") << "\n\n"; }
+  r = RunRwr("data build --tokenizer " + kTokenizer + " --out " + dir + "/o --input " + dir +
+             "/blank.jsonl");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.output, HasSubstr("blank.jsonl: no items"));
+  // Commands that log at warn by default say so in --help.
+  EXPECT_THAT(RunRwr("data inspect --help").output, HasSubstr("--log-level TEXT=warn"));
 }
 
 TEST(DataCli, SynthOntoADirectoryIsRefusedAndLeavesNoTempFile) {
@@ -274,7 +289,7 @@ TEST(DataCli, BuildNeverWritesAmongUserFilesAndClearsAnInterruptedBuildsLeftover
   ASSERT_EQ(rerun.exit_code, 0) << rerun.output;
   auto manifest = storage::ShardManifest::Load(dir + "/out");
   ASSERT_TRUE(manifest.ok()) << manifest.status();
-  std::vector<std::string> expected = {"manifest.json"};
+  std::vector<std::string> expected = {".lock", "manifest.json"};  // .lock: common/dir_lock.h
   for (const auto& entry : manifest->shards) expected.push_back(entry.file);
   std::sort(expected.begin(), expected.end());
   EXPECT_EQ(Listing(dir + "/out"), expected);
@@ -284,6 +299,60 @@ TEST(DataCli, BuildNeverWritesAmongUserFilesAndClearsAnInterruptedBuildsLeftover
   Result overwritten = RunRwr(build + dir + "/out --overwrite --set build.shard_tokens=1000");
   ASSERT_EQ(overwritten.exit_code, 0) << overwritten.output;
   EXPECT_EQ(Listing(dir + "/out").size(), leftovers);
+}
+
+// A second build into a directory that a running build holds (DIR/.lock, a POSIX record lock:
+// this test process plays the running build) is refused before it touches anything there; once
+// the holder is gone the build runs. Unguarded, the two builds cleared and replaced each other's
+// shards and both exited 0 over a manifest naming shards that were gone or another build's.
+TEST(DataCli, BuildIntoADirectoryAnotherBuildHoldsIsRefused) {
+  const std::string dir = TempDir("locked");
+  ASSERT_EQ(RunRwr("data synth --count 8 --context-tokens 300 --seed 6 --log-level warn --out " +
+                   dir + "/d.jsonl").exit_code, 0);
+  const std::string build = "data build --log-level warn --seq-len 512 --tokenizer " + kTokenizer +
+                            " --input " + dir + "/d.jsonl --out " + dir + "/out";
+  std::filesystem::create_directories(dir + "/out");
+  { std::ofstream(dir + "/out/shard_00000.rws") << "the running build's shard"; }
+  const int fd = ::open((dir + "/out/.lock").c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0);
+  struct flock whole = {};
+  whole.l_type = F_WRLCK;
+  whole.l_whence = SEEK_SET;
+  ASSERT_EQ(::fcntl(fd, F_SETLK, &whole), 0);
+  ASSERT_EQ(::pwrite(fd, "host h, pid 1\n", 14, 0), 14);
+
+  Result refused = RunRwr(build);
+  EXPECT_EQ(refused.exit_code, 1) << refused.output;
+  EXPECT_THAT(refused.output, HasSubstr("in use by another rwr data build (host h, pid 1)"));
+  EXPECT_EQ(ReadFile(dir + "/out/shard_00000.rws"), "the running build's shard");
+  EXPECT_FALSE(std::filesystem::exists(dir + "/out/manifest.json"));
+
+  ::close(fd);  // the holder ends
+  Result built = RunRwr(build);
+  ASSERT_EQ(built.exit_code, 0) << built.output;
+  EXPECT_EQ(RunRwr("data inspect " + dir + "/out").exit_code, 0);
+}
+
+// Each shard passes its own checksum, so a shard swapped with another or copied in from another
+// build went unnoticed ("checksums verified"); inspect now holds every shard to its manifest entry.
+TEST(DataCli, InspectRefusesAShardThatIsNotTheOneItsManifestNames) {
+  const std::string dir = TempDir("foreign_shard");
+  ASSERT_EQ(RunRwr("data synth --count 8 --context-tokens 300 --seed 7 --log-level warn --out " +
+                   dir + "/d.jsonl").exit_code, 0);
+  const std::string build = "data build --log-level warn --seq-len 512 --tokenizer " + kTokenizer +
+                            " --input " + dir + "/d.jsonl --out ";
+  ASSERT_EQ(RunRwr(build + dir + "/a").exit_code, 0);
+  ASSERT_EQ(RunRwr(build + dir + "/b --set recipe.seed=1").exit_code, 0);
+  ASSERT_NE(ReadFile(dir + "/a/shard_00000.rws"), ReadFile(dir + "/b/shard_00000.rws"));
+  std::filesystem::copy_file(dir + "/b/shard_00000.rws", dir + "/a/shard_00000.rws",
+                             std::filesystem::copy_options::overwrite_existing);
+  for (const std::string flags : {"", " --no-verify", " --json"}) {
+    Result r = RunRwr("data inspect " + dir + "/a" + flags);
+    EXPECT_EQ(r.exit_code, 1) << flags << ": " << r.output;
+    EXPECT_THAT(r.output, HasSubstr("shard " + dir +
+                                    "/a/shard_00000.rws: not the shard manifest.json names"));
+  }
+  EXPECT_EQ(RunRwr("data inspect " + dir + "/b").exit_code, 0);
 }
 
 #if RWR_DATA_TEST_HAVE_CACHE

@@ -94,6 +94,37 @@ without_note: [{text: "{context}{question}", loss: false}, {text: "{answer}", lo
   EXPECT_FALSE(SampleTemplate::FromYaml("[1, 2]", "list.yaml").ok());
 }
 
+TEST(SampleTemplate, MisspeltKeysAndBadValuesAreErrorsNamingTheLine) {
+  const std::string parts = R"(with_note:
+  - {text: "{context}\n{question}\nNote:", loss: false}
+  - {text: " {note}\nAnswer: {answer}{eos}", loss: true}
+without_note:
+  - {text: "{context}\n{question}\nAnswer:", loss: false}
+  - {text: " {answer}{eos}", loss: true}
+)";
+  ASSERT_TRUE(SampleTemplate::FromYaml(parts, "ok.yaml").ok());
+  // A misspelt key would otherwise be skipped and the default used without a word.
+  auto misspelt = SampleTemplate::FromYaml(parts + "empty-note: none\n", "t.yaml");
+  ASSERT_FALSE(misspelt.ok());
+  EXPECT_THAT(std::string(misspelt.status().message()),
+              HasSubstr("t.yaml:7: unknown key 'empty-note'"));
+  auto part_key = SampleTemplate::FromYaml(R"(with_note:
+  - {text: "{context}{question}{note}", loss: false, weight: 2}
+)", "t.yaml");
+  EXPECT_THAT(std::string(part_key.status().message()),
+              HasSubstr("t.yaml:2: unknown key 'weight'"));
+  auto bad_loss = SampleTemplate::FromYaml(R"(with_note:
+  - {text: "{context}{question}{note}", loss: false}
+  - {text: "{answer}", loss: maybe}
+)", "t.yaml");
+  EXPECT_THAT(std::string(bad_loss.status().message()),
+              HasSubstr("t.yaml:3: 'loss' of a part of 'with_note' must be true or false, not "
+                        "'maybe'"));
+  auto bad_note = SampleTemplate::FromYaml(parts + "empty_note: [a]\n", "t.yaml");
+  EXPECT_THAT(std::string(bad_note.status().message()),
+              HasSubstr("t.yaml:7: 'empty_note' must be a string"));
+}
+
 TEST(SampleEncoder, LongSamplePolicies) {
   RecipeItem item = Item("x", true, false);
   item.context = std::string(100, 'c');
@@ -193,6 +224,10 @@ TEST(JsonlRecipeSource, ParsesOptionalNoteFieldsAndNamesBadLines) {
   auto missing = ParseRecipeLine(R"({"id":"a","context":"c","question":"q"})", "f:2");
   EXPECT_THAT(std::string(missing.status().message()), HasSubstr("f:2: 'answer'"));
   EXPECT_THAT(std::string(ParseRecipeLine("{oops", "f:3").status().message()), HasSubstr("f:3"));
+  // Structurally fine JSON with a byte that is not UTF-8: the reason, not just "not valid JSON".
+  auto bad_utf8 = ParseRecipeLine("{\"id\":\"a\",\"context\":\"c\xff\"}", "f:4");
+  EXPECT_THAT(std::string(bad_utf8.status().message()), HasSubstr("f:4: not valid JSON at byte"));
+  EXPECT_THAT(std::string(bad_utf8.status().message()), HasSubstr("UTF-8"));
 }
 
 std::string TempDir(const std::string& name) {

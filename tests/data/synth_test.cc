@@ -2,6 +2,7 @@
 // requested lengths and depths, hard distractors present.
 #include "distill/synth.h"
 
+#include <cmath>
 #include <string>
 
 #include "gmock/gmock.h"
@@ -96,6 +97,7 @@ TEST(Synth, BadOptionsAreErrors) {
   EXPECT_FALSE(ValidateSynthOptions({.count = 0}).ok());
   EXPECT_FALSE(ValidateSynthOptions({.context_tokens = 10}).ok());
   EXPECT_FALSE(ValidateSynthOptions({.answer_position = 1.5}).ok());
+  EXPECT_FALSE(ValidateSynthOptions({.answer_position = std::nan("")}).ok());  // "nan" parses
   EXPECT_FALSE(ValidateSynthOptions({.context_tokens = 1000, .min_context_tokens = 2000}).ok());
   EXPECT_TRUE(ValidateSynthOptions({}).ok());
 }

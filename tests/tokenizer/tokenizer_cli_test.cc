@@ -29,6 +29,14 @@ TEST(TokenizerCliTest, InfoDescribesTheShippedTokenizer) {
   EXPECT_THAT(r.output, HasSubstr("<|padding|>: 1"));
 }
 
+TEST(TokenizerCliTest, HelpShowsTheWarnLogLevelTheCommandsUse) {
+  for (const char* command : {"info", "encode", "decode"}) {
+    EXPECT_THAT(Rwr(fmt::format("tokenizer {} --help", command)).output,
+                HasSubstr("--log-level TEXT=warn"))
+        << command;
+  }
+}
+
 TEST(TokenizerCliTest, EncodeAndDecodeAgreeWithTheLibrary) {
   absl::StatusOr<Tokenizer> tok = Tokenizer::Load(kTokenizer);
   ASSERT_TRUE(tok.ok()) << tok.status();
