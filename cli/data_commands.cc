@@ -391,10 +391,14 @@ absl::Status RunBuild(BuildFlags& f) {
   progress.Finish();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
+  // Absolute: `data inspect` (and a person) reads them from wherever the dataset is looked at.
+  auto absolute = [](const std::string& path) {
+    return path.empty() ? path : std::filesystem::absolute(path).lexically_normal().string();
+  };
   nlohmann::ordered_json build;
-  build["input"] = input;
-  build["cache"] = cache;
-  build["tokenizer"] = {{"path", tokenizer_path}, {"sha256", tokenizer_sha},
+  build["input"] = absolute(input);
+  build["cache"] = absolute(cache);
+  build["tokenizer"] = {{"path", absolute(tokenizer_path)}, {"sha256", tokenizer_sha},
                         {"vocab_size", tokenizer.vocab_size()}, {"eos_id", *eos}};
   build["template"] = sample_template.ToYaml();
   build["long_samples"] = policy_name;

@@ -593,7 +593,9 @@ std::string SynthItemToJson(const SynthItem& item) {
 
 absl::Status WriteSynthJsonl(const std::string& path, const SynthOptions& options) {
   RWR_RETURN_IF_ERROR(ValidateSynthOptions(options));
-  const std::string tmp = path + ".tmp";
+  // This process's own: two runs writing one --out must not interleave in one file (the last
+  // rename wins, whole).
+  const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
   std::FILE* out = std::fopen(tmp.c_str(), "wb");
   if (out == nullptr) {
     return absl::UnavailableError(fmt::format("cannot create {}: {}", tmp, std::strerror(errno)));

@@ -246,7 +246,9 @@ TEST(DataCli, SynthOntoADirectoryIsRefusedAndLeavesNoTempFile) {
   Result r = RunRwr("data synth --count 4 --context-tokens 200 --log-level warn --out " + dir + "/d");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.output, HasSubstr("is a directory"));
-  EXPECT_FALSE(std::filesystem::exists(dir + "/d.tmp"));
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    EXPECT_EQ(entry.path().filename(), "d") << "left behind: " << entry.path();  // no d.tmp.PID
+  }
   EXPECT_TRUE(std::filesystem::is_empty(dir + "/d"));
 }
 
@@ -331,6 +333,30 @@ TEST(DataCli, BuildIntoADirectoryAnotherBuildHoldsIsRefused) {
   Result built = RunRwr(build);
   ASSERT_EQ(built.exit_code, 0) << built.output;
   EXPECT_EQ(RunRwr("data inspect " + dir + "/out").exit_code, 0);
+}
+
+// The manifest records the input, cache and tokenizer paths absolute: a build run with relative
+// paths (a Slurm job's working directory) and inspected from elsewhere still finds its tokenizer
+// and shows text, not ids.
+TEST(DataCli, ManifestPathsAreAbsoluteSoInspectWorksFromAnywhere) {
+  const std::string dir = TempDir("relative");
+  std::filesystem::copy_file(kTokenizer, dir + "/tok.json");
+  ASSERT_EQ(RunRwr("data synth --count 4 --context-tokens 300 --seed 8 --log-level warn --out " +
+                   dir + "/d.jsonl")
+                .exit_code,
+            0);
+  const Result built =
+      rwr::testing::RunShell("cd '" + dir + "' && '" + std::string(RWR_BINARY) +
+                             "' data build --log-level warn --seq-len 512 --tokenizer tok.json "
+                             "--input d.jsonl --out out 2>&1");
+  ASSERT_EQ(built.exit_code, 0) << built.output;
+  const nlohmann::json build =
+      nlohmann::json::parse(ReadFile(dir + "/out/manifest.json"))["build"];
+  EXPECT_EQ(build["tokenizer"]["path"], dir + "/tok.json");
+  EXPECT_EQ(build["input"], dir + "/d.jsonl");
+  const Result inspected = RunRwr("data inspect " + dir + "/out");
+  ASSERT_EQ(inspected.exit_code, 0) << inspected.output;
+  EXPECT_THAT(inspected.output, HasSubstr("Question:"));
 }
 
 // Each shard passes its own checksum, so a shard swapped with another or copied in from another
