@@ -32,7 +32,7 @@ TEST(TokenizerCliTest, InfoDescribesTheShippedTokenizer) {
 TEST(TokenizerCliTest, HelpShowsTheWarnLogLevelTheCommandsUse) {
   for (const char* command : {"info", "encode", "decode"}) {
     EXPECT_THAT(Rwr(fmt::format("tokenizer {} --help", command)).output,
-                HasSubstr("--log-level TEXT=warn"))
+                ::testing::ContainsRegex("--log-level TEXT(=| \\[)warn"))  // CLI11 2.3 | 2.4
         << command;
   }
 }

@@ -293,9 +293,10 @@ CommandResult TrainWithFileSizeLimit(int blocks, const std::string& args) {
 // as the disk allowed, was left behind).
 TEST(TrainCli, AFullDiskStopsTheRunAtTheWriteThatFailed) {
   const std::string data = MakeDataset(16);
+  // On the CPU: a GPU run's first write is its gemm_algos.json.
   const std::string common = fmt::format(
       "train --config {}/configs/train_tiny.yaml --set data.dir={} --set train.batch_size=2 "
-      "--set train.log_every=1000 --log-level error",
+      "--set train.log_every=1000 --set train.device=cpu --log-level error",
       kSource, data);
   const std::string metrics_run = TempDir("full_metrics");
   CommandResult metrics = TrainWithFileSizeLimit(
