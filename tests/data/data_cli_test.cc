@@ -264,12 +264,20 @@ std::vector<std::string> Listing(const std::string& dir) {
   return names;
 }
 
+// `rwr data synth` of `count` items into DIR/d.jsonl; returns the `data build` arguments over it,
+// up to a trailing "--out ".
+std::string SynthesizeForBuild(const std::string& dir, int count, int context_tokens, int seed) {
+  const Result synth = RunRwr("data synth --count " + std::to_string(count) + " --context-tokens " +
+                              std::to_string(context_tokens) + " --seed " + std::to_string(seed) +
+                              " --log-level warn --out " + dir + "/d.jsonl");
+  EXPECT_EQ(synth.exit_code, 0) << synth.output;
+  return "data build --log-level warn --seq-len 512 --tokenizer " + kTokenizer + " --input " + dir +
+         "/d.jsonl --out ";
+}
+
 TEST(DataCli, BuildNeverWritesAmongUserFilesAndClearsAnInterruptedBuildsLeftovers) {
   const std::string dir = TempDir("out_dir");
-  ASSERT_EQ(RunRwr("data synth --count 16 --context-tokens 600 --seed 5 --log-level warn --out " +
-                   dir + "/d.jsonl").exit_code, 0);
-  const std::string build = "data build --log-level warn --seq-len 512 --tokenizer " + kTokenizer +
-                            " --input " + dir + "/d.jsonl --out ";
+  const std::string build = SynthesizeForBuild(dir, 16, 600, 5);
 
   // A directory of the user's files (no manifest) is refused, with or without --overwrite.
   std::filesystem::create_directories(dir + "/mine");
@@ -311,10 +319,7 @@ TEST(DataCli, BuildNeverWritesAmongUserFilesAndClearsAnInterruptedBuildsLeftover
 // shards and both exited 0 over a manifest naming shards that were gone or another build's.
 TEST(DataCli, BuildIntoADirectoryAnotherBuildHoldsIsRefused) {
   const std::string dir = TempDir("locked");
-  ASSERT_EQ(RunRwr("data synth --count 8 --context-tokens 300 --seed 6 --log-level warn --out " +
-                   dir + "/d.jsonl").exit_code, 0);
-  const std::string build = "data build --log-level warn --seq-len 512 --tokenizer " + kTokenizer +
-                            " --input " + dir + "/d.jsonl --out " + dir + "/out";
+  const std::string build = SynthesizeForBuild(dir, 8, 300, 6) + dir + "/out";
   std::filesystem::create_directories(dir + "/out");
   { std::ofstream(dir + "/out/shard_00000.rws") << "the running build's shard"; }
   const int fd = ::open((dir + "/out/.lock").c_str(), O_RDWR | O_CREAT, 0644);
@@ -365,10 +370,7 @@ TEST(DataCli, ManifestPathsAreAbsoluteSoInspectWorksFromAnywhere) {
 // build went unnoticed ("checksums verified"); inspect now holds every shard to its manifest entry.
 TEST(DataCli, InspectRefusesAShardThatIsNotTheOneItsManifestNames) {
   const std::string dir = TempDir("foreign_shard");
-  ASSERT_EQ(RunRwr("data synth --count 8 --context-tokens 300 --seed 7 --log-level warn --out " +
-                   dir + "/d.jsonl").exit_code, 0);
-  const std::string build = "data build --log-level warn --seq-len 512 --tokenizer " + kTokenizer +
-                            " --input " + dir + "/d.jsonl --out ";
+  const std::string build = SynthesizeForBuild(dir, 8, 300, 7);
   ASSERT_EQ(RunRwr(build + dir + "/a").exit_code, 0);
   ASSERT_EQ(RunRwr(build + dir + "/b --set recipe.seed=1").exit_code, 0);
   ASSERT_NE(ReadFile(dir + "/a/shard_00000.rws"), ReadFile(dir + "/b/shard_00000.rws"));
