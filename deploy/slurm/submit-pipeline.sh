@@ -17,7 +17,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 rwr=${RWR:-rwr}
-config= input= teacher= out= train_sbatch= sbatch_args=
+config='' input='' teacher='' out='' train_sbatch='' sbatch_args=''
 while (($#)); do
   case $1 in
     --config) config=$2; shift 2 ;;
