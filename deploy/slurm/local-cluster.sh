@@ -18,6 +18,14 @@ action=$1
 dir=$(mkdir -p "$2" && cd "$2" && pwd)
 
 stop() {
+  # Its jobs first: a job's processes outlive slurmd otherwise.
+  if [[ -f $dir/slurm.conf && -f $dir/slurmctld.pid ]] && kill -0 "$(cat "$dir/slurmctld.pid")" 2>/dev/null; then
+    SLURM_CONF=$dir/slurm.conf scancel --full --user "$(id -un)" 2>/dev/null || true
+    for _ in $(seq 50); do
+      [[ -z $(SLURM_CONF=$dir/slurm.conf squeue -h -t RUNNING,COMPLETING 2>/dev/null) ]] && break
+      sleep 0.2
+    done
+  fi
   for pidfile in "$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/munge/munged.pid"; do
     [[ -f $pidfile ]] || continue
     local pid
