@@ -43,18 +43,21 @@ void FlagToOverride(const CLI::Option* option, const T& value, std::string_view 
   }
 }
 
-// A flag check for numbers > 0 whose message reads "must be > 0 (got 0)" (CLI11's PositiveNumber
-// prints the whole range, up to 1.8e308 written out).
-inline CLI::Validator Positive() {
+// Flag checks for numbers > 0 and >= 0 whose messages read "must be > 0 (got 0)" (CLI11's
+// PositiveNumber and NonNegativeNumber print the whole range, up to 1.8e308 written out).
+inline CLI::Validator NumberAtLeast(bool zero_allowed) {
   return CLI::Validator(
-      [](std::string& value) -> std::string {
+      [zero_allowed](std::string& value) -> std::string {
         char* end = nullptr;
         const double number = std::strtod(value.c_str(), &end);
         if (value.empty() || *end != '\0') return "expected a number, got " + value;
-        return number > 0 ? std::string() : "must be > 0 (got " + value + ")";
+        if (zero_allowed ? number >= 0 : number > 0) return std::string();
+        return std::string(zero_allowed ? "must be >= 0" : "must be > 0") + " (got " + value + ")";
       },
-      "POSITIVE");
+      zero_allowed ? "NONNEGATIVE" : "POSITIVE");
 }
+inline CLI::Validator Positive() { return NumberAtLeast(false); }
+inline CLI::Validator NonNegative() { return NumberAtLeast(true); }
 
 // defaults, then the --config file, then each --set in order; logs the resolved YAML.
 absl::StatusOr<Config> ResolveConfig(const CommonOptions& options, const Config& defaults,
@@ -84,14 +87,14 @@ void RegisterUnavailableGroup(CLI::App& app, const std::string& name);
 
 // Every group registers itself here (one function per cli/*.cc file).
 void RegisterConfigCommands(CLI::App& app);
-void RegisterTeacherCommands(CLI::App& app);  // cli/teacher_commands.cc (RWR_SERVICES builds)
+void RegisterTeacherCommands(CLI::App& app);     // cli/teacher_commands.cc (RWR_SERVICES builds)
 void RegisterModelCommands(CLI::App& app);       // cli/model_commands.cc
 void RegisterTrainCommands(CLI::App& app);       // cli/train_commands.cc
 void RegisterCheckpointCommands(CLI::App& app);  // cli/checkpoint_commands.cc
 void RegisterExportCommands(CLI::App& app);      // cli/export_commands.cc
-void RegisterDataCommands(CLI::App& app);  // cli/data_commands.cc
-void RegisterTokenizerCommands(CLI::App& app);  // cli/tokenizer_commands.cc
-void RegisterDistillCommands(CLI::App& app);  // cli/distill_commands.cc (RWR_SERVICES builds)
-void RegisterCacheCommands(CLI::App& app);    // cli/cache_commands.cc (RWR_SERVICES builds)
+void RegisterDataCommands(CLI::App& app);        // cli/data_commands.cc
+void RegisterTokenizerCommands(CLI::App& app);   // cli/tokenizer_commands.cc
+void RegisterDistillCommands(CLI::App& app);     // cli/distill_commands.cc (RWR_SERVICES builds)
+void RegisterCacheCommands(CLI::App& app);       // cli/cache_commands.cc (RWR_SERVICES builds)
 
 }  // namespace rwr::cli

@@ -30,7 +30,9 @@ void RegisterModelCommands(CLI::App& app) {
   init->add_option("--out", options->out, "Output directory (created; must be empty)")->required();
   init->add_flag("--overwrite", options->overwrite,
                  "Replace a non-empty --out entirely (none of its old files is kept)");
-  init->add_option("--seed", options->seed, "Initialisation seed")->capture_default_str();
+  init->add_option("--seed", options->seed, "Initialisation seed (0 or more)")
+      ->capture_default_str()
+      ->check(NonNegative());  // "-1" would otherwise wrap to 2^64 - 1
   init->add_option("--dtype", options->dtype, "fp32 or bf16")
       ->capture_default_str()
       ->check(CLI::IsMember({"fp32", "bf16"}));

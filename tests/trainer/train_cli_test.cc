@@ -112,6 +112,16 @@ TEST(ModelInit, InlineKeysThatDisagreeWithModelConfigAreAnError) {
   EXPECT_EQ(agree.exit_code, 0) << agree.output;
 }
 
+// A negative seed is a usage error, not a wrap-around to 2^64 - 1.
+TEST(ModelInit, ANegativeSeedIsRefused) {
+  const std::string out = TempDir("init_seed") + "/model";
+  CommandResult r = Sh(fmt::format(
+      "model init --config {}/configs/models/tiny.yaml --out {} --seed -1", kSource, out));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--seed"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(out));
+}
+
 TEST(ModelInit, Mamba28bConfigHasThePublishedParameterCount) {
   auto config = Config::LoadFile(kSource + "/configs/models/mamba-2.8b.yaml");
   ASSERT_TRUE(config.ok()) << config.status();
