@@ -52,12 +52,17 @@ class DistillRunTest : public ::testing::Test {
     ASSERT_TRUE(cache.ok()) << cache.status();
     cache_ = *std::move(cache);
   }
-  DistillSummary Run(Teacher& teacher, double negative_fraction = 0.5) {
+  // A run over input_ without a progress bar, `in_flight` items at a time (0: the default).
+  DistillRunOptions QuietRun(int in_flight = 0) const {
     DistillRunOptions options;
     options.input_path = input_;
-    options.negative_fraction = negative_fraction;
-    options.items_in_flight = 16;
+    if (in_flight > 0) options.items_in_flight = in_flight;
     options.show_progress = false;
+    return options;
+  }
+  DistillSummary Run(Teacher& teacher, double negative_fraction = 0.5) {
+    DistillRunOptions options = QuietRun(16);
+    options.negative_fraction = negative_fraction;
     auto summary = RunDistill(options, teacher, *cache_);
     EXPECT_TRUE(summary.ok()) << summary.status();
     return summary.ok() ? *summary : DistillSummary{};
@@ -79,10 +84,7 @@ class DistillRunTest : public ::testing::Test {
         MakeTeacher("rwr://127.0.0.1:" + std::to_string((*server)->port()), client_options);
     EXPECT_TRUE(client.ok()) << client.status();
     if (!client.ok()) return {};
-    DistillRunOptions options;
-    options.input_path = input_;
-    options.items_in_flight = 2 * items;
-    options.show_progress = false;
+    DistillRunOptions options = QuietRun(2 * items);
     auto summary = RunDistill(options, **client, *cache_);
     EXPECT_TRUE(summary.ok()) << summary.status();
     if (summary.ok()) {
@@ -332,9 +334,7 @@ TEST_F(DistillRunTest, AnswersSlowerThanTheDeadlineFailWithTheReasonThenRerunFin
 TEST_F(DistillRunTest, BadInputInFailModeStopsBeforeAnyTeacherCall) {
   std::ofstream(input_, std::ios::app) << "{not json\n";
   ScriptedTeacher teacher({});
-  DistillRunOptions options;
-  options.input_path = input_;
-  options.show_progress = false;
+  DistillRunOptions options = QuietRun();
   auto summary = RunDistill(options, teacher, *cache_);
   ASSERT_FALSE(summary.ok());
   EXPECT_NE(std::string(summary.status().message()).find("data.jsonl:41: malformed JSON"),
@@ -355,10 +355,7 @@ TEST_F(DistillRunTest, BadInputInFailModeStopsBeforeAnyTeacherCall) {
 // `rwr distill status`) from the first report on, not only with the summary at the end.
 TEST_F(DistillRunTest, ProgressReportsCarryTheTotalWhileTheRunIsGoing) {
   ScriptedTeacher teacher({.latency_s = 0.01});  // a few hundred ms for the whole run
-  DistillRunOptions options;
-  options.input_path = input_;
-  options.items_in_flight = 4;
-  options.show_progress = false;
+  DistillRunOptions options = QuietRun(4);
   options.progress_interval_s = 0.01;
   std::vector<DistillCounts> reports;  // on_progress runs on the driving thread only
   options.on_progress = [&](const DistillCounts& counts) { reports.push_back(counts); };
@@ -383,10 +380,7 @@ TEST_F(DistillRunTest, TeacherThatFailsEveryCallStopsTheRunAndLeavesTheRestAlone
   constexpr int kMany = 400;
   testing::WriteDistillTestData(input_, kMany);
   ScriptedTeacher down({.fail_every = 1, .fail_code = absl::StatusCode::kUnavailable});
-  DistillRunOptions options;
-  options.input_path = input_;
-  options.items_in_flight = 4;
-  options.show_progress = false;
+  DistillRunOptions options = QuietRun(4);
   auto summary = RunDistill(options, down, *cache_);
   ASSERT_TRUE(summary.ok()) << summary.status();
   EXPECT_FALSE(summary->interrupted);
@@ -412,10 +406,7 @@ TEST_F(DistillRunTest, TeacherThatFailsEveryCallStopsTheRunAndLeavesTheRestAlone
 // as a whole: each item fails on its own and the run goes through the dataset.
 TEST_F(DistillRunTest, FailuresAboutTheRequestDoNotStopTheRun) {
   ScriptedTeacher refusing({.fail_every = 1, .fail_code = absl::StatusCode::kInvalidArgument});
-  DistillRunOptions options;
-  options.input_path = input_;
-  options.items_in_flight = 2;
-  options.show_progress = false;
+  DistillRunOptions options = QuietRun(2);
   auto summary = RunDistill(options, refusing, *cache_);
   ASSERT_TRUE(summary.ok()) << summary.status();
   EXPECT_TRUE(summary->teacher_unusable.empty()) << summary->teacher_unusable;
@@ -482,10 +473,7 @@ TEST_F(DistillRunTest, ADeepTeacherQueuePastTheClientsDeadlineFailsNoItem) {
 // not stop the run, and refusals between failures of a teacher that is down do not hide it.
 TEST_F(DistillRunTest, OverloadIsNeitherTheTeacherDownNorAnAnswer) {
   ScriptedTeacher full({.fail_every = 1, .fail_code = absl::StatusCode::kResourceExhausted});
-  DistillRunOptions options;
-  options.input_path = input_;
-  options.items_in_flight = 1;
-  options.show_progress = false;
+  DistillRunOptions options = QuietRun(1);
   auto summary = RunDistill(options, full, *cache_);
   ASSERT_TRUE(summary.ok()) << summary.status();
   EXPECT_TRUE(summary->teacher_unusable.empty()) << summary->teacher_unusable;
@@ -521,9 +509,7 @@ TEST_F(DistillRunTest, OverloadIsNeitherTheTeacherDownNorAnAnswer) {
 // (or a job's --wait) to go on from.
 TEST_F(DistillRunTest, InputWithNoItemsIsAnError) {
   ScriptedTeacher teacher({});
-  DistillRunOptions options;
-  options.input_path = input_;
-  options.show_progress = false;
+  DistillRunOptions options = QuietRun();
   std::ofstream(input_, std::ios::trunc) << "\n  \n";
   auto summary = RunDistill(options, teacher, *cache_);
   ASSERT_FALSE(summary.ok());
@@ -545,10 +531,7 @@ TEST_F(DistillRunTest, InputWithNoItemsIsAnError) {
 // generator still writing it, a user replacing it — must not end as a success over part of it.
 TEST_F(DistillRunTest, InputChangedBetweenCheckAndReadIsAnError) {
   ScriptedTeacher teacher({});
-  DistillRunOptions options;
-  options.input_path = input_;
-  options.items_in_flight = 4;
-  options.show_progress = false;
+  DistillRunOptions options = QuietRun(4);
   bool rewritten = false;
   // The first report comes once the input is counted, before the second pass opens it.
   options.on_progress = [&](const DistillCounts&) {
@@ -570,9 +553,7 @@ TEST_F(DistillRunTest, StopDuringTheCheckPassEndsTheRunThere) {
   constexpr int kMany = 5000;
   testing::WriteDistillTestData(input_, kMany);
   ScriptedTeacher teacher({});
-  DistillRunOptions options;
-  options.input_path = input_;
-  options.show_progress = false;
+  DistillRunOptions options = QuietRun();
   options.stop_requested = [] { return true; };
   auto summary = RunDistill(options, teacher, *cache_);
   ASSERT_TRUE(summary.ok()) << summary.status();
@@ -591,9 +572,7 @@ TEST_F(DistillRunTest, AStopOnceEveryItemHasStartedLeavesTheRunComplete) {
     fs::remove_all(dir_ / "cache");
     OpenCache();
     ScriptedTeacher teacher({});
-    DistillRunOptions options;
-    options.input_path = input_;
-    options.show_progress = false;
+    DistillRunOptions options = QuietRun();
     int asked = 0;
     options.stop_requested = [&] { return ++asked > stop_after; };
     auto summary = RunDistill(options, teacher, *cache_);

@@ -304,6 +304,17 @@ class ManualTeacher {
   std::vector<AttemptDoneFn> started_;
 };
 
+// Answers every open attempt with `status` (retries open after their backoff) until `finished`
+// holds `calls` calls, or 30 s pass.
+void AnswerUntilFinished(ManualTeacher& teacher, Finished& finished, size_t calls,
+                         const grpc::Status& status) {
+  const Clock::time_point give_up = Clock::now() + std::chrono::seconds(30);
+  while (finished.Take().size() < calls && Clock::now() < give_up) {
+    if (teacher.AnswerAllOpen(status) == 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
 // AIMD: the calls in flight when the teacher fills up are refused together and halve the window
 // once; a refusal of an attempt started at the halved window halves it again; each answer grows
 // it by one, up to the configured concurrency.
@@ -336,11 +347,7 @@ TEST(CallScheduler, TheWindowHalvesOncePerOverloadAndGrowsBackByOnePerAnswer) {
   EXPECT_EQ(scheduler.Window(), 4);
 
   // Answer whatever is open (retries start after their backoff) until all 8 calls have finished.
-  const Clock::time_point give_up = Clock::now() + std::chrono::seconds(30);
-  while (finished.Take().size() < 8 && Clock::now() < give_up) {
-    if (teacher.AnswerAllOpen(grpc::Status::OK) == 0)
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  AnswerUntilFinished(teacher, finished, 8, grpc::Status::OK);
   ASSERT_EQ(finished.Take().size(), 8u);
   for (const auto& [status, attempts] : finished.Take()) EXPECT_TRUE(status.ok());
 }
@@ -364,11 +371,7 @@ TEST(CallScheduler, ADeadlinePassedWhileTheTeacherAnswersOthersIsOverload) {
   EXPECT_EQ(scheduler.Window(), 4);
   EXPECT_EQ(finished.Take().size(), 1u) << "the call that ran out its deadline ended";
   // Answer whatever is open (the retry starts after its backoff) until all 8 calls have finished.
-  const Clock::time_point give_up = Clock::now() + std::chrono::seconds(30);
-  while (finished.Take().size() < 8 && Clock::now() < give_up) {
-    if (teacher.AnswerAllOpen(grpc::Status::OK) == 0)
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  AnswerUntilFinished(teacher, finished, 8, grpc::Status::OK);
   ASSERT_EQ(finished.Take().size(), 8u);
   EXPECT_EQ(teacher.started(), 9u) << "the call is retried once";
   for (const auto& [status, attempts] : finished.Take())
@@ -391,11 +394,7 @@ TEST(CallScheduler, ADeadlinePassedWithNoAnswerWithinADeadlineSpendsTheAttempt) 
   ASSERT_TRUE(finished.WaitFor(1));
   std::this_thread::sleep_for(std::chrono::milliseconds(100));  // two deadlines without answers
   for (int i = 0; i < 4; ++i) scheduler.Submit(teacher.Start(), finished.Callback());
-  const Clock::time_point give_up = Clock::now() + std::chrono::seconds(30);
-  while (finished.Take().size() < 5 && Clock::now() < give_up) {
-    if (teacher.AnswerAllOpen(kDeadlinePassed) == 0)
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  AnswerUntilFinished(teacher, finished, 5, kDeadlinePassed);
   const auto results = finished.Take();
   ASSERT_EQ(results.size(), 5u);
   for (size_t i = 1; i < results.size(); ++i) {
