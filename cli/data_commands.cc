@@ -492,34 +492,6 @@ std::string MarkLoss(distill::Tokenizer* tokenizer, const std::vector<int32_t>& 
   return out;
 }
 
-// A shard is the one its manifest entry names only if its header agrees with the entry: a shard
-// copied in from another build, or two shards swapped, each pass their own checksum. The header's
-// payload SHA-256 is the one --no-verify skips recomputing; comparing it costs nothing.
-absl::Status CheckShardAgainstManifest(const std::string& path, const storage::ShardHeader& h,
-                                       const storage::ShardManifestEntry& entry,
-                                       const storage::ShardManifest& manifest) {
-  Sha256Digest digest;
-  std::copy(std::begin(h.payload_sha256), std::end(h.payload_sha256), digest.begin());
-  std::string mismatch;
-  if (!entry.payload_sha256.empty() && ToHex(digest) != entry.payload_sha256) {
-    mismatch = fmt::format("payload SHA-256 {}…, manifest says {}…",
-                           ToHex(digest).substr(0, 12), entry.payload_sha256.substr(0, 12));
-  } else if (h.num_rows != entry.rows || h.num_documents != entry.documents ||
-             h.num_tokens != entry.tokens || h.num_loss_tokens != entry.loss_tokens) {
-    mismatch = fmt::format("rows {} vs {}, tokens {} vs {}", h.num_rows, entry.rows, h.num_tokens,
-                           entry.tokens);
-  } else if (h.vocab_size != manifest.vocab_size || h.seq_len != manifest.seq_len ||
-             h.row_layout != static_cast<uint32_t>(manifest.row_layout)) {
-    mismatch = fmt::format("vocab {} vs {}, seq_len {} vs {}", h.vocab_size, manifest.vocab_size,
-                           h.seq_len, manifest.seq_len);
-  }
-  if (mismatch.empty()) return absl::OkStatus();
-  return absl::DataLossError(fmt::format(
-      "shard {}: not the shard {} names ({}); it was replaced or mixed in from another build — "
-      "rebuild the dataset with `rwr data build`",
-      path, storage::kShardManifestName, mismatch));
-}
-
 absl::Status RunInspect(InspectFlags& f) {
   RWR_ASSIGN_OR_RETURN(Config config, ResolveConfig(f.common, Config(), "data inspect"));
   (void)config;
@@ -545,7 +517,7 @@ absl::Status RunInspect(InspectFlags& f) {
     const std::string path = (std::filesystem::path(f.dir) / entry.file).string();
     RWR_ASSIGN_OR_RETURN(auto reader, storage::ShardReader::Open(path, {.verify_checksum = !f.no_verify}));
     const storage::ShardHeader& h = reader->header();
-    RWR_RETURN_IF_ERROR(CheckShardAgainstManifest(path, h, entry, manifest));
+    RWR_RETURN_IF_ERROR(storage::CheckShardMatchesManifest(path, h, entry, manifest));
     rows += h.num_rows;
     docs += h.num_documents;
     tokens += h.num_tokens;

@@ -99,6 +99,31 @@ uint64_t HeaderCheck(const ShardHeader& header) {
 
 }  // namespace
 
+absl::Status CheckShardMatchesManifest(const std::string& path, const ShardHeader& h,
+                                       const ShardManifestEntry& entry,
+                                       const ShardManifest& manifest) {
+  Sha256Digest digest;
+  std::copy(std::begin(h.payload_sha256), std::end(h.payload_sha256), digest.begin());
+  std::string mismatch;
+  if (!entry.payload_sha256.empty() && ToHex(digest) != entry.payload_sha256) {
+    mismatch = fmt::format("payload SHA-256 {}…, manifest says {}…",
+                           ToHex(digest).substr(0, 12), entry.payload_sha256.substr(0, 12));
+  } else if (h.num_rows != entry.rows || h.num_documents != entry.documents ||
+             h.num_tokens != entry.tokens || h.num_loss_tokens != entry.loss_tokens) {
+    mismatch = fmt::format("rows {} vs {}, tokens {} vs {}", h.num_rows, entry.rows, h.num_tokens,
+                           entry.tokens);
+  } else if (h.vocab_size != manifest.vocab_size || h.seq_len != manifest.seq_len ||
+             h.row_layout != static_cast<uint32_t>(manifest.row_layout)) {
+    mismatch = fmt::format("vocab {} vs {}, seq_len {} vs {}", h.vocab_size, manifest.vocab_size,
+                           h.seq_len, manifest.seq_len);
+  }
+  if (mismatch.empty()) return absl::OkStatus();
+  return absl::DataLossError(fmt::format(
+      "shard {}: not the shard {} names ({}); it was replaced or mixed in from another build — "
+      "rebuild the dataset with `rwr data build`",
+      path, kShardManifestName, mismatch));
+}
+
 absl::Status WriteFileAtomically(const std::string& path, std::string_view bytes) {
   AtomicFile file(path);
   RWR_RETURN_IF_ERROR(file.Open());

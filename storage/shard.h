@@ -136,6 +136,14 @@ struct ShardManifest {
   absl::Status Save(const std::string& dir) const;  // atomic
 };
 
+// A shard is the one its manifest entry names only if its header agrees with the entry — payload
+// SHA-256, counts, vocab, seq_len, layout — and the manifest: a shard copied in from another build,
+// or two shards swapped, each pass their own checksum. Comparing the header's SHA-256 (the one
+// verify_checksum recomputes) costs nothing. DataLoss naming the file and the first difference.
+absl::Status CheckShardMatchesManifest(const std::string& path, const ShardHeader& header,
+                                       const ShardManifestEntry& entry,
+                                       const ShardManifest& manifest);
+
 // Writes `bytes` to `path` atomically (path.tmp, fsync, rename, fsync of the directory).
 absl::Status WriteFileAtomically(const std::string& path, std::string_view bytes);
 

@@ -98,13 +98,7 @@ absl::StatusOr<std::unique_ptr<ShardLoader>> ShardLoader::Open(const LoaderOptio
     RWR_ASSIGN_OR_RETURN(auto reader,
                          ShardReader::Open(path, {.verify_checksum = options.verify_checksums}));
     const ShardHeader& h = reader->header();
-    if (h.num_rows != entry.rows || h.num_tokens != entry.tokens ||
-        h.vocab_size != m.vocab_size || h.seq_len != m.seq_len ||
-        h.row_layout != static_cast<uint32_t>(m.row_layout)) {
-      return absl::DataLossError(fmt::format(
-          "shard {}: header disagrees with {} (rows {} vs {}, tokens {} vs {}); rebuild the dataset",
-          path, kShardManifestName, h.num_rows, entry.rows, h.num_tokens, entry.tokens));
-    }
+    RWR_RETURN_IF_ERROR(CheckShardMatchesManifest(path, h, entry, m));
     loader->shard_first_row_.push_back(first_row);
     first_row += h.num_rows;
     loader->shards_.push_back(std::move(reader));

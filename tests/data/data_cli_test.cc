@@ -367,7 +367,8 @@ TEST(DataCli, ManifestPathsAreAbsoluteSoInspectWorksFromAnywhere) {
 }
 
 // Each shard passes its own checksum, so a shard swapped with another or copied in from another
-// build went unnoticed ("checksums verified"); inspect now holds every shard to its manifest entry.
+// build went unnoticed ("checksums verified"); inspect and training hold every shard to its manifest
+// entry.
 TEST(DataCli, InspectRefusesAShardThatIsNotTheOneItsManifestNames) {
   const std::string dir = TempDir("foreign_shard");
   const std::string build = SynthesizeForBuild(dir, 8, 300, 7);
@@ -383,6 +384,12 @@ TEST(DataCli, InspectRefusesAShardThatIsNotTheOneItsManifestNames) {
                                     "/a/shard_00000.rws: not the shard manifest.json names"));
   }
   EXPECT_EQ(RunRwr("data inspect " + dir + "/b").exit_code, 0);
+  // Training opens the shards through the same check (storage::CheckShardMatchesManifest).
+  Result train = RunRwr("train --config " + std::string(RWR_SOURCE_DIR) +
+                        "/configs/train_tiny.yaml --set data.dir=" + dir + "/a --set train.out_dir=" +
+                        dir + "/run --set train.steps=1 --log-level warn");
+  EXPECT_EQ(train.exit_code, 1) << train.output;
+  EXPECT_THAT(train.output, HasSubstr("/a/shard_00000.rws: not the shard manifest.json names"));
 }
 
 #if RWR_DATA_TEST_HAVE_CACHE
