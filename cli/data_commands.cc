@@ -14,7 +14,7 @@
 #include "common/sha256.h"
 #include "common/shutdown.h"
 #include "common/status.h"
-#include "absl/container/flat_hash_set.h"
+#include "absl/container/flat_hash_map.h"
 #include "distill/packer.h"
 #include "distill/sample_builder.h"
 #include "distill/synth.h"
@@ -167,18 +167,25 @@ distill::RecipeItem FromDistilled(const teacher::DistilledItem& d) {
 // again); Fetch reads one item's text back while encoding, so memory does not grow with contexts.
 class ItemIndex {
  public:
+  using Position = distill::JsonlRecipeSource::Position;
   static absl::StatusOr<std::unique_ptr<ItemIndex>> Open(const std::string& input,
                                                          const std::string& cache) {
     std::unique_ptr<ItemIndex> index(new ItemIndex());
     if (input.empty() && cache.empty()) {
       return absl::InvalidArgumentError("give --input FILE.jsonl, --cache DIR or both");
     }
-    absl::flat_hash_set<std::string> ids;
-    auto add = [&](const distill::RecipeItem& item, int64_t offset, bool in_cache) -> absl::Status {
-      if (!ids.insert(item.id).second) {
-        return absl::InvalidArgumentError(fmt::format(
-            "item id '{}' appears twice in {}; ids must be unique", item.id,
-            input.empty() ? cache : input));
+    // id → its line in --input (0 for an item of the cache alone), for the duplicate's message.
+    absl::flat_hash_map<std::string, int64_t> first_line;
+    auto add = [&](const distill::RecipeItem& item, int64_t offset, int64_t line,
+                   bool in_cache) -> absl::Status {
+      if (auto [first, inserted] = first_line.emplace(item.id, line); !inserted) {
+        if (line == 0) {
+          return absl::InvalidArgumentError(
+              fmt::format("item id '{}' appears twice in {}; ids must be unique", item.id, cache));
+        }
+        return absl::InvalidArgumentError(
+            fmt::format("{}:{}: item id '{}' appears again (first on line {}); ids must be unique",
+                        input, line, item.id, first->second));
       }
       distill::RecipeItem light{.id = item.id};
       light.note_verified = item.note_verified;
@@ -197,15 +204,16 @@ class ItemIndex {
       RWR_ASSIGN_OR_RETURN(index->store_, storage::RocksDbStore::Open(cache, {.read_only = true}));
       if (input.empty()) {
         RWR_RETURN_IF_ERROR(teacher::ForEachItem(*index->store_, [&](const teacher::DistilledItem& d) {
-          return add(FromDistilled(d), -1, true);
+          return add(FromDistilled(d), -1, 0, true);
         }));
         return index;
       }
-      RWR_RETURN_IF_ERROR(index->jsonl_->ForEachWithOffset(
-          [&](const distill::RecipeItem& item, int64_t offset) -> absl::Status {
+      RWR_RETURN_IF_ERROR(index->jsonl_->ForEachWithPosition(
+          [&](const distill::RecipeItem& item, const Position& at) -> absl::Status {
             RWR_ASSIGN_OR_RETURN(auto found, teacher::LookupItem(*index->store_, item.id));
             if (!found.has_value()) ++index->not_in_cache_;
-            return add(found.has_value() ? FromDistilled(*found) : item, offset, found.has_value());
+            return add(found.has_value() ? FromDistilled(*found) : item, at.offset, at.line,
+                       found.has_value());
           }));
       return index;
 #else
@@ -214,8 +222,10 @@ class ItemIndex {
           "support");
 #endif
     }
-    RWR_RETURN_IF_ERROR(index->jsonl_->ForEachWithOffset(
-        [&](const distill::RecipeItem& item, int64_t offset) { return add(item, offset, false); }));
+    RWR_RETURN_IF_ERROR(index->jsonl_->ForEachWithPosition(
+        [&](const distill::RecipeItem& item, const Position& at) {
+          return add(item, at.offset, at.line, false);
+        }));
     return index;
   }
 

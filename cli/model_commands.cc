@@ -38,6 +38,11 @@ void RegisterModelCommands(CLI::App& app) {
       ->check(CLI::IsMember({"fp32", "bf16"}));
   SetAction(init, [options]() -> absl::Status {
     RWR_ASSIGN_OR_RETURN(Config config, ResolveConfig(options->common, Config(), "model init"));
+    if (config.Has("model.init_from")) {  // it names weights to keep; this writes random ones
+      return absl::InvalidArgumentError(
+          "model.init_from names trained weights, which `rwr model init` would replace with "
+          "random ones: to initialise that shape afresh, give model.config: DIR/config.json");
+    }
     RWR_ASSIGN_OR_RETURN(trainer::MambaConfig model, trainer::ModelConfigFromRunConfig(config));
     // Before the initialisation, which takes seconds for the large configs.
     RWR_RETURN_IF_ERROR(trainer::CheckOutputDir(options->out, options->overwrite));

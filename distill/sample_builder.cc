@@ -96,11 +96,11 @@ absl::StatusOr<RecipeItem> ParseRecipeLine(std::string_view line, std::string_vi
 }
 
 absl::Status JsonlRecipeSource::ForEach(const std::function<absl::Status(const RecipeItem&)>& visit) {
-  return ForEachWithOffset([&](const RecipeItem& item, int64_t) { return visit(item); });
+  return ForEachWithPosition([&](const RecipeItem& item, const Position&) { return visit(item); });
 }
 
-absl::Status JsonlRecipeSource::ForEachWithOffset(
-    const std::function<absl::Status(const RecipeItem&, int64_t offset)>& visit) {
+absl::Status JsonlRecipeSource::ForEachWithPosition(
+    const std::function<absl::Status(const RecipeItem&, const Position&)>& visit) {
   std::ifstream in(path_, std::ios::binary);
   if (!in) return absl::NotFoundError(fmt::format("{}: cannot read the dataset file", path_));
   std::string line;
@@ -112,7 +112,7 @@ absl::Status JsonlRecipeSource::ForEachWithOffset(
     offset += static_cast<int64_t>(line.size()) + 1;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     RWR_ASSIGN_OR_RETURN(RecipeItem item, ParseRecipeLine(line, fmt::format("{}:{}", path_, number)));
-    RWR_RETURN_IF_ERROR(visit(item, line_offset));
+    RWR_RETURN_IF_ERROR(visit(item, Position{.line = number, .offset = line_offset}));
   }
   return absl::OkStatus();
 }

@@ -61,10 +61,15 @@ class JsonlRecipeSource final : public RecipeSource {
  public:
   explicit JsonlRecipeSource(std::string path) : path_(std::move(path)) {}
   absl::Status ForEach(const std::function<absl::Status(const RecipeItem&)>& visit) override;
-  // Same, with each line's byte offset, for reading the item again later with ReadAt (so a
-  // build can keep only an index of the items in memory, not their text).
-  absl::Status ForEachWithOffset(
-      const std::function<absl::Status(const RecipeItem&, int64_t offset)>& visit);
+  // Same, with where each item is: its line (from 1, for messages) and byte offset (for reading
+  // the item again later with ReadAt, so a build can keep only an index of the items in memory,
+  // not their text).
+  struct Position {
+    int64_t line = 0;
+    int64_t offset = 0;
+  };
+  absl::Status ForEachWithPosition(
+      const std::function<absl::Status(const RecipeItem&, const Position&)>& visit);
   absl::StatusOr<RecipeItem> ReadAt(int64_t offset);
 
  private:

@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -28,12 +30,35 @@ absl::Status WriteText(const fs::path& path, const std::string& text) {
   return absl::OkStatus();
 }
 
-void SyncPath(const fs::path& path, bool directory) {
-  int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
+// fsync, so that a checkpoint called complete survives a power loss or a node crash. A failure
+// (EIO: the data never reached the disk) is an error; EINVAL, a file system that cannot sync a
+// directory, is not.
+absl::Status SyncPath(const fs::path& path, bool directory) {
+  const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  if (fd < 0) {
+    return absl::UnavailableError(
+        fmt::format("cannot open {} to sync it: {}", path.string(), std::strerror(errno)));
   }
+  const int synced = ::fsync(fd);
+  const int error = errno;
+  ::close(fd);
+  if (synced != 0 && !(directory && error == EINVAL)) {
+    return absl::UnavailableError(
+        fmt::format("cannot sync {}: {}", path.string(), std::strerror(error)));
+  }
+  return absl::OkStatus();
+}
+
+// Removes a checkpoint (or a leftover) so that no reader ever sees part of it: it leaves the
+// listing in one rename to a `.tmp` name, and a crash during the removal that follows leaves
+// only what the next save clears. Removing the step directory file by file could leave a
+// directory whose DONE outlived its weights.
+void RemoveCheckpointDir(const fs::path& dir) {
+  std::error_code ec;
+  const fs::path aside = dir.string() + ".removing.tmp";
+  fs::remove_all(aside, ec);
+  fs::rename(dir, aside, ec);
+  fs::remove_all(ec ? dir : aside, ec);
 }
 
 std::optional<int64_t> StepOf(const std::string& name) {
@@ -56,11 +81,12 @@ absl::Status WriteCheckpointFiles(const fs::path& dir, const CheckpointData& dat
   RWR_RETURN_IF_ERROR(opt.AddFloat("exp_avg_sq", {n}, data.exp_avg_sq));
   RWR_RETURN_IF_ERROR(opt.WriteFile((dir / OptimizerFileName(0)).string()));
   RWR_RETURN_IF_ERROR(WriteText(dir / "trainer_state.json", data.state.ToJson().dump(2) + "\n"));
-  for (const auto& entry : fs::directory_iterator(dir)) SyncPath(entry.path(), false);
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    RWR_RETURN_IF_ERROR(SyncPath(entry.path(), false));
+  }
   RWR_RETURN_IF_ERROR(WriteText(dir / "DONE", fmt::format("step {}\n", data.state.step)));
-  SyncPath(dir / "DONE", false);
-  SyncPath(dir, true);
-  return absl::OkStatus();
+  RWR_RETURN_IF_ERROR(SyncPath(dir / "DONE", false));
+  return SyncPath(dir, true);
 }
 
 // Keeps the newest `keep` complete checkpoints up to `saved_step`, the one just written. Those
@@ -72,8 +98,7 @@ void PruneCheckpoints(const std::string& checkpoints_dir, int64_t saved_step, in
   for (const std::string& dir : ListCheckpoints(checkpoints_dir)) {
     if (*StepOf(fs::path(dir).filename().string()) <= saved_step) older.push_back(dir);
   }
-  std::error_code ec;
-  for (size_t i = 0; i + keep < older.size(); ++i) fs::remove_all(older[i], ec);
+  for (size_t i = 0; i + keep < older.size(); ++i) RemoveCheckpointDir(older[i]);
 }
 
 }  // namespace
@@ -162,7 +187,7 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
   if (ec)
     return absl::UnavailableError(
         fmt::format("cannot create {}: {}", checkpoints_dir, ec.message()));
-  // Leftovers of interrupted saves.
+  // Leftovers of interrupted saves and removals.
   for (const auto& entry : fs::directory_iterator(checkpoints_dir, ec)) {
     const std::string name = entry.path().filename().string();
     if (name.size() > 4 && name.substr(name.size() - 4) == ".tmp") fs::remove_all(entry.path(), ec);
@@ -181,11 +206,11 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
     fs::remove_all(tmp, ec);
     return written;
   }
-  if (fs::exists(final_dir)) fs::remove_all(final_dir, ec);  // re-save of the same step
+  if (fs::exists(final_dir)) RemoveCheckpointDir(final_dir);  // re-save of the same step
   fs::rename(tmp, final_dir, ec);
   if (ec)
     return absl::UnavailableError(fmt::format("cannot rename {}: {}", tmp.string(), ec.message()));
-  SyncPath(checkpoints_dir, true);
+  RWR_RETURN_IF_ERROR(SyncPath(checkpoints_dir, true));
 
   if (keep > 0) PruneCheckpoints(checkpoints_dir, data.state.step, keep);
   return final_dir.string();

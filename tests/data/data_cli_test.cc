@@ -221,7 +221,7 @@ TEST(DataCli, BadFlagsAreOneLineErrors) {
   r = RunRwr("data build --tokenizer " + kTokenizer + " --out " + dir + "/o --input " + dir +
              "/dup.jsonl");
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_THAT(r.output, HasSubstr("appears twice"));
+  EXPECT_THAT(r.output, HasSubstr("dup.jsonl:2: item id 'a' appears again (first on line 1)"));
   r = RunRwr("data inspect " + dir);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.output, HasSubstr("manifest.json"));

@@ -199,11 +199,17 @@ TEST(JsonlRecipeSource, ReadsItemsBackByOffset) {
   }
   JsonlRecipeSource source(path);
   std::vector<std::pair<std::string, int64_t>> seen;
-  ASSERT_TRUE(source.ForEachWithOffset([&](const RecipeItem& item, int64_t offset) {
-                seen.emplace_back(item.id, offset);
-                return absl::OkStatus();
-              }).ok());
+  std::vector<int64_t> lines;
+  ASSERT_TRUE(source
+                  .ForEachWithPosition(
+                      [&](const RecipeItem& item, const JsonlRecipeSource::Position& at) {
+                        seen.emplace_back(item.id, at.offset);
+                        lines.push_back(at.line);
+                        return absl::OkStatus();
+                      })
+                  .ok());
   ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(lines, (std::vector<int64_t>{1, 3}));  // the blank line 2 counts
   auto b = source.ReadAt(seen[1].second);
   ASSERT_TRUE(b.ok()) << b.status();
   EXPECT_EQ(b->context, "cb");

@@ -272,6 +272,26 @@ TEST(ModelInitCli, ANonEmptyOutIsRefusedUnlessOverwrite) {
   EXPECT_TRUE(loaded.ok()) << loaded.status();
 }
 
+// model.init_from names weights to start training from; model init wrote random weights of that
+// shape, silently. The shape alone is model.config.
+TEST(ModelInitCli, InitFromIsRefusedForModelConfigIsTheWayToTheShape) {
+  const std::string from = TempDir("init_from_src");
+  const std::string source_init = fmt::format(
+      "model init --config {}/configs/models/tiny.yaml --out {} --log-level error", kSource, from);
+  ASSERT_EQ(RunRwr(source_init).exit_code, 0);
+  const std::string out = TempDir("init_from_out");
+  CommandResult refused = RunRwr(fmt::format(
+      "model init --set model.init_from={} --out {} --log-level error", from, out));
+  EXPECT_EQ(refused.exit_code, 1) << refused.output;
+  EXPECT_EQ(Lines(refused.output), 1) << refused.output;
+  EXPECT_NE(refused.output.find("model.config"), std::string::npos) << refused.output;
+  EXPECT_TRUE(Listing(out).empty());
+  CommandResult shaped = RunRwr(fmt::format("model init --set model.config={}/config.json --out {} "
+                                            "--log-level error",
+                                            from, out));
+  EXPECT_EQ(shaped.exit_code, 0) << shaped.output;
+}
+
 TEST(CheckpointInspectCli, MissingOrTruncatedFilesAreAnErrorNamingTheFile) {
   const std::string run = TempDir("inspect_run");
   const std::string ckpt = SaveTinyCheckpoint(run, "");

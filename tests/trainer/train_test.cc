@@ -358,6 +358,30 @@ TEST(Train, PruningNeverCountsCheckpointsPastTheOneJustWritten) {
   EXPECT_EQ(MetricSteps(out), Range(1, 8));
 }
 
+// Pruning moves a checkpoint out of the listing in one rename before removing it, so a kill during
+// the removal never leaves a step directory whose DONE outlived its weights; what such a kill does
+// leave is never listed and the next save clears it.
+TEST(Train, ARemovalInterruptedMidwayIsNeverListedAndIsCleared) {
+  const std::string data = MakeDataset("prune_kill", 20, 19);
+  const std::string out = TempDir("prune_kill_out");
+  const std::string ckpts = out + "/checkpoints/";
+  SingleRankCommunicator comm;
+  ASSERT_TRUE(Train(MakeConfig(data, out, {"train.keep_checkpoints=1", "train.steps=6"}), &comm)
+                  .ok());
+  for (const auto& entry : fs::directory_iterator(ckpts)) {
+    EXPECT_EQ(entry.path().filename(), "step_00000006");  // pruned ones are gone, no leftovers
+  }
+  // What a kill in the middle of removing step 3 leaves: the renamed directory, part-emptied.
+  fs::create_directories(ckpts + "step_00000003.removing.tmp");
+  std::ofstream(ckpts + "step_00000003.removing.tmp/DONE") << "step 3\n";
+  EXPECT_EQ(ListCheckpoints(ckpts), std::vector<std::string>{ckpts + "step_00000006"});
+  auto resumed = Train(MakeConfig(data, out, {"train.keep_checkpoints=1"}), &comm);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->start_step, 6);
+  EXPECT_FALSE(fs::exists(ckpts + "step_00000003.removing.tmp"));
+  EXPECT_EQ(ListCheckpoints(ckpts), std::vector<std::string>{ckpts + "step_00000008"});
+}
+
 // A checkpoints/ that cannot be listed (here: not a directory; on a cluster an I/O error or lost
 // permission) read as "no checkpoint": the run restarted at step 0 and dropped the metrics.
 TEST(Train, AnUnlistableCheckpointsDirectoryIsAnErrorNotAFreshStart) {
