@@ -92,6 +92,7 @@ void RegisterModelCommands(CLI::App& app);       // cli/model_commands.cc
 void RegisterTrainCommands(CLI::App& app);       // cli/train_commands.cc
 void RegisterCheckpointCommands(CLI::App& app);  // cli/checkpoint_commands.cc
 void RegisterExportCommands(CLI::App& app);      // cli/export_commands.cc
+void RegisterGenerateCommands(CLI::App& app);    // cli/generate_commands.cc (generate, eval)
 void RegisterDataCommands(CLI::App& app);        // cli/data_commands.cc
 void RegisterTokenizerCommands(CLI::App& app);   // cli/tokenizer_commands.cc
 void RegisterDistillCommands(CLI::App& app);     // cli/distill_commands.cc (RWR_SERVICES builds)

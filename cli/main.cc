@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   rwr::cli::RegisterTrainCommands(app);
   rwr::cli::RegisterCheckpointCommands(app);
   rwr::cli::RegisterExportCommands(app);
+  rwr::cli::RegisterGenerateCommands(app);
   rwr::cli::RegisterDataCommands(app);
   rwr::cli::RegisterTokenizerCommands(app);
 #if RWR_CLI_DISTILL_AND_CACHE

@@ -29,6 +29,11 @@ AdamW run: torch.optim.AdamW(lr 2e-3, betas (0.9, 0.95), eps 1e-8, weight_decay 
 parameter except norms, biases, A_log and D), global-norm clipping at 1.0 before each step,
 constant lr; losses[i] is the loss before step i+1, losses[3] the loss after the third step.
 
+Generation mode (`--generate DIR`, DIR holding the fixture above): loads DIR's model in float64
+and writes DIR/generate.safetensors — prompt_ids [P], generated_ids [N] (greedy, N = 16, through
+HF's recurrent cache: one token at a time after the prompt) and step_logits [N, V] (the logits each
+generated token was picked from) — the reference for rwr's own generation (rwr generate).
+
 Export check mode (`--check-export DIR`): loads DIR with MambaForCausalLM.from_pretrained, runs
 it on DIR/rwr_check.safetensors' input_ids and compares with its `logits` (written by rwr).
 """
@@ -167,6 +172,38 @@ def make(out):
     print(json.dumps(expected, indent=2))
 
 
+def generate(directory):
+    from transformers import MambaConfig, MambaForCausalLM
+
+    config = MambaConfig.from_pretrained(directory)
+    model = MambaForCausalLM(config).eval()
+    weights = load_file(os.path.join(directory, "model.safetensors"))
+    model.load_state_dict({**weights, "lm_head.weight": weights["backbone.embeddings.weight"]},
+                          strict=False)
+    model.tie_weights()
+    model = model.double()
+    prompt = load_file(os.path.join(directory, "inputs.safetensors"))["input_ids"][0, :11]
+    steps = 16
+    model.generation_config.eos_token_id = None  # the fixture's eos (0) must not end it early
+    with torch.no_grad():
+        out = model.generate(input_ids=prompt[None, :], max_new_tokens=steps, do_sample=False,
+                             use_cache=True, output_logits=True, return_dict_in_generate=True,
+                             pad_token_id=config.pad_token_id)
+        generated = out.sequences[0, prompt.numel():]
+        step_logits = torch.stack([l[0] for l in out.logits]).float()
+        # The same tokens by whole forwards without the cache (no recurrent path involved).
+        ids = prompt.clone()
+        for _ in range(steps):
+            ids = torch.cat([ids, model(input_ids=ids[None, :], use_cache=False)
+                             .logits[0, -1].argmax()[None]])
+    assert generated.numel() == steps, f"generate stopped after {generated.numel()} tokens"
+    assert torch.equal(ids[prompt.numel():], generated), "cache and no-cache generation differ"
+    save_file({"prompt_ids": prompt.contiguous(), "generated_ids": generated.contiguous(),
+               "step_logits": step_logits.contiguous()},
+              os.path.join(directory, "generate.safetensors"))
+    print(json.dumps({"prompt_ids": prompt.tolist(), "generated_ids": generated.tolist()}))
+
+
 def check_export(directory):
     from transformers import MambaForCausalLM
 
@@ -196,7 +233,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", help="directory for the fixture files")
     parser.add_argument("--check-export", help="an rwr export directory to load with HF")
+    parser.add_argument("--generate", help="a fixture directory: write its generate.safetensors")
     args = parser.parse_args()
+    if args.generate:
+        generate(args.generate)
+        return 0
     if args.check_export:
         return check_export(args.check_export)
     if not args.out:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job's stages, given a built rwr: synth → distill (built-in teacher) → cache inspect →
-# data build → train (configs/train_tiny.yaml; GPU if present, else CPU) → export → summary.
+# data build → train (configs/train_tiny.yaml; GPU if present, else CPU) → export → eval on
+# held-out items (rwr eval: a note per segment, then the answer) → summary.
 #   scripts/pipeline.sh RWR_BINARY OUT_DIR [extra `rwr train` args, e.g. --set train.steps=10]
 # scripts/quickstart.sh runs it after setup; the e2e test (tests/e2e) runs a short variant in CI.
 set -euo pipefail
@@ -25,6 +26,10 @@ set -x
   --set train.out_dir="$out/train" "$@"
 "$rwr" export --checkpoint "$out/train" --out "$out/export"
 "$rwr" checkpoint inspect "$out/train"
+# Held-out questions (another seed) answered the RwR way by the exported model.
+"$rwr" data synth --config configs/quickstart.yaml --seed 2 --count 8 --out "$out/heldout.jsonl"
+"$rwr" eval --model "$out/export" --input "$out/heldout.jsonl" --segment-tokens 256 \
+  --max-note-tokens 48 --max-answer-tokens 16 --out "$out/eval.jsonl" | tee "$out/eval.txt"
 set +x
 
 # One summary: what the teacher kept, what training saw, how the loss moved, where the model is.
@@ -45,4 +50,7 @@ print(f"  samples {data.get('documents', data.get('samples', '?'))}, rows {data.
 if losses:
     print(f"  train loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} logged steps")
 print(f"  exported Hugging Face model: {out / 'export'}")
+first = json.loads((out / "eval.jsonl").read_text().splitlines()[0])
+print(f"  held-out {(out / 'eval.txt').read_text().strip()}")
+print(f"  e.g. Q: {first['question']}  reference: {first['reference']!r}  answer: {first['answer']!r}")
 PY

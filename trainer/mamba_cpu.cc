@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #ifdef _OPENMP
@@ -121,10 +122,7 @@ void AddInto(float* dst, const float* src, int64_t n, float scale = 1.f) {
 
 // ---- per-chunk state and activations ----------------------------------------------------------
 
-struct LayerState {
-  std::vector<float> conv;  // (B, Di, W−1)
-  std::vector<float> ssm;   // (B, Di, S)
-};
+using LayerState = LayerRecurrence;
 
 struct LayerActs {
   std::vector<float> h_in;   // (B, Tc, D) residual stream entering the layer
@@ -153,6 +151,8 @@ class Runner {
       for (int64_t i = 0; i < c.d_inner * c.d_state; ++i) A_[l][i] = -std::exp(A_log[i]);
     }
   }
+
+  int64_t seq_len() const { return batch_.seq_len; }
 
   Dims DimsFor(int64_t t0, int64_t Tc) const {
     return {batch_.batch, batch_.seq_len, Tc,           t0,
@@ -371,6 +371,15 @@ class Runner {
     return result;
   }
 
+  // Logits after the chunk's last token of row 0 (V): final norm and tied head of that row alone.
+  void LastLogits(const Dims& d, const std::vector<float>& h, float* logits) const {
+    std::vector<float> hn(d.D);
+    float rstd = 0;
+    RmsNormForward(&h[(d.Tc - 1) * d.D], p_ + layout_.norm_f(), hn.data(), &rstd, 1, d.D,
+                   c_.norm_eps);
+    LinearForward(hn.data(), d.D, p_ + layout_.embedding(), logits, d.V, 1, d.V, d.D);
+  }
+
   // Embedding backward: emb[token] += dh.
   void EmbedBackward(const Dims& d, const std::vector<float>& dh, float* g) const {
     float* demb = g + layout_.embedding();
@@ -445,6 +454,27 @@ class Runner {
   std::vector<std::vector<float>> A_;  // per layer (Di, S): −exp(A_log)
 };
 
+// Runs the runner's batch chunk by chunk from `state`, which it leaves after the last token, and
+// hands each chunk's final residual stream to `head` (the loss, or the logits generation needs).
+absl::Status ForwardChunks(const Runner& run, int64_t chunk_len, std::vector<LayerState>& state,
+                           const std::function<void(const Dims&, const std::vector<float>&)>& head) {
+  const int64_t T = run.seq_len();
+  if (chunk_len <= 0 || chunk_len > T) chunk_len = T;
+  std::vector<LayerState> next = run.ZeroStates();
+  LayerActs acts;
+  std::vector<float> h;
+  for (int64_t t0 = 0; t0 < T; t0 += chunk_len) {
+    const Dims d = run.DimsFor(t0, std::min(chunk_len, T - t0));
+    run.Embed(d, h);
+    for (int64_t l = 0; l < static_cast<int64_t>(state.size()); ++l) {
+      RWR_RETURN_IF_ERROR(run.LayerForward(l, d, h, state[l], next[l], acts));
+    }
+    std::swap(state, next);
+    head(d, h);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 void SetCpuThreads(int threads) {
@@ -484,26 +514,48 @@ absl::Status MambaCpu::Check(std::span<const float> params, const TokenBatch& ba
 absl::StatusOr<LossSum> MambaCpu::Forward(std::span<const float> params, const TokenBatch& batch,
                                           int64_t chunk_len, float* logits) const {
   RWR_RETURN_IF_ERROR(Check(params, batch));
-  const int64_t T = batch.seq_len;
-  if (chunk_len <= 0 || chunk_len > T) chunk_len = T;
   Runner run(config_, layout_, params.data(), batch);
   std::vector<LayerState> state = run.ZeroStates();
-  std::vector<LayerState> next = run.ZeroStates();
   LossSum total;
-  LayerActs acts;
-  std::vector<float> h;
-  for (int64_t t0 = 0; t0 < T; t0 += chunk_len) {
-    const Dims d = run.DimsFor(t0, std::min(chunk_len, T - t0));
-    run.Embed(d, h);
-    for (int64_t l = 0; l < config_.n_layer; ++l) {
-      RWR_RETURN_IF_ERROR(run.LayerForward(l, d, h, state[l], next[l], acts));
-    }
-    std::swap(state, next);
-    LossSum part = run.Head(d, h, logits, 0.f, nullptr, nullptr);
-    total.loss_sum += part.loss_sum;
-    total.tokens += part.tokens;
-  }
+  RWR_RETURN_IF_ERROR(
+      ForwardChunks(run, chunk_len, state, [&](const Dims& d, const std::vector<float>& h) {
+        LossSum part = run.Head(d, h, logits, 0.f, nullptr, nullptr);
+        total.loss_sum += part.loss_sum;
+        total.tokens += part.tokens;
+      }));
   return total;
+}
+
+SequenceState MambaCpu::NewSequence() const {
+  SequenceState state(config_.n_layer);
+  for (LayerRecurrence& layer : state) {
+    layer.conv.assign(config_.d_inner * (config_.d_conv - 1), 0.f);
+    layer.ssm.assign(config_.d_inner * config_.d_state, 0.f);
+  }
+  return state;
+}
+
+absl::Status MambaCpu::Advance(std::span<const float> params, std::span<const int32_t> tokens,
+                               int64_t chunk_len, SequenceState& state,
+                               std::span<float> next_logits) const {
+  if (tokens.empty()) return absl::InvalidArgumentError("Advance: no tokens");
+  if (static_cast<int64_t>(next_logits.size()) != config_.vocab_size) {
+    return absl::InvalidArgumentError(fmt::format("Advance: logits buffer has {} floats, not {}",
+                                                  next_logits.size(), config_.vocab_size));
+  }
+  if (static_cast<int64_t>(state.size()) != config_.n_layer) {
+    return absl::InvalidArgumentError("Advance: state of another model (NewSequence makes one)");
+  }
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  // Nothing carries loss: the batch only says which ids to run.
+  const std::vector<uint8_t> no_loss(T, 0);
+  const TokenBatch batch{.batch = 1, .seq_len = T, .tokens = tokens.data(),
+                         .targets = tokens.data(), .loss_mask = no_loss.data()};
+  RWR_RETURN_IF_ERROR(Check(params, batch));
+  Runner run(config_, layout_, params.data(), batch);
+  return ForwardChunks(run, chunk_len, state, [&](const Dims& d, const std::vector<float>& h) {
+    if (d.t0 + d.Tc == T) run.LastLogits(d, h, next_logits.data());
+  });
 }
 
 absl::StatusOr<LossSum> MambaCpu::ForwardBackward(std::span<const float> params,

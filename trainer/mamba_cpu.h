@@ -28,6 +28,7 @@
 
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "trainer/model_config.h"
@@ -45,6 +46,15 @@ struct TokenBatch {
   const uint8_t* reset = nullptr;      // (B, T) optional: document starts (state zeroed before t)
 };
 
+// One layer's recurrent state between two tokens of a sequence: the conv window (B, Di, W−1) and
+// the scan state (B, Di, S). A sequence's state (one per layer) is what generation carries from
+// token to token.
+struct LayerRecurrence {
+  std::vector<float> conv;
+  std::vector<float> ssm;
+};
+using SequenceState = std::vector<LayerRecurrence>;
+
 struct LossSum {
   double loss_sum = 0;  // Σ masked token losses
   int64_t tokens = 0;   // Σ loss_mask
@@ -60,6 +70,16 @@ class MambaCpu {
   // Forward only. `logits`, when given, receives (B, T, V) for every position.
   absl::StatusOr<LossSum> Forward(std::span<const float> params, const TokenBatch& batch,
                                   int64_t chunk_len, float* logits = nullptr) const;
+
+  // Generation, one sequence at a time. NewSequence is the state before the first token; Advance
+  // runs `tokens` from `state`, leaves `state` after the last of them and writes the logits that
+  // follow it (V floats) to `next_logits`. A prompt and then each generated token are one call
+  // each; however a sequence is split into calls, the logits equal those of one Forward over it
+  // (up to fp32 rounding).
+  SequenceState NewSequence() const;
+  absl::Status Advance(std::span<const float> params, std::span<const int32_t> tokens,
+                       int64_t chunk_len, SequenceState& state,
+                       std::span<float> next_logits) const;
 
   // Forward and backward: grads += loss_scale · ∂(loss_sum)/∂params (same layout as params).
   absl::StatusOr<LossSum> ForwardBackward(std::span<const float> params, const TokenBatch& batch,

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "distill/packer.h"
+#include "distill/recall_format.h"
 #include "distill/sample_builder.h"
 #include "distill/template.h"
 #include "gmock/gmock.h"
@@ -123,6 +124,81 @@ without_note:
   auto bad_note = SampleTemplate::FromYaml(parts + "empty_note: [a]\n", "t.yaml");
   EXPECT_THAT(std::string(bad_note.status().message()),
               HasSubstr("t.yaml:7: 'empty_note' must be a string"));
+}
+
+// The prompt is with_note up to its first part with loss, rendered as training rendered it; the
+// note and the answer are read back out of what the model writes after it.
+TEST(RecallFormat, DefaultTemplatePromptsForTheNoteAndReadsNoteAndAnswer) {
+  auto format = RecallFormat::From(SampleTemplate::Default());
+  ASSERT_TRUE(format.ok()) << format.status();
+  std::string prompt;
+  for (const RenderedPiece& piece : format->Prompt("Who?")) {
+    EXPECT_FALSE(piece.loss);
+    prompt += piece.is_context ? "<CTX>" : piece.text;
+  }
+  EXPECT_EQ(prompt, "<CTX>\n\nQuestion: Who?\nNote:");
+  EXPECT_EQ(format->note_end(), "\nAnswer:");
+
+  auto both = format->Read(" Ada moved to Oslo.\nAnswer: Oslo");
+  EXPECT_EQ(both.note, "Ada moved to Oslo.");
+  EXPECT_EQ(both.answer, "Oslo");
+  EXPECT_TRUE(both.has_answer);
+  auto note_only = format->Read(" Ada moved to Oslo and then");
+  EXPECT_EQ(note_only.note, "Ada moved to Oslo and then");
+  EXPECT_FALSE(note_only.has_answer);
+
+  EXPECT_TRUE(format->IsEmptyNote(" empty"));
+  EXPECT_TRUE(format->IsEmptyNote("Empty."));
+  EXPECT_TRUE(format->IsEmptyNote("  "));
+  EXPECT_FALSE(format->IsEmptyNote("empty-handed"));
+  EXPECT_FALSE(format->IsEmptyNote("Ada"));
+}
+
+TEST(RecallFormat, UserTemplatesAreReadByTheirOwnLiteralsOrRefusedWithTheReason) {
+  auto bracketed = SampleTemplate::FromYaml(R"(
+name: bracketed
+empty_note: NONE
+with_note:
+  - {text: "Q: {question}\n{context}\n", loss: false}
+  - {text: "[{note}] => {answer} ##{eos}", loss: true}
+without_note:
+  - {text: "Q: {question}\n{context}\n", loss: false}
+  - {text: "{answer}{eos}", loss: true}
+)", "bracketed.yaml");
+  ASSERT_TRUE(bracketed.ok()) << bracketed.status();
+  auto format = RecallFormat::From(*bracketed);
+  ASSERT_TRUE(format.ok()) << format.status();
+  EXPECT_EQ(format->note_end(), "] =>");
+  auto reading = format->Read("[ Ada is in Oslo ] => Oslo ## and more");
+  EXPECT_EQ(reading.note, "Ada is in Oslo");
+  EXPECT_EQ(reading.answer, "Oslo");
+  EXPECT_TRUE(format->IsEmptyNote("NONE"));
+
+  auto answer_first = SampleTemplate::FromYaml(R"(
+with_note: [{text: "{context}{question}", loss: false}, {text: "{answer} because {note}", loss: true}]
+without_note: [{text: "{context}{question}", loss: false}, {text: "{answer}", loss: true}]
+)", "answer_first.yaml");
+  ASSERT_TRUE(answer_first.ok()) << answer_first.status();
+  EXPECT_THAT(std::string(RecallFormat::From(*answer_first).status().message()),
+              HasSubstr("{note} and then {answer}"));
+  auto loss_then_prompt = SampleTemplate::FromYaml(R"(
+with_note:
+  - {text: "{context}", loss: false}
+  - {text: "{note}", loss: true}
+  - {text: "Question: {question}", loss: false}
+  - {text: " -> {answer}", loss: true}
+without_note: [{text: "{context}{question}", loss: false}, {text: "{answer}", loss: true}]
+)", "interleaved.yaml");
+  ASSERT_TRUE(loss_then_prompt.ok()) << loss_then_prompt.status();
+  EXPECT_THAT(std::string(RecallFormat::From(*loss_then_prompt).status().message()),
+              HasSubstr("a part without loss follows one with loss"));
+  auto glued = SampleTemplate::FromYaml(R"(
+with_note: [{text: "{context}{question}", loss: false}, {text: "{note} {answer}", loss: true}]
+without_note: [{text: "{context}{question}", loss: false}, {text: "{answer}", loss: true}]
+)", "glued.yaml");
+  ASSERT_TRUE(glued.ok()) << glued.status();
+  EXPECT_THAT(std::string(RecallFormat::From(*glued).status().message()),
+              HasSubstr("nothing but blanks between {note} and {answer}"));
 }
 
 TEST(SampleEncoder, LongSamplePolicies) {

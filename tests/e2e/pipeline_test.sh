@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's main job, shortened for CI: every stage runs for real on the embedded default
-# (synth → built-in teacher → cache → shards → train a tiny model on CPU → export), then the
-# outputs are checked: notes were kept, shards carry loss tokens, the loss fell, the export is a
-# loadable Hugging Face layout (read back by the PyPI safetensors peer when the venv is there).
+# (synth → built-in teacher → cache → shards → train a tiny model on CPU → export → eval), then
+# the outputs are checked: notes were kept, shards carry loss tokens, the loss fell, the export is
+# a loadable Hugging Face layout (read back by the PyPI safetensors peer when the venv is there),
+# and every held-out item has a prediction with its segment notes.
 set -euo pipefail
 rwr=$1
 root=$2
@@ -27,6 +28,9 @@ config = json.loads((out / "export/config.json").read_text())
 assert config["model_type"] == "mamba" and config["vocab_size"] >= 8192, config
 for f in ("model.safetensors", "tokenizer.json"):
     assert (out / "export" / f).stat().st_size > 0, f
+predictions = [json.loads(l) for l in (out / "eval.jsonl").read_text().splitlines()]
+assert [p["id"] for p in predictions] == [f"synth-2-{i:06d}" for i in range(8)], predictions
+assert all(p["segments"] and p["reference"] for p in predictions), predictions[0]
 PY
 if [[ -x "$venv_python" ]]; then
   "$venv_python" - "$out/export/model.safetensors" <<'PY' || fail "safetensors peer cannot read the export"

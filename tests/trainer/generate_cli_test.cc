@@ -1,0 +1,182 @@
+// `rwr generate` and `rwr eval` as a user runs them (the real binary in a subprocess) on a tiny
+// model from `rwr model init` with rwr's tokenizer: a random model writes noise, so these check
+// what the commands promise around it — the output's shape (text and JSON), segments, the
+// predictions file, repeatable greedy answers, and one-line errors for bad input.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+
+#include "fmt/format.h"
+#include "nlohmann/json.hpp"
+#include "tests/support/run_rwr.h"
+#include "tests/support/temp_dir.h"
+
+namespace rwr {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using testing::CommandResult;
+using testing::RunRwr;
+const std::string kSource = RWR_SOURCE_DIR;
+
+std::string TempDir(const std::string& name) { return testing::FreshTempDir("generate_cli", name); }
+
+int Lines(const std::string& text) { return std::count(text.begin(), text.end(), '\n'); }
+
+// A tiny random model with tokenizer.json beside it, as `rwr export` lays a model out.
+const std::string& ModelDir() {
+  static const std::string dir = [] {
+    const std::string out = TempDir("model");
+    CommandResult init = RunRwr(fmt::format(
+        "model init --config {}/configs/models/tiny.yaml --out {} --seed 4 --log-level error",
+        kSource, out));
+    EXPECT_EQ(init.exit_code, 0) << init.output;
+    fs::copy_file(kSource + "/configs/tokenizer/tokenizer.json", out + "/tokenizer.json");
+    return out;
+  }();
+  return dir;
+}
+
+std::string Context(int sentences) {
+  std::string text;
+  for (int i = 0; i < sentences; ++i) {
+    text += fmt::format("Entry {}: Ada moved to Oslo and Bo stayed in Rome. ", i);
+  }
+  return text;
+}
+
+TEST(GenerateCli, AnswersWithNotesPerSegmentAsTextOrJsonAndRepeatsItself) {
+  const std::string dir = TempDir("answer");
+  { std::ofstream(dir + "/ctx.txt") << Context(12); }
+  const std::string base = fmt::format(
+      "generate --model {} --context-file {}/ctx.txt --question 'Where did Ada move?' "
+      "--segment-tokens 64 --max-note-tokens 6 --max-answer-tokens 4 --log-level error",
+      ModelDir(), dir);
+  CommandResult text = RunRwr(base);
+  ASSERT_EQ(text.exit_code, 0) << text.output;
+  EXPECT_NE(text.output.find("segment 1/"), std::string::npos) << text.output;
+  EXPECT_NE(text.output.find("\nanswer: "), std::string::npos) << text.output;
+
+  CommandResult as_json = RunRwr(base + " --json");
+  ASSERT_EQ(as_json.exit_code, 0) << as_json.output;
+  const json j = json::parse(as_json.output);
+  const int64_t tokens = j["context_tokens"];
+  EXPECT_GT(tokens, 64 * 3);
+  EXPECT_EQ(static_cast<int64_t>(j["segments"].size()), (tokens + 63) / 64);
+  EXPECT_LE(j["generated_tokens"].get<int64_t>(),
+            static_cast<int64_t>(j["segments"].size()) * 6 + 6 + 4);
+  // Greedy: the same answer every run.
+  const json again = json::parse(RunRwr(base + " --json").output);
+  EXPECT_EQ(again["answer"], j["answer"]);
+  EXPECT_EQ(again["segments"], j["segments"]);
+
+  // A context that fits one segment: no segment notes, one pass.
+  const json one = json::parse(
+      RunRwr(fmt::format(
+                 "generate --model {} --context 'Ada moved to Oslo.' --question 'Where?' --json "
+                 "--max-note-tokens 4 --max-answer-tokens 2 --log-level error",
+                 ModelDir()))
+          .output);
+  EXPECT_TRUE(one["segments"].empty());
+}
+
+TEST(GenerateCli, BadInputIsOneLineNamingWhatIsWrong) {
+  const std::string dir = TempDir("bad");
+  const std::string model = ModelDir();
+  struct Case {
+    std::string args, expected;
+    int exit_code;
+  };
+  const std::vector<Case> cases = {
+      {fmt::format("--model {} --question q", model), "no context", 1},
+      {fmt::format("--model {}/nope --question q --context c", dir), "nope", 1},
+      {fmt::format("--model {} --question q --context-file {}/missing.txt", model, dir),
+       "missing.txt", 1},
+      {fmt::format("--model {} --question q --context c --template {}/t.yaml", model, dir),
+       "t.yaml", 1},
+      {fmt::format("--model {} --question q --context c --top-p 0", model), "--top-p", 1},
+      {fmt::format("--model {} --question q --context c --tokenizer {}/none.json", model, dir),
+       "none.json", 1},
+  };
+  for (const Case& c : cases) {
+    CommandResult r = RunRwr("generate " + c.args + " --log-level error");
+    EXPECT_EQ(r.exit_code, c.exit_code) << c.args << "\n" << r.output;
+    EXPECT_EQ(Lines(r.output), 1) << c.args << "\n" << r.output;
+    EXPECT_NE(r.output.find(c.expected), std::string::npos) << c.args << "\n" << r.output;
+  }
+  // Usage errors (exit 2): both context flags, a negative budget.
+  EXPECT_EQ(
+      RunRwr(fmt::format("generate --model {} --question q --context c --context-file f", model))
+          .exit_code,
+      2);
+  EXPECT_EQ(
+      RunRwr(fmt::format("generate --model {} --question q --context c --max-note-tokens 0", model))
+          .exit_code,
+      2);
+  // A model directory without tokenizer.json (a checkpoint) says what to pass.
+  const std::string bare = TempDir("bare");
+  fs::copy(model, bare, fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+  fs::remove(bare + "/tokenizer.json");
+  CommandResult no_tok =
+      RunRwr(fmt::format("generate --model {} --question q --context c --log-level error", bare));
+  EXPECT_EQ(no_tok.exit_code, 1);
+  EXPECT_NE(no_tok.output.find("--tokenizer"), std::string::npos) << no_tok.output;
+}
+
+TEST(EvalCli, ScoresEveryItemAndWritesOnePredictionPerItem) {
+  const std::string dir = TempDir("eval");
+  {
+    std::ofstream items(dir + "/items.jsonl");
+    for (int i = 0; i < 3; ++i) {
+      items << json{{"id", fmt::format("q{}", i)},
+                    {"context", Context(2 + i)},
+                    {"question", "Where did Ada move?"},
+                    {"answer", "Oslo"}}
+                   .dump()
+            << "\n";
+    }
+  }
+  CommandResult r = RunRwr(
+      fmt::format("eval --model {} --input {}/items.jsonl --out {}/pred.jsonl --segment-tokens 16 "
+                  "--max-note-tokens 3 --max-answer-tokens 3 --log-level error",
+                  ModelDir(), dir, dir));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("eval: 3 items, exact "), std::string::npos) << r.output;
+  std::ifstream pred(dir + "/pred.jsonl");
+  std::vector<json> lines;
+  for (std::string line; std::getline(pred, line);) lines.push_back(json::parse(line));
+  ASSERT_EQ(lines.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(lines[i]["id"], fmt::format("q{}", i));
+    EXPECT_EQ(lines[i]["reference"], "Oslo");
+    EXPECT_FALSE(lines[i]["segments"].empty());  // 16-token segments: every context is longer
+    // The score is the normalized comparison of the two strings written beside it.
+    EXPECT_EQ(lines[i]["exact"].get<bool>(), lines[i]["answer"] == "Oslo" ||
+                                                 lines[i]["answer"] == "oslo" ||
+                                                 lines[i]["answer"] == "Oslo.")
+        << lines[i];
+  }
+  CommandResult limited = RunRwr(fmt::format(
+      "eval --model {} --input {}/items.jsonl --limit 1 --max-note-tokens 2 --max-answer-tokens 2 "
+      "--log-level error",
+      ModelDir(), dir));
+  EXPECT_NE(limited.output.find("eval: 1 items"), std::string::npos) << limited.output;
+
+  {
+    std::ofstream(dir + "/dup.jsonl") << R"({"id":"a","context":"c","question":"q","answer":"x"})"
+                                      << "\n"
+                                      << R"({"id":"a","context":"c","question":"q","answer":"y"})"
+                                      << "\n";
+  }
+  CommandResult dup = RunRwr(
+      fmt::format("eval --model {} --input {}/dup.jsonl --log-level error", ModelDir(), dir));
+  EXPECT_EQ(dup.exit_code, 1);
+  EXPECT_NE(dup.output.find("dup.jsonl:2: item id 'a' appears again"), std::string::npos)
+      << dup.output;
+}
+
+}  // namespace
+}  // namespace rwr

@@ -1,0 +1,75 @@
+// Recall with Reasoning at inference (RWR_METHOD.md, "Inference on long inputs"): the context is
+// split into segments of a fixed number of tokens; for each, the model writes a note for the
+// question (or the template's empty note); the notes that are not empty are joined and become the
+// context of a last pass, in which the model writes a note and the answer. A context that fits in
+// one segment takes that last pass directly. Prompts are built and read by the sample template the
+// model was trained with (distill/recall_format.h), tokenized piece by piece as in training.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "distill/recall_format.h"
+#include "distill/tokenizer.h"
+#include "trainer/generate.h"
+#include "trainer/mamba_cpu.h"
+
+namespace rwr::trainer {
+
+struct RecallOptions {
+  int64_t segment_tokens = 2048;  // context tokens per note pass; 0: the whole context at once
+  int64_t max_note_tokens = 128;
+  int64_t max_answer_tokens = 64;
+  SamplingOptions sampling;
+};
+
+struct SegmentNote {
+  int64_t first_token = 0;  // where the segment starts in the context's tokens
+  int64_t tokens = 0;
+  std::string note;
+  bool empty = false;  // the template's empty note: nothing for the question in this segment
+};
+
+struct RecallResult {
+  int64_t context_tokens = 0;
+  std::vector<SegmentNote> segments;  // one per segment; none when the context fit in one pass
+  std::string note;                   // the last pass's note
+  std::string answer;
+  int64_t generated_tokens = 0;  // over every pass
+};
+
+class Recaller {
+ public:
+  // `model` and `params` must outlive the Recaller.
+  Recaller(const MambaCpu& model, std::span<const float> params, distill::Tokenizer tokenizer,
+           distill::RecallFormat format, RecallOptions options);
+
+  // Called after each segment's note, with the segment's index and the count.
+  using Progress = std::function<void(const SegmentNote&, size_t index, size_t count)>;
+  absl::StatusOr<RecallResult> Answer(std::string_view context, std::string_view question,
+                                      const Progress& progress = nullptr);
+
+ private:
+  struct Written {
+    distill::RecallFormat::Reading reading;
+    int64_t tokens = 0;
+  };
+  // Prompt ids for `context_ids` and the question, as training rendered them.
+  std::vector<int32_t> PromptIds(std::span<const int32_t> context_ids, std::string_view question);
+  // Generates after `prompt`; `note_only` stops once the note is complete.
+  absl::StatusOr<Written> Write(std::span<const int32_t> prompt, bool note_only);
+
+  const MambaCpu& model_;
+  std::span<const float> params_;
+  distill::Tokenizer tokenizer_;
+  distill::RecallFormat format_;
+  RecallOptions options_;
+  std::vector<int32_t> stop_ids_;
+};
+
+}  // namespace rwr::trainer
