@@ -1,5 +1,5 @@
 // `rwr generate` and `rwr eval`: a trained model answering questions the RwR way — a note per
-// context segment, then an answer from the notes (trainer/recall.h) — on the CPU.
+// context segment, then an answer from the notes (trainer/recall.h) — on the GPU or the CPU.
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -35,6 +35,8 @@ struct ModelFlags {
   std::string template_file;
   trainer::RecallOptions recall;
   int threads = 0;
+  std::string device = "auto";
+  std::string precision = "bf16";
 };
 
 void AddModelFlags(CLI::App* cmd, ModelFlags* f) {
@@ -70,7 +72,16 @@ void AddModelFlags(CLI::App* cmd, ModelFlags* f) {
   cmd->add_option("--seed", f->recall.sampling.seed, "Sampling seed (with --temperature > 0)")
       ->capture_default_str()
       ->check(NonNegative());
-  cmd->add_option("--threads", f->threads, "CPU threads (0: every core)")
+  cmd->add_option("--device", f->device,
+                  "cpu, cuda or auto (the GPU where there is one and the model fits the CUDA "
+                  "path: state_size 16)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  cmd->add_option("--precision", f->precision,
+                  "On the GPU: bf16 (GEMMs and activations, as training runs) or fp32")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"bf16", "fp32"}));
+  cmd->add_option("--threads", f->threads, "CPU threads on the CPU (0: every core)")
       ->capture_default_str()
       ->check(NonNegative());
 }
@@ -78,7 +89,7 @@ void AddModelFlags(CLI::App* cmd, ModelFlags* f) {
 // The model, its tokenizer and the template's reading of it, loaded once per command.
 struct LoadedRecall {
   trainer::LoadedModel model;
-  std::unique_ptr<trainer::MambaCpu> cpu;
+  std::unique_ptr<trainer::Decoder> decoder;
   std::string model_dir;
   std::unique_ptr<trainer::Recaller> recaller;
 };
@@ -116,11 +127,14 @@ absl::StatusOr<std::unique_ptr<LoadedRecall>> LoadRecall(const ModelFlags& f) {
                     loaded->model.config.vocab_size));
   }
   trainer::SetCpuThreads(f.threads);
-  loaded->cpu = std::make_unique<trainer::MambaCpu>(loaded->model.config);
-  spdlog::info("{}: {} on the CPU; tokenizer {}; template {}", loaded->model_dir,
-               loaded->model.config.Summary(), tokenizer_path, sample_template.name);
-  loaded->recaller = std::make_unique<trainer::Recaller>(
-      *loaded->cpu, loaded->model.params, std::move(tokenizer), std::move(format), f.recall);
+  RWR_ASSIGN_OR_RETURN(
+      loaded->decoder,
+      trainer::MakeDecoder(loaded->model.config, loaded->model.params, f.device, f.precision));
+  spdlog::info("{}: {} on {}; tokenizer {}; template {}", loaded->model_dir,
+               loaded->model.config.Summary(), loaded->decoder->device(), tokenizer_path,
+               sample_template.name);
+  loaded->recaller = std::make_unique<trainer::Recaller>(*loaded->decoder, std::move(tokenizer),
+                                                         std::move(format), f.recall);
   return loaded;
 }
 
@@ -173,11 +187,12 @@ void RegisterGenerate(CLI::App& app) {
   };
   auto* o = NewFlags<Options>();
   CLI::App* cmd = app.add_subcommand(
-      "generate", "Answer a question about a context the RwR way: notes, then the answer (CPU)");
+      "generate", "Answer a question about a context the RwR way: notes, then the answer");
   cmd->footer(
       "The context is split into --segment-tokens segments; for each the model writes a note for\n"
       "the question (or the template's empty note), and then answers from the notes that are not\n"
-      "empty. A context that fits one segment is answered in one pass. Runs on the CPU.\n"
+      "empty. A context that fits one segment is answered in one pass. On the GPU where there\n"
+      "is one (--device), else the CPU.\n"
       "Example: rwr generate --model runs/quickstart/export --context-file ctx.txt \\\n"
       "           --question \"Where did Ada move?\"");
   AddModelFlags(cmd, &o->model);
@@ -234,7 +249,7 @@ void RegisterEval(CLI::App& app) {
   };
   auto* o = NewFlags<Options>();
   CLI::App* cmd = app.add_subcommand(
-      "eval", "Answer every question of a dataset the RwR way and score the answers (CPU)");
+      "eval", "Answer every question of a dataset the RwR way and score the answers");
   cmd->footer(
       "Reads JSONL items {id, context, question, answer} (the format rwr distill and rwr data\n"
       "build read), answers each as rwr generate does, and reports exact match and contains\n"

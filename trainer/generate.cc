@@ -7,7 +7,92 @@
 #include "common/status.h"
 #include "fmt/format.h"
 
+#ifdef RWR_TRAINER_HAVE_CUDA
+#include "trainer/mamba_cuda.h"
+#endif
+
 namespace rwr::trainer {
+namespace {
+
+// Prompt tokens run at once on the CPU: bounds the activations a long prompt holds.
+constexpr int64_t kCpuPrefillChunk = 4096;
+
+class CpuDecoder final : public Decoder {
+ public:
+  CpuDecoder(const MambaConfig& config, std::span<const float> params)
+      : model_(config), params_(params), state_(model_.NewSequence()) {}
+  int64_t vocab_size() const override { return model_.config().vocab_size; }
+  std::string device() const override { return "cpu"; }
+  absl::Status Reset() override {
+    state_ = model_.NewSequence();
+    return absl::OkStatus();
+  }
+  absl::Status Advance(std::span<const int32_t> tokens, std::span<float> next_logits) override {
+    return model_.Advance(params_, tokens, kCpuPrefillChunk, state_, next_logits);
+  }
+
+ private:
+  MambaCpu model_;
+  std::span<const float> params_;
+  SequenceState state_;
+};
+
+#ifdef RWR_TRAINER_HAVE_CUDA
+class CudaDecoder final : public Decoder {
+ public:
+  CudaDecoder(std::unique_ptr<MambaCuda> model, int64_t vocab, std::string precision)
+      : model_(std::move(model)), vocab_(vocab), precision_(std::move(precision)) {}
+  int64_t vocab_size() const override { return vocab_; }
+  std::string device() const override { return "cuda (" + precision_ + ")"; }
+  absl::Status Reset() override { return model_->ResetSequence(); }
+  absl::Status Advance(std::span<const int32_t> tokens, std::span<float> next_logits) override {
+    return model_->Advance(tokens, 0, next_logits);  // 0: the largest chunk that fits
+  }
+
+ private:
+  std::unique_ptr<MambaCuda> model_;
+  int64_t vocab_;
+  std::string precision_;
+};
+#endif
+
+}  // namespace
+
+std::unique_ptr<Decoder> MakeCpuDecoder(const MambaConfig& config, std::span<const float> params) {
+  return std::make_unique<CpuDecoder>(config, params);
+}
+
+absl::StatusOr<std::unique_ptr<Decoder>> MakeDecoder(const MambaConfig& config,
+                                                     std::span<const float> params,
+                                                     const std::string& device,
+                                                     const std::string& precision) {
+  if (device != "cpu" && device != "cuda" && device != "auto") {
+    return absl::InvalidArgumentError(
+        fmt::format("device '{}': expected cpu, cuda or auto", device));
+  }
+  if (precision != "bf16" && precision != "fp32") {
+    return absl::InvalidArgumentError(
+        fmt::format("precision '{}': expected bf16 or fp32", precision));
+  }
+  if (device == "cpu") return MakeCpuDecoder(config, params);
+#ifdef RWR_TRAINER_HAVE_CUDA
+  if (device == "cuda" || (CudaDeviceAvailable() && config.d_state == 16)) {
+    RWR_ASSIGN_OR_RETURN(std::unique_ptr<MambaCuda> model,
+                         MambaCuda::Create(config, precision == "fp32" ? GemmPrecision::kFp32
+                                                                       : GemmPrecision::kBf16));
+    RWR_RETURN_IF_ERROR(model->UploadParams(params));
+    RWR_RETURN_IF_ERROR(model->ResetSequence());
+    return std::unique_ptr<Decoder>(
+        std::make_unique<CudaDecoder>(std::move(model), config.vocab_size, precision));
+  }
+#else
+  if (device == "cuda") {
+    return absl::UnimplementedError(
+        "device cuda: this build has no CUDA (configure with RWR_CUDA=ON)");
+  }
+#endif
+  return MakeCpuDecoder(config, params);
+}
 
 TokenSampler::TokenSampler(const SamplingOptions& options)
     : options_(options), rng_(options.seed) {}
@@ -54,8 +139,7 @@ int32_t TokenSampler::Pick(std::span<const float> logits) {
   return order_[kept - 1].second;  // rounding left u just above 0
 }
 
-absl::StatusOr<Generated> GenerateTokens(const MambaCpu& model, std::span<const float> params,
-                                         std::span<const int32_t> prompt, SequenceState& state,
+absl::StatusOr<Generated> GenerateTokens(Decoder& decoder, std::span<const int32_t> prompt,
                                          TokenSampler& sampler, const GenerateOptions& options) {
   if (prompt.empty()) {
     return absl::InvalidArgumentError("generation needs at least one prompt token");
@@ -64,8 +148,8 @@ absl::StatusOr<Generated> GenerateTokens(const MambaCpu& model, std::span<const 
     return absl::InvalidArgumentError(
         fmt::format("max_new_tokens {} is negative", options.max_new_tokens));
   }
-  std::vector<float> logits(model.config().vocab_size);
-  RWR_RETURN_IF_ERROR(model.Advance(params, prompt, options.prefill_chunk, state, logits));
+  std::vector<float> logits(decoder.vocab_size());
+  RWR_RETURN_IF_ERROR(decoder.Advance(prompt, logits));
   Generated out;
   while (static_cast<int64_t>(out.ids.size()) < options.max_new_tokens) {
     const int32_t next = sampler.Pick(logits);
@@ -80,8 +164,7 @@ absl::StatusOr<Generated> GenerateTokens(const MambaCpu& model, std::span<const 
       return out;
     }
     if (static_cast<int64_t>(out.ids.size()) == options.max_new_tokens) break;
-    RWR_RETURN_IF_ERROR(
-        model.Advance(params, std::span<const int32_t>(&next, 1), 1, state, logits));
+    RWR_RETURN_IF_ERROR(decoder.Advance(std::span<const int32_t>(&next, 1), logits));
   }
   out.end = Generated::End::kMaxTokens;
   return out;

@@ -1,17 +1,46 @@
-// Token generation with the CPU model (MambaCpu): a prompt runs once, then each new token is one
-// step of the recurrent state, so a token costs the same at any length of what came before.
+// Token generation: a prompt runs once, then each new token is one step of the model's recurrent
+// state, so a token costs the same at any length of what came before. A Decoder holds one
+// sequence at a time; MakeDecoder picks the CPU model or, where one is present, the GPU.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "trainer/mamba_cpu.h"
+#include "trainer/model_config.h"
 #include "trainer/rng.h"
 
 namespace rwr::trainer {
+
+// A model that generates, one sequence at a time, its recurrent state inside.
+class Decoder {
+ public:
+  virtual ~Decoder() = default;
+  virtual int64_t vocab_size() const = 0;
+  virtual std::string device() const = 0;  // "cpu" or "cuda (bf16)", for logs
+  // Starts a new sequence (the zero state).
+  virtual absl::Status Reset() = 0;
+  // Runs `tokens` from the sequence's state, leaves it after the last of them and writes the
+  // logits that follow it (vocab_size floats). However a sequence is split into calls, the logits
+  // are those of one forward pass over it (to the device's rounding).
+  virtual absl::Status Advance(std::span<const int32_t> tokens, std::span<float> next_logits) = 0;
+};
+
+// The CPU model (fp32). `params` must outlive the decoder.
+std::unique_ptr<Decoder> MakeCpuDecoder(const MambaConfig& config, std::span<const float> params);
+
+// device: "cpu", "cuda" or "auto" (the GPU where one is present and the model fits the CUDA path,
+// else the CPU); precision of the GPU's GEMMs and activations: "bf16" or "fp32". A "cuda" the
+// build or the machine cannot give is an error.
+absl::StatusOr<std::unique_ptr<Decoder>> MakeDecoder(const MambaConfig& config,
+                                                     std::span<const float> params,
+                                                     const std::string& device,
+                                                     const std::string& precision);
 
 struct SamplingOptions {
   double temperature = 0;  // 0: greedy (the most likely token; the lowest id wins a tie)
@@ -36,7 +65,6 @@ struct GenerateOptions {
   std::vector<int32_t> stop_ids;  // ends generation, itself not kept (end of text)
   // Called after each kept token with everything generated so far; true ends generation.
   std::function<bool(std::span<const int32_t> generated)> stop;
-  int64_t prefill_chunk = 4096;  // prompt tokens run at once (bounds the prompt's activations)
 };
 
 struct Generated {
@@ -44,10 +72,10 @@ struct Generated {
   enum class End { kStopId, kStopCondition, kMaxTokens } end = End::kMaxTokens;
 };
 
-// Runs `prompt` (at least one token) from `state` and generates after it. `state` is left after
-// the prompt and every generated token but the last, which the model has not run yet.
-absl::StatusOr<Generated> GenerateTokens(const MambaCpu& model, std::span<const float> params,
-                                         std::span<const int32_t> prompt, SequenceState& state,
+// Runs `prompt` (at least one token) from the decoder's sequence and generates after it. The
+// sequence is left after the prompt and every generated token but the last, which the model has
+// not run yet.
+absl::StatusOr<Generated> GenerateTokens(Decoder& decoder, std::span<const int32_t> prompt,
                                          TokenSampler& sampler, const GenerateOptions& options);
 
 }  // namespace rwr::trainer

@@ -253,6 +253,10 @@ struct MambaCuda::Impl {
   GradWrites grad_writes;
   PhaseClock clock;
   bool keep_acts = true;  // keep recomputable activations where memory allows (KeptActs)
+  // Generation (Advance): the sequence's state, [layer] conv + ssm as in CallBuffers::states; and
+  // GEMMs untimed while it runs, since every prompt length would be a new shape to time.
+  DeviceBuffer<float> sequence;
+  bool untimed_gemms = false;
 
   ~Impl() {
     gemms.reset();
@@ -344,7 +348,7 @@ struct MambaCuda::Impl {
                       bool timed = true) {
     GemmProblem p =
         GemmProblem::Forward(M, N, K, ldx, ldy, CudaType(), y_f32 ? CUDA_R_32F : CudaType());
-    p.timed = timed;
+    p.timed = timed && !untimed_gemms;
     return Timed("gemm", what, "fwd", [&] { return Gemm(p, Wt, X, Y, beta); });
   }
   // dX(M, K) = dY(M, N)·W(N, K) + beta·dX
@@ -353,14 +357,14 @@ struct MambaCuda::Impl {
                         float beta = 0.f, bool timed = true) {
     GemmProblem p =
         GemmProblem::InputGrad(M, N, K, lddy, lddx, CudaType(), dx_f32 ? CUDA_R_32F : CudaType());
-    p.timed = timed;
+    p.timed = timed && !untimed_gemms;
     return Timed("gemm", what, "dx", [&] { return Gemm(p, Wt, dY, dX, beta); });
   }
   // dW(N, K) (+)= dY(M, N)ᵀ·X(M, K), dW fp32 (nothing of dW is read where beta is 0)
   absl::Status LinearDw(const char* what, const void* dY, int64_t lddy, const void* X, int64_t ldx,
                         GradOut dW, int64_t M, int64_t N, int64_t K, bool timed = true) {
     GemmProblem p = GemmProblem::WeightGrad(M, N, K, lddy, ldx, CudaType());
-    p.timed = timed;
+    p.timed = timed && !untimed_gemms;
     return Timed("gemm", what, "dw", [&] { return Gemm(p, X, dY, dW.ptr, dW.add ? 1.f : 0.f); });
   }
 };
@@ -665,6 +669,24 @@ class CudaRunner {
     });
   }
 
+  // The rows continue a sequence from the state put in slot 0 (generation): their first token
+  // does not start a document. Call before Prepare.
+  void ContinueSequence() { continues_ = true; }
+
+  // The logits that follow the chunk's last row (V floats, to the host): its final norm and the
+  // tied head, that row alone.
+  absl::Status LastLogits(const ChunkDims& d, float* host_logits) {
+    cudaStream_t s = m_.stream;
+    const int64_t last = d.M() - 1;
+    RWR_RETURN_IF_ERROR(cuda::RmsNorm(k().h.ptr + last * d.D, P(layout_.norm_f()), k().hn.ptr,
+                                      m_.act, k().rstd_f.ptr, 1, d.D, c_.norm_eps, s));
+    RWR_RETURN_IF_ERROR(m_.Linear("lm_head", k().hn.ptr, d.D, m_.W(layout_.embedding()),
+                                  k().block_logits.ptr, true, d.V, 1, d.V, d.D, 0.f, false));
+    RWR_CUDA(cudaMemcpyAsync(host_logits, k().block_logits.ptr, d.V * 4, cudaMemcpyDeviceToHost, s));
+    RWR_CUDA(cudaStreamSynchronize(s));
+    return absl::OkStatus();
+  }
+
   // Uploads the batch and sizes every buffer for chunks of chunk_len tokens.
   absl::Status Prepare(int64_t chunk_len, int64_t state_slots, bool grad) {
     DeviceArena& ar = k().arena;
@@ -675,7 +697,9 @@ class CudaRunner {
         cudaMemcpyAsync(k().tokens.ptr, batch_.tokens, n * 4, cudaMemcpyHostToDevice, m_.stream));
     host_reset_.assign(n, 0);
     if (batch_.reset != nullptr) std::copy(batch_.reset, batch_.reset + n, host_reset_.begin());
-    for (int64_t b = 0; b < B; ++b) host_reset_[b * T] = 1;
+    if (!continues_) {
+      for (int64_t b = 0; b < B; ++b) host_reset_[b * T] = 1;
+    }
     RWR_CUDA(
         cudaMemcpyAsync(k().reset.ptr, host_reset_.data(), n, cudaMemcpyHostToDevice, m_.stream));
     const ChunkDims d = Dims(0, chunk_len);
@@ -869,6 +893,7 @@ class CudaRunner {
   const TokenBatch& batch_;
   // Host sources of asynchronous uploads, alive until the call's closing stream sync.
   std::vector<uint8_t> host_reset_;
+  bool continues_ = false;  // ContinueSequence: the rows go on from a state, no reset at token 0
   std::tuple<std::vector<int32_t>, std::vector<int32_t>, std::vector<int32_t>> host_embed_;
 };
 
@@ -1094,6 +1119,61 @@ absl::StatusOr<LossSum> MambaCuda::Forward(const TokenBatch& batch, int64_t chun
   }
   RWR_CUDA(cudaStreamSynchronize(m.stream));
   return total;
+}
+
+absl::Status MambaCuda::ResetSequence() {
+  Impl& m = *impl_;
+  const int64_t floats = m.c.n_layer * m.StateFloats(1);
+  if (m.sequence.ptr == nullptr) RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.sequence, floats));
+  RWR_CUDA(cudaMemsetAsync(m.sequence.ptr, 0, floats * 4, m.stream));
+  return absl::OkStatus();
+}
+
+absl::Status MambaCuda::Advance(std::span<const int32_t> tokens, int64_t chunk_len,
+                                std::span<float> next_logits) {
+  Impl& m = *impl_;
+  if (m.sequence.ptr == nullptr) RWR_RETURN_IF_ERROR(ResetSequence());
+  if (tokens.empty()) return absl::InvalidArgumentError("Advance: no tokens");
+  if (static_cast<int64_t>(next_logits.size()) != m.c.vocab_size) {
+    return absl::InvalidArgumentError(fmt::format("Advance: logits buffer has {} floats, not {}",
+                                                  next_logits.size(), m.c.vocab_size));
+  }
+  for (int32_t id : tokens) {
+    if (id < 0 || id >= m.c.vocab_size) {
+      return absl::InvalidArgumentError(
+          fmt::format("token id {} out of range (vocab {})", id, m.c.vocab_size));
+    }
+  }
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  const std::vector<uint8_t> no_loss(T, 0);
+  const TokenBatch batch{.batch = 1, .seq_len = T, .tokens = tokens.data(),
+                         .targets = tokens.data(), .loss_mask = no_loss.data()};
+  m.untimed_gemms = true;
+  absl::Status status = [&]() -> absl::Status {
+    CudaRunner run(m, layout_, batch);
+    run.ContinueSequence();
+    RWR_ASSIGN_OR_RETURN(chunk_len, PrepareChunks(m, run, batch, chunk_len, false));
+    const int64_t num_chunks = (T + chunk_len - 1) / chunk_len;
+    const int64_t floats = m.c.n_layer * m.StateFloats(1);
+    // Slot 0 holds every layer's state entering the first chunk (see CudaRunner::State).
+    RWR_CUDA(cudaMemcpyAsync(run.State(0, 0), m.sequence.ptr, floats * 4,
+                             cudaMemcpyDeviceToDevice, m.stream));
+    for (int64_t c = 0; c < num_chunks; ++c) {
+      const ChunkDims d = run.Dims(c * chunk_len, std::min(chunk_len, T - c * chunk_len));
+      RWR_RETURN_IF_ERROR(run.Embed(d));
+      for (int64_t l = 0; l < m.c.n_layer; ++l) {
+        RWR_RETURN_IF_ERROR(run.LayerForward(l, d, run.State(c % 2, l),
+                                             run.State((c + 1) % 2, l), m.call->pass_acts, false));
+      }
+      if (c + 1 == num_chunks) RWR_RETURN_IF_ERROR(run.LastLogits(d, next_logits.data()));
+    }
+    RWR_CUDA(cudaMemcpyAsync(m.sequence.ptr, run.State(num_chunks % 2, 0), floats * 4,
+                             cudaMemcpyDeviceToDevice, m.stream));
+    RWR_CUDA(cudaStreamSynchronize(m.stream));
+    return absl::OkStatus();
+  }();
+  m.untimed_gemms = false;
+  return status;
 }
 
 absl::StatusOr<LossSum> MambaCuda::ForwardBackward(const TokenBatch& batch, int64_t chunk_len,

@@ -8,11 +8,9 @@
 
 namespace rwr::trainer {
 
-Recaller::Recaller(const MambaCpu& model, std::span<const float> params,
-                   distill::Tokenizer tokenizer, distill::RecallFormat format,
+Recaller::Recaller(Decoder& decoder, distill::Tokenizer tokenizer, distill::RecallFormat format,
                    RecallOptions options)
-    : model_(model),
-      params_(params),
+    : decoder_(decoder),
       tokenizer_(std::move(tokenizer)),
       format_(std::move(format)),
       options_(options) {
@@ -52,10 +50,9 @@ absl::StatusOr<Recaller::Written> Recaller::Write(std::span<const int32_t> promp
     }
     return n - note_done_at >= options_.max_answer_tokens;
   };
-  SequenceState state = model_.NewSequence();
+  RWR_RETURN_IF_ERROR(decoder_.Reset());
   TokenSampler sampler(options_.sampling);
-  RWR_ASSIGN_OR_RETURN(Generated generated,
-                       GenerateTokens(model_, params_, prompt, state, sampler, generate));
+  RWR_ASSIGN_OR_RETURN(Generated generated, GenerateTokens(decoder_, prompt, sampler, generate));
   Written written;
   written.tokens = static_cast<int64_t>(generated.ids.size());
   written.reading = format_.Read(tokenizer_.Decode(generated.ids, /*skip_special_tokens=*/true));

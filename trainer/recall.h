@@ -17,7 +17,6 @@
 #include "distill/recall_format.h"
 #include "distill/tokenizer.h"
 #include "trainer/generate.h"
-#include "trainer/mamba_cpu.h"
 
 namespace rwr::trainer {
 
@@ -45,9 +44,9 @@ struct RecallResult {
 
 class Recaller {
  public:
-  // `model` and `params` must outlive the Recaller.
-  Recaller(const MambaCpu& model, std::span<const float> params, distill::Tokenizer tokenizer,
-           distill::RecallFormat format, RecallOptions options);
+  // `decoder` must outlive the Recaller.
+  Recaller(Decoder& decoder, distill::Tokenizer tokenizer, distill::RecallFormat format,
+           RecallOptions options);
 
   // Called after each segment's note, with the segment's index and the count.
   using Progress = std::function<void(const SegmentNote&, size_t index, size_t count)>;
@@ -64,8 +63,7 @@ class Recaller {
   // Generates after `prompt`; `note_only` stops once the note is complete.
   absl::StatusOr<Written> Write(std::span<const int32_t> prompt, bool note_only);
 
-  const MambaCpu& model_;
-  std::span<const float> params_;
+  Decoder& decoder_;
   distill::Tokenizer tokenizer_;
   distill::RecallFormat format_;
   RecallOptions options_;

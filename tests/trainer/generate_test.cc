@@ -52,9 +52,9 @@ TEST(GenerateParity, GreedyTokensAndEveryStepsLogitsMatchHuggingFace) {
   }
   std::cout << "worst step logits relative error " << worst << "\n";
 
-  SequenceState fresh = model.NewSequence();
+  std::unique_ptr<Decoder> decoder = MakeCpuDecoder(f.model.config, f.model.params);
   TokenSampler greedy(SamplingOptions{});
-  auto generated = GenerateTokens(model, f.model.params, prompt, fresh, greedy,
+  auto generated = GenerateTokens(*decoder, prompt, greedy,
                                   {.max_new_tokens = static_cast<int64_t>(expected.size())});
   ASSERT_TRUE(generated.ok()) << generated.status();
   EXPECT_EQ(generated->ids, expected);
@@ -134,32 +134,45 @@ TEST(TokenSampler, GreedyTakesTheFirstMaximumAndSamplingFollowsTheSoftmax) {
 
 TEST(GenerateTokens, StopsAtAStopIdAConditionOrTheBudget) {
   testing::HfFixture f = testing::LoadHfFixture();
-  MambaCpu model(f.model.config);
+  std::unique_ptr<Decoder> decoder = MakeCpuDecoder(f.model.config, f.model.params);
   const std::vector<int32_t> prompt(f.tokens.begin(), f.tokens.begin() + 11);
   TokenSampler greedy(SamplingOptions{});
-  SequenceState state = model.NewSequence();
-  auto free_run =
-      GenerateTokens(model, f.model.params, prompt, state, greedy, {.max_new_tokens = 6});
+  auto free_run = GenerateTokens(*decoder, prompt, greedy, {.max_new_tokens = 6});
   ASSERT_TRUE(free_run.ok());
   ASSERT_EQ(free_run->ids.size(), 6u);
 
-  state = model.NewSequence();
-  auto stopped = GenerateTokens(model, f.model.params, prompt, state, greedy,
+  ASSERT_TRUE(decoder->Reset().ok());
+  auto stopped = GenerateTokens(*decoder, prompt, greedy,
                                 {.max_new_tokens = 6, .stop_ids = {free_run->ids[0]}});
   ASSERT_TRUE(stopped.ok());
   EXPECT_TRUE(stopped->ids.empty());
   EXPECT_EQ(stopped->end, Generated::End::kStopId);
 
-  state = model.NewSequence();
+  ASSERT_TRUE(decoder->Reset().ok());
   auto two = GenerateTokens(
-      model, f.model.params, prompt, state, greedy,
+      *decoder, prompt, greedy,
       {.max_new_tokens = 6, .stop = [](std::span<const int32_t> ids) { return ids.size() == 2; }});
   ASSERT_TRUE(two.ok());
   EXPECT_EQ(two->ids, std::vector<int32_t>(free_run->ids.begin(), free_run->ids.begin() + 2));
   EXPECT_EQ(two->end, Generated::End::kStopCondition);
 
-  state = model.NewSequence();
-  EXPECT_FALSE(GenerateTokens(model, f.model.params, {}, state, greedy, {}).ok());
+  // Without a Reset the sequence goes on (the prompt again is another context); after one it
+  // starts afresh, to the bit.
+  const size_t V = f.model.config.vocab_size;
+  std::vector<float> first(V), continued(V), again(V);
+  ASSERT_TRUE(decoder->Reset().ok());
+  ASSERT_TRUE(decoder->Advance(prompt, first).ok());
+  ASSERT_TRUE(decoder->Advance(prompt, continued).ok());
+  ASSERT_TRUE(decoder->Reset().ok());
+  ASSERT_TRUE(decoder->Advance(prompt, again).ok());
+  EXPECT_EQ(again, first);
+  EXPECT_GT(RelErr(continued, first), 1e-5);  // 6e-4: the last token dominates this model
+  EXPECT_FALSE(GenerateTokens(*decoder, {}, greedy, {}).ok());
+  auto device = MakeDecoder(f.model.config, f.model.params, "tpu", "bf16");
+  EXPECT_FALSE(device.ok());
+  auto cpu = MakeDecoder(f.model.config, f.model.params, "cpu", "bf16");
+  ASSERT_TRUE(cpu.ok());
+  EXPECT_EQ((*cpu)->device(), "cpu");
 }
 
 // The recall loop on a random tiny model with rwr's tokenizer: what it writes is noise, but the
@@ -175,11 +188,11 @@ TEST(Recaller, SegmentsTheContextAndKeepsEveryPassInItsBudget) {
   config.d_inner = 64;
   config.dt_rank = 2;
   const std::vector<float> params = InitParams(config, 5);
-  MambaCpu model(config);
+  std::unique_ptr<Decoder> decoder = MakeCpuDecoder(config, params);
   auto format = distill::RecallFormat::From(distill::SampleTemplate::Default());
   ASSERT_TRUE(format.ok());
   RecallOptions options{.segment_tokens = 40, .max_note_tokens = 7, .max_answer_tokens = 5};
-  Recaller recaller(model, params, *tokenizer, *format, options);
+  Recaller recaller(*decoder, *tokenizer, *format, options);
   std::string context;
   for (int i = 0; i < 30; ++i) context += "Ada moved to Oslo in spring and Bo stayed home. ";
   std::vector<std::pair<size_t, size_t>> progress;
@@ -203,7 +216,7 @@ TEST(Recaller, SegmentsTheContextAndKeepsEveryPassInItsBudget) {
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->answer, result->answer);
   EXPECT_EQ(again->note, result->note);
-  Recaller whole(model, params, *tokenizer, *format, {.segment_tokens = 0, .max_note_tokens = 3});
+  Recaller whole(*decoder, *tokenizer, *format, {.segment_tokens = 0, .max_note_tokens = 3});
   auto one_pass = whole.Answer(context, "Where did Ada move?");
   ASSERT_TRUE(one_pass.ok());
   EXPECT_TRUE(one_pass->segments.empty());

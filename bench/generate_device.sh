@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Run ON the GPU machine after scripts/device-test.sh (or scripts/device-build.sh) in the same
+# call: `rwr generate` with Mamba-2.8B shapes (random init, bf16 weights) on the GPU — a long
+# context in 2048-token segments, a note per segment, then the answer — and the same on the tiny
+# model on the CPU for scale. Writes generate_*.json (the --json output: tokens, seconds) to $OUT.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${OUT:-$root/out}
+mkdir -p "$out"
+export LD_LIBRARY_PATH="$root/.deb/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+rwr=$root/build/gpu/bin/rwr
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# A context of about 8k tokens: the synthetic QA generator's text.
+"$rwr" data synth --out "$work/qa.jsonl" --count 1 --context-tokens 8000 --seed 5 --log-level warn
+python3 - "$work" <<'PY'
+import json, sys, pathlib
+w = pathlib.Path(sys.argv[1])
+item = json.loads((w / "qa.jsonl").read_text().splitlines()[0])
+(w / "ctx.txt").write_text(item["context"])
+(w / "question.txt").write_text(item["question"])
+PY
+question=$(cat "$work/question.txt")
+"$rwr" model init --config "$root/configs/models/mamba-2.8b.yaml" --out "$work/m28" --dtype bf16 \
+  --log-level warn
+for precision in bf16 fp32; do
+  "$rwr" generate --model "$work/m28" --tokenizer "$root/configs/tokenizer/tokenizer.json" \
+    --context-file "$work/ctx.txt" --question "$question" --segment-tokens 2048 \
+    --max-note-tokens 64 --max-answer-tokens 32 --device cuda --precision "$precision" --json \
+    --log-level warn | tee "$out/generate_m28_cuda_$precision.json"
+done
+"$rwr" model init --config "$root/configs/models/tiny.yaml" --out "$work/tiny" --log-level warn
+for device in cuda cpu; do
+  "$rwr" generate --model "$work/tiny" --tokenizer "$root/configs/tokenizer/tokenizer.json" \
+    --context-file "$work/ctx.txt" --question "$question" --segment-tokens 2048 \
+    --max-note-tokens 64 --max-answer-tokens 32 --device "$device" --json --log-level warn \
+    | tee "$out/generate_tiny_$device.json"
+done
+nvidia-smi --query-gpu=name --format=csv,noheader | tee "$out/generate_gpu.txt"
