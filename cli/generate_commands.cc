@@ -1,6 +1,11 @@
 // `rwr generate` and `rwr eval`: a trained model answering questions the RwR way — a note per
 // context segment, then an answer from the notes (trainer/recall.h) — on the GPU or the CPU.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -10,13 +15,13 @@
 #include "cli/command.h"
 #include "common/logging.h"
 #include "common/progress.h"
+#include "common/shutdown.h"
 #include "common/status.h"
 #include "distill/recall_format.h"
 #include "distill/sample_builder.h"
 #include "distill/tokenizer.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
-#include "storage/shard.h"
 #include "trainer/checkpoint.h"
 #include "trainer/model_io.h"
 #include "trainer/recall.h"
@@ -241,6 +246,128 @@ void RegisterGenerate(CLI::App& app) {
   });
 }
 
+// The predictions of an eval, one JSON line per item, each appended and synced as soon as its item
+// is answered: a killed or requeued eval loses at most the item in progress, and a rerun with the
+// same --out reads the lines there, skips their items and goes on.
+class PredictionsFile {
+ public:
+  // Reads what `path` holds (a torn last line, from a kill mid-write, is cut off) and opens it to
+  // append. Lines of another model or of ids the dataset lacks are an error: another eval's file.
+  static absl::StatusOr<std::unique_ptr<PredictionsFile>> Open(
+      const std::string& path, const std::string& model,
+      const absl::flat_hash_set<std::string>& dataset_ids) {
+    std::unique_ptr<PredictionsFile> file(new PredictionsFile());
+    file->path_ = path;
+    std::string text;
+    if (fs::exists(path)) {
+      RWR_ASSIGN_OR_RETURN(text, ReadTextFile(path));
+    }
+    const size_t whole = text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1;
+    if (whole < text.size()) {
+      spdlog::warn(
+          "{}: its last line was cut short (an eval killed mid-write); it is dropped and "
+          "that item answered again",
+          path);
+    }
+    std::istringstream lines(text.substr(0, whole));
+    int64_t number = 0;
+    for (std::string line; std::getline(lines, line);) {
+      ++number;
+      json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (!j.is_object() || !j.contains("id") || !j["id"].is_string() || !j.contains("model")) {
+        return absl::InvalidArgumentError(fmt::format(
+            "{}:{}: not a prediction line of rwr eval; choose another --out", path, number));
+      }
+      if (j["model"] != model) {
+        return absl::InvalidArgumentError(
+            fmt::format("{}:{}: predictions of model {}, not {}; choose another --out", path,
+                        number, j["model"].dump(), model));
+      }
+      const std::string id = j["id"];
+      if (!dataset_ids.contains(id)) {
+        return absl::InvalidArgumentError(fmt::format(
+            "{}:{}: item '{}' is not in the dataset (another eval's file?); choose another --out",
+            path, number, id));
+      }
+      file->done_ids_.insert(id);
+      file->done_.push_back(std::move(j));
+    }
+    file->fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (file->fd_ < 0 || ::ftruncate(file->fd_, static_cast<off_t>(whole)) != 0 ||
+        ::lseek(file->fd_, 0, SEEK_END) < 0) {
+      return absl::UnavailableError(
+          fmt::format("{}: cannot open to append: {}", path, std::strerror(errno)));
+    }
+    return file;
+  }
+  ~PredictionsFile() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+
+  const std::vector<json>& done() const { return done_; }
+  bool Has(const std::string& id) const { return done_ids_.contains(id); }
+
+  absl::Status Append(const json& prediction) {
+    const std::string line = prediction.dump() + "\n";
+    for (size_t at = 0; at < line.size();) {
+      const ssize_t n = ::write(fd_, line.data() + at, line.size() - at);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        return absl::UnavailableError(
+            fmt::format("cannot write {}: {}", path_, std::strerror(errno)));
+      }
+      at += static_cast<size_t>(n);
+    }
+    if (::fsync(fd_) != 0) {
+      return absl::UnavailableError(fmt::format("cannot sync {}: {}", path_, std::strerror(errno)));
+    }
+    done_.push_back(prediction);
+    return absl::OkStatus();
+  }
+
+ private:
+  PredictionsFile() = default;
+  std::string path_;
+  int fd_ = -1;
+  std::vector<json> done_;
+  absl::flat_hash_set<std::string> done_ids_;
+};
+
+// Scores over prediction lines (those of earlier runs of the same eval included).
+struct EvalTally {
+  int64_t items = 0, exact = 0, contains = 0, notes = 0, empty_notes = 0;
+  void Add(const json& prediction) {
+    ++items;
+    exact += prediction.value("exact", false);
+    contains += prediction.value("contains", false);
+    for (const json& s : prediction.value("segments", json::array())) {
+      (s.value("empty", false) ? empty_notes : notes) += 1;
+    }
+  }
+  std::string Line() const {
+    const double n = std::max<double>(1, static_cast<double>(items));
+    return fmt::format(
+        "{} items, exact {} ({:.1f}%), contains {} ({:.1f}%); segment notes {} written, {} empty",
+        items, exact, 100.0 * exact / n, contains, 100.0 * contains / n, notes, empty_notes);
+  }
+};
+
+json Predict(const distill::RecipeItem& item, const trainer::RecallResult& r,
+             const std::string& model) {
+  const std::string got = NormalizeAnswer(r.answer), want = NormalizeAnswer(item.answer);
+  return json{
+      {"id", item.id},
+      {"question", item.question},
+      {"reference", item.answer},
+      {"answer", r.answer},
+      {"note", r.note},
+      {"segments", SegmentsJson(r)},
+      {"exact", got == want},
+      {"contains", !want.empty() && (" " + got + " ").find(" " + want + " ") != std::string::npos},
+      {"context_tokens", r.context_tokens},
+      {"model", model}};
+}
+
 void RegisterEval(CLI::App& app) {
   struct Options {
     ModelFlags model;
@@ -254,10 +381,14 @@ void RegisterEval(CLI::App& app) {
       "Reads JSONL items {id, context, question, answer} (the format rwr distill and rwr data\n"
       "build read), answers each as rwr generate does, and reports exact match and contains\n"
       "(the normalized reference inside the normalized answer; lower case, no punctuation or\n"
-      "articles). --out writes one JSON line per item: id, answer, reference, notes, scores.");
+      "articles). --out gets one JSON line per item (id, answer, reference, notes, scores) as\n"
+      "soon as it is answered; run the same command again after a kill, a SIGTERM or a Slurm\n"
+      "requeue and it answers only the items not in --out yet. On SIGTERM/SIGUSR1 it stops after\n"
+      "the item in progress and exits 0.");
   AddModelFlags(cmd, &o->model);
   cmd->add_option("--input", o->input, "Dataset JSONL (id, context, question, answer)")->required();
-  cmd->add_option("--out", o->out, "Predictions JSONL (written whole at the end)");
+  cmd->add_option("--out", o->out,
+                  "Predictions JSONL, appended item by item; an existing one is continued");
   cmd->add_option("--limit", o->limit, "Only the first N items (0: all)")
       ->capture_default_str()
       ->check(NonNegative());
@@ -281,42 +412,41 @@ void RegisterEval(CLI::App& app) {
           return absl::OkStatus();
         }));
     if (items.empty()) return absl::InvalidArgumentError(fmt::format("{}: no items", o->input));
-    RWR_ASSIGN_OR_RETURN(auto loaded, LoadRecall(o->model));
-    std::string predictions;
-    int64_t exact = 0, contains = 0, notes = 0, empty_notes = 0;
-    Progress progress(
-        {.label = "eval", .total = static_cast<int64_t>(items.size()), .unit = "items"});
+    const std::string model = fs::absolute(o->model.model).lexically_normal().string();
+    std::unique_ptr<PredictionsFile> out;
+    EvalTally tally;
+    if (!o->out.empty()) {
+      RWR_ASSIGN_OR_RETURN(out, PredictionsFile::Open(o->out, model, ids));
+      for (const json& done : out->done()) tally.Add(done);
+      if (tally.items > 0) {
+        spdlog::info("eval: {} holds {} answered items; answering the rest", o->out, tally.items);
+      }
+    }
+    std::vector<const distill::RecipeItem*> todo;
     for (const distill::RecipeItem& item : items) {
+      if (out == nullptr || !out->Has(item.id)) todo.push_back(&item);
+    }
+    RWR_ASSIGN_OR_RETURN(auto loaded, LoadRecall(o->model));
+    Progress progress(
+        {.label = "eval", .total = static_cast<int64_t>(todo.size()), .unit = "items"});
+    for (const distill::RecipeItem* item : todo) {
+      if (ShutdownRequested()) {
+        progress.Finish("interrupted");
+        std::cout << fmt::format("eval: interrupted with {} of {} items answered{}\n", tally.items,
+                                 items.size(),
+                                 out ? "; run the same command again to answer the rest" : "");
+        return absl::OkStatus();
+      }
       RWR_ASSIGN_OR_RETURN(trainer::RecallResult r,
-                           loaded->recaller->Answer(item.context, item.question));
-      const std::string got = NormalizeAnswer(r.answer), want = NormalizeAnswer(item.answer);
-      const bool is_exact = got == want;
-      const bool has =
-          !want.empty() && (" " + got + " ").find(" " + want + " ") != std::string::npos;
-      exact += is_exact;
-      contains += has;
-      for (const trainer::SegmentNote& s : r.segments) (s.empty ? empty_notes : notes) += 1;
-      predictions += json{{"id", item.id},
-                          {"question", item.question},
-                          {"reference", item.answer},
-                          {"answer", r.answer},
-                          {"note", r.note},
-                          {"segments", SegmentsJson(r)},
-                          {"exact", is_exact},
-                          {"contains", has},
-                          {"context_tokens", r.context_tokens}}
-                         .dump() +
-                     "\n";
+                           loaded->recaller->Answer(item->context, item->question));
+      const json prediction = Predict(*item, r, model);
+      if (out != nullptr) RWR_RETURN_IF_ERROR(out->Append(prediction));
+      tally.Add(prediction);
       progress.Advance();
     }
     progress.Finish();
-    if (!o->out.empty()) RWR_RETURN_IF_ERROR(storage::WriteFileAtomically(o->out, predictions));
-    const double n = static_cast<double>(items.size());
-    std::cout << fmt::format(
-        "eval: {} items, exact {} ({:.1f}%), contains {} ({:.1f}%); segment notes {} written, {} "
-        "empty{}\n",
-        items.size(), exact, 100.0 * exact / n, contains, 100.0 * contains / n, notes, empty_notes,
-        o->out.empty() ? "" : "; predictions in " + o->out);
+    std::cout << "eval: " << tally.Line() << (o->out.empty() ? "" : "; predictions in " + o->out)
+              << "\n";
     return absl::OkStatus();
   });
 }

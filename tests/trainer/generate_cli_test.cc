@@ -3,10 +3,15 @@
 // what the commands promise around it — the output's shape (text and JSON), segments, the
 // predictions file, repeatable greedy answers, and one-line errors for bad input.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
@@ -176,6 +181,139 @@ TEST(EvalCli, ScoresEveryItemAndWritesOnePredictionPerItem) {
   EXPECT_EQ(dup.exit_code, 1);
   EXPECT_NE(dup.output.find("dup.jsonl:2: item id 'a' appears again"), std::string::npos)
       << dup.output;
+}
+
+// A killed or requeued eval goes on where it stopped: every answered item is in --out already,
+// a torn last line is answered again, and a file of another eval is refused.
+TEST(EvalCli, ARerunAnswersOnlyWhatTheOutFileLacks) {
+  const std::string dir = TempDir("resume");
+  {
+    std::ofstream items(dir + "/items.jsonl");
+    for (int i = 0; i < 4; ++i) {
+      items << json{{"id", fmt::format("q{}", i)},
+                    {"context", Context(1 + i)},
+                    {"question", "Where did Ada move?"},
+                    {"answer", "Oslo"}}
+                   .dump()
+            << "\n";
+    }
+  }
+  const std::string eval = fmt::format(
+      "eval --model {} --input {}/items.jsonl --out {}/pred.jsonl --segment-tokens 16 "
+      "--max-note-tokens 2 --max-answer-tokens 2",
+      ModelDir(), dir, dir);
+  auto ids_in = [&](const std::string& path) {
+    std::vector<std::string> ids;
+    std::ifstream in(path);
+    for (std::string line; std::getline(in, line);) ids.push_back(json::parse(line)["id"]);
+    return ids;
+  };
+  CommandResult first = RunRwr(eval + " --limit 2 --log-level error");
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  EXPECT_EQ(ids_in(dir + "/pred.jsonl"), (std::vector<std::string>{"q0", "q1"}));
+  const std::string q1_line = [&] {
+    std::ifstream in(dir + "/pred.jsonl");
+    std::string line;
+    std::getline(in, line);
+    std::getline(in, line);
+    return line;
+  }();
+  // A kill in the middle of writing q1's line: half of it on disk.
+  fs::resize_file(dir + "/pred.jsonl", fs::file_size(dir + "/pred.jsonl") - q1_line.size() / 2);
+  CommandResult rest = RunRwr(eval + " --log-level info");
+  ASSERT_EQ(rest.exit_code, 0) << rest.output;
+  EXPECT_NE(rest.output.find("cut short"), std::string::npos) << rest.output;
+  EXPECT_NE(rest.output.find("holds 1 answered items"), std::string::npos) << rest.output;
+  EXPECT_NE(rest.output.find("eval: 4 items"), std::string::npos) << rest.output;
+  EXPECT_EQ(ids_in(dir + "/pred.jsonl"), (std::vector<std::string>{"q0", "q1", "q2", "q3"}));
+  CommandResult again = RunRwr(eval + " --log-level info");
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_NE(again.output.find("holds 4 answered items"), std::string::npos) << again.output;
+  EXPECT_EQ(ids_in(dir + "/pred.jsonl").size(), 4u);  // nothing answered twice
+
+  // Another model's file, or one naming items the dataset lacks: refused, untouched.
+  const std::string other_model = TempDir("other_model");
+  fs::copy(ModelDir(), other_model,
+           fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+  const std::string before = [&] {
+    std::ifstream in(dir + "/pred.jsonl");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }();
+  CommandResult other = RunRwr(
+      fmt::format("eval --model {} --input {}/items.jsonl --out {}/pred.jsonl --log-level error",
+                  other_model, dir, dir));
+  EXPECT_EQ(other.exit_code, 1);
+  EXPECT_EQ(Lines(other.output), 1) << other.output;
+  EXPECT_NE(other.output.find("choose another --out"), std::string::npos) << other.output;
+  {
+    std::ofstream fewer(dir + "/fewer.jsonl");
+    fewer << R"({"id":"q0","context":"c","question":"q","answer":"x"})"
+          << "\n";
+  }
+  CommandResult foreign = RunRwr(
+      fmt::format("eval --model {} --input {}/fewer.jsonl --out {}/pred.jsonl --log-level error",
+                  ModelDir(), dir, dir));
+  EXPECT_EQ(foreign.exit_code, 1);
+  EXPECT_NE(foreign.output.find("item 'q1' is not in the dataset"), std::string::npos)
+      << foreign.output;
+  std::ifstream after_in(dir + "/pred.jsonl");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(after_in), {}), before);
+}
+
+// SIGTERM (Slurm's stop, or its time-limit warning as SIGUSR1) ends an eval after the item in
+// progress with exit 0; the run that follows answers the rest.
+TEST(EvalCli, SigtermStopsBetweenItemsAndTheRerunFinishes) {
+  const std::string dir = TempDir("sigterm");
+  const int count = 40;
+  {
+    std::ofstream items(dir + "/items.jsonl");
+    for (int i = 0; i < count; ++i) {
+      items << json{{"id", fmt::format("q{:02d}", i)},
+                    {"context", Context(3)},
+                    {"question", "Where did Ada move?"},
+                    {"answer", "Oslo"}}
+                   .dump()
+            << "\n";
+    }
+  }
+  const std::string args = fmt::format(
+      "eval --model {} --input {}/items.jsonl --out {}/pred.jsonl --segment-tokens 16 "
+      "--max-note-tokens 24 --max-answer-tokens 8 --threads 1",
+      ModelDir(), dir, dir);
+  auto lines_in = [&] {
+    std::ifstream in(dir + "/pred.jsonl");
+    int lines = 0;
+    for (std::string line; std::getline(in, line);) ++lines;
+    return lines;
+  };
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const std::string cmd = fmt::format("exec {} {} > {}/eval.log 2>&1", RWR_BINARY, args, dir);
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (lines_in() < 2 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(kill(pid, SIGTERM), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  const int stopped = lines_in();
+  EXPECT_GE(stopped, 2);
+  std::ifstream log_in(dir + "/eval.log");
+  const std::string log(std::istreambuf_iterator<char>(log_in), {});
+  if (stopped < count) {  // a very fast machine may have finished first
+    EXPECT_NE(log.find("interrupted with"), std::string::npos) << log;
+  }
+  CommandResult rest = RunRwr(args + " --log-level error");
+  ASSERT_EQ(rest.exit_code, 0) << rest.output;
+  EXPECT_NE(rest.output.find(fmt::format("eval: {} items", count)), std::string::npos)
+      << rest.output;
+  EXPECT_EQ(lines_in(), count);
 }
 
 }  // namespace
