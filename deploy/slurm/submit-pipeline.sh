@@ -7,9 +7,12 @@
 #   build    rwr data build (INPUT + the published cache) → OUT/data
 #   train    rwr train → OUT/train (rwr-job.sbatch: requeued at its time limit)
 #   export   rwr export → OUT/export (Hugging Face layout)
+#   eval     with --eval-input: rwr eval of the export on held-out items → OUT/eval.jsonl
+#            (rwr-job.sbatch: requeued at its time limit, continuing OUT/eval.jsonl)
 #
 #   deploy/slurm/submit-pipeline.sh --config run.yaml --input qa.jsonl --teacher rwr://host:7700 \
-#     --out runs/rwr1 [--train-sbatch "--time 24:00:00 --gres gpu:1"] [--sbatch "--partition x"]
+#     --out runs/rwr1 [--train-sbatch "--time 24:00:00 --gres gpu:1"] [--sbatch "--partition x"] \
+#     [--eval-input heldout.jsonl] [--eval-sbatch "--gres gpu:1"]
 #
 # --config is one YAML for every stage (docs/configuration.md); the jobs run in the submitting
 # directory, so relative paths in it (build.tokenizer, model.init_from, ...) resolve against that.
@@ -17,7 +20,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 rwr=${RWR:-rwr}
-config='' input='' teacher='' out='' train_sbatch='' sbatch_args=''
+config='' input='' teacher='' out='' train_sbatch='' sbatch_args='' eval_input='' eval_sbatch=''
 while (($#)); do
   case $1 in
     --config) config=$2; shift 2 ;;
@@ -26,7 +29,9 @@ while (($#)); do
     --out) out=$2; shift 2 ;;
     --train-sbatch) train_sbatch=$2; shift 2 ;;
     --sbatch) sbatch_args=$2; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --eval-input) eval_input=$2; shift 2 ;;
+    --eval-sbatch) eval_sbatch=$2; shift 2 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "submit-pipeline: unknown argument '$1' (--help)" >&2; exit 2 ;;
   esac
 done
@@ -35,6 +40,10 @@ for required in config input teacher out; do
 done
 [[ -f $config ]] || { echo "submit-pipeline: --config $config: no such file" >&2; exit 2; }
 [[ -f $input ]] || { echo "submit-pipeline: --input $input: no such file" >&2; exit 2; }
+if [[ -n $eval_input ]]; then
+  [[ -f $eval_input ]] || { echo "submit-pipeline: --eval-input $eval_input: no such file" >&2; exit 2; }
+  eval_input=$(realpath "$eval_input")
+fi
 config=$(realpath "$config") input=$(realpath "$input")
 mkdir -p "$out/logs"
 out=$(realpath "$out")
@@ -63,3 +72,9 @@ export_job=$(submit export "$train" --wrap "$(command_line "$rwr" export --check
   "$out/train" --out "$out/export" --overwrite)")
 printf 'distill %s\npublish %s\nbuild %s\ntrain %s\nexport %s\n' "$distill" "$publish" "$build" \
   "$train" "$export_job"
+if [[ -n $eval_input ]]; then
+  # shellcheck disable=SC2086
+  eval_job=$(submit eval "$export_job" $eval_sbatch "$here/rwr-job.sbatch" eval \
+    --model "$out/export" --input "$eval_input" --out "$out/eval.jsonl")
+  printf 'eval %s\n' "$eval_job"
+fi

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The Slurm deployment for real (label slurm): a one-node cluster (deploy/slurm/local-cluster.sh)
 # runs the pipeline that deploy/slurm/submit-pipeline.sh submits — distill → publish → build →
-# train → export, each its own job, chained by afterok. Mid-training the train job gets the
+# train → export → eval, each its own job, chained by afterok. Mid-training the train job gets the
 # time-limit warning (USR1 to its batch script, as --signal=B:USR1@300 sends it): rwr checkpoints
 # and exits 0, the job requeues itself, and its next run resumes. Checked: every job COMPLETED,
 # the train job ran twice and its second run resumed, each step is logged once and the last is
-# train.steps, and the export is a Hugging Face layout.
+# train.steps, the export is a Hugging Face layout, and the eval answered every held-out item.
 #
 #   tests/deploy/slurm_test.sh RWR_BINARY SOURCE_DIR WORK_DIR
 # Exit 77 (skipped) where this machine cannot run a cluster (not root, no slurm-wlm or munge).
@@ -40,6 +40,7 @@ job_field() { scontrol show job "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 job_is() { [[ $(job_field "$1" "$2") == "$3" ]]; }  # job_is JOB FIELD VALUE
 
 "$rwr" data synth --count 48 --context-tokens 400 --seed 3 --out "$work/qa.jsonl" --log-level warn
+"$rwr" data synth --count 3 --context-tokens 300 --seed 4 --out "$work/heldout.jsonl" --log-level warn
 # One config for every stage; paths in it absolute (a job runs in the submitting directory).
 cat "$src/configs/train_tiny.yaml" - >"$work/run.yaml" <<YAML
 build:
@@ -47,11 +48,12 @@ build:
   tokenizer: $src/configs/tokenizer/tokenizer.json
 YAML
 jobs=$(RWR=$rwr "$src/deploy/slurm/submit-pipeline.sh" --config "$work/run.yaml" \
-  --input "$work/qa.jsonl" --teacher builtin:extractive --out "$work/run") ||
+  --input "$work/qa.jsonl" --teacher builtin:extractive --out "$work/run" \
+  --eval-input "$work/heldout.jsonl") ||
   fail "submit-pipeline failed"
 echo "$jobs"
 train=$(awk '$1 == "train" {print $2}' <<<"$jobs")
-export_job=$(awk '$1 == "export" {print $2}' <<<"$jobs")
+eval_job=$(awk '$1 == "eval" {print $2}' <<<"$jobs")
 metrics=$work/run/train/metrics.jsonl
 logged() { [[ -f $metrics ]] && (($(wc -l <"$metrics") >= $1)); }
 
@@ -69,21 +71,23 @@ wait_for 60 node_idle || fail "the node did not finish the train job's first run
 # one ("Job credential revoked").
 sleep 2
 scontrol update JobId="$train" StartTime=now
-wait_for 300 job_is "$export_job" JobState COMPLETED || fail "the export did not complete"
+wait_for 300 job_is "$eval_job" JobState COMPLETED || fail "the eval did not complete"
 
-for stage in distill publish build train export; do
+for stage in distill publish build train export eval; do
   id=$(awk -v s=$stage '$1 == s {print $2}' <<<"$jobs")
   [[ $(job_field "$id" JobState) == COMPLETED ]] || fail "$stage job $id: $(job_field "$id" JobState)"
 done
 train_log=$(cat "$work"/run/logs/train-*.log)
 grep -q "requeueing job $train" <<<"$train_log" || fail "no requeue in the train log"
 grep -q "resuming from" <<<"$train_log" || fail "the second run did not resume"
-python3 - "$metrics" "$work/run/export" <<'PY' || fail "outputs are wrong"
+python3 - "$metrics" "$work/run/export" "$work/run/eval.jsonl" <<'PY' || fail "outputs are wrong"
 import json, pathlib, sys
 steps = [json.loads(l)["step"] for l in pathlib.Path(sys.argv[1]).read_text().splitlines()]
 assert steps == list(range(1, 61)), steps  # train.steps of configs/train_tiny.yaml
 config = json.loads((pathlib.Path(sys.argv[2]) / "config.json").read_text())
 assert config["model_type"] == "mamba", config
-print(f"{len(steps)} steps logged once each; export OK")
+predictions = [json.loads(l) for l in pathlib.Path(sys.argv[3]).read_text().splitlines()]
+assert [p["id"] for p in predictions] == [f"synth-4-{i:06d}" for i in range(3)], predictions
+print(f"{len(steps)} steps logged once each; export OK; {len(predictions)} held-out answers")
 PY
 echo "PASS"
