@@ -60,6 +60,11 @@ void AddModelFlags(CLI::App* cmd, ModelFlags* f) {
                   "answer from the notes (0: the whole context in one pass)")
       ->capture_default_str()
       ->check(NonNegative());
+  cmd->add_option("--segments-at-once", f->recall.segments_at_once,
+                  "Segment notes written together (one batch row each; on a GPU many rows cost "
+                  "about one); the notes are the same at any value")
+      ->capture_default_str()
+      ->check(Positive());
   cmd->add_option("--max-note-tokens", f->recall.max_note_tokens, "Tokens a note may take")
       ->capture_default_str()
       ->check(Positive());

@@ -23,12 +23,18 @@ class CpuDecoder final : public Decoder {
       : model_(config), params_(params), state_(model_.NewSequence()) {}
   int64_t vocab_size() const override { return model_.config().vocab_size; }
   std::string device() const override { return "cpu"; }
-  absl::Status Reset() override {
-    state_ = model_.NewSequence();
-    return absl::OkStatus();
+  using Decoder::Advance;
+  absl::Status Advance(std::span<const int32_t> tokens, std::span<const uint8_t> resets,
+                       std::span<float> next_logits) override {
+    return model_.Advance(params_, {.tokens = tokens, .rows = rows(), .resets = resets},
+                          kCpuPrefillChunk, state_, next_logits);
   }
-  absl::Status Advance(std::span<const int32_t> tokens, std::span<float> next_logits) override {
-    return model_.Advance(params_, tokens, kCpuPrefillChunk, state_, next_logits);
+
+ protected:
+  absl::Status ResetRows(int64_t rows) override {
+    if (rows <= 0) return absl::InvalidArgumentError(fmt::format("{} rows", rows));
+    state_ = model_.NewSequence(rows);
+    return absl::OkStatus();
   }
 
  private:
@@ -44,10 +50,15 @@ class CudaDecoder final : public Decoder {
       : model_(std::move(model)), vocab_(vocab), precision_(std::move(precision)) {}
   int64_t vocab_size() const override { return vocab_; }
   std::string device() const override { return "cuda (" + precision_ + ")"; }
-  absl::Status Reset() override { return model_->ResetSequence(); }
-  absl::Status Advance(std::span<const int32_t> tokens, std::span<float> next_logits) override {
-    return model_->Advance(tokens, 0, next_logits);  // 0: the largest chunk that fits
+  using Decoder::Advance;
+  absl::Status Advance(std::span<const int32_t> tokens, std::span<const uint8_t> resets,
+                       std::span<float> next_logits) override {
+    // chunk 0: the largest chunk that fits
+    return model_->Advance({.tokens = tokens, .rows = rows(), .resets = resets}, 0, next_logits);
   }
+
+ protected:
+  absl::Status ResetRows(int64_t rows) override { return model_->ResetSequence(rows); }
 
  private:
   std::unique_ptr<MambaCuda> model_;
@@ -81,7 +92,7 @@ absl::StatusOr<std::unique_ptr<Decoder>> MakeDecoder(const MambaConfig& config,
                          MambaCuda::Create(config, precision == "fp32" ? GemmPrecision::kFp32
                                                                        : GemmPrecision::kBf16));
     RWR_RETURN_IF_ERROR(model->UploadParams(params));
-    RWR_RETURN_IF_ERROR(model->ResetSequence());
+    RWR_RETURN_IF_ERROR(model->ResetSequence(1));
     return std::unique_ptr<Decoder>(
         std::make_unique<CudaDecoder>(std::move(model), config.vocab_size, precision));
   }
@@ -139,35 +150,67 @@ int32_t TokenSampler::Pick(std::span<const float> logits) {
   return order_[kept - 1].second;  // rounding left u just above 0
 }
 
-absl::StatusOr<Generated> GenerateTokens(Decoder& decoder, std::span<const int32_t> prompt,
-                                         TokenSampler& sampler, const GenerateOptions& options) {
-  if (prompt.empty()) {
+absl::StatusOr<std::vector<Generated>> GenerateRows(Decoder& decoder,
+                                                    std::span<const int32_t> prompts,
+                                                    std::span<const uint8_t> resets,
+                                                    std::vector<TokenSampler>& samplers,
+                                                    const GenerateOptions& options) {
+  const int64_t rows = decoder.rows(), V = decoder.vocab_size();
+  if (prompts.empty()) {
     return absl::InvalidArgumentError("generation needs at least one prompt token");
+  }
+  if (static_cast<int64_t>(samplers.size()) != rows) {
+    return absl::InvalidArgumentError(
+        fmt::format("{} samplers for {} rows", samplers.size(), rows));
   }
   if (options.max_new_tokens < 0) {
     return absl::InvalidArgumentError(
         fmt::format("max_new_tokens {} is negative", options.max_new_tokens));
   }
-  std::vector<float> logits(decoder.vocab_size());
-  RWR_RETURN_IF_ERROR(decoder.Advance(prompt, logits));
-  Generated out;
-  while (static_cast<int64_t>(out.ids.size()) < options.max_new_tokens) {
-    const int32_t next = sampler.Pick(logits);
-    if (std::find(options.stop_ids.begin(), options.stop_ids.end(), next) !=
-        options.stop_ids.end()) {
-      out.end = Generated::End::kStopId;
-      return out;
+  std::vector<float> logits(rows * V);
+  RWR_RETURN_IF_ERROR(decoder.Advance(prompts, resets, logits));
+  std::vector<Generated> out(rows);
+  std::vector<bool> running(rows, options.max_new_tokens > 0);
+  std::vector<int32_t> next(rows);
+  int64_t left = options.max_new_tokens > 0 ? rows : 0;
+  while (left > 0) {
+    for (int64_t r = 0; r < rows; ++r) {
+      if (!running[r]) continue;  // fed its last token again: what it makes is dropped
+      next[r] = samplers[r].Pick(std::span<const float>(logits.data() + r * V, V));
+      Generated& g = out[r];
+      if (std::find(options.stop_ids.begin(), options.stop_ids.end(), next[r]) !=
+          options.stop_ids.end()) {
+        g.end = Generated::End::kStopId;
+      } else {
+        g.ids.push_back(next[r]);
+        if (options.stop && options.stop(r, g.ids)) {
+          g.end = Generated::End::kStopCondition;
+        } else if (static_cast<int64_t>(g.ids.size()) < options.max_new_tokens) {
+          continue;  // still running
+        } else {
+          g.end = Generated::End::kMaxTokens;
+        }
+      }
+      running[r] = false;
+      --left;
     }
-    out.ids.push_back(next);
-    if (options.stop && options.stop(out.ids)) {
-      out.end = Generated::End::kStopCondition;
-      return out;
-    }
-    if (static_cast<int64_t>(out.ids.size()) == options.max_new_tokens) break;
-    RWR_RETURN_IF_ERROR(decoder.Advance(std::span<const int32_t>(&next, 1), logits));
+    if (left == 0) break;
+    RWR_RETURN_IF_ERROR(decoder.Advance(next, {}, logits));
   }
-  out.end = Generated::End::kMaxTokens;
   return out;
+}
+
+absl::StatusOr<Generated> GenerateTokens(Decoder& decoder, std::span<const int32_t> prompt,
+                                         TokenSampler& sampler, const GenerateOptions& options) {
+  if (decoder.rows() != 1) {
+    return absl::InvalidArgumentError(
+        fmt::format("GenerateTokens runs one row; the decoder holds {}", decoder.rows()));
+  }
+  std::vector<TokenSampler> samplers{sampler};
+  RWR_ASSIGN_OR_RETURN(std::vector<Generated> rows,
+                       GenerateRows(decoder, prompt, {}, samplers, options));
+  sampler = samplers[0];
+  return std::move(rows[0]);
 }
 
 }  // namespace rwr::trainer

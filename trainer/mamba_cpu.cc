@@ -371,13 +371,16 @@ class Runner {
     return result;
   }
 
-  // Logits after the chunk's last token of row 0 (V): final norm and tied head of that row alone.
+  // Logits after the chunk's last token of every row (B × V): final norm and tied head of those
+  // rows alone.
   void LastLogits(const Dims& d, const std::vector<float>& h, float* logits) const {
     std::vector<float> hn(d.D);
-    float rstd = 0;
-    RmsNormForward(&h[(d.Tc - 1) * d.D], p_ + layout_.norm_f(), hn.data(), &rstd, 1, d.D,
-                   c_.norm_eps);
-    LinearForward(hn.data(), d.D, p_ + layout_.embedding(), logits, d.V, 1, d.V, d.D);
+    for (int64_t b = 0; b < d.B; ++b) {
+      float rstd = 0;
+      RmsNormForward(&h[(b * d.Tc + d.Tc - 1) * d.D], p_ + layout_.norm_f(), hn.data(), &rstd, 1,
+                     d.D, c_.norm_eps);
+      LinearForward(hn.data(), d.D, p_ + layout_.embedding(), logits + b * d.V, d.V, 1, d.V, d.D);
+    }
   }
 
   // Embedding backward: emb[token] += dh.
@@ -526,31 +529,47 @@ absl::StatusOr<LossSum> MambaCpu::Forward(std::span<const float> params, const T
   return total;
 }
 
-SequenceState MambaCpu::NewSequence() const {
+SequenceState MambaCpu::NewSequence(int64_t rows) const {
   SequenceState state(config_.n_layer);
   for (LayerRecurrence& layer : state) {
-    layer.conv.assign(config_.d_inner * (config_.d_conv - 1), 0.f);
-    layer.ssm.assign(config_.d_inner * config_.d_state, 0.f);
+    layer.conv.assign(rows * config_.d_inner * (config_.d_conv - 1), 0.f);
+    layer.ssm.assign(rows * config_.d_inner * config_.d_state, 0.f);
   }
   return state;
 }
 
-absl::Status MambaCpu::Advance(std::span<const float> params, std::span<const int32_t> tokens,
+absl::Status MambaCpu::Advance(std::span<const float> params, const RowTokens& in,
                                int64_t chunk_len, SequenceState& state,
                                std::span<float> next_logits) const {
-  if (tokens.empty()) return absl::InvalidArgumentError("Advance: no tokens");
-  if (static_cast<int64_t>(next_logits.size()) != config_.vocab_size) {
-    return absl::InvalidArgumentError(fmt::format("Advance: logits buffer has {} floats, not {}",
-                                                  next_logits.size(), config_.vocab_size));
+  const int64_t rows = in.rows;
+  if (rows <= 0 || in.tokens.empty() || in.tokens.size() % rows != 0) {
+    return absl::InvalidArgumentError(
+        fmt::format("Advance: {} tokens do not make {} rows of equal length", in.tokens.size(),
+                    rows));
   }
-  if (static_cast<int64_t>(state.size()) != config_.n_layer) {
-    return absl::InvalidArgumentError("Advance: state of another model (NewSequence makes one)");
+  const int64_t T = static_cast<int64_t>(in.tokens.size()) / rows;
+  if (!in.resets.empty() && in.resets.size() != in.tokens.size()) {
+    return absl::InvalidArgumentError("Advance: resets and tokens differ in size");
   }
-  const int64_t T = static_cast<int64_t>(tokens.size());
+  if (static_cast<int64_t>(next_logits.size()) != rows * config_.vocab_size) {
+    return absl::InvalidArgumentError(
+        fmt::format("Advance: logits buffer has {} floats, not {} rows of {}", next_logits.size(),
+                    rows, config_.vocab_size));
+  }
+  if (static_cast<int64_t>(state.size()) != config_.n_layer ||
+      static_cast<int64_t>(state[0].ssm.size()) != rows * config_.d_inner * config_.d_state) {
+    return absl::InvalidArgumentError(
+        fmt::format("Advance: the state is not one of {} rows of this model (NewSequence({}))",
+                    rows, rows));
+  }
   // Nothing carries loss: the batch only says which ids to run.
-  const std::vector<uint8_t> no_loss(T, 0);
-  const TokenBatch batch{.batch = 1, .seq_len = T, .tokens = tokens.data(),
-                         .targets = tokens.data(), .loss_mask = no_loss.data()};
+  const std::vector<uint8_t> no_loss(in.tokens.size(), 0);
+  const TokenBatch batch{.batch = rows,
+                         .seq_len = T,
+                         .tokens = in.tokens.data(),
+                         .targets = in.tokens.data(),
+                         .loss_mask = no_loss.data(),
+                         .reset = in.resets.empty() ? nullptr : in.resets.data()};
   RWR_RETURN_IF_ERROR(Check(params, batch));
   Runner run(config_, layout_, params.data(), batch);
   return ForwardChunks(run, chunk_len, state, [&](const Dims& d, const std::vector<float>& h) {

@@ -55,6 +55,15 @@ struct LayerRecurrence {
 };
 using SequenceState = std::vector<LayerRecurrence>;
 
+// Tokens of several sequences for one Advance: `rows` rows of equal length, row-major. Rows of
+// unequal length are left-padded by the caller, with a reset at each row's first real token
+// (`resets`, rows × T, optional): the state is zeroed there, so the padding leaves no trace.
+struct RowTokens {
+  std::span<const int32_t> tokens;
+  int64_t rows = 1;
+  std::span<const uint8_t> resets;
+};
+
 struct LossSum {
   double loss_sum = 0;  // Σ masked token losses
   int64_t tokens = 0;   // Σ loss_mask
@@ -71,15 +80,15 @@ class MambaCpu {
   absl::StatusOr<LossSum> Forward(std::span<const float> params, const TokenBatch& batch,
                                   int64_t chunk_len, float* logits = nullptr) const;
 
-  // Generation, one sequence at a time. NewSequence is the state before the first token; Advance
-  // runs `tokens` from `state`, leaves `state` after the last of them and writes the logits that
-  // follow it (V floats) to `next_logits`. A prompt and then each generated token are one call
-  // each; however a sequence is split into calls, the logits equal those of one Forward over it
-  // (up to fp32 rounding).
-  SequenceState NewSequence() const;
-  absl::Status Advance(std::span<const float> params, std::span<const int32_t> tokens,
-                       int64_t chunk_len, SequenceState& state,
-                       std::span<float> next_logits) const;
+  // Generation. NewSequence is the state of `rows` sequences before their first token; Advance
+  // runs `in` (rows × T tokens) from `state`, leaves `state` after the last of them and writes the
+  // logits that follow each row's last token (rows × V floats) to `next_logits`. A prompt and
+  // then each generated token are one call each; however a sequence is split into calls, the
+  // logits equal those of one Forward over it (up to fp32 rounding), and a row's results do not
+  // depend on the other rows (to the bit).
+  SequenceState NewSequence(int64_t rows = 1) const;
+  absl::Status Advance(std::span<const float> params, const RowTokens& in, int64_t chunk_len,
+                       SequenceState& state, std::span<float> next_logits) const;
 
   // Forward and backward: grads += loss_scale · ∂(loss_sum)/∂params (same layout as params).
   absl::StatusOr<LossSum> ForwardBackward(std::span<const float> params, const TokenBatch& batch,

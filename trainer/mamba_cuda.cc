@@ -256,6 +256,7 @@ struct MambaCuda::Impl {
   // Generation (Advance): the sequence's state, [layer] conv + ssm as in CallBuffers::states; and
   // GEMMs untimed while it runs, since every prompt length would be a new shape to time.
   DeviceBuffer<float> sequence;
+  int64_t sequence_rows = 0;
   bool untimed_gemms = false;
 
   ~Impl() {
@@ -673,16 +674,26 @@ class CudaRunner {
   // does not start a document. Call before Prepare.
   void ContinueSequence() { continues_ = true; }
 
-  // The logits that follow the chunk's last row (V floats, to the host): its final norm and the
-  // tied head, that row alone.
+  // The logits that follow each row's last token in the chunk (B × V floats, to the host): the
+  // final norm and the tied head of those rows alone, a head block at a time.
   absl::Status LastLogits(const ChunkDims& d, float* host_logits) {
     cudaStream_t s = m_.stream;
-    const int64_t last = d.M() - 1;
-    RWR_RETURN_IF_ERROR(cuda::RmsNorm(k().h.ptr + last * d.D, P(layout_.norm_f()), k().hn.ptr,
-                                      m_.act, k().rstd_f.ptr, 1, d.D, c_.norm_eps, s));
-    RWR_RETURN_IF_ERROR(m_.Linear("lm_head", k().hn.ptr, d.D, m_.W(layout_.embedding()),
-                                  k().block_logits.ptr, true, d.V, 1, d.V, d.D, 0.f, false));
-    RWR_CUDA(cudaMemcpyAsync(host_logits, k().block_logits.ptr, d.V * 4, cudaMemcpyDeviceToHost, s));
+    RWR_RETURN_IF_ERROR(cuda::RmsNorm(k().h.ptr, P(layout_.norm_f()), k().hn.ptr, m_.act,
+                                      k().rstd_f.ptr, d.M(), d.D, c_.norm_eps, s));
+    std::vector<int32_t>& last = host_rows_;
+    last.resize(d.B);
+    for (int64_t b = 0; b < d.B; ++b) last[b] = static_cast<int32_t>(b * d.Tc + d.Tc - 1);
+    RWR_CUDA(cudaMemcpyAsync(k().rows.ptr, last.data(), d.B * 4, cudaMemcpyHostToDevice, s));
+    const int64_t block = std::min(HeadBlockRows(d.V), d.M());
+    for (int64_t r0 = 0; r0 < d.B; r0 += block) {
+      const int64_t nr = std::min(block, d.B - r0);
+      RWR_RETURN_IF_ERROR(
+          cuda::GatherRows(k().hn.ptr, k().rows.ptr + r0, k().block_in.ptr, m_.act, nr, d.D, s));
+      RWR_RETURN_IF_ERROR(m_.Linear("lm_head", k().block_in.ptr, d.D, m_.W(layout_.embedding()),
+                                    k().block_logits.ptr, true, d.V, nr, d.V, d.D, 0.f, false));
+      RWR_CUDA(cudaMemcpyAsync(host_logits + r0 * d.V, k().block_logits.ptr, nr * d.V * 4,
+                               cudaMemcpyDeviceToHost, s));
+    }
     RWR_CUDA(cudaStreamSynchronize(s));
     return absl::OkStatus();
   }
@@ -894,6 +905,7 @@ class CudaRunner {
   // Host sources of asynchronous uploads, alive until the call's closing stream sync.
   std::vector<uint8_t> host_reset_;
   bool continues_ = false;  // ContinueSequence: the rows go on from a state, no reset at token 0
+  std::vector<int32_t> host_rows_;  // LastLogits' row indices, alive until its stream sync
   std::tuple<std::vector<int32_t>, std::vector<int32_t>, std::vector<int32_t>> host_embed_;
 };
 
@@ -1121,40 +1133,58 @@ absl::StatusOr<LossSum> MambaCuda::Forward(const TokenBatch& batch, int64_t chun
   return total;
 }
 
-absl::Status MambaCuda::ResetSequence() {
+absl::Status MambaCuda::ResetSequence(int64_t rows) {
   Impl& m = *impl_;
-  const int64_t floats = m.c.n_layer * m.StateFloats(1);
-  if (m.sequence.ptr == nullptr) RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.sequence, floats));
+  if (rows <= 0) return absl::InvalidArgumentError(fmt::format("ResetSequence: {} rows", rows));
+  const int64_t floats = m.c.n_layer * m.StateFloats(rows);
+  RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.sequence, floats));
   RWR_CUDA(cudaMemsetAsync(m.sequence.ptr, 0, floats * 4, m.stream));
+  m.sequence_rows = rows;
   return absl::OkStatus();
 }
 
-absl::Status MambaCuda::Advance(std::span<const int32_t> tokens, int64_t chunk_len,
+absl::Status MambaCuda::Advance(const RowTokens& in, int64_t chunk_len,
                                 std::span<float> next_logits) {
   Impl& m = *impl_;
-  if (m.sequence.ptr == nullptr) RWR_RETURN_IF_ERROR(ResetSequence());
-  if (tokens.empty()) return absl::InvalidArgumentError("Advance: no tokens");
-  if (static_cast<int64_t>(next_logits.size()) != m.c.vocab_size) {
-    return absl::InvalidArgumentError(fmt::format("Advance: logits buffer has {} floats, not {}",
-                                                  next_logits.size(), m.c.vocab_size));
+  const int64_t rows = in.rows;
+  if (rows != m.sequence_rows) {
+    return absl::InvalidArgumentError(fmt::format(
+        "Advance: {} rows, but ResetSequence started {}", rows, m.sequence_rows));
   }
-  for (int32_t id : tokens) {
+  if (in.tokens.empty() || in.tokens.size() % rows != 0) {
+    return absl::InvalidArgumentError(
+        fmt::format("Advance: {} tokens do not make {} rows of equal length", in.tokens.size(),
+                    rows));
+  }
+  if (!in.resets.empty() && in.resets.size() != in.tokens.size()) {
+    return absl::InvalidArgumentError("Advance: resets and tokens differ in size");
+  }
+  if (static_cast<int64_t>(next_logits.size()) != rows * m.c.vocab_size) {
+    return absl::InvalidArgumentError(
+        fmt::format("Advance: logits buffer has {} floats, not {} rows of {}", next_logits.size(),
+                    rows, m.c.vocab_size));
+  }
+  for (int32_t id : in.tokens) {
     if (id < 0 || id >= m.c.vocab_size) {
       return absl::InvalidArgumentError(
           fmt::format("token id {} out of range (vocab {})", id, m.c.vocab_size));
     }
   }
-  const int64_t T = static_cast<int64_t>(tokens.size());
-  const std::vector<uint8_t> no_loss(T, 0);
-  const TokenBatch batch{.batch = 1, .seq_len = T, .tokens = tokens.data(),
-                         .targets = tokens.data(), .loss_mask = no_loss.data()};
+  const int64_t T = static_cast<int64_t>(in.tokens.size()) / rows;
+  const std::vector<uint8_t> no_loss(in.tokens.size(), 0);
+  const TokenBatch batch{.batch = rows,
+                         .seq_len = T,
+                         .tokens = in.tokens.data(),
+                         .targets = in.tokens.data(),
+                         .loss_mask = no_loss.data(),
+                         .reset = in.resets.empty() ? nullptr : in.resets.data()};
   m.untimed_gemms = true;
   absl::Status status = [&]() -> absl::Status {
     CudaRunner run(m, layout_, batch);
     run.ContinueSequence();
     RWR_ASSIGN_OR_RETURN(chunk_len, PrepareChunks(m, run, batch, chunk_len, false));
     const int64_t num_chunks = (T + chunk_len - 1) / chunk_len;
-    const int64_t floats = m.c.n_layer * m.StateFloats(1);
+    const int64_t floats = m.c.n_layer * m.StateFloats(rows);
     // Slot 0 holds every layer's state entering the first chunk (see CudaRunner::State).
     RWR_CUDA(cudaMemcpyAsync(run.State(0, 0), m.sequence.ptr, floats * 4,
                              cudaMemcpyDeviceToDevice, m.stream));

@@ -56,13 +56,12 @@ class MambaCuda {
                                           float loss_scale);
   absl::StatusOr<LossSum> Forward(const TokenBatch& batch, int64_t chunk_len,
                                   float* host_logits = nullptr);
-  // Generation, one sequence at a time, its state kept on the device (as MambaCpu::Advance):
-  // ResetSequence starts a new one (the zero state); Advance runs `tokens` from the state, leaves
-  // it after the last of them and writes the logits that follow it (V floats) to the host. GEMMs
+  // Generation (as MambaCpu::Advance), its sequences' state kept on the device: ResetSequence
+  // starts `rows` new ones (the zero state); Advance runs `in` from the state, leaves it after the
+  // last tokens and writes the logits that follow each row (rows × V floats) to the host. GEMMs
   // run untimed here (cuBLASLt's first algorithm): prompt lengths vary, each a new shape.
-  absl::Status ResetSequence();
-  absl::Status Advance(std::span<const int32_t> tokens, int64_t chunk_len,
-                       std::span<float> next_logits);
+  absl::Status ResetSequence(int64_t rows);
+  absl::Status Advance(const RowTokens& in, int64_t chunk_len, std::span<float> next_logits);
 
   // The chunk length the last call used.
   int64_t last_chunk_len() const;

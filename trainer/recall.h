@@ -24,6 +24,9 @@ struct RecallOptions {
   int64_t segment_tokens = 2048;  // context tokens per note pass; 0: the whole context at once
   int64_t max_note_tokens = 128;
   int64_t max_answer_tokens = 64;
+  // Segment notes written together, one decoder row each: on a GPU a step of many rows costs
+  // about one. The notes are the same at any value.
+  int64_t segments_at_once = 16;
   SamplingOptions sampling;
 };
 
@@ -48,7 +51,7 @@ class Recaller {
   Recaller(Decoder& decoder, distill::Tokenizer tokenizer, distill::RecallFormat format,
            RecallOptions options);
 
-  // Called after each segment's note, with the segment's index and the count.
+  // Called after each segment's note (in segment order), with its index and the count.
   using Progress = std::function<void(const SegmentNote&, size_t index, size_t count)>;
   absl::StatusOr<RecallResult> Answer(std::string_view context, std::string_view question,
                                       const Progress& progress = nullptr);
@@ -60,8 +63,10 @@ class Recaller {
   };
   // Prompt ids for `context_ids` and the question, as training rendered them.
   std::vector<int32_t> PromptIds(std::span<const int32_t> context_ids, std::string_view question);
-  // Generates after `prompt`; `note_only` stops once the note is complete.
-  absl::StatusOr<Written> Write(std::span<const int32_t> prompt, bool note_only);
+  // Generates after each prompt, one decoder row each (prompts of unequal length are left-padded
+  // with a reset at their first token); `note_only` stops a row once its note is complete.
+  absl::StatusOr<std::vector<Written>> Write(const std::vector<std::vector<int32_t>>& prompts,
+                                             bool note_only);
 
   Decoder& decoder_;
   distill::Tokenizer tokenizer_;

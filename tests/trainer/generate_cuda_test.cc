@@ -1,8 +1,9 @@
 // Generation on the GPU (device machine; skips without one), the twin of generate_test.cc's CPU
 // tests: greedy tokens and every step's logits against Hugging Face's cached generation, the
-// logits after any split of a sequence into Advance calls against the CPU model's, Reset, and
-// two runs giving the same bits. Tolerances as mamba_cuda_test.cc: logits relative error ≤ 1e-4
-// in fp32, ≤ 2e-2 in bf16 (bf16 weights and activations, fp32 accumulation).
+// logits after any split of a sequence into Advance calls against the CPU model's, rows of
+// unequal length run together against each row alone, Reset, and two runs giving the same bits.
+// Tolerances as mamba_cuda_test.cc: logits relative error ≤ 1e-4 in fp32, ≤ 2e-2 in bf16 (bf16
+// weights and activations, fp32 accumulation).
 #include <gtest/gtest.h>
 
 #include "storage/safetensors.h"
@@ -89,6 +90,43 @@ TEST_P(GenerateCudaTest, AnySplitMatchesTheCpuModelAndTwoRunsGiveTheSameBits) {
   std::vector<float> logits(V);
   const int32_t out_of_range = static_cast<int32_t>(V);
   EXPECT_FALSE(gpu->Advance(std::span(&out_of_range, 1), logits).ok());
+}
+
+// Rows of unequal length together (left-padded, a reset at each row's first real token) against
+// each row alone on the CPU, then one more token per row from the state each was left with.
+TEST_P(GenerateCudaTest, RowsTogetherMatchEachRowAloneOnTheCpu) {
+  testing::HfFixture f = testing::LoadHfFixture();
+  const int64_t V = f.model.config.vocab_size, width = f.T;
+  const std::vector<int64_t> lengths = {f.T, 20, 1, f.T - 5};
+  const int64_t rows = static_cast<int64_t>(lengths.size());
+  std::unique_ptr<Decoder> cpu = MakeCpuDecoder(f.model.config, f.model.params);
+  std::vector<int32_t> tokens;
+  std::vector<uint8_t> resets(rows * width, 0);
+  std::vector<std::vector<float>> alone;
+  const int32_t next = 5;
+  for (int64_t r = 0; r < rows; ++r) {
+    const std::span<const int32_t> row(f.tokens.data() + (r % 2) * f.T, lengths[r]);
+    const int64_t pad = width - lengths[r];
+    for (int64_t i = 0; i < pad; ++i) tokens.push_back(static_cast<int32_t>((i * 7) % V));
+    tokens.insert(tokens.end(), row.begin(), row.end());
+    resets[r * width + pad] = 1;
+    std::vector<float> logits(V);
+    ASSERT_TRUE(cpu->Reset(1).ok());
+    ASSERT_TRUE(cpu->Advance(row, logits).ok());
+    ASSERT_TRUE(cpu->Advance(std::span(&next, 1), logits).ok());
+    alone.push_back(logits);
+  }
+  std::unique_ptr<Decoder> gpu = Cuda(f);
+  ASSERT_TRUE(gpu->Reset(rows).ok());
+  std::vector<float> logits(rows * V);
+  ASSERT_TRUE(gpu->Advance(tokens, resets, logits).ok());
+  ASSERT_TRUE(gpu->Advance(std::vector<int32_t>(rows, next), logits).ok());
+  for (int64_t r = 0; r < rows; ++r) {
+    EXPECT_LT(RelErr({logits.data() + r * V, size_t(V)}, alone[r]), tolerance()) << "row " << r;
+  }
+  // A call of another row count than the Reset's is refused.
+  std::vector<float> one(V);
+  EXPECT_FALSE(gpu->Advance(std::span(&next, 1), one).ok());
 }
 
 INSTANTIATE_TEST_SUITE_P(Precisions, GenerateCudaTest, ::testing::Values("fp32", "bf16"),

@@ -41,14 +41,15 @@ TEST(GenerateParity, GreedyTokensAndEveryStepsLogitsMatchHuggingFace) {
   // Step by step, as generation runs: the logits each token was picked from.
   SequenceState state = model.NewSequence();
   std::vector<float> logits(V);
-  ASSERT_TRUE(model.Advance(f.model.params, prompt, 0, state, logits).ok());
+  ASSERT_TRUE(model.Advance(f.model.params, {.tokens = prompt}, 0, state, logits).ok());
   double worst = 0;
   for (size_t step = 0; step < expected.size(); ++step) {
     const double rel = RelErr(logits, {step_logits.data() + step * V, size_t(V)});
     EXPECT_LT(rel, 1e-5) << "step " << step;
     worst = std::max(worst, rel);
     ASSERT_TRUE(
-        model.Advance(f.model.params, std::span(&expected[step], 1), 1, state, logits).ok());
+        model.Advance(f.model.params, {.tokens = std::span(&expected[step], 1)}, 1, state, logits)
+            .ok());
   }
   std::cout << "worst step logits relative error " << worst << "\n";
 
@@ -81,7 +82,8 @@ TEST(Advance, AnySplitOfASequenceGivesTheLogitsOfOneForward) {
       int64_t at = 0;
       for (int64_t n : split) {
         ASSERT_TRUE(
-            model.Advance(f.model.params, tokens.subspan(at, n), chunk, state, logits).ok());
+            model.Advance(f.model.params, {.tokens = tokens.subspan(at, n)}, chunk, state, logits)
+                .ok());
         at += n;
       }
       EXPECT_LT(RelErr(logits, last), 1e-5) << split.size() << " calls, chunk " << chunk;
@@ -89,10 +91,108 @@ TEST(Advance, AnySplitOfASequenceGivesTheLogitsOfOneForward) {
   }
   SequenceState state = model.NewSequence();
   std::vector<float> wrong_size(V - 1);
-  EXPECT_FALSE(model.Advance(f.model.params, tokens, 0, state, wrong_size).ok());
+  EXPECT_FALSE(model.Advance(f.model.params, {.tokens = tokens}, 0, state, wrong_size).ok());
   std::vector<float> logits(V);
   const int32_t out_of_range = static_cast<int32_t>(V);
-  EXPECT_FALSE(model.Advance(f.model.params, std::span(&out_of_range, 1), 0, state, logits).ok());
+  EXPECT_FALSE(
+      model.Advance(f.model.params, {.tokens = std::span(&out_of_range, 1)}, 0, state, logits)
+          .ok());
+  // A state of another row count is refused, not read past its end.
+  std::vector<float> two_rows(2 * V);
+  EXPECT_FALSE(
+      model.Advance(f.model.params, {.tokens = tokens, .rows = 2}, 0, state, two_rows).ok());
+}
+
+// Rows of unequal length, left-padded with a reset at each row's first real token, give each row
+// the logits it gets alone, to the bit: a row's arithmetic never sees another row, and the reset
+// erases the padding.
+TEST(Advance, RowsTogetherGiveEachRowItsOwnLogitsToTheBit) {
+  testing::HfFixture f = testing::LoadHfFixture();
+  MambaCpu model(f.model.config);
+  const int64_t V = f.model.config.vocab_size;
+  const std::vector<int64_t> lengths = {f.T, 20, 1, f.T - 5};
+  const int64_t width = f.T;
+  std::vector<int32_t> tokens;
+  std::vector<uint8_t> resets(lengths.size() * width, 0);
+  std::vector<std::vector<float>> alone;
+  for (size_t r = 0; r < lengths.size(); ++r) {
+    const std::span<const int32_t> row(f.tokens.data() + (r % 2) * f.T, lengths[r]);
+    const int64_t pad = width - lengths[r];
+    for (int64_t i = 0; i < pad; ++i) tokens.push_back(static_cast<int32_t>((i * 7) % V));
+    tokens.insert(tokens.end(), row.begin(), row.end());
+    resets[r * width + pad] = 1;
+    SequenceState state = model.NewSequence();
+    std::vector<float> logits(V);
+    ASSERT_TRUE(model.Advance(f.model.params, {.tokens = row}, 0, state, logits).ok());
+    // And one more token, to check the state each row is left with.
+    const int32_t next = 5;
+    ASSERT_TRUE(
+        model.Advance(f.model.params, {.tokens = std::span(&next, 1)}, 0, state, logits).ok());
+    alone.push_back(logits);
+  }
+  const int64_t rows = static_cast<int64_t>(lengths.size());
+  SequenceState state = model.NewSequence(rows);
+  std::vector<float> logits(rows * V);
+  ASSERT_TRUE(model
+                  .Advance(f.model.params, {.tokens = tokens, .rows = rows, .resets = resets}, 0,
+                           state, logits)
+                  .ok());
+  const std::vector<int32_t> next(rows, 5);
+  ASSERT_TRUE(model.Advance(f.model.params, {.tokens = next, .rows = rows}, 0, state, logits).ok());
+  for (int64_t r = 0; r < rows; ++r) {
+    EXPECT_TRUE(std::equal(alone[r].begin(), alone[r].end(), logits.begin() + r * V)) << r;
+  }
+}
+
+// Several rows generate what each would alone (greedy and sampled), and a row that ends early
+// stops growing while the others go on.
+TEST(GenerateRows, EachRowGeneratesWhatItWouldAlone) {
+  testing::HfFixture f = testing::LoadHfFixture();
+  std::unique_ptr<Decoder> decoder = MakeCpuDecoder(f.model.config, f.model.params);
+  const std::vector<std::vector<int32_t>> prompts = {
+      std::vector<int32_t>(f.tokens.begin(), f.tokens.begin() + 11),
+      std::vector<int32_t>(f.tokens.begin() + f.T, f.tokens.begin() + f.T + 30),
+      std::vector<int32_t>(f.tokens.begin() + 3, f.tokens.begin() + 30)};
+  for (const SamplingOptions& sampling :
+       {SamplingOptions{}, SamplingOptions{.temperature = 1.5, .seed = 9}}) {
+    // Row 1 stops after 3 tokens, the others run to 8.
+    GenerateOptions options{.max_new_tokens = 8};
+    std::vector<Generated> alone;
+    for (size_t r = 0; r < prompts.size(); ++r) {
+      options.stop = [r](int64_t, std::span<const int32_t> ids) {
+        return r == 1 && ids.size() == 3;
+      };
+      ASSERT_TRUE(decoder->Reset(1).ok());
+      TokenSampler sampler(sampling);
+      auto g = GenerateTokens(*decoder, prompts[r], sampler, options);
+      ASSERT_TRUE(g.ok()) << g.status();
+      alone.push_back(*g);
+    }
+    const int64_t width = 30;
+    std::vector<int32_t> tokens;
+    std::vector<uint8_t> resets(prompts.size() * width, 0);
+    for (size_t r = 0; r < prompts.size(); ++r) {
+      const size_t pad = width - prompts[r].size();
+      tokens.insert(tokens.end(), pad, 1);
+      tokens.insert(tokens.end(), prompts[r].begin(), prompts[r].end());
+      resets[r * width + pad] = 1;
+    }
+    options.stop = [](int64_t row, std::span<const int32_t> ids) {
+      return row == 1 && ids.size() == 3;
+    };
+    ASSERT_TRUE(decoder->Reset(static_cast<int64_t>(prompts.size())).ok());
+    std::vector<TokenSampler> samplers(prompts.size(), TokenSampler(sampling));
+    auto together = GenerateRows(*decoder, tokens, resets, samplers, options);
+    ASSERT_TRUE(together.ok()) << together.status();
+    for (size_t r = 0; r < prompts.size(); ++r) {
+      EXPECT_EQ((*together)[r].ids, alone[r].ids) << r << " t " << sampling.temperature;
+      EXPECT_EQ((*together)[r].end, alone[r].end) << r;
+    }
+    EXPECT_EQ((*together)[1].ids.size(), 3u);
+    EXPECT_EQ((*together)[1].end, Generated::End::kStopCondition);
+  }
+  std::vector<TokenSampler> too_few(1, TokenSampler({}));
+  EXPECT_FALSE(GenerateRows(*decoder, std::vector<int32_t>(6, 1), {}, too_few, {}).ok());
 }
 
 TEST(TokenSampler, GreedyTakesTheFirstMaximumAndSamplingFollowsTheSoftmax) {
@@ -151,7 +251,8 @@ TEST(GenerateTokens, StopsAtAStopIdAConditionOrTheBudget) {
   ASSERT_TRUE(decoder->Reset().ok());
   auto two = GenerateTokens(
       *decoder, prompt, greedy,
-      {.max_new_tokens = 6, .stop = [](std::span<const int32_t> ids) { return ids.size() == 2; }});
+      {.max_new_tokens = 6,
+       .stop = [](int64_t, std::span<const int32_t> ids) { return ids.size() == 2; }});
   ASSERT_TRUE(two.ok());
   EXPECT_EQ(two->ids, std::vector<int32_t>(free_run->ids.begin(), free_run->ids.begin() + 2));
   EXPECT_EQ(two->end, Generated::End::kStopCondition);
@@ -210,6 +311,20 @@ TEST(Recaller, SegmentsTheContextAndKeepsEveryPassInItsBudget) {
   EXPECT_EQ(result->segments.back().first_token + result->segments.back().tokens,
             result->context_tokens);
   EXPECT_LE(result->generated_tokens, segments * 7 + 7 + 5);
+
+  // The notes and the answer do not depend on how many segments are written together.
+  for (int64_t at_once : {1, 3}) {
+    RecallOptions one_by_one = options;
+    one_by_one.segments_at_once = at_once;
+    Recaller other(*decoder, *tokenizer, *format, one_by_one);
+    auto same = other.Answer(context, "Where did Ada move?");
+    ASSERT_TRUE(same.ok()) << same.status();
+    EXPECT_EQ(same->answer, result->answer) << at_once;
+    EXPECT_EQ(same->generated_tokens, result->generated_tokens) << at_once;
+    for (size_t k = 0; k < result->segments.size(); ++k) {
+      EXPECT_EQ(same->segments[k].note, result->segments[k].note) << at_once << " segment " << k;
+    }
+  }
 
   // Deterministic: greedy twice gives the same; one segment takes the last pass alone.
   auto again = recaller.Answer(context, "Where did Ada move?");
