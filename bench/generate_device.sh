@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run ON the GPU machine after scripts/device-test.sh (or scripts/device-build.sh) in the same
 # call: `rwr generate` with Mamba-2.8B shapes (random init, bf16 weights) on the GPU — a long
-# context in 2048-token segments, a note per segment, then the answer — and the same on the tiny
-# model on the CPU for scale. Writes generate_*.json (the --json output: tokens, seconds) to $OUT.
+# context (about 32k tokens) in 2048-token segments, a note per segment, then the answer — with
+# the segment notes written one at a time and 16 at once, and the same on the tiny model on the
+# CPU for scale. Writes generate_*.json (the --json output: tokens, seconds) to $OUT.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$root/out}
@@ -11,8 +12,8 @@ export LD_LIBRARY_PATH="$root/.deb/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PAT
 rwr=$root/build/gpu/bin/rwr
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# A context of about 8k tokens: the synthetic QA generator's text.
-"$rwr" data synth --out "$work/qa.jsonl" --count 1 --context-tokens 8000 --seed 5 --log-level warn
+# A context of about 32k tokens: the synthetic QA generator's text.
+"$rwr" data synth --out "$work/qa.jsonl" --count 1 --context-tokens 32000 --seed 5 --log-level warn
 python3 - "$work" <<'PY'
 import json, sys, pathlib
 w = pathlib.Path(sys.argv[1])
@@ -23,17 +24,23 @@ PY
 question=$(cat "$work/question.txt")
 "$rwr" model init --config "$root/configs/models/mamba-2.8b.yaml" --out "$work/m28" --dtype bf16 \
   --log-level warn
-for precision in bf16 fp32; do
+for at_once in 16 1; do
   "$rwr" generate --model "$work/m28" --tokenizer "$root/configs/tokenizer/tokenizer.json" \
     --context-file "$work/ctx.txt" --question "$question" --segment-tokens 2048 \
-    --max-note-tokens 64 --max-answer-tokens 32 --device cuda --precision "$precision" --json \
-    --log-level warn | tee "$out/generate_m28_cuda_$precision.json"
+    --segments-at-once "$at_once" --max-note-tokens 64 --max-answer-tokens 32 --device cuda \
+    --precision bf16 --json --log-level warn | tee "$out/generate_m28_bf16_rows$at_once.json"
 done
 "$rwr" model init --config "$root/configs/models/tiny.yaml" --out "$work/tiny" --log-level warn
-for device in cuda cpu; do
-  "$rwr" generate --model "$work/tiny" --tokenizer "$root/configs/tokenizer/tokenizer.json" \
-    --context-file "$work/ctx.txt" --question "$question" --segment-tokens 2048 \
-    --max-note-tokens 64 --max-answer-tokens 32 --device "$device" --json --log-level warn \
-    | tee "$out/generate_tiny_$device.json"
-done
+"$rwr" generate --model "$work/tiny" --tokenizer "$root/configs/tokenizer/tokenizer.json" \
+  --context-file "$work/ctx.txt" --question "$question" --segment-tokens 2048 \
+  --max-note-tokens 64 --max-answer-tokens 32 --device cpu --json --log-level warn \
+  | tee "$out/generate_tiny_cpu.json"
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$out/generate_gpu.txt"
+python3 - "$out" <<'PY'
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+one, many = (json.loads((out / f"generate_m28_bf16_rows{n}.json").read_text()) for n in (1, 16))
+same = sum(a["note"] == b["note"] for a, b in zip(one["segments"], many["segments"]))
+print(f"segment notes equal one at a time and 16 at once: {same} of {len(one['segments'])}; "
+      f"{one['seconds']:.2f} s vs {many['seconds']:.2f} s")
+PY
