@@ -15,6 +15,7 @@
 #include "cli/command.h"
 #include "common/logging.h"
 #include "common/progress.h"
+#include "common/sha256.h"
 #include "common/shutdown.h"
 #include "common/status.h"
 #include "distill/recall_format.h"
@@ -102,7 +103,29 @@ struct LoadedRecall {
   std::unique_ptr<trainer::Decoder> decoder;
   std::string model_dir;
   std::unique_ptr<trainer::Recaller> recaller;
+  // What decides the answers (recorded with every prediction of an eval, so that a rerun never
+  // mixes in answers of other weights or settings): the model directory and its weight files'
+  // sizes and times, the tokenizer's and the template's SHA-256, the generation settings.
+  json settings;
 };
+
+// "model.safetensors 1234 bytes 1732800000" for each weight file of a model directory.
+std::string WeightFiles(const std::string& dir) {
+  std::vector<std::string> files;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (!name.ends_with(".safetensors") || name == "rwr_check.safetensors") continue;
+    std::error_code ec;
+    const auto written = fs::last_write_time(entry.path(), ec).time_since_epoch();
+    files.push_back(
+        fmt::format("{} {} bytes {}", name, entry.file_size(ec),
+                    std::chrono::duration_cast<std::chrono::nanoseconds>(written).count()));
+  }
+  std::sort(files.begin(), files.end());
+  std::string all;
+  for (const std::string& f : files) all += (all.empty() ? "" : "; ") + f;
+  return all;
+}
 
 absl::StatusOr<std::unique_ptr<LoadedRecall>> LoadRecall(const ModelFlags& f) {
   if (f.recall.sampling.top_p <= 0) {
@@ -143,14 +166,30 @@ absl::StatusOr<std::unique_ptr<LoadedRecall>> LoadRecall(const ModelFlags& f) {
   spdlog::info("{}: {} on {}; tokenizer {}; template {}", loaded->model_dir,
                loaded->model.config.Summary(), loaded->decoder->device(), tokenizer_path,
                sample_template.name);
+  trainer::RecallOptions recall = f.recall;
+  recall.cancelled = [] { return ShutdownRequested(); };
+  RWR_ASSIGN_OR_RETURN(const std::string tokenizer_sha, Sha256HexOfFile(tokenizer_path));
+  loaded->settings = {{"model", fs::weakly_canonical(loaded->model_dir).string()},
+                      {"weights", WeightFiles(loaded->model_dir)},
+                      {"tokenizer_sha256", tokenizer_sha},
+                      {"template_sha256", Sha256Hex(sample_template.ToYaml())},
+                      {"device", loaded->decoder->device()},
+                      {"segment_tokens", f.recall.segment_tokens},
+                      {"max_note_tokens", f.recall.max_note_tokens},
+                      {"max_answer_tokens", f.recall.max_answer_tokens},
+                      {"temperature", f.recall.sampling.temperature},
+                      {"top_p", f.recall.sampling.top_p},
+                      {"seed", f.recall.sampling.seed}};
   loaded->recaller = std::make_unique<trainer::Recaller>(*loaded->decoder, std::move(tokenizer),
-                                                         std::move(format), f.recall);
+                                                         std::move(format), recall);
   return loaded;
 }
 
 absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(fmt::format("{}: cannot read the file", path));
+  if (!in || !fs::is_regular_file(path)) {
+    return absl::NotFoundError(fmt::format("{}: not a file that can be read", path));
+  }
   std::stringstream text;
   text << in.rdbuf();
   return text.str();
@@ -165,28 +204,6 @@ json SegmentsJson(const trainer::RecallResult& r) {
                         {"empty", s.empty}});
   }
   return segments;
-}
-
-// Answers are compared the way QA benchmarks do: lower case, punctuation and articles dropped,
-// blanks collapsed.
-std::string NormalizeAnswer(std::string_view text) {
-  std::string words;
-  std::string word;
-  auto flush = [&] {
-    if (!word.empty() && word != "a" && word != "an" && word != "the") {
-      words += (words.empty() ? "" : " ") + word;
-    }
-    word.clear();
-  };
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c >= 0x80) {
-      word += static_cast<char>(std::tolower(c));
-    } else if (std::isspace(c)) {
-      flush();
-    }  // punctuation: dropped, inside a word too ("U.S." → "us")
-  }
-  flush();
-  return words;
 }
 
 void RegisterGenerate(CLI::App& app) {
@@ -253,20 +270,36 @@ void RegisterGenerate(CLI::App& app) {
 
 // The predictions of an eval, one JSON line per item, each appended and synced as soon as its item
 // is answered: a killed or requeued eval loses at most the item in progress, and a rerun with the
-// same --out reads the lines there, skips their items and goes on.
+// same --out reads the lines there, skips their items and goes on. One eval writes a file at a
+// time (a POSIX record lock on it, dropped by the kernel when the process ends).
 class PredictionsFile {
  public:
-  // Reads what `path` holds (a torn last line, from a kill mid-write, is cut off) and opens it to
-  // append. Lines of another model or of ids the dataset lacks are an error: another eval's file.
+  // Locks `path`, reads what it holds (a torn last line, from a kill mid-write, is cut off) and
+  // opens it to append. Lines written with other settings, of ids the dataset lacks, or twice,
+  // are an error: another eval's file, or one edited by hand.
   static absl::StatusOr<std::unique_ptr<PredictionsFile>> Open(
-      const std::string& path, const std::string& model,
+      const std::string& path, const json& settings,
       const absl::flat_hash_set<std::string>& dataset_ids) {
     std::unique_ptr<PredictionsFile> file(new PredictionsFile());
     file->path_ = path;
-    std::string text;
-    if (fs::exists(path)) {
-      RWR_ASSIGN_OR_RETURN(text, ReadTextFile(path));
+    file->fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (file->fd_ < 0) {
+      return absl::UnavailableError(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
     }
+    struct flock lock {};
+    lock.l_type = F_WRLCK;
+    lock.l_whence = SEEK_SET;
+    if (::fcntl(file->fd_, F_SETLK, &lock) != 0) {
+      struct flock holder {};
+      holder.l_type = F_WRLCK;
+      holder.l_whence = SEEK_SET;
+      ::fcntl(file->fd_, F_GETLK, &holder);
+      return absl::FailedPreconditionError(fmt::format(
+          "--out {} is being written by another rwr eval (pid {}); wait for it or choose another "
+          "--out",
+          path, holder.l_pid));
+    }
+    RWR_ASSIGN_OR_RETURN(std::string text, ReadTextFile(path));
     const size_t whole = text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1;
     if (whole < text.size()) {
       spdlog::warn(
@@ -279,14 +312,18 @@ class PredictionsFile {
     for (std::string line; std::getline(lines, line);) {
       ++number;
       json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (!j.is_object() || !j.contains("id") || !j["id"].is_string() || !j.contains("model")) {
+      if (!j.is_object() || !j.contains("id") || !j["id"].is_string() || !j.contains("settings") ||
+          !j["settings"].is_object()) {
         return absl::InvalidArgumentError(fmt::format(
             "{}:{}: not a prediction line of rwr eval; choose another --out", path, number));
       }
-      if (j["model"] != model) {
-        return absl::InvalidArgumentError(
-            fmt::format("{}:{}: predictions of model {}, not {}; choose another --out", path,
-                        number, j["model"].dump(), model));
+      for (const auto& [key, value] : settings.items()) {
+        if (j["settings"].value(key, json()) != value) {
+          return absl::InvalidArgumentError(fmt::format(
+              "{}:{}: answered with {} {}, this run has {}; use the same settings or choose "
+              "another --out",
+              path, number, key, j["settings"].value(key, json()).dump(), value.dump()));
+        }
       }
       const std::string id = j["id"];
       if (!dataset_ids.contains(id)) {
@@ -294,11 +331,13 @@ class PredictionsFile {
             "{}:{}: item '{}' is not in the dataset (another eval's file?); choose another --out",
             path, number, id));
       }
-      file->done_ids_.insert(id);
+      if (!file->done_ids_.insert(id).second) {
+        return absl::InvalidArgumentError(
+            fmt::format("{}:{}: item '{}' answered twice; choose another --out", path, number, id));
+      }
       file->done_.push_back(std::move(j));
     }
-    file->fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-    if (file->fd_ < 0 || ::ftruncate(file->fd_, static_cast<off_t>(whole)) != 0 ||
+    if (::ftruncate(file->fd_, static_cast<off_t>(whole)) != 0 ||
         ::lseek(file->fd_, 0, SEEK_END) < 0) {
       return absl::UnavailableError(
           fmt::format("{}: cannot open to append: {}", path, std::strerror(errno)));
@@ -306,7 +345,7 @@ class PredictionsFile {
     return file;
   }
   ~PredictionsFile() {
-    if (fd_ >= 0) ::close(fd_);
+    if (fd_ >= 0) ::close(fd_);  // drops the lock
   }
 
   const std::vector<json>& done() const { return done_; }
@@ -326,6 +365,7 @@ class PredictionsFile {
     if (::fsync(fd_) != 0) {
       return absl::UnavailableError(fmt::format("cannot sync {}: {}", path_, std::strerror(errno)));
     }
+    done_ids_.insert(prediction["id"].get<std::string>());
     done_.push_back(prediction);
     return absl::OkStatus();
   }
@@ -358,19 +398,18 @@ struct EvalTally {
 };
 
 json Predict(const distill::RecipeItem& item, const trainer::RecallResult& r,
-             const std::string& model) {
-  const std::string got = NormalizeAnswer(r.answer), want = NormalizeAnswer(item.answer);
-  return json{
-      {"id", item.id},
-      {"question", item.question},
-      {"reference", item.answer},
-      {"answer", r.answer},
-      {"note", r.note},
-      {"segments", SegmentsJson(r)},
-      {"exact", got == want},
-      {"contains", !want.empty() && (" " + got + " ").find(" " + want + " ") != std::string::npos},
-      {"context_tokens", r.context_tokens},
-      {"model", model}};
+             const json& settings) {
+  const trainer::AnswerScore score = trainer::ScoreAnswer(r.answer, item.answer);
+  return json{{"id", item.id},
+              {"question", item.question},
+              {"reference", item.answer},
+              {"answer", r.answer},
+              {"note", r.note},
+              {"segments", SegmentsJson(r)},
+              {"exact", score.exact},
+              {"contains", score.contains},
+              {"context_tokens", r.context_tokens},
+              {"settings", settings}};
 }
 
 void RegisterEval(CLI::App& app) {
@@ -417,34 +456,41 @@ void RegisterEval(CLI::App& app) {
           return absl::OkStatus();
         }));
     if (items.empty()) return absl::InvalidArgumentError(fmt::format("{}: no items", o->input));
-    const std::string model = fs::absolute(o->model.model).lexically_normal().string();
+    // The model first: a run that cannot load it leaves no --out behind.
+    RWR_ASSIGN_OR_RETURN(auto loaded, LoadRecall(o->model));
     std::unique_ptr<PredictionsFile> out;
     EvalTally tally;
+    absl::flat_hash_set<std::string> this_run;  // the items of this run (--limit)
+    for (const distill::RecipeItem& item : items) this_run.insert(item.id);
     if (!o->out.empty()) {
-      RWR_ASSIGN_OR_RETURN(out, PredictionsFile::Open(o->out, model, ids));
-      for (const json& done : out->done()) tally.Add(done);
+      RWR_ASSIGN_OR_RETURN(out, PredictionsFile::Open(o->out, loaded->settings, ids));
+      for (const json& done : out->done()) {
+        if (this_run.contains(done["id"].get<std::string>())) tally.Add(done);
+      }
       if (tally.items > 0) {
-        spdlog::info("eval: {} holds {} answered items; answering the rest", o->out, tally.items);
+        spdlog::info("eval: {} holds {} of the {} items answered; answering the rest", o->out,
+                     tally.items, items.size());
       }
     }
     std::vector<const distill::RecipeItem*> todo;
     for (const distill::RecipeItem& item : items) {
       if (out == nullptr || !out->Has(item.id)) todo.push_back(&item);
     }
-    RWR_ASSIGN_OR_RETURN(auto loaded, LoadRecall(o->model));
     Progress progress(
         {.label = "eval", .total = static_cast<int64_t>(todo.size()), .unit = "items"});
     for (const distill::RecipeItem* item : todo) {
-      if (ShutdownRequested()) {
+      absl::StatusOr<trainer::RecallResult> r =
+          ShutdownRequested() ? absl::CancelledError("interrupted")
+                              : loaded->recaller->Answer(item->context, item->question);
+      if (absl::IsCancelled(r.status())) {  // a shutdown signal: the item in progress is dropped
         progress.Finish("interrupted");
         std::cout << fmt::format("eval: interrupted with {} of {} items answered{}\n", tally.items,
                                  items.size(),
                                  out ? "; run the same command again to answer the rest" : "");
         return absl::OkStatus();
       }
-      RWR_ASSIGN_OR_RETURN(trainer::RecallResult r,
-                           loaded->recaller->Answer(item->context, item->question));
-      const json prediction = Predict(*item, r, model);
+      RWR_RETURN_IF_ERROR(r.status());
+      const json prediction = Predict(*item, *r, loaded->settings);
       if (out != nullptr) RWR_RETURN_IF_ERROR(out->Append(prediction));
       tally.Add(prediction);
       progress.Advance();

@@ -80,16 +80,25 @@ std::vector<RenderedPiece> RecallFormat::Prompt(std::string_view question) const
 
 RecallFormat::Reading RecallFormat::Read(std::string_view written) const {
   Reading reading;
-  written = written.substr(std::min(written.size(), written.find_first_not_of(" \t\r\n")));
-  if (!note_start_.empty() && written.starts_with(note_start_)) {
-    written.remove_prefix(note_start_.size());
-  }
+  // Found before anything is trimmed: the literal may begin with a blank ("\nAnswer:" after an
+  // empty note).
   const size_t end = written.find(note_end_);
+  std::string_view note = written.substr(0, end);
   if (end == std::string_view::npos) {
-    reading.note = std::string(Trim(written));
-    return reading;
+    // A note the budget cut inside the literal: its beginning is not part of the note.
+    for (size_t n = std::min(note_end_.size() - 1, note.size()); n > 0; --n) {
+      if (note.ends_with(std::string_view(note_end_).substr(0, n))) {
+        note.remove_suffix(n);
+        break;
+      }
+    }
   }
-  reading.note = std::string(Trim(written.substr(0, end)));
+  note = Trim(note);
+  if (!note_start_.empty() && note.starts_with(note_start_)) {
+    note = Trim(note.substr(note_start_.size()));
+  }
+  reading.note = std::string(note);
+  if (end == std::string_view::npos) return reading;
   std::string_view answer = written.substr(end + note_end_.size());
   if (!answer_end_.empty()) answer = answer.substr(0, answer.find(answer_end_));
   reading.answer = std::string(Trim(answer));

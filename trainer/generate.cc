@@ -6,6 +6,7 @@
 
 #include "common/status.h"
 #include "fmt/format.h"
+#include "spdlog/spdlog.h"
 
 #ifdef RWR_TRAINER_HAVE_CUDA
 #include "trainer/mamba_cuda.h"
@@ -88,13 +89,18 @@ absl::StatusOr<std::unique_ptr<Decoder>> MakeDecoder(const MambaConfig& config,
   if (device == "cpu") return MakeCpuDecoder(config, params);
 #ifdef RWR_TRAINER_HAVE_CUDA
   if (device == "cuda" || (CudaDeviceAvailable() && config.d_state == 16)) {
-    RWR_ASSIGN_OR_RETURN(std::unique_ptr<MambaCuda> model,
-                         MambaCuda::Create(config, precision == "fp32" ? GemmPrecision::kFp32
-                                                                       : GemmPrecision::kBf16));
-    RWR_RETURN_IF_ERROR(model->UploadParams(params));
-    RWR_RETURN_IF_ERROR(model->ResetSequence(1));
-    return std::unique_ptr<Decoder>(
-        std::make_unique<CudaDecoder>(std::move(model), config.vocab_size, precision));
+    absl::StatusOr<std::unique_ptr<MambaCuda>> model = MambaCuda::Create(
+        config, precision == "fp32" ? GemmPrecision::kFp32 : GemmPrecision::kBf16);
+    absl::Status ready = model.status();
+    if (ready.ok()) ready = (*model)->UploadParams(params);
+    if (ready.ok()) ready = (*model)->ResetSequence(1);
+    if (ready.ok()) {
+      return std::unique_ptr<Decoder>(
+          std::make_unique<CudaDecoder>(std::move(*model), config.vocab_size, precision));
+    }
+    if (device == "cuda") return ready;
+    spdlog::warn("generation on the GPU failed to start ({}); running on the CPU",
+                 std::string(ready.message()));
   }
 #else
   if (device == "cuda") {
@@ -168,6 +174,7 @@ absl::StatusOr<std::vector<Generated>> GenerateRows(Decoder& decoder,
         fmt::format("max_new_tokens {} is negative", options.max_new_tokens));
   }
   std::vector<float> logits(rows * V);
+  if (options.cancelled && options.cancelled()) return absl::CancelledError("interrupted");
   RWR_RETURN_IF_ERROR(decoder.Advance(prompts, resets, logits));
   std::vector<Generated> out(rows);
   std::vector<bool> running(rows, options.max_new_tokens > 0);
@@ -195,6 +202,7 @@ absl::StatusOr<std::vector<Generated>> GenerateRows(Decoder& decoder,
       --left;
     }
     if (left == 0) break;
+    if (options.cancelled && options.cancelled()) return absl::CancelledError("interrupted");
     RWR_RETURN_IF_ERROR(decoder.Advance(next, {}, logits));
   }
   return out;

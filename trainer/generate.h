@@ -84,6 +84,8 @@ struct GenerateOptions {
   // Called after each token a row keeps, with the row and everything it generated so far; true
   // ends that row's generation.
   std::function<bool(int64_t row, std::span<const int32_t> generated)> stop;
+  // Asked before each step; true ends the generation with Cancelled (a shutdown signal).
+  std::function<bool()> cancelled;
 };
 
 struct Generated {

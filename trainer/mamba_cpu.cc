@@ -538,42 +538,51 @@ SequenceState MambaCpu::NewSequence(int64_t rows) const {
   return state;
 }
 
-absl::Status MambaCpu::Advance(std::span<const float> params, const RowTokens& in,
-                               int64_t chunk_len, SequenceState& state,
-                               std::span<float> next_logits) const {
+absl::StatusOr<TokenBatch> RowsAsBatch(const RowTokens& in, int64_t vocab, size_t logits_size,
+                                       std::vector<uint8_t>* no_loss) {
   const int64_t rows = in.rows;
   if (rows <= 0 || in.tokens.empty() || in.tokens.size() % rows != 0) {
-    return absl::InvalidArgumentError(
-        fmt::format("Advance: {} tokens do not make {} rows of equal length", in.tokens.size(),
-                    rows));
+    return absl::InvalidArgumentError(fmt::format(
+        "Advance: {} tokens do not make {} rows of equal length", in.tokens.size(), rows));
   }
-  const int64_t T = static_cast<int64_t>(in.tokens.size()) / rows;
   if (!in.resets.empty() && in.resets.size() != in.tokens.size()) {
     return absl::InvalidArgumentError("Advance: resets and tokens differ in size");
   }
-  if (static_cast<int64_t>(next_logits.size()) != rows * config_.vocab_size) {
-    return absl::InvalidArgumentError(
-        fmt::format("Advance: logits buffer has {} floats, not {} rows of {}", next_logits.size(),
-                    rows, config_.vocab_size));
+  if (static_cast<int64_t>(logits_size) != rows * vocab) {
+    return absl::InvalidArgumentError(fmt::format(
+        "Advance: logits buffer has {} floats, not {} rows of {}", logits_size, rows, vocab));
   }
+  for (int32_t id : in.tokens) {
+    if (id < 0 || id >= vocab) {
+      return absl::InvalidArgumentError(
+          fmt::format("token id {} out of range (vocab {})", id, vocab));
+    }
+  }
+  no_loss->assign(in.tokens.size(), 0);
+  return TokenBatch{.batch = rows,
+                    .seq_len = static_cast<int64_t>(in.tokens.size()) / rows,
+                    .tokens = in.tokens.data(),
+                    .targets = in.tokens.data(),
+                    .loss_mask = no_loss->data(),
+                    .reset = in.resets.empty() ? nullptr : in.resets.data()};
+}
+
+absl::Status MambaCpu::Advance(std::span<const float> params, const RowTokens& in,
+                               int64_t chunk_len, SequenceState& state,
+                               std::span<float> next_logits) const {
+  std::vector<uint8_t> no_loss;
+  RWR_ASSIGN_OR_RETURN(const TokenBatch batch,
+                       RowsAsBatch(in, config_.vocab_size, next_logits.size(), &no_loss));
   if (static_cast<int64_t>(state.size()) != config_.n_layer ||
-      static_cast<int64_t>(state[0].ssm.size()) != rows * config_.d_inner * config_.d_state) {
+      static_cast<int64_t>(state[0].ssm.size()) != in.rows * config_.d_inner * config_.d_state) {
     return absl::InvalidArgumentError(
         fmt::format("Advance: the state is not one of {} rows of this model (NewSequence({}))",
-                    rows, rows));
+                    in.rows, in.rows));
   }
-  // Nothing carries loss: the batch only says which ids to run.
-  const std::vector<uint8_t> no_loss(in.tokens.size(), 0);
-  const TokenBatch batch{.batch = rows,
-                         .seq_len = T,
-                         .tokens = in.tokens.data(),
-                         .targets = in.tokens.data(),
-                         .loss_mask = no_loss.data(),
-                         .reset = in.resets.empty() ? nullptr : in.resets.data()};
   RWR_RETURN_IF_ERROR(Check(params, batch));
   Runner run(config_, layout_, params.data(), batch);
   return ForwardChunks(run, chunk_len, state, [&](const Dims& d, const std::vector<float>& h) {
-    if (d.t0 + d.Tc == T) run.LastLogits(d, h, next_logits.data());
+    if (d.t0 + d.Tc == batch.seq_len) run.LastLogits(d, h, next_logits.data());
   });
 }
 

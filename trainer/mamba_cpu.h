@@ -64,6 +64,12 @@ struct RowTokens {
   std::span<const uint8_t> resets;
 };
 
+// `in` checked for a model of `vocab` ids (rows of equal length, resets of the same size, ids in
+// the vocabulary, `logits_size` == rows × vocab) and laid out as the TokenBatch both models run:
+// targets unused, no loss anywhere (`no_loss`, the caller's, holds the mask).
+absl::StatusOr<TokenBatch> RowsAsBatch(const RowTokens& in, int64_t vocab, size_t logits_size,
+                                       std::vector<uint8_t>* no_loss);
+
 struct LossSum {
   double loss_sum = 0;  // Σ masked token losses
   int64_t tokens = 0;   // Σ loss_mask

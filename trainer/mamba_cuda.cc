@@ -1151,33 +1151,10 @@ absl::Status MambaCuda::Advance(const RowTokens& in, int64_t chunk_len,
     return absl::InvalidArgumentError(fmt::format(
         "Advance: {} rows, but ResetSequence started {}", rows, m.sequence_rows));
   }
-  if (in.tokens.empty() || in.tokens.size() % rows != 0) {
-    return absl::InvalidArgumentError(
-        fmt::format("Advance: {} tokens do not make {} rows of equal length", in.tokens.size(),
-                    rows));
-  }
-  if (!in.resets.empty() && in.resets.size() != in.tokens.size()) {
-    return absl::InvalidArgumentError("Advance: resets and tokens differ in size");
-  }
-  if (static_cast<int64_t>(next_logits.size()) != rows * m.c.vocab_size) {
-    return absl::InvalidArgumentError(
-        fmt::format("Advance: logits buffer has {} floats, not {} rows of {}", next_logits.size(),
-                    rows, m.c.vocab_size));
-  }
-  for (int32_t id : in.tokens) {
-    if (id < 0 || id >= m.c.vocab_size) {
-      return absl::InvalidArgumentError(
-          fmt::format("token id {} out of range (vocab {})", id, m.c.vocab_size));
-    }
-  }
-  const int64_t T = static_cast<int64_t>(in.tokens.size()) / rows;
-  const std::vector<uint8_t> no_loss(in.tokens.size(), 0);
-  const TokenBatch batch{.batch = rows,
-                         .seq_len = T,
-                         .tokens = in.tokens.data(),
-                         .targets = in.tokens.data(),
-                         .loss_mask = no_loss.data(),
-                         .reset = in.resets.empty() ? nullptr : in.resets.data()};
+  std::vector<uint8_t> no_loss;
+  RWR_ASSIGN_OR_RETURN(const TokenBatch batch,
+                       RowsAsBatch(in, m.c.vocab_size, next_logits.size(), &no_loss));
+  const int64_t T = batch.seq_len;
   m.untimed_gemms = true;
   absl::Status status = [&]() -> absl::Status {
     CudaRunner run(m, layout_, batch);

@@ -27,7 +27,12 @@ struct RecallOptions {
   // Segment notes written together, one decoder row each: on a GPU a step of many rows costs
   // about one. The notes are the same at any value.
   int64_t segments_at_once = 16;
+  // Segment k samples with seed sampling.seed + 1 + k, the last pass with sampling.seed, so the
+  // passes do not share one random stream (and a segment's note does not depend on how many are
+  // written together).
   SamplingOptions sampling;
+  // Asked before every step of every pass; true ends Answer with Cancelled (a shutdown signal).
+  std::function<bool()> cancelled;
 };
 
 struct SegmentNote {
@@ -63,10 +68,17 @@ class Recaller {
   };
   // Prompt ids for `context_ids` and the question, as training rendered them.
   std::vector<int32_t> PromptIds(std::span<const int32_t> context_ids, std::string_view question);
-  // Generates after each prompt, one decoder row each (prompts of unequal length are left-padded
-  // with a reset at their first token); `note_only` stops a row once its note is complete.
-  absl::StatusOr<std::vector<Written>> Write(const std::vector<std::vector<int32_t>>& prompts,
-                                             bool note_only);
+  // The notes after each prompt, one decoder row each, sampled with seeds[row] (prompts of
+  // unequal length are left-padded with a reset at their first token). A row stops once its note
+  // is complete, at end of text or at max_note_tokens.
+  absl::StatusOr<std::vector<Generated>> WriteNotes(
+      const std::vector<std::vector<int32_t>>& prompts, const std::vector<uint64_t>& seeds);
+  // The last pass: the note as WriteNotes writes it, then the answer with its own budget. Where
+  // the note ended without the literal that leads to the answer (its budget, or end of text),
+  // that literal is fed to the model, so there is always an answer to read.
+  absl::StatusOr<Written> WriteNoteAndAnswer(const std::vector<int32_t>& prompt);
+  // The text of generated ids, less a character the budget cut in two.
+  std::string TextOf(std::span<const int32_t> ids) const;
 
   Decoder& decoder_;
   distill::Tokenizer tokenizer_;
@@ -74,5 +86,15 @@ class Recaller {
   RecallOptions options_;
   std::vector<int32_t> stop_ids_;
 };
+
+// An answer against its reference, the way QA benchmarks compare them: both normalized (lower
+// case; punctuation and the articles a, an, the dropped; blanks collapsed). Exact: equal. Contains:
+// the reference is a run of whole words of the answer. A reference that normalizes to nothing
+// ("A", "—") is compared lower-cased and trimmed instead, so an empty answer never matches it.
+struct AnswerScore {
+  bool exact = false;
+  bool contains = false;
+};
+AnswerScore ScoreAnswer(std::string_view answer, std::string_view reference);
 
 }  // namespace rwr::trainer

@@ -146,6 +146,14 @@ TEST(RecallFormat, DefaultTemplatePromptsForTheNoteAndReadsNoteAndAnswer) {
   auto note_only = format->Read(" Ada moved to Oslo and then");
   EXPECT_EQ(note_only.note, "Ada moved to Oslo and then");
   EXPECT_FALSE(note_only.has_answer);
+  // An empty note: the literal begins with the blank the note would have ended with.
+  auto empty_note = format->Read(" \nAnswer: Oslo");
+  EXPECT_EQ(empty_note.note, "");
+  EXPECT_EQ(empty_note.answer, "Oslo");
+  EXPECT_TRUE(empty_note.has_answer);
+  // A note the budget cut inside the literal keeps none of it.
+  EXPECT_EQ(format->Read(" Ada moved\nAnswer").note, "Ada moved");
+  EXPECT_EQ(format->Read(" Ada moved\nAns").note, "Ada moved");
 
   EXPECT_TRUE(format->IsEmptyNote(" empty"));
   EXPECT_TRUE(format->IsEmptyNote("Empty."));

@@ -2,6 +2,7 @@
 // model from `rwr model init` with rwr's tokenizer: a random model writes noise, so these check
 // what the commands promise around it — the output's shape (text and JSON), segments, the
 // predictions file, repeatable greedy answers, and one-line errors for bad input.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -100,6 +101,8 @@ TEST(GenerateCli, BadInputIsOneLineNamingWhatIsWrong) {
       {fmt::format("--model {}/nope --question q --context c", dir), "nope", 1},
       {fmt::format("--model {} --question q --context-file {}/missing.txt", model, dir),
        "missing.txt", 1},
+      {fmt::format("--model {} --question q --context-file {}", model, dir),
+       "not a file that can be read", 1},
       {fmt::format("--model {} --question q --context c --template {}/t.yaml", model, dir),
        "t.yaml", 1},
       {fmt::format("--model {} --question q --context c --top-p 0", model), "--top-p", 1},
@@ -129,6 +132,24 @@ TEST(GenerateCli, BadInputIsOneLineNamingWhatIsWrong) {
       RunRwr(fmt::format("generate --model {} --question q --context c --log-level error", bare));
   EXPECT_EQ(no_tok.exit_code, 1);
   EXPECT_NE(no_tok.output.find("--tokenizer"), std::string::npos) << no_tok.output;
+}
+
+// A stop signal reaches a generation in progress: it ends within a step, in one line.
+TEST(GenerateCli, SigtermEndsALongGenerationWithinAStep) {
+  const std::string dir = TempDir("generate_sigterm");
+  { std::ofstream(dir + "/ctx.txt") << Context(400); }
+  const auto started = std::chrono::steady_clock::now();
+  CommandResult r = testing::RunShell(
+      fmt::format("timeout --preserve-status -s TERM 1 '{}' generate --model {} --context-file "
+                  "{}/ctx.txt --question q "
+                  "--segment-tokens 8 --segments-at-once 1 --max-note-tokens 64 --threads 1 "
+                  "--log-level error 2>&1",
+                  RWR_BINARY, ModelDir(), dir));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("interrupted"), std::string::npos) << r.output;
+  EXPECT_LT(seconds, 10) << "it ran on after the signal";
 }
 
 TEST(EvalCli, ScoresEveryItemAndWritesOnePredictionPerItem) {
@@ -223,13 +244,45 @@ TEST(EvalCli, ARerunAnswersOnlyWhatTheOutFileLacks) {
   CommandResult rest = RunRwr(eval + " --log-level info");
   ASSERT_EQ(rest.exit_code, 0) << rest.output;
   EXPECT_NE(rest.output.find("cut short"), std::string::npos) << rest.output;
-  EXPECT_NE(rest.output.find("holds 1 answered items"), std::string::npos) << rest.output;
+  EXPECT_NE(rest.output.find("holds 1 of the 4 items answered"), std::string::npos) << rest.output;
   EXPECT_NE(rest.output.find("eval: 4 items"), std::string::npos) << rest.output;
   EXPECT_EQ(ids_in(dir + "/pred.jsonl"), (std::vector<std::string>{"q0", "q1", "q2", "q3"}));
   CommandResult again = RunRwr(eval + " --log-level info");
   ASSERT_EQ(again.exit_code, 0) << again.output;
-  EXPECT_NE(again.output.find("holds 4 answered items"), std::string::npos) << again.output;
+  EXPECT_NE(again.output.find("holds 4 of the 4 items answered"), std::string::npos)
+      << again.output;
   EXPECT_EQ(ids_in(dir + "/pred.jsonl").size(), 4u);  // nothing answered twice
+  // The summary counts this run's items only.
+  CommandResult first_two = RunRwr(eval + " --limit 2 --log-level error");
+  EXPECT_NE(first_two.output.find("eval: 2 items"), std::string::npos) << first_two.output;
+
+  // Other settings are not mixed in: the key that differs is named.
+  CommandResult wider = RunRwr(
+      fmt::format("eval --model {} --input {}/items.jsonl --out {}/pred.jsonl --segment-tokens 32 "
+                  "--max-note-tokens 2 --max-answer-tokens 2 --log-level error",
+                  ModelDir(), dir, dir));
+  EXPECT_EQ(wider.exit_code, 1);
+  EXPECT_NE(wider.output.find("answered with segment_tokens 16, this run has 32"),
+            std::string::npos)
+      << wider.output;
+
+  // While another eval writes the file, a second is refused naming it.
+  {
+    const int fd = ::open((dir + "/pred.jsonl").c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    struct flock lock {};
+    lock.l_type = F_WRLCK;
+    lock.l_whence = SEEK_SET;
+    ASSERT_EQ(::fcntl(fd, F_SETLK, &lock), 0);
+    // The lock is the test process's; a child (the eval) cannot take it.
+    CommandResult locked = RunRwr(eval + " --log-level error");
+    EXPECT_EQ(locked.exit_code, 1);
+    EXPECT_NE(
+        locked.output.find(fmt::format("being written by another rwr eval (pid {})", ::getpid())),
+        std::string::npos)
+        << locked.output;
+    ::close(fd);
+  }
 
   // Another model's file, or one naming items the dataset lacks: refused, untouched.
   const std::string other_model = TempDir("other_model");
@@ -239,20 +292,22 @@ TEST(EvalCli, ARerunAnswersOnlyWhatTheOutFileLacks) {
     std::ifstream in(dir + "/pred.jsonl");
     return std::string(std::istreambuf_iterator<char>(in), {});
   }();
-  CommandResult other = RunRwr(
-      fmt::format("eval --model {} --input {}/items.jsonl --out {}/pred.jsonl --log-level error",
-                  other_model, dir, dir));
+  const std::string same_settings =
+      "--segment-tokens 16 --max-note-tokens 2 --max-answer-tokens 2 --log-level error";
+  CommandResult other =
+      RunRwr(fmt::format("eval --model {} --input {}/items.jsonl --out {}/pred.jsonl {}",
+                         other_model, dir, dir, same_settings));
   EXPECT_EQ(other.exit_code, 1);
   EXPECT_EQ(Lines(other.output), 1) << other.output;
-  EXPECT_NE(other.output.find("choose another --out"), std::string::npos) << other.output;
+  EXPECT_NE(other.output.find("answered with model"), std::string::npos) << other.output;
   {
     std::ofstream fewer(dir + "/fewer.jsonl");
     fewer << R"({"id":"q0","context":"c","question":"q","answer":"x"})"
           << "\n";
   }
-  CommandResult foreign = RunRwr(
-      fmt::format("eval --model {} --input {}/fewer.jsonl --out {}/pred.jsonl --log-level error",
-                  ModelDir(), dir, dir));
+  CommandResult foreign =
+      RunRwr(fmt::format("eval --model {} --input {}/fewer.jsonl --out {}/pred.jsonl {}",
+                         ModelDir(), dir, dir, same_settings));
   EXPECT_EQ(foreign.exit_code, 1);
   EXPECT_NE(foreign.output.find("item 'q1' is not in the dataset"), std::string::npos)
       << foreign.output;

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <map>
+#include <set>
 
 #include "distill/recall_format.h"
 #include "distill/tokenizer.h"
@@ -312,7 +313,8 @@ TEST(Recaller, SegmentsTheContextAndKeepsEveryPassInItsBudget) {
             result->context_tokens);
   EXPECT_LE(result->generated_tokens, segments * 7 + 7 + 5);
 
-  // The notes and the answer do not depend on how many segments are written together.
+  // The notes and the answer do not depend on how many segments are written together, greedy
+  // or sampled (each segment samples with its own seed).
   for (int64_t at_once : {1, 3}) {
     RecallOptions one_by_one = options;
     one_by_one.segments_at_once = at_once;
@@ -325,6 +327,19 @@ TEST(Recaller, SegmentsTheContextAndKeepsEveryPassInItsBudget) {
       EXPECT_EQ(same->segments[k].note, result->segments[k].note) << at_once << " segment " << k;
     }
   }
+  RecallOptions sampled = options;
+  sampled.sampling = {.temperature = 1.0, .seed = 11};
+  std::vector<std::string> notes_at[2];
+  for (int i = 0; i < 2; ++i) {
+    sampled.segments_at_once = i == 0 ? 1 : 4;
+    Recaller other(*decoder, *tokenizer, *format, sampled);
+    auto r = other.Answer(context, "Where did Ada move?");
+    ASSERT_TRUE(r.ok()) << r.status();
+    for (const SegmentNote& note : r->segments) notes_at[i].push_back(note.note);
+  }
+  EXPECT_EQ(notes_at[0], notes_at[1]);
+  // Identical segments sample with their own seeds, so their notes are not all one stream's.
+  EXPECT_NE(std::set<std::string>(notes_at[0].begin(), notes_at[0].end()).size(), 1u);
 
   // Deterministic: greedy twice gives the same; one segment takes the last pass alone.
   auto again = recaller.Answer(context, "Where did Ada move?");
@@ -335,6 +350,139 @@ TEST(Recaller, SegmentsTheContextAndKeepsEveryPassInItsBudget) {
   auto one_pass = whole.Answer(context, "Where did Ada move?");
   ASSERT_TRUE(one_pass.ok());
   EXPECT_TRUE(one_pass->segments.empty());
+}
+
+TEST(ScoreAnswer, NormalizesLikeQaBenchmarksAndNeverMatchesAnEmptyAnswer) {
+  EXPECT_TRUE(ScoreAnswer("The Oslo.", "oslo").exact);
+  EXPECT_TRUE(ScoreAnswer("  U.S. ", "US").exact);
+  const AnswerScore inside = ScoreAnswer("She moved to Oslo in May", "Oslo");
+  EXPECT_FALSE(inside.exact);
+  EXPECT_TRUE(inside.contains);
+  EXPECT_FALSE(ScoreAnswer("Oslofjord", "Oslo").contains);  // whole words only
+  EXPECT_FALSE(ScoreAnswer("", "Oslo").exact);
+  // References that normalize to nothing: compared as written, and "" never matches.
+  EXPECT_FALSE(ScoreAnswer("", "A").exact);
+  EXPECT_FALSE(ScoreAnswer("", "A").contains);
+  EXPECT_TRUE(ScoreAnswer(" a", "A").exact);
+  EXPECT_FALSE(ScoreAnswer("", "").exact);
+}
+
+// A decoder that writes a script: each row emits script[i] at its i-th step, whatever it is fed,
+// and the tokens fed are recorded. It drives the recall loop through cases a real model will not
+// produce on demand.
+class ScriptedDecoder final : public Decoder {
+ public:
+  ScriptedDecoder(int64_t vocab, std::vector<int32_t> script)
+      : vocab_(vocab), script_(std::move(script)) {}
+  int64_t vocab_size() const override { return vocab_; }
+  std::string device() const override { return "script"; }
+  using Decoder::Advance;
+  absl::Status Advance(std::span<const int32_t> tokens, std::span<const uint8_t>,
+                       std::span<float> next_logits) override {
+    fed_.insert(fed_.end(), tokens.begin(), tokens.end());
+    std::fill(next_logits.begin(), next_logits.end(), 0.f);
+    const int32_t id = script_[std::min(step_, script_.size() - 1)];
+    for (int64_t r = 0; r < rows(); ++r) next_logits[r * vocab_ + id] = 1.f;
+    ++step_;
+    return absl::OkStatus();
+  }
+  const std::vector<int32_t>& fed() const { return fed_; }
+
+ protected:
+  absl::Status ResetRows(int64_t) override {
+    step_ = 0;
+    fed_.clear();
+    return absl::OkStatus();
+  }
+
+ private:
+  int64_t vocab_;
+  std::vector<int32_t> script_;
+  size_t step_ = 0;
+  std::vector<int32_t> fed_;
+};
+
+struct ScriptedRecall {
+  distill::Tokenizer tokenizer;
+  distill::RecallFormat format;
+};
+
+ScriptedRecall LoadScriptedRecall() {
+  auto tokenizer =
+      distill::Tokenizer::Load(std::string(RWR_SOURCE_DIR) + "/configs/tokenizer/tokenizer.json");
+  EXPECT_TRUE(tokenizer.ok()) << tokenizer.status();
+  auto format = distill::RecallFormat::From(distill::SampleTemplate::Default());
+  EXPECT_TRUE(format.ok());
+  return {*tokenizer, *format};
+}
+
+// The last pass keeps to both budgets: a note that never writes "\nAnswer:" stops at
+// max_note_tokens, the literal is fed, and the answer gets its own max_answer_tokens.
+TEST(Recaller, TheLastPassKeepsTheNoteToItsBudgetAndStillAnswers) {
+  ScriptedRecall sr = LoadScriptedRecall();
+  const std::vector<int32_t> script =
+      sr.tokenizer.Encode(" one two three four five six seven eight nine ten eleven");
+  ScriptedDecoder decoder(sr.tokenizer.vocab_size(), script);
+  Recaller recaller(decoder, sr.tokenizer, sr.format,
+                    {.segment_tokens = 0, .max_note_tokens = 4, .max_answer_tokens = 3});
+  auto result = recaller.Answer("Ada moved to Oslo.", "Where?");
+  ASSERT_TRUE(result.ok()) << result.status();
+  auto text = [&](size_t from, size_t to) {
+    const std::string t = sr.tokenizer.Decode(std::span(script).subspan(from, to - from));
+    return t.substr(t.find_first_not_of(' '));
+  };
+  EXPECT_EQ(result->note, text(0, 4));
+  EXPECT_EQ(result->answer, text(4, 7));
+  EXPECT_EQ(result->generated_tokens, 7);
+  const std::string fed = sr.tokenizer.Decode(decoder.fed());
+  EXPECT_NE(fed.find("\nAnswer:"), std::string::npos) << fed;  // the literal was fed
+}
+
+// An empty note ("\nAnswer:" right away), end of text inside the note, a character cut by the
+// budget, and a stop signal.
+TEST(Recaller, EmptyNotesEndOfTextCutCharactersAndStopSignals) {
+  ScriptedRecall sr = LoadScriptedRecall();
+  const int32_t eos = *sr.tokenizer.eos_id();
+  std::vector<int32_t> empty_note = sr.tokenizer.Encode(" \nAnswer: Oslo");
+  empty_note.push_back(eos);
+  ScriptedDecoder straight(sr.tokenizer.vocab_size(), empty_note);
+  Recaller answers(straight, sr.tokenizer, sr.format, {.segment_tokens = 0});
+  auto direct = answers.Answer("Ada moved to Oslo.", "Where?");
+  ASSERT_TRUE(direct.ok()) << direct.status();
+  EXPECT_EQ(direct->note, "");
+  EXPECT_EQ(direct->answer, "Oslo");
+
+  // End of text inside the note: the literal is fed and the answer read after it.
+  std::vector<int32_t> ends = sr.tokenizer.Encode(" Ada");
+  ends.push_back(eos);
+  ScriptedDecoder stops(sr.tokenizer.vocab_size(), ends);
+  Recaller stopped(stops, sr.tokenizer, sr.format, {.segment_tokens = 0, .max_answer_tokens = 2});
+  auto after_eos = stopped.Answer("Ada moved to Oslo.", "Where?");
+  ASSERT_TRUE(after_eos.ok()) << after_eos.status();
+  EXPECT_EQ(after_eos->note, "Ada");
+  EXPECT_NE(sr.tokenizer.Decode(stops.fed()).find("Ada\nAnswer:"), std::string::npos);
+
+  // "Caf" and then the first byte of "é": the budget ends the note inside the character.
+  std::vector<int32_t> cut = sr.tokenizer.Encode(" Caf");
+  const auto first_byte = sr.tokenizer.token_to_id("\u00c3");  // byte 0xC3, byte-level form
+  ASSERT_TRUE(first_byte.has_value());
+  cut.push_back(*first_byte);
+  ScriptedDecoder cuts(sr.tokenizer.vocab_size(), cut);
+  const int64_t budget = static_cast<int64_t>(cut.size());
+  Recaller cutting(cuts, sr.tokenizer, sr.format,
+                   {.segment_tokens = 4, .max_note_tokens = budget, .max_answer_tokens = 1});
+  auto segments = cutting.Answer("Ada moved to Oslo and Bo stayed home all year.", "Where?");
+  ASSERT_TRUE(segments.ok()) << segments.status();
+  ASSERT_FALSE(segments->segments.empty());
+  EXPECT_EQ(segments->segments[0].note, "Caf");
+
+  // A stop signal ends the answer with Cancelled.
+  int asked = 0;
+  ScriptedDecoder long_note(sr.tokenizer.vocab_size(), sr.tokenizer.Encode(" a b c d e f g h"));
+  Recaller cancelled(long_note, sr.tokenizer, sr.format,
+                     {.segment_tokens = 0, .cancelled = [&] { return ++asked > 3; }});
+  auto interrupted = cancelled.Answer("Ada moved to Oslo.", "Where?");
+  EXPECT_TRUE(absl::IsCancelled(interrupted.status())) << interrupted.status();
 }
 
 }  // namespace
