@@ -439,8 +439,13 @@ void RegisterEval(CLI::App& app) {
   SetAction(cmd, [o]() -> absl::Status {
     RWR_RETURN_IF_ERROR(InitLogging({.level = o->model.log_level}));
     // Every item is read (and checked) before the model runs, so a bad line fails in a second,
-    // not after an hour of answers.
-    std::vector<distill::RecipeItem> items;
+    // not after an hour of answers. Only ids and offsets stay in memory; an item's text is read
+    // again when its turn comes (long-context datasets run to gigabytes).
+    struct Entry {
+      std::string id;
+      int64_t offset;
+    };
+    std::vector<Entry> items;
     absl::flat_hash_set<std::string> ids;
     distill::JsonlRecipeSource source(o->input);
     RWR_RETURN_IF_ERROR(source.ForEachWithPosition(
@@ -451,7 +456,7 @@ void RegisterEval(CLI::App& app) {
                             at.line, item.id));
           }
           if (o->limit == 0 || static_cast<int64_t>(items.size()) < o->limit) {
-            items.push_back(item);
+            items.push_back({item.id, at.offset});
           }
           return absl::OkStatus();
         }));
@@ -461,7 +466,7 @@ void RegisterEval(CLI::App& app) {
     std::unique_ptr<PredictionsFile> out;
     EvalTally tally;
     absl::flat_hash_set<std::string> this_run;  // the items of this run (--limit)
-    for (const distill::RecipeItem& item : items) this_run.insert(item.id);
+    for (const Entry& item : items) this_run.insert(item.id);
     if (!o->out.empty()) {
       RWR_ASSIGN_OR_RETURN(out, PredictionsFile::Open(o->out, loaded->settings, ids));
       for (const json& done : out->done()) {
@@ -472,16 +477,22 @@ void RegisterEval(CLI::App& app) {
                      tally.items, items.size());
       }
     }
-    std::vector<const distill::RecipeItem*> todo;
-    for (const distill::RecipeItem& item : items) {
+    std::vector<const Entry*> todo;
+    for (const Entry& item : items) {
       if (out == nullptr || !out->Has(item.id)) todo.push_back(&item);
     }
     Progress progress(
         {.label = "eval", .total = static_cast<int64_t>(todo.size()), .unit = "items"});
-    for (const distill::RecipeItem* item : todo) {
+    for (const Entry* entry : todo) {
+      RWR_ASSIGN_OR_RETURN(const distill::RecipeItem item, source.ReadAt(entry->offset));
+      if (item.id != entry->id) {
+        return absl::DataLossError(
+            fmt::format("{} changed while eval was reading it (item '{}' is no longer at byte {})",
+                        o->input, entry->id, entry->offset));
+      }
       absl::StatusOr<trainer::RecallResult> r =
           ShutdownRequested() ? absl::CancelledError("interrupted")
-                              : loaded->recaller->Answer(item->context, item->question);
+                              : loaded->recaller->Answer(item.context, item.question);
       if (absl::IsCancelled(r.status())) {  // a shutdown signal: the item in progress is dropped
         progress.Finish("interrupted");
         std::cout << fmt::format("eval: interrupted with {} of {} items answered{}\n", tally.items,
@@ -490,7 +501,7 @@ void RegisterEval(CLI::App& app) {
         return absl::OkStatus();
       }
       RWR_RETURN_IF_ERROR(r.status());
-      const json prediction = Predict(*item, *r, loaded->settings);
+      const json prediction = Predict(item, *r, loaded->settings);
       if (out != nullptr) RWR_RETURN_IF_ERROR(out->Append(prediction));
       tally.Add(prediction);
       progress.Advance();
