@@ -14,6 +14,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -158,7 +159,11 @@ struct KeptActs {
 // The buffers of one call, sized for its batch and chunk shape. They live in their own arena so
 // that a shape that does not fit can be released whole and a smaller chunk tried.
 struct CallBuffers {
-  explicit CallBuffers(MemoryTally* tally) : arena(tally) {}
+  explicit CallBuffers(MemoryTally* tally) : arena(tally) {
+    static std::atomic<int64_t> next_id{0};
+    id = ++next_id;
+  }
+  int64_t id = 0;  // unique per process: a decode graph captured on these buffers names them
   DeviceArena arena;
   DeviceBuffer<int32_t> tokens, rows, row_targets, emb_ids, emb_offsets, emb_rows;
   DeviceBuffer<uint8_t> reset, row_weight;
@@ -258,8 +263,24 @@ struct MambaCuda::Impl {
   DeviceBuffer<float> sequence;
   int64_t sequence_rows = 0;
   bool untimed_gemms = false;
+  // A decode step (one token per row) replays a CUDA graph of the step's ~700 kernels, captured
+  // on the first such step after the call buffers were sized for it; a step of another shape,
+  // new call buffers or a moved state buffer capture again. Off (the plain path) where a capture
+  // fails, or by SetDecodeGraphs(false).
+  struct DecodeGraph {
+    cudaGraphExec_t exec = nullptr;
+    int64_t call_id = 0, rows = 0;
+    const float* sequence = nullptr;
+  };
+  DecodeGraph decode_graph;
+  bool decode_graphs = true;
+  void DropDecodeGraph() {
+    if (decode_graph.exec != nullptr) cudaGraphExecDestroy(decode_graph.exec);
+    decode_graph = {};
+  }
 
   ~Impl() {
+    DropDecodeGraph();
     gemms.reset();
     if (stream) cudaStreamDestroy(stream);
   }
@@ -677,24 +698,68 @@ class CudaRunner {
   // The logits that follow each row's last token in the chunk (B × V floats, to the host): the
   // final norm and the tied head of those rows alone, a head block at a time.
   absl::Status LastLogits(const ChunkDims& d, float* host_logits) {
-    cudaStream_t s = m_.stream;
-    RWR_RETURN_IF_ERROR(cuda::RmsNorm(k().h.ptr, P(layout_.norm_f()), k().hn.ptr, m_.act,
-                                      k().rstd_f.ptr, d.M(), d.D, c_.norm_eps, s));
-    std::vector<int32_t>& last = host_rows_;
-    last.resize(d.B);
-    for (int64_t b = 0; b < d.B; ++b) last[b] = static_cast<int32_t>(b * d.Tc + d.Tc - 1);
-    RWR_CUDA(cudaMemcpyAsync(k().rows.ptr, last.data(), d.B * 4, cudaMemcpyHostToDevice, s));
+    RWR_RETURN_IF_ERROR(UploadLastRows(d));
     const int64_t block = std::min(HeadBlockRows(d.V), d.M());
     for (int64_t r0 = 0; r0 < d.B; r0 += block) {
       const int64_t nr = std::min(block, d.B - r0);
-      RWR_RETURN_IF_ERROR(
-          cuda::GatherRows(k().hn.ptr, k().rows.ptr + r0, k().block_in.ptr, m_.act, nr, d.D, s));
-      RWR_RETURN_IF_ERROR(m_.Linear("lm_head", k().block_in.ptr, d.D, m_.W(layout_.embedding()),
-                                    k().block_logits.ptr, true, d.V, nr, d.V, d.D, 0.f, false));
+      RWR_RETURN_IF_ERROR(LastLogitsOnDevice(d, r0, nr));
       RWR_CUDA(cudaMemcpyAsync(host_logits + r0 * d.V, k().block_logits.ptr, nr * d.V * 4,
-                               cudaMemcpyDeviceToHost, s));
+                               cudaMemcpyDeviceToHost, m_.stream));
     }
-    RWR_CUDA(cudaStreamSynchronize(s));
+    RWR_CUDA(cudaStreamSynchronize(m_.stream));
+    return absl::OkStatus();
+  }
+  // The index of each row's last token in the chunk, to k().rows (what LastLogitsOnDevice reads).
+  absl::Status UploadLastRows(const ChunkDims& d) {
+    host_rows_.resize(d.B);
+    for (int64_t b = 0; b < d.B; ++b) host_rows_[b] = static_cast<int32_t>(b * d.Tc + d.Tc - 1);
+    RWR_CUDA(cudaMemcpyAsync(k().rows.ptr, host_rows_.data(), d.B * 4, cudaMemcpyHostToDevice,
+                             m_.stream));
+    return absl::OkStatus();
+  }
+  // Rows [r0, r0 + nr) of those logits into k().block_logits (nr ≤ one head block), on the
+  // stream alone: no host transfer, so a decode step's graph can hold it.
+  absl::Status LastLogitsOnDevice(const ChunkDims& d, int64_t r0, int64_t nr) {
+    cudaStream_t s = m_.stream;
+    if (r0 == 0) {
+      RWR_RETURN_IF_ERROR(cuda::RmsNorm(k().h.ptr, P(layout_.norm_f()), k().hn.ptr, m_.act,
+                                        k().rstd_f.ptr, d.M(), d.D, c_.norm_eps, s));
+    }
+    RWR_RETURN_IF_ERROR(
+        cuda::GatherRows(k().hn.ptr, k().rows.ptr + r0, k().block_in.ptr, m_.act, nr, d.D, s));
+    return m_.Linear("lm_head", k().block_in.ptr, d.D, m_.W(layout_.embedding()),
+                     k().block_logits.ptr, true, d.V, nr, d.V, d.D, 0.f, false);
+  }
+
+  // One decode step on the device (one token per row, already in k().tokens; the last rows in
+  // k().rows): the sequences' state into slot 0, A, the layers, the logits into
+  // k().block_logits, the state back. Only stream work, so it can be captured as a graph.
+  absl::Status DecodeStepOnDevice(float* sequence) {
+    const ChunkDims d = Dims(0, 1);
+    const int64_t floats = c_.n_layer * m_.StateFloats(d.B);
+    RWR_CUDA(cudaMemcpyAsync(State(0, 0), sequence, floats * 4, cudaMemcpyDeviceToDevice,
+                             m_.stream));
+    RWR_RETURN_IF_ERROR(ComputeA());
+    RWR_RETURN_IF_ERROR(Embed(d));
+    for (int64_t l = 0; l < c_.n_layer; ++l) {
+      RWR_RETURN_IF_ERROR(LayerForward(l, d, State(0, l), State(1, l), k().pass_acts, false));
+    }
+    RWR_RETURN_IF_ERROR(LastLogitsOnDevice(d, 0, d.B));
+    RWR_CUDA(cudaMemcpyAsync(sequence, State(1, 0), floats * 4, cudaMemcpyDeviceToDevice,
+                             m_.stream));
+    return absl::OkStatus();
+  }
+
+  // This call's tokens and resets to the device again (the buffers Prepare sized and filled for
+  // an earlier call of the same shape).
+  absl::Status UploadTokens() {
+    const int64_t n = batch_.batch * batch_.seq_len;
+    RWR_CUDA(cudaMemcpyAsync(k().tokens.ptr, batch_.tokens, n * 4, cudaMemcpyHostToDevice,
+                             m_.stream));
+    host_reset_.assign(n, 0);
+    if (batch_.reset != nullptr) std::copy(batch_.reset, batch_.reset + n, host_reset_.begin());
+    RWR_CUDA(cudaMemcpyAsync(k().reset.ptr, host_reset_.data(), n, cudaMemcpyHostToDevice,
+                             m_.stream));
     return absl::OkStatus();
   }
 
@@ -760,10 +825,15 @@ class CudaRunner {
       for (auto& a : k().acts) RWR_RETURN_IF_ERROR(AllocActs(a, d, true));
       RWR_RETURN_IF_ERROR(KeepActs(d));
     }
-    // A = −exp(A_log), per layer.
+    return ComputeA();
+  }
+
+  // A = −exp(A_log), per layer, from the parameters as they are now.
+  absl::Status ComputeA() {
+    const int64_t n = c_.d_inner * c_.d_state;
     for (int64_t l = 0; l < c_.n_layer; ++l) {
-      RWR_RETURN_IF_ERROR(cuda::NegExp(P(layout_.layer(l).A_log), m_.A.ptr + l * d.Di * d.S,
-                                       d.Di * d.S, m_.stream));
+      RWR_RETURN_IF_ERROR(
+          cuda::NegExp(P(layout_.layer(l).A_log), m_.A.ptr + l * n, n, m_.stream));
     }
     return absl::OkStatus();
   }
@@ -997,6 +1067,13 @@ void MambaCuda::SetMemoryBudget(int64_t bytes) {
 
 void MambaCuda::SetPhaseTiming(bool on) { impl_->clock.on = on; }
 
+void MambaCuda::SetDecodeGraphs(bool on) {
+  impl_->decode_graphs = on;
+  if (!on) impl_->DropDecodeGraph();
+}
+
+bool MambaCuda::decode_graphs() const { return impl_->decode_graphs; }
+
 void MambaCuda::SetKeepActivations(bool on) {
   impl_->keep_acts = on;
   impl_->SizeNextCallAfresh();
@@ -1107,6 +1184,57 @@ absl::StatusOr<int64_t> PrepareChunks(MambaCuda::Impl& m, CudaRunner& run, const
   return tc;
 }
 
+// One decode step (one token per row of the generation's sequences) through the step's graph,
+// captured here when there is none for these buffers. Unimplemented where capturing fails: the
+// caller then runs the plain path, and graphs stay off for this model.
+absl::Status DecodeStepWithGraph(MambaCuda::Impl& m, const ParamLayout& layout,
+                                 const TokenBatch& batch, std::span<float> next_logits) {
+  CudaRunner run(m, layout, batch);
+  run.ContinueSequence();
+  const int64_t rows = batch.batch;
+  const std::tuple<int64_t, int64_t, bool> shape{rows, 1, false};
+  MambaCuda::Impl::DecodeGraph& g = m.decode_graph;
+  const bool have = g.exec != nullptr && m.call_shape == shape && g.call_id == m.call->id &&
+                    g.rows == rows && g.sequence == m.sequence.ptr;
+  const ChunkDims d = run.Dims(0, 1);
+  if (have) {
+    RWR_RETURN_IF_ERROR(run.UploadTokens());
+  } else {
+    m.DropDecodeGraph();
+    RWR_ASSIGN_OR_RETURN(const int64_t chunk, PrepareChunks(m, run, batch, 1, false));
+    if (chunk != 1 || rows > std::min<int64_t>(4096, (int64_t(1) << 26) / d.V)) {
+      return absl::UnimplementedError("no decode graph for this shape");
+    }
+  }
+  RWR_RETURN_IF_ERROR(run.UploadLastRows(d));
+  if (!have) {
+    RWR_CUDA(cudaStreamSynchronize(m.stream));  // the uploads above are not part of the graph
+    RWR_CUDA(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeRelaxed));
+    const absl::Status body = run.DecodeStepOnDevice(m.sequence.ptr);
+    cudaGraph_t graph = nullptr;
+    const cudaError_t ended = cudaStreamEndCapture(m.stream, &graph);
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t made = body.ok() && ended == cudaSuccess
+                                 ? cudaGraphInstantiate(&exec, graph, 0)
+                                 : cudaErrorStreamCaptureInvalidated;
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    if (made != cudaSuccess) {
+      cudaGetLastError();  // the failed capture's error is not the next launch's
+      m.decode_graphs = false;
+      spdlog::warn("cuda: decode steps run without a CUDA graph ({})",
+                   body.ok() ? cudaGetErrorString(ended != cudaSuccess ? ended : made)
+                             : std::string(body.message()));
+      return absl::UnimplementedError("decode step not captured");
+    }
+    g = {exec, m.call->id, rows, m.sequence.ptr};
+  }
+  RWR_CUDA(cudaGraphLaunch(g.exec, m.stream));
+  RWR_CUDA(cudaMemcpyAsync(next_logits.data(), m.call->block_logits.ptr,
+                           rows * d.V * sizeof(float), cudaMemcpyDeviceToHost, m.stream));
+  RWR_CUDA(cudaStreamSynchronize(m.stream));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<LossSum> MambaCuda::Forward(const TokenBatch& batch, int64_t chunk_len,
@@ -1156,6 +1284,13 @@ absl::Status MambaCuda::Advance(const RowTokens& in, int64_t chunk_len,
                        RowsAsBatch(in, m.c.vocab_size, next_logits.size(), &no_loss));
   const int64_t T = batch.seq_len;
   m.untimed_gemms = true;
+  if (T == 1 && m.decode_graphs) {
+    absl::Status stepped = DecodeStepWithGraph(m, layout_, batch, next_logits);
+    if (!absl::IsUnimplemented(stepped)) {  // Unimplemented: the step could not be captured
+      m.untimed_gemms = false;
+      return stepped;
+    }
+  }
   absl::Status status = [&]() -> absl::Status {
     CudaRunner run(m, layout_, batch);
     run.ContinueSequence();

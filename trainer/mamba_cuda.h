@@ -60,8 +60,14 @@ class MambaCuda {
   // starts `rows` new ones (the zero state); Advance runs `in` from the state, leaves it after the
   // last tokens and writes the logits that follow each row (rows × V floats) to the host. GEMMs
   // run untimed here (cuBLASLt's first algorithm): prompt lengths vary, each a new shape.
+  // A decode step (one token per row) replays a CUDA graph of the step, captured on the first
+  // one (and again after the buffers change); the same kernels, so the same bits as without.
   absl::Status ResetSequence(int64_t rows);
   absl::Status Advance(const RowTokens& in, int64_t chunk_len, std::span<float> next_logits);
+  // Decode steps through a CUDA graph (default on); off runs every kernel launch as it comes.
+  // decode_graphs() turns false by itself where a capture failed (a warning says why).
+  void SetDecodeGraphs(bool on);
+  bool decode_graphs() const;
 
   // The chunk length the last call used.
   int64_t last_chunk_len() const;

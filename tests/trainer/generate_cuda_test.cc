@@ -129,6 +129,46 @@ TEST_P(GenerateCudaTest, RowsTogetherMatchEachRowAloneOnTheCpu) {
   EXPECT_FALSE(gpu->Advance(std::span(&next, 1), one).ok());
 }
 
+// Decode steps replayed from a CUDA graph give the bits of the same steps launched one kernel at
+// a time: through a prompt, steps, another prompt (new buffers: a new capture) and more steps.
+TEST_P(GenerateCudaTest, DecodeGraphsGiveTheBitsOfPlainLaunches) {
+  testing::HfFixture f = testing::LoadHfFixture();
+  const int64_t V = f.model.config.vocab_size, rows = 3;
+  const GemmPrecision precision =
+      GetParam() == "fp32" ? GemmPrecision::kFp32 : GemmPrecision::kBf16;
+  std::unique_ptr<MambaCuda> models[2];
+  for (int i = 0; i < 2; ++i) {
+    auto model = MambaCuda::Create(f.model.config, precision);
+    ASSERT_TRUE(model.ok()) << model.status();
+    models[i] = std::move(*model);
+    ASSERT_TRUE(models[i]->UploadParams(f.model.params).ok());
+    models[i]->SetDecodeGraphs(i == 0);
+    ASSERT_TRUE(models[i]->ResetSequence(rows).ok());
+  }
+  auto step_tokens = [&](int step) {
+    std::vector<int32_t> ids(rows);
+    for (int64_t r = 0; r < rows; ++r) ids[r] = static_cast<int32_t>((step * 31 + r * 7) % V);
+    return ids;
+  };
+  const std::vector<int32_t> prompt(f.tokens.begin(), f.tokens.begin() + rows * 10);
+  const std::vector<int32_t> second(f.tokens.begin() + 5, f.tokens.begin() + 5 + rows * 4);
+  int call = 0;
+  auto both = [&](const std::vector<int32_t>& tokens) {
+    std::vector<float> logits[2] = {std::vector<float>(rows * V), std::vector<float>(rows * V)};
+    for (int i = 0; i < 2; ++i) {
+      ASSERT_TRUE(models[i]->Advance({.tokens = tokens, .rows = rows}, 0, logits[i]).ok())
+          << "call " << call;
+    }
+    EXPECT_EQ(logits[0], logits[1]) << "call " << call;
+    ++call;
+  };
+  both(prompt);
+  for (int step = 0; step < 6; ++step) both(step_tokens(step));
+  both(second);
+  for (int step = 6; step < 10; ++step) both(step_tokens(step));
+  EXPECT_TRUE(models[0]->decode_graphs()) << "the steps were not captured (see the warning)";
+}
+
 INSTANTIATE_TEST_SUITE_P(Precisions, GenerateCudaTest, ::testing::Values("fp32", "bf16"),
                          [](const auto& info) { return info.param; });
 
