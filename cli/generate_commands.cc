@@ -13,6 +13,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "cli/command.h"
+#include "common/dir_lock.h"
 #include "common/logging.h"
 #include "common/progress.h"
 #include "common/sha256.h"
@@ -271,7 +272,7 @@ void RegisterGenerate(CLI::App& app) {
 // The predictions of an eval, one JSON line per item, each appended and synced as soon as its item
 // is answered: a killed or requeued eval loses at most the item in progress, and a rerun with the
 // same --out reads the lines there, skips their items and goes on. One eval writes a file at a
-// time (a POSIX record lock on it, dropped by the kernel when the process ends).
+// time (DirLock on FILE.lock).
 class PredictionsFile {
  public:
   // Locks `path`, reads what it holds (a torn last line, from a kill mid-write, is cut off) and
@@ -280,24 +281,17 @@ class PredictionsFile {
   static absl::StatusOr<std::unique_ptr<PredictionsFile>> Open(
       const std::string& path, const json& settings,
       const absl::flat_hash_set<std::string>& dataset_ids) {
-    std::unique_ptr<PredictionsFile> file(new PredictionsFile());
+    RWR_ASSIGN_OR_RETURN(
+        DirLock lock,
+        DirLock::AcquireForFile(path, {.setting = "--out",
+                                       .command = "rwr eval",
+                                       .clash = "two evals appending to one file would answer "
+                                                "items twice"}));
+    std::unique_ptr<PredictionsFile> file(new PredictionsFile(std::move(lock)));
     file->path_ = path;
     file->fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (file->fd_ < 0) {
       return absl::UnavailableError(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
-    }
-    struct flock lock {};
-    lock.l_type = F_WRLCK;
-    lock.l_whence = SEEK_SET;
-    if (::fcntl(file->fd_, F_SETLK, &lock) != 0) {
-      struct flock holder {};
-      holder.l_type = F_WRLCK;
-      holder.l_whence = SEEK_SET;
-      ::fcntl(file->fd_, F_GETLK, &holder);
-      return absl::FailedPreconditionError(fmt::format(
-          "--out {} is being written by another rwr eval (pid {}); wait for it or choose another "
-          "--out",
-          path, holder.l_pid));
     }
     RWR_ASSIGN_OR_RETURN(std::string text, ReadTextFile(path));
     const size_t whole = text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1;
@@ -345,7 +339,7 @@ class PredictionsFile {
     return file;
   }
   ~PredictionsFile() {
-    if (fd_ >= 0) ::close(fd_);  // drops the lock
+    if (fd_ >= 0) ::close(fd_);
   }
 
   const std::vector<json>& done() const { return done_; }
@@ -371,7 +365,8 @@ class PredictionsFile {
   }
 
  private:
-  PredictionsFile() = default;
+  explicit PredictionsFile(DirLock lock) : lock_(std::move(lock)) {}
+  DirLock lock_;  // one writer of the file (FILE.lock)
   std::string path_;
   int fd_ = -1;
   std::vector<json> done_;

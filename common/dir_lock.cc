@@ -45,11 +45,19 @@ absl::StatusOr<DirLock> DirLock::Acquire(const std::string& dir, const DirLockUs
     return absl::UnavailableError(
         fmt::format("{} {}: cannot create it: {}", use.setting, dir, ec.message()));
   }
-  const std::string path = (std::filesystem::path(dir) / kFileName).string();
+  return Lock((std::filesystem::path(dir) / kFileName).string(), dir, use);
+}
+
+absl::StatusOr<DirLock> DirLock::AcquireForFile(const std::string& file, const DirLockUse& use) {
+  return Lock(file + std::string(kFileName), file, use);
+}
+
+absl::StatusOr<DirLock> DirLock::Lock(const std::string& path, const std::string& guarded,
+                                      const DirLockUse& use) {
   const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) {
-    return absl::UnavailableError(
-        fmt::format("{} {}: cannot open {}: {}", use.setting, dir, path, std::strerror(errno)));
+    return absl::UnavailableError(fmt::format("{} {}: cannot open {}: {}", use.setting, guarded,
+                                              path, std::strerror(errno)));
   }
   struct flock whole = {};
   whole.l_type = F_WRLCK;
@@ -61,18 +69,18 @@ absl::StatusOr<DirLock> DirLock::Acquire(const std::string& dir, const DirLockUs
       close(fd);
       return absl::FailedPreconditionError(fmt::format(
           "{} {} is in use by another {} ({}): {}; wait for it to end, or give this one another {}",
-          use.setting, dir, use.command, holder.empty() ? "starting up" : holder, use.clash,
+          use.setting, guarded, use.command, holder.empty() ? "starting up" : holder, use.clash,
           use.setting));
     }
     // A file system without record locks (ENOLCK, EINVAL).
     spdlog::warn("{} {}: cannot lock {} ({}); nothing stops a second {} from using it too",
-                 use.setting, dir, path, std::strerror(error), use.command);
+                 use.setting, guarded, path, std::strerror(error), use.command);
     close(fd);
     return DirLock(-1);
   }
   const std::string holder = HolderLine() + "\n";
   if (ftruncate(fd, 0) != 0 || pwrite(fd, holder.data(), holder.size(), 0) < 0) {
-    spdlog::warn("{} {}: cannot write the holder into {}: {}", use.setting, dir, path,
+    spdlog::warn("{} {}: cannot write the holder into {}: {}", use.setting, guarded, path,
                  std::strerror(errno));
   }
   return DirLock(fd);

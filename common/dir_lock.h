@@ -1,5 +1,5 @@
 // DirLock: one writer at a time in a directory a job fills — a training run (`train.out_dir`), a
-// dataset (`rwr data build --out`).
+// dataset (`rwr data build --out`) — or of a file a job appends to (`rwr eval --out`).
 //
 // Two processes in one such directory (a Slurm job requeued while its first run still drains, the
 // same script submitted twice) overwrite each other's files and can both exit 0 over a mix of
@@ -38,6 +38,8 @@ class DirLock {
   // system without record locks it warns and returns an inert lock: unguarded rather than not at
   // all.
   static absl::StatusOr<DirLock> Acquire(const std::string& dir, const DirLockUse& use);
+  // The same for one file a job writes: the lock is FILE.lock, beside it.
+  static absl::StatusOr<DirLock> AcquireForFile(const std::string& file, const DirLockUse& use);
 
   DirLock(DirLock&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
   DirLock& operator=(DirLock&&) = delete;
@@ -46,6 +48,9 @@ class DirLock {
 
  private:
   explicit DirLock(int fd) : fd_(fd) {}
+  // Takes the record lock on `path` for `guarded` (the directory or file named in messages).
+  static absl::StatusOr<DirLock> Lock(const std::string& path, const std::string& guarded,
+                                      const DirLockUse& use);
   int fd_ = -1;
 };
 

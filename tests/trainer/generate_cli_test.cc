@@ -2,7 +2,6 @@
 // model from `rwr model init` with rwr's tokenizer: a random model writes noise, so these check
 // what the commands promise around it — the output's shape (text and JSON), segments, the
 // predictions file, repeatable greedy answers, and one-line errors for bad input.
-#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -14,6 +13,7 @@
 #include <fstream>
 #include <thread>
 
+#include "common/dir_lock.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 #include "tests/support/run_rwr.h"
@@ -268,20 +268,16 @@ TEST(EvalCli, ARerunAnswersOnlyWhatTheOutFileLacks) {
 
   // While another eval writes the file, a second is refused naming it.
   {
-    const int fd = ::open((dir + "/pred.jsonl").c_str(), O_RDWR);
-    ASSERT_GE(fd, 0);
-    struct flock lock {};
-    lock.l_type = F_WRLCK;
-    lock.l_whence = SEEK_SET;
-    ASSERT_EQ(::fcntl(fd, F_SETLK, &lock), 0);
-    // The lock is the test process's; a child (the eval) cannot take it.
+    // The lock is the test process's (as an eval holds it); a child (the eval) cannot take it.
+    auto held = DirLock::AcquireForFile(
+        dir + "/pred.jsonl", {.setting = "--out", .command = "rwr eval", .clash = "test"});
+    ASSERT_TRUE(held.ok()) << held.status();
     CommandResult locked = RunRwr(eval + " --log-level error");
     EXPECT_EQ(locked.exit_code, 1);
-    EXPECT_NE(
-        locked.output.find(fmt::format("being written by another rwr eval (pid {})", ::getpid())),
-        std::string::npos)
+    EXPECT_NE(locked.output.find("is in use by another rwr eval"), std::string::npos)
         << locked.output;
-    ::close(fd);
+    EXPECT_NE(locked.output.find(fmt::format("pid {}", ::getpid())), std::string::npos)
+        << locked.output;
   }
 
   // Another model's file, or one naming items the dataset lacks: refused, untouched.
