@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <sstream>
 
 #include "CLI/CLI.hpp"
@@ -21,7 +22,9 @@
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 #include "scan_kernels/scan_tuning.h"
+#include "trainer/communicator.h"
 #include "trainer/mamba_cuda.h"
+#include "trainer/nccl_collectives.h"
 #include "trainer/model_io.h"
 #include "trainer/rng.h"
 #include "trainer/train_loop.h"
@@ -97,6 +100,29 @@ int main(int argc, char** argv) {
                "(bench/step_kernels_device.sh)");
   CLI11_PARSE(app, argc, argv);
 
+  // Under mpirun: one rank per GPU, data parallel as `rwr train` runs it (NCCL, ZeRO-1); every
+  // rank runs the same cases, rank 0 prints. Throughput is then that of all ranks together.
+  auto comm = rwr::trainer::CommunicatorForThisProcess();
+  if (!comm.ok()) {
+    fmt::print(stderr, "{}\n", std::string(comm.status().message()));
+    return 1;
+  }
+  const int world = (*comm)->world_size();
+  std::unique_ptr<rwr::trainer::DeviceCollectives> collectives;
+  if (auto s = rwr::trainer::SelectCudaDevice((*comm)->local_rank()); !s.ok()) {
+    fmt::print(stderr, "{}\n", std::string(s.message()));
+    return 1;
+  }
+  if (world > 1) {
+    auto dc = rwr::trainer::DeviceCollectives::Create(**comm);
+    if (!dc.ok()) {
+      fmt::print(stderr, "{}\n", std::string(dc.status().message()));
+      return 1;
+    }
+    collectives = std::move(*dc);
+    if ((*comm)->rank() != 0) std::freopen("/dev/null", "w", stdout);
+  }
+
   auto config = rwr::Config::LoadFile(model_path);
   if (!config.ok()) {
     fmt::print(stderr, "{}\n", std::string(config.status().message()));
@@ -110,7 +136,7 @@ int main(int argc, char** argv) {
   const double N = static_cast<double>(mc->NumParameters());
   fmt::print("model {}\n", mc->Summary());
   auto model = rwr::trainer::MambaCuda::Create(
-      *mc, precision == "fp32" ? GemmPrecision::kFp32 : GemmPrecision::kBf16);
+      *mc, precision == "fp32" ? GemmPrecision::kFp32 : GemmPrecision::kBf16, collectives.get());
   if (!model.ok()) {
     fmt::print(stderr, "{}\n", std::string(model.status().message()));
     return 1;
@@ -123,11 +149,14 @@ int main(int argc, char** argv) {
     }
   }
   cudaDeviceProp prop{};
-  cudaGetDeviceProperties(&prop, 0);
+  int device = 0;
+  cudaGetDevice(&device);
+  cudaGetDeviceProperties(&prop, device);
   nlohmann::json results = {{"card", prop.name},
                             {"model", mc->Summary()},
                             {"parameters", N},
                             {"precision", precision},
+                            {"gpus", world},
                             {"cases", nlohmann::json::array()}};
   const rwr::trainer::AdamWOptions adamw{};
   (*model)->SetPhaseTiming(phases);
@@ -201,14 +230,16 @@ int main(int argc, char** argv) {
     const int64_t chunk = (*model)->last_chunk_len();
     std::sort(times.begin(), times.end());
     const double median = times.empty() ? 0 : times[times.size() / 2];
-    const double tps = median > 0 ? n / median : 0;
+    const double tps = median > 0 ? n / median : 0;  // per GPU
     *out = {{"seq_len", c.T},   {"batch", c.B},        {"chunk_len", chunk},
             {"step_s", median}, {"tokens_per_s", tps}, {"mfu", 6 * N * tps / 790e12},
-            {"peak_gib", peak}, {"loss", loss}};
+            {"peak_gib", peak}, {"loss", loss},        {"tokens_per_s_all_gpus", tps * world}};
     fmt::print(
-        "  T {:>6}  B {}  chunk {:>5}  step {:8.3f} s  {:>8.0f} tok/s  MFU {:5.1f}%  peak {:5.1f} "
-        "GiB  loss {:.3f}\n",
-        c.T, c.B, chunk, median, tps, 100 * 6 * N * tps / 790e12, peak, loss);
+        "  T {:>6}  B {}  chunk {:>5}  step {:8.3f} s  {:>8.0f} tok/s{}  MFU {:5.1f}%  peak "
+        "{:5.1f} GiB  loss {:.3f}\n",
+        c.T, c.B, chunk, median, tps,
+        world > 1 ? fmt::format(" per GPU, {:.0f} on {} GPUs", tps * world, world) : "",
+        100 * 6 * N * tps / 790e12, peak, loss);
     if (phases) {
       // Kinds (no dot in the name) add up to the timed GPU work; details split a kind.
       nlohmann::json pj;

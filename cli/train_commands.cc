@@ -2,9 +2,11 @@
 // train.checkpoint_every steps and on SIGTERM/SIGUSR1 (then exits 0 so Slurm can requeue);
 // resumes from the newest complete checkpoint in train.out_dir.
 #include <iostream>
+#include <memory>
 
 #include "cli/command.h"
 #include "common/status.h"
+#include "spdlog/spdlog.h"
 #include "trainer/communicator.h"
 #include "trainer/train_loop.h"
 
@@ -23,13 +25,27 @@ void RegisterTrainCommands(CLI::App& app) {
       "train.steps=200\n"
       "Keys: docs/training.md (an unknown key is an error). SIGTERM/SIGUSR1/SIGINT: checkpoint,\n"
       "exit 0. One run at a time per train.out_dir: a second is refused (exit 1), naming the run\n"
-      "that holds it.");
+      "that holds it.\n"
+      "Data parallel: start one process per GPU (or per CPU rank) with mpirun or srun, e.g.\n"
+      "  mpirun -np 4 rwr train --config C.yaml\n"
+      "Each rank reads its own rows of every batch; the gradients are summed over the ranks and\n"
+      "each rank updates 1/N of the parameters (ZeRO-1). Under mpirun, send SIGUSR1 (mpirun\n"
+      "forwards it to every rank) to checkpoint and stop.");
   AddCommonOptions(train, options);
   SetAction(train, [options]() -> absl::Status {
+    // First: the rank is known before anything logs (only rank 0 logs info lines).
+    RWR_ASSIGN_OR_RETURN(std::unique_ptr<trainer::Communicator> comm,
+                         trainer::CommunicatorForThisProcess());
     RWR_ASSIGN_OR_RETURN(Config config,
                          ResolveConfig(*options, trainer::DefaultTrainConfig(), "train"));
-    trainer::SingleRankCommunicator comm;
-    RWR_ASSIGN_OR_RETURN(trainer::TrainResult result, trainer::Train(config, &comm));
+    absl::StatusOr<trainer::TrainResult> trained = trainer::Train(config, comm.get());
+    if (!trained.ok() && comm->world_size() > 1) {
+      // This rank failed alone, maybe: the others would wait in a collective for it forever.
+      spdlog::error("train: {}", std::string(trained.status().message()));
+      comm->Abort(1);
+    }
+    RWR_ASSIGN_OR_RETURN(trainer::TrainResult result, std::move(trained));
+    if (comm->rank() != 0) return absl::OkStatus();  // rank 0 reports for the job
     if (result.nothing_to_do || result.final_step == result.start_step) {
       std::cout << fmt::format("train: no step run{}; at step {}, checkpoint {}\n",
                                result.nothing_to_do ? " (already at train.steps)" : "",

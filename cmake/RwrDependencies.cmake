@@ -24,7 +24,7 @@ rwr_require(CLI11_FOUND "CLI11" "libcli11-dev")
 find_package(OpenSSL QUIET)
 rwr_require(OPENSSL_FOUND "OpenSSL" "libssl-dev")
 
-# MPI is optional at this stage (the multi-GPU issue makes it required for `rwr train` on many ranks).
+# MPI: optional; without it `rwr train` runs one rank (and refuses an MPI launch, saying so).
 find_package(MPI QUIET COMPONENTS CXX)
 set(RWR_HAVE_MPI ${MPI_CXX_FOUND})
 
@@ -80,6 +80,15 @@ if(NOT RWR_CUDA STREQUAL "OFF")
     set(CMAKE_CUDA_STANDARD 17)
     set(CMAKE_CUDA_STANDARD_REQUIRED ON)
     set(RWR_HAVE_CUDA ON)
+    # NCCL: in the CUDA toolkit's folders here, from libnccl-dev on Ubuntu's GPU nodes.
+    find_library(RWR_NCCL_LIB nccl HINTS ${CUDAToolkit_LIBRARY_DIR})
+    find_path(RWR_NCCL_INCLUDE nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+    if(NOT RWR_NCCL_LIB OR NOT RWR_NCCL_INCLUDE)
+      message(FATAL_ERROR "rwr: the CUDA build needs NCCL (libnccl-dev, or the toolkit's own); not found")
+    endif()
+    add_library(rwr_nccl UNKNOWN IMPORTED)
+    set_target_properties(rwr_nccl PROPERTIES IMPORTED_LOCATION ${RWR_NCCL_LIB}
+                          INTERFACE_INCLUDE_DIRECTORIES ${RWR_NCCL_INCLUDE})
   elseif(RWR_CUDA STREQUAL "ON")
     message(FATAL_ERROR "rwr: RWR_CUDA=ON but nvcc was not found; install the CUDA toolkit or pass -DRWR_CUDA=OFF")
   endif()

@@ -69,9 +69,14 @@ std::optional<int64_t> StepOf(const std::string& name) {
   return std::stoll(name.substr(5));
 }
 
-// Every file of a checkpoint into `dir`, synced, DONE last.
-absl::Status WriteCheckpointFiles(const fs::path& dir, const CheckpointData& data) {
-  RWR_RETURN_IF_ERROR(SaveModelDir(dir.string(), data.config, data.params));
+// This rank's files of a checkpoint into `dir`, each synced: the optimizer moments of its range,
+// and on the lead rank the model and the trainer state.
+absl::Status WriteRankFiles(const fs::path& dir, const CheckpointData& data, int rank, bool lead) {
+  if (lead) {
+    RWR_RETURN_IF_ERROR(SaveModelDir(dir.string(), data.config, data.params));
+    RWR_RETURN_IF_ERROR(
+        WriteText(dir / "trainer_state.json", data.state.ToJson().dump(2) + "\n"));
+  }
   storage::SafetensorsWriter opt;
   opt.SetMetadata("range_begin", std::to_string(data.opt_begin));
   opt.SetMetadata("range_end", std::to_string(data.opt_end));
@@ -79,14 +84,62 @@ absl::Status WriteCheckpointFiles(const fs::path& dir, const CheckpointData& dat
   const int64_t n = data.opt_end - data.opt_begin;
   RWR_RETURN_IF_ERROR(opt.AddFloat("exp_avg", {n}, data.exp_avg));
   RWR_RETURN_IF_ERROR(opt.AddFloat("exp_avg_sq", {n}, data.exp_avg_sq));
-  RWR_RETURN_IF_ERROR(opt.WriteFile((dir / OptimizerFileName(0)).string()));
-  RWR_RETURN_IF_ERROR(WriteText(dir / "trainer_state.json", data.state.ToJson().dump(2) + "\n"));
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    RWR_RETURN_IF_ERROR(SyncPath(entry.path(), false));
+  const fs::path opt_path = dir / OptimizerFileName(rank);
+  RWR_RETURN_IF_ERROR(opt.WriteFile(opt_path.string()));
+  RWR_RETURN_IF_ERROR(SyncPath(opt_path, false));
+  if (lead) {
+    for (const auto& entry : fs::directory_iterator(dir)) {
+      if (entry.path().filename().string().rfind("optimizer_rank", 0) == 0) continue;
+      RWR_RETURN_IF_ERROR(SyncPath(entry.path(), false));
+    }
   }
-  RWR_RETURN_IF_ERROR(WriteText(dir / "DONE", fmt::format("step {}\n", data.state.step)));
-  RWR_RETURN_IF_ERROR(SyncPath(dir / "DONE", false));
-  return SyncPath(dir, true);
+  return absl::OkStatus();
+}
+
+// Leftovers of interrupted saves and removals cleared, and an empty `tmp` made.
+absl::Status PrepareTmp(const std::string& checkpoints_dir, const fs::path& tmp) {
+  std::error_code ec;
+  fs::create_directories(checkpoints_dir, ec);
+  if (ec) {
+    return absl::UnavailableError(
+        fmt::format("cannot create {}: {}", checkpoints_dir, ec.message()));
+  }
+  for (const auto& entry : fs::directory_iterator(checkpoints_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() > 4 && name.substr(name.size() - 4) == ".tmp") fs::remove_all(entry.path(), ec);
+  }
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  if (ec) {
+    return absl::UnavailableError(fmt::format("cannot create {}: {}", tmp.string(), ec.message()));
+  }
+  return absl::OkStatus();
+}
+
+// DONE written and synced last, then the directory renamed into the listing.
+absl::Status Publish(const std::string& checkpoints_dir, const fs::path& tmp,
+                     const fs::path& final_dir, int64_t step) {
+  RWR_RETURN_IF_ERROR(WriteText(tmp / "DONE", fmt::format("step {}\n", step)));
+  RWR_RETURN_IF_ERROR(SyncPath(tmp / "DONE", false));
+  RWR_RETURN_IF_ERROR(SyncPath(tmp, true));
+  if (fs::exists(final_dir)) RemoveCheckpointDir(final_dir);  // re-save of the same step
+  std::error_code ec;
+  fs::rename(tmp, final_dir, ec);
+  if (ec) {
+    return absl::UnavailableError(fmt::format("cannot rename {}: {}", tmp.string(), ec.message()));
+  }
+  return SyncPath(checkpoints_dir, true);
+}
+
+// Every rank learns whether every rank's part succeeded: a rank that failed keeps its own error,
+// the others get one that points to it. Without a communicator, `status` itself.
+absl::Status Agree(Communicator* comm, absl::Status status, std::string_view what) {
+  if (comm == nullptr || comm->world_size() == 1) return status;
+  std::vector<double> failed = {status.ok() ? 0.0 : 1.0};
+  RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(failed)));
+  if (!status.ok() || failed[0] == 0) return status;
+  return absl::AbortedError(
+      fmt::format("checkpoint: another rank failed {} (its log says why)", what));
 }
 
 // Keeps the newest `keep` complete checkpoints up to `saved_step`, the one just written. Those
@@ -181,42 +234,33 @@ std::optional<std::string> LatestCheckpoint(const std::string& checkpoints_dir) 
 }
 
 absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
-                                           const CheckpointData& data, int keep) {
-  std::error_code ec;
-  fs::create_directories(checkpoints_dir, ec);
-  if (ec)
-    return absl::UnavailableError(
-        fmt::format("cannot create {}: {}", checkpoints_dir, ec.message()));
-  // Leftovers of interrupted saves and removals.
-  for (const auto& entry : fs::directory_iterator(checkpoints_dir, ec)) {
-    const std::string name = entry.path().filename().string();
-    if (name.size() > 4 && name.substr(name.size() - 4) == ".tmp") fs::remove_all(entry.path(), ec);
-  }
+                                           const CheckpointData& data, int keep,
+                                           Communicator* comm) {
+  const int rank = comm != nullptr ? comm->rank() : 0;
+  const bool lead = rank == 0;
   const std::string name = CheckpointName(data.state.step);
   const fs::path final_dir = fs::path(checkpoints_dir) / name;
   const fs::path tmp = fs::path(checkpoints_dir) / (name + ".tmp");
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp, ec);
-  if (ec)
-    return absl::UnavailableError(fmt::format("cannot create {}: {}", tmp.string(), ec.message()));
-
-  if (absl::Status written = WriteCheckpointFiles(tmp, data); !written.ok()) {
+  RWR_RETURN_IF_ERROR(Agree(comm, lead ? PrepareTmp(checkpoints_dir, tmp) : absl::OkStatus(),
+                            "to make the checkpoint directory"));
+  absl::Status written = Agree(comm, WriteRankFiles(tmp, data, rank, lead), "to write its part");
+  if (!written.ok()) {
     // Most often a full disk or quota: free what the half-written checkpoint holds, which other
     // jobs on the file system (and the next save) need.
-    fs::remove_all(tmp, ec);
+    std::error_code ec;
+    if (lead) fs::remove_all(tmp, ec);
     return written;
   }
-  if (fs::exists(final_dir)) RemoveCheckpointDir(final_dir);  // re-save of the same step
-  fs::rename(tmp, final_dir, ec);
-  if (ec)
-    return absl::UnavailableError(fmt::format("cannot rename {}: {}", tmp.string(), ec.message()));
-  RWR_RETURN_IF_ERROR(SyncPath(checkpoints_dir, true));
-
-  if (keep > 0) PruneCheckpoints(checkpoints_dir, data.state.step, keep);
+  RWR_RETURN_IF_ERROR(
+      Agree(comm, lead ? Publish(checkpoints_dir, tmp, final_dir, data.state.step)
+                       : absl::OkStatus(),
+            "to publish the checkpoint"));
+  if (lead && keep > 0) PruneCheckpoints(checkpoints_dir, data.state.step, keep);
   return final_dir.string();
 }
 
-absl::StatusOr<CheckpointData> LoadCheckpoint(const std::string& dir, int rank) {
+absl::StatusOr<CheckpointData> LoadCheckpoint(const std::string& dir,
+                                              std::optional<ShardRange> range) {
   if (!fs::exists(fs::path(dir) / "DONE")) {
     return absl::FailedPreconditionError(
         fmt::format("{}: incomplete checkpoint (no DONE marker)", dir));
@@ -226,21 +270,57 @@ absl::StatusOr<CheckpointData> LoadCheckpoint(const std::string& dir, int rank) 
   data.config = model.config;
   data.params = std::move(model.params);
   RWR_ASSIGN_OR_RETURN(data.state, ReadTrainerState(dir));
-  RWR_ASSIGN_OR_RETURN(
-      auto opt, storage::SafetensorsFile::Open((fs::path(dir) / OptimizerFileName(rank)).string()));
-  try {
-    data.opt_begin = std::stoll(opt->metadata().at("range_begin"));
-    data.opt_end = std::stoll(opt->metadata().at("range_end"));
-    data.opt_step = std::stoll(opt->metadata().at("step"));
-  } catch (const std::exception&) {
-    return absl::DataLossError(fmt::format("{}: optimizer metadata missing", opt->path()));
+  const ShardRange want = range.value_or(ShardRange{0, static_cast<int64_t>(data.params.size())});
+  data.opt_begin = want.begin;
+  data.opt_end = want.end;
+  data.exp_avg.assign(want.size(), 0.f);
+  data.exp_avg_sq.assign(want.size(), 0.f);
+  // The moments of `want` from whichever rank files hold them: a run may resume with another
+  // number of ranks than wrote the checkpoint (each file's range is in its metadata).
+  int64_t covered = 0;
+  std::optional<int64_t> step;
+  for (int rank = 0;; ++rank) {
+    const fs::path path = fs::path(dir) / OptimizerFileName(rank);
+    if (!fs::exists(path)) break;
+    RWR_ASSIGN_OR_RETURN(auto opt, storage::SafetensorsFile::Open(path.string()));
+    int64_t begin = 0, end = 0, file_step = 0;
+    try {
+      begin = std::stoll(opt->metadata().at("range_begin"));
+      end = std::stoll(opt->metadata().at("range_end"));
+      file_step = std::stoll(opt->metadata().at("step"));
+    } catch (const std::exception&) {
+      return absl::DataLossError(fmt::format("{}: optimizer metadata missing", opt->path()));
+    }
+    if (step && *step != file_step) {
+      return absl::DataLossError(fmt::format(
+          "{}: optimizer step {} disagrees with the other ranks' {}", opt->path(), file_step,
+          *step));
+    }
+    step = file_step;
+    const int64_t lo = std::max(begin, want.begin), hi = std::min(end, want.end);
+    if (lo >= hi) continue;
+    RWR_ASSIGN_OR_RETURN(std::vector<float> m, opt->ReadFloat("exp_avg"));
+    RWR_ASSIGN_OR_RETURN(std::vector<float> v, opt->ReadFloat("exp_avg_sq"));
+    if (static_cast<int64_t>(m.size()) != end - begin ||
+        static_cast<int64_t>(v.size()) != end - begin) {
+      return absl::DataLossError(
+          fmt::format("{}: moment size disagrees with its range", opt->path()));
+    }
+    std::copy(m.begin() + (lo - begin), m.begin() + (hi - begin),
+              data.exp_avg.begin() + (lo - want.begin));
+    std::copy(v.begin() + (lo - begin), v.begin() + (hi - begin),
+              data.exp_avg_sq.begin() + (lo - want.begin));
+    covered += hi - lo;
   }
-  RWR_ASSIGN_OR_RETURN(data.exp_avg, opt->ReadFloat("exp_avg"));
-  RWR_ASSIGN_OR_RETURN(data.exp_avg_sq, opt->ReadFloat("exp_avg_sq"));
-  if (static_cast<int64_t>(data.exp_avg.size()) != data.opt_end - data.opt_begin) {
-    return absl::DataLossError(
-        fmt::format("{}: moment size disagrees with its range", opt->path()));
+  if (!step) {
+    return absl::DataLossError(fmt::format("{}: no {}", dir, OptimizerFileName(0)));
   }
+  if (covered != want.size()) {
+    return absl::DataLossError(fmt::format(
+        "{}: the optimizer files hold {} of the {} moments of [{}, {}) (a rank's file is missing)",
+        dir, covered, want.size(), want.begin, want.end));
+  }
+  data.opt_step = *step;
   return data;
 }
 

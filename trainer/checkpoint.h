@@ -1,6 +1,6 @@
 // Training checkpoints: `<run>/checkpoints/step_NNNNNNNN/` holding
 //   config.json + model.safetensors   fp32 master weights in the HF layout (loadable as a model)
-//   optimizer_rank00000.safetensors   AdamW moments of the range this rank owns (ZeRO-1 ready)
+//   optimizer_rankNNNNN.safetensors   AdamW moments of the range rank N owns (ZeRO-1), one per rank
 //   trainer_state.json                step, tokens seen, data position, RNG, world size, resolved
 //                                     config (YAML), metrics of the step
 //   DONE                              written last
@@ -16,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
+#include "trainer/communicator.h"
 #include "trainer/model_config.h"
 
 namespace rwr::trainer {
@@ -57,16 +58,24 @@ absl::StatusOr<TrainerState> ReadTrainerState(const std::string& dir);
 // Writes `data` as checkpoints_dir/step_NNNNNNNN atomically (a failed write removes its .tmp);
 // keeps the newest `keep` complete checkpoints up to this step (0: keep all; later steps, which
 // only a resume that passed them over as unreadable leaves, are not counted). Returns the final
-// directory.
+// directory. With `comm`, every rank calls it with its own optimizer range (the checkpoints
+// directory on a file system they share): rank 0 writes the model and the state, each rank its
+// optimizer file, and rank 0 publishes once every rank's file is synced; every rank returns the
+// directory, or an error where any rank failed.
 absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
-                                           const CheckpointData& data, int keep = 0);
+                                           const CheckpointData& data, int keep = 0,
+                                           Communicator* comm = nullptr);
 
 // Complete checkpoints (DONE present) in checkpoints_dir, ascending by step.
 std::vector<std::string> ListCheckpoints(const std::string& checkpoints_dir);
 // The newest complete checkpoint, or nullopt.
 std::optional<std::string> LatestCheckpoint(const std::string& checkpoints_dir);
 
-absl::StatusOr<CheckpointData> LoadCheckpoint(const std::string& dir, int rank = 0);
+// Reads a checkpoint with the AdamW moments of `range` (default: the whole layout), taken from
+// whichever rank files cover it: any number of ranks may have written it. A part not covered is
+// an error.
+absl::StatusOr<CheckpointData> LoadCheckpoint(const std::string& dir,
+                                              std::optional<ShardRange> range = std::nullopt);
 
 // Resolves what a user passes to `rwr checkpoint inspect` / `rwr export`: a step directory, a
 // checkpoints directory or a run directory (→ its newest complete checkpoint).

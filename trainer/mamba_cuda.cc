@@ -31,6 +31,7 @@
 #include "spdlog/spdlog.h"
 #include "trainer/gemm_runner.h"
 #include "trainer/mamba_cuda_kernels.h"
+#include "trainer/nccl_collectives.h"
 
 namespace rwr::trainer {
 namespace {
@@ -250,6 +251,11 @@ struct MambaCuda::Impl {
   DeviceBuffer<char> params16;   // bf16 copy of params (kBf16): the GEMMs' weights
   DeviceBuffer<uint32_t> decay;  // bit i: parameter i takes weight decay
   int64_t adam_step = 0;
+  // Data parallelism (ZeRO-1): params, grads and params16 hold ShardRange::Padded elements (world
+  // equal ranges, zero past the layout); the moments cover `shard`, this rank's range.
+  DeviceCollectives* dp = nullptr;
+  ShardRange shard;
+  int64_t padded = 0;
   std::unique_ptr<CallBuffers> call;  // this call's buffers (Prepare sizes them)
   std::map<std::tuple<int64_t, int64_t, bool>, int64_t> fitted_chunk;  // (B, T, grad) → chunk
   std::tuple<int64_t, int64_t, bool> call_shape{0, 0, false};          // what `call` is sized for
@@ -987,7 +993,8 @@ bool CudaDeviceAvailable() {
 }
 
 absl::StatusOr<std::unique_ptr<MambaCuda>> MambaCuda::Create(const MambaConfig& config,
-                                                             GemmPrecision precision) {
+                                                             GemmPrecision precision,
+                                                             DeviceCollectives* collectives) {
   if (!CudaDeviceAvailable()) return absl::UnavailableError("no CUDA device");
   if (config.d_state != 16) {
     return absl::UnimplementedError(
@@ -1003,7 +1010,12 @@ absl::StatusOr<std::unique_ptr<MambaCuda>> MambaCuda::Create(const MambaConfig& 
   RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.gemm_workspace, kGemmWorkspaceBytes));
   RWR_ASSIGN_OR_RETURN(m.gemms,
                        GemmRunner::Create(m.stream, m.gemm_workspace.ptr, kGemmWorkspaceBytes));
-  const int64_t n = model->layout_.total();
+  const int world = collectives != nullptr ? collectives->world_size() : 1;
+  const int rank = collectives != nullptr ? collectives->rank() : 0;
+  m.dp = world > 1 ? collectives : nullptr;
+  m.shard = ShardRange::For(model->layout_.total(), rank, world);
+  m.padded = ShardRange::Padded(model->layout_.total(), world);
+  const int64_t n = m.padded;
   m.call = std::make_unique<CallBuffers>(&m.tally);
   RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.params, n));
   RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.grads, n));
@@ -1101,11 +1113,11 @@ absl::StatusOr<std::map<std::string, double>> MambaCuda::TakePhaseTimes() {
 namespace {
 
 absl::Status EnsureOptimizer(MambaCuda::Impl& m, const ParamLayout& layout) {
-  const int64_t n = layout.total();
+  const int64_t n = m.shard.size();
   if (m.exp_avg.ptr == nullptr) {
-    RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.exp_avg, n));
-    RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.exp_avg_sq, n));
-    const int64_t words = (n + 31) / 32;
+    RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.exp_avg, std::max<int64_t>(n, 1)));
+    RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.exp_avg_sq, std::max<int64_t>(n, 1)));
+    const int64_t words = (m.padded + 31) / 32;
     RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.decay, words));
     RWR_CUDA(cudaMemset(m.exp_avg.ptr, 0, n * 4));
     RWR_CUDA(cudaMemset(m.exp_avg_sq.ptr, 0, n * 4));
@@ -1361,9 +1373,11 @@ absl::StatusOr<LossSum> MambaCuda::ForwardBackward(const TokenBatch& batch, int6
   return total;
 }
 
+ShardRange MambaCuda::optimizer_range() const { return impl_->shard; }
+
 absl::Status MambaCuda::DownloadOptimizer(std::vector<float>* exp_avg,
                                           std::vector<float>* exp_avg_sq, int64_t* step) const {
-  const int64_t n = layout_.total();
+  const int64_t n = impl_->shard.size();
   exp_avg->assign(n, 0.f);
   exp_avg_sq->assign(n, 0.f);
   *step = impl_->adam_step;
@@ -1376,9 +1390,10 @@ absl::Status MambaCuda::DownloadOptimizer(std::vector<float>* exp_avg,
 
 absl::Status MambaCuda::UploadOptimizer(std::span<const float> exp_avg,
                                         std::span<const float> exp_avg_sq, int64_t step) {
-  const int64_t n = layout_.total();
+  const int64_t n = impl_->shard.size();
   if (static_cast<int64_t>(exp_avg.size()) != n || static_cast<int64_t>(exp_avg_sq.size()) != n) {
-    return absl::InvalidArgumentError("UploadOptimizer: moment sizes differ from the layout");
+    return absl::InvalidArgumentError(
+        "UploadOptimizer: moment sizes differ from the optimizer range");
   }
   RWR_RETURN_IF_ERROR(EnsureOptimizer(*impl_, layout_));
   RWR_CUDA(cudaMemcpy(impl_->exp_avg.ptr, exp_avg.data(), n * 4, cudaMemcpyHostToDevice));
@@ -1389,11 +1404,24 @@ absl::Status MambaCuda::UploadOptimizer(std::span<const float> exp_avg,
 
 absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const AdamWOptions& o) {
   Impl& m = *impl_;
-  const int64_t n = layout_.total();
+  const ShardRange& r = m.shard;
+  const int64_t per_rank = m.padded / (m.dp != nullptr ? m.dp->world_size() : 1);
   RWR_RETURN_IF_ERROR(EnsureOptimizer(m, layout_));
   RWR_RETURN_IF_ERROR(m.ClearUnwritten());
-  RWR_RETURN_IF_ERROR(m.Timed("optimizer", "grad_norm", [&] {
-    return cuda::SumSquares(m.grads.ptr, n, m.norm_acc.ptr + 1, m.norm_acc.ptr, m.stream);
+  if (m.dp != nullptr) {
+    RWR_RETURN_IF_ERROR(m.Timed("optimizer", "reduce_scatter", [&] {
+      return m.dp->ReduceScatterSum(m.grads.ptr, per_rank, m.stream);
+    }));
+  }
+  // The norm of the summed gradients: each rank's range, then the ranks' sums added.
+  RWR_RETURN_IF_ERROR(m.Timed("optimizer", "grad_norm", [&]() -> absl::Status {
+    if (r.size() == 0) {
+      RWR_CUDA(cudaMemsetAsync(m.norm_acc.ptr, 0, 8, m.stream));
+    } else {
+      RWR_RETURN_IF_ERROR(cuda::SumSquares(m.grads.ptr + r.begin, r.size(), m.norm_acc.ptr + 1,
+                                           m.norm_acc.ptr, m.stream));
+    }
+    return m.dp != nullptr ? m.dp->AllReduceSum(m.norm_acc.ptr, 1, m.stream) : absl::OkStatus();
   }));
   double sumsq = 0;
   RWR_CUDA(cudaMemcpyAsync(&sumsq, m.norm_acc.ptr, 8, cudaMemcpyDeviceToHost, m.stream));
@@ -1404,13 +1432,25 @@ absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const
   ++m.adam_step;
   const double bc1 = 1 - std::pow(o.beta1, double(m.adam_step));
   const double bc2 = 1 - std::pow(o.beta2, double(m.adam_step));
-  RWR_RETURN_IF_ERROR(m.Timed("optimizer", "adamw", [&] {
-    return cuda::AdamW(m.params.ptr, m.act == Act::kF32 ? nullptr : m.params16.ptr, m.grads.ptr,
-                       m.exp_avg.ptr, m.exp_avg_sq.ptr, m.decay.ptr, n, o.beta1, o.beta2,
-                       static_cast<float>(lr / bc1), static_cast<float>(1 - lr * o.weight_decay),
-                       static_cast<float>(1 / std::sqrt(bc2)), static_cast<float>(o.eps),
-                       static_cast<float>(coef), m.stream);
-  }));
+  // r.begin is a multiple of ShardRange::kAlign: the decay bits of the range start on a word.
+  char* p16 = m.act == Act::kF32 ? nullptr : m.params16.ptr;
+  if (r.size() > 0) {
+    RWR_RETURN_IF_ERROR(m.Timed("optimizer", "adamw", [&] {
+      return cuda::AdamW(m.params.ptr + r.begin, p16 != nullptr ? p16 + r.begin * 2 : nullptr,
+                         m.grads.ptr + r.begin, m.exp_avg.ptr, m.exp_avg_sq.ptr,
+                         m.decay.ptr + r.begin / 32, r.size(), o.beta1, o.beta2,
+                         static_cast<float>(lr / bc1),
+                         static_cast<float>(1 - lr * o.weight_decay),
+                         static_cast<float>(1 / std::sqrt(bc2)), static_cast<float>(o.eps),
+                         static_cast<float>(coef), m.stream);
+    }));
+  }
+  if (m.dp != nullptr) {
+    RWR_RETURN_IF_ERROR(m.Timed("optimizer", "all_gather", [&]() -> absl::Status {
+      RWR_RETURN_IF_ERROR(m.dp->AllGather(m.params.ptr, per_rank * 4, m.stream));
+      return p16 != nullptr ? m.dp->AllGather(p16, per_rank * 2, m.stream) : absl::OkStatus();
+    }));
+  }
   // A = −exp(A_log) is recomputed from the new parameters by the next call's Prepare.
   return norm;
 }

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "trainer/communicator.h"
 #include "trainer/gemm_choices.h"
 #include "trainer/mamba_cpu.h"
 #include "trainer/model_config.h"
@@ -30,10 +31,17 @@ namespace rwr::trainer {
 
 enum class GemmPrecision { kFp32, kBf16 };
 
+class DeviceCollectives;  // nccl_collectives.h
+
 class MambaCuda {
  public:
-  static absl::StatusOr<std::unique_ptr<MambaCuda>> Create(const MambaConfig& config,
-                                                           GemmPrecision precision);
+  // On the current CUDA device. With `collectives` (data parallelism over its ranks, ZeRO-1;
+  // must outlive the model), ClipAndStep sums the ranks' gradients, updates only this rank's
+  // optimizer_range() of the parameters — the AdamW moments are kept for that range alone — and
+  // all-gathers the updated parameters, so every rank again holds them all.
+  static absl::StatusOr<std::unique_ptr<MambaCuda>> Create(
+      const MambaConfig& config, GemmPrecision precision,
+      DeviceCollectives* collectives = nullptr);
   ~MambaCuda();
   MambaCuda(const MambaCuda&) = delete;
   MambaCuda& operator=(const MambaCuda&) = delete;
@@ -75,11 +83,15 @@ class MambaCuda {
   // as if the device were full. For tests of the chunk fitting, and to share a GPU.
   void SetMemoryBudget(int64_t bytes);
 
-  // Global-norm clipping and one AdamW update on the device. Returns the pre-clip norm; a
-  // non-finite norm skips the update (the caller counts it).
+  // Global-norm clipping and one AdamW update on the device. Returns the pre-clip norm (of the
+  // gradients summed over the ranks); a non-finite norm skips the update on every rank (the
+  // caller counts it). With collectives, the gradients outside optimizer_range() are left
+  // undefined (DownloadGrads before it).
   absl::StatusOr<double> ClipAndStep(double clip_norm, double lr, const AdamWOptions& options);
 
-  // AdamW state (moments over the whole flat layout and the update count), for checkpoints.
+  // The parameters whose AdamW moments this model keeps: the whole layout on one rank.
+  ShardRange optimizer_range() const;
+  // AdamW state (moments over optimizer_range() and the update count), for checkpoints.
   absl::Status DownloadOptimizer(std::vector<float>* exp_avg, std::vector<float>* exp_avg_sq,
                                  int64_t* step) const;
   absl::Status UploadOptimizer(std::span<const float> exp_avg, std::span<const float> exp_avg_sq,

@@ -26,6 +26,7 @@
 #include "trainer/rng.h"
 #ifdef RWR_TRAINER_HAVE_CUDA
 #include "trainer/mamba_cuda.h"
+#include "trainer/nccl_collectives.h"
 #endif
 
 namespace rwr::trainer {
@@ -263,11 +264,12 @@ absl::Status CheckCheckpointsListable(const std::string& dir) {
       dir, ec.message()));
 }
 
-absl::StatusOr<std::optional<Resumed>> LoadNewestCheckpoint(const std::string& dir, int rank) {
+absl::StatusOr<std::optional<Resumed>> LoadNewestCheckpoint(const std::string& dir,
+                                                            const ShardRange& range) {
   const std::vector<std::string> all = ListCheckpoints(dir);
   std::string newest_error;
   for (auto it = all.rbegin(); it != all.rend(); ++it) {
-    absl::StatusOr<CheckpointData> data = LoadCheckpoint(*it, rank);
+    absl::StatusOr<CheckpointData> data = LoadCheckpoint(*it, range);
     if (data.ok()) return Resumed{*it, *std::move(data)};
     if (newest_error.empty()) newest_error = std::string(data.status().message());
     spdlog::warn("train: checkpoint {} cannot be read ({}); {}", *it,
@@ -283,10 +285,10 @@ absl::StatusOr<std::optional<Resumed>> LoadNewestCheckpoint(const std::string& d
   return std::optional<Resumed>();
 }
 
-// A checkpoint this run can continue: the same model, the same ranks (the optimizer shards are
-// per rank), and data of the same tokenizer (`tokenizer_sha` is the data's; empty: unknown).
+// A checkpoint this run can continue: the same model and data of the same tokenizer
+// (`tokenizer_sha` is the data's; empty: unknown). The number of ranks may differ: each rank reads
+// its optimizer range from whichever rank files hold it, and the data position counts global rows.
 absl::Status CheckResumable(const Resumed& resumed, const MambaConfig& model_config,
-                            const ShardRange& range, int world_size,
                             const std::string& tokenizer_sha, const std::string& data_dir) {
   const CheckpointData& ckpt = resumed.data;
   if (ckpt.config.NumParameters() != model_config.NumParameters() ||
@@ -295,13 +297,6 @@ absl::Status CheckResumable(const Resumed& resumed, const MambaConfig& model_con
         fmt::format("checkpoint {} holds a different model ({}) than the config ({}); use another "
                     "train.out_dir",
                     resumed.dir, ckpt.config.Summary(), model_config.Summary()));
-  }
-  if (ckpt.state.world_size != world_size || ckpt.opt_begin != range.begin ||
-      ckpt.opt_end != range.end) {
-    return absl::FailedPreconditionError(fmt::format(
-        "checkpoint {} was written by {} ranks, this run has {}: resharding the optimizer is not "
-        "supported yet",
-        resumed.dir, ckpt.state.world_size, world_size));
   }
   if (!ckpt.state.tokenizer_sha256.empty() && !tokenizer_sha.empty() &&
       ckpt.state.tokenizer_sha256 != tokenizer_sha) {
@@ -575,12 +570,15 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
   Rng rng(s.seed);
   std::optional<Resumed> resumed;
   if (s.resume) {
-    RWR_ASSIGN_OR_RETURN(resumed, LoadNewestCheckpoint(checkpoints_dir, comm->rank()));
+    RWR_ASSIGN_OR_RETURN(resumed, LoadNewestCheckpoint(checkpoints_dir, range));
   }
   if (resumed) {
     CheckpointData& ckpt = resumed->data;
-    RWR_RETURN_IF_ERROR(CheckResumable(*resumed, model_config, range, comm->world_size(),
-                                       tokenizer_sha, s.data_dir));
+    RWR_RETURN_IF_ERROR(CheckResumable(*resumed, model_config, tokenizer_sha, s.data_dir));
+    if (ckpt.state.world_size != comm->world_size()) {
+      spdlog::info("train: {} was written by {} ranks; this run has {} (optimizer re-sharded)",
+                   resumed->dir, ckpt.state.world_size, comm->world_size());
+    }
     if (const auto changed = ChangedSettings(ckpt.state.resolved_config_yaml, config);
         !changed.empty()) {
       spdlog::warn("train: resuming with changed settings: {}", fmt::join(changed, ", "));
@@ -590,6 +588,7 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
     adamw.exp_avg_sq() = std::move(ckpt.exp_avg_sq);
     adamw.set_step(ckpt.opt_step);
     state = ckpt.state;
+    state.world_size = comm->world_size();
     rng.set_state(state.rng_state);
     if (!state.loader_position_json.empty()) {
       RWR_ASSIGN_OR_RETURN(auto position,
@@ -621,23 +620,24 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
   }
   RWR_RETURN_IF_ERROR(comm->Broadcast(params, 0));
 
-  // Where the steps run: the CUDA model (parameters, gradients and AdamW state on the GPU; one
-  // rank for now) or the CPU reference.
+  // Where the steps run: the CUDA model (parameters, gradients and AdamW state on the GPU, one
+  // GPU per rank, the ranks' gradients summed over NCCL) or the CPU reference.
   bool use_cuda = false;
 #ifdef RWR_TRAINER_HAVE_CUDA
   std::unique_ptr<MambaCuda> gpu;
+  std::unique_ptr<DeviceCollectives> collectives;
   GemmAlgosFile gemm_algos(out_dir / "gemm_algos.json");
-  use_cuda = s.device == "cuda" || (s.device == "auto" && CudaDeviceAvailable() &&
-                                    comm->world_size() == 1 && model_config.d_state == 16);
+  use_cuda = s.device == "cuda" ||
+             (s.device == "auto" && CudaDeviceAvailable() && model_config.d_state == 16);
   if (use_cuda) {
-    if (comm->world_size() != 1) {
-      return absl::UnimplementedError(
-          "train.device=cuda runs on one rank for now (multi-GPU comes "
-          "with the NCCL communicator)");
+    RWR_RETURN_IF_ERROR(SelectCudaDevice(comm->local_rank()));
+    if (comm->world_size() > 1) {
+      RWR_ASSIGN_OR_RETURN(collectives, DeviceCollectives::Create(*comm));
     }
     RWR_ASSIGN_OR_RETURN(
         gpu, MambaCuda::Create(model_config,
-                               s.gemm == "fp32" ? GemmPrecision::kFp32 : GemmPrecision::kBf16));
+                               s.gemm == "fp32" ? GemmPrecision::kFp32 : GemmPrecision::kBf16,
+                               collectives.get()));
     gemm_algos.LoadInto(*gpu);
     RWR_RETURN_IF_ERROR(gpu->UploadParams(params));
     if (resumed) {
@@ -650,8 +650,13 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
         "train.device=cuda: this build has no CUDA (configure with RWR_CUDA=ON)");
   }
 #endif
-  spdlog::info("train: running on {}",
-               use_cuda ? fmt::format("CUDA ({} GEMMs)", s.gemm) : "the CPU");
+  spdlog::info("train: running on {}{}",
+               use_cuda ? fmt::format("CUDA ({} GEMMs)", s.gemm) : "the CPU",
+               comm->world_size() > 1
+                   ? fmt::format(", {} ranks ({}; each updates 1/{} of the parameters)",
+                                 comm->world_size(), use_cuda ? "NCCL" : "MPI",
+                                 comm->world_size())
+                   : "");
   // Checked: on a full file system the run stops here, not after hours of steps at the first
   // checkpoint. Rank 0 writes the run directory's files.
   if (comm->rank() == 0) {
@@ -689,7 +694,8 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
     if (saved_step == state.step) return absl::OkStatus();
 #ifdef RWR_TRAINER_HAVE_CUDA
     if (gpu) {
-      RWR_RETURN_IF_ERROR(gpu->DownloadParams(params));
+      // Every rank holds all parameters; rank 0 writes them.
+      if (comm->rank() == 0) RWR_RETURN_IF_ERROR(gpu->DownloadParams(params));
       int64_t opt_step = 0;
       RWR_RETURN_IF_ERROR(gpu->DownloadOptimizer(&adamw.exp_avg(), &adamw.exp_avg_sq(), &opt_step));
       adamw.set_step(opt_step);
@@ -699,18 +705,27 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
     state.rng_state = rng.state();
     CheckpointData data{model_config,       params,       range.begin, range.end, adamw.exp_avg(),
                         adamw.exp_avg_sq(), adamw.step(), state};
-    RWR_RETURN_IF_ERROR(comm->Barrier());
-    if (comm->rank() == 0) {
-      RWR_ASSIGN_OR_RETURN(
-          result.last_checkpoint,
-          SaveCheckpoint(checkpoints_dir, data, static_cast<int>(s.keep_checkpoints)));
-      spdlog::info("train: checkpoint {}", result.last_checkpoint);
+    RWR_ASSIGN_OR_RETURN(
+        result.last_checkpoint,
+        SaveCheckpoint(checkpoints_dir, data, static_cast<int>(s.keep_checkpoints), comm));
+    spdlog::info("train: checkpoint {}", result.last_checkpoint);
 #ifdef RWR_TRAINER_HAVE_CUDA
-      if (gpu) RWR_RETURN_IF_ERROR(gemm_algos.SaveNew(*gpu));  // shapes an eval timed, too
+    if (gpu && comm->rank() == 0) RWR_RETURN_IF_ERROR(gemm_algos.SaveNew(*gpu));  // evals' too
 #endif
-    }
     saved_step = state.step;
-    return comm->Barrier();
+    return absl::OkStatus();
+  };
+
+  // A stop every rank agrees on: a signal reaches the ranks at different moments, and a rank that
+  // stopped alone would leave the others waiting in a collective. One rank: the signal itself.
+  auto stop_agreed = [&]() -> absl::StatusOr<bool> {
+    std::vector<double> flag = {ShutdownRequested() ? 1.0 : 0.0};
+    RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(flag)));
+    return flag[0] > 0;
+  };
+  auto signal_text = [] {
+    return ShutdownRequested() ? fmt::format("signal {}", ShutdownSignal())
+                               : std::string("a signal to another rank");
   };
 
   // The held-out loss, or nullopt where a shutdown signal came before it was done: a long
@@ -721,9 +736,10 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
     std::vector<double> sums = {0, 0};
     storage::Batch batch;
     for (int64_t i = 0; i < s.eval_batches; ++i) {
-      if (ShutdownRequested()) {
-        spdlog::warn("train: signal {} during the evaluation at step {}; evaluation abandoned",
-                     ShutdownSignal(), state.step);
+      RWR_ASSIGN_OR_RETURN(const bool stop, stop_agreed());
+      if (stop) {
+        spdlog::warn("train: {} during the evaluation at step {}; evaluation abandoned",
+                     signal_text(), state.step);
         return std::optional<double>();
       }
       RWR_RETURN_IF_ERROR(eval_loader->Next(&batch));
@@ -744,11 +760,10 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
   };
 
   while (state.step < s.steps) {
-    if (ShutdownRequested() ||
-        (s.max_steps_this_run > 0 && steps_this_run >= s.max_steps_this_run)) {
+    RWR_ASSIGN_OR_RETURN(const bool stop, stop_agreed());
+    if (stop || (s.max_steps_this_run > 0 && steps_this_run >= s.max_steps_this_run)) {
       spdlog::warn("train: {} at step {}; {}",
-                   ShutdownRequested() ? fmt::format("signal {}", ShutdownSignal())
-                                       : std::string("max_steps_this_run reached"),
+                   stop ? signal_text() : std::string("max_steps_this_run reached"),
                    state.step,
                    steps_this_run == 0 ? "no step done, nothing to checkpoint; exiting"
                                        : "checkpointing and exiting");

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Run ON a multi-GPU device machine (kind nvidia-h200-x2 or -x4, a call carrying .deb): builds the
+# GPU node and runs every test there (the multigpu label too: `rwr train` under mpirun, NCCL,
+# ZeRO-1), then the data-parallel training step — train_bench alone on one GPU, then under mpirun
+# on every GPU of the machine — so that the weak-scaling efficiency (per-GPU tokens/s on N GPUs
+# over one GPU's) comes from one call. Logs and JSON in $OUT.
+#   CASES=2048x4 STEPS=5 bash bench/train_dp_device.sh
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${OUT:-$root/out}
+mkdir -p "$out"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 NCCL_NVLS_ENABLE=0
+export LD_LIBRARY_PATH="$root/.deb/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+bash "$root/scripts/device-test.sh"
+echo "tests rc=$?"
+grep -E "DataParallelTrainCuda" "$out/ctest.log" | head
+gpus=$(nvidia-smi -L | wc -l)
+cases=${CASES:-2048x4}
+steps=${STEPS:-5}
+bench="$root/build/gpu/bench/train_bench"
+echo "== one GPU"
+"$bench" --cases "$cases" --steps "$steps" --json "$out/train_1gpu.json" 2>&1 | tee "$out/train_1gpu.txt"
+echo "== $gpus GPUs (mpirun)"
+mpirun -np "$gpus" --bind-to none "$bench" --cases "$cases" --steps "$steps" --phases \
+  --json "$out/train_${gpus}gpu.json" 2>&1 | tee "$out/train_${gpus}gpu.txt"

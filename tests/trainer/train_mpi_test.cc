@@ -1,0 +1,241 @@
+// Data-parallel `rwr train` as a user starts it: the real binary under the real `mpirun`.
+// Built twice: on the CPU (label mpi, CI: the MPI communicator) and on the GPUs (label multigpu,
+// the device machine: NCCL, ZeRO-1 on the device), RWR_TEST_DEVICE saying which.
+//
+// What must hold: N ranks of batch B train as one rank of batch B accumulating N micro-batches
+// (the same global rows), each rank writes its optimizer range into the checkpoint, a run resumes
+// on another number of ranks, and SIGUSR1 to mpirun stops every rank at the same step.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "fmt/format.h"
+#include "nlohmann/json.hpp"
+#include "storage/shard.h"
+#include "tests/support/temp_dir.h"
+#include "trainer/checkpoint.h"
+#include "trainer/communicator.h"
+#ifdef RWR_TEST_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace rwr::trainer {
+namespace {
+
+namespace fs = std::filesystem;
+const std::string kRwr = RWR_BINARY;
+const std::string kMpirun = RWR_MPIRUN;
+const std::string kSource = RWR_SOURCE_DIR;
+const std::string kDevice = RWR_TEST_DEVICE;  // cpu | cuda
+
+std::string TempDir(const std::string& name) {
+  return rwr::testing::FreshTempDir("mpi_" + kDevice, name);
+}
+
+struct CommandResult {
+  int exit_code;
+  std::string output;
+};
+
+// mpirun may run as root in CI containers only when told so; more ranks than cores is asked for.
+std::string Launcher(int ranks) {
+  setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+  setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+  setenv("NCCL_NVLS_ENABLE", "0", 1);
+  return ranks == 0 ? kRwr : fmt::format("{} -np {} --oversubscribe {}", kMpirun, ranks, kRwr);
+}
+
+// `ranks` 0: the plain binary (one rank, no launcher).
+CommandResult RunRwr(int ranks, const std::string& args) {
+  const std::string log = TempDir("log") + "/out";
+  const int status =
+      std::system(fmt::format("{} {} > {} 2>&1", Launcher(ranks), args, log).c_str());
+  std::ifstream in(log);
+  return {WEXITSTATUS(status), {std::istreambuf_iterator<char>(in), {}}};
+}
+
+std::string MakeDataset(int rows) {
+  const std::string dir = TempDir("data");
+  storage::ShardManifest manifest;
+  manifest.vocab_size = 8192;
+  manifest.seq_len = 64;
+  storage::ShardWriter writer(dir + "/shard_0.rws", {.vocab_size = 8192, .seq_len = 64});
+  for (int r = 0; r < rows; ++r) {
+    writer.BeginRow();
+    std::vector<uint32_t> tokens;
+    std::vector<uint8_t> mask;
+    for (int i = 0; i < 65; ++i) {
+      tokens.push_back((r * 131 + i * 17 + i * i) % 8192);
+      mask.push_back(i > 20);
+    }
+    EXPECT_TRUE(writer.AddDocument(tokens, mask).ok());
+  }
+  EXPECT_TRUE(writer.Finish().ok());
+  manifest.shards.push_back({"shard_0.rws", writer.num_rows(), writer.num_documents(),
+                             writer.num_tokens(), writer.num_loss_tokens(),
+                             writer.payload_sha256_hex()});
+  EXPECT_TRUE(manifest.Save(dir).ok());
+  return dir;
+}
+
+// fp32 GEMMs on the GPU: the comparison below is of summation order, not of bf16 rounding.
+std::string TrainArgs(const std::string& data, const std::string& out, int batch, int accum,
+                      int steps) {
+  return fmt::format(
+      "train --config {}/configs/train_tiny.yaml --set data.dir={} --set train.out_dir={} "
+      "--set train.steps={} --set train.batch_size={} --set train.grad_accum={} "
+      "--set train.warmup_steps=2 --set train.checkpoint_every=2 --set train.keep_checkpoints=0 "
+      "--set train.log_every=1 --set train.device={} --set train.gemm_precision=fp32",
+      kSource, data, out, steps, batch, accum, kDevice);
+}
+
+// DataParallelTrainCpu or DataParallelTrainCuda (RWR_TEST_SUITE). On the GPUs every test needs
+// two (skipped where fewer: CI, one-GPU machines).
+class RWR_TEST_SUITE : public ::testing::Test {
+ protected:
+  void SetUp() override {
+#ifdef RWR_TEST_CUDA
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) count = 0;
+    if (count < 2) GTEST_SKIP() << "needs 2 GPUs, found " << count;
+#endif
+  }
+};
+
+std::vector<nlohmann::json> Metrics(const std::string& out) {
+  std::vector<nlohmann::json> records;
+  std::ifstream in(out + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) records.push_back(nlohmann::json::parse(line));
+  return records;
+}
+
+TEST_F(RWR_TEST_SUITE, TwoRanksTrainAsOneRankAccumulatingTwo) {
+  const std::string data = MakeDataset(24);
+  const std::string one = TempDir("one"), two = TempDir("two");
+  CommandResult a = RunRwr(0, TrainArgs(data, one, 2, 2, 6));
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  CommandResult b = RunRwr(2, TrainArgs(data, two, 2, 1, 6));
+  ASSERT_EQ(b.exit_code, 0) << b.output;
+  EXPECT_NE(b.output.find("2 ranks"), std::string::npos) << b.output;
+
+  const auto ma = Metrics(one), mb = Metrics(two);
+  ASSERT_EQ(ma.size(), 6u);
+  ASSERT_EQ(mb.size(), 6u);
+  // Step 1: the same parameters and rows, the loss sums added in the same order.
+  EXPECT_EQ(ma[0]["loss"].get<double>(), mb[0]["loss"].get<double>());
+  for (size_t i = 0; i < ma.size(); ++i) {
+    const double la = ma[i]["loss"], lb = mb[i]["loss"];
+    EXPECT_NEAR(la, lb, 1e-5 * std::abs(la)) << "step " << i + 1;
+    const double ga = ma[i]["grad_norm"], gb = mb[i]["grad_norm"];
+    EXPECT_NEAR(ga, gb, 1e-4 * ga) << "step " << i + 1;
+    EXPECT_EQ(ma[i]["tokens"], mb[i]["tokens"]);
+  }
+  // Each rank wrote the moments of its range; together they cover the layout.
+  auto latest = LatestCheckpoint(two + "/checkpoints");
+  ASSERT_TRUE(latest.has_value());
+  auto whole = LoadCheckpoint(*latest);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  const int64_t total = static_cast<int64_t>(whole->params.size());
+  EXPECT_EQ(whole->state.world_size, 2);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_TRUE(fs::exists(fs::path(*latest) / OptimizerFileName(r))) << r;
+  }
+  EXPECT_FALSE(fs::exists(fs::path(*latest) / OptimizerFileName(2)));
+  // Stitched for three ranks, the moments are the same values.
+  std::vector<float> stitched;
+  for (int r = 0; r < 3; ++r) {
+    auto part = LoadCheckpoint(*latest, ShardRange::For(total, r, 3));
+    ASSERT_TRUE(part.ok()) << part.status();
+    stitched.insert(stitched.end(), part->exp_avg_sq.begin(), part->exp_avg_sq.end());
+  }
+  EXPECT_EQ(stitched, whole->exp_avg_sq);
+  // And the parameters match the one-rank run's.
+  auto other = LoadCheckpoint(*LatestCheckpoint(one + "/checkpoints"));
+  ASSERT_TRUE(other.ok()) << other.status();
+  double worst = 0;
+  for (int64_t i = 0; i < total; ++i) {
+    worst = std::max(worst, double(std::abs(other->params[i] - whole->params[i])));
+  }
+  EXPECT_LT(worst, 1e-5);
+}
+
+TEST_F(RWR_TEST_SUITE, ResumesBitForBitAndOnAnotherNumberOfRanks) {
+  const std::string data = MakeDataset(24);
+  const std::string straight = TempDir("straight"), split = TempDir("split");
+  ASSERT_EQ(RunRwr(2, TrainArgs(data, straight, 3, 1, 4)).exit_code, 0);
+  // Two steps, stop, two more: the same ranks give the same bits.
+  CommandResult first =
+      RunRwr(2, TrainArgs(data, split, 3, 1, 4) + " --set train.max_steps_this_run=2");
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  CommandResult rest = RunRwr(2, TrainArgs(data, split, 3, 1, 4));
+  ASSERT_EQ(rest.exit_code, 0) << rest.output;
+  const auto ms = Metrics(straight), mp = Metrics(split);
+  ASSERT_EQ(ms.size(), 4u);
+  ASSERT_EQ(mp.size(), 4u);
+  for (size_t i = 0; i < ms.size(); ++i) {
+    EXPECT_EQ(ms[i]["loss"].get<double>(), mp[i]["loss"].get<double>()) << "step " << i + 1;
+  }
+  // On to step 6 with another number of ranks over the same 6 rows a step (3 ranks of 2 rows on
+  // the CPU, 1 rank of 6 on two GPUs): the optimizer re-sharded, the steps those of 2 ranks
+  // going on, within rounding.
+  ASSERT_EQ(RunRwr(2, TrainArgs(data, straight, 3, 1, 6)).exit_code, 0);
+  const int ranks = kDevice == "cpu" ? 3 : 1;
+  CommandResult moved = RunRwr(ranks == 1 ? 0 : ranks, TrainArgs(data, split, 6 / ranks, 1, 6));
+  ASSERT_EQ(moved.exit_code, 0) << moved.output;
+  EXPECT_NE(moved.output.find(fmt::format("was written by 2 ranks; this run has {}", ranks)),
+            std::string::npos)
+      << moved.output;
+  const auto m2 = Metrics(straight), mr = Metrics(split);
+  ASSERT_EQ(m2.size(), 6u);
+  ASSERT_EQ(mr.size(), 6u);
+  for (size_t i = 4; i < 6; ++i) {
+    const double l2 = m2[i]["loss"], lr = mr[i]["loss"];
+    EXPECT_NEAR(l2, lr, 1e-5 * std::abs(l2)) << "step " << i + 1;
+  }
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_EQ(fs::exists(fs::path(split) / "checkpoints/step_00000006" / OptimizerFileName(r)),
+              r < ranks)
+        << r;
+  }
+}
+
+TEST_F(RWR_TEST_SUITE, SigusrToMpirunStopsEveryRankAtOneStep) {
+  const std::string data = MakeDataset(24);
+  const std::string out = TempDir("signal");
+  const std::string cmd =
+      fmt::format("exec {} {} --set train.steps=100000 --set train.checkpoint_every=0 > {}/log 2>&1",
+                  Launcher(2), TrainArgs(data, out, 1, 1, 100000), TempDir("signal_log"));
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (Metrics(out).size() < 3 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_GE(Metrics(out).size(), 3u) << "training did not start";
+  ASSERT_EQ(kill(pid, SIGUSR1), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  auto latest = LatestCheckpoint(out + "/checkpoints");
+  ASSERT_TRUE(latest.has_value());
+  auto ckpt = LoadCheckpoint(*latest);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_EQ(ckpt->state.step, static_cast<int64_t>(Metrics(out).size()));
+  EXPECT_TRUE(fs::exists(fs::path(*latest) / OptimizerFileName(1)));
+}
+
+}  // namespace
+}  // namespace rwr::trainer

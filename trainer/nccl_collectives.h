@@ -1,0 +1,51 @@
+// Collectives over device memory for data-parallel training on GPUs: one NCCL communicator over
+// the job's ranks (one GPU each), bootstrapped through the host Communicator (rank 0's NCCL
+// unique id broadcast to the others). MambaCuda uses it for ZeRO-1: the gradients reduce-scattered
+// over the ranks' ShardRanges, each rank's updated range all-gathered back. In-place operations
+// on buffers of world_size equal ranges (ShardRange::Padded elements). NCCL's reductions have a
+// fixed order for a given world size and topology: a run repeats its bits.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "trainer/communicator.h"
+
+struct ncclComm;
+
+namespace rwr::trainer {
+
+class DeviceCollectives {
+ public:
+  // Collective over every rank of `host`: each rank must call it, on its own GPU already selected.
+  static absl::StatusOr<std::unique_ptr<DeviceCollectives>> Create(Communicator& host);
+  ~DeviceCollectives();
+  DeviceCollectives(const DeviceCollectives&) = delete;
+  DeviceCollectives& operator=(const DeviceCollectives&) = delete;
+
+  int rank() const { return rank_; }
+  int world_size() const { return world_; }
+
+  // `data` holds world_size ranges of `per_rank` floats; range rank() ends as the sum of every
+  // rank's range rank() (the other ranges are left undefined).
+  absl::Status ReduceScatterSum(float* data, int64_t per_rank, cudaStream_t stream);
+  // `data` holds world_size ranges of `per_rank_bytes`; range r is rank r's input, and every rank
+  // ends with all of them.
+  absl::Status AllGather(void* data, int64_t per_rank_bytes, cudaStream_t stream);
+  absl::Status AllReduceSum(double* data, int64_t n, cudaStream_t stream);
+
+ private:
+  DeviceCollectives() = default;
+  ncclComm* comm_ = nullptr;
+  int rank_ = 0, world_ = 1;
+};
+
+// Makes the GPU a rank uses current: the host's k-th rank takes its k-th GPU, or the only one
+// visible where the launcher gave each rank its own. More ranks on a host than GPUs is an error
+// that says so.
+absl::Status SelectCudaDevice(int local_rank);
+
+}  // namespace rwr::trainer
