@@ -5,15 +5,23 @@
 # on every GPU of the machine — so that the weak-scaling efficiency (per-GPU tokens/s on N GPUs
 # over one GPU's) comes from one call. Logs and JSON in $OUT.
 #   CASES=2048x4 STEPS=5 bash bench/train_dp_device.sh
+# QUICK=1 builds only what the multigpu tests and the bench need and runs only those tests.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$root/out}
 mkdir -p "$out"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 NCCL_NVLS_ENABLE=0
 export LD_LIBRARY_PATH="$root/.deb/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-bash "$root/scripts/device-test.sh"
+if [[ -n "${QUICK:-}" ]]; then
+  RWR_BUILD_TARGETS="rwr train_mpi_cuda_test train_bench" . "$root/scripts/device-build.sh" \
+    > "$out/build.log" 2>&1
+  grep -E "error|FAILED" "$out/build.log" | head -20
+  ctest --test-dir "$root/build/gpu" -L multigpu --output-on-failure > "$out/ctest.log" 2>&1
+else
+  bash "$root/scripts/device-test.sh"
+fi
 echo "tests rc=$?"
-grep -E "DataParallelTrainCuda" "$out/ctest.log" | head
+grep -E "DataParallelTrainCuda|tests passed" "$out/ctest.log" | head
 gpus=$(nvidia-smi -L | wc -l)
 cases=${CASES:-2048x4}
 steps=${STEPS:-5}

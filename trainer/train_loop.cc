@@ -626,7 +626,10 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
 #ifdef RWR_TRAINER_HAVE_CUDA
   std::unique_ptr<MambaCuda> gpu;
   std::unique_ptr<DeviceCollectives> collectives;
-  GemmAlgosFile gemm_algos(out_dir / "gemm_algos.json");
+  // Each rank keeps its own: ranks time the GEMMs apart, and a resumed rank must run what it ran.
+  GemmAlgosFile gemm_algos(out_dir / (comm->rank() == 0
+                                          ? std::string("gemm_algos.json")
+                                          : fmt::format("gemm_algos.rank{:05d}.json", comm->rank())));
   use_cuda = s.device == "cuda" ||
              (s.device == "auto" && CudaDeviceAvailable() && model_config.d_state == 16);
   if (use_cuda) {
@@ -710,7 +713,7 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
         SaveCheckpoint(checkpoints_dir, data, static_cast<int>(s.keep_checkpoints), comm));
     spdlog::info("train: checkpoint {}", result.last_checkpoint);
 #ifdef RWR_TRAINER_HAVE_CUDA
-    if (gpu && comm->rank() == 0) RWR_RETURN_IF_ERROR(gemm_algos.SaveNew(*gpu));  // evals' too
+    if (gpu) RWR_RETURN_IF_ERROR(gemm_algos.SaveNew(*gpu));  // the shapes evals timed, too
 #endif
     saved_step = state.step;
     return absl::OkStatus();
@@ -838,7 +841,7 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
       RWR_RETURN_IF_ERROR(comm->AllGather(params));
     }
 #ifdef RWR_TRAINER_HAVE_CUDA
-    if (gpu && comm->rank() == 0) RWR_RETURN_IF_ERROR(gemm_algos.SaveNew(*gpu));
+    if (gpu) RWR_RETURN_IF_ERROR(gemm_algos.SaveNew(*gpu));
 #endif
     ++state.step;
     ++steps_this_run;

@@ -129,8 +129,9 @@ TEST_F(RWR_TEST_SUITE, TwoRanksTrainAsOneRankAccumulatingTwo) {
   const auto ma = Metrics(one), mb = Metrics(two);
   ASSERT_EQ(ma.size(), 6u);
   ASSERT_EQ(mb.size(), 6u);
-  // Step 1: the same parameters and rows, the loss sums added in the same order.
-  EXPECT_EQ(ma[0]["loss"].get<double>(), mb[0]["loss"].get<double>());
+  // Step 1 on the CPU: the same parameters and rows, the loss sums added in the same order. (On
+  // the GPU each process times its own GEMM algorithms, which round differently.)
+  if (kDevice == "cpu") EXPECT_EQ(ma[0]["loss"].get<double>(), mb[0]["loss"].get<double>());
   for (size_t i = 0; i < ma.size(); ++i) {
     const double la = ma[i]["loss"], lb = mb[i]["loss"];
     EXPECT_NEAR(la, lb, 1e-5 * std::abs(la)) << "step " << i + 1;
@@ -171,7 +172,18 @@ TEST_F(RWR_TEST_SUITE, ResumesBitForBitAndOnAnotherNumberOfRanks) {
   const std::string data = MakeDataset(24);
   const std::string straight = TempDir("straight"), split = TempDir("split");
   ASSERT_EQ(RunRwr(2, TrainArgs(data, straight, 3, 1, 4)).exit_code, 0);
-  // Two steps, stop, two more: the same ranks give the same bits.
+  // Two steps, stop, two more: the same ranks give the same bits. On the GPU, with the same GEMM
+  // algorithms: each rank keeps the ones it timed in its own file, which a resume adopts; here
+  // the second run starts from the first's.
+  for (const auto& entry : fs::directory_iterator(straight)) {
+    if (entry.path().filename().string().rfind("gemm_algos", 0) == 0) {
+      fs::copy_file(entry.path(), fs::path(split) / entry.path().filename());
+    }
+  }
+  if (kDevice == "cuda") {
+    EXPECT_TRUE(fs::exists(fs::path(split) / "gemm_algos.json"));
+    EXPECT_TRUE(fs::exists(fs::path(split) / "gemm_algos.rank00001.json"));
+  }
   CommandResult first =
       RunRwr(2, TrainArgs(data, split, 3, 1, 4) + " --set train.max_steps_this_run=2");
   ASSERT_EQ(first.exit_code, 0) << first.output;
