@@ -98,6 +98,10 @@ int main(int argc, char** argv) {
                "Bracket each case's last step with cudaProfilerStart/Stop, so that a profiler "
                "started with profiling off (ncu --profile-from-start off) sees one whole step "
                "(bench/step_kernels_device.sh)");
+  bool dp_serial = false;
+  app.add_flag("--dp-serial", dp_serial,
+               "Under mpirun: wait for the parameter all-gather at the end of each step instead of "
+               "overlapping it with the next forward (to measure the difference)");
   CLI11_PARSE(app, argc, argv);
 
   // Under mpirun: one rank per GPU, data parallel as `rwr train` runs it (NCCL, ZeRO-1); every
@@ -161,6 +165,7 @@ int main(int argc, char** argv) {
   const rwr::trainer::AdamWOptions adamw{};
   (*model)->SetPhaseTiming(phases);
   (*model)->SetKeepActivations(!recompute);
+  (*model)->SetOverlapParamGather(!dp_serial);
   rwr::scan::SetScanVariant(scan_variant);
   rwr::trainer::Rng rng(5);
 

@@ -30,6 +30,11 @@ steps=${STEPS:-5}
 bench="$root/build/gpu/bench/train_bench"
 echo "== one GPU"
 "$bench" --cases "$cases" --steps "$steps" --json "$out/train_1gpu.json" 2>&1 | tee "$out/train_1gpu.txt"
-echo "== $gpus GPUs (mpirun)"
-mpirun -np "$gpus" --bind-to none "$bench" --cases "$cases" --steps "$steps" --phases \
-  --json "$out/train_${gpus}gpu.json" 2>&1 | tee "$out/train_${gpus}gpu.txt"
+for mode in overlap serial; do
+  echo "== $gpus GPUs (mpirun), parameter all-gather: $mode"
+  flags=$([[ $mode == serial ]] && echo --dp-serial)
+  mpirun -np "$gpus" --bind-to none "$bench" --cases "$cases" --steps "$steps" $flags \
+    --json "$out/train_${gpus}gpu_$mode.json" 2>&1 | tee "$out/train_${gpus}gpu_$mode.txt"
+done
+[[ -n "${PHASES:-}" ]] && mpirun -np "$gpus" --bind-to none "$bench" --cases "$cases" \
+  --steps "$steps" --phases 2>&1 | tee "$out/train_${gpus}gpu_phases.txt"

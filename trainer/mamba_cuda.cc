@@ -266,9 +266,14 @@ struct MambaCuda::Impl {
   std::vector<int64_t> bucket_begin;
   std::vector<cudaEvent_t> bucket_ready;
   std::vector<char> a_fresh;
+  bool overlap_gather = true;  // SetOverlapParamGather
 
   absl::Status SetUpDataParallel(const ParamLayout& layout) {
-    RWR_CUDA(cudaStreamCreateWithFlags(&comm_stream, cudaStreamNonBlocking));
+    // The highest priority: the collectives' blocks take multiprocessors as the compute kernels'
+    // blocks finish, instead of waiting behind a whole kernel's grid.
+    int least = 0, greatest = 0;
+    RWR_CUDA(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    RWR_CUDA(cudaStreamCreateWithPriority(&comm_stream, cudaStreamNonBlocking, greatest));
     RWR_CUDA(cudaEventCreateWithFlags(&main_mark, cudaEventDisableTiming));
     RWR_CUDA(cudaEventCreateWithFlags(&comm_mark, cudaEventDisableTiming));
     bucket_begin = {0};
@@ -1440,6 +1445,7 @@ absl::StatusOr<LossSum> MambaCuda::ForwardBackward(const TokenBatch& batch, int6
 }
 
 ShardRange MambaCuda::optimizer_range() const { return impl_->shard; }
+void MambaCuda::SetOverlapParamGather(bool on) { impl_->overlap_gather = on; }
 
 absl::Status MambaCuda::DownloadOptimizer(std::vector<float>* exp_avg,
                                           std::vector<float>* exp_avg_sq, int64_t* step) const {
@@ -1534,6 +1540,9 @@ absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const
       }
       if (!pieces.empty()) RWR_RETURN_IF_ERROR(m.dp->Broadcast(pieces, m.comm_stream));
       RWR_CUDA(cudaEventRecord(m.bucket_ready[k], m.comm_stream));
+    }
+    if (!m.overlap_gather) {
+      RWR_RETURN_IF_ERROR(m.Timed("optimizer", "all_gather", [&] { return m.AwaitAllParams(); }));
     }
   }
   // A = −exp(A_log) is recomputed from the new parameters by the next call's Prepare.

@@ -89,6 +89,11 @@ class MambaCuda {
   // undefined (DownloadGrads before it).
   absl::StatusOr<double> ClipAndStep(double clip_norm, double lr, const AdamWOptions& options);
 
+  // With collectives: whether the updated parameters' all-gather overlaps the next call's
+  // forward (default), each layer waiting only for its own parameters, or ClipAndStep waits for
+  // all of it (to measure the difference).
+  void SetOverlapParamGather(bool on);
+
   // The parameters whose AdamW moments this model keeps: the whole layout on one rank.
   ShardRange optimizer_range() const;
   // AdamW state (moments over optimizer_range() and the update count), for checkpoints.
