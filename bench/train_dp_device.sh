@@ -5,14 +5,17 @@
 # on every GPU of the machine — so that the weak-scaling efficiency (per-GPU tokens/s on N GPUs
 # over one GPU's) comes from one call. Logs and JSON in $OUT.
 #   CASES=2048x4 STEPS=5 bash bench/train_dp_device.sh
-# QUICK=1 builds only what the multigpu tests and the bench need and runs only those tests.
+# QUICK=1 builds only what the multigpu tests and the bench need and runs only those tests;
+# SKIP_TESTS=1 builds only the bench.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$root/out}
 mkdir -p "$out"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 NCCL_NVLS_ENABLE=0
 export LD_LIBRARY_PATH="$root/.deb/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-if [[ -n "${QUICK:-}" ]]; then
+if [[ -n "${SKIP_TESTS:-}" ]]; then
+  RWR_BUILD_TARGETS="train_bench" . "$root/scripts/device-build.sh" > "$out/build.log" 2>&1
+elif [[ -n "${QUICK:-}" ]]; then
   RWR_BUILD_TARGETS="rwr train_mpi_cuda_test mamba_cuda_test train_bench" \
     . "$root/scripts/device-build.sh" > "$out/build.log" 2>&1
   grep -E "error|FAILED" "$out/build.log" | head -20
