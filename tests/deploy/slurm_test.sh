@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The Slurm deployment for real (label slurm): a one-node cluster (deploy/slurm/local-cluster.sh)
 # runs the pipeline that deploy/slurm/submit-pipeline.sh submits — distill → publish → build →
-# train → export → eval, each its own job, chained by afterok. Mid-training the train job gets the
-# time-limit warning (USR1 to its batch script, as --signal=B:USR1@300 sends it): rwr checkpoints
-# and exits 0, the job requeues itself, and its next run resumes. Checked: every job COMPLETED,
-# the train job ran twice and its second run resumed, each step is logged once and the last is
-# train.steps, the export is a Hugging Face layout, and the eval answered every held-out item.
+# train → export → eval, each its own job, chained by afterok; the train job data parallel, two
+# ranks under mpirun (two tasks). Mid-training the train job gets the time-limit warning (USR1 to
+# its batch script, as --signal=B:USR1@300 sends it): rwr checkpoints and exits 0, the job
+# requeues itself, and its next run resumes. Checked: every job COMPLETED, the train job ran two
+# ranks twice and its second run resumed, both ranks wrote their optimizer files, each step is
+# logged once and the last is train.steps, the export is a Hugging Face layout, and the eval
+# answered every held-out item.
 #
 #   tests/deploy/slurm_test.sh RWR_BINARY SOURCE_DIR WORK_DIR
 # Exit 77 (skipped) where this machine cannot run a cluster (not root, no slurm-wlm or munge).
@@ -17,6 +19,8 @@ done
 [[ $(id -u) == 0 ]] || { echo "SKIP: a local slurmd needs root"; exit 77; }
 rm -rf "$work" && mkdir -p "$work" && work=$(realpath "$work")
 
+# mpirun (the train job's two ranks) runs as root here only when told so; jobs inherit this.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 cluster=$work/cluster
 trap '"$src/deploy/slurm/local-cluster.sh" stop "$cluster" || true' EXIT
 eval "$("$src/deploy/slurm/local-cluster.sh" start "$cluster")"
@@ -49,7 +53,7 @@ build:
 YAML
 jobs=$(RWR=$rwr "$src/deploy/slurm/submit-pipeline.sh" --config "$work/run.yaml" \
   --input "$work/qa.jsonl" --teacher builtin:extractive --out "$work/run" \
-  --eval-input "$work/heldout.jsonl") ||
+  --eval-input "$work/heldout.jsonl" --train-sbatch "--ntasks 2") ||
   fail "submit-pipeline failed"
 echo "$jobs"
 train=$(awk '$1 == "train" {print $2}' <<<"$jobs")
@@ -80,6 +84,11 @@ done
 train_log=$(cat "$work"/run/logs/train-*.log)
 grep -q "requeueing job $train" <<<"$train_log" || fail "no requeue in the train log"
 grep -q "resuming from" <<<"$train_log" || fail "the second run did not resume"
+grep -q "2 ranks (MPI" <<<"$train_log" || fail "the train job did not run 2 ranks"
+for rank in 0 1; do
+  [[ -f $work/run/train/checkpoints/step_00000060/optimizer_rank0000$rank.safetensors ]] ||
+    fail "no optimizer file of rank $rank in the last checkpoint"
+done
 python3 - "$metrics" "$work/run/export" "$work/run/eval.jsonl" <<'PY' || fail "outputs are wrong"
 import json, pathlib, sys
 steps = [json.loads(l)["step"] for l in pathlib.Path(sys.argv[1]).read_text().splitlines()]
