@@ -288,6 +288,8 @@ int main(int argc, char** argv) {
   }
   if (!long_text.empty()) fmt::print("longest sample that trained: {} tokens\n", longest);
   results["longest_trained"] = longest;
-  if (!json_path.empty()) std::ofstream(json_path) << results.dump(2) << "\n";
+  if (!json_path.empty() && (*comm)->rank() == 0) {
+    std::ofstream(json_path) << results.dump(2) << "\n";  // rank 0 speaks for the job
+  }
   return 0;
 }

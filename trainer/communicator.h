@@ -40,8 +40,8 @@ class Communicator {
 };
 
 // [begin, end) of `total` elements owned by `rank` of `world`: equal ranges of PerRank elements,
-// the last ones shorter (or empty). PerRank is a multiple of kAlign, so that every range starts
-// 256-byte aligned and on a whole 32-bit word of a per-element bit mask (the GPU optimizer's
+// the last ones shorter (or empty). PerRank is a multiple of kAlign, so that every non-empty range
+// starts 256-byte aligned and on a whole 32-bit word of a per-element bit mask (the GPU optimizer's
 // weight-decay bits), and a buffer of Padded elements holds world equal ranges, the layout NCCL's
 // in-place reduce-scatter and all-gather need.
 struct ShardRange {

@@ -11,12 +11,14 @@
 #            (rwr-job.sbatch: requeued at its time limit, continuing OUT/eval.jsonl)
 #
 #   deploy/slurm/submit-pipeline.sh --config run.yaml --input qa.jsonl --teacher rwr://host:7700 \
-#     --out runs/rwr1 [--train-sbatch "--time 24:00:00 --gres gpu:1"] [--sbatch "--partition x"] \
+#     --out runs/rwr1 [--train-sbatch "--time 24:00:00 --ntasks-per-node 8 --gres gpu:8"] \
+#     [--sbatch "--partition x"] \
 #     [--eval-input heldout.jsonl] [--eval-sbatch "--gres gpu:1"]
 #
 # --config is one YAML for every stage (docs/configuration.md); the jobs run in the submitting
 # directory, so relative paths in it (build.tokenizer, model.init_from, ...) resolve against that.
-# Prints one line per job: stage and job id. RWR names the binary (default: rwr on PATH).
+# Prints one line per job: stage and job id. RWR names the binary (default: rwr on PATH). A train
+# job of several tasks trains data parallel, one rank per task (rwr-job.sbatch).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 rwr=${RWR:-rwr}
@@ -31,7 +33,7 @@ while (($#)); do
     --sbatch) sbatch_args=$2; shift 2 ;;
     --eval-input) eval_input=$2; shift 2 ;;
     --eval-sbatch) eval_sbatch=$2; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "submit-pipeline: unknown argument '$1' (--help)" >&2; exit 2 ;;
   esac
 done

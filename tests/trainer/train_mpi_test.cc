@@ -158,6 +158,15 @@ TEST_F(RWR_TEST_SUITE, TwoRanksTrainAsOneRankAccumulatingTwo) {
     stitched.insert(stitched.end(), part->exp_avg_sq.begin(), part->exp_avg_sq.end());
   }
   EXPECT_EQ(stitched, whole->exp_avg_sq);
+  // A rank's file missing: its range cannot be read (the other's still can).
+  const std::string damaged = TempDir("damaged");
+  fs::copy(*latest, damaged, fs::copy_options::recursive);
+  fs::remove(fs::path(damaged) / OptimizerFileName(1));
+  auto lacking = LoadCheckpoint(damaged);
+  ASSERT_FALSE(lacking.ok());
+  EXPECT_NE(lacking.status().message().find("a rank's file is missing"), std::string::npos)
+      << lacking.status();
+  EXPECT_TRUE(LoadCheckpoint(damaged, ShardRange::For(total, 0, 2)).ok());
   // And the parameters match the one-rank run's: within a few percent of one step's change (Adam
   // turns a rounding-sized gradient of either sign into a step of up to lr).
   auto other = LoadCheckpoint(*LatestCheckpoint(one + "/checkpoints"));

@@ -100,6 +100,28 @@ std::string ReadAll(const std::string& path) {
   return {std::istreambuf_iterator<char>(in), {}};
 }
 
+// Ranks own equal ranges that tile the layout, each starting on a multiple of kAlign (the GPU
+// optimizer's weight-decay words), in a buffer of Padded elements NCCL can gather in place.
+TEST(ShardRange, RangesTileTheLayoutAlignedAndPadded) {
+  for (const int64_t total : {int64_t{1}, int64_t{63}, int64_t{64}, int64_t{1000}, int64_t{591617}}) {
+    for (const int world : {1, 2, 3, 8, 100}) {
+      const int64_t per = ShardRange::PerRank(total, world);
+      EXPECT_EQ(per % ShardRange::kAlign, 0);
+      EXPECT_GE(ShardRange::Padded(total, world), total);
+      int64_t next = 0;
+      for (int r = 0; r < world; ++r) {
+        const ShardRange range = ShardRange::For(total, r, world);
+        EXPECT_EQ(range.begin, next) << total << " " << world << " " << r;
+        EXPECT_LE(range.size(), per);
+        if (range.size() > 0) EXPECT_EQ(range.begin % ShardRange::kAlign, 0);
+        if (range.end < total) EXPECT_EQ(range.size(), per);
+        next = range.end;
+      }
+      EXPECT_EQ(next, total) << total << " " << world;
+    }
+  }
+}
+
 TEST(Train, LossFallsOnALearnablePattern) {
   const std::string data = MakeDataset("learn", 48, 1);
   const std::string out = TempDir("learn_out");
