@@ -79,8 +79,7 @@ absl::Status MpiCommunicator::AllGather(std::span<float> data) {
   const int64_t total = static_cast<int64_t>(data.size());
   for (int owner = 0; owner < world_; ++owner) {
     const ShardRange range = ShardRange::For(total, owner, world_);
-    RWR_RETURN_IF_ERROR(
-        BroadcastPieces(data.data() + range.begin, range.size(), MPI_FLOAT, owner));
+    RWR_RETURN_IF_ERROR(BroadcastPieces(data.data() + range.begin, range.size(), MPI_FLOAT, owner));
   }
   return absl::OkStatus();
 }

@@ -12,13 +12,12 @@
 
 namespace rwr::trainer {
 
-absl::StatusOr<std::unique_ptr<DeviceCollectives>> DeviceCollectives::Create(
-    Communicator& host) {
+absl::StatusOr<std::unique_ptr<DeviceCollectives>> DeviceCollectives::Create(Communicator& host) {
   ncclUniqueId id;
   std::memset(&id, 0, sizeof(id));
   if (host.rank() == 0) RWR_NCCL(ncclGetUniqueId(&id));
-  RWR_RETURN_IF_ERROR(host.BroadcastBytes(
-      std::span<std::byte>(reinterpret_cast<std::byte*>(&id), sizeof(id)), 0));
+  RWR_RETURN_IF_ERROR(
+      host.BroadcastBytes(std::span<std::byte>(reinterpret_cast<std::byte*>(&id), sizeof(id)), 0));
   std::unique_ptr<DeviceCollectives> dc(new DeviceCollectives());
   dc->rank_ = host.rank();
   dc->world_ = host.world_size();
@@ -37,8 +36,7 @@ absl::Status DeviceCollectives::ReduceScatterSum(float* data, int64_t per_rank,
   return absl::OkStatus();
 }
 
-absl::Status DeviceCollectives::AllGather(void* data, int64_t per_rank_bytes,
-                                          cudaStream_t stream) {
+absl::Status DeviceCollectives::AllGather(void* data, int64_t per_rank_bytes, cudaStream_t stream) {
   char* bytes = static_cast<char*>(data);
   RWR_NCCL(ncclAllGather(bytes + per_rank_bytes * rank_, bytes, static_cast<size_t>(per_rank_bytes),
                          ncclUint8, comm_, stream));
@@ -68,10 +66,10 @@ absl::Status SelectCudaDevice(int local_rank) {
   // A launcher that gives each rank its own GPU (srun --gpus-per-task=1) leaves one visible.
   if (count == 1) local_rank = 0;
   if (local_rank >= count) {
-    return absl::FailedPreconditionError(fmt::format(
-        "rank {} is rank {} on host {}, which has {} GPU(s): start one rank per GPU "
-        "(mpirun -np / srun --ntasks-per-node = GPUs per node)",
-        ProcessRank(), local_rank, HostName(), count));
+    return absl::FailedPreconditionError(
+        fmt::format("rank {} is rank {} on host {}, which has {} GPU(s): start one rank per GPU "
+                    "(mpirun -np / srun --ntasks-per-node = GPUs per node)",
+                    ProcessRank(), local_rank, HostName(), count));
   }
   RWR_CUDA(cudaSetDevice(local_rank));
   return absl::OkStatus();

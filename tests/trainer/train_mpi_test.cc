@@ -232,9 +232,9 @@ TEST_F(RWR_TEST_SUITE, ResumesBitForBitAndOnAnotherNumberOfRanks) {
 TEST_F(RWR_TEST_SUITE, SigusrToMpirunStopsEveryRankAtOneStep) {
   const std::string data = MakeDataset(24);
   const std::string out = TempDir("signal");
-  const std::string cmd =
-      fmt::format("exec {} {} --set train.steps=100000 --set train.checkpoint_every=0 > {}/log 2>&1",
-                  Launcher(2), TrainArgs(data, out, 1, 1, 100000), TempDir("signal_log"));
+  const std::string cmd = fmt::format(
+      "exec {} {} --set train.steps=100000 --set train.checkpoint_every=0 > {}/log 2>&1",
+      Launcher(2), TrainArgs(data, out, 1, 1, 100000), TempDir("signal_log"));
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
