@@ -19,6 +19,7 @@
 #include "nlohmann/json.hpp"
 #include "storage/safetensors.h"
 #include "storage/shard.h"
+#include "tests/support/shard_dataset.h"
 #include "tests/trainer/hf_fixture.h"
 #include "trainer/checkpoint.h"
 #include "trainer/mamba_cuda_kernels.h"
@@ -364,11 +365,7 @@ std::string MakeDataset(const std::string& dir) {
       EXPECT_TRUE(writer.AddDocument(tokens, mask).ok());
     }
   }
-  EXPECT_TRUE(writer.Finish().ok());
-  manifest.shards.push_back({"shard_0.rws", writer.num_rows(), writer.num_documents(),
-                             writer.num_tokens(), writer.num_loss_tokens(),
-                             writer.payload_sha256_hex()});
-  EXPECT_TRUE(manifest.Save(dir).ok());
+  rwr::testing::FinishOneShardDataset(writer, manifest, dir, "shard_0.rws");
   return dir;
 }
 

@@ -15,6 +15,7 @@
 
 #include "fmt/format.h"
 #include "storage/shard.h"
+#include "tests/support/shard_dataset.h"
 #include "tests/support/temp_dir.h"
 #include "trainer/checkpoint.h"
 #include "trainer/model_io.h"
@@ -57,11 +58,7 @@ std::string MakeDataset(int rows) {
     }
     EXPECT_TRUE(writer.AddDocument(tokens, mask).ok());
   }
-  EXPECT_TRUE(writer.Finish().ok());
-  manifest.shards.push_back({"shard_0.rws", writer.num_rows(), writer.num_documents(),
-                             writer.num_tokens(), writer.num_loss_tokens(),
-                             writer.payload_sha256_hex()});
-  EXPECT_TRUE(manifest.Save(dir).ok());
+  rwr::testing::FinishOneShardDataset(writer, manifest, dir, "shard_0.rws");
   return dir;
 }
 

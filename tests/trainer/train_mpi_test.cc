@@ -20,6 +20,8 @@
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 #include "storage/shard.h"
+#include "tests/support/run_rwr.h"
+#include "tests/support/shard_dataset.h"
 #include "tests/support/temp_dir.h"
 #include "trainer/checkpoint.h"
 #include "trainer/communicator.h"
@@ -40,10 +42,7 @@ std::string TempDir(const std::string& name) {
   return rwr::testing::FreshTempDir("mpi_" + kDevice, name);
 }
 
-struct CommandResult {
-  int exit_code;
-  std::string output;
-};
+using rwr::testing::CommandResult;
 
 // mpirun may run as root in CI containers only when told so; more ranks than cores is asked for.
 std::string Launcher(int ranks) {
@@ -55,11 +54,7 @@ std::string Launcher(int ranks) {
 
 // `ranks` 0: the plain binary (one rank, no launcher).
 CommandResult RunRwr(int ranks, const std::string& args) {
-  const std::string log = TempDir("log") + "/out";
-  const int status =
-      std::system(fmt::format("{} {} > {} 2>&1", Launcher(ranks), args, log).c_str());
-  std::ifstream in(log);
-  return {WEXITSTATUS(status), {std::istreambuf_iterator<char>(in), {}}};
+  return rwr::testing::RunShell(fmt::format("{} {} 2>&1", Launcher(ranks), args));
 }
 
 std::string MakeDataset(int rows) {
@@ -78,11 +73,7 @@ std::string MakeDataset(int rows) {
     }
     EXPECT_TRUE(writer.AddDocument(tokens, mask).ok());
   }
-  EXPECT_TRUE(writer.Finish().ok());
-  manifest.shards.push_back({"shard_0.rws", writer.num_rows(), writer.num_documents(),
-                             writer.num_tokens(), writer.num_loss_tokens(),
-                             writer.payload_sha256_hex()});
-  EXPECT_TRUE(manifest.Save(dir).ok());
+  rwr::testing::FinishOneShardDataset(writer, manifest, dir, "shard_0.rws");
   return dir;
 }
 

@@ -18,6 +18,7 @@
 #include "nlohmann/json.hpp"
 #include "storage/safetensors.h"
 #include "storage/shard.h"
+#include "tests/support/shard_dataset.h"
 #include "tests/support/temp_dir.h"
 #include "trainer/checkpoint.h"
 #include "trainer/export.h"
@@ -56,11 +57,7 @@ std::string MakeDataset(const std::string& name, int rows, uint64_t seed, uint32
       EXPECT_TRUE(writer.AddDocument(tokens, mask).ok());
     }
   }
-  EXPECT_TRUE(writer.Finish().ok());
-  manifest.shards.push_back({"shard_0.rws", writer.num_rows(), writer.num_documents(),
-                             writer.num_tokens(), writer.num_loss_tokens(),
-                             writer.payload_sha256_hex()});
-  EXPECT_TRUE(manifest.Save(dir).ok());
+  rwr::testing::FinishOneShardDataset(writer, manifest, dir, "shard_0.rws");
   return dir;
 }
 
