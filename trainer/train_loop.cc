@@ -706,11 +706,23 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
 #endif
     state.loader_position_json = loader->position().ToJson();
     state.rng_state = rng.state();
-    CheckpointData data{model_config,       params,       range.begin, range.end, adamw.exp_avg(),
-                        adamw.exp_avg_sq(), adamw.step(), state};
-    RWR_ASSIGN_OR_RETURN(
-        result.last_checkpoint,
-        SaveCheckpoint(checkpoints_dir, data, static_cast<int>(s.keep_checkpoints), comm));
+    // Lent to the save and taken back (a copy would be another 11 GB per rank at 2.8B); only
+    // rank 0 writes the weights.
+    const bool lead = comm->rank() == 0;
+    CheckpointData data{model_config,
+                        lead ? std::move(params) : std::vector<float>(),
+                        range.begin,
+                        range.end,
+                        std::move(adamw.exp_avg()),
+                        std::move(adamw.exp_avg_sq()),
+                        adamw.step(),
+                        state};
+    absl::StatusOr<std::string> saved =
+        SaveCheckpoint(checkpoints_dir, data, static_cast<int>(s.keep_checkpoints), comm);
+    if (lead) params = std::move(data.params);
+    adamw.exp_avg() = std::move(data.exp_avg);
+    adamw.exp_avg_sq() = std::move(data.exp_avg_sq);
+    RWR_ASSIGN_OR_RETURN(result.last_checkpoint, std::move(saved));
     spdlog::info("train: checkpoint {}", result.last_checkpoint);
 #ifdef RWR_TRAINER_HAVE_CUDA
     if (gpu) RWR_RETURN_IF_ERROR(gemm_algos.SaveNew(*gpu));  // the shapes evals timed, too
