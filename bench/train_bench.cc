@@ -112,16 +112,20 @@ int main(int argc, char** argv) {
     return 1;
   }
   const int world = (*comm)->world_size();
+  // A rank that fails alone ends every rank (the others would wait in NCCL for it).
+  auto fail = [&](const absl::Status& status) {
+    fmt::print(stderr, "{}\n", std::string(status.message()));
+    (*comm)->Abort(1);
+    return 1;
+  };
   std::unique_ptr<rwr::trainer::DeviceCollectives> collectives;
   if (auto s = rwr::trainer::SelectCudaDevice((*comm)->local_rank()); !s.ok()) {
-    fmt::print(stderr, "{}\n", std::string(s.message()));
-    return 1;
+    return fail(s);
   }
   if (world > 1) {
     auto dc = rwr::trainer::DeviceCollectives::Create(**comm);
     if (!dc.ok()) {
-      fmt::print(stderr, "{}\n", std::string(dc.status().message()));
-      return 1;
+      return fail(dc.status());
     }
     collectives = std::move(*dc);
     if ((*comm)->rank() != 0) std::freopen("/dev/null", "w", stdout);
@@ -129,27 +133,23 @@ int main(int argc, char** argv) {
 
   auto config = rwr::Config::LoadFile(model_path);
   if (!config.ok()) {
-    fmt::print(stderr, "{}\n", std::string(config.status().message()));
-    return 1;
+    return fail(config.status());
   }
   auto mc = rwr::trainer::ModelConfigFromRunConfig(*config);
   if (!mc.ok()) {
-    fmt::print(stderr, "{}\n", std::string(mc.status().message()));
-    return 1;
+    return fail(mc.status());
   }
   const double N = static_cast<double>(mc->NumParameters());
   fmt::print("model {}\n", mc->Summary());
   auto model = rwr::trainer::MambaCuda::Create(
       *mc, precision == "fp32" ? GemmPrecision::kFp32 : GemmPrecision::kBf16, collectives.get());
   if (!model.ok()) {
-    fmt::print(stderr, "{}\n", std::string(model.status().message()));
-    return 1;
+    return fail(model.status());
   }
   {
     const auto params = rwr::trainer::InitParams(*mc, 1);
     if (auto s = (*model)->UploadParams(params); !s.ok()) {
-      fmt::print(stderr, "{}\n", std::string(s.message()));
-      return 1;
+      return fail(s);
     }
   }
   cudaDeviceProp prop{};
@@ -276,12 +276,20 @@ int main(int argc, char** argv) {
              mc->Summary(), precision, steps);
   for (const Case& c : ParseCases(cases_text)) {
     nlohmann::json r;
-    if (run_case(c, steps, &r)) results["cases"].push_back(r);
+    if (run_case(c, steps, &r)) {
+      results["cases"].push_back(r);
+    } else if (world > 1) {
+      return fail(absl::AbortedError("a case failed on this rank"));
+    }
   }
   int64_t longest = 0;
   for (const Case& c : ParseCases(long_text)) {
     nlohmann::json r;
-    if (!run_case(c, 1, &r)) break;
+    if (!run_case(c, 1, &r)) {
+      // Under mpirun the ranks would part ways here (one out of memory, another not).
+      if (world > 1) return fail(absl::AbortedError("a long case failed on this rank"));
+      break;
+    }
     r["long"] = true;
     results["cases"].push_back(r);
     longest = c.T;

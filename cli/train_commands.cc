@@ -36,15 +36,16 @@ void RegisterTrainCommands(CLI::App& app) {
     // First: the rank is known before anything logs (only rank 0 logs info lines).
     RWR_ASSIGN_OR_RETURN(std::unique_ptr<trainer::Communicator> comm,
                          trainer::CommunicatorForThisProcess());
-    RWR_ASSIGN_OR_RETURN(Config config,
-                         ResolveConfig(*options, trainer::DefaultTrainConfig(), "train"));
-    absl::StatusOr<trainer::TrainResult> trained = trainer::Train(config, comm.get());
-    if (!trained.ok() && comm->world_size() > 1) {
-      // This rank failed alone, maybe: the others would wait in a collective for it forever.
-      spdlog::error("train: {}", std::string(trained.status().message()));
+    absl::StatusOr<Config> config =
+        ResolveConfig(*options, trainer::DefaultTrainConfig(), "train");
+    if (!config.ok() && comm->world_size() > 1) {
+      // Maybe this rank alone (a file its node cannot read): the others would wait for it.
+      spdlog::error("train: {}", std::string(config.status().message()));
       comm->Abort(1);
     }
-    RWR_ASSIGN_OR_RETURN(trainer::TrainResult result, std::move(trained));
+    RWR_RETURN_IF_ERROR(config.status());
+    // Train ends the whole job itself where a rank fails in it.
+    RWR_ASSIGN_OR_RETURN(trainer::TrainResult result, trainer::Train(*config, comm.get()));
     if (comm->rank() != 0) return absl::OkStatus();  // rank 0 reports for the job
     if (result.nothing_to_do || result.final_step == result.start_step) {
       std::cout << fmt::format("train: no step run{}; at step {}, checkpoint {}\n",

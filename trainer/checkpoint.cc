@@ -270,6 +270,14 @@ absl::StatusOr<CheckpointData> LoadCheckpoint(const std::string& dir,
   data.config = model.config;
   data.params = std::move(model.params);
   RWR_ASSIGN_OR_RETURN(data.state, ReadTrainerState(dir));
+  // Every rank's file, whichever part this reader needs: a checkpoint missing one is damaged
+  // for every reader alike.
+  for (int rank = 0; rank < std::max(1, data.state.world_size); ++rank) {
+    if (!fs::exists(fs::path(dir) / OptimizerFileName(rank))) {
+      return absl::DataLossError(fmt::format("{}: written by {} ranks but {} is missing", dir,
+                                             data.state.world_size, OptimizerFileName(rank)));
+    }
+  }
   const ShardRange want = range.value_or(ShardRange{0, static_cast<int64_t>(data.params.size())});
   data.opt_begin = want.begin;
   data.opt_end = want.end;

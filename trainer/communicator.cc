@@ -11,9 +11,14 @@
 namespace rwr::trainer {
 
 bool LaunchedByMpi() {
-  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"}) {
-    if (std::getenv(name) != nullptr) return true;
-  }
+  auto number = [](const char* name) {
+    const char* value = std::getenv(name);
+    return value != nullptr ? std::atoi(value) : 0;
+  };
+  if (const int size = number("OMPI_COMM_WORLD_SIZE"); size > 0) return size > 1;
+  if (std::getenv("PMI_RANK") != nullptr) return number("PMI_SIZE") > 1;
+  // srun --mpi=pmix: PMIx names no size; Slurm does.
+  if (std::getenv("PMIX_RANK") != nullptr) return number("SLURM_NTASKS") > 1;
   return false;
 }
 

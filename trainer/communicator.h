@@ -80,8 +80,9 @@ class SingleRankCommunicator final : public Communicator {
 // an error that says so. Sets the process rank for logging (common/process.h).
 absl::StatusOr<std::unique_ptr<Communicator>> CommunicatorForThisProcess();
 
-// Whether the environment names an MPI launch: OMPI_COMM_WORLD_SIZE (Open MPI's mpirun),
-// PMIX_RANK (srun --mpi=pmix, Open MPI 5) or PMI_RANK (MPICH's launchers, srun --mpi=pmi2).
+// Whether an MPI launcher started this process as one of several ranks: OMPI_COMM_WORLD_SIZE
+// (Open MPI's mpirun), PMI_RANK with PMI_SIZE (MPICH's launchers, srun --mpi=pmi2) or PMIX_RANK
+// with SLURM_NTASKS (srun --mpi=pmix). One rank needs no MPI (a build without it still trains).
 bool LaunchedByMpi();
 
 }  // namespace rwr::trainer

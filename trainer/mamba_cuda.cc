@@ -295,8 +295,15 @@ struct MambaCuda::Impl {
     return absl::OkStatus();
   }
   // The stream waits until parameter bucket k has arrived (nothing without data parallelism).
+  // Not while a decode graph is captured: a captured stream may not wait for another stream's
+  // event, and Advance waited for every bucket before it.
   absl::Status AwaitBucket(size_t k) {
-    if (dp != nullptr) RWR_CUDA(cudaStreamWaitEvent(stream, bucket_ready[k]));
+    if (dp == nullptr) return absl::OkStatus();
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    RWR_CUDA(cudaStreamIsCapturing(stream, &capturing));
+    if (capturing == cudaStreamCaptureStatusNone) {
+      RWR_CUDA(cudaStreamWaitEvent(stream, bucket_ready[k]));
+    }
     return absl::OkStatus();
   }
   absl::Status AwaitAllParams() { return AwaitBucket(bucket_ready.size() - 1); }

@@ -40,6 +40,11 @@ absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create() {
     // Collectives come from the training thread only; FUNNELED keeps MPI's locking out.
     int provided = 0;
     RWR_MPI(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
+    if (provided < MPI_THREAD_FUNNELED) {
+      return absl::FailedPreconditionError(
+          "this MPI library offers no thread support (MPI_THREAD_FUNNELED), which rwr train's "
+          "worker threads need beside the collectives");
+    }
   }
   RWR_MPI(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
   std::unique_ptr<MpiCommunicator> comm(new MpiCommunicator());

@@ -18,6 +18,9 @@ absl::StatusOr<std::unique_ptr<DeviceCollectives>> DeviceCollectives::Create(Com
   if (host.rank() == 0) RWR_NCCL(ncclGetUniqueId(&id));
   RWR_RETURN_IF_ERROR(
       host.BroadcastBytes(std::span<std::byte>(reinterpret_cast<std::byte*>(&id), sizeof(id)), 0));
+  // Some MPIs complete a broadcast only at a later MPI call; ncclCommInitRank blocks until every
+  // rank has joined, so every rank has the id first.
+  RWR_RETURN_IF_ERROR(host.Barrier());
   std::unique_ptr<DeviceCollectives> dc(new DeviceCollectives());
   dc->rank_ = host.rank();
   dc->world_ = host.world_size();
@@ -33,13 +36,6 @@ absl::Status DeviceCollectives::ReduceScatterSum(float* data, int64_t per_rank,
                                                  cudaStream_t stream) {
   RWR_NCCL(ncclReduceScatter(data, data + per_rank * rank_, static_cast<size_t>(per_rank),
                              ncclFloat32, ncclSum, comm_, stream));
-  return absl::OkStatus();
-}
-
-absl::Status DeviceCollectives::AllGather(void* data, int64_t per_rank_bytes, cudaStream_t stream) {
-  char* bytes = static_cast<char*>(data);
-  RWR_NCCL(ncclAllGather(bytes + per_rank_bytes * rank_, bytes, static_cast<size_t>(per_rank_bytes),
-                         ncclUint8, comm_, stream));
   return absl::OkStatus();
 }
 

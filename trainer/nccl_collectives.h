@@ -1,7 +1,8 @@
 // Collectives over device memory for data-parallel training on GPUs: one NCCL communicator over
 // the job's ranks (one GPU each), bootstrapped through the host Communicator (rank 0's NCCL
 // unique id broadcast to the others). MambaCuda uses it for ZeRO-1: the gradients reduce-scattered
-// over the ranks' ShardRanges, each rank's updated range all-gathered back. In-place operations
+// over the ranks' ShardRanges, each rank's updated range broadcast back by its owner, bucket by
+// bucket (Broadcast). In-place operations
 // on buffers of world_size equal ranges (ShardRange::Padded elements). NCCL's reductions have a
 // fixed order for a given world size and topology: a run repeats its bits.
 #pragma once
@@ -33,9 +34,6 @@ class DeviceCollectives {
   // `data` holds world_size ranges of `per_rank` floats; range rank() ends as the sum of every
   // rank's range rank() (the other ranges are left undefined).
   absl::Status ReduceScatterSum(float* data, int64_t per_rank, cudaStream_t stream);
-  // `data` holds world_size ranges of `per_rank_bytes`; range r is rank r's input, and every rank
-  // ends with all of them.
-  absl::Status AllGather(void* data, int64_t per_rank_bytes, cudaStream_t stream);
   absl::Status AllReduceSum(double* data, int64_t n, cudaStream_t stream);
   // In one NCCL group: each piece's bytes from its root rank to every other rank (in place).
   struct Piece {

@@ -264,16 +264,46 @@ absl::Status CheckCheckpointsListable(const std::string& dir) {
       dir, ec.message()));
 }
 
+// The checkpoints rank 0 lists, on every rank: another node's view of a shared file system may
+// lag, and every rank must try the same candidates in the same order.
+absl::StatusOr<std::vector<std::string>> AgreedListing(const std::string& dir,
+                                                       Communicator* comm) {
+  std::vector<std::string> all = ListCheckpoints(dir);
+  if (comm->world_size() == 1) return all;
+  std::string joined;
+  for (const std::string& path : all) joined += path + "\n";
+  int64_t size = static_cast<int64_t>(joined.size());
+  RWR_RETURN_IF_ERROR(comm->BroadcastBytes(
+      std::span<std::byte>(reinterpret_cast<std::byte*>(&size), sizeof(size)), 0));
+  joined.resize(size);
+  RWR_RETURN_IF_ERROR(comm->BroadcastBytes(
+      std::span<std::byte>(reinterpret_cast<std::byte*>(joined.data()), joined.size()), 0));
+  all.clear();
+  for (size_t at = 0; at < joined.size();) {
+    const size_t end = joined.find('\n', at);
+    all.push_back(joined.substr(at, end - at));
+    at = end + 1;
+  }
+  return all;
+}
+
+// The newest checkpoint that every rank can read (each its own optimizer range), or nullopt where
+// there is none. All ranks take the same one: a checkpoint one rank cannot read is passed over by
+// all.
 absl::StatusOr<std::optional<Resumed>> LoadNewestCheckpoint(const std::string& dir,
-                                                            const ShardRange& range) {
-  const std::vector<std::string> all = ListCheckpoints(dir);
+                                                            const ShardRange& range,
+                                                            Communicator* comm) {
+  RWR_ASSIGN_OR_RETURN(const std::vector<std::string> all, AgreedListing(dir, comm));
   std::string newest_error;
   for (auto it = all.rbegin(); it != all.rend(); ++it) {
     absl::StatusOr<CheckpointData> data = LoadCheckpoint(*it, range);
-    if (data.ok()) return Resumed{*it, *std::move(data)};
-    if (newest_error.empty()) newest_error = std::string(data.status().message());
-    spdlog::warn("train: checkpoint {} cannot be read ({}); {}", *it,
-                 std::string(data.status().message()),
+    std::vector<double> failed = {data.ok() ? 0.0 : 1.0};
+    RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(failed)));
+    if (failed[0] == 0) return Resumed{*it, *std::move(data)};
+    const std::string why = data.ok() ? std::string("another rank cannot read its part")
+                                      : std::string(data.status().message());
+    if (newest_error.empty()) newest_error = why;
+    spdlog::warn("train: checkpoint {} cannot be read ({}); {}", *it, why,
                  std::next(it) != all.rend() ? "trying the one before" : "none left");
   }
   if (!all.empty()) {
@@ -494,7 +524,18 @@ absl::StatusOr<MambaConfig> ModelConfigFromRunConfig(const Config& config) {
   return MambaConfig::FromJson(YamlToJson(node), "config section 'model'");
 }
 
-absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
+namespace {
+
+// The GPU side of a run, owned by Train (see there).
+struct GpuSide {
+#ifdef RWR_TRAINER_HAVE_CUDA
+  std::unique_ptr<DeviceCollectives> collectives;  // declared first: it outlives the model
+  std::unique_ptr<MambaCuda> model;
+#endif
+};
+
+absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* comm,
+                                         GpuSide* side) {
   RWR_ASSIGN_OR_RETURN(Settings s, ReadSettings(config));
   SetCpuThreads(s.threads);
   RWR_ASSIGN_OR_RETURN(MambaConfig model_config, ModelConfigFromRunConfig(config));
@@ -570,7 +611,7 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
   Rng rng(s.seed);
   std::optional<Resumed> resumed;
   if (s.resume) {
-    RWR_ASSIGN_OR_RETURN(resumed, LoadNewestCheckpoint(checkpoints_dir, range));
+    RWR_ASSIGN_OR_RETURN(resumed, LoadNewestCheckpoint(checkpoints_dir, range, comm));
   }
   if (resumed) {
     CheckpointData& ckpt = resumed->data;
@@ -624,14 +665,24 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
   // GPU per rank, the ranks' gradients summed over NCCL) or the CPU reference.
   bool use_cuda = false;
 #ifdef RWR_TRAINER_HAVE_CUDA
-  std::unique_ptr<MambaCuda> gpu;
-  std::unique_ptr<DeviceCollectives> collectives;
+  std::unique_ptr<MambaCuda>& gpu = side->model;
+  std::unique_ptr<DeviceCollectives>& collectives = side->collectives;
   // Each rank keeps its own: ranks time the GEMMs apart, and a resumed rank must run what it ran.
   GemmAlgosFile gemm_algos(out_dir / (comm->rank() == 0
                                           ? std::string("gemm_algos.json")
                                           : fmt::format("gemm_algos.rank{:05d}.json", comm->rank())));
   use_cuda = s.device == "cuda" ||
              (s.device == "auto" && CudaDeviceAvailable() && model_config.d_state == 16);
+  if (comm->world_size() > 1) {  // `auto` decides per rank: one without a GPU would not match
+    std::vector<double> on_gpu = {use_cuda ? 1.0 : 0.0};
+    RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(on_gpu)));
+    if (on_gpu[0] != 0 && on_gpu[0] != comm->world_size()) {
+      return absl::FailedPreconditionError(fmt::format(
+          "{} of {} ranks found a GPU (train.device={}): every rank must train on the same kind "
+          "of device; check the GPUs of the nodes, or set train.device",
+          on_gpu[0], comm->world_size(), s.device));
+    }
+  }
   if (use_cuda) {
     RWR_RETURN_IF_ERROR(SelectCudaDevice(comm->local_rank()));
     if (comm->world_size() > 1) {
@@ -920,6 +971,21 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
   }
   RWR_RETURN_IF_ERROR(save());
   return finish(/*interrupted=*/false);
+}
+
+}  // namespace
+
+absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
+  // The GPU model and the NCCL communicator live here, so that a rank failing alone ends the job
+  // (Abort) before their teardown, which may wait for the other ranks — who wait in a collective
+  // for this one.
+  GpuSide side;
+  absl::StatusOr<TrainResult> result = TrainOnRanks(config, comm, &side);
+  if (!result.ok() && comm->world_size() > 1) {
+    spdlog::error("train: {}", std::string(result.status().message()));
+    comm->Abort(1);
+  }
+  return result;
 }
 
 }  // namespace rwr::trainer

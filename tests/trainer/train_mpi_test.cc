@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 #include "fmt/format.h"
@@ -149,15 +150,19 @@ TEST_F(RWR_TEST_SUITE, TwoRanksTrainAsOneRankAccumulatingTwo) {
     stitched.insert(stitched.end(), part->exp_avg_sq.begin(), part->exp_avg_sq.end());
   }
   EXPECT_EQ(stitched, whole->exp_avg_sq);
-  // A rank's file missing: its range cannot be read (the other's still can).
+  // A rank's file missing: the checkpoint is damaged for every reader, whatever range it reads.
   const std::string damaged = TempDir("damaged");
   fs::copy(*latest, damaged, fs::copy_options::recursive);
   fs::remove(fs::path(damaged) / OptimizerFileName(1));
-  auto lacking = LoadCheckpoint(damaged);
-  ASSERT_FALSE(lacking.ok());
-  EXPECT_NE(lacking.status().message().find("a rank's file is missing"), std::string::npos)
-      << lacking.status();
-  EXPECT_TRUE(LoadCheckpoint(damaged, ShardRange::For(total, 0, 2)).ok());
+  for (const std::optional<ShardRange> range :
+       {std::optional<ShardRange>(), std::optional(ShardRange::For(total, 0, 2))}) {
+    auto lacking = LoadCheckpoint(damaged, range);
+    ASSERT_FALSE(lacking.ok());
+    EXPECT_NE(lacking.status().message().find(
+                  "written by 2 ranks but optimizer_rank00001.safetensors is missing"),
+              std::string::npos)
+        << lacking.status();
+  }
   // And the parameters match the one-rank run's: within a few percent of one step's change (Adam
   // turns a rounding-sized gradient of either sign into a step of up to lr).
   auto other = LoadCheckpoint(*LatestCheckpoint(one + "/checkpoints"));
@@ -218,6 +223,23 @@ TEST_F(RWR_TEST_SUITE, ResumesBitForBitAndOnAnotherNumberOfRanks) {
               r < ranks)
         << r;
   }
+}
+
+// The newest checkpoint lacks rank 1's file: rank 0 could read its own part, but every rank goes
+// back to the checkpoint before (mixing steps would train on mismatched state).
+TEST_F(RWR_TEST_SUITE, ADamagedRankFileSendsEveryRankToTheCheckpointBefore) {
+  const std::string data = MakeDataset(24);
+  const std::string out = TempDir("damaged_run");
+  ASSERT_EQ(RunRwr(2, TrainArgs(data, out, 1, 1, 4)).exit_code, 0);
+  fs::remove(fs::path(out) / "checkpoints/step_00000004" / OptimizerFileName(1));
+  CommandResult resumed = RunRwr(2, TrainArgs(data, out, 1, 1, 6));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resuming from " + out + "/checkpoints/step_00000002 (step 2)"),
+            std::string::npos)
+      << resumed.output;
+  std::vector<int64_t> steps;
+  for (const auto& record : Metrics(out)) steps.push_back(record["step"]);
+  EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6}));
 }
 
 TEST_F(RWR_TEST_SUITE, SigusrToMpirunStopsEveryRankAtOneStep) {
