@@ -74,8 +74,7 @@ std::optional<int64_t> StepOf(const std::string& name) {
 absl::Status WriteRankFiles(const fs::path& dir, const CheckpointData& data, int rank, bool lead) {
   if (lead) {
     RWR_RETURN_IF_ERROR(SaveModelDir(dir.string(), data.config, data.params));
-    RWR_RETURN_IF_ERROR(
-        WriteText(dir / "trainer_state.json", data.state.ToJson().dump(2) + "\n"));
+    RWR_RETURN_IF_ERROR(WriteText(dir / "trainer_state.json", data.state.ToJson().dump(2) + "\n"));
   }
   storage::SafetensorsWriter opt;
   opt.SetMetadata("range_begin", std::to_string(data.opt_begin));
@@ -251,24 +250,46 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
     if (lead) fs::remove_all(tmp, ec);
     return written;
   }
-  RWR_RETURN_IF_ERROR(
-      Agree(comm, lead ? Publish(checkpoints_dir, tmp, final_dir, data.state.step)
-                       : absl::OkStatus(),
-            "to publish the checkpoint"));
+  RWR_RETURN_IF_ERROR(Agree(
+      comm, lead ? Publish(checkpoints_dir, tmp, final_dir, data.state.step) : absl::OkStatus(),
+      "to publish the checkpoint"));
   if (lead && keep > 0) PruneCheckpoints(checkpoints_dir, data.state.step, keep);
   return final_dir.string();
 }
 
+// The elements [lo, hi) of a F32 tensor holding [begin, end), copied out of the mapped file: only
+// the pages of the slice are read.
+absl::Status CopySlice(const storage::SafetensorsFile& file, std::string_view name, int64_t begin,
+                       int64_t end, int64_t lo, int64_t hi, float* out) {
+  const storage::TensorInfo* info = file.Find(name);
+  if (info == nullptr || info->dtype != storage::DType::kF32 ||
+      info->NumElements() != end - begin) {
+    return absl::DataLossError(
+        fmt::format("{}: {} is not {} F32 values (its range)", file.path(), name, end - begin));
+  }
+  RWR_ASSIGN_OR_RETURN(std::span<const uint8_t> bytes, file.Bytes(name));
+  std::memcpy(out, bytes.data() + (lo - begin) * 4, (hi - lo) * 4);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<CheckpointData> LoadCheckpoint(const std::string& dir,
-                                              std::optional<ShardRange> range) {
+                                              std::optional<ShardRange> range, bool weights) {
   if (!fs::exists(fs::path(dir) / "DONE")) {
     return absl::FailedPreconditionError(
         fmt::format("{}: incomplete checkpoint (no DONE marker)", dir));
   }
   CheckpointData data;
-  RWR_ASSIGN_OR_RETURN(LoadedModel model, LoadModelDir(dir));
-  data.config = model.config;
-  data.params = std::move(model.params);
+  int64_t total = 0;
+  if (weights) {
+    RWR_ASSIGN_OR_RETURN(LoadedModel model, LoadModelDir(dir));
+    data.config = model.config;
+    data.params = std::move(model.params);
+    total = static_cast<int64_t>(data.params.size());
+  } else {
+    RWR_ASSIGN_OR_RETURN(data.config,
+                         MambaConfig::FromJsonFile((fs::path(dir) / "config.json").string()));
+    total = ParamLayout::ForMamba(data.config).total();
+  }
   RWR_ASSIGN_OR_RETURN(data.state, ReadTrainerState(dir));
   // Every rank's file, whichever part this reader needs: a checkpoint missing one is damaged
   // for every reader alike.
@@ -278,7 +299,7 @@ absl::StatusOr<CheckpointData> LoadCheckpoint(const std::string& dir,
                                              data.state.world_size, OptimizerFileName(rank)));
     }
   }
-  const ShardRange want = range.value_or(ShardRange{0, static_cast<int64_t>(data.params.size())});
+  const ShardRange want = range.value_or(ShardRange{0, total});
   data.opt_begin = want.begin;
   data.opt_end = want.end;
   data.exp_avg.assign(want.size(), 0.f);
@@ -300,24 +321,17 @@ absl::StatusOr<CheckpointData> LoadCheckpoint(const std::string& dir,
       return absl::DataLossError(fmt::format("{}: optimizer metadata missing", opt->path()));
     }
     if (step && *step != file_step) {
-      return absl::DataLossError(fmt::format(
-          "{}: optimizer step {} disagrees with the other ranks' {}", opt->path(), file_step,
-          *step));
+      return absl::DataLossError(
+          fmt::format("{}: optimizer step {} disagrees with the other ranks' {}", opt->path(),
+                      file_step, *step));
     }
     step = file_step;
     const int64_t lo = std::max(begin, want.begin), hi = std::min(end, want.end);
     if (lo >= hi) continue;
-    RWR_ASSIGN_OR_RETURN(std::vector<float> m, opt->ReadFloat("exp_avg"));
-    RWR_ASSIGN_OR_RETURN(std::vector<float> v, opt->ReadFloat("exp_avg_sq"));
-    if (static_cast<int64_t>(m.size()) != end - begin ||
-        static_cast<int64_t>(v.size()) != end - begin) {
-      return absl::DataLossError(
-          fmt::format("{}: moment size disagrees with its range", opt->path()));
-    }
-    std::copy(m.begin() + (lo - begin), m.begin() + (hi - begin),
-              data.exp_avg.begin() + (lo - want.begin));
-    std::copy(v.begin() + (lo - begin), v.begin() + (hi - begin),
-              data.exp_avg_sq.begin() + (lo - want.begin));
+    RWR_RETURN_IF_ERROR(
+        CopySlice(*opt, "exp_avg", begin, end, lo, hi, data.exp_avg.data() + (lo - want.begin)));
+    RWR_RETURN_IF_ERROR(CopySlice(*opt, "exp_avg_sq", begin, end, lo, hi,
+                                  data.exp_avg_sq.data() + (lo - want.begin)));
     covered += hi - lo;
   }
   if (!step) {

@@ -72,10 +72,13 @@ std::vector<std::string> ListCheckpoints(const std::string& checkpoints_dir);
 std::optional<std::string> LatestCheckpoint(const std::string& checkpoints_dir);
 
 // Reads a checkpoint with the AdamW moments of `range` (default: the whole layout), taken from
-// whichever rank files cover it: any number of ranks may have written it. A part not covered is
-// an error.
+// whichever rank files cover it: any number of ranks may have written it (only the slice is read
+// from each). A missing rank file or a part not covered is an error. Without `weights`,
+// `params` stays empty (a rank that gets them from rank 0) and only config.json is read of the
+// model.
 absl::StatusOr<CheckpointData> LoadCheckpoint(const std::string& dir,
-                                              std::optional<ShardRange> range = std::nullopt);
+                                              std::optional<ShardRange> range = std::nullopt,
+                                              bool weights = true);
 
 // Resolves what a user passes to `rwr checkpoint inspect` / `rwr export`: a step directory, a
 // checkpoints directory or a run directory (→ its newest complete checkpoint).

@@ -296,7 +296,8 @@ absl::StatusOr<std::optional<Resumed>> LoadNewestCheckpoint(const std::string& d
   RWR_ASSIGN_OR_RETURN(const std::vector<std::string> all, AgreedListing(dir, comm));
   std::string newest_error;
   for (auto it = all.rbegin(); it != all.rend(); ++it) {
-    absl::StatusOr<CheckpointData> data = LoadCheckpoint(*it, range);
+    // Rank 0's weights are broadcast to the others, who need not read them.
+    absl::StatusOr<CheckpointData> data = LoadCheckpoint(*it, range, comm->rank() == 0);
     std::vector<double> failed = {data.ok() ? 0.0 : 1.0};
     RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(failed)));
     if (failed[0] == 0) return Resumed{*it, *std::move(data)};
@@ -659,6 +660,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     result.nothing_to_do = true;
     return result;
   }
+  params.resize(layout.total());  // a resumed rank other than 0 read no weights
   RWR_RETURN_IF_ERROR(comm->Broadcast(params, 0));
 
   // Where the steps run: the CUDA model (parameters, gradients and AdamW state on the GPU, one
