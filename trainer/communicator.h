@@ -23,8 +23,9 @@ class Communicator {
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int world_size() const = 0;
-  // This rank's index among the ranks on its host (which GPU it takes).
+  // This rank's index among the ranks on its host (which GPU it takes), and their number.
   virtual int local_rank() const = 0;
+  virtual int local_size() const = 0;
   // In place: every rank ends with the element-wise sum over ranks.
   virtual absl::Status AllReduceSum(std::span<float> data) = 0;
   virtual absl::Status AllReduceSum(std::span<double> data) = 0;
@@ -66,6 +67,7 @@ class SingleRankCommunicator final : public Communicator {
   int rank() const override { return 0; }
   int world_size() const override { return 1; }
   int local_rank() const override { return 0; }
+  int local_size() const override { return 1; }
   absl::Status AllReduceSum(std::span<float>) override { return absl::OkStatus(); }
   absl::Status AllReduceSum(std::span<double>) override { return absl::OkStatus(); }
   absl::Status Broadcast(std::span<float>, int) override { return absl::OkStatus(); }

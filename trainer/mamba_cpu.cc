@@ -480,11 +480,16 @@ absl::Status ForwardChunks(const Runner& run, int64_t chunk_len, std::vector<Lay
 
 }  // namespace
 
-void SetCpuThreads(int threads) {
+void SetCpuThreads(int threads, int ranks_on_host) {
 #ifdef _OPENMP
-  if (threads > 0) omp_set_num_threads(threads);
+  if (threads > 0) {
+    omp_set_num_threads(threads);
+  } else if (ranks_on_host > 1) {
+    omp_set_num_threads(std::max(1, omp_get_num_procs() / ranks_on_host));
+  }
 #else
   (void)threads;
+  (void)ranks_on_host;
 #endif
 }
 

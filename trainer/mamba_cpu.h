@@ -108,7 +108,8 @@ class MambaCpu {
   ParamLayout layout_;
 };
 
-// Sets the number of CPU threads the model uses (OpenMP); 0 leaves the default.
-void SetCpuThreads(int threads);
+// Sets the number of CPU threads the model uses (OpenMP); 0 leaves the default (a thread per core
+// it may use), or, where `ranks_on_host` ranks share the host, its share of those cores.
+void SetCpuThreads(int threads, int ranks_on_host = 1);
 
 }  // namespace rwr::trainer

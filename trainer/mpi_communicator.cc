@@ -54,6 +54,7 @@ absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create() {
   RWR_MPI(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, comm->rank_, MPI_INFO_NULL,
                               &local));
   absl::Status ranked = RWR_MPI_STATUS(MPI_Comm_rank(local, &comm->local_rank_));
+  if (ranked.ok()) ranked = RWR_MPI_STATUS(MPI_Comm_size(local, &comm->local_size_));
   MPI_Comm_free(&local);
   RWR_RETURN_IF_ERROR(ranked);
   return comm;

@@ -20,6 +20,7 @@ class MpiCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int world_size() const override { return world_; }
   int local_rank() const override { return local_rank_; }
+  int local_size() const override { return local_size_; }
   absl::Status AllReduceSum(std::span<float> data) override;
   absl::Status AllReduceSum(std::span<double> data) override;
   absl::Status Broadcast(std::span<float> data, int root) override;
@@ -30,7 +31,7 @@ class MpiCommunicator final : public Communicator {
 
  private:
   MpiCommunicator() = default;
-  int rank_ = 0, world_ = 1, local_rank_ = 0;
+  int rank_ = 0, world_ = 1, local_rank_ = 0, local_size_ = 1;
 };
 
 }  // namespace rwr::trainer

@@ -538,7 +538,7 @@ struct GpuSide {
 absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* comm,
                                          GpuSide* side) {
   RWR_ASSIGN_OR_RETURN(Settings s, ReadSettings(config));
-  SetCpuThreads(s.threads);
+  SetCpuThreads(s.threads, comm->local_size());
   RWR_ASSIGN_OR_RETURN(MambaConfig model_config, ModelConfigFromRunConfig(config));
   std::string init_from;
   if (config.Has("model.init_from")) {
