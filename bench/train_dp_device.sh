@@ -12,7 +12,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$root/out}
 mkdir -p "$out"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 NCCL_NVLS_ENABLE=0
-export LD_LIBRARY_PATH="$root/.deb/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+carried="$root/.deb/root/usr/lib/x86_64-linux-gnu"
+export LD_LIBRARY_PATH="$carried${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 if [[ -n "${SKIP_TESTS:-}" ]]; then
   RWR_BUILD_TARGETS="train_bench" . "$root/scripts/device-build.sh" > "$out/build.log" 2>&1
 elif [[ -n "${QUICK:-}" ]]; then
@@ -32,7 +33,8 @@ cases=${CASES:-2048x4}
 steps=${STEPS:-5}
 bench="$root/build/gpu/bench/train_bench"
 echo "== one GPU"
-"$bench" --cases "$cases" --steps "$steps" --json "$out/train_1gpu.json" 2>&1 | tee "$out/train_1gpu.txt"
+"$bench" --cases "$cases" --steps "$steps" --json "$out/train_1gpu.json" 2>&1 |
+  tee "$out/train_1gpu.txt"
 for mode in overlap serial; do
   echo "== $gpus GPUs (mpirun), parameter all-gather: $mode"
   flags=$([[ $mode == serial ]] && echo --dp-serial)

@@ -12,4 +12,6 @@ cmake -S "$root" -B "$root/build/gpu" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRWR_
   -DRWR_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 "$@" >"$root/build/gpu-configure.log" 2>&1 \
   || { cat "$root/build/gpu-configure.log"; return 1 2>/dev/null || exit 1; }
 grep -A8 'rwr .* configuration' "$root/build/gpu-configure.log"
-cmake --build "$root/build/gpu" -j "$(nproc)" ${RWR_BUILD_TARGETS:+--target $RWR_BUILD_TARGETS} 2>&1 | grep -E 'error|FAILED|warning: .*spill' ; true
+cmake --build "$root/build/gpu" -j "$(nproc)" ${RWR_BUILD_TARGETS:+--target $RWR_BUILD_TARGETS} 2>&1 |
+  grep -E 'error|FAILED|warning: .*spill'
+true
