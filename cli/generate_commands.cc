@@ -342,6 +342,7 @@ class PredictionsFile {
     if (fd_ >= 0) ::close(fd_);
   }
 
+  // The lines the file held when opened (this run's appends are not kept: only their ids).
   const std::vector<json>& done() const { return done_; }
   bool Has(const std::string& id) const { return done_ids_.contains(id); }
 
@@ -360,7 +361,6 @@ class PredictionsFile {
       return absl::UnavailableError(fmt::format("cannot sync {}: {}", path_, std::strerror(errno)));
     }
     done_ids_.insert(prediction["id"].get<std::string>());
-    done_.push_back(prediction);
     return absl::OkStatus();
   }
 

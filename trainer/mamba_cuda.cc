@@ -1484,7 +1484,8 @@ absl::Status MambaCuda::UploadOptimizer(std::span<const float> exp_avg,
 absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const AdamWOptions& o) {
   Impl& m = *impl_;
   const ShardRange& r = m.shard;
-  const int64_t per_rank = m.padded / (m.dp != nullptr ? m.dp->world_size() : 1);
+  const int64_t per_rank =
+      ShardRange::PerRank(layout_.total(), m.dp != nullptr ? m.dp->world_size() : 1);
   RWR_RETURN_IF_ERROR(EnsureOptimizer(m, layout_));
   RWR_RETURN_IF_ERROR(m.ClearUnwritten());
   if (m.dp != nullptr) {
@@ -1538,9 +1539,9 @@ absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const
     for (size_t k = 0; k + 1 < m.bucket_begin.size(); ++k) {
       pieces.clear();
       for (int owner = 0; owner < world; ++owner) {
-        const ShardRange o = ShardRange::For(layout_.total(), owner, world);
-        const int64_t lo = std::max(o.begin, m.bucket_begin[k]);
-        const int64_t hi = std::min(o.end, m.bucket_begin[k + 1]);
+        const ShardRange owned = ShardRange::For(layout_.total(), owner, world);
+        const int64_t lo = std::max(owned.begin, m.bucket_begin[k]);
+        const int64_t hi = std::min(owned.end, m.bucket_begin[k + 1]);
         if (lo >= hi) continue;
         pieces.push_back({m.params.ptr + lo, (hi - lo) * 4, owner});
         if (p16 != nullptr) pieces.push_back({p16 + lo * 2, (hi - lo) * 2, owner});
@@ -1552,7 +1553,8 @@ absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const
       RWR_RETURN_IF_ERROR(m.Timed("optimizer", "all_gather", [&] { return m.AwaitAllParams(); }));
     }
   }
-  // A = −exp(A_log) is recomputed from the new parameters by the next call's Prepare.
+  // A = −exp(A_log) is recomputed from the new parameters by the next call (Prepare, or with
+  // data parallelism each layer's LayerReady).
   return norm;
 }
 

@@ -58,9 +58,13 @@ absl::StatusOr<std::vector<Generated>> Recaller::WriteNotes(
   generate.stop_ids = stop_ids_;
   generate.max_new_tokens = options_.max_note_tokens;
   generate.cancelled = options_.cancelled;
-  // A note ends where the model writes the literal that leads to the answer.
-  generate.stop = [&](int64_t, std::span<const int32_t> ids) {
-    return TextOf(ids).find(format_.note_end()) != std::string::npos;
+  // A note ends where the model writes the literal that leads to the answer. Asked after every
+  // token, so the literal, if there, ends with the last one; a token is at least a byte, so the
+  // last literal-length tokens hold it, and only those are decoded.
+  const size_t tail = format_.note_end().size();
+  generate.stop = [&, tail](int64_t, std::span<const int32_t> ids) {
+    return TextOf(ids.last(std::min(tail, ids.size()))).find(format_.note_end()) !=
+           std::string::npos;
   };
   RWR_RETURN_IF_ERROR(decoder_.Reset(rows));
   std::vector<TokenSampler> samplers;

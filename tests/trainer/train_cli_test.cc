@@ -14,7 +14,6 @@
 #include <thread>
 
 #include "fmt/format.h"
-#include "storage/shard.h"
 #include "tests/support/shard_dataset.h"
 #include "tests/support/temp_dir.h"
 #include "trainer/checkpoint.h"
@@ -43,23 +42,8 @@ CommandResult Sh(const std::string& args) {
 }
 
 std::string MakeDataset(int rows) {
-  const std::string dir = TempDir("data");
-  storage::ShardManifest manifest;
-  manifest.vocab_size = 8192;
-  manifest.seq_len = 64;
-  storage::ShardWriter writer(dir + "/shard_0.rws", {.vocab_size = 8192, .seq_len = 64});
-  for (int r = 0; r < rows; ++r) {
-    writer.BeginRow();
-    std::vector<uint32_t> tokens;
-    std::vector<uint8_t> mask;
-    for (int i = 0; i < 65; ++i) {
-      tokens.push_back((r * 31 + i * 7) % 8192);
-      mask.push_back(i > 30);
-    }
-    EXPECT_TRUE(writer.AddDocument(tokens, mask).ok());
-  }
-  rwr::testing::FinishOneShardDataset(writer, manifest, dir, "shard_0.rws");
-  return dir;
+  return rwr::testing::MakeTinyDataset(
+      TempDir("data"), rows, [](int r, int i) { return uint32_t(r * 31 + i * 7); }, 31);
 }
 
 TEST(ModelInit, WritesEveryConfigSizeInHfLayout) {

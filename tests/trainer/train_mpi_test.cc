@@ -20,7 +20,6 @@
 
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
-#include "storage/shard.h"
 #include "tests/support/run_rwr.h"
 #include "tests/support/shard_dataset.h"
 #include "tests/support/temp_dir.h"
@@ -59,23 +58,8 @@ CommandResult RunRwr(int ranks, const std::string& args) {
 }
 
 std::string MakeDataset(int rows) {
-  const std::string dir = TempDir("data");
-  storage::ShardManifest manifest;
-  manifest.vocab_size = 8192;
-  manifest.seq_len = 64;
-  storage::ShardWriter writer(dir + "/shard_0.rws", {.vocab_size = 8192, .seq_len = 64});
-  for (int r = 0; r < rows; ++r) {
-    writer.BeginRow();
-    std::vector<uint32_t> tokens;
-    std::vector<uint8_t> mask;
-    for (int i = 0; i < 65; ++i) {
-      tokens.push_back((r * 131 + i * 17 + i * i) % 8192);
-      mask.push_back(i > 20);
-    }
-    EXPECT_TRUE(writer.AddDocument(tokens, mask).ok());
-  }
-  rwr::testing::FinishOneShardDataset(writer, manifest, dir, "shard_0.rws");
-  return dir;
+  return rwr::testing::MakeTinyDataset(
+      TempDir("data"), rows, [](int r, int i) { return uint32_t(r * 131 + i * 17 + i * i); }, 21);
 }
 
 // fp32 GEMMs on the GPU: the comparison below is of summation order, not of bf16 rounding.
