@@ -34,9 +34,7 @@ void SetScanChunksOverride(int chunks);
 //   15, 16 as 1 with the one-pass forward at 2 / 4 states per lane wherever the rows are aligned
 //   22 as 1 with the two-pass backward everywhere (a chunk-local gradient pass first)
 //   23 as 1 with the chained backward wherever there are chunks
-//   24 as 1 with the wide backward (one lane per channel, selective_scan_wide_backward.cu)
-//      wherever its rows are aligned
-inline constexpr int kScanVariants[] = {1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 22, 23, 24};
+inline constexpr int kScanVariants[] = {1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 22, 23};
 void SetScanVariant(int variant);
 
 // The K the CUDA scan would use for these sizes (after the override), forward or backward; the

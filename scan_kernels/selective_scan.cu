@@ -32,7 +32,6 @@
 #include "scan_kernels/scan_tuning.h"
 #include "scan_kernels/selective_scan.h"
 #include "scan_kernels/selective_scan_single_pass.h"
-#include "scan_kernels/selective_scan_wide_backward.h"
 
 namespace rwr::scan {
 namespace {
@@ -45,7 +44,6 @@ constexpr int kChPerWarp = 32 / kQ;
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kChPerBlock = kWarps * kChPerWarp;  // 64
-static_assert(kChPerBlock == wide_backward::kChannelsPerBlock, "one dB/dC partial layout");
 
 std::atomic<int> g_chunks_override{0};
 std::atomic<int> g_variant{1};
@@ -1235,8 +1233,6 @@ struct Variant {
   bool bwd_bc_f32 = true;      // ScanBackwardKernel kBcF32 (asynchronous bf16 backward)
   int bwd_chain = 0;           // chained backward: 0 where the channel blocks fill the GPU
                                // (ChainsChunks), 1 wherever K > 1, −1 never (two-pass)
-  bool bwd_wide = false;       // the wide backward (selective_scan_wide_backward.cu) where its
-                               // rows are aligned
 };
 Variant VariantOf(int n) {
   Variant v;  // 1, the default
@@ -1260,7 +1256,6 @@ Variant VariantOf(int n) {
     case 16: v.single_pass = 4; break;
     case 22: v.bwd_chain = -1; break;
     case 23: v.bwd_chain = 1; break;
-    case 24: v.bwd_wide = true; break;
     default: break;  // 1, 12
   }
   return v;
@@ -1375,63 +1370,6 @@ absl::Status LaunchChunkGradKernel(dim3 grid, const SelectiveScanParams& p,
   return absl::OkStatus();
 }
 
-// dB, dC, dA, dD and dbias from the backward's per-block and per-chunk partials.
-template <typename E>
-absl::Status LaunchPartialSums(const SelectiveScanParams& p, const SelectiveScanGrads& g,
-                               const Work& w, cudaStream_t stream) {
-  const int64_t rows = p.batch * p.seqlen;
-  ReduceBCKernel<E><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(p, g, w);
-  RWR_CUDA_LAUNCH();
-  ReduceParamsKernel<<<static_cast<unsigned>((p.dim * kS + 255) / 256), 256, 0, stream>>>(p, g, w);
-  RWR_CUDA_LAUNCH();
-  return absl::OkStatus();
-}
-
-// Chunks of the wide backward: one where its blocks (one per 64 channels and batch row) fill
-// every multiprocessor twice, else about 3 resident blocks per multiprocessor (each chunk after
-// the first costs its share of a chunk-local gradient pass). Never more than the workspace was
-// laid out for (`laid_out`, the other backward's count).
-int WideChunks(const SelectiveScanParams& p, const Work& w, int laid_out) {
-  if (g_chunks_override.load() > 0) return laid_out;
-  const int64_t blocks = p.batch * w.nblk;
-  if (blocks >= 2 * int64_t(NumSms())) return 1;
-  const int64_t want = (3 * int64_t(NumSms()) + blocks - 1) / blocks;
-  return static_cast<int>(std::clamp<int64_t>(want, 1, laid_out));
-}
-
-// The wide backward: the chunk-local gradient pass where T is split, the wide kernel, the sums.
-template <typename E>
-absl::Status LaunchWideBackward(const SelectiveScanParams& p, const SelectiveScanGrads& g, Work* w,
-                                cudaStream_t stream) {
-  const int k = WideChunks(p, *w, w->K);
-  w->tiles_per_chunk = (w->nJ + k - 1) / k;
-  w->K = (w->nJ + w->tiles_per_chunk - 1) / w->tiles_per_chunk;  // no empty chunks
-  if (w->K > 1) {
-    const dim3 local_grid(w->nblk, w->K - 1, static_cast<unsigned>(p.batch));
-    const size_t elem = sizeof(E);
-    const bool async = RowsAligned(p.delta, p.delta_strides, p.dim, elem) &&
-                       RowsAligned(p.z, p.z_strides, p.dim, elem) &&
-                       RowsAligned(g.dout, g.dout_strides, p.dim, elem);
-    const absl::Status local = async
-                                   ? LaunchChunkGradKernel<E, true>(local_grid, p, g, *w, stream)
-                                   : LaunchChunkGradKernel<E, false>(local_grid, p, g, *w, stream);
-    RWR_RETURN_IF_ERROR(local);
-  }
-  wide_backward::WideWork ww;
-  ww.K = w->K;
-  ww.tiles_per_chunk = w->tiles_per_chunk;
-  ww.nJ = w->nJ;
-  ww.nblk = w->nblk;
-  ww.ckpt = w->ckpt;
-  ww.gloc = w->gloc;
-  ww.gdecay = w->gdecay;
-  ww.dbc_part = w->dbc_part;
-  ww.dA_part = w->dA_part;
-  ww.dDb_part = w->dDb_part;
-  RWR_RETURN_IF_ERROR(wide_backward::LaunchWideBackward(p, g, ww, stream));
-  return LaunchPartialSums<E>(p, g, *w, stream);
-}
-
 template <typename E>
 absl::Status LaunchBackward(const SelectiveScanParams& p, const SelectiveScanGrads& g,
                             cudaStream_t stream) {
@@ -1445,9 +1383,6 @@ absl::Status LaunchBackward(const SelectiveScanParams& p, const SelectiveScanGra
                      RowsAligned(p.delta, p.delta_strides, p.dim, elem) &&
                      RowsAligned(p.z, p.z_strides, p.dim, elem) &&
                      RowsAligned(g.dout, g.dout_strides, p.dim, elem);
-  if (v.bwd_wide && wide_backward::WideBackwardApplies(p, g)) {
-    return LaunchWideBackward<E>(p, g, &w, stream);
-  }
   const bool chained = ChainsChunks(p, w, v);
   if (chained) {  // the published flags and the ticket start at zero
     RWR_CUDA(cudaMemsetAsync(w.chain, 0, (p.batch * w.K * w.nblk + 1) * sizeof(int), stream));
@@ -1474,7 +1409,12 @@ absl::Status LaunchBackward(const SelectiveScanParams& p, const SelectiveScanGra
       : v.bwd_min_blocks == 1  ? LaunchBackwardKernel<E, 1, 8, true>(grid, p, g, w, stream)
                                : LaunchBackwardKernel<E, 2, 8, true>(grid, p, g, w, stream);
   RWR_RETURN_IF_ERROR(st);
-  return LaunchPartialSums<E>(p, g, w, stream);
+  const int64_t rows = p.batch * p.seqlen;
+  ReduceBCKernel<E><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(p, g, w);
+  RWR_CUDA_LAUNCH();
+  ReduceParamsKernel<<<static_cast<unsigned>((p.dim * kS + 255) / 256), 256, 0, stream>>>(p, g, w);
+  RWR_CUDA_LAUNCH();
+  return absl::OkStatus();
 }
 
 }  // namespace
