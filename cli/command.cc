@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "cli/config_keys.h"
+#include "common/bundled_file.h"
 #include "common/logging.h"
 #include "common/shutdown.h"
 #include "common/status.h"
@@ -49,6 +50,14 @@ absl::StatusOr<Config> ResolveConfig(const CommonOptions& options, const Config&
     spdlog::info("rwr {}: resolved config:\n{}", command_name, config.ToYaml());
   }
   return config;
+}
+
+absl::StatusOr<std::string> TokenizerPath(const Config& config, std::string_view key) {
+  if (config.Has(key)) return config.Get<std::string>(key);
+  RWR_ASSIGN_OR_RETURN(std::string path,
+                       FindBundledFile(kBundledTokenizer, "give --tokenizer FILE"));
+  spdlog::info("tokenizer: {} (the default)", path);
+  return path;
 }
 
 void KeepForProcess(std::shared_ptr<void> object) {

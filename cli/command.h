@@ -63,6 +63,18 @@ inline CLI::Validator NonNegative() { return NumberAtLeast(true); }
 absl::StatusOr<Config> ResolveConfig(const CommonOptions& options, const Config& defaults,
                                      std::string_view command_name);
 
+// The tokenizer shipped in the repository, the default where neither a flag nor a config key names
+// one. --help says where it is looked for with kBundledTokenizerHelp.
+inline constexpr char kBundledTokenizer[] = "configs/tokenizer/tokenizer.json";
+inline constexpr char kBundledTokenizerHelp[] =
+    "default configs/tokenizer/tokenizer.json from the working directory, else from the rwr "
+    "binary's directory or one above it";
+
+// The tokenizer.json a command reads: config `key` where set (a --tokenizer flag is one more
+// --set), used as given; else kBundledTokenizer, found from any working directory through
+// FindBundledFile (common/bundled_file.h), or a one-line error naming where it looked.
+absl::StatusOr<std::string> TokenizerPath(const Config& config, std::string_view key);
+
 // Keeps `object` alive until the process exits (see NewFlags).
 void KeepForProcess(std::shared_ptr<void> object);
 

@@ -137,7 +137,7 @@ constexpr int64_t kMaxSeqLen = (int64_t{1} << 31) - 2;
 Config BuildDefaults() {
   auto parsed = Config::Parse(R"(
 build:
-  tokenizer: configs/tokenizer/tokenizer.json
+  # tokenizer: not set here; unset, TokenizerPath (cli/command.h) finds the shipped one
   seq_len: 2048
   layout: packed          # packed | one_per_row
   long_samples: truncate  # truncate | drop | keep (keep needs one_per_row)
@@ -271,7 +271,7 @@ absl::Status RunBuild(BuildFlags& f) {
   RWR_ASSIGN_OR_RETURN(Config config, ResolveConfig(f.common, BuildDefaults(), "data build"));
   RWR_ASSIGN_OR_RETURN(std::string input, config.GetOr<std::string>("build.input", ""));
   RWR_ASSIGN_OR_RETURN(std::string cache, config.GetOr<std::string>("build.cache", ""));
-  RWR_ASSIGN_OR_RETURN(std::string tokenizer_path, config.Get<std::string>("build.tokenizer"));
+  RWR_ASSIGN_OR_RETURN(std::string tokenizer_path, TokenizerPath(config, "build.tokenizer"));
   RWR_ASSIGN_OR_RETURN(std::string out, config.GetOr<std::string>("build.out", ""));
   if (out.empty()) return absl::InvalidArgumentError("--out DIR is required");
   RWR_RETURN_IF_ERROR(distill::CheckDatasetDir(out, f.overwrite));  // before any long work
@@ -449,8 +449,9 @@ void AddBuild(CLI::App* group) {
   f->cache_opt = cmd->add_option("--cache", f->cache,
                                  "Teacher cache directory written by `rwr distill run` (notes, "
                                  "verdicts, negatives)");
-  f->tokenizer_opt = cmd->add_option("--tokenizer", f->tokenizer,
-                                     "tokenizer.json (default configs/tokenizer/tokenizer.json)");
+  f->tokenizer_opt = cmd->add_option(
+      "--tokenizer", f->tokenizer,
+      fmt::format("tokenizer.json (config build.tokenizer; {})", kBundledTokenizerHelp));
   f->out_opt = cmd->add_option("--out", f->out,
                                "Output directory for the shards: new, empty, what a killed build "
                                "left, or a dataset (with --overwrite); one build at a time");

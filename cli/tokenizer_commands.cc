@@ -18,8 +18,6 @@
 namespace rwr::cli {
 namespace {
 
-constexpr char kDefaultTokenizer[] = "configs/tokenizer/tokenizer.json";
-
 struct TokenizerFlags {
   CommonOptions common;
   std::string tokenizer;
@@ -37,15 +35,14 @@ void AddTokenizerOption(CLI::App* cmd, TokenizerFlags* f) {
   AddCommonOptions(cmd, &f->common);
   f->tokenizer_opt = cmd->add_option(
       "--tokenizer", f->tokenizer,
-      fmt::format("Hugging Face tokenizer.json (config tokenizer.path; default {})",
-                  kDefaultTokenizer));
+      fmt::format("Hugging Face tokenizer.json (config tokenizer.path; {})",
+                  kBundledTokenizerHelp));
 }
 
 absl::StatusOr<distill::Tokenizer> LoadTokenizer(TokenizerFlags& f, std::string_view command) {
   FlagToOverride(f.tokenizer_opt, f.tokenizer, "tokenizer.path", &f.common);
   RWR_ASSIGN_OR_RETURN(Config config, ResolveConfig(f.common, Config(), command));
-  RWR_ASSIGN_OR_RETURN(std::string path,
-                       config.GetOr<std::string>("tokenizer.path", kDefaultTokenizer));
+  RWR_ASSIGN_OR_RETURN(std::string path, TokenizerPath(config, "tokenizer.path"));
   return distill::Tokenizer::Load(path);
 }
 

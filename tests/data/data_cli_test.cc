@@ -366,6 +366,29 @@ TEST(DataCli, ManifestPathsAreAbsoluteSoInspectWorksFromAnywhere) {
   EXPECT_THAT(inspected.output, HasSubstr("Question:"));
 }
 
+// Without --tokenizer, a build run from outside the checkout (a Slurm job's working directory)
+// finds the shipped tokenizer from the binary's location: here a copy of rwr at
+// TREE/build/release/bin/rwr, with TREE/configs/tokenizer/tokenizer.json.
+TEST(DataCli, BuildFindsTheShippedTokenizerFromAnyWorkingDirectory) {
+  const std::string dir = std::filesystem::canonical(TempDir("default_tokenizer"));
+  const std::string tree = dir + "/tree", elsewhere = dir + "/elsewhere";
+  std::filesystem::create_directories(tree + "/configs/tokenizer");
+  std::filesystem::create_directories(elsewhere);
+  std::filesystem::copy_file(kTokenizer, tree + "/configs/tokenizer/tokenizer.json");
+  const std::string rwr = rwr::testing::CopyRwrInto(tree);
+  ASSERT_EQ(RunRwr("data synth --count 4 --context-tokens 300 --seed 8 --log-level warn --out " +
+                   elsewhere + "/d.jsonl")
+                .exit_code,
+            0);
+  const Result built = rwr::testing::RunFrom(
+      elsewhere, rwr, "data build --log-level warn --seq-len 512 --input d.jsonl --out out");
+  ASSERT_EQ(built.exit_code, 0) << built.output;
+  const nlohmann::json build =
+      nlohmann::json::parse(ReadFile(elsewhere + "/out/manifest.json"))["build"];
+  EXPECT_EQ(build["tokenizer"]["path"], tree + "/configs/tokenizer/tokenizer.json");
+  std::filesystem::remove_all(dir);
+}
+
 // Each shard passes its own checksum, so a shard swapped with another or copied in from another
 // build went unnoticed ("checksums verified"); inspect and training hold every shard to its manifest
 // entry.

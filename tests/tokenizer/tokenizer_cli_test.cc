@@ -1,4 +1,5 @@
-// `rwr tokenizer info|encode|decode` as a user runs them: output, and one-line errors with exit 1.
+// `rwr tokenizer info|encode|decode` as a user runs them: output, and one-line errors with exit 1;
+// the shipped tokenizer as the default from any working directory.
 #include <array>
 #include <cstdio>
 #include <filesystem>
@@ -10,6 +11,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/run_rwr.h"
+#include "tests/support/temp_dir.h"
 
 namespace rwr::distill {
 namespace {
@@ -93,6 +95,86 @@ TEST(TokenizerCliTest, UnsupportedFileIsAOneLineErrorWithExitOne) {
                                      std::filesystem::temp_directory_path().string()));
   EXPECT_EQ(dir.exit_code, 1);
   EXPECT_THAT(dir.output, HasSubstr("is a directory"));
+}
+
+// The default tokenizer from a working directory other than the checkout's (a Slurm job's): a copy
+// of rwr at TREE/build/release/bin/rwr, run from ELSEWHERE, finds TREE/configs/tokenizer/.
+class DefaultTokenizerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // Canonical: rwr names the directories it looked in from /proc/self/exe, links resolved.
+    tree_ = std::filesystem::canonical(::rwr::testing::FreshTempDir("tokenizer_cli", "tree"));
+    elsewhere_ =
+        std::filesystem::canonical(::rwr::testing::FreshTempDir("tokenizer_cli", "elsewhere"));
+    rwr_ = ::rwr::testing::CopyRwrInto(tree_);
+  }
+  void TearDown() override {
+    std::filesystem::remove_all(tree_);
+    std::filesystem::remove_all(elsewhere_);
+  }
+  // The shipped tokenizer.json at DIR/configs/tokenizer/, or `contents` there instead.
+  static void PutTokenizer(const std::string& dir, const std::string& contents = "") {
+    const std::string at = dir + "/configs/tokenizer";
+    std::filesystem::create_directories(at);
+    if (contents.empty()) {
+      std::filesystem::copy_file(kTokenizer, at + "/tokenizer.json");
+    } else {
+      std::ofstream(at + "/tokenizer.json") << contents;
+    }
+  }
+  Result RunElsewhere(const std::string& args) const {
+    return ::rwr::testing::RunFrom(elsewhere_, rwr_, args);
+  }
+  std::string tree_, elsewhere_, rwr_;
+};
+
+TEST_F(DefaultTokenizerTest, IsFoundAboveTheBinaryFromAnyWorkingDirectory) {
+  PutTokenizer(tree_);
+  const Result info = RunElsewhere("tokenizer info");
+  EXPECT_EQ(info.exit_code, 0) << info.output;
+  EXPECT_THAT(info.output, HasSubstr("vocab_size (embedding rows): 8192"));
+
+  absl::StatusOr<Tokenizer> tok = Tokenizer::Load(kTokenizer);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  std::string expected;
+  for (int32_t id : tok->Encode("Where does Lena live?"))
+    expected += (expected.empty() ? "" : " ") + std::to_string(id);
+  const Result encoded = RunElsewhere("tokenizer encode --text 'Where does Lena live?'");
+  ASSERT_EQ(encoded.exit_code, 0) << encoded.output;
+  EXPECT_EQ(encoded.output.substr(0, encoded.output.find('\n')), expected);
+}
+
+TEST_F(DefaultTokenizerTest, TheWorkingDirectorysOwnComesFirst) {
+  PutTokenizer(tree_);
+  PutTokenizer(elsewhere_, R"({"model": {"type": "WordPiece"}})");
+  const Result r = RunElsewhere("tokenizer info");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.output, HasSubstr("model type \"WordPiece\" is not supported"));
+}
+
+TEST_F(DefaultTokenizerTest, NotFoundIsOneLineNamingWhereItLooked) {
+  const Result r = RunElsewhere("tokenizer info");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("configs/tokenizer/tokenizer.json not found"));
+  EXPECT_THAT(r.output,
+              HasSubstr("(looked in " + elsewhere_ + ", " + tree_ + "/build/release/bin, " + tree_ +
+                        "/build/release, " + tree_ + "/build, " + tree_ + ", "));
+  EXPECT_THAT(r.output, HasSubstr("give --tokenizer FILE"));
+}
+
+// A path the user gives is read as given, from the working directory, even where the default
+// would be found beside the binary.
+TEST_F(DefaultTokenizerTest, AGivenPathIsNeverLookedForElsewhere) {
+  PutTokenizer(tree_);
+  for (const char* args : {"--tokenizer configs/tokenizer/tokenizer.json",
+                           "--set tokenizer.path=configs/tokenizer/tokenizer.json"}) {
+    const Result r = RunElsewhere(fmt::format("tokenizer info {}", args));
+    EXPECT_EQ(r.exit_code, 1) << args;
+    EXPECT_THAT(r.output, HasSubstr("configs/tokenizer/tokenizer.json: cannot open tokenizer file"))
+        << args;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  }
 }
 
 }  // namespace
