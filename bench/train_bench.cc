@@ -119,7 +119,7 @@ int main(int argc, char** argv) {
     return 1;
   };
   std::unique_ptr<rwr::trainer::DeviceCollectives> collectives;
-  if (auto s = rwr::trainer::SelectCudaDevice((*comm)->local_rank()); !s.ok()) {
+  if (auto s = rwr::trainer::SelectCudaDevice(**comm); !s.ok()) {
     return fail(s);
   }
   if (world > 1) {

@@ -2,7 +2,10 @@
 
 #include <nccl.h>
 
+#include <algorithm>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "common/call_status_cuda.h"
 #include "common/call_status_nccl.h"
@@ -56,18 +59,59 @@ absl::Status DeviceCollectives::Broadcast(std::span<const Piece> pieces, cudaStr
   return status;
 }
 
-absl::Status SelectCudaDevice(int local_rank) {
+namespace {
+
+constexpr int kIdWords = 4;  // a GPU's 16-byte UUID as 32-bit words (exact in doubles)
+
+// The first rank (by index) before `rank` whose GPU is `rank`'s, or −1.
+int EarlierRankOnTheSameGpu(const std::vector<double>& ids, int rank) {
+  for (int r = 0; r < rank; ++r) {
+    if (std::equal(ids.begin() + r * kIdWords, ids.begin() + (r + 1) * kIdWords,
+                   ids.begin() + rank * kIdWords)) {
+      return r;
+    }
+  }
+  return -1;
+}
+
+}  // namespace
+
+absl::Status SelectCudaDevice(Communicator& comm) {
   int count = 0;
   RWR_CUDA(cudaGetDeviceCount(&count));
   // A launcher that gives each rank its own GPU (srun --gpus-per-task=1) leaves one visible.
-  if (count == 1) local_rank = 0;
+  const int local_rank = count == 1 ? 0 : comm.local_rank();
+  const std::string remedy =
+      "start one rank per GPU (mpirun -np / srun --ntasks-per-node = GPUs per node)";
+  // Agreed before any rank returns: a rank that failed here alone would leave the others waiting.
+  std::vector<double> failed = {local_rank >= count ? 1.0 : 0.0};
+  RWR_RETURN_IF_ERROR(comm.AllReduceSum(std::span<double>(failed)));
   if (local_rank >= count) {
     return absl::FailedPreconditionError(
-        fmt::format("rank {} is rank {} on host {}, which has {} GPU(s): start one rank per GPU "
-                    "(mpirun -np / srun --ntasks-per-node = GPUs per node)",
-                    ProcessRank(), local_rank, HostName(), count));
+        fmt::format("rank {} is rank {} on host {}, which has {} GPU(s): {}", comm.rank(),
+                    local_rank, HostName(), count, remedy));
+  }
+  if (failed[0] != 0) {
+    return absl::FailedPreconditionError(
+        fmt::format("{} rank(s) found no GPU of their own: {}", failed[0], remedy));
   }
   RWR_CUDA(cudaSetDevice(local_rank));
+  if (comm.world_size() == 1) return absl::OkStatus();
+  // Every rank's GPU UUID, gathered by a sum over slots that only their owner fills.
+  cudaDeviceProp prop;
+  RWR_CUDA(cudaGetDeviceProperties(&prop, local_rank));
+  uint32_t words[kIdWords];
+  static_assert(sizeof(words) == sizeof(prop.uuid.bytes));
+  std::memcpy(words, prop.uuid.bytes, sizeof(words));
+  std::vector<double> ids(size_t{kIdWords} * comm.world_size(), 0.0);
+  for (int k = 0; k < kIdWords; ++k) ids[comm.rank() * kIdWords + k] = words[k];
+  RWR_RETURN_IF_ERROR(comm.AllReduceSum(std::span<double>(ids)));
+  for (int r = 0; r < comm.world_size(); ++r) {
+    if (const int earlier = EarlierRankOnTheSameGpu(ids, r); earlier >= 0) {
+      return absl::FailedPreconditionError(
+          fmt::format("ranks {} and {} share one GPU: {}", earlier, r, remedy));
+    }
+  }
   return absl::OkStatus();
 }
 

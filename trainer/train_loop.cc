@@ -686,7 +686,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     }
   }
   if (use_cuda) {
-    RWR_RETURN_IF_ERROR(SelectCudaDevice(comm->local_rank()));
+    RWR_RETURN_IF_ERROR(SelectCudaDevice(*comm));
     if (comm->world_size() > 1) {
       RWR_ASSIGN_OR_RETURN(collectives, DeviceCollectives::Create(*comm));
     }

@@ -86,6 +86,24 @@ class RWR_TEST_SUITE : public ::testing::Test {
   }
 };
 
+#ifdef RWR_TEST_CUDA
+// More ranks than GPUs: on a host with one GPU both ranks see it (and would share it), on one with
+// several the last rank finds none of its own. Either way every rank stops with rwr's line, not
+// NCCL's error about a duplicate GPU.
+TEST(DataParallelTrainCudaLaunch, MoreRanksThanGpusSaysOneRankPerGpu) {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count < 1) GTEST_SKIP() << "needs a GPU";
+  const std::string data = MakeDataset(8);
+  CommandResult r = RunRwr(count + 1, TrainArgs(data, TempDir("too_many"), 2, 1, 2));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find(count == 1 ? "ranks 0 and 1 share one GPU" : "which has"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("start one rank per GPU"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("ncclInvalidUsage"), std::string::npos) << r.output;
+}
+#endif
+
 std::vector<nlohmann::json> Metrics(const std::string& out) {
   std::vector<nlohmann::json> records;
   std::ifstream in(out + "/metrics.jsonl");
