@@ -89,7 +89,7 @@ absl::StatusOr<std::unique_ptr<Decoder>> MakeDecoder(const MambaConfig& config,
   if (device == "cpu") return MakeCpuDecoder(config, params);
 #ifdef RWR_TRAINER_HAVE_CUDA
   if (device == "cuda" || (CudaDeviceAvailable() && config.d_state == 16)) {
-    absl::StatusOr<std::unique_ptr<MambaCuda>> model = MambaCuda::Create(
+    absl::StatusOr<std::unique_ptr<MambaCuda>> model = MambaCuda::CreateForInference(
         config, precision == "fp32" ? GemmPrecision::kFp32 : GemmPrecision::kBf16);
     absl::Status ready = model.status();
     if (ready.ok()) ready = (*model)->UploadParams(params);

@@ -361,6 +361,14 @@ struct MambaCuda::Impl {
     fitted_chunk.clear();
   }
   GradOut Grad(int64_t offset) { return {grads.ptr + offset, grad_writes.Add(offset)}; }
+  // OK for a model made by Create; a model made for inference holds no gradients.
+  absl::Status Trains(const char* call) const {
+    if (grads.ptr != nullptr) return absl::OkStatus();
+    return absl::FailedPreconditionError(fmt::format(
+        "MambaCuda::{}: this model was made for inference (CreateForInference), without "
+        "gradients",
+        call));
+  }
   // Clears the gradient tensors no writer reached since ZeroGrads; the optimizer reads them next.
   absl::Status ClearUnwritten() {
     for (const auto& [offset, size] : grad_writes.Unwritten()) {
@@ -1068,6 +1076,18 @@ bool CudaDeviceAvailable() {
 absl::StatusOr<std::unique_ptr<MambaCuda>> MambaCuda::Create(const MambaConfig& config,
                                                              GemmPrecision precision,
                                                              DeviceCollectives* collectives) {
+  return Make(config, precision, collectives, true);
+}
+
+absl::StatusOr<std::unique_ptr<MambaCuda>> MambaCuda::CreateForInference(
+    const MambaConfig& config, GemmPrecision precision) {
+  return Make(config, precision, nullptr, false);
+}
+
+absl::StatusOr<std::unique_ptr<MambaCuda>> MambaCuda::Make(const MambaConfig& config,
+                                                           GemmPrecision precision,
+                                                           DeviceCollectives* collectives,
+                                                           bool training) {
   if (!CudaDeviceAvailable()) return absl::UnavailableError("no CUDA device");
   if (config.d_state != 16) {
     return absl::UnimplementedError(
@@ -1092,12 +1112,12 @@ absl::StatusOr<std::unique_ptr<MambaCuda>> MambaCuda::Create(const MambaConfig& 
   const int64_t n = m.padded;
   m.call = std::make_unique<CallBuffers>(&m.tally);
   RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.params, n));
-  RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.grads, n));
+  if (training) RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.grads, n));
   if (m.act != Act::kF32) RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.params16, n * 2));
   RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.A, config.n_layer * config.d_inner * config.d_state));
   RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.norm_acc, 1 + cuda::SumSquaresScratch()));
   RWR_CUDA(cudaMemset(m.params.ptr, 0, n * 4));
-  RWR_CUDA(cudaMemset(m.grads.ptr, 0, n * 4));
+  if (training) RWR_CUDA(cudaMemset(m.grads.ptr, 0, n * 4));
   m.grad_writes.Init(model->layout_);
   if (m.act != Act::kF32) RWR_CUDA(cudaMemset(m.params16.ptr, 0, n * 2));
   return model;
@@ -1125,6 +1145,7 @@ absl::Status MambaCuda::DownloadParams(std::span<float> params) const {
   return absl::OkStatus();
 }
 absl::Status MambaCuda::DownloadGrads(std::span<float> grads) const {
+  RWR_RETURN_IF_ERROR(impl_->Trains("DownloadGrads"));
   if (static_cast<int64_t>(grads.size()) != layout_.total()) {
     return absl::InvalidArgumentError("DownloadGrads: size mismatch");
   }
@@ -1410,6 +1431,7 @@ absl::Status MambaCuda::Advance(const RowTokens& in, int64_t chunk_len,
 
 absl::StatusOr<LossSum> MambaCuda::ForwardBackward(const TokenBatch& batch, int64_t chunk_len,
                                                    float loss_scale) {
+  RWR_RETURN_IF_ERROR(impl_->Trains("ForwardBackward"));
   const int64_t T = batch.seq_len;
   CudaRunner run(*impl_, layout_, batch);
   Impl& m = *impl_;
@@ -1469,6 +1491,7 @@ absl::Status MambaCuda::DownloadOptimizer(std::vector<float>* exp_avg,
 
 absl::Status MambaCuda::UploadOptimizer(std::span<const float> exp_avg,
                                         std::span<const float> exp_avg_sq, int64_t step) {
+  RWR_RETURN_IF_ERROR(impl_->Trains("UploadOptimizer"));
   const int64_t n = impl_->shard.size();
   if (static_cast<int64_t>(exp_avg.size()) != n || static_cast<int64_t>(exp_avg_sq.size()) != n) {
     return absl::InvalidArgumentError(
@@ -1483,6 +1506,7 @@ absl::Status MambaCuda::UploadOptimizer(std::span<const float> exp_avg,
 
 absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const AdamWOptions& o) {
   Impl& m = *impl_;
+  RWR_RETURN_IF_ERROR(m.Trains("ClipAndStep"));
   const ShardRange& r = m.shard;
   const int64_t per_rank =
       ShardRange::PerRank(layout_.total(), m.dp != nullptr ? m.dp->world_size() : 1);

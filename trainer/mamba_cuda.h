@@ -42,6 +42,11 @@ class MambaCuda {
   static absl::StatusOr<std::unique_ptr<MambaCuda>> Create(
       const MambaConfig& config, GemmPrecision precision,
       DeviceCollectives* collectives = nullptr);
+  // For generation and evaluation only: no gradient buffer (the parameters' fp32 size, 11 GB at
+  // 2.8B) is allocated, and ForwardBackward, DownloadGrads, ClipAndStep and UploadOptimizer are
+  // FailedPrecondition errors.
+  static absl::StatusOr<std::unique_ptr<MambaCuda>> CreateForInference(const MambaConfig& config,
+                                                                       GemmPrecision precision);
   ~MambaCuda();
   MambaCuda(const MambaCuda&) = delete;
   MambaCuda& operator=(const MambaCuda&) = delete;
@@ -128,6 +133,10 @@ class MambaCuda {
 
  private:
   MambaCuda() = default;
+  static absl::StatusOr<std::unique_ptr<MambaCuda>> Make(const MambaConfig& config,
+                                                         GemmPrecision precision,
+                                                         DeviceCollectives* collectives,
+                                                         bool training);
   ParamLayout layout_;
   std::unique_ptr<Impl> impl_;
 };

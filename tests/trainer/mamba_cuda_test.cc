@@ -458,6 +458,36 @@ train: {{out_dir: {}, steps: 6, batch_size: 2, grad_accum: 2, lr: 0.01, warmup_s
   }
 }
 
+// A model made for inference (generation, eval) holds no gradients: at least the parameters'
+// fp32 bytes less than a training model after the same upload and forward, the same logits (with
+// the training model's GEMM algorithms), and the training calls refused with a line saying why.
+TEST_P(MambaCudaTest, AModelForInferenceHoldsNoGradients) {
+  Fixture f = LoadFixture();
+  auto train = *MambaCuda::Create(f.model.config, GetParam());
+  auto made = MambaCuda::CreateForInference(f.model.config, GetParam());
+  ASSERT_TRUE(made.ok()) << made.status();
+  std::unique_ptr<MambaCuda> infer = std::move(*made);
+  const int64_t V = f.model.config.vocab_size;
+  std::vector<float> trained(f.B * f.T * V), inferred(trained.size());
+  ASSERT_TRUE(train->UploadParams(f.model.params).ok());
+  ASSERT_TRUE(train->Forward(f.batch(), 0, trained.data()).ok());
+  ASSERT_TRUE(infer->AdoptGemmChoices(train->gemm_choices()).ok());
+  ASSERT_TRUE(infer->UploadParams(f.model.params).ok());
+  ASSERT_TRUE(infer->Forward(f.batch(), 0, inferred.data()).ok());
+  EXPECT_EQ(trained, inferred);
+  const int64_t grad_bytes = static_cast<int64_t>(f.model.params.size()) * 4;
+  EXPECT_LE(infer->peak_bytes() + grad_bytes, train->peak_bytes());
+
+  auto step = infer->ForwardBackward(f.batch(), 0, 1.f);
+  ASSERT_FALSE(step.ok());
+  EXPECT_EQ(step.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(step.status().message().find("made for inference"), std::string::npos)
+      << step.status();
+  EXPECT_FALSE(infer->ClipAndStep(1.0, 1e-3, AdamWOptions{}).ok());
+  std::vector<float> grads(f.model.params.size());
+  EXPECT_FALSE(infer->DownloadGrads(grads).ok());
+}
+
 INSTANTIATE_TEST_SUITE_P(Precisions, MambaCudaTest,
                          ::testing::Values(GemmPrecision::kFp32, GemmPrecision::kBf16),
                          [](const auto& info) {
