@@ -2,11 +2,18 @@
 // for the CLI tests of every area. The including test defines RWR_BINARY (the built binary's path).
 #pragma once
 
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <optional>
 #include <string>
+#include <thread>
 
 namespace rwr::testing {
 
@@ -31,6 +38,51 @@ inline CommandResult RunShell(const std::string& command) {
 inline CommandResult RunFrom(const std::string& dir, const std::string& binary,
                              const std::string& args) {
   return RunShell("cd '" + dir + "' && '" + binary + "' " + args + " 2>&1");
+}
+
+// A shell command launched in its own process group, for tests that signal a running rwr; killed
+// with its group if still running when the test leaves (a failed assertion must not leave ranks
+// training, or the test hang in a wait).
+class Launched {
+ public:
+  explicit Launched(const std::string& command) : pid_(fork()) {
+    if (pid_ == 0) {
+      setpgid(0, 0);
+      execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    if (pid_ > 0) setpgid(pid_, pid_);  // also here: no race with the child's own call
+  }
+  ~Launched() {
+    if (pid_ > 0 && !reaped_) {
+      kill(-pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  pid_t pid() const { return pid_; }
+  // The exit status once the process ends within `limit`, else nullopt.
+  std::optional<int> Wait(std::chrono::seconds limit) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < deadline) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        reaped_ = true;
+        return status;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return std::nullopt;
+  }
+
+ private:
+  pid_t pid_;
+  bool reaped_ = false;
+};
+
+// The whole of a (log) file; empty where it cannot be read.
+inline std::string ReadLog(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 #ifdef RWR_BINARY

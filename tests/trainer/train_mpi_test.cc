@@ -245,48 +245,8 @@ TEST_F(RWR_TEST_SUITE, ADamagedRankFileSendsEveryRankToTheCheckpointBefore) {
   EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6}));
 }
 
-// A launched command in its own process group, killed with the group if still running when the
-// test leaves (a failed assertion must not leave ranks training, or the test hang in a wait).
-class Launched {
- public:
-  explicit Launched(const std::string& command) : pid_(fork()) {
-    if (pid_ == 0) {
-      setpgid(0, 0);
-      execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    if (pid_ > 0) setpgid(pid_, pid_);  // also here: no race with the child's own call
-  }
-  ~Launched() {
-    if (pid_ > 0 && !reaped_) {
-      kill(-pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
-  pid_t pid() const { return pid_; }
-  // The exit status once the process ends within `limit`, else nullopt.
-  std::optional<int> Wait(std::chrono::seconds limit) {
-    const auto deadline = std::chrono::steady_clock::now() + limit;
-    while (std::chrono::steady_clock::now() < deadline) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        reaped_ = true;
-        return status;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return std::nullopt;
-  }
-
- private:
-  pid_t pid_;
-  bool reaped_ = false;
-};
-
-std::string ReadLog(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+using rwr::testing::Launched;
+using rwr::testing::ReadLog;
 
 TEST_F(RWR_TEST_SUITE, SigusrToOneRankStopsEveryRankAtOneStep) {
   const std::string data = MakeDataset(24);
