@@ -337,22 +337,17 @@ TEST(EvalCli, SigtermStopsBetweenItemsAndTheRerunFinishes) {
     for (std::string line; std::getline(in, line);) ++lines;
     return lines;
   };
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    const std::string cmd = fmt::format("exec {} {} > {}/eval.log 2>&1", RWR_BINARY, args, dir);
-    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
+  testing::Launched eval(fmt::format("exec {} {} > {}/eval.log 2>&1", RWR_BINARY, args, dir));
+  ASSERT_GT(eval.pid(), 0);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (lines_in() < 2 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  ASSERT_EQ(kill(pid, SIGTERM), 0);
-  int status = 0;
-  ASSERT_EQ(waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 0);
+  ASSERT_EQ(kill(eval.pid(), SIGTERM), 0);
+  const std::optional<int> status = eval.Wait(std::chrono::seconds(60));
+  ASSERT_TRUE(status.has_value()) << "still answering 60 s after SIGTERM";
+  ASSERT_TRUE(WIFEXITED(*status));
+  EXPECT_EQ(WEXITSTATUS(*status), 0);
   const int stopped = lines_in();
   EXPECT_GE(stopped, 2);
   std::ifstream log_in(dir + "/eval.log");

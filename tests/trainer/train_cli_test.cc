@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "fmt/format.h"
+#include "tests/support/run_rwr.h"
 #include "tests/support/shard_dataset.h"
 #include "tests/support/temp_dir.h"
 #include "trainer/checkpoint.h"
@@ -121,13 +122,8 @@ TEST(TrainCli, SigtermCheckpointsExitsZeroAndResumes) {
       "--set train.steps=100000 --set train.batch_size=2 --set train.checkpoint_every=0 "
       "--set train.log_every=1000",
       kSource, data, out);
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    const std::string cmd = fmt::format("exec {} {} > {}/train.log 2>&1", kRwr, args, out);
-    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
+  rwr::testing::Launched train(fmt::format("exec {} {} > {}/train.log 2>&1", kRwr, args, out));
+  ASSERT_GT(train.pid(), 0);
   // Wait for a few steps in the metrics file, then SIGTERM.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   int lines = 0;
@@ -145,12 +141,13 @@ TEST(TrainCli, SigtermCheckpointsExitsZeroAndResumes) {
   EXPECT_NE(second.output.find(fmt::format("train.out_dir {} is in use by another rwr train", out)),
             std::string::npos)
       << second.output;
-  EXPECT_NE(second.output.find(fmt::format("pid {}", pid)), std::string::npos) << second.output;
-  ASSERT_EQ(kill(pid, SIGTERM), 0);
-  int status = 0;
-  ASSERT_EQ(waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_NE(second.output.find(fmt::format("pid {}", train.pid())), std::string::npos)
+      << second.output;
+  ASSERT_EQ(kill(train.pid(), SIGTERM), 0);
+  const std::optional<int> status = train.Wait(std::chrono::seconds(60));
+  ASSERT_TRUE(status.has_value()) << "still training 60 s after SIGTERM";
+  ASSERT_TRUE(WIFEXITED(*status));
+  EXPECT_EQ(WEXITSTATUS(*status), 0) << rwr::testing::ReadLog(out + "/train.log");
   auto latest = LatestCheckpoint(out + "/checkpoints");
   ASSERT_TRUE(latest.has_value());
   auto ckpt = LoadCheckpoint(*latest);
@@ -188,18 +185,13 @@ TEST(TrainCli, SigtermCheckpointsExitsZeroAndResumes) {
 TEST(TrainCli, SigtermDuringAnEvaluationCheckpointsWithoutFinishingIt) {
   const std::string data = MakeDataset(16);
   const std::string out = TempDir("eval_signal");
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    const std::string cmd = fmt::format(
-        "exec {} train --config {}/configs/train_tiny.yaml --set data.dir={} --set "
-        "data.eval_dir={} "
-        "--set train.out_dir={} --set train.batch_size=2 --set train.eval_every=2 "
-        "--set train.eval_batches=1000000 --set train.checkpoint_every=0 > {}/train.log 2>&1",
-        kRwr, kSource, data, data, out, out);
-    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
+  rwr::testing::Launched train(fmt::format(
+      "exec {} train --config {}/configs/train_tiny.yaml --set data.dir={} --set "
+      "data.eval_dir={} "
+      "--set train.out_dir={} --set train.batch_size=2 --set train.eval_every=2 "
+      "--set train.eval_batches=1000000 --set train.checkpoint_every=0 > {}/train.log 2>&1",
+      kRwr, kSource, data, data, out, out));
+  ASSERT_GT(train.pid(), 0);
   // Once step 1 is logged, the signal comes during step 2 or its evaluation (hours of it); either
   // way that evaluation must not run to its end.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
@@ -212,19 +204,11 @@ TEST(TrainCli, SigtermDuringAnEvaluationCheckpointsWithoutFinishingIt) {
   }
   ASSERT_TRUE(step_logged) << "training did not start";
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  ASSERT_EQ(kill(pid, SIGTERM), 0);
-  int status = 0;
-  const auto stop_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (waitpid(pid, &status, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() > stop_deadline) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      FAIL() << "still evaluating 60 s after SIGTERM";
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 0);
+  ASSERT_EQ(kill(train.pid(), SIGTERM), 0);
+  const std::optional<int> status = train.Wait(std::chrono::seconds(60));
+  ASSERT_TRUE(status.has_value()) << "still evaluating 60 s after SIGTERM";
+  ASSERT_TRUE(WIFEXITED(*status));
+  EXPECT_EQ(WEXITSTATUS(*status), 0) << rwr::testing::ReadLog(out + "/train.log");
   auto latest = LatestCheckpoint(out + "/checkpoints");
   ASSERT_TRUE(latest.has_value());
   EXPECT_TRUE(LoadCheckpoint(*latest).ok());
