@@ -248,8 +248,15 @@ struct MambaCuda::Impl {
   DeviceBuffer<char> gemm_workspace;
   std::unique_ptr<GemmRunner> gemms;
   DeviceBuffer<float> params, grads, exp_avg, exp_avg_sq, A;  // A: per layer (Di, S)
-  DeviceBuffer<char> params16;   // bf16 copy of params (kBf16): the GEMMs' weights
-  DeviceBuffer<uint32_t> decay;  // bit i: parameter i takes weight decay
+  DeviceBuffer<char> params16;  // bf16 copy of params (kBf16): the GEMMs' weights
+  // A bf16 model made for inference keeps in `params` only the tensors its kernels read in fp32
+  // (embedding, norms, conv, Δ bias, A_log, D: 5% of Mamba-2.8B), packed one after another; the
+  // GEMM weights live in params16 alone. Empty: `params` holds the whole layout.
+  struct Fp32Span {
+    int64_t offset, packed, size;  // in the layout, in `params`, elements
+  };
+  std::vector<Fp32Span> fp32_spans;  // by layout offset
+  DeviceBuffer<uint32_t> decay;      // bit i: parameter i takes weight decay
   int64_t adam_step = 0;
   // Data parallelism (ZeRO-1): params, grads and params16 hold ShardRange::Padded elements (world
   // equal ranges, zero past the layout); the moments cover `shard`, this rank's range.
@@ -361,6 +368,49 @@ struct MambaCuda::Impl {
     fitted_chunk.clear();
   }
   GradOut Grad(int64_t offset) { return {grads.ptr + offset, grad_writes.Add(offset)}; }
+  // UploadParams of a model with fp32_spans: the kept tensors go to `params` and from there to
+  // params16; the GEMM weights, kept in bf16 only, pass through a staging buffer of at most one
+  // tensor (64 MiB at most), so the upload never holds their fp32 size.
+  absl::Status UploadPacked(std::span<const float> host) {
+    std::vector<std::pair<int64_t, int64_t>> gemm_only;  // (offset, size): the gaps between spans
+    int64_t at = 0, largest = 0;
+    for (const Fp32Span& span : fp32_spans) {
+      RWR_CUDA(cudaMemcpy(params.ptr + span.packed, host.data() + span.offset, span.size * 4,
+                          cudaMemcpyHostToDevice));
+      RWR_RETURN_IF_ERROR(cuda::ToBf16(params.ptr + span.packed, params16.ptr + span.offset * 2,
+                                       span.size, stream));
+      if (span.offset > at) gemm_only.push_back({at, span.offset - at});
+      at = span.offset + span.size;
+    }
+    if (static_cast<int64_t>(host.size()) > at) gemm_only.push_back({at, host.size() - at});
+    for (const auto& [offset, size] : gemm_only) largest = std::max(largest, size);
+    constexpr int64_t kStageFloats = int64_t{16} << 20;
+    DeviceArena staging(&tally);
+    DeviceBuffer<float> stage;
+    RWR_RETURN_IF_ERROR(staging.Alloc(&stage, std::min(largest, kStageFloats)));
+    for (const auto& [offset, size] : gemm_only) {
+      for (int64_t begin = offset; begin < offset + size; begin += kStageFloats) {
+        const int64_t count = std::min(kStageFloats, offset + size - begin);
+        RWR_CUDA(cudaStreamSynchronize(stream));  // the stage's last piece is converted
+        RWR_CUDA(cudaMemcpy(stage.ptr, host.data() + begin, count * 4, cudaMemcpyHostToDevice));
+        RWR_RETURN_IF_ERROR(cuda::ToBf16(stage.ptr, params16.ptr + begin * 2, count, stream));
+      }
+    }
+    RWR_CUDA(cudaStreamSynchronize(stream));
+    return absl::OkStatus();
+  }
+  // The fp32 tensor at layout `offset`.
+  const float* Fp32(int64_t offset) const {
+    if (fp32_spans.empty()) return params.ptr + offset;
+    auto it = std::upper_bound(fp32_spans.begin(), fp32_spans.end(), offset,
+                               [](int64_t o, const Fp32Span& s) { return o < s.offset; });
+    if (it == fp32_spans.begin() || offset >= (it - 1)->offset + (it - 1)->size) {
+      std::fprintf(stderr, "MambaCuda: no fp32 parameter at offset %lld\n", (long long)offset);
+      std::abort();  // a kernel reading in fp32 what only the GEMMs were to read: a bug here
+    }
+    --it;
+    return params.ptr + it->packed + (offset - it->offset);
+  }
   // OK for a model made by Create; a model made for inference holds no gradients.
   absl::Status Trains(const char* call) const {
     if (grads.ptr != nullptr) return absl::OkStatus();
@@ -478,7 +528,7 @@ class CudaRunner {
             c_.d_conv,    c_.xdbl_dim(),  c_.vocab_size};
   }
   CallBuffers& k() const { return *m_.call; }
-  const float* P(int64_t offset) const { return m_.params.ptr + offset; }
+  const float* P(int64_t offset) const { return m_.Fp32(offset); }
   GradOut G(int64_t offset) const { return m_.Grad(offset); }
   // A layer's normed input, conv output and Δraw: its own where kept, else the call's working
   // buffer (written by the forward, rewritten by the backward's recomputation).
@@ -1079,6 +1129,33 @@ absl::StatusOr<std::unique_ptr<MambaCuda>> MambaCuda::Create(const MambaConfig& 
   return Make(config, precision, collectives, true);
 }
 
+namespace {
+
+// The tensors a bf16 model for inference keeps in fp32: all but the GEMM weights, which its
+// kernels read only through params16 (Impl::W); packed in layout order.
+std::vector<MambaCuda::Impl::Fp32Span> Fp32Spans(const ParamLayout& layout, int64_t n_layer) {
+  std::vector<int64_t> gemm_only;
+  for (int64_t l = 0; l < n_layer; ++l) {
+    const LayerOffsets& o = layout.layer(l);
+    gemm_only.insert(gemm_only.end(), {o.in_proj, o.x_proj, o.dt_proj_weight, o.out_proj});
+  }
+  std::sort(gemm_only.begin(), gemm_only.end());
+  std::vector<MambaCuda::Impl::Fp32Span> spans;
+  int64_t packed = 0;
+  for (const ParamSpec& spec : layout.specs()) {
+    if (spec.size == 0 || std::binary_search(gemm_only.begin(), gemm_only.end(), spec.offset)) {
+      continue;
+    }
+    spans.push_back({spec.offset, packed, spec.size});
+    packed += spec.size;
+  }
+  std::sort(spans.begin(), spans.end(),
+            [](const auto& a, const auto& b) { return a.offset < b.offset; });
+  return spans;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<MambaCuda>> MambaCuda::CreateForInference(
     const MambaConfig& config, GemmPrecision precision) {
   return Make(config, precision, nullptr, false);
@@ -1111,12 +1188,17 @@ absl::StatusOr<std::unique_ptr<MambaCuda>> MambaCuda::Make(const MambaConfig& co
   if (m.dp != nullptr) RWR_RETURN_IF_ERROR(m.SetUpDataParallel(model->layout_));
   const int64_t n = m.padded;
   m.call = std::make_unique<CallBuffers>(&m.tally);
-  RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.params, n));
+  int64_t fp32_count = n;
+  if (!training && m.act != Act::kF32) {
+    m.fp32_spans = Fp32Spans(model->layout_, config.n_layer);
+    fp32_count = m.fp32_spans.back().packed + m.fp32_spans.back().size;
+  }
+  RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.params, fp32_count));
   if (training) RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.grads, n));
   if (m.act != Act::kF32) RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.params16, n * 2));
   RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.A, config.n_layer * config.d_inner * config.d_state));
   RWR_RETURN_IF_ERROR(m.arena.Alloc(&m.norm_acc, 1 + cuda::SumSquaresScratch()));
-  RWR_CUDA(cudaMemset(m.params.ptr, 0, n * 4));
+  RWR_CUDA(cudaMemset(m.params.ptr, 0, fp32_count * 4));
   if (training) RWR_CUDA(cudaMemset(m.grads.ptr, 0, n * 4));
   m.grad_writes.Init(model->layout_);
   if (m.act != Act::kF32) RWR_CUDA(cudaMemset(m.params16.ptr, 0, n * 2));
@@ -1131,6 +1213,7 @@ absl::Status MambaCuda::UploadParams(std::span<const float> params) {
   Impl& m = *impl_;
   RWR_RETURN_IF_ERROR(m.AwaitAllParams());
   RWR_CUDA(cudaStreamSynchronize(m.stream));
+  if (!m.fp32_spans.empty()) return m.UploadPacked(params);
   RWR_CUDA(cudaMemcpy(m.params.ptr, params.data(), params.size() * 4, cudaMemcpyHostToDevice));
   if (m.act != Act::kF32) {
     RWR_RETURN_IF_ERROR(cuda::ToBf16(m.params.ptr, m.params16.ptr, layout_.total(), m.stream));
@@ -1139,6 +1222,11 @@ absl::Status MambaCuda::UploadParams(std::span<const float> params) {
   return absl::OkStatus();
 }
 absl::Status MambaCuda::DownloadParams(std::span<float> params) const {
+  if (!impl_->fp32_spans.empty()) {
+    return absl::FailedPreconditionError(
+        "MambaCuda::DownloadParams: this model was made for bf16 inference "
+        "(CreateForInference) and keeps the GEMM weights in bf16 only");
+  }
   RWR_RETURN_IF_ERROR(impl_->AwaitAllParams());
   RWR_CUDA(cudaStreamSynchronize(impl_->stream));
   RWR_CUDA(cudaMemcpy(params.data(), impl_->params.ptr, params.size() * 4, cudaMemcpyDeviceToHost));
