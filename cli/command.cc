@@ -70,6 +70,7 @@ void SetAction(CLI::App* command, std::function<absl::Status()> action) {
   command->callback([action = std::move(action)] {
     InstallShutdownHandlers();
     absl::Status status = action();
+    if (IsReportedElsewhere(status)) throw CommandFailed("");  // exit 1, printed by another rank
     if (!status.ok()) throw CommandFailed(std::string(status.message()));
   });
 }

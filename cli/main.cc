@@ -49,7 +49,8 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const CLI::Error& e) {
     if (e.get_name() == "CommandFailed") {
-      std::cerr << "rwr: error: " << e.what() << "\n";
+      // One write: the ranks of a data-parallel run share a terminal, lines must not interleave.
+      if (*e.what() != '\0') std::cerr << std::string("rwr: error: ") + e.what() + "\n";
       return 1;
     }
     // Point at the help of the command the user was typing: the subcommands among its words.

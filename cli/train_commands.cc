@@ -29,8 +29,8 @@ void RegisterTrainCommands(CLI::App& app) {
       "Data parallel: start one process per GPU (or per CPU rank) with mpirun or srun, e.g.\n"
       "  mpirun -np 4 rwr train --config C.yaml\n"
       "Each rank reads its own rows of every batch; the gradients are summed over the ranks and\n"
-      "each rank updates 1/N of the parameters (ZeRO-1). Under mpirun, send SIGUSR1 (mpirun\n"
-      "forwards it to every rank) to checkpoint and stop.");
+      "each rank updates 1/N of the parameters (ZeRO-1). To checkpoint and stop, send SIGUSR1\n"
+      "to any rank (they stop together at one step) and to mpirun; not every mpirun forwards it.");
   AddCommonOptions(train, options);
   SetAction(train, [options]() -> absl::Status {
     // First: the rank is known before anything logs (only rank 0 logs info lines).
@@ -38,12 +38,8 @@ void RegisterTrainCommands(CLI::App& app) {
                          trainer::CommunicatorForThisProcess());
     absl::StatusOr<Config> config =
         ResolveConfig(*options, trainer::DefaultTrainConfig(), "train");
-    if (!config.ok() && comm->world_size() > 1) {
-      // Maybe this rank alone (a file its node cannot read): the others would wait for it.
-      spdlog::error("train: {}", std::string(config.status().message()));
-      comm->Abort(1);
-    }
-    RWR_RETURN_IF_ERROR(config.status());
+    // Maybe this rank alone (a file its node cannot read): the ranks stop together.
+    RWR_RETURN_IF_ERROR(trainer::AgreeOnStatus(config.status(), *comm));
     // Train ends the whole job itself where a rank fails in it.
     RWR_ASSIGN_OR_RETURN(trainer::TrainResult result, trainer::Train(*config, comm.get()));
     if (comm->rank() != 0) return absl::OkStatus();  // rank 0 reports for the job

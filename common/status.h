@@ -7,6 +7,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/cord.h"
 
 #define RWR_STATUS_CONCAT_INNER(a, b) a##b
 #define RWR_STATUS_CONCAT(a, b) RWR_STATUS_CONCAT_INNER(a, b)
@@ -25,3 +26,18 @@
   auto tmp = (expr);                              \
   if (!tmp.ok()) return std::move(tmp).status();  \
   lhs = std::move(tmp).value()
+
+namespace rwr {
+
+// An error that another process of the same job prints for it (rank 0 of a data-parallel run,
+// where every rank failed alike): the command exits 1 without printing it a second time.
+inline constexpr char kReportedElsewhereUrl[] = "rwr/reported-elsewhere";
+inline absl::Status ReportedElsewhere(absl::Status error) {
+  error.SetPayload(kReportedElsewhereUrl, absl::Cord("1"));
+  return error;
+}
+inline bool IsReportedElsewhere(const absl::Status& status) {
+  return status.GetPayload(kReportedElsewhereUrl).has_value();
+}
+
+}  // namespace rwr

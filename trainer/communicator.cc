@@ -1,6 +1,12 @@
 #include "trainer/communicator.h"
 
 #include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "absl/strings/cord.h"
+#include "fmt/format.h"
+#include "fmt/ranges.h"
 
 #include "common/process.h"
 #include "common/status.h"
@@ -37,6 +43,41 @@ absl::StatusOr<std::unique_ptr<Communicator>> CommunicatorForThisProcess() {
   }
   SetProcessRank(comm->rank(), comm->world_size());
   return comm;
+}
+
+namespace {
+constexpr char kAgreedUrl[] = "rwr/agreed-failure";
+}  // namespace
+
+absl::Status AgreeOnStatus(absl::Status own, Communicator& comm) {
+  const int world = comm.world_size(), rank = comm.rank();
+  if (world == 1) return own;
+  std::vector<double> failed(world, 0.0);  // each rank's own slot: every rank learns which failed
+  failed[rank] = own.ok() ? 0.0 : 1.0;
+  RWR_RETURN_IF_ERROR(comm.AllReduceSum(std::span<double>(failed)));
+  std::vector<int> failed_ranks;
+  for (int r = 0; r < world; ++r) {
+    if (failed[r] != 0) failed_ranks.push_back(r);
+  }
+  if (failed_ranks.empty()) return absl::OkStatus();
+  absl::Status agreed;
+  if (!own.ok()) {
+    const std::string message(own.message());
+    agreed = absl::Status(own.code(), rank == 0 ? message : fmt::format("rank {}: {}", rank, message));
+  } else {
+    agreed = absl::AbortedError(fmt::format(
+        "{} of {} ranks failed (rank{} {}, its error above); every rank stopped",
+        failed_ranks.size(), world, failed_ranks.size() > 1 ? "s" : "",
+        fmt::join(failed_ranks, ", ")));
+  }
+  agreed.SetPayload(kAgreedUrl, absl::Cord("1"));
+  // Rank 0 speaks for the job: its own error, or the count of those that failed.
+  if (rank != 0 && (failed[0] != 0 || own.ok())) return ReportedElsewhere(std::move(agreed));
+  return agreed;
+}
+
+bool IsAgreedFailure(const absl::Status& status) {
+  return status.GetPayload(kAgreedUrl).has_value();
 }
 
 }  // namespace rwr::trainer

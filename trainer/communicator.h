@@ -40,6 +40,17 @@ class Communicator {
   virtual void Abort(int exit_code) = 0;
 };
 
+// Every rank calls this at the same point of its work with the status of that work since the
+// last such point, and all of them learn whether every rank got there without an error (one
+// all-reduce; nothing on one rank, where the own status is returned). OK where every rank did;
+// else an error on every rank, marked agreed (IsAgreedFailure): the ranks are in step, so they end
+// normally instead of through Abort. A failed rank's error keeps its message, with "rank R: " in
+// front on ranks other than 0. Where rank 0 failed, the other ranks' errors are reported by rank
+// 0 (common/status.h ReportedElsewhere), so the job prints one line; where it did not, rank 0's
+// error names the ranks that failed.
+absl::Status AgreeOnStatus(absl::Status own, Communicator& comm);
+bool IsAgreedFailure(const absl::Status& status);
+
 // [begin, end) of `total` elements owned by `rank` of `world`: equal ranges of PerRank elements,
 // the last ones shorter (or empty). PerRank is a multiple of kAlign, so that every non-empty range
 // starts 256-byte aligned and on a whole 32-bit word of a per-element bit mask (the GPU optimizer's

@@ -535,22 +535,32 @@ struct GpuSide {
 #endif
 };
 
-absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* comm,
-                                         GpuSide* side) {
-  RWR_ASSIGN_OR_RETURN(Settings s, ReadSettings(config));
-  SetCpuThreads(s.threads, comm->local_size());
-  RWR_ASSIGN_OR_RETURN(MambaConfig model_config, ModelConfigFromRunConfig(config));
+// What a run starts from that each rank finds on its own, before any collective: the settings,
+// the model config, the data (opened and checked) and the run directory (locked by rank 0, and
+// checked). The errors users meet most are found here, alike on every rank, so the ranks agree on
+// them (AgreeOnStatus) and stop together with one message instead of through Abort.
+struct RunInputs {
+  Settings s;
+  MambaConfig model_config;
   std::string init_from;
+  std::unique_ptr<storage::ShardLoader> loader, eval_loader;
+  storage::LoaderPosition eval_start;  // every evaluation reads the same first batches
+  std::string tokenizer_sha;
+  std::optional<DirLock> run_lock;  // rank 0's, held until Train returns
+};
+
+absl::StatusOr<RunInputs> OpenRunInputs(const Config& config, Communicator* comm) {
+  RunInputs in;
+  RWR_ASSIGN_OR_RETURN(in.s, ReadSettings(config));
+  const Settings& s = in.s;
+
+  SetCpuThreads(s.threads, comm->local_size());
+  RWR_ASSIGN_OR_RETURN(in.model_config, ModelConfigFromRunConfig(config));
   if (config.Has("model.init_from")) {
-    RWR_ASSIGN_OR_RETURN(init_from, config.Get<std::string>("model.init_from"));
+    RWR_ASSIGN_OR_RETURN(in.init_from, config.Get<std::string>("model.init_from"));
   }
   const fs::path out_dir = s.out_dir;
   const std::string checkpoints_dir = (out_dir / "checkpoints").string();
-
-  MambaCpu model(model_config);
-  const ParamLayout& layout = model.layout();
-  const ShardRange range = ShardRange::For(layout.total(), comm->rank(), comm->world_size());
-  AdamW adamw(layout, {s.beta1, s.beta2, s.eps, s.weight_decay}, range);
 
   storage::LoaderOptions loader_options;
   loader_options.dir = s.data_dir;
@@ -560,31 +570,26 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
   loader_options.world_size = comm->world_size();
   loader_options.seed = s.data_seed;
   loader_options.shuffle = s.shuffle;
-  RWR_ASSIGN_OR_RETURN(auto loader, storage::ShardLoader::Open(loader_options));
-  if (static_cast<int64_t>(loader->manifest().vocab_size) > model_config.vocab_size) {
+  RWR_ASSIGN_OR_RETURN(in.loader, storage::ShardLoader::Open(loader_options));
+  if (static_cast<int64_t>(in.loader->manifest().vocab_size) > in.model_config.vocab_size) {
     return absl::InvalidArgumentError(fmt::format(
         "data {} has vocab {} but the model's vocab_size is {}: use a model config matching the "
         "tokenizer",
-        s.data_dir, loader->manifest().vocab_size, model_config.vocab_size));
+        s.data_dir, in.loader->manifest().vocab_size, in.model_config.vocab_size));
   }
-  const std::string tokenizer_sha = DataTokenizerSha(loader->manifest());
-  // Opened (and its shards checked) once, now rather than at the first evaluation; every
-  // evaluation reads the same first batches from its start position.
-  std::unique_ptr<storage::ShardLoader> eval_loader;
-  storage::LoaderPosition eval_start;
+  in.tokenizer_sha = DataTokenizerSha(in.loader->manifest());
+  // Opened (and its shards checked) once, now rather than at the first evaluation.
   if (!s.eval_dir.empty()) {
     storage::LoaderOptions eval_options = loader_options;
     eval_options.dir = s.eval_dir;
     eval_options.shuffle = false;
-    RWR_ASSIGN_OR_RETURN(eval_loader, storage::ShardLoader::Open(eval_options));
-    eval_start = eval_loader->position();
-    RWR_RETURN_IF_ERROR(CheckEvalData(eval_loader->manifest(), s.eval_dir, model_config,
-                                      tokenizer_sha, s.data_dir));
+    RWR_ASSIGN_OR_RETURN(in.eval_loader, storage::ShardLoader::Open(eval_options));
+    in.eval_start = in.eval_loader->position();
+    RWR_RETURN_IF_ERROR(CheckEvalData(in.eval_loader->manifest(), s.eval_dir, in.model_config,
+                                      in.tokenizer_sha, s.data_dir));
   }
-  // Held until Train returns; taken (the directory created) before the directory is looked at,
-  // so that two runs started together cannot both find it empty. One process (rank 0) speaks for
-  // the job.
-  std::optional<DirLock> run_lock;
+  // Taken (the directory created) before the directory is looked at, so that two runs started
+  // together cannot both find it empty. One process (rank 0) speaks for the job.
   if (comm->rank() == 0) {
     RWR_ASSIGN_OR_RETURN(
         DirLock lock,
@@ -593,7 +598,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
                           .command = "rwr train",
                           .clash = "two runs in one directory would overwrite each other's "
                                    "checkpoints"}));
-    run_lock.emplace(std::move(lock));
+    in.run_lock.emplace(std::move(lock));
   }
   RWR_RETURN_IF_ERROR(CheckCheckpointsListable(checkpoints_dir));
   if (!s.resume &&
@@ -604,6 +609,27 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
         "train.out_dir (or remove {})",
         s.out_dir, s.out_dir));
   }
+  return in;
+}
+
+absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* comm,
+                                         GpuSide* side) {
+  absl::StatusOr<RunInputs> opened = OpenRunInputs(config, comm);
+  RWR_RETURN_IF_ERROR(AgreeOnStatus(opened.status(), *comm));
+  const Settings& s = opened->s;
+  const MambaConfig& model_config = opened->model_config;
+  const std::string& init_from = opened->init_from;
+  const std::string& tokenizer_sha = opened->tokenizer_sha;
+  storage::ShardLoader* loader = opened->loader.get();
+  storage::ShardLoader* eval_loader = opened->eval_loader.get();
+  const storage::LoaderPosition& eval_start = opened->eval_start;
+  const fs::path out_dir = s.out_dir;
+  const std::string checkpoints_dir = (out_dir / "checkpoints").string();
+
+  MambaCpu model(model_config);
+  const ParamLayout& layout = model.layout();
+  const ShardRange range = ShardRange::For(layout.total(), comm->rank(), comm->world_size());
+  AdamW adamw(layout, {s.beta1, s.beta2, s.eps, s.weight_decay}, range);
 
   // Start: newest readable checkpoint, else init_from, else a fresh initialisation.
   std::vector<float> params;
@@ -614,38 +640,43 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
   if (s.resume) {
     RWR_ASSIGN_OR_RETURN(resumed, LoadNewestCheckpoint(checkpoints_dir, range, comm));
   }
-  if (resumed) {
-    CheckpointData& ckpt = resumed->data;
-    RWR_RETURN_IF_ERROR(CheckResumable(*resumed, model_config, tokenizer_sha, s.data_dir));
-    if (ckpt.state.world_size != comm->world_size()) {
-      spdlog::info("train: {} was written by {} ranks; this run has {} (optimizer re-sharded)",
-                   resumed->dir, ckpt.state.world_size, comm->world_size());
+  // From here to the weights' broadcast each rank works on its own; they agree there.
+  absl::Status started = [&]() -> absl::Status {
+    if (resumed) {
+      CheckpointData& ckpt = resumed->data;
+      RWR_RETURN_IF_ERROR(CheckResumable(*resumed, model_config, tokenizer_sha, s.data_dir));
+      if (ckpt.state.world_size != comm->world_size()) {
+        spdlog::info("train: {} was written by {} ranks; this run has {} (optimizer re-sharded)",
+                     resumed->dir, ckpt.state.world_size, comm->world_size());
+      }
+      if (const auto changed = ChangedSettings(ckpt.state.resolved_config_yaml, config);
+          !changed.empty()) {
+        spdlog::warn("train: resuming with changed settings: {}", fmt::join(changed, ", "));
+      }
+      params = std::move(ckpt.params);
+      adamw.exp_avg() = std::move(ckpt.exp_avg);
+      adamw.exp_avg_sq() = std::move(ckpt.exp_avg_sq);
+      adamw.set_step(ckpt.opt_step);
+      state = ckpt.state;
+      state.world_size = comm->world_size();
+      rng.set_state(state.rng_state);
+      if (!state.loader_position_json.empty()) {
+        RWR_ASSIGN_OR_RETURN(auto position,
+                             storage::LoaderPosition::FromJson(state.loader_position_json));
+        RWR_RETURN_IF_ERROR(loader->Restore(position));
+      }
+      spdlog::info("train: resuming from {} (step {})", resumed->dir, state.step);
+    } else if (!init_from.empty()) {
+      RWR_RETURN_IF_ERROR(CheckModelTokenizer(init_from, tokenizer_sha, s.data_dir));
+      RWR_RETURN_IF_ERROR(LoadWeights(init_from, model_config, &params));
+      spdlog::info("train: starting from weights in {}", init_from);
+    } else {
+      params = InitParams(model_config, s.seed);
+      spdlog::info("train: starting from a fresh initialisation (seed {})", s.seed);
     }
-    if (const auto changed = ChangedSettings(ckpt.state.resolved_config_yaml, config);
-        !changed.empty()) {
-      spdlog::warn("train: resuming with changed settings: {}", fmt::join(changed, ", "));
-    }
-    params = std::move(ckpt.params);
-    adamw.exp_avg() = std::move(ckpt.exp_avg);
-    adamw.exp_avg_sq() = std::move(ckpt.exp_avg_sq);
-    adamw.set_step(ckpt.opt_step);
-    state = ckpt.state;
-    state.world_size = comm->world_size();
-    rng.set_state(state.rng_state);
-    if (!state.loader_position_json.empty()) {
-      RWR_ASSIGN_OR_RETURN(auto position,
-                           storage::LoaderPosition::FromJson(state.loader_position_json));
-      RWR_RETURN_IF_ERROR(loader->Restore(position));
-    }
-    spdlog::info("train: resuming from {} (step {})", resumed->dir, state.step);
-  } else if (!init_from.empty()) {
-    RWR_RETURN_IF_ERROR(CheckModelTokenizer(init_from, tokenizer_sha, s.data_dir));
-    RWR_RETURN_IF_ERROR(LoadWeights(init_from, model_config, &params));
-    spdlog::info("train: starting from weights in {}", init_from);
-  } else {
-    params = InitParams(model_config, s.seed);
-    spdlog::info("train: starting from a fresh initialisation (seed {})", s.seed);
-  }
+    return absl::OkStatus();
+  }();
+  RWR_RETURN_IF_ERROR(AgreeOnStatus(started, *comm));
   state.resolved_config_yaml = config.ToYaml();
   state.data_dir = fs::absolute(s.data_dir).lexically_normal().string();
   state.tokenizer_sha256 = tokenizer_sha;
@@ -983,7 +1014,7 @@ absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm) {
   // for this one.
   GpuSide side;
   absl::StatusOr<TrainResult> result = TrainOnRanks(config, comm, &side);
-  if (!result.ok() && comm->world_size() > 1) {
+  if (!result.ok() && comm->world_size() > 1 && !IsAgreedFailure(result.status())) {
     spdlog::error("train: {}", std::string(result.status().message()));
     comm->Abort(1);
   }

@@ -245,6 +245,45 @@ TEST_F(RWR_TEST_SUITE, ADamagedRankFileSendsEveryRankToTheCheckpointBefore) {
   EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6}));
 }
 
+size_t Count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+// An error every rank meets alike (here: no dataset) ends the ranks together, in step: printed
+// once (by rank 0), exit 1, and no MPI_Abort with its banner.
+TEST_F(RWR_TEST_SUITE, AnErrorEveryRankMeetsIsPrintedOnceAndNoRankAborts) {
+  const std::string out = TempDir("no_data");
+  CommandResult r = RunRwr(2, TrainArgs("/nonexistent_rwr_data", out, 1, 1, 2));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_EQ(Count(r.output, "rwr: error: /nonexistent_rwr_data/manifest.json: not found"), 1u)
+      << r.output;
+  EXPECT_EQ(r.output.find("MPI_ABORT"), std::string::npos) << r.output;
+}
+
+// One rank alone fails to start (here: its own dataset path; on a cluster, a file its node cannot
+// read): every rank stops before the first collective of the run, the failed rank says why and
+// rank 0 which rank failed; nothing is trained or written.
+TEST_F(RWR_TEST_SUITE, OneRankFailingToStartStopsEveryRankWithItsReason) {
+  const std::string data = MakeDataset(8);
+  const std::string out = TempDir("one_fails");
+  const std::string good = TrainArgs(data, out, 1, 1, 2);
+  const std::string bad = TrainArgs("/nonexistent_rwr_data", out, 1, 1, 2);
+  CommandResult r = rwr::testing::RunShell(
+      fmt::format("{} : -np 1 {} {} 2>&1", Launcher(1) + " " + good, kRwr, bad));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_EQ(Count(r.output, "rwr: error: rank 1: /nonexistent_rwr_data/manifest.json: not found"),
+            1u)
+      << r.output;
+  EXPECT_NE(r.output.find("rwr: error: 1 of 2 ranks failed (rank 1, its error above)"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("MPI_ABORT"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(fs::path(out) / "checkpoints")) << r.output;
+  EXPECT_TRUE(Metrics(out).empty());
+}
+
 using rwr::testing::Launched;
 using rwr::testing::ReadLog;
 
