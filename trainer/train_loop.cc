@@ -2,6 +2,7 @@
 #include "trainer/train_loop.h"
 
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
@@ -73,6 +74,14 @@ double PeakRssGiB() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return usage.ru_maxrss / (1024.0 * 1024.0);  // ru_maxrss is KiB on Linux
+}
+
+// Host memory this process holds now (resident pages), GiB; 0 where /proc is not there.
+double RssGiB() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t size = 0, resident = 0;
+  if (!(statm >> size >> resident)) return 0;
+  return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / (1 << 30);
 }
 
 struct Settings {
@@ -527,6 +536,17 @@ absl::StatusOr<MambaConfig> ModelConfigFromRunConfig(const Config& config) {
 
 namespace {
 
+#ifdef RWR_TRAINER_HAVE_CUDA
+// Frees the host's copies of the weights and AdamW moments once the GPU holds them: the host
+// needs them again only while a checkpoint is written. At 2.8B that is 11 GB of weights and
+// 22 GB / ranks of moments per rank, times the ranks of a node.
+void ReleaseHostCopies(std::vector<float>& params, AdamW& adamw) {
+  params = std::vector<float>();
+  adamw.exp_avg() = std::vector<float>();
+  adamw.exp_avg_sq() = std::vector<float>();
+}
+#endif
+
 // The GPU side of a run, owned by Train (see there).
 struct GpuSide {
 #ifdef RWR_TRAINER_HAVE_CUDA
@@ -730,6 +750,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     if (resumed) {
       RWR_RETURN_IF_ERROR(gpu->UploadOptimizer(adamw.exp_avg(), adamw.exp_avg_sq(), adamw.step()));
     }
+    ReleaseHostCopies(params, adamw);
   }
 #else
   if (s.device == "cuda") {
@@ -759,7 +780,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     RWR_ASSIGN_OR_RETURN(metrics, MetricsLog::Open(out_dir / "metrics.jsonl", state.step));
   }
   const LrSchedule schedule{s.lr, s.min_lr, s.warmup_steps, s.steps};
-  std::vector<float> grads(layout.total());
+  std::vector<float> grads(use_cuda ? 0 : layout.total());  // the CPU path's; the GPU has its own
   std::vector<storage::Batch> micro(s.grad_accum);
   bool first = true;
   int64_t steps_this_run = 0;
@@ -782,7 +803,10 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
 #ifdef RWR_TRAINER_HAVE_CUDA
     if (gpu) {
       // Every rank holds all parameters; rank 0 writes them.
-      if (comm->rank() == 0) RWR_RETURN_IF_ERROR(gpu->DownloadParams(params));
+      if (comm->rank() == 0) {
+        params.resize(layout.total());
+        RWR_RETURN_IF_ERROR(gpu->DownloadParams(params));
+      }
       int64_t opt_step = 0;
       RWR_RETURN_IF_ERROR(gpu->DownloadOptimizer(&adamw.exp_avg(), &adamw.exp_avg_sq(), &opt_step));
       adamw.set_step(opt_step);
@@ -806,6 +830,9 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     if (lead) params = std::move(data.params);
     adamw.exp_avg() = std::move(data.exp_avg);
     adamw.exp_avg_sq() = std::move(data.exp_avg_sq);
+#ifdef RWR_TRAINER_HAVE_CUDA
+    if (gpu) ReleaseHostCopies(params, adamw);
+#endif
     RWR_ASSIGN_OR_RETURN(result.last_checkpoint, std::move(saved));
     spdlog::info("train: checkpoint {}", result.last_checkpoint);
 #ifdef RWR_TRAINER_HAVE_CUDA
@@ -962,6 +989,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
                    // number. The CPU path has no comparable peak, so it records null.
                    {"mfu", nullptr},
                    {"peak_mem_gib", PeakRssGiB()},
+                   {"host_gib", RssGiB()},
                    {"loss_tokens", counts[0]},
                    {"skipped", skipped},
                    {"epoch", loader->position().epoch}};
