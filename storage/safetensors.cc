@@ -29,23 +29,32 @@ absl::Status FileError(const std::string& path, const std::string& what) {
   return absl::DataLossError(fmt::format("safetensors {}: {}", path, what));
 }
 
-// path.tmp, fsync, rename, fsync of the directory.
-absl::Status WriteBytesAtomically(const std::string& path, const std::string& bytes) {
+// path.tmp written by `produce` through a sink, fsync, rename, fsync of the directory.
+absl::Status WriteAtomically(
+    const std::string& path,
+    const std::function<absl::Status(const SafetensorsWriter::ByteSink&)>& produce) {
   const std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) {
     return absl::UnavailableError(fmt::format("cannot create {}: {}", tmp, std::strerror(errno)));
   }
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int err = errno;
-      ::close(fd);
-      return absl::UnavailableError(fmt::format("cannot write {}: {}", tmp, std::strerror(err)));
+  auto write_all = [&](std::string_view bytes) -> absl::Status {
+    size_t done = 0;
+    while (done < bytes.size()) {
+      const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return absl::UnavailableError(
+            fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
+      }
+      done += static_cast<size_t>(n);
     }
-    done += static_cast<size_t>(n);
+    return absl::OkStatus();
+  };
+  if (absl::Status written = produce(write_all); !written.ok()) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return written;
   }
   if (::fsync(fd) != 0 || ::close(fd) != 0) {
     return absl::UnavailableError(fmt::format("cannot sync {}: {}", tmp, std::strerror(errno)));
@@ -62,6 +71,12 @@ absl::Status WriteBytesAtomically(const std::string& path, const std::string& by
     ::close(dfd);
   }
   return absl::OkStatus();
+}
+
+absl::Status WriteBytesAtomically(const std::string& path, const std::string& bytes) {
+  return WriteAtomically(path, [&bytes](const SafetensorsWriter::ByteSink& sink) {
+    return sink(bytes);
+  });
 }
 
 bool IsFloat(DType d) {
@@ -456,33 +471,41 @@ absl::StatusOr<std::vector<int64_t>> SafetensorsFile::ReadInt(std::string_view n
 // ---------------------------------------------------------------------------------------------
 // SafetensorsWriter
 
+absl::Status SafetensorsWriter::Add(Pending tensor) {
+  TensorInfo& info = tensor.info;
+  if (info.name.empty() || info.name == "__metadata__") {
+    return absl::InvalidArgumentError(
+        fmt::format("safetensors: invalid tensor name '{}'", info.name));
+  }
+  for (const Pending& t : tensors_) {
+    if (t.info.name == info.name) {
+      return absl::InvalidArgumentError(
+          fmt::format("safetensors: tensor '{}' added twice", info.name));
+    }
+  }
+  info.begin = data_bytes_;
+  info.end = data_bytes_ + static_cast<uint64_t>(info.NumElements()) * DTypeSize(info.dtype);
+  data_bytes_ = info.end;
+  tensors_.push_back(std::move(tensor));
+  return absl::OkStatus();
+}
+
 absl::Status SafetensorsWriter::AddBytes(const std::string& name, DType dtype,
                                          std::vector<int64_t> shape,
                                          std::span<const uint8_t> bytes) {
-  if (name.empty() || name == "__metadata__") {
-    return absl::InvalidArgumentError(fmt::format("safetensors: invalid tensor name '{}'", name));
-  }
-  for (const TensorInfo& t : tensors_) {
-    if (t.name == name) {
-      return absl::InvalidArgumentError(fmt::format("safetensors: tensor '{}' added twice", name));
-    }
-  }
-  TensorInfo info;
-  info.name = name;
-  info.dtype = dtype;
-  info.shape = std::move(shape);
-  const uint64_t expected = static_cast<uint64_t>(info.NumElements()) * DTypeSize(dtype);
+  Pending t;
+  t.info.name = name;
+  t.info.dtype = dtype;
+  t.info.shape = std::move(shape);
+  const uint64_t expected = static_cast<uint64_t>(t.info.NumElements()) * DTypeSize(dtype);
   if (bytes.size() != expected) {
     return absl::InvalidArgumentError(
         fmt::format("safetensors: tensor '{}' {} {} needs {} bytes, "
                     "got {}",
-                    name, DTypeName(dtype), ShapeString(info.shape), expected, bytes.size()));
+                    name, DTypeName(dtype), ShapeString(t.info.shape), expected, bytes.size()));
   }
-  info.begin = data_.size();
-  data_.insert(data_.end(), bytes.begin(), bytes.end());
-  info.end = data_.size();
-  tensors_.push_back(std::move(info));
-  return absl::OkStatus();
+  t.bytes = bytes;
+  return Add(std::move(t));
 }
 
 absl::Status SafetensorsWriter::AddFloat(const std::string& name, std::vector<int64_t> shape,
@@ -495,34 +518,21 @@ absl::Status SafetensorsWriter::AddFloat(const std::string& name, std::vector<in
                     "values, got {}",
                     name, ShapeString(shape), n, values.size()));
   }
-  std::vector<uint8_t> bytes(n * DTypeSize(dtype));
-  switch (dtype) {
-    case DType::kF32:
-      std::memcpy(bytes.data(), values.data(), n * 4);
-      break;
-    case DType::kF64:
-      for (int64_t i = 0; i < n; ++i) {
-        const double v = values[i];
-        std::memcpy(bytes.data() + 8 * i, &v, 8);
-      }
-      break;
-    case DType::kBF16:
-      for (int64_t i = 0; i < n; ++i) {
-        const uint16_t v = FloatToBf16(values[i]);
-        std::memcpy(bytes.data() + 2 * i, &v, 2);
-      }
-      break;
-    case DType::kF16:
-      for (int64_t i = 0; i < n; ++i) {
-        const uint16_t v = FloatToF16(values[i]);
-        std::memcpy(bytes.data() + 2 * i, &v, 2);
-      }
-      break;
-    default:
-      return absl::InvalidArgumentError(
-          fmt::format("safetensors: cannot store floats as {}", DTypeName(dtype)));
+  if (dtype != DType::kF32 && dtype != DType::kF64 && dtype != DType::kBF16 &&
+      dtype != DType::kF16) {
+    return absl::InvalidArgumentError(
+        fmt::format("safetensors: cannot store floats as {}", DTypeName(dtype)));
   }
-  return AddBytes(name, dtype, std::move(shape), bytes);
+  Pending t;
+  t.info.name = name;
+  t.info.dtype = dtype;
+  t.info.shape = std::move(shape);
+  if (dtype == DType::kF32) {  // the bytes as they are in memory (little-endian)
+    t.bytes = {reinterpret_cast<const uint8_t*>(values.data()), values.size() * 4};
+  } else {
+    t.floats = values;
+  }
+  return Add(std::move(t));
 }
 
 absl::Status SafetensorsWriter::AddInt64(const std::string& name, std::vector<int64_t> shape,
@@ -531,7 +541,7 @@ absl::Status SafetensorsWriter::AddInt64(const std::string& name, std::vector<in
                   {reinterpret_cast<const uint8_t*>(values.data()), values.size() * 8});
 }
 
-std::string SafetensorsWriter::Serialize() const {
+std::string SafetensorsWriter::Header() const {
   // nlohmann's ordered_json keeps insertion order, so the header lists tensors as added.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata_.empty()) {
@@ -539,23 +549,61 @@ std::string SafetensorsWriter::Serialize() const {
     for (const auto& [k, v] : metadata_) meta[k] = v;
     header["__metadata__"] = meta;
   }
-  for (const TensorInfo& t : tensors_) {
-    header[t.name] = {
-        {"dtype", DTypeName(t.dtype)}, {"shape", t.shape}, {"data_offsets", {t.begin, t.end}}};
+  for (const Pending& t : tensors_) {
+    header[t.info.name] = {{"dtype", DTypeName(t.info.dtype)},
+                           {"shape", t.info.shape},
+                           {"data_offsets", {t.info.begin, t.info.end}}};
   }
   std::string text = header.dump();
   while ((8 + text.size()) % 8 != 0) text.push_back(' ');
-  std::string out;
-  out.reserve(8 + text.size() + data_.size());
   const uint64_t n = text.size();
-  out.append(reinterpret_cast<const char*>(&n), 8);
-  out.append(text);
-  out.append(reinterpret_cast<const char*>(data_.data()), data_.size());
+  return std::string(reinterpret_cast<const char*>(&n), 8) + text;
+}
+
+absl::Status SafetensorsWriter::Emit(const ByteSink& sink) const {
+  RWR_RETURN_IF_ERROR(sink(Header()));
+  // Converted tensors go out through a bounded buffer; fp32 and raw tensors straight from the
+  // caller's memory.
+  constexpr size_t kChunk = size_t{1} << 20;  // elements
+  std::vector<uint8_t> buffer;
+  for (const Pending& t : tensors_) {
+    if (t.floats.empty()) {
+      RWR_RETURN_IF_ERROR(
+          sink({reinterpret_cast<const char*>(t.bytes.data()), t.bytes.size()}));
+      continue;
+    }
+    const size_t size = DTypeSize(t.info.dtype);
+    for (size_t at = 0; at < t.floats.size(); at += kChunk) {
+      const size_t n = std::min(kChunk, t.floats.size() - at);
+      buffer.resize(n * size);
+      for (size_t i = 0; i < n; ++i) {
+        const float v = t.floats[at + i];
+        if (t.info.dtype == DType::kF64) {
+          const double d = v;
+          std::memcpy(buffer.data() + 8 * i, &d, 8);
+        } else {
+          const uint16_t h = t.info.dtype == DType::kBF16 ? FloatToBf16(v) : FloatToF16(v);
+          std::memcpy(buffer.data() + 2 * i, &h, 2);
+        }
+      }
+      RWR_RETURN_IF_ERROR(sink({reinterpret_cast<const char*>(buffer.data()), buffer.size()}));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string SafetensorsWriter::Serialize() const {
+  std::string out;
+  const absl::Status ok = Emit([&out](std::string_view bytes) {
+    out.append(bytes);
+    return absl::OkStatus();
+  });
+  (void)ok;  // appending to a string does not fail
   return out;
 }
 
 absl::Status SafetensorsWriter::WriteFile(const std::string& path) const {
-  return WriteBytesAtomically(path, Serialize());
+  return WriteAtomically(path, [this](const ByteSink& sink) { return Emit(sink); });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,15 +15,17 @@
 //   RWR_ASSIGN_OR_RETURN(std::vector<float> w, file->ReadFloat("backbone.norm_f.weight"));
 //
 //   SafetensorsWriter writer;
-//   writer.AddFloat("w", {2, 3}, values, DType::kBF16);   // converted on write
+//   writer.AddFloat("w", {2, 3}, values, DType::kBF16);   // a view: converted on write
 //   RWR_RETURN_IF_ERROR(writer.WriteFile("out/model.safetensors"));   // atomic
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -88,27 +90,43 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
-// Builds a file in memory (tensors in the order added) and writes it atomically.
+// Lays out a file (tensors in the order added) and writes it atomically, streaming: the tensors
+// are views of the caller's memory, which must stay unchanged until WriteFile or Serialize, and
+// are written from there (fp32 and raw bytes as they are, conversions through a 4 MiB buffer) —
+// a checkpoint's 33 GB of weights and moments at 2.8B are never copied on the host.
 class SafetensorsWriter {
  public:
-  // Stores `values` converted to `dtype` (F32, BF16, F16 or F64). Shape product must match.
+  // `values` stored as `dtype` (F32, BF16, F16 or F64), converted on write. Shape product must
+  // match.
   absl::Status AddFloat(const std::string& name, std::vector<int64_t> shape,
                         std::span<const float> values, DType dtype = DType::kF32);
-  // Stores raw bytes already in `dtype`'s encoding.
+  // Raw bytes already in `dtype`'s encoding.
   absl::Status AddBytes(const std::string& name, DType dtype, std::vector<int64_t> shape,
                         std::span<const uint8_t> bytes);
   absl::Status AddInt64(const std::string& name, std::vector<int64_t> shape,
                         std::span<const int64_t> values);
   void SetMetadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
 
-  uint64_t data_bytes() const { return data_.size(); }
+  uint64_t data_bytes() const { return data_bytes_; }
   size_t num_tensors() const { return tensors_.size(); }
-  std::string Serialize() const;
+  std::string Serialize() const;                          // the whole file, in memory
   absl::Status WriteFile(const std::string& path) const;  // path.tmp, fsync, rename
 
+  // Where Emit puts the file's bytes, in order.
+  using ByteSink = std::function<absl::Status(std::string_view)>;
+
  private:
-  std::vector<TensorInfo> tensors_;
-  std::vector<uint8_t> data_;
+  struct Pending {
+    TensorInfo info;
+    std::span<const uint8_t> bytes;  // written as they are, or
+    std::span<const float> floats;   // converted to info.dtype
+  };
+  absl::Status Add(Pending tensor);
+  std::string Header() const;  // the length, the JSON, its padding
+  absl::Status Emit(const ByteSink& sink) const;
+
+  std::vector<Pending> tensors_;
+  uint64_t data_bytes_ = 0;
   std::map<std::string, std::string> metadata_;
 };
 

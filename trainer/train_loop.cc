@@ -800,6 +800,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
 
   auto save = [&]() -> absl::Status {
     if (saved_step == state.step) return absl::OkStatus();
+    const auto save_start = std::chrono::steady_clock::now();
 #ifdef RWR_TRAINER_HAVE_CUDA
     if (gpu) {
       // Every rank holds all parameters; rank 0 writes them.
@@ -834,7 +835,9 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     if (gpu) ReleaseHostCopies(params, adamw);
 #endif
     RWR_ASSIGN_OR_RETURN(result.last_checkpoint, std::move(saved));
-    spdlog::info("train: checkpoint {}", result.last_checkpoint);
+    spdlog::info("train: checkpoint {} ({:.1f} s)", result.last_checkpoint,
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - save_start)
+                     .count());
 #ifdef RWR_TRAINER_HAVE_CUDA
     if (gpu) RWR_RETURN_IF_ERROR(gemm_algos.SaveNew(*gpu));  // the shapes evals timed, too
 #endif
