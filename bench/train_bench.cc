@@ -102,6 +102,10 @@ int main(int argc, char** argv) {
   app.add_flag("--dp-serial", dp_serial,
                "Under mpirun: wait for the parameter all-gather at the end of each step instead of "
                "overlapping it with the next forward (to measure the difference)");
+  bool serial_optimizer = false;
+  app.add_flag("--serial-optimizer", serial_optimizer,
+               "On one GPU: run AdamW in line at the end of each step instead of bucket by bucket "
+               "on a second stream overlapping the next forward (to measure the difference)");
   CLI11_PARSE(app, argc, argv);
 
   // Under mpirun: one rank per GPU, data parallel as `rwr train` runs it (NCCL, ZeRO-1); every
@@ -166,6 +170,7 @@ int main(int argc, char** argv) {
   (*model)->SetPhaseTiming(phases);
   (*model)->SetKeepActivations(!recompute);
   (*model)->SetOverlapParamGather(!dp_serial);
+  (*model)->SetOverlapOptimizer(!serial_optimizer);
   rwr::scan::SetScanVariant(scan_variant);
   rwr::trainer::Rng rng(5);
 

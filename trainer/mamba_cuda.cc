@@ -263,24 +263,29 @@ struct MambaCuda::Impl {
   DeviceCollectives* dp = nullptr;
   ShardRange shard;
   int64_t padded = 0;
-  // The collectives run on comm_stream. The all-gather of the updated parameters overlaps the
-  // next call's forward: ClipAndStep broadcasts each owner's part bucket by bucket — the
-  // embedding, each layer, the final norm, in the order the forward reads them — and records
-  // bucket_ready[k]; the forward waits for a bucket's event before it reads the bucket, and
-  // computes that layer's A then (a_fresh). bucket_begin has one more entry than bucket_ready.
+  // The updated parameters reach the next call's forward bucket by bucket — the embedding, each
+  // layer, the final norm, in the order the forward reads them — on a second stream (comm_stream):
+  // with data parallelism the owners' broadcasts (the all-gather), on one GPU AdamW itself.
+  // ClipAndStep records bucket_ready[k] once bucket k is there; the forward waits for a bucket's
+  // event before it reads the bucket, and computes that layer's A then (a_fresh). bucket_begin has
+  // one more entry than bucket_ready. A model for inference has no buckets (comm_stream null).
   cudaStream_t comm_stream = nullptr;
   cudaEvent_t main_mark = nullptr, comm_mark = nullptr;
   std::vector<int64_t> bucket_begin;
   std::vector<cudaEvent_t> bucket_ready;
   std::vector<char> a_fresh;
-  bool overlap_gather = true;  // SetOverlapParamGather
+  bool overlap_gather = true;     // SetOverlapParamGather
+  bool overlap_optimizer = true;  // SetOverlapOptimizer
 
-  absl::Status SetUpDataParallel(const ParamLayout& layout) {
-    // The highest priority: the collectives' blocks take multiprocessors as the compute kernels'
-    // blocks finish, instead of waiting behind a whole kernel's grid.
+  absl::Status SetUpBuckets(const ParamLayout& layout) {
+    // With collectives the highest priority: their blocks take multiprocessors as the compute
+    // kernels' blocks finish, instead of waiting behind a whole kernel's grid. One GPU's AdamW
+    // the lowest: the forward's kernels go first and the update fills what they leave (the
+    // highest measured the same, docs/benchmarks.md).
     int least = 0, greatest = 0;
     RWR_CUDA(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-    RWR_CUDA(cudaStreamCreateWithPriority(&comm_stream, cudaStreamNonBlocking, greatest));
+    RWR_CUDA(cudaStreamCreateWithPriority(&comm_stream, cudaStreamNonBlocking,
+                                          dp != nullptr ? greatest : least));
     RWR_CUDA(cudaEventCreateWithFlags(&main_mark, cudaEventDisableTiming));
     RWR_CUDA(cudaEventCreateWithFlags(&comm_mark, cudaEventDisableTiming));
     bucket_begin = {0};
@@ -301,11 +306,11 @@ struct MambaCuda::Impl {
     RWR_CUDA(cudaStreamWaitEvent(to, mark));
     return absl::OkStatus();
   }
-  // The stream waits until parameter bucket k has arrived (nothing without data parallelism).
+  // The stream waits until parameter bucket k has arrived (nothing without buckets).
   // Not while a decode graph is captured: a captured stream may not wait for another stream's
   // event, and Advance waited for every bucket before it.
   absl::Status AwaitBucket(size_t k) {
-    if (dp == nullptr) return absl::OkStatus();
+    if (comm_stream == nullptr) return absl::OkStatus();
     cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
     RWR_CUDA(cudaStreamIsCapturing(stream, &capturing));
     if (capturing == cudaStreamCaptureStatusNone) {
@@ -947,15 +952,14 @@ class CudaRunner {
       for (auto& a : k().acts) RWR_RETURN_IF_ERROR(AllocActs(a, d, true));
       RWR_RETURN_IF_ERROR(KeepActs(d));
     }
-    if (m_.dp != nullptr) {  // each layer's A once its parameters have arrived (LayerReady)
+    if (m_.comm_stream != nullptr) {  // each layer's A once its bucket is there (LayerReady)
       std::fill(m_.a_fresh.begin(), m_.a_fresh.end(), 0);
       return absl::OkStatus();
     }
     return ComputeA();
   }
 
-  // A = −exp(A_log), per layer, from the parameters as they are now (one rank, or generation,
-  // whose Advance waited for every bucket).
+  // A = −exp(A_log), per layer, from the parameters as they are now (a model for inference).
   absl::Status ComputeA() {
     for (int64_t l = 0; l < c_.n_layer; ++l) RWR_RETURN_IF_ERROR(ComputeLayerA(l));
     return absl::OkStatus();
@@ -964,9 +968,9 @@ class CudaRunner {
     const int64_t n = c_.d_inner * c_.d_state;
     return cuda::NegExp(P(layout_.layer(l).A_log), m_.A.ptr + l * n, n, m_.stream);
   }
-  // With data parallelism: layer l's parameters arrived, and its A computed from them.
+  // With buckets: layer l's parameters are there, and its A computed from them.
   absl::Status LayerReady(int64_t l) {
-    if (m_.dp == nullptr) return absl::OkStatus();
+    if (m_.comm_stream == nullptr) return absl::OkStatus();
     RWR_RETURN_IF_ERROR(m_.AwaitBucket(l + 1));
     if (!m_.a_fresh[l]) {
       RWR_RETURN_IF_ERROR(ComputeLayerA(l));
@@ -1185,7 +1189,7 @@ absl::StatusOr<std::unique_ptr<MambaCuda>> MambaCuda::Make(const MambaConfig& co
   m.dp = world > 1 ? collectives : nullptr;
   m.shard = ShardRange::For(model->layout_.total(), rank, world);
   m.padded = ShardRange::Padded(model->layout_.total(), world);
-  if (m.dp != nullptr) RWR_RETURN_IF_ERROR(m.SetUpDataParallel(model->layout_));
+  if (training) RWR_RETURN_IF_ERROR(m.SetUpBuckets(model->layout_));
   const int64_t n = m.padded;
   m.call = std::make_unique<CallBuffers>(&m.tally);
   int64_t fp32_count = n;
@@ -1563,6 +1567,7 @@ absl::StatusOr<LossSum> MambaCuda::ForwardBackward(const TokenBatch& batch, int6
 
 ShardRange MambaCuda::optimizer_range() const { return impl_->shard; }
 void MambaCuda::SetOverlapParamGather(bool on) { impl_->overlap_gather = on; }
+void MambaCuda::SetOverlapOptimizer(bool on) { impl_->overlap_optimizer = on; }
 
 absl::Status MambaCuda::DownloadOptimizer(std::vector<float>* exp_avg,
                                           std::vector<float>* exp_avg_sq, int64_t* step) const {
@@ -1571,6 +1576,7 @@ absl::Status MambaCuda::DownloadOptimizer(std::vector<float>* exp_avg,
   exp_avg_sq->assign(n, 0.f);
   *step = impl_->adam_step;
   if (impl_->exp_avg.ptr == nullptr) return absl::OkStatus();
+  RWR_RETURN_IF_ERROR(impl_->AwaitAllParams());  // the last AdamW may run on the second stream
   RWR_CUDA(cudaStreamSynchronize(impl_->stream));
   RWR_CUDA(cudaMemcpy(exp_avg->data(), impl_->exp_avg.ptr, n * 4, cudaMemcpyDeviceToHost));
   RWR_CUDA(cudaMemcpy(exp_avg_sq->data(), impl_->exp_avg_sq.ptr, n * 4, cudaMemcpyDeviceToHost));
@@ -1586,6 +1592,8 @@ absl::Status MambaCuda::UploadOptimizer(std::span<const float> exp_avg,
         "UploadOptimizer: moment sizes differ from the optimizer range");
   }
   RWR_RETURN_IF_ERROR(EnsureOptimizer(*impl_, layout_));
+  RWR_RETURN_IF_ERROR(impl_->AwaitAllParams());  // no AdamW still reading the moments
+  RWR_CUDA(cudaStreamSynchronize(impl_->stream));
   RWR_CUDA(cudaMemcpy(impl_->exp_avg.ptr, exp_avg.data(), n * 4, cudaMemcpyHostToDevice));
   RWR_CUDA(cudaMemcpy(impl_->exp_avg_sq.ptr, exp_avg_sq.data(), n * 4, cudaMemcpyHostToDevice));
   impl_->adam_step = step;
@@ -1632,16 +1640,38 @@ absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const
   // r.begin is a multiple of ShardRange::kAlign: the decay bits of the range start on a word.
   char* p16 = m.act == Act::kF32 ? nullptr : m.params16.ptr;
   RWR_RETURN_IF_ERROR(m.AwaitAllParams());  // the last broadcasts read this rank's range
+  // AdamW over [lo, hi) of this rank's range, on `on`; lo a multiple of 32 past r.begin (the
+  // decay bits of the range start on a word).
+  auto adamw = [&](int64_t lo, int64_t hi, cudaStream_t on) {
+    return cuda::AdamW(m.params.ptr + lo, p16 != nullptr ? p16 + lo * 2 : nullptr,
+                       m.grads.ptr + lo, m.exp_avg.ptr + (lo - r.begin),
+                       m.exp_avg_sq.ptr + (lo - r.begin), m.decay.ptr + lo / 32, hi - lo, o.beta1,
+                       o.beta2, static_cast<float>(lr / bc1),
+                       static_cast<float>(1 - lr * o.weight_decay),
+                       static_cast<float>(1 / std::sqrt(bc2)), static_cast<float>(o.eps),
+                       static_cast<float>(coef), on);
+  };
+  if (m.dp == nullptr && m.overlap_optimizer && !m.clock.on) {
+    // One GPU: AdamW bucket by bucket on the second stream, queued and not waited for; the next
+    // call's forward waits for each layer's bucket only (AwaitBucket), so the update (memory
+    // bound) overlaps its first layers (compute bound). The cuts are bucket starts rounded up to
+    // 32 parameters, so bucket k is whole once the pieces up to its own are done. (With phase
+    // timing on it runs in line below: overlapped work has no time of its own.)
+    RWR_RETURN_IF_ERROR(m.Follow(m.comm_stream, m.stream, m.main_mark));
+    const size_t buckets = m.bucket_ready.size();
+    int64_t lo = 0;
+    for (size_t k = 0; k < buckets; ++k) {
+      const int64_t hi =
+          k + 1 == buckets ? r.end : std::min(r.end, (m.bucket_begin[k + 1] + 31) / 32 * 32);
+      if (lo < hi) RWR_RETURN_IF_ERROR(adamw(lo, hi, m.comm_stream));
+      RWR_CUDA(cudaEventRecord(m.bucket_ready[k], m.comm_stream));
+      lo = std::max(lo, hi);
+    }
+    return norm;
+  }
   if (r.size() > 0) {
-    RWR_RETURN_IF_ERROR(m.Timed("optimizer", "adamw", [&] {
-      return cuda::AdamW(m.params.ptr + r.begin, p16 != nullptr ? p16 + r.begin * 2 : nullptr,
-                         m.grads.ptr + r.begin, m.exp_avg.ptr, m.exp_avg_sq.ptr,
-                         m.decay.ptr + r.begin / 32, r.size(), o.beta1, o.beta2,
-                         static_cast<float>(lr / bc1),
-                         static_cast<float>(1 - lr * o.weight_decay),
-                         static_cast<float>(1 / std::sqrt(bc2)), static_cast<float>(o.eps),
-                         static_cast<float>(coef), m.stream);
-    }));
+    RWR_RETURN_IF_ERROR(
+        m.Timed("optimizer", "adamw", [&] { return adamw(r.begin, r.end, m.stream); }));
   }
   if (m.dp != nullptr) {
     // Queued, not waited for: the next call's forward waits bucket by bucket (AwaitBucket).

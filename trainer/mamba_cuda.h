@@ -98,6 +98,11 @@ class MambaCuda {
   // forward (default), each layer waiting only for its own parameters, or ClipAndStep waits for
   // all of it (to measure the difference).
   void SetOverlapParamGather(bool on);
+  // On one GPU: whether AdamW runs bucket by bucket on a second stream, overlapping the next
+  // call's forward, each layer waiting only for its own parameters (default), or in line at the
+  // end of ClipAndStep (to measure the difference; also while phase timing is on). The same bits
+  // either way.
+  void SetOverlapOptimizer(bool on);
 
   // The parameters whose AdamW moments this model keeps: the whole layout on one rank.
   ShardRange optimizer_range() const;

@@ -342,6 +342,48 @@ TEST_P(MambaCudaTest, ThreeAdamWStepsMatchTorch) {
   }
 }
 
+// On one GPU AdamW runs bucket by bucket on a second stream, overlapping the next forward (each
+// layer waits for its own bucket): the same losses, logits, weights and moments to the bit as the
+// update run in line, through steps, an evaluation forward and the downloads.
+TEST_P(MambaCudaTest, OverlappedOptimizerGivesTheBitsOfAnInLineOne) {
+  Fixture f = LoadFixture();
+  const AdamWOptions options{0.9, 0.95, 1e-8, 0.1};
+  struct Run {
+    std::vector<double> losses;
+    std::vector<float> logits, params, exp_avg, exp_avg_sq;
+  };
+  auto run = [&](bool overlap, const GemmChoices* choices) -> std::pair<Run, GemmChoices> {
+    auto model = *MambaCuda::Create(f.model.config, GetParam());
+    model->SetOverlapOptimizer(overlap);
+    if (choices != nullptr) EXPECT_TRUE(model->AdoptGemmChoices(*choices).ok());
+    EXPECT_TRUE(model->UploadParams(f.model.params).ok());
+    Run r;
+    for (int step = 0; step < 3; ++step) {
+      EXPECT_TRUE(model->ZeroGrads().ok());
+      auto loss = model->ForwardBackward(f.batch(), 0, 1.f / f.count);
+      EXPECT_TRUE(loss.ok()) << loss.status();
+      r.losses.push_back(loss->loss_sum);
+      auto norm = model->ClipAndStep(1.0, 1e-2, options);
+      EXPECT_TRUE(norm.ok()) << norm.status();
+    }
+    r.logits.resize(f.B * f.T * f.model.config.vocab_size);
+    EXPECT_TRUE(model->Forward(f.batch(), 0, r.logits.data()).ok());
+    r.params.resize(f.model.params.size());
+    EXPECT_TRUE(model->DownloadParams(r.params).ok());
+    int64_t adam_step = 0;
+    EXPECT_TRUE(model->DownloadOptimizer(&r.exp_avg, &r.exp_avg_sq, &adam_step).ok());
+    EXPECT_EQ(adam_step, 3);
+    return {r, model->gemm_choices()};
+  };
+  auto [in_line, choices] = run(false, nullptr);
+  const Run overlapped = run(true, &choices).first;  // the same GEMM algorithms
+  EXPECT_EQ(overlapped.losses, in_line.losses);
+  EXPECT_EQ(overlapped.logits, in_line.logits);
+  EXPECT_EQ(overlapped.params, in_line.params);
+  EXPECT_EQ(overlapped.exp_avg, in_line.exp_avg);
+  EXPECT_EQ(overlapped.exp_avg_sq, in_line.exp_avg_sq);
+}
+
 // `rwr train` on the GPU follows the CPU run's losses (fp32 GEMMs, rel 1e-3 over 6 steps with
 // warmup), and resumes from a checkpoint it wrote to the same losses, bit for bit.
 std::string MakeDataset(const std::string& dir) {
