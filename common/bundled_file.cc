@@ -26,17 +26,17 @@ absl::StatusOr<std::string> FindBundledFile(std::string_view relative_path,
   const fs::path binary = fs::read_symlink("/proc/self/exe", error);
   if (!error) {
     for (fs::path dir = binary.parent_path(); !dir.empty(); dir = dir.parent_path()) {
-      if (dir != cwd) {
-        const fs::path candidate = dir / relative;
-        if (fs::exists(candidate, error)) return candidate.lexically_normal().string();
-        looked_in.push_back(dir.string());
+      // A checkout's DIR/configs/..., or an installed PREFIX/share/rwr/configs/...
+      for (const fs::path& candidate : {dir / relative, dir / "share" / "rwr" / relative}) {
+        if (dir != cwd && fs::exists(candidate, error)) return candidate.lexically_normal().string();
       }
+      if (dir != cwd) looked_in.push_back(dir.string());
       if (dir == dir.root_path()) break;
     }
   }
   return absl::NotFoundError(fmt::format(
       "{} not found under the working directory, the rwr binary's directory or a directory above "
-      "it (looked in {}); {}",
+      "it, or their share/rwr/ (looked in {}); {}",
       relative_path, fmt::join(looked_in, ", "), remedy));
 }
 

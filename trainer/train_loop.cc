@@ -316,11 +316,13 @@ absl::StatusOr<std::optional<Resumed>> LoadNewestCheckpoint(const std::string& d
     spdlog::warn("train: checkpoint {} cannot be read ({}); {}", *it, why,
                  std::next(it) != all.rend() ? "trying the one before" : "none left");
   }
-  if (!all.empty()) {
-    return absl::DataLossError(
-        fmt::format("no checkpoint in {} can be read (the newest: {}); remove them or use another "
-                    "train.out_dir",
-                    dir, newest_error));
+  if (!all.empty()) {  // every rank is here, having tried the same checkpoints together
+    return AgreeOnStatus(
+        absl::DataLossError(fmt::format(
+            "no checkpoint in {} can be read (the newest: {}); remove them or use another "
+            "train.out_dir",
+            dir, newest_error)),
+        *comm);
   }
   return std::optional<Resumed>();
 }

@@ -163,6 +163,23 @@ TEST_F(DefaultTokenizerTest, NotFoundIsOneLineNamingWhereItLooked) {
   EXPECT_THAT(r.output, HasSubstr("give --tokenizer FILE"));
 }
 
+// `cmake --install` puts rwr in PREFIX/bin and what it ships in PREFIX/share/rwr, where the
+// installed binary finds its default tokenizer from any working directory.
+TEST_F(DefaultTokenizerTest, AnInstalledRwrFindsItUnderShare) {
+  const std::string prefix = tree_ + "/prefix";
+  const Result installed = ::rwr::testing::RunShell(fmt::format(
+      "'{}' --install '{}' --prefix '{}' 2>&1", RWR_CMAKE, RWR_BUILD_DIR, prefix));
+  ASSERT_EQ(installed.exit_code, 0) << installed.output;
+  EXPECT_TRUE(std::filesystem::exists(prefix + "/share/rwr/configs/tokenizer/tokenizer.json"));
+  EXPECT_TRUE(std::filesystem::exists(prefix + "/share/rwr/configs/models/mamba-2.8b.yaml"));
+  const auto job = std::filesystem::status(prefix + "/share/rwr/deploy/slurm/rwr-job.sbatch");
+  EXPECT_NE(job.permissions() & std::filesystem::perms::owner_exec, std::filesystem::perms::none);
+  const Result info =
+      ::rwr::testing::RunFrom(elsewhere_, prefix + "/bin/rwr", "tokenizer info");
+  EXPECT_EQ(info.exit_code, 0) << info.output;
+  EXPECT_THAT(info.output, HasSubstr("vocab_size (embedding rows): 8192"));
+}
+
 // A path the user gives is read as given, from the working directory, even where the default
 // would be found beside the binary.
 TEST_F(DefaultTokenizerTest, AGivenPathIsNeverLookedForElsewhere) {

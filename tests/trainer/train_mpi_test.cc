@@ -262,6 +262,20 @@ TEST_F(RWR_TEST_SUITE, AnErrorEveryRankMeetsIsPrintedOnceAndNoRankAborts) {
   EXPECT_EQ(r.output.find("MPI_ABORT"), std::string::npos) << r.output;
 }
 
+// The same after the checkpoint is read: resuming a run with another model is refused by every
+// rank at once, printed once.
+TEST_F(RWR_TEST_SUITE, ACheckpointOfAnotherModelIsRefusedByEveryRankInStep) {
+  const std::string data = MakeDataset(8);
+  const std::string out = TempDir("other_model");
+  ASSERT_EQ(RunRwr(2, TrainArgs(data, out, 1, 1, 2)).exit_code, 0);
+  CommandResult r = RunRwr(2, TrainArgs(data, out, 1, 1, 4) +
+                                  " --set model.hidden_size=32 --set model.intermediate_size=64");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_EQ(Count(r.output, "rwr: error: "), 1u) << r.output;
+  EXPECT_NE(r.output.find("holds a different model"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("MPI_ABORT"), std::string::npos) << r.output;
+}
+
 // One rank alone fails to start (here: its own dataset path; on a cluster, a file its node cannot
 // read): every rank stops before the first collective of the run, the failed rank says why and
 // rank 0 which rank failed; nothing is trained or written.
