@@ -6,11 +6,7 @@
 # CPU for scale. Writes generate_*.json (the --json output: tokens, seconds) and the GPU memory
 # in use over each GPU run (generate_*_mem.txt, MiB) to $OUT.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-out=${OUT:-$root/out}
-mkdir -p "$out"
-export LD_LIBRARY_PATH="$root/.deb/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-rwr=$root/build/gpu/bin/rwr
+. "$(dirname "$0")/device_env.sh"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # A context of about 32k tokens: the synthetic QA generator's text.

@@ -6,11 +6,7 @@
 # copies the metrics and logs to $OUT. DATA: a dataset `rwr data build` wrote (on this machine,
 # carried: a build with services off has no `rwr distill`), default runs/device-data/data.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-out=${OUT:-$root/out}
-mkdir -p "$out"
-export LD_LIBRARY_PATH="$root/.deb/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-rwr=$root/build/gpu/bin/rwr
+. "$(dirname "$0")/device_env.sh"
 model=${MODEL:-$root/configs/models/mamba-1.4b.yaml}
 data=${DATA:-$root/runs/device-data/data}
 steps=${STEPS:-4}
