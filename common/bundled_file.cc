@@ -27,10 +27,12 @@ absl::StatusOr<std::string> FindBundledFile(std::string_view relative_path,
   if (!error) {
     for (fs::path dir = binary.parent_path(); !dir.empty(); dir = dir.parent_path()) {
       // A checkout's DIR/configs/..., or an installed PREFIX/share/rwr/configs/...
-      for (const fs::path& candidate : {dir / relative, dir / "share" / "rwr" / relative}) {
-        if (dir != cwd && fs::exists(candidate, error)) return candidate.lexically_normal().string();
+      if (dir != cwd) {
+        for (const fs::path& candidate : {dir / relative, dir / "share" / "rwr" / relative}) {
+          if (fs::exists(candidate, error)) return candidate.lexically_normal().string();
+        }
+        looked_in.push_back(dir.string());
       }
-      if (dir != cwd) looked_in.push_back(dir.string());
       if (dir == dir.root_path()) break;
     }
   }

@@ -74,9 +74,8 @@ absl::Status WriteAtomically(
 }
 
 absl::Status WriteBytesAtomically(const std::string& path, const std::string& bytes) {
-  return WriteAtomically(path, [&bytes](const SafetensorsWriter::ByteSink& sink) {
-    return sink(bytes);
-  });
+  return WriteAtomically(path,
+                         [&bytes](const SafetensorsWriter::ByteSink& sink) { return sink(bytes); });
 }
 
 bool IsFloat(DType d) {
@@ -568,8 +567,7 @@ absl::Status SafetensorsWriter::Emit(const ByteSink& sink) const {
   std::vector<uint8_t> buffer;
   for (const Pending& t : tensors_) {
     if (t.floats.empty()) {
-      RWR_RETURN_IF_ERROR(
-          sink({reinterpret_cast<const char*>(t.bytes.data()), t.bytes.size()}));
+      RWR_RETURN_IF_ERROR(sink({reinterpret_cast<const char*>(t.bytes.data()), t.bytes.size()}));
       continue;
     }
     const size_t size = DTypeSize(t.info.dtype);

@@ -5,11 +5,10 @@
 #include <vector>
 
 #include "absl/strings/cord.h"
-#include "fmt/format.h"
-#include "fmt/ranges.h"
-
 #include "common/process.h"
 #include "common/status.h"
+#include "fmt/format.h"
+#include "fmt/ranges.h"
 #ifdef RWR_TRAINER_HAVE_MPI
 #include "trainer/mpi_communicator.h"
 #endif
@@ -63,12 +62,13 @@ absl::Status AgreeOnStatus(absl::Status own, Communicator& comm) {
   absl::Status agreed;
   if (!own.ok()) {
     const std::string message(own.message());
-    agreed = absl::Status(own.code(), rank == 0 ? message : fmt::format("rank {}: {}", rank, message));
+    agreed =
+        absl::Status(own.code(), rank == 0 ? message : fmt::format("rank {}: {}", rank, message));
   } else {
+    const bool one = failed_ranks.size() == 1;
     agreed = absl::AbortedError(fmt::format(
-        "{} of {} ranks failed (rank{} {}, its error above); every rank stopped",
-        failed_ranks.size(), world, failed_ranks.size() > 1 ? "s" : "",
-        fmt::join(failed_ranks, ", ")));
+        "{} of {} ranks failed (rank{} {}, {} above); every rank stopped", failed_ranks.size(),
+        world, one ? "" : "s", fmt::join(failed_ranks, ", "), one ? "its error" : "their errors"));
   }
   agreed.SetPayload(kAgreedUrl, absl::Cord("1"));
   // Rank 0 speaks for the job: its own error, or the count of those that failed.
