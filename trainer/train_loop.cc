@@ -13,6 +13,7 @@
 #include <optional>
 
 #include "common/dir_lock.h"
+#include "common/progress.h"
 #include "common/sha256.h"
 #include "common/shutdown.h"
 #include "common/status.h"
@@ -788,7 +789,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
   int64_t steps_this_run = 0;
   const auto run_start = std::chrono::steady_clock::now();
   auto window_start = run_start;
-  int64_t window_tokens = 0;
+  int64_t window_tokens = 0, window_steps = 0;
   // The step of the newest checkpoint on disk: a stop right after a checkpoint, or a resumed run
   // stopped before its first step, writes none again.
   int64_t saved_step = resumed ? state.step : -1;
@@ -977,6 +978,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     state.tokens_seen += step_tokens;
     result.tokens += step_tokens;
     window_tokens += step_tokens;
+    ++window_steps;
     if (first) result.first_loss = loss;
     first = false;
     result.last_loss = loss;
@@ -1017,8 +1019,16 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     state.last_metrics = record;
     if (metrics) RWR_RETURN_IF_ERROR(metrics->Append(record));
     if (state.step % s.log_every == 0 || state.step == s.steps || state.step == 1) {
+      // The steps left at the pace of those since the last line (checkpoints and evaluations
+      // included).
+      const std::string eta =
+          state.step < s.steps && window_steps > 0
+              ? fmt::format("  ETA {}", FormatDuration(seconds / static_cast<double>(window_steps) *
+                                                       static_cast<double>(s.steps - state.step)))
+              : "";
       spdlog::info(
-          "step {}/{}  loss {:.4f}{}  lr {:.3e}  grad_norm {:.3f}  {:.0f} tok/s{}  peak {:.2f} GiB",
+          "step {}/{}  loss {:.4f}{}  lr {:.3e}  grad_norm {:.3f}  {:.0f} tok/s{}  peak {:.2f} "
+          "GiB{}",
           state.step, s.steps, loss,
           record.contains("eval_loss")
               ? fmt::format("  eval {:.4f}", record["eval_loss"].get<double>())
@@ -1027,9 +1037,10 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
           record["mfu"].is_number()
               ? fmt::format("  MFU {:.1f}%", 100 * record["mfu"].get<double>())
               : "",
-          record["peak_mem_gib"].get<double>());
+          record["peak_mem_gib"].get<double>(), eta);
       window_start = now;
       window_tokens = 0;
+      window_steps = 0;
     }
     if (s.checkpoint_every > 0 && state.step % s.checkpoint_every == 0 && state.step < s.steps) {
       RWR_RETURN_IF_ERROR(save());

@@ -297,6 +297,23 @@ TEST(TrainCli, AFullDiskStopsTheRunAtTheWriteThatFailed) {
   }
 }
 
+// Each console line says the time left at the pace since the last line; the last step's none.
+TEST(TrainCli, EachLineSaysTheTimeLeft) {
+  const std::string data = MakeDataset(8);
+  const std::string out = TempDir("eta");
+  CommandResult r = Sh(fmt::format(
+      "train --config {}/configs/train_tiny.yaml --set data.dir={} --set train.out_dir={} "
+      "--set train.steps=3 --set train.batch_size=2 --set train.log_every=1",
+      kSource, data, out));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* step : {"step 1/3 ", "step 2/3 ", "step 3/3 "}) {
+    const size_t at = r.output.find(step);
+    ASSERT_NE(at, std::string::npos) << r.output;
+    const std::string line = r.output.substr(at, r.output.find('\n', at) - at);
+    EXPECT_EQ(line.find("  ETA ") != std::string::npos, std::string(step) != "step 3/3 ") << line;
+  }
+}
+
 TEST(TrainCli, ErrorsAreOneLine) {
   CommandResult no_data =
       Sh(fmt::format("train --config {}/configs/train_tiny.yaml --set data.dir=/nonexistent "
