@@ -194,6 +194,7 @@ absl::Status RunDistillCommand(RunFlags& f) {
                        teacher::MakeDistillTeacher(f.teacher, client, extractive));
   RWR_ASSIGN_OR_RETURN(teacher::DistillSummary summary, teacher::RunDistill(run, *teacher, *cache));
   teacher.reset();  // waits for any callback still running
+  if (summary.interrupted) RecordStoppedEarly();
 
   std::cout << teacher::SummaryLine(summary) << std::endl;
   constexpr size_t kListed = 20;

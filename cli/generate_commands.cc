@@ -490,6 +490,7 @@ void RegisterEval(CLI::App& app) {
                               : loaded->recaller->Answer(item.context, item.question);
       if (absl::IsCancelled(r.status())) {  // a shutdown signal: the item in progress is dropped
         progress.Finish("interrupted");
+        RecordStoppedEarly();
         std::cout << fmt::format("eval: interrupted with {} of {} items answered{}\n", tally.items,
                                  items.size(),
                                  out ? "; run the same command again to answer the rest" : "");

@@ -3,7 +3,8 @@
 #include <csignal>
 
 #include <atomic>
-#include <initializer_list>
+#include <cstdlib>
+#include <fstream>
 #include <initializer_list>
 
 namespace rwr {
@@ -34,5 +35,10 @@ bool ShutdownRequested() { return g_signal.load(std::memory_order_relaxed) != 0;
 int ShutdownSignal() { return g_signal.load(); }
 void RequestShutdown(int signal_number) { g_signal.store(signal_number); }
 void ResetShutdownForTesting() { g_signal.store(0); }
+
+void RecordStoppedEarly() {
+  const char* path = std::getenv("RWR_STOPPED_EARLY_FILE");
+  if (path != nullptr && *path != '\0') std::ofstream(path) << "stopped early\n";
+}
 
 }  // namespace rwr

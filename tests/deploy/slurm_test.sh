@@ -7,7 +7,7 @@
 # requeues itself, and its next run resumes. Checked: every job COMPLETED, the train job ran two
 # ranks twice and its second run resumed, both ranks wrote their optimizer files, each step is
 # logged once and the last is train.steps, the export is a Hugging Face layout, and the eval
-# answered every held-out item.
+# answered every held-out item. Then a job whose work ends as the warning comes is not requeued.
 #
 #   tests/deploy/slurm_test.sh RWR_BINARY SOURCE_DIR WORK_DIR
 # Exit 77 (skipped) where this machine cannot run a cluster (not root, no slurm-wlm or munge).
@@ -99,4 +99,23 @@ predictions = [json.loads(l) for l in pathlib.Path(sys.argv[3]).read_text().spli
 assert [p["id"] for p in predictions] == [f"synth-4-{i:06d}" for i in range(3)], predictions
 print(f"{len(steps)} steps logged once each; export OK; {len(predictions)} held-out answers")
 PY
+
+# A run that had finished its work when the warning came is not requeued: a stand-in for rwr that
+# exits 0 at USR1 without saying it stopped early (RWR_STOPPED_EARLY_FILE).
+cat >"$work/finishing-rwr" <<'SH'
+#!/usr/bin/env bash
+trap 'exit 0' USR1
+touch "$1"
+while true; do sleep 0.2; done
+SH
+chmod +x "$work/finishing-rwr"
+finishing=$(RWR=$work/finishing-rwr sbatch --parsable --output "$work/finishing.log" \
+  "$src/deploy/slurm/rwr-job.sbatch" "$work/finishing.started") || fail "sbatch failed"
+started() { [[ -f $work/finishing.started ]]; }
+wait_for 120 started || fail "the finishing job did not start"
+scancel --batch --signal=USR1 "$finishing"
+wait_for 60 job_is "$finishing" JobState COMPLETED || fail "the finishing job did not complete"
+job_is "$finishing" Restarts 0 || fail "a job whose work was done was requeued"
+grep -q "rwr had finished its work; not requeued" "$work/finishing.log" ||
+  fail "no 'not requeued' in $(cat "$work/finishing.log")"
 echo "PASS"

@@ -35,9 +35,10 @@ struct CommandResult {
   std::string output;
 };
 
-CommandResult Sh(const std::string& args) {
+// `rwr ARGS` with `env` (NAME=VALUE ...) set for it.
+CommandResult Sh(const std::string& args, const std::string& env = "") {
   const std::string log = TempDir("log") + "/out";
-  const int status = std::system(fmt::format("{} {} > {} 2>&1", kRwr, args, log).c_str());
+  const int status = std::system(fmt::format("{} {} {} > {} 2>&1", env, kRwr, args, log).c_str());
   std::ifstream in(log);
   return {WEXITSTATUS(status), {std::istreambuf_iterator<char>(in), {}}};
 }
@@ -122,7 +123,10 @@ TEST(TrainCli, SigtermCheckpointsExitsZeroAndResumes) {
       "--set train.steps=100000 --set train.batch_size=2 --set train.checkpoint_every=0 "
       "--set train.log_every=1000",
       kSource, data, out);
-  rwr::testing::Launched train(fmt::format("exec {} {} > {}/train.log 2>&1", kRwr, args, out));
+  // The batch script's marker (deploy/slurm/rwr-job.sbatch): made by a run a signal stopped early.
+  const std::string marker = TempDir("marker") + "/stopped_early";
+  rwr::testing::Launched train(fmt::format(
+      "RWR_STOPPED_EARLY_FILE={} exec {} {} > {}/train.log 2>&1", marker, kRwr, args, out));
   ASSERT_GT(train.pid(), 0);
   // Wait for a few steps in the metrics file, then SIGTERM.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
@@ -148,6 +152,8 @@ TEST(TrainCli, SigtermCheckpointsExitsZeroAndResumes) {
   ASSERT_TRUE(status.has_value()) << "still training 60 s after SIGTERM";
   ASSERT_TRUE(WIFEXITED(*status));
   EXPECT_EQ(WEXITSTATUS(*status), 0) << rwr::testing::ReadLog(out + "/train.log");
+  EXPECT_TRUE(fs::exists(marker));
+  fs::remove(marker);
   auto latest = LatestCheckpoint(out + "/checkpoints");
   ASSERT_TRUE(latest.has_value());
   auto ckpt = LoadCheckpoint(*latest);
@@ -155,10 +161,12 @@ TEST(TrainCli, SigtermCheckpointsExitsZeroAndResumes) {
   const int64_t stopped_at = ckpt->state.step;
   EXPECT_GE(stopped_at, 2);
 
-  // Resume and run two more steps.
+  // Resume and run two more steps: a run that finishes makes no marker.
   CommandResult resumed =
-      Sh(fmt::format("{} --set train.steps={} --log-level warn", args, stopped_at + 2));
+      Sh(fmt::format("{} --set train.steps={} --log-level warn", args, stopped_at + 2),
+         "RWR_STOPPED_EARLY_FILE=" + marker);
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_FALSE(fs::exists(marker));
   EXPECT_NE(resumed.output.find(fmt::format("steps {} -> {}", stopped_at, stopped_at + 2)),
             std::string::npos)
       << resumed.output;
