@@ -43,7 +43,7 @@ void RegisterTrainCommands(CLI::App& app) {
     RWR_RETURN_IF_ERROR(trainer::AgreeOnStatus(config.status(), *comm));
     // Train ends the whole job itself where a rank fails in it.
     RWR_ASSIGN_OR_RETURN(trainer::TrainResult result, trainer::Train(*config, comm.get()));
-    if (result.interrupted) RecordStoppedEarly();
+    if (comm->rank() == 0 && result.interrupted) RecordStoppedEarly();  // rank 0 speaks for the job
     if (comm->rank() != 0) return absl::OkStatus();  // rank 0 reports for the job
     if (result.nothing_to_do || result.final_step == result.start_step) {
       std::cout << fmt::format("train: no step run{}; at step {}, checkpoint {}\n",

@@ -7,6 +7,8 @@
 #include <fstream>
 #include <initializer_list>
 
+#include "spdlog/spdlog.h"
+
 namespace rwr {
 namespace {
 // Plain lock-free atomics: the only things a signal handler may touch.
@@ -38,7 +40,12 @@ void ResetShutdownForTesting() { g_signal.store(0); }
 
 void RecordStoppedEarly() {
   const char* path = std::getenv("RWR_STOPPED_EARLY_FILE");
-  if (path != nullptr && *path != '\0') std::ofstream(path) << "stopped early\n";
+  if (path == nullptr || *path == '\0') return;
+  std::ofstream marker(path);
+  marker << "stopped early\n";
+  if (!marker.flush()) {
+    spdlog::warn("cannot write RWR_STOPPED_EARLY_FILE {}: the batch script will not requeue", path);
+  }
 }
 
 }  // namespace rwr

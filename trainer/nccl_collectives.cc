@@ -84,17 +84,12 @@ absl::Status SelectCudaDevice(Communicator& comm) {
   const std::string remedy =
       "start one rank per GPU (mpirun -np / srun --ntasks-per-node = GPUs per node)";
   // Agreed before any rank returns: a rank that failed here alone would leave the others waiting.
-  std::vector<double> failed = {local_rank >= count ? 1.0 : 0.0};
-  RWR_RETURN_IF_ERROR(comm.AllReduceSum(std::span<double>(failed)));
-  if (local_rank >= count) {
-    return absl::FailedPreconditionError(
-        fmt::format("rank {} is rank {} on host {}, which has {} GPU(s): {}", comm.rank(),
-                    local_rank, HostName(), count, remedy));
-  }
-  if (failed[0] != 0) {
-    return absl::FailedPreconditionError(
-        fmt::format("{} rank(s) found no GPU of their own: {}", failed[0], remedy));
-  }
+  RWR_RETURN_IF_ERROR(AgreeOnStatus(
+      local_rank < count ? absl::OkStatus()
+                         : absl::FailedPreconditionError(
+                               fmt::format("rank {} is rank {} on host {}, which has {} GPU(s): {}",
+                                           comm.rank(), local_rank, HostName(), count, remedy)),
+      comm));
   RWR_CUDA(cudaSetDevice(local_rank));
   if (comm.world_size() == 1) return absl::OkStatus();
   // Every rank's GPU UUID, gathered by a sum over slots that only their owner fills.
@@ -106,13 +101,15 @@ absl::Status SelectCudaDevice(Communicator& comm) {
   std::vector<double> ids(size_t{kIdWords} * comm.world_size(), 0.0);
   for (int k = 0; k < kIdWords; ++k) ids[comm.rank() * kIdWords + k] = words[k];
   RWR_RETURN_IF_ERROR(comm.AllReduceSum(std::span<double>(ids)));
-  for (int r = 0; r < comm.world_size(); ++r) {
+  // Every rank finds the same first pair; agreed, so rank 0 alone prints it.
+  absl::Status shared;
+  for (int r = 0; r < comm.world_size() && shared.ok(); ++r) {
     if (const int earlier = EarlierRankOnTheSameGpu(ids, r); earlier >= 0) {
-      return absl::FailedPreconditionError(
+      shared = absl::FailedPreconditionError(
           fmt::format("ranks {} and {} share one GPU: {}", earlier, r, remedy));
     }
   }
-  return absl::OkStatus();
+  return AgreeOnStatus(shared, comm);
 }
 
 }  // namespace rwr::trainer

@@ -51,8 +51,8 @@ class DeviceCollectives {
 
 // Makes the GPU a rank uses current: the host's k-th rank takes its k-th GPU, or the only one
 // visible where the launcher gave each rank its own. More ranks on a host than GPUs, or two ranks
-// on one GPU (one visible to several ranks), is an error that says so on every rank, before NCCL
-// would fail with its own. Collective over `comm`.
+// on one GPU (one visible to several ranks), is an error agreed by every rank (AgreeOnStatus:
+// printed once, no MPI_Abort), before NCCL would fail with its own. Collective over `comm`.
 absl::Status SelectCudaDevice(Communicator& comm);
 
 }  // namespace rwr::trainer

@@ -30,17 +30,11 @@ const std::string kSource = RWR_SOURCE_DIR;
 
 std::string TempDir(const std::string& name) { return rwr::testing::FreshTempDir("cli", name); }
 
-struct CommandResult {
-  int exit_code;
-  std::string output;
-};
+using rwr::testing::CommandResult;
 
 // `rwr ARGS` with `env` (NAME=VALUE ...) set for it.
 CommandResult Sh(const std::string& args, const std::string& env = "") {
-  const std::string log = TempDir("log") + "/out";
-  const int status = std::system(fmt::format("{} {} {} > {} 2>&1", env, kRwr, args, log).c_str());
-  std::ifstream in(log);
-  return {WEXITSTATUS(status), {std::istreambuf_iterator<char>(in), {}}};
+  return rwr::testing::RunShell(fmt::format("{} {} {} 2>&1", env, kRwr, args));
 }
 
 std::string MakeDataset(int rows) {
@@ -263,11 +257,8 @@ TEST(TrainCli, UnknownKeysAreErrorsAndOtherStagesSectionsPass) {
 // `rwr train` under a file-size limit, as on a full disk or quota (`ulimit -f` counts 512-byte
 // blocks in /bin/sh; SIGXFSZ ignored, so a write past it fails with EFBIG as ENOSPC would fail).
 CommandResult TrainWithFileSizeLimit(int blocks, const std::string& args) {
-  const std::string log = TempDir("log") + "/out";
-  const int status = std::system(
-      fmt::format("trap '' XFSZ; ulimit -f {}; {} {} > {} 2>&1", blocks, kRwr, args, log).c_str());
-  std::ifstream in(log);
-  return {WEXITSTATUS(status), {std::istreambuf_iterator<char>(in), {}}};
+  return rwr::testing::RunShell(
+      fmt::format("trap '' XFSZ; ulimit -f {}; {} {} 2>&1", blocks, kRwr, args));
 }
 
 // A write that fails for lack of room stops the run at once with one line naming the file: a
