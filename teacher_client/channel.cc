@@ -5,6 +5,7 @@
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/channel_arguments.h>
+#include <openssl/crypto.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -18,6 +19,18 @@
 #include "fmt/format.h"
 
 namespace rwr::teacher {
+namespace {
+
+// gRPC's threads may still be connecting when the process exits: a TLS handshake in flight, or a
+// reconnect after one failed. OpenSSL's atexit cleanup would free its locks and tables under them
+// (a segfault at exit, after the work and its message were done: 1 run in ~100 of a test whose
+// handshake fails). Without that cleanup the process ends with them, as it should. OpenSSL's first
+// initialisation decides whether the cleanup is registered, hence a static initialiser in the file
+// every client and server links.
+[[maybe_unused]] const bool kOpenSslKeepsItsStateAtExit =
+    OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, nullptr) == 1;
+
+}  // namespace
 
 absl::StatusOr<std::string> ReadWholeFile(const std::string& path, std::string_view what) {
   std::ifstream in(path, std::ios::binary);
