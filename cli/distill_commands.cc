@@ -211,11 +211,12 @@ absl::Status RunDistillCommand(RunFlags& f) {
     RWR_RETURN_IF_ERROR(
         WriteFileAtomically(f.summary_json, teacher::SummaryJson(summary).dump(2) + "\n"));
   }
-  if (!summary.teacher_unusable.empty() && !summary.interrupted) {
+  if (!summary.teacher_unusable.ok() && !summary.interrupted) {
     return absl::UnavailableError(fmt::format(
         "distill run: stopped after {} of {} items: {}; items not started were left alone: check "
         "the teacher ({}) and run the same command again",
-        summary.counts.items_done, summary.counts.items, summary.teacher_unusable, f.teacher));
+        summary.counts.items_done, summary.counts.items, std::string(summary.teacher_unusable.message()),
+        f.teacher));
   }
   if (summary.counts.failures > 0 && !summary.interrupted) {
     return absl::UnavailableError(fmt::format(
@@ -285,6 +286,15 @@ absl::Status ServeCommand(ServeFlags& f) {
   RWR_ASSIGN_OR_RETURN(options.dataset, DatasetOptionsFrom(config, f.cache, ""));
   RWR_ASSIGN_OR_RETURN(options.default_negative_fraction,
                        config.GetOr<double>("distill.negative_fraction", 0.3));
+  RWR_ASSIGN_OR_RETURN(options.teacher_outage_s,
+                       config.GetOr<double>("distill.teacher_outage_s", options.teacher_outage_s));
+  RWR_ASSIGN_OR_RETURN(options.teacher_retry_s,
+                       config.GetOr<double>("distill.teacher_retry_s", options.teacher_retry_s));
+  if (!(options.teacher_outage_s >= 0) || !(options.teacher_retry_s > 0)) {
+    return absl::InvalidArgumentError(fmt::format(
+        "distill.teacher_outage_s ({}) must be >= 0 and distill.teacher_retry_s ({}) > 0",
+        options.teacher_outage_s, options.teacher_retry_s));
+  }
   RWR_ASSIGN_OR_RETURN(std::unique_ptr<storage::RocksDbStore> store,
                        OpenCacheForWriting(f.cache, config));
   RWR_ASSIGN_OR_RETURN(std::unique_ptr<teacher::DistillServer> server,
@@ -305,7 +315,8 @@ void AddServe(CLI::App* group) {
       "serve",
       "Run the distillation service (rwr.v1.DistillService): jobs submitted with `rwr distill "
       "submit` run one at a time into the cache, are persisted there, and resume after a "
-      "restart. Stops on SIGINT/SIGTERM.");
+      "restart; a job whose teacher is down waits for it (config distill.teacher_outage_s, "
+      "default 3600 s; distill.teacher_retry_s, 15 s, doubling). Stops on SIGINT/SIGTERM.");
   AddCommonOptions(cmd, &f->common);
   cmd->add_option("--listen", f->listen, "HOST:PORT to serve on")->capture_default_str();
   cmd->add_option("--cache", f->cache, "Cache directory (RocksDB; created if missing)")->required();
@@ -381,6 +392,7 @@ std::string JobLine(const v1::Job& job) {
     if (job.eta_seconds() >= 0) line += ", ETA " + FormatDuration(job.eta_seconds());
   }
   line += fmt::format(" · {} · {}", job.dataset_path(), job.teacher());
+  if (job.state() == v1::Job::QUEUED && !job.waiting().empty()) line += " · waiting: " + job.waiting();
   if (!job.error().empty()) line += " · error: " + job.error();
   return line;
 }

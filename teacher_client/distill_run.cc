@@ -147,7 +147,7 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
 
   // Non-empty once the teacher has failed teacher_down_items_ items in a row in a way that says it
   // cannot be used at all (DistillSummary::teacher_unusable).
-  std::string TeacherUnusable() {
+  absl::Status TeacherUnusable() {
     std::lock_guard<std::mutex> lock(mu_);
     return teacher_unusable_;
   }
@@ -355,10 +355,11 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
         code == absl::StatusCode::kUnimplemented;
     std::lock_guard<std::mutex> lock(mu_);
     consecutive_unusable_ = unusable ? consecutive_unusable_ + 1 : 0;
-    if (consecutive_unusable_ >= teacher_down_items_ && teacher_unusable_.empty()) {
-      teacher_unusable_ = fmt::format(
-          "the teacher failed {} items in a row with no answer in between; last error: {}",
-          consecutive_unusable_, OneLine(std::string(status.message())));
+    if (consecutive_unusable_ >= teacher_down_items_ && teacher_unusable_.ok()) {
+      teacher_unusable_ = absl::Status(
+          code, fmt::format(
+                    "the teacher failed {} items in a row with no answer in between; last error: {}",
+                    consecutive_unusable_, OneLine(std::string(status.message()))));
       changed_.notify_all();
     }
   }
@@ -382,7 +383,7 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
   DistillCounts counts_;
   std::vector<FailedItem> failed_;
   int64_t consecutive_unusable_ = 0;
-  std::string teacher_unusable_;
+  absl::Status teacher_unusable_;
 };
 
 bool StopRequested(const DistillRunOptions& options) {
@@ -501,8 +502,8 @@ absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teac
   const int64_t window = std::max(1, options.items_in_flight);
   while (true) {
     distiller->WaitBelow(window, bar);
-    if (std::string unusable = distiller->TeacherUnusable(); !unusable.empty()) {
-      spdlog::warn("distill: stopping: {}; finishing the {} items in flight", unusable,
+    if (absl::Status unusable = distiller->TeacherUnusable(); !unusable.ok()) {
+      spdlog::warn("distill: stopping: {}; finishing the {} items in flight", std::string(unusable.message()),
                    distiller->InFlight());
       break;
     }
@@ -528,8 +529,8 @@ absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teac
   // A run stopped early must not claim it is done.
   if (progress) {
     progress->Finish(summary.interrupted                 ? "interrupted"
-                     : !summary.teacher_unusable.empty() ? "stopped"
-                                                         : "done");
+                     : !summary.teacher_unusable.ok() ? "stopped"
+                                                      : "done");
   }
 
   summary.counts = distiller->Counts();
@@ -543,7 +544,7 @@ absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teac
   // Read to the end, the second pass must have seen what the first counted: a file rewritten,
   // truncated or appended to in between would otherwise end as a success that skipped (or never
   // checked) part of it.
-  const bool read_whole = !summary.interrupted && summary.teacher_unusable.empty();
+  const bool read_whole = !summary.interrupted && summary.teacher_unusable.ok();
   if (read_whole && (reader.items_read() != total || reader.lines_rejected() != rejected)) {
     return absl::FailedPreconditionError(fmt::format(
         "{} changed while the run read it ({} items and {} bad lines when checked, {} and {} "
@@ -567,9 +568,9 @@ std::string SummaryLine(const DistillSummary& summary) {
     line += fmt::format("; interrupted after {} of {} items (rerun to continue)", c.items_done,
                         c.items);
   }
-  if (!summary.teacher_unusable.empty()) {
+  if (!summary.teacher_unusable.ok()) {
     line += fmt::format("; stopped after {} of {} items: {}", c.items_done, c.items,
-                        summary.teacher_unusable);
+                        std::string(summary.teacher_unusable.message()));
   }
   return line;
 }
@@ -593,7 +594,7 @@ nlohmann::json SummaryJson(const DistillSummary& summary) {
           {"bad_input_lines", c.bad_input_lines},
           {"failed_items", failed},
           {"interrupted", summary.interrupted},
-          {"teacher_unusable", summary.teacher_unusable},
+          {"teacher_unusable", std::string(summary.teacher_unusable.message())},
           {"seconds", summary.seconds},
           {"teacher",
            {{"id", summary.teacher.teacher_id},

@@ -55,12 +55,13 @@ struct DistillSummary {
   DistillCounts counts;
   std::vector<FailedItem> failed;
   bool interrupted = false;  // stopped early (cancel or shutdown signal); rerun to continue
-  // Non-empty: the run stopped early because the teacher could not be used at all — every call of
+  // Not OK: the run stopped early because the teacher could not be used at all — every call of
   // the last kTeacherDownItems items (or of a window of items in flight, if more) failed with
   // UNAVAILABLE, DEADLINE_EXCEEDED, UNAUTHENTICATED, PERMISSION_DENIED or UNIMPLEMENTED after the
-  // client's retries, with no answer in between. Says which, with the teacher's last error. Items
-  // not started yet are left alone (no FAILED records); rerun once the teacher is back.
-  std::string teacher_unusable;
+  // client's retries, with no answer in between. Carries the last call's code; the message says
+  // how many items failed and the teacher's last error. Items not started yet are left alone (no
+  // FAILED records); rerun once the teacher is back.
+  absl::Status teacher_unusable;
   double seconds = 0;
   TeacherInfo teacher;
 };

@@ -11,10 +11,13 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
+#include "common/progress.h"
 #include "common/shutdown.h"
 #include "common/status.h"
+#include "fmt/chrono.h"
 #include "fmt/format.h"
 #include "rwr/v1/distill.grpc.pb.h"
 #include "spdlog/spdlog.h"
@@ -42,6 +45,16 @@ bool ValidJobId(const std::string& id) {
   });
 }
 
+std::string UtcTime(int64_t unix_ms) {
+  return fmt::format("{:%Y-%m-%d %H:%M:%S} UTC", fmt::gmtime(static_cast<std::time_t>(unix_ms / 1000)));
+}
+
+// Codes that say the teacher is down, restarting or unreachable, which waiting can mend; a refused
+// token or a server that is not a teacher (UNAUTHENTICATED, UNIMPLEMENTED, ...) will not.
+bool TeacherMayComeBack(absl::StatusCode code) {
+  return code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded;
+}
+
 grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
@@ -49,6 +62,17 @@ grpc::Status ToGrpc(const absl::Status& status) {
 }  // namespace
 
 class DistillServer::Impl final : public v1::DistillService::Service {
+  using Clock = std::chrono::steady_clock;
+  // A teacher that stopped a job and may come back: when the next job may try it, the delay to
+  // the try after that (doubling up to kMaxTeacherRetryS) and the last failure's reason.
+  struct Outage {
+    Clock::time_point retry_at;
+    int64_t retry_at_unix_ms = 0;  // the same moment, for the jobs' `waiting` lines
+    double backoff_s = 0;
+    std::string reason;
+  };
+  static constexpr double kMaxTeacherRetryS = 300;
+
  public:
   Impl(const DistillServerOptions& options, storage::KvStore* store)
       : options_(options), store_(store) {}
@@ -95,6 +119,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
       queued.set_state(v1::Job::QUEUED);
       queued.set_items_per_second(0);  // the stopped run's, not this one's
       queued.set_eta_seconds(-1);
+      queued.clear_waiting();  // the stopped service's next try; waiting_since still counts
       queue_.push_back(job.job_id());
     }
 
@@ -202,6 +227,8 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     job.set_eta_seconds(-1);
     job.set_created_unix_ms(NowUnixMs());
     job.set_updated_unix_ms(job.created_unix_ms());
+    if (auto outage = outages_.find(job.teacher()); outage != outages_.end())
+      MarkWaiting(job, outage->second);
     // Durable before acknowledged.
     if (absl::Status saved = Persist(job); !saved.ok()) return ToGrpc(saved);
     jobs_[id] = job;
@@ -278,6 +305,8 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     if (job.state() == v1::Job::QUEUED) {
       queue_.erase(std::remove(queue_.begin(), queue_.end(), job.job_id()), queue_.end());
       job.set_state(v1::Job::CANCELLED);
+      job.clear_waiting();
+      job.clear_waiting_since_unix_ms();
       job.set_updated_unix_ms(NowUnixMs());
       if (absl::Status saved = Persist(job); !saved.ok()) return ToGrpc(saved);
     } else if (job.state() == v1::Job::RUNNING && !job.cancel_requested()) {
@@ -315,10 +344,19 @@ class DistillServer::Impl final : public v1::DistillService::Service {
       v1::Job job;
       {
         std::unique_lock<std::mutex> lock(mu_);
-        changed_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-        if (ShuttingDown()) return;  // queued jobs stay QUEUED and resume on the next start
-        const std::string id = queue_.front();
-        queue_.pop_front();
+        std::deque<std::string>::iterator next;
+        while (true) {
+          if (ShuttingDown()) return;  // queued jobs stay QUEUED and resume on the next start
+          std::optional<Clock::time_point> wake;
+          next = NextRunnableLocked(&wake);
+          if (next != queue_.end()) break;
+          if (wake.has_value())
+            changed_.wait_until(lock, *wake);
+          else
+            changed_.wait(lock);
+        }
+        const std::string id = *next;
+        queue_.erase(next);
         // Taken off the queue and marked RUNNING in one step: a cancel sees the job either
         // QUEUED and in the queue, or RUNNING — never QUEUED with the worker about to run it.
         ChangeLocked(id, [&](v1::Job& j) {
@@ -328,6 +366,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
           // A resumed job's record holds the rate and ETA of the run that was stopped.
           j.set_items_per_second(0);
           j.set_eta_seconds(-1);
+          j.clear_waiting();  // waiting_since stays until the teacher answers the run
           job = j;
         });
       }
@@ -362,10 +401,11 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     absl::StatusOr<std::unique_ptr<Teacher>> teacher =
         MakeDistillTeacher(job.teacher(), client, options_.extractive);
     if (!teacher.ok()) {
-      Finish(id, v1::Job::FAILED,
-             fmt::format("teacher {}: {}", job.teacher(), std::string(teacher.status().message())));
+      // Its message names the teacher already; the job's record names it too.
+      TeacherUnusable(id, teacher.status().code(), std::string(teacher.status().message()));
       return;
     }
+    TeacherReachable(job.teacher());
     DistillRunOptions run;
     run.input_path = job.dataset_path();
     run.dataset = options_.dataset;
@@ -407,6 +447,8 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     };
     absl::StatusOr<DistillSummary> summary = RunDistill(run, **teacher, *cache_);
     teacher->reset();
+    if (summary.ok() && !summary->interrupted && summary->teacher_unusable.ok())
+      TeacherAnswered(job.teacher());
     if (!summary.ok()) {
       Finish(id, v1::Job::FAILED, std::string(summary.status().message()));
       return;
@@ -429,12 +471,12 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     }
     if (cancelled && summary->interrupted) {
       Finish(id, v1::Job::CANCELLED, "");
-    } else if (!summary->teacher_unusable.empty()) {
-      Finish(id, v1::Job::FAILED,
-             fmt::format("stopped after {} of {} items: {}; items not started were left alone: "
-                         "check the teacher and resubmit",
-                         summary->counts.items_done, summary->counts.items,
-                         summary->teacher_unusable));
+    } else if (!summary->teacher_unusable.ok()) {
+      TeacherUnusable(id, summary->teacher_unusable.code(),
+                      fmt::format("stopped after {} of {} items: {}", summary->counts.items_done,
+                                  summary->counts.items,
+                                  std::string(summary->teacher_unusable.message())));
+      return;
     } else if (summary->counts.failures > 0) {
       std::string error =
           fmt::format("{} of {} items failed (resubmit to retry them):", summary->counts.failures,
@@ -468,13 +510,117 @@ class DistillServer::Impl final : public v1::DistillService::Service {
   }
 
   void Finish(const std::string& id, v1::Job::State state, const std::string& error) {
+    std::lock_guard<std::mutex> lock(mu_);
+    FinishLocked(id, state, error);
+  }
+  void FinishLocked(const std::string& id, v1::Job::State state, const std::string& error) {
     if (!error.empty())
       spdlog::warn("distill serve: job {} {}: {}", id, v1::Job::State_Name(state), error);
-    Update(id, [&](v1::Job& j) {
+    ChangeLocked(id, [&](v1::Job& j) {
       j.set_state(state);
       j.set_error(error);
       j.set_eta_seconds(Terminal(state) ? 0 : -1);
+      j.clear_waiting();
+      j.clear_waiting_since_unix_ms();
     });
+  }
+
+  // --- teacher outages (DistillServerOptions::teacher_outage_s) ---
+
+  // The first queued job whose teacher is not known to be down, or is due another try; else
+  // queue_.end(), with *wake set to the earliest try due.
+  std::deque<std::string>::iterator NextRunnableLocked(std::optional<Clock::time_point>* wake) {
+    const Clock::time_point now = Clock::now();
+    for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+      auto outage = outages_.find(jobs_[*it].teacher());
+      if (outage == outages_.end() || outage->second.retry_at <= now) return it;
+      if (!wake->has_value() || outage->second.retry_at < **wake) *wake = outage->second.retry_at;
+    }
+    return queue_.end();
+  }
+
+  // The job `id` (RUNNING) could not use its teacher. A teacher that may come back is waited for:
+  // the job returns to the queue in its place and is tried again once the teacher's delay has
+  // passed, and the jobs queued for the same teacher wait with it. The job fails when waiting
+  // cannot help or once it has waited teacher_outage_s.
+  void TeacherUnusable(const std::string& id, absl::StatusCode code, const std::string& reason) {
+    std::lock_guard<std::mutex> lock(mu_);
+    v1::Job& job = jobs_[id];
+    if (job.cancel_requested()) {  // the run stopped on the teacher before it saw the cancel
+      FinishLocked(id, v1::Job::CANCELLED, "");
+      return;
+    }
+    const int64_t now_ms = NowUnixMs();
+    const int64_t since_ms = job.waiting_since_unix_ms() > 0 ? job.waiting_since_unix_ms() : now_ms;
+    const double waited_s = (now_ms - since_ms) / 1000.0;
+    if (!TeacherMayComeBack(code) || waited_s >= options_.teacher_outage_s) {
+      const std::string waited =
+          waited_s > 0 ? fmt::format("; the teacher has been unusable since {} ({})",
+                                     UtcTime(since_ms), FormatDuration(waited_s))
+                       : "";
+      FinishLocked(id, v1::Job::FAILED,
+                   fmt::format("{}{}; items not started were left alone: check the teacher and "
+                               "resubmit",
+                               reason, waited));
+      return;
+    }
+    Outage& outage = outages_[job.teacher()];
+    outage.backoff_s = outage.backoff_s > 0
+                           ? std::min(2 * outage.backoff_s, kMaxTeacherRetryS)
+                           : options_.teacher_retry_s;
+    outage.retry_at = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                         std::chrono::duration<double>(outage.backoff_s));
+    outage.retry_at_unix_ms = now_ms + static_cast<int64_t>(outage.backoff_s * 1000);
+    outage.reason = reason;
+    spdlog::warn("distill serve: job {} waits for teacher {}: {}; next try in {}", id,
+                 job.teacher(), reason, FormatDuration(outage.backoff_s));
+    // Back in the queue in submission order: it was the first runnable job, and stays first.
+    auto place = std::find_if(queue_.begin(), queue_.end(), [&](const std::string& other) {
+      const v1::Job& o = jobs_[other];
+      return o.created_unix_ms() != job.created_unix_ms() ? o.created_unix_ms() > job.created_unix_ms()
+                                                          : o.job_id() > job.job_id();
+    });
+    queue_.insert(place, id);
+    ChangeLocked(id, [&](v1::Job& j) {
+      j.set_state(v1::Job::QUEUED);
+      j.set_items_per_second(0);
+      j.set_eta_seconds(-1);
+      MarkWaiting(j, outage);
+    });
+    for (const std::string& other : queue_) {
+      if (other != id && jobs_[other].teacher() == job.teacher())
+        ChangeLocked(other, [&](v1::Job& j) { MarkWaiting(j, outage); });
+    }
+  }
+
+  // The teacher took a connection: the jobs queued for it no longer wait for an outage (the
+  // running one's clock runs on until its run gets answers, TeacherAnswered).
+  void TeacherReachable(const std::string& teacher) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (outages_.count(teacher) == 0) return;
+    for (const std::string& id : queue_) {
+      if (jobs_[id].teacher() != teacher || jobs_[id].waiting_since_unix_ms() == 0) continue;
+      ChangeLocked(id, [](v1::Job& j) {
+        j.clear_waiting();
+        j.clear_waiting_since_unix_ms();
+      });
+    }
+  }
+
+  // A run on the teacher ended with answers: the outage is over, the next failure starts afresh.
+  void TeacherAnswered(const std::string& teacher) {
+    std::lock_guard<std::mutex> lock(mu_);
+    outages_.erase(teacher);
+  }
+
+  void MarkWaiting(v1::Job& job, const Outage& outage) const {
+    if (job.waiting_since_unix_ms() == 0) job.set_waiting_since_unix_ms(NowUnixMs());
+    job.set_waiting(fmt::format(
+        "teacher unusable since {}: {}; next try at {}; the job fails if it is still unusable "
+        "at {}",
+        UtcTime(job.waiting_since_unix_ms()), outage.reason, UtcTime(outage.retry_at_unix_ms),
+        UtcTime(job.waiting_since_unix_ms() +
+                static_cast<int64_t>(options_.teacher_outage_s * 1000))));
   }
 
   const DistillServerOptions options_;
@@ -484,6 +630,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
   std::condition_variable changed_;
   std::map<std::string, v1::Job> jobs_;
   std::deque<std::string> queue_;
+  std::map<std::string, Outage> outages_;  // by the jobs' teacher target
   bool stopping_ = false;
   uint64_t job_counter_ = 0;
   std::unique_ptr<grpc::Server> server_;

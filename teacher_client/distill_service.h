@@ -15,9 +15,11 @@
 // - Shutdown — Shutdown(), or the process's SIGINT/SIGTERM (rwr::ShutdownRequested), whichever
 //   comes first — stops the running job the same way as cancel but leaves it RUNNING in the cache,
 //   starts no queued job and accepts no new one, so the next start resumes them all.
+// - A teacher that is down does not fail the jobs queued for it: they wait QUEUED, saying so in
+//   Job.waiting, and run when it is back (DistillServerOptions::teacher_outage_s).
 // A job ends SUCCEEDED (its run read the whole dataset and every item was kept or dropped), FAILED
 // (some items failed — the error names how many and the first few with their reasons; resubmit to
-// retry them — or the dataset or teacher was unusable) or CANCELLED. The gRPC handlers are the
+// retry them — or the dataset was unusable, or the teacher past the wait) or CANCELLED. The gRPC handlers are the
 // synchronous API: they only read and write in-memory state and the cache; the distillation itself
 // runs on the worker thread.
 #pragma once
@@ -43,6 +45,15 @@ struct DistillServerOptions {
   // Non-empty: every call must carry `authorization: Bearer <token>` metadata (UNAUTHENTICATED
   // otherwise). The service has no TLS of its own: bind it to loopback or a private network.
   std::string auth_token;
+  // A job whose teacher is down or unreachable (it cannot connect, or its run stops because every
+  // call of a window of items failed UNAVAILABLE or DEADLINE_EXCEEDED) goes back to the queue in
+  // its place and waits, with the jobs queued for the same teacher; jobs for other teachers run
+  // meanwhile. The first of them tries the teacher again after teacher_retry_s, then after twice
+  // that, up to 5 minutes apart. A job fails once it has waited teacher_outage_s (0: at once, as
+  // a teacher that refuses the token or is not a teacher always does). The wait is counted from
+  // the job's first failure, across restarts of the service.
+  double teacher_outage_s = 3600;
+  double teacher_retry_s = 15;
 };
 
 class DistillServer {

@@ -90,7 +90,7 @@ class DistillRunTest : public ::testing::Test {
     if (summary.ok()) {
       EXPECT_EQ(summary->counts.failures, 0)
           << (summary->failed.empty() ? "" : summary->failed[0].reason);
-      EXPECT_TRUE(summary->teacher_unusable.empty()) << summary->teacher_unusable;
+      EXPECT_TRUE(summary->teacher_unusable.ok()) << summary->teacher_unusable;
     }
     EXPECT_EQ(FinishedItems(), items);
     return (*server)->stats();
@@ -314,7 +314,8 @@ TEST_F(DistillRunTest, AnswersSlowerThanTheDeadlineFailWithTheReasonThenRerunFin
   DistillSummary first = Run(**slow_client);
   // Every call timed out: the run stops once a window of items has failed that way
   // (TeacherThatFailsEveryCallStopsTheRun...), each failed item listed with its reason.
-  EXPECT_NE(first.teacher_unusable.find("eadline"), std::string::npos) << first.teacher_unusable;
+  EXPECT_NE(first.teacher_unusable.message().find("eadline"), std::string::npos)
+      << first.teacher_unusable;
   EXPECT_GE(first.counts.failures, 16);
   ASSERT_EQ(first.failed.size(), static_cast<size_t>(first.counts.failures));
   EXPECT_EQ(first.failed[0].stage, "note");
@@ -384,7 +385,7 @@ TEST_F(DistillRunTest, TeacherThatFailsEveryCallStopsTheRunAndLeavesTheRestAlone
   auto summary = RunDistill(options, down, *cache_);
   ASSERT_TRUE(summary.ok()) << summary.status();
   EXPECT_FALSE(summary->interrupted);
-  EXPECT_NE(summary->teacher_unusable.find("16 items in a row"), std::string::npos)
+  EXPECT_NE(summary->teacher_unusable.message().find("16 items in a row"), std::string::npos)
       << summary->teacher_unusable;
   EXPECT_GE(summary->counts.failures, kTeacherDownItems);
   EXPECT_LE(summary->counts.failures, kTeacherDownItems + options.items_in_flight);
@@ -392,12 +393,13 @@ TEST_F(DistillRunTest, TeacherThatFailsEveryCallStopsTheRunAndLeavesTheRestAlone
   EXPECT_EQ(*store_->Count(Family::kJobs), summary->counts.failures)
       << "only the items that were tried have a record";
   EXPECT_NE(SummaryLine(*summary).find("stopped after"), std::string::npos);
-  EXPECT_EQ(SummaryJson(*summary)["teacher_unusable"], summary->teacher_unusable);
+  EXPECT_EQ(SummaryJson(*summary)["teacher_unusable"],
+            std::string(summary->teacher_unusable.message()));
 
   ScriptedTeacher healthy({});
   auto rerun = RunDistill(options, healthy, *cache_);
   ASSERT_TRUE(rerun.ok()) << rerun.status();
-  EXPECT_TRUE(rerun->teacher_unusable.empty());
+  EXPECT_TRUE(rerun->teacher_unusable.ok());
   EXPECT_EQ(rerun->counts.failures, 0);
   EXPECT_EQ(FinishedItems(), kMany);
 }
@@ -409,7 +411,7 @@ TEST_F(DistillRunTest, FailuresAboutTheRequestDoNotStopTheRun) {
   DistillRunOptions options = QuietRun(2);
   auto summary = RunDistill(options, refusing, *cache_);
   ASSERT_TRUE(summary.ok()) << summary.status();
-  EXPECT_TRUE(summary->teacher_unusable.empty()) << summary->teacher_unusable;
+  EXPECT_TRUE(summary->teacher_unusable.ok()) << summary->teacher_unusable;
   EXPECT_EQ(summary->counts.failures, kItems);
 }
 
@@ -476,7 +478,7 @@ TEST_F(DistillRunTest, OverloadIsNeitherTheTeacherDownNorAnAnswer) {
   DistillRunOptions options = QuietRun(1);
   auto summary = RunDistill(options, full, *cache_);
   ASSERT_TRUE(summary.ok()) << summary.status();
-  EXPECT_TRUE(summary->teacher_unusable.empty()) << summary->teacher_unusable;
+  EXPECT_TRUE(summary->teacher_unusable.ok()) << summary->teacher_unusable;
   EXPECT_EQ(summary->counts.failures, kItems);
 
   // Every other item UNAVAILABLE, the rest RESOURCE_EXHAUSTED: 16 down in a row, counting only
@@ -500,7 +502,7 @@ TEST_F(DistillRunTest, OverloadIsNeitherTheTeacherDownNorAnAnswer) {
   } down_or_full;
   auto stopped = RunDistill(options, down_or_full, *cache_);
   ASSERT_TRUE(stopped.ok()) << stopped.status();
-  EXPECT_NE(stopped->teacher_unusable.find("16 items in a row"), std::string::npos)
+  EXPECT_NE(stopped->teacher_unusable.message().find("16 items in a row"), std::string::npos)
       << stopped->teacher_unusable;
   EXPECT_EQ(stopped->counts.failures, 2 * kTeacherDownItems - 1);
 }

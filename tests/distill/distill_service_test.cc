@@ -5,7 +5,9 @@
 // its item total (and so an ETA) while it runs. A shutdown signal that reaches the running job
 // before the owner calls Shutdown() leaves it resumable and starts no further job. Also: a teacher
 // whose calls fail with UNAVAILABLE now and then, behind a real server, is retried to completion;
-// one that fails every call ends its job early, FAILED, with the reason. Cancel of an ended job is
+// one that fails every call stops its job early, and the job waits for the teacher (others run
+// meanwhile) and runs when it is back, or fails with the reason once it has waited its limit (at
+// once with no wait allowed). Cancel of an ended job is
 // refused; an oversized concurrency is refused at submit; a resumed job shows no stale rate. A
 // cancel of a running job is durable: a restart ends the job CANCELLED instead of resuming it.
 #include "teacher_client/distill_service.h"
@@ -19,6 +21,7 @@
 #include <thread>
 
 #include "common/shutdown.h"
+#include "fmt/chrono.h"
 #include "rwr/v1/distill.grpc.pb.h"
 #include "storage/rocksdb_store.h"
 #include "teacher_client/distill_run.h"
@@ -51,9 +54,12 @@ class DistillServiceTest : public ::testing::Test {
     ResetShutdownForTesting();  // a test that requested shutdown and failed midway
   }
 
-  void StartService(const std::string& auth_token = "") {
+  void StartService(const std::string& auth_token = "", double teacher_outage_s = 3600,
+                    double teacher_retry_s = 15) {
     DistillServerOptions options;
     options.auth_token = auth_token;
+    options.teacher_outage_s = teacher_outage_s;
+    options.teacher_retry_s = teacher_retry_s;
     options.client.concurrency = 4;
     options.client.deadline_s = 5;
     options.client.initial_backoff_s = 0.01;
@@ -67,8 +73,9 @@ class DistillServiceTest : public ::testing::Test {
     stub_ = v1::DistillService::NewStub(grpc::CreateChannel(
         "127.0.0.1:" + std::to_string(service_->port()), grpc::InsecureChannelCredentials()));
   }
-  void StartTeacher(ScriptedOptions scripted) {
+  void StartTeacher(ScriptedOptions scripted, int port = 0) {
     TeacherServerOptions options;
+    options.listen = "127.0.0.1:" + std::to_string(port);
     options.workers = 4;
     auto server = TeacherServer::Start(options, std::make_shared<ScriptedTeacher>(scripted));
     ASSERT_TRUE(server.ok()) << server.status();
@@ -165,7 +172,7 @@ TEST_F(DistillServiceTest, JobRunsToSuccessWithCountsAndIsPersisted) {
 }
 
 TEST_F(DistillServiceTest, BadSubmissionsAreRefusedWithTheirCode) {
-  StartService();
+  StartService("", /*teacher_outage_s=*/0);
   v1::Job job;
   EXPECT_EQ(Submit("a", "builtin:extractive", &job, "/nonexistent.jsonl").error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
@@ -181,7 +188,7 @@ TEST_F(DistillServiceTest, BadSubmissionsAreRefusedWithTheirCode) {
   v1::GetJobRequest request;
   request.set_job_id("missing");
   EXPECT_EQ(stub_->GetJob(&context, request, &job).error_code(), grpc::StatusCode::NOT_FOUND);
-  // An unreachable teacher fails the job, with the reason.
+  // An unreachable teacher fails the job, with the reason, when no wait is allowed.
   ASSERT_TRUE(Submit("nowhere", "rwr://127.0.0.1:1", &job).ok());
   job = Watch("nowhere");
   EXPECT_EQ(job.state(), v1::Job::FAILED);
@@ -372,22 +379,116 @@ TEST_F(DistillServiceTest, ShutdownSignalLeavesJobsResumableAndARestartFinishesT
       << "an answer was asked for twice, or one was lost";
 }
 
-// A teacher that answers nothing (down, hung, refusing the token) fails the job after a window of
-// items, with the reason, instead of failing every item of the dataset in turn; the items it did
-// not reach are left alone for the resubmitted job.
+// A teacher that answers nothing (down, hung) stops the job after a window of items instead of
+// failing every item of the dataset in turn; the job waits for the teacher, tries it again, and
+// fails with the reason once it has waited teacher_outage_s. The items it did not reach are left
+// alone for the resubmitted job.
 TEST_F(DistillServiceTest, JobOnATeacherThatFailsEveryCallStopsEarlyAndSaysWhy) {
   constexpr int kMany = 200;
   testing::WriteDistillTestData(input_, kMany);
   StartTeacher({.fail_every = 1, .fail_code = absl::StatusCode::kUnavailable});
-  StartService();
+  StartService("", /*teacher_outage_s=*/0.5, /*teacher_retry_s=*/0.1);
   v1::Job job;
   ASSERT_TRUE(Submit("down", TeacherUrl(), &job).ok());
   job = Watch("down");
   EXPECT_EQ(job.state(), v1::Job::FAILED);
   EXPECT_NE(job.error().find("items in a row"), std::string::npos) << job.error();
   EXPECT_NE(job.error().find("UNAVAILABLE"), std::string::npos) << job.error();
+  EXPECT_NE(job.error().find("has been unusable since"), std::string::npos) << job.error();
   EXPECT_LT(job.counts().items_done(), static_cast<uint64_t>(kMany) / 2);
   EXPECT_EQ(job.counts().items(), static_cast<uint64_t>(kMany));
+  EXPECT_TRUE(job.waiting().empty());
+  EXPECT_EQ(job.waiting_since_unix_ms(), 0);
+  // It ran more than once: every run sends a window of calls, each failing after its retries.
+  EXPECT_GT(teacher_->stats().failed, 2u * 16u);
+}
+
+// teacher_outage_s 0: the job fails at its first stop, as a teacher refusing the token always does.
+TEST_F(DistillServiceTest, WithNoOutageAllowedAJobFailsAtOnce) {
+  StartService("", /*teacher_outage_s=*/0);
+  v1::Job job;
+  ASSERT_TRUE(Submit("down", "rwr://127.0.0.1:" + std::to_string(testing::FreePort()), &job).ok());
+  job = Watch("down");
+  EXPECT_EQ(job.state(), v1::Job::FAILED);
+  EXPECT_NE(job.error().find("UNAVAILABLE"), std::string::npos) << job.error();
+  EXPECT_EQ(job.error().find("unusable since"), std::string::npos) << job.error();
+}
+
+// A teacher down when its jobs start does not fail them: they wait QUEUED, saying why and until
+// when, a job for another teacher runs meanwhile, and once the teacher listens again they run to
+// their end. The wait is persisted with the job.
+TEST_F(DistillServiceTest, JobsWaitForTheirTeacherWhileOthersRunAndFinishWhenItIsBack) {
+  const int port = testing::FreePort();
+  const std::string down = "rwr://127.0.0.1:" + std::to_string(port);
+  StartService("", /*teacher_outage_s=*/3600, /*teacher_retry_s=*/0.2);
+  v1::Job job;
+  ASSERT_TRUE(Submit("first", down, &job).ok());
+  ASSERT_TRUE(WaitFor([&] { return !Get("first").waiting().empty(); }));
+  ASSERT_TRUE(Submit("second", down, &job).ok());
+  EXPECT_EQ(job.state(), v1::Job::QUEUED);
+  EXPECT_NE(job.waiting().find("teacher unusable since"), std::string::npos) << job.waiting();
+  ASSERT_TRUE(Submit("other", "builtin:extractive", &job).ok());
+  EXPECT_EQ(Watch("other").state(), v1::Job::SUCCEEDED);
+
+  for (const std::string id : {"first", "second"}) {
+    v1::Job waiting;
+    // A job trying the teacher is RUNNING for that moment.
+    EXPECT_TRUE(WaitFor([&] {
+      waiting = Get(id);
+      return waiting.state() == v1::Job::QUEUED && !waiting.waiting().empty();
+    })) << id;
+    EXPECT_NE(waiting.waiting().find("UNAVAILABLE"), std::string::npos) << waiting.waiting();
+    EXPECT_NE(waiting.waiting().find("the job fails if it is still unusable at"),
+              std::string::npos)
+        << waiting.waiting();
+    EXPECT_GT(Persisted(id).waiting_since_unix_ms(), 0) << id;
+  }
+
+  StartTeacher({}, port);
+  for (const std::string id : {"first", "second"}) {
+    job = Watch(id);
+    EXPECT_EQ(job.state(), v1::Job::SUCCEEDED) << id << ": " << job.error();
+    EXPECT_EQ(job.counts().items_done(), static_cast<uint64_t>(kItems)) << id;
+    EXPECT_TRUE(job.waiting().empty()) << id;
+    EXPECT_EQ(Persisted(id).waiting_since_unix_ms(), 0) << id;
+  }
+}
+
+// The wait counts from the job's first failure, also across a restart of the service: the
+// restarted service tries the teacher at once and the job waits on with its first time.
+TEST_F(DistillServiceTest, AWaitCountsFromTheFirstFailureAcrossARestart) {
+  StartService("", /*teacher_outage_s=*/3600, /*teacher_retry_s=*/0.2);
+  v1::Job job;
+  ASSERT_TRUE(Submit("w", "rwr://127.0.0.1:" + std::to_string(testing::FreePort()), &job).ok());
+  ASSERT_TRUE(WaitFor([&] { return !Get("w").waiting().empty(); }));
+  const int64_t since = Persisted("w").waiting_since_unix_ms();
+  ASSERT_GT(since, 0);
+  service_->Shutdown();
+  service_.reset();
+  EXPECT_EQ(Persisted("w").state(), v1::Job::QUEUED);
+
+  StartService("", /*teacher_outage_s=*/3600, /*teacher_retry_s=*/0.2);
+  EXPECT_TRUE(Get("w").waiting().empty()) << "the stopped service's next try is stale";
+  ASSERT_TRUE(WaitFor([&] { return !Get("w").waiting().empty(); }));  // it tried, and failed
+  EXPECT_EQ(Persisted("w").waiting_since_unix_ms(), since);
+  const std::string first =
+      fmt::format("since {:%Y-%m-%d %H:%M:%S} UTC", fmt::gmtime(std::time_t{since / 1000}));
+  EXPECT_NE(Get("w").waiting().find(first), std::string::npos) << first;
+}
+
+// A cancel reaches a job that waits for its teacher, as any queued job.
+TEST_F(DistillServiceTest, AJobWaitingForItsTeacherCanBeCancelled) {
+  StartService("", /*teacher_outage_s=*/3600, /*teacher_retry_s=*/0.2);
+  v1::Job job;
+  ASSERT_TRUE(Submit("w", "rwr://127.0.0.1:" + std::to_string(testing::FreePort()), &job).ok());
+  ASSERT_TRUE(WaitFor([&] { return !Get("w").waiting().empty(); }));
+  grpc::ClientContext context;
+  v1::CancelJobRequest request;
+  request.set_job_id("w");
+  ASSERT_TRUE(stub_->CancelJob(&context, request, &job).ok());
+  EXPECT_EQ(job.state(), v1::Job::CANCELLED);
+  EXPECT_TRUE(job.waiting().empty());
+  EXPECT_EQ(Persisted("w").state(), v1::Job::CANCELLED);
 }
 
 // Cancel of a job that has ended changes nothing and says so as an error (a script's
