@@ -130,15 +130,10 @@ absl::Status Publish(const std::string& checkpoints_dir, const fs::path& tmp,
   return SyncPath(checkpoints_dir, true);
 }
 
-// Every rank learns whether every rank's part succeeded: a rank that failed keeps its own error,
-// the others get one that points to it. Without a communicator, `status` itself.
-absl::Status Agree(Communicator* comm, absl::Status status, std::string_view what) {
-  if (comm == nullptr || comm->world_size() == 1) return status;
-  std::vector<double> failed = {status.ok() ? 0.0 : 1.0};
-  RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(failed)));
-  if (!status.ok() || failed[0] == 0) return status;
-  return absl::AbortedError(
-      fmt::format("checkpoint: another rank failed {} (its log says why)", what));
+// Every rank learns whether every rank's part succeeded, as AgreeOnStatus says: a failure is then
+// one every rank ends on in step, printed once, not an MPI_Abort. Without a communicator, `status`.
+absl::Status Agree(Communicator* comm, absl::Status status) {
+  return comm != nullptr ? AgreeOnStatus(std::move(status), *comm) : status;
 }
 
 // Keeps the newest `keep` complete checkpoints up to `saved_step`, the one just written. Those
@@ -240,9 +235,8 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
   const std::string name = CheckpointName(data.state.step);
   const fs::path final_dir = fs::path(checkpoints_dir) / name;
   const fs::path tmp = fs::path(checkpoints_dir) / (name + ".tmp");
-  RWR_RETURN_IF_ERROR(Agree(comm, lead ? PrepareTmp(checkpoints_dir, tmp) : absl::OkStatus(),
-                            "to make the checkpoint directory"));
-  absl::Status written = Agree(comm, WriteRankFiles(tmp, data, rank, lead), "to write its part");
+  RWR_RETURN_IF_ERROR(Agree(comm, lead ? PrepareTmp(checkpoints_dir, tmp) : absl::OkStatus()));
+  absl::Status written = Agree(comm, WriteRankFiles(tmp, data, rank, lead));
   if (!written.ok()) {
     // Most often a full disk or quota: free what the half-written checkpoint holds, which other
     // jobs on the file system (and the next save) need.
@@ -250,9 +244,9 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
     if (lead) fs::remove_all(tmp, ec);
     return written;
   }
-  RWR_RETURN_IF_ERROR(Agree(
-      comm, lead ? Publish(checkpoints_dir, tmp, final_dir, data.state.step) : absl::OkStatus(),
-      "to publish the checkpoint"));
+  RWR_RETURN_IF_ERROR(
+      Agree(comm, lead ? Publish(checkpoints_dir, tmp, final_dir, data.state.step)
+                       : absl::OkStatus()));
   if (lead && keep > 0) PruneCheckpoints(checkpoints_dir, data.state.step, keep);
   return final_dir.string();
 }

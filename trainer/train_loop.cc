@@ -733,10 +733,13 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     std::vector<double> on_gpu = {use_cuda ? 1.0 : 0.0};
     RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(on_gpu)));
     if (on_gpu[0] != 0 && on_gpu[0] != comm->world_size()) {
-      return absl::FailedPreconditionError(fmt::format(
-          "{} of {} ranks found a GPU (train.device={}): every rank must train on the same kind "
-          "of device; check the GPUs of the nodes, or set train.device",
-          on_gpu[0], comm->world_size(), s.device));
+      // Every rank took this branch (the sum is theirs): they end in step, printed once.
+      return AgreeOnStatus(
+          absl::FailedPreconditionError(fmt::format(
+              "{} of {} ranks found a GPU (train.device={}): every rank must train on the same "
+              "kind of device; check the GPUs of the nodes, or set train.device",
+              on_gpu[0], comm->world_size(), s.device)),
+          *comm);
     }
   }
   if (use_cuda) {
@@ -952,10 +955,13 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
           "train: step {}: non-finite loss or gradient; update skipped ({} in a row, abort at {})",
           state.step + 1, state.nonfinite_in_a_row, s.max_nonfinite);
       if (state.nonfinite_in_a_row >= s.max_nonfinite) {
-        return absl::AbortedError(fmt::format(
-            "{} steps in a row had a non-finite loss or gradient (last at step {}): lower train.lr "
-            "or check the data; the last checkpoint is intact",
-            state.nonfinite_in_a_row, state.step + 1));
+        // The loss and the gradient norm are the ranks' reduced ones: every rank stops here.
+        return AgreeOnStatus(
+            absl::AbortedError(fmt::format(
+                "{} steps in a row had a non-finite loss or gradient (last at step {}): lower "
+                "train.lr or check the data; the last checkpoint is intact",
+                state.nonfinite_in_a_row, state.step + 1)),
+            *comm);
       }
     } else if (counts[0] == 0) {
       skipped = true;

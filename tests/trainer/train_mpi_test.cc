@@ -46,11 +46,12 @@ std::string TempDir(const std::string& name) {
 using rwr::testing::CommandResult;
 
 // mpirun may run as root in CI containers only when told so; more ranks than cores is asked for.
-std::string Launcher(int ranks) {
+std::string Launcher(int ranks, const std::string& binary = kRwr) {
   setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
   setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
   setenv("NCCL_NVLS_ENABLE", "0", 1);
-  return ranks == 0 ? kRwr : fmt::format("{} -np {} --oversubscribe {}", kMpirun, ranks, kRwr);
+  return ranks == 0 ? binary
+                    : fmt::format("{} -np {} --oversubscribe {}", kMpirun, ranks, binary);
 }
 
 // `ranks` 0: the plain binary (one rank, no launcher).
@@ -274,6 +275,32 @@ TEST_F(RWR_TEST_SUITE, ACheckpointOfAnotherModelIsRefusedByEveryRankInStep) {
   EXPECT_EQ(Count(r.output, "rwr: error: "), 1u) << r.output;
   EXPECT_NE(r.output.find("holds a different model"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("MPI_ABORT"), std::string::npos) << r.output;
+}
+
+// A checkpoint that cannot be written (a full disk or quota; here a file-size limit on each rank,
+// whose writes past it fail with EFBIG as they would with ENOSPC) ends every rank in step at that
+// save: printed once, no MPI_Abort, and the half-written checkpoint removed.
+TEST_F(RWR_TEST_SUITE, AFullDiskAtACheckpointEndsEveryRankInStep) {
+  const std::string data = MakeDataset(8);
+  const std::string out = TempDir("full_disk");
+  // The limit on the ranks only: mpirun's own files must still be written.
+  const std::string limited = TempDir("full_disk_bin") + "/rwr-limited";
+  {
+    std::ofstream script(limited);
+    script << "#!/bin/sh\ntrap '' XFSZ\nulimit -f 64\nexec " << kRwr << " \"$@\"\n";
+  }
+  fs::permissions(limited, fs::perms::owner_all);
+  // 32 KiB: the config and metrics lines fit, the model (rank 0) and optimizer parts do not.
+  CommandResult r = rwr::testing::RunShell(
+      fmt::format("{} {} 2>&1", Launcher(2, limited), TrainArgs(data, out, 1, 1, 4)));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_EQ(Count(r.output, "rwr: error: "), 1u) << r.output;
+  EXPECT_NE(r.output.find("model.safetensors"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("MPI_ABORT"), std::string::npos) << r.output;
+  EXPECT_EQ(Metrics(out).size(), 2u) << "the run stopped at its first save, step 2";
+  for (const auto& entry : fs::directory_iterator(out + "/checkpoints")) {
+    ADD_FAILURE() << "left behind: " << entry.path();
+  }
 }
 
 // One rank alone fails to start (here: its own dataset path; on a cluster, a file its node cannot
