@@ -24,7 +24,8 @@ constexpr const char* kKeys[] = {
     "data.tokens_per_word", "tokenizer", "tokenizer.path",
     // rwr distill run / serve
     "distill.concurrency", "distill.items_in_flight", "distill.max_record_bytes",
-    "distill.negative_fraction", "distill.on_bad_input",
+    "distill.negative_fraction", "distill.on_bad_input", "distill.teacher_outage_s",
+    "distill.teacher_retry_s",
     // rwr data build's recipe
     "recipe.ratio.empty", "recipe.ratio.note", "recipe.ratio.plain", "recipe.seed",
     // teacher clients and servers

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <iostream>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -104,6 +105,14 @@ absl::StatusOr<teacher::DatasetOptions> DatasetOptionsFrom(const Config& config,
   return o;
 }
 
+absl::StatusOr<teacher::TeacherOutagePolicy> TeacherOutageFrom(const Config& config) {
+  teacher::TeacherOutagePolicy o;
+  RWR_ASSIGN_OR_RETURN(o.outage_s, config.GetOr<double>("distill.teacher_outage_s", o.outage_s));
+  RWR_ASSIGN_OR_RETURN(o.retry_s, config.GetOr<double>("distill.teacher_retry_s", o.retry_s));
+  RWR_RETURN_IF_ERROR(o.Check());
+  return o;
+}
+
 absl::StatusOr<std::unique_ptr<storage::RocksDbStore>> OpenCacheForWriting(const std::string& dir,
                                                                            const Config& config) {
   RWR_ASSIGN_OR_RETURN(bool sync_writes, config.GetOr<bool>("cache.sync_writes", false));
@@ -164,6 +173,69 @@ struct RunFlags {
   CLI::Option *concurrency_opt = nullptr, *fraction_opt = nullptr, *bad_input_opt = nullptr;
 };
 
+// Sleeps `seconds`, or less if a shutdown signal comes; whether it slept them all.
+bool SleepUnlessShutdown(double seconds) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < until) {
+    if (ShutdownRequested()) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return !ShutdownRequested();
+}
+
+// RunDistill, again after a teacher outage (`outage`): a teacher that cannot be reached, or that
+// stops the run because it fails every call (DistillSummary::teacher_unusable), is tried again at
+// the policy's delays while waiting may mend it; each pass finds the answers of the ones before in
+// the cache. The summary is the last pass's. A signal during a wait ends it as an interrupted run.
+absl::StatusOr<teacher::DistillSummary> DistillWaitingForTheTeacher(
+    const std::string& target, const teacher::TeacherClientOptions& client,
+    const teacher::ExtractiveOptions& extractive, const teacher::TeacherOutagePolicy& outage,
+    const teacher::DistillRunOptions& run, teacher::NoteCache& cache) {
+  std::optional<std::chrono::steady_clock::time_point> down_since;
+  double delay_s = 0;
+  teacher::DistillSummary summary;
+  while (true) {
+    absl::StatusOr<std::unique_ptr<teacher::Teacher>> made =
+        teacher::MakeDistillTeacher(target, client, extractive);
+    absl::Status unusable = made.status();
+    if (made.ok()) {
+      RWR_ASSIGN_OR_RETURN(summary, teacher::RunDistill(run, **made, cache));
+      made->reset();  // waits for any callback still running
+      if (summary.interrupted || summary.teacher_unusable.ok()) return summary;
+      unusable = summary.teacher_unusable;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (!down_since.has_value()) down_since = now;
+    const double waited_s = std::chrono::duration<double>(now - *down_since).count();
+    if (!teacher::TeacherOutagePolicy::MayComeBack(unusable.code()) ||
+        waited_s >= outage.outage_s) {
+      if (waited_s > 0) {
+        unusable = absl::Status(unusable.code(),
+                                fmt::format("{}; unusable for {} (distill.teacher_outage_s {})",
+                                            std::string(unusable.message()),
+                                            FormatDuration(waited_s), outage.outage_s));
+      }
+      if (!made.ok()) return unusable;
+      summary.teacher_unusable = unusable;
+      return summary;
+    }
+    delay_s = outage.NextDelay(delay_s);
+    // The last wait ends at the limit, for one try there.
+    const double sleep_s = std::min(delay_s, outage.outage_s - waited_s);
+    spdlog::warn(
+        "distill: the teacher cannot be used: {}; trying again in {} (waiting at most {} in all, "
+        "distill.teacher_outage_s)",
+        std::string(unusable.message()), FormatDuration(sleep_s),
+        FormatDuration(outage.outage_s));
+    if (!SleepUnlessShutdown(sleep_s)) {
+      spdlog::info("signal {} while waiting for the teacher; rerun to continue", ShutdownSignal());
+      summary.interrupted = true;
+      summary.teacher_unusable = absl::OkStatus();
+      return summary;
+    }
+  }
+}
+
 absl::Status RunDistillCommand(RunFlags& f) {
   FlagToOverride(f.concurrency_opt, f.concurrency, "distill.concurrency", &f.common);
   FlagToOverride(f.fraction_opt, f.negative_fraction, "distill.negative_fraction", &f.common);
@@ -190,10 +262,10 @@ absl::Status RunDistillCommand(RunFlags& f) {
                        OpenCacheForWriting(f.cache, config));
   RWR_ASSIGN_OR_RETURN(std::unique_ptr<teacher::NoteCache> cache,
                        teacher::NoteCache::Open(store.get()));
-  RWR_ASSIGN_OR_RETURN(std::unique_ptr<teacher::Teacher> teacher,
-                       teacher::MakeDistillTeacher(f.teacher, client, extractive));
-  RWR_ASSIGN_OR_RETURN(teacher::DistillSummary summary, teacher::RunDistill(run, *teacher, *cache));
-  teacher.reset();  // waits for any callback still running
+  RWR_ASSIGN_OR_RETURN(const teacher::TeacherOutagePolicy outage, TeacherOutageFrom(config));
+  RWR_ASSIGN_OR_RETURN(teacher::DistillSummary summary,
+                       DistillWaitingForTheTeacher(f.teacher, client, extractive, outage, run,
+                                                   *cache));
   if (summary.interrupted) RecordStoppedEarly();
 
   std::cout << teacher::SummaryLine(summary) << std::endl;
@@ -235,7 +307,9 @@ void AddRun(CLI::App* group) {
       "Distill a JSONL dataset (id, context, question, answer) into the note cache: per item a "
       "note, its verification against the answer, and for a fraction of kept items an `empty` "
       "negative. Every teacher answer is cached; killed and rerun, it asks the teacher only for "
-      "what is missing. Failed items are listed (exit 1) and retried by the next run.");
+      "what is missing. Failed items are listed (exit 1) and retried by the next run. A teacher "
+      "that is down is waited for (config distill.teacher_outage_s, default 3600 s; "
+      "distill.teacher_retry_s, 15 s, doubling).");
   AddCommonOptions(cmd, &f->common);
   cmd->add_option("--input", f->input, "Dataset JSONL file")->required();
   cmd->add_option("--teacher", f->teacher,
@@ -286,15 +360,7 @@ absl::Status ServeCommand(ServeFlags& f) {
   RWR_ASSIGN_OR_RETURN(options.dataset, DatasetOptionsFrom(config, f.cache, ""));
   RWR_ASSIGN_OR_RETURN(options.default_negative_fraction,
                        config.GetOr<double>("distill.negative_fraction", 0.3));
-  RWR_ASSIGN_OR_RETURN(options.teacher_outage_s,
-                       config.GetOr<double>("distill.teacher_outage_s", options.teacher_outage_s));
-  RWR_ASSIGN_OR_RETURN(options.teacher_retry_s,
-                       config.GetOr<double>("distill.teacher_retry_s", options.teacher_retry_s));
-  if (!(options.teacher_outage_s >= 0) || !(options.teacher_retry_s > 0)) {
-    return absl::InvalidArgumentError(fmt::format(
-        "distill.teacher_outage_s ({}) must be >= 0 and distill.teacher_retry_s ({}) > 0",
-        options.teacher_outage_s, options.teacher_retry_s));
-  }
+  RWR_ASSIGN_OR_RETURN(options.teacher_outage, TeacherOutageFrom(config));
   RWR_ASSIGN_OR_RETURN(std::unique_ptr<storage::RocksDbStore> store,
                        OpenCacheForWriting(f.cache, config));
   RWR_ASSIGN_OR_RETURN(std::unique_ptr<teacher::DistillServer> server,

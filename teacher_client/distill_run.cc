@@ -554,6 +554,21 @@ absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teac
   return summary;
 }
 
+bool TeacherOutagePolicy::MayComeBack(absl::StatusCode code) {
+  return code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded;
+}
+
+double TeacherOutagePolicy::NextDelay(double previous_s) const {
+  return previous_s > 0 ? std::min(2 * previous_s, std::max(kMaxRetryS, retry_s)) : retry_s;
+}
+
+absl::Status TeacherOutagePolicy::Check() const {
+  if (outage_s >= 0 && retry_s > 0) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      fmt::format("distill.teacher_outage_s ({}) must be >= 0 and distill.teacher_retry_s ({}) > 0",
+                  outage_s, retry_s));
+}
+
 std::string SummaryLine(const DistillSummary& summary) {
   const DistillCounts& c = summary.counts;
   std::string line = fmt::format(

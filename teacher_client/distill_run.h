@@ -100,6 +100,26 @@ bool SelectedForNegative(std::string_view id, double fraction);
 // before a run stops; a window of items in flight larger than this must fail whole.
 inline constexpr int64_t kTeacherDownItems = 16;
 
+// How long distillation waits for a teacher that is down or unreachable before it gives up, and
+// how often it tries it meanwhile: `rwr distill run` between its passes over the dataset, `rwr
+// distill serve` for the jobs queued for that teacher (config distill.teacher_outage_s and
+// distill.teacher_retry_s). The wait is counted from the first failure; any run that gets answers
+// ends it.
+struct TeacherOutagePolicy {
+  double outage_s = 3600;  // 0: give up at the first failure
+  double retry_s = 15;     // the first delay; it doubles after each failed try, up to kMaxRetryS
+  static constexpr double kMaxRetryS = 300;
+
+  // Whether waiting can mend a teacher that failed with `code`: down, restarting, hung or
+  // unreachable (UNAVAILABLE, DEADLINE_EXCEEDED). A refused token or a server that is not a
+  // teacher (UNAUTHENTICATED, PERMISSION_DENIED, UNIMPLEMENTED, ...) will not mend by waiting.
+  static bool MayComeBack(absl::StatusCode code);
+  // The delay after a failed try that came `previous_s` after the one before (0: the first).
+  double NextDelay(double previous_s) const;
+  // Either value out of range, as an error naming the config keys.
+  absl::Status Check() const;
+};
+
 // The largest teacher window (distill.concurrency, a job's recipe.concurrency): 2 × it items are
 // held in memory at once, and larger values overflowed into negative windows.
 inline constexpr int kMaxDistillConcurrency = 65536;

@@ -49,12 +49,6 @@ std::string UtcTime(int64_t unix_ms) {
   return fmt::format("{:%Y-%m-%d %H:%M:%S} UTC", fmt::gmtime(static_cast<std::time_t>(unix_ms / 1000)));
 }
 
-// Codes that say the teacher is down, restarting or unreachable, which waiting can mend; a refused
-// token or a server that is not a teacher (UNAUTHENTICATED, UNIMPLEMENTED, ...) will not.
-bool TeacherMayComeBack(absl::StatusCode code) {
-  return code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded;
-}
-
 grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
@@ -63,15 +57,14 @@ grpc::Status ToGrpc(const absl::Status& status) {
 
 class DistillServer::Impl final : public v1::DistillService::Service {
   using Clock = std::chrono::steady_clock;
-  // A teacher that stopped a job and may come back: when the next job may try it, the delay to
-  // the try after that (doubling up to kMaxTeacherRetryS) and the last failure's reason.
+  // A teacher that stopped a job and may come back: when the next job may try it, the delay that
+  // led to that try (TeacherOutagePolicy::NextDelay) and the last failure's reason.
   struct Outage {
     Clock::time_point retry_at;
     int64_t retry_at_unix_ms = 0;  // the same moment, for the jobs' `waiting` lines
-    double backoff_s = 0;
+    double delay_s = 0;
     std::string reason;
   };
-  static constexpr double kMaxTeacherRetryS = 300;
 
  public:
   Impl(const DistillServerOptions& options, storage::KvStore* store)
@@ -525,7 +518,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     });
   }
 
-  // --- teacher outages (DistillServerOptions::teacher_outage_s) ---
+  // --- teacher outages (DistillServerOptions::teacher_outage) ---
 
   // The first queued job whose teacher is not known to be down, or is due another try; else
   // queue_.end(), with *wake set to the earliest try due.
@@ -542,7 +535,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
   // The job `id` (RUNNING) could not use its teacher. A teacher that may come back is waited for:
   // the job returns to the queue in its place and is tried again once the teacher's delay has
   // passed, and the jobs queued for the same teacher wait with it. The job fails when waiting
-  // cannot help or once it has waited teacher_outage_s.
+  // cannot help or once it has waited its policy's outage_s.
   void TeacherUnusable(const std::string& id, absl::StatusCode code, const std::string& reason) {
     std::lock_guard<std::mutex> lock(mu_);
     v1::Job& job = jobs_[id];
@@ -553,7 +546,8 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     const int64_t now_ms = NowUnixMs();
     const int64_t since_ms = job.waiting_since_unix_ms() > 0 ? job.waiting_since_unix_ms() : now_ms;
     const double waited_s = (now_ms - since_ms) / 1000.0;
-    if (!TeacherMayComeBack(code) || waited_s >= options_.teacher_outage_s) {
+    const TeacherOutagePolicy& policy = options_.teacher_outage;
+    if (!TeacherOutagePolicy::MayComeBack(code) || waited_s >= policy.outage_s) {
       const std::string waited =
           waited_s > 0 ? fmt::format("; the teacher has been unusable since {} ({})",
                                      UtcTime(since_ms), FormatDuration(waited_s))
@@ -565,15 +559,13 @@ class DistillServer::Impl final : public v1::DistillService::Service {
       return;
     }
     Outage& outage = outages_[job.teacher()];
-    outage.backoff_s = outage.backoff_s > 0
-                           ? std::min(2 * outage.backoff_s, kMaxTeacherRetryS)
-                           : options_.teacher_retry_s;
+    outage.delay_s = policy.NextDelay(outage.delay_s);
     outage.retry_at = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                         std::chrono::duration<double>(outage.backoff_s));
-    outage.retry_at_unix_ms = now_ms + static_cast<int64_t>(outage.backoff_s * 1000);
+                                         std::chrono::duration<double>(outage.delay_s));
+    outage.retry_at_unix_ms = now_ms + static_cast<int64_t>(outage.delay_s * 1000);
     outage.reason = reason;
     spdlog::warn("distill serve: job {} waits for teacher {}: {}; next try in {}", id,
-                 job.teacher(), reason, FormatDuration(outage.backoff_s));
+                 job.teacher(), reason, FormatDuration(outage.delay_s));
     // Back in the queue in submission order: it was the first runnable job, and stays first.
     auto place = std::find_if(queue_.begin(), queue_.end(), [&](const std::string& other) {
       const v1::Job& o = jobs_[other];
@@ -620,7 +612,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
         "at {}",
         UtcTime(job.waiting_since_unix_ms()), outage.reason, UtcTime(outage.retry_at_unix_ms),
         UtcTime(job.waiting_since_unix_ms() +
-                static_cast<int64_t>(options_.teacher_outage_s * 1000))));
+                static_cast<int64_t>(options_.teacher_outage.outage_s * 1000))));
   }
 
   const DistillServerOptions options_;

@@ -16,7 +16,7 @@
 //   comes first — stops the running job the same way as cancel but leaves it RUNNING in the cache,
 //   starts no queued job and accepts no new one, so the next start resumes them all.
 // - A teacher that is down does not fail the jobs queued for it: they wait QUEUED, saying so in
-//   Job.waiting, and run when it is back (DistillServerOptions::teacher_outage_s).
+//   Job.waiting, and run when it is back (DistillServerOptions::teacher_outage).
 // A job ends SUCCEEDED (its run read the whole dataset and every item was kept or dropped), FAILED
 // (some items failed — the error names how many and the first few with their reasons; resubmit to
 // retry them — or the dataset was unusable, or the teacher past the wait) or CANCELLED. The gRPC handlers are the
@@ -31,6 +31,7 @@
 #include "storage/kv_store.h"
 #include "teacher_client/client.h"
 #include "teacher_client/dataset.h"
+#include "teacher_client/distill_run.h"
 #include "teacher_client/extractive_teacher.h"
 
 namespace rwr::teacher {
@@ -48,12 +49,10 @@ struct DistillServerOptions {
   // A job whose teacher is down or unreachable (it cannot connect, or its run stops because every
   // call of a window of items failed UNAVAILABLE or DEADLINE_EXCEEDED) goes back to the queue in
   // its place and waits, with the jobs queued for the same teacher; jobs for other teachers run
-  // meanwhile. The first of them tries the teacher again after teacher_retry_s, then after twice
-  // that, up to 5 minutes apart. A job fails once it has waited teacher_outage_s (0: at once, as
-  // a teacher that refuses the token or is not a teacher always does). The wait is counted from
-  // the job's first failure, across restarts of the service.
-  double teacher_outage_s = 3600;
-  double teacher_retry_s = 15;
+  // meanwhile. The first of them tries the teacher again at the policy's delays, and a job fails
+  // once it has waited outage_s (at once where waiting cannot help). The wait is counted from the
+  // job's first failure, across restarts of the service.
+  TeacherOutagePolicy teacher_outage;
 };
 
 class DistillServer {

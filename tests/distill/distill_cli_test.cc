@@ -2,6 +2,8 @@
 // on loopback, real RocksDB):
 // - `rwr distill run` killed with SIGKILL mid-run, then rerun: the rerun's teacher calls equal
 //   exactly the answers not yet cached, and every cached record reads back intact.
+// - `rwr distill run` on a teacher that is down waits and finishes once it listens; past
+//   distill.teacher_outage_s it exits 1 in one line; a signal during the wait exits 0.
 // - bad input: one line naming FILE:LINE, nothing sent to the teacher; skip mode quarantines.
 // - `rwr cache inspect --json` and `rwr cache publish`.
 // - `rwr distill serve` killed with SIGKILL mid-job and restarted: the job resumes and finishes;
@@ -624,6 +626,64 @@ TEST_F(DistillCliTest, SigtermSaysItDrainsThenReportsInterruptedAndExitsZero) {
   EXPECT_TRUE(summary["interrupted"].get<bool>());
   EXPECT_LT(summary["items_done"].get<int64_t>(), kItems);
   EXPECT_EQ(summary["failures"].get<int64_t>(), 0);
+}
+
+// `rwr distill run` on a teacher that is down waits for it (distill.teacher_outage_s), saying so
+// and when it tries again, and finishes once the teacher listens; past its limit it exits 1 with
+// one line saying how long the teacher has been unusable; a signal during the wait exits 0, as
+// an interrupted run.
+TEST_F(DistillCliTest, RunWaitsForATeacherThatIsDownAndFinishesWhenItIsBack) {
+  constexpr int kItems = 30;
+  const std::string input = (dir_ / "data.jsonl").string();
+  testing::WriteDistillTestData(input, kItems);
+  const int port = testing::FreePort();
+  const std::vector<std::string> argv = {
+      RWR_BINARY, "distill",   "run",   "--input", input, "--teacher",
+      "rwr://127.0.0.1:" + std::to_string(port),   "--cache", CacheDir(),
+      "--set",    "distill.teacher_retry_s=0.2",   "--set",   "teacher.connect_timeout_s=0.5"};
+  Subprocess run(argv, (dir_ / "run.log").string());
+  ASSERT_TRUE(run.started());
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        return testing::ReadFile(dir_ / "run.log").find("trying again in") != std::string::npos;
+      },
+      30))
+      << testing::ReadFile(dir_ / "run.log");
+  auto server = StartTeacher(/*latency_s=*/0, port);
+  ASSERT_TRUE(server);
+  EXPECT_EQ(run.Wait(60), 0) << testing::ReadFile(dir_ / "run.log");
+  const std::string log = testing::ReadFile(dir_ / "run.log");
+  EXPECT_NE(log.find("the teacher cannot be used: "), std::string::npos) << log;
+  EXPECT_NE(log.find(fmt::format("distill: {} items", kItems)), std::string::npos) << log;
+  EXPECT_NE(log.find(" 0 failures"), std::string::npos) << log;
+
+  const std::vector<std::string> down = {
+      "distill", "run",   "--input", input, "--teacher",
+      "rwr://127.0.0.1:" + std::to_string(testing::FreePort()), "--cache", (dir_ / "c2").string(),
+      "--set",   "distill.teacher_retry_s=0.1", "--set",   "distill.teacher_outage_s=0.5",
+      "--set",   "teacher.connect_timeout_s=0.2", "--log-level", "error"};
+  const Ran gave_up = RunRwr(down, dir_ / "down.log");
+  EXPECT_EQ(gave_up.exit_code, 1) << gave_up.output;
+  EXPECT_NE(gave_up.output.find("UNAVAILABLE"), std::string::npos) << gave_up.output;
+  EXPECT_NE(gave_up.output.find("distill.teacher_outage_s 0.5"), std::string::npos)
+      << gave_up.output;
+  EXPECT_EQ(std::count(gave_up.output.begin(), gave_up.output.end(), '\n'), 1) << gave_up.output;
+
+  std::vector<std::string> waiting = {RWR_BINARY};
+  waiting.insert(waiting.end(), down.begin(), down.end() - 2);  // without --log-level error
+  waiting[waiting.size() - 5] = "distill.teacher_outage_s=3600";
+  Subprocess signalled(waiting, (dir_ / "signalled.log").string());
+  ASSERT_TRUE(signalled.started());
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        return testing::ReadFile(dir_ / "signalled.log").find("trying again in") !=
+               std::string::npos;
+      },
+      30));
+  signalled.Signal(SIGTERM);
+  EXPECT_EQ(signalled.Wait(10), 0) << testing::ReadFile(dir_ / "signalled.log");
+  EXPECT_NE(testing::ReadFile(dir_ / "signalled.log").find("while waiting for the teacher"),
+            std::string::npos);
 }
 
 TEST_F(DistillCliTest, SubmitRefusesATeacherTargetRunWouldRefuseAndSendsNothing) {

@@ -58,8 +58,7 @@ class DistillServiceTest : public ::testing::Test {
                     double teacher_retry_s = 15) {
     DistillServerOptions options;
     options.auth_token = auth_token;
-    options.teacher_outage_s = teacher_outage_s;
-    options.teacher_retry_s = teacher_retry_s;
+    options.teacher_outage = {.outage_s = teacher_outage_s, .retry_s = teacher_retry_s};
     options.client.concurrency = 4;
     options.client.deadline_s = 5;
     options.client.initial_backoff_s = 0.01;
