@@ -4,6 +4,8 @@
 //   exactly the answers not yet cached, and every cached record reads back intact.
 // - `rwr distill run` on a teacher that is down waits and finishes once it listens; past
 //   distill.teacher_outage_s it exits 1 in one line; a signal during the wait exits 0.
+// - a `distill serve` job on a teacher that is down: `status` says it waits, and why; it ends
+//   SUCCEEDED once the teacher listens.
 // - bad input: one line naming FILE:LINE, nothing sent to the teacher; skip mode quarantines.
 // - `rwr cache inspect --json` and `rwr cache publish`.
 // - `rwr distill serve` killed with SIGKILL mid-job and restarted: the job resumes and finishes;
@@ -684,6 +686,44 @@ TEST_F(DistillCliTest, RunWaitsForATeacherThatIsDownAndFinishesWhenItIsBack) {
   EXPECT_EQ(signalled.Wait(10), 0) << testing::ReadFile(dir_ / "signalled.log");
   EXPECT_NE(testing::ReadFile(dir_ / "signalled.log").find("while waiting for the teacher"),
             std::string::npos);
+}
+
+// A job whose teacher is down waits QUEUED and `status` says why and until when; once the
+// teacher listens the job runs to SUCCEEDED (`status --watch` follows it there).
+TEST_F(DistillCliTest, AServiceJobWaitsForItsTeacherAndStatusSaysWhy) {
+  const std::string input = (dir_ / "data.jsonl").string();
+  testing::WriteDistillTestData(input, 20);
+  const int port = testing::FreePort();
+  const std::string teacher_url = "rwr://127.0.0.1:" + std::to_string(port);
+  auto [listen, serve] = ServeOnAFreePort();
+  serve.insert(serve.end(), {"--set", "distill.teacher_retry_s=0.2", "--set",
+                             "teacher.connect_timeout_s=0.3"});
+  Subprocess service(serve, (dir_ / "serve.log").string());
+  ASSERT_TRUE(service.started());
+  Ran submitted;
+  ASSERT_TRUE(SubmitOnceServing(listen, input, teacher_url, "waits", dir_ / "submit.log",
+                                &submitted))
+      << submitted.output << testing::ReadFile(dir_ / "serve.log");
+  Ran status;
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        status = RunRwr({"distill", "status", "--server", listen, "waits"}, dir_ / "status.log");
+        return status.output.find("waiting: ") != std::string::npos;
+      },
+      30))
+      << status.output << testing::ReadFile(dir_ / "serve.log");
+  EXPECT_NE(status.output.find("waits QUEUED "), std::string::npos) << status.output;
+  EXPECT_NE(status.output.find("waiting: teacher unusable since "), std::string::npos)
+      << status.output;
+  EXPECT_NE(status.output.find("; next try at "), std::string::npos) << status.output;
+
+  auto teacher = StartTeacher(/*latency_s=*/0, port);
+  ASSERT_TRUE(teacher);
+  Ran watched;
+  ASSERT_TRUE(WatchOnceServing(listen, "waits", dir_ / "watch.log", &watched)) << watched.output;
+  EXPECT_EQ(watched.exit_code, 0) << watched.output;
+  EXPECT_NE(watched.output.find("waits SUCCEEDED 20/20 items"), std::string::npos)
+      << watched.output;
 }
 
 TEST_F(DistillCliTest, SubmitRefusesATeacherTargetRunWouldRefuseAndSendsNothing) {
