@@ -139,7 +139,8 @@ absl::Status InspectCommand(InspectFlags& f) {
                                          {"dataset", job.dataset_path()},
                                          {"items_done", job.counts().items_done()},
                                          {"items", job.counts().items()},
-                                         {"cancel_requested", job.cancel_requested()}});
+                                         {"cancel_requested", job.cancel_requested()},
+                                         {"waiting", job.waiting()}});
                        }
                        return true;
                      }));
@@ -179,9 +180,12 @@ absl::Status InspectCommand(InspectFlags& f) {
             : fmt::format("{} items done{}", done,
                           state == "QUEUED" || state == "RUNNING" ? " (total not known yet)" : "");
     const bool cancelling = state == "RUNNING" && job["cancel_requested"].get<bool>();
-    std::cout << fmt::format("job {} {}{}: {}, {}\n", job["job_id"].get<std::string>(), state,
+    // The service's last word on a job waiting for its teacher, as persisted.
+    const std::string waiting = job["waiting"].get<std::string>();
+    std::cout << fmt::format("job {} {}{}: {}, {}{}\n", job["job_id"].get<std::string>(), state,
                              cancelling ? " (cancel requested)" : "", progress,
-                             job["dataset"].get<std::string>());
+                             job["dataset"].get<std::string>(),
+                             state == "QUEUED" && !waiting.empty() ? "; waiting: " + waiting : "");
   }
   for (auto& [family, list] : samples.items()) {
     for (const json& sample : list) {

@@ -716,6 +716,17 @@ TEST_F(DistillCliTest, AServiceJobWaitsForItsTeacherAndStatusSaysWhy) {
   EXPECT_NE(status.output.find("waiting: teacher unusable since "), std::string::npos)
       << status.output;
   EXPECT_NE(status.output.find("; next try at "), std::string::npos) << status.output;
+  // As persisted: read while the job is not trying the teacher (RUNNING for that moment).
+  Ran inspect;
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        inspect = RunRwr({"cache", "inspect", CacheDir()}, dir_ / "inspect.log");
+        return inspect.output.find("job waits QUEUED: 0 items done (total not known yet), " +
+                                   input + "; waiting: teacher unusable since ") !=
+               std::string::npos;
+      },
+      30))
+      << inspect.output;
 
   auto teacher = StartTeacher(/*latency_s=*/0, port);
   ASSERT_TRUE(teacher);
