@@ -210,10 +210,10 @@ absl::StatusOr<teacher::DistillSummary> DistillWaitingForTheTeacher(
     if (!teacher::TeacherOutagePolicy::MayComeBack(unusable.code()) ||
         waited_s >= outage.outage_s) {
       if (waited_s > 0) {
-        unusable = absl::Status(unusable.code(),
-                                fmt::format("{}; unusable for {} (distill.teacher_outage_s {})",
-                                            std::string(unusable.message()),
-                                            FormatDuration(waited_s), outage.outage_s));
+        unusable = absl::Status(
+            unusable.code(), fmt::format("{}; unusable for {} (distill.teacher_outage_s {})",
+                                         std::string(unusable.message()), FormatDuration(waited_s),
+                                         outage.outage_s));
       }
       if (!made.ok()) return unusable;
       summary.teacher_unusable = unusable;
@@ -225,8 +225,7 @@ absl::StatusOr<teacher::DistillSummary> DistillWaitingForTheTeacher(
     spdlog::warn(
         "distill: the teacher cannot be used: {}; trying again in {} (waiting at most {} in all, "
         "distill.teacher_outage_s)",
-        std::string(unusable.message()), FormatDuration(sleep_s),
-        FormatDuration(outage.outage_s));
+        std::string(unusable.message()), FormatDuration(sleep_s), FormatDuration(outage.outage_s));
     if (!SleepUnlessShutdown(sleep_s)) {
       spdlog::info("signal {} while waiting for the teacher; rerun to continue", ShutdownSignal());
       summary.interrupted = true;
@@ -263,9 +262,9 @@ absl::Status RunDistillCommand(RunFlags& f) {
   RWR_ASSIGN_OR_RETURN(std::unique_ptr<teacher::NoteCache> cache,
                        teacher::NoteCache::Open(store.get()));
   RWR_ASSIGN_OR_RETURN(const teacher::TeacherOutagePolicy outage, TeacherOutageFrom(config));
-  RWR_ASSIGN_OR_RETURN(teacher::DistillSummary summary,
-                       DistillWaitingForTheTeacher(f.teacher, client, extractive, outage, run,
-                                                   *cache));
+  RWR_ASSIGN_OR_RETURN(
+      teacher::DistillSummary summary,
+      DistillWaitingForTheTeacher(f.teacher, client, extractive, outage, run, *cache));
   if (summary.interrupted) RecordStoppedEarly();
 
   std::cout << teacher::SummaryLine(summary) << std::endl;
@@ -287,8 +286,8 @@ absl::Status RunDistillCommand(RunFlags& f) {
     return absl::UnavailableError(fmt::format(
         "distill run: stopped after {} of {} items: {}; items not started were left alone: check "
         "the teacher ({}) and run the same command again",
-        summary.counts.items_done, summary.counts.items, std::string(summary.teacher_unusable.message()),
-        f.teacher));
+        summary.counts.items_done, summary.counts.items,
+        std::string(summary.teacher_unusable.message()), f.teacher));
   }
   if (summary.counts.failures > 0 && !summary.interrupted) {
     return absl::UnavailableError(fmt::format(
@@ -458,7 +457,8 @@ std::string JobLine(const v1::Job& job) {
     if (job.eta_seconds() >= 0) line += ", ETA " + FormatDuration(job.eta_seconds());
   }
   line += fmt::format(" · {} · {}", job.dataset_path(), job.teacher());
-  if (job.state() == v1::Job::QUEUED && !job.waiting().empty()) line += " · waiting: " + job.waiting();
+  if (job.state() == v1::Job::QUEUED && !job.waiting().empty())
+    line += " · waiting: " + job.waiting();
   if (!job.error().empty()) line += " · error: " + job.error();
   return line;
 }

@@ -15,8 +15,8 @@
 
 #include "absl/synchronization/mutex.h"
 #include "common/status.h"
-#include "kserve/grpc_service.grpc.pb.h"
 #include "fmt/format.h"
+#include "kserve/grpc_service.grpc.pb.h"
 
 namespace rwr::teacher {
 namespace {

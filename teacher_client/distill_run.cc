@@ -357,9 +357,10 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
     consecutive_unusable_ = unusable ? consecutive_unusable_ + 1 : 0;
     if (consecutive_unusable_ >= teacher_down_items_ && teacher_unusable_.ok()) {
       teacher_unusable_ = absl::Status(
-          code, fmt::format(
-                    "the teacher failed {} items in a row with no answer in between; last error: {}",
-                    consecutive_unusable_, OneLine(std::string(status.message()))));
+          code,
+          fmt::format(
+              "the teacher failed {} items in a row with no answer in between; last error: {}",
+              consecutive_unusable_, OneLine(std::string(status.message()))));
       changed_.notify_all();
     }
   }
@@ -503,8 +504,8 @@ absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teac
   while (true) {
     distiller->WaitBelow(window, bar);
     if (absl::Status unusable = distiller->TeacherUnusable(); !unusable.ok()) {
-      spdlog::warn("distill: stopping: {}; finishing the {} items in flight", std::string(unusable.message()),
-                   distiller->InFlight());
+      spdlog::warn("distill: stopping: {}; finishing the {} items in flight",
+                   std::string(unusable.message()), distiller->InFlight());
       break;
     }
     // Read before the stop is looked at: a stop asked for once the last item has started stops
@@ -528,7 +529,7 @@ absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teac
   summary.teacher_unusable = distiller->TeacherUnusable();
   // A run stopped early must not claim it is done.
   if (progress) {
-    progress->Finish(summary.interrupted                 ? "interrupted"
+    progress->Finish(summary.interrupted              ? "interrupted"
                      : !summary.teacher_unusable.ok() ? "stopped"
                                                       : "done");
   }

@@ -46,7 +46,8 @@ bool ValidJobId(const std::string& id) {
 }
 
 std::string UtcTime(int64_t unix_ms) {
-  return fmt::format("{:%Y-%m-%d %H:%M:%S} UTC", fmt::gmtime(static_cast<std::time_t>(unix_ms / 1000)));
+  return fmt::format("{:%Y-%m-%d %H:%M:%S} UTC",
+                     fmt::gmtime(static_cast<std::time_t>(unix_ms / 1000)));
 }
 
 grpc::Status ToGrpc(const absl::Status& status) {
@@ -465,10 +466,10 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     if (cancelled && summary->interrupted) {
       Finish(id, v1::Job::CANCELLED, "");
     } else if (!summary->teacher_unusable.ok()) {
-      TeacherUnusable(id, summary->teacher_unusable.code(),
-                      fmt::format("stopped after {} of {} items: {}", summary->counts.items_done,
-                                  summary->counts.items,
-                                  std::string(summary->teacher_unusable.message())));
+      TeacherUnusable(
+          id, summary->teacher_unusable.code(),
+          fmt::format("stopped after {} of {} items: {}", summary->counts.items_done,
+                      summary->counts.items, std::string(summary->teacher_unusable.message())));
       return;
     } else if (summary->counts.failures > 0) {
       std::string error =
@@ -548,10 +549,10 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     const double waited_s = (now_ms - since_ms) / 1000.0;
     const TeacherOutagePolicy& policy = options_.teacher_outage;
     if (!TeacherOutagePolicy::MayComeBack(code) || waited_s >= policy.outage_s) {
-      const std::string waited =
-          waited_s > 0 ? fmt::format("; the teacher has been unusable since {} ({})",
-                                     UtcTime(since_ms), FormatDuration(waited_s))
-                       : "";
+      const std::string waited = waited_s > 0
+                                     ? fmt::format("; the teacher has been unusable since {} ({})",
+                                                   UtcTime(since_ms), FormatDuration(waited_s))
+                                     : "";
       FinishLocked(id, v1::Job::FAILED,
                    fmt::format("{}{}; items not started were left alone: check the teacher and "
                                "resubmit",
@@ -569,8 +570,9 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     // Back in the queue in submission order: it was the first runnable job, and stays first.
     auto place = std::find_if(queue_.begin(), queue_.end(), [&](const std::string& other) {
       const v1::Job& o = jobs_[other];
-      return o.created_unix_ms() != job.created_unix_ms() ? o.created_unix_ms() > job.created_unix_ms()
-                                                          : o.job_id() > job.job_id();
+      return o.created_unix_ms() != job.created_unix_ms()
+                 ? o.created_unix_ms() > job.created_unix_ms()
+                 : o.job_id() > job.job_id();
     });
     queue_.insert(place, id);
     ChangeLocked(id, [&](v1::Job& j) {

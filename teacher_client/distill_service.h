@@ -19,9 +19,9 @@
 //   Job.waiting, and run when it is back (DistillServerOptions::teacher_outage).
 // A job ends SUCCEEDED (its run read the whole dataset and every item was kept or dropped), FAILED
 // (some items failed — the error names how many and the first few with their reasons; resubmit to
-// retry them — or the dataset was unusable, or the teacher past the wait) or CANCELLED. The gRPC handlers are the
-// synchronous API: they only read and write in-memory state and the cache; the distillation itself
-// runs on the worker thread.
+// retry them — or the dataset was unusable, or the teacher past the wait) or CANCELLED. The gRPC
+// handlers are the synchronous API: they only read and write in-memory state and the cache; the
+// distillation itself runs on the worker thread.
 #pragma once
 
 #include <memory>

@@ -244,9 +244,8 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
     if (lead) fs::remove_all(tmp, ec);
     return written;
   }
-  RWR_RETURN_IF_ERROR(
-      Agree(comm, lead ? Publish(checkpoints_dir, tmp, final_dir, data.state.step)
-                       : absl::OkStatus()));
+  RWR_RETURN_IF_ERROR(Agree(
+      comm, lead ? Publish(checkpoints_dir, tmp, final_dir, data.state.step) : absl::OkStatus()));
   if (lead && keep > 0) PruneCheckpoints(checkpoints_dir, data.state.step, keep);
   return final_dir.string();
 }

@@ -639,10 +639,19 @@ TEST_F(DistillCliTest, RunWaitsForATeacherThatIsDownAndFinishesWhenItIsBack) {
   const std::string input = (dir_ / "data.jsonl").string();
   testing::WriteDistillTestData(input, kItems);
   const int port = testing::FreePort();
-  const std::vector<std::string> argv = {
-      RWR_BINARY, "distill",   "run",   "--input", input, "--teacher",
-      "rwr://127.0.0.1:" + std::to_string(port),   "--cache", CacheDir(),
-      "--set",    "distill.teacher_retry_s=0.2",   "--set",   "teacher.connect_timeout_s=0.5"};
+  const std::vector<std::string> argv = {RWR_BINARY,
+                                         "distill",
+                                         "run",
+                                         "--input",
+                                         input,
+                                         "--teacher",
+                                         "rwr://127.0.0.1:" + std::to_string(port),
+                                         "--cache",
+                                         CacheDir(),
+                                         "--set",
+                                         "distill.teacher_retry_s=0.2",
+                                         "--set",
+                                         "teacher.connect_timeout_s=0.5"};
   Subprocess run(argv, (dir_ / "run.log").string());
   ASSERT_TRUE(run.started());
   ASSERT_TRUE(WaitUntil(
@@ -659,22 +668,36 @@ TEST_F(DistillCliTest, RunWaitsForATeacherThatIsDownAndFinishesWhenItIsBack) {
   EXPECT_NE(log.find(fmt::format("distill: {} items", kItems)), std::string::npos) << log;
   EXPECT_NE(log.find(" 0 failures"), std::string::npos) << log;
 
-  const std::vector<std::string> down = {
-      "distill", "run",   "--input", input, "--teacher",
-      "rwr://127.0.0.1:" + std::to_string(testing::FreePort()), "--cache", (dir_ / "c2").string(),
-      "--set",   "distill.teacher_retry_s=0.1", "--set",   "distill.teacher_outage_s=0.5",
-      "--set",   "teacher.connect_timeout_s=0.2", "--log-level", "error"};
-  const Ran gave_up = RunRwr(down, dir_ / "down.log");
+  // On a teacher that never comes up, waiting at most `outage`.
+  const std::string nowhere = "rwr://127.0.0.1:" + std::to_string(testing::FreePort());
+  auto down = [&](const std::string& outage) {
+    return std::vector<std::string>{RWR_BINARY,
+                                    "distill",
+                                    "run",
+                                    "--input",
+                                    input,
+                                    "--teacher",
+                                    nowhere,
+                                    "--cache",
+                                    (dir_ / "c2").string(),
+                                    "--set",
+                                    "distill.teacher_retry_s=0.1",
+                                    "--set",
+                                    "distill.teacher_outage_s=" + outage,
+                                    "--set",
+                                    "teacher.connect_timeout_s=0.2"};
+  };
+  const std::vector<std::string> gives_up = down("0.5");
+  std::vector<std::string> quiet(gives_up.begin() + 1, gives_up.end());  // RunRwr adds the binary
+  quiet.insert(quiet.end(), {"--log-level", "error"});
+  const Ran gave_up = RunRwr(quiet, dir_ / "down.log");
   EXPECT_EQ(gave_up.exit_code, 1) << gave_up.output;
   EXPECT_NE(gave_up.output.find("UNAVAILABLE"), std::string::npos) << gave_up.output;
   EXPECT_NE(gave_up.output.find("distill.teacher_outage_s 0.5"), std::string::npos)
       << gave_up.output;
   EXPECT_EQ(std::count(gave_up.output.begin(), gave_up.output.end(), '\n'), 1) << gave_up.output;
 
-  std::vector<std::string> waiting = {RWR_BINARY};
-  waiting.insert(waiting.end(), down.begin(), down.end() - 2);  // without --log-level error
-  waiting[waiting.size() - 5] = "distill.teacher_outage_s=3600";
-  Subprocess signalled(waiting, (dir_ / "signalled.log").string());
+  Subprocess signalled(down("3600"), (dir_ / "signalled.log").string());
   ASSERT_TRUE(signalled.started());
   ASSERT_TRUE(WaitUntil(
       [&] {
@@ -696,13 +719,13 @@ TEST_F(DistillCliTest, AServiceJobWaitsForItsTeacherAndStatusSaysWhy) {
   const int port = testing::FreePort();
   const std::string teacher_url = "rwr://127.0.0.1:" + std::to_string(port);
   auto [listen, serve] = ServeOnAFreePort();
-  serve.insert(serve.end(), {"--set", "distill.teacher_retry_s=0.2", "--set",
-                             "teacher.connect_timeout_s=0.3"});
+  serve.insert(serve.end(),
+               {"--set", "distill.teacher_retry_s=0.2", "--set", "teacher.connect_timeout_s=0.3"});
   Subprocess service(serve, (dir_ / "serve.log").string());
   ASSERT_TRUE(service.started());
   Ran submitted;
-  ASSERT_TRUE(SubmitOnceServing(listen, input, teacher_url, "waits", dir_ / "submit.log",
-                                &submitted))
+  ASSERT_TRUE(
+      SubmitOnceServing(listen, input, teacher_url, "waits", dir_ / "submit.log", &submitted))
       << submitted.output << testing::ReadFile(dir_ / "serve.log");
   Ran status;
   ASSERT_TRUE(WaitUntil(

@@ -437,8 +437,7 @@ TEST_F(DistillServiceTest, JobsWaitForTheirTeacherWhileOthersRunAndFinishWhenItI
       return waiting.state() == v1::Job::QUEUED && !waiting.waiting().empty();
     })) << id;
     EXPECT_NE(waiting.waiting().find("UNAVAILABLE"), std::string::npos) << waiting.waiting();
-    EXPECT_NE(waiting.waiting().find("the job fails if it is still unusable at"),
-              std::string::npos)
+    EXPECT_NE(waiting.waiting().find("the job fails if it is still unusable at"), std::string::npos)
         << waiting.waiting();
     EXPECT_GT(Persisted(id).waiting_since_unix_ms(), 0) << id;
   }

@@ -50,8 +50,7 @@ std::string Launcher(int ranks, const std::string& binary = kRwr) {
   setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
   setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
   setenv("NCCL_NVLS_ENABLE", "0", 1);
-  return ranks == 0 ? binary
-                    : fmt::format("{} -np {} --oversubscribe {}", kMpirun, ranks, binary);
+  return ranks == 0 ? binary : fmt::format("{} -np {} --oversubscribe {}", kMpirun, ranks, binary);
 }
 
 // `ranks` 0: the plain binary (one rank, no launcher).
