@@ -203,6 +203,10 @@ absl::StatusOr<teacher::DistillSummary> DistillWaitingForTheTeacher(
       made->reset();  // waits for any callback still running
       if (summary.interrupted || summary.teacher_unusable.ok()) return summary;
       unusable = summary.teacher_unusable;
+      if (summary.counts.teacher_answers > 0) {  // it was up in between: a new outage
+        down_since.reset();
+        delay_s = 0;
+      }
     }
     const auto now = std::chrono::steady_clock::now();
     if (!down_since.has_value()) down_since = now;

@@ -26,7 +26,8 @@ namespace {
 // (a segfault at exit, after the work and its message were done: 1 run in ~100 of a test whose
 // handshake fails). Without that cleanup the process ends with them, as it should. OpenSSL's first
 // initialisation decides whether the cleanup is registered, hence a static initialiser in the file
-// every client and server links.
+// every client and server links. Keep OpenSSL out of other static initialisers (a global built with
+// Sha256Hex, say): one that ran first would register the cleanup after all.
 [[maybe_unused]] const bool kOpenSslKeepsItsStateAtExit =
     OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, nullptr) == 1;
 

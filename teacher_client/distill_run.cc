@@ -130,6 +130,7 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
     std::lock_guard<std::mutex> lock(mu_);
     DistillCounts out = counts_;
     out.teacher_calls = teacher_calls_.load();
+    out.teacher_answers = teacher_answers_.load();
     out.cache_hits = cache_hits_.load();
     out.cache_rejected = cache_rejected_.load();
     return out;
@@ -365,6 +366,7 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
     }
   }
   void TeacherAnswered() {
+    ++teacher_answers_;
     std::lock_guard<std::mutex> lock(mu_);
     consecutive_unusable_ = 0;
   }
@@ -375,6 +377,7 @@ class Distiller : public std::enable_shared_from_this<Distiller> {
   const TeacherInfo info_;
   const int64_t teacher_down_items_;
   std::atomic<int64_t> teacher_calls_{0};
+  std::atomic<int64_t> teacher_answers_{0};
   std::atomic<int64_t> cache_hits_{0};
   std::atomic<int64_t> cache_rejected_{0};
   std::mutex mu_;
@@ -564,10 +567,11 @@ double TeacherOutagePolicy::NextDelay(double previous_s) const {
 }
 
 absl::Status TeacherOutagePolicy::Check() const {
-  if (outage_s >= 0 && retry_s > 0) return absl::OkStatus();
-  return absl::InvalidArgumentError(
-      fmt::format("distill.teacher_outage_s ({}) must be >= 0 and distill.teacher_retry_s ({}) > 0",
-                  outage_s, retry_s));
+  if (outage_s >= 0 && outage_s <= kMaxOutageS && retry_s > 0 && retry_s <= kMaxOutageS)
+    return absl::OkStatus();
+  return absl::InvalidArgumentError(fmt::format(
+      "distill.teacher_outage_s ({}) must be in [0, {}] and distill.teacher_retry_s ({}) in (0, {}]",
+      outage_s, kMaxOutageS, retry_s, kMaxOutageS));
 }
 
 std::string SummaryLine(const DistillSummary& summary) {

@@ -39,6 +39,7 @@ struct DistillCounts {
   int64_t negatives = 0;  // usable `empty` negatives (answer removed)
   int64_t failures = 0;
   int64_t teacher_calls = 0;  // tasks sent to the teacher (client retries not counted)
+  int64_t teacher_answers = 0;  // of those, answered: a teacher that answers is not down
   int64_t cache_hits = 0;
   int64_t cache_rejected = 0;   // stale or mismatching records, re-asked and overwritten
   int64_t bad_input_lines = 0;  // quarantined lines (--on-bad-input skip)
@@ -103,12 +104,15 @@ inline constexpr int64_t kTeacherDownItems = 16;
 // How long distillation waits for a teacher that is down or unreachable before it gives up, and
 // how often it tries it meanwhile: `rwr distill run` between its passes over the dataset, `rwr
 // distill serve` for the jobs queued for that teacher (config distill.teacher_outage_s and
-// distill.teacher_retry_s). The wait is counted from the first failure; any run that gets answers
-// ends it.
+// distill.teacher_retry_s). The wait is counted from the first failure; a pass that gets answers
+// (DistillCounts::teacher_answers) ends it. A pass stops for an unusable teacher only after a
+// window of items failed in a row (kTeacherDownItems): a job with fewer items left ends as its
+// items decide, FAILED naming them, without a wait.
 struct TeacherOutagePolicy {
   double outage_s = 3600;  // 0: give up at the first failure
   double retry_s = 15;     // the first delay; it doubles after each failed try, up to kMaxRetryS
   static constexpr double kMaxRetryS = 300;
+  static constexpr double kMaxOutageS = 30 * 86400;  // either value; past it, a config mistake
 
   // Whether waiting can mend a teacher that failed with `code`: down, restarting, hung or
   // unreachable (UNAVAILABLE, DEADLINE_EXCEEDED). A refused token or a server that is not a

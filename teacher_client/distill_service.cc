@@ -101,6 +101,8 @@ class DistillServer::Impl final : public v1::DistillService::Service {
                      job.job_id());
         v1::Job& cancelled = jobs_[job.job_id()];
         cancelled.set_state(v1::Job::CANCELLED);
+        cancelled.clear_waiting();
+        cancelled.clear_waiting_since_unix_ms();
         cancelled.set_items_per_second(0);
         cancelled.set_eta_seconds(0);
         cancelled.set_updated_unix_ms(NowUnixMs());
@@ -303,6 +305,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
       job.clear_waiting_since_unix_ms();
       job.set_updated_unix_ms(NowUnixMs());
       if (absl::Status saved = Persist(job); !saved.ok()) return ToGrpc(saved);
+      DropUnusedOutageLocked(job.teacher());
     } else if (job.state() == v1::Job::RUNNING && !job.cancel_requested()) {
       // Durable before acknowledged; the run polls the flag, stops and records CANCELLED.
       job.set_cancel_requested(true);
@@ -399,7 +402,6 @@ class DistillServer::Impl final : public v1::DistillService::Service {
       TeacherUnusable(id, teacher.status().code(), std::string(teacher.status().message()));
       return;
     }
-    TeacherReachable(job.teacher());
     DistillRunOptions run;
     run.input_path = job.dataset_path();
     run.dataset = options_.dataset;
@@ -441,8 +443,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     };
     absl::StatusOr<DistillSummary> summary = RunDistill(run, **teacher, *cache_);
     teacher->reset();
-    if (summary.ok() && !summary->interrupted && summary->teacher_unusable.ok())
-      TeacherAnswered(job.teacher());
+    if (summary.ok() && summary->counts.teacher_answers > 0) TeacherAnswered(job.teacher());
     if (!summary.ok()) {
       Finish(id, v1::Job::FAILED, std::string(summary.status().message()));
       return;
@@ -517,6 +518,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
       j.clear_waiting();
       j.clear_waiting_since_unix_ms();
     });
+    if (Terminal(state)) DropUnusedOutageLocked(jobs_[id].teacher());
   }
 
   // --- teacher outages (DistillServerOptions::teacher_outage) ---
@@ -561,12 +563,23 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     }
     Outage& outage = outages_[job.teacher()];
     outage.delay_s = policy.NextDelay(outage.delay_s);
+    // The next try comes at the delay, or where the first of the jobs waiting for this teacher
+    // reaches its limit, so that it fails at the time its `waiting` line says.
+    int64_t first_limit_ms = since_ms;
+    for (const std::string& other : queue_) {
+      const v1::Job& o = jobs_[other];
+      if (o.teacher() == job.teacher() && o.waiting_since_unix_ms() > 0)
+        first_limit_ms = std::min(first_limit_ms, o.waiting_since_unix_ms());
+    }
+    first_limit_ms += static_cast<int64_t>(policy.outage_s * 1000);
+    const double wait_s =
+        std::max(0.0, std::min(outage.delay_s, (first_limit_ms - now_ms) / 1000.0));
     outage.retry_at = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                         std::chrono::duration<double>(outage.delay_s));
-    outage.retry_at_unix_ms = now_ms + static_cast<int64_t>(outage.delay_s * 1000);
+                                         std::chrono::duration<double>(wait_s));
+    outage.retry_at_unix_ms = now_ms + static_cast<int64_t>(wait_s * 1000);
     outage.reason = reason;
     spdlog::warn("distill serve: job {} waits for teacher {}: {}; next try in {}", id,
-                 job.teacher(), reason, FormatDuration(outage.delay_s));
+                 job.teacher(), reason, FormatDuration(wait_s));
     // Back in the queue in submission order: it was the first runnable job, and stays first.
     auto place = std::find_if(queue_.begin(), queue_.end(), [&](const std::string& other) {
       const v1::Job& o = jobs_[other];
@@ -587,13 +600,14 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     }
   }
 
-  // The teacher took a connection: the jobs queued for it no longer wait for an outage (the
-  // running one's clock runs on until its run gets answers, TeacherAnswered).
-  void TeacherReachable(const std::string& teacher) {
+  // A run got answers from the teacher: whatever outage there was is over, for the jobs queued
+  // for it and for the running one (which may still stop on it: a new outage, counted afresh).
+  void TeacherAnswered(const std::string& teacher) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (outages_.count(teacher) == 0) return;
-    for (const std::string& id : queue_) {
-      if (jobs_[id].teacher() != teacher || jobs_[id].waiting_since_unix_ms() == 0) continue;
+    outages_.erase(teacher);
+    for (auto& [id, job] : jobs_) {
+      if (Terminal(job.state()) || job.teacher() != teacher || job.waiting_since_unix_ms() == 0)
+        continue;
       ChangeLocked(id, [](v1::Job& j) {
         j.clear_waiting();
         j.clear_waiting_since_unix_ms();
@@ -601,10 +615,13 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     }
   }
 
-  // A run on the teacher ended with answers: the outage is over, the next failure starts afresh.
-  void TeacherAnswered(const std::string& teacher) {
-    std::lock_guard<std::mutex> lock(mu_);
-    outages_.erase(teacher);
+  // Forgets the outage of a teacher no queued job waits for any more (its last job ended or was
+  // cancelled): a job submitted later tries it at once.
+  void DropUnusedOutageLocked(const std::string& teacher) {
+    const bool waited_for = std::any_of(queue_.begin(), queue_.end(), [&](const std::string& id) {
+      return jobs_[id].teacher() == teacher;
+    });
+    if (!waited_for) outages_.erase(teacher);
   }
 
   void MarkWaiting(v1::Job& job, const Outage& outage) const {

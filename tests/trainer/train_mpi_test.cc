@@ -280,6 +280,9 @@ TEST_F(RWR_TEST_SUITE, ACheckpointOfAnotherModelIsRefusedByEveryRankInStep) {
 // whose writes past it fail with EFBIG as they would with ENOSPC) ends every rank in step at that
 // save: printed once, no MPI_Abort, and the half-written checkpoint removed.
 TEST_F(RWR_TEST_SUITE, AFullDiskAtACheckpointEndsEveryRankInStep) {
+  // The limit would also stop NCCL's shared-memory files from growing: its setup would fail, not
+  // the save. The CPU build checks the agreement, which is the same code on the GPUs.
+  if (kDevice == "cuda") GTEST_SKIP() << "a file-size limit breaks NCCL's /dev/shm transport";
   const std::string data = MakeDataset(8);
   const std::string out = TempDir("full_disk");
   // The limit on the ranks only: mpirun's own files must still be written.
