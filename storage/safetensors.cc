@@ -17,6 +17,7 @@
 #include "common/status.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "storage/mapped_pages.h"
 
 namespace rwr::storage {
 namespace {
@@ -365,6 +366,19 @@ absl::StatusOr<std::span<const uint8_t>> SafetensorsFile::Bytes(std::string_view
   return std::span<const uint8_t>(data_ + info->begin, info->end - info->begin);
 }
 
+void SafetensorsFile::ReleasePages(const uint8_t* begin, const uint8_t* end) const {
+  ReleaseMappedPages(map_, map_size_, begin, end);
+}
+
+void SafetensorsFile::CopyOut(std::span<const uint8_t> bytes, void* out) const {
+  auto* dst = static_cast<uint8_t*>(out);
+  for (size_t at = 0; at < bytes.size(); at += kReleaseBytes) {
+    const size_t n = std::min<size_t>(kReleaseBytes, bytes.size() - at);
+    std::memcpy(dst + at, bytes.data() + at, n);
+    ReleasePages(bytes.data() + at, bytes.data() + at + n);
+  }
+}
+
 absl::Status SafetensorsFile::ReadFloatInto(std::string_view name, std::span<float> out) const {
   const TensorInfo* info = Find(name);
   if (info == nullptr) {
@@ -384,33 +398,26 @@ absl::Status SafetensorsFile::ReadFloatInto(std::string_view name, std::span<flo
                     path_, name, n, out.size()));
   }
   const uint8_t* src = data_ + info->begin;
-  switch (info->dtype) {
-    case DType::kF32:
-      std::memcpy(out.data(), src, n * 4);
-      break;
-    case DType::kF64:
-      for (int64_t i = 0; i < n; ++i) {
+  if (info->dtype == DType::kF32) {
+    CopyOut(std::span<const uint8_t>(src, n * 4), out.data());
+    return absl::OkStatus();
+  }
+  const int64_t width = DTypeSize(info->dtype);
+  const int64_t piece = kReleaseBytes / width;  // elements converted between releases
+  for (int64_t first = 0; first < n; first += piece) {
+    const int64_t last = std::min(n, first + piece);
+    for (int64_t i = first; i < last; ++i) {
+      if (info->dtype == DType::kF64) {
         double v;
         std::memcpy(&v, src + 8 * i, 8);
         out[i] = static_cast<float>(v);
-      }
-      break;
-    case DType::kBF16:
-      for (int64_t i = 0; i < n; ++i) {
+      } else {
         uint16_t v;
         std::memcpy(&v, src + 2 * i, 2);
-        out[i] = Bf16ToFloat(v);
+        out[i] = info->dtype == DType::kBF16 ? Bf16ToFloat(v) : F16ToFloat(v);
       }
-      break;
-    case DType::kF16:
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t v;
-        std::memcpy(&v, src + 2 * i, 2);
-        out[i] = F16ToFloat(v);
-      }
-      break;
-    default:
-      break;
+    }
+    ReleasePages(src + first * width, src + last * width);
   }
   return absl::OkStatus();
 }

@@ -78,9 +78,16 @@ class SafetensorsFile {
   absl::Status ReadFloatInto(std::string_view name, std::span<float> out) const;
   // Integer and bool tensors as int64.
   absl::StatusOr<std::vector<int64_t>> ReadInt(std::string_view name) const;
+  // Copies `bytes`, a part of this file (from Bytes), to `out`. Like ReadFloatInto, it copies a
+  // piece at a time and lets each piece's mapped pages leave the process's resident set once
+  // copied (they are read from the file again if touched): a loader that copies a checkpoint out
+  // holds it once in the RSS a scheduler watches (Slurm's memory accounting), not twice.
+  void CopyOut(std::span<const uint8_t> bytes, void* out) const;
 
  private:
   SafetensorsFile() = default;
+  void ReleasePages(const uint8_t* begin, const uint8_t* end) const;  // mapped_pages.h
+
   std::string path_;
   const uint8_t* map_ = nullptr;
   uint64_t map_size_ = 0;

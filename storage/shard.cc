@@ -17,6 +17,7 @@
 #include "common/status.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "storage/mapped_pages.h"
 
 namespace rwr::storage {
 namespace {
@@ -348,8 +349,14 @@ absl::StatusOr<std::unique_ptr<ShardReader>> ShardReader::Open(const std::string
     return corrupt(fmt::format("{} trailing bytes after the last section", size - file_size));
   }
   if (options.verify_checksum) {
+    // In pieces, each released once hashed: a dataset's shards are all checked at open, and
+    // would otherwise stay in every rank's RSS whole (mapped_pages.h).
     Sha256 hasher;
-    hasher.Update(reader->base_ + sizeof(ShardHeader), size - sizeof(ShardHeader));
+    for (uint64_t at = sizeof(ShardHeader); at < size; at += kReleaseBytes) {
+      const uint64_t n = std::min<uint64_t>(kReleaseBytes, size - at);
+      hasher.Update(reader->base_ + at, n);
+      ReleaseMappedPages(reader->base_, size, reader->base_ + at, reader->base_ + at + n);
+    }
     Sha256Digest digest = hasher.Finish();
     if (std::memcmp(digest.data(), h.payload_sha256, digest.size()) != 0) {
       return corrupt("payload checksum mismatch");
@@ -432,6 +439,10 @@ absl::Status ShardReader::ReadRow(uint64_t row, std::span<int32_t> tokens,
     loss_mask[i] = loss_mask_[begin + i];
     bad |= loss_mask_[begin + i] & 0xFE;
   }
+  // Copied: a training run reads its whole dataset, every epoch (mapped_pages.h).
+  const uint64_t width = header_.token_dtype;
+  ReleaseMappedPages(base_, mapped_size_, tokens_ + width * begin, tokens_ + width * (begin + n));
+  ReleaseMappedPages(base_, mapped_size_, loss_mask_ + begin, loss_mask_ + begin + n);
   if (bad != 0) {
     return absl::DataLossError(fmt::format("shard {}: row {} has loss-mask values other than 0/1", path_, row));
   }

@@ -251,7 +251,7 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
 }
 
 // The elements [lo, hi) of a F32 tensor holding [begin, end), copied out of the mapped file: only
-// the pages of the slice are read.
+// the pages of the slice are read, and they leave the resident set as they are copied.
 absl::Status CopySlice(const storage::SafetensorsFile& file, std::string_view name, int64_t begin,
                        int64_t end, int64_t lo, int64_t hi, float* out) {
   const storage::TensorInfo* info = file.Find(name);
@@ -261,7 +261,7 @@ absl::Status CopySlice(const storage::SafetensorsFile& file, std::string_view na
         fmt::format("{}: {} is not {} F32 values (its range)", file.path(), name, end - begin));
   }
   RWR_ASSIGN_OR_RETURN(std::span<const uint8_t> bytes, file.Bytes(name));
-  std::memcpy(out, bytes.data() + (lo - begin) * 4, (hi - lo) * 4);
+  file.CopyOut(bytes.subspan((lo - begin) * 4, (hi - lo) * 4), out);
   return absl::OkStatus();
 }
 

@@ -6,6 +6,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/shard.h"
+#include "tests/support/resident.h"
 #include "tests/support/temp_dir.h"
 
 namespace rwr::storage {
@@ -234,6 +235,42 @@ TEST(ShardManifest, SavesAndLoads) {
   EXPECT_EQ(loaded->pad_id, 1);
   EXPECT_THAT(loaded->extra_json, HasSubstr("tokenizer"));
   EXPECT_EQ(ShardManifest::Load(dir + "/nope").status().code(), absl::StatusCode::kNotFound);
+}
+
+// A shard checked at open and read row by row stays out of the resident set (mapped_pages.h): a
+// dataset is checksummed whole at open and read whole every epoch, by every rank.
+TEST(ShardReader, CheckedAndReadRowsLeaveTheResidentSet) {
+  const std::string path = TempDir("resident") + "/big.rws";
+  constexpr uint32_t kVocab = 100000;  // 4-byte tokens
+  constexpr uint64_t kSeqLen = 4096;
+  ShardWriter writer(path, {.vocab_size = kVocab, .seq_len = kSeqLen});
+  std::vector<uint32_t> tokens(kSeqLen + 1);
+  std::vector<uint8_t> mask(kSeqLen + 1, 1);
+  for (int row = 0; row < 4096; ++row) {  // 16 M tokens: 64 MiB of tokens, 16 MiB of masks
+    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = (row * 7919 + i * 31) % kVocab;
+    writer.BeginRow();
+    ASSERT_TRUE(writer.AddDocument(tokens, mask).ok());
+  }
+  ASSERT_TRUE(writer.Finish().ok());
+  ASSERT_GE(rwr::testing::ResidentFileBytes(), 0) << "no RssFile in /proc/self/status";
+  constexpr int64_t kSlack = int64_t{8} << 20;
+
+  int64_t before = rwr::testing::ResidentFileBytes();
+  auto reader = ShardReader::Open(path, {.verify_checksum = true});
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  EXPECT_LT(rwr::testing::ResidentFileBytes() - before, kSlack) << "at open";
+
+  // Rows through a reader that did not walk the file at open.
+  auto unchecked = ShardReader::Open(path, {.verify_checksum = false});
+  ASSERT_TRUE(unchecked.ok()) << unchecked.status();
+  before = rwr::testing::ResidentFileBytes();
+  std::vector<int32_t> row_tokens(kSeqLen + 1);
+  std::vector<uint8_t> row_mask(kSeqLen + 1);
+  for (uint64_t row = 0; row < (*unchecked)->num_rows(); ++row) {
+    ASSERT_TRUE((*unchecked)->ReadRow(row, row_tokens, row_mask).ok());
+    ASSERT_EQ(static_cast<uint32_t>(row_tokens[5]), (row * 7919 + 5 * 31) % kVocab) << row;
+  }
+  EXPECT_LT(rwr::testing::ResidentFileBytes() - before, kSlack) << "rows read";
 }
 
 }  // namespace

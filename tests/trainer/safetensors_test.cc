@@ -6,11 +6,13 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
 
 #include "fmt/format.h"
+#include "tests/support/resident.h"
 
 namespace rwr::storage {
 namespace {
@@ -180,6 +182,45 @@ TEST_F(BrokenFile, ShapeThatDisagreesWithOffsetsIsAnError) {
   absl::Status s = OpenBytes(bad);
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
   EXPECT_NE(std::string(s.message()).find("needs"), std::string::npos) << s;
+}
+
+// Reading a tensor out (fp32 as it is, bf16 converted, or a slice of bytes) leaves its mapped
+// pages out of the resident set: a checkpoint being read counts once in a scheduler's RSS, not
+// twice (mapped + copied).
+TEST(Safetensors, ReadingATensorLeavesItsPagesOutOfTheResidentSet) {
+  const fs::path dir = TempDir("rss");
+  constexpr int64_t kN = int64_t{24} << 20;  // 96 MiB in fp32, 48 MiB in bf16
+  const std::vector<float> values = RandomValues(kN, 7);
+  SafetensorsWriter writer;
+  ASSERT_TRUE(writer.AddFloat("f32", {kN}, values).ok());
+  ASSERT_TRUE(writer.AddFloat("bf16", {kN}, values, DType::kBF16).ok());
+  ASSERT_TRUE(writer.WriteFile((dir / "big.safetensors").string()).ok());
+  auto file = SafetensorsFile::Open((dir / "big.safetensors").string());
+  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_GE(rwr::testing::ResidentFileBytes(), 0) << "no RssFile in /proc/self/status";
+  std::vector<float> out(kN, 1.f);  // touched: its pages are anonymous, counted apart
+  constexpr int64_t kSlack = int64_t{8} << 20;
+
+  int64_t before = rwr::testing::ResidentFileBytes();
+  ASSERT_TRUE((*file)->ReadFloatInto("f32", out).ok());
+  EXPECT_LT(rwr::testing::ResidentFileBytes() - before, kSlack) << "fp32 read";
+  EXPECT_EQ(out, values);
+
+  before = rwr::testing::ResidentFileBytes();
+  ASSERT_TRUE((*file)->ReadFloatInto("bf16", out).ok());
+  EXPECT_LT(rwr::testing::ResidentFileBytes() - before, kSlack) << "bf16 read";
+  EXPECT_NEAR(out[12345], values[12345], std::abs(values[12345]) / 128);
+
+  auto bytes = (*file)->Bytes("f32");
+  ASSERT_TRUE(bytes.ok());
+  before = rwr::testing::ResidentFileBytes();
+  (*file)->CopyOut(bytes->subspan(4 * 1000, 4 * (kN - 2000)), out.data());
+  EXPECT_LT(rwr::testing::ResidentFileBytes() - before, kSlack) << "slice";
+  EXPECT_EQ(out[0], values[1000]);
+  EXPECT_EQ(out[kN - 2001], values[kN - 1001]);
+  // Pages read again after their release are the file's, as before.
+  EXPECT_EQ(std::memcmp(bytes->data(), values.data(), 4 * kN), 0);
+  fs::remove_all(dir);
 }
 
 TEST(Safetensors, MissingFileIsNotFound) {
