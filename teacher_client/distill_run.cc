@@ -569,9 +569,10 @@ double TeacherOutagePolicy::NextDelay(double previous_s) const {
 absl::Status TeacherOutagePolicy::Check() const {
   if (outage_s >= 0 && outage_s <= kMaxOutageS && retry_s > 0 && retry_s <= kMaxOutageS)
     return absl::OkStatus();
-  return absl::InvalidArgumentError(fmt::format(
-      "distill.teacher_outage_s ({}) must be in [0, {}] and distill.teacher_retry_s ({}) in (0, {}]",
-      outage_s, kMaxOutageS, retry_s, kMaxOutageS));
+  return absl::InvalidArgumentError(
+      fmt::format("distill.teacher_outage_s ({}) must be in [0, {}] and distill.teacher_retry_s "
+                  "({}) in (0, {}]",
+                  outage_s, kMaxOutageS, retry_s, kMaxOutageS));
 }
 
 std::string SummaryLine(const DistillSummary& summary) {

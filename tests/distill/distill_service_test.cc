@@ -491,7 +491,8 @@ TEST_F(DistillServiceTest, ATeacherThatAnsweredInBetweenStartsAFreshWait) {
   ASSERT_TRUE(WaitFor([&] {
     const v1::Job now = Get("j");
     return now.state() == v1::Job::QUEUED && !now.waiting().empty();
-  })) << Get("j").state() << " " << Get("j").error();
+  })) << Get("j").state()
+      << " " << Get("j").error();
   EXPECT_GT(Persisted("j").waiting_since_unix_ms(), first_since);
   StartTeacher({}, port);
   job = Watch("j");

@@ -1,11 +1,12 @@
 // Token shards: writer/reader round trip, validation, and damaged files giving clear errors.
+#include "storage/shard.h"
+
 #include <filesystem>
 #include <fstream>
 #include <random>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "storage/shard.h"
 #include "tests/support/resident.h"
 #include "tests/support/temp_dir.h"
 
