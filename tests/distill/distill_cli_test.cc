@@ -3,7 +3,8 @@
 // - `rwr distill run` killed with SIGKILL mid-run, then rerun: the rerun's teacher calls equal
 //   exactly the answers not yet cached, and every cached record reads back intact.
 // - `rwr distill run` on a teacher that is down waits and finishes once it listens; past
-//   distill.teacher_outage_s it exits 1 in one line; a signal during the wait exits 0.
+//   distill.teacher_outage_s it exits 1 in one line; a signal during the wait exits 0; a teacher
+//   that answered in between starts a fresh wait.
 // - a `distill serve` job on a teacher that is down: `status` says it waits, and why; it ends
 //   SUCCEEDED once the teacher listens.
 // - bad input: one line naming FILE:LINE, nothing sent to the teacher; skip mode quarantines.
@@ -708,6 +709,58 @@ TEST_F(DistillCliTest, RunWaitsForATeacherThatIsDownAndFinishesWhenItIsBack) {
   signalled.Signal(SIGTERM);
   EXPECT_EQ(signalled.Wait(10), 0) << testing::ReadFile(dir_ / "signalled.log");
   EXPECT_NE(testing::ReadFile(dir_ / "signalled.log").find("while waiting for the teacher"),
+            std::string::npos);
+}
+
+// A pass that got answers ends the outage it waited through: the teacher down at the start, up,
+// then down again mid-run past the first wait's limit — the run waits afresh, and finishes.
+TEST_F(DistillCliTest, RunWaitsAfreshWhenTheTeacherAnsweredInBetween) {
+  constexpr int kItems = 400;
+  const std::string input = (dir_ / "data.jsonl").string();
+  testing::WriteDistillTestData(input, kItems);
+  const int port = testing::FreePort();
+  const std::vector<std::string> argv = {RWR_BINARY,
+                                         "distill",
+                                         "run",
+                                         "--input",
+                                         input,
+                                         "--teacher",
+                                         "rwr://127.0.0.1:" + std::to_string(port),
+                                         "--cache",
+                                         CacheDir(),
+                                         "--concurrency",
+                                         "4",
+                                         "--set",
+                                         "distill.teacher_retry_s=0.2",
+                                         "--set",
+                                         "distill.teacher_outage_s=2",
+                                         "--set",
+                                         "teacher.connect_timeout_s=0.3",
+                                         "--set",
+                                         "teacher.max_attempts=2"};
+  Subprocess run(argv, (dir_ / "run.log").string());
+  ASSERT_TRUE(run.started());
+  auto waits = [&] {
+    const std::string log = testing::ReadFile(dir_ / "run.log");
+    size_t n = 0;
+    for (size_t at = log.find("trying again in"); at != std::string::npos;
+         at = log.find("trying again in", at + 1))
+      ++n;
+    return n;
+  };
+  ASSERT_TRUE(WaitUntil([&] { return waits() >= 1; }, 30)) << testing::ReadFile(dir_ / "run.log");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // most of the 2 s allowed
+  auto server = StartTeacher(/*latency_s=*/0.02, port);
+  ASSERT_TRUE(server);
+  ASSERT_TRUE(WaitUntil([&] { return server->stats().served >= 40; }, 30));
+  const size_t before = waits();
+  server.reset();  // down again, mid-run, past the first wait's limit
+  ASSERT_TRUE(WaitUntil([&] { return waits() > before; }, 30))
+      << testing::ReadFile(dir_ / "run.log");
+  server = StartTeacher(/*latency_s=*/0, port);
+  ASSERT_TRUE(server);
+  EXPECT_EQ(run.Wait(60), 0) << testing::ReadFile(dir_ / "run.log");
+  EXPECT_NE(testing::ReadFile(dir_ / "run.log").find(fmt::format("distill: {} items", kItems)),
             std::string::npos);
 }
 
