@@ -851,12 +851,20 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     return absl::OkStatus();
   };
 
+  // A failure on this rank alone — a row that does not read, a metrics line or GEMM choices that
+  // cannot be written — is kept here rather than returned at once, where the other ranks would
+  // wait for this one in their next collective: it rides on the next all-reduce that every rank
+  // makes at the same point (the stop flag below, a step's loss-token count, an evaluation's
+  // sums), where every rank learns of it and they all end in step (AgreeOnStatus).
+  absl::Status rank_failure;
+
   // A stop every rank agrees on: a signal reaches the ranks at different moments, and a rank that
   // stopped alone would leave the others waiting in a collective. One rank: the signal itself.
   auto stop_agreed = [&]() -> absl::StatusOr<bool> {
-    std::vector<double> flag = {ShutdownRequested() ? 1.0 : 0.0};
-    RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(flag)));
-    return flag[0] > 0;
+    std::vector<double> flags = {ShutdownRequested() ? 1.0 : 0.0, rank_failure.ok() ? 0.0 : 1.0};
+    RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(flags)));
+    if (flags[1] > 0) return AgreeOnStatus(rank_failure, *comm);
+    return flags[0] > 0;
   };
   auto signal_text = [] {
     return ShutdownRequested() ? fmt::format("signal {}", ShutdownSignal())
@@ -877,7 +885,10 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
                      signal_text(), state.step);
         return std::optional<double>();
       }
-      RWR_RETURN_IF_ERROR(eval_loader->Next(&batch));
+      if (absl::Status read = eval_loader->Next(&batch); !read.ok()) {
+        rank_failure = std::move(read);  // agreed at the next stop flag or the sums below
+        continue;
+      }
       LossSum part;
 #ifdef RWR_TRAINER_HAVE_CUDA
       if (gpu) {
@@ -890,7 +901,9 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
       sums[0] += part.loss_sum;
       sums[1] += static_cast<double>(part.tokens);
     }
+    sums.push_back(rank_failure.ok() ? 0.0 : 1.0);
     RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(sums)));
+    if (sums[2] > 0) return AgreeOnStatus(rank_failure, *comm);
     return sums[1] > 0 ? sums[0] / sums[1] : 0.0;
   };
 
@@ -906,14 +919,19 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
       return finish(/*interrupted=*/true);
     }
     // Micro-batches first: the loss is normalised by the loss tokens of the whole global batch.
-    std::vector<double> counts = {0};
+    std::vector<double> counts = {0, 0};  // loss tokens; ranks whose rows did not read
     int64_t positions = 0;
     for (auto& mb : micro) {
-      RWR_RETURN_IF_ERROR(loader->Next(&mb));
+      if (absl::Status read = loader->Next(&mb); !read.ok()) {
+        rank_failure = std::move(read);
+        counts[1] = 1;
+        break;
+      }
       counts[0] += static_cast<double>(mb.loss_tokens);
       positions += mb.batch_size * mb.seq_len;
     }
     RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(counts)));
+    if (counts[1] > 0) return AgreeOnStatus(rank_failure, *comm);
     std::vector<double> loss_sum = {0};
     const float scale = counts[0] > 0 ? static_cast<float>(1.0 / counts[0]) : 0.f;
     const double lr = schedule.At(state.step);
@@ -976,7 +994,8 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
       RWR_RETURN_IF_ERROR(comm->AllGather(params));
     }
 #ifdef RWR_TRAINER_HAVE_CUDA
-    if (gpu) RWR_RETURN_IF_ERROR(gemm_algos.SaveNew(*gpu));
+    if (absl::Status saved = gpu ? gemm_algos.SaveNew(*gpu) : absl::OkStatus(); !saved.ok())
+      rank_failure = std::move(saved);
 #endif
     ++state.step;
     ++steps_this_run;
@@ -1023,7 +1042,9 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
       }
     }
     state.last_metrics = record;
-    if (metrics) RWR_RETURN_IF_ERROR(metrics->Append(record));
+    if (absl::Status appended = metrics ? metrics->Append(record) : absl::OkStatus();
+        !appended.ok())
+      rank_failure = std::move(appended);  // rank 0's file only
     if (state.step % s.log_every == 0 || state.step == s.steps || state.step == 1) {
       // The steps left at the pace of those since the last line (checkpoints and evaluations
       // included).
@@ -1052,6 +1073,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
       RWR_RETURN_IF_ERROR(save());
     }
   }
+  RWR_RETURN_IF_ERROR(AgreeOnStatus(rank_failure, *comm));  // from the last step
   RWR_RETURN_IF_ERROR(save());
   return finish(/*interrupted=*/false);
 }

@@ -305,6 +305,33 @@ TEST_F(RWR_TEST_SUITE, AFullDiskAtACheckpointEndsEveryRankInStep) {
   }
 }
 
+// A write that fails on one rank alone in the steps (here rank 0's metrics line, under a
+// file-size limit on rank 0 only) ends every rank in step at the next step's start: printed once,
+// no MPI_Abort (the other ranks would otherwise wait in a collective for the one that left).
+TEST_F(RWR_TEST_SUITE, OneRankFailingInTheStepsEndsEveryRankInStep) {
+  if (kDevice == "cuda") GTEST_SKIP() << "a file-size limit breaks NCCL's /dev/shm transport";
+  const std::string data = MakeDataset(8);
+  const std::string out = TempDir("one_fails_later");
+  const std::string limited = TempDir("one_fails_later_bin") + "/rwr-limited";
+  {
+    std::ofstream script(limited);
+    script << "#!/bin/sh\ntrap '' XFSZ\nulimit -f 4\nexec " << kRwr << " \"$@\"\n";
+  }
+  fs::permissions(limited, fs::perms::owner_all);
+  // 2 KiB on rank 0: config.yaml, then a few metrics lines; no checkpoint before the end.
+  const std::string args = TrainArgs(data, out, 1, 1, 40) + " --set train.checkpoint_every=0";
+  CommandResult r = rwr::testing::RunShell(
+      fmt::format("{} {} : -np 1 {} {} 2>&1", Launcher(1, limited), args, kRwr, args));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_EQ(Count(r.output, "rwr: error: "), 1u) << r.output;
+  EXPECT_NE(r.output.find(out + "/metrics.jsonl"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("MPI_ABORT"), std::string::npos) << r.output;
+  // Stopped early (its last line is cut short where the write failed; a resume drops it).
+  std::ifstream metrics(out + "/metrics.jsonl");
+  const std::string lines{std::istreambuf_iterator<char>(metrics), {}};
+  EXPECT_LT(std::count(lines.begin(), lines.end(), '\n'), 40) << lines;
+}
+
 // One rank alone fails to start (here: its own dataset path; on a cluster, a file its node cannot
 // read): every rank stops before the first collective of the run, the failed rank says why and
 // rank 0 which rank failed; nothing is trained or written.
