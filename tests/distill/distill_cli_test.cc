@@ -121,6 +121,34 @@ class DistillCliTest : public ::testing::Test {
     const std::string listen = "127.0.0.1:" + std::to_string(testing::FreePort());
     return {listen, {RWR_BINARY, "distill", "serve", "--listen", listen, "--cache", CacheDir()}};
   }
+  // `rwr distill run` of `input` into `cache` on an rwr teacher at `port` that may be down, tried
+  // again after 0.2 s, doubling; `settings` are more --set values.
+  static std::vector<std::string> RunOnPort(const std::string& input, int port,
+                                            const std::string& cache,
+                                            const std::vector<std::string>& settings) {
+    std::vector<std::string> argv = {RWR_BINARY,
+                                     "distill",
+                                     "run",
+                                     "--input",
+                                     input,
+                                     "--teacher",
+                                     "rwr://127.0.0.1:" + std::to_string(port),
+                                     "--cache",
+                                     cache,
+                                     "--set",
+                                     "distill.teacher_retry_s=0.2"};
+    for (const std::string& setting : settings) argv.insert(argv.end(), {"--set", setting});
+    return argv;
+  }
+  // How many times the log says the run waits for its teacher.
+  static size_t Waits(const fs::path& log) {
+    const std::string text = testing::ReadFile(log);
+    size_t n = 0;
+    for (size_t at = text.find("trying again in"); at != std::string::npos;
+         at = text.find("trying again in", at + 1))
+      ++n;
+    return n;
+  }
 
   fs::path dir_;
 };
@@ -640,26 +668,10 @@ TEST_F(DistillCliTest, RunWaitsForATeacherThatIsDownAndFinishesWhenItIsBack) {
   const std::string input = (dir_ / "data.jsonl").string();
   testing::WriteDistillTestData(input, kItems);
   const int port = testing::FreePort();
-  const std::vector<std::string> argv = {RWR_BINARY,
-                                         "distill",
-                                         "run",
-                                         "--input",
-                                         input,
-                                         "--teacher",
-                                         "rwr://127.0.0.1:" + std::to_string(port),
-                                         "--cache",
-                                         CacheDir(),
-                                         "--set",
-                                         "distill.teacher_retry_s=0.2",
-                                         "--set",
-                                         "teacher.connect_timeout_s=0.5"};
-  Subprocess run(argv, (dir_ / "run.log").string());
+  Subprocess run(RunOnPort(input, port, CacheDir(), {"teacher.connect_timeout_s=0.5"}),
+                 (dir_ / "run.log").string());
   ASSERT_TRUE(run.started());
-  ASSERT_TRUE(WaitUntil(
-      [&] {
-        return testing::ReadFile(dir_ / "run.log").find("trying again in") != std::string::npos;
-      },
-      30))
+  ASSERT_TRUE(WaitUntil([&] { return Waits(dir_ / "run.log") >= 1; }, 30))
       << testing::ReadFile(dir_ / "run.log");
   auto server = StartTeacher(/*latency_s=*/0, port);
   ASSERT_TRUE(server);
@@ -669,43 +681,26 @@ TEST_F(DistillCliTest, RunWaitsForATeacherThatIsDownAndFinishesWhenItIsBack) {
   EXPECT_NE(log.find(fmt::format("distill: {} items", kItems)), std::string::npos) << log;
   EXPECT_NE(log.find(" 0 failures"), std::string::npos) << log;
 
-  // On a teacher that never comes up, waiting at most `outage`.
-  const std::string nowhere = "rwr://127.0.0.1:" + std::to_string(testing::FreePort());
-  auto down = [&](const std::string& outage) {
-    return std::vector<std::string>{RWR_BINARY,
-                                    "distill",
-                                    "run",
-                                    "--input",
-                                    input,
-                                    "--teacher",
-                                    nowhere,
-                                    "--cache",
-                                    (dir_ / "c2").string(),
-                                    "--set",
-                                    "distill.teacher_retry_s=0.1",
-                                    "--set",
-                                    "distill.teacher_outage_s=" + outage,
-                                    "--set",
-                                    "teacher.connect_timeout_s=0.2"};
-  };
-  const std::vector<std::string> gives_up = down("0.5");
-  std::vector<std::string> quiet(gives_up.begin() + 1, gives_up.end());  // RunRwr adds the binary
-  quiet.insert(quiet.end(), {"--log-level", "error"});
-  const Ran gave_up = RunRwr(quiet, dir_ / "down.log");
+  // On a teacher that never comes up, waiting at most 0.5 s: one line, exit 1.
+  const int nowhere = testing::FreePort();
+  const std::string other_cache = (dir_ / "c2").string();
+  std::vector<std::string> gives_up =
+      RunOnPort(input, nowhere, other_cache,
+                {"distill.teacher_outage_s=0.5", "teacher.connect_timeout_s=0.2"});
+  gives_up.erase(gives_up.begin());  // RunRwr adds the binary
+  gives_up.insert(gives_up.end(), {"--log-level", "error"});
+  const Ran gave_up = RunRwr(gives_up, dir_ / "down.log");
   EXPECT_EQ(gave_up.exit_code, 1) << gave_up.output;
   EXPECT_NE(gave_up.output.find("UNAVAILABLE"), std::string::npos) << gave_up.output;
   EXPECT_NE(gave_up.output.find("distill.teacher_outage_s 0.5"), std::string::npos)
       << gave_up.output;
   EXPECT_EQ(std::count(gave_up.output.begin(), gave_up.output.end(), '\n'), 1) << gave_up.output;
 
-  Subprocess signalled(down("3600"), (dir_ / "signalled.log").string());
+  // A signal during the wait: exit 0, interrupted.
+  Subprocess signalled(RunOnPort(input, nowhere, other_cache, {"teacher.connect_timeout_s=0.2"}),
+                       (dir_ / "signalled.log").string());
   ASSERT_TRUE(signalled.started());
-  ASSERT_TRUE(WaitUntil(
-      [&] {
-        return testing::ReadFile(dir_ / "signalled.log").find("trying again in") !=
-               std::string::npos;
-      },
-      30));
+  ASSERT_TRUE(WaitUntil([&] { return Waits(dir_ / "signalled.log") >= 1; }, 30));
   signalled.Signal(SIGTERM);
   EXPECT_EQ(signalled.Wait(10), 0) << testing::ReadFile(dir_ / "signalled.log");
   EXPECT_NE(testing::ReadFile(dir_ / "signalled.log").find("while waiting for the teacher"),
@@ -719,44 +714,21 @@ TEST_F(DistillCliTest, RunWaitsAfreshWhenTheTeacherAnsweredInBetween) {
   const std::string input = (dir_ / "data.jsonl").string();
   testing::WriteDistillTestData(input, kItems);
   const int port = testing::FreePort();
-  const std::vector<std::string> argv = {RWR_BINARY,
-                                         "distill",
-                                         "run",
-                                         "--input",
-                                         input,
-                                         "--teacher",
-                                         "rwr://127.0.0.1:" + std::to_string(port),
-                                         "--cache",
-                                         CacheDir(),
-                                         "--concurrency",
-                                         "4",
-                                         "--set",
-                                         "distill.teacher_retry_s=0.2",
-                                         "--set",
-                                         "distill.teacher_outage_s=2",
-                                         "--set",
-                                         "teacher.connect_timeout_s=0.3",
-                                         "--set",
-                                         "teacher.max_attempts=2"};
+  std::vector<std::string> argv = RunOnPort(
+      input, port, CacheDir(),
+      {"distill.teacher_outage_s=2", "teacher.connect_timeout_s=0.3", "teacher.max_attempts=2"});
+  argv.insert(argv.end(), {"--concurrency", "4"});
   Subprocess run(argv, (dir_ / "run.log").string());
   ASSERT_TRUE(run.started());
-  auto waits = [&] {
-    const std::string log = testing::ReadFile(dir_ / "run.log");
-    size_t n = 0;
-    for (size_t at = log.find("trying again in"); at != std::string::npos;
-         at = log.find("trying again in", at + 1))
-      ++n;
-    return n;
-  };
-  ASSERT_TRUE(WaitUntil([&] { return waits() >= 1; }, 30)) << testing::ReadFile(dir_ / "run.log");
+  const fs::path log = dir_ / "run.log";
+  ASSERT_TRUE(WaitUntil([&] { return Waits(log) >= 1; }, 30)) << testing::ReadFile(log);
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // most of the 2 s allowed
   auto server = StartTeacher(/*latency_s=*/0.02, port);
   ASSERT_TRUE(server);
   ASSERT_TRUE(WaitUntil([&] { return server->stats().served >= 40; }, 30));
-  const size_t before = waits();
+  const size_t before = Waits(log);
   server.reset();  // down again, mid-run, past the first wait's limit
-  ASSERT_TRUE(WaitUntil([&] { return waits() > before; }, 30))
-      << testing::ReadFile(dir_ / "run.log");
+  ASSERT_TRUE(WaitUntil([&] { return Waits(log) > before; }, 30)) << testing::ReadFile(log);
   server = StartTeacher(/*latency_s=*/0, port);
   ASSERT_TRUE(server);
   EXPECT_EQ(run.Wait(60), 0) << testing::ReadFile(dir_ / "run.log");

@@ -245,6 +245,18 @@ TEST_F(RWR_TEST_SUITE, ADamagedRankFileSendsEveryRankToTheCheckpointBefore) {
   EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6}));
 }
 
+// A script that runs rwr under a file-size limit of `blocks` × 512 bytes, as on a full disk or
+// quota (SIGXFSZ ignored: a write past the limit fails with EFBIG as ENOSPC would fail).
+std::string RwrUnderFileSizeLimit(const std::string& name, int blocks) {
+  const std::string path = TempDir(name) + "/rwr-limited";
+  {
+    std::ofstream script(path);
+    script << "#!/bin/sh\ntrap '' XFSZ\nulimit -f " << blocks << "\nexec " << kRwr << " \"$@\"\n";
+  }
+  fs::permissions(path, fs::perms::owner_all);
+  return path;
+}
+
 size_t Count(const std::string& text, const std::string& what) {
   size_t n = 0;
   for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
@@ -286,12 +298,7 @@ TEST_F(RWR_TEST_SUITE, AFullDiskAtACheckpointEndsEveryRankInStep) {
   const std::string data = MakeDataset(8);
   const std::string out = TempDir("full_disk");
   // The limit on the ranks only: mpirun's own files must still be written.
-  const std::string limited = TempDir("full_disk_bin") + "/rwr-limited";
-  {
-    std::ofstream script(limited);
-    script << "#!/bin/sh\ntrap '' XFSZ\nulimit -f 64\nexec " << kRwr << " \"$@\"\n";
-  }
-  fs::permissions(limited, fs::perms::owner_all);
+  const std::string limited = RwrUnderFileSizeLimit("full_disk_bin", 64);
   // 32 KiB: the config and metrics lines fit, the model (rank 0) and optimizer parts do not.
   CommandResult r = rwr::testing::RunShell(
       fmt::format("{} {} 2>&1", Launcher(2, limited), TrainArgs(data, out, 1, 1, 4)));
@@ -312,12 +319,7 @@ TEST_F(RWR_TEST_SUITE, OneRankFailingInTheStepsEndsEveryRankInStep) {
   if (kDevice == "cuda") GTEST_SKIP() << "a file-size limit breaks NCCL's /dev/shm transport";
   const std::string data = MakeDataset(8);
   const std::string out = TempDir("one_fails_later");
-  const std::string limited = TempDir("one_fails_later_bin") + "/rwr-limited";
-  {
-    std::ofstream script(limited);
-    script << "#!/bin/sh\ntrap '' XFSZ\nulimit -f 4\nexec " << kRwr << " \"$@\"\n";
-  }
-  fs::permissions(limited, fs::perms::owner_all);
+  const std::string limited = RwrUnderFileSizeLimit("one_fails_later_bin", 4);
   // 2 KiB on rank 0: config.yaml, then a few metrics lines; no checkpoint before the end.
   const std::string args = TrainArgs(data, out, 1, 1, 40) + " --set train.checkpoint_every=0";
   CommandResult r = rwr::testing::RunShell(
