@@ -421,10 +421,15 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     };
     const auto started = std::chrono::steady_clock::now();
     auto last_persist = started;
+    bool answered = false;  // TeacherAnswered done, at the first report that counts an answer
     run.on_progress = [&](const DistillCounts& counts) {
       const auto now = std::chrono::steady_clock::now();
       const double elapsed = std::chrono::duration<double>(now - started).count();
       std::lock_guard<std::mutex> lock(mu_);
+      if (!answered && counts.teacher_answers > 0) {
+        answered = true;
+        TeacherAnsweredLocked(job.teacher());
+      }
       v1::Job& j = jobs_[id];
       FillCounts(counts, j.mutable_counts());
       const double rate = elapsed > 0 ? counts.items_done / elapsed : 0;
@@ -443,7 +448,10 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     };
     absl::StatusOr<DistillSummary> summary = RunDistill(run, **teacher, *cache_);
     teacher->reset();
-    if (summary.ok() && summary->counts.teacher_answers > 0) TeacherAnswered(job.teacher());
+    if (summary.ok() && summary->counts.teacher_answers > 0 && !answered) {
+      std::lock_guard<std::mutex> lock(mu_);
+      TeacherAnsweredLocked(job.teacher());
+    }
     if (!summary.ok()) {
       Finish(id, v1::Job::FAILED, std::string(summary.status().message()));
       return;
@@ -600,10 +608,11 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     }
   }
 
-  // A run got answers from the teacher: whatever outage there was is over, for the jobs queued
-  // for it and for the running one (which may still stop on it: a new outage, counted afresh).
-  void TeacherAnswered(const std::string& teacher) {
-    std::lock_guard<std::mutex> lock(mu_);
+  // A run got answers from the teacher (told at its first progress report that counts one, so that
+  // the jobs queued for the teacher stop saying they wait while it runs): whatever outage there was
+  // is over, for those jobs and for the running one (which may still stop on it: a new outage,
+  // counted afresh).
+  void TeacherAnsweredLocked(const std::string& teacher) {
     outages_.erase(teacher);
     for (auto& [id, job] : jobs_) {
       if (Terminal(job.state()) || job.teacher() != teacher || job.waiting_since_unix_ms() == 0)

@@ -441,7 +441,12 @@ TEST_F(DistillServiceTest, JobsWaitForTheirTeacherWhileOthersRunAndFinishWhenItI
     EXPECT_GT(Persisted(id).waiting_since_unix_ms(), 0) << id;
   }
 
-  StartTeacher({}, port);
+  // Slow enough that "first" runs for seconds: "second" stops saying it waits once "first" has
+  // its first answers, not when "first" ends.
+  StartTeacher({.latency_s = 0.1}, port);
+  ASSERT_TRUE(WaitFor([&] { return Get("first").counts().items_done() > 0; }));
+  EXPECT_EQ(Get("first").state(), v1::Job::RUNNING);
+  EXPECT_TRUE(Get("second").waiting().empty()) << Get("second").waiting();
   for (const std::string id : {"first", "second"}) {
     job = Watch(id);
     EXPECT_EQ(job.state(), v1::Job::SUCCEEDED) << id << ": " << job.error();
