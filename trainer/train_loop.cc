@@ -804,6 +804,13 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     return result;
   };
 
+  // A failure on this rank alone — a row that does not read, a metrics line or GEMM choices that
+  // cannot be written — is kept here rather than returned at once, where the other ranks would
+  // wait for this one in their next collective: it rides on the next all-reduce that every rank
+  // makes at the same point (the stop flag, a step's loss-token count, an evaluation's sums,
+  // before a checkpoint), where every rank learns of it and they all end in step (AgreeOnStatus).
+  absl::Status rank_failure;
+
   auto save = [&]() -> absl::Status {
     if (saved_step == state.step) return absl::OkStatus();
     const auto save_start = std::chrono::steady_clock::now();
@@ -845,18 +852,12 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - save_start)
                      .count());
 #ifdef RWR_TRAINER_HAVE_CUDA
-    if (gpu) RWR_RETURN_IF_ERROR(gemm_algos.SaveNew(*gpu));  // the shapes evals timed, too
+    // The shapes evals timed, too; each rank's own file, agreed as the checkpoint's parts are.
+    if (gpu) RWR_RETURN_IF_ERROR(AgreeOnStatus(gemm_algos.SaveNew(*gpu), *comm));
 #endif
     saved_step = state.step;
     return absl::OkStatus();
   };
-
-  // A failure on this rank alone — a row that does not read, a metrics line or GEMM choices that
-  // cannot be written — is kept here rather than returned at once, where the other ranks would
-  // wait for this one in their next collective: it rides on the next all-reduce that every rank
-  // makes at the same point (the stop flag below, a step's loss-token count, an evaluation's
-  // sums), where every rank learns of it and they all end in step (AgreeOnStatus).
-  absl::Status rank_failure;
 
   // A stop every rank agrees on: a signal reaches the ranks at different moments, and a rank that
   // stopped alone would leave the others waiting in a collective. One rank: the signal itself.
@@ -886,7 +887,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
         return std::optional<double>();
       }
       if (absl::Status read = eval_loader->Next(&batch); !read.ok()) {
-        rank_failure = std::move(read);  // agreed at the next stop flag or the sums below
+        rank_failure.Update(std::move(read));  // agreed at the next stop flag or the sums below
         continue;
       }
       LossSum part;
@@ -923,7 +924,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     int64_t positions = 0;
     for (auto& mb : micro) {
       if (absl::Status read = loader->Next(&mb); !read.ok()) {
-        rank_failure = std::move(read);
+        rank_failure.Update(std::move(read));
         counts[1] = 1;
         break;
       }
@@ -995,7 +996,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     }
 #ifdef RWR_TRAINER_HAVE_CUDA
     if (absl::Status saved = gpu ? gemm_algos.SaveNew(*gpu) : absl::OkStatus(); !saved.ok())
-      rank_failure = std::move(saved);
+      rank_failure.Update(std::move(saved));
 #endif
     ++state.step;
     ++steps_this_run;
@@ -1044,7 +1045,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     state.last_metrics = record;
     if (absl::Status appended = metrics ? metrics->Append(record) : absl::OkStatus();
         !appended.ok())
-      rank_failure = std::move(appended);  // rank 0's file only
+      rank_failure.Update(std::move(appended));  // rank 0's file only
     if (state.step % s.log_every == 0 || state.step == s.steps || state.step == 1) {
       // The steps left at the pace of those since the last line (checkpoints and evaluations
       // included).
@@ -1070,6 +1071,8 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
       window_steps = 0;
     }
     if (s.checkpoint_every > 0 && state.step % s.checkpoint_every == 0 && state.step < s.steps) {
+      // Not past a step the metrics lack, nor with a rank's failure pending.
+      RWR_RETURN_IF_ERROR(AgreeOnStatus(rank_failure, *comm));
       RWR_RETURN_IF_ERROR(save());
     }
   }

@@ -8,14 +8,22 @@
 
 namespace rwr::testing {
 
-// RssFile of /proc/self/status in bytes; -1 where the kernel does not report it.
+// RssFile + RssShmem of /proc/self/status in bytes (a file on tmpfs, a /tmp of some machines,
+// counts as shared memory); -1 where the kernel does not report them.
 inline int64_t ResidentFileBytes() {
   std::ifstream status("/proc/self/status");
   std::string line;
+  int64_t kib = 0;
+  int found = 0;
   while (std::getline(status, line)) {
-    if (line.rfind("RssFile:", 0) == 0) return std::stoll(line.substr(8)) * 1024;
+    for (const char* field : {"RssFile:", "RssShmem:"}) {
+      if (line.rfind(field, 0) == 0) {
+        kib += std::stoll(line.substr(std::string(field).size()));
+        ++found;
+      }
+    }
   }
-  return -1;
+  return found == 2 ? kib * 1024 : -1;
 }
 
 }  // namespace rwr::testing
