@@ -876,7 +876,8 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
   // evaluation would otherwise spend the grace Slurm gives before SIGKILL, and the checkpoint of
   // the step just done is what that grace is for. (The step's record then has no eval_loss.)
   auto evaluate = [&]() -> absl::StatusOr<std::optional<double>> {
-    RWR_RETURN_IF_ERROR(eval_loader->Restore(eval_start));
+    if (absl::Status restored = eval_loader->Restore(eval_start); !restored.ok())
+      rank_failure.Update(std::move(restored));  // agreed at the first stop flag or the sums
     std::vector<double> sums = {0, 0};
     storage::Batch batch;
     for (int64_t i = 0; i < s.eval_batches; ++i) {
