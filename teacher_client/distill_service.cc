@@ -115,7 +115,10 @@ class DistillServer::Impl final : public v1::DistillService::Service {
       queued.set_state(v1::Job::QUEUED);
       queued.set_items_per_second(0);  // the stopped run's, not this one's
       queued.set_eta_seconds(-1);
-      queued.clear_waiting();  // the stopped service's next try; waiting_since still counts
+      if (!queued.waiting().empty()) {  // the stopped service's next try; waiting_since counts on
+        queued.clear_waiting();
+        RWR_RETURN_IF_ERROR(Persist(queued));  // `rwr cache inspect` reads the record
+      }
       queue_.push_back(job.job_id());
     }
 

@@ -471,6 +471,7 @@ TEST_F(DistillServiceTest, AWaitCountsFromTheFirstFailureAcrossARestart) {
 
   StartService("", /*teacher_outage_s=*/3600, /*teacher_retry_s=*/0.2);
   EXPECT_TRUE(Get("w").waiting().empty()) << "the stopped service's next try is stale";
+  EXPECT_TRUE(Persisted("w").waiting().empty()) << "and so is its record";
   ASSERT_TRUE(WaitFor([&] { return !Get("w").waiting().empty(); }));  // it tried, and failed
   EXPECT_EQ(Persisted("w").waiting_since_unix_ms(), since);
   const std::string first =
