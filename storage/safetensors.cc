@@ -17,6 +17,7 @@
 #include "common/status.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "storage/atomic_file.h"
 #include "storage/mapped_pages.h"
 
 namespace rwr::storage {
@@ -28,55 +29,6 @@ constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // the reference implementati
 
 absl::Status FileError(const std::string& path, const std::string& what) {
   return absl::DataLossError(fmt::format("safetensors {}: {}", path, what));
-}
-
-// path.tmp written by `produce` through a sink, fsync, rename, fsync of the directory.
-absl::Status WriteAtomically(
-    const std::string& path,
-    const std::function<absl::Status(const SafetensorsWriter::ByteSink&)>& produce) {
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    return absl::UnavailableError(fmt::format("cannot create {}: {}", tmp, std::strerror(errno)));
-  }
-  auto write_all = [&](std::string_view bytes) -> absl::Status {
-    size_t done = 0;
-    while (done < bytes.size()) {
-      const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return absl::UnavailableError(
-            fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
-      }
-      done += static_cast<size_t>(n);
-    }
-    return absl::OkStatus();
-  };
-  if (absl::Status written = produce(write_all); !written.ok()) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    return written;
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    return absl::UnavailableError(fmt::format("cannot sync {}: {}", tmp, std::strerror(errno)));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    return absl::UnavailableError(
-        fmt::format("cannot rename {} to {}: {}", tmp, path, std::strerror(errno)));
-  }
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-  return absl::OkStatus();
-}
-
-absl::Status WriteBytesAtomically(const std::string& path, const std::string& bytes) {
-  return WriteAtomically(path,
-                         [&bytes](const SafetensorsWriter::ByteSink& sink) { return sink(bytes); });
 }
 
 bool IsFloat(DType d) {
@@ -524,8 +476,7 @@ absl::Status SafetensorsWriter::AddFloat(const std::string& name, std::vector<in
                     "values, got {}",
                     name, ShapeString(shape), n, values.size()));
   }
-  if (dtype != DType::kF32 && dtype != DType::kF64 && dtype != DType::kBF16 &&
-      dtype != DType::kF16) {
+  if (!IsFloat(dtype)) {
     return absl::InvalidArgumentError(
         fmt::format("safetensors: cannot store floats as {}", DTypeName(dtype)));
   }
@@ -568,8 +519,8 @@ std::string SafetensorsWriter::Header() const {
 
 absl::Status SafetensorsWriter::Emit(const ByteSink& sink) const {
   RWR_RETURN_IF_ERROR(sink(Header()));
-  // Converted tensors go out through a bounded buffer; fp32 and raw tensors straight from the
-  // caller's memory.
+  // Converted tensors go out through a bounded buffer (1 Mi elements); fp32 and raw tensors
+  // straight from the caller's memory.
   constexpr size_t kChunk = size_t{1} << 20;  // elements
   std::vector<uint8_t> buffer;
   for (const Pending& t : tensors_) {
@@ -608,7 +559,11 @@ std::string SafetensorsWriter::Serialize() const {
 }
 
 absl::Status SafetensorsWriter::WriteFile(const std::string& path) const {
-  return WriteAtomically(path, [this](const ByteSink& sink) { return Emit(sink); });
+  AtomicFile file(path);  // a failed write leaves no .tmp behind
+  RWR_RETURN_IF_ERROR(file.Open());
+  RWR_RETURN_IF_ERROR(
+      Emit([&file](std::string_view bytes) { return file.Write(bytes.data(), bytes.size()); }));
+  return file.Commit();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -727,7 +682,7 @@ absl::StatusOr<std::vector<std::string>> SaveModel(const std::string& dir,
   }
   if (groups.size() > 1) {
     json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-    RWR_RETURN_IF_ERROR(WriteBytesAtomically(
+    RWR_RETURN_IF_ERROR(WriteFileAtomically(
         (fs::path(dir) / "model.safetensors.index.json").string(), index.dump(2) + "\n"));
     written.push_back("model.safetensors.index.json");
   }

@@ -99,7 +99,8 @@ class SafetensorsFile {
 
 // Lays out a file (tensors in the order added) and writes it atomically, streaming: the tensors
 // are views of the caller's memory, which must stay unchanged until WriteFile or Serialize, and
-// are written from there (fp32 and raw bytes as they are, conversions through a 4 MiB buffer) —
+// are written from there (fp32 and raw bytes as they are, conversions through a buffer of 1 Mi
+// elements) —
 // a checkpoint's 33 GB of weights and moments at 2.8B are never copied on the host.
 class SafetensorsWriter {
  public:

@@ -17,6 +17,7 @@
 #include "common/status.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "storage/atomic_file.h"
 #include "storage/mapped_pages.h"
 
 namespace rwr::storage {
@@ -25,69 +26,6 @@ namespace {
 absl::Status ErrnoError(std::string_view what, const std::string& path) {
   return absl::UnavailableError(fmt::format("{} {}: {}", what, path, std::strerror(errno)));
 }
-
-absl::Status WriteAll(int fd, const void* data, size_t size, const std::string& path) {
-  const char* p = static_cast<const char*>(data);
-  while (size > 0) {
-    ssize_t n = ::write(fd, p, size);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoError("cannot write", path);
-    }
-    p += n;
-    size -= static_cast<size_t>(n);
-  }
-  return absl::OkStatus();
-}
-
-absl::Status SyncDirectoryOf(const std::string& path) {
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0) return ErrnoError("cannot open directory", dir);
-  int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) return ErrnoError("cannot fsync directory", dir);
-  return absl::OkStatus();
-}
-
-// Streams pieces to `path`.tmp while hashing everything after the header, then fsyncs and renames.
-class AtomicFile {
- public:
-  explicit AtomicFile(std::string path) : path_(std::move(path)), tmp_(path_ + ".tmp") {}
-  ~AtomicFile() {
-    if (fd_ >= 0) {
-      ::close(fd_);
-      ::unlink(tmp_.c_str());
-    }
-  }
-  absl::Status Open() {
-    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd_ < 0) return ErrnoError("cannot create", tmp_);
-    return absl::OkStatus();
-  }
-  absl::Status Write(const void* data, size_t size) { return WriteAll(fd_, data, size, tmp_); }
-  absl::Status PwriteAt(const void* data, size_t size, off_t offset) {
-    if (::pwrite(fd_, data, size, offset) != static_cast<ssize_t>(size)) {
-      return ErrnoError("cannot write", tmp_);
-    }
-    return absl::OkStatus();
-  }
-  absl::Status Commit() {
-    if (::fsync(fd_) != 0) return ErrnoError("cannot fsync", tmp_);
-    if (::close(fd_) != 0) {
-      fd_ = -1;
-      return ErrnoError("cannot close", tmp_);
-    }
-    fd_ = -1;
-    if (::rename(tmp_.c_str(), path_.c_str()) != 0) return ErrnoError("cannot rename to", path_);
-    return SyncDirectoryOf(path_);
-  }
-
- private:
-  std::string path_, tmp_;
-  int fd_ = -1;
-};
 
 uint64_t HeaderCheck(const ShardHeader& header) {
   ShardHeader copy = header;
@@ -123,13 +61,6 @@ absl::Status CheckShardMatchesManifest(const std::string& path, const ShardHeade
       "shard {}: not the shard {} names ({}); it was replaced or mixed in from another build — "
       "rebuild the dataset with `rwr data build`",
       path, kShardManifestName, mismatch));
-}
-
-absl::Status WriteFileAtomically(const std::string& path, std::string_view bytes) {
-  AtomicFile file(path);
-  RWR_RETURN_IF_ERROR(file.Open());
-  RWR_RETURN_IF_ERROR(file.Write(bytes.data(), bytes.size()));
-  return file.Commit();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -144,7 +144,4 @@ absl::Status CheckShardMatchesManifest(const std::string& path, const ShardHeade
                                        const ShardManifestEntry& entry,
                                        const ShardManifest& manifest);
 
-// Writes `bytes` to `path` atomically (path.tmp, fsync, rename, fsync of the directory).
-absl::Status WriteFileAtomically(const std::string& path, std::string_view bytes);
-
 }  // namespace rwr::storage

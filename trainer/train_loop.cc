@@ -19,6 +19,7 @@
 #include "common/status.h"
 #include "fmt/format.h"
 #include "spdlog/spdlog.h"
+#include "storage/atomic_file.h"
 #include "storage/shard.h"
 #include "storage/shard_loader.h"
 #include "trainer/checkpoint.h"

@@ -1,0 +1,90 @@
+// AtomicFile (see atomic_file.h).
+#include "storage/atomic_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "common/status.h"
+#include "fmt/format.h"
+
+namespace rwr::storage {
+namespace {
+
+absl::Status ErrnoError(std::string_view what, const std::string& path) {
+  return absl::UnavailableError(fmt::format("{} {}: {}", what, path, std::strerror(errno)));
+}
+
+absl::Status WriteAll(int fd, const void* data, size_t size, const std::string& path) {
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    ssize_t n = ::write(fd, p, size);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError("cannot write", path);
+    }
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SyncDirectoryOf(const std::string& path) {
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  if (dir.empty()) dir = ".";
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return ErrnoError("cannot open directory", dir);
+  int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) return ErrnoError("cannot fsync directory", dir);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+AtomicFile::~AtomicFile() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(tmp_.c_str());
+  }
+}
+
+absl::Status AtomicFile::Open() {
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) return ErrnoError("cannot create", tmp_);
+  return absl::OkStatus();
+}
+
+absl::Status AtomicFile::Write(const void* data, size_t size) {
+  return WriteAll(fd_, data, size, tmp_);
+}
+
+absl::Status AtomicFile::PwriteAt(const void* data, size_t size, off_t offset) {
+  if (::pwrite(fd_, data, size, offset) != static_cast<ssize_t>(size)) {
+    return ErrnoError("cannot write", tmp_);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AtomicFile::Commit() {
+  if (::fsync(fd_) != 0) return ErrnoError("cannot fsync", tmp_);
+  if (::close(fd_) != 0) {
+    fd_ = -1;
+    return ErrnoError("cannot close", tmp_);
+  }
+  fd_ = -1;
+  if (::rename(tmp_.c_str(), path_.c_str()) != 0) return ErrnoError("cannot rename to", path_);
+  return SyncDirectoryOf(path_);
+}
+
+absl::Status WriteFileAtomically(const std::string& path, std::string_view bytes) {
+  AtomicFile file(path);
+  RWR_RETURN_IF_ERROR(file.Open());
+  RWR_RETURN_IF_ERROR(file.Write(bytes.data(), bytes.size()));
+  return file.Commit();
+}
+
+}  // namespace rwr::storage
