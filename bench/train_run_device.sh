@@ -5,11 +5,13 @@
 # resumes and finishes. Prints every step's tokens/s, GPU peak and host memory (metrics.jsonl) and
 # copies the metrics and logs to $OUT. DATA: a dataset `rwr data build` wrote (on this machine,
 # carried: a build with services off has no `rwr distill`), default runs/device-data/data.
+# CHECKPOINT_EVERY (default 0: only where each run stops) adds checkpoints written beside the steps.
 set -euo pipefail
 . "$(dirname "$0")/device_env.sh"
 model=${MODEL:-$root/configs/models/mamba-1.4b.yaml}
 data=${DATA:-$root/runs/device-data/data}
 steps=${STEPS:-4}
+checkpoint_every=${CHECKPOINT_EVERY:-0}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 {
@@ -20,8 +22,8 @@ train:
   batch_size: 4
   lr: 1.0e-4
   warmup_steps: 1
-  checkpoint_every: 0
-  keep_checkpoints: 1
+  checkpoint_every: $checkpoint_every
+  keep_checkpoints: 2
   log_every: 1
   device: cuda
 EOF
@@ -39,3 +41,4 @@ for line in open(sys.argv[1]):
     print(f"step {r['step']}: {r['tokens_per_s']:.0f} tok/s, GPU peak {r['peak_mem_gib']:.1f} GiB, "
           f"host peak {r.get('peak_host_gib', 0):.1f} GiB, host now {r.get('host_gib', 0):.2f} GiB")
 PY
+grep -h "train: checkpoint\|train: waiting" "$out"/train_run_[12].log

@@ -95,6 +95,11 @@ absl::Status WriteRankFiles(const fs::path& dir, const CheckpointData& data, int
   return absl::OkStatus();
 }
 
+// Where a checkpoint of `step` is written before it is published.
+fs::path TmpDir(const std::string& checkpoints_dir, int64_t step) {
+  return fs::path(checkpoints_dir) / (CheckpointName(step) + ".tmp");
+}
+
 // Leftovers of interrupted saves and removals cleared, and an empty `tmp` made.
 absl::Status PrepareTmp(const std::string& checkpoints_dir, const fs::path& tmp) {
   std::error_code ec;
@@ -227,16 +232,23 @@ std::optional<std::string> LatestCheckpoint(const std::string& checkpoints_dir) 
   return all.back();
 }
 
-absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
-                                           const CheckpointData& data, int keep,
-                                           Communicator* comm) {
-  const int rank = comm != nullptr ? comm->rank() : 0;
-  const bool lead = rank == 0;
-  const std::string name = CheckpointName(data.state.step);
-  const fs::path final_dir = fs::path(checkpoints_dir) / name;
-  const fs::path tmp = fs::path(checkpoints_dir) / (name + ".tmp");
-  RWR_RETURN_IF_ERROR(Agree(comm, lead ? PrepareTmp(checkpoints_dir, tmp) : absl::OkStatus()));
-  absl::Status written = Agree(comm, WriteRankFiles(tmp, data, rank, lead));
+absl::Status BeginCheckpoint(const std::string& checkpoints_dir, int64_t step, Communicator* comm) {
+  const bool lead = comm == nullptr || comm->rank() == 0;
+  return Agree(
+      comm, lead ? PrepareTmp(checkpoints_dir, TmpDir(checkpoints_dir, step)) : absl::OkStatus());
+}
+
+absl::Status WriteCheckpointFiles(const std::string& checkpoints_dir, const CheckpointData& data,
+                                  int rank) {
+  return WriteRankFiles(TmpDir(checkpoints_dir, data.state.step), data, rank, rank == 0);
+}
+
+absl::StatusOr<std::string> FinishCheckpoint(const std::string& checkpoints_dir, int64_t step,
+                                             int keep, absl::Status written, Communicator* comm) {
+  const bool lead = comm == nullptr || comm->rank() == 0;
+  const fs::path tmp = TmpDir(checkpoints_dir, step);
+  const fs::path final_dir = fs::path(checkpoints_dir) / CheckpointName(step);
+  written = Agree(comm, std::move(written));
   if (!written.ok()) {
     // Most often a full disk or quota: free what the half-written checkpoint holds, which other
     // jobs on the file system (and the next save) need.
@@ -244,10 +256,20 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
     if (lead) fs::remove_all(tmp, ec);
     return written;
   }
-  RWR_RETURN_IF_ERROR(Agree(
-      comm, lead ? Publish(checkpoints_dir, tmp, final_dir, data.state.step) : absl::OkStatus()));
-  if (lead && keep > 0) PruneCheckpoints(checkpoints_dir, data.state.step, keep);
+  RWR_RETURN_IF_ERROR(
+      Agree(comm, lead ? Publish(checkpoints_dir, tmp, final_dir, step) : absl::OkStatus()));
+  if (lead && keep > 0) PruneCheckpoints(checkpoints_dir, step, keep);
   return final_dir.string();
+}
+
+absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
+                                           const CheckpointData& data, int keep,
+                                           Communicator* comm) {
+  const int rank = comm != nullptr ? comm->rank() : 0;
+  const int64_t step = data.state.step;
+  RWR_RETURN_IF_ERROR(BeginCheckpoint(checkpoints_dir, step, comm));
+  return FinishCheckpoint(checkpoints_dir, step, keep,
+                          WriteCheckpointFiles(checkpoints_dir, data, rank), comm);
 }
 
 // The elements [lo, hi) of a F32 tensor holding [begin, end), copied out of the mapped file: only

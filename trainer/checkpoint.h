@@ -66,6 +66,22 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
                                            const CheckpointData& data, int keep = 0,
                                            Communicator* comm = nullptr);
 
+// SaveCheckpoint in its three parts, for a caller that writes the files on a thread of its own
+// while training goes on (BackgroundCheckpoint). BeginCheckpoint and FinishCheckpoint are
+// collective with `comm` (every rank calls them at the same point); WriteCheckpointFiles is this
+// rank's part alone and may run on any thread.
+//   BeginCheckpoint: leftovers cleared and an empty step_NNNNNNNN.tmp made (rank 0), agreed.
+absl::Status BeginCheckpoint(const std::string& checkpoints_dir, int64_t step,
+                             Communicator* comm = nullptr);
+//   WriteCheckpointFiles: this rank's files into the .tmp, each synced.
+absl::Status WriteCheckpointFiles(const std::string& checkpoints_dir, const CheckpointData& data,
+                                  int rank);
+//   FinishCheckpoint: every rank's `written` agreed; then published (rank 0) and pruned, or, where
+//   any rank failed, the .tmp removed and the failure returned on every rank.
+absl::StatusOr<std::string> FinishCheckpoint(const std::string& checkpoints_dir, int64_t step,
+                                             int keep, absl::Status written,
+                                             Communicator* comm = nullptr);
+
 // Complete checkpoints (DONE present) in checkpoints_dir, ascending by step.
 std::vector<std::string> ListCheckpoints(const std::string& checkpoints_dir);
 // The newest complete checkpoint, or nullopt.

@@ -8,15 +8,11 @@ namespace rwr::trainer {
 
 AdamW::AdamW(const ParamLayout& layout, AdamWOptions options, ShardRange range)
     : options_(options), range_(range) {
-  const int64_t n = range.end - range.begin;
-  decay_.assign(n, 0);
-  m_.assign(n, 0.f);
-  v_.assign(n, 0.f);
   for (const ParamSpec& spec : layout.specs()) {
     if (!spec.weight_decay) continue;
     const int64_t b = std::max(spec.offset, range.begin),
                   e = std::min(spec.offset + spec.size, range.end);
-    for (int64_t i = b; i < e; ++i) decay_[i - range.begin] = 1;
+    if (b < e) decayed_.push_back({b - range.begin, e - range.begin});
   }
 }
 
@@ -31,6 +27,12 @@ void AdamW::Step(std::span<float> params, std::span<const float> grads, double l
   const float inv_bc2_sqrt = static_cast<float>(1 / bc2_sqrt);
   const float eps = static_cast<float>(options_.eps);
   const int64_t n = range_.end - range_.begin;
+  if (m_.empty()) m_.assign(n, 0.f);
+  if (v_.empty()) v_.assign(n, 0.f);
+  if (decay_.empty()) {
+    decay_.assign(n, 0);
+    for (const auto& [b, e] : decayed_) std::fill(decay_.begin() + b, decay_.begin() + e, 1);
+  }
   float* p = params.data() + range_.begin;
   const float* g = grads.data() + range_.begin;
 #pragma omp parallel for schedule(static) if (n > (1 << 18))

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -35,13 +36,16 @@ class AdamW {
   int64_t step() const { return step_; }
   void set_step(int64_t step) { step_ = step; }
   const ShardRange& range() const { return range_; }
-  std::vector<float>& exp_avg() { return m_; }     // (range size)
-  std::vector<float>& exp_avg_sq() { return v_; }  // (range size)
+  // The moments (range size), or empty, meaning zero, until the first Step or until set: a GPU
+  // run keeps its own on the device and never makes these (22 GB at 2.8B on one rank).
+  std::vector<float>& exp_avg() { return m_; }
+  std::vector<float>& exp_avg_sq() { return v_; }
 
  private:
   AdamWOptions options_;
   ShardRange range_;
-  std::vector<uint8_t> decay_;  // (range size) 1 where weight decay applies
+  std::vector<std::pair<int64_t, int64_t>> decayed_;  // [begin, end) within the range
+  std::vector<uint8_t> decay_;  // (range size) 1 where weight decay applies; made by Step
   std::vector<float> m_, v_;
   int64_t step_ = 0;
 };

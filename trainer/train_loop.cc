@@ -22,6 +22,7 @@
 #include "storage/atomic_file.h"
 #include "storage/shard.h"
 #include "storage/shard_loader.h"
+#include "trainer/background_checkpoint.h"
 #include "trainer/checkpoint.h"
 #include "trainer/mamba_cpu.h"
 #include "trainer/model_io.h"
@@ -541,9 +542,9 @@ absl::StatusOr<MambaConfig> ModelConfigFromRunConfig(const Config& config) {
 namespace {
 
 #ifdef RWR_TRAINER_HAVE_CUDA
-// Frees the host's copies of the weights and AdamW moments once the GPU holds them: the host
-// needs them again only while a checkpoint is written. At 2.8B that is 11 GB of weights and
-// 22 GB / ranks of moments per rank, times the ranks of a node.
+// Frees the host's copies of the weights and AdamW moments once the GPU holds them: a checkpoint
+// copies them back from the GPU for as long as it is being written. At 2.8B that is 11 GB of
+// weights and 22 GB / ranks of moments per rank, times the ranks of a node.
 void ReleaseHostCopies(std::vector<float>& params, AdamW& adamw) {
   params = std::vector<float>();
   adamw.exp_avg() = std::vector<float>();
@@ -812,60 +813,84 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
   // before a checkpoint), where every rank learns of it and they all end in step (AgreeOnStatus).
   absl::Status rank_failure;
 
-  auto save = [&]() -> absl::Status {
-    if (saved_step == state.step) return absl::OkStatus();
-    const auto save_start = std::chrono::steady_clock::now();
+  // The checkpoint whose files are being written beside the steps, one at a time. Every rank
+  // starts and finishes it at the same points, so it is set or not alike on all of them.
+  std::unique_ptr<BackgroundCheckpoint> writing;
+  double copy_seconds = 0;    // the pause of the steps for `writing`'s copy of the state
+  bool beside_steps = false;  // `writing` was started to be written while the steps go on
+
+  // Publishes `writing` once every rank's part is written (waiting for this rank's), and frees
+  // its copy of the state.
+  auto finish_writing = [&]() -> absl::Status {
+    if (!writing) return absl::OkStatus();
+    const std::unique_ptr<BackgroundCheckpoint> done = std::move(writing);
+    if (beside_steps && !done->Written()) {
+      spdlog::info("train: waiting for the checkpoint of step {} to be written", done->step());
+    }
+    RWR_ASSIGN_OR_RETURN(result.last_checkpoint, done->Finish());
+    saved_step = done->step();
+    spdlog::info("train: checkpoint {} (copied in {:.1f} s, written in {:.1f} s{})",
+                 result.last_checkpoint, copy_seconds, done->write_seconds(),
+                 beside_steps ? " while the steps went on" : "");
+    return absl::OkStatus();
+  };
+
+  // This step's state as a checkpoint holds it: copied from the GPU, or of the CPU's live
+  // vectors, which the next steps change. Only rank 0 writes the weights.
+  auto copy_state = [&]() -> absl::StatusOr<CheckpointData> {
+    const bool lead = comm->rank() == 0;
+    CheckpointData data{model_config, {}, range.begin, range.end, {}, {}, adamw.step(), state};
+    data.state.loader_position_json = loader->position().ToJson();
+    data.state.rng_state = rng.state();
 #ifdef RWR_TRAINER_HAVE_CUDA
     if (gpu) {
-      // Every rank holds all parameters; rank 0 writes them.
-      if (comm->rank() == 0) {
-        params.resize(layout.total());
-        RWR_RETURN_IF_ERROR(gpu->DownloadParams(params));
+      if (lead) {
+        data.params.resize(layout.total());
+        RWR_RETURN_IF_ERROR(gpu->DownloadParams(data.params));
       }
-      int64_t opt_step = 0;
-      RWR_RETURN_IF_ERROR(gpu->DownloadOptimizer(&adamw.exp_avg(), &adamw.exp_avg_sq(), &opt_step));
-      adamw.set_step(opt_step);
+      RWR_RETURN_IF_ERROR(gpu->DownloadOptimizer(&data.exp_avg, &data.exp_avg_sq, &data.opt_step));
+      return data;
     }
 #endif
-    state.loader_position_json = loader->position().ToJson();
-    state.rng_state = rng.state();
-    // Lent to the save and taken back (a copy would be another 11 GB per rank at 2.8B); only
-    // rank 0 writes the weights.
-    const bool lead = comm->rank() == 0;
-    CheckpointData data{model_config,
-                        lead ? std::move(params) : std::vector<float>(),
-                        range.begin,
-                        range.end,
-                        std::move(adamw.exp_avg()),
-                        std::move(adamw.exp_avg_sq()),
-                        adamw.step(),
-                        state};
-    absl::StatusOr<std::string> saved =
-        SaveCheckpoint(checkpoints_dir, data, static_cast<int>(s.keep_checkpoints), comm);
-    if (lead) params = std::move(data.params);
-    adamw.exp_avg() = std::move(data.exp_avg);
-    adamw.exp_avg_sq() = std::move(data.exp_avg_sq);
+    if (lead) data.params = params;
+    // Before the first update AdamW has no moments yet: they are zero.
+    const size_t n = static_cast<size_t>(range.end - range.begin);
+    data.exp_avg = adamw.exp_avg().empty() ? std::vector<float>(n) : adamw.exp_avg();
+    data.exp_avg_sq = adamw.exp_avg_sq().empty() ? std::vector<float>(n) : adamw.exp_avg_sq();
+    return data;
+  };
+
+  // A checkpoint of this step, written beside the next steps; with `wait`, published before it
+  // returns (the run's last, or a stop's). The one before is published first.
+  auto save = [&](bool wait) -> absl::Status {
+    if (saved_step != state.step && !(writing && writing->step() == state.step)) {
+      RWR_RETURN_IF_ERROR(finish_writing());
+      const auto copy_start = std::chrono::steady_clock::now();
+      RWR_ASSIGN_OR_RETURN(CheckpointData data, copy_state());
+      copy_seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - copy_start).count();
+      RWR_ASSIGN_OR_RETURN(writing,
+                           BackgroundCheckpoint::Start(checkpoints_dir, std::move(data),
+                                                       static_cast<int>(s.keep_checkpoints), comm));
+      beside_steps = !wait;
 #ifdef RWR_TRAINER_HAVE_CUDA
-    if (gpu) ReleaseHostCopies(params, adamw);
+      // The shapes evals timed, too; each rank's own file, agreed as the checkpoint's parts are.
+      if (gpu) RWR_RETURN_IF_ERROR(AgreeOnStatus(gemm_algos.SaveNew(*gpu), *comm));
 #endif
-    RWR_ASSIGN_OR_RETURN(result.last_checkpoint, std::move(saved));
-    spdlog::info("train: checkpoint {} ({:.1f} s)", result.last_checkpoint,
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - save_start)
-                     .count());
-#ifdef RWR_TRAINER_HAVE_CUDA
-    // The shapes evals timed, too; each rank's own file, agreed as the checkpoint's parts are.
-    if (gpu) RWR_RETURN_IF_ERROR(AgreeOnStatus(gemm_algos.SaveNew(*gpu), *comm));
-#endif
-    saved_step = state.step;
-    return absl::OkStatus();
+    }
+    return wait ? finish_writing() : absl::OkStatus();
   };
 
   // A stop every rank agrees on: a signal reaches the ranks at different moments, and a rank that
   // stopped alone would leave the others waiting in a collective. One rank: the signal itself.
+  // The same sum says whether every rank has written its part of the checkpoint under way, which
+  // is then published.
   auto stop_agreed = [&]() -> absl::StatusOr<bool> {
-    std::vector<double> flags = {ShutdownRequested() ? 1.0 : 0.0, rank_failure.ok() ? 0.0 : 1.0};
+    std::vector<double> flags = {ShutdownRequested() ? 1.0 : 0.0, rank_failure.ok() ? 0.0 : 1.0,
+                                 writing && !writing->Written() ? 1.0 : 0.0};
     RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(flags)));
     if (flags[1] > 0) return AgreeOnStatus(rank_failure, *comm);
+    if (writing && flags[2] == 0) RWR_RETURN_IF_ERROR(finish_writing());
     return flags[0] > 0;
   };
   auto signal_text = [] {
@@ -918,7 +943,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
                    state.step,
                    steps_this_run == 0 ? "no step done, nothing to checkpoint; exiting"
                                        : "checkpointing and exiting");
-      if (steps_this_run > 0) RWR_RETURN_IF_ERROR(save());
+      if (steps_this_run > 0) RWR_RETURN_IF_ERROR(save(/*wait=*/true));
       return finish(/*interrupted=*/true);
     }
     // Micro-batches first: the loss is normalised by the loss tokens of the whole global batch.
@@ -1075,11 +1100,11 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     if (s.checkpoint_every > 0 && state.step % s.checkpoint_every == 0 && state.step < s.steps) {
       // Not past a step the metrics lack, nor with a rank's failure pending.
       RWR_RETURN_IF_ERROR(AgreeOnStatus(rank_failure, *comm));
-      RWR_RETURN_IF_ERROR(save());
+      RWR_RETURN_IF_ERROR(save(/*wait=*/false));
     }
   }
   RWR_RETURN_IF_ERROR(AgreeOnStatus(rank_failure, *comm));  // from the last step
-  RWR_RETURN_IF_ERROR(save());
+  RWR_RETURN_IF_ERROR(save(/*wait=*/true));
   return finish(/*interrupted=*/false);
 }
 

@@ -301,12 +301,15 @@ TEST_F(RWR_TEST_SUITE, AFullDiskAtACheckpointEndsEveryRankInStep) {
   const std::string limited = RwrUnderFileSizeLimit("full_disk_bin", 64);
   // 32 KiB: the config and metrics lines fit, the model (rank 0) and optimizer parts do not.
   CommandResult r = rwr::testing::RunShell(
-      fmt::format("{} {} 2>&1", Launcher(2, limited), TrainArgs(data, out, 1, 1, 4)));
+      fmt::format("{} {} 2>&1", Launcher(2, limited), TrainArgs(data, out, 1, 1, 40)));
   EXPECT_NE(r.exit_code, 0) << r.output;
   EXPECT_EQ(Count(r.output, "rwr: error: "), 1u) << r.output;
   EXPECT_NE(r.output.find("model.safetensors"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("MPI_ABORT"), std::string::npos) << r.output;
-  EXPECT_EQ(Metrics(out).size(), 2u) << "the run stopped at its first save, step 2";
+  // The save of step 2 is written beside steps 3 and 4; its failure is agreed at the first stop
+  // flag after it, and at step 4's save at the latest.
+  EXPECT_GE(Metrics(out).size(), 2u);
+  EXPECT_LE(Metrics(out).size(), 4u) << "the run stopped at its first save's failure";
   for (const auto& entry : fs::directory_iterator(out + "/checkpoints")) {
     ADD_FAILURE() << "left behind: " << entry.path();
   }

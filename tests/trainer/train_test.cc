@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <thread>
 
 #include "common/sha256.h"
 #include "common/shutdown.h"
@@ -20,8 +21,10 @@
 #include "storage/shard.h"
 #include "tests/support/shard_dataset.h"
 #include "tests/support/temp_dir.h"
+#include "trainer/background_checkpoint.h"
 #include "trainer/checkpoint.h"
 #include "trainer/export.h"
+#include "trainer/param_layout.h"
 #include "trainer/rng.h"
 #include "trainer/train_loop.h"
 
@@ -162,6 +165,69 @@ TEST(Train, ResumeAfterInterruptionIsBitExact) {
             ReadAll(resumed + "/checkpoints/step_00000008/model.safetensors"));
   EXPECT_EQ(ReadAll(straight + "/checkpoints/step_00000008/optimizer_rank00000.safetensors"),
             ReadAll(resumed + "/checkpoints/step_00000008/optimizer_rank00000.safetensors"));
+}
+
+// A checkpoint is written beside the steps that follow it (BackgroundCheckpoint): what it holds
+// is the state of its own step, not of a later one, so a run resumed from it goes on bit for bit
+// as the run that wrote it.
+TEST(Train, ACheckpointWrittenBesideTheStepsHoldsItsOwnStep) {
+  const std::string data = MakeDataset("beside", 20, 2);
+  const std::string straight = TempDir("beside_straight");
+  const std::string resumed = TempDir("beside_resumed");
+  SingleRankCommunicator comm;
+  ASSERT_TRUE(Train(MakeConfig(data, straight, {"train.keep_checkpoints=0"}), &comm).ok());
+  // Step 3's was started before step 4 and published no earlier than step 4's start.
+  fs::create_directories(resumed + "/checkpoints");
+  fs::copy(straight + "/checkpoints/step_00000003", resumed + "/checkpoints/step_00000003",
+           fs::copy_options::recursive);
+  auto b = Train(MakeConfig(data, resumed), &comm);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->start_step, 3);
+  const auto la = Losses(straight), lb = Losses(resumed);
+  for (int64_t step = 4; step <= 8; ++step) EXPECT_EQ(la.at(step), lb.at(step)) << "step " << step;
+  EXPECT_EQ(ReadAll(straight + "/checkpoints/step_00000008/model.safetensors"),
+            ReadAll(resumed + "/checkpoints/step_00000008/model.safetensors"));
+  EXPECT_EQ(ReadAll(straight + "/checkpoints/step_00000008/optimizer_rank00000.safetensors"),
+            ReadAll(resumed + "/checkpoints/step_00000008/optimizer_rank00000.safetensors"));
+}
+
+// Start returns while the files are still being written (here 512 MB of moments, which take
+// tenths of a second to reach the disk), and nothing is published before Finish, even once this
+// rank's files are all written: the other ranks' may not be.
+TEST(BackgroundCheckpoint, StartReturnsBeforeTheWriteAndOnlyFinishPublishes) {
+  const std::string dir = TempDir("background") + "/checkpoints";
+  auto config = MambaConfig::FromJson(nlohmann::json{{"hidden_size", 16},
+                                                     {"num_hidden_layers", 2},
+                                                     {"vocab_size", kVocab},
+                                                     {"state_size", 4},
+                                                     {"expand", 2},
+                                                     {"conv_kernel", 4},
+                                                     {"time_step_rank", 2}},
+                                      "test");
+  ASSERT_TRUE(config.ok()) << config.status();
+  constexpr int64_t kMoments = 64 << 20;
+  CheckpointData data{*config,
+                      std::vector<float>(ParamLayout::ForMamba(*config).total(), 0.5f),
+                      0,
+                      kMoments,
+                      std::vector<float>(kMoments, 0.25f),
+                      std::vector<float>(kMoments, 0.125f),
+                      7,
+                      {}};
+  data.state.step = 7;
+  auto writing = BackgroundCheckpoint::Start(dir, std::move(data), 0, nullptr);
+  ASSERT_TRUE(writing.ok()) << writing.status();
+  EXPECT_FALSE((*writing)->Written());
+  EXPECT_TRUE(fs::exists(dir + "/step_00000007.tmp"));
+  while (!(*writing)->Written()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_TRUE(ListCheckpoints(dir).empty());
+  auto published = (*writing)->Finish();
+  ASSERT_TRUE(published.ok()) << published.status();
+  EXPECT_EQ(*published, dir + "/step_00000007");
+  EXPECT_EQ(ListCheckpoints(dir), std::vector<std::string>{*published});
+  EXPECT_FALSE(fs::exists(dir + "/step_00000007.tmp"));
+  EXPECT_GT(fs::file_size(*published + "/optimizer_rank00000.safetensors"), 2 * 4 * kMoments);
+  EXPECT_GT((*writing)->write_seconds(), 0);
 }
 
 TEST(Train, IncompleteCheckpointsAreNeverPickedUp) {

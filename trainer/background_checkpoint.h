@@ -1,0 +1,65 @@
+// A checkpoint written on a thread of its own while the training steps go on: the steps pause
+// only to copy the state (from the GPU, or of the CPU's live vectors), not for the minute a 2.8B
+// checkpoint's 33 GB take to reach the disk. Usage, on every rank at the same points of the run:
+//
+//   RWR_ASSIGN_OR_RETURN(auto writing,
+//                        BackgroundCheckpoint::Start(dir, std::move(data), keep, comm));
+//   ... steps; each sums !writing->Written() over the ranks in a collective it makes anyway ...
+//   RWR_ASSIGN_OR_RETURN(std::string published, writing->Finish());   // once the sum is 0
+//
+// Start and Finish are collective (BeginCheckpoint, FinishCheckpoint); the thread makes none, so
+// the communicator stays with the training thread. One checkpoint is written at a time: its host
+// copy is freed when it is destroyed.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "trainer/checkpoint.h"
+#include "trainer/communicator.h"
+
+namespace rwr::trainer {
+
+class BackgroundCheckpoint {
+ public:
+  // Begins the checkpoint of data.state.step (agreed) and starts writing this rank's files.
+  static absl::StatusOr<std::unique_ptr<BackgroundCheckpoint>> Start(std::string checkpoints_dir,
+                                                                     CheckpointData data, int keep,
+                                                                     Communicator* comm);
+  // Waits for the write where Finish was not called (a run ending on another error); what it
+  // wrote stays a .tmp, which no resume reads and the next save clears.
+  ~BackgroundCheckpoint();
+  BackgroundCheckpoint(const BackgroundCheckpoint&) = delete;
+  BackgroundCheckpoint& operator=(const BackgroundCheckpoint&) = delete;
+
+  int64_t step() const { return step_; }
+  // This rank's files are written (or failed): Finish would not wait here.
+  bool Written() const { return written_.load(std::memory_order_acquire); }
+  // Waits for this rank's files, then publishes once every rank's are in (collective). Returns
+  // the checkpoint's directory, or the failure of any rank's part on every rank. Call once.
+  absl::StatusOr<std::string> Finish();
+  // Seconds this rank's files took to write (after Finish).
+  double write_seconds() const { return write_seconds_; }
+
+ private:
+  BackgroundCheckpoint(std::string checkpoints_dir, CheckpointData data, int keep,
+                       Communicator* comm);
+  void Join();
+
+  const std::string checkpoints_dir_;
+  const CheckpointData data_;
+  const int64_t step_;
+  const int keep_;
+  Communicator* const comm_;
+  absl::Status status_;  // the thread's result, read after Join
+  double write_seconds_ = 0;
+  std::atomic<bool> written_{false};
+  std::thread thread_;
+};
+
+}  // namespace rwr::trainer
