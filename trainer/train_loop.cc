@@ -13,6 +13,7 @@
 #include <optional>
 
 #include "common/dir_lock.h"
+#include "common/fresh_memory.h"
 #include "common/progress.h"
 #include "common/sha256.h"
 #include "common/shutdown.h"
@@ -845,7 +846,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
 #ifdef RWR_TRAINER_HAVE_CUDA
     if (gpu) {
       if (lead) {
-        data.params.resize(layout.total());
+        data.params = ZeroedFloats(layout.total());
         RWR_RETURN_IF_ERROR(gpu->DownloadParams(data.params));
       }
       RWR_RETURN_IF_ERROR(gpu->DownloadOptimizer(&data.exp_avg, &data.exp_avg_sq, &data.opt_step));
