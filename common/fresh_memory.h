@@ -1,5 +1,5 @@
 // Large fresh host buffers made resident by several threads. The first touch of a page costs the
-// kernel's zeroing of it, so one thread filling a new 11 GB vector spends about 5 s in page faults
+// kernel's zeroing of it, so one thread filling a new 11 GB vector spends about 6 s in page faults
 // (measured, docs/benchmarks.md): the pause of the training steps at every checkpoint of
 // Mamba-2.8B, whose copy from the GPU itself takes under a second.
 #pragma once
