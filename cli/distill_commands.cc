@@ -9,7 +9,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <mutex>
 #include <optional>
@@ -24,6 +23,7 @@
 #include "fmt/format.h"
 #include "rwr/v1/distill.grpc.pb.h"
 #include "spdlog/spdlog.h"
+#include "storage/atomic_file.h"
 #include "storage/rocksdb_store.h"
 #include "teacher_client/call_scheduler.h"
 #include "teacher_client/channel.h"
@@ -119,21 +119,8 @@ absl::StatusOr<std::unique_ptr<storage::RocksDbStore>> OpenCacheForWriting(const
   return storage::RocksDbStore::Open(dir, {.sync_writes = sync_writes});
 }
 
-absl::Status WriteFileAtomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << text;
-    if (!out.flush()) return absl::UnavailableError(fmt::format("{}: cannot write", tmp));
-  }
-  std::error_code error;
-  std::filesystem::rename(tmp, path, error);
-  if (error)
-    return absl::UnavailableError(fmt::format("{}: cannot write: {}", path, error.message()));
-  return absl::OkStatus();
-}
-
-// Whether WriteFileAtomically(path) can succeed, asked before a run's work rather than after it.
+// Whether storage::WriteFileAtomically(path) can succeed, asked before a run's work rather than
+// after it.
 absl::Status CheckWritableFile(const std::string& path, std::string_view flag) {
   const std::filesystem::path file(path);
   const std::filesystem::path dir = file.has_parent_path() ? file.parent_path() : ".";
@@ -284,7 +271,7 @@ absl::Status RunDistillCommand(RunFlags& f) {
   }
   if (!f.summary_json.empty()) {
     RWR_RETURN_IF_ERROR(
-        WriteFileAtomically(f.summary_json, teacher::SummaryJson(summary).dump(2) + "\n"));
+        storage::WriteFileAtomically(f.summary_json, teacher::SummaryJson(summary).dump(2) + "\n"));
   }
   if (!summary.teacher_unusable.ok() && !summary.interrupted) {
     return absl::UnavailableError(fmt::format(
