@@ -836,6 +836,18 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     return absl::OkStatus();
   };
 
+  // An error every rank ends on at the same point (AgreeOnStatus) publishes the checkpoint being
+  // written first where it can: it is the newest state a rerun can start from (after a run of
+  // non-finite steps, the last good one).
+  auto end_in_step = [&](absl::Status agreed) -> absl::Status {
+    if (agreed.ok()) return agreed;
+    if (absl::Status published = finish_writing(); !published.ok()) {
+      spdlog::warn("train: the checkpoint being written is not kept: {}",
+                   std::string(published.message()));
+    }
+    return agreed;
+  };
+
   // This step's state as a checkpoint holds it: copied from the GPU, or of the CPU's live
   // vectors, which the next steps change. Only rank 0 writes the weights.
   auto copy_state = [&]() -> absl::StatusOr<CheckpointData> {
@@ -876,7 +888,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
       beside_steps = !wait;
 #ifdef RWR_TRAINER_HAVE_CUDA
       // The shapes evals timed, too; each rank's own file, agreed as the checkpoint's parts are.
-      if (gpu) RWR_RETURN_IF_ERROR(AgreeOnStatus(gemm_algos.SaveNew(*gpu), *comm));
+      if (gpu) RWR_RETURN_IF_ERROR(end_in_step(AgreeOnStatus(gemm_algos.SaveNew(*gpu), *comm)));
 #endif
     }
     return wait ? finish_writing() : absl::OkStatus();
@@ -890,7 +902,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     std::vector<double> flags = {ShutdownRequested() ? 1.0 : 0.0, rank_failure.ok() ? 0.0 : 1.0,
                                  writing && !writing->Written() ? 1.0 : 0.0};
     RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(flags)));
-    if (flags[1] > 0) return AgreeOnStatus(rank_failure, *comm);
+    if (flags[1] > 0) return end_in_step(AgreeOnStatus(rank_failure, *comm));
     if (writing && flags[2] == 0) RWR_RETURN_IF_ERROR(finish_writing());
     return flags[0] > 0;
   };
@@ -932,7 +944,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     }
     sums.push_back(rank_failure.ok() ? 0.0 : 1.0);
     RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(sums)));
-    if (sums[2] > 0) return AgreeOnStatus(rank_failure, *comm);
+    if (sums[2] > 0) return end_in_step(AgreeOnStatus(rank_failure, *comm));
     return sums[1] > 0 ? sums[0] / sums[1] : 0.0;
   };
 
@@ -960,7 +972,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
       positions += mb.batch_size * mb.seq_len;
     }
     RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(counts)));
-    if (counts[1] > 0) return AgreeOnStatus(rank_failure, *comm);
+    if (counts[1] > 0) return end_in_step(AgreeOnStatus(rank_failure, *comm));
     std::vector<double> loss_sum = {0};
     const float scale = counts[0] > 0 ? static_cast<float>(1.0 / counts[0]) : 0.f;
     const double lr = schedule.At(state.step);
@@ -1003,12 +1015,12 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
           state.step + 1, state.nonfinite_in_a_row, s.max_nonfinite);
       if (state.nonfinite_in_a_row >= s.max_nonfinite) {
         // The loss and the gradient norm are the ranks' reduced ones: every rank stops here.
-        return AgreeOnStatus(
+        return end_in_step(AgreeOnStatus(
             absl::AbortedError(fmt::format(
                 "{} steps in a row had a non-finite loss or gradient (last at step {}): lower "
                 "train.lr or check the data; the last checkpoint is intact",
                 state.nonfinite_in_a_row, state.step + 1)),
-            *comm);
+            *comm));
       }
     } else if (counts[0] == 0) {
       skipped = true;
@@ -1100,11 +1112,11 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     }
     if (s.checkpoint_every > 0 && state.step % s.checkpoint_every == 0 && state.step < s.steps) {
       // Not past a step the metrics lack, nor with a rank's failure pending.
-      RWR_RETURN_IF_ERROR(AgreeOnStatus(rank_failure, *comm));
+      RWR_RETURN_IF_ERROR(end_in_step(AgreeOnStatus(rank_failure, *comm)));
       RWR_RETURN_IF_ERROR(save(/*wait=*/false));
     }
   }
-  RWR_RETURN_IF_ERROR(AgreeOnStatus(rank_failure, *comm));  // from the last step
+  RWR_RETURN_IF_ERROR(end_in_step(AgreeOnStatus(rank_failure, *comm)));  // from the last step
   RWR_RETURN_IF_ERROR(save(/*wait=*/true));
   return finish(/*interrupted=*/false);
 }

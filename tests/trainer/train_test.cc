@@ -278,6 +278,26 @@ TEST(Train, NonFiniteStepsAreSkippedThenAbort) {
   ASSERT_GE(losses.size(), 2u);  // step 1 updated, then non-finite steps were logged as skipped
 }
 
+// A run that ends on an error every rank shares publishes the checkpoint still being written
+// first: here the non-finite abort at step 3 keeps step 2's, started beside step 3.
+TEST(Train, AnAgreedErrorPublishesTheCheckpointBeingWritten) {
+  const std::string data = MakeDataset("nan_kept", 20, 5);
+  const std::string out = TempDir("nan_kept_out");
+  SingleRankCommunicator comm;
+  auto result = Train(
+      MakeConfig(data, out,
+                 {"train.lr=1e30", "train.min_lr=1e30", "train.warmup_steps=0",
+                  "train.max_nonfinite=2", "train.checkpoint_every=1", "train.keep_checkpoints=0"}),
+      &comm);
+  ASSERT_EQ(result.status().code(), absl::StatusCode::kAborted) << result.status();
+  const std::string ckpts = out + "/checkpoints";
+  EXPECT_EQ(ListCheckpoints(ckpts),
+            (std::vector<std::string>{ckpts + "/step_00000001", ckpts + "/step_00000002"}));
+  for (const auto& entry : fs::directory_iterator(ckpts)) {
+    EXPECT_NE(entry.path().extension(), ".tmp") << entry.path();
+  }
+}
+
 TEST(Train, BadConfigIsAClearError) {
   const std::string data = MakeDataset("badcfg", 8, 6);
   SingleRankCommunicator comm;
