@@ -558,11 +558,20 @@ std::string SafetensorsWriter::Serialize() const {
   return out;
 }
 
-absl::Status SafetensorsWriter::WriteFile(const std::string& path) const {
+absl::Status SafetensorsWriter::WriteFile(const std::string& path,
+                                          const std::atomic<bool>* abandon) const {
   AtomicFile file(path);  // a failed write leaves no .tmp behind
   RWR_RETURN_IF_ERROR(file.Open());
-  RWR_RETURN_IF_ERROR(
-      Emit([&file](std::string_view bytes) { return file.Write(bytes.data(), bytes.size()); }));
+  constexpr size_t kPiece = size_t{64} << 20;  // a tensor of moments is 11 GB at 2.8B
+  RWR_RETURN_IF_ERROR(Emit([&](std::string_view bytes) {
+    for (size_t at = 0; at < bytes.size(); at += kPiece) {
+      if (abandon != nullptr && abandon->load(std::memory_order_relaxed)) {
+        return absl::CancelledError(fmt::format("{}: write abandoned", path));
+      }
+      RWR_RETURN_IF_ERROR(file.Write(bytes.data() + at, std::min(kPiece, bytes.size() - at)));
+    }
+    return absl::OkStatus();
+  }));
   return file.Commit();
 }
 
@@ -677,7 +686,7 @@ absl::StatusOr<std::vector<std::string>> SaveModel(const std::string& dir,
           writer.AddFloat(tensors[i].name, tensors[i].shape, tensors[i].values, options.dtype));
       weight_map[tensors[i].name] = name;
     }
-    RWR_RETURN_IF_ERROR(writer.WriteFile((fs::path(dir) / name).string()));
+    RWR_RETURN_IF_ERROR(writer.WriteFile((fs::path(dir) / name).string(), options.abandon));
     written.push_back(name);
   }
   if (groups.size() > 1) {

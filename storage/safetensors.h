@@ -19,6 +19,7 @@
 //   RWR_RETURN_IF_ERROR(writer.WriteFile("out/model.safetensors"));   // atomic
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -118,7 +119,9 @@ class SafetensorsWriter {
   uint64_t data_bytes() const { return data_bytes_; }
   size_t num_tensors() const { return tensors_.size(); }
   std::string Serialize() const;                          // the whole file, in memory
-  absl::Status WriteFile(const std::string& path) const;  // path.tmp, fsync, rename
+  // path.tmp, fsync, rename. With `abandon`, looked at every 64 MiB: once it is set the write
+  // stops with Cancelled and leaves nothing (a checkpoint given up for a newer one).
+  absl::Status WriteFile(const std::string& path, const std::atomic<bool>* abandon = nullptr) const;
 
   // Where Emit puts the file's bytes, in order.
   using ByteSink = std::function<absl::Status(std::string_view)>;
@@ -170,6 +173,7 @@ struct SaveModelOptions {
   // plus model.safetensors.index.json. 0: never shard.
   uint64_t max_shard_bytes = 0;
   std::map<std::string, std::string> metadata = {{"format", "pt"}};
+  const std::atomic<bool>* abandon = nullptr;  // SafetensorsWriter::WriteFile's
 };
 
 // Writes `tensors` into `dir` (which must exist) in the Hugging Face layout. Returns the names of

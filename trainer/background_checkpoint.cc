@@ -23,8 +23,9 @@ absl::StatusOr<std::unique_ptr<BackgroundCheckpoint>> BackgroundCheckpoint::Star
   BackgroundCheckpoint* self = writing.get();
   self->thread_ = std::thread([self] {
     const auto start = std::chrono::steady_clock::now();
-    self->status_ = WriteCheckpointFiles(self->checkpoints_dir_, self->data_,
-                                         self->comm_ != nullptr ? self->comm_->rank() : 0);
+    self->status_ =
+        WriteCheckpointFiles(self->checkpoints_dir_, self->data_,
+                             self->comm_ != nullptr ? self->comm_->rank() : 0, &self->abandon_);
     self->write_seconds_ =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     self->written_.store(true, std::memory_order_release);
@@ -32,7 +33,10 @@ absl::StatusOr<std::unique_ptr<BackgroundCheckpoint>> BackgroundCheckpoint::Star
   return writing;
 }
 
-BackgroundCheckpoint::~BackgroundCheckpoint() { Join(); }
+BackgroundCheckpoint::~BackgroundCheckpoint() {
+  Abandon();
+  Join();
+}
 
 void BackgroundCheckpoint::Join() {
   if (thread_.joinable()) thread_.join();

@@ -31,8 +31,9 @@ class BackgroundCheckpoint {
   static absl::StatusOr<std::unique_ptr<BackgroundCheckpoint>> Start(std::string checkpoints_dir,
                                                                      CheckpointData data, int keep,
                                                                      Communicator* comm);
-  // Waits for the write where Finish was not called (a run ending on another error); what it
-  // wrote stays a .tmp, which no resume reads and the next save clears.
+  // Where Finish was not called (a run ending on another error), abandons the write and waits
+  // for it to stop (within 64 MiB); what it wrote stays a .tmp, which no resume reads and the
+  // next save clears.
   ~BackgroundCheckpoint();
   BackgroundCheckpoint(const BackgroundCheckpoint&) = delete;
   BackgroundCheckpoint& operator=(const BackgroundCheckpoint&) = delete;
@@ -43,6 +44,10 @@ class BackgroundCheckpoint {
   // Waits for this rank's files, then publishes once every rank's are in (collective). Returns
   // the checkpoint's directory, or the failure of any rank's part on every rank. Call once.
   absl::StatusOr<std::string> Finish();
+  // Stops the write within 64 MiB, for a newer checkpoint that is about to be written (a stop's):
+  // the Finish that follows removes the .tmp and returns Cancelled, unless every rank's part was
+  // already in, which it then publishes. Every rank calls it at the same point.
+  void Abandon() { abandon_.store(true, std::memory_order_relaxed); }
   // Seconds this rank's files took to write (after Finish).
   double write_seconds() const { return write_seconds_; }
 
@@ -59,6 +64,7 @@ class BackgroundCheckpoint {
   absl::Status status_;  // the thread's result, read after Join
   double write_seconds_ = 0;
   std::atomic<bool> written_{false};
+  std::atomic<bool> abandon_{false};
   std::thread thread_;
 };
 

@@ -71,9 +71,10 @@ std::optional<int64_t> StepOf(const std::string& name) {
 
 // This rank's files of a checkpoint into `dir`, each synced: the optimizer moments of its range,
 // and on the lead rank the model and the trainer state.
-absl::Status WriteRankFiles(const fs::path& dir, const CheckpointData& data, int rank, bool lead) {
+absl::Status WriteRankFiles(const fs::path& dir, const CheckpointData& data, int rank, bool lead,
+                            const std::atomic<bool>* abandon) {
   if (lead) {
-    RWR_RETURN_IF_ERROR(SaveModelDir(dir.string(), data.config, data.params));
+    RWR_RETURN_IF_ERROR(SaveModelDir(dir.string(), data.config, data.params, {.abandon = abandon}));
     RWR_RETURN_IF_ERROR(WriteText(dir / "trainer_state.json", data.state.ToJson().dump(2) + "\n"));
   }
   storage::SafetensorsWriter opt;
@@ -84,7 +85,7 @@ absl::Status WriteRankFiles(const fs::path& dir, const CheckpointData& data, int
   RWR_RETURN_IF_ERROR(opt.AddFloat("exp_avg", {n}, data.exp_avg));
   RWR_RETURN_IF_ERROR(opt.AddFloat("exp_avg_sq", {n}, data.exp_avg_sq));
   const fs::path opt_path = dir / OptimizerFileName(rank);
-  RWR_RETURN_IF_ERROR(opt.WriteFile(opt_path.string()));
+  RWR_RETURN_IF_ERROR(opt.WriteFile(opt_path.string(), abandon));
   RWR_RETURN_IF_ERROR(SyncPath(opt_path, false));
   if (lead) {
     for (const auto& entry : fs::directory_iterator(dir)) {
@@ -239,8 +240,8 @@ absl::Status BeginCheckpoint(const std::string& checkpoints_dir, int64_t step, C
 }
 
 absl::Status WriteCheckpointFiles(const std::string& checkpoints_dir, const CheckpointData& data,
-                                  int rank) {
-  return WriteRankFiles(TmpDir(checkpoints_dir, data.state.step), data, rank, rank == 0);
+                                  int rank, const std::atomic<bool>* abandon) {
+  return WriteRankFiles(TmpDir(checkpoints_dir, data.state.step), data, rank, rank == 0, abandon);
 }
 
 absl::StatusOr<std::string> FinishCheckpoint(const std::string& checkpoints_dir, int64_t step,

@@ -9,6 +9,7 @@
 // next save removes). Resume takes the highest step with a DONE marker.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -73,9 +74,10 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& checkpoints_dir,
 //   BeginCheckpoint: leftovers cleared and an empty step_NNNNNNNN.tmp made (rank 0), agreed.
 absl::Status BeginCheckpoint(const std::string& checkpoints_dir, int64_t step,
                              Communicator* comm = nullptr);
-//   WriteCheckpointFiles: this rank's files into the .tmp, each synced.
+//   WriteCheckpointFiles: this rank's files into the .tmp, each synced; Cancelled once `abandon`
+//   is set.
 absl::Status WriteCheckpointFiles(const std::string& checkpoints_dir, const CheckpointData& data,
-                                  int rank);
+                                  int rank, const std::atomic<bool>* abandon = nullptr);
 //   FinishCheckpoint: every rank's `written` agreed; then published (rank 0) and pruned, or, where
 //   any rank failed, the .tmp removed and the failure returned on every rank.
 absl::StatusOr<std::string> FinishCheckpoint(const std::string& checkpoints_dir, int64_t step,

@@ -65,6 +65,7 @@ absl::Status SaveModelDir(const std::string& dir, const MambaConfig& config,
   storage::SaveModelOptions save;
   save.dtype = options.dtype;
   save.max_shard_bytes = options.max_shard_bytes;
+  save.abandon = options.abandon;
   RWR_RETURN_IF_ERROR(storage::SaveModel(dir, tensors, save).status());
   nlohmann::ordered_json j = config.ToHfJson();
   j["torch_dtype"] = options.dtype == storage::DType::kBF16  ? "bfloat16"

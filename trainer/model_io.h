@@ -7,6 +7,7 @@
 // ignored.
 #pragma once
 
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,7 @@ absl::Status LoadWeights(const std::string& dir, const MambaConfig& config,
 struct SaveModelDirOptions {
   storage::DType dtype = storage::DType::kF32;  // F32 or BF16 (F16 accepted)
   uint64_t max_shard_bytes = 0;                 // 0: one file
+  const std::atomic<bool>* abandon = nullptr;   // storage::SafetensorsWriter::WriteFile's
 };
 
 // Writes config.json (HF keys) and the weights in HF names into DIR (created if needed).

@@ -553,6 +553,11 @@ void ReleaseHostCopies(std::vector<float>& params, AdamW& adamw) {
 }
 #endif
 
+// When a checkpoint is written: beside the steps that follow it (train.checkpoint_every), at the
+// run's last step, or at a stop (a signal, max_steps_this_run); the last two are published before
+// the run ends.
+enum class SaveWhen { kBesideTheSteps, kAtTheEnd, kAtAStop };
+
 // The GPU side of a run, owned by Train (see there).
 struct GpuSide {
 #ifdef RWR_TRAINER_HAVE_CUDA
@@ -822,10 +827,10 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
 
   // Publishes `writing` once every rank's part is written (waiting for this rank's), and frees
   // its copy of the state.
-  auto finish_writing = [&]() -> absl::Status {
+  auto finish_writing = [&](bool say_wait = true) -> absl::Status {
     if (!writing) return absl::OkStatus();
     const std::unique_ptr<BackgroundCheckpoint> done = std::move(writing);
-    if (beside_steps && !done->Written()) {
+    if (say_wait && beside_steps && !done->Written()) {
       spdlog::info("train: waiting for the checkpoint of step {} to be written", done->step());
     }
     RWR_ASSIGN_OR_RETURN(result.last_checkpoint, done->Finish());
@@ -834,6 +839,25 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
                  result.last_checkpoint, copy_seconds, done->write_seconds(),
                  beside_steps ? " while the steps went on" : "");
     return absl::OkStatus();
+  };
+
+  // A stop's checkpoint (a signal, max_steps_this_run) supersedes an older one still being
+  // written: that one is given up within 64 MiB rather than waited for, so that a stop writes one
+  // checkpoint in Slurm's grace, not two (the run's last checkpoint waits: every checkpoint a
+  // finished run was asked for is there). Where every rank's part was in after all, it is
+  // published. Its failure is agreed (AgreeOnStatus: failed on every rank or on none), so every
+  // rank goes on alike.
+  auto give_up_writing = [&]() {
+    if (!writing || writing->step() == state.step) return;
+    const int64_t step = writing->step();
+    writing->Abandon();
+    if (absl::Status finished = finish_writing(/*say_wait=*/false); !finished.ok()) {
+      spdlog::info(
+          "train: the checkpoint of step {}, still being written, is given up for step "
+          "{}'s{}",
+          step, state.step,
+          absl::IsCancelled(finished) ? "" : fmt::format(" ({})", std::string(finished.message())));
+    }
   };
 
   // An error every rank ends on at the same point (AgreeOnStatus) publishes the checkpoint being
@@ -873,10 +897,13 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     return data;
   };
 
-  // A checkpoint of this step, written beside the next steps; with `wait`, published before it
-  // returns (the run's last, or a stop's). The one before is published first.
-  auto save = [&](bool wait) -> absl::Status {
+  // A checkpoint of this step: beside the next steps, or published before it returns (the run's
+  // last, a stop's). One is written at a time: the one before is published first, except that a
+  // stop gives it up (give_up_writing).
+  auto save = [&](SaveWhen when) -> absl::Status {
+    const bool wait = when != SaveWhen::kBesideTheSteps;
     if (saved_step != state.step && !(writing && writing->step() == state.step)) {
+      if (when == SaveWhen::kAtAStop) give_up_writing();
       RWR_RETURN_IF_ERROR(finish_writing());
       const auto copy_start = std::chrono::steady_clock::now();
       RWR_ASSIGN_OR_RETURN(CheckpointData data, copy_state());
@@ -956,7 +983,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
                    state.step,
                    steps_this_run == 0 ? "no step done, nothing to checkpoint; exiting"
                                        : "checkpointing and exiting");
-      if (steps_this_run > 0) RWR_RETURN_IF_ERROR(save(/*wait=*/true));
+      if (steps_this_run > 0) RWR_RETURN_IF_ERROR(save(SaveWhen::kAtAStop));
       return finish(/*interrupted=*/true);
     }
     // Micro-batches first: the loss is normalised by the loss tokens of the whole global batch.
@@ -1113,11 +1140,11 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     if (s.checkpoint_every > 0 && state.step % s.checkpoint_every == 0 && state.step < s.steps) {
       // Not past a step the metrics lack, nor with a rank's failure pending.
       RWR_RETURN_IF_ERROR(end_in_step(AgreeOnStatus(rank_failure, *comm)));
-      RWR_RETURN_IF_ERROR(save(/*wait=*/false));
+      RWR_RETURN_IF_ERROR(save(SaveWhen::kBesideTheSteps));
     }
   }
   RWR_RETURN_IF_ERROR(end_in_step(AgreeOnStatus(rank_failure, *comm)));  // from the last step
-  RWR_RETURN_IF_ERROR(save(/*wait=*/true));
+  RWR_RETURN_IF_ERROR(save(SaveWhen::kAtTheEnd));
   return finish(/*interrupted=*/false);
 }
 

@@ -230,6 +230,38 @@ TEST(BackgroundCheckpoint, StartReturnsBeforeTheWriteAndOnlyFinishPublishes) {
   EXPECT_GT((*writing)->write_seconds(), 0);
 }
 
+// A stop's checkpoint gives up an older one still being written: Abandon stops the write within
+// 64 MiB, and Finish removes what it wrote and says Cancelled.
+TEST(BackgroundCheckpoint, AnAbandonedWriteStopsAndLeavesNothing) {
+  const std::string dir = TempDir("abandoned") + "/checkpoints";
+  auto config = MambaConfig::FromJson(nlohmann::json{{"hidden_size", 16},
+                                                     {"num_hidden_layers", 2},
+                                                     {"vocab_size", kVocab},
+                                                     {"state_size", 4},
+                                                     {"expand", 2},
+                                                     {"conv_kernel", 4},
+                                                     {"time_step_rank", 2}},
+                                      "test");
+  ASSERT_TRUE(config.ok()) << config.status();
+  constexpr int64_t kMoments = 64 << 20;
+  CheckpointData data{*config,
+                      std::vector<float>(ParamLayout::ForMamba(*config).total(), 0.5f),
+                      0,
+                      kMoments,
+                      std::vector<float>(kMoments, 0.25f),
+                      std::vector<float>(kMoments, 0.125f),
+                      7,
+                      {}};
+  data.state.step = 7;
+  auto writing = BackgroundCheckpoint::Start(dir, std::move(data), 0, nullptr);
+  ASSERT_TRUE(writing.ok()) << writing.status();
+  (*writing)->Abandon();
+  auto finished = (*writing)->Finish();
+  EXPECT_EQ(finished.status().code(), absl::StatusCode::kCancelled) << finished.status();
+  EXPECT_TRUE(fs::is_empty(dir)) << "left behind: " << fs::directory_iterator(dir)->path();
+  EXPECT_TRUE(ListCheckpoints(dir).empty());
+}
+
 TEST(Train, IncompleteCheckpointsAreNeverPickedUp) {
   const std::string data = MakeDataset("incomplete", 20, 3);
   const std::string out = TempDir("incomplete_out");
