@@ -2,13 +2,11 @@
 // steps at every checkpoint (the rest of the checkpoint is written beside the steps). Compares
 // ways to copy `--gib` GiB of device memory into a new std::vector<float>:
 //   plain      vector(n) (zeroed by one thread: first touch of every page), then cudaMemcpy
-//   populate   the vector's pages populated by T threads first (MADV_POPULATE_WRITE), then as plain
+//   populate   rwr::ZeroedFloats (the pages made resident by up to 8 threads first), then as plain
 //   register   populate, then the vector pinned (cudaHostRegister) for the cudaMemcpy
 //   staged     populate, then 64 MiB pieces through two pinned buffers, copied out by T threads
 // Run on the GPU machine: ./build/gpu/bench/host_copy_bench --gib 8 --threads 8
 #include <cuda_runtime.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -18,7 +16,11 @@
 #include <thread>
 #include <vector>
 
+#include "common/fresh_memory.h"
+
 namespace {
+
+using rwr::ZeroedFloats;
 
 #define CHECK(x)                                                   \
   do {                                                             \
@@ -40,18 +42,6 @@ void Parallel(int threads, size_t n, F f) {  // f(begin, end) over [0, n) in `th
     pool.emplace_back([=] { f(n * t / threads, n * (t + 1) / threads); });
   }
   for (auto& th : pool) th.join();
-}
-
-// The pages of [p, p + bytes) made resident by `threads` threads.
-void Populate(void* p, size_t bytes, int threads) {
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) / page * page;
-  if (end <= begin) return;
-  const size_t pages = (end - begin) / page;
-  Parallel(threads, pages, [&](size_t a, size_t b) {
-    if (b > a) madvise(reinterpret_cast<void*>(begin + a * page), (b - a) * page, 23);
-  });  // 23: MADV_POPULATE_WRITE (Linux 5.14)
 }
 
 }  // namespace
@@ -82,20 +72,14 @@ int main(int argc, char** argv) {
     }
     {
       const double t0 = Now();
-      std::vector<float> v;
-      v.reserve(n);
-      Populate(v.data(), n * 4, threads);
-      v.resize(n);
+      std::vector<float> v = ZeroedFloats(n);
       const double t1 = Now();
       CHECK(cudaMemcpy(v.data(), dev, n * 4, cudaMemcpyDeviceToHost));
       report("populate", t0, t1, Now());
     }
     {
       const double t0 = Now();
-      std::vector<float> v;
-      v.reserve(n);
-      Populate(v.data(), n * 4, threads);
-      v.resize(n);
+      std::vector<float> v = ZeroedFloats(n);
       const double t1 = Now();
       CHECK(cudaHostRegister(v.data(), n * 4, cudaHostRegisterDefault));
       CHECK(cudaMemcpy(v.data(), dev, n * 4, cudaMemcpyDeviceToHost));
@@ -104,10 +88,7 @@ int main(int argc, char** argv) {
     }
     {
       const double t0 = Now();
-      std::vector<float> v;
-      v.reserve(n);
-      Populate(v.data(), n * 4, threads);
-      v.resize(n);
+      std::vector<float> v = ZeroedFloats(n);
       const double t1 = Now();
       constexpr size_t kPiece = (64 << 20) / 4;
       float* pinned[2];

@@ -191,11 +191,10 @@ TEST(Train, ACheckpointWrittenBesideTheStepsHoldsItsOwnStep) {
             ReadAll(resumed + "/checkpoints/step_00000008/optimizer_rank00000.safetensors"));
 }
 
-// Start returns while the files are still being written (here 512 MB of moments, which take
-// tenths of a second to reach the disk), and nothing is published before Finish, even once this
-// rank's files are all written: the other ranks' may not be.
-TEST(BackgroundCheckpoint, StartReturnsBeforeTheWriteAndOnlyFinishPublishes) {
-  const std::string dir = TempDir("background") + "/checkpoints";
+constexpr int64_t kLargeMoments = 64 << 20;  // 512 MB of moments: tenths of a second to write
+
+// A small model with 512 MB of moments, long enough to write that a test sees it under way.
+CheckpointData LargeCheckpointOfStep7() {
   auto config = MambaConfig::FromJson(nlohmann::json{{"hidden_size", 16},
                                                      {"num_hidden_layers", 2},
                                                      {"vocab_size", kVocab},
@@ -204,18 +203,25 @@ TEST(BackgroundCheckpoint, StartReturnsBeforeTheWriteAndOnlyFinishPublishes) {
                                                      {"conv_kernel", 4},
                                                      {"time_step_rank", 2}},
                                       "test");
-  ASSERT_TRUE(config.ok()) << config.status();
-  constexpr int64_t kMoments = 64 << 20;
+  EXPECT_TRUE(config.ok()) << config.status();
   CheckpointData data{*config,
                       std::vector<float>(ParamLayout::ForMamba(*config).total(), 0.5f),
                       0,
-                      kMoments,
-                      std::vector<float>(kMoments, 0.25f),
-                      std::vector<float>(kMoments, 0.125f),
+                      kLargeMoments,
+                      std::vector<float>(kLargeMoments, 0.25f),
+                      std::vector<float>(kLargeMoments, 0.125f),
                       7,
                       {}};
   data.state.step = 7;
-  auto writing = BackgroundCheckpoint::Start(dir, std::move(data), 0, nullptr);
+  return data;
+}
+
+// Start returns while the files are still being written (LargeCheckpointOfStep7), and nothing is
+// published before Finish, even once this rank's files are all written: the other ranks' may not
+// be.
+TEST(BackgroundCheckpoint, StartReturnsBeforeTheWriteAndOnlyFinishPublishes) {
+  const std::string dir = TempDir("background") + "/checkpoints";
+  auto writing = BackgroundCheckpoint::Start(dir, LargeCheckpointOfStep7(), 0, nullptr);
   ASSERT_TRUE(writing.ok()) << writing.status();
   EXPECT_FALSE((*writing)->Written());
   EXPECT_TRUE(fs::exists(dir + "/step_00000007.tmp"));
@@ -226,7 +232,7 @@ TEST(BackgroundCheckpoint, StartReturnsBeforeTheWriteAndOnlyFinishPublishes) {
   EXPECT_EQ(*published, dir + "/step_00000007");
   EXPECT_EQ(ListCheckpoints(dir), std::vector<std::string>{*published});
   EXPECT_FALSE(fs::exists(dir + "/step_00000007.tmp"));
-  EXPECT_GT(fs::file_size(*published + "/optimizer_rank00000.safetensors"), 2 * 4 * kMoments);
+  EXPECT_GT(fs::file_size(*published + "/optimizer_rank00000.safetensors"), 2 * 4 * kLargeMoments);
   EXPECT_GT((*writing)->write_seconds(), 0);
 }
 
@@ -234,26 +240,7 @@ TEST(BackgroundCheckpoint, StartReturnsBeforeTheWriteAndOnlyFinishPublishes) {
 // 64 MiB, and Finish removes what it wrote and says Cancelled.
 TEST(BackgroundCheckpoint, AnAbandonedWriteStopsAndLeavesNothing) {
   const std::string dir = TempDir("abandoned") + "/checkpoints";
-  auto config = MambaConfig::FromJson(nlohmann::json{{"hidden_size", 16},
-                                                     {"num_hidden_layers", 2},
-                                                     {"vocab_size", kVocab},
-                                                     {"state_size", 4},
-                                                     {"expand", 2},
-                                                     {"conv_kernel", 4},
-                                                     {"time_step_rank", 2}},
-                                      "test");
-  ASSERT_TRUE(config.ok()) << config.status();
-  constexpr int64_t kMoments = 64 << 20;
-  CheckpointData data{*config,
-                      std::vector<float>(ParamLayout::ForMamba(*config).total(), 0.5f),
-                      0,
-                      kMoments,
-                      std::vector<float>(kMoments, 0.25f),
-                      std::vector<float>(kMoments, 0.125f),
-                      7,
-                      {}};
-  data.state.step = 7;
-  auto writing = BackgroundCheckpoint::Start(dir, std::move(data), 0, nullptr);
+  auto writing = BackgroundCheckpoint::Start(dir, LargeCheckpointOfStep7(), 0, nullptr);
   ASSERT_TRUE(writing.ok()) << writing.status();
   (*writing)->Abandon();
   auto finished = (*writing)->Finish();
