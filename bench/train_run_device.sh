@@ -39,6 +39,8 @@ for line in open(sys.argv[1]):
     if "step" not in r or "tokens_per_s" not in r:
         continue
     print(f"step {r['step']}: {r['tokens_per_s']:.0f} tok/s, GPU peak {r['peak_mem_gib']:.1f} GiB, "
-          f"host peak {r.get('peak_host_gib', 0):.1f} GiB, host now {r.get('host_gib', 0):.2f} GiB")
+          f"host peak {r.get('peak_host_gib', 0):.1f} GiB, host now {r.get('host_gib', 0):.2f} GiB"
+          + (f", paused {r['checkpoint_pause_s']:.1f} s for a checkpoint"
+             if "checkpoint_pause_s" in r else ""))
 PY
 grep -h "train: checkpoint\|train: waiting" "$out"/train_run_[12].log

@@ -801,6 +801,9 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
   const auto run_start = std::chrono::steady_clock::now();
   auto window_start = run_start;
   int64_t window_tokens = 0, window_steps = 0;
+  // Seconds the steps paused for a checkpoint (its copy, and a wait for the one before) since the
+  // last metrics line: the next line says so beside its lower tokens/s.
+  double checkpoint_pause_s = 0;
   // The step of the newest checkpoint on disk: a stop right after a checkpoint, or a resumed run
   // stopped before its first step, writes none again.
   int64_t saved_step = resumed ? state.step : -1;
@@ -1093,6 +1096,10 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
                    {"loss_tokens", counts[0]},
                    {"skipped", skipped},
                    {"epoch", loader->position().epoch}};
+    if (checkpoint_pause_s > 0) {  // the step's tokens/s counts it
+      record["checkpoint_pause_s"] = checkpoint_pause_s;
+      checkpoint_pause_s = 0;
+    }
 #ifdef RWR_TRAINER_HAVE_CUDA
     if (gpu) {
       record["mfu"] =
@@ -1140,7 +1147,10 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     if (s.checkpoint_every > 0 && state.step % s.checkpoint_every == 0 && state.step < s.steps) {
       // Not past a step the metrics lack, nor with a rank's failure pending.
       RWR_RETURN_IF_ERROR(end_in_step(AgreeOnStatus(rank_failure, *comm)));
+      const auto pause_start = std::chrono::steady_clock::now();
       RWR_RETURN_IF_ERROR(save(SaveWhen::kBesideTheSteps));
+      checkpoint_pause_s +=
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - pause_start).count();
     }
   }
   RWR_RETURN_IF_ERROR(end_in_step(AgreeOnStatus(rank_failure, *comm)));  // from the last step

@@ -191,6 +191,24 @@ TEST(Train, ACheckpointWrittenBesideTheStepsHoldsItsOwnStep) {
             ReadAll(resumed + "/checkpoints/step_00000008/optimizer_rank00000.safetensors"));
 }
 
+// The step after a checkpoint began says how long the steps paused for it (its tokens/s counts
+// the pause); no other step has the key.
+TEST(Train, TheStepAfterACheckpointSaysHowLongTheStepsPaused) {
+  const std::string data = MakeDataset("pause", 20, 2);
+  const std::string out = TempDir("pause_out");
+  SingleRankCommunicator comm;
+  ASSERT_TRUE(Train(MakeConfig(data, out), &comm).ok());  // checkpoint_every 3, 8 steps
+  std::ifstream in(out + "/metrics.jsonl");
+  std::vector<int64_t> paused;
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (!j.contains("checkpoint_pause_s")) continue;
+    paused.push_back(j["step"].get<int64_t>());
+    EXPECT_GT(j["checkpoint_pause_s"].get<double>(), 0) << line;
+  }
+  EXPECT_EQ(paused, (std::vector<int64_t>{4, 7}));
+}
+
 constexpr int64_t kLargeMoments = 64 << 20;  // 512 MB of moments: tenths of a second to write
 
 // A small model with 512 MB of moments, long enough to write that a test sees it under way.
