@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <system_error>
 #include <thread>
 
 #ifndef MADV_POPULATE_WRITE
@@ -27,10 +28,16 @@ std::vector<float> ZeroedFloats(size_t n) {
     std::vector<std::thread> pool;
     for (size_t t = 0; t < threads; ++t) {
       const size_t a = pages * t / threads, b = pages * (t + 1) / threads;
-      // Not populated (an old kernel) is not an error: the zeroing below faults them in.
-      pool.emplace_back([=] {
+      // Not populated (an old kernel, no thread to be had) is not an error: the zeroing below
+      // faults in what is left.
+      auto populate = [=] {
         ::madvise(reinterpret_cast<void*>(begin + a * page), (b - a) * page, MADV_POPULATE_WRITE);
-      });
+      };
+      try {
+        pool.emplace_back(populate);
+      } catch (const std::system_error&) {
+        populate();
+      }
     }
     for (std::thread& th : pool) th.join();
   }

@@ -1,9 +1,11 @@
 // BackgroundCheckpoint; see background_checkpoint.h.
 #include "trainer/background_checkpoint.h"
 
+#include <system_error>
 #include <utility>
 
 #include "common/status.h"
+#include "spdlog/spdlog.h"
 
 namespace rwr::trainer {
 
@@ -21,16 +23,25 @@ absl::StatusOr<std::unique_ptr<BackgroundCheckpoint>> BackgroundCheckpoint::Star
   std::unique_ptr<BackgroundCheckpoint> writing(
       new BackgroundCheckpoint(std::move(checkpoints_dir), std::move(data), keep, comm));
   BackgroundCheckpoint* self = writing.get();
-  self->thread_ = std::thread([self] {
-    const auto start = std::chrono::steady_clock::now();
-    self->status_ =
-        WriteCheckpointFiles(self->checkpoints_dir_, self->data_,
-                             self->comm_ != nullptr ? self->comm_->rank() : 0, &self->abandon_);
-    self->write_seconds_ =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    self->written_.store(true, std::memory_order_release);
-  });
+  try {
+    self->thread_ = std::thread([self] { self->Write(); });
+  } catch (const std::system_error& e) {
+    // No thread to be had (a pids limit, say): written here, as a synchronous save was.
+    spdlog::warn(
+        "train: no thread for the checkpoint of step {} ({}); writing it before the "
+        "steps go on",
+        self->step_, e.what());
+    self->Write();
+  }
   return writing;
+}
+
+void BackgroundCheckpoint::Write() {
+  const auto start = std::chrono::steady_clock::now();
+  status_ = WriteCheckpointFiles(checkpoints_dir_, data_, comm_ != nullptr ? comm_->rank() : 0,
+                                 &abandon_);
+  write_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  written_.store(true, std::memory_order_release);
 }
 
 BackgroundCheckpoint::~BackgroundCheckpoint() {

@@ -54,6 +54,7 @@ class BackgroundCheckpoint {
  private:
   BackgroundCheckpoint(std::string checkpoints_dir, CheckpointData data, int keep,
                        Communicator* comm);
+  void Write();  // this rank's files, on the thread (or inline where none could be started)
   void Join();
 
   const std::string checkpoints_dir_;
