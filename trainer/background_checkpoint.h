@@ -18,6 +18,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "trainer/checkpoint.h"
@@ -50,6 +51,9 @@ class BackgroundCheckpoint {
   void Abandon() { abandon_.store(true, std::memory_order_relaxed); }
   // Seconds this rank's files took to write (after Finish).
   double write_seconds() const { return write_seconds_; }
+  // After Finish: the copy it wrote, whose buffers the next checkpoint's copy reuses (resident
+  // pages take a copy from the GPU 5x faster than fresh ones, and the host held them anyway).
+  CheckpointData TakeData() { return std::move(data_); }
 
  private:
   BackgroundCheckpoint(std::string checkpoints_dir, CheckpointData data, int keep,
@@ -58,7 +62,7 @@ class BackgroundCheckpoint {
   void Join();
 
   const std::string checkpoints_dir_;
-  const CheckpointData data_;
+  CheckpointData data_;
   const int64_t step_;
   const int keep_;
   Communicator* const comm_;

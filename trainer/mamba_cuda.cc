@@ -1573,10 +1573,15 @@ void MambaCuda::SetOverlapOptimizer(bool on) { impl_->overlap_optimizer = on; }
 absl::Status MambaCuda::DownloadOptimizer(std::vector<float>* exp_avg,
                                           std::vector<float>* exp_avg_sq, int64_t* step) const {
   const int64_t n = impl_->shard.size();
-  *exp_avg = ZeroedFloats(n);  // 22 GB at 2.8B on one rank: paged in by several threads
-  *exp_avg_sq = ZeroedFloats(n);
+  // 22 GB at 2.8B on one rank: fresh ones paged in by several threads.
+  if (static_cast<int64_t>(exp_avg->size()) != n) *exp_avg = ZeroedFloats(n);
+  if (static_cast<int64_t>(exp_avg_sq->size()) != n) *exp_avg_sq = ZeroedFloats(n);
   *step = impl_->adam_step;
-  if (impl_->exp_avg.ptr == nullptr) return absl::OkStatus();
+  if (impl_->exp_avg.ptr == nullptr) {  // no update yet: zero
+    std::fill(exp_avg->begin(), exp_avg->end(), 0.f);
+    std::fill(exp_avg_sq->begin(), exp_avg_sq->end(), 0.f);
+    return absl::OkStatus();
+  }
   RWR_RETURN_IF_ERROR(impl_->AwaitAllParams());  // the last AdamW may run on the second stream
   RWR_CUDA(cudaStreamSynchronize(impl_->stream));
   RWR_CUDA(cudaMemcpy(exp_avg->data(), impl_->exp_avg.ptr, n * 4, cudaMemcpyDeviceToHost));

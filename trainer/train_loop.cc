@@ -543,9 +543,9 @@ absl::StatusOr<MambaConfig> ModelConfigFromRunConfig(const Config& config) {
 namespace {
 
 #ifdef RWR_TRAINER_HAVE_CUDA
-// Frees the host's copies of the weights and AdamW moments once the GPU holds them: a checkpoint
-// copies them back from the GPU for as long as it is being written. At 2.8B that is 11 GB of
-// weights and 22 GB / ranks of moments per rank, times the ranks of a node.
+// Frees the host's copies of the weights and AdamW moments once the GPU holds them: until the first
+// checkpoint copies them back from the GPU, the host needs none. At 2.8B that is 11 GB of weights
+// and 22 GB / ranks of moments per rank, times the ranks of a node.
 void ReleaseHostCopies(std::vector<float>& params, AdamW& adamw) {
   params = std::vector<float>();
   adamw.exp_avg() = std::vector<float>();
@@ -825,6 +825,10 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
   // The checkpoint whose files are being written beside the steps, one at a time. Every rank
   // starts and finishes it at the same points, so it is set or not alike on all of them.
   std::unique_ptr<BackgroundCheckpoint> writing;
+  // The last checkpoint's copy, whose buffers the next one reuses: their pages are resident, and
+  // a copy into fresh ones spends most of its time faulting them in (docs/benchmarks.md). The
+  // host held them at the last checkpoint, so the run's peak is the same.
+  CheckpointData spare;
   double copy_seconds = 0;    // the pause of the steps for `writing`'s copy of the state
   bool beside_steps = false;  // `writing` was started to be written while the steps go on
 
@@ -836,7 +840,9 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     if (say_wait && beside_steps && !done->Written()) {
       spdlog::info("train: waiting for the checkpoint of step {} to be written", done->step());
     }
-    RWR_ASSIGN_OR_RETURN(result.last_checkpoint, done->Finish());
+    absl::StatusOr<std::string> published = done->Finish();
+    spare = done->TakeData();
+    RWR_ASSIGN_OR_RETURN(result.last_checkpoint, std::move(published));
     saved_step = done->step();
     spdlog::info("train: checkpoint {} (copied in {:.1f} s, written in {:.1f} s{})",
                  result.last_checkpoint, copy_seconds, done->write_seconds(),
@@ -875,28 +881,41 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     return agreed;
   };
 
-  // This step's state as a checkpoint holds it: copied from the GPU, or of the CPU's live
-  // vectors, which the next steps change. Only rank 0 writes the weights.
+  // This step's state as a checkpoint holds it, in the last checkpoint's buffers (`spare`):
+  // copied from the GPU, or of the CPU's live vectors, which the next steps change. Only rank 0
+  // writes the weights.
   auto copy_state = [&]() -> absl::StatusOr<CheckpointData> {
     const bool lead = comm->rank() == 0;
     CheckpointData data{model_config, {}, range.begin, range.end, {}, {}, adamw.step(), state};
     data.state.loader_position_json = loader->position().ToJson();
     data.state.rng_state = rng.state();
+    if (lead) data.params = std::move(spare.params);
+    data.exp_avg = std::move(spare.exp_avg);
+    data.exp_avg_sq = std::move(spare.exp_avg_sq);
 #ifdef RWR_TRAINER_HAVE_CUDA
     if (gpu) {
       if (lead) {
-        data.params = ZeroedFloats(layout.total());
+        if (static_cast<int64_t>(data.params.size()) != layout.total()) {
+          data.params = ZeroedFloats(layout.total());
+        }
         RWR_RETURN_IF_ERROR(gpu->DownloadParams(data.params));
       }
       RWR_RETURN_IF_ERROR(gpu->DownloadOptimizer(&data.exp_avg, &data.exp_avg_sq, &data.opt_step));
       return data;
     }
 #endif
-    if (lead) data.params = params;
+    if (lead) data.params.assign(params.begin(), params.end());
     // Before the first update AdamW has no moments yet: they are zero.
     const size_t n = static_cast<size_t>(range.end - range.begin);
-    data.exp_avg = adamw.exp_avg().empty() ? std::vector<float>(n) : adamw.exp_avg();
-    data.exp_avg_sq = adamw.exp_avg_sq().empty() ? std::vector<float>(n) : adamw.exp_avg_sq();
+    auto copy_moments = [n](const std::vector<float>& from, std::vector<float>& to) {
+      if (from.empty()) {
+        to.assign(n, 0.f);
+      } else {
+        to.assign(from.begin(), from.end());
+      }
+    };
+    copy_moments(adamw.exp_avg(), data.exp_avg);
+    copy_moments(adamw.exp_avg_sq(), data.exp_avg_sq);
     return data;
   };
 
