@@ -342,6 +342,34 @@ TEST_P(MambaCudaTest, ThreeAdamWStepsMatchTorch) {
   }
 }
 
+// A checkpoint downloads the moments into the last checkpoint's vectors: what they held before
+// never shows, before the first update (zeros) or after it (the moments of a fresh download).
+TEST_P(MambaCudaTest, DownloadOptimizerIntoUsedVectorsGivesWhatAFreshOneDoes) {
+  Fixture f = LoadFixture();
+  auto model = *MambaCuda::Create(f.model.config, GetParam());
+  ASSERT_TRUE(model->UploadParams(f.model.params).ok());
+  const size_t n =
+      static_cast<size_t>(model->optimizer_range().end - model->optimizer_range().begin);
+  std::vector<float> m(n, 7.f), v(n, 7.f);
+  int64_t step = -1;
+  ASSERT_TRUE(model->DownloadOptimizer(&m, &v, &step).ok());
+  EXPECT_EQ(step, 0);
+  EXPECT_EQ(m, std::vector<float>(n, 0.f));
+  EXPECT_EQ(v, std::vector<float>(n, 0.f));
+  ASSERT_TRUE(model->ZeroGrads().ok());
+  ASSERT_TRUE(model->ForwardBackward(f.batch(), 0, 1.f / f.count).ok());
+  ASSERT_TRUE(model->ClipAndStep(1.0, 1e-2, {0.9, 0.95, 1e-8, 0.1}).ok());
+  std::fill(m.begin(), m.end(), 7.f);
+  std::fill(v.begin(), v.end(), 7.f);
+  std::vector<float> fresh_m, fresh_v;
+  ASSERT_TRUE(model->DownloadOptimizer(&m, &v, &step).ok());
+  ASSERT_TRUE(model->DownloadOptimizer(&fresh_m, &fresh_v, &step).ok());
+  EXPECT_EQ(step, 1);
+  EXPECT_EQ(m, fresh_m);
+  EXPECT_EQ(v, fresh_v);
+  EXPECT_NE(fresh_v, std::vector<float>(n, 0.f));
+}
+
 // On one GPU AdamW runs bucket by bucket on a second stream, overlapping the next forward (each
 // layer waits for its own bucket): the same losses, logits, weights and moments to the bit as the
 // update run in line, through steps, an evaluation forward and the downloads.
