@@ -75,6 +75,11 @@ void RegisterCheckpointCommands(CLI::App& app) {
         std::cout << "complete checkpoints in " << d.string() << ":\n";
         for (const auto& c : all) std::cout << "  " << fs::path(c).filename().string() << "\n";
       }
+      for (const auto& c : trainer::UnpublishedCheckpoints(d.string())) {
+        std::cout << "not published: " << fs::path(c).filename().string()
+                  << " (being written, or left by a run that stopped; never resumed from, the "
+                     "next save clears it)\n";
+      }
     }
     RWR_ASSIGN_OR_RETURN(std::string dir, trainer::ResolveCheckpointDir(options->dir));
     const std::vector<std::string> problems = CheckpointProblems(dir);

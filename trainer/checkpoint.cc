@@ -227,6 +227,21 @@ std::vector<std::string> ListCheckpoints(const std::string& checkpoints_dir) {
   return out;
 }
 
+std::vector<std::string> UnpublishedCheckpoints(const std::string& checkpoints_dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(checkpoints_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    // step_NNNNNNNN.tmp; a removal's step_NNNNNNNN.removing.tmp is not one.
+    if (name.size() == 17 && name.substr(13) == ".tmp" && StepOf(name.substr(0, 13)) &&
+        entry.is_directory(ec)) {
+      out.push_back(entry.path().string());
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 std::optional<std::string> LatestCheckpoint(const std::string& checkpoints_dir) {
   auto all = ListCheckpoints(checkpoints_dir);
   if (all.empty()) return std::nullopt;

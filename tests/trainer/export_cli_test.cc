@@ -298,6 +298,13 @@ TEST(CheckpointInspectCli, MissingOrTruncatedFilesAreAnErrorNamingTheFile) {
   CommandResult whole = RunRwr("checkpoint inspect " + ckpt);
   ASSERT_EQ(whole.exit_code, 0) << whole.output;
   EXPECT_NE(whole.output.find("every file whole"), std::string::npos) << whole.output;
+  // A checkpoint being written beside the steps (or left by a stopped run) is named as such.
+  fs::create_directories(run + "/checkpoints/step_00000009.tmp");
+  CommandResult writing = RunRwr("checkpoint inspect " + run);
+  ASSERT_EQ(writing.exit_code, 0) << writing.output;
+  EXPECT_NE(writing.output.find("not published: step_00000009.tmp (being written"),
+            std::string::npos)
+      << writing.output;
 
   const std::string optimizer = ckpt + "/optimizer_rank00000.safetensors";
   fs::resize_file(optimizer, fs::file_size(optimizer) - 4);

@@ -282,6 +282,8 @@ TEST(Train, IncompleteCheckpointsAreNeverPickedUp) {
   fs::copy(ckpts + "/step_00000003", ckpts + "/step_00000050", fs::copy_options::recursive);
   fs::remove(ckpts + "/step_00000050/DONE");
   EXPECT_EQ(LatestCheckpoint(ckpts), ckpts + "/step_00000003");
+  fs::create_directories(ckpts + "/step_00000002.removing.tmp");  // a removal's: not a checkpoint
+  EXPECT_EQ(UnpublishedCheckpoints(ckpts), std::vector<std::string>{ckpts + "/step_00000099.tmp"});
   EXPECT_EQ(ResolveCheckpointDir(ckpts + "/step_00000050").status().code(),
             absl::StatusCode::kFailedPrecondition);
   auto resumed = Train(MakeConfig(data, out, {"train.steps=4"}), &comm);
