@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <utility>
 
 #include "common/dir_lock.h"
 #include "common/fresh_memory.h"
@@ -97,6 +98,7 @@ struct Settings {
          clip_norm = 1.0;
   int64_t warmup_steps = 0, log_every = 1, eval_every = 0, eval_batches = 4, checkpoint_every = 0,
           keep_checkpoints = 3, max_nonfinite = 5, max_steps_this_run = 0;
+  double checkpoint_every_s = 1800;
   uint64_t seed = 0;
   int threads = 0;
   bool resume = true;
@@ -128,6 +130,7 @@ absl::StatusOr<Settings> ReadSettings(const Config& c) {
   RWR_ASSIGN_OR_RETURN(s.eval_every, c.Get<int64_t>("train.eval_every"));
   RWR_ASSIGN_OR_RETURN(s.eval_batches, c.Get<int64_t>("train.eval_batches"));
   RWR_ASSIGN_OR_RETURN(s.checkpoint_every, c.Get<int64_t>("train.checkpoint_every"));
+  RWR_ASSIGN_OR_RETURN(s.checkpoint_every_s, c.Get<double>("train.checkpoint_every_s"));
   RWR_ASSIGN_OR_RETURN(s.keep_checkpoints, c.Get<int64_t>("train.keep_checkpoints"));
   RWR_ASSIGN_OR_RETURN(s.max_nonfinite, c.Get<int64_t>("train.max_nonfinite"));
   RWR_ASSIGN_OR_RETURN(s.max_steps_this_run, c.Get<int64_t>("train.max_steps_this_run"));
@@ -156,8 +159,8 @@ absl::StatusOr<Settings> ReadSettings(const Config& c) {
   RWR_RETURN_IF_ERROR(positive(s.max_nonfinite, "train.max_nonfinite"));
   RWR_RETURN_IF_ERROR(positive(s.eval_batches, "train.eval_batches"));
   // Counts where 0 means "off" or "the default": a negative one would silently mean the same.
-  auto non_negative = [](int64_t v, const char* key, const char* zero) -> absl::Status {
-    if (v < 0) {
+  auto non_negative = [](auto v, const char* key, const char* zero) -> absl::Status {
+    if (!(v >= 0)) {  // a NaN too
       return absl::InvalidArgumentError(
           fmt::format("config key '{}' must be >= 0 ({}), got {}", key, zero, v));
     }
@@ -171,6 +174,8 @@ absl::StatusOr<Settings> ReadSettings(const Config& c) {
   RWR_RETURN_IF_ERROR(
       non_negative(s.checkpoint_every, "train.checkpoint_every", "0: only at the end"));
   RWR_RETURN_IF_ERROR(non_negative(s.keep_checkpoints, "train.keep_checkpoints", "0: keep all"));
+  RWR_RETURN_IF_ERROR(
+      non_negative(s.checkpoint_every_s, "train.checkpoint_every_s", "0: by steps only"));
   RWR_RETURN_IF_ERROR(
       non_negative(s.max_steps_this_run, "train.max_steps_this_run", "0: no limit"));
   if (s.lr <= 0 || s.min_lr < 0 || s.min_lr > s.lr) {
@@ -502,6 +507,7 @@ train:
   eval_every: 0
   eval_batches: 4
   checkpoint_every: 0
+  checkpoint_every_s: 1800
   keep_checkpoints: 3
   max_nonfinite: 5
   max_steps_this_run: 0
@@ -825,6 +831,8 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
   // The checkpoint whose files are being written beside the steps, one at a time. Every rank
   // starts and finishes it at the same points, so it is set or not alike on all of them.
   std::unique_ptr<BackgroundCheckpoint> writing;
+  auto last_checkpoint_start = run_start;  // train.checkpoint_every_s counts from here
+  bool checkpoint_due = false;             // by time, agreed in stop_agreed
   // The last checkpoint's copy, whose buffers the next one reuses: their pages are resident, and
   // a copy into fresh ones spends most of its time faulting them in (docs/benchmarks.md). The
   // host held them at the last checkpoint, so the run's peak is the same.
@@ -928,6 +936,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
       if (when == SaveWhen::kAtAStop) give_up_writing();
       RWR_RETURN_IF_ERROR(finish_writing());
       const auto copy_start = std::chrono::steady_clock::now();
+      last_checkpoint_start = copy_start;
       RWR_ASSIGN_OR_RETURN(CheckpointData data, copy_state());
       copy_seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - copy_start).count();
@@ -947,12 +956,19 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
   // stopped alone would leave the others waiting in a collective. One rank: the signal itself.
   // The same sum says whether every rank has written its part of the checkpoint under way, which
   // is then published.
+  // Rank 0's clock, too, says whether train.checkpoint_every_s has passed since the last
+  // checkpoint began (or the run started): the step then ends with one (checkpoint_due).
   auto stop_agreed = [&]() -> absl::StatusOr<bool> {
+    const bool time_due =
+        comm->rank() == 0 && s.checkpoint_every_s > 0 &&
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - last_checkpoint_start)
+                .count() >= s.checkpoint_every_s;
     std::vector<double> flags = {ShutdownRequested() ? 1.0 : 0.0, rank_failure.ok() ? 0.0 : 1.0,
-                                 writing && !writing->Written() ? 1.0 : 0.0};
+                                 writing && !writing->Written() ? 1.0 : 0.0, time_due ? 1.0 : 0.0};
     RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(flags)));
     if (flags[1] > 0) return end_in_step(AgreeOnStatus(rank_failure, *comm));
     if (writing && flags[2] == 0) RWR_RETURN_IF_ERROR(finish_writing());
+    if (flags[3] > 0) checkpoint_due = true;
     return flags[0] > 0;
   };
   auto signal_text = [] {
@@ -1163,7 +1179,9 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
       window_tokens = 0;
       window_steps = 0;
     }
-    if (s.checkpoint_every > 0 && state.step % s.checkpoint_every == 0 && state.step < s.steps) {
+    const bool by_steps = s.checkpoint_every > 0 && state.step % s.checkpoint_every == 0;
+    const bool by_time = std::exchange(checkpoint_due, false);
+    if ((by_steps || by_time) && state.step < s.steps) {
       // Not past a step the metrics lack, nor with a rank's failure pending.
       RWR_RETURN_IF_ERROR(end_in_step(AgreeOnStatus(rank_failure, *comm)));
       const auto pause_start = std::chrono::steady_clock::now();

@@ -195,6 +195,31 @@ TEST(Train, ACheckpointWrittenBesideTheStepsHoldsItsOwnStep) {
   }
 }
 
+// train.checkpoint_every_s: a checkpoint once that long has passed since the last began (rank 0's
+// clock, agreed with the stop flag), besides train.checkpoint_every's and the run's last.
+TEST(Train, CheckpointsComeByTimeToo) {
+  const std::string data = MakeDataset("by_time", 20, 2);
+  SingleRankCommunicator comm;
+  const std::string every_step = TempDir("by_time_every_step");
+  ASSERT_TRUE(Train(MakeConfig(data, every_step,
+                               {"train.steps=4", "train.checkpoint_every=0",
+                                "train.checkpoint_every_s=1e-9", "train.keep_checkpoints=0"}),
+                    &comm)
+                  .ok());
+  const std::string ckpts = every_step + "/checkpoints/";
+  EXPECT_EQ(ListCheckpoints(ckpts),
+            (std::vector<std::string>{ckpts + "step_00000001", ckpts + "step_00000002",
+                                      ckpts + "step_00000003", ckpts + "step_00000004"}));
+  const std::string hourly = TempDir("by_time_hourly");
+  ASSERT_TRUE(Train(MakeConfig(data, hourly,
+                               {"train.steps=4", "train.checkpoint_every=0",
+                                "train.checkpoint_every_s=3600", "train.keep_checkpoints=0"}),
+                    &comm)
+                  .ok());
+  EXPECT_EQ(ListCheckpoints(hourly + "/checkpoints"),
+            std::vector<std::string>{hourly + "/checkpoints/step_00000004"});
+}
+
 // The step after a checkpoint began says how long the steps paused for it (its tokens/s counts
 // the pause); no other step has the key.
 TEST(Train, TheStepAfterACheckpointSaysHowLongTheStepsPaused) {
@@ -386,6 +411,8 @@ TEST(Train, OutOfRangeOrContradictorySettingsAreErrorsNamingTheKey) {
       {"train.eval_batches=0", "train.eval_batches"},
       {"train.eval_every=-1", "train.eval_every"},
       {"train.checkpoint_every=-3", "train.checkpoint_every"},
+      {"train.checkpoint_every_s=-1", "train.checkpoint_every_s"},
+      {"train.checkpoint_every_s=-0.5", "train.checkpoint_every_s"},
       {"train.keep_checkpoints=-1", "train.keep_checkpoints"},
       {"train.warmup_steps=-2", "train.warmup_steps"},
       {"train.max_steps_this_run=-1", "train.max_steps_this_run"},
