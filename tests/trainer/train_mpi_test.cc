@@ -177,6 +177,25 @@ TEST_F(RWR_TEST_SUITE, TwoRanksTrainAsOneRankAccumulatingTwo) {
   EXPECT_LT(worst, 1e-4);
 }
 
+// train.checkpoint_every_s runs on rank 0's clock, agreed with the stop flag: every rank takes
+// each checkpoint at the same step (here every step), and each one is whole.
+TEST_F(RWR_TEST_SUITE, CheckpointsByTimeAreTakenByEveryRankAtOneStep) {
+  const std::string data = MakeDataset(8);
+  const std::string out = TempDir("by_time");
+  CommandResult r = RunRwr(2, TrainArgs(data, out, 1, 1, 3) +
+                                  " --set train.checkpoint_every=0"
+                                  " --set train.checkpoint_every_s=1e-9");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string ckpts = out + "/checkpoints/";
+  const std::vector<std::string> all = ListCheckpoints(ckpts);
+  EXPECT_EQ(all, (std::vector<std::string>{ckpts + "step_00000001", ckpts + "step_00000002",
+                                           ckpts + "step_00000003"}));
+  for (const std::string& c : all) {
+    auto loaded = LoadCheckpoint(c);
+    EXPECT_TRUE(loaded.ok()) << c << ": " << loaded.status();
+  }
+}
+
 TEST_F(RWR_TEST_SUITE, ResumesBitForBitAndOnAnotherNumberOfRanks) {
   const std::string data = MakeDataset(24);
   const std::string straight = TempDir("straight"), split = TempDir("split");
