@@ -77,8 +77,8 @@ void RegisterCheckpointCommands(CLI::App& app) {
       }
       for (const auto& c : trainer::UnpublishedCheckpoints(d.string())) {
         std::cout << "not published: " << fs::path(c).filename().string()
-                  << " (being written, or left by a run that stopped; never resumed from, the "
-                     "next save clears it)\n";
+                  << " (being written, or left by a run that was killed; never resumed from "
+                     "until published, and the next save clears a leftover)\n";
       }
     }
     RWR_ASSIGN_OR_RETURN(std::string dir, trainer::ResolveCheckpointDir(options->dir));

@@ -572,6 +572,9 @@ absl::Status SafetensorsWriter::WriteFile(const std::string& path,
     }
     return absl::OkStatus();
   }));
+  if (abandon != nullptr && abandon->load(std::memory_order_relaxed)) {  // before the flush
+    return absl::CancelledError(fmt::format("{}: write abandoned", path));
+  }
   return file.Commit();
 }
 

@@ -119,8 +119,9 @@ class SafetensorsWriter {
   uint64_t data_bytes() const { return data_bytes_; }
   size_t num_tensors() const { return tensors_.size(); }
   std::string Serialize() const;                          // the whole file, in memory
-  // path.tmp, fsync, rename. With `abandon`, looked at every 64 MiB: once it is set the write
-  // stops with Cancelled and leaves nothing (a checkpoint given up for a newer one).
+  // path.tmp, fsync, rename. With `abandon`, looked at every 64 MiB and before the fsync: once it
+  // is set the write stops with Cancelled and leaves nothing (a checkpoint given up for a newer
+  // one); an fsync under way is not interrupted.
   absl::Status WriteFile(const std::string& path, const std::atomic<bool>* abandon = nullptr) const;
 
   // Where Emit puts the file's bytes, in order.

@@ -31,6 +31,7 @@ absl::StatusOr<std::unique_ptr<BackgroundCheckpoint>> BackgroundCheckpoint::Star
         "train: no thread for the checkpoint of step {} ({}); writing it before the "
         "steps go on",
         self->step_, e.what());
+    self->beside_ = false;
     self->Write();
   }
   return writing;
@@ -46,16 +47,16 @@ void BackgroundCheckpoint::Write() {
 
 BackgroundCheckpoint::~BackgroundCheckpoint() {
   Abandon();
-  Join();
+  Join().IgnoreError();  // the run is ending on another error
 }
 
-void BackgroundCheckpoint::Join() {
+absl::Status BackgroundCheckpoint::Join() {
   if (thread_.joinable()) thread_.join();
+  return status_;
 }
 
 absl::StatusOr<std::string> BackgroundCheckpoint::Finish() {
-  Join();
-  return FinishCheckpoint(checkpoints_dir_, step_, keep_, status_, comm_);
+  return FinishCheckpoint(checkpoints_dir_, step_, keep_, Join(), comm_);
 }
 
 }  // namespace rwr::trainer

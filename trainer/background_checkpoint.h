@@ -33,7 +33,7 @@ class BackgroundCheckpoint {
                                                                      CheckpointData data, int keep,
                                                                      Communicator* comm);
   // Where Finish was not called (a run ending on another error), abandons the write and waits
-  // for it to stop (within 64 MiB); what it wrote stays a .tmp, which no resume reads and the
+  // for it to stop (Abandon); what it wrote stays a .tmp, which no resume reads and the
   // next save clears.
   ~BackgroundCheckpoint();
   BackgroundCheckpoint(const BackgroundCheckpoint&) = delete;
@@ -45,12 +45,19 @@ class BackgroundCheckpoint {
   // Waits for this rank's files, then publishes once every rank's are in (collective). Returns
   // the checkpoint's directory, or the failure of any rank's part on every rank. Call once.
   absl::StatusOr<std::string> Finish();
-  // Stops the write within 64 MiB, for a newer checkpoint that is about to be written (a stop's):
+  // Stops the write within 64 MiB of writing (or the file flush under way), for a newer checkpoint
+  // that is about to be written (a stop's):
   // the Finish that follows removes the .tmp and returns Cancelled, unless every rank's part was
   // already in, which it then publishes. Every rank calls it at the same point.
   void Abandon() { abandon_.store(true, std::memory_order_relaxed); }
+  // Waits for this rank's files and returns how their write went (this rank's alone; Finish
+  // agrees it with the other ranks).
+  absl::Status Join();
   // Seconds this rank's files took to write (after Finish).
   double write_seconds() const { return write_seconds_; }
+  // Written on its own thread, beside what the caller did meanwhile (not inline, where no thread
+  // could be started).
+  bool written_beside() const { return beside_; }
   // After Finish: the copy it wrote, whose buffers the next checkpoint's copy reuses (resident
   // pages take a copy from the GPU 5x faster than fresh ones, and the host held them anyway).
   CheckpointData TakeData() { return std::move(data_); }
@@ -59,7 +66,6 @@ class BackgroundCheckpoint {
   BackgroundCheckpoint(std::string checkpoints_dir, CheckpointData data, int keep,
                        Communicator* comm);
   void Write();  // this rank's files, on the thread (or inline where none could be started)
-  void Join();
 
   const std::string checkpoints_dir_;
   CheckpointData data_;
@@ -68,6 +74,7 @@ class BackgroundCheckpoint {
   Communicator* const comm_;
   absl::Status status_;  // the thread's result, read after Join
   double write_seconds_ = 0;
+  bool beside_ = true;
   std::atomic<bool> written_{false};
   std::atomic<bool> abandon_{false};
   std::thread thread_;

@@ -87,8 +87,8 @@ absl::StatusOr<std::string> FinishCheckpoint(const std::string& checkpoints_dir,
 // Complete checkpoints (DONE present) in checkpoints_dir, ascending by step.
 std::vector<std::string> ListCheckpoints(const std::string& checkpoints_dir);
 // Checkpoints begun and not published in checkpoints_dir (`step_NNNNNNNN.tmp`, ascending): one
-// being written beside the steps, or left by a run that stopped mid-write. Never resumed from; the
-// next save clears them.
+// being written beside the steps, or left by a run killed mid-write. Never resumed from; the next
+// save clears a leftover.
 std::vector<std::string> UnpublishedCheckpoints(const std::string& checkpoints_dir);
 // The newest complete checkpoint, or nullopt.
 std::optional<std::string> LatestCheckpoint(const std::string& checkpoints_dir);

@@ -172,7 +172,7 @@ absl::StatusOr<Settings> ReadSettings(const Config& c) {
   RWR_RETURN_IF_ERROR(non_negative(s.warmup_steps, "train.warmup_steps", "0: no warmup"));
   RWR_RETURN_IF_ERROR(non_negative(s.eval_every, "train.eval_every", "0: no evaluation"));
   RWR_RETURN_IF_ERROR(
-      non_negative(s.checkpoint_every, "train.checkpoint_every", "0: only at the end"));
+      non_negative(s.checkpoint_every, "train.checkpoint_every", "0: not by steps"));
   RWR_RETURN_IF_ERROR(non_negative(s.keep_checkpoints, "train.keep_checkpoints", "0: keep all"));
   RWR_RETURN_IF_ERROR(
       non_negative(s.checkpoint_every_s, "train.checkpoint_every_s", "0: by steps only"));
@@ -842,38 +842,52 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
 
   // Publishes `writing` once every rank's part is written (waiting for this rank's), and frees
   // its copy of the state.
-  auto finish_writing = [&](bool say_wait = true) -> absl::Status {
-    if (!writing) return absl::OkStatus();
+  // Ends `writing`: waits for this rank's part, then publishes it where every rank's is in
+  // (collective), keeps its buffers for the next copy and says so. Returns the agreed failure.
+  auto end_writing = [&]() -> absl::Status {
     const std::unique_ptr<BackgroundCheckpoint> done = std::move(writing);
-    if (say_wait && beside_steps && !done->Written()) {
-      spdlog::info("train: waiting for the checkpoint of step {} to be written", done->step());
-    }
     absl::StatusOr<std::string> published = done->Finish();
     spare = done->TakeData();
-    RWR_ASSIGN_OR_RETURN(result.last_checkpoint, std::move(published));
+    if (!published.ok()) return published.status();
+    result.last_checkpoint = *published;
     saved_step = done->step();
     spdlog::info("train: checkpoint {} (copied in {:.1f} s, written in {:.1f} s{})",
                  result.last_checkpoint, copy_seconds, done->write_seconds(),
-                 beside_steps ? " while the steps went on" : "");
+                 beside_steps && done->written_beside() ? " while the steps went on" : "");
     return absl::OkStatus();
   };
 
+  // Publishes `writing` once every rank's part is written (waiting for this rank's).
+  auto finish_writing = [&]() -> absl::Status {
+    if (!writing) return absl::OkStatus();
+    if (beside_steps && !writing->Written()) {
+      spdlog::info("train: waiting for the checkpoint of step {} to be written", writing->step());
+    }
+    return end_writing();
+  };
+
   // A stop's checkpoint (a signal, max_steps_this_run) supersedes an older one still being
-  // written: that one is given up within 64 MiB rather than waited for, so that a stop writes one
-  // checkpoint in Slurm's grace, not two (the run's last checkpoint waits: every checkpoint a
-  // finished run was asked for is there). Where every rank's part was in after all, it is
-  // published. Its failure is agreed (AgreeOnStatus: failed on every rank or on none), so every
-  // rank goes on alike.
+  // written: that one is given up (within 64 MiB of writing, or the file flush under way) rather
+  // than waited for, so that a stop writes one checkpoint in Slurm's grace, not two (the run's last
+  // checkpoint waits: every checkpoint a finished run was asked for is there). Where every rank's
+  // part was in after all, it is published. Its failure is agreed (AgreeOnStatus: failed on every
+  // rank or on none), so every rank goes on alike; a rank whose own write had failed says why.
   auto give_up_writing = [&]() {
     if (!writing || writing->step() == state.step) return;
     const int64_t step = writing->step();
     writing->Abandon();
-    if (absl::Status finished = finish_writing(/*say_wait=*/false); !finished.ok()) {
+    const absl::Status own = writing->Join();
+    if (!own.ok() && !absl::IsCancelled(own)) {
+      spdlog::warn(
+          "train: the checkpoint of step {} failed on this rank ({}); step {}'s is written "
+          "instead",
+          step, std::string(own.message()), state.step);
+    }
+    if (!end_writing().ok()) {
       spdlog::info(
           "train: the checkpoint of step {}, still being written, is given up for step "
-          "{}'s{}",
-          step, state.step,
-          absl::IsCancelled(finished) ? "" : fmt::format(" ({})", std::string(finished.message())));
+          "{}'s",
+          step, state.step);
     }
   };
 
