@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/fresh_memory.h"
 #include "common/status.h"
 #include "fmt/format.h"
 #include "storage/safetensors.h"
@@ -333,8 +334,8 @@ absl::StatusOr<CheckpointData> LoadCheckpoint(const std::string& dir,
   const ShardRange want = range.value_or(ShardRange{0, total});
   data.opt_begin = want.begin;
   data.opt_end = want.end;
-  data.exp_avg.assign(want.size(), 0.f);
-  data.exp_avg_sq.assign(want.size(), 0.f);
+  data.exp_avg = ZeroedFloats(want.size());  // 22 GB at 2.8B on one rank: paged in by threads
+  data.exp_avg_sq = ZeroedFloats(want.size());
   // The moments of `want` from whichever rank files hold them: a run may resume with another
   // number of ranks than wrote the checkpoint (each file's range is in its metadata).
   int64_t covered = 0;

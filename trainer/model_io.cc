@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/fresh_memory.h"
 #include "common/status.h"
 #include "fmt/format.h"
 #include "trainer/rng.h"
@@ -18,7 +19,7 @@ absl::Status LoadWeights(const std::string& dir, const MambaConfig& config,
                          std::vector<float>* params) {
   RWR_ASSIGN_OR_RETURN(auto model, storage::SafetensorsModel::Open(dir));
   const ParamLayout layout = ParamLayout::ForMamba(config);
-  params->assign(layout.total(), 0.f);
+  *params = ZeroedFloats(layout.total());  // 11 GB at 2.8B: paged in by several threads
   for (const ParamSpec& spec : layout.specs()) {
     std::string name = spec.name;
     const storage::TensorInfo* info = model->Find(name);
