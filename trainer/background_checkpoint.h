@@ -8,8 +8,8 @@
 //   RWR_ASSIGN_OR_RETURN(std::string published, writing->Finish());   // once the sum is 0
 //
 // Start and Finish are collective (BeginCheckpoint, FinishCheckpoint); the thread makes none, so
-// the communicator stays with the training thread. One checkpoint is written at a time: its host
-// copy is freed when it is destroyed.
+// the communicator stays with the training thread. One checkpoint is written at a time; after
+// Finish, TakeData hands its host copy back for the next one to copy into.
 #pragma once
 
 #include <atomic>
@@ -46,9 +46,9 @@ class BackgroundCheckpoint {
   // the checkpoint's directory, or the failure of any rank's part on every rank. Call once.
   absl::StatusOr<std::string> Finish();
   // Stops the write within 64 MiB of writing (or the file flush under way), for a newer checkpoint
-  // that is about to be written (a stop's):
-  // the Finish that follows removes the .tmp and returns Cancelled, unless every rank's part was
-  // already in, which it then publishes. Every rank calls it at the same point.
+  // that is about to be written (a stop's): the Finish that follows removes the .tmp and returns
+  // Cancelled, unless every rank's part was already in, which it then publishes. Every rank calls
+  // it at the same point.
   void Abandon() { abandon_.store(true, std::memory_order_relaxed); }
   // Waits for this rank's files and returns how their write went (this rank's alone; Finish
   // agrees it with the other ranks).
