@@ -23,7 +23,7 @@ train:
   lr: 1.0e-4
   warmup_steps: 1
   checkpoint_every: $checkpoint_every
-  keep_checkpoints: 2
+  keep_checkpoints: 1
   log_every: 1
   device: cuda
 EOF
