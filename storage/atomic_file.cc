@@ -32,17 +32,6 @@ absl::Status WriteAll(int fd, const void* data, size_t size, const std::string& 
   return absl::OkStatus();
 }
 
-absl::Status SyncDirectoryOf(const std::string& path) {
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0) return ErrnoError("cannot open directory", dir);
-  int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) return ErrnoError("cannot fsync directory", dir);
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 AtomicFile::~AtomicFile() {
@@ -77,7 +66,8 @@ absl::Status AtomicFile::Commit() {
   }
   fd_ = -1;
   if (::rename(tmp_.c_str(), path_.c_str()) != 0) return ErrnoError("cannot rename to", path_);
-  return SyncDirectoryOf(path_);
+  const std::string dir = std::filesystem::path(path_).parent_path().string();
+  return SyncDirectory(dir.empty() ? "." : dir);
 }
 
 absl::Status WriteFileAtomically(const std::string& path, std::string_view bytes) {
@@ -85,6 +75,19 @@ absl::Status WriteFileAtomically(const std::string& path, std::string_view bytes
   RWR_RETURN_IF_ERROR(file.Open());
   RWR_RETURN_IF_ERROR(file.Write(bytes.data(), bytes.size()));
   return file.Commit();
+}
+
+absl::Status SyncDirectory(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrnoError("cannot open directory", dir);
+  const int synced = ::fsync(fd);
+  const int error = errno;
+  ::close(fd);
+  if (synced != 0 && error != EINVAL) {
+    errno = error;
+    return ErrnoError("cannot fsync directory", dir);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace rwr::storage

@@ -34,4 +34,8 @@ class AtomicFile {
 // Writes `bytes` to `path` through an AtomicFile.
 absl::Status WriteFileAtomically(const std::string& path, std::string_view bytes);
 
+// fsyncs the directory `dir`, so that a rename into it or a file made in it survives a power loss
+// or a node crash. EINVAL, a file system that cannot sync a directory, is not an error.
+absl::Status SyncDirectory(const std::string& dir);
+
 }  // namespace rwr::storage

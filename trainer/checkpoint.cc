@@ -1,18 +1,14 @@
 // Checkpoint save/list/load; see checkpoint.h.
 #include "trainer/checkpoint.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 
 #include "common/fresh_memory.h"
 #include "common/status.h"
 #include "fmt/format.h"
+#include "storage/atomic_file.h"
 #include "storage/safetensors.h"
 #include "trainer/model_io.h"
 #include "trainer/param_layout.h"
@@ -22,33 +18,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-
-absl::Status WriteText(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-  out.close();
-  if (!out) return absl::UnavailableError(fmt::format("cannot write {}", path.string()));
-  return absl::OkStatus();
-}
-
-// fsync, so that a checkpoint called complete survives a power loss or a node crash. A failure
-// (EIO: the data never reached the disk) is an error; EINVAL, a file system that cannot sync a
-// directory, is not.
-absl::Status SyncPath(const fs::path& path, bool directory) {
-  const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
-  if (fd < 0) {
-    return absl::UnavailableError(
-        fmt::format("cannot open {} to sync it: {}", path.string(), std::strerror(errno)));
-  }
-  const int synced = ::fsync(fd);
-  const int error = errno;
-  ::close(fd);
-  if (synced != 0 && !(directory && error == EINVAL)) {
-    return absl::UnavailableError(
-        fmt::format("cannot sync {}: {}", path.string(), std::strerror(error)));
-  }
-  return absl::OkStatus();
-}
 
 // Removes a checkpoint (or a leftover) so that no reader ever sees part of it: it leaves the
 // listing in one rename to a `.tmp` name, and a crash during the removal that follows leaves
@@ -70,13 +39,15 @@ std::optional<int64_t> StepOf(const std::string& name) {
   return std::stoll(name.substr(5));
 }
 
-// This rank's files of a checkpoint into `dir`, each synced: the optimizer moments of its range,
-// and on the lead rank the model and the trainer state.
+// This rank's files of a checkpoint into `dir`, each written atomically and synced (so that a
+// checkpoint called complete survives a power loss or a node crash): the optimizer moments of
+// its range, and on the lead rank the model and the trainer state.
 absl::Status WriteRankFiles(const fs::path& dir, const CheckpointData& data, int rank, bool lead,
                             const std::atomic<bool>* abandon) {
   if (lead) {
     RWR_RETURN_IF_ERROR(SaveModelDir(dir.string(), data.config, data.params, {.abandon = abandon}));
-    RWR_RETURN_IF_ERROR(WriteText(dir / "trainer_state.json", data.state.ToJson().dump(2) + "\n"));
+    RWR_RETURN_IF_ERROR(storage::WriteFileAtomically((dir / "trainer_state.json").string(),
+                                                     data.state.ToJson().dump(2) + "\n"));
   }
   storage::SafetensorsWriter opt;
   opt.SetMetadata("range_begin", std::to_string(data.opt_begin));
@@ -86,15 +57,7 @@ absl::Status WriteRankFiles(const fs::path& dir, const CheckpointData& data, int
   RWR_RETURN_IF_ERROR(opt.AddFloat("exp_avg", {n}, data.exp_avg));
   RWR_RETURN_IF_ERROR(opt.AddFloat("exp_avg_sq", {n}, data.exp_avg_sq));
   const fs::path opt_path = dir / OptimizerFileName(rank);
-  RWR_RETURN_IF_ERROR(opt.WriteFile(opt_path.string(), abandon));
-  RWR_RETURN_IF_ERROR(SyncPath(opt_path, false));
-  if (lead) {
-    for (const auto& entry : fs::directory_iterator(dir)) {
-      if (entry.path().filename().string().rfind("optimizer_rank", 0) == 0) continue;
-      RWR_RETURN_IF_ERROR(SyncPath(entry.path(), false));
-    }
-  }
-  return absl::OkStatus();
+  return opt.WriteFile(opt_path.string(), abandon);
 }
 
 // Where a checkpoint of `step` is written before it is published.
@@ -122,19 +85,18 @@ absl::Status PrepareTmp(const std::string& checkpoints_dir, const fs::path& tmp)
   return absl::OkStatus();
 }
 
-// DONE written and synced last, then the directory renamed into the listing.
+// DONE written and synced last (with its directory), then the directory renamed into the listing.
 absl::Status Publish(const std::string& checkpoints_dir, const fs::path& tmp,
                      const fs::path& final_dir, int64_t step) {
-  RWR_RETURN_IF_ERROR(WriteText(tmp / "DONE", fmt::format("step {}\n", step)));
-  RWR_RETURN_IF_ERROR(SyncPath(tmp / "DONE", false));
-  RWR_RETURN_IF_ERROR(SyncPath(tmp, true));
+  RWR_RETURN_IF_ERROR(
+      storage::WriteFileAtomically((tmp / "DONE").string(), fmt::format("step {}\n", step)));
   if (fs::exists(final_dir)) RemoveCheckpointDir(final_dir);  // re-save of the same step
   std::error_code ec;
   fs::rename(tmp, final_dir, ec);
   if (ec) {
     return absl::UnavailableError(fmt::format("cannot rename {}: {}", tmp.string(), ec.message()));
   }
-  return SyncPath(checkpoints_dir, true);
+  return storage::SyncDirectory(checkpoints_dir);
 }
 
 // Every rank learns whether every rank's part succeeded, as AgreeOnStatus says: a failure is then

@@ -4,11 +4,11 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 
 #include "common/fresh_memory.h"
 #include "common/status.h"
 #include "fmt/format.h"
+#include "storage/atomic_file.h"
 #include "trainer/rng.h"
 
 namespace rwr::trainer {
@@ -72,10 +72,7 @@ absl::Status SaveModelDir(const std::string& dir, const MambaConfig& config,
   j["torch_dtype"] = options.dtype == storage::DType::kBF16  ? "bfloat16"
                      : options.dtype == storage::DType::kF16 ? "float16"
                                                              : "float32";
-  std::ofstream out(fs::path(dir) / "config.json");
-  out << j.dump(2) << "\n";
-  if (!out) return absl::UnavailableError(fmt::format("cannot write {}/config.json", dir));
-  return absl::OkStatus();
+  return storage::WriteFileAtomically((fs::path(dir) / "config.json").string(), j.dump(2) + "\n");
 }
 
 std::vector<float> InitParams(const MambaConfig& c, uint64_t seed) {
