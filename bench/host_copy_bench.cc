@@ -85,76 +85,72 @@ int main(int argc, char** argv) {
     std::printf("%-9s %6.2f s  (%5.1f GB/s; host memory ready %.2f s, copy %.2f s)\n", name,
                 t2 - t0, n * 4 / (t2 - t0) / 1e9, t1 - t0, t2 - t1);
   };
+  auto copy = [&](std::vector<float>& v) {
+    CHECK(cudaMemcpy(v.data(), dev, n * 4, cudaMemcpyDeviceToHost));
+  };
+  // One way: host memory made by `make`, then filled by `fill`; both timed.
+  auto time = [&](const char* name, auto make, auto fill) {
+    const double t0 = Now();
+    std::vector<float> v = make();
+    const double t1 = Now();
+    fill(v);
+    report(name, t0, t1, Now());
+    return v;
+  };
   for (int round = 0; round < 2; ++round) {
+    time(
+        "plain", [&] { return std::vector<float>(n); }, copy);
     {
-      const double t0 = Now();
-      std::vector<float> v(n);
-      const double t1 = Now();
-      CHECK(cudaMemcpy(v.data(), dev, n * 4, cudaMemcpyDeviceToHost));
-      report("plain", t0, t1, Now());
-    }
-    {
-      const double t0 = Now();
-      std::vector<float> v = ZeroedFloats(n);
-      const double t1 = Now();
-      CHECK(cudaMemcpy(v.data(), dev, n * 4, cudaMemcpyDeviceToHost));
-      report("populate", t0, t1, Now());
+      std::vector<float> v = time(
+          "populate", [&] { return ZeroedFloats(n); }, copy);
       const double t3 = Now();  // the same, resident memory again: what kept buffers would cost
-      CHECK(cudaMemcpy(v.data(), dev, n * 4, cudaMemcpyDeviceToHost));
+      copy(v);
       report("resident", t3, t3, Now());
     }
-    {
-      const double t0 = Now();
-      std::vector<float> v = HugeZeroedFloats(n, threads);
-      const double t1 = Now();
-      CHECK(cudaMemcpy(v.data(), dev, n * 4, cudaMemcpyDeviceToHost));
-      report("huge", t0, t1, Now());
-    }
-    {
-      const double t0 = Now();
-      std::vector<float> v = ZeroedFloats(n);
-      const double t1 = Now();
-      CHECK(cudaHostRegister(v.data(), n * 4, cudaHostRegisterDefault));
-      CHECK(cudaMemcpy(v.data(), dev, n * 4, cudaMemcpyDeviceToHost));
-      CHECK(cudaHostUnregister(v.data()));
-      report("register", t0, t1, Now());
-    }
-    {
-      const double t0 = Now();
-      std::vector<float> v = ZeroedFloats(n);
-      const double t1 = Now();
-      constexpr size_t kPiece = (64 << 20) / 4;
-      float* pinned[2];
-      cudaEvent_t done[2];
-      cudaStream_t stream;
-      CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-      for (int b = 0; b < 2; ++b) {
-        CHECK(cudaMallocHost(&pinned[b], kPiece * 4));
-        CHECK(cudaEventCreateWithFlags(&done[b], cudaEventDisableTiming));
-      }
-      const size_t pieces = (n + kPiece - 1) / kPiece;
-      auto issue = [&](size_t i) {
-        const size_t off = i * kPiece, len = std::min(kPiece, n - off);
-        CHECK(cudaMemcpyAsync(pinned[i % 2], dev + off, len * 4, cudaMemcpyDeviceToHost, stream));
-        CHECK(cudaEventRecord(done[i % 2], stream));
-      };
-      issue(0);
-      for (size_t i = 0; i < pieces; ++i) {
-        CHECK(cudaEventSynchronize(done[i % 2]));
-        if (i + 1 < pieces) issue(i + 1);
-        const size_t off = i * kPiece, len = std::min(kPiece, n - off);
-        const float* src = pinned[i % 2];
-        Parallel(threads, len, [&](size_t a, size_t b) {
-          std::memcpy(v.data() + off + a, src + a, (b - a) * 4);
+    time(
+        "huge", [&] { return HugeZeroedFloats(n, threads); }, copy);
+    time(
+        "register", [&] { return ZeroedFloats(n); },
+        [&](std::vector<float>& v) {
+          CHECK(cudaHostRegister(v.data(), n * 4, cudaHostRegisterDefault));
+          copy(v);
+          CHECK(cudaHostUnregister(v.data()));
         });
-      }
-      for (int b = 0; b < 2; ++b) {
-        CHECK(cudaFreeHost(pinned[b]));
-        CHECK(cudaEventDestroy(done[b]));
-      }
-      CHECK(cudaStreamDestroy(stream));
-      report("staged", t0, t1, Now());
-    }
+    time(
+        "staged", [&] { return ZeroedFloats(n); },
+        [&](std::vector<float>& v) {
+          constexpr size_t kPiece = (64 << 20) / 4;
+          float* pinned[2];
+          cudaEvent_t done[2];
+          cudaStream_t stream;
+          CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+          for (int b = 0; b < 2; ++b) {
+            CHECK(cudaMallocHost(&pinned[b], kPiece * 4));
+            CHECK(cudaEventCreateWithFlags(&done[b], cudaEventDisableTiming));
+          }
+          const size_t pieces = (n + kPiece - 1) / kPiece;
+          auto issue = [&](size_t i) {
+            const size_t off = i * kPiece, len = std::min(kPiece, n - off);
+            CHECK(
+                cudaMemcpyAsync(pinned[i % 2], dev + off, len * 4, cudaMemcpyDeviceToHost, stream));
+            CHECK(cudaEventRecord(done[i % 2], stream));
+          };
+          issue(0);
+          for (size_t i = 0; i < pieces; ++i) {
+            CHECK(cudaEventSynchronize(done[i % 2]));
+            if (i + 1 < pieces) issue(i + 1);
+            const size_t off = i * kPiece, len = std::min(kPiece, n - off);
+            const float* src = pinned[i % 2];
+            Parallel(threads, len, [&](size_t a, size_t b) {
+              std::memcpy(v.data() + off + a, src + a, (b - a) * 4);
+            });
+          }
+          for (int b = 0; b < 2; ++b) {
+            CHECK(cudaFreeHost(pinned[b]));
+            CHECK(cudaEventDestroy(done[b]));
+          }
+          CHECK(cudaStreamDestroy(stream));
+        });
   }
   CHECK(cudaFree(dev));
   return 0;

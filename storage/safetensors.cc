@@ -562,19 +562,20 @@ absl::Status SafetensorsWriter::WriteFile(const std::string& path,
                                           const std::atomic<bool>* abandon) const {
   AtomicFile file(path);  // a failed write leaves no .tmp behind
   RWR_RETURN_IF_ERROR(file.Open());
+  auto abandoned = [&] {
+    return abandon != nullptr && abandon->load(std::memory_order_relaxed)
+               ? absl::CancelledError(fmt::format("{}: write abandoned", path))
+               : absl::OkStatus();
+  };
   constexpr size_t kPiece = size_t{64} << 20;  // a tensor of moments is 11 GB at 2.8B
   RWR_RETURN_IF_ERROR(Emit([&](std::string_view bytes) {
     for (size_t at = 0; at < bytes.size(); at += kPiece) {
-      if (abandon != nullptr && abandon->load(std::memory_order_relaxed)) {
-        return absl::CancelledError(fmt::format("{}: write abandoned", path));
-      }
+      RWR_RETURN_IF_ERROR(abandoned());
       RWR_RETURN_IF_ERROR(file.Write(bytes.data() + at, std::min(kPiece, bytes.size() - at)));
     }
     return absl::OkStatus();
   }));
-  if (abandon != nullptr && abandon->load(std::memory_order_relaxed)) {  // before the flush
-    return absl::CancelledError(fmt::format("{}: write abandoned", path));
-  }
+  RWR_RETURN_IF_ERROR(abandoned());  // before the flush
   return file.Commit();
 }
 

@@ -903,6 +903,9 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     return agreed;
   };
 
+  // rank_failure agreed at a point every rank reaches: OK, or the failure every rank ends on.
+  auto agree_on_rank_failure = [&]() { return end_in_step(AgreeOnStatus(rank_failure, *comm)); };
+
   // This step's state as a checkpoint holds it, in the last checkpoint's buffers (`spare`):
   // copied from the GPU, or of the CPU's live vectors, which the next steps change. Only rank 0
   // writes the weights.
@@ -980,7 +983,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     std::vector<double> flags = {ShutdownRequested() ? 1.0 : 0.0, rank_failure.ok() ? 0.0 : 1.0,
                                  writing && !writing->Written() ? 1.0 : 0.0, time_due ? 1.0 : 0.0};
     RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(flags)));
-    if (flags[1] > 0) return end_in_step(AgreeOnStatus(rank_failure, *comm));
+    if (flags[1] > 0) return agree_on_rank_failure();
     if (writing && flags[2] == 0) RWR_RETURN_IF_ERROR(finish_writing());
     if (flags[3] > 0) checkpoint_due = true;
     return flags[0] > 0;
@@ -1023,7 +1026,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     }
     sums.push_back(rank_failure.ok() ? 0.0 : 1.0);
     RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(sums)));
-    if (sums[2] > 0) return end_in_step(AgreeOnStatus(rank_failure, *comm));
+    if (sums[2] > 0) return agree_on_rank_failure();
     return sums[1] > 0 ? sums[0] / sums[1] : 0.0;
   };
 
@@ -1051,7 +1054,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
       positions += mb.batch_size * mb.seq_len;
     }
     RWR_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(counts)));
-    if (counts[1] > 0) return end_in_step(AgreeOnStatus(rank_failure, *comm));
+    if (counts[1] > 0) return agree_on_rank_failure();
     std::vector<double> loss_sum = {0};
     const float scale = counts[0] > 0 ? static_cast<float>(1.0 / counts[0]) : 0.f;
     const double lr = schedule.At(state.step);
@@ -1197,14 +1200,14 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     const bool by_time = std::exchange(checkpoint_due, false);
     if ((by_steps || by_time) && state.step < s.steps) {
       // Not past a step the metrics lack, nor with a rank's failure pending.
-      RWR_RETURN_IF_ERROR(end_in_step(AgreeOnStatus(rank_failure, *comm)));
+      RWR_RETURN_IF_ERROR(agree_on_rank_failure());
       const auto pause_start = std::chrono::steady_clock::now();
       RWR_RETURN_IF_ERROR(save(SaveWhen::kBesideTheSteps));
       checkpoint_pause_s +=
           std::chrono::duration<double>(std::chrono::steady_clock::now() - pause_start).count();
     }
   }
-  RWR_RETURN_IF_ERROR(end_in_step(AgreeOnStatus(rank_failure, *comm)));  // from the last step
+  RWR_RETURN_IF_ERROR(agree_on_rank_failure());  // from the last step
   RWR_RETURN_IF_ERROR(save(SaveWhen::kAtTheEnd));
   return finish(/*interrupted=*/false);
 }

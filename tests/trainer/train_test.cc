@@ -200,24 +200,26 @@ TEST(Train, ACheckpointWrittenBesideTheStepsHoldsItsOwnStep) {
 TEST(Train, CheckpointsComeByTimeToo) {
   const std::string data = MakeDataset("by_time", 20, 2);
   SingleRankCommunicator comm;
-  const std::string every_step = TempDir("by_time_every_step");
-  ASSERT_TRUE(Train(MakeConfig(data, every_step,
-                               {"train.steps=4", "train.checkpoint_every=0",
-                                "train.checkpoint_every_s=1e-9", "train.keep_checkpoints=0"}),
-                    &comm)
-                  .ok());
-  const std::string ckpts = every_step + "/checkpoints/";
-  EXPECT_EQ(ListCheckpoints(ckpts),
-            (std::vector<std::string>{ckpts + "step_00000001", ckpts + "step_00000002",
-                                      ckpts + "step_00000003", ckpts + "step_00000004"}));
-  const std::string hourly = TempDir("by_time_hourly");
-  ASSERT_TRUE(Train(MakeConfig(data, hourly,
-                               {"train.steps=4", "train.checkpoint_every=0",
-                                "train.checkpoint_every_s=3600", "train.keep_checkpoints=0"}),
-                    &comm)
-                  .ok());
-  EXPECT_EQ(ListCheckpoints(hourly + "/checkpoints"),
-            std::vector<std::string>{hourly + "/checkpoints/step_00000004"});
+  // The steps a 4-step run checkpoints with train.checkpoint_every_s `every_s` (and by steps
+  // never).
+  auto checkpointed = [&](const std::string& name, const std::string& every_s) {
+    const std::string out = TempDir(name);
+    EXPECT_TRUE(
+        Train(MakeConfig(data, out,
+                         {"train.steps=4", "train.checkpoint_every=0",
+                          "train.checkpoint_every_s=" + every_s, "train.keep_checkpoints=0"}),
+              &comm)
+            .ok());
+    std::vector<std::string> steps;
+    for (const std::string& c : ListCheckpoints(out + "/checkpoints")) {
+      steps.push_back(fs::path(c).filename().string());
+    }
+    return steps;
+  };
+  EXPECT_EQ(checkpointed("by_time_every_step", "1e-9"),
+            (std::vector<std::string>{"step_00000001", "step_00000002", "step_00000003",
+                                      "step_00000004"}));
+  EXPECT_EQ(checkpointed("by_time_hourly", "3600"), std::vector<std::string>{"step_00000004"});
 }
 
 // The step after a checkpoint began says how long the steps paused for it (its tokens/s counts
