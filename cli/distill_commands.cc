@@ -198,8 +198,7 @@ absl::StatusOr<teacher::DistillSummary> DistillWaitingForTheTeacher(
     const auto now = std::chrono::steady_clock::now();
     if (!down_since.has_value()) down_since = now;
     const double waited_s = std::chrono::duration<double>(now - *down_since).count();
-    if (!teacher::TeacherOutagePolicy::MayComeBack(unusable.code()) ||
-        waited_s >= outage.outage_s) {
+    if (outage.GivesUp(unusable.code(), waited_s)) {
       if (waited_s > 0) {
         unusable = absl::Status(
             unusable.code(), fmt::format("{}; unusable for {} (distill.teacher_outage_s {})",
@@ -241,6 +240,7 @@ absl::Status RunDistillCommand(RunFlags& f) {
                        config.GetOr<double>("distill.negative_fraction", run.negative_fraction));
   RWR_ASSIGN_OR_RETURN(run.items_in_flight,
                        config.GetOr<int>("distill.items_in_flight", 2 * client.concurrency));
+  RWR_ASSIGN_OR_RETURN(const teacher::TeacherOutagePolicy outage, TeacherOutageFrom(config));
   if (!std::filesystem::is_regular_file(f.input)) {
     return absl::NotFoundError(fmt::format("--input {}: no such file", f.input));
   }
@@ -252,7 +252,6 @@ absl::Status RunDistillCommand(RunFlags& f) {
                        OpenCacheForWriting(f.cache, config));
   RWR_ASSIGN_OR_RETURN(std::unique_ptr<teacher::NoteCache> cache,
                        teacher::NoteCache::Open(store.get()));
-  RWR_ASSIGN_OR_RETURN(const teacher::TeacherOutagePolicy outage, TeacherOutageFrom(config));
   RWR_ASSIGN_OR_RETURN(
       teacher::DistillSummary summary,
       DistillWaitingForTheTeacher(f.teacher, client, extractive, outage, run, *cache));

@@ -118,6 +118,11 @@ struct TeacherOutagePolicy {
   // unreachable (UNAVAILABLE, DEADLINE_EXCEEDED). A refused token or a server that is not a
   // teacher (UNAUTHENTICATED, PERMISSION_DENIED, UNIMPLEMENTED, ...) will not mend by waiting.
   static bool MayComeBack(absl::StatusCode code);
+  // Whether a teacher that failed with `code` and has been unusable for `waited_s` is given up:
+  // waiting cannot mend it, or it has waited outage_s.
+  bool GivesUp(absl::StatusCode code, double waited_s) const {
+    return !MayComeBack(code) || waited_s >= outage_s;
+  }
   // The delay after a failed try that came `previous_s` after the one before (0: the first).
   double NextDelay(double previous_s) const;
   // Either value out of range, as an error naming the config keys.

@@ -451,10 +451,6 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     };
     absl::StatusOr<DistillSummary> summary = RunDistill(run, **teacher, *cache_);
     teacher->reset();
-    if (summary.ok() && summary->counts.teacher_answers > 0 && !answered) {
-      std::lock_guard<std::mutex> lock(mu_);
-      TeacherAnsweredLocked(job.teacher());
-    }
     if (!summary.ok()) {
       Finish(id, v1::Job::FAILED, std::string(summary.status().message()));
       return;
@@ -561,7 +557,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     const int64_t since_ms = job.waiting_since_unix_ms() > 0 ? job.waiting_since_unix_ms() : now_ms;
     const double waited_s = (now_ms - since_ms) / 1000.0;
     const TeacherOutagePolicy& policy = options_.teacher_outage;
-    if (!TeacherOutagePolicy::MayComeBack(code) || waited_s >= policy.outage_s) {
+    if (policy.GivesUp(code, waited_s)) {
       const std::string waited = waited_s > 0
                                      ? fmt::format("; the teacher has been unusable since {} ({})",
                                                    UtcTime(since_ms), FormatDuration(waited_s))

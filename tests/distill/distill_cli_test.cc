@@ -708,7 +708,8 @@ TEST_F(DistillCliTest, RunWaitsForATeacherThatIsDownAndFinishesWhenItIsBack) {
 }
 
 // A pass that got answers ends the outage it waited through: the teacher down at the start, up,
-// then down again mid-run past the first wait's limit — the run waits afresh, and finishes.
+// then down again mid-run, and back only after the first wait's limit — the run waits afresh on
+// a new clock, and finishes.
 TEST_F(DistillCliTest, RunWaitsAfreshWhenTheTeacherAnsweredInBetween) {
   constexpr int kItems = 400;
   const std::string input = (dir_ / "data.jsonl").string();
@@ -716,19 +717,22 @@ TEST_F(DistillCliTest, RunWaitsAfreshWhenTheTeacherAnsweredInBetween) {
   const int port = testing::FreePort();
   std::vector<std::string> argv = RunOnPort(
       input, port, CacheDir(),
-      {"distill.teacher_outage_s=2", "teacher.connect_timeout_s=0.3", "teacher.max_attempts=2"});
+      {"distill.teacher_outage_s=3", "teacher.connect_timeout_s=0.3", "teacher.max_attempts=2"});
   argv.insert(argv.end(), {"--concurrency", "4"});
   Subprocess run(argv, (dir_ / "run.log").string());
   ASSERT_TRUE(run.started());
   const fs::path log = dir_ / "run.log";
   ASSERT_TRUE(WaitUntil([&] { return Waits(log) >= 1; }, 30)) << testing::ReadFile(log);
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // most of the 2 s allowed
+  const auto first_wait = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // half of the 3 s allowed
   auto server = StartTeacher(/*latency_s=*/0.02, port);
   ASSERT_TRUE(server);
   ASSERT_TRUE(WaitUntil([&] { return server->stats().served >= 40; }, 30));
   const size_t before = Waits(log);
-  server.reset();  // down again, mid-run, past the first wait's limit
+  server.reset();  // down again, mid-run
   ASSERT_TRUE(WaitUntil([&] { return Waits(log) > before; }, 30)) << testing::ReadFile(log);
+  // Past the first wait's limit: a run still on that clock would have given up by now.
+  std::this_thread::sleep_until(first_wait + std::chrono::milliseconds(3500));
   server = StartTeacher(/*latency_s=*/0, port);
   ASSERT_TRUE(server);
   EXPECT_EQ(run.Wait(60), 0) << testing::ReadFile(dir_ / "run.log");

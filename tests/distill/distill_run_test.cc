@@ -115,6 +115,31 @@ class DistillRunTest : public ::testing::Test {
   std::unique_ptr<NoteCache> cache_;
 };
 
+// The outage policy both commands share: delays double from retry_s up to 5 minutes, a teacher
+// is given up once waiting cannot mend it or it has waited outage_s, and values out of range are
+// one error naming both keys.
+TEST(TeacherOutagePolicy, DelaysDoubleToTheCapAndAWaitEndsAtTheLimit) {
+  const TeacherOutagePolicy policy{.outage_s = 3600, .retry_s = 15};
+  EXPECT_EQ(policy.NextDelay(0), 15);
+  EXPECT_EQ(policy.NextDelay(15), 30);
+  EXPECT_EQ(policy.NextDelay(240), 300);
+  EXPECT_EQ(policy.NextDelay(300), 300);
+  EXPECT_FALSE(policy.GivesUp(absl::StatusCode::kUnavailable, 3599));
+  EXPECT_TRUE(policy.GivesUp(absl::StatusCode::kUnavailable, 3600));
+  EXPECT_FALSE(policy.GivesUp(absl::StatusCode::kDeadlineExceeded, 0));
+  EXPECT_TRUE(policy.GivesUp(absl::StatusCode::kUnauthenticated, 0));
+  EXPECT_TRUE((TeacherOutagePolicy{.outage_s = 0}).GivesUp(absl::StatusCode::kUnavailable, 0));
+  EXPECT_TRUE(policy.Check().ok());
+  for (const TeacherOutagePolicy bad :
+       {TeacherOutagePolicy{.outage_s = -1}, TeacherOutagePolicy{.retry_s = 0},
+        TeacherOutagePolicy{.outage_s = 31 * 86400.0}}) {
+    const absl::Status checked = bad.Check();
+    EXPECT_EQ(checked.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(checked.message().find("distill.teacher_outage_s"), std::string::npos) << checked;
+    EXPECT_NE(checked.message().find("distill.teacher_retry_s"), std::string::npos) << checked;
+  }
+}
+
 TEST_F(DistillRunTest, CountsAddUpAndARerunAsksTheTeacherNothing) {
   ScriptedTeacher teacher({});  // extractive inside, counts calls
   DistillSummary first = Run(teacher);
