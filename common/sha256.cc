@@ -6,6 +6,7 @@
 #include <fstream>
 #include <vector>
 
+#include "common/openssl.h"
 #include "fmt/format.h"
 
 namespace rwr {
@@ -18,7 +19,7 @@ void Check(int ok) {
 }
 }  // namespace
 
-Sha256::Sha256() : context_(EVP_MD_CTX_new()) {
+Sha256::Sha256() : context_((InitOpenSsl(), EVP_MD_CTX_new())) {
   if (context_ == nullptr) std::abort();
   Check(EVP_DigestInit_ex(Ctx(context_), EVP_sha256(), nullptr));
 }

@@ -5,7 +5,6 @@
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/channel_arguments.h>
-#include <openssl/crypto.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -14,6 +13,7 @@
 #include <sstream>
 
 #include "absl/synchronization/mutex.h"
+#include "common/openssl.h"
 #include "common/status.h"
 #include "fmt/format.h"
 #include "kserve/grpc_service.grpc.pb.h"
@@ -21,15 +21,9 @@
 namespace rwr::teacher {
 namespace {
 
-// gRPC's threads may still be connecting when the process exits: a TLS handshake in flight, or a
-// reconnect after one failed. OpenSSL's atexit cleanup would free its locks and tables under them
-// (a segfault at exit, after the work and its message were done: 1 run in ~100 of a test whose
-// handshake fails). Without that cleanup the process ends with them, as it should. OpenSSL's first
-// initialisation decides whether the cleanup is registered, hence a static initialiser in the file
-// every client and server links. Keep OpenSSL out of other static initialisers (a global built with
-// Sha256Hex, say): one that ran first would register the cleanup after all.
-[[maybe_unused]] const bool kOpenSslKeepsItsStateAtExit =
-    OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, nullptr) == 1;
+// Before gRPC's first TLS use (common/openssl.h): a static initialiser in the file every client
+// and server links.
+[[maybe_unused]] const bool kOpenSslInitialised = (InitOpenSsl(), true);
 
 }  // namespace
 
