@@ -28,6 +28,12 @@
 namespace rwr::teacher {
 namespace {
 
+// A job no longer waiting for its teacher: the line and the clock the wait kept.
+void ClearWaiting(v1::Job& job) {
+  job.clear_waiting();
+  job.clear_waiting_since_unix_ms();
+}
+
 int64_t NowUnixMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -101,8 +107,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
                      job.job_id());
         v1::Job& cancelled = jobs_[job.job_id()];
         cancelled.set_state(v1::Job::CANCELLED);
-        cancelled.clear_waiting();
-        cancelled.clear_waiting_since_unix_ms();
+        ClearWaiting(cancelled);
         cancelled.set_items_per_second(0);
         cancelled.set_eta_seconds(0);
         cancelled.set_updated_unix_ms(NowUnixMs());
@@ -304,8 +309,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     if (job.state() == v1::Job::QUEUED) {
       queue_.erase(std::remove(queue_.begin(), queue_.end(), job.job_id()), queue_.end());
       job.set_state(v1::Job::CANCELLED);
-      job.clear_waiting();
-      job.clear_waiting_since_unix_ms();
+      ClearWaiting(job);
       job.set_updated_unix_ms(NowUnixMs());
       if (absl::Status saved = Persist(job); !saved.ok()) return ToGrpc(saved);
       DropUnusedOutageLocked(job.teacher());
@@ -522,8 +526,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
       j.set_state(state);
       j.set_error(error);
       j.set_eta_seconds(Terminal(state) ? 0 : -1);
-      j.clear_waiting();
-      j.clear_waiting_since_unix_ms();
+      ClearWaiting(j);
     });
     if (Terminal(state)) DropUnusedOutageLocked(jobs_[id].teacher());
   }
@@ -616,10 +619,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     for (auto& [id, job] : jobs_) {
       if (Terminal(job.state()) || job.teacher() != teacher || job.waiting_since_unix_ms() == 0)
         continue;
-      ChangeLocked(id, [](v1::Job& j) {
-        j.clear_waiting();
-        j.clear_waiting_since_unix_ms();
-      });
+      ChangeLocked(id, [](v1::Job& j) { ClearWaiting(j); });
     }
   }
 
