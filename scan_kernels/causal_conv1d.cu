@@ -449,6 +449,51 @@ absl::Status DispatchBackward(const CausalConv1dParams& p, const CausalConv1dGra
   }
 }
 
+// The single-token step (Step): one thread per (row, channel) reads its W − 1 inputs of state,
+// the token and its weights, writes the output and the shifted state. The forward's kernels are
+// built for tiles of tokens and pay their set-up at T = 1; this is the step's floor, a read and a
+// write of the state. Same sum order as PreActivation: the forward's bits.
+template <typename E, int W>
+__global__ void __launch_bounds__(kConvThreads) ConvStepKernel(CausalConv1dParams p) {
+  const int64_t b = blockIdx.y;
+  const int64_t d = blockIdx.x * int64_t{kConvThreads} + threadIdx.x;
+  if (d >= p.dim) return;
+  const bool reset = p.resets != nullptr && p.resets[b * p.resets_batch_stride] != 0;
+  const int64_t at = (b * p.dim + d) * (W - 1);
+  float win[W];
+#pragma unroll
+  for (int k = 0; k < W - 1; ++k) win[k] = reset ? 0.f : p.initial_state[at + k];
+  win[W - 1] = ToFloat<E>(static_cast<const E*>(p.x)[b * p.x_strides.batch + d]);
+  float acc = p.bias != nullptr ? p.bias[d] : 0.f;
+#pragma unroll
+  for (int k = 0; k < W; ++k) acc += p.weight[d * W + k] * win[k];
+  if (p.silu) acc *= ConvSigmoid(acc);
+  static_cast<E*>(p.out)[b * p.out_strides.batch + d] = FromFloat<E>(acc);
+#pragma unroll
+  for (int k = 0; k < W - 1; ++k) p.final_state[at + k] = win[k + 1];
+}
+
+template <typename E, int W>
+absl::Status LaunchConvStep(const CausalConv1dParams& p, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((p.dim + kConvThreads - 1) / kConvThreads),
+                  static_cast<unsigned>(p.batch));
+  ConvStepKernel<E, W><<<grid, kConvThreads, 0, stream>>>(p);
+  RWR_CUDA_LAUNCH();
+  return absl::OkStatus();
+}
+
+template <typename E>
+absl::Status DispatchStep(const CausalConv1dParams& p, cudaStream_t stream) {
+  switch (p.width) {
+    case 2:
+      return LaunchConvStep<E, 2>(p, stream);
+    case 3:
+      return LaunchConvStep<E, 3>(p, stream);
+    default:
+      return LaunchConvStep<E, 4>(p, stream);
+  }
+}
+
 }  // namespace
 
 int64_t ConvWorkspaceBytes(const CausalConv1dParams& p) {
@@ -483,7 +528,9 @@ absl::Status Step(const CausalConv1dParams& p, CUstream_st* stream) {
     return absl::InvalidArgumentError(
         "causal conv1d step: needs seqlen 1 and both initial_state and final_state");
   }
-  return Forward(p, stream);
+  RWR_RETURN_IF_ERROR(CanImplement(p, Backend::kCuda));
+  return p.dtype == DType::kBF16 ? DispatchStep<__nv_bfloat16>(p, stream)
+                                 : DispatchStep<float>(p, stream);
 }
 
 }  // namespace rwr::scan

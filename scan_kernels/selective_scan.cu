@@ -1477,14 +1477,4 @@ absl::Status Backward(const SelectiveScanParams& p, const SelectiveScanGrads& g,
                                  : LaunchBackward<float>(p, g, stream);
 }
 
-absl::Status Step(const SelectiveScanParams& p, CUstream_st* stream) {
-  if (p.seqlen != 1 || p.initial_state == nullptr || p.final_state == nullptr) {
-    return absl::InvalidArgumentError(
-        "selective scan step: needs seqlen 1 and both initial_state and final_state");
-  }
-  SelectiveScanParams one = p;
-  one.workspace = nullptr;  // one token: one chunk, no checkpoints
-  return Forward(one, stream);
-}
-
 }  // namespace rwr::scan

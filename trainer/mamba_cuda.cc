@@ -30,6 +30,7 @@
 #include "scan_kernels/causal_conv1d.h"
 #include "scan_kernels/selective_scan.h"
 #include "spdlog/spdlog.h"
+#include "trainer/few_rows_linear.h"
 #include "trainer/gemm_runner.h"
 #include "trainer/mamba_cuda_kernels.h"
 #include "trainer/nccl_collectives.h"
@@ -344,6 +345,11 @@ struct MambaCuda::Impl {
   };
   DecodeGraph decode_graph;
   bool decode_graphs = true;
+  // Whether A = −exp(A_log) (`A`) is that of the parameters as they are now: a full ComputeA ran
+  // after their last change. A decode step's graph holds no A of its own (64 launches a step at
+  // 2.8B for values that change only with the parameters); DecodeStepWithGraph brings A up to
+  // date before it replays one.
+  bool a_current = false;
   void DropDecodeGraph() {
     if (decode_graph.exec != nullptr) cudaGraphExecDestroy(decode_graph.exec);
     decode_graph = {};
@@ -465,13 +471,24 @@ struct MambaCuda::Impl {
   absl::Status Timed(const char* kind, const char* what, F&& call) {
     return Timed(kind, what, nullptr, std::forward<F>(call));
   }
+  // One token a row with the state carried out (generation's decode steps): the kernels'
+  // single-token steps, which read and write the state once and nothing more.
+  static bool IsStep(int64_t seqlen, const float* final_state) {
+    return seqlen == 1 && final_state != nullptr;
+  }
   absl::Status ScanForward(const scan::SelectiveScanParams& p) {
+    if (IsStep(p.seqlen, p.final_state)) {
+      return Timed("scan", "step", [&] { return scan::Step(p, stream); });
+    }
     return Timed("scan", "fwd", [&] { return scan::Forward(p, stream); });
   }
   absl::Status ScanBackward(const scan::SelectiveScanParams& p, const scan::SelectiveScanGrads& g) {
     return Timed("scan", "bwd", [&] { return scan::Backward(p, g, stream); });
   }
   absl::Status ConvForward(const scan::CausalConv1dParams& p) {
+    if (IsStep(p.seqlen, p.final_state)) {
+      return Timed("conv", "step", [&] { return scan::Step(p, stream); });
+    }
     return Timed("conv", "fwd", [&] { return scan::Forward(p, stream); });
   }
   absl::Status ConvBackward(const scan::CausalConv1dParams& p, const scan::CausalConv1dGrads& g) {
@@ -493,6 +510,20 @@ struct MambaCuda::Impl {
   absl::Status Linear(const char* what, const void* X, int64_t ldx, const void* Wt, void* Y,
                       bool y_f32, int64_t ldy, int64_t M, int64_t N, int64_t K, float beta = 0.f,
                       bool timed = true) {
+    // A few rows (a decode step's): one kernel that reads each bf16 weight once.
+    const cuda::FewRowsLinear few{.x = X,
+                                  .ldx = ldx,
+                                  .w = Wt,
+                                  .y = Y,
+                                  .ldy = ldy,
+                                  .y_f32 = y_f32,
+                                  .beta = beta,
+                                  .rows = M,
+                                  .n = N,
+                                  .k = K};
+    if (act == Act::kBF16 && cuda::FewRowsLinearApplies(few)) {
+      return Timed("gemm", what, "fwd", [&] { return cuda::RunFewRowsLinear(few, stream); });
+    }
     GemmProblem p =
         GemmProblem::Forward(M, N, K, ldx, ldy, CudaType(), y_f32 ? CUDA_R_32F : CudaType());
     p.timed = timed && !untimed_gemms;
@@ -860,22 +891,17 @@ class CudaRunner {
   }
 
   // One decode step on the device (one token per row, already in k().tokens; the last rows in
-  // k().rows): the sequences' state into slot 0, A, the layers, the logits into
-  // k().block_logits, the state back. Only stream work, so it can be captured as a graph.
+  // k().rows; A current, EnsureA): the layers update the sequences' state in place (the conv and
+  // scan steps read a state before they write it), and the logits go to k().block_logits. Only
+  // stream work, so it can be captured as a graph.
   absl::Status DecodeStepOnDevice(float* sequence) {
     const ChunkDims d = Dims(0, 1);
-    const int64_t floats = c_.n_layer * m_.StateFloats(d.B);
-    RWR_CUDA(cudaMemcpyAsync(State(0, 0), sequence, floats * 4, cudaMemcpyDeviceToDevice,
-                             m_.stream));
-    RWR_RETURN_IF_ERROR(ComputeA());
     RWR_RETURN_IF_ERROR(Embed(d));
     for (int64_t l = 0; l < c_.n_layer; ++l) {
-      RWR_RETURN_IF_ERROR(LayerForward(l, d, State(0, l), State(1, l), k().pass_acts, false));
+      float* state = sequence + l * m_.StateFloats(d.B);
+      RWR_RETURN_IF_ERROR(LayerForward(l, d, state, state, k().pass_acts, false));
     }
-    RWR_RETURN_IF_ERROR(LastLogitsOnDevice(d, 0, d.B));
-    RWR_CUDA(cudaMemcpyAsync(sequence, State(1, 0), floats * 4, cudaMemcpyDeviceToDevice,
-                             m_.stream));
-    return absl::OkStatus();
+    return LastLogitsOnDevice(d, 0, d.B);
   }
 
   // This call's tokens and resets to the device again (the buffers Prepare sized and filled for
@@ -963,6 +989,14 @@ class CudaRunner {
   // A = −exp(A_log), per layer, from the parameters as they are now (a model for inference).
   absl::Status ComputeA() {
     for (int64_t l = 0; l < c_.n_layer; ++l) RWR_RETURN_IF_ERROR(ComputeLayerA(l));
+    m_.a_current = true;
+    return absl::OkStatus();
+  }
+  // A for every layer, unless it is current; with buckets, no layer's LayerReady computes it
+  // again (a decode graph must not hold it).
+  absl::Status EnsureA() {
+    if (!m_.a_current) RWR_RETURN_IF_ERROR(ComputeA());
+    std::fill(m_.a_fresh.begin(), m_.a_fresh.end(), 1);
     return absl::OkStatus();
   }
   absl::Status ComputeLayerA(int64_t l) {
@@ -1218,6 +1252,7 @@ absl::Status MambaCuda::UploadParams(std::span<const float> params) {
   Impl& m = *impl_;
   RWR_RETURN_IF_ERROR(m.AwaitAllParams());
   RWR_CUDA(cudaStreamSynchronize(m.stream));
+  m.a_current = false;
   if (!m.fp32_spans.empty()) return m.UploadPacked(params);
   RWR_CUDA(cudaMemcpy(m.params.ptr, params.data(), params.size() * 4, cudaMemcpyHostToDevice));
   if (m.act != Act::kF32) {
@@ -1410,8 +1445,9 @@ absl::Status DecodeStepWithGraph(MambaCuda::Impl& m, const ParamLayout& layout,
     }
   }
   RWR_RETURN_IF_ERROR(run.UploadLastRows(d));
+  RWR_RETURN_IF_ERROR(run.EnsureA());
   if (!have) {
-    RWR_CUDA(cudaStreamSynchronize(m.stream));  // the uploads above are not part of the graph
+    RWR_CUDA(cudaStreamSynchronize(m.stream));  // the uploads and A are not part of the graph
     RWR_CUDA(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeRelaxed));
     const absl::Status body = run.DecodeStepOnDevice(m.sequence.ptr);
     cudaGraph_t graph = nullptr;
@@ -1614,6 +1650,7 @@ absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const
       ShardRange::PerRank(layout_.total(), m.dp != nullptr ? m.dp->world_size() : 1);
   RWR_RETURN_IF_ERROR(EnsureOptimizer(m, layout_));
   RWR_RETURN_IF_ERROR(m.ClearUnwritten());
+  m.a_current = false;  // the update below changes A_log
   if (m.dp != nullptr) {
     RWR_RETURN_IF_ERROR(m.Timed("optimizer", "reduce_scatter", [&]() -> absl::Status {
       RWR_RETURN_IF_ERROR(m.Follow(m.comm_stream, m.stream, m.main_mark));

@@ -537,30 +537,55 @@ TEST(ScanCuda, ChunkedCallsWithCarriedStateEqualOnePass) {
   EXPECT_LE(RelL2(dstate, full.dinit), 1e-5);
 }
 
-TEST(ScanCuda, StepMatchesForward) {
+// The step kernel (one token per row, the state updated in place) against the CPU reference,
+// with every option and with none, at a channel count that leaves a block part-full; two rows
+// start a document (their state is zeroed first), the others continue. Twice: the same bits.
+TEST(ScanCuda, StepMatchesTheCpuReference) {
   SKIP_WITHOUT_GPU();
-  ScanCase c;
-  c.B = 2; c.T = 1; c.Di = 128; c.dtype = DType::kBF16; c.resets = false;
-  HostScan h(c);
-  const ScanResults cpu = RunCpu(h);
-  DeviceTensor x, delta, A, xproj, D, z, bias, state, out, resets;
-  x.Upload(h.x, c.dtype); delta.Upload(h.delta, c.dtype); xproj.Upload(h.xproj, c.dtype);
-  z.Upload(h.z, c.dtype); A.Upload(h.A, DType::kF32); D.Upload(h.D, DType::kF32);
-  bias.Upload(h.bias, DType::kF32); state.Upload(h.init, DType::kF32);
-  out.Allocate(c.B * c.Di, c.dtype);
-  SelectiveScanParams p = h.Params(x.get(), delta.get(), A.get<float>(), xproj.get(),
-                                   D.get<float>(), z.get(), bias.get<float>(), nullptr,
-                                   state.get<float>(), state.get<float>(), out.get(), 2);
-  for (int variant : {1, 16}) {  // the chunked and the one-pass forward, state in place
-    SCOPED_TRACE(::testing::Message() << "variant " << variant);
-    SetScanVariant(variant);
-    state.Upload(h.init, DType::kF32);
-    ASSERT_TRUE(Step(p, nullptr).ok());
-    CUDA_OK(cudaDeviceSynchronize());
-    EXPECT_LE(RelL2(out.Download(), cpu.out), 1.5e-2);
-    EXPECT_LE(RelL2(state.Download(), cpu.final_state), 1e-3);
+  for (DType dtype : {DType::kBF16, DType::kF32}) {
+    for (bool options : {true, false}) {
+      ScanCase c;
+      c.B = 5;
+      c.T = 1;
+      c.Di = 200;
+      c.dtype = dtype;
+      c.seed = options ? 3 : 4;
+      c.gate = c.skip = c.bias_softplus = c.resets = options;
+      SCOPED_TRACE(c.Name());
+      HostScan h(c);
+      if (options) h.resets = {1, 0, 0, 1, 0};
+      const ScanResults cpu = RunCpu(h);
+      DeviceTensor x, delta, A, xproj, D, z, bias, state, out, resets;
+      x.Upload(h.x, c.dtype);
+      delta.Upload(h.delta, c.dtype);
+      xproj.Upload(h.xproj, c.dtype);
+      z.Upload(h.z, c.dtype);
+      A.Upload(h.A, DType::kF32);
+      D.Upload(h.D, DType::kF32);
+      bias.Upload(h.bias, DType::kF32);
+      resets.Allocate(2, DType::kF32);
+      CUDA_OK(cudaMemcpy(resets.get(), h.resets.data(), h.resets.size(), cudaMemcpyHostToDevice));
+      out.Allocate(c.B * c.Di, c.dtype);
+      const size_t elem = c.dtype == DType::kBF16 ? 2 : 4;
+      std::vector<std::vector<uint8_t>> bits;
+      for (int run = 0; run < 2; ++run) {
+        state.Upload(h.init, DType::kF32);
+        out.Poison();
+        SelectiveScanParams p =
+            h.Params(x.get(), delta.get(), A.get<float>(), xproj.get(), D.get<float>(), z.get(),
+                     bias.get<float>(), resets.get<uint8_t>(), state.get<float>(),
+                     state.get<float>(), out.get(), elem);
+        const absl::Status st = Step(p, nullptr);
+        ASSERT_TRUE(st.ok()) << st.message();
+        CUDA_OK(cudaDeviceSynchronize());
+        EXPECT_LE(RelL2(out.Download(), cpu.out), dtype == DType::kBF16 ? 1e-2 : 1e-5);
+        EXPECT_LE(RelL2(state.Download(), cpu.final_state), 1e-5);
+        bits.push_back(out.Bytes_());
+        bits.push_back(state.Bytes_());
+      }
+      EXPECT_TRUE(bits[0] == bits[2] && bits[1] == bits[3]);
+    }
   }
-  SetScanVariant(1);
 }
 
 // Which forward the default picks, from the sizes and the rows' alignment alone (no GPU needed:
@@ -725,6 +750,75 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ConvCudaVsCpu, ::testing::ValuesIn(ConvCases())
                          [](const ::testing::TestParamInfo<ConvCase>& info) {
                            return info.param.Name();
                          });
+
+// The conv's step kernel against the CPU reference, for each width, with and without bias, SiLU
+// and resets (rows 0 and 2 start a document), the state updated in place.
+TEST(ConvCuda, StepMatchesTheCpuReference) {
+  SKIP_WITHOUT_GPU();
+  for (DType dtype : {DType::kBF16, DType::kF32}) {
+    for (int64_t W : {2, 3, 4}) {
+      for (bool options : {true, false}) {
+        const int64_t B = 3, Di = 200, ns = B * Di * (W - 1);
+        SCOPED_TRACE(::testing::Message() << "W " << W << (options ? " options" : " plain")
+                                          << (dtype == DType::kBF16 ? " bf16" : " f32"));
+        std::mt19937 rng(static_cast<uint32_t>(W * 2 + options));
+        auto rnd = [&](size_t n, bool round) {
+          std::uniform_real_distribution<float> u(-1.f, 1.f);
+          std::vector<float> v(n);
+          for (float& e : v) e = round && dtype == DType::kBF16 ? RoundBf16(u(rng)) : u(rng);
+          return v;
+        };
+        const std::vector<float> x = rnd(B * Di, true), w = rnd(Di * W, false),
+                                 bias = rnd(Di, false), init = rnd(ns, false);
+        const std::vector<uint8_t> resets = {1, 0, 1};
+        auto params = [&](const void* px, const float* pw, const float* pb, const uint8_t* pr,
+                          const float* pinit, float* pfinal, void* pout) {
+          CausalConv1dParams p;
+          p.batch = B;
+          p.seqlen = 1;
+          p.dim = Di;
+          p.width = W;
+          p.dtype = dtype;
+          p.x = px;
+          p.x_strides = {Di, Di};
+          p.weight = pw;
+          if (options) {
+            p.bias = pb;
+            p.resets = pr;
+            p.resets_batch_stride = 1;
+          }
+          p.silu = options;
+          p.initial_state = pinit;
+          p.final_state = pfinal;
+          p.out = pout;
+          p.out_strides = {Di, Di};
+          return p;
+        };
+        std::vector<float> out(B * Di), fin(ns);
+        CausalConv1dParams hp = params(x.data(), w.data(), bias.data(), resets.data(), init.data(),
+                                       fin.data(), out.data());
+        hp.dtype = DType::kF32;
+        ASSERT_TRUE(StepCpu(hp).ok());
+        DeviceTensor gx, gw, gb, gstate, gout, gres;
+        gx.Upload(x, dtype);
+        gw.Upload(w, DType::kF32);
+        gb.Upload(bias, DType::kF32);
+        gstate.Upload(init, DType::kF32);
+        gres.Allocate(1, DType::kF32);
+        CUDA_OK(cudaMemcpy(gres.get(), resets.data(), resets.size(), cudaMemcpyHostToDevice));
+        gout.Allocate(B * Di, dtype);
+        const absl::Status st =
+            Step(params(gx.get(), gw.get<float>(), gb.get<float>(), gres.get<uint8_t>(),
+                        gstate.get<float>(), gstate.get<float>(), gout.get()),
+                 nullptr);
+        ASSERT_TRUE(st.ok()) << st.message();
+        CUDA_OK(cudaDeviceSynchronize());
+        EXPECT_LE(RelL2(gout.Download(), out), dtype == DType::kBF16 ? 1e-2 : 1e-6);
+        EXPECT_LE(RelL2(gstate.Download(), fin), 1e-7);
+      }
+    }
+  }
+}
 
 }  // namespace
 }  // namespace rwr::scan

@@ -1,0 +1,130 @@
+// The few-rows linear of a decode step; see few_rows_linear.h.
+//
+// A block computes 4 adjacent outputs (rows of w) for every row of x. Its threads split k: each
+// thread reads 16 bytes (8 weights) of each of the 4 weight rows per step, holds its partial
+// sums for rows × 4 outputs in registers, and the block adds them up in a fixed order (a warp's
+// butterfly, then the warps in index order). The warps per block grow with k so that a block's
+// threads take 2–5 steps each: enough loads in flight for the thin x_proj (192 outputs, 48
+// blocks) as for in_proj (10,240 outputs), and no idle threads on the 20 chunks of dt_proj.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "common/call_status_cuda.h"
+#include "trainer/few_rows_linear.h"
+
+namespace rwr::trainer::cuda {
+namespace {
+
+constexpr int kOutputs = 4;  // weight rows (outputs) per block
+constexpr int kChunk = 8;    // bf16 weights per 16-byte load
+
+__device__ __forceinline__ void Unpack(const uint4& v, float (&f)[kChunk]) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+  for (int i = 0; i < kChunk / 2; ++i) {
+    const float2 two = __bfloat1622float2(h[i]);
+    f[2 * i] = two.x;
+    f[2 * i + 1] = two.y;
+  }
+}
+
+template <int kRows, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32) FewRowsLinearKernel(FewRowsLinear p) {
+  const int64_t n0 = blockIdx.x * int64_t{kOutputs};
+  const int64_t chunks = p.k / kChunk;
+  const uint4* w = static_cast<const uint4*>(p.w);
+  float acc[kRows][kOutputs] = {};
+  for (int64_t c = threadIdx.x; c < chunks; c += kWarps * 32) {
+    float wf[kOutputs][kChunk];
+#pragma unroll
+    for (int o = 0; o < kOutputs; ++o) {
+      // The weights are read once a step: streamed past the caches (x stays there).
+      const uint4 v = n0 + o < p.n ? __ldcs(w + (n0 + o) * chunks + c) : make_uint4(0, 0, 0, 0);
+      Unpack(v, wf[o]);
+    }
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      float xf[kChunk];
+      Unpack(
+          __ldg(reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.x) + r * p.ldx) +
+                c),
+          xf);
+#pragma unroll
+      for (int o = 0; o < kOutputs; ++o) {
+#pragma unroll
+        for (int j = 0; j < kChunk; ++j) acc[r][o] = fmaf(xf[j], wf[o][j], acc[r][o]);
+      }
+    }
+  }
+  __shared__ float parts[kWarps][kRows * kOutputs];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+    for (int o = 0; o < kOutputs; ++o) {
+      float v = acc[r][o];
+#pragma unroll
+      for (int m = 16; m > 0; m /= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
+      if (lane == 0) parts[warp][r * kOutputs + o] = v;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x >= kRows * kOutputs) return;
+  const int r = threadIdx.x / kOutputs, o = threadIdx.x % kOutputs;
+  if (n0 + o >= p.n) return;
+  float sum = 0.f;
+#pragma unroll
+  for (int k = 0; k < kWarps; ++k) sum += parts[k][threadIdx.x];
+  const int64_t at = r * p.ldy + n0 + o;
+  if (p.y_f32) {
+    float* y = static_cast<float*>(p.y);
+    y[at] = p.beta != 0.f ? sum + p.beta * y[at] : sum;
+  } else {
+    static_cast<__nv_bfloat16*>(p.y)[at] = __float2bfloat16_rn(sum);
+  }
+}
+
+template <int kRows>
+absl::Status Launch(const FewRowsLinear& p, cudaStream_t stream) {
+  const int64_t chunks = p.k / kChunk;
+  const unsigned blocks = static_cast<unsigned>((p.n + kOutputs - 1) / kOutputs);
+  if (chunks >= 640) {
+    FewRowsLinearKernel<kRows, 8><<<blocks, 8 * 32, 0, stream>>>(p);
+  } else if (chunks >= 320) {
+    FewRowsLinearKernel<kRows, 4><<<blocks, 4 * 32, 0, stream>>>(p);
+  } else if (chunks >= 160) {
+    FewRowsLinearKernel<kRows, 2><<<blocks, 2 * 32, 0, stream>>>(p);
+  } else {
+    FewRowsLinearKernel<kRows, 1><<<blocks, 32, 0, stream>>>(p);
+  }
+  RWR_CUDA_LAUNCH();
+  return absl::OkStatus();
+}
+
+bool Aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
+
+}  // namespace
+
+bool FewRowsLinearApplies(const FewRowsLinear& p) {
+  return p.rows >= 1 && p.rows <= kFewRowsMax && p.n >= 1 && p.k >= kChunk && p.k % kChunk == 0 &&
+         p.ldx % kChunk == 0 && Aligned16(p.x) && Aligned16(p.w) && (p.y_f32 || p.beta == 0.f) &&
+         p.n <= (int64_t{1} << 31) * kOutputs;
+}
+
+absl::Status RunFewRowsLinear(const FewRowsLinear& p, CUstream_st* stream) {
+  if (!FewRowsLinearApplies(p)) {
+    return absl::InvalidArgumentError("few-rows linear: sizes or alignment it does not take");
+  }
+  switch (p.rows) {
+    case 1:
+      return Launch<1>(p, stream);
+    case 2:
+      return Launch<2>(p, stream);
+    case 3:
+      return Launch<3>(p, stream);
+    default:
+      return Launch<4>(p, stream);
+  }
+}
+
+}  // namespace rwr::trainer::cuda
