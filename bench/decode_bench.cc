@@ -17,7 +17,9 @@
 #ifdef RWR_HAVE_CUPTI
 #include "bench/kernel_trace.h"
 #endif
+#include "common/status.h"
 #include "fmt/format.h"
+#include "trainer/few_rows_linear.h"
 #include "trainer/mamba_cuda.h"
 #include "trainer/model_config.h"
 #include "trainer/model_io.h"
@@ -41,13 +43,81 @@ int Fail(const absl::Status& status) {
   return 1;
 }
 
+// The decode step's few-rows linears alone (trainer/few_rows_linear.h), one shape at a time:
+// microseconds a call and the weights' GB/s, each call on the next of 8 copies of the weights so
+// that none is still in the L2 from the call before (a decode step reads each weight once).
+absl::Status TimeLinears(const rwr::trainer::MambaConfig& mc, const std::vector<int64_t>& rows,
+                         double bandwidth) {
+  struct Shape {
+    const char* name;
+    int64_t n, k, ldx;
+    bool y_f32;
+    float beta;
+  };
+  const int64_t D = mc.d_model, Di = mc.d_inner, X = mc.xdbl_dim();
+  const Shape shapes[] = {{"in_proj", 2 * Di, D, D, false, 0.f},
+                          {"x_proj", X, Di, Di, false, 0.f},
+                          {"dt_proj", Di, mc.dt_rank, X, false, 0.f},
+                          {"out_proj", D, Di, Di, true, 1.f},
+                          {"lm_head", mc.vocab_size, D, D, true, 0.f}};
+  constexpr int kCopies = 8, kCalls = 400;
+  for (const Shape& s : shapes) {
+    void *w = nullptr, *x = nullptr, *y = nullptr;
+    const int64_t w_bytes = s.n * s.k * 2;
+    if (cudaMalloc(&w, w_bytes * kCopies) != cudaSuccess ||
+        cudaMalloc(&x, rwr::trainer::cuda::kFewRowsMax * s.ldx * 2) != cudaSuccess ||
+        cudaMalloc(&y, rwr::trainer::cuda::kFewRowsMax * s.n * 4) != cudaSuccess) {
+      return absl::ResourceExhaustedError("no device memory for the linears' weights");
+    }
+    cudaMemset(w, 0x3c, w_bytes * kCopies);  // 0x3c3c: bf16 ≈ 0.0115, never zero
+    cudaMemset(x, 0x3c, rwr::trainer::cuda::kFewRowsMax * s.ldx * 2);
+    cudaMemset(y, 0, rwr::trainer::cuda::kFewRowsMax * s.n * 4);
+    std::string line = fmt::format("  {:<9} {:>6} x {:<5}", s.name, s.n, s.k);
+    for (const int64_t r : rows) {
+      if (r > rwr::trainer::cuda::kFewRowsMax) continue;
+      rwr::trainer::cuda::FewRowsLinear p{.x = x,
+                                          .ldx = s.ldx,
+                                          .w = w,
+                                          .y = y,
+                                          .ldy = s.n,
+                                          .y_f32 = s.y_f32,
+                                          .beta = s.beta,
+                                          .rows = r,
+                                          .n = s.n,
+                                          .k = s.k};
+      cudaEvent_t start, stop;
+      cudaEventCreate(&start);
+      cudaEventCreate(&stop);
+      for (int i = 0; i < kCalls + kCopies; ++i) {
+        if (i == kCopies) cudaEventRecord(start);
+        p.w = static_cast<char*>(w) + (i % kCopies) * w_bytes;
+        RWR_RETURN_IF_ERROR(rwr::trainer::cuda::RunFewRowsLinear(p, nullptr));
+      }
+      cudaEventRecord(stop);
+      cudaEventSynchronize(stop);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, start, stop);
+      const double us = ms * 1e3 / kCalls;
+      line += fmt::format("  rows {}: {:7.2f} us {:6.0f} GB/s ({:.0f}%)", r, us, w_bytes / us / 1e3,
+                          100 * w_bytes / us / 1e3 / (bandwidth / 1e9));
+      cudaEventDestroy(start);
+      cudaEventDestroy(stop);
+    }
+    fmt::print("{}\n", line);
+    cudaFree(w);
+    cudaFree(x);
+    cudaFree(y);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app("Decode-step latency of the CUDA Mamba LM (generation)");
   std::string model_path = "configs/models/mamba-2.8b.yaml", rows_text = "1,16", precision = "bf16";
   int steps = 50, prompt = 32;
-  bool trace = false, no_graphs = false;
+  bool trace = false, no_graphs = false, linears = false;
   app.add_option("--model", model_path, "Model config YAML (model: section)");
   app.add_option("--rows", rows_text, "Row counts (sequences decoded together), e.g. 1,16");
   app.add_option("--steps", steps, "Timed decode steps per row count (after 5 warm-up steps)");
@@ -56,6 +126,9 @@ int main(int argc, char** argv) {
   app.add_flag("--no-graphs", no_graphs, "Launch each kernel instead of replaying a CUDA graph");
   app.add_flag("--trace", trace,
                "Record one more decode step with CUPTI and print each kernel's GPU time");
+  app.add_flag("--linears", linears,
+               "Also time each few-rows linear of a decode step alone (back to back, rows up to "
+               "4), against the memory bandwidth");
   CLI11_PARSE(app, argc, argv);
 
   auto config = rwr::Config::LoadFile(model_path);
@@ -88,6 +161,10 @@ int main(int argc, char** argv) {
              mc->Summary(), prop.name, bandwidth / 1e9, gemm_params * (bf16 ? 2.0 : 4.0) / 1e9,
              floor_ms);
 
+  if (linears) {
+    fmt::print("few-rows linears alone, back to back:\n");
+    if (auto s = TimeLinears(*mc, ParseList(rows_text), bandwidth); !s.ok()) return Fail(s);
+  }
   rwr::trainer::Rng rng(7);
   for (const int64_t rows : ParseList(rows_text)) {
     std::vector<float> logits(rows * mc->vocab_size);

@@ -1,13 +1,16 @@
 // The few-rows linear of a decode step; see few_rows_linear.h.
 //
 // A block computes 4 adjacent outputs (rows of w) for every row of x. Its threads split k: each
-// thread reads 16 bytes (8 weights) of each of the 4 weight rows per step, holds its partial
-// sums for rows × 4 outputs in registers, and the block adds them up in a fixed order (a warp's
-// butterfly, then the warps in index order). The warps per block grow with k so that a block's
-// threads take 2–5 steps each: enough loads in flight for the thin x_proj (192 outputs, 48
-// blocks) as for in_proj (10,240 outputs), and no idle threads on the 20 chunks of dt_proj.
+// thread issues the loads of 2 chunks of 16 bytes (8 weights) of each of the 4 weight rows before
+// it multiplies any, holds its partial sums for rows × 4 outputs in registers, and the block adds
+// them up in a fixed order (a warp's butterfly, then the warps in index order). The warps per
+// block grow with k so that one such pass covers k: every load of a block is in flight at once,
+// for the thin x_proj (192 outputs, 48 blocks) as for in_proj (10,240 outputs), with no idle
+// threads on the 20 chunks of dt_proj.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+
+#include <algorithm>
 
 #include "common/call_status_cuda.h"
 #include "trainer/few_rows_linear.h"
@@ -28,35 +31,51 @@ __device__ __forceinline__ void Unpack(const uint4& v, float (&f)[kChunk]) {
   }
 }
 
-template <int kRows, int kWarps>
-__global__ void __launch_bounds__(kWarps * 32) FewRowsLinearKernel(FewRowsLinear p) {
+constexpr int kMaxWarps = 16;
+constexpr int kPerThread = 2;  // chunks of each weight row a thread loads before it computes
+
+template <int kRows>
+__global__ void __launch_bounds__(kMaxWarps * 32) FewRowsLinearKernel(FewRowsLinear p) {
   const int64_t n0 = blockIdx.x * int64_t{kOutputs};
   const int64_t chunks = p.k / kChunk;
+  const int stride = blockDim.x;
   const uint4* w = static_cast<const uint4*>(p.w);
   float acc[kRows][kOutputs] = {};
-  for (int64_t c = threadIdx.x; c < chunks; c += kWarps * 32) {
-    float wf[kOutputs][kChunk];
+  for (int64_t c0 = threadIdx.x; c0 < chunks; c0 += kPerThread * stride) {
+    // Every load of this pass in flight before the first multiply.
+    uint4 wv[kPerThread][kOutputs];
 #pragma unroll
-    for (int o = 0; o < kOutputs; ++o) {
-      // The weights are read once a step: streamed past the caches (x stays there).
-      const uint4 v = n0 + o < p.n ? __ldcs(w + (n0 + o) * chunks + c) : make_uint4(0, 0, 0, 0);
-      Unpack(v, wf[o]);
-    }
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      float xf[kChunk];
-      Unpack(
-          __ldg(reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.x) + r * p.ldx) +
-                c),
-          xf);
+    for (int u = 0; u < kPerThread; ++u) {
+      const int64_t c = c0 + u * stride;
 #pragma unroll
       for (int o = 0; o < kOutputs; ++o) {
+        // The weights are read once a step: streamed past the caches (x stays there).
+        wv[u][o] =
+            c < chunks && n0 + o < p.n ? __ldcs(w + (n0 + o) * chunks + c) : make_uint4(0, 0, 0, 0);
+      }
+    }
 #pragma unroll
-        for (int j = 0; j < kChunk; ++j) acc[r][o] = fmaf(xf[j], wf[o][j], acc[r][o]);
+    for (int u = 0; u < kPerThread; ++u) {
+      const int64_t c = c0 + u * stride;
+      if (c >= chunks) break;
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        float xf[kChunk];
+        Unpack(__ldg(reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.x) +
+                                                    r * p.ldx) +
+                     c),
+               xf);
+#pragma unroll
+        for (int o = 0; o < kOutputs; ++o) {
+          float wf[kChunk];
+          Unpack(wv[u][o], wf);
+#pragma unroll
+          for (int j = 0; j < kChunk; ++j) acc[r][o] = fmaf(xf[j], wf[j], acc[r][o]);
+        }
       }
     }
   }
-  __shared__ float parts[kWarps][kRows * kOutputs];
+  __shared__ float parts[kMaxWarps][kRows * kOutputs];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
@@ -73,8 +92,7 @@ __global__ void __launch_bounds__(kWarps * 32) FewRowsLinearKernel(FewRowsLinear
   const int r = threadIdx.x / kOutputs, o = threadIdx.x % kOutputs;
   if (n0 + o >= p.n) return;
   float sum = 0.f;
-#pragma unroll
-  for (int k = 0; k < kWarps; ++k) sum += parts[k][threadIdx.x];
+  for (int k = 0; k < stride / 32; ++k) sum += parts[k][threadIdx.x];
   const int64_t at = r * p.ldy + n0 + o;
   if (p.y_f32) {
     float* y = static_cast<float*>(p.y);
@@ -84,19 +102,16 @@ __global__ void __launch_bounds__(kWarps * 32) FewRowsLinearKernel(FewRowsLinear
   }
 }
 
+// Enough warps that each thread loads kPerThread chunks of each row once (one pass), up to
+// kMaxWarps: in_proj (k 2,560: 320 chunks) 5 warps, out_proj and x_proj (640 chunks) 10, dt_proj
+// (20 chunks) one warp.
 template <int kRows>
 absl::Status Launch(const FewRowsLinear& p, cudaStream_t stream) {
   const int64_t chunks = p.k / kChunk;
+  const int warps = static_cast<int>(
+      std::clamp<int64_t>((chunks + 32 * kPerThread - 1) / (32 * kPerThread), 1, kMaxWarps));
   const unsigned blocks = static_cast<unsigned>((p.n + kOutputs - 1) / kOutputs);
-  if (chunks >= 640) {
-    FewRowsLinearKernel<kRows, 8><<<blocks, 8 * 32, 0, stream>>>(p);
-  } else if (chunks >= 320) {
-    FewRowsLinearKernel<kRows, 4><<<blocks, 4 * 32, 0, stream>>>(p);
-  } else if (chunks >= 160) {
-    FewRowsLinearKernel<kRows, 2><<<blocks, 2 * 32, 0, stream>>>(p);
-  } else {
-    FewRowsLinearKernel<kRows, 1><<<blocks, 32, 0, stream>>>(p);
-  }
+  FewRowsLinearKernel<kRows><<<blocks, warps * 32, 0, stream>>>(p);
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
 }
