@@ -13,6 +13,7 @@
 #include <algorithm>
 
 #include "common/call_status_cuda.h"
+#include "common/cuda_dependent_launch.cuh"
 #include "trainer/few_rows_linear.h"
 
 namespace rwr::trainer::cuda {
@@ -40,7 +41,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32) FewRowsLinearKernel(FewRowsLin
   const int64_t chunks = p.k / kChunk;
   const int stride = blockDim.x;
   const uint4* w = static_cast<const uint4*>(p.w);
+  cuda_dependent_launch::LetDependentsLaunch();
   float acc[kRows][kOutputs] = {};
+  bool awaited = false;
   for (int64_t c0 = threadIdx.x; c0 < chunks; c0 += kPerThread * stride) {
     // Every load of this pass in flight before the first multiply.
     uint4 wv[kPerThread][kOutputs];
@@ -75,6 +78,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) FewRowsLinearKernel(FewRowsLin
       }
     }
   }
+  if (!awaited) cuda_dependent_launch::AwaitPrerequisites();  // a thread with no chunk
   __shared__ float parts[kMaxWarps][kRows * kOutputs];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
@@ -110,9 +114,18 @@ absl::Status Launch(const FewRowsLinear& p, cudaStream_t stream) {
   const int64_t chunks = p.k / kChunk;
   const int warps = static_cast<int>(
       std::clamp<int64_t>((chunks + 32 * kPerThread - 1) / (32 * kPerThread), 1, kMaxWarps));
-  const unsigned blocks = static_cast<unsigned>((p.n + kOutputs - 1) / kOutputs);
-  FewRowsLinearKernel<kRows><<<blocks, warps * 32, 0, stream>>>(p);
-  RWR_CUDA_LAUNCH();
+  // A programmatic dependent launch: the kernel may start before the one before it ends, and
+  // waits for it only once its first weight loads are issued.
+  cudaLaunchAttribute dependent{};
+  dependent.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  dependent.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>((p.n + kOutputs - 1) / kOutputs));
+  config.blockDim = dim3(warps * 32);
+  config.stream = stream;
+  config.attrs = &dependent;
+  config.numAttrs = 1;
+  RWR_CUDA(cudaLaunchKernelEx(&config, FewRowsLinearKernel<kRows>, p));
   return absl::OkStatus();
 }
 

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "common/call_status_cuda.h"
+#include "common/cuda_dependent_launch.cuh"
 #include "common/cuda_elements.cuh"
 #include "trainer/mamba_cuda_kernels.h"
 
@@ -105,6 +106,8 @@ template <typename T, int kV>
 __global__ void __launch_bounds__(kNormVecThreads)
     RmsNormVecKernel(const float* x, const float* w, T* y, float* rstd, float* x_copy, int64_t D,
                      float eps) {
+  // A decode step's next GEMM (few_rows_linear.h) may start its weight loads now.
+  cuda_dependent_launch::LetDependentsLaunch();
   __shared__ float shared[32];
   const int64_t D4 = D / 4, base = blockIdx.x * D4;
   const float4* x4 = reinterpret_cast<const float4*>(x) + base;
@@ -295,6 +298,7 @@ __global__ void ToBf16Kernel(const float* src, __nv_bfloat16* dst, int64_t n) {
 
 template <typename T>
 __global__ void GatherRowsKernel(const T* src, const int32_t* rows, T* dst, int64_t D) {
+  cuda_dependent_launch::LetDependentsLaunch();  // the LM head's weight loads may start
   const int64_t r = blockIdx.x;
   const int64_t s = rows[r];
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) dst[r * D + d] = src[s * D + d];
