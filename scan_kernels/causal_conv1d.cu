@@ -456,8 +456,7 @@ absl::Status DispatchBackward(const CausalConv1dParams& p, const CausalConv1dGra
 // write of the state. Same sum order as PreActivation: the forward's bits.
 template <typename E, int W>
 __global__ void __launch_bounds__(kConvThreads) ConvStepKernel(CausalConv1dParams p) {
-  // A dependent kernel (a decode step's next GEMM) may start its own loads now.
-  cuda_dependent_launch::LetDependentsLaunch();
+  if (p.let_next_start) cuda_dependent_launch::LetDependentsLaunch();
   const int64_t b = blockIdx.y;
   const int64_t d = blockIdx.x * int64_t{kConvThreads} + threadIdx.x;
   if (d >= p.dim) return;

@@ -46,6 +46,8 @@ struct CausalConv1dParams {
   // CUDA Backward only: device scratch of ConvWorkspaceBytes(params) bytes, 256-byte aligned,
   // for the fixed-order dweight/dbias reduction. Ignored elsewhere.
   void* workspace = nullptr;
+  // CUDA Step only: as SelectiveScanParams::let_next_start.
+  bool let_next_start = false;
 };
 
 // Gradients. Every gradient is written (overwritten), never accumulated into.

@@ -74,6 +74,10 @@ struct SelectiveScanParams {
   // call (chunk carries, gradient partials). Nothing is kept there between calls, so one scratch
   // can serve every layer of a model while each layer keeps its own checkpoints.
   void* scratch = nullptr;
+  // CUDA Step only: the next kernel in the stream is a programmatic dependent launch that waits
+  // for this one (griddepcontrol.wait) and may start before it ends. Only where it is known to
+  // wait: a kernel launched so that does not would read what this one has not yet written.
+  bool let_next_start = false;
 };
 
 // Gradients. Every gradient is written (overwritten), never accumulated into.

@@ -27,9 +27,7 @@ constexpr int kThreads = 128;                // 32 channels a block
 
 template <typename E>
 __global__ void __launch_bounds__(kThreads) StepKernel(SelectiveScanParams p) {
-  // A kernel launched as this one's dependent (a decode step's next GEMM) may start its own
-  // loads of what this kernel does not write now (common/cuda_dependent_launch.cuh).
-  cuda_dependent_launch::LetDependentsLaunch();
+  if (p.let_next_start) cuda_dependent_launch::LetDependentsLaunch();
   const int64_t b = blockIdx.y;
   const int64_t d = blockIdx.x * int64_t{kThreads / kLanes} + threadIdx.x / kLanes;
   const int q = threadIdx.x % kLanes;

@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) FewRowsLinearKernel(FewRowsLin
   const int64_t chunks = p.k / kChunk;
   const int stride = blockDim.x;
   const uint4* w = static_cast<const uint4*>(p.w);
-  cuda_dependent_launch::LetDependentsLaunch();
+  if (p.let_next_start) cuda_dependent_launch::LetDependentsLaunch();
   float acc[kRows][kOutputs] = {};
   bool awaited = false;
   for (int64_t c0 = threadIdx.x; c0 < chunks; c0 += kPerThread * stride) {

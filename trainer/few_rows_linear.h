@@ -28,8 +28,15 @@ struct FewRowsLinear {
   bool y_f32 = false;
   float beta = 0.f;  // y = x·wᵀ + beta·y (fp32 y only)
   int64_t rows = 0, n = 0, k = 0;
+  // The next kernel is a programmatic dependent launch that waits for this one (another few-rows
+  // linear, common/cuda_dependent_launch.cuh): let it start before this one ends. Only where it
+  // is known to wait.
+  bool let_next_start = false;
 };
 
+// The kernel is itself a programmatic dependent launch: it issues its first weight loads before it
+// waits for the kernel before it, and overlaps that kernel's end where that kernel lets it.
+//
 // Whether the kernel takes these sizes and pointers: 1..kFewRowsMax rows, k a multiple of 8,
 // x, its rows and w 16-byte aligned (16-byte loads), beta only with an fp32 y.
 bool FewRowsLinearApplies(const FewRowsLinear& p);

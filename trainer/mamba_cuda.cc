@@ -507,9 +507,11 @@ struct MambaCuda::Impl {
   // `what` names the weight for phase timing.
   // Y(M, N) = X(M, K)·W(N, K)ᵀ + beta·Y
   // `timed` false: a shape that changes from call to call (GemmProblem::timed).
+  // `let_next_start`: the next kernel is a few-rows linear (TakesFewRows), which may start before
+  // this one ends.
   absl::Status Linear(const char* what, const void* X, int64_t ldx, const void* Wt, void* Y,
                       bool y_f32, int64_t ldy, int64_t M, int64_t N, int64_t K, float beta = 0.f,
-                      bool timed = true) {
+                      bool timed = true, bool let_next_start = false) {
     // A few rows (a decode step's): one kernel that reads each bf16 weight once.
     const cuda::FewRowsLinear few{.x = X,
                                   .ldx = ldx,
@@ -520,14 +522,25 @@ struct MambaCuda::Impl {
                                   .beta = beta,
                                   .rows = M,
                                   .n = N,
-                                  .k = K};
-    if (act == Act::kBF16 && cuda::FewRowsLinearApplies(few)) {
+                                  .k = K,
+                                  .let_next_start = let_next_start};
+    if (TakesFewRows(X, ldx, Wt, M, N, K)) {
       return Timed("gemm", what, "fwd", [&] { return cuda::RunFewRowsLinear(few, stream); });
     }
     GemmProblem p =
         GemmProblem::Forward(M, N, K, ldx, ldy, CudaType(), y_f32 ? CUDA_R_32F : CudaType());
     p.timed = timed && !untimed_gemms;
     return Timed("gemm", what, "fwd", [&] { return Gemm(p, Wt, X, Y, beta); });
+  }
+  // Whether Linear runs Y(M, N) = X·Wᵀ as a few-rows linear (cuda/few_rows_linear.h): a
+  // programmatic dependent launch that waits for the kernel before it, so that kernel may let it
+  // start early (the `let_next_start` of the launchers) — and only then, for a cuBLASLt kernel
+  // may not wait.
+  bool TakesFewRows(const void* X, int64_t ldx, const void* Wt, int64_t M, int64_t N,
+                    int64_t K) const {
+    return act == Act::kBF16 &&
+           cuda::FewRowsLinearApplies(
+               {.x = X, .ldx = ldx, .w = Wt, .y_f32 = true, .rows = M, .n = N, .k = K});
   }
   // dX(M, K) = dY(M, N)·W(N, K) + beta·dX
   absl::Status LinearDx(const char* what, const void* dY, int64_t lddy, const void* Wt, void* dX,
@@ -586,20 +599,29 @@ class CudaRunner {
     const LayerOffsets& o = layout_.layer(l);
     const int64_t M = d.M(), conv_floats = m_.ConvStateFloats(d.B);
     cudaStream_t s = m_.stream;
+    // A kernel before a few-rows linear lets it start early (a decode step's; TakesFewRows).
+    const bool few_in = m_.TakesFewRows(Xn(a), d.D, m_.W(o.in_proj), M, 2 * d.Di, d.D);
+    const bool few_x = m_.TakesFewRows(Uc(a), d.Di, m_.W(o.x_proj), M, d.X, d.Di);
+    const bool few_dt = m_.TakesFewRows(a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), M, d.Di, d.R);
+    const bool few_out = m_.TakesFewRows(k().y.ptr, d.Di, m_.W(o.out_proj), M, d.D, d.Di);
     // With `keep`, the norm also copies its input h to a.h_in (h is updated in place below).
     RWR_RETURN_IF_ERROR(m_.Timed("norm", "fwd", [&] {
       return cuda::RmsNorm(k().h.ptr, P(o.norm), Xn(a), m_.act, a.rstd.ptr, M, d.D, c_.norm_eps, s,
-                           keep ? a.h_in.ptr : nullptr);
+                           keep ? a.h_in.ptr : nullptr, few_in);
     }));
     RWR_RETURN_IF_ERROR(m_.Linear("in_proj", Xn(a), d.D, m_.W(o.in_proj), a.xz.ptr, false, 2 * d.Di,
                                   M, 2 * d.Di, d.D));
-    RWR_RETURN_IF_ERROR(m_.ConvForward(Conv(d, o, state_in, state_out, a)));
-    RWR_RETURN_IF_ERROR(
-        m_.Linear("x_proj", Uc(a), d.Di, m_.W(o.x_proj), a.xdbl.ptr, false, d.X, M, d.X, d.Di));
+    scan::CausalConv1dParams conv = Conv(d, o, state_in, state_out, a);
+    conv.let_next_start = few_x;
+    RWR_RETURN_IF_ERROR(m_.ConvForward(conv));
+    RWR_RETURN_IF_ERROR(m_.Linear("x_proj", Uc(a), d.Di, m_.W(o.x_proj), a.xdbl.ptr, false, d.X, M,
+                                  d.X, d.Di, 0.f, true, few_dt));
     RWR_RETURN_IF_ERROR(m_.Linear("dt_proj", a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), Dtraw(a),
                                   false, d.Di, M, d.Di, d.R));
-    RWR_RETURN_IF_ERROR(m_.ScanForward(
-        Scan(l, d, o, state_in + conv_floats, state_out ? state_out + conv_floats : nullptr, a)));
+    scan::SelectiveScanParams scan =
+        Scan(l, d, o, state_in + conv_floats, state_out ? state_out + conv_floats : nullptr, a);
+    scan.let_next_start = few_out;
+    RWR_RETURN_IF_ERROR(m_.ScanForward(scan));
     // The residual add is the GEMM's beta: h += y·out_projᵀ, accumulated in fp32.
     return m_.Linear("out_proj", k().y.ptr, d.Di, m_.W(o.out_proj), k().h.ptr, true, d.D, M, d.D,
                      d.Di, 1.f);
@@ -884,8 +906,10 @@ class CudaRunner {
       RWR_RETURN_IF_ERROR(cuda::RmsNorm(k().h.ptr, P(layout_.norm_f()), k().hn.ptr, m_.act,
                                         k().rstd_f.ptr, d.M(), d.D, c_.norm_eps, s));
     }
-    RWR_RETURN_IF_ERROR(
-        cuda::GatherRows(k().hn.ptr, k().rows.ptr + r0, k().block_in.ptr, m_.act, nr, d.D, s));
+    const bool few_head =
+        m_.TakesFewRows(k().block_in.ptr, d.D, m_.W(layout_.embedding()), nr, d.V, d.D);
+    RWR_RETURN_IF_ERROR(cuda::GatherRows(k().hn.ptr, k().rows.ptr + r0, k().block_in.ptr, m_.act,
+                                         nr, d.D, s, few_head));
     return m_.Linear("lm_head", k().block_in.ptr, d.D, m_.W(layout_.embedding()),
                      k().block_logits.ptr, true, d.V, nr, d.V, d.D, 0.f, false);
   }

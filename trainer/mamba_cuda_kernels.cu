@@ -67,7 +67,8 @@ __global__ void EmbedBackwardKernel(const int32_t* ids, const int32_t* offsets, 
 
 template <typename T>
 __global__ void RmsNormKernel(const float* x, const float* w, T* y, float* rstd, float* x_copy,
-                              int64_t D, float eps) {
+                              int64_t D, float eps, bool let_next_start) {
+  if (let_next_start) cuda_dependent_launch::LetDependentsLaunch();
   __shared__ float shared[32];
   const int64_t row = blockIdx.x;
   const float* xr = x + row * D;
@@ -105,9 +106,8 @@ __device__ __forceinline__ void Store4(__nv_bfloat16* y, int64_t i4, float4 v) {
 template <typename T, int kV>
 __global__ void __launch_bounds__(kNormVecThreads)
     RmsNormVecKernel(const float* x, const float* w, T* y, float* rstd, float* x_copy, int64_t D,
-                     float eps) {
-  // A decode step's next GEMM (few_rows_linear.h) may start its weight loads now.
-  cuda_dependent_launch::LetDependentsLaunch();
+                     float eps, bool let_next_start) {
+  if (let_next_start) cuda_dependent_launch::LetDependentsLaunch();
   __shared__ float shared[32];
   const int64_t D4 = D / 4, base = blockIdx.x * D4;
   const float4* x4 = reinterpret_cast<const float4*>(x) + base;
@@ -144,12 +144,13 @@ int NormVecs(int64_t D) {
 
 template <typename T>
 void LaunchNorm(const float* x, const float* w, T* y, float* rstd, float* x_copy, int64_t rows,
-                int64_t D, float eps, cudaStream_t stream) {
+                int64_t D, float eps, cudaStream_t stream, bool let_next_start) {
   const unsigned nb = static_cast<unsigned>(rows);
   switch (NormVecs(D)) {
-#define RWR_NORM_VEC_CASE(V)                                                                   \
-  case V:                                                                                      \
-    RmsNormVecKernel<T, V><<<nb, kNormVecThreads, 0, stream>>>(x, w, y, rstd, x_copy, D, eps); \
+#define RWR_NORM_VEC_CASE(V)                                                                 \
+  case V:                                                                                    \
+    RmsNormVecKernel<T, V>                                                                   \
+        <<<nb, kNormVecThreads, 0, stream>>>(x, w, y, rstd, x_copy, D, eps, let_next_start); \
     break;
     RWR_NORM_VEC_CASE(1)
     RWR_NORM_VEC_CASE(2)
@@ -162,7 +163,7 @@ void LaunchNorm(const float* x, const float* w, T* y, float* rstd, float* x_copy
     RWR_NORM_VEC_CASE(16)
 #undef RWR_NORM_VEC_CASE
     default:
-      RmsNormKernel<<<nb, kThreads, 0, stream>>>(x, w, y, rstd, x_copy, D, eps);
+      RmsNormKernel<<<nb, kThreads, 0, stream>>>(x, w, y, rstd, x_copy, D, eps, let_next_start);
   }
 }
 
@@ -297,8 +298,9 @@ __global__ void ToBf16Kernel(const float* src, __nv_bfloat16* dst, int64_t n) {
 }
 
 template <typename T>
-__global__ void GatherRowsKernel(const T* src, const int32_t* rows, T* dst, int64_t D) {
-  cuda_dependent_launch::LetDependentsLaunch();  // the LM head's weight loads may start
+__global__ void GatherRowsKernel(const T* src, const int32_t* rows, T* dst, int64_t D,
+                                 bool let_next_start) {
+  if (let_next_start) cuda_dependent_launch::LetDependentsLaunch();
   const int64_t r = blockIdx.x;
   const int64_t s = rows[r];
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) dst[r * D + d] = src[s * D + d];
@@ -455,12 +457,13 @@ absl::Status EmbedBackward(const int32_t* ids, const int32_t* offsets, const int
   return absl::OkStatus();
 }
 absl::Status RmsNorm(const float* x, const float* w, void* y, Act act, float* rstd, int64_t rows,
-                     int64_t D, float eps, Stream stream, float* x_copy) {
+                     int64_t D, float eps, Stream stream, float* x_copy, bool let_next_start) {
   if (rows == 0) return absl::OkStatus();
   if (act == Act::kF32) {
-    LaunchNorm(x, w, static_cast<float*>(y), rstd, x_copy, rows, D, eps, stream);
+    LaunchNorm(x, w, static_cast<float*>(y), rstd, x_copy, rows, D, eps, stream, let_next_start);
   } else {
-    LaunchNorm(x, w, static_cast<__nv_bfloat16*>(y), rstd, x_copy, rows, D, eps, stream);
+    LaunchNorm(x, w, static_cast<__nv_bfloat16*>(y), rstd, x_copy, rows, D, eps, stream,
+               let_next_start);
   }
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();
@@ -515,14 +518,15 @@ absl::Status ToBf16(const float* src, void* dst, int64_t n, Stream stream) {
   return absl::OkStatus();
 }
 absl::Status GatherRows(const void* src, const int32_t* rows, void* dst, Act act, int64_t n,
-                        int64_t D, Stream stream) {
+                        int64_t D, Stream stream, bool let_next_start) {
   if (n == 0) return absl::OkStatus();
   if (act == Act::kF32) {
     GatherRowsKernel<<<n, kThreads, 0, stream>>>(static_cast<const float*>(src), rows,
-                                                 static_cast<float*>(dst), D);
+                                                 static_cast<float*>(dst), D, let_next_start);
   } else {
     GatherRowsKernel<<<n, kThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(src), rows,
-                                                 static_cast<__nv_bfloat16*>(dst), D);
+                                                 static_cast<__nv_bfloat16*>(dst), D,
+                                                 let_next_start);
   }
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();

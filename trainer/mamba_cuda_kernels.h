@@ -31,8 +31,12 @@ absl::Status EmbedBackward(const int32_t* ids, const int32_t* offsets, const int
 
 // y (rows, D) = x·rstd·w in `act`; rstd (rows) = 1/sqrt(mean(x²) + eps). x_copy, when set,
 // receives a copy of x (a layer keeping its input for the backward: one read of x for both).
+// let_next_start: the next kernel is a programmatic dependent launch that waits for this one
+// (common/cuda_dependent_launch.cuh) and may start before it ends — only where it is known to
+// wait (a kernel launched so that does not wait would read what this one has not yet written).
 absl::Status RmsNorm(const float* x, const float* w, void* y, Act act, float* rstd, int64_t rows,
-                     int64_t D, float eps, Stream stream, float* x_copy = nullptr);
+                     int64_t D, float eps, Stream stream, float* x_copy = nullptr,
+                     bool let_next_start = false);
 
 // Scratch floats RmsNormBackward needs for the weight-gradient partials.
 int64_t RmsNormBackwardScratch(int64_t rows, int64_t D);
@@ -53,8 +57,9 @@ absl::Status ALogGrad(const float* dA, const float* A, float* g, int64_t n, bool
 absl::Status ToBf16(const float* src, void* dst, int64_t n, Stream stream);
 
 // dst row r = src row rows[r] (activations); ScatterRows: dst row rows[r] = src row r (fp32).
+// let_next_start as for RmsNorm.
 absl::Status GatherRows(const void* src, const int32_t* rows, void* dst, Act act, int64_t n,
-                        int64_t D, Stream stream);
+                        int64_t D, Stream stream, bool let_next_start = false);
 absl::Status ScatterRows(const float* src, const int32_t* rows, float* dst, int64_t n, int64_t D,
                          Stream stream);
 

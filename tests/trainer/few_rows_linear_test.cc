@@ -122,6 +122,68 @@ TEST(FewRowsLinear, MatchesAHostReferenceAndRepeatsItsBits) {
   }
 }
 
+// Two linears in a row, the second reading what the first wrote, on a stream of their own: with
+// the first letting the second start early (its weight loads overlap the first's end) the second
+// must still wait for the first's output. Each round a new x: a read of the round before's y1
+// would show as other bits than the chain run one kernel after the other.
+TEST(FewRowsLinear, AnEarlyStartedLinearReadsWhatTheOneBeforeWrote) {
+  if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  const int64_t k = 2560, mid = 10240, n = 192;
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  auto random_bf16 = [&](size_t count) {
+    std::vector<__nv_bfloat16> v(count);
+    for (auto& e : v) e = __float2bfloat16(u(rng));
+    return v;
+  };
+  const std::vector<__nv_bfloat16> w1 = random_bf16(mid * k), w2 = random_bf16(n * mid);
+  void *dx = nullptr, *dw1 = nullptr, *dw2 = nullptr, *dy1 = nullptr, *dy2 = nullptr;
+  ASSERT_EQ(cudaMalloc(&dx, k * 2), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dw1, w1.size() * 2), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dw2, w2.size() * 2), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dy1, mid * 2), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dy2, n * 4), cudaSuccess);
+  cudaMemcpy(dw1, w1.data(), w1.size() * 2, cudaMemcpyHostToDevice);
+  cudaMemcpy(dw2, w2.data(), w2.size() * 2, cudaMemcpyHostToDevice);
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  auto chain = [&](bool early) {
+    const FewRowsLinear first{.x = dx,
+                              .ldx = k,
+                              .w = dw1,
+                              .y = dy1,
+                              .ldy = mid,
+                              .rows = 1,
+                              .n = mid,
+                              .k = k,
+                              .let_next_start = early};
+    const FewRowsLinear second{.x = dy1,
+                               .ldx = mid,
+                               .w = dw2,
+                               .y = dy2,
+                               .ldy = n,
+                               .y_f32 = true,
+                               .rows = 1,
+                               .n = n,
+                               .k = mid};
+    EXPECT_TRUE(RunFewRowsLinear(first, stream).ok());
+    EXPECT_TRUE(RunFewRowsLinear(second, stream).ok());
+    std::vector<float> y2(n);
+    EXPECT_EQ(cudaMemcpyAsync(y2.data(), dy2, n * 4, cudaMemcpyDeviceToHost, stream), cudaSuccess);
+    EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    return y2;
+  };
+  for (int round = 0; round < 20; ++round) {
+    const std::vector<__nv_bfloat16> x = random_bf16(k);
+    cudaMemcpy(dx, x.data(), k * 2, cudaMemcpyHostToDevice);
+    const std::vector<float> serial = chain(false);
+    cudaMemset(dy1, 0xff, mid * 2);  // NaN: a read before the first linear wrote would show
+    EXPECT_TRUE(chain(true) == serial) << "round " << round;
+  }
+  cudaStreamDestroy(stream);
+  for (void* p : {dx, dw1, dw2, dy1, dy2}) cudaFree(p);
+}
+
 TEST(FewRowsLinear, TakesOnlyWhatItCanLoad) {
   std::vector<__nv_bfloat16> buffer(64);
   FewRowsLinear p{.x = buffer.data(),
