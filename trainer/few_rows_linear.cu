@@ -35,6 +35,18 @@ __device__ __forceinline__ void Unpack(const uint4& v, float (&f)[kChunk]) {
 constexpr int kMaxWarps = 16;
 constexpr int kPerThread = 2;  // chunks of each weight row a thread loads before it computes
 
+// A 16-byte load that stays after AwaitPrerequisites: a volatile asm with a memory clobber, as the
+// wait is. (The read-only path's __ldg counts as invariant, and __ldcg is an asm the compiler
+// may move: either could be hoisted above the wait, before the kernel writing x has ended.)
+__device__ __forceinline__ uint4 LoadAfterWait(const uint4* at) {
+  uint4 v;
+  asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(at)
+               : "memory");
+  return v;
+}
+
 template <int kRows>
 __global__ void __launch_bounds__(kMaxWarps * 32) FewRowsLinearKernel(FewRowsLinear p) {
   const int64_t n0 = blockIdx.x * int64_t{kOutputs};
@@ -42,21 +54,26 @@ __global__ void __launch_bounds__(kMaxWarps * 32) FewRowsLinearKernel(FewRowsLin
   const int stride = blockDim.x;
   const uint4* w = static_cast<const uint4*>(p.w);
   if (p.let_next_start) cuda_dependent_launch::LetDependentsLaunch();
-  float acc[kRows][kOutputs] = {};
-  bool awaited = false;
-  for (int64_t c0 = threadIdx.x; c0 < chunks; c0 += kPerThread * stride) {
-    // Every load of this pass in flight before the first multiply.
-    uint4 wv[kPerThread][kOutputs];
+  // Every weight load of a pass in flight before the first multiply.
+  uint4 wv[kPerThread][kOutputs];
+  auto load_weights = [&](int64_t c0) {
 #pragma unroll
     for (int u = 0; u < kPerThread; ++u) {
       const int64_t c = c0 + u * stride;
 #pragma unroll
       for (int o = 0; o < kOutputs; ++o) {
-        // The weights are read once a step: streamed past the caches (x stays there).
+        // The weights are read once a step: streamed past the caches.
         wv[u][o] =
             c < chunks && n0 + o < p.n ? __ldcs(w + (n0 + o) * chunks + c) : make_uint4(0, 0, 0, 0);
       }
     }
+  };
+  // x comes from the kernels before, so the first pass's weight loads are issued before this
+  // kernel waits for them (it may have started early); x's loads come after the wait.
+  load_weights(threadIdx.x);
+  cuda_dependent_launch::AwaitPrerequisites();
+  float acc[kRows][kOutputs] = {};
+  for (int64_t c0 = threadIdx.x; c0 < chunks;) {
 #pragma unroll
     for (int u = 0; u < kPerThread; ++u) {
       const int64_t c = c0 + u * stride;
@@ -64,9 +81,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32) FewRowsLinearKernel(FewRowsLin
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
         float xf[kChunk];
-        Unpack(__ldg(reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.x) +
-                                                    r * p.ldx) +
-                     c),
+        Unpack(LoadAfterWait(reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.x) +
+                                                            r * p.ldx) +
+                             c),
                xf);
 #pragma unroll
         for (int o = 0; o < kOutputs; ++o) {
@@ -77,8 +94,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32) FewRowsLinearKernel(FewRowsLin
         }
       }
     }
+    c0 += kPerThread * stride;
+    if (c0 < chunks) load_weights(c0);
   }
-  if (!awaited) cuda_dependent_launch::AwaitPrerequisites();  // a thread with no chunk
   __shared__ float parts[kMaxWarps][kRows * kOutputs];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
