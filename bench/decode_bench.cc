@@ -127,8 +127,8 @@ int main(int argc, char** argv) {
   app.add_flag("--trace", trace,
                "Record one more decode step with CUPTI and print each kernel's GPU time");
   app.add_flag("--linears", linears,
-               "Also time each few-rows linear of a decode step alone (back to back, for each of "
-               "--rows up to 16), against the memory bandwidth");
+               "Also time each few-rows linear of a decode step alone (back to back, rows up to "
+               "4), against the memory bandwidth");
   CLI11_PARSE(app, argc, argv);
 
   auto config = rwr::Config::LoadFile(model_path);

@@ -1,9 +1,8 @@
 // Y = X·Wᵀ (+ beta·Y) for a few rows of X: the GEMMs of a decode step (one token for each of a
 // few sequences), which only read the weights. cuBLASLt runs them as split-K tensor-core GEMMs
 // with a second kernel to add the parts; at one row that is 3.1× the time to read the weights of
-// Mamba-2.8B once. This kernel reads each weight once with 16-byte loads straight into tensor-core
-// operands (bf16 products, fp32 sums) and sums in a fixed order (the same bits every run), in one
-// launch.
+// Mamba-2.8B once. This kernel reads each weight once with 16-byte loads, multiplies it with
+// every row in fp32 and sums in a fixed order (the same bits every run), in one launch.
 //
 // C++17 and plain pointers, so the .cu file needs nothing of the trainer.
 #pragma once
@@ -16,9 +15,9 @@ struct CUstream_st;
 
 namespace rwr::trainer::cuda {
 
-// The most rows of X one call takes: two 8-column tiles of the mma (generation's default of 16
-// segment notes at once).
-inline constexpr int64_t kFewRowsMax = 16;
+// The most rows of X one call takes: each weight is multiplied on the FMA pipe once per row, and
+// past a few rows that, not the weights' bytes, is the time (tensor cores win there).
+inline constexpr int64_t kFewRowsMax = 4;
 
 struct FewRowsLinear {
   const void* x = nullptr;  // (rows, k) bf16, row stride ldx

@@ -1,10 +1,9 @@
 // The decode step's few-rows linear (trainer/few_rows_linear.h; device machine, skips without a
-// GPU) against a host reference in double, at the Mamba-2.8B decode shapes and odd ones: 1–16
-// rows (one and two 8-row tiles, part-full), outputs not a multiple of the block's 16, k from one
-// 16-byte chunk to 5,120 and not a multiple of the 32 of a k-block (1, 2 and 8 warps), strided x
-// and y rows, an fp32 y added into (beta 1) and a bf16 y. Twice: the same bits. Tolerance: |err| ≤
-// 1e-5·Σ|x·w| (fp32 sums of exact bf16 products); a bf16 y adds its rounding, 2⁻⁸·|y|. Its CPU twin
-// is the CPU model's decode (generate_test).
+// GPU) against a host reference in double, at the Mamba-2.8B decode shapes and odd ones: 1–4
+// rows, outputs not a multiple of the block's 4, k from one 16-byte chunk to 5,120 (each of the
+// kernel's warp counts), strided x and y rows, an fp32 y added into (beta 1) and a bf16 y. Twice:
+// the same bits. Tolerance: |err| ≤ 1e-5·Σ|x·w| (fp32 sums of exact bf16 products); a bf16 y
+// adds its rounding, 2⁻⁸·|y|. Its CPU twin is the CPU model's decode (generate_test).
 #include "trainer/few_rows_linear.h"
 
 #include <cuda_bf16.h>
@@ -62,14 +61,13 @@ std::vector<uint8_t> RunOnDevice(const Shape& s, const std::vector<__nv_bfloat16
 TEST(FewRowsLinear, MatchesAHostReferenceAndRepeatsItsBits) {
   if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
   const Shape shapes[] = {
-      {1, 10240, 2560, 2560, 10240, false, 0.f},   // in_proj, one row
-      {16, 10240, 2560, 2560, 10240, false, 0.f},  // in_proj, 16 rows
-      {4, 2560, 5120, 5120, 2560, true, 1.f},      // out_proj into the residual, four rows
-      {3, 192, 5120, 5120, 192, false, 0.f},       // x_proj
-      {2, 5120, 160, 192, 5120, false, 0.f},       // dt_proj: x is the start of an x_proj row
-      {1, 37, 8, 8, 37, true, 0.f},                // one chunk, outputs not a multiple of 16
-      {9, 1001, 1288, 1296, 1003, true, 1.f},      // a second tile of one row, padded rows
-      {13, 6, 264, 264, 6, false, 0.f},            // k not a multiple of 32, part of a block
+      {1, 10240, 2560, 2560, 10240, false, 0.f},  // in_proj, one row
+      {4, 2560, 5120, 5120, 2560, true, 1.f},     // out_proj into the residual, four rows
+      {3, 192, 5120, 5120, 192, false, 0.f},      // x_proj
+      {2, 5120, 160, 192, 5120, false, 0.f},      // dt_proj: x is the start of an x_proj row
+      {1, 37, 8, 8, 37, true, 0.f},               // one chunk, outputs not a multiple of 4
+      {3, 1001, 1288, 1296, 1003, true, 1.f},     // 161 chunks (two warps), padded rows
+      {2, 6, 2568, 2568, 6, false, 0.f},          // 321 chunks (four warps)
   };
   std::mt19937 rng(11);
   std::uniform_real_distribution<float> u(-1.f, 1.f);
@@ -201,7 +199,7 @@ TEST(FewRowsLinear, TakesOnlyWhatItCanLoad) {
   if (reinterpret_cast<uintptr_t>(buffer.data()) % 16 != 0) GTEST_SKIP() << "unaligned buffer";
   EXPECT_TRUE(FewRowsLinearApplies(p));
   FewRowsLinear q = p;
-  q.rows = kFewRowsMax + 1;  // a GEMM's job
+  q.rows = kFewRowsMax + 1;  // the tensor cores' job
   EXPECT_FALSE(FewRowsLinearApplies(q));
   q = p;
   q.k = 12;  // not whole 16-byte chunks
