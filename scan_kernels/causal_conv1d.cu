@@ -453,12 +453,13 @@ absl::Status DispatchBackward(const CausalConv1dParams& p, const CausalConv1dGra
 // The single-token step (Step): one thread per (row, channel) reads its W − 1 inputs of state,
 // the token and its weights, writes the output and the shifted state. The forward's kernels are
 // built for tiles of tokens and pay their set-up at T = 1; this is the step's floor, a read and a
-// write of the state. Same sum order as PreActivation: the forward's bits.
+// write of the state (the sum in PreActivation's order). Rows on the grid's x axis, whose 2^31
+// blocks take any batch; channel blocks on y.
 template <typename E, int W>
 __global__ void __launch_bounds__(kConvThreads) ConvStepKernel(CausalConv1dParams p) {
   if (p.let_next_start) cuda_dependent_launch::LetDependentsLaunch();
-  const int64_t b = blockIdx.y;
-  const int64_t d = blockIdx.x * int64_t{kConvThreads} + threadIdx.x;
+  const int64_t b = blockIdx.x;
+  const int64_t d = blockIdx.y * int64_t{kConvThreads} + threadIdx.x;
   if (d >= p.dim) return;
   const bool reset = p.resets != nullptr && p.resets[b * p.resets_batch_stride] != 0;
   const int64_t at = (b * p.dim + d) * (W - 1);
@@ -477,8 +478,8 @@ __global__ void __launch_bounds__(kConvThreads) ConvStepKernel(CausalConv1dParam
 
 template <typename E, int W>
 absl::Status LaunchConvStep(const CausalConv1dParams& p, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((p.dim + kConvThreads - 1) / kConvThreads),
-                  static_cast<unsigned>(p.batch));
+  const dim3 grid(static_cast<unsigned>(p.batch),
+                  static_cast<unsigned>((p.dim + kConvThreads - 1) / kConvThreads));
   ConvStepKernel<E, W><<<grid, kConvThreads, 0, stream>>>(p);
   RWR_CUDA_LAUNCH();
   return absl::OkStatus();

@@ -28,8 +28,8 @@ constexpr int kThreads = 128;                // 32 channels a block
 template <typename E>
 __global__ void __launch_bounds__(kThreads) StepKernel(SelectiveScanParams p) {
   if (p.let_next_start) cuda_dependent_launch::LetDependentsLaunch();
-  const int64_t b = blockIdx.y;
-  const int64_t d = blockIdx.x * int64_t{kThreads / kLanes} + threadIdx.x / kLanes;
+  const int64_t b = blockIdx.x;  // rows on x, whose 2^31 blocks take any batch
+  const int64_t d = blockIdx.y * int64_t{kThreads / kLanes} + threadIdx.x / kLanes;
   const int q = threadIdx.x % kLanes;
   // A channel's 4 lanes are adjacent, so a channel past the end idles whole; every lane still
   // takes part in the shuffles below.
@@ -83,8 +83,8 @@ absl::Status Step(const SelectiveScanParams& p, CUstream_st* stream) {
     return absl::InvalidArgumentError(
         "selective scan CUDA step: initial_state, final_state and A must be 16-byte aligned");
   }
-  const dim3 grid(static_cast<unsigned>((p.dim + kThreads / kLanes - 1) / (kThreads / kLanes)),
-                  static_cast<unsigned>(p.batch));
+  const dim3 grid(static_cast<unsigned>(p.batch),
+                  static_cast<unsigned>((p.dim + kThreads / kLanes - 1) / (kThreads / kLanes)));
   if (p.dtype == DType::kBF16) {
     StepKernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(p);
   } else {

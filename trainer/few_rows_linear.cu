@@ -4,9 +4,9 @@
 // thread issues the loads of 2 chunks of 16 bytes (8 weights) of each of the 4 weight rows before
 // it multiplies any, holds its partial sums for rows × 4 outputs in registers, and the block adds
 // them up in a fixed order (a warp's butterfly, then the warps in index order). The warps per
-// block grow with k so that one such pass covers k: every load of a block is in flight at once,
-// for the thin x_proj (192 outputs, 48 blocks) as for in_proj (10,240 outputs), with no idle
-// threads on the 20 chunks of dt_proj.
+// block grow with k so that one such pass covers k (up to 16 warps): every load of a block is in
+// flight at once, for the thin x_proj (192 outputs, 48 blocks) as for in_proj (10,240 outputs);
+// dt_proj's 20 chunks take one warp.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -133,10 +133,17 @@ absl::Status Launch(const FewRowsLinear& p, cudaStream_t stream) {
   const int warps = static_cast<int>(
       std::clamp<int64_t>((chunks + 32 * kPerThread - 1) / (32 * kPerThread), 1, kMaxWarps));
   // A programmatic dependent launch: the kernel may start before the one before it ends, and
-  // waits for it only once its first weight loads are issued.
+  // waits for it only once its first weight loads are issued — where its code has the wait: PTX
+  // for an architecture before sm_90 has none (cuda_dependent_launch.cuh), and run on a newer GPU
+  // it must then start after the kernel before, as any launch does.
+  static const bool has_wait = [] {
+    cudaFuncAttributes attributes{};
+    return cudaFuncGetAttributes(&attributes, FewRowsLinearKernel<kRows>) == cudaSuccess &&
+           attributes.ptxVersion >= 90;
+  }();
   cudaLaunchAttribute dependent{};
   dependent.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  dependent.val.programmaticStreamSerializationAllowed = 1;
+  dependent.val.programmaticStreamSerializationAllowed = has_wait ? 1 : 0;
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(static_cast<unsigned>((p.n + kOutputs - 1) / kOutputs));
   config.blockDim = dim3(warps * 32);
@@ -154,7 +161,7 @@ bool Aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15)
 bool FewRowsLinearApplies(const FewRowsLinear& p) {
   return p.rows >= 1 && p.rows <= kFewRowsMax && p.n >= 1 && p.k >= kChunk && p.k % kChunk == 0 &&
          p.ldx % kChunk == 0 && Aligned16(p.x) && Aligned16(p.w) && (p.y_f32 || p.beta == 0.f) &&
-         p.n <= (int64_t{1} << 31) * kOutputs;
+         p.n < (int64_t{1} << 31) * kOutputs;
 }
 
 absl::Status RunFewRowsLinear(const FewRowsLinear& p, CUstream_st* stream) {

@@ -524,7 +524,7 @@ struct MambaCuda::Impl {
                                   .n = N,
                                   .k = K,
                                   .let_next_start = let_next_start};
-    if (TakesFewRows(X, ldx, Wt, M, N, K)) {
+    if (act == Act::kBF16 && cuda::FewRowsLinearApplies(few)) {
       return Timed("gemm", what, "fwd", [&] { return cuda::RunFewRowsLinear(few, stream); });
     }
     GemmProblem p =
@@ -532,15 +532,20 @@ struct MambaCuda::Impl {
     p.timed = timed && !untimed_gemms;
     return Timed("gemm", what, "fwd", [&] { return Gemm(p, Wt, X, Y, beta); });
   }
-  // Whether Linear runs Y(M, N) = X·Wᵀ as a few-rows linear (cuda/few_rows_linear.h): a
-  // programmatic dependent launch that waits for the kernel before it, so that kernel may let it
-  // start early (the `let_next_start` of the launchers) — and only then, for a cuBLASLt kernel
+  // Whether Linear, given these arguments, runs as a few-rows linear (trainer/few_rows_linear.h):
+  // a programmatic dependent launch that waits for the kernel before it, so that kernel may let
+  // it start early (the `let_next_start` of the launchers) — and only then, for a cuBLASLt kernel
   // may not wait.
-  bool TakesFewRows(const void* X, int64_t ldx, const void* Wt, int64_t M, int64_t N,
-                    int64_t K) const {
-    return act == Act::kBF16 &&
-           cuda::FewRowsLinearApplies(
-               {.x = X, .ldx = ldx, .w = Wt, .y_f32 = true, .rows = M, .n = N, .k = K});
+  bool TakesFewRows(const void* X, int64_t ldx, const void* Wt, bool y_f32, float beta, int64_t M,
+                    int64_t N, int64_t K) const {
+    return act == Act::kBF16 && cuda::FewRowsLinearApplies({.x = X,
+                                                            .ldx = ldx,
+                                                            .w = Wt,
+                                                            .y_f32 = y_f32,
+                                                            .beta = beta,
+                                                            .rows = M,
+                                                            .n = N,
+                                                            .k = K});
   }
   // dX(M, K) = dY(M, N)·W(N, K) + beta·dX
   absl::Status LinearDx(const char* what, const void* dY, int64_t lddy, const void* Wt, void* dX,
@@ -600,10 +605,13 @@ class CudaRunner {
     const int64_t M = d.M(), conv_floats = m_.ConvStateFloats(d.B);
     cudaStream_t s = m_.stream;
     // A kernel before a few-rows linear lets it start early (a decode step's; TakesFewRows).
-    const bool few_in = m_.TakesFewRows(Xn(a), d.D, m_.W(o.in_proj), M, 2 * d.Di, d.D);
-    const bool few_x = m_.TakesFewRows(Uc(a), d.Di, m_.W(o.x_proj), M, d.X, d.Di);
-    const bool few_dt = m_.TakesFewRows(a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), M, d.Di, d.R);
-    const bool few_out = m_.TakesFewRows(k().y.ptr, d.Di, m_.W(o.out_proj), M, d.D, d.Di);
+    // (The same arguments as the Linear calls below.)
+    const bool few_in = m_.TakesFewRows(Xn(a), d.D, m_.W(o.in_proj), false, 0.f, M, 2 * d.Di, d.D);
+    const bool few_x = m_.TakesFewRows(Uc(a), d.Di, m_.W(o.x_proj), false, 0.f, M, d.X, d.Di);
+    const bool few_dt =
+        m_.TakesFewRows(a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), false, 0.f, M, d.Di, d.R);
+    const bool few_out =
+        m_.TakesFewRows(k().y.ptr, d.Di, m_.W(o.out_proj), true, 1.f, M, d.D, d.Di);
     // With `keep`, the norm also copies its input h to a.h_in (h is updated in place below).
     RWR_RETURN_IF_ERROR(m_.Timed("norm", "fwd", [&] {
       return cuda::RmsNorm(k().h.ptr, P(o.norm), Xn(a), m_.act, a.rstd.ptr, M, d.D, c_.norm_eps, s,
@@ -907,7 +915,7 @@ class CudaRunner {
                                         k().rstd_f.ptr, d.M(), d.D, c_.norm_eps, s));
     }
     const bool few_head =
-        m_.TakesFewRows(k().block_in.ptr, d.D, m_.W(layout_.embedding()), nr, d.V, d.D);
+        m_.TakesFewRows(k().block_in.ptr, d.D, m_.W(layout_.embedding()), true, 0.f, nr, d.V, d.D);
     RWR_RETURN_IF_ERROR(cuda::GatherRows(k().hn.ptr, k().rows.ptr + r0, k().block_in.ptr, m_.act,
                                          nr, d.D, s, few_head));
     return m_.Linear("lm_head", k().block_in.ptr, d.D, m_.W(layout_.embedding()),

@@ -1,8 +1,8 @@
 // The decode step's few-rows linear (trainer/few_rows_linear.h; device machine, skips without a
 // GPU) against a host reference in double, at the Mamba-2.8B decode shapes and odd ones: 1–4
-// rows, outputs not a multiple of the block's 4, k from one 16-byte chunk to 5,120 (each of the
-// kernel's warp counts), strided x and y rows, an fp32 y added into (beta 1) and a bf16 y. Twice:
-// the same bits. Tolerance: |err| ≤ 1e-5·Σ|x·w| (fp32 sums of exact bf16 products); a bf16 y
+// rows, outputs not a multiple of the block's 4, k from one 16-byte chunk to 16,384 (one to 16
+// warps, one pass and two), strided x and y rows, an fp32 y added into (beta 1) and a bf16 y.
+// Twice: the same bits. Tolerance: |err| ≤ 1e-5·Σ|x·w| (fp32 sums of exact bf16 products); a bf16 y
 // adds its rounding, 2⁻⁸·|y|. Its CPU twin is the CPU model's decode (generate_test).
 #include "trainer/few_rows_linear.h"
 
@@ -66,8 +66,9 @@ TEST(FewRowsLinear, MatchesAHostReferenceAndRepeatsItsBits) {
       {3, 192, 5120, 5120, 192, false, 0.f},      // x_proj
       {2, 5120, 160, 192, 5120, false, 0.f},      // dt_proj: x is the start of an x_proj row
       {1, 37, 8, 8, 37, true, 0.f},               // one chunk, outputs not a multiple of 4
-      {3, 1001, 1288, 1296, 1003, true, 1.f},     // 161 chunks (two warps), padded rows
-      {2, 6, 2568, 2568, 6, false, 0.f},          // 321 chunks (four warps)
+      {3, 1001, 1288, 1296, 1003, true, 1.f},     // 161 chunks (three warps), padded rows
+      {2, 6, 2568, 2568, 6, false, 0.f},          // 321 chunks (six warps)
+      {2, 40, 16384, 16384, 40, true, 0.f},       // 2048 chunks: 16 warps, two passes
   };
   std::mt19937 rng(11);
   std::uniform_real_distribution<float> u(-1.f, 1.f);

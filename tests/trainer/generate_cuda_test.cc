@@ -6,11 +6,15 @@
 // weights and activations, fp32 accumulation).
 #include <gtest/gtest.h>
 
+#include <array>
+
 #include "storage/safetensors.h"
 #include "tests/trainer/hf_fixture.h"
 #include "trainer/generate.h"
 #include "trainer/mamba_cpu.h"
 #include "trainer/mamba_cuda.h"
+#include "trainer/model_io.h"
+#include "trainer/param_layout.h"
 
 namespace rwr::trainer {
 namespace {
@@ -166,6 +170,95 @@ TEST_P(GenerateCudaTest, DecodeGraphsGiveTheBitsOfPlainLaunches) {
   for (int step = 0; step < 6; ++step) both(step_tokens(step));
   both(second);
   for (int step = 6; step < 10; ++step) both(step_tokens(step));
+  EXPECT_TRUE(models[0]->decode_graphs()) << "the steps were not captured (see the warning)";
+}
+
+// Two models of `config` with `params`, one replaying decode steps from a CUDA graph, one launching
+// every kernel, each with `rows` sequences started.
+std::array<std::unique_ptr<MambaCuda>, 2> GraphAndPlainModels(const MambaConfig& config,
+                                                              std::span<const float> params,
+                                                              GemmPrecision precision,
+                                                              int64_t rows) {
+  std::array<std::unique_ptr<MambaCuda>, 2> models;
+  for (int i = 0; i < 2; ++i) {
+    auto model = MambaCuda::Create(config, precision);
+    EXPECT_TRUE(model.ok()) << model.status();
+    if (!model.ok()) return {};
+    models[i] = std::move(*model);
+    EXPECT_TRUE(models[i]->UploadParams(params).ok());
+    models[i]->SetDecodeGraphs(i == 0);
+    EXPECT_TRUE(models[i]->ResetSequence(rows).ok());
+  }
+  return models;
+}
+
+// A model whose every decode GEMM is a few-rows linear in bf16 (dt_rank 8 and x_proj's 40
+// columns are whole 16-byte loads; the fixture's 3 and 35 are not, so its dt_proj runs on
+// cuBLASLt): the chain where x_proj lets dt_proj start before it ends, against the CPU model at
+// every step, and replayed from a graph against plain launches bit for bit.
+TEST_P(GenerateCudaTest, EveryGemmAFewRowsLinearMatchesTheCpuModel) {
+  MambaConfig c;
+  c.d_model = 128;
+  c.n_layer = 2;
+  c.vocab_size = 512;
+  c.d_inner = 256;
+  c.dt_rank = 8;
+  ASSERT_TRUE(c.Validate().ok());
+  const std::vector<float> params = InitParams(c, 3);
+  const GemmPrecision precision =
+      GetParam() == "fp32" ? GemmPrecision::kFp32 : GemmPrecision::kBf16;
+  std::array<std::unique_ptr<MambaCuda>, 2> models = GraphAndPlainModels(c, params, precision, 1);
+  ASSERT_TRUE(models[0] != nullptr);
+  std::unique_ptr<Decoder> cpu = MakeCpuDecoder(c, params);
+  const int64_t V = c.vocab_size;
+  for (int call = 0; call < 9; ++call) {
+    std::vector<int32_t> tokens(call == 0 ? 9 : 1);
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      tokens[i] = static_cast<int32_t>((call * 37 + i * 11 + 5) % V);
+    }
+    std::vector<float> logits[3] = {std::vector<float>(V), std::vector<float>(V),
+                                    std::vector<float>(V)};
+    for (int i = 0; i < 2; ++i) {
+      ASSERT_TRUE(models[i]->Advance({.tokens = tokens, .rows = 1}, 0, logits[i]).ok());
+    }
+    ASSERT_TRUE(cpu->Advance(tokens, logits[2]).ok());
+    EXPECT_EQ(logits[0], logits[1]) << "call " << call;
+    EXPECT_LT(RelErr(logits[0], logits[2]), tolerance()) << "call " << call;
+  }
+  EXPECT_TRUE(models[0]->decode_graphs()) << "the steps were not captured (see the warning)";
+}
+
+// Parameters uploaded between decode steps reach the next step replayed from the graph: A =
+// −exp(A_log) is not part of the graph and is computed again (against plain launches, which
+// compute it in every call).
+TEST_P(GenerateCudaTest, NewParametersReachTheNextGraphStep) {
+  testing::HfFixture f = testing::LoadHfFixture();
+  const MambaConfig& c = f.model.config;
+  const GemmPrecision precision =
+      GetParam() == "fp32" ? GemmPrecision::kFp32 : GemmPrecision::kBf16;
+  std::array<std::unique_ptr<MambaCuda>, 2> models =
+      GraphAndPlainModels(c, f.model.params, precision, 1);
+  ASSERT_TRUE(models[0] != nullptr);
+  std::vector<float> changed = f.model.params;  // every layer's A_log moved
+  const ParamLayout layout = ParamLayout::ForMamba(c);
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    for (int64_t i = 0; i < c.d_inner * c.d_state; ++i) changed[layout.layer(l).A_log + i] += 0.5f;
+  }
+  const int64_t V = c.vocab_size;
+  for (int call = 0; call < 8; ++call) {
+    if (call == 4) {
+      for (auto& model : models) ASSERT_TRUE(model->UploadParams(changed).ok());
+    }
+    std::vector<int32_t> tokens(call == 0 ? 6 : 1);
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      tokens[i] = static_cast<int32_t>((call * 29 + i * 13 + 3) % V);
+    }
+    std::vector<float> logits[2] = {std::vector<float>(V), std::vector<float>(V)};
+    for (int i = 0; i < 2; ++i) {
+      ASSERT_TRUE(models[i]->Advance({.tokens = tokens, .rows = 1}, 0, logits[i]).ok());
+    }
+    EXPECT_EQ(logits[0], logits[1]) << "call " << call;
+  }
   EXPECT_TRUE(models[0]->decode_graphs()) << "the steps were not captured (see the warning)";
 }
 
