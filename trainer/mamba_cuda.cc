@@ -241,6 +241,18 @@ constexpr int64_t kGemmWorkspaceBytes = int64_t{32} << 20;
 // loaded kernels, the GEMM tuning's events).
 constexpr size_t kHeadroomBytes = size_t{512} << 20;
 
+namespace {
+
+// The optional parts of a forward GEMM (MambaCuda::Impl::Linear).
+struct LinearOptions {
+  float beta = 0.f;   // Y = X·Wᵀ + beta·Y
+  bool timed = true;  // false: a shape that changes from call to call (GemmProblem::timed)
+  // The next kernel is a few-rows linear (Impl::TakesFewRows), which may start before this ends.
+  bool let_next_start = false;
+};
+
+}  // namespace
+
 struct MambaCuda::Impl {
   MambaConfig c;
   Act act = Act::kF32;  // activations and GEMM operands
@@ -506,12 +518,10 @@ struct MambaCuda::Impl {
   // is fp32 when its `*_f32` flag says so, else an activation. Accumulation is fp32 throughout.
   // `what` names the weight for phase timing.
   // Y(M, N) = X(M, K)·W(N, K)ᵀ + beta·Y
-  // `timed` false: a shape that changes from call to call (GemmProblem::timed).
-  // `let_next_start`: the next kernel is a few-rows linear (TakesFewRows), which may start before
-  // this one ends.
   absl::Status Linear(const char* what, const void* X, int64_t ldx, const void* Wt, void* Y,
-                      bool y_f32, int64_t ldy, int64_t M, int64_t N, int64_t K, float beta = 0.f,
-                      bool timed = true, bool let_next_start = false) {
+                      bool y_f32, int64_t ldy, int64_t M, int64_t N, int64_t K,
+                      LinearOptions options = {}) {
+    const float beta = options.beta;
     // A few rows (a decode step's): one kernel that reads each bf16 weight once.
     const cuda::FewRowsLinear few{.x = X,
                                   .ldx = ldx,
@@ -523,13 +533,13 @@ struct MambaCuda::Impl {
                                   .rows = M,
                                   .n = N,
                                   .k = K,
-                                  .let_next_start = let_next_start};
+                                  .let_next_start = options.let_next_start};
     if (act == Act::kBF16 && cuda::FewRowsLinearApplies(few)) {
       return Timed("gemm", what, "fwd", [&] { return cuda::RunFewRowsLinear(few, stream); });
     }
     GemmProblem p =
         GemmProblem::Forward(M, N, K, ldx, ldy, CudaType(), y_f32 ? CUDA_R_32F : CudaType());
-    p.timed = timed && !untimed_gemms;
+    p.timed = options.timed && !untimed_gemms;
     return Timed("gemm", what, "fwd", [&] { return Gemm(p, Wt, X, Y, beta); });
   }
   // Whether Linear, given these arguments, runs as a few-rows linear (trainer/few_rows_linear.h):
@@ -623,7 +633,7 @@ class CudaRunner {
     conv.let_next_start = few_x;
     RWR_RETURN_IF_ERROR(m_.ConvForward(conv));
     RWR_RETURN_IF_ERROR(m_.Linear("x_proj", Uc(a), d.Di, m_.W(o.x_proj), a.xdbl.ptr, false, d.X, M,
-                                  d.X, d.Di, 0.f, true, few_dt));
+                                  d.X, d.Di, {.let_next_start = few_dt}));
     RWR_RETURN_IF_ERROR(m_.Linear("dt_proj", a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), Dtraw(a),
                                   false, d.Di, M, d.Di, d.R));
     scan::SelectiveScanParams scan =
@@ -632,7 +642,7 @@ class CudaRunner {
     RWR_RETURN_IF_ERROR(m_.ScanForward(scan));
     // The residual add is the GEMM's beta: h += y·out_projᵀ, accumulated in fp32.
     return m_.Linear("out_proj", k().y.ptr, d.Di, m_.W(o.out_proj), k().h.ptr, true, d.D, M, d.D,
-                     d.Di, 1.f);
+                     d.Di, {.beta = 1.f});
   }
 
   // dh (M, D): gradient of the layer output → of its input (dh_act follows it in kBf16). dstate
@@ -781,7 +791,7 @@ class CudaRunner {
                                 s);
       }));
       RWR_RETURN_IF_ERROR(m_.Linear("lm_head", k().block_in.ptr, d.D, E, k().block_logits.ptr, true,
-                                    d.V, nr, d.V, d.D, 0.f, timed));
+                                    d.V, nr, d.V, d.D, {.timed = timed}));
       if (host_logits != nullptr) {
         std::vector<float> logits(nr * d.V);
         RWR_CUDA(cudaMemcpyAsync(logits.data(), k().block_logits.ptr, nr * d.V * 4,
@@ -919,7 +929,7 @@ class CudaRunner {
     RWR_RETURN_IF_ERROR(cuda::GatherRows(k().hn.ptr, k().rows.ptr + r0, k().block_in.ptr, m_.act,
                                          nr, d.D, s, few_head));
     return m_.Linear("lm_head", k().block_in.ptr, d.D, m_.W(layout_.embedding()),
-                     k().block_logits.ptr, true, d.V, nr, d.V, d.D, 0.f, false);
+                     k().block_logits.ptr, true, d.V, nr, d.V, d.D, {.timed = false});
   }
 
   // One decode step on the device (one token per row, already in k().tokens; the last rows in
