@@ -31,12 +31,16 @@ void RemoveCheckpointDir(const fs::path& dir) {
   fs::remove_all(ec ? dir : aside, ec);
 }
 
+// The step of a checkpoint directory's name, exactly as CheckpointName writes it: 8 digits, more
+// from step 100,000,000 on (a name that only parses, as step_7 or step_000000007, is not one).
 std::optional<int64_t> StepOf(const std::string& name) {
-  if (name.size() != 13 || name.rfind("step_", 0) != 0) return std::nullopt;
+  if (name.size() < 13 || name.size() > 23 || name.rfind("step_", 0) != 0) return std::nullopt;
   for (size_t i = 5; i < name.size(); ++i) {
     if (name[i] < '0' || name[i] > '9') return std::nullopt;
   }
-  return std::stoll(name.substr(5));
+  const int64_t step = std::stoll(name.substr(5));
+  if (CheckpointName(step) != name) return std::nullopt;
+  return step;
 }
 
 // This rank's files of a checkpoint into `dir`, each written atomically and synced (so that a
@@ -196,8 +200,9 @@ std::vector<std::string> UnpublishedCheckpoints(const std::string& checkpoints_d
   for (const auto& entry : fs::directory_iterator(checkpoints_dir, ec)) {
     const std::string name = entry.path().filename().string();
     // step_NNNNNNNN.tmp; a removal's step_NNNNNNNN.removing.tmp is not one.
-    if (name.size() == 17 && name.substr(13) == ".tmp" && StepOf(name.substr(0, 13)) &&
-        entry.is_directory(ec)) {
+    constexpr std::string_view kTmp = ".tmp";
+    if (name.size() > kTmp.size() && name.ends_with(kTmp) &&
+        StepOf(name.substr(0, name.size() - kTmp.size())) && entry.is_directory(ec)) {
       out.push_back(entry.path().string());
     }
   }

@@ -298,6 +298,21 @@ TEST(BackgroundCheckpoint, AnAbandonedWriteStopsAndLeavesNothing) {
   EXPECT_TRUE(ListCheckpoints(dir).empty());
 }
 
+// Past step 99,999,999 a checkpoint's name has more than 8 digits; it is still found, and in step
+// order. Names CheckpointName would not write (step_7, step_000000007) are not checkpoints.
+TEST(Checkpoint, NamesPastEightDigitsAreFoundInStepOrder) {
+  const std::string ckpts = TempDir("long_steps") + "/checkpoints";
+  for (const char* name : {"step_99999999", "step_100000000", "step_7", "step_000000007"}) {
+    fs::create_directories(ckpts + "/" + name);
+    std::ofstream(ckpts + "/" + name + "/DONE");
+  }
+  fs::create_directories(ckpts + "/step_100000001.tmp");
+  EXPECT_EQ(CheckpointName(100000000), "step_100000000");
+  EXPECT_EQ(ListCheckpoints(ckpts),
+            (std::vector<std::string>{ckpts + "/step_99999999", ckpts + "/step_100000000"}));
+  EXPECT_EQ(UnpublishedCheckpoints(ckpts), std::vector<std::string>{ckpts + "/step_100000001.tmp"});
+}
+
 TEST(Train, IncompleteCheckpointsAreNeverPickedUp) {
   const std::string data = MakeDataset("incomplete", 20, 3);
   const std::string out = TempDir("incomplete_out");
