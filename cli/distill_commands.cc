@@ -174,13 +174,24 @@ bool SleepUnlessShutdown(double seconds) {
 // stops the run because it fails every call (DistillSummary::teacher_unusable), is tried again at
 // the policy's delays while waiting may mend it; each pass finds the answers of the ones before in
 // the cache. The summary is the last pass's. A signal during a wait ends it as an interrupted run.
+// A teacher that has not answered once since the run started may be a mistyped address, which
+// looks the same as a teacher still starting (UNAVAILABLE): the warnings and the final error
+// say so, naming the address.
 absl::StatusOr<teacher::DistillSummary> DistillWaitingForTheTeacher(
     const std::string& target, const teacher::TeacherClientOptions& client,
     const teacher::ExtractiveOptions& extractive, const teacher::TeacherOutagePolicy& outage,
     const teacher::DistillRunOptions& run, teacher::NoteCache& cache) {
   std::optional<std::chrono::steady_clock::time_point> down_since;
   double delay_s = 0;
+  bool answered = false;  // by the teacher, once at least, in this run
   teacher::DistillSummary summary;
+  auto never_answered = [&] {
+    return answered ? std::string()
+                    : fmt::format(
+                          "; it has not answered once since this run started: is {} the "
+                          "teacher's address?",
+                          target);
+  };
   while (true) {
     absl::StatusOr<std::unique_ptr<teacher::Teacher>> made =
         teacher::MakeDistillTeacher(target, client, extractive);
@@ -191,6 +202,7 @@ absl::StatusOr<teacher::DistillSummary> DistillWaitingForTheTeacher(
       if (summary.interrupted || summary.teacher_unusable.ok()) return summary;
       unusable = summary.teacher_unusable;
       if (summary.counts.teacher_answers > 0) {  // it was up in between: a new outage
+        answered = true;
         down_since.reset();
         delay_s = 0;
       }
@@ -201,9 +213,9 @@ absl::StatusOr<teacher::DistillSummary> DistillWaitingForTheTeacher(
     if (outage.GivesUp(unusable.code(), waited_s)) {
       if (waited_s > 0) {
         unusable = absl::Status(
-            unusable.code(), fmt::format("{}; unusable for {} (distill.teacher_outage_s {})",
+            unusable.code(), fmt::format("{}; unusable for {} (distill.teacher_outage_s {}){}",
                                          std::string(unusable.message()), FormatDuration(waited_s),
-                                         outage.outage_s));
+                                         outage.outage_s, never_answered()));
       }
       if (!made.ok()) return unusable;
       summary.teacher_unusable = unusable;
@@ -214,8 +226,9 @@ absl::StatusOr<teacher::DistillSummary> DistillWaitingForTheTeacher(
     const double sleep_s = std::min(delay_s, outage.outage_s - waited_s);
     spdlog::warn(
         "distill: the teacher cannot be used: {}; trying again in {} (waiting at most {} in all, "
-        "distill.teacher_outage_s)",
-        std::string(unusable.message()), FormatDuration(sleep_s), FormatDuration(outage.outage_s));
+        "distill.teacher_outage_s){}",
+        std::string(unusable.message()), FormatDuration(sleep_s), FormatDuration(outage.outage_s),
+        never_answered());
     if (!SleepUnlessShutdown(sleep_s)) {
       spdlog::info("signal {} while waiting for the teacher; rerun to continue", ShutdownSignal());
       summary.interrupted = true;
