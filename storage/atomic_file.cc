@@ -48,7 +48,26 @@ absl::Status AtomicFile::Open() {
 }
 
 absl::Status AtomicFile::Write(const void* data, size_t size) {
-  return WriteAll(fd_, data, size, tmp_);
+  RWR_RETURN_IF_ERROR(WriteAll(fd_, data, size, tmp_));
+  appended_ += static_cast<off_t>(size);
+  WriteBack();
+  return absl::OkStatus();
+}
+
+void AtomicFile::WriteBack() {
+  constexpr off_t kPiece = off_t{64} << 20;
+  constexpr off_t kInFlight = 4 * kPiece;  // disk writes under way while the writer goes on
+  while (appended_ - written_back_ >= kPiece) {
+    // Best effort: where the file system does not take it, Commit's fsync still makes the file
+    // durable; only the pacing is lost.
+    ::sync_file_range(fd_, written_back_, kPiece, SYNC_FILE_RANGE_WRITE);
+    if (written_back_ >= kInFlight) {
+      ::sync_file_range(
+          fd_, written_back_ - kInFlight, kPiece,
+          SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+    }
+    written_back_ += kPiece;
+  }
 }
 
 absl::Status AtomicFile::PwriteAt(const void* data, size_t size, off_t offset) {
