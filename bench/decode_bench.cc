@@ -5,11 +5,13 @@
 // at the card's memory bandwidth, the floor of a step that reads every weight once; `--trace`
 // adds a CUPTI timeline of one step (bench/kernel_trace.h) with the GPU time of each kernel.
 //
-//   decode_bench --model configs/models/mamba-2.8b.yaml --rows 1,16 --steps 50 --trace
+//   decode_bench --model configs/models/mamba-2.8b.yaml --rows 1,16 --steps 50 --trace \
+//                --json decode.json
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <sstream>
 #include <vector>
 
@@ -19,6 +21,7 @@
 #endif
 #include "common/status.h"
 #include "fmt/format.h"
+#include "nlohmann/json.hpp"
 #include "trainer/few_rows_linear.h"
 #include "trainer/mamba_cuda.h"
 #include "trainer/model_config.h"
@@ -115,7 +118,8 @@ absl::Status TimeLinears(const rwr::trainer::MambaConfig& mc, const std::vector<
 
 int main(int argc, char** argv) {
   CLI::App app("Decode-step latency of the CUDA Mamba LM (generation)");
-  std::string model_path = "configs/models/mamba-2.8b.yaml", rows_text = "1,16", precision = "bf16";
+  std::string model_path = "configs/models/mamba-2.8b.yaml", rows_text = "1,16", precision = "bf16",
+              json_path;
   int steps = 50, prompt = 32;
   bool trace = false, no_graphs = false, linears = false;
   app.add_option("--model", model_path, "Model config YAML (model: section)");
@@ -123,6 +127,7 @@ int main(int argc, char** argv) {
   app.add_option("--steps", steps, "Timed decode steps per row count (after 5 warm-up steps)");
   app.add_option("--prompt", prompt, "Prompt tokens per row before the decode steps");
   app.add_option("--precision", precision, "bf16 (the default for generation) or fp32");
+  app.add_option("--json", json_path, "Also write the results (per row count) as JSON");
   app.add_flag("--no-graphs", no_graphs, "Launch each kernel instead of replaying a CUDA graph");
   app.add_flag("--trace", trace,
                "Record one more decode step with CUPTI and print each kernel's GPU time");
@@ -165,6 +170,12 @@ int main(int argc, char** argv) {
     fmt::print("few-rows linears alone, back to back:\n");
     if (auto s = TimeLinears(*mc, ParseList(rows_text), bandwidth); !s.ok()) return Fail(s);
   }
+  nlohmann::json results = {{"card", prop.name},
+                            {"model", mc->Summary()},
+                            {"precision", precision},
+                            {"graphs", !no_graphs},
+                            {"weight_read_floor_ms", floor_ms},
+                            {"rows", nlohmann::json::array()}};
   rwr::trainer::Rng rng(7);
   for (const int64_t rows : ParseList(rows_text)) {
     std::vector<float> logits(rows * mc->vocab_size);
@@ -191,6 +202,12 @@ int main(int argc, char** argv) {
         "{:.1f}x the weight-read floor, {:.0f} tokens/s\n",
         rows, ms[ms.size() / 2], ms.size(), ms.front(), ms.back(), ms[ms.size() / 2] / floor_ms,
         rows * 1e3 / ms[ms.size() / 2]);
+    results["rows"].push_back({{"rows", rows},
+                               {"median_ms", ms[ms.size() / 2]},
+                               {"min_ms", ms.front()},
+                               {"max_ms", ms.back()},
+                               {"steps", ms.size()},
+                               {"tokens_per_s", rows * 1e3 / ms[ms.size() / 2]}});
     if (trace) {
       std::string error = "built without CUPTI";
 #ifdef RWR_HAVE_CUPTI
@@ -205,6 +222,11 @@ int main(int argc, char** argv) {
       rwr::bench::PrintTraceSummary(rwr::bench::StopKernelTrace(), 12);
 #endif
     }
+  }
+  if (!json_path.empty()) {
+    std::ofstream out(json_path);
+    out << results.dump(2) << "\n";
+    if (!out) return Fail(absl::UnavailableError("cannot write " + json_path));
   }
   return 0;
 }
