@@ -5,11 +5,15 @@
 // init_from); non-finite steps are skipped then abort; export reads back (also with the PyPI
 // safetensors library).
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <map>
 #include <thread>
 
@@ -242,8 +246,8 @@ TEST(Train, TheStepAfterACheckpointSaysHowLongTheStepsPaused) {
 
 constexpr int64_t kLargeMoments = 64 << 20;  // 512 MB of moments: tenths of a second to write
 
-// A small model with 512 MB of moments, long enough to write that a test sees it under way.
-CheckpointData LargeCheckpointOfStep7() {
+// A small model's checkpoint of `step` with `moments` AdamW moments of each kind.
+CheckpointData CheckpointOf(int64_t step, int64_t moments) {
   auto config = MambaConfig::FromJson(nlohmann::json{{"hidden_size", 16},
                                                      {"num_hidden_layers", 2},
                                                      {"vocab_size", kVocab},
@@ -256,14 +260,17 @@ CheckpointData LargeCheckpointOfStep7() {
   CheckpointData data{*config,
                       std::vector<float>(ParamLayout::ForMamba(*config).total(), 0.5f),
                       0,
-                      kLargeMoments,
-                      std::vector<float>(kLargeMoments, 0.25f),
-                      std::vector<float>(kLargeMoments, 0.125f),
-                      7,
+                      moments,
+                      std::vector<float>(moments, 0.25f),
+                      std::vector<float>(moments, 0.125f),
+                      step,
                       {}};
-  data.state.step = 7;
+  data.state.step = step;
   return data;
 }
+
+// A small model with 512 MB of moments, long enough to write that a test sees it under way.
+CheckpointData LargeCheckpointOfStep7() { return CheckpointOf(7, kLargeMoments); }
 
 // Start returns while the files are still being written (LargeCheckpointOfStep7), and nothing is
 // published before Finish, even once this rank's files are all written: the other ranks' may not
@@ -311,6 +318,57 @@ TEST(Checkpoint, NamesPastEightDigitsAreFoundInStepOrder) {
   EXPECT_EQ(ListCheckpoints(ckpts),
             (std::vector<std::string>{ckpts + "/step_99999999", ckpts + "/step_100000000"}));
   EXPECT_EQ(UnpublishedCheckpoints(ckpts), std::vector<std::string>{ckpts + "/step_100000001.tmp"});
+}
+
+// Where no thread can be started (a pids limit on a cluster; here an address-space limit that a
+// new thread's 8 MiB stack does not fit under), Start writes the checkpoint itself before it
+// returns, and Finish publishes it as it would one written beside the steps. In a child process,
+// whose limit the test sets.
+TEST(BackgroundCheckpoint, WithoutAThreadItIsWrittenBeforeStartReturns) {
+  const std::string dir = TempDir("no_thread") + "/checkpoints";
+  CheckpointData data = CheckpointOf(3, 1 << 20);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // What the child maps now, plus room for the write's small allocations, not for a stack.
+    std::ifstream statm("/proc/self/statm");
+    long pages = 0;
+    statm >> pages;
+    const rlim_t mapped = static_cast<rlim_t>(pages) * sysconf(_SC_PAGESIZE);
+    const rlimit limit{mapped + (rlim_t{6} << 20), mapped + (rlim_t{6} << 20)};
+    if (setrlimit(RLIMIT_AS, &limit) != 0) _exit(11);
+    // Threads that hold on until the end take the stacks glibc keeps from ended threads (which a
+    // new thread would reuse, limit or not), until a new stack does not fit.
+    std::promise<void> release;
+    std::shared_future<void> end = release.get_future().share();
+    std::vector<std::thread> holders;
+    try {
+      for (int i = 0; i < 64; ++i) holders.emplace_back([end] { end.wait(); });
+    } catch (const std::system_error&) {
+    }
+    if (holders.size() == 64) _exit(10);  // threads still fit: nothing to test here
+    auto writing = BackgroundCheckpoint::Start(dir, std::move(data), 0, nullptr);
+    const int code = !writing.ok()                                            ? 2
+                     : (*writing)->written_beside() || !(*writing)->Written() ? 3
+                     : !(*writing)->Finish().ok()                             ? 4
+                                                                              : 0;
+    release.set_value();
+    for (std::thread& holder : holders) holder.join();
+    _exit(code);
+  }
+  int status = 0;
+  for (int waited_ms = 0; waitpid(child, &status, WNOHANG) == 0; waited_ms += 10) {
+    if (waited_ms > 60'000) {
+      kill(child, SIGKILL);
+      waitpid(child, &status, 0);
+      FAIL() << "the child did not finish in 60 s";
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(WIFEXITED(status)) << "status " << status;
+  if (WEXITSTATUS(status) == 10) GTEST_SKIP() << "a thread could still be started under the limit";
+  ASSERT_EQ(WEXITSTATUS(status), 0) << "2: Start failed, 3: written beside, 4: Finish failed";
+  EXPECT_EQ(ListCheckpoints(dir), std::vector<std::string>{dir + "/step_00000003"});
 }
 
 TEST(Train, IncompleteCheckpointsAreNeverPickedUp) {
