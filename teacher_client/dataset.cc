@@ -74,7 +74,7 @@ absl::StatusOr<DatasetItem> ParseDatasetLine(std::string_view line, uint64_t max
   if (json.is_discarded()) {
     // Parse again with exceptions for the parser's position and reason.
     try {
-      (void)nlohmann::json::parse(line);
+      [[maybe_unused]] const nlohmann::json reparsed = nlohmann::json::parse(line);
     } catch (const nlohmann::json::parse_error& e) {
       std::string what = e.what();
       if (const size_t pos = what.find("parse error"); pos != std::string::npos) {
