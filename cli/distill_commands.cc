@@ -174,35 +174,35 @@ bool SleepUnlessShutdown(double seconds) {
 // stops the run because it fails every call (DistillSummary::teacher_unusable), is tried again at
 // the policy's delays while waiting may mend it; each pass finds the answers of the ones before in
 // the cache. The summary is the last pass's. A signal during a wait ends it as an interrupted run.
-// A teacher that has not answered once since the run started may be a mistyped address, which
-// looks the same as a teacher still starting (UNAVAILABLE): the warnings and the final error
-// say so, naming the address.
+// A teacher never reached since the run started may be a mistyped address, which looks the same
+// as a teacher still starting (UNAVAILABLE): the warnings and the final error say so, naming the
+// address.
 absl::StatusOr<teacher::DistillSummary> DistillWaitingForTheTeacher(
     const std::string& target, const teacher::TeacherClientOptions& client,
     const teacher::ExtractiveOptions& extractive, const teacher::TeacherOutagePolicy& outage,
     const teacher::DistillRunOptions& run, teacher::NoteCache& cache) {
   std::optional<std::chrono::steady_clock::time_point> down_since;
   double delay_s = 0;
-  bool answered = false;  // by the teacher, once at least, in this run
+  bool reached = false;  // a connection to the teacher made, once at least, in this run
   teacher::DistillSummary summary;
-  auto never_answered = [&] {
-    return answered ? std::string()
-                    : fmt::format(
-                          "; it has not answered once since this run started: is {} the "
-                          "teacher's address?",
-                          target);
+  auto never_reached = [&] {
+    return reached ? std::string()
+                   : fmt::format(
+                         "; it has not been reached once since this run started: is {} "
+                         "the teacher's address?",
+                         target);
   };
   while (true) {
     absl::StatusOr<std::unique_ptr<teacher::Teacher>> made =
         teacher::MakeDistillTeacher(target, client, extractive);
     absl::Status unusable = made.status();
     if (made.ok()) {
+      reached = true;
       RWR_ASSIGN_OR_RETURN(summary, teacher::RunDistill(run, **made, cache));
       made->reset();  // waits for any callback still running
       if (summary.interrupted || summary.teacher_unusable.ok()) return summary;
       unusable = summary.teacher_unusable;
       if (summary.counts.teacher_answers > 0) {  // it was up in between: a new outage
-        answered = true;
         down_since.reset();
         delay_s = 0;
       }
@@ -211,12 +211,13 @@ absl::StatusOr<teacher::DistillSummary> DistillWaitingForTheTeacher(
     if (!down_since.has_value()) down_since = now;
     const double waited_s = std::chrono::duration<double>(now - *down_since).count();
     if (outage.GivesUp(unusable.code(), waited_s)) {
-      if (waited_s > 0) {
-        unusable = absl::Status(
-            unusable.code(), fmt::format("{}; unusable for {} (distill.teacher_outage_s {}){}",
-                                         std::string(unusable.message()), FormatDuration(waited_s),
-                                         outage.outage_s, never_answered()));
-      }
+      const std::string waited =
+          waited_s > 0 ? fmt::format("; unusable for {} (distill.teacher_outage_s {})",
+                                     FormatDuration(waited_s), outage.outage_s)
+                       : "";
+      unusable = absl::Status(
+          unusable.code(),
+          fmt::format("{}{}{}", std::string(unusable.message()), waited, never_reached()));
       if (!made.ok()) return unusable;
       summary.teacher_unusable = unusable;
       return summary;
@@ -228,7 +229,7 @@ absl::StatusOr<teacher::DistillSummary> DistillWaitingForTheTeacher(
         "distill: the teacher cannot be used: {}; trying again in {} (waiting at most {} in all, "
         "distill.teacher_outage_s){}",
         std::string(unusable.message()), FormatDuration(sleep_s), FormatDuration(outage.outage_s),
-        never_answered());
+        never_reached());
     if (!SleepUnlessShutdown(sleep_s)) {
       spdlog::info("signal {} while waiting for the teacher; rerun to continue", ShutdownSignal());
       summary.interrupted = true;

@@ -12,6 +12,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "common/progress.h"
@@ -409,6 +410,10 @@ class DistillServer::Impl final : public v1::DistillService::Service {
       TeacherUnusable(id, teacher.status().code(), std::string(teacher.status().message()));
       return;
     }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      reached_.insert(job.teacher());
+    }
     DistillRunOptions run;
     run.input_path = job.dataset_path();
     run.dataset = options_.dataset;
@@ -566,9 +571,9 @@ class DistillServer::Impl final : public v1::DistillService::Service {
                                                    UtcTime(since_ms), FormatDuration(waited_s))
                                      : "";
       FinishLocked(id, v1::Job::FAILED,
-                   fmt::format("{}{}; items not started were left alone: check the teacher and "
+                   fmt::format("{}{}{}; items not started were left alone: check the teacher and "
                                "resubmit",
-                               reason, waited));
+                               reason, waited, NeverReachedLocked(job.teacher())));
       return;
     }
     Outage& outage = outages_[job.teacher()];
@@ -588,8 +593,8 @@ class DistillServer::Impl final : public v1::DistillService::Service {
                                          std::chrono::duration<double>(wait_s));
     outage.retry_at_unix_ms = now_ms + static_cast<int64_t>(wait_s * 1000);
     outage.reason = reason;
-    spdlog::warn("distill serve: job {} waits for teacher {}: {}; next try in {}", id,
-                 job.teacher(), reason, FormatDuration(wait_s));
+    spdlog::warn("distill serve: job {} waits for teacher {}: {}; next try in {}{}", id,
+                 job.teacher(), reason, FormatDuration(wait_s), NeverReachedLocked(job.teacher()));
     // Back in the queue in submission order: it was the first runnable job, and stays first.
     auto place = std::find_if(queue_.begin(), queue_.end(), [&](const std::string& other) {
       const v1::Job& o = jobs_[other];
@@ -632,14 +637,24 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     if (!waited_for) outages_.erase(teacher);
   }
 
+  std::string NeverReachedLocked(const std::string& teacher) const {
+    return reached_.contains(teacher)
+               ? std::string()
+               : fmt::format(
+                     "; it has not been reached once since the service started: is {} "
+                     "the teacher's address?",
+                     teacher);
+  }
+
   void MarkWaiting(v1::Job& job, const Outage& outage) const {
     if (job.waiting_since_unix_ms() == 0) job.set_waiting_since_unix_ms(NowUnixMs());
     job.set_waiting(fmt::format(
         "teacher unusable since {}: {}; next try at {}; the job fails if it is still unusable "
-        "at {}",
+        "at {}{}",
         UtcTime(job.waiting_since_unix_ms()), outage.reason, UtcTime(outage.retry_at_unix_ms),
         UtcTime(job.waiting_since_unix_ms() +
-                static_cast<int64_t>(options_.teacher_outage.outage_s * 1000))));
+                static_cast<int64_t>(options_.teacher_outage.outage_s * 1000)),
+        NeverReachedLocked(job.teacher())));
   }
 
   const DistillServerOptions options_;
@@ -650,6 +665,10 @@ class DistillServer::Impl final : public v1::DistillService::Service {
   std::map<std::string, v1::Job> jobs_;
   std::deque<std::string> queue_;
   std::map<std::string, Outage> outages_;  // by the jobs' teacher target
+  // Teachers a job has connected to since the service started. One never reached may be a
+  // mistyped address, which looks the same as a teacher still starting (UNAVAILABLE): the
+  // waiting lines and a failed job's error say so (NeverReachedLocked).
+  std::set<std::string> reached_;
   bool stopping_ = false;
   uint64_t job_counter_ = 0;
   std::unique_ptr<grpc::Server> server_;

@@ -679,7 +679,7 @@ TEST_F(DistillCliTest, RunWaitsForATeacherThatIsDownAndFinishesWhenItIsBack) {
   const std::string log = testing::ReadFile(dir_ / "run.log");
   EXPECT_NE(log.find("the teacher cannot be used: "), std::string::npos) << log;
   // Not reached yet: perhaps a wrong address, which the warning names.
-  EXPECT_NE(log.find(fmt::format("it has not answered once since this run started: is "
+  EXPECT_NE(log.find(fmt::format("it has not been reached once since this run started: is "
                                  "rwr://127.0.0.1:{} the teacher's address?",
                                  port)),
             std::string::npos)
@@ -700,7 +700,7 @@ TEST_F(DistillCliTest, RunWaitsForATeacherThatIsDownAndFinishesWhenItIsBack) {
   EXPECT_NE(gave_up.output.find("UNAVAILABLE"), std::string::npos) << gave_up.output;
   EXPECT_NE(gave_up.output.find("distill.teacher_outage_s 0.5"), std::string::npos)
       << gave_up.output;
-  EXPECT_NE(gave_up.output.find("it has not answered once since this run started"),
+  EXPECT_NE(gave_up.output.find("it has not been reached once since this run started"),
             std::string::npos)
       << gave_up.output;
   EXPECT_EQ(std::count(gave_up.output.begin(), gave_up.output.end(), '\n'), 1) << gave_up.output;

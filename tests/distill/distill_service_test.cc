@@ -410,6 +410,10 @@ TEST_F(DistillServiceTest, WithNoOutageAllowedAJobFailsAtOnce) {
   EXPECT_EQ(job.state(), v1::Job::FAILED);
   EXPECT_NE(job.error().find("UNAVAILABLE"), std::string::npos) << job.error();
   EXPECT_EQ(job.error().find("unusable since"), std::string::npos) << job.error();
+  // Never reached: perhaps a wrong address, which the error names.
+  EXPECT_NE(job.error().find("it has not been reached once since the service started: is rwr://"),
+            std::string::npos)
+      << job.error();
 }
 
 // A teacher down when its jobs start does not fail them: they wait QUEUED, saying why and until
@@ -437,6 +441,12 @@ TEST_F(DistillServiceTest, JobsWaitForTheirTeacherWhileOthersRunAndFinishWhenItI
     })) << id;
     EXPECT_NE(waiting.waiting().find("UNAVAILABLE"), std::string::npos) << waiting.waiting();
     EXPECT_NE(waiting.waiting().find("the job fails if it is still unusable at"), std::string::npos)
+        << waiting.waiting();
+    EXPECT_NE(waiting.waiting().find(fmt::format(
+                  "it has not been reached once since the service started: is {} the teacher's "
+                  "address?",
+                  down)),
+              std::string::npos)
         << waiting.waiting();
     EXPECT_GT(Persisted(id).waiting_since_unix_ms(), 0) << id;
   }
