@@ -10,7 +10,10 @@
 namespace rwr {
 
 // n zeros, the pages made resident first by up to 8 threads (MADV_POPULATE_WRITE; where the kernel
-// lacks it, the zeroing touches them as std::vector would).
+// lacks it, the zeroing touches them as std::vector would). std::vector then writes its zeros over
+// the already-zero pages on one thread: a second pass over the memory, but without page faults
+// (host_copy_bench's "populate" timings in docs/benchmarks.md include it). A vector that left
+// them would need an allocator of its own in every signature that takes one.
 std::vector<float> ZeroedFloats(size_t n);
 
 }  // namespace rwr

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -48,14 +49,20 @@ absl::Status AtomicFile::Open() {
 }
 
 absl::Status AtomicFile::Write(const void* data, size_t size) {
-  RWR_RETURN_IF_ERROR(WriteAll(fd_, data, size, tmp_));
-  appended_ += static_cast<off_t>(size);
-  WriteBack();
+  // In pieces, so that the write-back keeps pace however large one Write is (a shard's tokens,
+  // a tensor of moments).
+  const char* bytes = static_cast<const char*>(data);
+  for (size_t at = 0; at < size; at += kPieceBytes) {
+    const size_t n = std::min(kPieceBytes, size - at);
+    RWR_RETURN_IF_ERROR(WriteAll(fd_, bytes + at, n, tmp_));
+    appended_ += static_cast<off_t>(n);
+    WriteBack();
+  }
   return absl::OkStatus();
 }
 
 void AtomicFile::WriteBack() {
-  constexpr off_t kPiece = off_t{64} << 20;
+  constexpr off_t kPiece = static_cast<off_t>(kPieceBytes);
   constexpr off_t kInFlight = 4 * kPiece;  // disk writes under way while the writer goes on
   while (appended_ - written_back_ >= kPiece) {
     // Best effort: where the file system does not take it, Commit's fsync still makes the file

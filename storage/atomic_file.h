@@ -27,6 +27,9 @@ class AtomicFile {
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
 
+  // The write-back's unit (the class comment).
+  static constexpr size_t kPieceBytes = size_t{64} << 20;
+
   absl::Status Open();
   absl::Status Write(const void* data, size_t size);
   absl::Status PwriteAt(const void* data, size_t size, off_t offset);

@@ -567,7 +567,9 @@ absl::Status SafetensorsWriter::WriteFile(const std::string& path,
                ? absl::CancelledError(fmt::format("{}: write abandoned", path))
                : absl::OkStatus();
   };
-  constexpr size_t kPiece = size_t{64} << 20;  // a tensor of moments is 11 GB at 2.8B
+  // The abandon flag is looked at every piece AtomicFile writes back (a tensor of moments is
+  // 11 GB at 2.8B).
+  constexpr size_t kPiece = AtomicFile::kPieceBytes;
   RWR_RETURN_IF_ERROR(Emit([&](std::string_view bytes) {
     for (size_t at = 0; at < bytes.size(); at += kPiece) {
       RWR_RETURN_IF_ERROR(abandoned());

@@ -834,14 +834,14 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
   auto last_checkpoint_start = run_start;  // train.checkpoint_every_s counts from here
   bool checkpoint_due = false;             // by time, agreed in stop_agreed
   // The last checkpoint's copy, whose buffers the next one reuses: their pages are resident, and
-  // a copy into fresh ones spends most of its time faulting them in (docs/benchmarks.md). The
-  // host held them at the last checkpoint, so the run's peak is the same.
+  // a copy into fresh ones spends most of its time faulting them in (docs/benchmarks.md). On the
+  // GPU the host held them at the last checkpoint anyway, so the run's peak is the same; on the
+  // CPU this is a second copy of the live weights and moments, held from the first checkpoint
+  // on (the synchronous save before it lent the live vectors instead).
   CheckpointData spare;
   double copy_seconds = 0;    // the pause of the steps for `writing`'s copy of the state
   bool beside_steps = false;  // `writing` was started to be written while the steps go on
 
-  // Publishes `writing` once every rank's part is written (waiting for this rank's), and frees
-  // its copy of the state.
   // Ends `writing`: waits for this rank's part, then publishes it where every rank's is in
   // (collective), keeps its buffers for the next copy and says so. Returns the agreed failure.
   auto end_writing = [&]() -> absl::Status {
@@ -873,7 +873,7 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
   // part was in after all, it is published. Its failure is agreed (AgreeOnStatus: failed on every
   // rank or on none), so every rank goes on alike; a rank whose own write had failed says why.
   auto give_up_writing = [&]() {
-    if (!writing || writing->step() == state.step) return;
+    if (!writing) return;  // (save calls it only for an older step than this one)
     const int64_t step = writing->step();
     writing->Abandon();
     const absl::Status own = writing->Join();
