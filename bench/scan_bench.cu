@@ -340,8 +340,7 @@ int main(int argc, char** argv) {
       rwr::scan::SetScanVariant(static_cast<int>(variant));
       rwr::scan::SetScanChunksOverride(static_cast<int>(k));
       // Forward K 0: the one-pass forward (no chunks) runs for this shape.
-      const int chunks =
-          rwr::scan::ScanForwardIsOnePass(p) ? 0 : rwr::scan::ScanChunks(batch, T, Di);
+      const int chunks = rwr::scan::ScanForwardChunks(p);
       const int chunks_bwd = rwr::scan::ScanChunks(batch, T, Di, /*backward=*/true);
       const bool chained = rwr::scan::ScanBackwardIsChained(p);
       const int64_t ws_bytes = rwr::scan::WorkspaceBytes(p);

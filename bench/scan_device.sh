@@ -55,7 +55,7 @@ if [[ $what == profile ]]; then
   ncu --clock-control none --set full -k "regex:${NCU_KERNELS:-Scan}" \
     --launch-skip "${NCU_SKIP:-8}" --launch-count "${NCU_COUNT:-4}" \
     "$root/build/gpu-scanonly/scan_bench" --t 8192 --reps 1 "$@" >"$ncu_txt" 2>&1 || rc=1
-  grep -E "Scan|SinglePass|Reduce|Duration|Issue Slots Busy|Executed Ipc A|Achieved Occupancy|Registers Per|Compute \(SM\) Throughput|Memory Throughput|Stall|Block Limit Reg|One or More|No Eligible|Warp Cycles Per Issued|Executed Instructions  " "$ncu_txt" | head -150
+  grep -E "Scan|SinglePass|Wide|Reduce|Duration|Issue Slots Busy|Executed Ipc A|Achieved Occupancy|Registers Per|Compute \(SM\) Throughput|Memory Throughput|Stall|Block Limit Reg|One or More|No Eligible|Warp Cycles Per Issued|Executed Instructions  " "$ncu_txt" | head -150
 fi
 if [[ $what == bench || $what == all ]]; then
   "$root/build/gpu-scanonly/scan_bench" --json "$out/scan_bench.json" "$@" 2>&1 | tee "$out/scan_bench.txt" || rc=1

@@ -34,7 +34,11 @@ void SetScanChunksOverride(int chunks);
 //   15, 16 as 1 with the one-pass forward at 2 / 4 states per lane wherever the rows are aligned
 //   22 as 1 with the two-pass backward everywhere (a chunk-local gradient pass first)
 //   23 as 1 with the chained backward wherever there are chunks
-inline constexpr int kScanVariants[] = {1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 22, 23};
+//   25 as 1 with the 4-lane chunked forward where the one-pass forward does not run (the v19
+//      default; 1 runs the wide chunked forward there, selective_scan_wide.cu)
+//   26 as 1 with the wide chunked forward wherever the rows are aligned
+inline constexpr int kScanVariants[] = {1,  2,  4,  5,  6,  7,  9,  10, 11,
+                                        12, 14, 15, 16, 22, 23, 25, 26};
 void SetScanVariant(int variant);
 
 // The K the CUDA scan would use for these sizes (after the override), forward or backward; the
@@ -43,6 +47,12 @@ int ScanChunks(int64_t batch, int64_t seqlen, int64_t dim, bool backward = false
 
 // Whether the CUDA forward of these params runs the one-pass kernel under the current variant.
 bool ScanForwardIsOnePass(const SelectiveScanParams& params);
+
+// Whether it runs the wide chunked kernel (a lane per channel, selective_scan_wide.cu).
+bool ScanForwardIsWide(const SelectiveScanParams& params);
+
+// The forward's chunk count under the current variant and override (0: the one-pass forward).
+int ScanForwardChunks(const SelectiveScanParams& params);
 
 // Whether the CUDA backward of these params chains its chunks (each chunk's block waits for the
 // gradient the next chunk's block publishes) instead of running a chunk-local gradient pass first.

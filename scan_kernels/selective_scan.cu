@@ -32,6 +32,7 @@
 #include "scan_kernels/scan_tuning.h"
 #include "scan_kernels/selective_scan.h"
 #include "scan_kernels/selective_scan_single_pass.h"
+#include "scan_kernels/selective_scan_wide.h"
 
 namespace rwr::scan {
 namespace {
@@ -1233,6 +1234,9 @@ struct Variant {
   bool bwd_bc_f32 = true;      // ScanBackwardKernel kBcF32 (asynchronous bf16 backward)
   int bwd_chain = 0;           // chained backward: 0 where the channel blocks fill the GPU
                                // (ChainsChunks), 1 wherever K > 1, −1 never (two-pass)
+  int wide = 0;                // wide chunked forward: 0 where the rows are aligned and the
+                               // one-pass forward does not run, 1 wherever they are aligned,
+                               // −1 never
 };
 Variant VariantOf(int n) {
   Variant v;  // 1, the default
@@ -1241,6 +1245,7 @@ Variant VariantOf(int n) {
     v.single_pass = -1;
     v.bwd_bc_f32 = false;
     v.bwd_chain = -1;
+    v.wide = -1;
   }
   switch (n) {
     case 2: v.async = false; break;
@@ -1252,10 +1257,22 @@ Variant VariantOf(int n) {
     case 10: v.async = false; v.fwd_warps = 2; break;
     case 11: v.async = false; v.fwd_warps = 1; break;
     case 14: v.fwd_warps = 8; break;
-    case 15: v.single_pass = 2; break;
-    case 16: v.single_pass = 4; break;
+    case 15:
+      v.single_pass = 2;
+      v.wide = -1;
+      break;
+    case 16:
+      v.single_pass = 4;
+      v.wide = -1;
+      break;
     case 22: v.bwd_chain = -1; break;
     case 23: v.bwd_chain = 1; break;
+    case 25:
+      v.wide = -1;
+      break;
+    case 26:
+      v.wide = 1;
+      break;
     default: break;  // 1, 12
   }
   return v;
@@ -1266,6 +1283,25 @@ Variant VariantOf(int n) {
 bool UsesOnePass(const SelectiveScanParams& p, const Variant& v) {
   return v.single_pass >= 0 && single_pass::SinglePassApplies(p) &&
          (v.single_pass > 0 || single_pass::SinglePassFills(p, NumSms()));
+}
+
+// Whether the forward runs the wide chunked kernel (a lane per channel): rows aligned for its
+// copies and (by default) where the one-pass forward does not fill the GPU; variant 26 forces it
+// wherever the rows are aligned.
+bool UsesWide(const SelectiveScanParams& p, const Variant& v) {
+  return v.wide >= 0 && single_pass::SinglePassApplies(p) && (v.wide > 0 || !UsesOnePass(p, v));
+}
+
+// The forward's chunk count: 0 for the one-pass forward; the wide forward's own (one wave of
+// resident blocks, at most the scratch's K) unless the chunks are overridden.
+int ForwardChunksOf(const SelectiveScanParams& p, const Work& w, const Variant& v) {
+  if (UsesWide(p, v)) {
+    if (g_chunks_override.load() > 0) return w.K;
+    const int k = wide::WideChunks(p.batch, p.seqlen, p.dim, NumSms(), w.K);
+    const int tiles = (w.nJ + k - 1) / k;
+    return (w.nJ + tiles - 1) / tiles;  // no empty chunks
+  }
+  return UsesOnePass(p, v) ? 0 : w.K;
 }
 
 // Whether the backward's chunks hand their state gradient on, chunk K−1 first (one pass; each
@@ -1329,6 +1365,15 @@ absl::Status LaunchForward(const SelectiveScanParams& p, cudaStream_t stream) {
   LayoutWork(p, Pass::kForward, p.workspace != nullptr, static_cast<char*>(p.workspace),
              static_cast<char*>(p.scratch), &w);
   const Variant v = VariantOf(g_variant.load());
+  if (UsesWide(p, v)) {
+    wide::Chunks chunks;
+    chunks.K = ForwardChunksOf(p, w, v);
+    chunks.tiles_per_chunk = (w.nJ + chunks.K - 1) / chunks.K;
+    chunks.ckpt = w.ckpt;
+    chunks.hloc = w.hloc;  // sized for w.K ≥ chunks.K
+    chunks.hdecay = w.hdecay;
+    return wide::LaunchWide(p, chunks, stream);
+  }
   if (UsesOnePass(p, v)) {
     return single_pass::LaunchSinglePass(p, w.ckpt, v.single_pass > 0 ? v.single_pass : 4, stream);
   }
@@ -1425,7 +1470,16 @@ int ScanChunks(int64_t batch, int64_t seqlen, int64_t dim, bool backward) {
   return ChunksFor(batch, seqlen, dim, backward ? Pass::kBackward : Pass::kForward);
 }
 bool ScanForwardIsOnePass(const SelectiveScanParams& params) {
-  return UsesOnePass(params, VariantOf(g_variant.load()));
+  const Variant v = VariantOf(g_variant.load());
+  return UsesOnePass(params, v) && !UsesWide(params, v);
+}
+bool ScanForwardIsWide(const SelectiveScanParams& params) {
+  return UsesWide(params, VariantOf(g_variant.load()));
+}
+int ScanForwardChunks(const SelectiveScanParams& params) {
+  Work w;
+  LayoutWork(params, Pass::kForward, true, nullptr, nullptr, &w);
+  return ForwardChunksOf(params, w, VariantOf(g_variant.load()));
 }
 bool ScanBackwardIsChained(const SelectiveScanParams& params) {
   Work w;

@@ -21,14 +21,14 @@
 //      reduce-scatter over the channel's lanes every kQ tokens, after which lane q writes token q.
 // The state before each tile goes to the checkpoints the backward reads (same layout as the
 // chunked forward). No atomics, one fixed order of every sum: bitwise reproducible.
-#include "scan_kernels/selective_scan_single_pass.h"
-
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include "common/call_status_cuda.h"
 #include "common/cuda_elements.cuh"
 #include "scan_kernels/scan_device.cuh"
+#include "scan_kernels/scan_tile_copies.cuh"
+#include "scan_kernels/selective_scan_single_pass.h"
 
 namespace rwr::scan::single_pass {
 namespace {
@@ -46,97 +46,15 @@ struct Layout {
   static constexpr int kCPW = 32 / kQ;   // channels per warp
   static constexpr int kCh = kW * kCPW;  // channels per block
   static constexpr int kThr = kW * 32;
-  static constexpr int kVec = 16 / int(sizeof(E));  // elements per 16-byte copy
-  // One raw stage: Δ, x, z as [token][kCh] rows, B and C as [token][S].
-  static constexpr int kRowBytes = kCh * int(sizeof(E));
-  static constexpr int kStreamBytes = kTile * kRowBytes;
-  static constexpr int kBCStreamBytes = kTile * kS * int(sizeof(E));
-  static constexpr int kStageBytes = 3 * kStreamBytes + 2 * kBCStreamBytes;
-  static constexpr int kRawBytes = kStages * kStageBytes;
-  // Copies per stage: Δ, x, z rows, then B and C rows.
-  static constexpr int kRowCopies = kTile * (kCh / kVec);
-  static constexpr int kBCCopies = kTile * (kS / kVec);
-  static constexpr int kCopies = 3 * kRowCopies + 2 * kBCCopies;
+  using Stage = RawStage<E, kCh>;
+  using Copies = TileCopies<E, kCh, kThr>;
+  static constexpr int kRawBytes = kStages * Stage::kBytes;
   // Prepared tile: {Δ, Δ·x, D·x, gate} per (token, channel); per (token, lane group q) the
   // lane's B values then its C values, fp32.
   static constexpr int kPrepBytes = kTile * kCh * 16;
   static constexpr int kBCBytes = kTile * kQ * 2 * kSPL * 4;
   static constexpr int kSmemBytes = kRawBytes + kPrepBytes + kBCBytes;
-  static_assert(kRowBytes % 16 == 0, "a channel row of the block is whole 16-byte copies");
-  static_assert(kStageBytes % 16 == 0, "stages stay 16-byte aligned");
 };
-
-// This thread's share of every tile's copies, worked out once: the copies a thread issues are the
-// same for every tile, only 16 tokens further on (recomputing the 64-bit addresses per tile cost
-// ~7 instructions per token and lane, ncu on the first version).
-template <typename E, int kSPL, int kW>
-struct TileCopies {
-  using L = Layout<E, kSPL, kW>;
-  static constexpr int kPer = (L::kCopies + L::kThr - 1) / L::kThr;
-  static constexpr int kNever = 1 << 30;  // tok of a copy whose columns are past Di
-  const char* src[kPer];  // the copy's source in the next tile to issue
-  int64_t step[kPer];     // bytes from one tile's source to the next (16 token strides)
-  int dst[kPer];          // byte offset in a stage; −1: this thread has no such copy
-  int tok[kPer];          // token within the tile (kNever: always zero-filled)
-
-  __device__ __forceinline__ void Init(const SelectiveScanParams& p, int64_t b, int64_t d0) {
-#pragma unroll
-    for (int k = 0; k < kPer; ++k) {
-      const int c = threadIdx.x + k * L::kThr;
-      const void* base;
-      TokenStrides st;
-      int64_t col;  // element offset within the token row
-      if (c < 3 * L::kRowCopies) {  // Δ, x, z: kCh channels of one token per row
-        const int sidx = c / L::kRowCopies, r = c % L::kRowCopies;
-        tok[k] = r / (L::kCh / L::kVec);
-        const int part = r % (L::kCh / L::kVec);
-        base = sidx == 0 ? p.delta : sidx == 1 ? p.x : p.z;
-        st = sidx == 0 ? p.delta_strides : sidx == 1 ? p.x_strides : p.z_strides;
-        col = d0 + part * L::kVec;
-        dst[k] = sidx * L::kStreamBytes + tok[k] * L::kRowBytes + part * 16;
-      } else {  // B, C: the S values of one token
-        const int r0 = c - 3 * L::kRowCopies;
-        const int sidx = r0 / L::kBCCopies, r = r0 % L::kBCCopies;
-        tok[k] = r / (kS / L::kVec);
-        const int part = r % (kS / L::kVec);
-        base = sidx == 0 ? p.B : p.C;
-        st = sidx == 0 ? p.B_strides : p.C_strides;
-        col = part * L::kVec;
-        dst[k] = 3 * L::kStreamBytes + sidx * L::kBCStreamBytes + tok[k] * (kS * int(sizeof(E))) +
-                 part * 16;
-      }
-      // No z (no gate): nothing to copy, the preparation never reads it.
-      if (c >= L::kCopies || base == nullptr) dst[k] = -1;
-      const bool inside = c < 3 * L::kRowCopies ? col < p.dim : true;
-      if (!inside) tok[k] = kNever;
-      src[k] = reinterpret_cast<const char*>(static_cast<const E*>(base != nullptr ? base : p.x) +
-                                             (inside && base != nullptr
-                                                  ? b * st.batch + tok[k] * st.token + col
-                                                  : 0));
-      step[k] = inside ? kTile * st.token * int64_t(sizeof(E)) : 0;
-    }
-  }
-  // Issues the copies of the tile at t0 (the next one in order) and commits them as a group.
-  // Copies past T are zero-filled, read from the row base of x (a valid address; nothing is read).
-  __device__ __forceinline__ void Issue(char* stage, int64_t t0, int64_t T, const void* x) {
-#pragma unroll
-    for (int k = 0; k < kPer; ++k) {
-      if (dst[k] >= 0) {
-        const bool valid = t0 + tok[k] < T;
-        CpAsync16(stage + dst[k], valid ? src[k] : x, valid);
-        src[k] += step[k];
-      }
-    }
-    CpAsyncCommit();
-  }
-};
-
-template <typename E, int kSPL, int kW>
-__device__ __forceinline__ float RawAt(const char* stage, int stream, int tok, int col) {
-  using L = Layout<E, kSPL, kW>;
-  return ToFloat<E>(*reinterpret_cast<const E*>(stage + stream * L::kStreamBytes +
-                                                tok * L::kRowBytes + col * int(sizeof(E))));
-}
 
 // Register cap for 5 blocks per multiprocessor: B 4 at Di 5120 (the default's shape, 4 states per
 // lane) has 640 blocks, 4.85 per multiprocessor (the 2-state layout, variant 15, ~5 at B 1).
@@ -179,12 +97,12 @@ __global__ void __launch_bounds__(kW * 32, kMinBlocks)
   E* out_col = static_cast<E*>(p.out) + b * p.out_strides.batch + dd;
   bool flag = LoadResetFlag(p, b, 0);  // lane l < 16: a document starts at token t0 + l
 
-  TileCopies<E, kSPL, kW> copies;
-  copies.Init(p, b, d0);
+  typename L::Copies copies;
+  copies.Init(p, b, d0, 0, true);
 #pragma unroll
   for (int st = 0; st < kStages - 1; ++st) {
     if (st < n_tiles) {
-      copies.Issue(raw + st * L::kStageBytes, int64_t(st) * kTile, T, p.x);
+      copies.Issue(raw + st * L::Stage::kBytes, int64_t(st) * kTile, T, p.x);
     } else {
       CpAsyncCommit();  // an empty group keeps the group count per tile fixed
     }
@@ -195,24 +113,25 @@ __global__ void __launch_bounds__(kW * 32, kMinBlocks)
     // finished before the last barrier.
     const int jn = j + kStages - 1;
     if (jn < n_tiles) {
-      copies.Issue(raw + (jn % kStages) * L::kStageBytes, int64_t(jn) * kTile, T, p.x);
+      copies.Issue(raw + (jn % kStages) * L::Stage::kBytes, int64_t(jn) * kTile, T, p.x);
     } else {
       CpAsyncCommit();
     }
     CpAsyncWaitGroup<kStages - 1>();  // tile j's group (groups complete in order)
     __syncthreads();                  // everyone's copies visible; the last tile's walk done
-    const char* stage = raw + (j % kStages) * L::kStageBytes;
+    const char* stage = raw + (j % kStages) * L::Stage::kBytes;
 
     // Prepare the per-(token, channel) scalars: 16 / kQ tokens per thread.
 #pragma unroll
     for (int k = 0; k < kTile * L::kCh / L::kThr; ++k) {
       const int tok = (tid + k * L::kThr) / L::kCh;
-      const float x = RawAt<E, kSPL, kW>(stage, 1, tok, pc);
+      const float x = L::Stage::At(stage, 1, tok, pc);
       float delta = 0.f, slope;  // (the slope is the backward's; unused here)
-      if (t0 + tok < T && p_active) delta = DeltaOf(p, RawAt<E, kSPL, kW>(stage, 0, tok, pc), bias, &slope);
+      if (t0 + tok < T && p_active)
+        delta = DeltaOf(p, L::Stage::At(stage, 0, tok, pc), bias, &slope);
       float gate = 1.f;
       if (gated) {
-        const float z = RawAt<E, kSPL, kW>(stage, 2, tok, pc);
+        const float z = L::Stage::At(stage, 2, tok, pc);
         gate = z * Sigmoid(z);
       }
       prep[tok][pc] = make_float4(delta, delta * x, Dw * x, gate);
@@ -220,9 +139,8 @@ __global__ void __launch_bounds__(kW * 32, kMinBlocks)
     // B and C in lane-group order, fp32 (converted once here, not per lane in the walk).
     for (int i = tid; i < kTile * kQ; i += L::kThr) {
       const int tok = i / kQ, g = i % kQ;
-      const E* Bt = reinterpret_cast<const E*>(stage + 3 * L::kStreamBytes) + tok * kS;
-      const E* Ct = reinterpret_cast<const E*>(stage + 3 * L::kStreamBytes + L::kBCStreamBytes) +
-                    tok * kS;
+      const E* Bt = L::Stage::BC(stage, 0, tok);
+      const E* Ct = L::Stage::BC(stage, 1, tok);
 #pragma unroll
       for (int s = 0; s < kSPL; ++s) {
         sbc[tok][g][s] = ToFloat<E>(Bt[g * kSPL + s]);

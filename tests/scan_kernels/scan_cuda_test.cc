@@ -425,12 +425,63 @@ TEST(ScanCuda, OnePassForwardMatchesReferenceAtEveryLayout) {
   }
 }
 
+// The wide chunked forward (a lane per channel, all 16 states; variant 26 forces it wherever the
+// rows are aligned) on shapes the default rule would give the one-pass forward at a test size:
+// channel blocks partly inside Di (72, 80 and 200 channels against blocks of 128), T = 1 and T not
+// a multiple of the tile, every optional input off, B > 1 with resets (at tile starts, whose flags
+// are read a tile ahead, and at the chunk starts of 3 and 7 chunks) and state; automatic, one, 3
+// and 7 chunks (ragged last chunk). The backward reads its checkpoints, so the gradients check
+// them. Rows it cannot copy (x rows of 70 bf16, B/C at column 5) fall back to the 4-lane kernels.
+TEST(ScanCuda, WideForwardMatchesReferenceAtEveryLayout) {
+  SKIP_WITHOUT_GPU();
+  struct Shape {
+    int64_t B, T, Di;
+    bool all_flags;
+    int64_t rank;
+  };
+  for (DType dt : {DType::kBF16, DType::kF32}) {
+    for (const Shape& s :
+         {Shape{2, 7, 80, true, 8}, Shape{1, 1, 72, true, 8}, Shape{1, 37, 72, false, 8},
+          Shape{3, 515, 200, true, 8}, Shape{1, 999, 64, true, 8}, Shape{2, 300, 70, true, 8},
+          Shape{2, 300, 64, true, 5}}) {
+      for (int chunks : {0, 1, 3, 7}) {
+        ScanCase c;
+        c.B = s.B;
+        c.T = s.T;
+        c.Di = s.Di;
+        c.dtype = dt;
+        c.rank = s.rank;
+        c.chunks = chunks;
+        if (!s.all_flags) c.gate = c.skip = c.bias_softplus = c.resets = c.state = false;
+        HostScan h(c);
+        if (c.resets && c.T > 48) {  // documents at tile starts, just after one, at chunk starts
+          const int64_t tiles = (c.T + 15) / 16;
+          for (int64_t b = 0; b < c.B; ++b) {
+            h.resets[b * c.T + 16] = h.resets[b * c.T + 32] = h.resets[b * c.T + 33] = 1;
+            for (int k : {3, 7}) {
+              const int64_t start = (tiles + k - 1) / k * 16;
+              if (start < c.T) h.resets[b * c.T + start] = 1;
+            }
+          }
+        }
+        const ScanResults cpu = RunCpu(h);
+        SetScanVariant(26);
+        SCOPED_TRACE(::testing::Message() << c.Name());
+        ScanResults gpu;
+        RunGpu(h, &gpu);
+        ExpectClose(c, gpu, cpu);
+        SetScanVariant(1);
+      }
+    }
+  }
+}
+
 TEST(ScanCuda, TwoRunsAreBitwiseEqual) {
   SKIP_WITHOUT_GPU();
   ScanCase c;
   c.B = 2; c.T = 5000; c.Di = 256; c.dtype = DType::kBF16; c.chunks = 0;
   HostScan h(c);
-  for (int variant : {1, 16, 23}) {  // chunked and one-pass forward; chained backward
+  for (int variant : {1, 16, 23, 25}) {  // wide, one-pass, 4-lane chunked forward; chained bwd
     SetScanVariant(variant);
     ScanResults a, b;
     RunGpu(h, &a);
@@ -590,7 +641,8 @@ TEST(ScanCuda, StepMatchesTheCpuReference) {
 
 // Which forward the default picks, from the sizes and the rows' alignment alone (no GPU needed:
 // without one the rule assumes an H100's 132 multiprocessors). B 4 at Di 5120 fills an H100 at 4
-// states per lane (2560 warps); B 1 does not; unaligned B/C slices or x rows never take it.
+// states per lane (2560 warps); B 1 does not and takes the wide chunked forward; unaligned B/C
+// slices or x rows take neither.
 TEST(ScanCuda, DefaultForwardIsOnePassWhereTheChannelsFillTheGpu) {
   SetScanVariant(1);
   const auto at = [](uintptr_t address) { return reinterpret_cast<const void*>(address); };
@@ -603,19 +655,39 @@ TEST(ScanCuda, DefaultForwardIsOnePassWhereTheChannelsFillTheGpu) {
   p.C = at((4 << 20) + 176 * 2); p.C_strides = p.B_strides;
   p.batch = 4;
   EXPECT_TRUE(ScanForwardIsOnePass(p));
-  p.batch = 1;
+  EXPECT_FALSE(ScanForwardIsWide(p));
+  EXPECT_EQ(ScanForwardChunks(p), 0);
+  p.batch = 1;  // the wide chunked forward, in two waves of 4 blocks per multiprocessor
   EXPECT_FALSE(ScanForwardIsOnePass(p));
+  EXPECT_TRUE(ScanForwardIsWide(p));
+  const int sms = ScanChunks(1, 1 << 20, 64) / 16;  // 16 per SM at one channel block
+  // Two waves of 40 blocks of 128 channels, at most 128 / 10 chunks (10 tiles each), none empty.
+  const int wide = std::min(2 * 4 * sms / 40, 128 / 10), per = (128 + wide - 1) / wide;
+  EXPECT_EQ(ScanForwardChunks(p), (128 + per - 1) / per);
+  SetScanVariant(25);  // the 4-lane chunked forward there
+  EXPECT_FALSE(ScanForwardIsWide(p));
+  const int k = ScanChunks(1, 2048, 5120), kper = (128 + k - 1) / k;  // 128 tiles, none empty
+  EXPECT_EQ(ScanForwardChunks(p), (128 + kper - 1) / kper);
   SetScanVariant(16);  // forced
   EXPECT_TRUE(ScanForwardIsOnePass(p));
+  EXPECT_FALSE(ScanForwardIsWide(p));
   SetScanVariant(12);  // the chunked forward everywhere
   p.batch = 4;
   EXPECT_FALSE(ScanForwardIsOnePass(p));
+  EXPECT_FALSE(ScanForwardIsWide(p));
+  SetScanVariant(26);  // the wide forward wherever the rows are aligned
+  EXPECT_FALSE(ScanForwardIsOnePass(p));
+  EXPECT_TRUE(ScanForwardIsWide(p));
   SetScanVariant(1);
   p.B = at((4 << 20) + 5 * 2);  // B/C at column 5 of the row: not 16-byte aligned
   EXPECT_FALSE(ScanForwardIsOnePass(p));
+  EXPECT_FALSE(ScanForwardIsWide(p));
+  p.batch = 1;
+  EXPECT_FALSE(ScanForwardIsWide(p));
   p.B = at((4 << 20) + 160 * 2);
   p.dim = 5118;  // x rows of 10236 bytes
   EXPECT_FALSE(ScanForwardIsOnePass(p));
+  EXPECT_FALSE(ScanForwardIsWide(p));
 }
 
 // The chained backward is the default where B × channel blocks fill 2 blocks per multiprocessor
