@@ -8,6 +8,17 @@
 #include "spdlog/spdlog.h"
 
 namespace rwr::trainer {
+namespace {
+// Set before a run starts its writer threads and cleared after they are joined.
+CheckpointWriteHookForTesting& WriteHook() {
+  static CheckpointWriteHookForTesting hook;
+  return hook;
+}
+}  // namespace
+
+void SetCheckpointWriteHookForTesting(CheckpointWriteHookForTesting hook) {
+  WriteHook() = std::move(hook);
+}
 
 BackgroundCheckpoint::BackgroundCheckpoint(std::string checkpoints_dir, CheckpointData data,
                                            int keep, Communicator* comm)
@@ -39,6 +50,7 @@ absl::StatusOr<std::unique_ptr<BackgroundCheckpoint>> BackgroundCheckpoint::Star
 
 void BackgroundCheckpoint::Write() {
   const auto start = std::chrono::steady_clock::now();
+  if (WriteHook()) WriteHook()(step_, abandon_);
   status_ = WriteCheckpointFiles(checkpoints_dir_, data_, comm_ != nullptr ? comm_->rank() : 0,
                                  &abandon_);
   write_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -15,6 +15,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -25,6 +26,13 @@
 #include "trainer/communicator.h"
 
 namespace rwr::trainer {
+
+// For tests: called on the writer's thread (or inline) before each checkpoint's files are
+// written, with its step and its abandon flag, so that a test can hold a write back and see what
+// the training loop does meanwhile. Set it before the run and clear it (nullptr) after.
+using CheckpointWriteHookForTesting =
+    std::function<void(int64_t step, const std::atomic<bool>& abandon)>;
+void SetCheckpointWriteHookForTesting(CheckpointWriteHookForTesting hook);
 
 class BackgroundCheckpoint {
  public:

@@ -422,16 +422,22 @@ TEST(Train, NonFiniteStepsAreSkippedThenAbort) {
 }
 
 // A run that ends on an error every rank shares publishes the checkpoint still being written
-// first: here the non-finite abort at step 3 keeps step 2's, started beside step 3.
+// first: here the non-finite abort at step 3 keeps step 2's, started beside step 3. Step 2's write
+// is held back for 0.5 s, so that it is still under way at the abort (a step of this model takes
+// milliseconds); were it done sooner, the step's own check would publish it instead.
 TEST(Train, AnAgreedErrorPublishesTheCheckpointBeingWritten) {
   const std::string data = MakeDataset("nan_kept", 20, 5);
   const std::string out = TempDir("nan_kept_out");
   SingleRankCommunicator comm;
+  SetCheckpointWriteHookForTesting([](int64_t step, const std::atomic<bool>&) {
+    if (step == 2) std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  });
   auto result = Train(
       MakeConfig(data, out,
                  {"train.lr=1e30", "train.min_lr=1e30", "train.warmup_steps=0",
                   "train.max_nonfinite=2", "train.checkpoint_every=1", "train.keep_checkpoints=0"}),
       &comm);
+  SetCheckpointWriteHookForTesting(nullptr);
   ASSERT_EQ(result.status().code(), absl::StatusCode::kAborted) << result.status();
   const std::string ckpts = out + "/checkpoints";
   EXPECT_EQ(ListCheckpoints(ckpts),
@@ -439,6 +445,44 @@ TEST(Train, AnAgreedErrorPublishesTheCheckpointBeingWritten) {
   for (const auto& entry : fs::directory_iterator(ckpts)) {
     EXPECT_NE(entry.path().extension(), ".tmp") << entry.path();
   }
+}
+
+// A stop (here max_steps_this_run) while an older checkpoint is still being written gives that
+// one up and writes its own, so that a stop writes one checkpoint in Slurm's grace, not two: step
+// 2's write is held until the stop at step 3 abandons it, and only step 3's is published, with no
+// .tmp left behind. The run resumes from it.
+TEST(Train, AStopGivesUpTheCheckpointStillBeingWritten) {
+  const std::string data = MakeDataset("give_up", 20, 5);
+  const std::string out = TempDir("give_up_out");
+  SingleRankCommunicator comm;
+  std::atomic<bool> abandoned{false};
+  SetCheckpointWriteHookForTesting([&](int64_t step, const std::atomic<bool>& abandon) {
+    if (step != 2) return;
+    const auto give_up_at = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (!abandon.load() && std::chrono::steady_clock::now() < give_up_at) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    abandoned = abandon.load();
+  });
+  auto stopped = Train(MakeConfig(data, out,
+                                  {"train.steps=8", "train.checkpoint_every=2",
+                                   "train.max_steps_this_run=3", "train.keep_checkpoints=0"}),
+                       &comm);
+  SetCheckpointWriteHookForTesting(nullptr);
+  ASSERT_TRUE(stopped.ok()) << stopped.status();
+  EXPECT_TRUE(abandoned);
+  EXPECT_TRUE(stopped->interrupted);
+  EXPECT_EQ(stopped->final_step, 3);
+  const std::string ckpts = out + "/checkpoints";
+  EXPECT_EQ(ListCheckpoints(ckpts), std::vector<std::string>{ckpts + "/step_00000003"});
+  EXPECT_EQ(stopped->last_checkpoint, ckpts + "/step_00000003");
+  for (const auto& entry : fs::directory_iterator(ckpts)) {
+    EXPECT_NE(entry.path().extension(), ".tmp") << entry.path();
+  }
+  auto resumed = Train(MakeConfig(data, out, {"train.steps=4", "train.checkpoint_every=2"}), &comm);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->start_step, 3);
+  EXPECT_EQ(resumed->final_step, 4);
 }
 
 TEST(Train, BadConfigIsAClearError) {
