@@ -15,9 +15,10 @@ namespace rwr::scan {
 void SetScanChunksOverride(int chunks);
 
 // Kernel variants for measurements (docs/scan_kernels_notes.md has each one's numbers):
-//   1  default (v14): the one-pass forward (selective_scan_single_pass.cu, 4 states per lane)
-//      where the rows are 16-byte aligned and the channels fill the GPU (B 4 at Di 5120), else
-//      the chunked forward; x, Δ, z, dout tiles copied into shared memory asynchronously
+//   1  default: the one-pass forward (selective_scan_single_pass.cu, 4 states per lane at B 3–4,
+//      8 from B 5 at Di 5120) where the rows are 16-byte aligned and the channels fill the GPU,
+//      else the wide chunked forward (selective_scan_wide.cu) where they are aligned, else the
+//      4-lane chunked forward; x, Δ, z, dout tiles copied into shared memory asynchronously
 //      (cp.async) where their rows are aligned; forward exps all on the special-function unit;
 //      backward in 8-token segments, exps recomputed in the reverse pass, 2 blocks per
 //      multiprocessor, B and C kept as fp32 in shared memory (bf16 tensors); chunks chained
@@ -37,8 +38,9 @@ void SetScanChunksOverride(int chunks);
 //   25 as 1 with the 4-lane chunked forward where the one-pass forward does not run (the v19
 //      default; 1 runs the wide chunked forward there, selective_scan_wide.cu)
 //   26 as 1 with the wide chunked forward wherever the rows are aligned
+//   28 as 1 with the one-pass forward at 8 states per lane wherever the rows are aligned
 inline constexpr int kScanVariants[] = {1,  2,  4,  5,  6,  7,  9,  10, 11,
-                                        12, 14, 15, 16, 22, 23, 25, 26};
+                                        12, 14, 15, 16, 22, 23, 25, 26, 28};
 void SetScanVariant(int variant);
 
 // The K the CUDA scan would use for these sizes (after the override), forward or backward; the

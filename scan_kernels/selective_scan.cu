@@ -1273,16 +1273,21 @@ Variant VariantOf(int n) {
     case 26:
       v.wide = 1;
       break;
+    case 28:
+      v.single_pass = 8;
+      v.wide = -1;
+      break;
     default: break;  // 1, 12
   }
   return v;
 }
 
 // Whether the forward runs the one-pass kernel: rows aligned for its copies, and (by default)
-// enough channels to fill the GPU at 4 states per lane; variants 15 and 16 force a layout.
+// enough channels to fill the GPU at 4 or 8 states per lane; variants 15, 16 and 28 force a
+// layout.
 bool UsesOnePass(const SelectiveScanParams& p, const Variant& v) {
   return v.single_pass >= 0 && single_pass::SinglePassApplies(p) &&
-         (v.single_pass > 0 || single_pass::SinglePassFills(p, NumSms()));
+         (v.single_pass > 0 || single_pass::SinglePassStatesPerLane(p, NumSms()) > 0);
 }
 
 // Whether the forward runs the wide chunked kernel (a lane per channel): rows aligned for its
@@ -1375,7 +1380,9 @@ absl::Status LaunchForward(const SelectiveScanParams& p, cudaStream_t stream) {
     return wide::LaunchWide(p, chunks, stream);
   }
   if (UsesOnePass(p, v)) {
-    return single_pass::LaunchSinglePass(p, w.ckpt, v.single_pass > 0 ? v.single_pass : 4, stream);
+    const int spl =
+        v.single_pass > 0 ? v.single_pass : single_pass::SinglePassStatesPerLane(p, NumSms());
+    return single_pass::LaunchSinglePass(p, w.ckpt, spl, stream);
   }
   const int warps = v.fwd_warps > 0 ? v.fwd_warps : ForwardWarps(p.batch, p.dim, w.K);
   const size_t elem = sizeof(E);

@@ -7,7 +7,8 @@
 // it is 24% faster than the chunked forward at B 4, Di 5120 (the trainer's shape); at B 1 neither
 // 4 nor 2 states per lane (8 lanes per channel, 1280 warps) give the schedulers enough warps to
 // beat the chunked forward, so selective_scan.cu uses it only where the channels fill the GPU
-// (SinglePassFills); variant 15 keeps the 2-state layout measurable.
+// (SinglePassStatesPerLane), at 8 states per lane where even that layout fills it (B ≥ 5 at
+// Di 5120: 16% faster at B 8, 17% slower at B 4); variant 15 keeps the 2-state layout measurable.
 //
 // Per 16-token tile a block
 //   1. has its raw rows (Δ, x, z of its channels, B and C) copied into shared memory by
@@ -234,7 +235,14 @@ absl::Status Launch(const SelectiveScanParams& p, float* ckpt, cudaStream_t stre
 // so the last wave is nearly full), 4 with 4 states per lane.
 template <typename E>
 absl::Status LaunchFor(const SelectiveScanParams& p, float* ckpt, int spl, cudaStream_t stream) {
-  return spl == 2 ? Launch<E, 2, 2>(p, ckpt, stream) : Launch<E, 4, 4>(p, ckpt, stream);
+  switch (spl) {
+    case 2:
+      return Launch<E, 2, 2>(p, ckpt, stream);
+    case 8:
+      return Launch<E, 8, 4>(p, ckpt, stream);
+    default:
+      return Launch<E, 4, 4>(p, ckpt, stream);
+  }
 }
 
 }  // namespace
@@ -247,19 +255,23 @@ bool SinglePassApplies(const SelectiveScanParams& p) {
          RowsAligned(p.B, p.B_strides, kS, elem) && RowsAligned(p.C, p.C_strides, kS, elem);
 }
 
-bool SinglePassFills(const SelectiveScanParams& p, int sms) {
+int SinglePassStatesPerLane(const SelectiveScanParams& p, int sms) {
   // Warps at 4 states per lane: 8 channels each. Measured (docs/scan_kernels_notes.md, v13b): with
   // 19 per multiprocessor (B 4, Di 5120) the one pass beats the chunked forward by 24%; at B 1
   // (5 per multiprocessor, 10 at 2 states per lane) latency shows: 4 states lose by 30–40%, 2
   // states win 5% at T 2k and lose 2% at 8k — not enough to keep a second layout in the rule.
-  const int64_t warps4 = p.batch * ((p.dim + 7) / 8);
-  return warps4 >= 12 * int64_t(sms);
+  // At 8 states per lane (16 channels a warp) the per-token channel work and the sum over states
+  // are shared by half as many lanes: with the same 12 warps per multiprocessor or more it wins
+  // (v22, H200: B 5 −9%, B 8 −16%, B 16 −17%), below it loses (B 4 +17%, B 3 +21%).
+  const int64_t warps4 = p.batch * ((p.dim + 7) / 8), warps8 = p.batch * ((p.dim + 15) / 16);
+  const int64_t enough = 12 * int64_t(sms);
+  return warps8 >= enough ? 8 : warps4 >= enough ? 4 : 0;
 }
 
 absl::Status LaunchSinglePass(const SelectiveScanParams& p, float* ckpt, int states_per_lane,
                               CUstream_st* stream) {
-  if (states_per_lane != 2 && states_per_lane != 4) {
-    return absl::InvalidArgumentError("selective scan single pass: 2 or 4 states per lane");
+  if (states_per_lane != 2 && states_per_lane != 4 && states_per_lane != 8) {
+    return absl::InvalidArgumentError("selective scan single pass: 2, 4 or 8 states per lane");
   }
   return p.dtype == DType::kBF16
              ? LaunchFor<__nv_bfloat16>(p, ckpt, states_per_lane, stream)

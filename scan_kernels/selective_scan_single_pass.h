@@ -1,7 +1,7 @@
 // The one-pass CUDA forward of the selective scan (selective_scan_single_pass.cu), internal to
 // scan_kernels/: selective_scan.cu picks it for a forward whose tensors it can copy with 16-byte
-// cp.async (SinglePassApplies) and whose channels fill the GPU (SinglePassFills), and runs the
-// chunked kernels otherwise.
+// cp.async (SinglePassApplies) and whose channels fill the GPU (SinglePassStatesPerLane), and runs
+// the chunked kernels otherwise.
 #pragma once
 
 #include <cstdint>
@@ -16,9 +16,9 @@ namespace rwr::scan::single_pass {
 // Every per-token tensor's rows 16-byte aligned (x, Δ, z, B, C), S = 16.
 bool SinglePassApplies(const SelectiveScanParams& p);
 
-// Whether the one-pass forward at 4 states per lane gives every scheduler enough warps (the
-// larger batches; at B 1 the chunked forward is faster).
-bool SinglePassFills(const SelectiveScanParams& p, int sms);
+// The states per lane at which the one-pass forward fills the GPU with warps: 8 for the largest
+// batches, 4 for the next (B 3–4 at Di 5120), 0 where neither does (the chunked forwards run).
+int SinglePassStatesPerLane(const SelectiveScanParams& p, int sms);
 
 // Runs the forward: out, final_state, and (ckpt non-null) the state before every 16-token tile,
 // ckpt[((b · n_tiles + j) · Di + d) · 16 + s], the layout the backward reads.

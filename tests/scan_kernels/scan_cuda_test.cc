@@ -345,6 +345,7 @@ std::vector<ScanCase> Cases() {
     add(2, 300, 70, dt, 0, true);    // rows not 16-byte aligned: per-lane loads, not cp.async
     add(2, 300, 64, dt, 0, true, 5);  // B, C rows not aligned: the chunked forward
     add(4, 100, 3200, dt, 0, true);   // channels fill an H100: the one-pass forward
+    add(8, 50, 3200, dt, 0, true);    // ... even at 8 states per lane
   }
   add(1, 131072, 64, DType::kBF16, 0, true);  // T = 128k
   add(1, 131072, 32, DType::kF32, 0, true);
@@ -378,7 +379,7 @@ TEST(ScanCuda, EveryKernelVariantMatchesReference) {
   }
 }
 
-// The one-pass forward at both layouts (variants 15, 16 force it wherever the rows are aligned)
+// The one-pass forward at every layout (variants 15, 16, 28 force it wherever the rows are aligned)
 // on the shapes the default rule keeps from it on a test-sized problem: channel blocks only partly
 // inside Di (72 and 80 channels at 4 states per lane, blocks of 32; fp32 76 at 2 states, blocks of
 // 8), T = 1 and T not a multiple of the tile, every optional input off, B > 1 with resets (also at
@@ -407,7 +408,7 @@ TEST(ScanCuda, OnePassForwardMatchesReferenceAtEveryLayout) {
       }
       const ScanResults cpu = RunCpu(h);
       const bool aligned = s.rank == 8 && (s.Di * (dt == DType::kBF16 ? 2 : 4)) % 16 == 0;
-      for (int variant : {15, 16}) {
+      for (int variant : {15, 16, 28}) {
         SetScanVariant(variant);
         SCOPED_TRACE(::testing::Message() << "variant " << variant << " " << c.Name());
         ScanResults gpu;
