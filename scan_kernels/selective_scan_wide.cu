@@ -73,15 +73,10 @@ __global__ void __launch_bounds__(kThr, kMinBlocks)
   float A2[kS];  // A·log2(e): exp(Δ·A) = 2^(Δ·A2)
   float h[kS];
 #pragma unroll
-  for (int s = 0; s < kS; s += 4) {
-    const float4 a = *reinterpret_cast<const float4*>(p.A + dd * kS + s);
-    A2[s] = a.x * kLog2e;
-    A2[s + 1] = a.y * kLog2e;
-    A2[s + 2] = a.z * kLog2e;
-    A2[s + 3] = a.w * kLog2e;
+  for (int s = 0; s < kS; ++s) {
+    A2[s] = p.A[dd * kS + s] * kLog2e;  // A's base need not be 16-byte aligned
+    h[s] = 0.f;
   }
-#pragma unroll
-  for (int s = 0; s < kS; ++s) h[s] = 0.f;
   if (!kLocal) {
     if (p.initial_state != nullptr) {
 #pragma unroll

@@ -243,12 +243,27 @@ constexpr size_t kHeadroomBytes = size_t{512} << 20;
 
 namespace {
 
-// The optional parts of a forward GEMM (MambaCuda::Impl::Linear).
-struct LinearOptions {
-  float beta = 0.f;   // Y = X·Wᵀ + beta·Y
+// A forward GEMM, Y(m, n) = X(m, k)·W(n, k)ᵀ + beta·Y (MambaCuda::Impl::Linear): X and W are
+// activations, Y fp32 where y_f32 says so, else an activation; `what` names the weight for phase
+// timing. Described once, so that the question "does it run as a few-rows linear" (TakesFewRows)
+// is asked of the very call that runs.
+struct LinearCall {
+  const char* what;
+  const void* x;
+  int64_t ldx;
+  const void* w;
+  void* y;
+  bool y_f32;
+  int64_t ldy;
+  int64_t m, n, k;
+  float beta = 0.f;   // 1: adds into Y (the residual stream)
   bool timed = true;  // false: a shape that changes from call to call (GemmProblem::timed)
-  // The next kernel is a few-rows linear (Impl::TakesFewRows), which may start before this ends.
-  bool let_next_start = false;
+};
+
+// The optional parts of an input-gradient GEMM (MambaCuda::Impl::LinearDx).
+struct GradOptions {
+  float beta = 0.f;   // dX = dY·W + beta·dX
+  bool timed = true;  // as LinearCall::timed
 };
 
 }  // namespace
@@ -517,54 +532,48 @@ struct MambaCuda::Impl {
   // (gemm_runner.h: cuBLASLt, algorithm timed per shape). X, W and dY are activations; an output
   // is fp32 when its `*_f32` flag says so, else an activation. Accumulation is fp32 throughout.
   // `what` names the weight for phase timing.
-  // Y(M, N) = X(M, K)·W(N, K)ᵀ + beta·Y
-  absl::Status Linear(const char* what, const void* X, int64_t ldx, const void* Wt, void* Y,
-                      bool y_f32, int64_t ldy, int64_t M, int64_t N, int64_t K,
-                      LinearOptions options = {}) {
-    const float beta = options.beta;
-    // A few rows (a decode step's): one kernel that reads each bf16 weight once.
-    const cuda::FewRowsLinear few{.x = X,
-                                  .ldx = ldx,
-                                  .w = Wt,
-                                  .y = Y,
-                                  .ldy = ldy,
-                                  .y_f32 = y_f32,
-                                  .beta = beta,
-                                  .rows = M,
-                                  .n = N,
-                                  .k = K,
-                                  .let_next_start = options.let_next_start};
-    if (act == Act::kBF16 && cuda::FewRowsLinearApplies(few)) {
-      return Timed("gemm", what, "fwd", [&] { return cuda::RunFewRowsLinear(few, stream); });
-    }
-    GemmProblem p =
-        GemmProblem::Forward(M, N, K, ldx, ldy, CudaType(), y_f32 ? CUDA_R_32F : CudaType());
-    p.timed = options.timed && !untimed_gemms;
-    return Timed("gemm", what, "fwd", [&] { return Gemm(p, Wt, X, Y, beta); });
+
+  // The call as a few-rows linear (trainer/few_rows_linear.h): a decode step's few rows, one
+  // kernel that reads each bf16 weight once.
+  static cuda::FewRowsLinear FewRows(const LinearCall& c, bool let_next_start) {
+    return {.x = c.x,
+            .ldx = c.ldx,
+            .w = c.w,
+            .y = c.y,
+            .ldy = c.ldy,
+            .y_f32 = c.y_f32,
+            .beta = c.beta,
+            .rows = c.m,
+            .n = c.n,
+            .k = c.k,
+            .let_next_start = let_next_start};
   }
-  // Whether Linear, given these arguments, runs as a few-rows linear (trainer/few_rows_linear.h):
-  // a programmatic dependent launch that waits for the kernel before it, so that kernel may let
-  // it start early (the `let_next_start` of the launchers) — and only then, for a cuBLASLt kernel
-  // may not wait.
-  bool TakesFewRows(const void* X, int64_t ldx, const void* Wt, bool y_f32, float beta, int64_t M,
-                    int64_t N, int64_t K) const {
-    return act == Act::kBF16 && cuda::FewRowsLinearApplies({.x = X,
-                                                            .ldx = ldx,
-                                                            .w = Wt,
-                                                            .y_f32 = y_f32,
-                                                            .beta = beta,
-                                                            .rows = M,
-                                                            .n = N,
-                                                            .k = K});
+  // Whether Linear runs this call as a few-rows linear: a programmatic dependent launch that
+  // waits for the kernel before it, so that kernel may let it start early (the `let_next_start`
+  // of the launchers) — and only then, for a cuBLASLt kernel may not wait.
+  bool TakesFewRows(const LinearCall& c) const {
+    return act == Act::kBF16 && cuda::FewRowsLinearApplies(FewRows(c, false));
+  }
+  // Runs c; let_next_start: the next kernel is a few-rows linear (TakesFewRows), which may start
+  // before this one ends (honoured by the few-rows kernel; cuBLASLt's never lets it).
+  absl::Status Linear(const LinearCall& c, bool let_next_start = false) {
+    if (TakesFewRows(c)) {
+      return Timed("gemm", c.what, "fwd",
+                   [&] { return cuda::RunFewRowsLinear(FewRows(c, let_next_start), stream); });
+    }
+    GemmProblem p = GemmProblem::Forward(c.m, c.n, c.k, c.ldx, c.ldy, CudaType(),
+                                         c.y_f32 ? CUDA_R_32F : CudaType());
+    p.timed = c.timed && !untimed_gemms;
+    return Timed("gemm", c.what, "fwd", [&] { return Gemm(p, c.w, c.x, c.y, c.beta); });
   }
   // dX(M, K) = dY(M, N)·W(N, K) + beta·dX
   absl::Status LinearDx(const char* what, const void* dY, int64_t lddy, const void* Wt, void* dX,
                         bool dx_f32, int64_t lddx, int64_t M, int64_t N, int64_t K,
-                        float beta = 0.f, bool timed = true) {
+                        GradOptions options = {}) {
     GemmProblem p =
         GemmProblem::InputGrad(M, N, K, lddy, lddx, CudaType(), dx_f32 ? CUDA_R_32F : CudaType());
-    p.timed = timed && !untimed_gemms;
-    return Timed("gemm", what, "dx", [&] { return Gemm(p, Wt, dY, dX, beta); });
+    p.timed = options.timed && !untimed_gemms;
+    return Timed("gemm", what, "dx", [&] { return Gemm(p, Wt, dY, dX, options.beta); });
   }
   // dW(N, K) (+)= dY(M, N)ᵀ·X(M, K), dW fp32 (nothing of dW is read where beta is 0)
   absl::Status LinearDw(const char* what, const void* dY, int64_t lddy, const void* X, int64_t ldx,
@@ -614,35 +623,39 @@ class CudaRunner {
     const LayerOffsets& o = layout_.layer(l);
     const int64_t M = d.M(), conv_floats = m_.ConvStateFloats(d.B);
     cudaStream_t s = m_.stream;
+    const LinearCall in_proj{"in_proj", Xn(a),    d.D, m_.W(o.in_proj), a.xz.ptr,
+                             false,     2 * d.Di, M,   2 * d.Di,        d.D};
+    const LinearCall x_proj{"x_proj", Uc(a), d.Di, m_.W(o.x_proj), a.xdbl.ptr, false, d.X,
+                            M,        d.X,   d.Di};
+    const LinearCall dt_proj = DtProj(d, o, a);
+    // The residual add is the GEMM's beta: h += y·out_projᵀ, accumulated in fp32.
+    const LinearCall out_proj{
+        "out_proj", k().y.ptr, d.Di, m_.W(o.out_proj), k().h.ptr, true, d.D, M, d.D, d.Di, 1.f};
     // A kernel before a few-rows linear lets it start early (a decode step's; TakesFewRows).
-    // (The same arguments as the Linear calls below.)
-    const bool few_in = m_.TakesFewRows(Xn(a), d.D, m_.W(o.in_proj), false, 0.f, M, 2 * d.Di, d.D);
-    const bool few_x = m_.TakesFewRows(Uc(a), d.Di, m_.W(o.x_proj), false, 0.f, M, d.X, d.Di);
-    const bool few_dt =
-        m_.TakesFewRows(a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), false, 0.f, M, d.Di, d.R);
-    const bool few_out =
-        m_.TakesFewRows(k().y.ptr, d.Di, m_.W(o.out_proj), true, 1.f, M, d.D, d.Di);
+    const bool few_in = m_.TakesFewRows(in_proj), few_x = m_.TakesFewRows(x_proj);
+    const bool few_dt = m_.TakesFewRows(dt_proj), few_out = m_.TakesFewRows(out_proj);
     // With `keep`, the norm also copies its input h to a.h_in (h is updated in place below).
     RWR_RETURN_IF_ERROR(m_.Timed("norm", "fwd", [&] {
       return cuda::RmsNorm(k().h.ptr, P(o.norm), Xn(a), m_.act, a.rstd.ptr, M, d.D, c_.norm_eps, s,
                            keep ? a.h_in.ptr : nullptr, few_in);
     }));
-    RWR_RETURN_IF_ERROR(m_.Linear("in_proj", Xn(a), d.D, m_.W(o.in_proj), a.xz.ptr, false, 2 * d.Di,
-                                  M, 2 * d.Di, d.D));
+    RWR_RETURN_IF_ERROR(m_.Linear(in_proj));
     scan::CausalConv1dParams conv = Conv(d, o, state_in, state_out, a);
     conv.let_next_start = few_x;
     RWR_RETURN_IF_ERROR(m_.ConvForward(conv));
-    RWR_RETURN_IF_ERROR(m_.Linear("x_proj", Uc(a), d.Di, m_.W(o.x_proj), a.xdbl.ptr, false, d.X, M,
-                                  d.X, d.Di, {.let_next_start = few_dt}));
-    RWR_RETURN_IF_ERROR(m_.Linear("dt_proj", a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), Dtraw(a),
-                                  false, d.Di, M, d.Di, d.R));
+    RWR_RETURN_IF_ERROR(m_.Linear(x_proj, /*let_next_start=*/few_dt));
+    RWR_RETURN_IF_ERROR(m_.Linear(dt_proj));
     scan::SelectiveScanParams scan =
         Scan(l, d, o, state_in + conv_floats, state_out ? state_out + conv_floats : nullptr, a);
     scan.let_next_start = few_out;
     RWR_RETURN_IF_ERROR(m_.ScanForward(scan));
-    // The residual add is the GEMM's beta: h += y·out_projᵀ, accumulated in fp32.
-    return m_.Linear("out_proj", k().y.ptr, d.Di, m_.W(o.out_proj), k().h.ptr, true, d.D, M, d.D,
-                     d.Di, {.beta = 1.f});
+    return m_.Linear(out_proj);
+  }
+
+  // Δraw = x_proj's first R columns · dt_projᵀ (the bias is added inside the scan).
+  LinearCall DtProj(const ChunkDims& d, const LayerOffsets& o, LayerActs& a) const {
+    return {"dt_proj", a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), Dtraw(a), false, d.Di,
+            d.M(),     d.Di,       d.R};
   }
 
   // dh (M, D): gradient of the layer output → of its input (dh_act follows it in kBf16). dstate
@@ -661,8 +674,7 @@ class CudaRunner {
     // anyway.
     if (a.uc.ptr == nullptr) RWR_RETURN_IF_ERROR(m_.ConvForward(Conv(d, o, state_in, nullptr, a)));
     if (a.dtraw.ptr == nullptr) {
-      RWR_RETURN_IF_ERROR(m_.Linear("dt_proj", a.xdbl.ptr, d.X, m_.W(o.dt_proj_weight), Dtraw(a),
-                                    false, d.Di, M, d.Di, d.R));
+      RWR_RETURN_IF_ERROR(m_.Linear(DtProj(d, o, a)));
     }
     scan::SelectiveScanParams sp = Scan(l, d, o, state_in + conv_floats, nullptr, a);
 
@@ -705,7 +717,7 @@ class CudaRunner {
     RWR_RETURN_IF_ERROR(
         m_.LinearDw("x_proj", k().dxdbl.ptr, d.X, Uc(a), d.Di, G(o.x_proj), M, d.X, d.Di));
     RWR_RETURN_IF_ERROR(m_.LinearDx("x_proj", k().dxdbl.ptr, d.X, m_.W(o.x_proj), k().duc.ptr,
-                                    false, d.Di, M, d.X, d.Di, 1.f));
+                                    false, d.Di, M, d.X, d.Di, {.beta = 1.f}));
 
     scan::CausalConv1dParams cp = Conv(d, o, state_in, nullptr, a);
     cp.workspace = k().conv_ws.ptr;
@@ -790,8 +802,8 @@ class CudaRunner {
         return cuda::GatherRows(k().hn.ptr, k().rows.ptr + r0, k().block_in.ptr, m_.act, nr, d.D,
                                 s);
       }));
-      RWR_RETURN_IF_ERROR(m_.Linear("lm_head", k().block_in.ptr, d.D, E, k().block_logits.ptr, true,
-                                    d.V, nr, d.V, d.D, {.timed = timed}));
+      RWR_RETURN_IF_ERROR(m_.Linear({"lm_head", k().block_in.ptr, d.D, E, k().block_logits.ptr,
+                                     true, d.V, nr, d.V, d.D, 0.f, timed}));
       if (host_logits != nullptr) {
         std::vector<float> logits(nr * d.V);
         RWR_CUDA(cudaMemcpyAsync(logits.data(), k().block_logits.ptr, nr * d.V * 4,
@@ -811,7 +823,7 @@ class CudaRunner {
       }));
       if (grad) {
         RWR_RETURN_IF_ERROR(m_.LinearDx("lm_head", dlogits, d.V, E, k().block_dh.ptr, true, d.D, nr,
-                                        d.V, d.D, 0.f, timed));
+                                        d.V, d.D, {.timed = timed}));
         RWR_RETURN_IF_ERROR(m_.Timed("head", "scatter", [&] {
           return cuda::ScatterRows(k().block_dh.ptr, k().rows.ptr + r0, k().dhn.ptr, nr, d.D, s);
         }));
@@ -924,12 +936,21 @@ class CudaRunner {
       RWR_RETURN_IF_ERROR(cuda::RmsNorm(k().h.ptr, P(layout_.norm_f()), k().hn.ptr, m_.act,
                                         k().rstd_f.ptr, d.M(), d.D, c_.norm_eps, s));
     }
-    const bool few_head =
-        m_.TakesFewRows(k().block_in.ptr, d.D, m_.W(layout_.embedding()), true, 0.f, nr, d.V, d.D);
+    const LinearCall head{"lm_head",
+                          k().block_in.ptr,
+                          d.D,
+                          m_.W(layout_.embedding()),
+                          k().block_logits.ptr,
+                          true,
+                          d.V,
+                          nr,
+                          d.V,
+                          d.D,
+                          0.f,
+                          /*timed=*/false};
     RWR_RETURN_IF_ERROR(cuda::GatherRows(k().hn.ptr, k().rows.ptr + r0, k().block_in.ptr, m_.act,
-                                         nr, d.D, s, few_head));
-    return m_.Linear("lm_head", k().block_in.ptr, d.D, m_.W(layout_.embedding()),
-                     k().block_logits.ptr, true, d.V, nr, d.V, d.D, {.timed = false});
+                                         nr, d.D, s, /*let_next_start=*/m_.TakesFewRows(head)));
+    return m_.Linear(head);
   }
 
   // One decode step on the device (one token per row, already in k().tokens; the last rows in
