@@ -1297,8 +1297,8 @@ bool UsesWide(const SelectiveScanParams& p, const Variant& v) {
   return v.wide >= 0 && single_pass::SinglePassApplies(p) && (v.wide > 0 || !UsesOnePass(p, v));
 }
 
-// The forward's chunk count: 0 for the one-pass forward; the wide forward's own (one wave of
-// resident blocks, at most the scratch's K) unless the chunks are overridden.
+// The forward's chunk count: 0 for the one-pass forward; the wide forward's own (about two waves
+// of resident blocks, at most the scratch's K) unless the chunks are overridden.
 int ForwardChunksOf(const SelectiveScanParams& p, const Work& w, const Variant& v) {
   if (UsesWide(p, v)) {
     if (g_chunks_override.load() > 0) return w.K;

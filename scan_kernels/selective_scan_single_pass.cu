@@ -22,6 +22,8 @@
 //      reduce-scatter over the channel's lanes every kQ tokens, after which lane q writes token q.
 // The state before each tile goes to the checkpoints the backward reads (same layout as the
 // chunked forward). No atomics, one fixed order of every sum: bitwise reproducible.
+#include "scan_kernels/selective_scan_single_pass.h"
+
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -29,7 +31,6 @@
 #include "common/cuda_elements.cuh"
 #include "scan_kernels/scan_device.cuh"
 #include "scan_kernels/scan_tile_copies.cuh"
-#include "scan_kernels/selective_scan_single_pass.h"
 
 namespace rwr::scan::single_pass {
 namespace {
