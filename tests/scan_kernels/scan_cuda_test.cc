@@ -427,8 +427,8 @@ TEST(ScanCuda, OnePassForwardMatchesReferenceAtEveryLayout) {
 }
 
 // The wide chunked forward (a lane per channel, all 16 states; variant 26 forces it wherever the
-// rows are aligned) on shapes the default rule would give the one-pass forward at a test size:
-// channel blocks partly inside Di (72, 80 and 200 channels against blocks of 128), T = 1 and T not
+// rows are aligned, as the default rule does at these sizes) on every kind of shape: channel
+// blocks partly inside Di (72, 80 and 200 channels against blocks of 128), T = 1 and T not
 // a multiple of the tile, every optional input off, B > 1 with resets (at tile starts, whose flags
 // are read a tile ahead, and at the chunk starts of 3 and 7 chunks) and state; automatic, one, 3
 // and 7 chunks (ragged last chunk). The backward reads its checkpoints, so the gradients check
