@@ -379,6 +379,38 @@ TEST(ScanCuda, EveryKernelVariantMatchesReference) {
   }
 }
 
+// A problem of the layout tests below: every optional input on (or off: all_flags false), and
+// with resets, documents starting at tile starts (whose flags are read a tile ahead), just after
+// one, and at the start of the second chunk of each chunk count in `chunk_starts`.
+struct LayoutShape {
+  int64_t B, T, Di;
+  bool all_flags;
+  int64_t rank;
+};
+HostScan LayoutCase(const LayoutShape& s, DType dt, int chunks,
+                    std::initializer_list<int> chunk_starts) {
+  ScanCase c;
+  c.B = s.B;
+  c.T = s.T;
+  c.Di = s.Di;
+  c.dtype = dt;
+  c.rank = s.rank;
+  c.chunks = chunks;
+  if (!s.all_flags) c.gate = c.skip = c.bias_softplus = c.resets = c.state = false;
+  HostScan h(c);
+  if (c.resets && c.T > 48) {
+    const int64_t tiles = (c.T + 15) / 16;
+    for (int64_t b = 0; b < c.B; ++b) {
+      h.resets[b * c.T + 16] = h.resets[b * c.T + 32] = h.resets[b * c.T + 33] = 1;
+      for (int k : chunk_starts) {
+        const int64_t start = (tiles + k - 1) / k * 16;
+        if (start < c.T) h.resets[b * c.T + start] = 1;
+      }
+    }
+  }
+  return h;
+}
+
 // The one-pass forward at every layout (variants 15, 16, 28 force it wherever the rows are aligned)
 // on the shapes the default rule keeps from it on a test-sized problem: channel blocks only partly
 // inside Di (72 and 80 channels at 4 states per lane, blocks of 32; fp32 76 at 2 states, blocks of
@@ -387,25 +419,13 @@ TEST(ScanCuda, EveryKernelVariantMatchesReference) {
 // bf16, B/C slices at column 5) where the forced variants fall back to the chunked forward.
 TEST(ScanCuda, OnePassForwardMatchesReferenceAtEveryLayout) {
   SKIP_WITHOUT_GPU();
-  struct Shape {
-    int64_t B, T, Di;
-    bool all_flags;
-    int64_t rank;
-  };
   for (DType dt : {DType::kBF16, DType::kF32}) {
-    for (const Shape& s : {Shape{2, 7, 80, true, 8}, Shape{1, 1, 72, true, 8},
-                           Shape{1, 37, 72, false, 8}, Shape{3, 515, 80, true, 8},
-                           Shape{2, 40, 76, true, 8}, Shape{2, 300, 70, true, 8},
-                           Shape{2, 300, 64, true, 5}}) {
-      ScanCase c;
-      c.B = s.B; c.T = s.T; c.Di = s.Di; c.dtype = dt; c.rank = s.rank;
-      if (!s.all_flags) c.gate = c.skip = c.bias_softplus = c.resets = c.state = false;
-      HostScan h(c);
-      if (c.resets && c.T > 48) {  // documents starting at tile starts and just after one
-        for (int64_t b = 0; b < c.B; ++b) {
-          h.resets[b * c.T + 16] = h.resets[b * c.T + 32] = h.resets[b * c.T + 33] = 1;
-        }
-      }
+    for (const LayoutShape& s : {LayoutShape{2, 7, 80, true, 8}, LayoutShape{1, 1, 72, true, 8},
+                                 LayoutShape{1, 37, 72, false, 8}, LayoutShape{3, 515, 80, true, 8},
+                                 LayoutShape{2, 40, 76, true, 8}, LayoutShape{2, 300, 70, true, 8},
+                                 LayoutShape{2, 300, 64, true, 5}}) {
+      const HostScan h = LayoutCase(s, dt, 0, {});
+      const ScanCase& c = h.c;
       const ScanResults cpu = RunCpu(h);
       const bool aligned = s.rank == 8 && (s.Di * (dt == DType::kBF16 ? 2 : 4)) % 16 == 0;
       for (int variant : {15, 16, 28}) {
@@ -435,36 +455,15 @@ TEST(ScanCuda, OnePassForwardMatchesReferenceAtEveryLayout) {
 // them. Rows it cannot copy (x rows of 70 bf16, B/C at column 5) fall back to the 4-lane kernels.
 TEST(ScanCuda, WideForwardMatchesReferenceAtEveryLayout) {
   SKIP_WITHOUT_GPU();
-  struct Shape {
-    int64_t B, T, Di;
-    bool all_flags;
-    int64_t rank;
-  };
   for (DType dt : {DType::kBF16, DType::kF32}) {
-    for (const Shape& s :
-         {Shape{2, 7, 80, true, 8}, Shape{1, 1, 72, true, 8}, Shape{1, 37, 72, false, 8},
-          Shape{3, 515, 200, true, 8}, Shape{1, 999, 64, true, 8}, Shape{2, 300, 70, true, 8},
-          Shape{2, 300, 64, true, 5}}) {
+    for (const LayoutShape& s :
+         {LayoutShape{2, 7, 80, true, 8}, LayoutShape{1, 1, 72, true, 8},
+          LayoutShape{1, 37, 72, false, 8}, LayoutShape{3, 515, 200, true, 8},
+          LayoutShape{1, 999, 64, true, 8}, LayoutShape{2, 300, 70, true, 8},
+          LayoutShape{2, 300, 64, true, 5}}) {
       for (int chunks : {0, 1, 3, 7}) {
-        ScanCase c;
-        c.B = s.B;
-        c.T = s.T;
-        c.Di = s.Di;
-        c.dtype = dt;
-        c.rank = s.rank;
-        c.chunks = chunks;
-        if (!s.all_flags) c.gate = c.skip = c.bias_softplus = c.resets = c.state = false;
-        HostScan h(c);
-        if (c.resets && c.T > 48) {  // documents at tile starts, just after one, at chunk starts
-          const int64_t tiles = (c.T + 15) / 16;
-          for (int64_t b = 0; b < c.B; ++b) {
-            h.resets[b * c.T + 16] = h.resets[b * c.T + 32] = h.resets[b * c.T + 33] = 1;
-            for (int k : {3, 7}) {
-              const int64_t start = (tiles + k - 1) / k * 16;
-              if (start < c.T) h.resets[b * c.T + start] = 1;
-            }
-          }
-        }
+        const HostScan h = LayoutCase(s, dt, chunks, {3, 7});
+        const ScanCase& c = h.c;
         const ScanResults cpu = RunCpu(h);
         SetScanVariant(26);
         SCOPED_TRACE(::testing::Message() << c.Name());
