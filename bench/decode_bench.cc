@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
-#include <sstream>
 #include <vector>
 
 #include "CLI/CLI.hpp"
@@ -30,16 +29,6 @@
 #include "trainer/train_loop.h"
 
 namespace {
-
-std::vector<int64_t> ParseList(const std::string& text) {
-  std::vector<int64_t> values;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (!item.empty()) values.push_back(std::stoll(item));
-  }
-  return values;
-}
 
 int Fail(const absl::Status& status) {
   fmt::print(stderr, "{}\n", std::string(status.message()));
@@ -118,15 +107,20 @@ absl::Status TimeLinears(const rwr::trainer::MambaConfig& mc, const std::vector<
 
 int main(int argc, char** argv) {
   CLI::App app("Decode-step latency of the CUDA Mamba LM (generation)");
-  std::string model_path = "configs/models/mamba-2.8b.yaml", rows_text = "1,16", precision = "bf16",
-              json_path;
+  std::string model_path = "configs/models/mamba-2.8b.yaml", precision = "bf16", json_path;
+  std::vector<int64_t> row_counts = {1, 16};
   int steps = 50, prompt = 32;
   bool trace = false, no_graphs = false, linears = false;
   app.add_option("--model", model_path, "Model config YAML (model: section)");
-  app.add_option("--rows", rows_text, "Row counts (sequences decoded together), e.g. 1,16");
-  app.add_option("--steps", steps, "Timed decode steps per row count (after 5 warm-up steps)");
-  app.add_option("--prompt", prompt, "Prompt tokens per row before the decode steps");
-  app.add_option("--precision", precision, "bf16 (the default for generation) or fp32");
+  app.add_option("--rows", row_counts, "Row counts (sequences decoded together), e.g. 1,16")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
+  app.add_option("--steps", steps, "Timed decode steps per row count (after 5 warm-up steps)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--prompt", prompt, "Prompt tokens per row before the decode steps")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--precision", precision, "bf16 (the default for generation) or fp32")
+      ->check(CLI::IsMember({"bf16", "fp32"}));
   app.add_option("--json", json_path, "Also write the results (per row count) as JSON");
   app.add_flag("--no-graphs", no_graphs, "Launch each kernel instead of replaying a CUDA graph");
   app.add_flag("--trace", trace,
@@ -168,7 +162,7 @@ int main(int argc, char** argv) {
 
   if (linears) {
     fmt::print("few-rows linears alone, back to back:\n");
-    if (auto s = TimeLinears(*mc, ParseList(rows_text), bandwidth); !s.ok()) return Fail(s);
+    if (auto s = TimeLinears(*mc, row_counts, bandwidth); !s.ok()) return Fail(s);
   }
   nlohmann::json results = {{"card", prop.name},
                             {"model", mc->Summary()},
@@ -177,7 +171,7 @@ int main(int argc, char** argv) {
                             {"weight_read_floor_ms", floor_ms},
                             {"rows", nlohmann::json::array()}};
   rwr::trainer::Rng rng(7);
-  for (const int64_t rows : ParseList(rows_text)) {
+  for (const int64_t rows : row_counts) {
     std::vector<float> logits(rows * mc->vocab_size);
     auto advance = [&](int64_t tokens_per_row) {
       std::vector<int32_t> tokens(rows * tokens_per_row);

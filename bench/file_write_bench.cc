@@ -17,10 +17,11 @@ int main(int argc, char** argv) {
   double gib = 6;
   int runs = 3;
   app.add_option("--path", path, "File to write (removed afterwards); put it on the disk to test");
-  app.add_option("--gib", gib, "GiB to write");
-  app.add_option("--runs", runs, "Times to write it");
+  app.add_option("--gib", gib, "GiB to write")->check(CLI::PositiveNumber);
+  app.add_option("--runs", runs, "Times to write it")->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
-  constexpr size_t kPiece = size_t{64} << 20;
+  // Appended in the pieces AtomicFile starts the write-back of.
+  constexpr size_t kPiece = rwr::storage::AtomicFile::kPieceBytes;
   std::vector<char> piece(kPiece, 7);
   const size_t total = static_cast<size_t>(gib * (1 << 30));
   for (int run = 0; run < runs; ++run) {

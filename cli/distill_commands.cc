@@ -185,12 +185,8 @@ absl::StatusOr<teacher::DistillSummary> DistillWaitingForTheTeacher(
   double delay_s = 0;
   bool reached = false;  // a connection to the teacher made, once at least, in this run
   teacher::DistillSummary summary;
-  auto never_reached = [&] {
-    return reached ? std::string()
-                   : fmt::format(
-                         "; it has not been reached once since this run started: is {} "
-                         "the teacher's address?",
-                         target);
+  auto never_reached = [&](absl::StatusCode code) {
+    return teacher::NeverReachedHint(code, reached, target, "this run started");
   };
   while (true) {
     absl::StatusOr<std::unique_ptr<teacher::Teacher>> made =
@@ -215,9 +211,9 @@ absl::StatusOr<teacher::DistillSummary> DistillWaitingForTheTeacher(
           waited_s > 0 ? fmt::format("; unusable for {} (distill.teacher_outage_s {})",
                                      FormatDuration(waited_s), outage.outage_s)
                        : "";
-      unusable = absl::Status(
-          unusable.code(),
-          fmt::format("{}{}{}", std::string(unusable.message()), waited, never_reached()));
+      unusable =
+          absl::Status(unusable.code(), fmt::format("{}{}{}", std::string(unusable.message()),
+                                                    waited, never_reached(unusable.code())));
       if (!made.ok()) return unusable;
       summary.teacher_unusable = unusable;
       return summary;
@@ -229,7 +225,7 @@ absl::StatusOr<teacher::DistillSummary> DistillWaitingForTheTeacher(
         "distill: the teacher cannot be used: {}; trying again in {} (waiting at most {} in all, "
         "distill.teacher_outage_s){}",
         std::string(unusable.message()), FormatDuration(sleep_s), FormatDuration(outage.outage_s),
-        never_reached());
+        never_reached(unusable.code()));
     if (!SleepUnlessShutdown(sleep_s)) {
       spdlog::info("signal {} while waiting for the teacher; rerun to continue", ShutdownSignal());
       summary.interrupted = true;

@@ -95,6 +95,9 @@ __device__ __forceinline__ void StoreRelease(int* flag, int v) {
   asm volatile("st.release.gpu.global.s32 [%0], %1;\n" ::"l"(flag), "r"(v) : "memory");
 }
 
+// A pointer the kernels read or write with 16-byte accesses, not 16-byte aligned (false for null).
+inline bool Misaligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) != 0; }
+
 // Every row of a (B, T, dim) tensor 16-byte aligned (what 16-byte cp.async copies need); true for
 // a null tensor.
 inline bool RowsAligned(const void* ptr, const TokenStrides& s, int64_t dim, size_t elem) {

@@ -1211,9 +1211,8 @@ WorkBytes LayoutWork(const SelectiveScanParams& p, Pass pass, bool with_workspac
 }
 
 absl::Status CheckAligned(const SelectiveScanParams& p) {
-  auto misaligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) != 0; };
-  if (misaligned(p.initial_state) || misaligned(p.final_state) || misaligned(p.workspace) ||
-      misaligned(p.scratch)) {
+  if (Misaligned16(p.initial_state) || Misaligned16(p.final_state) || Misaligned16(p.workspace) ||
+      Misaligned16(p.scratch)) {
     return absl::InvalidArgumentError(
         "selective scan CUDA: initial_state, final_state, workspace and scratch must be 16-byte "
         "aligned");
@@ -1529,8 +1528,7 @@ absl::Status Backward(const SelectiveScanParams& p, const SelectiveScanGrads& g,
     return absl::InvalidArgumentError(
         "selective scan CUDA backward: needs the workspace its Forward filled (WorkspaceBytes)");
   }
-  auto misaligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) != 0; };
-  if (misaligned(g.dfinal_state) || misaligned(g.dinitial_state)) {
+  if (device::Misaligned16(g.dfinal_state) || device::Misaligned16(g.dinitial_state)) {
     return absl::InvalidArgumentError(
         "selective scan CUDA backward: dfinal_state and dinitial_state must be 16-byte aligned");
   }

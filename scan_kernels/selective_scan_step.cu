@@ -11,6 +11,7 @@
 #include "common/cuda_dependent_launch.cuh"
 #include "common/cuda_elements.cuh"
 #include "common/status.h"
+#include "fmt/format.h"
 #include "scan_kernels/scan_device.cuh"
 #include "scan_kernels/selective_scan.h"
 
@@ -78,13 +79,18 @@ absl::Status Step(const SelectiveScanParams& p, CUstream_st* stream) {
         "selective scan step: needs seqlen 1 and both initial_state and final_state");
   }
   RWR_RETURN_IF_ERROR(CanImplement(p, Backend::kCuda));
-  auto misaligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) != 0; };
-  if (misaligned(p.initial_state) || misaligned(p.final_state) || misaligned(p.A)) {
+  if (device::Misaligned16(p.initial_state) || device::Misaligned16(p.final_state) ||
+      device::Misaligned16(p.A)) {
     return absl::InvalidArgumentError(
         "selective scan CUDA step: initial_state, final_state and A must be 16-byte aligned");
   }
-  const dim3 grid(static_cast<unsigned>(p.batch),
-                  static_cast<unsigned>((p.dim + kThreads / kLanes - 1) / (kThreads / kLanes)));
+  const int64_t channel_blocks = (p.dim + kThreads / kLanes - 1) / (kThreads / kLanes);
+  if (channel_blocks > 65535) {  // the grid's y limit
+    return absl::InvalidArgumentError(
+        fmt::format("selective scan CUDA step: Di {} above the {} it takes", p.dim,
+                    int64_t{65535} * (kThreads / kLanes)));
+  }
+  const dim3 grid(static_cast<unsigned>(p.batch), static_cast<unsigned>(channel_blocks));
   if (p.dtype == DType::kBF16) {
     StepKernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(p);
   } else {

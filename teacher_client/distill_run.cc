@@ -558,6 +558,13 @@ absl::StatusOr<DistillSummary> RunDistill(const DistillRunOptions& options, Teac
   return summary;
 }
 
+std::string NeverReachedHint(absl::StatusCode code, bool reached, std::string_view address,
+                             std::string_view since) {
+  if (reached || !TeacherOutagePolicy::MayComeBack(code)) return "";
+  return fmt::format("; it has not been reached once since {}: is {} the teacher's address?", since,
+                     address);
+}
+
 bool TeacherOutagePolicy::MayComeBack(absl::StatusCode code) {
   return code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded;
 }

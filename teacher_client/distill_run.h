@@ -19,6 +19,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -128,6 +129,14 @@ struct TeacherOutagePolicy {
   // Either value out of range, as an error naming the config keys.
   absl::Status Check() const;
 };
+
+// The hint added to a teacher's failure where it may be a mistyped address: it failed as an
+// unreachable teacher does (TeacherOutagePolicy::MayComeBack: a wrong address looks the same as a
+// teacher still starting) and no connection to it was made since `since` ("this run started",
+// "the service started"). Empty otherwise — a teacher that answered, even with an error, was
+// reached.
+std::string NeverReachedHint(absl::StatusCode code, bool reached, std::string_view address,
+                             std::string_view since);
 
 // The largest teacher window (distill.concurrency, a job's recipe.concurrency): 2 × it items are
 // held in memory at once, and larger values overflowed into negative windows.

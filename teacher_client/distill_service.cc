@@ -72,6 +72,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     int64_t retry_at_unix_ms = 0;  // the same moment, for the jobs' `waiting` lines
     double delay_s = 0;
     std::string reason;
+    absl::StatusCode code = absl::StatusCode::kUnavailable;  // reason's
   };
 
  public:
@@ -573,7 +574,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
       FinishLocked(id, v1::Job::FAILED,
                    fmt::format("{}{}{}; items not started were left alone: check the teacher and "
                                "resubmit",
-                               reason, waited, NeverReachedLocked(job.teacher())));
+                               reason, waited, NeverReachedLocked(job.teacher(), code)));
       return;
     }
     Outage& outage = outages_[job.teacher()];
@@ -593,8 +594,10 @@ class DistillServer::Impl final : public v1::DistillService::Service {
                                          std::chrono::duration<double>(wait_s));
     outage.retry_at_unix_ms = now_ms + static_cast<int64_t>(wait_s * 1000);
     outage.reason = reason;
+    outage.code = code;
     spdlog::warn("distill serve: job {} waits for teacher {}: {}; next try in {}{}", id,
-                 job.teacher(), reason, FormatDuration(wait_s), NeverReachedLocked(job.teacher()));
+                 job.teacher(), reason, FormatDuration(wait_s),
+                 NeverReachedLocked(job.teacher(), code));
     // Back in the queue in submission order: it was the first runnable job, and stays first.
     auto place = std::find_if(queue_.begin(), queue_.end(), [&](const std::string& other) {
       const v1::Job& o = jobs_[other];
@@ -637,13 +640,8 @@ class DistillServer::Impl final : public v1::DistillService::Service {
     if (!waited_for) outages_.erase(teacher);
   }
 
-  std::string NeverReachedLocked(const std::string& teacher) const {
-    return reached_.contains(teacher)
-               ? std::string()
-               : fmt::format(
-                     "; it has not been reached once since the service started: is {} "
-                     "the teacher's address?",
-                     teacher);
+  std::string NeverReachedLocked(const std::string& teacher, absl::StatusCode code) const {
+    return NeverReachedHint(code, reached_.contains(teacher), teacher, "the service started");
   }
 
   void MarkWaiting(v1::Job& job, const Outage& outage) const {
@@ -654,7 +652,7 @@ class DistillServer::Impl final : public v1::DistillService::Service {
         UtcTime(job.waiting_since_unix_ms()), outage.reason, UtcTime(outage.retry_at_unix_ms),
         UtcTime(job.waiting_since_unix_ms() +
                 static_cast<int64_t>(options_.teacher_outage.outage_s * 1000)),
-        NeverReachedLocked(job.teacher())));
+        NeverReachedLocked(job.teacher(), outage.code)));
   }
 
   const DistillServerOptions options_;

@@ -14,6 +14,7 @@
 
 #include "common/call_status_cuda.h"
 #include "common/cuda_dependent_launch.cuh"
+#include "fmt/format.h"
 #include "trainer/few_rows_linear.h"
 
 namespace rwr::trainer::cuda {
@@ -160,13 +161,18 @@ bool Aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15)
 
 bool FewRowsLinearApplies(const FewRowsLinear& p) {
   return p.rows >= 1 && p.rows <= kFewRowsMax && p.n >= 1 && p.k >= kChunk && p.k % kChunk == 0 &&
-         p.ldx % kChunk == 0 && Aligned16(p.x) && Aligned16(p.w) && (p.y_f32 || p.beta == 0.f) &&
-         p.n < (int64_t{1} << 31) * kOutputs;
+         p.ldx >= p.k && p.ldx % kChunk == 0 && Aligned16(p.x) && Aligned16(p.w) &&
+         (p.y_f32 || p.beta == 0.f) && p.n < (int64_t{1} << 31) * kOutputs;
 }
 
 absl::Status RunFewRowsLinear(const FewRowsLinear& p, CUstream_st* stream) {
   if (!FewRowsLinearApplies(p)) {
-    return absl::InvalidArgumentError("few-rows linear: sizes or alignment it does not take");
+    return absl::InvalidArgumentError(fmt::format(
+        "few-rows linear: rows {} (1..{}), n {}, k {} and x row stride {} (multiples of {}, "
+        "stride >= k), x and w {}16-byte aligned, beta {} (0 unless y is fp32): not a problem it "
+        "takes",
+        p.rows, kFewRowsMax, p.n, p.k, p.ldx, kChunk,
+        Aligned16(p.x) && Aligned16(p.w) ? "" : "not ", p.beta));
   }
   switch (p.rows) {
     case 1:

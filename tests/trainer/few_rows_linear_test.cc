@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "trainer/mamba_cuda.h"
@@ -125,8 +126,10 @@ TEST(FewRowsLinear, MatchesAHostReferenceAndRepeatsItsBits) {
 
 // Two linears in a row, the second reading what the first wrote, on a stream of their own: with
 // the first letting the second start early (its weight loads overlap the first's end) the second
-// must still wait for the first's output. Each round a new x: a read of the round before's y1
-// would show as other bits than the chain run one kernel after the other.
+// must still wait for the first's output. Each round a new x, and y1 poisoned with NaN before the
+// early-started chain (on the chain's own stream, so the poison lands before it): a read of y1
+// before the first linear wrote it would show as NaN, not the bits of the chain run one kernel
+// after the other.
 TEST(FewRowsLinear, AnEarlyStartedLinearReadsWhatTheOneBeforeWrote) {
   if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
   const int64_t k = 2560, mid = 10240, n = 192;
@@ -176,9 +179,9 @@ TEST(FewRowsLinear, AnEarlyStartedLinearReadsWhatTheOneBeforeWrote) {
   };
   for (int round = 0; round < 20; ++round) {
     const std::vector<__nv_bfloat16> x = random_bf16(k);
-    cudaMemcpy(dx, x.data(), k * 2, cudaMemcpyHostToDevice);
+    ASSERT_EQ(cudaMemcpyAsync(dx, x.data(), k * 2, cudaMemcpyHostToDevice, stream), cudaSuccess);
     const std::vector<float> serial = chain(false);
-    cudaMemset(dy1, 0xff, mid * 2);  // NaN: a read before the first linear wrote would show
+    ASSERT_EQ(cudaMemsetAsync(dy1, 0xff, mid * 2, stream), cudaSuccess);  // NaN
     EXPECT_TRUE(chain(true) == serial) << "round " << round;
   }
   cudaStreamDestroy(stream);
@@ -215,6 +218,14 @@ TEST(FewRowsLinear, TakesOnlyWhatItCanLoad) {
   q.y_f32 = false;
   q.beta = 1.f;  // adding into a bf16 y is not offered
   EXPECT_FALSE(FewRowsLinearApplies(q));
+  q = p;
+  q.ldx = 8;  // rows of x overlapping
+  EXPECT_FALSE(FewRowsLinearApplies(q));
+  // Refused with what it was given and what it takes.
+  const absl::Status refused = RunFewRowsLinear(q, nullptr);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(refused.message()).find("k 16 and x row stride 8"), std::string::npos)
+      << refused;
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 
 #include "storage/safetensors.h"
 #include "tests/trainer/hf_fixture.h"
+#include "trainer/few_rows_linear.h"
 #include "trainer/generate.h"
 #include "trainer/mamba_cpu.h"
 #include "trainer/mamba_cuda.h"
@@ -133,6 +134,25 @@ TEST_P(GenerateCudaTest, RowsTogetherMatchEachRowAloneOnTheCpu) {
   EXPECT_FALSE(gpu->Advance(std::span(&next, 1), one).ok());
 }
 
+// Two models of `config` with `params`, one replaying decode steps from a CUDA graph, one launching
+// every kernel, each with `rows` sequences started.
+std::array<std::unique_ptr<MambaCuda>, 2> GraphAndPlainModels(const MambaConfig& config,
+                                                              std::span<const float> params,
+                                                              GemmPrecision precision,
+                                                              int64_t rows) {
+  std::array<std::unique_ptr<MambaCuda>, 2> models;
+  for (int i = 0; i < 2; ++i) {
+    auto model = MambaCuda::Create(config, precision);
+    EXPECT_TRUE(model.ok()) << model.status();
+    if (!model.ok()) return {};
+    models[i] = std::move(*model);
+    EXPECT_TRUE(models[i]->UploadParams(params).ok());
+    models[i]->SetDecodeGraphs(i == 0);
+    EXPECT_TRUE(models[i]->ResetSequence(rows).ok());
+  }
+  return models;
+}
+
 // Decode steps replayed from a CUDA graph give the bits of the same steps launched one kernel at
 // a time: through a prompt, steps, another prompt (new buffers: a new capture) and more steps.
 TEST_P(GenerateCudaTest, DecodeGraphsGiveTheBitsOfPlainLaunches) {
@@ -140,15 +160,9 @@ TEST_P(GenerateCudaTest, DecodeGraphsGiveTheBitsOfPlainLaunches) {
   const int64_t V = f.model.config.vocab_size, rows = 3;
   const GemmPrecision precision =
       GetParam() == "fp32" ? GemmPrecision::kFp32 : GemmPrecision::kBf16;
-  std::unique_ptr<MambaCuda> models[2];
-  for (int i = 0; i < 2; ++i) {
-    auto model = MambaCuda::Create(f.model.config, precision);
-    ASSERT_TRUE(model.ok()) << model.status();
-    models[i] = std::move(*model);
-    ASSERT_TRUE(models[i]->UploadParams(f.model.params).ok());
-    models[i]->SetDecodeGraphs(i == 0);
-    ASSERT_TRUE(models[i]->ResetSequence(rows).ok());
-  }
+  std::array<std::unique_ptr<MambaCuda>, 2> models =
+      GraphAndPlainModels(f.model.config, f.model.params, precision, rows);
+  ASSERT_TRUE(models[0] != nullptr);
   auto step_tokens = [&](int step) {
     std::vector<int32_t> ids(rows);
     for (int64_t r = 0; r < rows; ++r) ids[r] = static_cast<int32_t>((step * 31 + r * 7) % V);
@@ -173,25 +187,6 @@ TEST_P(GenerateCudaTest, DecodeGraphsGiveTheBitsOfPlainLaunches) {
   EXPECT_TRUE(models[0]->decode_graphs()) << "the steps were not captured (see the warning)";
 }
 
-// Two models of `config` with `params`, one replaying decode steps from a CUDA graph, one launching
-// every kernel, each with `rows` sequences started.
-std::array<std::unique_ptr<MambaCuda>, 2> GraphAndPlainModels(const MambaConfig& config,
-                                                              std::span<const float> params,
-                                                              GemmPrecision precision,
-                                                              int64_t rows) {
-  std::array<std::unique_ptr<MambaCuda>, 2> models;
-  for (int i = 0; i < 2; ++i) {
-    auto model = MambaCuda::Create(config, precision);
-    EXPECT_TRUE(model.ok()) << model.status();
-    if (!model.ok()) return {};
-    models[i] = std::move(*model);
-    EXPECT_TRUE(models[i]->UploadParams(params).ok());
-    models[i]->SetDecodeGraphs(i == 0);
-    EXPECT_TRUE(models[i]->ResetSequence(rows).ok());
-  }
-  return models;
-}
-
 // A model whose every decode GEMM is a few-rows linear in bf16 (dt_rank 8 and x_proj's 40
 // columns are whole 16-byte loads; the fixture's 3 and 35 are not, so its dt_proj runs on
 // cuBLASLt): the chain where x_proj lets dt_proj start before it ends, against the CPU model at
@@ -204,10 +199,30 @@ TEST_P(GenerateCudaTest, EveryGemmAFewRowsLinearMatchesTheCpuModel) {
   c.d_inner = 256;
   c.dt_rank = 8;
   ASSERT_TRUE(c.Validate().ok());
+  if (GetParam() == "fp32") GTEST_SKIP() << "the few-rows linear takes bf16 only";
+  // Every decode GEMM's sizes are ones the few-rows linear takes (pointers from cudaMalloc are
+  // 256-byte aligned; x_proj's row of R + 2S = 40 is dt_proj's x stride).
+  const auto takes = [](int64_t ldx, int64_t n, int64_t k, bool y_f32) {
+    void* const aligned = reinterpret_cast<void*>(uintptr_t{1} << 20);
+    return cuda::FewRowsLinearApplies({.x = aligned,
+                                       .ldx = ldx,
+                                       .w = aligned,
+                                       .y = aligned,
+                                       .ldy = n,
+                                       .y_f32 = y_f32,
+                                       .rows = 1,
+                                       .n = n,
+                                       .k = k});
+  };
+  const int64_t X = c.dt_rank + 2 * c.d_state;
+  EXPECT_TRUE(takes(c.d_model, 2 * c.d_inner, c.d_model, false)) << "in_proj";
+  EXPECT_TRUE(takes(c.d_inner, X, c.d_inner, false)) << "x_proj";
+  EXPECT_TRUE(takes(X, c.d_inner, c.dt_rank, false)) << "dt_proj";
+  EXPECT_TRUE(takes(c.d_inner, c.d_model, c.d_inner, true)) << "out_proj";
+  EXPECT_TRUE(takes(c.d_model, c.vocab_size, c.d_model, true)) << "lm_head";
   const std::vector<float> params = InitParams(c, 3);
-  const GemmPrecision precision =
-      GetParam() == "fp32" ? GemmPrecision::kFp32 : GemmPrecision::kBf16;
-  std::array<std::unique_ptr<MambaCuda>, 2> models = GraphAndPlainModels(c, params, precision, 1);
+  std::array<std::unique_ptr<MambaCuda>, 2> models =
+      GraphAndPlainModels(c, params, GemmPrecision::kBf16, 1);
   ASSERT_TRUE(models[0] != nullptr);
   std::unique_ptr<Decoder> cpu = MakeCpuDecoder(c, params);
   const int64_t V = c.vocab_size;
