@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "CLI/CLI.hpp"
@@ -53,12 +55,19 @@ absl::Status TimeLinears(const rwr::trainer::MambaConfig& mc, const std::vector<
                           {"out_proj", D, Di, Di, true, 1.f},
                           {"lm_head", mc.vocab_size, D, D, true, 0.f}};
   constexpr int kCopies = 8, kCalls = 400;
+  // Freed on every way out, the early returns of a failed call included.
+  using DeviceBytes = std::unique_ptr<void, decltype([](void* p) { cudaFree(p); })>;
+  auto allocate = [](int64_t bytes) {
+    void* p = nullptr;
+    return DeviceBytes(cudaMalloc(&p, bytes) == cudaSuccess ? p : nullptr);
+  };
   for (const Shape& s : shapes) {
-    void *w = nullptr, *x = nullptr, *y = nullptr;
     const int64_t w_bytes = s.n * s.k * 2;
-    if (cudaMalloc(&w, w_bytes * kCopies) != cudaSuccess ||
-        cudaMalloc(&x, rwr::trainer::cuda::kFewRowsMax * s.ldx * 2) != cudaSuccess ||
-        cudaMalloc(&y, rwr::trainer::cuda::kFewRowsMax * s.n * 4) != cudaSuccess) {
+    const DeviceBytes w_owned = allocate(w_bytes * kCopies);
+    const DeviceBytes x_owned = allocate(rwr::trainer::cuda::kFewRowsMax * s.ldx * 2);
+    const DeviceBytes y_owned = allocate(rwr::trainer::cuda::kFewRowsMax * s.n * 4);
+    void *w = w_owned.get(), *x = x_owned.get(), *y = y_owned.get();
+    if (w == nullptr || x == nullptr || y == nullptr) {
       return absl::ResourceExhaustedError("no device memory for the linears' weights");
     }
     cudaMemset(w, 0x3c, w_bytes * kCopies);  // 0x3c3c: bf16 ≈ 0.0115, never zero
@@ -80,15 +89,21 @@ absl::Status TimeLinears(const rwr::trainer::MambaConfig& mc, const std::vector<
       cudaEvent_t start, stop;
       cudaEventCreate(&start);
       cudaEventCreate(&stop);
-      for (int i = 0; i < kCalls + kCopies; ++i) {
+      absl::Status ran;
+      for (int i = 0; i < kCalls + kCopies && ran.ok(); ++i) {
         if (i == kCopies) cudaEventRecord(start);
         p.w = static_cast<char*>(w) + (i % kCopies) * w_bytes;
-        RWR_RETURN_IF_ERROR(rwr::trainer::cuda::RunFewRowsLinear(p, nullptr));
+        ran = rwr::trainer::cuda::RunFewRowsLinear(p, nullptr);
       }
       cudaEventRecord(stop);
       cudaEventSynchronize(stop);
       float ms = 0;
       cudaEventElapsedTime(&ms, start, stop);
+      if (!ran.ok()) {
+        cudaEventDestroy(start);
+        cudaEventDestroy(stop);
+        return ran;
+      }
       const double us = ms * 1e3 / kCalls;
       line += fmt::format("  rows {}: {:7.2f} us {:6.0f} GB/s ({:.0f}%)", r, us, w_bytes / us / 1e3,
                           100 * w_bytes / us / 1e3 / (bandwidth / 1e9));
@@ -96,9 +111,6 @@ absl::Status TimeLinears(const rwr::trainer::MambaConfig& mc, const std::vector<
       cudaEventDestroy(stop);
     }
     fmt::print("{}\n", line);
-    cudaFree(w);
-    cudaFree(x);
-    cudaFree(y);
   }
   return absl::OkStatus();
 }

@@ -29,15 +29,16 @@ void AdamW::Step(std::span<float> params, std::span<const float> grads, double l
   const int64_t n = range_.end - range_.begin;
   if (m_.empty()) m_.assign(n, 0.f);
   if (v_.empty()) v_.assign(n, 0.f);
-  if (decay_.empty()) {
-    decay_.assign(n, 0);
-    for (const auto& [b, e] : decayed_) std::fill(decay_.begin() + b, decay_.begin() + e, 1);
-  }
   float* p = params.data() + range_.begin;
   const float* g = grads.data() + range_.begin;
+  // The decoupled decay first, where it applies; each element then gets the same operations in
+  // the same order as in one fused loop.
+  for (const auto& [b, e] : decayed_) {
+#pragma omp parallel for schedule(static) if (e - b > (1 << 18))
+    for (int64_t i = b; i < e; ++i) p[i] *= decay;
+  }
 #pragma omp parallel for schedule(static) if (n > (1 << 18))
   for (int64_t i = 0; i < n; ++i) {
-    if (decay_[i]) p[i] *= decay;
     m_[i] = fb1 * m_[i] + (1 - fb1) * g[i];
     v_[i] = fb2 * v_[i] + (1 - fb2) * g[i] * g[i];
     const float denom = std::sqrt(v_[i]) * inv_bc2_sqrt + eps;

@@ -45,7 +45,6 @@ class AdamW {
   AdamWOptions options_;
   ShardRange range_;
   std::vector<std::pair<int64_t, int64_t>> decayed_;  // [begin, end) within the range
-  std::vector<uint8_t> decay_;  // (range size) 1 where weight decay applies; made by Step
   std::vector<float> m_, v_;
   int64_t step_ = 0;
 };

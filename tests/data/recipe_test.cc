@@ -12,6 +12,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/shard_loader.h"
+#include "tests/support/temp_dir.h"
 
 namespace rwr::distill {
 namespace {
@@ -273,8 +274,7 @@ TEST(PlanMix, RatiosHoldExactlyAndTheScarcestKindIsUsedInFull) {
 }
 
 TEST(JsonlRecipeSource, ReadsItemsBackByOffset) {
-  const std::string path = std::filesystem::temp_directory_path() /
-                           ("rwr_recipe_offsets_" + std::to_string(::getpid()) + ".jsonl");
+  const std::string path = rwr::testing::FreshTempDir("recipe", "offsets") + "/items.jsonl";
   {
     std::ofstream out(path);
     out << R"({"id":"a","context":"ca","question":"qa","answer":"xa"})" << "\n\n";
@@ -320,11 +320,11 @@ TEST(JsonlRecipeSource, ParsesOptionalNoteFieldsAndNamesBadLines) {
   EXPECT_THAT(std::string(bad_utf8.status().message()), HasSubstr("UTF-8"));
 }
 
+// Made empty: the packer creates it.
 std::string TempDir(const std::string& name) {
-  auto dir = std::filesystem::temp_directory_path() /
-             ("rwr_recipe_test_" + name + "_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
-  return dir.string();
+  const std::string dir = rwr::testing::FreshTempDir("recipe_test", name);
+  std::filesystem::remove(dir);
+  return dir;
 }
 
 TEST(Packer, PacksSamplesWholeIntoRowsAcrossShardsAndTheLoaderReadsThemBack) {

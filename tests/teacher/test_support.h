@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "tests/support/temp_dir.h"
 
 extern char** environ;
 
@@ -58,10 +59,9 @@ class Results {
   std::vector<absl::StatusOr<T>> results_;
 };
 
+// A unique scratch directory, removed when the test process exits.
 inline std::filesystem::path MakeTempDir(const std::string& name) {
-  std::string pattern = (std::filesystem::temp_directory_path() / (name + "-XXXXXX")).string();
-  char* dir = mkdtemp(pattern.data());
-  return dir ? std::filesystem::path(dir) : std::filesystem::path();
+  return rwr::testing::UniqueTempDir(name);
 }
 
 // A free TCP port on 127.0.0.1 (bound then released; the race is acceptable in tests).

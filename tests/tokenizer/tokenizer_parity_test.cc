@@ -15,6 +15,7 @@
 #include "fmt/format.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/support/temp_dir.h"
 
 namespace rwr::distill {
 namespace {
@@ -55,9 +56,7 @@ std::vector<json> ReadJsonl(const fs::path& path) {
 class TokenizerParityTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new fs::path(fs::temp_directory_path() /
-                        fmt::format("rwr_tokenizer_parity_{}", ::getpid()));
-    fs::create_directories(*dir_);
+    dir_ = new fs::path(rwr::testing::FreshTempDir("tokenizer", "parity"));
     // The pipeline's own data: the quick start's synthetic QA (configs/quickstart.yaml: 64 items
     // of ~512 tokens, seed 1) and two long contexts.
     const fs::path synth = *dir_ / "synth.jsonl";

@@ -20,6 +20,7 @@
 #include "storage/safetensors.h"
 #include "storage/shard.h"
 #include "tests/support/shard_dataset.h"
+#include "tests/support/temp_dir.h"
 #include "tests/trainer/hf_fixture.h"
 #include "trainer/checkpoint.h"
 #include "trainer/mamba_cuda_kernels.h"
@@ -452,7 +453,7 @@ std::map<int64_t, double> Losses(const std::string& out) {
 
 TEST(TrainCuda, GpuRunFollowsCpuRunAndResumes) {
   if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
-  const std::string root = ::testing::TempDir() + "/rwr_train_cuda";
+  const std::string root = rwr::testing::FreshTempDir("train_cuda", "follows_cpu");
   const std::string data = MakeDataset(root + "/data");
   auto config_for = [&](const std::string& out, const std::string& device,
                         std::vector<std::string> extra) {

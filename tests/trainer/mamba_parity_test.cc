@@ -10,6 +10,7 @@
 
 #include "nlohmann/json.hpp"
 #include "storage/safetensors.h"
+#include "tests/support/temp_dir.h"
 #include "tests/trainer/hf_fixture.h"
 #include "trainer/mamba_cpu.h"
 #include "trainer/model_io.h"
@@ -125,7 +126,7 @@ TEST(MambaParity, ThreeAdamWStepsMatchTorch) {
     int64_t count = 0;
     for (uint8_t m : f.mask) count += m;
     auto loss = model.ForwardBackward(params, f.batch(), 0, 1.f / count, grads);
-    ASSERT_TRUE(loss.ok());
+    ASSERT_TRUE(loss.ok()) << loss.status();
     const double mean = loss->loss_sum / loss->tokens;
     const double expected = hp["losses"][step].get<double>();
     EXPECT_NEAR(mean, expected, 1e-5 * expected) << "step " << step;
@@ -161,7 +162,7 @@ TEST(Optimizer, NoDecayOnNormsBiasesALogAndD) {
 
 TEST(ModelIo, OriginalEmbeddingNameAndShapeErrors) {
   Fixture f = LoadFixture();
-  const std::string dir = ::testing::TempDir() + "/rwr_model_io";
+  const std::string dir = rwr::testing::FreshTempDir("model_io", "embedding_name");
   ASSERT_TRUE(SaveModelDir(dir, f.model.config, f.model.params).ok());
   auto back = LoadModelDir(dir);
   ASSERT_TRUE(back.ok()) << back.status();

@@ -13,18 +13,14 @@
 
 #include "fmt/format.h"
 #include "tests/support/resident.h"
+#include "tests/support/temp_dir.h"
 
 namespace rwr::storage {
 namespace {
 
 namespace fs = std::filesystem;
 
-fs::path TempDir(const std::string& name) {
-  fs::path dir = fs::temp_directory_path() / fmt::format("rwr_st_{}_{}", name, ::getpid());
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+fs::path TempDir(const std::string& name) { return rwr::testing::FreshTempDir("st", name); }
 
 std::vector<float> RandomValues(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);
