@@ -3,8 +3,8 @@
 // Every test binary runs once per test (gtest_discover_tests), each run making its own
 // directories; left behind, they filled the disk of a machine that runs the suite often. So each
 // directory made here is registered and removed at normal exit by the process that made it (a
-// forked child that exits leaves its parent's alone). RWR_KEEP_TEST_DIRS=1 keeps them, to look
-// at what a failing test wrote.
+// forked child that exits removes its own and leaves its parent's alone). RWR_KEEP_TEST_DIRS=1
+// keeps them, to look at what a failing test wrote.
 #pragma once
 
 #include <stdlib.h>
@@ -16,6 +16,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 namespace rwr::testing {
@@ -23,24 +24,24 @@ namespace rwr::testing {
 class ScratchDirs {
  public:
   ~ScratchDirs() {
-    if (::getpid() != owner_) return;
     const char* keep = std::getenv("RWR_KEEP_TEST_DIRS");
     if (keep != nullptr && std::string_view(keep) == "1") return;
-    for (const auto& dir : dirs_) {
-      std::error_code ec;  // best effort: a test may have removed it already
+    const pid_t self = ::getpid();
+    for (const auto& [dir, maker] : dirs_) {
+      if (maker != self) continue;  // made before a fork, by the parent: its to remove
+      std::error_code ec;           // best effort: a test may have removed it already
       std::filesystem::remove_all(dir, ec);
     }
   }
 
   void Add(const std::filesystem::path& dir) {
     std::lock_guard<std::mutex> lock(mu_);
-    dirs_.push_back(dir);
+    dirs_.emplace_back(dir, ::getpid());
   }
 
  private:
-  const pid_t owner_ = ::getpid();
   std::mutex mu_;
-  std::vector<std::filesystem::path> dirs_;
+  std::vector<std::pair<std::filesystem::path, pid_t>> dirs_;  // with the pid that made it
 };
 
 inline ScratchDirs& TheScratchDirs() {
