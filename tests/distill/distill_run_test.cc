@@ -140,6 +140,25 @@ TEST(TeacherOutagePolicy, DelaysDoubleToTheCapAndAWaitEndsAtTheLimit) {
   }
 }
 
+// The "is X the teacher's address?" hint goes only with failures an unreachable address gives
+// (unavailable, deadline exceeded) and only while no call has reached the teacher: a teacher that
+// answered, even to refuse (unauthenticated, invalid argument, internal), is at that address.
+TEST(NeverReachedHint, OnlyForAnUnreachedTeacherFailingAsAnUnreachableOneDoes) {
+  const std::string hint =
+      NeverReachedHint(absl::StatusCode::kUnavailable, false, "dns:///t:1", "this run started");
+  EXPECT_EQ(hint,
+            "; it has not been reached once since this run started: is dns:///t:1 the teacher's "
+            "address?");
+  EXPECT_NE(NeverReachedHint(absl::StatusCode::kDeadlineExceeded, false, "a", "x"), "");
+  EXPECT_EQ(NeverReachedHint(absl::StatusCode::kUnavailable, true, "a", "x"), "");
+  for (const absl::StatusCode refused :
+       {absl::StatusCode::kUnauthenticated, absl::StatusCode::kPermissionDenied,
+        absl::StatusCode::kInvalidArgument, absl::StatusCode::kInternal,
+        absl::StatusCode::kResourceExhausted}) {
+    EXPECT_EQ(NeverReachedHint(refused, false, "a", "x"), "") << absl::StatusCodeToString(refused);
+  }
+}
+
 TEST_F(DistillRunTest, CountsAddUpAndARerunAsksTheTeacherNothing) {
   ScriptedTeacher teacher({});  // extractive inside, counts calls
   DistillSummary first = Run(teacher);
