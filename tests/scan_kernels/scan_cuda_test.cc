@@ -717,9 +717,15 @@ struct ConvCase {
   int64_t B = 1, T = 1, Di = 64, W = 4;
   bool resets = true, state = true, bias = true, silu = true;
   DType dtype = DType::kBF16;
+  // With resets: a document starts at a token with probability 1 / reset_one_in (dense: every
+  // 64-token tile of the kernels holds some), or, with reset_one_in 0, only just around some
+  // tiles' edges (at 64k − 3, 64k − 2, 64k + 64, 64k + 66 for a few k): in a tile's window
+  // history, in the W − 1 tokens its backward walks past it, and nowhere near most tiles.
+  int reset_one_in = 13;
   std::string Name() const {
-    return fmt::format("B{}_T{}_Di{}_W{}{}{}{}{}_{}", B, T, Di, W, resets ? "_resets" : "",
-                       state ? "_state" : "", bias ? "_bias" : "", silu ? "_silu" : "",
+    return fmt::format("B{}_T{}_Di{}_W{}{}{}{}{}{}_{}", B, T, Di, W, resets ? "_resets" : "",
+                       resets && reset_one_in == 0 ? "AtTileEdges" : "", state ? "_state" : "",
+                       bias ? "_bias" : "", silu ? "_silu" : "",
                        dtype == DType::kBF16 ? "bf16" : "f32");
   }
 };
@@ -740,8 +746,14 @@ TEST_P(ConvCudaVsCpu, MatchesReference) {
   std::vector<float> x = rnd(n, true), w = rnd(c.Di * c.W, false), bias = rnd(c.Di, false),
                      init = rnd(ns, false), dout = rnd(n, true), dfinal = rnd(ns, false);
   std::vector<uint8_t> resets(c.B * c.T, 0);
-  if (c.resets) {
-    for (auto& r : resets) r = rng() % 13 == 0;
+  if (c.resets && c.reset_one_in > 0) {
+    for (auto& r : resets) r = rng() % c.reset_one_in == 0;
+  } else if (c.resets) {
+    for (int64_t b = 0; b < c.B; ++b) {
+      for (const int64_t t : {64 * 3 - 3, 64 * 5 - 2, 64 * 8 + 64, 64 * 11 + 66, 64 * 14 - 1}) {
+        if (t < c.T) resets[b * c.T + t] = 1;
+      }
+    }
   }
   auto params = [&](const void* px, const float* pw, const float* pb, const uint8_t* pr,
                     const float* pinit, float* pfinal, void* pout) {
@@ -815,6 +827,18 @@ std::vector<ConvCase> ConvCases() {
     v.push_back({2, 300, 640, 4, true, true, true, true, dt});  // a partial channel block
   }
   v.push_back({1, 131072, 64, 4, true, true, true, true, DType::kBF16});
+  // Most tiles without a document start: starts only around some tiles' edges; none, with the
+  // final state's gradient entering at the last token the backward of the tile before the last
+  // walks (T = 2·64 + 64 + 3); sparse starts at width 3.
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    ConvCase edges{2, 1500, 256, 4, true, true, true, true, dt};
+    edges.reset_one_in = 0;
+    v.push_back(edges);
+    v.push_back({1, 195, 128, 4, false, true, true, true, dt});
+    ConvCase sparse{1, 3000, 192, 3, true, true, false, true, dt};
+    sparse.reset_one_in = 400;
+    v.push_back(sparse);
+  }
   return v;
 }
 
