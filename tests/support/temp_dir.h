@@ -28,7 +28,7 @@ class ScratchDirs {
     if (keep != nullptr && std::string_view(keep) == "1") return;
     const pid_t self = ::getpid();
     for (const auto& [dir, maker] : dirs_) {
-      if (maker != self) continue;  // made before a fork, by the parent: its to remove
+      if (maker != self) continue;  // made before a fork, by the parent: the parent removes it
       std::error_code ec;           // best effort: a test may have removed it already
       std::filesystem::remove_all(dir, ec);
     }
