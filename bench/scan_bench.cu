@@ -161,7 +161,7 @@ struct Row {
   int64_t batch, T;
   int chunks, chunks_bwd;
   double fwd_us_tok, fwdbwd_us_tok, fwd_gbs, fwdbwd_gbs, fwd_floor_us, fwdbwd_floor_us;
-  bool chained = false;  // the backward's chunks hand their gradient on (printed "c")
+  int chains = 0;  // the backward's chunks hand their gradient on in this many chains ("c<n>")
 };
 
 }  // namespace
@@ -342,7 +342,7 @@ int main(int argc, char** argv) {
       // Forward K 0: the one-pass forward (no chunks) runs for this shape.
       const int chunks = rwr::scan::ScanForwardChunks(p);
       const int chunks_bwd = rwr::scan::ScanChunks(batch, T, Di, /*backward=*/true);
-      const bool chained = rwr::scan::ScanBackwardIsChained(p);
+      const int chains = rwr::scan::ScanBackwardChains(p);
       const int64_t ws_bytes = rwr::scan::WorkspaceBytes(p);
       void* ws = Alloc<char>(ws_bytes);
       p.workspace = ws;
@@ -361,11 +361,18 @@ int main(int argc, char** argv) {
                    CHECK_OK(rwr::scan::Backward(p, g, nullptr));
                  }, reps);
       CHECK_CUDA(cudaFree(ws));
-      Row r{variant == 1 ? "scan" : fmt::format("scan.v{}", variant), batch, T, chunks, chunks_bwd,
-            fwd_ms * 1e3 / tokens, fb_ms * 1e3 / tokens,
-            fwd_bytes / (fwd_ms * 1e-3) / 1e9, (fwd_bytes + bwd_bytes) / (fb_ms * 1e-3) / 1e9,
+      Row r{variant == 1 ? "scan" : fmt::format("scan.v{}", variant),
+            batch,
+            T,
+            chunks,
+            chunks_bwd,
+            fwd_ms * 1e3 / tokens,
+            fb_ms * 1e3 / tokens,
+            fwd_bytes / (fwd_ms * 1e-3) / 1e9,
+            (fwd_bytes + bwd_bytes) / (fb_ms * 1e-3) / 1e9,
             fwd_bytes / (copy_gbs * 1e9) * 1e6 / tokens,
-            (fwd_bytes + bwd_bytes) / (copy_gbs * 1e9) * 1e6 / tokens, chained};
+            (fwd_bytes + bwd_bytes) / (copy_gbs * 1e9) * 1e6 / tokens,
+            chains};
       rows.push_back(r);
       std::fprintf(stderr, "%s B=%lld T=%lld K=%d/%d: fwd %.4f us/tok, fwd+bwd %.4f us/tok (workspace %.2f GB)\n",
                    r.op.c_str(), (long long)batch, (long long)T, chunks, chunks_bwd, r.fwd_us_tok,
@@ -406,20 +413,21 @@ int main(int argc, char** argv) {
   }
 
   if (flush != nullptr) CHECK_CUDA(cudaFree(flush));
-  std::printf("\n%-8s %2s %7s %6s | %10s %8s %9s | %10s %8s %9s | %8s\n", "op", "B", "T", "K",
-              "fwd us/tok", "fwd GB/s", "fwd floor", "f+b us/tok", "f+b GB/s", "f+b floor",
-              "bwd");
+  std::printf("\n%-8s %2s %7s %8s | %10s %8s %9s | %10s %8s %9s | %8s\n", "op", "B", "T", "K",
+              "fwd us/tok", "fwd GB/s", "fwd floor", "f+b us/tok", "f+b GB/s", "f+b floor", "bwd");
   for (const Row& r : rows) {
-    std::printf("%-8s %2lld %7lld %2d/%-2d%1s | %10.4f %8.0f %9.4f | %10.4f %8.0f %9.4f | %8.4f\n",
+    const std::string chains = r.chains > 0 ? "c" + std::to_string(r.chains) : "";
+    std::printf("%-8s %2lld %7lld %2d/%-2d%-3s | %10.4f %8.0f %9.4f | %10.4f %8.0f %9.4f | %8.4f\n",
                 r.op.c_str(), (long long)r.batch, (long long)r.T, r.chunks, r.chunks_bwd,
-                r.chained ? "c" : "",
-                r.fwd_us_tok, r.fwd_gbs, r.fwd_floor_us, r.fwdbwd_us_tok, r.fwdbwd_gbs,
-                r.fwdbwd_floor_us, r.fwdbwd_us_tok - r.fwd_us_tok);
+                chains.c_str(), r.fwd_us_tok, r.fwd_gbs, r.fwd_floor_us, r.fwdbwd_us_tok,
+                r.fwdbwd_gbs, r.fwdbwd_floor_us, r.fwdbwd_us_tok - r.fwd_us_tok);
   }
-  std::printf("(Di %lld, S 16, bf16; us per token per layer; K = chunks forward/backward, forward "
-              "0 = the one-pass forward, backward c = chained chunks; GB/s = minimum bytes / "
-              "time; floor = minimum bytes at the copy bandwidth; bwd = f+b - fwd)\n",
-              (long long)Di);
+  std::printf(
+      "(Di %lld, S 16, bf16; us per token per layer; K = chunks forward/backward, forward "
+      "0 = the one-pass forward, backward c<n> = chunks chained in n chains; GB/s = minimum bytes "
+      "/ "
+      "time; floor = minimum bytes at the copy bandwidth; bwd = f+b - fwd)\n",
+      (long long)Di);
   if (!json.empty()) {
     FILE* f = std::fopen(json.c_str(), "w");
     if (f == nullptr) {
@@ -431,11 +439,11 @@ int main(int argc, char** argv) {
       const Row& r = rows[i];
       std::fprintf(f,
                    "  {\"op\": \"%s\", \"batch\": %lld, \"T\": %lld, \"chunks\": %d, "
-                   "\"chunks_bwd\": %d, \"bwd_chained\": %s, \"fwd_us_per_token\": %.5f, "
+                   "\"chunks_bwd\": %d, \"bwd_chains\": %d, \"fwd_us_per_token\": %.5f, "
                    "\"fwd_bwd_us_per_token\": %.5f, \"fwd_gbs\": %.1f, \"fwd_bwd_gbs\": %.1f}%s\n",
                    r.op.c_str(), (long long)r.batch, (long long)r.T, r.chunks, r.chunks_bwd,
-                   r.chained ? "true" : "false", r.fwd_us_tok, r.fwdbwd_us_tok, r.fwd_gbs,
-                   r.fwdbwd_gbs, i + 1 < rows.size() ? "," : "");
+                   r.chains, r.fwd_us_tok, r.fwdbwd_us_tok, r.fwd_gbs, r.fwdbwd_gbs,
+                   i + 1 < rows.size() ? "," : "");
     }
     std::fprintf(f, "]}\n");
     std::fclose(f);

@@ -23,7 +23,9 @@ void SetScanChunksOverride(int chunks);
 //      backward in 8-token segments, exps recomputed in the reverse pass, 2 blocks per
 //      multiprocessor, B and C kept as fp32 in shared memory (bf16 tensors); chunks chained
 //      (v17: each hands its state gradient to the previous one's block) where the channel blocks
-//      fill the GPU (B 4 at Di 5120), else a chunk-local gradient pass first
+//      fill the GPU (B 4 at Di 5120), in segments that chain independently where they do not
+//      (v24: B 1–2; a chunk-local gradient pass over the segments after the first carries the
+//      gradient into each segment), the two-pass backward where segments would be under 2 chunks
 //   2  the v7 kernels: chunked forward, each lane loading its own elements
 //   4  as 2, the backward keeping the recompute's exps in registers for the reverse (spills)
 //   5  as 4, registers capped for 1 block per multiprocessor
@@ -34,13 +36,14 @@ void SetScanChunksOverride(int chunks);
 //   14 as 12 with forward blocks of 8 warps
 //   15, 16 as 1 with the one-pass forward at 2 / 4 states per lane wherever the rows are aligned
 //   22 as 1 with the two-pass backward everywhere (a chunk-local gradient pass first)
-//   23 as 1 with the chained backward wherever there are chunks
+//   23 as 1 with the chained backward, one chain, wherever there are chunks
+//   29 as 1 with the chained backward in segments of 2 chunks wherever there are 3 or more
 //   25 as 1 with the 4-lane chunked forward where the one-pass forward does not run (the v19
 //      default; 1 runs the wide chunked forward there, selective_scan_wide.cu)
 //   26 as 1 with the wide chunked forward wherever the rows are aligned
 //   28 as 1 with the one-pass forward at 8 states per lane wherever the rows are aligned
-inline constexpr int kScanVariants[] = {1,  2,  4,  5,  6,  7,  9,  10, 11,
-                                        12, 14, 15, 16, 22, 23, 25, 26, 28};
+inline constexpr int kScanVariants[] = {1,  2,  4,  5,  6,  7,  9,  10, 11, 12,
+                                        14, 15, 16, 22, 23, 25, 26, 28, 29};
 void SetScanVariant(int variant);
 
 // The K the CUDA scan would use for these sizes (after the override), forward or backward; the
@@ -56,8 +59,9 @@ bool ScanForwardIsWide(const SelectiveScanParams& params);
 // The forward's chunk count under the current variant and override (0: the one-pass forward).
 int ScanForwardChunks(const SelectiveScanParams& params);
 
-// Whether the CUDA backward of these params chains its chunks (each chunk's block waits for the
-// gradient the next chunk's block publishes) instead of running a chunk-local gradient pass first.
-bool ScanBackwardIsChained(const SelectiveScanParams& params);
+// How many chains the CUDA backward of these params forms from its chunks (each chunk's block
+// waits for the gradient the next chunk's block of its chain publishes), or 0 where it runs a
+// chunk-local gradient pass for every chunk first (the two-pass backward).
+int ScanBackwardChains(const SelectiveScanParams& params);
 
 }  // namespace rwr::scan

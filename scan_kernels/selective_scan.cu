@@ -153,12 +153,16 @@ struct Work {
   float* ckpt;          // (B, nJ, Di, S) state before each tile
   float* hloc;          // (B, K, Di, S) chunk-local end state (forward), from zero
   float* hdecay;        // (B, K, Di, S) the chunk's decay exp(A·ΣΔ), 0 if it holds a reset
-  float* gloc;          // (B, K, Di, S) state gradient flowing out of chunk c's start: chunk-local
-                        // (from zero at the chunk's end) in the two-pass backward, complete in the
-                        // chained one
-  float* gdecay;        // (B, K, Di, S) the chunk's decay (two-pass backward)
-  int* chain;           // (B, K, nblk) chained backward: 1 once that block published its gloc;
+  float* gloc;          // (B, K, Di, S) state gradient flowing out of chunk c's start, chunk-local
+                        // (from zero at the chunk's end): the chunk-local gradient pass's
+  float* gdecay;        // (B, K, Di, S) the chunk's decay (the same pass)
+  float* ginc;          // (B, K, Di, S) chained backward: the complete state gradient flowing out
+                        // of chunk c's start, for chunk c − 1's block
+  int* chain;           // (B, K, nblk) chained backward: 1 once that block published its ginc;
                         // then one ticket counter (the order blocks take work in)
+  int local_first;      // the first chunk the chunk-local gradient pass runs for (to K − 1)
+  int seg_chunks;       // chained backward: chunks per chain (segment); a segment's last chunk
+                        // folds the later segments' local gradients instead of waiting
   float* dbc_part;      // (B, T, nblk, 2S) per-block dB | dC partials
   float* dA_part;       // (B, K, Di, S)
   float* dDb_part;      // (B, K, Di, 2) dD, dbias partials
@@ -672,8 +676,9 @@ __global__ void __launch_bounds__(kW * 32, kW == 8 ? 4 : 8)
 // ---- backward -------------------------------------------------------------------------------
 
 // Chunk-local reverse pass: the state gradient that flows out of the chunk's start when the
-// gradient entering its end is zero, and the chunk's decay. Chunks 1..K−1 (blockIdx.y + 1): only
-// earlier chunks use it.
+// gradient entering its end is zero, and the chunk's decay. Chunks local_first..K−1: only earlier
+// chunks use it (all of them in the two-pass backward, those past the first segment in the
+// segmented chained one).
 // kAsync: Δ, dout, z through RawTile. Dynamic shared memory, ChunkGradSmemBytes.
 template <typename E, bool kAsync>
 __global__ void __launch_bounds__(kThreads)
@@ -682,7 +687,7 @@ __global__ void __launch_bounds__(kThreads)
   auto sdx = reinterpret_cast<float4(*)[kWarps][kTile / 4][kChPerWarp][kSdxPad]>(cg_smem);  // [2]: {Δ, -, dy, -}
   auto sbc = reinterpret_cast<BCTile<E>*>(cg_smem + 2 * kWarps * (kTile / 4) * kChPerWarp * kSdxPad);  // [2]
   const TileIo io = MakeIo(p);
-  const int c = blockIdx.y + 1;
+  const int c = blockIdx.y + w.local_first;
   const int64_t dd = io.active ? io.d : p.dim - 1;
   const int64_t T = p.seqlen;
   const bool gated = p.z != nullptr;
@@ -776,7 +781,7 @@ constexpr int kBackwardSmem =
 // resets and the checkpoint then (without it those are loaded just before the commit: issued
 // earlier they held registers that spilled under the cap, v7). kBcF32: B and C kept as fp32 in
 // shared memory (converted once at the commit, not unpacked by every lane at every read).
-// kChained: the chunks hand their state gradient on (ChainsChunks) instead of reading the
+// kChained: the chunks hand their state gradient on (ChainSegments) instead of reading the
 // chunk-local gradient pass's results; a template parameter so that the two-pass kernel keeps its
 // registers (the work indices below are then blockIdx, free to re-read). With fp32 B/C tiles
 // (kBcF32, or fp32 tensors) a lane holds its states in its channel's swizzled order (v19,
@@ -801,14 +806,30 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   // started before it: whatever the scheduler does, the block it waits for runs.
   int blk = blockIdx.x, c = blockIdx.y, bz = blockIdx.z;
   if constexpr (kChained) {
+    // Segments of seg_chunks chunks chain independently; tickets go through the segments
+    // round-robin, each one last chunk first, so that every segment's chain starts at once and a
+    // block's predecessor in its chain (the next chunk) holds an earlier ticket. Only the last
+    // segment may be shorter.
     __shared__ int item;
     const int per_chunk = w.nblk * static_cast<int>(p.batch);
     if (threadIdx.x == 0) item = atomicAdd(w.chain + w.K * per_chunk, 1);
     __syncthreads();
-    c = w.K - 1 - item / per_chunk;
+    const int rank = item / per_chunk, L = w.seg_chunks, segs = (w.K + L - 1) / L;
+    const int last_len = w.K - (segs - 1) * L;
+    int seg, back;  // the segment, and the chunk's place from its end
+    if (rank < last_len * segs) {
+      back = rank / segs;
+      seg = rank % segs;
+    } else {
+      back = last_len + (rank - last_len * segs) / (segs - 1);
+      seg = (rank - last_len * segs) % (segs - 1);
+    }
+    c = min(w.K, (seg + 1) * L) - 1 - back;
     bz = (item % per_chunk) / w.nblk;
     blk = item % w.nblk;
   }
+  const int seg_first = kChained ? c / w.seg_chunks * w.seg_chunks : 0;
+  const int seg_last = kChained ? min(w.K, seg_first + w.seg_chunks) - 1 : w.K - 1;
   const TileIo io = MakeIo(p, blk, bz);
   const int64_t dd = io.active ? io.d : p.dim - 1;
   const int64_t T = p.seqlen;
@@ -824,25 +845,25 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   const float Dd = p.D != nullptr ? p.D[dd] : 0.f;
   const float dbias = p.delta_bias != nullptr ? p.delta_bias[dd] : 0.f;
 
-  // Gradient entering the chunk's last token from later chunks: chained, what the next chunk's
-  // block published (it started earlier: the ticket order); else dfinal_state carried through
-  // the later chunks' local gradients and decays.
+  // Gradient entering the chunk's last token from later chunks: chained inside a segment, what
+  // the next chunk's block published (it started earlier: the ticket order); else dfinal_state
+  // carried through the later chunks' local gradients and decays.
   float gs[kSPL] = {0.f, 0.f, 0.f, 0.f};
-  if (kChained && c < w.K - 1) {
+  if (kChained && c < seg_last) {
     if (threadIdx.x == 0) {
       const int* flag = w.chain + (int64_t(bz) * w.K + c + 1) * w.nblk + blk;
       while (LoadAcquire(flag) == 0) __nanosleep(64);
     }
     __syncthreads();
     Swizzle(__ldcg(reinterpret_cast<const float4*>(
-                w.gloc + ((io.b * w.K + c + 1) * p.dim + dd) * kS + io.q * kSPL)),
+                w.ginc + ((io.b * w.K + c + 1) * p.dim + dd) * kS + io.q * kSPL)),
             m, gs);
   } else if (g.dfinal_state != nullptr) {
     Swizzle(*reinterpret_cast<const float4*>(g.dfinal_state + (io.b * p.dim + dd) * kS +
                                              io.q * kSPL),
             m, gs);
   }
-  for (int cc = w.K - 1; cc > c && !kChained; --cc) {
+  for (int cc = w.K - 1; cc > c && (!kChained || c == seg_last); --cc) {
     const int64_t o = ((io.b * w.K + cc) * p.dim + dd) * kS + io.q * kSPL;
     float gl[kSPL], dc[kSPL];
     Swizzle(*reinterpret_cast<const float4*>(w.gloc + o), m, gl);
@@ -1068,11 +1089,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   dD_acc += __shfl_xor_sync(kFull, dD_acc, 2);
   dbias_acc += __shfl_xor_sync(kFull, dbias_acc, 1);
   dbias_acc += __shfl_xor_sync(kFull, dbias_acc, 2);
-  // Chained: hand the gradient at this chunk's start to the previous chunk's block (every thread's
-  // store made visible device-wide before the flag is released).
-  if (kChained && c > 0) {
+  // Chained: hand the gradient at this chunk's start to the previous chunk's block of its segment
+  // (every thread's store made visible device-wide before the flag is released).
+  if (kChained && c > seg_first) {
     if (io.active) {
-      *reinterpret_cast<float4*>(w.gloc + ((io.b * w.K + c) * p.dim + io.d) * kS + io.q * kSPL) =
+      *reinterpret_cast<float4*>(w.ginc + ((io.b * w.K + c) * p.dim + io.d) * kS + io.q * kSPL) =
           Unswizzle(gs, m);
     }
     __threadfence();
@@ -1193,7 +1214,10 @@ WorkBytes LayoutWork(const SelectiveScanParams& p, Pass pass, bool with_workspac
     off += Align256(floats * int64_t(sizeof(float)));
     return ptr;
   };
-  w->hloc = w->hdecay = w->gloc = w->gdecay = w->dbc_part = w->dA_part = w->dDb_part = nullptr;
+  w->local_first = 1;
+  w->seg_chunks = w->K;
+  w->hloc = w->hdecay = w->gloc = w->gdecay = w->ginc = w->dbc_part = w->dA_part = w->dDb_part =
+      nullptr;
   w->chain = nullptr;
   if (pass == Pass::kForward) {
     w->hloc = take(B * K * Di * kS);
@@ -1201,6 +1225,7 @@ WorkBytes LayoutWork(const SelectiveScanParams& p, Pass pass, bool with_workspac
   } else {
     w->gloc = take(B * K * Di * kS);
     w->gdecay = take(B * K * Di * kS);
+    w->ginc = take(B * K * Di * kS);
     w->chain = reinterpret_cast<int*>(take(B * K * w->nblk + 1));  // ints: the same 4 bytes
     w->dbc_part = take(B * p.seqlen * w->nblk * 2 * kS);
     w->dA_part = take(B * K * Di * kS);
@@ -1231,8 +1256,10 @@ struct Variant {
   int single_pass = 0;         // one-pass forward: 0 where it applies and fills the GPU (4
                                // states per lane), 2 / 4 wherever it applies, −1 never
   bool bwd_bc_f32 = true;      // ScanBackwardKernel kBcF32 (asynchronous bf16 backward)
-  int bwd_chain = 0;           // chained backward: 0 where the channel blocks fill the GPU
-                               // (ChainsChunks), 1 wherever K > 1, −1 never (two-pass)
+  int bwd_chain = 0;           // chained backward (ChainSegments): 0 where chains fill the GPU,
+                               // in segments of the chunks where the channel blocks alone do
+                               // not; 1 one chain wherever K > 1; 2 segments of 2 chunks wherever
+                               // K > 2; −1 never (two-pass)
   int wide = 0;                // wide chunked forward: 0 where the rows are aligned and the
                                // one-pass forward does not run, 1 wherever they are aligned,
                                // −1 never
@@ -1266,6 +1293,9 @@ Variant VariantOf(int n) {
       break;
     case 22: v.bwd_chain = -1; break;
     case 23: v.bwd_chain = 1; break;
+    case 29:
+      v.bwd_chain = 2;
+      break;
     case 25:
       v.wide = -1;
       break;
@@ -1308,15 +1338,23 @@ int ForwardChunksOf(const SelectiveScanParams& p, const Work& w, const Variant& 
   return UsesOnePass(p, v) ? 0 : w.K;
 }
 
-// Whether the backward's chunks hand their state gradient on, chunk K−1 first (one pass; each
-// block waits for the next chunk's block of its channels), instead of a chunk-local gradient pass
-// first (two passes). Chained pays where the channel blocks alone fill the GPU's 2 resident
-// backward blocks per multiprocessor: a block's wait is then for one that started a wave earlier.
-bool ChainsChunks(const SelectiveScanParams& p, const Work& w, const Variant& v) {
-  if (w.K <= 1 || v.bwd_chain < 0) return false;
+// How many chains the backward's chunks form (each chunk hands its state gradient to the
+// previous chunk's block, last chunk first), or 0 for none (the two-pass backward: a chunk-local
+// gradient pass for every chunk, then the backward). A chain pays where the chains fill the GPU's
+// 2 resident backward blocks per multiprocessor: a block's wait is then for one that started a
+// wave earlier. Where the channel blocks alone do (B 4 at Di 5120), one chain; where they do not
+// (B 1–2), the chunks are cut into segments that chain independently, and the chunk-local
+// gradient pass runs only for the segments after the first, whose local gradients carry the
+// gradient into each segment's last chunk; with fewer than 2 chunks a segment, the two-pass.
+int ChainSegments(const SelectiveScanParams& p, const Work& w, const Variant& v) {
+  if (w.K <= 1 || v.bwd_chain < 0) return 0;
   // Only the current backward (8-token segments, exps recomputed, fp32 B/C tiles) is built chained.
-  if (v.bwd_seg != 8 || v.bwd_store_exp || !v.bwd_bc_f32) return false;
-  return v.bwd_chain > 0 || p.batch * w.nblk >= 2 * int64_t(NumSms());
+  if (v.bwd_seg != 8 || v.bwd_store_exp || !v.bwd_bc_f32) return 0;
+  if (v.bwd_chain == 1) return 1;
+  if (v.bwd_chain == 2) return w.K > 2 ? (w.K + 1) / 2 : 0;
+  const int64_t chains_per_segment = p.batch * w.nblk, want = 2 * int64_t(NumSms());
+  const int64_t segments = (want + chains_per_segment - 1) / chains_per_segment;
+  return segments <= 1 ? 1 : 2 * segments <= w.K ? static_cast<int>(segments) : 0;
 }
 
 // Warps per forward block: 8 when the grid has several blocks per multiprocessor, else fewer, so
@@ -1434,11 +1472,16 @@ absl::Status LaunchBackward(const SelectiveScanParams& p, const SelectiveScanGra
                      RowsAligned(p.delta, p.delta_strides, p.dim, elem) &&
                      RowsAligned(p.z, p.z_strides, p.dim, elem) &&
                      RowsAligned(g.dout, g.dout_strides, p.dim, elem);
-  const bool chained = ChainsChunks(p, w, v);
-  if (chained) {  // the published flags and the ticket start at zero
+  const int segments = ChainSegments(p, w, v);
+  const bool chained = segments > 0;
+  if (chained) {
+    w.seg_chunks = (w.K + segments - 1) / segments;
+    w.local_first = w.seg_chunks;  // the chunks past the first segment
+    // The published flags and the ticket start at zero.
     RWR_CUDA(cudaMemsetAsync(w.chain, 0, (p.batch * w.K * w.nblk + 1) * sizeof(int), stream));
-  } else if (w.K > 1) {
-    const dim3 local_grid(w.nblk, w.K - 1, nb);
+  }
+  if (w.local_first < w.K) {
+    const dim3 local_grid(w.nblk, w.K - w.local_first, nb);
     const absl::Status local = async ? LaunchChunkGradKernel<E, true>(local_grid, p, g, w, stream)
                                      : LaunchChunkGradKernel<E, false>(local_grid, p, g, w, stream);
     RWR_RETURN_IF_ERROR(local);
@@ -1487,10 +1530,10 @@ int ScanForwardChunks(const SelectiveScanParams& params) {
   LayoutWork(params, Pass::kForward, true, nullptr, nullptr, &w);
   return ForwardChunksOf(params, w, VariantOf(g_variant.load()));
 }
-bool ScanBackwardIsChained(const SelectiveScanParams& params) {
+int ScanBackwardChains(const SelectiveScanParams& params) {
   Work w;
   LayoutWork(params, Pass::kBackward, true, nullptr, nullptr, &w);
-  return ChainsChunks(params, w, VariantOf(g_variant.load()));
+  return ChainSegments(params, w, VariantOf(g_variant.load()));
 }
 
 bool HaveCuda() { return true; }

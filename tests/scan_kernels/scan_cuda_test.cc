@@ -346,6 +346,8 @@ std::vector<ScanCase> Cases() {
     add(2, 300, 64, dt, 0, true, 5);  // B, C rows not aligned: the chunked forward
     add(4, 100, 3200, dt, 0, true);   // channels fill an H100: the one-pass forward
     add(8, 50, 3200, dt, 0, true);    // ... even at 8 states per lane
+    add(1, 1200, 2560, dt, 0, true);  // 40 channel blocks: the backward's 15 chunks chain in 5
+                                      // segments (on 132 multiprocessors)
   }
   add(1, 131072, 64, DType::kBF16, 0, true);  // T = 128k
   add(1, 131072, 32, DType::kF32, 0, true);
@@ -481,7 +483,7 @@ TEST(ScanCuda, TwoRunsAreBitwiseEqual) {
   ScanCase c;
   c.B = 2; c.T = 5000; c.Di = 256; c.dtype = DType::kBF16; c.chunks = 0;
   HostScan h(c);
-  for (int variant : {1, 16, 23, 25}) {  // wide, one-pass, 4-lane chunked forward; chained bwd
+  for (int variant : {1, 16, 23, 25, 29}) {  // wide, one-pass, 4-lane forward; chained backward
     SetScanVariant(variant);
     ScanResults a, b;
     RunGpu(h, &a);
@@ -690,24 +692,33 @@ TEST(ScanCuda, DefaultForwardIsOnePassWhereTheChannelsFillTheGpu) {
   EXPECT_FALSE(ScanForwardIsWide(p));
 }
 
-// The chained backward is the default where B × channel blocks fill 2 blocks per multiprocessor
-// (B 4 at Di 5120 on an H100's 132), never with one chunk; variants 22 / 23 force it off / on.
-TEST(ScanCuda, DefaultBackwardChainsWhereTheChannelsFillTheGpu) {
+// The backward's chunks chain where B × channel blocks fill 2 blocks per multiprocessor (one
+// chain: B 4 at Di 5120 on 132 multiprocessors, the H100's and H200's count, and the count
+// assumed without a GPU), and chain in segments that fill them where they do not (B 1: 4 chains
+// of 80 channel blocks, B 2: 2), as long as a segment has 2 chunks; never with one chunk.
+// Variant 22 turns chains off (the two-pass backward), 23 forces one chain, 29 segments of 2.
+TEST(ScanCuda, DefaultBackwardChainsInSegmentsThatFillTheGpu) {
   SetScanVariant(1);
   SelectiveScanParams p;
   p.seqlen = 2048; p.dim = 5120; p.dstate = 16; p.dtype = DType::kBF16;
   p.batch = 4;
-  EXPECT_TRUE(ScanBackwardIsChained(p));
+  EXPECT_EQ(ScanBackwardChains(p), 1);
+  p.batch = 2;
+  EXPECT_EQ(ScanBackwardChains(p), 2);
   p.batch = 1;
-  EXPECT_FALSE(ScanBackwardIsChained(p));
+  EXPECT_EQ(ScanBackwardChains(p), 4);
+  p.seqlen = 400;  // 25 tiles, 6 chunks: under 2 a segment, the two-pass backward
+  EXPECT_EQ(ScanBackwardChains(p), 0);
   SetScanVariant(23);
-  EXPECT_TRUE(ScanBackwardIsChained(p));
+  EXPECT_EQ(ScanBackwardChains(p), 1);
   p.seqlen = 16;  // one tile: one chunk, nothing to chain
-  EXPECT_FALSE(ScanBackwardIsChained(p));
+  EXPECT_EQ(ScanBackwardChains(p), 0);
   p.seqlen = 2048;
+  SetScanVariant(29);
+  EXPECT_EQ(ScanBackwardChains(p), 13);  // 26 chunks
   p.batch = 4;
   SetScanVariant(22);
-  EXPECT_FALSE(ScanBackwardIsChained(p));
+  EXPECT_EQ(ScanBackwardChains(p), 0);
   SetScanVariant(1);
 }
 
