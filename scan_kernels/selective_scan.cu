@@ -1354,7 +1354,10 @@ int ChainSegments(const SelectiveScanParams& p, const Work& w, const Variant& v)
   if (v.bwd_chain == 2) return w.K > 2 ? (w.K + 1) / 2 : 0;
   const int64_t chains_per_segment = p.batch * w.nblk, want = 2 * int64_t(NumSms());
   const int64_t segments = (want + chains_per_segment - 1) / chains_per_segment;
-  return segments <= 1 ? 1 : 2 * segments <= w.K ? static_cast<int>(segments) : 0;
+  if (segments <= 1) return 1;
+  if (2 * segments > w.K) return 0;
+  const int64_t per_segment = (w.K + segments - 1) / segments;     // chunks; the last may be fewer
+  return static_cast<int>((w.K + per_segment - 1) / per_segment);  // the segments there are
 }
 
 // Warps per forward block: 8 when the grid has several blocks per multiprocessor, else fewer, so

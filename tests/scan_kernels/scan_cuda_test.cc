@@ -707,6 +707,10 @@ TEST(ScanCuda, DefaultBackwardChainsInSegmentsThatFillTheGpu) {
   EXPECT_EQ(ScanBackwardChains(p), 2);
   p.batch = 1;
   EXPECT_EQ(ScanBackwardChains(p), 4);
+  p.dim = 2560;
+  p.seqlen = 1200;  // 15 chunks; 7 segments asked for, so 3 chunks each: 5 segments
+  EXPECT_EQ(ScanBackwardChains(p), 5);
+  p.dim = 5120;
   p.seqlen = 400;  // 25 tiles, 6 chunks: under 2 a segment, the two-pass backward
   EXPECT_EQ(ScanBackwardChains(p), 0);
   SetScanVariant(23);
