@@ -54,10 +54,8 @@ struct TileCopies {
   int dst[kPer];       // byte offset in a stage; −1: this thread has no such copy
   int tok[kPer];       // token within the tile (kNever: always zero-filled)
 
-  // The copies of batch row b, channels d0.., starting at tile `first_tile`; z is copied only
-  // when with_z (and the scan has one).
-  __device__ __forceinline__ void Init(const SelectiveScanParams& p, int64_t b, int64_t d0,
-                                       int64_t first_tile, bool with_z) {
+  // The copies of batch row b, channels d0.., starting at the first tile.
+  __device__ __forceinline__ void Init(const SelectiveScanParams& p, int64_t b, int64_t d0) {
 #pragma unroll
     for (int k = 0; k < kPer; ++k) {
       const int c = threadIdx.x + k * kThr;
@@ -68,7 +66,7 @@ struct TileCopies {
         const int sidx = c / Stage::kRowCopies, r = c % Stage::kRowCopies;
         tok[k] = r / (kCh / Stage::kVec);
         const int part = r % (kCh / Stage::kVec);
-        base = sidx == 0 ? p.delta : sidx == 1 ? p.x : with_z ? p.z : nullptr;
+        base = sidx == 0 ? p.delta : sidx == 1 ? p.x : p.z;
         st = sidx == 0 ? p.delta_strides : sidx == 1 ? p.x_strides : p.z_strides;
         col = d0 + part * Stage::kVec;
         dst[k] = sidx * Stage::kStreamBytes + tok[k] * Stage::kRowBytes + part * 16;
@@ -87,10 +85,9 @@ struct TileCopies {
       if (c >= Stage::kCopies || base == nullptr) dst[k] = -1;
       const bool inside = c < 3 * Stage::kRowCopies ? col < p.dim : true;
       if (!inside) tok[k] = kNever;
-      const int64_t t = first_tile * kTile + (inside ? tok[k] : 0);
       src[k] = reinterpret_cast<const char*>(
           static_cast<const E*>(base != nullptr ? base : p.x) +
-          (inside && base != nullptr ? b * st.batch + t * st.token + col : 0));
+          (inside && base != nullptr ? b * st.batch + tok[k] * st.token + col : 0));
       step[k] = inside ? kTile * st.token * int64_t(sizeof(E)) : 0;
     }
   }

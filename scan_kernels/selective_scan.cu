@@ -781,7 +781,7 @@ constexpr int kBackwardSmem =
 // resets and the checkpoint then (without it those are loaded just before the commit: issued
 // earlier they held registers that spilled under the cap, v7). kBcF32: B and C kept as fp32 in
 // shared memory (converted once at the commit, not unpacked by every lane at every read).
-// kChained: the chunks hand their state gradient on (ChainSegments) instead of reading the
+// kChained: the chunks hand their state gradient on (ChainLength) instead of reading the
 // chunk-local gradient pass's results; a template parameter so that the two-pass kernel keeps its
 // registers (the work indices below are then blockIdx, free to re-read). With fp32 B/C tiles
 // (kBcF32, or fp32 tensors) a lane holds its states in its channel's swizzled order (v19,
@@ -1256,7 +1256,7 @@ struct Variant {
   int single_pass = 0;         // one-pass forward: 0 where it applies and fills the GPU (4
                                // states per lane), 2 / 4 wherever it applies, −1 never
   bool bwd_bc_f32 = true;      // ScanBackwardKernel kBcF32 (asynchronous bf16 backward)
-  int bwd_chain = 0;           // chained backward (ChainSegments): 0 where chains fill the GPU,
+  int bwd_chain = 0;           // chained backward (ChainLength): 0 where chains fill the GPU,
                                // in segments of the chunks where the channel blocks alone do
                                // not; 1 one chain wherever K > 1; 2 segments of 2 chunks wherever
                                // K > 2; −1 never (two-pass)
@@ -1338,26 +1338,26 @@ int ForwardChunksOf(const SelectiveScanParams& p, const Work& w, const Variant& 
   return UsesOnePass(p, v) ? 0 : w.K;
 }
 
-// How many chains the backward's chunks form (each chunk hands its state gradient to the
-// previous chunk's block, last chunk first), or 0 for none (the two-pass backward: a chunk-local
-// gradient pass for every chunk, then the backward). A chain pays where the chains fill the GPU's
-// 2 resident backward blocks per multiprocessor: a block's wait is then for one that started a
-// wave earlier. Where the channel blocks alone do (B 4 at Di 5120), one chain; where they do not
-// (B 1–2), the chunks are cut into segments that chain independently, and the chunk-local
-// gradient pass runs only for the segments after the first, whose local gradients carry the
-// gradient into each segment's last chunk; with fewer than 2 chunks a segment, the two-pass.
-int ChainSegments(const SelectiveScanParams& p, const Work& w, const Variant& v) {
+// How many chunks each chain of the backward holds (each chunk hands its state gradient to the
+// previous chunk's block, last chunk first), or 0 for no chains (the two-pass backward: a
+// chunk-local gradient pass for every chunk, then the backward). A chain pays where the chains fill
+// the GPU's 2 resident backward blocks per multiprocessor: a block's wait is then for one that
+// started a wave earlier. Where the channel blocks alone do (B 4 at Di 5120), one chain of all K
+// chunks; where they do not (B 1–2), the chunks are cut into segments that chain independently,
+// and the chunk-local gradient pass runs only for the segments after the first, whose local
+// gradients carry the gradient into each segment's last chunk; with fewer than 2 chunks a
+// segment, the two-pass.
+int ChainLength(const SelectiveScanParams& p, const Work& w, const Variant& v) {
   if (w.K <= 1 || v.bwd_chain < 0) return 0;
   // Only the current backward (8-token segments, exps recomputed, fp32 B/C tiles) is built chained.
   if (v.bwd_seg != 8 || v.bwd_store_exp || !v.bwd_bc_f32) return 0;
-  if (v.bwd_chain == 1) return 1;
-  if (v.bwd_chain == 2) return w.K > 2 ? (w.K + 1) / 2 : 0;
+  if (v.bwd_chain == 1) return w.K;
+  if (v.bwd_chain == 2) return w.K > 2 ? 2 : 0;
   const int64_t chains_per_segment = p.batch * w.nblk, want = 2 * int64_t(NumSms());
   const int64_t segments = (want + chains_per_segment - 1) / chains_per_segment;
-  if (segments <= 1) return 1;
+  if (segments <= 1) return w.K;
   if (2 * segments > w.K) return 0;
-  const int64_t per_segment = (w.K + segments - 1) / segments;     // chunks; the last may be fewer
-  return static_cast<int>((w.K + per_segment - 1) / per_segment);  // the segments there are
+  return static_cast<int>((w.K + segments - 1) / segments);  // the last segment may be shorter
 }
 
 // Warps per forward block: 8 when the grid has several blocks per multiprocessor, else fewer, so
@@ -1475,11 +1475,11 @@ absl::Status LaunchBackward(const SelectiveScanParams& p, const SelectiveScanGra
                      RowsAligned(p.delta, p.delta_strides, p.dim, elem) &&
                      RowsAligned(p.z, p.z_strides, p.dim, elem) &&
                      RowsAligned(g.dout, g.dout_strides, p.dim, elem);
-  const int segments = ChainSegments(p, w, v);
-  const bool chained = segments > 0;
+  const int chain_len = ChainLength(p, w, v);
+  const bool chained = chain_len > 0;
   if (chained) {
-    w.seg_chunks = (w.K + segments - 1) / segments;
-    w.local_first = w.seg_chunks;  // the chunks past the first segment
+    w.seg_chunks = chain_len;
+    w.local_first = chain_len;  // the chunks past the first segment
     // The published flags and the ticket start at zero.
     RWR_CUDA(cudaMemsetAsync(w.chain, 0, (p.batch * w.K * w.nblk + 1) * sizeof(int), stream));
   }
@@ -1536,7 +1536,8 @@ int ScanForwardChunks(const SelectiveScanParams& params) {
 int ScanBackwardChains(const SelectiveScanParams& params) {
   Work w;
   LayoutWork(params, Pass::kBackward, true, nullptr, nullptr, &w);
-  return ChainSegments(params, w, VariantOf(g_variant.load()));
+  const int len = ChainLength(params, w, VariantOf(g_variant.load()));
+  return len > 0 ? (w.K + len - 1) / len : 0;
 }
 
 bool HaveCuda() { return true; }

@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(kW * 32, kMinBlocks)
   bool flag = LoadResetFlag(p, b, 0);  // lane l < 16: a document starts at token t0 + l
 
   typename L::Copies copies;
-  copies.Init(p, b, d0, 0, true);
+  copies.Init(p, b, d0);
 #pragma unroll
   for (int st = 0; st < kStages - 1; ++st) {
     if (st < n_tiles) {
