@@ -102,10 +102,15 @@ int main(int argc, char** argv) {
   app.add_flag("--dp-serial", dp_serial,
                "Under mpirun: wait for the parameter all-gather at the end of each step instead of "
                "overlapping it with the next forward (to measure the difference)");
+  bool dp_serial_reduce = false;
+  app.add_flag("--dp-serial-reduce", dp_serial_reduce,
+               "Under mpirun: sum the gradients over the ranks all at once before the optimizer "
+               "instead of layer by layer beside the backward (to measure the difference)");
   bool serial_optimizer = false;
   app.add_flag("--serial-optimizer", serial_optimizer,
-               "On one GPU: run AdamW in line at the end of each step instead of bucket by bucket "
-               "on a second stream overlapping the next forward (to measure the difference)");
+               "Run AdamW (and under mpirun the parameter all-gather after it) in line at the end "
+               "of each step instead of bucket by bucket on a second stream overlapping the next "
+               "forward (to measure the difference)");
   CLI11_PARSE(app, argc, argv);
 
   // Under mpirun: one rank per GPU, data parallel as `rwr train` runs it (NCCL, ZeRO-1); every
@@ -170,6 +175,7 @@ int main(int argc, char** argv) {
   (*model)->SetPhaseTiming(phases);
   (*model)->SetKeepActivations(!recompute);
   (*model)->SetOverlapParamGather(!dp_serial);
+  (*model)->SetOverlapGradReduce(!dp_serial_reduce);
   (*model)->SetOverlapOptimizer(!serial_optimizer);
   rwr::scan::SetScanVariant(scan_variant);
   rwr::trainer::Rng rng(5);
@@ -202,7 +208,7 @@ int main(int argc, char** argv) {
         if (!error.empty()) fmt::print("  trace: {}\n", error);
       }
       const auto t0 = std::chrono::steady_clock::now();
-      if (auto s = (*model)->ZeroGrads(); !s.ok()) {
+      if (auto s = (*model)->ZeroGrads(1); !s.ok()) {
         fmt::print("  {}\n", std::string(s.message()));
         return false;
       }

@@ -2,9 +2,13 @@
 # Run ON a multi-GPU device machine (kind nvidia-h200-x2 or -x4, a call carrying .deb): builds the
 # GPU node and runs every test there (the multigpu label too: `rwr train` under mpirun, NCCL,
 # ZeRO-1), then the data-parallel training step — train_bench alone on one GPU, then under mpirun
-# on every GPU of the machine — so that the weak-scaling efficiency (per-GPU tokens/s on N GPUs
-# over one GPU's) comes from one call. Logs and JSON in $OUT.
-#   CASES=2048x4 STEPS=5 bash bench/train_dp_device.sh
+# on every GPU of the machine, once per MODES entry (overlap: the gradient sums and the parameter
+# all-gather overlapping compute; serial-reduce: the gradients summed all at once before the
+# optimizer; serial-gather: the all-gather waited for at the end of the step; serial-optimizer:
+# AdamW in line before the all-gather instead of bucket by bucket with it) — so that the
+# weak-scaling efficiency (per-GPU tokens/s on N GPUs over one GPU's) comes from one call. Logs
+# (train_dp.txt) and JSON in $OUT.
+#   CASES=2048x4 STEPS=5 MODES="overlap serial-reduce" bash bench/train_dp_device.sh
 # QUICK=1 builds only what the multigpu tests and the bench need and runs only those tests;
 # SKIP_TESTS=1 builds only the bench.
 set -uo pipefail
@@ -34,12 +38,18 @@ steps=${STEPS:-5}
 bench="$root/build/gpu/bench/train_bench"
 echo "== one GPU"
 "$bench" --cases "$cases" --steps "$steps" --json "$out/train_1gpu.json" 2>&1 |
-  tee "$out/train_1gpu.txt"
-for mode in overlap serial; do
-  echo "== $gpus GPUs (mpirun), parameter all-gather: $mode"
-  flags=$([[ $mode == serial ]] && echo --dp-serial)
+  tee -a "$out/train_dp.txt"
+for mode in ${MODES:-overlap serial-reduce}; do
+  echo "== $gpus GPUs (mpirun), $mode"
+  case $mode in
+    overlap) flags= ;;
+    serial-reduce) flags=--dp-serial-reduce ;;
+    serial-gather) flags=--dp-serial ;;
+    serial-optimizer) flags=--serial-optimizer ;;
+    *) echo "unknown mode $mode" >&2; exit 2 ;;
+  esac
   mpirun -np "$gpus" --bind-to none "$bench" --cases "$cases" --steps "$steps" $flags \
-    --json "$out/train_${gpus}gpu_$mode.json" 2>&1 | tee "$out/train_${gpus}gpu_$mode.txt"
+    --json "$out/train_${gpus}gpu_$mode.json" 2>&1 | tee -a "$out/train_dp.txt"
 done
 [[ -n "${PHASES:-}" ]] && mpirun -np "$gpus" --bind-to none "$bench" --cases "$cases" \
-  --steps "$steps" --phases 2>&1 | tee "$out/train_${gpus}gpu_phases.txt"
+  --steps "$steps" --phases 2>&1 | tee -a "$out/train_dp.txt"

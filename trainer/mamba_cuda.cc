@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <string_view>
 #include <tuple>
@@ -205,15 +206,21 @@ class GradWrites {
     live = 1;
     return add;
   }
-  // (offset, size) of each tensor not written since Forget.
-  std::vector<std::pair<int64_t, int64_t>> Unwritten() const {
+  // (offset, size) of each tensor not written since Forget that starts in [lo, hi).
+  std::vector<std::pair<int64_t, int64_t>> Unwritten(
+      int64_t lo = 0, int64_t hi = std::numeric_limits<int64_t>::max()) const {
     std::vector<std::pair<int64_t, int64_t>> out;
     for (size_t i = 0; i < spans_.size(); ++i) {
-      if (!live_[i]) out.push_back(spans_[i]);
+      if (!live_[i] && spans_[i].first >= lo && spans_[i].first < hi) out.push_back(spans_[i]);
     }
     return out;
   }
-  void MarkAllLive() { std::fill(live_.begin(), live_.end(), 1); }
+  // Every tensor that starts in [lo, hi) counts as written.
+  void MarkLive(int64_t lo, int64_t hi) {
+    for (size_t i = 0; i < spans_.size(); ++i) {
+      if (spans_[i].first >= lo && spans_[i].first < hi) live_[i] = 1;
+    }
+  }
 
  private:
   size_t Index(int64_t offset) const {
@@ -288,10 +295,17 @@ struct MambaCuda::Impl {
   DeviceBuffer<uint32_t> decay;      // bit i: parameter i takes weight decay
   int64_t adam_step = 0;
   // Data parallelism (ZeRO-1): params, grads and params16 hold ShardRange::Padded elements (world
-  // equal ranges, zero past the layout); the moments cover `shard`, this rank's range.
+  // equal ranges, zero past the layout); the moments cover `shard`, this rank's range, and
+  // owners[r] is rank r's.
   DeviceCollectives* dp = nullptr;
   ShardRange shard;
+  std::vector<ShardRange> owners;
   int64_t padded = 0;
+  // The gradient accumulation ZeroGrads started: the ForwardBackward calls it announced (0: not
+  // said) and those made so far, and whether the last one summed the gradients over the ranks
+  // (SumBucket) so that ClipAndStep need not.
+  int64_t accumulation = 0, accumulated = 0;
+  bool grads_summed = false;
   // The updated parameters reach the next call's forward bucket by bucket — the embedding, each
   // layer, the final norm, in the order the forward reads them — on a second stream (comm_stream):
   // with data parallelism the owners' broadcasts (the all-gather), on one GPU AdamW itself.
@@ -305,6 +319,7 @@ struct MambaCuda::Impl {
   std::vector<char> a_fresh;
   bool overlap_gather = true;     // SetOverlapParamGather
   bool overlap_optimizer = true;  // SetOverlapOptimizer
+  bool overlap_reduce = true;     // SetOverlapGradReduce
 
   absl::Status SetUpBuckets(const ParamLayout& layout) {
     // With collectives the highest priority: their blocks take multiprocessors as the compute
@@ -348,6 +363,47 @@ struct MambaCuda::Impl {
     return absl::OkStatus();
   }
   absl::Status AwaitAllParams() { return AwaitBucket(bucket_ready.size() - 1); }
+  // Data parallelism: the part of bucket k each rank owns, as (begin, end, owner) — where the
+  // bucket's gradient sums go and its updated parameters come from.
+  struct OwnedPart {
+    int64_t begin, end;
+    int owner;
+  };
+  std::vector<OwnedPart> BucketOwners(size_t k) const {
+    std::vector<OwnedPart> parts;
+    for (int owner = 0; owner < static_cast<int>(owners.size()); ++owner) {
+      const int64_t lo = std::max(owners[owner].begin, bucket_begin[k]);
+      const int64_t hi = std::min(owners[owner].end, bucket_begin[k + 1]);
+      if (lo < hi) parts.push_back({lo, hi, owner});
+    }
+    return parts;
+  }
+  // Counts a ForwardBackward call of the accumulation ZeroGrads started, refusing one past the
+  // calls it announced; returns whether this call sums the gradients over the ranks as its
+  // backward writes them (SumBucket).
+  absl::StatusOr<bool> CountCall() {
+    if (accumulation > 0 && accumulated == accumulation) {
+      return absl::FailedPreconditionError(fmt::format(
+          "MambaCuda::ForwardBackward: call {} of an accumulation ZeroGrads announced as {}: the "
+          "gradients are complete (and summed over the ranks); ClipAndStep or ZeroGrads first",
+          accumulated + 1, accumulation));
+    }
+    ++accumulated;
+    return dp != nullptr && overlap_reduce && !clock.on && accumulated == accumulation;
+  }
+  // Data parallelism: sums bucket k of the gradients over the ranks into its owners' ranges, on
+  // comm_stream once the main stream has written it (a tensor in it no writer reached is cleared
+  // first). The backward calls it for each bucket it has finished, so the sums run beside the
+  // layers still to go.
+  absl::Status SumBucket(size_t k) {
+    RWR_RETURN_IF_ERROR(ClearUnwritten(bucket_begin[k], bucket_begin[k + 1]));
+    RWR_RETURN_IF_ERROR(Follow(comm_stream, stream, main_mark));
+    std::vector<DeviceCollectives::Piece> pieces;
+    for (const OwnedPart& part : BucketOwners(k)) {
+      pieces.push_back({grads.ptr + part.begin, (part.end - part.begin) * 4, part.owner});
+    }
+    return pieces.empty() ? absl::OkStatus() : dp->ReduceSum(pieces, comm_stream);
+  }
   std::unique_ptr<CallBuffers> call;  // this call's buffers (Prepare sizes them)
   std::map<std::tuple<int64_t, int64_t, bool>, int64_t> fitted_chunk;  // (B, T, grad) → chunk
   std::tuple<int64_t, int64_t, bool> call_shape{0, 0, false};          // what `call` is sized for
@@ -458,12 +514,13 @@ struct MambaCuda::Impl {
         "gradients",
         call));
   }
-  // Clears the gradient tensors no writer reached since ZeroGrads; the optimizer reads them next.
-  absl::Status ClearUnwritten() {
-    for (const auto& [offset, size] : grad_writes.Unwritten()) {
+  // Clears the gradient tensors that start in [lo, hi) and no writer reached since ZeroGrads;
+  // the optimizer or a sum over the ranks reads them next.
+  absl::Status ClearUnwritten(int64_t lo = 0, int64_t hi = std::numeric_limits<int64_t>::max()) {
+    for (const auto& [offset, size] : grad_writes.Unwritten(lo, hi)) {
       RWR_CUDA(cudaMemsetAsync(grads.ptr + offset, 0, size * 4, stream));
     }
-    grad_writes.MarkAllLive();
+    grad_writes.MarkLive(lo, hi);
     return absl::OkStatus();
   }
   scan::DType ScanType() const { return act == Act::kF32 ? scan::DType::kF32 : scan::DType::kBF16; }
@@ -1287,6 +1344,10 @@ absl::StatusOr<std::unique_ptr<MambaCuda>> MambaCuda::Make(const MambaConfig& co
   m.dp = world > 1 ? collectives : nullptr;
   m.shard = ShardRange::For(model->layout_.total(), rank, world);
   m.padded = ShardRange::Padded(model->layout_.total(), world);
+  if (m.dp != nullptr) {
+    for (int r = 0; r < world; ++r)
+      m.owners.push_back(ShardRange::For(model->layout_.total(), r, world));
+  }
   if (training) RWR_RETURN_IF_ERROR(m.SetUpBuckets(model->layout_));
   const int64_t n = m.padded;
   m.call = std::make_unique<CallBuffers>(&m.tally);
@@ -1347,8 +1408,16 @@ absl::Status MambaCuda::DownloadGrads(std::span<float> grads) const {
   }
   return absl::OkStatus();
 }
-absl::Status MambaCuda::ZeroGrads() {
-  impl_->grad_writes.Forget();  // the next writers overwrite (GradWrites)
+absl::Status MambaCuda::ZeroGrads(int64_t calls) {
+  if (calls < 0) {
+    return absl::InvalidArgumentError(
+        fmt::format("MambaCuda::ZeroGrads: {} calls (0: not said, else at least 1)", calls));
+  }
+  Impl& m = *impl_;
+  m.grad_writes.Forget();  // the next writers overwrite (GradWrites)
+  m.accumulation = calls;
+  m.accumulated = 0;
+  m.grads_summed = false;
   return absl::OkStatus();
 }
 GemmChoices MambaCuda::gemm_choices() const { return impl_->gemms->choices(); }
@@ -1632,6 +1701,11 @@ absl::StatusOr<LossSum> MambaCuda::ForwardBackward(const TokenBatch& batch, int6
   RWR_RETURN_IF_ERROR(EnsureOptimizer(m, layout_));
   RWR_ASSIGN_OR_RETURN(chunk_len, PrepareChunks(m, run, batch, chunk_len, true));
   const int64_t num_chunks = (T + chunk_len - 1) / chunk_len;
+  // The accumulation's last call (data parallelism) sums each bucket of the gradients over the
+  // ranks once the backward of the first chunk (the last it runs) has written it: the final norm
+  // after the head, each layer after its backward, the embedding (the tied head's and the
+  // embedding's gradient) last.
+  RWR_ASSIGN_OR_RETURN(const bool sums, m.CountCall());
   // Pass 1: the state entering every chunk.
   for (int64_t c = 0; c + 1 < num_chunks; ++c) {
     const ChunkDims d = run.Dims(c * chunk_len, chunk_len);
@@ -1653,21 +1727,27 @@ absl::StatusOr<LossSum> MambaCuda::ForwardBackward(const TokenBatch& batch, int6
     RWR_ASSIGN_OR_RETURN(LossSum part, run.Head(d, nullptr, loss_scale, true));
     total.loss_sum += part.loss_sum;
     total.tokens += part.tokens;
+    const bool sum_now = sums && c == 0;
+    if (sum_now) RWR_RETURN_IF_ERROR(m.SumBucket(m.bucket_ready.size() - 1));  // the final norm
     for (int64_t l = m.c.n_layer - 1; l >= 0; --l) {
       RWR_RETURN_IF_ERROR(run.LayerBackward(l, d, m.call->acts[l], run.State(c, l),
                                             m.call->dstates.ptr + l * sf,
                                             m.call->dstates_next.ptr + l * sf));
+      if (sum_now) RWR_RETURN_IF_ERROR(m.SumBucket(l + 1));
     }
     std::swap(m.call->dstates, m.call->dstates_next);
     RWR_RETURN_IF_ERROR(run.EmbedBackward(d));
+    if (sum_now) RWR_RETURN_IF_ERROR(m.SumBucket(0));
   }
   RWR_CUDA(cudaStreamSynchronize(m.stream));
+  m.grads_summed = sums;
   return total;
 }
 
 ShardRange MambaCuda::optimizer_range() const { return impl_->shard; }
 void MambaCuda::SetOverlapParamGather(bool on) { impl_->overlap_gather = on; }
 void MambaCuda::SetOverlapOptimizer(bool on) { impl_->overlap_optimizer = on; }
+void MambaCuda::SetOverlapGradReduce(bool on) { impl_->overlap_reduce = on; }
 
 absl::Status MambaCuda::DownloadOptimizer(std::vector<float>* exp_avg,
                                           std::vector<float>* exp_avg_sq, int64_t* step) const {
@@ -1714,13 +1794,20 @@ absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const
   RWR_RETURN_IF_ERROR(EnsureOptimizer(m, layout_));
   RWR_RETURN_IF_ERROR(m.ClearUnwritten());
   m.a_current = false;  // the update below changes A_log
-  if (m.dp != nullptr) {
+  if (m.dp != nullptr && m.grads_summed) {
+    // Summed bucket by bucket by the accumulation's last call: the norm below waits for the sums.
+    RWR_RETURN_IF_ERROR(m.Follow(m.stream, m.comm_stream, m.comm_mark));
+  } else if (m.dp != nullptr) {
     RWR_RETURN_IF_ERROR(m.Timed("optimizer", "reduce_scatter", [&]() -> absl::Status {
       RWR_RETURN_IF_ERROR(m.Follow(m.comm_stream, m.stream, m.main_mark));
       RWR_RETURN_IF_ERROR(m.dp->ReduceScatterSum(m.grads.ptr, per_rank, m.comm_stream));
       return m.Follow(m.stream, m.comm_stream, m.comm_mark);
     }));
   }
+  // The accumulation is used up: a ForwardBackward from here on adds to the gradients as before
+  // ZeroGrads counted calls.
+  m.accumulation = m.accumulated = 0;
+  m.grads_summed = false;
   // The norm of the summed gradients: each rank's range, then the ranks' sums added.
   RWR_RETURN_IF_ERROR(m.Timed("optimizer", "grad_norm", [&]() -> absl::Status {
     if (r.size() == 0) {
@@ -1757,49 +1844,50 @@ absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const
                        static_cast<float>(1 / std::sqrt(bc2)), static_cast<float>(o.eps),
                        static_cast<float>(coef), on);
   };
-  if (m.dp == nullptr && m.overlap_optimizer && !m.clock.on) {
-    // One GPU: AdamW bucket by bucket on the second stream, queued and not waited for; the next
-    // call's forward waits for each layer's bucket only (AwaitBucket), so the update (memory
-    // bound) overlaps its first layers (compute bound). The cuts are bucket starts rounded up to
-    // 32 parameters, so bucket k is whole once the pieces up to its own are done. (With phase
+  // With data parallelism, bucket k's updated parameters from their owners to every rank.
+  auto gather = [&](size_t k) -> absl::Status {
+    std::vector<DeviceCollectives::Piece> pieces;
+    for (const auto& [lo, hi, owner] : m.BucketOwners(k)) {
+      pieces.push_back({m.params.ptr + lo, (hi - lo) * 4, owner});
+      if (p16 != nullptr) pieces.push_back({p16 + lo * 2, (hi - lo) * 2, owner});
+    }
+    return pieces.empty() ? absl::OkStatus() : m.dp->Broadcast(pieces, m.comm_stream);
+  };
+  const size_t buckets = m.bucket_ready.size();
+  if (m.overlap_optimizer && !m.clock.on) {
+    // Bucket by bucket on the second stream, queued and not waited for: AdamW over this rank's
+    // part of the bucket, then (data parallelism) the owners' broadcasts of it. The next call's
+    // forward waits for each layer's bucket only (AwaitBucket), so the update (memory bound) and
+    // the broadcasts overlap its first layers (compute bound) instead of holding back the first.
+    // The cuts are bucket starts rounded up to 32 parameters (r.begin is a multiple of 64), so
+    // this rank's part of bucket k is updated once the pieces up to its own are done. (With phase
     // timing on it runs in line below: overlapped work has no time of its own.)
     RWR_RETURN_IF_ERROR(m.Follow(m.comm_stream, m.stream, m.main_mark));
-    const size_t buckets = m.bucket_ready.size();
-    int64_t lo = 0;
+    int64_t lo = r.begin;
     for (size_t k = 0; k < buckets; ++k) {
       const int64_t hi =
           k + 1 == buckets ? r.end : std::min(r.end, (m.bucket_begin[k + 1] + 31) / 32 * 32);
       if (lo < hi) RWR_RETURN_IF_ERROR(adamw(lo, hi, m.comm_stream));
-      RWR_CUDA(cudaEventRecord(m.bucket_ready[k], m.comm_stream));
       lo = std::max(lo, hi);
-    }
-    return norm;
-  }
-  if (r.size() > 0) {
-    RWR_RETURN_IF_ERROR(
-        m.Timed("optimizer", "adamw", [&] { return adamw(r.begin, r.end, m.stream); }));
-  }
-  if (m.dp != nullptr) {
-    // Queued, not waited for: the next call's forward waits bucket by bucket (AwaitBucket).
-    RWR_RETURN_IF_ERROR(m.Follow(m.comm_stream, m.stream, m.main_mark));
-    const int world = m.dp->world_size();
-    std::vector<DeviceCollectives::Piece> pieces;
-    for (size_t k = 0; k + 1 < m.bucket_begin.size(); ++k) {
-      pieces.clear();
-      for (int owner = 0; owner < world; ++owner) {
-        const ShardRange owned = ShardRange::For(layout_.total(), owner, world);
-        const int64_t lo = std::max(owned.begin, m.bucket_begin[k]);
-        const int64_t hi = std::min(owned.end, m.bucket_begin[k + 1]);
-        if (lo >= hi) continue;
-        pieces.push_back({m.params.ptr + lo, (hi - lo) * 4, owner});
-        if (p16 != nullptr) pieces.push_back({p16 + lo * 2, (hi - lo) * 2, owner});
-      }
-      if (!pieces.empty()) RWR_RETURN_IF_ERROR(m.dp->Broadcast(pieces, m.comm_stream));
+      if (m.dp != nullptr) RWR_RETURN_IF_ERROR(gather(k));
       RWR_CUDA(cudaEventRecord(m.bucket_ready[k], m.comm_stream));
     }
-    if (!m.overlap_gather) {
-      RWR_RETURN_IF_ERROR(m.Timed("optimizer", "all_gather", [&] { return m.AwaitAllParams(); }));
+  } else {
+    if (r.size() > 0) {
+      RWR_RETURN_IF_ERROR(
+          m.Timed("optimizer", "adamw", [&] { return adamw(r.begin, r.end, m.stream); }));
     }
+    if (m.dp != nullptr) {
+      // Queued, not waited for: the next call's forward waits bucket by bucket (AwaitBucket).
+      RWR_RETURN_IF_ERROR(m.Follow(m.comm_stream, m.stream, m.main_mark));
+      for (size_t k = 0; k < buckets; ++k) {
+        RWR_RETURN_IF_ERROR(gather(k));
+        RWR_CUDA(cudaEventRecord(m.bucket_ready[k], m.comm_stream));
+      }
+    }
+  }
+  if (m.dp != nullptr && !m.overlap_gather) {
+    RWR_RETURN_IF_ERROR(m.Timed("optimizer", "all_gather", [&] { return m.AwaitAllParams(); }));
   }
   // A = −exp(A_log) is recomputed from the new parameters by the next call (Prepare, or with
   // data parallelism each layer's LayerReady).

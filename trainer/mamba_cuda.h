@@ -56,8 +56,12 @@ class MambaCuda {
   absl::Status DownloadParams(std::span<float> params) const;
   absl::Status DownloadGrads(std::span<float> grads) const;
   // Starts a gradient accumulation: nothing is cleared on the device, each gradient's first
-  // writer overwrites it instead (see GradWrites in mamba_cuda.cc).
-  absl::Status ZeroGrads();
+  // writer overwrites it instead (see GradWrites in mamba_cuda.cc). `calls` > 0 says how many
+  // ForwardBackward calls it takes: with collectives the last one's backward sums each layer's
+  // gradients over the ranks as soon as it has written them, overlapping the layers still to go
+  // (SetOverlapGradReduce), and a call past `calls` before ClipAndStep is a FailedPrecondition
+  // error. 0: not said; ClipAndStep sums all the gradients before it reads them.
+  absl::Status ZeroGrads(int64_t calls = 0);
 
   // As MambaCpu: the batch is on the host; grads (on the device) += loss_scale·∂loss_sum/∂params.
   // chunk_len <= 0 runs whole rows when they fit in device memory, else the first that fits of
@@ -91,17 +95,22 @@ class MambaCuda {
   // Global-norm clipping and one AdamW update on the device. Returns the pre-clip norm (of the
   // gradients summed over the ranks); a non-finite norm skips the update on every rank (the
   // caller counts it). With collectives, the gradients outside optimizer_range() are left
-  // undefined (DownloadGrads before it).
+  // undefined (DownloadGrads before it, and before the accumulation's last call where ZeroGrads
+  // was told the number of calls).
   absl::StatusOr<double> ClipAndStep(double clip_norm, double lr, const AdamWOptions& options);
 
   // With collectives: whether the updated parameters' all-gather overlaps the next call's
   // forward (default), each layer waiting only for its own parameters, or ClipAndStep waits for
   // all of it (to measure the difference).
   void SetOverlapParamGather(bool on);
-  // On one GPU: whether AdamW runs bucket by bucket on a second stream, overlapping the next
-  // call's forward, each layer waiting only for its own parameters (default), or in line at the
-  // end of ClipAndStep (to measure the difference; also while phase timing is on). The same bits
-  // either way.
+  // With collectives: whether the accumulation's last ForwardBackward sums the gradients over
+  // the ranks layer by layer as its backward goes (default; needs ZeroGrads(calls)), or
+  // ClipAndStep sums them all at once (to measure the difference; also while phase timing is on).
+  void SetOverlapGradReduce(bool on);
+  // Whether AdamW runs bucket by bucket on a second stream (with collectives each bucket followed
+  // by its all-gather), overlapping the next call's forward, each layer waiting only for its own
+  // parameters (default), or in line at the end of ClipAndStep (to measure the difference; also
+  // while phase timing is on). The same bits either way.
   void SetOverlapOptimizer(bool on);
 
   // The parameters whose AdamW moments this model keeps: the whole layout on one rank.

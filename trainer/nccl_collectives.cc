@@ -59,6 +59,19 @@ absl::Status DeviceCollectives::Broadcast(std::span<const Piece> pieces, cudaStr
   return status;
 }
 
+absl::Status DeviceCollectives::ReduceSum(std::span<const Piece> pieces, cudaStream_t stream) {
+  RWR_NCCL(ncclGroupStart());
+  absl::Status status;
+  for (const Piece& piece : pieces) {
+    status =
+        RWR_NCCL_STATUS(ncclReduce(piece.data, piece.data, static_cast<size_t>(piece.bytes / 4),
+                                   ncclFloat32, ncclSum, piece.root, comm_, stream));
+    if (!status.ok()) break;
+  }
+  RWR_NCCL(ncclGroupEnd());
+  return status;
+}
+
 namespace {
 
 constexpr int kIdWords = 4;  // a GPU's 16-byte UUID as 32-bit words (exact in doubles)

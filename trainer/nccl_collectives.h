@@ -1,10 +1,11 @@
 // Collectives over device memory for data-parallel training on GPUs: one NCCL communicator over
 // the job's ranks (one GPU each), bootstrapped through the host Communicator (rank 0's NCCL
-// unique id broadcast to the others). MambaCuda uses it for ZeRO-1: the gradients reduce-scattered
-// over the ranks' ShardRanges, each rank's updated range broadcast back by its owner, bucket by
-// bucket (Broadcast). In-place operations
-// on buffers of world_size equal ranges (ShardRange::Padded elements). NCCL's reductions have a
-// fixed order for a given world size and topology: a run repeats its bits.
+// unique id broadcast to the others). MambaCuda uses it for ZeRO-1: the gradients summed into
+// their owners' ShardRanges (bucket by bucket as the backward finishes each layer, ReduceSum, or
+// all at once, ReduceScatterSum), each rank's updated range broadcast back by its owner, bucket
+// by bucket (Broadcast). In-place operations on buffers of world_size equal ranges
+// (ShardRange::Padded elements). NCCL's reductions have a fixed order for a given world size and
+// topology: a run repeats its bits.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -35,13 +36,18 @@ class DeviceCollectives {
   // rank's range rank() (the other ranges are left undefined).
   absl::Status ReduceScatterSum(float* data, int64_t per_rank, cudaStream_t stream);
   absl::Status AllReduceSum(double* data, int64_t n, cudaStream_t stream);
-  // In one NCCL group: each piece's bytes from its root rank to every other rank (in place).
+  // A part of a buffer that every rank holds at the same address in its own copy, and the rank
+  // the operation centres on.
   struct Piece {
     void* data;
     int64_t bytes;
     int root;
   };
+  // In one NCCL group: each piece's bytes from its root rank to every other rank (in place).
   absl::Status Broadcast(std::span<const Piece> pieces, cudaStream_t stream);
+  // In one NCCL group: each piece (fp32, bytes a multiple of 4) summed over the ranks into its
+  // root's copy, in place; the other ranks' copies are left as they were.
+  absl::Status ReduceSum(std::span<const Piece> pieces, cudaStream_t stream);
 
  private:
   DeviceCollectives() = default;

@@ -1062,7 +1062,9 @@ absl::StatusOr<TrainResult> TrainOnRanks(const Config& config, Communicator* com
     bool gpu_nonfinite = false;
 #ifdef RWR_TRAINER_HAVE_CUDA
     if (gpu) {
-      RWR_RETURN_IF_ERROR(gpu->ZeroGrads());
+      // Told the number of calls, the last one sums the gradients over the ranks beside its
+      // backward.
+      RWR_RETURN_IF_ERROR(gpu->ZeroGrads(static_cast<int64_t>(micro.size())));
       for (const auto& mb : micro) {
         RWR_ASSIGN_OR_RETURN(LossSum part, gpu->ForwardBackward(View(mb), s.chunk_len, scale));
         loss_sum[0] += part.loss_sum;

@@ -148,6 +148,40 @@ TEST_P(MambaCudaTest, GradientsAccumulateFromZeroGradsOn) {
   EXPECT_EQ(*zero, 0.0);
 }
 
+// ZeroGrads(calls) announces the accumulation: the calls up to it add as without, one past it is
+// refused (with collectives the last call has summed the gradients over the ranks), and the
+// count ends with ClipAndStep. A negative count is refused.
+TEST_P(MambaCudaTest, AnAnnouncedAccumulationRefusesACallPastIt) {
+  Fixture f = LoadFixture();
+  auto model = *MambaCuda::Create(f.model.config, GetParam());
+  ASSERT_TRUE(model->UploadParams(f.model.params).ok());
+  const size_t n = f.model.params.size();
+  std::vector<float> counted(n), plain(n);
+  ASSERT_TRUE(model->ZeroGrads(2).ok());
+  ASSERT_TRUE(model->ForwardBackward(f.batch(), 0, 0.01f).ok());
+  ASSERT_TRUE(model->ForwardBackward(f.batch(), 16, 0.01f).ok());
+  auto past = model->ForwardBackward(f.batch(), 0, 0.01f);
+  ASSERT_FALSE(past.ok());
+  EXPECT_EQ(past.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(past.status().message().find("call 3 of an accumulation ZeroGrads announced as 2"),
+            std::string::npos)
+      << past.status();
+  ASSERT_TRUE(model->DownloadGrads(counted).ok());
+  ASSERT_TRUE(model->ZeroGrads().ok());
+  ASSERT_TRUE(model->ForwardBackward(f.batch(), 0, 0.01f).ok());
+  ASSERT_TRUE(model->ForwardBackward(f.batch(), 16, 0.01f).ok());
+  ASSERT_TRUE(model->DownloadGrads(plain).ok());
+  EXPECT_EQ(counted, plain);  // the refused call added nothing
+
+  ASSERT_TRUE(model->ZeroGrads(1).ok());
+  ASSERT_TRUE(model->ForwardBackward(f.batch(), 0, 0.01f).ok());
+  ASSERT_TRUE(model->ClipAndStep(1.0, 1e-3, AdamWOptions{}).ok());
+  EXPECT_TRUE(model->ForwardBackward(f.batch(), 0, 0.01f).ok()) << "the count outlived the step";
+
+  auto negative = model->ZeroGrads(-1);
+  EXPECT_EQ(negative.code(), absl::StatusCode::kInvalidArgument) << negative;
+}
+
 // Same inputs, same bits: gradients, loss and the updated parameters of two runs (the embedding,
 // norm-weight and gradient-norm sums have a fixed order; no float atomics).
 // Two runs give the same bits — and so does a run that recomputes the normed input, conv output

@@ -177,6 +177,29 @@ TEST_F(RWR_TEST_SUITE, TwoRanksTrainAsOneRankAccumulatingTwo) {
   EXPECT_LT(worst, 1e-4);
 }
 
+// Accumulating and in chunks: the ranks' last micro-batch sums the gradients over the ranks
+// layer by layer as its backward goes (on the GPUs; the first chunk's backward, which runs last),
+// and 2 ranks accumulating 2 rows of 2 chunks still train as 1 rank accumulating 4.
+TEST_F(RWR_TEST_SUITE, TwoRanksAccumulatingChunkedRowsTrainAsOneRankAccumulatingFour) {
+  const std::string data = MakeDataset(24);
+  const std::string one = TempDir("one_chunked"), two = TempDir("two_chunked");
+  const std::string chunks = " --set train.chunk_len=16 --set train.checkpoint_every=0";
+  CommandResult a = RunRwr(0, TrainArgs(data, one, 1, 4, 4) + chunks);
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  CommandResult b = RunRwr(2, TrainArgs(data, two, 1, 2, 4) + chunks);
+  ASSERT_EQ(b.exit_code, 0) << b.output;
+  const auto ma = Metrics(one), mb = Metrics(two);
+  ASSERT_EQ(ma.size(), 4u);
+  ASSERT_EQ(mb.size(), 4u);
+  for (size_t i = 0; i < ma.size(); ++i) {
+    const double la = ma[i]["loss"], lb = mb[i]["loss"];
+    EXPECT_NEAR(la, lb, 1e-5 * std::abs(la)) << "step " << i + 1;
+    const double ga = ma[i]["grad_norm"], gb = mb[i]["grad_norm"];
+    EXPECT_NEAR(ga, gb, 1e-4 * ga) << "step " << i + 1;
+    EXPECT_EQ(ma[i]["tokens"], mb[i]["tokens"]);
+  }
+}
+
 // train.checkpoint_every_s runs on rank 0's clock, agreed with the stop flag: every rank takes
 // each checkpoint at the same step (here every step), and each one is whole.
 TEST_F(RWR_TEST_SUITE, CheckpointsByTimeAreTakenByEveryRankAtOneStep) {
