@@ -30,6 +30,7 @@ std::vector<TraceEvent> g_events;  // filled by the buffer callback while a trac
 // first traced runtime call, and faulting in 8 MiB there held that call up by ~4 ms.
 std::vector<uint8_t*> g_spare_buffers;
 bool g_callbacks_registered = false;
+uint64_t g_trace_start_ns = 0;  // CUPTI's clock when the trace started
 
 // "_ZN3rwr…" or "void rwr::scan::(anonymous namespace)::ScanBackwardKernel<...>(...)" →
 // "ScanBackwardKernel".
@@ -156,6 +157,9 @@ bool StartKernelTrace(std::string* error) {
     }
     g_callbacks_registered = true;
   }
+  if (CUptiResult r = cuptiGetTimestamp(&g_trace_start_ns); r != CUPTI_SUCCESS) {
+    return fail(r, "timestamp");
+  }
   for (CUpti_ActivityKind kind : kRecorded) {
     if (CUptiResult r = cuptiActivityEnable(kind); r != CUPTI_SUCCESS) return fail(r, "enable");
   }
@@ -170,6 +174,11 @@ std::vector<TraceEvent> StopKernelTrace() {
     std::lock_guard<std::mutex> lock(g_mutex);
     events.swap(g_events);
   }
+  // Work already running when the trace started (another stream's NCCL kernel, say) comes with
+  // timestamps from before it, or none (0): it counts from the start, and what had ended by
+  // then not at all. Unclamped, one such kernel stretched the traced span to decades.
+  std::erase_if(events, [](const TraceEvent& e) { return e.end_ns <= g_trace_start_ns; });
+  for (TraceEvent& e : events) e.start_ns = std::max(e.start_ns, g_trace_start_ns);
   std::stable_sort(events.begin(), events.end(), [](const TraceEvent& a, const TraceEvent& b) {
     return a.start_ns < b.start_ns;
   });
