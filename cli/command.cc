@@ -34,7 +34,8 @@ void AddLogLevelOption(CLI::App* command, std::string* log_level) {
 }
 
 absl::StatusOr<Config> ResolveConfig(const CommonOptions& options, const Config& defaults,
-                                     std::string_view command_name) {
+                                     std::string_view command_name,
+                                     const std::function<absl::Status(const Config&)>& check) {
   if (absl::Status s = InitLogging({.level = options.log_level}); !s.ok()) return s;
   Config config = defaults;
   if (!options.config_path.empty()) {
@@ -44,6 +45,7 @@ absl::StatusOr<Config> ResolveConfig(const CommonOptions& options, const Config&
   }
   if (absl::Status s = config.SetAll(options.overrides); !s.ok()) return s;
   RWR_RETURN_IF_ERROR(CheckConfigKeys(config, command_name));
+  if (check) RWR_RETURN_IF_ERROR(check(config));
   // Nothing to show for a command given no file, no --set and no defaults ("{}" on every call of
   // a client command such as `rwr distill status`).
   if (!config.LeafKeys().empty()) {

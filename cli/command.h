@@ -59,9 +59,12 @@ inline CLI::Validator NumberAtLeast(bool zero_allowed) {
 inline CLI::Validator Positive() { return NumberAtLeast(false); }
 inline CLI::Validator NonNegative() { return NumberAtLeast(true); }
 
-// defaults, then the --config file, then each --set in order; logs the resolved YAML.
-absl::StatusOr<Config> ResolveConfig(const CommonOptions& options, const Config& defaults,
-                                     std::string_view command_name);
+// defaults, then the --config file, then each --set in order; logs the resolved YAML once the
+// keys are known and `check` (optional: the command's own reading of its settings) passes, so
+// that a bad value is one line, not a page of YAML and then the line.
+absl::StatusOr<Config> ResolveConfig(
+    const CommonOptions& options, const Config& defaults, std::string_view command_name,
+    const std::function<absl::Status(const Config&)>& check = nullptr);
 
 // The tokenizer shipped in the repository, the default where neither a flag nor a config key names
 // one. --help says where it is looked for with kBundledTokenizerHelp.

@@ -37,8 +37,8 @@ void RegisterTrainCommands(CLI::App& app) {
     // First: the rank is known before anything logs (only rank 0 logs info lines).
     RWR_ASSIGN_OR_RETURN(std::unique_ptr<trainer::Communicator> comm,
                          trainer::CommunicatorForThisProcess());
-    absl::StatusOr<Config> config =
-        ResolveConfig(*options, trainer::DefaultTrainConfig(), "train");
+    absl::StatusOr<Config> config = ResolveConfig(*options, trainer::DefaultTrainConfig(), "train",
+                                                  trainer::CheckTrainSettings);
     // Maybe this rank alone (a file its node cannot read): the ranks stop together.
     RWR_RETURN_IF_ERROR(trainer::AgreeOnStatus(config.status(), *comm));
     // Train ends the whole job itself where a rank fails in it.

@@ -586,6 +586,12 @@ struct RunInputs {
   std::optional<DirLock> run_lock;  // rank 0's, held until Train returns
 };
 
+}  // namespace
+
+absl::Status CheckTrainSettings(const Config& config) { return ReadSettings(config).status(); }
+
+namespace {
+
 absl::StatusOr<RunInputs> OpenRunInputs(const Config& config, Communicator* comm) {
   RunInputs in;
   RWR_ASSIGN_OR_RETURN(in.s, ReadSettings(config));

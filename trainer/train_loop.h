@@ -49,4 +49,8 @@ struct TrainResult {
 
 absl::StatusOr<TrainResult> Train(const Config& config, Communicator* comm);
 
+// The data.* and train.* settings of a run config read as Train reads them, types and ranges
+// checked: a bad value is an error before anything else is done or logged.
+absl::Status CheckTrainSettings(const Config& config);
+
 }  // namespace rwr::trainer

@@ -54,6 +54,19 @@ TEST(CliTest, ResolvedConfigIsLoggedOnlyWhenThereIsOne) {
   EXPECT_EQ(without.output.find("resolved config"), std::string::npos) << without.output;
 }
 
+// A train setting of the wrong type or range is one line: the resolved config (a page of YAML)
+// is logged only once the settings read.
+TEST(CliTest, ABadTrainSettingIsOneLineWithoutTheResolvedConfig) {
+  for (const char* set : {"train.steps=abc", "train.steps=-3", "train.lr=fast"}) {
+    RunResult run = RunRwr(std::string("train --set data.dir=/nonexistent --set ") +
+                           "train.out_dir=/nonexistent --log-level info --set " + set);
+    EXPECT_EQ(run.exit_code, 1) << run.output;
+    EXPECT_NE(run.output.find("rwr: error: config key 'train."), std::string::npos) << run.output;
+    EXPECT_EQ(run.output.find("resolved config"), std::string::npos) << run.output;
+    EXPECT_EQ(std::count(run.output.begin(), run.output.end(), '\n'), 1) << run.output;
+  }
+}
+
 TEST(CliTest, BadInputIsOneClearLineAndNonZeroExit) {
   RunResult bad_set = RunRwr("config show --set nonsense");
   EXPECT_EQ(bad_set.exit_code, 1);
