@@ -391,6 +391,14 @@ struct MambaCuda::Impl {
     ++accumulated;
     return dp != nullptr && overlap_reduce && !clock.on && accumulated == accumulation;
   }
+  // The main stream waits for the gradient sums the accumulation's last call queued on
+  // comm_stream (nothing where it queued none). ClipAndStep waits for them before it reads the
+  // gradients; so must whatever reads or overwrites them when no ClipAndStep came (a step
+  // skipped for a non-finite loss: the next accumulation's first writers overwrite them).
+  absl::Status AwaitGradSums() {
+    if (!grads_summed) return absl::OkStatus();
+    return Follow(stream, comm_stream, comm_mark);
+  }
   // Data parallelism: sums bucket k of the gradients over the ranks into its owners' ranges, on
   // comm_stream once the main stream has written it (a tensor in it no writer reached is cleared
   // first). The backward calls it for each bucket it has finished, so the sums run beside the
@@ -1401,6 +1409,7 @@ absl::Status MambaCuda::DownloadGrads(std::span<float> grads) const {
   if (static_cast<int64_t>(grads.size()) != layout_.total()) {
     return absl::InvalidArgumentError("DownloadGrads: size mismatch");
   }
+  RWR_RETURN_IF_ERROR(impl_->AwaitGradSums());
   RWR_CUDA(cudaStreamSynchronize(impl_->stream));
   RWR_CUDA(cudaMemcpy(grads.data(), impl_->grads.ptr, grads.size() * 4, cudaMemcpyDeviceToHost));
   for (const auto& [offset, size] : impl_->grad_writes.Unwritten()) {
@@ -1414,6 +1423,7 @@ absl::Status MambaCuda::ZeroGrads(int64_t calls) {
         fmt::format("MambaCuda::ZeroGrads: {} calls (0: not said, else at least 1)", calls));
   }
   Impl& m = *impl_;
+  RWR_RETURN_IF_ERROR(m.AwaitGradSums());  // a skipped step's sums, still running
   m.grad_writes.Forget();  // the next writers overwrite (GradWrites)
   m.accumulation = calls;
   m.accumulated = 0;
@@ -1796,7 +1806,7 @@ absl::StatusOr<double> MambaCuda::ClipAndStep(double clip_norm, double lr, const
   m.a_current = false;  // the update below changes A_log
   if (m.dp != nullptr && m.grads_summed) {
     // Summed bucket by bucket by the accumulation's last call: the norm below waits for the sums.
-    RWR_RETURN_IF_ERROR(m.Follow(m.stream, m.comm_stream, m.comm_mark));
+    RWR_RETURN_IF_ERROR(m.AwaitGradSums());
   } else if (m.dp != nullptr) {
     RWR_RETURN_IF_ERROR(m.Timed("optimizer", "reduce_scatter", [&]() -> absl::Status {
       RWR_RETURN_IF_ERROR(m.Follow(m.comm_stream, m.stream, m.main_mark));
