@@ -306,6 +306,7 @@ struct MambaCuda::Impl {
   // (SumBucket) so that ClipAndStep need not.
   int64_t accumulation = 0, accumulated = 0;
   bool grads_summed = false;
+  bool sums_queued = false;  // SumBucket queued sums the main stream has not waited for
   // The updated parameters reach the next call's forward bucket by bucket — the embedding, each
   // layer, the final norm, in the order the forward reads them — on a second stream (comm_stream):
   // with data parallelism the owners' broadcasts (the all-gather), on one GPU AdamW itself.
@@ -391,12 +392,13 @@ struct MambaCuda::Impl {
     ++accumulated;
     return dp != nullptr && overlap_reduce && !clock.on && accumulated == accumulation;
   }
-  // The main stream waits for the gradient sums the accumulation's last call queued on
-  // comm_stream (nothing where it queued none). ClipAndStep waits for them before it reads the
-  // gradients; so must whatever reads or overwrites them when no ClipAndStep came (a step
-  // skipped for a non-finite loss: the next accumulation's first writers overwrite them).
+  // The main stream waits for the gradient sums SumBucket queued on comm_stream (nothing where
+  // none are queued). ClipAndStep waits for them before it reads the gradients; so must whatever
+  // reads or overwrites them when no ClipAndStep came (a step skipped for a non-finite loss, or
+  // a call that failed half way: the next accumulation's first writers overwrite them).
   absl::Status AwaitGradSums() {
-    if (!grads_summed) return absl::OkStatus();
+    if (!sums_queued) return absl::OkStatus();
+    sums_queued = false;
     return Follow(stream, comm_stream, comm_mark);
   }
   // Data parallelism: sums bucket k of the gradients over the ranks into its owners' ranges, on
@@ -410,6 +412,7 @@ struct MambaCuda::Impl {
     for (const OwnedPart& part : BucketOwners(k)) {
       pieces.push_back({grads.ptr + part.begin, (part.end - part.begin) * 4, part.owner});
     }
+    sums_queued = true;
     return pieces.empty() ? absl::OkStatus() : dp->ReduceSum(pieces, comm_stream);
   }
   std::unique_ptr<CallBuffers> call;  // this call's buffers (Prepare sizes them)
