@@ -112,6 +112,19 @@ std::vector<nlohmann::json> Metrics(const std::string& out) {
   return records;
 }
 
+// Two runs' steps agree within the rounding of sums added in another order: loss, gradient norm,
+// tokens.
+void ExpectSameSteps(const std::vector<nlohmann::json>& ma, const std::vector<nlohmann::json>& mb) {
+  ASSERT_EQ(ma.size(), mb.size());
+  for (size_t i = 0; i < ma.size(); ++i) {
+    const double la = ma[i]["loss"], lb = mb[i]["loss"];
+    EXPECT_NEAR(la, lb, 1e-5 * std::abs(la)) << "step " << i + 1;
+    const double ga = ma[i]["grad_norm"], gb = mb[i]["grad_norm"];
+    EXPECT_NEAR(ga, gb, 1e-4 * ga) << "step " << i + 1;
+    EXPECT_EQ(ma[i]["tokens"], mb[i]["tokens"]);
+  }
+}
+
 TEST_F(RWR_TEST_SUITE, TwoRanksTrainAsOneRankAccumulatingTwo) {
   const std::string data = MakeDataset(24);
   const std::string one = TempDir("one"), two = TempDir("two");
@@ -127,13 +140,7 @@ TEST_F(RWR_TEST_SUITE, TwoRanksTrainAsOneRankAccumulatingTwo) {
   // Step 1 on the CPU: the same parameters and rows, the loss sums added in the same order. (On
   // the GPU each process times its own GEMM algorithms, which round differently.)
   if (kDevice == "cpu") EXPECT_EQ(ma[0]["loss"].get<double>(), mb[0]["loss"].get<double>());
-  for (size_t i = 0; i < ma.size(); ++i) {
-    const double la = ma[i]["loss"], lb = mb[i]["loss"];
-    EXPECT_NEAR(la, lb, 1e-5 * std::abs(la)) << "step " << i + 1;
-    const double ga = ma[i]["grad_norm"], gb = mb[i]["grad_norm"];
-    EXPECT_NEAR(ga, gb, 1e-4 * ga) << "step " << i + 1;
-    EXPECT_EQ(ma[i]["tokens"], mb[i]["tokens"]);
-  }
+  ExpectSameSteps(ma, mb);
   // Each rank wrote the moments of its range; together they cover the layout.
   auto latest = LatestCheckpoint(two + "/checkpoints");
   ASSERT_TRUE(latest.has_value());
@@ -179,7 +186,7 @@ TEST_F(RWR_TEST_SUITE, TwoRanksTrainAsOneRankAccumulatingTwo) {
 
 // Accumulating and in chunks: the ranks' last micro-batch sums the gradients over the ranks
 // layer by layer as its backward goes (on the GPUs; the first chunk's backward, which runs last),
-// and 2 ranks accumulating 2 rows of 2 chunks still train as 1 rank accumulating 4.
+// and 2 ranks accumulating 2 rows of 4 chunks still train as 1 rank accumulating 4.
 TEST_F(RWR_TEST_SUITE, TwoRanksAccumulatingChunkedRowsTrainAsOneRankAccumulatingFour) {
   const std::string data = MakeDataset(24);
   const std::string one = TempDir("one_chunked"), two = TempDir("two_chunked");
@@ -190,14 +197,7 @@ TEST_F(RWR_TEST_SUITE, TwoRanksAccumulatingChunkedRowsTrainAsOneRankAccumulating
   ASSERT_EQ(b.exit_code, 0) << b.output;
   const auto ma = Metrics(one), mb = Metrics(two);
   ASSERT_EQ(ma.size(), 4u);
-  ASSERT_EQ(mb.size(), 4u);
-  for (size_t i = 0; i < ma.size(); ++i) {
-    const double la = ma[i]["loss"], lb = mb[i]["loss"];
-    EXPECT_NEAR(la, lb, 1e-5 * std::abs(la)) << "step " << i + 1;
-    const double ga = ma[i]["grad_norm"], gb = mb[i]["grad_norm"];
-    EXPECT_NEAR(ga, gb, 1e-4 * ga) << "step " << i + 1;
-    EXPECT_EQ(ma[i]["tokens"], mb[i]["tokens"]);
-  }
+  ExpectSameSteps(ma, mb);
 }
 
 // train.checkpoint_every_s runs on rank 0's clock, agreed with the stop flag: every rank takes
