@@ -8,7 +8,7 @@
 # AdamW in line before the all-gather instead of bucket by bucket with it) — so that the
 # weak-scaling efficiency (per-GPU tokens/s on N GPUs over one GPU's) comes from one call. Logs
 # (train_dp.txt) and JSON in $OUT.
-#   CASES=2048x4 STEPS=5 MODES="overlap serial-reduce" bash bench/train_dp_device.sh
+#   CASES=2048x4 STEPS=5 MODES="overlap serial-reduce" [PHASES=1] [TRACE=1] bash bench/train_dp_device.sh
 # QUICK=1 builds only what the multigpu tests and the bench need and runs only those tests;
 # SKIP_TESTS=1 builds only the bench.
 set -uo pipefail
@@ -51,5 +51,8 @@ for mode in ${MODES:-overlap serial-reduce}; do
   mpirun -np "$gpus" --bind-to none "$bench" --cases "$cases" --steps "$steps" $flags \
     --json "$out/train_${gpus}gpu_$mode.json" 2>&1 | tee -a "$out/train_dp.txt"
 done
+# TRACE=1: a CUPTI timeline of one step on rank 0 (bench/kernel_trace.h).
+[[ -n "${TRACE:-}" ]] && mpirun -np "$gpus" --bind-to none --tag-output "$bench" --cases "$cases" \
+  --steps 2 --trace-last-step 2>&1 | grep '\[1,0\]' | tee -a "$out/train_dp.txt"
 [[ -n "${PHASES:-}" ]] && mpirun -np "$gpus" --bind-to none "$bench" --cases "$cases" \
   --steps "$steps" --phases 2>&1 | tee -a "$out/train_dp.txt"

@@ -316,6 +316,23 @@ TEST_F(RWR_TEST_SUITE, AnErrorEveryRankMeetsIsPrintedOnceAndNoRankAborts) {
   EXPECT_EQ(r.output.find("MPI_ABORT"), std::string::npos) << r.output;
 }
 
+// Non-finite steps (lr 1e30: step 1 blows the parameters up) are skipped by every rank, and the
+// run ends on every rank at train.max_nonfinite in a row, printed once. On the GPUs a skipped step
+// never reaches the optimizer, which waits for the backward's gradient sums: the next step's
+// ZeroGrads must wait for them instead.
+TEST_F(RWR_TEST_SUITE, NonFiniteStepsAreSkippedByEveryRankThenEndEveryRankInStep) {
+  const std::string data = MakeDataset(24);
+  const std::string out = TempDir("nonfinite");
+  CommandResult r = RunRwr(2, TrainArgs(data, out, 2, 1, 6) +
+                                  " --set train.lr=1e30 --set train.min_lr=1e30"
+                                  " --set train.warmup_steps=0 --set train.max_nonfinite=2"
+                                  " --set train.checkpoint_every=0");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(Count(r.output, "steps in a row had a non-finite loss or gradient"), 1u) << r.output;
+  EXPECT_EQ(r.output.find("MPI_ABORT"), std::string::npos) << r.output;
+  EXPECT_GE(Metrics(out).size(), 2u);  // step 1 updated, then the skipped steps were logged
+}
+
 // The same after the checkpoint is read: resuming a run with another model is refused by every
 // rank at once, printed once.
 TEST_F(RWR_TEST_SUITE, ACheckpointOfAnotherModelIsRefusedByEveryRankInStep) {
