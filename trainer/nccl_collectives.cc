@@ -47,29 +47,35 @@ absl::Status DeviceCollectives::AllReduceSum(double* data, int64_t n, cudaStream
   return absl::OkStatus();
 }
 
-absl::Status DeviceCollectives::Broadcast(std::span<const Piece> pieces, cudaStream_t stream) {
+namespace {
+
+// `call` for each piece inside one NCCL group (the group is closed even when a call fails).
+template <typename Call>
+absl::Status InOneGroup(std::span<const DeviceCollectives::Piece> pieces, Call call) {
   RWR_NCCL(ncclGroupStart());
   absl::Status status;
-  for (const Piece& piece : pieces) {
-    status = RWR_NCCL_STATUS(ncclBroadcast(piece.data, piece.data, static_cast<size_t>(piece.bytes),
-                                           ncclUint8, piece.root, comm_, stream));
+  for (const DeviceCollectives::Piece& piece : pieces) {
+    status = call(piece);
     if (!status.ok()) break;
   }
   RWR_NCCL(ncclGroupEnd());
   return status;
 }
 
+}  // namespace
+
+absl::Status DeviceCollectives::Broadcast(std::span<const Piece> pieces, cudaStream_t stream) {
+  return InOneGroup(pieces, [&](const Piece& piece) {
+    return RWR_NCCL_STATUS(ncclBroadcast(piece.data, piece.data, static_cast<size_t>(piece.bytes),
+                                         ncclUint8, piece.root, comm_, stream));
+  });
+}
+
 absl::Status DeviceCollectives::ReduceSum(std::span<const Piece> pieces, cudaStream_t stream) {
-  RWR_NCCL(ncclGroupStart());
-  absl::Status status;
-  for (const Piece& piece : pieces) {
-    status =
-        RWR_NCCL_STATUS(ncclReduce(piece.data, piece.data, static_cast<size_t>(piece.bytes / 4),
-                                   ncclFloat32, ncclSum, piece.root, comm_, stream));
-    if (!status.ok()) break;
-  }
-  RWR_NCCL(ncclGroupEnd());
-  return status;
+  return InOneGroup(pieces, [&](const Piece& piece) {
+    return RWR_NCCL_STATUS(ncclReduce(piece.data, piece.data, static_cast<size_t>(piece.bytes / 4),
+                                      ncclFloat32, ncclSum, piece.root, comm_, stream));
+  });
 }
 
 namespace {

@@ -31,19 +31,25 @@ void AdamW::Step(std::span<float> params, std::span<const float> grads, double l
   if (v_.empty()) v_.assign(n, 0.f);
   float* p = params.data() + range_.begin;
   const float* g = grads.data() + range_.begin;
-  // The decoupled decay first, where it applies; each element then gets the same operations in
-  // the same order as in one fused loop.
-  for (const auto& [b, e] : decayed_) {
+  // One pass over the range, in stretches with and without the decoupled decay (decayed_ is in
+  // layout order).
+  auto update = [&](int64_t b, int64_t e, bool decays) {
 #pragma omp parallel for schedule(static) if (e - b > (1 << 18))
-    for (int64_t i = b; i < e; ++i) p[i] *= decay;
+    for (int64_t i = b; i < e; ++i) {
+      if (decays) p[i] *= decay;
+      m_[i] = fb1 * m_[i] + (1 - fb1) * g[i];
+      v_[i] = fb2 * v_[i] + (1 - fb2) * g[i] * g[i];
+      const float denom = std::sqrt(v_[i]) * inv_bc2_sqrt + eps;
+      p[i] -= step_size * m_[i] / denom;
+    }
+  };
+  int64_t at = 0;
+  for (const auto& [b, e] : decayed_) {
+    update(at, b, false);
+    update(b, e, true);
+    at = e;
   }
-#pragma omp parallel for schedule(static) if (n > (1 << 18))
-  for (int64_t i = 0; i < n; ++i) {
-    m_[i] = fb1 * m_[i] + (1 - fb1) * g[i];
-    v_[i] = fb2 * v_[i] + (1 - fb2) * g[i] * g[i];
-    const float denom = std::sqrt(v_[i]) * inv_bc2_sqrt + eps;
-    p[i] -= step_size * m_[i] / denom;
-  }
+  update(at, n, false);
 }
 
 double GlobalNorm(std::span<const float> grads) {
